@@ -1,0 +1,120 @@
+"""``fedpeft`` command line: ``fedpeft run [--config FILE] [--set k=v …] [--resume RUN_DIR]``.
+
+User errors (bad config, missing file, corrupted run) print one sentence and exit 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from fedpeft.errors import FedpeftError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated PEFT fine-tuning.")
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def user_errors():  # type: ignore[no-untyped-def]
+    try:
+        yield
+    except FedpeftError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)], force=True,
+    )
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+
+
+@app.callback()
+def _root() -> None:
+    """fedpeft: many clients fine-tune one frozen model by training small PEFT modules."""
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override: section.key=value")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue runs/<run-id> from its checkpoint")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run a federation in-process (the embedded default: MiniLM-L6, SST-2, 10 clients, LoRA)."""
+    _setup_logging(verbose)
+    console = Console()
+    with user_errors():
+        cfg = _resolve_config(config, set_ or [], resume)
+        from fedpeft.cli.progress import RichObserver, rounds_table
+        from fedpeft.runtime.local import run_local
+
+        first = _first_round(resume)
+        console.print(f"[bold]fedpeft[/] {cfg.model.name} · {cfg.data.dataset} · "
+                      f"{cfg.data.num_clients} clients · {cfg.peft.method} r={cfg.peft.r} · "
+                      f"{cfg.run.rounds} rounds", highlight=False)
+        try:
+            with RichObserver(console, cfg.run.rounds, first) as observer:
+                result = run_local(cfg, resume=resume, observer=observer)
+        except KeyboardInterrupt:
+            err_console.print("interrupted; continue with `fedpeft run --resume <run folder>`.")
+            raise typer.Exit(130) from None
+    console.print(rounds_table(result.rounds))
+    s = result.summary
+    console.print(
+        f"final accuracy {s['final_accuracy']:.4f} · macro-F1 {s['final_macro_f1']:.4f} · "
+        f"{s['bytes_up_per_client_round'] / 1e3:.1f} kB up per client per round "
+        f"(1/{1 / s['up_fraction_of_full_model']:.0f} of the full model) · "
+        f"{s['wall_time_s']:.0f} s · peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB",
+        highlight=False,
+    )
+    console.print(f"results: {result.run_dir}  (adapter: {result.run_dir / 'adapter'})")
+
+
+def _resolve_config(config: Path | None, sets: list[str], resume: Path | None):  # type: ignore[no-untyped-def]
+    from fedpeft.config import build_config, load_config, read_toml
+    from fedpeft.config.loading import apply_override
+    from fedpeft.server.store import CONFIG, RunStore
+
+    if resume is None:
+        return load_config(config, sets)
+    if config is not None:
+        raise FedpeftError("--resume uses the run folder's own config.toml; drop --config.")
+    if any(not s.startswith("run.rounds=") for s in sets):
+        raise FedpeftError("with --resume only `--set run.rounds=N` may change the run's config.")
+    store = RunStore.open_existing(resume)
+    raw = read_toml(store.root / CONFIG)
+    for s in sets:
+        apply_override(raw, s)
+    return build_config(raw, source=f"config {store.root / CONFIG}")
+
+
+def _first_round(resume: Path | None) -> int:
+    if resume is None:
+        return 1
+    from fedpeft.server.store import RunStore
+
+    rnd, _ = RunStore.open_existing(resume).load_checkpoint()
+    return rnd + 1
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:  # e.g. `fedpeft run | head`
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Local training, framework-free: ``train(model, instruction, data) → ClientUpdate``.
+
+Only the PEFT parameters train; the base model stays frozen. With ``proximal_mu > 0``
+the loss gains FedProx's ``(μ/2)·‖θ − θ⁰‖²`` (Li et al., 2020), θ⁰ the received state.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import psutil
+import torch
+from peft import PeftModel
+
+from fedpeft.data import TokenizedSplit
+from fedpeft.peft import get_adapter_state
+from fedpeft.types import ClientUpdate, TrainInstruction
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """A client's examples: indices into a split tokenised once and shared."""
+
+    split: TokenizedSplit
+    indices: np.ndarray
+
+
+def derive_seed(*parts: int) -> int:
+    """A 32-bit seed from (run seed, round, client, …), the same in every process."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def train(
+    model: PeftModel, instruction: TrainInstruction, data: ClientData, device: torch.device
+) -> ClientUpdate:
+    """Trains ``model``'s adapter in place from its current state and returns the update."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in params] if instruction.proximal_mu > 0 else []
+    opt = torch.optim.AdamW(params, lr=instruction.lr, weight_decay=instruction.weight_decay)
+    seed = derive_seed(instruction.seed, instruction.round, instruction.client_id)
+    rng = np.random.default_rng(seed)
+    meter = _PeakMemory(device)
+    loss_sum, seen, steps = 0.0, 0, 0
+    max_steps = instruction.steps or instruction.epochs * _batches(len(data.indices), instruction)
+    start = time.perf_counter()
+    model.train()
+    with torch.random.fork_rng(devices=[]):  # dropout draws from a per-(round, client) stream
+        torch.manual_seed(seed)
+        while steps < max_steps:
+            for batch in data.split.train_batches(data.indices, instruction.batch_size, rng):
+                batch = batch.to(device)
+                out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                            labels=batch.labels)
+                loss = out.loss + _proximal(params, anchor, instruction.proximal_mu)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                loss_sum += float(out.loss.detach()) * len(batch.labels)
+                seen += len(batch.labels)
+                steps += 1
+                meter.sample()
+                if steps >= max_steps:
+                    break
+    metrics = {
+        "loss": loss_sum / max(seen, 1),
+        "steps": float(steps),
+        "train_time_s": time.perf_counter() - start,
+        "peak_mem_bytes": float(meter.peak),
+    }
+    return ClientUpdate(instruction.client_id, get_adapter_state(model), len(data.indices), metrics)
+
+
+def _batches(n: int, instruction: TrainInstruction) -> int:
+    return max(1, -(-n // instruction.batch_size))
+
+
+def _proximal(params: list[torch.Tensor], anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
+    if mu <= 0:
+        return torch.zeros((), device=params[0].device)
+    return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+
+
+class _PeakMemory:
+    """Peak process RSS on CPU, peak allocated memory on CUDA, sampled once per step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.process = psutil.Process()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        self.peak = 0
+        self.sample()
+
+    def sample(self) -> None:
+        if self.device.type == "cuda":
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+        else:
+            self.peak = max(self.peak, self.process.memory_info().rss)

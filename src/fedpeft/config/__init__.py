@@ -1,0 +1,28 @@
+"""Frozen, validated experiment configuration."""
+
+from fedpeft.config.loading import build_config, config_to_toml, load_config, read_toml
+from fedpeft.config.schema import (
+    ClientConfig,
+    DataConfig,
+    EvalConfig,
+    ExperimentConfig,
+    ModelConfig,
+    PeftConfig,
+    RunConfig,
+    ServerConfig,
+)
+
+__all__ = [
+    "ClientConfig",
+    "DataConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "PeftConfig",
+    "RunConfig",
+    "ServerConfig",
+    "build_config",
+    "config_to_toml",
+    "load_config",
+    "read_toml",
+]

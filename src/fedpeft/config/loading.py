@@ -1,0 +1,78 @@
+"""TOML loading, ``--set a.b=c`` overrides, and validation errors people can read."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from pydantic import ValidationError
+
+from fedpeft.config.schema import ExperimentConfig
+from fedpeft.errors import FedpeftError
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Reads a TOML file (or nothing: the embedded default), applies overrides, validates."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = read_toml(Path(path))
+    for item in overrides or []:
+        apply_override(raw, item)
+    return build_config(raw, source=f"config {path}" if path else "config")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FedpeftError(f"config file {path} does not exist; pass an existing TOML file.")
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise FedpeftError(f"config file {path} is not valid TOML: {e}.") from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Applies ``section.key=value`` in place; the value is parsed as TOML, else a string."""
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise FedpeftError(f"--set expects section.key=value, got {item!r}.")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    node = raw
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise FedpeftError(f"--set {key}: `{p}` is a value, not a section.")
+        node = child
+    node[parts[-1]] = value
+
+
+def build_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise FedpeftError(f"{source}: {describe_validation_error(e)}") from None
+
+
+def describe_validation_error(e: ValidationError) -> str:
+    """One sentence for the first problem: the field, what was expected, what was found."""
+    err = e.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    found = err.get("input")
+    if err["type"] == "extra_forbidden":
+        return f"unknown key `{field}`; see `fedpeft run --help` or README.md for the valid keys."
+    msg = err["msg"].removeprefix("Value error, ")
+    extra = f" ({e.error_count()} problems in total)" if e.error_count() > 1 else ""
+    if err["type"] == "value_error":  # a cross-field rule: its message says it all
+        return f"{msg}{extra}."
+    return f"`{field}`: {msg}, got {found!r}{extra}."
+
+
+def config_to_toml(cfg: ExperimentConfig) -> str:
+    """The resolved configuration as TOML (``None`` values are left out, as TOML has none)."""
+    return tomli_w.dumps(cfg.model_dump(exclude_none=True))

@@ -1,0 +1,92 @@
+"""The experiment configuration: small frozen sub-configs, validated when built.
+
+Every field has a default, so an empty TOML file is the embedded default run:
+MiniLM-L6 on SST-2, 10 clients, Dirichlet(0.5) label skew, LoRA r=8, FedAvg.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class RunConfig(_Section):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)
+    seed: int = Field(0, ge=0)
+    rounds: PositiveInt = 5
+    output_dir: str = "runs"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(0, ge=0, description="torch threads; 0 = one per CPU core")
+
+
+class ModelConfig(_Section):
+    name: str = "sentence-transformers/all-MiniLM-L6-v2"
+    max_length: PositiveInt = 64
+
+
+class DataConfig(_Section):
+    dataset: str = "sst2"
+    train_file: str | None = None
+    eval_file: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    train_size: PositiveInt | None = Field(2000, description="seeded subset of the train split")
+    eval_size: PositiveInt | None = Field(None, description="seeded subset of the eval split")
+    num_clients: PositiveInt = 10
+    partition: Literal["iid", "dirichlet", "pathological"] = "dirichlet"
+    alpha: PositiveFloat = 0.5
+    classes_per_client: PositiveInt = 1
+    min_partition_size: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _custom_needs_files(self) -> DataConfig:
+        if self.dataset == "custom" and self.train_file is None:
+            raise ValueError(
+                "`data.train_file` is required when `data.dataset` is 'custom' "
+                "(a CSV, TSV or JSONL file with text and label columns)"
+            )
+        return self
+
+
+class PeftConfig(_Section):
+    method: str = "lora"
+    r: PositiveInt = 8
+    alpha: PositiveFloat = 16.0
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(
+        None, description="module names to adapt; None = the model family's default"
+    )
+
+
+class ClientConfig(_Section):
+    epochs: PositiveInt = 1
+    steps: PositiveInt | None = Field(None, description="if set, train this many steps instead")
+    batch_size: PositiveInt = 16
+    lr: PositiveFloat = 1e-3
+    weight_decay: float = Field(0.0, ge=0.0)
+    proximal_mu: float = Field(0.0, ge=0.0, description="FedProx term (mu/2)·||θ − θ⁰||²")
+
+
+class ServerConfig(_Section):
+    fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of clients per round")
+    min_clients: PositiveInt = 1
+    aggregator: str = "fedavg"
+
+
+class EvalConfig(_Section):
+    batch_size: PositiveInt = 128
+
+
+class ExperimentConfig(_Section):
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    peft: PeftConfig = PeftConfig()
+    client: ClientConfig = ClientConfig()
+    server: ServerConfig = ServerConfig()
+    eval: EvalConfig = EvalConfig()

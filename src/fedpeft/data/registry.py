@@ -1,0 +1,116 @@
+"""Dataset registry: a name → a loader giving train and eval splits with label names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from fedpeft.config import DataConfig
+from fedpeft.data.sources import (
+    RawDataset,
+    RawSplit,
+    encode_labels,
+    find_local,
+    hub_dataset,
+    read_table,
+    read_tsv_rows,
+)
+from fedpeft.errors import FedpeftError
+
+Loader = Callable[[DataConfig, int], RawDataset]
+_REGISTRY: dict[str, Loader] = {}
+
+
+def register_dataset(name: str, loader: Loader) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"dataset {name!r} is registered twice")
+    _REGISTRY[name] = loader
+
+
+def dataset_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def load_dataset(cfg: DataConfig, seed: int) -> RawDataset:
+    """The configured dataset, with seeded ``train_size``/``eval_size`` subsets applied."""
+    if cfg.dataset not in _REGISTRY:
+        raise FedpeftError(
+            f"`data.dataset` is {cfg.dataset!r}, which is not a known dataset; "
+            f"expected one of: {', '.join(dataset_names())}."
+        )
+    ds = _REGISTRY[cfg.dataset](cfg, seed)
+    rng = np.random.default_rng(seed)
+    train = _subset(ds.train, cfg.train_size, rng)
+    evaluation = _subset(ds.eval, cfg.eval_size, rng)
+    return RawDataset(ds.name, train, evaluation, ds.label_names, ds.source)
+
+
+def _subset(split: RawSplit, size: int | None, rng: np.random.Generator) -> RawSplit:
+    if size is None or size >= len(split.texts):
+        return split
+    idx = np.sort(rng.choice(len(split.texts), size=size, replace=False))
+    return RawSplit([split.texts[i] for i in idx], split.labels[idx])
+
+
+def _sst2(cfg: DataConfig, seed: int) -> RawDataset:
+    names = ["negative", "positive"]
+    folder = find_local("sst2", ["train.tsv", "dev.tsv"])
+    if folder is None:
+        train = hub_dataset("glue", "sst2", "train", "sentence", "label")
+        dev = hub_dataset("glue", "sst2", "validation", "sentence", "label")
+        return RawDataset("sst2", train, dev, names, "hub:glue/sst2")
+
+    def split(file: str) -> RawSplit:
+        rows = read_tsv_rows(folder / file, header=True)
+        return RawSplit([r[0].strip() for r in rows], np.asarray([int(r[1]) for r in rows]))
+
+    return RawDataset("sst2", split("train.tsv"), split("dev.tsv"), names, str(folder))
+
+
+_AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+
+
+def _ag_news(cfg: DataConfig, seed: int) -> RawDataset:
+    folder = find_local("ag_news", ["train_subset_10k.tsv", "test.tsv"])
+    if folder is None:
+        train = hub_dataset("ag_news", None, "train", "text", "label")
+        test = hub_dataset("ag_news", None, "test", "text", "label")
+        return RawDataset("ag_news", train, test, _AG_NEWS_LABELS, "hub:ag_news")
+
+    def split(file: str) -> RawSplit:
+        rows = read_tsv_rows(folder / file, header=False)
+        labels = encode_labels([r[1] for r in rows], _AG_NEWS_LABELS, str(folder / file))
+        return RawSplit([r[0].replace("\\", " ") for r in rows], labels)
+
+    return RawDataset(
+        "ag_news", split("train_subset_10k.tsv"), split("test.tsv"), _AG_NEWS_LABELS, str(folder)
+    )
+
+
+def _custom(cfg: DataConfig, seed: int) -> RawDataset:
+    """Bring your own CSV/TSV/JSONL; without an eval file, a seeded 10% is held out."""
+    from pathlib import Path
+
+    assert cfg.train_file is not None  # checked by DataConfig
+    train_path = Path(cfg.train_file)
+    texts, raw = read_table(train_path, cfg.text_column, cfg.label_column)
+    names = sorted(set(raw))
+    if len(names) < 2:
+        raise FedpeftError(f"data file {train_path} has {len(names)} distinct label(s); need 2 or more.")
+    train = RawSplit(texts, encode_labels(raw, names, str(train_path)))
+    if cfg.eval_file is not None:
+        eval_texts, eval_raw = read_table(Path(cfg.eval_file), cfg.text_column, cfg.label_column)
+        evaluation = RawSplit(eval_texts, encode_labels(eval_raw, names, cfg.eval_file))
+    else:
+        perm = np.random.default_rng(seed).permutation(len(texts))
+        cut = max(1, len(texts) // 10)
+        held, kept = np.sort(perm[:cut]), np.sort(perm[cut:])
+        evaluation = RawSplit([texts[i] for i in held], train.labels[held])
+        train = RawSplit([texts[i] for i in kept], train.labels[kept])
+    return RawDataset(train_path.stem, train, evaluation, names, str(train_path))
+
+
+register_dataset("sst2", _sst2)
+register_dataset("ag_news", _ag_news)
+register_dataset("custom", _custom)

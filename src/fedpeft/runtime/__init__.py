@@ -1,0 +1,1 @@
+"""Runtimes: ``local`` (in-process simulation, the default) and ``flower`` (issue #6)."""

@@ -1,0 +1,5 @@
+"""In-process simulation runtime (the embedded default)."""
+
+from fedpeft.runtime.local.simulator import LocalClientPool, LocalGlobalModel, RunResult, run_local
+
+__all__ = ["LocalClientPool", "LocalGlobalModel", "RunResult", "run_local"]

@@ -1,0 +1,116 @@
+"""In-process simulation: ONE frozen base model shared by every simulated client.
+
+A client's adapter is loaded into the shared model before it trains and read out
+after, so per-client memory is its adapter state only and memory stays flat as the
+number of clients grows. Messages still go through the wire codec, so byte counts are
+the bytes a real deployment would send.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedpeft.client import ClientData, handle_fit
+from fedpeft.config import ExperimentConfig, config_to_toml
+from fedpeft.errors import FedpeftError
+from fedpeft.peft import get_adapter_state, set_adapter_state
+from fedpeft.server import LoopResult, Observer, RunStore, run_rounds
+from fedpeft.server.evaluate import evaluate_model
+from fedpeft.server.export import export_adapter
+from fedpeft.server.store import CONFIG, PARTITIONS, SUMMARY, write_atomic
+from fedpeft.server.summary import build_summary
+from fedpeft.server.task import Task, build_task
+from fedpeft.server.validate import RejectedUpdate, check_tensors
+from fedpeft.types import AdapterState, TrainInstruction
+
+log = logging.getLogger("fedpeft.runtime.local")
+
+
+class LocalClientPool:
+    """Clients as (partition indices, shared model): bytes in, bytes out."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+    def fit(self, instruction: TrainInstruction, payload: bytes) -> bytes:
+        data = ClientData(self.task.train, self.task.partitions[instruction.client_id])
+        return handle_fit(self.task.model, payload, instruction, data, self.task.device)
+
+
+class LocalGlobalModel:
+    """The same shared model, with the global adapter loaded, for central evaluation."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+    def evaluate(self, state: AdapterState) -> dict[str, float]:
+        set_adapter_state(self.task.model, state)
+        t = self.task
+        return evaluate_model(t.model, t.eval, t.cfg.eval.batch_size, t.device)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    state: AdapterState
+    rounds: list[dict[str, object]]
+    summary: dict[str, object]
+
+
+def run_local(
+    cfg: ExperimentConfig, *, resume: Path | None = None, observer: Observer | None = None,
+) -> RunResult:
+    """Runs (or resumes) a federation in this process and writes the run folder."""
+    start = time.perf_counter()
+    store = RunStore.open_existing(resume) if resume else None
+    task = build_task(cfg)
+    state, first = _initial_state(task, store)
+    if store is None:
+        store = RunStore.create(cfg.run.output_dir, cfg.run.name, config_to_toml(cfg))
+        store.write_json(PARTITIONS, _partitions_json(task))
+    else:
+        store.truncate_logs(first - 1)
+        write_atomic(store.root / CONFIG, config_to_toml(cfg).encode())  # e.g. more rounds
+    loop: LoopResult = run_rounds(
+        cfg, LocalClientPool(task), LocalGlobalModel(task), store, state, first, observer
+    )
+    export_adapter(task.model, loop.state, task.spec, store)
+    rounds = store.read_rounds()
+    summary = build_summary(
+        rounds, task.model, loop.state, time.perf_counter() - start,
+        {"run_dir": str(store.root), "model": task.spec.name, "dataset": task.dataset.name,
+         "num_clients": cfg.data.num_clients, "resumed_from_round": first - 1 if resume else None},
+    )
+    store.write_json(SUMMARY, summary)
+    return RunResult(store.root, loop.state, rounds, summary)
+
+
+def _initial_state(task: Task, store: RunStore | None) -> tuple[AdapterState, int]:
+    """A fresh adapter (round 1), or the checkpoint's (the round after it)."""
+    fresh = get_adapter_state(task.model)
+    if store is None:
+        return fresh, 1
+    rnd, state = store.load_checkpoint()
+    try:
+        check_tensors(state, fresh)
+    except RejectedUpdate as e:
+        raise FedpeftError(
+            f"run folder {store.root} is incomplete or corrupted: its checkpoint does not fit "
+            f"the configured model ({e}); nothing was resumed."
+        ) from None
+    if rnd >= task.cfg.run.rounds:
+        log.info("run already completed %d of %d rounds", rnd, task.cfg.run.rounds)
+    return state, rnd + 1
+
+
+def _partitions_json(task: Task) -> dict[str, object]:
+    return {
+        "dataset": task.dataset.name,
+        "source": task.dataset.source,
+        "label_names": task.dataset.label_names,
+        "partition": task.cfg.data.partition,
+        "clients": {str(i): p.to_json() for i, p in enumerate(task.profiles)},
+    }

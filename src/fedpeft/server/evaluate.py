@@ -1,0 +1,43 @@
+"""Central evaluation of a global adapter: accuracy, macro-F1 and loss on the eval split."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from peft import PeftModel
+from sklearn.metrics import f1_score
+
+from fedpeft.data import TokenizedSplit
+
+
+def predict_logits(
+    model: PeftModel, split: TokenizedSplit, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """Logits (float32, CPU) for every example in the split's order.
+
+    Runs in length buckets under ``inference_mode``, so little compute goes to padding.
+    """
+    model.eval()
+    out: torch.Tensor | None = None
+    with torch.inference_mode():
+        for idx, batch in split.eval_batches(batch_size):
+            batch = batch.to(device)
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            if out is None:
+                out = torch.empty((len(split), logits.shape[-1]), dtype=torch.float32)
+            out[torch.from_numpy(idx)] = logits.float().cpu()
+    assert out is not None, "cannot evaluate an empty split"
+    return out
+
+
+def evaluate_model(
+    model: PeftModel, split: TokenizedSplit, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    logits = predict_logits(model, split, batch_size, device)
+    labels = torch.from_numpy(split.labels)
+    preds = logits.argmax(-1).numpy()
+    return {
+        "accuracy": float((preds == split.labels).mean()),
+        "macro_f1": float(f1_score(split.labels, preds, average="macro")),
+        "loss": float(torch.nn.functional.cross_entropy(logits, labels)),
+    }

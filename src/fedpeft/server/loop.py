@@ -1,0 +1,139 @@
+"""The round loop: sample → configure → collect → validate → aggregate → evaluate → checkpoint.
+
+It reaches clients only through a ``ClientPool`` (in-process or Flower) and the model
+only through a ``GlobalModel``, so the same loop drives every runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from fedpeft.aggregation import get_aggregator
+from fedpeft.compression import encode
+from fedpeft.config import ExperimentConfig
+from fedpeft.server.sampling import sample_clients
+from fedpeft.server.store import RunStore
+from fedpeft.server.validate import RejectedUpdate, validate_reply
+from fedpeft.types import AdapterState, ClientRecord, ClientUpdate, RoundRecord, TrainInstruction
+
+log = logging.getLogger("fedpeft.server")
+
+
+class ClientPool(Protocol):
+    """How the server reaches clients: bytes in, bytes out."""
+
+    def fit(self, instruction: TrainInstruction, payload: bytes) -> bytes: ...
+
+
+class GlobalModel(Protocol):
+    """The server's copy of the model, for central evaluation and export."""
+
+    def evaluate(self, state: AdapterState) -> dict[str, float]: ...
+
+
+class Observer:
+    """Progress hooks; the default does nothing. The CLI's draws progress bars."""
+
+    def on_round_start(self, rnd: int, sampled: Sequence[int]) -> None: ...
+    def on_client_done(self, rnd: int, record: ClientRecord) -> None: ...
+    def on_round_end(self, record: RoundRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    state: AdapterState
+    records: list[RoundRecord]
+
+
+def instruction_for(cfg: ExperimentConfig, rnd: int, client_id: int) -> TrainInstruction:
+    c = cfg.client
+    return TrainInstruction(
+        round=rnd, client_id=client_id, epochs=c.epochs, steps=c.steps, batch_size=c.batch_size,
+        lr=c.lr, weight_decay=c.weight_decay, proximal_mu=c.proximal_mu, seed=cfg.run.seed,
+    )
+
+
+def run_rounds(
+    cfg: ExperimentConfig, pool: ClientPool, model: GlobalModel, store: RunStore,
+    state: AdapterState, start_round: int, observer: Observer | None = None,
+) -> LoopResult:
+    """Runs rounds ``start_round … cfg.run.rounds``, checkpointing after each."""
+    observer = observer or Observer()
+    records = []
+    for rnd in range(start_round, cfg.run.rounds + 1):
+        state, record = run_round(cfg, pool, model, state, rnd, observer)
+        store.append_round(record)
+        store.save_checkpoint(rnd, state)
+        records.append(record)
+        observer.on_round_end(record)
+    return LoopResult(state, records)
+
+
+def run_round(
+    cfg: ExperimentConfig, pool: ClientPool, model: GlobalModel, state: AdapterState,
+    rnd: int, observer: Observer,
+) -> tuple[AdapterState, RoundRecord]:
+    start = time.perf_counter()
+    sampled = sample_clients(
+        cfg.data.num_clients, cfg.server.fraction, cfg.server.min_clients, cfg.run.seed, rnd
+    )
+    observer.on_round_start(rnd, sampled)
+    down = encode(state, {"round": rnd})
+    accepted: list[ClientUpdate] = []
+    clients: list[ClientRecord] = []
+    for cid in sampled:
+        update, record = _collect(pool, instruction_for(cfg, rnd, cid), down, state)
+        if update is not None:
+            accepted.append(update)
+        clients.append(record)
+        observer.on_client_done(rnd, record)
+    if clients and all(c.status == "failed" for c in clients):
+        raise RuntimeError(f"round {rnd}: every sampled client failed; first: {clients[0].reason}")
+    if accepted:
+        aggregate = get_aggregator(cfg.server.aggregator)
+        state = aggregate([(u.state, float(u.num_examples)) for u in accepted])
+    else:
+        log.warning("round %d: no update was accepted; the global adapter is unchanged", rnd)
+    eval_start = time.perf_counter()
+    metrics = model.evaluate(state)
+    metrics["eval_time_s"] = time.perf_counter() - eval_start
+    n = sum(u.num_examples for u in accepted)
+    record = RoundRecord(
+        round=rnd, sampled=list(sampled), accepted=len(accepted),
+        rejected=len(sampled) - len(accepted),
+        bytes_down=sum(c.bytes_down for c in clients), bytes_up=sum(c.bytes_up for c in clients),
+        train_loss=sum(u.metrics.get("loss", 0.0) * u.num_examples for u in accepted) / max(n, 1),
+        eval=metrics, wall_time_s=time.perf_counter() - start, clients=clients,
+    )
+    return state, record
+
+
+def _collect(
+    pool: ClientPool, ins: TrainInstruction, down: bytes, state: AdapterState
+) -> tuple[ClientUpdate | None, ClientRecord]:
+    """One client's round trip; a failure or a bad reply is logged and the round goes on."""
+    try:
+        reply = pool.fit(ins, down)
+        update = validate_reply(reply, state, ins)
+    except RejectedUpdate as e:
+        log.warning("round %d: update from client %d rejected: %s", ins.round, ins.client_id, e)
+        return None, _record(ins, "rejected", str(e), len(down), len(reply), 0, {})
+    except Exception as e:  # noqa: BLE001 - a failing client must not stop the round
+        log.warning("round %d: client %d failed: %s: %s", ins.round, ins.client_id, type(e).__name__, e)
+        return None, _record(ins, "failed", f"{type(e).__name__}: {e}", len(down), 0, 0, {})
+    record = _record(ins, "ok", "", len(down), len(reply), update.num_examples, update.metrics)
+    return update, record
+
+
+def _record(
+    ins: TrainInstruction, status: str, reason: str, down: int, up: int, n: int,
+    metrics: dict[str, float],
+) -> ClientRecord:
+    return ClientRecord(
+        round=ins.round, client_id=ins.client_id, status=status, reason=reason,
+        num_examples=n, bytes_down=down, bytes_up=up, metrics=metrics,
+    )

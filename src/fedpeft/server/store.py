@@ -1,0 +1,153 @@
+"""The run folder: resolved config, per-round logs, checkpoints, summary, exported adapter.
+
+Layout (DESIGN.md): ``config.toml``, ``partitions.json``, ``metrics.jsonl`` (a line a
+round), ``clients.jsonl`` (a line a client a round), ``checkpoint/``, ``summary.json``,
+``adapter/`` (PEFT format). Files that must survive a crash are written atomically
+(temporary file, fsync, rename); the checkpoint's ``state.json`` is written last and is
+what marks a round as complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from fedpeft.compression import CodecError, decode, encode
+from fedpeft.errors import FedpeftError
+from fedpeft.types import AdapterState, RoundRecord
+
+CONFIG = "config.toml"
+METRICS = "metrics.jsonl"
+CLIENTS = "clients.jsonl"
+SUMMARY = "summary.json"
+PARTITIONS = "partitions.json"
+CHECKPOINT = "checkpoint"
+ADAPTER = "adapter"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Writes ``data`` so that ``path`` holds either the old or the new content, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+class RunStore:
+    """One run's folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def create(cls, output_dir: str | Path, name: str, config_toml: str) -> RunStore:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = Path(output_dir) / f"{name}-{stamp}"
+        root, i = base, 1
+        while root.exists():
+            root, i = Path(f"{base}-{i}"), i + 1
+        root.mkdir(parents=True)
+        store = cls(root)
+        write_atomic(root / CONFIG, config_toml.encode())
+        return store
+
+    @classmethod
+    def open_existing(cls, run_dir: str | Path) -> RunStore:
+        root = Path(run_dir)
+        if not (root / CONFIG).is_file():
+            raise FedpeftError(
+                f"run folder {root} is incomplete or not a fedpeft run (no {CONFIG}); "
+                "nothing was resumed."
+            )
+        return cls(root)
+
+    # ---- per-round logs -------------------------------------------------------------
+    def append_round(self, record: RoundRecord) -> None:
+        with (self.root / METRICS).open("a") as f:
+            f.write(json.dumps(record.to_json(), sort_keys=True) + "\n")
+        with (self.root / CLIENTS).open("a") as f:
+            for c in record.clients:
+                f.write(json.dumps(asdict(c), sort_keys=True) + "\n")
+
+    def read_rounds(self) -> list[dict[str, Any]]:
+        path = self.root / METRICS
+        if not path.is_file():
+            return []
+        try:
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except json.JSONDecodeError:
+            raise self._corrupt(f"{METRICS} is not valid JSON lines") from None
+
+    def truncate_logs(self, last_round: int) -> None:
+        """Drops log lines after ``last_round`` (written after the last checkpoint)."""
+        for name in (METRICS, CLIENTS):
+            path = self.root / name
+            if not path.is_file():
+                continue
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            try:
+                keep = [ln for ln in lines if json.loads(ln)["round"] <= last_round]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise self._corrupt(f"{name} is not valid JSON lines") from None
+            write_atomic(path, "".join(ln + "\n" for ln in keep).encode())
+
+    # ---- checkpoints ----------------------------------------------------------------
+    def save_checkpoint(self, rnd: int, state: AdapterState) -> None:
+        folder = self.root / CHECKPOINT
+        write_atomic(folder / "global.safetensors", encode(state, {"round": rnd}))
+        write_json(folder / "state.json", {"round": rnd, "saved_at": time.time()})
+
+    def load_checkpoint(self) -> tuple[int, AdapterState]:
+        folder = self.root / CHECKPOINT
+        try:
+            meta = json.loads((folder / "state.json").read_text())
+            rnd = meta["round"]
+            state, tmeta = decode((folder / "global.safetensors").read_bytes())
+        except FileNotFoundError as e:
+            raise self._corrupt(f"{Path(e.filename).name} is missing") from None
+        except (json.JSONDecodeError, KeyError, TypeError, CodecError) as e:
+            raise self._corrupt(f"its checkpoint is unreadable ({e})") from None
+        if not isinstance(rnd, int) or tmeta.get("round") != rnd:
+            raise self._corrupt("checkpoint/state.json and global.safetensors disagree on the round")
+        return rnd, state
+
+    def _corrupt(self, what: str) -> FedpeftError:
+        return FedpeftError(
+            f"run folder {self.root} is incomplete or corrupted: {what}; nothing was resumed."
+        )
+
+    # ---- outputs --------------------------------------------------------------------
+    def write_json(self, name: str, obj: Any) -> None:
+        write_json(self.root / name, obj)
+
+    def adapter_tmp(self) -> Path:
+        tmp = self.root / f".{ADAPTER}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        return tmp
+
+    def commit_adapter(self, tmp: Path) -> Path:
+        """Swaps a fully written adapter folder into place."""
+        final, old = self.root / ADAPTER, self.root / f".{ADAPTER}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        return final

@@ -1,0 +1,81 @@
+"""Everything a run needs, built once from the config: data, partitions, the one model."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from peft import PeftModel
+
+from fedpeft.aggregation import get_aggregator
+from fedpeft.config import ExperimentConfig
+from fedpeft.errors import FedpeftError
+from fedpeft.data import (
+    DataProfile,
+    RawDataset,
+    TokenizedSplit,
+    data_profile,
+    load_dataset,
+    partition_indices,
+    tokenize_split,
+)
+from fedpeft.models import ModelSpec, get_model_spec, load_classifier, load_tokenizer
+from fedpeft.peft import apply_peft, get_method
+
+log = logging.getLogger("fedpeft.server")
+
+
+@dataclass
+class Task:
+    cfg: ExperimentConfig
+    spec: ModelSpec
+    dataset: RawDataset
+    train: TokenizedSplit
+    eval: TokenizedSplit
+    partitions: list[np.ndarray]
+    profiles: list[DataProfile]
+    model: PeftModel
+    device: torch.device
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FedpeftError("`run.device` is 'cuda' but no CUDA device is available; use 'auto'.")
+    return torch.device(name)
+
+
+def set_threads(threads: int) -> None:
+    """Sets torch's intra-op threads deliberately: 0 means one per available core."""
+    if threads == 0:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+    torch.set_num_threads(max(1, threads or os.cpu_count() or 1))
+
+
+def check_names(cfg: ExperimentConfig) -> None:
+    """Fails fast on unknown plugin names, before anything heavy loads."""
+    get_aggregator(cfg.server.aggregator)
+    get_method(cfg.peft.method)
+
+
+def build_task(cfg: ExperimentConfig) -> Task:
+    check_names(cfg)
+    set_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device)
+    dataset = load_dataset(cfg.data, cfg.run.seed)
+    spec = get_model_spec(cfg.model.name)
+    tokenizer = load_tokenizer(spec)
+    train = tokenize_split(dataset.train, tokenizer, cfg.model.max_length)
+    evaluation = tokenize_split(dataset.eval, tokenizer, cfg.model.max_length)
+    partitions = partition_indices(train.labels, cfg.data, cfg.run.seed)
+    lengths = train.lengths
+    profiles = [data_profile(train.labels[p], lengths[p], dataset.num_labels) for p in partitions]
+    base = load_classifier(spec, dataset.num_labels, cfg.run.seed)
+    model = apply_peft(base, cfg.peft).to(device)
+    log.info("task: %s on %s (%d train, %d eval), %d clients, device %s", spec.name,
+             dataset.name, len(train), len(evaluation), len(partitions), device)
+    return Task(cfg, spec, dataset, train, evaluation, partitions, profiles, model, device)

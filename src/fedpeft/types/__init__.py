@@ -1,0 +1,72 @@
+"""Types shared by every part: adapter state, instructions, updates, round records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+AdapterState = dict[str, Tensor]
+"""A flat mapping from stable parameter names to tensors: the only thing that travels."""
+
+
+@dataclass(frozen=True)
+class TrainInstruction:
+    """What the server asks one client to do in one round."""
+
+    round: int
+    client_id: int
+    epochs: int
+    steps: int | None
+    batch_size: int
+    lr: float
+    weight_decay: float
+    proximal_mu: float
+    seed: int
+
+    def to_dict(self) -> dict[str, int | float | None]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """A client's result: its new adapter state, how many examples it saw, its metrics."""
+
+    client_id: int
+    state: AdapterState
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    """One client in one round, as written to ``clients.jsonl``."""
+
+    round: int
+    client_id: int
+    status: str  # "ok" | "rejected"
+    reason: str
+    num_examples: int
+    bytes_down: int
+    bytes_up: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round, as written to ``metrics.jsonl``."""
+
+    round: int
+    sampled: list[int]
+    accepted: int
+    rejected: int
+    bytes_down: int
+    bytes_up: int
+    train_loss: float
+    eval: dict[str, float]
+    wall_time_s: float
+    clients: list[ClientRecord] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict[str, object]:
+        out = {k: v for k, v in self.__dict__.items() if k != "clients"}
+        return out
