@@ -18,5 +18,5 @@ def export_adapter(model: PeftModel, state: AdapterState, spec: ModelSpec, store
     for cfg in model.peft_config.values():
         cfg.base_model_name_or_path = spec.hub_id
     tmp = store.adapter_tmp()
-    model.save_pretrained(str(tmp))
+    model.save_pretrained(str(tmp), save_embedding_layers=False)
     return store.commit_adapter(tmp)

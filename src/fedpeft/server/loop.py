@@ -100,14 +100,15 @@ def run_round(
         log.warning("round %d: no update was accepted; the global adapter is unchanged", rnd)
     eval_start = time.perf_counter()
     metrics = model.evaluate(state)
-    metrics["eval_time_s"] = time.perf_counter() - eval_start
+    eval_time = time.perf_counter() - eval_start
     n = sum(u.num_examples for u in accepted)
     record = RoundRecord(
         round=rnd, sampled=list(sampled), accepted=len(accepted),
         rejected=len(sampled) - len(accepted),
         bytes_down=sum(c.bytes_down for c in clients), bytes_up=sum(c.bytes_up for c in clients),
         train_loss=sum(u.metrics.get("loss", 0.0) * u.num_examples for u in accepted) / max(n, 1),
-        eval=metrics, wall_time_s=time.perf_counter() - start, clients=clients,
+        eval=metrics, wall_time_s=time.perf_counter() - start, eval_time_s=eval_time,
+        client_time_s=sum(c.metrics.get("train_time_s", 0.0) for c in clients), clients=clients,
     )
     return state, record
 

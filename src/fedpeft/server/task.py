@@ -74,8 +74,10 @@ def build_task(cfg: ExperimentConfig) -> Task:
     partitions = partition_indices(train.labels, cfg.data, cfg.run.seed)
     lengths = train.lengths
     profiles = [data_profile(train.labels[p], lengths[p], dataset.num_labels) for p in partitions]
-    base = load_classifier(spec, dataset.num_labels, cfg.run.seed)
-    model = apply_peft(base, cfg.peft).to(device)
+    with torch.random.fork_rng(devices=[]):  # head and adapter init: same seed, same model
+        torch.manual_seed(cfg.run.seed)
+        base = load_classifier(spec, dataset.num_labels, cfg.run.seed)
+        model = apply_peft(base, cfg.peft).to(device)
     log.info("task: %s on %s (%d train, %d eval), %d clients, device %s", spec.name,
              dataset.name, len(train), len(evaluation), len(partitions), device)
     return Task(cfg, spec, dataset, train, evaluation, partitions, profiles, model, device)

@@ -65,8 +65,9 @@ class RoundRecord:
     train_loss: float
     eval: dict[str, float]
     wall_time_s: float
+    eval_time_s: float
+    client_time_s: float  # summed client training time: wall − client − eval = framework overhead
     clients: list[ClientRecord] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, object]:
-        out = {k: v for k, v in self.__dict__.items() if k != "clients"}
-        return out
+        return {k: v for k, v in self.__dict__.items() if k != "clients"}

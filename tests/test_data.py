@@ -1,0 +1,73 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedpeft.config import load_config
+from fedpeft.data import load_dataset, tokenize_split
+from fedpeft.errors import FedpeftError
+from fedpeft.models import get_model_spec, load_tokenizer
+
+
+def test_sst2_full_sizes_from_shared_data() -> None:
+    ds = load_dataset(load_config(overrides=["data.train_size=100000"]).data, 0)
+    assert (len(ds.train.texts), len(ds.eval.texts)) == (67349, 872)
+    assert ds.label_names == ["negative", "positive"]
+    assert set(np.unique(ds.train.labels)) == {0, 1}
+
+
+def test_ag_news_labels_and_seeded_subsets() -> None:
+    cfg = load_config(overrides=["data.dataset='ag_news'", "data.train_size=500", "data.eval_size=300"]).data
+    a, b = load_dataset(cfg, 1), load_dataset(cfg, 1)
+    assert (len(a.train.texts), len(a.eval.texts)) == (500, 300)
+    assert a.label_names == ["World", "Sports", "Business", "Sci/Tech"]
+    assert a.train.texts == b.train.texts
+    assert np.bincount(a.eval.labels, minlength=4).min() > 40
+    assert load_dataset(cfg, 2).train.texts != a.train.texts
+
+
+def _write(path: Path, kind: str) -> None:
+    rows = [("good film", "pos"), ("bad film", "neg"), ("great", "pos"), ("awful", "neg")] * 5
+    if kind == "jsonl":
+        path.write_text("".join(json.dumps({"txt": t, "y": y}) + "\n" for t, y in rows))
+    else:
+        sep = "\t" if kind == "tsv" else ","
+        path.write_text(f"txt{sep}y\n" + "".join(f"{t}{sep}{y}\n" for t, y in rows))
+
+
+@pytest.mark.parametrize("kind", ["csv", "tsv", "jsonl"])
+def test_bring_your_own_files(tmp_path: Path, kind: str) -> None:
+    train = tmp_path / f"train.{kind}"
+    _write(train, kind)
+    cfg = load_config(overrides=[
+        "data.dataset='custom'", f"data.train_file={str(train)!r}", f"data.eval_file={str(train)!r}",
+        "data.text_column='txt'", "data.label_column='y'",
+    ]).data
+    ds = load_dataset(cfg, 0)
+    assert ds.label_names == ["neg", "pos"]
+    assert len(ds.train.texts) == len(ds.eval.texts) == 20
+    assert ds.train.labels[:2].tolist() == [1, 0]
+
+
+def test_missing_column_is_a_user_error(tmp_path: Path) -> None:
+    train = tmp_path / "train.csv"
+    _write(train, "csv")
+    cfg = load_config(overrides=["data.dataset='custom'", f"data.train_file={str(train)!r}"]).data
+    with pytest.raises(FedpeftError, match="no column `text`"):
+        load_dataset(cfg, 0)
+
+
+def test_tokenise_once_dynamic_padding_and_length_buckets() -> None:
+    ds = load_dataset(load_config(overrides=["data.train_size=200"]).data, 0)
+    split = tokenize_split(ds.train, load_tokenizer(get_model_spec("minilm-l6")), max_length=64)
+    idx = np.arange(8)
+    batch = split.collate(idx)
+    assert batch.input_ids.shape == (8, max(len(split.input_ids[i]) for i in idx))
+    assert batch.attention_mask.sum(1).tolist() == [len(split.input_ids[i]) for i in idx]
+    seen, widths = [], []
+    for ids, b in split.eval_batches(32):
+        seen.extend(ids.tolist())
+        widths.append(b.input_ids.shape[1])
+    assert sorted(seen) == list(range(200)) and widths == sorted(widths)
+    assert split.lengths.max() <= 64

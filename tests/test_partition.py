@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from fedpeft.config import load_config
+from fedpeft.data import data_profile, partition_indices
+from fedpeft.errors import FedpeftError
+
+
+def _labels(n: int = 2000, k: int = 4, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, k, size=n)
+
+
+def _parts(kind: str, seed: int = 0, **kw: object) -> list[np.ndarray]:
+    sets = [f"data.partition={kind!r}", *(f"data.{k}={v}" for k, v in kw.items())]
+    return partition_indices(_labels(), load_config(overrides=sets).data, seed)
+
+
+@pytest.mark.parametrize("kind", ["iid", "dirichlet", "pathological"])
+def test_partitions_are_disjoint_and_cover_the_data(kind: str) -> None:
+    parts = _parts(kind, num_clients=10)
+    assert len(parts) == 10
+    joined = np.concatenate(parts)
+    assert len(joined) == len(np.unique(joined))
+    if kind != "pathological":  # a class may be given to no client there
+        assert sorted(joined.tolist()) == list(range(2000))
+    if kind == "iid":
+        assert {len(p) for p in parts} == {200}
+
+
+@pytest.mark.parametrize("kind", ["iid", "dirichlet", "pathological"])
+def test_same_seed_same_partition_other_seed_other(kind: str) -> None:
+    a, b, c = _parts(kind, 7), _parts(kind, 7), _parts(kind, 8)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def _mean_entropy(parts: list[np.ndarray]) -> float:
+    labels = _labels()
+    return float(np.mean([data_profile(labels[p], np.ones(len(p)), 4).label_entropy for p in parts]))
+
+
+def test_label_skew_is_really_skewed() -> None:
+    iid = _mean_entropy(_parts("iid"))
+    mild = _mean_entropy(_parts("dirichlet", alpha=1.0))
+    strong = _mean_entropy(_parts("dirichlet", alpha=0.1))
+    assert iid > 1.95  # 4 balanced classes: 2 bits
+    assert iid > mild > strong
+    assert strong < 1.2
+
+
+def test_pathological_gives_each_client_k_classes() -> None:
+    labels = _labels()
+    for k in (1, 2):
+        parts = _parts("pathological", classes_per_client=k)
+        assert all(len(np.unique(labels[p])) <= k for p in parts)
+
+
+def test_too_little_data_is_a_user_error() -> None:
+    cfg = load_config(overrides=["data.num_clients=100", "data.min_partition_size=50"]).data
+    with pytest.raises(FedpeftError, match="num_clients"):
+        partition_indices(_labels(), cfg, 0)

@@ -1,0 +1,172 @@
+"""End to end on the tiny random BERT: run folder, bytes, validation, resume, export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+
+from fedpeft.compression import encode
+from fedpeft.errors import FedpeftError
+from fedpeft.models import get_model_spec, load_classifier, load_tokenizer
+from fedpeft.data import load_dataset, tokenize_split
+from fedpeft.runtime.local import run_local
+from fedpeft.server import Observer
+from fedpeft.server.evaluate import predict_logits
+from fedpeft.types import RoundRecord
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_two_clients_two_rounds_writes_the_run_folder(tiny) -> None:
+    result = run_local(tiny())
+    root = result.run_dir
+    for name in ("config.toml", "metrics.jsonl", "clients.jsonl", "summary.json",
+                 "partitions.json", "checkpoint/state.json", "checkpoint/global.safetensors",
+                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors"):
+        assert (root / name).is_file(), name
+    rounds, clients = _lines(root / "metrics.jsonl"), _lines(root / "clients.jsonl")
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert len(clients) == 4 and all(c["status"] == "ok" for c in clients)
+    assert sum(c["num_examples"] for c in clients if c["round"] == 1) == 64
+    parts = json.loads((root / "partitions.json").read_text())["clients"]
+    assert [p["label_histogram"] for p in parts.values()] and sum(
+        sum(p["label_histogram"]) for p in parts.values()) == 64
+    # bytes recorded are exactly the encoded payload sizes
+    down = len(encode(result.state, {"round": 2}))
+    assert all(c["bytes_down"] == down for c in clients)
+    assert all(c["bytes_up"] > sum(t.numel() * t.element_size() for t in result.state.values())
+               for c in clients)
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["rounds_completed"] == 2
+    assert summary["bytes_up_total"] == sum(c["bytes_up"] for c in clients)
+    assert 0 <= summary["final_accuracy"] <= 1
+
+
+def test_training_changes_the_adapter_and_only_adapter_keys_travel(tiny) -> None:
+    result = run_local(tiny("run.rounds=1"))
+    assert all(k.startswith("base_model.model.") for k in result.state)
+    assert any("lora_A" in k for k in result.state) and any("classifier" in k for k in result.state)
+    lora_b = [v for k, v in result.state.items() if "lora_B" in k]
+    assert all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero; training moved it
+
+
+class _BadPool:
+    """Wraps the real pool: client 1 returns garbage, so its update must be rejected."""
+
+    def __init__(self, inner, mode: str) -> None:
+        self.inner, self.mode = inner, mode
+
+    def fit(self, instruction, payload):
+        reply = self.inner.fit(instruction, payload)
+        if instruction.client_id != 1:
+            return reply
+        if self.mode == "garbage":
+            return b"\x00" * 40
+        from fedpeft.compression import decode
+
+        state, meta = decode(reply)
+        key = next(iter(state))
+        state[key] = torch.full_like(state[key], float("nan"))
+        return encode(state, meta)
+
+
+@pytest.mark.parametrize("mode", ["garbage", "nan"])
+def test_bad_update_is_rejected_and_the_round_goes_on(tiny, monkeypatch, mode: str) -> None:
+    import fedpeft.runtime.local.simulator as sim
+
+    real = sim.LocalClientPool
+    monkeypatch.setattr(sim, "LocalClientPool", lambda task: _BadPool(real(task), mode))
+    result = run_local(tiny())
+    clients = _lines(result.run_dir / "clients.jsonl")
+    bad = [c for c in clients if c["client_id"] == 1]
+    assert all(c["status"] == "rejected" and c["reason"] for c in bad)
+    assert all(c["status"] == "ok" for c in clients if c["client_id"] == 0)
+    assert all(torch.isfinite(v).all() for v in result.state.values())
+    assert [r["accepted"] for r in result.rounds] == [1, 1]
+
+
+class _StopAfter(Observer):
+    def __init__(self, rnd: int) -> None:
+        self.rnd = rnd
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        if record.round == self.rnd:
+            raise KeyboardInterrupt
+
+
+def test_resume_gives_the_same_final_adapter_as_an_uninterrupted_run(tiny) -> None:
+    cfg = tiny("run.rounds=3", "data.partition='dirichlet'", "client.proximal_mu=0.1")
+    full = run_local(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        run_local(cfg, observer=_StopAfter(1))
+    runs = sorted(Path(cfg.run.output_dir).iterdir())
+    stopped = next(r for r in runs if r != full.run_dir)
+    assert json.loads((stopped / "checkpoint/state.json").read_text())["round"] == 1
+    resumed = run_local(cfg, resume=stopped)
+    assert resumed.run_dir == stopped
+    assert [r["round"] for r in resumed.rounds] == [1, 2, 3]
+    for key, value in full.state.items():
+        torch.testing.assert_close(resumed.state[key], value, rtol=0, atol=1e-6)
+    assert resumed.rounds[-1]["eval"] == pytest.approx(full.rounds[-1]["eval"], abs=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["no_state", "garbage_weights", "round_mismatch"])
+def test_resume_of_a_damaged_run_says_so_and_starts_nothing(tiny, damage: str) -> None:
+    cfg = tiny("run.rounds=1")
+    root = run_local(cfg).run_dir
+    ckpt = root / "checkpoint"
+    if damage == "no_state":
+        (ckpt / "state.json").unlink()
+    elif damage == "garbage_weights":
+        (ckpt / "global.safetensors").write_bytes(b"not a checkpoint")
+    else:
+        (ckpt / "state.json").write_text(json.dumps({"round": 5}))
+    before = (root / "metrics.jsonl").read_text()
+    with pytest.raises(FedpeftError, match="incomplete or corrupted"):
+        run_local(cfg, resume=root)
+    assert (root / "metrics.jsonl").read_text() == before
+
+
+def test_exported_adapter_loads_in_peft_and_predicts_like_fedpeft(tiny) -> None:
+    cfg = tiny()
+    result = run_local(cfg)
+    spec = get_model_spec("tiny-bert")
+    with torch.random.fork_rng(devices=[]):  # the tiny base is random: rebuild it the same way
+        torch.manual_seed(cfg.run.seed)
+        base = load_classifier(spec, 2, cfg.run.seed)
+    model = PeftModel.from_pretrained(base, str(result.run_dir / "adapter"))
+    ds = load_dataset(cfg.data, cfg.run.seed)
+    split = tokenize_split(ds.eval, load_tokenizer(spec), cfg.model.max_length)
+    preds = predict_logits(model, split, 16, torch.device("cpu")).argmax(-1).numpy()
+    acc = float((preds == split.labels).mean())
+    assert acc == pytest.approx(result.rounds[-1]["eval"]["accuracy"], abs=1e-9)
+    assert json.loads((result.run_dir / "adapter/adapter_config.json").read_text())[
+        "base_model_name_or_path"] == "tiny-bert"
+
+
+def test_memory_holds_adapters_only_more_clients_same_data(tiny) -> None:
+    """100 clients hold no more model copies than 2: the pool shares one model object."""
+    import fedpeft.runtime.local.simulator as sim
+    from fedpeft.server.task import build_task
+
+    task = build_task(tiny("data.num_clients=16", "data.min_partition_size=2"))
+    pool = sim.LocalClientPool(task)
+    before = {id(p) for p in task.model.parameters()}
+    from fedpeft.server.loop import instruction_for
+    from fedpeft.peft import get_adapter_state
+
+    down = encode(get_adapter_state(task.model))
+    for cid in range(3):
+        pool.fit(instruction_for(task.cfg, 1, cid), down)
+    assert {id(p) for p in task.model.parameters()} == before
+    assert len(task.partitions) == 16
+    shutil.rmtree(task.cfg.run.output_dir, ignore_errors=True)
+    assert np.concatenate(task.partitions).size == 64
