@@ -15,8 +15,14 @@ from fedpeft.config import ExperimentConfig, load_config  # noqa: E402
 def tiny_config(tmp_path: Path, *extra: str) -> ExperimentConfig:
     """2 clients × 2 rounds of tiny-bert on 64 SST-2 examples."""
     base = [
-        "model.name=tiny-bert", "data.num_clients=2", "run.rounds=2", "data.train_size=64",
-        "data.eval_size=48", "data.partition=iid", "client.batch_size=16", "run.threads=1",
+        "model.name=tiny-bert",
+        "data.num_clients=2",
+        "run.rounds=2",
+        "data.train_size=64",
+        "data.eval_size=48",
+        "data.partition=iid",
+        "client.batch_size=16",
+        "run.threads=1",
         f"run.output_dir={str(tmp_path / 'runs')!r}",
     ]
     return load_config(overrides=[*base, *extra])

@@ -31,7 +31,9 @@ def test_byte_count_is_header_plus_raw_tensor_bytes() -> None:
     assert len(payload) == 8 + header_len + 10 * 4 * 4 + 7 * 2
 
 
-@pytest.mark.parametrize("bad", [b"", b"1234", b"\xff" * 64, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}"])
+@pytest.mark.parametrize(
+    "bad", [b"", b"1234", b"\xff" * 64, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}"]
+)
 def test_malformed_bytes_raise_codec_error(bad: bytes) -> None:
     with pytest.raises(CodecError):
         decode(bad)

@@ -61,7 +61,10 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fedpeft.cli.main", "run", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
     )
 
@@ -73,10 +76,14 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--set", "data.dataset='mnist'"], "not a known dataset"),
         (["--set", "server.aggregator='fedmagic'"], "not a registered aggregator"),
         (["--set", "peft.method='dora'"], "not a registered PEFT method"),
-        (["--set", "data.dataset='custom'", "--set", "data.train_file='/nope/train.csv'"],
-         "/nope/train.csv does not exist"),
-        (["--set", "model.name='no-such-org/no-such-model'", "--set", "data.train_size=32"],
-         "model `no-such-org/no-such-model` could not be loaded"),
+        (
+            ["--set", "data.dataset='custom'", "--set", "data.train_file='/nope/train.csv'"],
+            "/nope/train.csv does not exist",
+        ),
+        (
+            ["--set", "model.name='no-such-org/no-such-model'", "--set", "data.train_size=32"],
+            "model `no-such-org/no-such-model` could not be loaded",
+        ),
         (["--config", "/nope/config.toml"], "does not exist"),
         (["--resume", "/nope/run"], "incomplete or not a fedpeft run"),
     ],

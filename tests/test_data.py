@@ -18,7 +18,9 @@ def test_sst2_full_sizes_from_shared_data() -> None:
 
 
 def test_ag_news_labels_and_seeded_subsets() -> None:
-    cfg = load_config(overrides=["data.dataset='ag_news'", "data.train_size=500", "data.eval_size=300"]).data
+    cfg = load_config(
+        overrides=["data.dataset='ag_news'", "data.train_size=500", "data.eval_size=300"]
+    ).data
     a, b = load_dataset(cfg, 1), load_dataset(cfg, 1)
     assert (len(a.train.texts), len(a.eval.texts)) == (500, 300)
     assert a.label_names == ["World", "Sports", "Business", "Sci/Tech"]
@@ -40,10 +42,15 @@ def _write(path: Path, kind: str) -> None:
 def test_bring_your_own_files(tmp_path: Path, kind: str) -> None:
     train = tmp_path / f"train.{kind}"
     _write(train, kind)
-    cfg = load_config(overrides=[
-        "data.dataset='custom'", f"data.train_file={str(train)!r}", f"data.eval_file={str(train)!r}",
-        "data.text_column='txt'", "data.label_column='y'",
-    ]).data
+    cfg = load_config(
+        overrides=[
+            "data.dataset='custom'",
+            f"data.train_file={str(train)!r}",
+            f"data.eval_file={str(train)!r}",
+            "data.text_column='txt'",
+            "data.label_column='y'",
+        ]
+    ).data
     ds = load_dataset(cfg, 0)
     assert ds.label_names == ["neg", "pos"]
     assert len(ds.train.texts) == len(ds.eval.texts) == 20

@@ -9,7 +9,10 @@ from fedpeft.errors import FedpeftError
 def _states(seed: int, n: int) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     return [
-        {"a.lora_A.weight": torch.randn(4, 6, generator=g), "head.bias": torch.randn(3, generator=g)}
+        {
+            "a.lora_A.weight": torch.randn(4, 6, generator=g),
+            "head.bias": torch.randn(3, generator=g),
+        }
         for _ in range(n)
     ]
 

@@ -36,7 +36,9 @@ def test_same_seed_same_partition_other_seed_other(kind: str) -> None:
 
 def _mean_entropy(parts: list[np.ndarray]) -> float:
     labels = _labels()
-    return float(np.mean([data_profile(labels[p], np.ones(len(p)), 4).label_entropy for p in parts]))
+    return float(
+        np.mean([data_profile(labels[p], np.ones(len(p)), 4).label_entropy for p in parts])
+    )
 
 
 def test_label_skew_is_really_skewed() -> None:

@@ -12,9 +12,9 @@ import torch
 from peft import PeftModel
 
 from fedpeft.compression import encode
+from fedpeft.data import load_dataset, tokenize_split
 from fedpeft.errors import FedpeftError
 from fedpeft.models import get_model_spec, load_classifier, load_tokenizer
-from fedpeft.data import load_dataset, tokenize_split
 from fedpeft.runtime.local import run_local
 from fedpeft.server import Observer
 from fedpeft.server.evaluate import predict_logits
@@ -28,9 +28,17 @@ def _lines(path: Path) -> list[dict]:
 def test_two_clients_two_rounds_writes_the_run_folder(tiny) -> None:
     result = run_local(tiny())
     root = result.run_dir
-    for name in ("config.toml", "metrics.jsonl", "clients.jsonl", "summary.json",
-                 "partitions.json", "checkpoint/state.json", "checkpoint/global.safetensors",
-                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors"):
+    for name in (
+        "config.toml",
+        "metrics.jsonl",
+        "clients.jsonl",
+        "summary.json",
+        "partitions.json",
+        "checkpoint/state.json",
+        "checkpoint/global.safetensors",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    ):
         assert (root / name).is_file(), name
     rounds, clients = _lines(root / "metrics.jsonl"), _lines(root / "clients.jsonl")
     assert [r["round"] for r in rounds] == [1, 2]
@@ -38,12 +46,15 @@ def test_two_clients_two_rounds_writes_the_run_folder(tiny) -> None:
     assert sum(c["num_examples"] for c in clients if c["round"] == 1) == 64
     parts = json.loads((root / "partitions.json").read_text())["clients"]
     assert [p["label_histogram"] for p in parts.values()] and sum(
-        sum(p["label_histogram"]) for p in parts.values()) == 64
+        sum(p["label_histogram"]) for p in parts.values()
+    ) == 64
     # bytes recorded are exactly the encoded payload sizes
     down = len(encode(result.state, {"round": 2}))
     assert all(c["bytes_down"] == down for c in clients)
-    assert all(c["bytes_up"] > sum(t.numel() * t.element_size() for t in result.state.values())
-               for c in clients)
+    assert all(
+        c["bytes_up"] > sum(t.numel() * t.element_size() for t in result.state.values())
+        for c in clients
+    )
     summary = json.loads((root / "summary.json").read_text())
     assert summary["rounds_completed"] == 2
     assert summary["bytes_up_total"] == sum(c["bytes_up"] for c in clients)
@@ -148,8 +159,12 @@ def test_exported_adapter_loads_in_peft_and_predicts_like_fedpeft(tiny) -> None:
     preds = predict_logits(model, split, 16, torch.device("cpu")).argmax(-1).numpy()
     acc = float((preds == split.labels).mean())
     assert acc == pytest.approx(result.rounds[-1]["eval"]["accuracy"], abs=1e-9)
-    assert json.loads((result.run_dir / "adapter/adapter_config.json").read_text())[
-        "base_model_name_or_path"] == "tiny-bert"
+    assert (
+        json.loads((result.run_dir / "adapter/adapter_config.json").read_text())[
+            "base_model_name_or_path"
+        ]
+        == "tiny-bert"
+    )
 
 
 def test_memory_holds_adapters_only_more_clients_same_data(tiny) -> None:
@@ -160,8 +175,8 @@ def test_memory_holds_adapters_only_more_clients_same_data(tiny) -> None:
     task = build_task(tiny("data.num_clients=16", "data.min_partition_size=2"))
     pool = sim.LocalClientPool(task)
     before = {id(p) for p in task.model.parameters()}
-    from fedpeft.server.loop import instruction_for
     from fedpeft.peft import get_adapter_state
+    from fedpeft.server.loop import instruction_for
 
     down = encode(get_adapter_state(task.model))
     for cid in range(3):

@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,12 +19,15 @@ from rich.logging import RichHandler
 
 from fedpeft.errors import FedpeftError
 
+if TYPE_CHECKING:
+    from fedpeft.config import ExperimentConfig
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated PEFT fine-tuning.")
 err_console = Console(stderr=True)
 
 
 @contextmanager
-def user_errors():  # type: ignore[no-untyped-def]
+def user_errors() -> Iterator[None]:
     try:
         yield
     except FedpeftError as e:
@@ -33,8 +37,10 @@ def user_errors():  # type: ignore[no-untyped-def]
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)], force=True,
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+        force=True,
     )
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")
@@ -48,8 +54,12 @@ def _root() -> None:
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override: section.key=value")] = None,
-    resume: Annotated[Path | None, typer.Option(help="continue runs/<run-id> from its checkpoint")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override: section.key=value")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="continue runs/<run-id> from its checkpoint")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a federation in-process (the embedded default: MiniLM-L6, SST-2, 10 clients, LoRA)."""
@@ -61,15 +71,21 @@ def run(
         from fedpeft.runtime.local import run_local
 
         first = _first_round(resume)
-        console.print(f"[bold]fedpeft[/] {cfg.model.name} · {cfg.data.dataset} · "
-                      f"{cfg.data.num_clients} clients · {cfg.peft.method} r={cfg.peft.r} · "
-                      f"{cfg.run.rounds} rounds", highlight=False)
+        console.print(
+            f"[bold]fedpeft[/] {cfg.model.name} · {cfg.data.dataset} · "
+            f"{cfg.data.num_clients} clients · {cfg.peft.method} r={cfg.peft.r} · "
+            f"{cfg.run.rounds} rounds",
+            highlight=False,
+        )
         try:
             with RichObserver(console, cfg.run.rounds, first) as observer:
                 result = run_local(cfg, resume=resume, observer=observer)
         except KeyboardInterrupt:
             err_console.print("interrupted; continue with `fedpeft run --resume <run folder>`.")
             raise typer.Exit(130) from None
+    from fedpeft.report import write_report
+
+    write_report(result.run_dir)
     console.print(rounds_table(result.rounds))
     s = result.summary
     console.print(
@@ -82,7 +98,19 @@ def run(
     console.print(f"results: {result.run_dir}  (adapter: {result.run_dir / 'adapter'})")
 
 
-def _resolve_config(config: Path | None, sets: list[str], resume: Path | None):  # type: ignore[no-untyped-def]
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, runs/<run-id>")]) -> None:
+    """(Re)write a run's report.md and plots/*.png from its logs."""
+    _setup_logging(False)
+    with user_errors():
+        if not (run_dir / "summary.json").is_file():
+            raise FedpeftError(f"{run_dir} has no summary.json; is it a finished fedpeft run?")
+        from fedpeft.report import write_report
+
+        Console().print(f"wrote {write_report(run_dir)}")
+
+
+def _resolve_config(config: Path | None, sets: list[str], resume: Path | None) -> ExperimentConfig:
     from fedpeft.config import build_config, load_config, read_toml
     from fedpeft.config.loading import apply_override
     from fedpeft.server.store import CONFIG, RunStore

@@ -17,10 +17,16 @@ class RichObserver(Observer):
     def __init__(self, console: Console, total_rounds: int, first_round: int = 1) -> None:
         self.console = console
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console, transient=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
         )
-        self.rounds = self.progress.add_task("rounds", total=total_rounds, completed=first_round - 1)
+        self.rounds = self.progress.add_task(
+            "rounds", total=total_rounds, completed=first_round - 1
+        )
         self.clients = self.progress.add_task("clients", total=1, visible=False)
 
     def __enter__(self) -> RichObserver:
@@ -32,14 +38,16 @@ class RichObserver(Observer):
 
     def on_round_start(self, rnd: int, sampled: Sequence[int]) -> None:
         self.progress.update(self.rounds, description=f"round {rnd}")
-        self.progress.reset(self.clients, total=len(sampled), visible=True,
-                            description=f"  clients of round {rnd}")
+        self.progress.reset(
+            self.clients, total=len(sampled), visible=True, description=f"  clients of round {rnd}"
+        )
 
     def on_client_done(self, rnd: int, record: ClientRecord) -> None:
         loss = record.metrics.get("loss")
         what = f"loss {loss:.3f}" if loss is not None else record.status
-        self.progress.update(self.clients, advance=1,
-                             description=f"  client {record.client_id}: {what}")
+        self.progress.update(
+            self.clients, advance=1, description=f"  client {record.client_id}: {what}"
+        )
 
     def on_round_end(self, record: RoundRecord) -> None:
         self.progress.advance(self.rounds)
@@ -53,13 +61,29 @@ class RichObserver(Observer):
 
 def rounds_table(rounds: list[dict[str, Any]]) -> Table:
     table = Table(title="fedpeft run")
-    for col in ("round", "acc", "F1", "eval loss", "train loss", "clients", "MB down", "MB up", "s"):
+    for col in (
+        "round",
+        "acc",
+        "F1",
+        "eval loss",
+        "train loss",
+        "clients",
+        "MB down",
+        "MB up",
+        "s",
+    ):
         table.add_column(col, justify="right")
     for r in rounds:
         e = r["eval"]
         table.add_row(
-            str(r["round"]), f"{e['accuracy']:.4f}", f"{e['macro_f1']:.4f}", f"{e['loss']:.4f}",
-            f"{r['train_loss']:.4f}", f"{r['accepted']}/{len(r['sampled'])}",
-            f"{r['bytes_down'] / 1e6:.2f}", f"{r['bytes_up'] / 1e6:.2f}", f"{r['wall_time_s']:.1f}",
+            str(r["round"]),
+            f"{e['accuracy']:.4f}",
+            f"{e['macro_f1']:.4f}",
+            f"{e['loss']:.4f}",
+            f"{r['train_loss']:.4f}",
+            f"{r['accepted']}/{len(r['sampled'])}",
+            f"{r['bytes_down'] / 1e6:.2f}",
+            f"{r['bytes_up'] / 1e6:.2f}",
+            f"{r['wall_time_s']:.1f}",
         )
     return table

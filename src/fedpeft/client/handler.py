@@ -21,7 +21,10 @@ META_ROUND = "round"
 
 
 def handle_fit(
-    model: PeftModel, payload: bytes, instruction: TrainInstruction, data: ClientData,
+    model: PeftModel,
+    payload: bytes,
+    instruction: TrainInstruction,
+    data: ClientData,
     device: torch.device,
 ) -> bytes:
     state, _ = decode(payload)

@@ -7,6 +7,7 @@ the loss gains FedProx's ``(μ/2)·‖θ − θ⁰‖²`` (Li et al., 2020), θ�
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,8 +52,11 @@ def train(
         while steps < max_steps:
             for batch in data.split.train_batches(data.indices, instruction.batch_size, rng):
                 batch = batch.to(device)
-                out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                            labels=batch.labels)
+                out = model(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    labels=batch.labels,
+                )
                 loss = out.loss + _proximal(params, anchor, instruction.proximal_mu)
                 loss.backward()
                 opt.step()
@@ -76,10 +80,15 @@ def _batches(n: int, instruction: TrainInstruction) -> int:
     return max(1, -(-n // instruction.batch_size))
 
 
-def _proximal(params: list[torch.Tensor], anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
+def _proximal(
+    params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor], mu: float
+) -> torch.Tensor:
     if mu <= 0:
         return torch.zeros((), device=params[0].device)
-    return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+    total = torch.zeros((), device=params[0].device)
+    for p, a in zip(params, anchor, strict=True):
+        total = total + ((p - a) ** 2).sum()
+    return 0.5 * mu * total
 
 
 class _PeakMemory:

@@ -45,5 +45,3 @@ def decode(payload: bytes) -> tuple[AdapterState, dict[str, object]]:
 
 def payload_size(state: AdapterState, meta: dict[str, object] | None = None) -> int:
     return len(encode(state, meta))
-
-

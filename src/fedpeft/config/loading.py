@@ -13,7 +13,9 @@ from fedpeft.config.schema import ExperimentConfig
 from fedpeft.errors import FedpeftError
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
     """Reads a TOML file (or nothing: the embedded default), applies overrides, validates."""
     raw: dict[str, Any] = {}
     if path is not None:

@@ -37,8 +37,12 @@ def partition_indices(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np
         part = IidPartitioner(num_partitions=k)
     elif cfg.partition == "dirichlet":
         part = DirichletPartitioner(
-            num_partitions=k, partition_by="label", alpha=cfg.alpha,
-            min_partition_size=cfg.min_partition_size, self_balancing=False, seed=seed,
+            num_partitions=k,
+            partition_by="label",
+            alpha=cfg.alpha,
+            min_partition_size=cfg.min_partition_size,
+            self_balancing=False,
+            seed=seed,
         )
     else:
         num_labels = len(np.unique(labels))
@@ -48,12 +52,16 @@ def partition_indices(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np
                 f"{num_labels} classes."
             )
         part = PathologicalPartitioner(
-            num_partitions=k, partition_by="label",
-            num_classes_per_partition=cfg.classes_per_client, seed=seed,
+            num_partitions=k,
+            partition_by="label",
+            num_classes_per_partition=cfg.classes_per_client,
+            seed=seed,
         )
     part.dataset = ds
     try:
-        parts = [np.sort(np.asarray(part.load_partition(i)["idx"], dtype=np.int64)) for i in range(k)]
+        parts = [
+            np.sort(np.asarray(part.load_partition(i)["idx"], dtype=np.int64)) for i in range(k)
+        ]
     except ValueError as e:
         raise FedpeftError(f"partitioning {n} examples over {k} clients failed: {e}") from None
     empty = [i for i, p in enumerate(parts) if len(p) == 0]

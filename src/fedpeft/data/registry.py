@@ -97,7 +97,9 @@ def _custom(cfg: DataConfig, seed: int) -> RawDataset:
     texts, raw = read_table(train_path, cfg.text_column, cfg.label_column)
     names = sorted(set(raw))
     if len(names) < 2:
-        raise FedpeftError(f"data file {train_path} has {len(names)} distinct label(s); need 2 or more.")
+        raise FedpeftError(
+            f"data file {train_path} has {len(names)} distinct label(s); need 2 or more."
+        )
     train = RawSplit(texts, encode_labels(raw, names, str(train_path)))
     if cfg.eval_file is not None:
         eval_texts, eval_raw = read_table(Path(cfg.eval_file), cfg.text_column, cfg.label_column)

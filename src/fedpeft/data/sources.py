@@ -64,7 +64,9 @@ def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[st
         with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
     else:
-        raise FedpeftError(f"data file {path} has suffix {suffix!r}; expected .csv, .tsv or .jsonl.")
+        raise FedpeftError(
+            f"data file {path} has suffix {suffix!r}; expected .csv, .tsv or .jsonl."
+        )
     if not rows:
         raise FedpeftError(f"data file {path} has no rows.")
     for col in (text_column, label_column):
@@ -92,7 +94,9 @@ def _read_jsonl(path: Path) -> list[dict[str, object]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise FedpeftError(f"data file {path}, line {i + 1}: not valid JSON ({e}).") from None
+                raise FedpeftError(
+                    f"data file {path}, line {i + 1}: not valid JSON ({e})."
+                ) from None
             if not isinstance(row, dict):
                 raise FedpeftError(f"data file {path}, line {i + 1}: expected a JSON object.")
             rows.append(row)
@@ -111,20 +115,22 @@ def encode_labels(raw: list[str], names: list[str], where: str) -> np.ndarray:
     unknown = sorted(set(raw) - index.keys())
     if unknown:
         raise FedpeftError(
-            f"{where} has labels {unknown[:5]} that the train split lacks (train labels: {names[:10]})."
+            f"{where} has labels {unknown[:5]} that the train split lacks "
+            f"(train labels: {names[:10]})."
         )
     return np.asarray([index[x] for x in raw], dtype=np.int64)
 
 
 def hub_dataset(hub_id: str, config: str | None, split: str, text: str, label: str) -> RawSplit:
     """One split from the Hugging Face hub (needs network access)."""
-    import datasets  # noqa: PLC0415 - heavy, and only for the hub path
+    import datasets  # heavy, and only for the hub path
 
     try:
         ds = datasets.load_dataset(hub_id, config, split=split)
-    except Exception as e:  # noqa: BLE001 - any hub failure is the same message to a user
+    except Exception as e:  # any hub failure is the same message to a user
         raise FedpeftError(
-            f"dataset {hub_id} is not in any local data folder ({', '.join(map(str, data_dirs()))}) "
+            f"dataset {hub_id} is not in any local data folder "
+            f"({', '.join(map(str, data_dirs()))}) "
             f"and could not be fetched from the Hugging Face hub ({type(e).__name__}); "
             "set FEDPEFT_DATA_DIR to the folder holding it."
         ) from None

@@ -19,7 +19,9 @@ class Batch:
     labels: torch.Tensor
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+        return Batch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device)
+        )
 
 
 @dataclass(frozen=True)
@@ -29,13 +31,10 @@ class TokenizedSplit:
     input_ids: list[np.ndarray]
     labels: np.ndarray
     pad_id: int
+    lengths: np.ndarray  # tokens per example, computed once
 
     def __len__(self) -> int:
         return len(self.labels)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self))
 
     def collate(self, idx: np.ndarray) -> Batch:
         """A batch padded to its own longest example (dynamic padding)."""
@@ -49,12 +48,24 @@ class TokenizedSplit:
         return Batch(ids, mask, torch.from_numpy(self.labels[idx]))
 
     def train_batches(
-        self, indices: np.ndarray, batch_size: int, rng: np.random.Generator
+        self, indices: np.ndarray, batch_size: int, rng: np.random.Generator, bucket: int = 8
     ) -> Iterator[Batch]:
-        """One epoch over ``indices`` in a seeded random order."""
+        """One epoch over ``indices`` in a seeded random order, with length bucketing.
+
+        The shuffled examples are cut into chunks of ``bucket`` batches; each chunk is sorted
+        by length and cut into batches, and the batches are visited in random order. Batches
+        then hold similar lengths and pad little, while the order stays random.
+        """
         order = rng.permutation(indices)
-        for start in range(0, len(order), batch_size):
-            yield self.collate(order[start : start + batch_size])
+        lengths = self.lengths
+        chunk = batch_size * max(1, bucket)
+        batches: list[np.ndarray] = []
+        for start in range(0, len(order), chunk):
+            part = order[start : start + chunk]
+            part = part[np.argsort(lengths[part], kind="stable")]
+            batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+        for b in rng.permutation(len(batches)):
+            yield self.collate(batches[b])
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, Batch]]:
         """All examples, sorted by length so each batch pads little; yields (indices, batch)."""
@@ -64,8 +75,11 @@ class TokenizedSplit:
             yield idx, self.collate(idx)
 
 
-def tokenize_split(split: RawSplit, tokenizer: PreTrainedTokenizerBase, max_length: int) -> TokenizedSplit:
+def tokenize_split(
+    split: RawSplit, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> TokenizedSplit:
     enc = tokenizer(split.texts, truncation=True, max_length=max_length)
     ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return TokenizedSplit(ids, np.asarray(split.labels, dtype=np.int64), int(pad))
+    lengths = np.asarray([len(x) for x in ids], dtype=np.int64)
+    return TokenizedSplit(ids, np.asarray(split.labels, dtype=np.int64), int(pad), lengths)

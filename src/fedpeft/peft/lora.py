@@ -18,7 +18,7 @@ def apply_lora(model: PreTrainedModel, cfg: PeftConfig) -> PeftModel:
     lora = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=cfg.r,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # PEFT accepts floats
         lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules,  # None: PEFT's default for the model type
     )

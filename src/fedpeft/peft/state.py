@@ -16,10 +16,9 @@ def get_adapter_state(model: PeftModel) -> AdapterState:
 def set_adapter_state(model: PeftModel, state: AdapterState) -> None:
     """Loads ``state`` into ``model`` in place; every key must be one of the model's."""
     result = set_peft_model_state_dict(model, state)
-    if result.unexpected_keys:
-        raise FedpeftError(
-            f"adapter state has keys the model lacks, e.g. {result.unexpected_keys[0]!r}."
-        )
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    if unexpected:
+        raise FedpeftError(f"adapter state has keys the model lacks, e.g. {unexpected[0]!r}.")
 
 
 def state_nbytes(state: AdapterState) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from peft import PeftModel
 from sklearn.metrics import f1_score

@@ -52,14 +52,26 @@ class LoopResult:
 def instruction_for(cfg: ExperimentConfig, rnd: int, client_id: int) -> TrainInstruction:
     c = cfg.client
     return TrainInstruction(
-        round=rnd, client_id=client_id, epochs=c.epochs, steps=c.steps, batch_size=c.batch_size,
-        lr=c.lr, weight_decay=c.weight_decay, proximal_mu=c.proximal_mu, seed=cfg.run.seed,
+        round=rnd,
+        client_id=client_id,
+        epochs=c.epochs,
+        steps=c.steps,
+        batch_size=c.batch_size,
+        lr=c.lr,
+        weight_decay=c.weight_decay,
+        proximal_mu=c.proximal_mu,
+        seed=cfg.run.seed,
     )
 
 
 def run_rounds(
-    cfg: ExperimentConfig, pool: ClientPool, model: GlobalModel, store: RunStore,
-    state: AdapterState, start_round: int, observer: Observer | None = None,
+    cfg: ExperimentConfig,
+    pool: ClientPool,
+    model: GlobalModel,
+    store: RunStore,
+    state: AdapterState,
+    start_round: int,
+    observer: Observer | None = None,
 ) -> LoopResult:
     """Runs rounds ``start_round … cfg.run.rounds``, checkpointing after each."""
     observer = observer or Observer()
@@ -74,8 +86,12 @@ def run_rounds(
 
 
 def run_round(
-    cfg: ExperimentConfig, pool: ClientPool, model: GlobalModel, state: AdapterState,
-    rnd: int, observer: Observer,
+    cfg: ExperimentConfig,
+    pool: ClientPool,
+    model: GlobalModel,
+    state: AdapterState,
+    rnd: int,
+    observer: Observer,
 ) -> tuple[AdapterState, RoundRecord]:
     start = time.perf_counter()
     sampled = sample_clients(
@@ -86,11 +102,11 @@ def run_round(
     accepted: list[ClientUpdate] = []
     clients: list[ClientRecord] = []
     for cid in sampled:
-        update, record = _collect(pool, instruction_for(cfg, rnd, cid), down, state)
+        update, client_record = _collect(pool, instruction_for(cfg, rnd, cid), down, state)
         if update is not None:
             accepted.append(update)
-        clients.append(record)
-        observer.on_client_done(rnd, record)
+        clients.append(client_record)
+        observer.on_client_done(rnd, client_record)
     if clients and all(c.status == "failed" for c in clients):
         raise RuntimeError(f"round {rnd}: every sampled client failed; first: {clients[0].reason}")
     if accepted:
@@ -103,12 +119,18 @@ def run_round(
     eval_time = time.perf_counter() - eval_start
     n = sum(u.num_examples for u in accepted)
     record = RoundRecord(
-        round=rnd, sampled=list(sampled), accepted=len(accepted),
+        round=rnd,
+        sampled=list(sampled),
+        accepted=len(accepted),
         rejected=len(sampled) - len(accepted),
-        bytes_down=sum(c.bytes_down for c in clients), bytes_up=sum(c.bytes_up for c in clients),
+        bytes_down=sum(c.bytes_down for c in clients),
+        bytes_up=sum(c.bytes_up for c in clients),
         train_loss=sum(u.metrics.get("loss", 0.0) * u.num_examples for u in accepted) / max(n, 1),
-        eval=metrics, wall_time_s=time.perf_counter() - start, eval_time_s=eval_time,
-        client_time_s=sum(c.metrics.get("train_time_s", 0.0) for c in clients), clients=clients,
+        eval=metrics,
+        wall_time_s=time.perf_counter() - start,
+        eval_time_s=eval_time,
+        client_time_s=sum(c.metrics.get("train_time_s", 0.0) for c in clients),
+        clients=clients,
     )
     return state, record
 
@@ -124,17 +146,30 @@ def _collect(
         log.warning("round %d: update from client %d rejected: %s", ins.round, ins.client_id, e)
         return None, _record(ins, "rejected", str(e), len(down), len(reply), 0, {})
     except Exception as e:  # noqa: BLE001 - a failing client must not stop the round
-        log.warning("round %d: client %d failed: %s: %s", ins.round, ins.client_id, type(e).__name__, e)
+        log.warning(
+            "round %d: client %d failed: %s: %s", ins.round, ins.client_id, type(e).__name__, e
+        )
         return None, _record(ins, "failed", f"{type(e).__name__}: {e}", len(down), 0, 0, {})
     record = _record(ins, "ok", "", len(down), len(reply), update.num_examples, update.metrics)
     return update, record
 
 
 def _record(
-    ins: TrainInstruction, status: str, reason: str, down: int, up: int, n: int,
+    ins: TrainInstruction,
+    status: str,
+    reason: str,
+    down: int,
+    up: int,
+    n: int,
     metrics: dict[str, float],
 ) -> ClientRecord:
     return ClientRecord(
-        round=ins.round, client_id=ins.client_id, status=status, reason=reason,
-        num_examples=n, bytes_down=down, bytes_up=up, metrics=metrics,
+        round=ins.round,
+        client_id=ins.client_id,
+        status=status,
+        reason=reason,
+        num_examples=n,
+        bytes_down=down,
+        bytes_up=up,
+        metrics=metrics,
     )

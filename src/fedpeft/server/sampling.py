@@ -7,7 +7,9 @@ import math
 import numpy as np
 
 
-def sample_clients(num_clients: int, fraction: float, min_clients: int, seed: int, rnd: int) -> list[int]:
+def sample_clients(
+    num_clients: int, fraction: float, min_clients: int, seed: int, rnd: int
+) -> list[int]:
     """``max(min_clients, ceil(fraction·N))`` distinct client ids, sorted.
 
     Depending only on (seed, round) — not on earlier draws — makes a resumed run draw

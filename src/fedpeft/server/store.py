@@ -125,7 +125,9 @@ class RunStore:
         except (json.JSONDecodeError, KeyError, TypeError, CodecError) as e:
             raise self._corrupt(f"its checkpoint is unreadable ({e})") from None
         if not isinstance(rnd, int) or tmeta.get("round") != rnd:
-            raise self._corrupt("checkpoint/state.json and global.safetensors disagree on the round")
+            raise self._corrupt(
+                "checkpoint/state.json and global.safetensors disagree on the round"
+            )
         return rnd, state
 
     def _corrupt(self, what: str) -> FedpeftError:

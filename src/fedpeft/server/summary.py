@@ -13,7 +13,8 @@ from fedpeft.types import AdapterState
 def full_model_bytes(model: PeftModel) -> int:
     """Bytes of the whole base model's parameters: what full fine-tuning would send."""
     return sum(
-        p.numel() * p.element_size() for n, p in model.named_parameters()
+        p.numel() * p.element_size()
+        for n, p in model.named_parameters()
         if "lora_" not in n and "modules_to_save" not in n
     )
 
@@ -24,7 +25,10 @@ def peak_rss_bytes() -> int:
 
 
 def build_summary(
-    rounds: list[dict[str, Any]], model: PeftModel, state: AdapterState, wall_time_s: float,
+    rounds: list[dict[str, Any]],
+    model: PeftModel,
+    state: AdapterState,
+    wall_time_s: float,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     client_rounds = sum(len(r["sampled"]) for r in rounds)

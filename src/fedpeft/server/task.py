@@ -12,7 +12,6 @@ from peft import PeftModel
 
 from fedpeft.aggregation import get_aggregator
 from fedpeft.config import ExperimentConfig
-from fedpeft.errors import FedpeftError
 from fedpeft.data import (
     DataProfile,
     RawDataset,
@@ -22,6 +21,7 @@ from fedpeft.data import (
     partition_indices,
     tokenize_split,
 )
+from fedpeft.errors import FedpeftError
 from fedpeft.models import ModelSpec, get_model_spec, load_classifier, load_tokenizer
 from fedpeft.peft import apply_peft, get_method
 
@@ -78,6 +78,13 @@ def build_task(cfg: ExperimentConfig) -> Task:
         torch.manual_seed(cfg.run.seed)
         base = load_classifier(spec, dataset.num_labels, cfg.run.seed)
         model = apply_peft(base, cfg.peft).to(device)
-    log.info("task: %s on %s (%d train, %d eval), %d clients, device %s", spec.name,
-             dataset.name, len(train), len(evaluation), len(partitions), device)
+    log.info(
+        "task: %s on %s (%d train, %d eval), %d clients, device %s",
+        spec.name,
+        dataset.name,
+        len(train),
+        len(evaluation),
+        len(partitions),
+        device,
+    )
     return Task(cfg, spec, dataset, train, evaluation, partitions, profiles, model, device)

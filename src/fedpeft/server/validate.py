@@ -20,12 +20,17 @@ class RejectedUpdate(Exception):
     """A client reply that must not be aggregated; the message is the reason."""
 
 
-def validate_reply(payload: bytes, reference: AdapterState, instruction: TrainInstruction) -> ClientUpdate:
+def validate_reply(
+    payload: bytes, reference: AdapterState, instruction: TrainInstruction
+) -> ClientUpdate:
     try:
         state, meta = decode(payload)
     except CodecError as e:
         raise RejectedUpdate(str(e)) from None
-    if meta.get(META_CLIENT_ID) != instruction.client_id or meta.get(META_ROUND) != instruction.round:
+    if (
+        meta.get(META_CLIENT_ID) != instruction.client_id
+        or meta.get(META_ROUND) != instruction.round
+    ):
         raise RejectedUpdate(
             f"reply is for client {meta.get(META_CLIENT_ID)!r}, round {meta.get(META_ROUND)!r}"
         )
@@ -35,7 +40,8 @@ def validate_reply(payload: bytes, reference: AdapterState, instruction: TrainIn
     check_tensors(state, reference)
     raw_metrics = meta.get(META_METRICS, {})
     metrics = {
-        str(k): float(v) for k, v in (raw_metrics.items() if isinstance(raw_metrics, dict) else [])
+        str(k): float(v)
+        for k, v in (raw_metrics.items() if isinstance(raw_metrics, dict) else [])
         if isinstance(v, int | float) and math.isfinite(v)
     }
     return ClientUpdate(instruction.client_id, state, n, metrics)
@@ -51,7 +57,8 @@ def check_tensors(state: AdapterState, reference: AdapterState) -> None:
         t = state[key]
         if t.shape != ref.shape or t.dtype != ref.dtype:
             raise RejectedUpdate(
-                f"tensor {key!r} is {t.dtype} {tuple(t.shape)}, expected {ref.dtype} {tuple(ref.shape)}"
+                f"tensor {key!r} is {t.dtype} {tuple(t.shape)}, "
+                f"expected {ref.dtype} {tuple(ref.shape)}"
             )
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise RejectedUpdate(f"tensor {key!r} holds NaN or Inf")

@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fedpeft.client import ClientData, handle_fit
 from fedpeft.config import ExperimentConfig, config_to_toml
@@ -56,12 +57,15 @@ class LocalGlobalModel:
 class RunResult:
     run_dir: Path
     state: AdapterState
-    rounds: list[dict[str, object]]
-    summary: dict[str, object]
+    rounds: list[dict[str, Any]]
+    summary: dict[str, Any]
 
 
 def run_local(
-    cfg: ExperimentConfig, *, resume: Path | None = None, observer: Observer | None = None,
+    cfg: ExperimentConfig,
+    *,
+    resume: Path | None = None,
+    observer: Observer | None = None,
 ) -> RunResult:
     """Runs (or resumes) a federation in this process and writes the run folder."""
     start = time.perf_counter()
@@ -80,9 +84,17 @@ def run_local(
     export_adapter(task.model, loop.state, task.spec, store)
     rounds = store.read_rounds()
     summary = build_summary(
-        rounds, task.model, loop.state, time.perf_counter() - start,
-        {"run_dir": str(store.root), "model": task.spec.name, "dataset": task.dataset.name,
-         "num_clients": cfg.data.num_clients, "resumed_from_round": first - 1 if resume else None},
+        rounds,
+        task.model,
+        loop.state,
+        time.perf_counter() - start,
+        {
+            "run_dir": str(store.root),
+            "model": task.spec.name,
+            "dataset": task.dataset.name,
+            "num_clients": cfg.data.num_clients,
+            "resumed_from_round": first - 1 if resume else None,
+        },
     )
     store.write_json(SUMMARY, summary)
     return RunResult(store.root, loop.state, rounds, summary)
