@@ -18,7 +18,7 @@ class _Section(BaseModel):
 class RunConfig(_Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)
     seed: int = Field(0, ge=0)
-    rounds: PositiveInt = 5
+    rounds: PositiveInt = 12
     output_dir: str = "runs"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0, description="torch threads; 0 = one per CPU core")
@@ -67,7 +67,7 @@ class ClientConfig(_Section):
     epochs: PositiveInt = 1
     steps: PositiveInt | None = Field(None, description="if set, train this many steps instead")
     batch_size: PositiveInt = 16
-    lr: PositiveFloat = 1e-3
+    lr: PositiveFloat = 3e-3
     weight_decay: float = Field(0.0, ge=0.0)
     proximal_mu: float = Field(0.0, ge=0.0, description="FedProx term (mu/2)·||θ − θ⁰||²")
 
