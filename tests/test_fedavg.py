@@ -54,3 +54,10 @@ def test_registry_names_and_unknown_name() -> None:
     assert "fedavg" in aggregator_names()
     with pytest.raises(FedpeftError, match="fedavg"):
         get_aggregator("nope")
+
+
+def test_fedavg_refuses_mismatched_shapes_instead_of_broadcasting() -> None:
+    a = {"m.lora_A.weight": torch.ones(4, 6)}
+    b = {"m.lora_A.weight": torch.ones(1, 6)}
+    with pytest.raises(ValueError, match="update 1 differs"):
+        fedavg([(a, 1.0), (b, 1.0)])

@@ -24,7 +24,12 @@ def fedavg(updates: Sequence[tuple[AdapterState, float]]) -> AdapterState:
     for key in keys:
         ref = updates[0][0][key]
         acc = torch.zeros(ref.shape, dtype=torch.float64)
-        for state, weight in updates:
+        for i, (state, weight) in enumerate(updates):
+            if state.keys() != keys or state[key].shape != ref.shape:
+                raise ValueError(
+                    f"fedavg needs equal keys and shapes; update {i} differs at {key!r} "
+                    "(mixed LoRA ranks: use hetlora_pad or stack_lora)"
+                )
             acc += state[key].to(torch.float64) * (weight / total)
         out[key] = acc.to(ref.dtype)
     return out

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from fedpeft.aggregation.fedavg import fedavg
+from fedpeft.aggregation.lora import exact_lora_svd, weighted_lora
+from fedpeft.aggregation.robust import coordinate_median, krum, multi_krum, trimmed_mean
 from fedpeft.errors import FedpeftError
 from fedpeft.types import AdapterState
 
@@ -32,3 +34,10 @@ def get_aggregator(name: str) -> Aggregator:
 
 
 register_aggregator("fedavg", fedavg)
+register_aggregator("weighted_lora", weighted_lora)
+register_aggregator("exact_lora_svd", exact_lora_svd)  # rank defaults to the clients' rank
+# ffa_lora is not selectable until clients can freeze A (its client half, issue #5)
+register_aggregator("coordinate_median", coordinate_median)
+register_aggregator("trimmed_mean", trimmed_mean)  # trim_fraction = 0.1
+register_aggregator("krum", krum)  # num_byzantine = 1
+register_aggregator("multi_krum", multi_krum)  # num_byzantine = 1, m = n − 1

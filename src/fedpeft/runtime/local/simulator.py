@@ -70,8 +70,9 @@ def run_local(
     """Runs (or resumes) a federation in this process and writes the run folder."""
     start = time.perf_counter()
     store = RunStore.open_existing(resume) if resume else None
+    checkpoint = store.load_checkpoint() if store else None  # a damaged run fails before any work
     task = build_task(cfg)
-    state, first = _initial_state(task, store)
+    state, first = _initial_state(task, store, checkpoint)
     if store is None:
         store = RunStore.create(cfg.run.output_dir, cfg.run.name, config_to_toml(cfg))
         store.write_json(PARTITIONS, _partitions_json(task))
@@ -100,12 +101,14 @@ def run_local(
     return RunResult(store.root, loop.state, rounds, summary)
 
 
-def _initial_state(task: Task, store: RunStore | None) -> tuple[AdapterState, int]:
+def _initial_state(
+    task: Task, store: RunStore | None, checkpoint: tuple[int, AdapterState] | None
+) -> tuple[AdapterState, int]:
     """A fresh adapter (round 1), or the checkpoint's (the round after it)."""
     fresh = get_adapter_state(task.model)
-    if store is None:
+    if store is None or checkpoint is None:
         return fresh, 1
-    rnd, state = store.load_checkpoint()
+    rnd, state = checkpoint
     try:
         check_tensors(state, fresh)
     except RejectedUpdate as e:
