@@ -6,45 +6,57 @@ import pytest
 
 from fedpeft.config import load_config
 from fedpeft.errors import FedpeftError
+from fedpeft.peft import parse_spec
 
 
 def test_empty_config_is_the_embedded_default() -> None:
     cfg = load_config()
     assert cfg.model.name == "sentence-transformers/all-MiniLM-L6-v2"
     assert (cfg.data.dataset, cfg.data.num_clients, cfg.data.partition) == ("sst2", 10, "dirichlet")
-    assert (cfg.data.alpha, cfg.peft.method, cfg.peft.r) == (0.5, "lora", 8)
+    assert (cfg.data.alpha, cfg.peft.method, cfg.peft.options) == (0.5, "lora", {})
+    lora = parse_spec(cfg.peft.method, cfg.peft.options)
+    assert (lora.r, lora.alpha, lora.target_modules) == (8, 16.0, None)  # type: ignore[attr-defined]
 
 
 def test_toml_file_and_overrides(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[peft]\nr = 4\n[data]\npartition = "iid"\n')
     cfg = load_config(path, ["peft.r=16", "client.lr=0.01", "peft.target_modules=['query']"])
-    assert (cfg.peft.r, cfg.client.lr, cfg.data.partition) == (16, 0.01, "iid")
-    assert cfg.peft.target_modules == ["query"]
+    assert (cfg.peft.options["r"], cfg.client.lr, cfg.data.partition) == (16, 0.01, "iid")
+    assert cfg.peft.options["target_modules"] == ["query"]
 
 
 def test_config_is_frozen() -> None:
     cfg = load_config()
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
-        cfg.peft.r = 3  # type: ignore[misc]
+        cfg.client.lr = 3  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("peft.rank=4", "unknown key `peft.rank`"),
+        ("peft.rank=4", "method 'lora': unknown key `peft.rank`"),
         ("nosection.x=1", "unknown key `nosection`"),
         ("peft.r=-1", "`peft.r`: Input should be greater than 0, got -1"),
         ("client.lr='fast'", "`client.lr`: Input should be a valid number"),
         ("peft.dropout=1.5", "`peft.dropout`"),
+        ("peft.method='houlsby'", "no-error"),
+        ("peft.size=0", "method 'lora': unknown key `peft.size`"),
         ("run.device='tpu'", "`run.device`: Input should be 'auto', 'cpu' or 'cuda'"),
         ("data.dataset='custom'", "`data.train_file` is required"),
         ("peft.r", "--set expects section.key=value"),
     ],
 )
 def test_bad_values_name_the_field_and_what_was_found(override: str, expected: str) -> None:
+    def validate() -> None:  # the config schema, then the PEFT method's own options
+        cfg = load_config(overrides=[override])
+        parse_spec(cfg.peft.method, cfg.peft.options)
+
+    if expected == "no-error":
+        validate()
+        return
     with pytest.raises(FedpeftError) as info:
-        load_config(overrides=[override])
+        validate()
     assert expected in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -76,6 +88,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--set", "data.dataset='mnist'"], "not a known dataset"),
         (["--set", "server.aggregator='fedmagic'"], "not a registered aggregator"),
         (["--set", "peft.method='dora'"], "not a registered PEFT method"),
+        (["--set", "peft.method='houlsby'", "--set", "peft.size=-3"], "`peft.size`"),
         (
             ["--set", "data.dataset='custom'", "--set", "data.train_file='/nope/train.csv'"],
             "/nope/train.csv does not exist",

@@ -24,8 +24,13 @@ def minilm_run(tmp_path_factory):  # type: ignore[no-untyped-def]
 
     tmp = tmp_path_factory.mktemp("minilm")
     cfg = tiny_config(
-        tmp, f"model.name={MINILM_ID!r}", "data.train_size=96", "data.eval_size=96",
-        "run.rounds=2", "client.lr=2e-3", "run.threads=0",
+        tmp,
+        f"model.name={MINILM_ID!r}",
+        "data.train_size=96",
+        "data.eval_size=96",
+        "run.rounds=2",
+        "client.lr=2e-3",
+        "run.threads=0",
     )
     return cfg, run_local(cfg)
 

@@ -20,7 +20,7 @@ from rich.logging import RichHandler
 from fedpeft.errors import FedpeftError
 
 if TYPE_CHECKING:
-    from fedpeft.config import ExperimentConfig
+    from fedpeft.config import ExperimentConfig, PeftConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated PEFT fine-tuning.")
 err_console = Console(stderr=True)
@@ -73,7 +73,7 @@ def run(
         first = _first_round(resume)
         console.print(
             f"[bold]fedpeft[/] {cfg.model.name} · {cfg.data.dataset} · "
-            f"{cfg.data.num_clients} clients · {cfg.peft.method} r={cfg.peft.r} · "
+            f"{cfg.data.num_clients} clients · {_method_label(cfg.peft)} · "
             f"{cfg.run.rounds} rounds",
             highlight=False,
         )
@@ -126,6 +126,11 @@ def _resolve_config(config: Path | None, sets: list[str], resume: Path | None) -
     for s in sets:
         apply_override(raw, s)
     return build_config(raw, source=f"config {store.root / CONFIG}")
+
+
+def _method_label(peft: PeftConfig) -> str:
+    options = " ".join(f"{k}={v}" for k, v in peft.options.items())
+    return f"{peft.method} {options}".strip()
 
 
 def _first_round(resume: Path | None) -> int:

@@ -6,7 +6,7 @@ Any runtime (in-process or Flower) moves only these bytes, so byte counts are ex
 from __future__ import annotations
 
 import torch
-from peft import PeftModel
+from torch import nn
 
 from fedpeft.client.train import ClientData, train
 from fedpeft.compression import decode, encode
@@ -21,7 +21,7 @@ META_ROUND = "round"
 
 
 def handle_fit(
-    model: PeftModel,
+    model: nn.Module,
     payload: bytes,
     instruction: TrainInstruction,
     data: ClientData,

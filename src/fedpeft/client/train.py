@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 import torch
-from peft import PeftModel
+from torch import nn
 
 from fedpeft.data import TokenizedSplit
 from fedpeft.peft import get_adapter_state
@@ -34,7 +34,7 @@ def derive_seed(*parts: int) -> int:
 
 
 def train(
-    model: PeftModel, instruction: TrainInstruction, data: ClientData, device: torch.device
+    model: nn.Module, instruction: TrainInstruction, data: ClientData, device: torch.device
 ) -> ClientUpdate:
     """Trains ``model``'s adapter in place from its current state and returns the update."""
     params = [p for p in model.parameters() if p.requires_grad]

@@ -61,10 +61,11 @@ def build_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfi
         raise FedpeftError(f"{source}: {describe_validation_error(e)}") from None
 
 
-def describe_validation_error(e: ValidationError) -> str:
+def describe_validation_error(e: ValidationError, prefix: str = "") -> str:
     """One sentence for the first problem: the field, what was expected, what was found."""
     err = e.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    field = ".".join([prefix, *map(str, err["loc"])] if prefix else map(str, err["loc"]))
+    field = field or "(top level)"
     found = err.get("input")
     if err["type"] == "extra_forbidden":
         return f"unknown key `{field}`; see `fedpeft run --help` or README.md for the valid keys."

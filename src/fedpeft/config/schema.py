@@ -6,7 +6,7 @@ MiniLM-L6 on SST-2, 10 clients, Dirichlet(0.5) label skew, LoRA r=8, FedAvg.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
@@ -54,13 +54,15 @@ class DataConfig(_Section):
 
 
 class PeftConfig(_Section):
+    """``method`` plus that method's own options (e.g. ``r`` for LoRA, ``size`` for
+    adapters), which the method's spec in the PEFT registry validates."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
     method: str = "lora"
-    r: PositiveInt = 8
-    alpha: PositiveFloat = 16.0
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | None = Field(
-        None, description="module names to adapt; None = the model family's default"
-    )
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
 class ClientConfig(_Section):

@@ -1,22 +1,41 @@
-"""PEFT methods behind one registry, and the adapter-state get/set pair."""
+"""PEFT methods behind one registry, the adapter-state get/set pair, and adapter folders.
 
-from fedpeft.peft import lora as _lora  # noqa: F401 - registers "lora"
+Registered: ``lora``, ``prompt``, ``prefix``, ``ia3`` (Hugging Face ``peft``);
+``houlsby``, ``pfeiffer`` (bottleneck adapters), ``bitfit``, ``head``, ``full`` (fedpeft's).
+"""
+
+from fedpeft.peft import bottleneck as _bottleneck  # noqa: F401 - registers its methods
+from fedpeft.peft import ia3 as _ia3  # noqa: F401
+from fedpeft.peft import lora as _lora  # noqa: F401
+from fedpeft.peft import prompt as _prompt  # noqa: F401
+from fedpeft.peft import selective as _selective  # noqa: F401
+from fedpeft.peft.arch import Architecture, architecture, model_architecture
+from fedpeft.peft.io import load_adapter, save_adapter
 from fedpeft.peft.registry import (
+    MethodSpec,
     PeftMethod,
     apply_peft,
     get_method,
     method_names,
+    parse_spec,
     register_method,
 )
 from fedpeft.peft.state import get_adapter_state, set_adapter_state, state_nbytes, state_numel
 
 __all__ = [
+    "Architecture",
+    "MethodSpec",
     "PeftMethod",
     "apply_peft",
-    "get_method",
+    "architecture",
+    "model_architecture",
     "get_adapter_state",
+    "get_method",
+    "load_adapter",
     "method_names",
+    "parse_spec",
     "register_method",
+    "save_adapter",
     "set_adapter_state",
     "state_nbytes",
     "state_numel",

@@ -1,31 +1,79 @@
 """LoRA through Hugging Face ``peft``: ``h = W₀x + (α/r)·B A x`` (Hu et al., 2021).
 
-The classification head is trained as well (``modules_to_save``), as PEFT does for
-``SEQ_CLS`` tasks, and travels with the adapter.
+Options: rank ``r``, ``alpha``, ``dropout``, ``target_modules`` (default: the attention
+query and value projections), ``layers`` (which blocks get adapters) and ``rank_pattern``
+(a per-module rank, keyed like PEFT's: a module name suffix or regex). The task head
+trains too (PEFT's ``modules_to_save`` for ``SEQ_CLS``) and travels with the adapter.
 """
 
 from __future__ import annotations
 
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from transformers import PreTrainedModel
+import re
 
-from fedpeft.config import PeftConfig
+from peft import LoraConfig, TaskType, get_peft_model
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
+from torch import nn
+
 from fedpeft.errors import FedpeftError
-from fedpeft.peft.registry import PeftMethod, register_method
+from fedpeft.peft.arch import Architecture, Linear
+from fedpeft.peft.registry import MethodSpec, PeftMethod, register_method
+
+DEFAULT_TARGETS = ("query", "value")
 
 
-def apply_lora(model: PreTrainedModel, cfg: PeftConfig) -> PeftModel:
-    lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
-        r=cfg.r,
-        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # PEFT accepts floats
-        lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules,  # None: PEFT's default for the model type
-    )
-    try:
-        return get_peft_model(model, lora)
-    except ValueError as e:
-        raise FedpeftError(f"`peft.target_modules` does not fit this model: {e}") from None
+def matches(name: str, target: str) -> bool:
+    """PEFT's rule for a string target: the module name or one of its dotted suffixes."""
+    return name == target or name.endswith("." + target)
 
 
-register_method(PeftMethod("lora", apply_lora, "low-rank adapters on attention projections"))
+class LoraSpec(MethodSpec):
+    r: PositiveInt = 8
+    alpha: PositiveFloat = 16.0
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = None
+    layers: list[NonNegativeInt] | None = None
+    rank_pattern: dict[str, PositiveInt] = Field(default_factory=dict)
+
+    def targets(self, arch: Architecture) -> list[tuple[Linear, int]]:
+        """(projection, rank) for every adapted projection."""
+        names = self.target_modules or list(DEFAULT_TARGETS)
+        out = []
+        for lin in arch.linears:
+            if not any(matches(lin.name, t) for t in names):
+                continue
+            if self.layers is not None and (lin.layer is None or lin.layer not in self.layers):
+                continue
+            out.append((lin, self._rank(lin.name)))
+        return out
+
+    def _rank(self, name: str) -> int:
+        for key, rank in self.rank_pattern.items():
+            if re.match(rf"(.*\.)?({key})$", name):
+                return rank
+        return self.r
+
+    def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
+        if not self.targets(arch):
+            raise FedpeftError(
+                f"`peft.target_modules` {self.target_modules} (layers {self.layers}) matches no "
+                "projection of this model; e.g. 'query', 'value', 'dense'."
+            )
+        config = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=self.r,
+            lora_alpha=self.alpha,  # type: ignore[arg-type]
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules or list(DEFAULT_TARGETS),
+            layers_to_transform=self.layers,
+            rank_pattern=dict(self.rank_pattern),
+        )
+        return get_peft_model(model, config)
+
+    def trainable_params(self, arch: Architecture) -> int:
+        return sum(r * (lin.d_in + lin.d_out) for lin, r in self.targets(arch)) + arch.head_params
+
+    def extra_flops(self, arch: Architecture, seq_len: int) -> int:
+        return seq_len * sum(2 * r * (lin.d_in + lin.d_out) for lin, r in self.targets(arch))
+
+
+register_method(PeftMethod("lora", LoraSpec, "reparameterised", "low-rank updates ΔW = (α/r)·BA"))

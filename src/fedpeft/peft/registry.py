@@ -1,27 +1,54 @@
-"""PEFT method registry: a method name → how to apply it to a frozen model.
+"""PEFT method registry: a method name → its validated spec class.
 
-Issue #3 adds more methods; each is one ``register_method`` call, and everything else
-(allocation, aggregation, compression) sees only the resulting ``AdapterState``.
+A spec is a small frozen pydantic model. It applies itself to a model and — from the
+model's ``Architecture`` alone, without building it — predicts its trainable parameter
+count, its update size in bytes and the forward FLOPs it adds. Adding a method is one
+``register_method`` call; allocation, aggregation and compression only ever see the
+resulting ``AdapterState``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal
 
-from peft import PeftModel
-from transformers import PreTrainedModel
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
 
 from fedpeft.config import PeftConfig
+from fedpeft.config.loading import describe_validation_error
 from fedpeft.errors import FedpeftError
+from fedpeft.peft.arch import Architecture, model_architecture
 
-ApplyFn = Callable[[PreTrainedModel, PeftConfig], PeftModel]
+Kind = Literal["reparameterised", "additive", "selective", "baseline"]
+
+
+class MethodSpec(BaseModel):
+    """Base class of every method's options; subclasses add validated fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
+        """The model with only this method's parameters (and the task head) trainable."""
+        raise NotImplementedError
+
+    def trainable_params(self, arch: Architecture) -> int:
+        raise NotImplementedError
+
+    def extra_flops(self, arch: Architecture, seq_len: int) -> int:
+        """Forward FLOPs added for one example of ``seq_len`` tokens."""
+        return 0
+
+    def update_bytes(self, arch: Architecture, bytes_per_param: int = 4) -> int:
+        """Raw tensor bytes of one update (float32 by default; the codec adds a header)."""
+        return self.trainable_params(arch) * bytes_per_param
 
 
 @dataclass(frozen=True)
 class PeftMethod:
     name: str
-    apply: ApplyFn
+    spec: type[MethodSpec]
+    kind: Kind
     description: str
 
 
@@ -47,6 +74,26 @@ def get_method(name: str) -> PeftMethod:
     return _REGISTRY[name]
 
 
-def apply_peft(model: PreTrainedModel, cfg: PeftConfig) -> PeftModel:
-    """Wraps ``model`` with the configured method; only the method's parameters train."""
-    return get_method(cfg.method).apply(model, cfg)
+def parse_spec(method: str, options: dict[str, Any]) -> MethodSpec:
+    """The method's spec from the ``[peft]`` options; errors name ``peft.<option>``."""
+    cls = get_method(method).spec
+    try:
+        return cls.model_validate(options)
+    except ValidationError as e:
+        fields = ", ".join(cls.model_fields) or "none"
+        message = describe_validation_error(e, prefix="peft")
+        raise FedpeftError(
+            f"method {method!r}: {message.removesuffix('.')} (its options: {fields})."
+        ) from None
+
+
+def apply_peft(model: nn.Module, cfg: PeftConfig) -> nn.Module:
+    """Applies the configured method to ``model`` (which must carry its task head)."""
+    spec = parse_spec(cfg.method, cfg.options)
+    return spec.apply(model, model_architecture(model))
+
+
+def head_params_trainable(model: nn.Module, arch: Architecture) -> None:
+    """Freezes every parameter, then unfreezes the task head (in place)."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(arch.head_prefix + "."))

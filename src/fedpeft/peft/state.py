@@ -1,24 +1,48 @@
-"""The one get/set pair for adapter state, with PEFT's stable (adapter-name-free) keys."""
+"""The one get/set pair for adapter state.
+
+For methods built on Hugging Face ``peft`` the keys are PEFT's (adapter name stripped,
+as in ``adapter_model.safetensors``); for fedpeft's own methods they are the names of the
+trainable parameters. Either way the keys are stable across processes.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
 
 from fedpeft.errors import FedpeftError
 from fedpeft.types import AdapterState
 
 
-def get_adapter_state(model: PeftModel) -> AdapterState:
-    """A detached copy of every trained tensor (adapters and trained head)."""
-    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+def get_adapter_state(model: nn.Module) -> AdapterState:
+    """A detached copy of every trained tensor (the method's parameters and the head)."""
+    if isinstance(model, PeftModel):
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def set_adapter_state(model: PeftModel, state: AdapterState) -> None:
-    """Loads ``state`` into ``model`` in place; every key must be one of the model's."""
-    result = set_peft_model_state_dict(model, state)
-    unexpected = list(getattr(result, "unexpected_keys", []))
-    if unexpected:
-        raise FedpeftError(f"adapter state has keys the model lacks, e.g. {unexpected[0]!r}.")
+def set_adapter_state(model: nn.Module, state: AdapterState) -> None:
+    """Loads ``state`` into ``model`` in place; every key must be one of its trained tensors."""
+    if isinstance(model, PeftModel):
+        # PEFT's load result lists prompt embeddings as "unexpected" although it loads them
+        # by another path, so the keys are checked against PEFT's own key set instead.
+        _check_keys(state, get_peft_model_state_dict(model).keys())
+        set_peft_model_state_dict(model, state)
+        return
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    _check_keys(state, params.keys())
+    with torch.no_grad():
+        for key, value in state.items():
+            params[key].copy_(value)
+
+
+def _check_keys(state: AdapterState, known: Iterable[str]) -> None:
+    unknown = sorted(state.keys() - set(known))
+    if unknown:
+        raise FedpeftError(f"adapter state has keys the model lacks, e.g. {unknown[0]!r}.")
 
 
 def state_nbytes(state: AdapterState) -> int:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import torch
-from peft import PeftModel
 from sklearn.metrics import f1_score
+from torch import nn
 
 from fedpeft.data import TokenizedSplit
 
 
 def predict_logits(
-    model: PeftModel, split: TokenizedSplit, batch_size: int, device: torch.device
+    model: nn.Module, split: TokenizedSplit, batch_size: int, device: torch.device
 ) -> torch.Tensor:
     """Logits (float32, CPU) for every example in the split's order.
 
@@ -30,7 +30,7 @@ def predict_logits(
 
 
 def evaluate_model(
-    model: PeftModel, split: TokenizedSplit, batch_size: int, device: torch.device
+    model: nn.Module, split: TokenizedSplit, batch_size: int, device: torch.device
 ) -> dict[str, float]:
     logits = predict_logits(model, split, batch_size, device)
     labels = torch.from_numpy(split.labels)

@@ -5,18 +5,7 @@ from __future__ import annotations
 import resource
 from typing import Any
 
-from peft import PeftModel
-
 from fedpeft.types import AdapterState
-
-
-def full_model_bytes(model: PeftModel) -> int:
-    """Bytes of the whole base model's parameters: what full fine-tuning would send."""
-    return sum(
-        p.numel() * p.element_size()
-        for n, p in model.named_parameters()
-        if "lora_" not in n and "modules_to_save" not in n
-    )
 
 
 def peak_rss_bytes() -> int:
@@ -26,7 +15,7 @@ def peak_rss_bytes() -> int:
 
 def build_summary(
     rounds: list[dict[str, Any]],
-    model: PeftModel,
+    full_model_bytes: int,
     state: AdapterState,
     wall_time_s: float,
     extra: dict[str, Any],
@@ -34,7 +23,7 @@ def build_summary(
     client_rounds = sum(len(r["sampled"]) for r in rounds)
     bytes_up = sum(r["bytes_up"] for r in rounds)
     adapter_bytes = sum(t.numel() * t.element_size() for t in state.values())
-    full = full_model_bytes(model)
+    full = full_model_bytes
     up_per_client = bytes_up / max(client_rounds, 1)
     final = rounds[-1]["eval"] if rounds else {}
     return {

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from peft import PeftModel
+from torch import nn
 
 from fedpeft.aggregation import get_aggregator
 from fedpeft.config import ExperimentConfig
@@ -23,7 +23,7 @@ from fedpeft.data import (
 )
 from fedpeft.errors import FedpeftError
 from fedpeft.models import ModelSpec, get_model_spec, load_classifier, load_tokenizer
-from fedpeft.peft import apply_peft, get_method
+from fedpeft.peft import MethodSpec, architecture, parse_spec
 
 log = logging.getLogger("fedpeft.server")
 
@@ -37,8 +37,10 @@ class Task:
     eval: TokenizedSplit
     partitions: list[np.ndarray]
     profiles: list[DataProfile]
-    model: PeftModel
+    model: nn.Module  # the frozen base with the PEFT method applied; shared by all clients
     device: torch.device
+    full_model_bytes: int  # every base parameter: what full fine-tuning would send
+    method: MethodSpec  # the validated PEFT method options
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,14 +58,14 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, threads or os.cpu_count() or 1))
 
 
-def check_names(cfg: ExperimentConfig) -> None:
-    """Fails fast on unknown plugin names, before anything heavy loads."""
+def check_names(cfg: ExperimentConfig) -> MethodSpec:
+    """Fails fast on unknown plugin names and bad method options, before anything loads."""
     get_aggregator(cfg.server.aggregator)
-    get_method(cfg.peft.method)
+    return parse_spec(cfg.peft.method, cfg.peft.options)
 
 
 def build_task(cfg: ExperimentConfig) -> Task:
-    check_names(cfg)
+    method = check_names(cfg)
     set_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
     dataset = load_dataset(cfg.data, cfg.run.seed)
@@ -77,7 +79,8 @@ def build_task(cfg: ExperimentConfig) -> Task:
     with torch.random.fork_rng(devices=[]):  # head and adapter init: same seed, same model
         torch.manual_seed(cfg.run.seed)
         base = load_classifier(spec, dataset.num_labels, cfg.run.seed)
-        model = apply_peft(base, cfg.peft).to(device)
+        full_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
+        model = method.apply(base, architecture(base.config, dataset.num_labels)).to(device)
     log.info(
         "task: %s on %s (%d train, %d eval), %d clients, device %s",
         spec.name,
@@ -87,4 +90,16 @@ def build_task(cfg: ExperimentConfig) -> Task:
         len(partitions),
         device,
     )
-    return Task(cfg, spec, dataset, train, evaluation, partitions, profiles, model, device)
+    return Task(
+        cfg,
+        spec,
+        dataset,
+        train,
+        evaluation,
+        partitions,
+        profiles,
+        model,
+        device,
+        full_bytes,
+        method,
+    )

@@ -82,11 +82,11 @@ def run_local(
     loop: LoopResult = run_rounds(
         cfg, LocalClientPool(task), LocalGlobalModel(task), store, state, first, observer
     )
-    export_adapter(task.model, loop.state, task.spec, store)
+    export_adapter(task.model, loop.state, task.spec, cfg.peft.method, task.method, store)
     rounds = store.read_rounds()
     summary = build_summary(
         rounds,
-        task.model,
+        task.full_model_bytes,
         loop.state,
         time.perf_counter() - start,
         {
@@ -94,6 +94,7 @@ def run_local(
             "model": task.spec.name,
             "dataset": task.dataset.name,
             "num_clients": cfg.data.num_clients,
+            "peft": {"method": cfg.peft.method, **task.method.model_dump(mode="json")},
             "resumed_from_round": first - 1 if resume else None,
         },
     )

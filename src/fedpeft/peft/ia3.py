@@ -1,0 +1,54 @@
+"""IA3 through Hugging Face ``peft``: learned vectors rescale keys, values and the
+feed-forward activations, ``k ↦ l_k ⊙ k`` (Liu et al., 2022). The task head trains too."""
+
+from __future__ import annotations
+
+from peft import IA3Config, TaskType, get_peft_model
+from torch import nn
+
+from fedpeft.peft.arch import Architecture, Linear
+from fedpeft.peft.lora import matches
+from fedpeft.peft.registry import MethodSpec, PeftMethod, register_method
+
+# PEFT's defaults for BERT-style encoders: suffix "output.dense" also matches
+# "attention.output.dense", and feed-forward modules scale their input, not their output.
+DEFAULT_TARGETS = ("key", "value", "output.dense")
+DEFAULT_FEEDFORWARD = ("output.dense",)
+
+
+class IA3Spec(MethodSpec):
+    target_modules: list[str] | None = None
+    feedforward_modules: list[str] | None = None
+
+    def _targets(self) -> list[str]:
+        return self.target_modules or list(DEFAULT_TARGETS)
+
+    def _feedforward(self) -> list[str]:
+        if self.feedforward_modules is not None:
+            return self.feedforward_modules
+        return list(DEFAULT_FEEDFORWARD) if self.target_modules is None else []
+
+    def vectors(self, arch: Architecture) -> list[tuple[Linear, int]]:
+        out = []
+        for lin in arch.linears:
+            if any(matches(lin.name, t) for t in self._targets()):
+                ff = any(matches(lin.name, t) for t in self._feedforward())
+                out.append((lin, lin.d_in if ff else lin.d_out))
+        return out
+
+    def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
+        config = IA3Config(
+            task_type=TaskType.SEQ_CLS,
+            target_modules=self._targets(),
+            feedforward_modules=self._feedforward(),
+        )
+        return get_peft_model(model, config)
+
+    def trainable_params(self, arch: Architecture) -> int:
+        return sum(size for _, size in self.vectors(arch)) + arch.head_params
+
+    def extra_flops(self, arch: Architecture, seq_len: int) -> int:
+        return seq_len * sum(size for _, size in self.vectors(arch))
+
+
+register_method(PeftMethod("ia3", IA3Spec, "additive", "learned rescaling vectors"))

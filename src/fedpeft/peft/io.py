@@ -1,0 +1,57 @@
+"""Saving and loading a trained adapter folder.
+
+Methods built on ``peft`` save a standard PEFT folder (``adapter_config.json`` +
+``adapter_model.safetensors``) that ``PeftModel.from_pretrained`` loads. fedpeft's own
+methods (bottleneck adapters, BitFit, head, full) save ``adapter_model.safetensors`` with
+``fedpeft_adapter.json`` naming the method and its options; ``load_adapter`` loads both.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fedpeft.peft.arch import model_architecture
+from fedpeft.peft.registry import MethodSpec, get_method, parse_spec
+from fedpeft.peft.state import get_adapter_state, set_adapter_state
+from fedpeft.types import AdapterState
+
+FEDPEFT_CONFIG = "fedpeft_adapter.json"
+WEIGHTS = "adapter_model.safetensors"
+
+
+def save_adapter(
+    model: nn.Module,
+    state: AdapterState,
+    folder: Path,
+    base_id: str,
+    method: str,
+    spec: MethodSpec,
+) -> None:
+    set_adapter_state(model, state)
+    if isinstance(model, PeftModel):
+        for cfg in model.peft_config.values():  # name the base by its hub id, not a local path
+            cfg.base_model_name_or_path = base_id
+        model.save_pretrained(str(folder), save_embedding_layers=False)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in get_adapter_state(model).items()}
+    save_file(tensors, str(folder / WEIGHTS))
+    meta = {"method": method, "options": spec.model_dump(mode="json"), "base_model": base_id}
+    (folder / FEDPEFT_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_adapter(base: nn.Module, folder: Path) -> nn.Module:
+    """``base`` (a freshly loaded model with its task head) with the saved adapter applied."""
+    if not (folder / FEDPEFT_CONFIG).is_file():
+        return PeftModel.from_pretrained(base, str(folder))
+    meta = json.loads((folder / FEDPEFT_CONFIG).read_text())
+    get_method(meta["method"])
+    spec = parse_spec(meta["method"], meta["options"])
+    model = spec.apply(base, model_architecture(base))
+    set_adapter_state(model, load_file(str(folder / WEIGHTS)))
+    return model

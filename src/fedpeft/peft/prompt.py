@@ -1,0 +1,56 @@
+"""Soft prompts through Hugging Face ``peft``.
+
+Prompt tuning (Lester et al., 2021) prepends ``l`` trainable token embeddings to the
+input; prefix tuning (Li & Liang, 2021) prepends ``l`` trainable keys and values to every
+attention layer. The task head trains too.
+"""
+
+from __future__ import annotations
+
+from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+from pydantic import PositiveInt
+from torch import nn
+
+from fedpeft.peft.arch import Architecture
+from fedpeft.peft.registry import MethodSpec, PeftMethod, register_method
+
+
+class PromptTuningSpec(MethodSpec):
+    num_virtual_tokens: PositiveInt = 20
+
+    def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
+        config = PromptTuningConfig(
+            task_type=TaskType.SEQ_CLS, num_virtual_tokens=self.num_virtual_tokens
+        )
+        return get_peft_model(model, config)
+
+    def trainable_params(self, arch: Architecture) -> int:
+        return self.num_virtual_tokens * arch.hidden + arch.head_params
+
+    def extra_flops(self, arch: Architecture, seq_len: int) -> int:
+        """The ``l`` extra tokens go through every projection and lengthen attention."""
+        p = self.num_virtual_tokens
+        attention = arch.attention_flops(seq_len + p) - arch.attention_flops(seq_len)
+        return p * arch.per_token_flops() + attention
+
+
+class PrefixTuningSpec(MethodSpec):
+    num_virtual_tokens: PositiveInt = 10
+
+    def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
+        config = PrefixTuningConfig(
+            task_type=TaskType.SEQ_CLS, num_virtual_tokens=self.num_virtual_tokens
+        )
+        return get_peft_model(model, config)
+
+    def trainable_params(self, arch: Architecture) -> int:
+        return self.num_virtual_tokens * 2 * arch.layers * arch.hidden + arch.head_params
+
+    def extra_flops(self, arch: Architecture, seq_len: int) -> int:
+        """Every query attends to ``l`` more keys and values."""
+        extra = arch.attention_flops(seq_len, self.num_virtual_tokens)
+        return extra - arch.attention_flops(seq_len)
+
+
+register_method(PeftMethod("prompt", PromptTuningSpec, "additive", "trainable input tokens"))
+register_method(PeftMethod("prefix", PrefixTuningSpec, "additive", "trainable attention prefixes"))
