@@ -15,6 +15,7 @@ from fedpeft.aggregation.lora import (
 from fedpeft.aggregation.registry import (
     Aggregator,
     aggregator_names,
+    client_freeze,
     get_aggregator,
     register_aggregator,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "FedYogi",
     "ServerOptimizer",
     "aggregator_names",
+    "client_freeze",
     "clip_deltas",
     "clip_norms",
     "coordinate_median",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from fedpeft.aggregation.fedavg import fedavg
-from fedpeft.aggregation.lora import exact_lora_svd, weighted_lora
+from fedpeft.aggregation.lora import exact_lora_svd, ffa_lora, weighted_lora
 from fedpeft.aggregation.robust import coordinate_median, krum, multi_krum, trimmed_mean
 from fedpeft.errors import FedpeftError
 from fedpeft.types import AdapterState
@@ -14,10 +14,21 @@ Aggregator = Callable[[Sequence[tuple[AdapterState, float]]], AdapterState]
 _REGISTRY: dict[str, Aggregator] = {}
 
 
-def register_aggregator(name: str, fn: Aggregator) -> None:
+_CLIENT_FREEZE: dict[str, tuple[str, ...]] = {}
+
+
+def register_aggregator(name: str, fn: Aggregator, freeze: tuple[str, ...] = ()) -> None:
+    """Registers a rule; ``freeze`` names parameter parts its clients must keep fixed
+    (the rule's client half, e.g. FFA-LoRA's shared A)."""
     if name in _REGISTRY:
         raise ValueError(f"aggregator {name!r} is registered twice")
     _REGISTRY[name] = fn
+    _CLIENT_FREEZE[name] = freeze
+
+
+def client_freeze(name: str) -> tuple[str, ...]:
+    get_aggregator(name)
+    return _CLIENT_FREEZE[name]
 
 
 def aggregator_names() -> list[str]:
@@ -36,7 +47,7 @@ def get_aggregator(name: str) -> Aggregator:
 register_aggregator("fedavg", fedavg)
 register_aggregator("weighted_lora", weighted_lora)
 register_aggregator("exact_lora_svd", exact_lora_svd)  # rank defaults to the clients' rank
-# ffa_lora is not selectable until clients can freeze A (its client half, issue #5)
+register_aggregator("ffa_lora", ffa_lora, freeze=("lora_A",))  # clients keep A fixed
 register_aggregator("coordinate_median", coordinate_median)
 register_aggregator("trimmed_mean", trimmed_mean)  # trim_fraction = 0.1
 register_aggregator("krum", krum)  # num_byzantine = 1

@@ -37,7 +37,11 @@ def train(
     model: nn.Module, instruction: TrainInstruction, data: ClientData, device: torch.device
 ) -> ClientUpdate:
     """Trains ``model``'s adapter in place from its current state and returns the update."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [
+        p
+        for n, p in model.named_parameters()
+        if p.requires_grad and not any(part in n for part in instruction.freeze)
+    ]
     anchor = [p.detach().clone() for p in params] if instruction.proximal_mu > 0 else []
     opt = torch.optim.AdamW(params, lr=instruction.lr, weight_decay=instruction.weight_decay)
     seed = derive_seed(instruction.seed, instruction.round, instruction.client_id)
@@ -60,7 +64,7 @@ def train(
                 loss = out.loss + _proximal(params, anchor, instruction.proximal_mu)
                 loss.backward()
                 opt.step()
-                opt.zero_grad(set_to_none=True)
+                model.zero_grad(set_to_none=True)  # also frozen-by-instruction grads
                 loss_sum += float(out.loss.detach()) * len(batch.labels)
                 seen += len(batch.labels)
                 steps += 1

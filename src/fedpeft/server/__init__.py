@@ -1,6 +1,21 @@
 """Server: the round loop and everything around it (sampling, validation, storage)."""
 
-from fedpeft.server.loop import ClientPool, GlobalModel, LoopResult, Observer, run_rounds
+from fedpeft.server.loop import (
+    ClientPool,
+    GlobalModel,
+    LoopResult,
+    Observer,
+    ServerState,
+    run_rounds,
+)
 from fedpeft.server.store import RunStore
 
-__all__ = ["ClientPool", "GlobalModel", "LoopResult", "Observer", "RunStore", "run_rounds"]
+__all__ = [
+    "ClientPool",
+    "GlobalModel",
+    "LoopResult",
+    "Observer",
+    "RunStore",
+    "ServerState",
+    "run_rounds",
+]

@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from fedpeft.aggregation import get_aggregator
 from fedpeft.compression import encode
 from fedpeft.config import ExperimentConfig
 from fedpeft.server.sampling import sample_clients
 from fedpeft.server.store import RunStore
+from fedpeft.server.strategy import Strategy, strategy_from_config
 from fedpeft.server.validate import RejectedUpdate, validate_reply
 from fedpeft.types import AdapterState, ClientRecord, ClientUpdate, RoundRecord, TrainInstruction
 
@@ -44,12 +44,22 @@ class Observer:
 
 
 @dataclass(frozen=True)
+class ServerState:
+    """What the server carries from round to round (and checkpoints)."""
+
+    adapter: AdapterState
+    optimizer: AdapterState = field(default_factory=dict)  # server-optimiser buffers
+
+
+@dataclass(frozen=True)
 class LoopResult:
     state: AdapterState
     records: list[RoundRecord]
 
 
-def instruction_for(cfg: ExperimentConfig, rnd: int, client_id: int) -> TrainInstruction:
+def instruction_for(
+    cfg: ExperimentConfig, rnd: int, client_id: int, freeze: tuple[str, ...] = ()
+) -> TrainInstruction:
     c = cfg.client
     return TrainInstruction(
         round=rnd,
@@ -61,6 +71,7 @@ def instruction_for(cfg: ExperimentConfig, rnd: int, client_id: int) -> TrainIns
         weight_decay=c.weight_decay,
         proximal_mu=c.proximal_mu,
         seed=cfg.run.seed,
+        freeze=freeze,
     )
 
 
@@ -69,40 +80,44 @@ def run_rounds(
     pool: ClientPool,
     model: GlobalModel,
     store: RunStore,
-    state: AdapterState,
+    state: ServerState,
     start_round: int,
     observer: Observer | None = None,
 ) -> LoopResult:
     """Runs rounds ``start_round … cfg.run.rounds``, checkpointing after each."""
     observer = observer or Observer()
+    strategy = strategy_from_config(cfg.server)
     records = []
     for rnd in range(start_round, cfg.run.rounds + 1):
-        state, record = run_round(cfg, pool, model, state, rnd, observer)
+        state, record = run_round(cfg, strategy, pool, model, state, rnd, observer)
         store.append_round(record)
-        store.save_checkpoint(rnd, state)
+        store.save_checkpoint(rnd, state.adapter, state.optimizer)
         records.append(record)
         observer.on_round_end(record)
-    return LoopResult(state, records)
+    return LoopResult(state.adapter, records)
 
 
 def run_round(
     cfg: ExperimentConfig,
+    strategy: Strategy,
     pool: ClientPool,
     model: GlobalModel,
-    state: AdapterState,
+    server: ServerState,
     rnd: int,
     observer: Observer,
-) -> tuple[AdapterState, RoundRecord]:
+) -> tuple[ServerState, RoundRecord]:
     start = time.perf_counter()
     sampled = sample_clients(
         cfg.data.num_clients, cfg.server.fraction, cfg.server.min_clients, cfg.run.seed, rnd
     )
     observer.on_round_start(rnd, sampled)
+    state = server.adapter
     down = encode(state, {"round": rnd})
     accepted: list[ClientUpdate] = []
     clients: list[ClientRecord] = []
     for cid in sampled:
-        update, client_record = _collect(pool, instruction_for(cfg, rnd, cid), down, state)
+        instruction = instruction_for(cfg, rnd, cid, strategy.client_freeze)
+        update, client_record = _collect(pool, instruction, down, state)
         if update is not None:
             accepted.append(update)
         clients.append(client_record)
@@ -110,8 +125,8 @@ def run_round(
     if clients and all(c.status == "failed" for c in clients):
         raise RuntimeError(f"round {rnd}: every sampled client failed; first: {clients[0].reason}")
     if accepted:
-        aggregate = get_aggregator(cfg.server.aggregator)
-        state = aggregate([(u.state, float(u.num_examples)) for u in accepted])
+        server = _aggregate(strategy, server, accepted)
+        state = server.adapter
     else:
         log.warning("round %d: no update was accepted; the global adapter is unchanged", rnd)
     eval_start = time.perf_counter()
@@ -132,7 +147,18 @@ def run_round(
         client_time_s=sum(c.metrics.get("train_time_s", 0.0) for c in clients),
         clients=clients,
     )
-    return state, record
+    return server, record
+
+
+def _aggregate(
+    strategy: Strategy, server: ServerState, accepted: list[ClientUpdate]
+) -> ServerState:
+    """The rule's aggregate, then (optionally) the server optimiser's step towards it."""
+    aggregated = strategy.aggregate([(u.state, float(u.num_examples)) for u in accepted])
+    if strategy.server_optimizer is None:
+        return ServerState(aggregated, server.optimizer)
+    adapter, opt_state = strategy.server_optimizer(server.adapter, aggregated, server.optimizer)
+    return ServerState(adapter, opt_state)
 
 
 def _collect(

@@ -109,26 +109,29 @@ class RunStore:
             write_atomic(path, "".join(ln + "\n" for ln in keep).encode())
 
     # ---- checkpoints ----------------------------------------------------------------
-    def save_checkpoint(self, rnd: int, state: AdapterState) -> None:
+    def save_checkpoint(
+        self, rnd: int, state: AdapterState, optimizer: AdapterState | None = None
+    ) -> None:
         folder = self.root / CHECKPOINT
         write_atomic(folder / "global.safetensors", encode(state, {"round": rnd}))
+        write_atomic(folder / "server_opt.safetensors", encode(optimizer or {}, {"round": rnd}))
         write_json(folder / "state.json", {"round": rnd, "saved_at": time.time()})
 
-    def load_checkpoint(self) -> tuple[int, AdapterState]:
+    def load_checkpoint(self) -> tuple[int, AdapterState, AdapterState]:
+        """(round, global adapter, server-optimiser state) of the last complete round."""
         folder = self.root / CHECKPOINT
         try:
             meta = json.loads((folder / "state.json").read_text())
             rnd = meta["round"]
             state, tmeta = decode((folder / "global.safetensors").read_bytes())
+            optimizer, ometa = decode((folder / "server_opt.safetensors").read_bytes())
         except FileNotFoundError as e:
             raise self._corrupt(f"{Path(e.filename).name} is missing") from None
         except (json.JSONDecodeError, KeyError, TypeError, CodecError) as e:
             raise self._corrupt(f"its checkpoint is unreadable ({e})") from None
-        if not isinstance(rnd, int) or tmeta.get("round") != rnd:
-            raise self._corrupt(
-                "checkpoint/state.json and global.safetensors disagree on the round"
-            )
-        return rnd, state
+        if not isinstance(rnd, int) or tmeta.get("round") != rnd or ometa.get("round") != rnd:
+            raise self._corrupt("the checkpoint's files disagree on the round")
+        return rnd, state, optimizer
 
     def _corrupt(self, what: str) -> FedpeftError:
         return FedpeftError(

@@ -23,6 +23,7 @@ class TrainInstruction:
     weight_decay: float
     proximal_mu: float
     seed: int
+    freeze: tuple[str, ...] = ()  # parameter-name parts to keep fixed (a strategy's client half)
 
     def to_dict(self) -> dict[str, int | float | None]:
         return dict(self.__dict__)

@@ -18,7 +18,7 @@ from fedpeft.client import ClientData, handle_fit
 from fedpeft.config import ExperimentConfig, config_to_toml
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import get_adapter_state, set_adapter_state
-from fedpeft.server import LoopResult, Observer, RunStore, run_rounds
+from fedpeft.server import LoopResult, Observer, RunStore, ServerState, run_rounds
 from fedpeft.server.evaluate import evaluate_model
 from fedpeft.server.export import export_adapter
 from fedpeft.server.store import CONFIG, PARTITIONS, SUMMARY, write_atomic
@@ -103,13 +103,13 @@ def run_local(
 
 
 def _initial_state(
-    task: Task, store: RunStore | None, checkpoint: tuple[int, AdapterState] | None
-) -> tuple[AdapterState, int]:
+    task: Task, store: RunStore | None, checkpoint: tuple[int, AdapterState, AdapterState] | None
+) -> tuple[ServerState, int]:
     """A fresh adapter (round 1), or the checkpoint's (the round after it)."""
     fresh = get_adapter_state(task.model)
     if store is None or checkpoint is None:
-        return fresh, 1
-    rnd, state = checkpoint
+        return ServerState(fresh), 1
+    rnd, state, optimizer = checkpoint
     try:
         check_tensors(state, fresh)
     except RejectedUpdate as e:
@@ -119,7 +119,7 @@ def _initial_state(
         ) from None
     if rnd >= task.cfg.run.rounds:
         log.info("run already completed %d of %d rounds", rnd, task.cfg.run.rounds)
-    return state, rnd + 1
+    return ServerState(state, optimizer), rnd + 1
 
 
 def _partitions_json(task: Task) -> dict[str, object]:

@@ -1,0 +1,68 @@
+"""Strategies composed from parts, run end to end on the tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedpeft.aggregation import aggregator_names
+from fedpeft.errors import FedpeftError
+from fedpeft.peft import get_adapter_state
+from fedpeft.runtime.local import run_local
+from fedpeft.server import Observer
+from fedpeft.server.store import RunStore
+from fedpeft.server.strategy import strategy_from_config
+from fedpeft.server.task import build_task
+from fedpeft.types import RoundRecord
+
+
+def test_ffa_lora_clients_keep_a_fixed_and_train_b(tiny) -> None:
+    cfg = tiny("server.aggregator='ffa_lora'")
+    initial = get_adapter_state(build_task(cfg).model)
+    result = run_local(cfg)
+    a_keys = [k for k in result.state if "lora_A" in k]
+    b_keys = [k for k in result.state if "lora_B" in k]
+    assert a_keys and b_keys
+    assert all(torch.equal(result.state[k], initial[k]) for k in a_keys)
+    assert all(not torch.equal(result.state[k], initial[k]) for k in b_keys)
+
+
+def test_fedavgm_without_momentum_at_lr_1_is_fedavg(tiny) -> None:
+    plain = run_local(tiny())
+    avgm = run_local(tiny("server.optimizer='fedavgm'", "server.momentum=0.0"))
+    for key, value in plain.state.items():
+        torch.testing.assert_close(avgm.state[key], value, rtol=0, atol=1e-6)
+
+
+class _StopAfter(Observer):
+    def on_round_end(self, record: RoundRecord) -> None:
+        if record.round == 1:
+            raise KeyboardInterrupt
+
+
+def test_server_optimiser_state_survives_resume(tiny) -> None:
+    cfg = tiny("run.rounds=3", "server.optimizer='fedadam'", "server.server_lr=0.01")
+    full = run_local(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        run_local(cfg, observer=_StopAfter())
+    stopped = next(p for p in full.run_dir.parent.iterdir() if p != full.run_dir)
+    _, _, opt_state = RunStore(stopped).load_checkpoint()
+    assert opt_state and all(k.startswith(("m/", "v/")) for k in opt_state)
+    resumed = run_local(cfg, resume=stopped)
+    for key, value in full.state.items():
+        torch.testing.assert_close(resumed.state[key], value, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in aggregator_names() if n not in ("fedavg", "ffa_lora")])
+def test_every_registered_aggregator_runs_a_round(tiny, name: str) -> None:
+    cfg = tiny(f"server.aggregator={name!r}", "run.rounds=1", "data.num_clients=4")
+    result = run_local(cfg)
+    assert result.rounds[0]["accepted"] == 4
+    assert all(torch.isfinite(v).all() for v in result.state.values())
+
+
+def test_bad_server_optimiser_settings_are_user_errors(tiny) -> None:
+    with pytest.raises(FedpeftError):
+        tiny("server.optimizer='sgd'")
+    cfg = tiny("server.optimizer='fedyogi'", "server.tau=1e-3")
+    assert strategy_from_config(cfg.server).server_optimizer is not None
