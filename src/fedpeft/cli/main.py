@@ -99,6 +99,34 @@ def run(
 
 
 @app.command()
+def allocate(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override: section.key=value")
+    ] = None,
+    explain: Annotated[bool, typer.Option(help="list every candidate per client")] = False,
+    out: Annotated[Path | None, typer.Option(help="also write the decisions as JSON")] = None,
+) -> None:
+    """Show which PEFT configuration each client gets (policy, U = α·R − β·C + γ·E) and why."""
+    _setup_logging(False)
+    with user_errors():
+        from fedpeft.allocation import explain as explain_one
+        from fedpeft.allocation import format_allocations
+        from fedpeft.cli.allocate import allocation_report, write_record
+
+        cfg = _resolve_config(config, set_ or [], None)
+        allocations, record = allocation_report(cfg)
+    console = Console()
+    console.print(format_allocations(allocations), highlight=False, soft_wrap=True)
+    if explain:
+        for a in allocations:
+            console.print("\n" + explain_one(a), highlight=False, soft_wrap=True)
+    if out is not None:
+        write_record(record, out)
+        console.print(f"wrote {out}")
+
+
+@app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, runs/<run-id>")]) -> None:
     """(Re)write a run's report.md and plots/*.png from its logs."""
     _setup_logging(False)
@@ -138,7 +166,7 @@ def _first_round(resume: Path | None) -> int:
         return 1
     from fedpeft.server.store import RunStore
 
-    rnd, _ = RunStore.open_existing(resume).load_checkpoint()
+    rnd, _, _ = RunStore.open_existing(resume).load_checkpoint()
     return rnd + 1
 
 

@@ -8,6 +8,7 @@ from fedpeft.config.schema import (
     ExperimentConfig,
     ModelConfig,
     PeftConfig,
+    ProfilesConfig,
     RunConfig,
     ServerConfig,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "ExperimentConfig",
     "ModelConfig",
     "PeftConfig",
+    "ProfilesConfig",
     "RunConfig",
     "ServerConfig",
     "build_config",

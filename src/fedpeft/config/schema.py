@@ -78,6 +78,22 @@ class ServerConfig(_Section):
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of clients per round")
     min_clients: PositiveInt = 1
     aggregator: str = "fedavg"
+    optimizer: Literal["none", "fedavgm", "fedadam", "fedyogi"] = "none"
+    server_lr: PositiveFloat | None = Field(None, description="None = the optimiser's default")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="FedAvgM")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="FedAdam/FedYogi")
+    beta2: float = Field(0.99, ge=0.0, lt=1.0, description="FedAdam/FedYogi")
+    tau: PositiveFloat = Field(1e-3, description="FedAdam/FedYogi adaptivity")
+
+
+class ProfilesConfig(_Section):
+    """Simulated devices: a tier mix (fractions or one tier name per client) over the
+    declared tiers (high/mid/low) and any custom tiers from ``file`` (TOML or JSON)."""
+
+    mix: dict[str, float] | list[str] = Field(
+        default_factory=lambda: {"high": 0.3, "mid": 0.4, "low": 0.3}
+    )
+    file: str | None = None
 
 
 class EvalConfig(_Section):
@@ -92,3 +108,7 @@ class ExperimentConfig(_Section):
     client: ClientConfig = ClientConfig()
     server: ServerConfig = ServerConfig()
     eval: EvalConfig = EvalConfig()
+    profiles: ProfilesConfig = ProfilesConfig()
+    allocation: dict[str, Any] = Field(
+        default_factory=dict, description="validated by fedpeft.allocation (policy, α, β, γ, …)"
+    )

@@ -64,18 +64,39 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
     return parse_spec(cfg.peft.method, cfg.peft.options)
 
 
+@dataclass(frozen=True)
+class FederatedData:
+    """The data side of a task: splits tokenised once, client partitions, data profiles."""
+
+    spec: ModelSpec
+    dataset: RawDataset
+    train: TokenizedSplit
+    eval: TokenizedSplit
+    partitions: list[np.ndarray]
+    profiles: list[DataProfile]
+
+
+def build_data(cfg: ExperimentConfig) -> FederatedData:
+    """Loads, tokenises and partitions the configured data (no model weights are loaded)."""
+    dataset = load_dataset(cfg.data, cfg.run.seed)
+    spec = get_model_spec(cfg.model.name)
+    tokenizer = load_tokenizer(spec)
+    left = spec.family == "llama" or tokenizer.padding_side == "left"
+    train = tokenize_split(dataset.train, tokenizer, cfg.model.max_length, pad_left=left)
+    evaluation = tokenize_split(dataset.eval, tokenizer, cfg.model.max_length, pad_left=left)
+    partitions = partition_indices(train.labels, cfg.data, cfg.run.seed)
+    lengths = train.lengths
+    profiles = [data_profile(train.labels[p], lengths[p], dataset.num_labels) for p in partitions]
+    return FederatedData(spec, dataset, train, evaluation, partitions, profiles)
+
+
 def build_task(cfg: ExperimentConfig) -> Task:
     method = check_names(cfg)
     set_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
-    dataset = load_dataset(cfg.data, cfg.run.seed)
-    spec = get_model_spec(cfg.model.name)
-    tokenizer = load_tokenizer(spec)
-    train = tokenize_split(dataset.train, tokenizer, cfg.model.max_length)
-    evaluation = tokenize_split(dataset.eval, tokenizer, cfg.model.max_length)
-    partitions = partition_indices(train.labels, cfg.data, cfg.run.seed)
-    lengths = train.lengths
-    profiles = [data_profile(train.labels[p], lengths[p], dataset.num_labels) for p in partitions]
+    data = build_data(cfg)
+    spec, dataset, train, evaluation = data.spec, data.dataset, data.train, data.eval
+    partitions, profiles = data.partitions, data.profiles
     with torch.random.fork_rng(devices=[]):  # head and adapter init: same seed, same model
         torch.manual_seed(cfg.run.seed)
         base = load_classifier(spec, dataset.num_labels, cfg.run.seed)
