@@ -78,3 +78,16 @@ def test_tokenise_once_dynamic_padding_and_length_buckets() -> None:
         widths.append(b.input_ids.shape[1])
     assert sorted(seen) == list(range(200)) and widths == sorted(widths)
     assert split.lengths.max() <= 64
+
+
+def test_left_padding_puts_every_sequence_at_the_end() -> None:
+    from fedpeft.data import RawSplit
+
+    split = RawSplit(["a b c d e", "a"], np.asarray([0, 1]))
+    tok = load_tokenizer(get_model_spec("minilm-l6"))
+    right = tokenize_split(split, tok, 16).collate(np.arange(2))
+    left = tokenize_split(split, tok, 16, pad_left=True).collate(np.arange(2))
+    assert right.attention_mask[1].tolist()[:3] == [1, 1, 1] and right.attention_mask[1, -1] == 0
+    assert left.attention_mask[:, -1].tolist() == [1, 1] and left.attention_mask[1, 0] == 0
+    n = int(left.attention_mask[1].sum())
+    assert left.input_ids[1, -n:].tolist() == right.input_ids[1, :n].tolist()

@@ -1,16 +1,19 @@
-"""Contract tests: every registered PEFT method × every encoder family (tiny configs)."""
+"""Contract tests: every registered PEFT method × every model family (tiny configs)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForSequenceClassification,
     PreTrainedModel,
     RobertaConfig,
     RobertaForSequenceClassification,
@@ -28,6 +31,7 @@ from fedpeft.peft import (
 )
 
 LABELS = 3
+PAD = 0  # the padding id of the test batch (BERT's and the tiny LLaMA's pad token)
 DIMS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48)
 
 
@@ -43,10 +47,32 @@ def _roberta() -> PreTrainedModel:
     return RobertaForSequenceClassification(config)
 
 
-FAMILIES: dict[str, Callable[[], PreTrainedModel]] = {"bert": _bert, "roberta": _roberta}
+def _llama() -> PreTrainedModel:
+    """Grouped-query attention (4 query heads, 2 key/value heads); the last non-pad token
+    is pooled, so the config names a pad id (0, which fills the test batch's padding)."""
+    config = LlamaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        pad_token_id=PAD,
+        num_labels=LABELS,
+    )
+    config._attn_implementation = "eager"
+    return LlamaForSequenceClassification(config)
+
+
+FAMILIES: dict[str, Callable[[], PreTrainedModel]] = {
+    "bert": _bert,
+    "roberta": _roberta,
+    "llama": _llama,
+}
 # options that make each method small but non-trivial on the tiny models
 OPTIONS: dict[str, dict[str, object]] = {
-    "lora": {"r": 4, "rank_pattern": {"value": 2}},
+    "lora": {"r": 4, "rank_pattern": {"value|v_proj": 2}},
     "prompt": {"num_virtual_tokens": 3},
     "prefix": {"num_virtual_tokens": 3},
     "houlsby": {"size": 8},
@@ -73,6 +99,7 @@ def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
     ids = torch.randint(3, 100, (4, 9), generator=g)
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
+    ids[1, 6:] = PAD
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -105,11 +132,12 @@ def test_gradients_reach_only_the_trainable_parameters(method: str, family: str)
             assert p.grad is not None, name
         else:
             assert p.grad is None, name
+    arch = model_architecture(FAMILIES[family]())
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert any("classifier" in n for n in trainable)  # the head always trains
+    assert any(f"{arch.head_prefix}." in n for n in trainable)  # the head always trains
     if method not in ("full",):
         frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-        assert any("attention.self.query" in n for n in frozen)
+        assert any(arch.linears[0].name in n for n in frozen)  # the first query projection
 
 
 @pytest.mark.parametrize(("method", "family"), CASES)
@@ -210,3 +238,72 @@ def test_more_capacity_costs_more_params_bytes_and_flops() -> None:
         assert small.trainable_params(arch) < big.trainable_params(arch)
         assert small.update_bytes(arch) < big.update_bytes(arch)
         assert small.extra_flops(arch, 16) < big.extra_flops(arch, 16)
+
+
+def _wide_llama() -> PreTrainedModel:
+    """Biased projections and a head size that makes the query width (4·16) differ from the
+    hidden size (32), so the closed forms cannot lean on ``heads × head_dim == hidden``."""
+    config = LlamaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=48,
+        attention_bias=True,
+        mlp_bias=True,
+        pad_token_id=PAD,
+        num_labels=LABELS,
+    )
+    config._attn_implementation = "eager"
+    return LlamaForSequenceClassification(config)
+
+
+@pytest.mark.parametrize("method", ["full", "bitfit", "ia3", "prefix", "prompt", "houlsby"])
+def test_llama_with_biases_and_wide_heads_is_predicted_exactly(method: str) -> None:
+    torch.manual_seed(0)
+    base = _wide_llama().eval()
+    arch = model_architecture(base)
+    assert arch.attn_dim == 64 and arch.kv_dim == 32
+    torch.manual_seed(0)
+    fresh = _wide_llama()
+    spec = parse_spec(method, OPTIONS.get(method, {}))
+    model = spec.apply(fresh, model_architecture(fresh)).eval()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert spec.trainable_params(arch) == trainable
+    ids = torch.randint(3, 100, (1, 12), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    measured = _flops(model, batch) - _flops(base, batch)
+    assert measured == (0 if method == "ia3" else spec.extra_flops(arch, seq_len=12))
+
+
+_PAD_LIMIT = pytest.mark.xfail(
+    strict=True,
+    reason="known limitation: PEFT puts virtual tokens before a decoder's left padding and "
+    "ignores position_ids, so the rotary distance from prompt to text shifts with the pad "
+    "count (logits move by ~1e-3); right padding would be worse (the head reads a pad)",
+)
+PAD_CASES = [
+    pytest.param(m, f, marks=_PAD_LIMIT) if f == "llama" and m in ("prompt", "prefix") else (m, f)
+    for m, f in CASES
+]
+
+
+@pytest.mark.parametrize(("method", "family"), PAD_CASES)
+def test_padding_does_not_change_an_examples_output(method: str, family: str) -> None:
+    """fedpeft pads decoders on the left (their classifier reads the last position) and
+    encoders on the right; either way a padded row must match the sequence alone."""
+    from fedpeft.data import TokenizedSplit
+
+    _, model = _build(method, family)
+    g = torch.Generator().manual_seed(7)
+    seqs = [torch.randint(3, 100, (n,), generator=g).numpy() for n in (9, 5)]
+    split = TokenizedSplit(
+        seqs, np.zeros(2, dtype=np.int64), PAD, np.asarray([9, 5]), pad_left=family == "llama"
+    )
+    batch = split.collate(np.arange(2))
+    padded = _logits(model, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
+    alone = split.collate(np.asarray([1]))
+    single = _logits(model, {"input_ids": alone.input_ids, "attention_mask": alone.attention_mask})
+    torch.testing.assert_close(padded[1], single[0], rtol=1e-4, atol=1e-5)

@@ -185,3 +185,23 @@ def test_memory_holds_adapters_only_more_clients_same_data(tiny) -> None:
     assert len(task.partitions) == 16
     shutil.rmtree(task.cfg.run.output_dir, ignore_errors=True)
     assert np.concatenate(task.partitions).size == 64
+
+
+@pytest.mark.parametrize(
+    "method", ["lora", "prompt", "prefix", "ia3", "houlsby", "pfeiffer", "bitfit", "head", "full"]
+)
+def test_every_method_runs_end_to_end_and_exports(tiny, method: str) -> None:
+    from fedpeft.peft import load_adapter
+
+    cfg = tiny(f"peft.method={method!r}", "run.rounds=1")
+    result = run_local(cfg)
+    assert result.summary["peft"]["method"] == method
+    assert all(c["status"] == "ok" for c in _lines(result.run_dir / "clients.jsonl"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.run.seed)
+        base = load_classifier(get_model_spec("tiny-bert"), 2, cfg.run.seed)
+    model = load_adapter(base, result.run_dir / "adapter")
+    ds = load_dataset(cfg.data, cfg.run.seed)
+    split = tokenize_split(ds.eval, load_tokenizer(get_model_spec("tiny-bert")), 64)
+    preds = predict_logits(model, split, 16, torch.device("cpu")).argmax(-1).numpy()
+    assert float((preds == split.labels).mean()) == result.rounds[-1]["eval"]["accuracy"]

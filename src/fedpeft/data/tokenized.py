@@ -32,6 +32,7 @@ class TokenizedSplit:
     labels: np.ndarray
     pad_id: int
     lengths: np.ndarray  # tokens per example, computed once
+    pad_left: bool = False  # decoders: the last position is then always a real token
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -43,8 +44,9 @@ class TokenizedSplit:
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for row, s in enumerate(seqs):
-            ids[row, : len(s)] = torch.from_numpy(s)
-            mask[row, : len(s)] = 1
+            cols = slice(width - len(s), width) if self.pad_left else slice(0, len(s))
+            ids[row, cols] = torch.from_numpy(s)
+            mask[row, cols] = 1
         return Batch(ids, mask, torch.from_numpy(self.labels[idx]))
 
     def train_batches(
@@ -76,10 +78,14 @@ class TokenizedSplit:
 
 
 def tokenize_split(
-    split: RawSplit, tokenizer: PreTrainedTokenizerBase, max_length: int
+    split: RawSplit, tokenizer: PreTrainedTokenizerBase, max_length: int, pad_left: bool = False
 ) -> TokenizedSplit:
+    """Token ids once, unpadded. ``pad_left`` for decoder models: their classifier reads the
+    last position (PEFT's prompt tuning cannot locate padding), and with rotary positions
+    left padding leaves real tokens' outputs unchanged."""
     enc = tokenizer(split.texts, truncation=True, max_length=max_length)
     ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     lengths = np.asarray([len(x) for x in ids], dtype=np.int64)
-    return TokenizedSplit(ids, np.asarray(split.labels, dtype=np.int64), int(pad), lengths)
+    labels = np.asarray(split.labels, dtype=np.int64)
+    return TokenizedSplit(ids, labels, int(pad), lengths, pad_left)

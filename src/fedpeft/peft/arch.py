@@ -28,6 +28,8 @@ class Architecture:
     layers: int
     heads: int
     num_labels: int
+    attn_dim: int  # query heads × head size: the width of QKᵀ and AV (``hidden`` in BERT)
+    kv_dim: int  # key/value heads × head size (smaller than ``attn_dim`` with GQA)
     linears: tuple[Linear, ...]
     attn_out: tuple[str, ...]  # projections closing attention (Houlsby's first adapter site)
     ffn_out: tuple[str, ...]  # projections closing the feed-forward block
@@ -35,14 +37,22 @@ class Architecture:
     head_params: int
     bias_params: int  # every bias of the base model outside the head (BitFit)
     total_params: int  # base + head
+    head_token_flops: int  # head FLOPs per position where the head runs on every token
+    lora_targets: tuple[str, ...]  # PEFT's default LoRA targets for the family
+    ia3_targets: tuple[str, ...]  # PEFT's default IA3 targets …
+    ia3_feedforward: tuple[str, ...]  # … and which of them scale their input
 
     def per_token_flops(self) -> int:
         """Forward FLOPs per token of the blocks' projections (2 per multiply-add)."""
         return sum(2 * lin.d_in * lin.d_out for lin in self.linears if lin.layer is not None)
 
     def attention_flops(self, seq_len: int, extra_keys: int = 0) -> int:
-        """Forward FLOPs of QKᵀ and AV for one example, with ``extra_keys`` prefix keys."""
-        return self.layers * 2 * 2 * seq_len * (seq_len + extra_keys) * self.hidden
+        """Forward FLOPs of QKᵀ and AV for one example, with ``extra_keys`` prefix keys.
+
+        With grouped-query attention every query head still meets every key, so the cost
+        scales with the query width ``attn_dim``, not with the key/value width.
+        """
+        return self.layers * 2 * 2 * seq_len * (seq_len + extra_keys) * self.attn_dim
 
 
 def _encoder(cfg: Any, family: str, num_labels: int) -> Architecture:
@@ -77,6 +87,8 @@ def _encoder(cfg: Any, family: str, num_labels: int) -> Architecture:
         layers=n_layers,
         heads=cfg.num_attention_heads,
         num_labels=num_labels,
+        attn_dim=d,
+        kv_dim=d,
         linears=tuple(linears),
         attn_out=tuple(lin.name for lin in linears if lin.name.endswith("attention.output.dense")),
         ffn_out=tuple(
@@ -88,6 +100,64 @@ def _encoder(cfg: Any, family: str, num_labels: int) -> Architecture:
         head_params=head,
         bias_params=biases,
         total_params=embeddings + weights + biases + head,
+        head_token_flops=0,  # the head sees the pooled [CLS] token only
+        lora_targets=("query", "value"),
+        # suffix "output.dense" also matches "attention.output.dense"
+        ia3_targets=("key", "value", "output.dense"),
+        ia3_feedforward=("output.dense",),
+    )
+
+
+def _llama(cfg: Any, num_labels: int) -> Architecture:
+    """LLaMA-style decoders (pre-norm RMSNorm, grouped-query attention, SwiGLU MLP) with
+    ``LlamaForSequenceClassification``'s head: ``score``, d→labels without bias, applied to
+    every position before the last non-pad one is pooled. Tied embeddings do not apply."""
+    d, f, n_layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    head_dim = getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    q, kv = cfg.num_attention_heads * head_dim, kv_heads * head_dim
+    attn_bias = bool(getattr(cfg, "attention_bias", False))
+    mlp_bias = bool(getattr(cfg, "mlp_bias", False))
+    linears: list[Linear] = []
+    biased: set[str] = set()
+    for i in range(n_layers):
+        a, m = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
+        attn = [
+            Linear(f"{a}.q_proj", d, q, i),
+            Linear(f"{a}.k_proj", d, kv, i),
+            Linear(f"{a}.v_proj", d, kv, i),
+            Linear(f"{a}.o_proj", q, d, i),
+        ]
+        mlp = [
+            Linear(f"{m}.gate_proj", d, f, i),
+            Linear(f"{m}.up_proj", d, f, i),
+            Linear(f"{m}.down_proj", f, d, i),
+        ]
+        linears += attn + mlp
+        biased |= {lin.name for lin in attn if attn_bias} | {lin.name for lin in mlp if mlp_bias}
+    norms = 2 * n_layers + 1  # input and post-attention RMSNorm per block, then the final one
+    biases = sum(lin.d_out for lin in linears if lin.name in biased)
+    weights = sum(lin.d_in * lin.d_out for lin in linears) + norms * d
+    head = d * num_labels
+    return Architecture(
+        family="llama",
+        hidden=d,
+        layers=n_layers,
+        heads=cfg.num_attention_heads,
+        num_labels=num_labels,
+        attn_dim=q,
+        kv_dim=kv,
+        linears=tuple(linears),
+        attn_out=tuple(lin.name for lin in linears if lin.name.endswith(".o_proj")),
+        ffn_out=tuple(lin.name for lin in linears if lin.name.endswith(".down_proj")),
+        head_prefix="score",
+        head_params=head,
+        bias_params=biases,
+        total_params=cfg.vocab_size * d + weights + biases + head,
+        head_token_flops=2 * d * num_labels,
+        lora_targets=("q_proj", "v_proj"),
+        ia3_targets=("k_proj", "v_proj", "down_proj"),
+        ia3_feedforward=("down_proj",),
     )
 
 
@@ -108,6 +178,8 @@ def architecture(config: Any, num_labels: int) -> Architecture:
         return _encoder(config, "bert", num_labels)
     if model_type in ("roberta", "xlm-roberta"):
         return _encoder(config, "roberta", num_labels)
+    if model_type == "llama":
+        return _llama(config, num_labels)
     raise FedpeftError(
-        f"model type {model_type!r} has no cost model yet; supported: bert, roberta."
+        f"model type {model_type!r} has no cost model yet; supported: bert, roberta, llama."
     )

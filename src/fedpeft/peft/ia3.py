@@ -1,5 +1,9 @@
 """IA3 through Hugging Face ``peft``: learned vectors rescale keys, values and the
-feed-forward activations, ``k ↦ l_k ⊙ k`` (Liu et al., 2022). The task head trains too."""
+feed-forward activations, ``k ↦ l_k ⊙ k`` (Liu et al., 2022). The task head trains too.
+
+Default targets are PEFT's for the family (``Architecture.ia3_targets``); feed-forward
+modules (``Architecture.ia3_feedforward``) scale their input, not their output.
+"""
 
 from __future__ import annotations
 
@@ -10,37 +14,32 @@ from fedpeft.peft.arch import Architecture, Linear
 from fedpeft.peft.lora import matches
 from fedpeft.peft.registry import MethodSpec, PeftMethod, register_method
 
-# PEFT's defaults for BERT-style encoders: suffix "output.dense" also matches
-# "attention.output.dense", and feed-forward modules scale their input, not their output.
-DEFAULT_TARGETS = ("key", "value", "output.dense")
-DEFAULT_FEEDFORWARD = ("output.dense",)
-
 
 class IA3Spec(MethodSpec):
     target_modules: list[str] | None = None
     feedforward_modules: list[str] | None = None
 
-    def _targets(self) -> list[str]:
-        return self.target_modules or list(DEFAULT_TARGETS)
+    def _targets(self, arch: Architecture) -> list[str]:
+        return self.target_modules or list(arch.ia3_targets)
 
-    def _feedforward(self) -> list[str]:
+    def _feedforward(self, arch: Architecture) -> list[str]:
         if self.feedforward_modules is not None:
             return self.feedforward_modules
-        return list(DEFAULT_FEEDFORWARD) if self.target_modules is None else []
+        return list(arch.ia3_feedforward) if self.target_modules is None else []
 
     def vectors(self, arch: Architecture) -> list[tuple[Linear, int]]:
         out = []
         for lin in arch.linears:
-            if any(matches(lin.name, t) for t in self._targets()):
-                ff = any(matches(lin.name, t) for t in self._feedforward())
+            if any(matches(lin.name, t) for t in self._targets(arch)):
+                ff = any(matches(lin.name, t) for t in self._feedforward(arch))
                 out.append((lin, lin.d_in if ff else lin.d_out))
         return out
 
     def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
         config = IA3Config(
             task_type=TaskType.SEQ_CLS,
-            target_modules=self._targets(),
-            feedforward_modules=self._feedforward(),
+            target_modules=self._targets(arch),
+            feedforward_modules=self._feedforward(arch),
         )
         return get_peft_model(model, config)
 

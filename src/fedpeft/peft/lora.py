@@ -1,9 +1,10 @@
 """LoRA through Hugging Face ``peft``: ``h = W₀x + (α/r)·B A x`` (Hu et al., 2021).
 
-Options: rank ``r``, ``alpha``, ``dropout``, ``target_modules`` (default: the attention
-query and value projections), ``layers`` (which blocks get adapters) and ``rank_pattern``
-(a per-module rank, keyed like PEFT's: a module name suffix or regex). The task head
-trains too (PEFT's ``modules_to_save`` for ``SEQ_CLS``) and travels with the adapter.
+Options: rank ``r``, ``alpha``, ``dropout``, ``target_modules`` (default: the family's
+attention query and value projections, ``Architecture.lora_targets``), ``layers`` (which
+blocks get adapters) and ``rank_pattern`` (a per-module rank, keyed like PEFT's: a module
+name suffix or regex). The task head trains too (PEFT's ``modules_to_save`` for
+``SEQ_CLS``) and travels with the adapter.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from torch import nn
 from fedpeft.errors import FedpeftError
 from fedpeft.peft.arch import Architecture, Linear
 from fedpeft.peft.registry import MethodSpec, PeftMethod, register_method
-
-DEFAULT_TARGETS = ("query", "value")
 
 
 def matches(name: str, target: str) -> bool:
@@ -36,7 +35,7 @@ class LoraSpec(MethodSpec):
 
     def targets(self, arch: Architecture) -> list[tuple[Linear, int]]:
         """(projection, rank) for every adapted projection."""
-        names = self.target_modules or list(DEFAULT_TARGETS)
+        names = self.target_names(arch)
         out = []
         for lin in arch.linears:
             if not any(matches(lin.name, t) for t in names):
@@ -45,6 +44,10 @@ class LoraSpec(MethodSpec):
                 continue
             out.append((lin, self._rank(lin.name)))
         return out
+
+    def target_names(self, arch: Architecture) -> list[str]:
+        """The configured targets, or the family's default ones."""
+        return self.target_modules or list(arch.lora_targets)
 
     def _rank(self, name: str) -> int:
         for key, rank in self.rank_pattern.items():
@@ -56,14 +59,15 @@ class LoraSpec(MethodSpec):
         if not self.targets(arch):
             raise FedpeftError(
                 f"`peft.target_modules` {self.target_modules} (layers {self.layers}) matches no "
-                "projection of this model; e.g. 'query', 'value', 'dense'."
+                "projection of this model; e.g. "
+                f"{', '.join(repr(t) for t in arch.lora_targets)}."
             )
         config = LoraConfig(
             task_type=TaskType.SEQ_CLS,
             r=self.r,
             lora_alpha=self.alpha,  # type: ignore[arg-type]
             lora_dropout=self.dropout,
-            target_modules=self.target_modules or list(DEFAULT_TARGETS),
+            target_modules=self.target_names(arch),
             layers_to_transform=self.layers,
             rank_pattern=dict(self.rank_pattern),
         )

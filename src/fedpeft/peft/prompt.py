@@ -2,7 +2,8 @@
 
 Prompt tuning (Lester et al., 2021) prepends ``l`` trainable token embeddings to the
 input; prefix tuning (Li & Liang, 2021) prepends ``l`` trainable keys and values to every
-attention layer. The task head trains too.
+attention layer (with grouped-query attention, keys and values of the key/value heads'
+width, as PEFT builds them). The task head trains too.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ class PromptTuningSpec(MethodSpec):
         return self.num_virtual_tokens * arch.hidden + arch.head_params
 
     def extra_flops(self, arch: Architecture, seq_len: int) -> int:
-        """The ``l`` extra tokens go through every projection and lengthen attention."""
+        """The ``l`` extra tokens go through every projection (and a decoder's per-token
+        head) and lengthen attention."""
         p = self.num_virtual_tokens
         attention = arch.attention_flops(seq_len + p) - arch.attention_flops(seq_len)
-        return p * arch.per_token_flops() + attention
+        return p * (arch.per_token_flops() + arch.head_token_flops) + attention
 
 
 class PrefixTuningSpec(MethodSpec):
@@ -44,7 +46,7 @@ class PrefixTuningSpec(MethodSpec):
         return get_peft_model(model, config)
 
     def trainable_params(self, arch: Architecture) -> int:
-        return self.num_virtual_tokens * 2 * arch.layers * arch.hidden + arch.head_params
+        return self.num_virtual_tokens * 2 * arch.layers * arch.kv_dim + arch.head_params
 
     def extra_flops(self, arch: Architecture, seq_len: int) -> int:
         """Every query attends to ``l`` more keys and values."""

@@ -1,0 +1,93 @@
+"""Runs named variants of one federation and plots accuracy per round for each.
+
+A variant is ``label=key=value;key=value`` (``--set`` overrides applied on top of
+``--base`` overrides). Results go to ``--out`` (JSON) and a PNG beside it.
+
+    .venv/bin/python benchmarks/sweep.py --out benchmarks/results/aggregators_dir05.json \
+        --base run.rounds=6 --variant "FedAvg=server.aggregator='fedavg'" \
+        --variant "FedProx=client.proximal_mu=0.01"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def run_variant(label: str, sets: list[str], out: Path) -> dict[str, object]:
+    tag = "".join(ch if ch.isalnum() else "-" for ch in label)
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedpeft.cli.main",
+        "run",
+        "--set",
+        f"run.output_dir='{out}'",
+        "--set",
+        f"run.name='{tag}'",
+    ]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"sets": sets, "error": proc.stderr.strip().splitlines()[-1:]}
+    run_dir = sorted(out.glob(f"{tag}-*"))[-1]
+    s = json.loads((run_dir / "summary.json").read_text())
+    rounds = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "sets": sets,
+        "accuracy_per_round": [r["eval"]["accuracy"] for r in rounds],
+        "final_accuracy": s["final_accuracy"],
+        "final_macro_f1": s["final_macro_f1"],
+        "bytes_up_per_client_round": s["bytes_up_per_client_round"],
+        "median_round_s": statistics.median(r["wall_time_s"] for r in rounds),
+    }
+
+
+def plot(results: dict[str, dict[str, object]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    for label, r in results.items():
+        acc = r.get("accuracy_per_round")
+        if isinstance(acc, list):
+            ax.plot(range(1, len(acc) + 1), acc, marker="o", markersize=3, label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("dev accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--base", action="append", default=[])
+    ap.add_argument("--variant", action="append", required=True)
+    ap.add_argument("--title", default="")
+    args = ap.parse_args()
+    results: dict[str, dict[str, object]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.variant:
+            label, _, rest = spec.partition("=")
+            sets = [*args.base, *(s for s in rest.split(";") if s)]
+            results[label] = run_variant(label, sets, Path(tmp))
+            print(label, json.dumps(results[label]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, args.out.with_suffix(".png"), args.title or " ".join(args.base))
+
+
+if __name__ == "__main__":
+    main()
