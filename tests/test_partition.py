@@ -54,7 +54,7 @@ def test_pathological_gives_each_client_k_classes() -> None:
     labels = _labels()
     for k in (1, 2):
         parts = _parts("pathological", classes_per_client=k)
-        assert all(len(np.unique(labels[p])) <= k for p in parts)
+        assert all(len(np.unique(labels[p])) == k for p in parts)
 
 
 def test_too_little_data_is_a_user_error() -> None:

@@ -64,5 +64,40 @@ def test_every_registered_aggregator_runs_a_round(tiny, name: str) -> None:
 def test_bad_server_optimiser_settings_are_user_errors(tiny) -> None:
     with pytest.raises(FedpeftError):
         tiny("server.optimizer='sgd'")
+    with pytest.raises(FedpeftError, match="server.server_lr"):
+        tiny("server.server_lr=inf")
     cfg = tiny("server.optimizer='fedyogi'", "server.tau=1e-3")
     assert strategy_from_config(cfg.server).server_optimizer is not None
+
+
+class _ChangesA:
+    """Client 1 trains A although FFA-LoRA freezes it: its update must be rejected."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def num_examples(self, client_id):
+        return self.inner.num_examples(client_id)
+
+    def fit(self, instruction, payload):
+        from fedpeft.compression import decode, encode
+
+        state, meta = decode(self.inner.fit(instruction, payload))
+        if instruction.client_id == 1:
+            key = next(k for k in state if "lora_A" in k)
+            state[key] = state[key] + 0.01
+        return encode(state, meta)
+
+
+def test_ffa_lora_rejects_a_client_that_changed_a(tiny, monkeypatch) -> None:
+    import json
+
+    import fedpeft.runtime.local.simulator as sim
+
+    real = sim.LocalClientPool
+    monkeypatch.setattr(sim, "LocalClientPool", lambda task: _ChangesA(real(task)))
+    result = run_local(tiny("server.aggregator='ffa_lora'", "run.rounds=1"))
+    lines = (result.run_dir / "clients.jsonl").read_text().splitlines()
+    status = {c["client_id"]: (c["status"], c["reason"]) for c in map(json.loads, lines)}
+    assert status[0][0] == "ok"
+    assert status[1][0] == "rejected" and "frozen" in status[1][1]

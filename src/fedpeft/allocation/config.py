@@ -90,5 +90,5 @@ def make_allocation_config(
     try:
         return AllocationConfig.model_validate(dict(raw or {}))
     except ValidationError as e:
-        message = describe_validation_error(e, prefix="allocation")
+        message = describe_validation_error(e, prefix="allocation", model=AllocationConfig)
         raise FedpeftError(f"{source}: {message}") from None

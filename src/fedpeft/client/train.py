@@ -75,7 +75,8 @@ def train(
         "loss": loss_sum / max(seen, 1),
         "steps": float(steps),
         "train_time_s": time.perf_counter() - start,
-        "peak_mem_bytes": float(meter.peak),
+        "peak_mem_bytes": float(meter.peak),  # process RSS (CPU) / allocated (CUDA) peak
+        "mem_rise_bytes": float(meter.peak - meter.start),  # this client's training alone
     }
     return ClientUpdate(instruction.client_id, get_adapter_state(model), len(data.indices), metrics)
 
@@ -105,6 +106,7 @@ class _PeakMemory:
             torch.cuda.reset_peak_memory_stats(device)
         self.peak = 0
         self.sample()
+        self.start = self.peak
 
     def sample(self) -> None:
         if self.device.type == "cuda":

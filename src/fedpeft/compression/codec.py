@@ -41,7 +41,3 @@ def decode(payload: bytes) -> tuple[AdapterState, dict[str, object]]:
     if not isinstance(meta, dict):
         raise CodecError("payload metadata is not a JSON object")
     return state, meta
-
-
-def payload_size(state: AdapterState, meta: dict[str, object] | None = None) -> int:
-    return len(encode(state, meta))

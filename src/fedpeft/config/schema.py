@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, m
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 class RunConfig(_Section):
@@ -57,7 +59,9 @@ class PeftConfig(_Section):
     """``method`` plus that method's own options (e.g. ``r`` for LoRA, ``size`` for
     adapters), which the method's spec in the PEFT registry validates."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="allow", frozen=True, validate_default=True, allow_inf_nan=False
+    )
     method: str = "lora"
 
     @property

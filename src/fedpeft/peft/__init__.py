@@ -14,7 +14,6 @@ from fedpeft.peft.io import load_adapter, save_adapter
 from fedpeft.peft.registry import (
     MethodSpec,
     PeftMethod,
-    apply_peft,
     get_method,
     method_names,
     parse_spec,
@@ -26,7 +25,6 @@ __all__ = [
     "Architecture",
     "MethodSpec",
     "PeftMethod",
-    "apply_peft",
     "architecture",
     "model_architecture",
     "get_adapter_state",

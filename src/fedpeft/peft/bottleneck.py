@@ -17,6 +17,7 @@ import torch
 from pydantic import NonNegativeInt, PositiveInt
 from torch import nn
 
+from fedpeft.errors import FedpeftError
 from fedpeft.peft.arch import Architecture, Linear
 from fedpeft.peft.registry import MethodSpec, PeftMethod, head_params_trainable, register_method
 
@@ -83,8 +84,14 @@ class HoulsbySpec(MethodSpec):
         return self.layers is None or (lin.layer is not None and lin.layer in self.layers)
 
     def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
+        sites = self.sites(arch)
+        if not sites:
+            raise FedpeftError(
+                f"`peft.layers` {self.layers} selects no block of this model "
+                f"(it has blocks 0–{arch.layers - 1})."
+            )
         head_params_trainable(model, arch)
-        insert_adapters(model, self.sites(arch), self.size, self.activation)
+        insert_adapters(model, sites, self.size, self.activation)
         return model
 
     def trainable_params(self, arch: Architecture) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from peft import IA3Config, TaskType, get_peft_model
 from torch import nn
 
+from fedpeft.errors import FedpeftError
 from fedpeft.peft.arch import Architecture, Linear
 from fedpeft.peft.lora import matches
 from fedpeft.peft.registry import MethodSpec, PeftMethod, register_method
@@ -36,6 +37,11 @@ class IA3Spec(MethodSpec):
         return out
 
     def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
+        if not self.vectors(arch):
+            raise FedpeftError(
+                f"`peft.target_modules` {self._targets(arch)} matches no projection of this "
+                f"model; its projections end in e.g. {_suffixes(arch)}."
+            )
         config = IA3Config(
             task_type=TaskType.SEQ_CLS,
             target_modules=self._targets(arch),
@@ -48,6 +54,13 @@ class IA3Spec(MethodSpec):
 
     def extra_flops(self, arch: Architecture, seq_len: int) -> int:
         return seq_len * sum(size for _, size in self.vectors(arch))
+
+
+def _suffixes(arch: Architecture) -> str:
+    names = dict.fromkeys(
+        lin.name.rsplit(".", 2)[-2] + "." + lin.name.rsplit(".", 1)[-1] for lin in arch.linears
+    )
+    return ", ".join(list(names)[:6])
 
 
 register_method(PeftMethod("ia3", IA3Spec, "additive", "learned rescaling vectors"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from peft import LoraConfig, TaskType, get_peft_model
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 from torch import nn
 
 from fedpeft.errors import FedpeftError
@@ -32,6 +32,16 @@ class LoraSpec(MethodSpec):
     target_modules: list[str] | None = None
     layers: list[NonNegativeInt] | None = None
     rank_pattern: dict[str, PositiveInt] = Field(default_factory=dict)
+
+    @field_validator("rank_pattern")
+    @classmethod
+    def _patterns_compile(cls, value: dict[str, int]) -> dict[str, int]:
+        for key in value:
+            try:
+                re.compile(key)
+            except re.error as e:
+                raise ValueError(f"rank_pattern key {key!r} is not a valid regex ({e})") from None
+        return value
 
     def targets(self, arch: Architecture) -> list[tuple[Linear, int]]:
         """(projection, rank) for every adapted projection."""
@@ -58,9 +68,9 @@ class LoraSpec(MethodSpec):
     def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
         if not self.targets(arch):
             raise FedpeftError(
-                f"`peft.target_modules` {self.target_modules} (layers {self.layers}) matches no "
-                "projection of this model; e.g. "
-                f"{', '.join(repr(t) for t in arch.lora_targets)}."
+                f"`peft.target_modules` {self.target_modules or list(arch.lora_targets)} with "
+                f"`peft.layers` {self.layers or 'all'} matches no projection of this model "
+                f"(blocks 0–{arch.layers - 1}; default targets {list(arch.lora_targets)})."
             )
         config = LoraConfig(
             task_type=TaskType.SEQ_CLS,

@@ -15,10 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from fedpeft.config import PeftConfig
 from fedpeft.config.loading import describe_validation_error
 from fedpeft.errors import FedpeftError
-from fedpeft.peft.arch import Architecture, model_architecture
+from fedpeft.peft.arch import Architecture
 
 Kind = Literal["reparameterised", "additive", "selective", "baseline"]
 
@@ -80,17 +79,8 @@ def parse_spec(method: str, options: dict[str, Any]) -> MethodSpec:
     try:
         return cls.model_validate(options)
     except ValidationError as e:
-        fields = ", ".join(cls.model_fields) or "none"
-        message = describe_validation_error(e, prefix="peft")
-        raise FedpeftError(
-            f"method {method!r}: {message.removesuffix('.')} (its options: {fields})."
-        ) from None
-
-
-def apply_peft(model: nn.Module, cfg: PeftConfig) -> nn.Module:
-    """Applies the configured method to ``model`` (which must carry its task head)."""
-    spec = parse_spec(cfg.method, cfg.options)
-    return spec.apply(model, model_architecture(model))
+        message = describe_validation_error(e, prefix="peft", model=cls)
+        raise FedpeftError(f"method {method!r}: {message}") from None
 
 
 def head_params_trainable(model: nn.Module, arch: Architecture) -> None:

@@ -9,6 +9,7 @@ round. In files, memory and bandwidth may carry a unit: ``"8 GiB"``, ``"20 Mbps"
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -49,7 +50,10 @@ def parse_quantity(value: Any, units: Mapping[str, float]) -> Any:
             "expected a number or a number with a unit ({units})",
             {"units": ", ".join(units)},
         )
-    return float(match.group(1)) * units.get(unit, 1)
+    number = float(match.group(1)) * units.get(unit, 1)
+    if not math.isfinite(number):
+        raise PydanticCustomError("quantity", "expected a finite quantity", {})
+    return number
 
 
 def _memory(value: Any) -> Any:

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from fedpeft.compression import encode
 from fedpeft.config import ExperimentConfig
+from fedpeft.errors import FedpeftError
 from fedpeft.server.sampling import sample_clients
 from fedpeft.server.store import RunStore
 from fedpeft.server.strategy import Strategy, strategy_from_config
@@ -27,6 +28,10 @@ class ClientPool(Protocol):
     """How the server reaches clients: bytes in, bytes out."""
 
     def fit(self, instruction: TrainInstruction, payload: bytes) -> bytes: ...
+
+    def num_examples(self, client_id: int) -> int | None:
+        """How many examples the client reported having (None: unknown)."""
+        ...
 
 
 class GlobalModel(Protocol):
@@ -123,9 +128,14 @@ def run_round(
         clients.append(client_record)
         observer.on_client_done(rnd, client_record)
     if clients and all(c.status == "failed" for c in clients):
-        raise RuntimeError(f"round {rnd}: every sampled client failed; first: {clients[0].reason}")
+        raise FedpeftError(f"round {rnd}: every sampled client failed, e.g. {clients[0].reason}.")
     if accepted:
-        server = _aggregate(strategy, server, accepted)
+        try:
+            server = _aggregate(strategy, server, accepted)
+        except ValueError as e:  # a rule's precondition; the round must not crash the run
+            log.warning(
+                "round %d: aggregation failed (%s); the global adapter is unchanged", rnd, e
+            )
         state = server.adapter
     else:
         log.warning("round %d: no update was accepted; the global adapter is unchanged", rnd)
@@ -167,15 +177,16 @@ def _collect(
     """One client's round trip; a failure or a bad reply is logged and the round goes on."""
     try:
         reply = pool.fit(ins, down)
-        update = validate_reply(reply, state, ins)
-    except RejectedUpdate as e:
-        log.warning("round %d: update from client %d rejected: %s", ins.round, ins.client_id, e)
-        return None, _record(ins, "rejected", str(e), len(down), len(reply), 0, {})
     except Exception as e:  # noqa: BLE001 - a failing client must not stop the round
         log.warning(
             "round %d: client %d failed: %s: %s", ins.round, ins.client_id, type(e).__name__, e
         )
         return None, _record(ins, "failed", f"{type(e).__name__}: {e}", len(down), 0, 0, {})
+    try:
+        update = validate_reply(reply, state, ins, pool.num_examples(ins.client_id))
+    except RejectedUpdate as e:
+        log.warning("round %d: update from client %d rejected: %s", ins.round, ins.client_id, e)
+        return None, _record(ins, "rejected", str(e), len(down), len(reply), 0, {})
     record = _record(ins, "ok", "", len(down), len(reply), update.num_examples, update.metrics)
     return update, record
 

@@ -46,8 +46,24 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
 def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _file_name(meta: Any, key: str) -> str:
+    """A checkpoint file named in ``state.json``; only a plain file name is accepted."""
+    name = meta[key]
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+        raise KeyError(key)
+    return name
 
 
 class RunStore:
@@ -102,6 +118,8 @@ class RunStore:
             if not path.is_file():
                 continue
             lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            if lines and not _parses(lines[-1]):
+                lines.pop()  # half-written by a crash after the last checkpoint
             try:
                 keep = [ln for ln in lines if json.loads(ln)["round"] <= last_round]
             except (json.JSONDecodeError, KeyError, TypeError):
@@ -112,10 +130,19 @@ class RunStore:
     def save_checkpoint(
         self, rnd: int, state: AdapterState, optimizer: AdapterState | None = None
     ) -> None:
+        """Round-numbered files first, then ``state.json`` pointing at them (the commit), then
+        the previous round's files go: a crash at any point leaves one complete checkpoint."""
         folder = self.root / CHECKPOINT
-        write_atomic(folder / "global.safetensors", encode(state, {"round": rnd}))
-        write_atomic(folder / "server_opt.safetensors", encode(optimizer or {}, {"round": rnd}))
-        write_json(folder / "state.json", {"round": rnd, "saved_at": time.time()})
+        names = {
+            "global": f"global-{rnd:06d}.safetensors",
+            "server_opt": f"server_opt-{rnd:06d}.safetensors",
+        }
+        write_atomic(folder / names["global"], encode(state, {"round": rnd}))
+        write_atomic(folder / names["server_opt"], encode(optimizer or {}, {"round": rnd}))
+        write_json(folder / "state.json", {"round": rnd, "saved_at": time.time(), **names})
+        for old in folder.glob("*.safetensors"):
+            if old.name not in names.values():
+                old.unlink(missing_ok=True)
 
     def load_checkpoint(self) -> tuple[int, AdapterState, AdapterState]:
         """(round, global adapter, server-optimiser state) of the last complete round."""
@@ -123,8 +150,8 @@ class RunStore:
         try:
             meta = json.loads((folder / "state.json").read_text())
             rnd = meta["round"]
-            state, tmeta = decode((folder / "global.safetensors").read_bytes())
-            optimizer, ometa = decode((folder / "server_opt.safetensors").read_bytes())
+            state, tmeta = decode((folder / _file_name(meta, "global")).read_bytes())
+            optimizer, ometa = decode((folder / _file_name(meta, "server_opt")).read_bytes())
         except FileNotFoundError as e:
             raise self._corrupt(f"{Path(e.filename).name} is missing") from None
         except (json.JSONDecodeError, KeyError, TypeError, CodecError) as e:

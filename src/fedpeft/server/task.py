@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedpeft.aggregation import get_aggregator
-from fedpeft.config import ExperimentConfig
+from fedpeft.config import ExperimentConfig, PeftConfig
 from fedpeft.data import (
     DataProfile,
     RawDataset,
@@ -59,9 +59,24 @@ def set_threads(threads: int) -> None:
 
 
 def check_names(cfg: ExperimentConfig) -> MethodSpec:
-    """Fails fast on unknown plugin names and bad method options, before anything loads."""
-    get_aggregator(cfg.server.aggregator)
+    """Fails fast on every section that the schema alone cannot check (plugin names, method
+    options, strategy, allocation, profiles), before anything loads or is written."""
+    from fedpeft.allocation import make_allocation_config
+    from fedpeft.profiling import load_profiles
+    from fedpeft.server.strategy import strategy_from_config
+
+    strategy_from_config(cfg.server)
+    make_allocation_config(cfg.allocation)
+    if cfg.profiles.file is not None:
+        load_profiles(Path(cfg.profiles.file))
     return parse_spec(cfg.peft.method, cfg.peft.options)
+
+
+def resolved(cfg: ExperimentConfig, method: MethodSpec) -> ExperimentConfig:
+    """``cfg`` with the PEFT method's defaults written out, as stored in the run folder."""
+    options = method.model_dump(mode="json", exclude_none=True)
+    peft = PeftConfig(method=cfg.peft.method, **options)
+    return cfg.model_copy(update={"peft": peft})
 
 
 @dataclass(frozen=True)

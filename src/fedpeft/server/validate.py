@@ -2,7 +2,9 @@
 
 A reply is rejected — with a reason that is logged and recorded — when it does not
 decode, carries other keys, shapes or dtypes than the global adapter, holds NaN/Inf,
-claims a non-positive example count, or answers for another client or round.
+claims an example count that is not a positive integer or exceeds what the client
+reported having, changes a tensor the strategy keeps frozen, or answers for another
+client or round. Unparseable metrics are dropped, not trusted.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ class RejectedUpdate(Exception):
 
 
 def validate_reply(
-    payload: bytes, reference: AdapterState, instruction: TrainInstruction
+    payload: bytes,
+    reference: AdapterState,
+    instruction: TrainInstruction,
+    max_examples: int | None = None,
 ) -> ClientUpdate:
     try:
         state, meta = decode(payload)
@@ -37,14 +42,32 @@ def validate_reply(
     n = meta.get(META_NUM_EXAMPLES)
     if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
         raise RejectedUpdate(f"num_examples must be a positive integer, got {n!r}")
+    if max_examples is not None and n > max_examples:
+        raise RejectedUpdate(f"num_examples {n} exceeds the {max_examples} the client reported")
     check_tensors(state, reference)
-    raw_metrics = meta.get(META_METRICS, {})
-    metrics = {
-        str(k): float(v)
-        for k, v in (raw_metrics.items() if isinstance(raw_metrics, dict) else [])
-        if isinstance(v, int | float) and math.isfinite(v)
-    }
-    return ClientUpdate(instruction.client_id, state, n, metrics)
+    _check_frozen(state, reference, instruction.freeze)
+    return ClientUpdate(instruction.client_id, state, n, _metrics(meta.get(META_METRICS)))
+
+
+def _metrics(raw: object) -> dict[str, float]:
+    """Finite numeric metrics only; anything else a client sends is dropped."""
+    out: dict[str, float] = {}
+    for key, value in raw.items() if isinstance(raw, dict) else []:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:
+                continue
+            if math.isfinite(number):
+                out[str(key)] = number
+    return out
+
+
+def _check_frozen(state: AdapterState, reference: AdapterState, freeze: tuple[str, ...]) -> None:
+    """A strategy's client half (e.g. FFA-LoRA's shared A) must come back unchanged."""
+    for key, ref in reference.items():
+        if any(part in key for part in freeze) and not torch.equal(state[key], ref):
+            raise RejectedUpdate(f"tensor {key!r} is frozen by the strategy but was changed")
 
 
 def check_tensors(state: AdapterState, reference: AdapterState) -> None:

@@ -25,9 +25,6 @@ class TrainInstruction:
     seed: int
     freeze: tuple[str, ...] = ()  # parameter-name parts to keep fixed (a strategy's client half)
 
-    def to_dict(self) -> dict[str, int | float | None]:
-        return dict(self.__dict__)
-
 
 @dataclass(frozen=True)
 class ClientUpdate:
@@ -45,7 +42,7 @@ class ClientRecord:
 
     round: int
     client_id: int
-    status: str  # "ok" | "rejected"
+    status: str  # "ok" | "rejected" (bad reply) | "failed" (no reply)
     reason: str
     num_examples: int
     bytes_down: int

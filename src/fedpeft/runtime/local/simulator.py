@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from fedpeft.server.evaluate import evaluate_model
 from fedpeft.server.export import export_adapter
 from fedpeft.server.store import CONFIG, PARTITIONS, SUMMARY, write_atomic
 from fedpeft.server.summary import build_summary
-from fedpeft.server.task import Task, build_task
+from fedpeft.server.task import Task, build_task, resolved
 from fedpeft.server.validate import RejectedUpdate, check_tensors
 from fedpeft.types import AdapterState, TrainInstruction
 
@@ -35,6 +37,9 @@ class LocalClientPool:
 
     def __init__(self, task: Task) -> None:
         self.task = task
+
+    def num_examples(self, client_id: int) -> int | None:
+        return len(self.task.partitions[client_id])
 
     def fit(self, instruction: TrainInstruction, payload: bytes) -> bytes:
         data = ClientData(self.task.train, self.task.partitions[instruction.client_id])
@@ -71,14 +76,16 @@ def run_local(
     start = time.perf_counter()
     store = RunStore.open_existing(resume) if resume else None
     checkpoint = store.load_checkpoint() if store else None  # a damaged run fails before any work
-    task = build_task(cfg)
+    with status("loading data and model"):
+        task = build_task(cfg)
     state, first = _initial_state(task, store, checkpoint)
     if store is None:
-        store = RunStore.create(cfg.run.output_dir, cfg.run.name, config_to_toml(cfg))
+        resolved_toml = config_to_toml(resolved(cfg, task.method))  # every default written out
+        store = RunStore.create(cfg.run.output_dir, cfg.run.name, resolved_toml)
         store.write_json(PARTITIONS, _partitions_json(task))
     else:
         store.truncate_logs(first - 1)
-        write_atomic(store.root / CONFIG, config_to_toml(cfg).encode())  # e.g. more rounds
+        write_atomic(store.root / CONFIG, config_to_toml(resolved(cfg, task.method)).encode())
     loop: LoopResult = run_rounds(
         cfg, LocalClientPool(task), LocalGlobalModel(task), store, state, first, observer
     )
@@ -102,11 +109,24 @@ def run_local(
     return RunResult(store.root, loop.state, rounds, summary)
 
 
+@contextmanager
+def status(message: str) -> Iterator[None]:
+    """A spinner on a terminal while ``message`` is under way (silent otherwise)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield
+        return
+    with console.status(message):
+        yield
+
+
 def _initial_state(
     task: Task, store: RunStore | None, checkpoint: tuple[int, AdapterState, AdapterState] | None
 ) -> tuple[ServerState, int]:
     """A fresh adapter (round 1), or the checkpoint's (the round after it)."""
-    fresh = get_adapter_state(task.model)
+    fresh = {k: v.cpu() for k, v in get_adapter_state(task.model).items()}  # server state: CPU
     if store is None or checkpoint is None:
         return ServerState(fresh), 1
     rnd, state, optimizer = checkpoint
