@@ -11,32 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common import read_run, run_fedpeft
+
 
 def one_run(out: Path, sets: list[str], tag: str) -> dict[str, float]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "fedpeft.cli.main",
-        "run",
-        "--set",
-        f"run.output_dir='{out}'",
-        "--set",
-        f"run.name='{tag}'",
-    ]
-    for s in sets:
-        cmd += ["--set", s]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    run_dir = run_fedpeft(out, tag, sets)
     process_s = time.perf_counter() - start
-    run_dir = sorted(out.glob(f"{tag}-*"))[-1]
-    s = json.loads((run_dir / "summary.json").read_text())
-    rounds = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    s, rounds = read_run(run_dir)
     per_round = [r["wall_time_s"] for r in rounds]
     overhead = [r["wall_time_s"] - r["client_time_s"] - r["eval_time_s"] for r in rounds]
     return {

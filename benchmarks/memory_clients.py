@@ -11,26 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from common import read_run, run_fedpeft
+
 
 def one_run(num_clients: int, out: Path, extra: list[str]) -> dict[str, float]:
-    sets = [
-        f"data.num_clients={num_clients}",
-        "run.rounds=1",
-        f"run.output_dir='{out}'",
-        f"run.name='mem{num_clients}'",
-        *extra,
-    ]
-    cmd = [sys.executable, "-m", "fedpeft.cli.main", "run"]
-    for s in sets:
-        cmd += ["--set", s]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-    run_dir = sorted(out.glob(f"mem{num_clients}-*"))[-1]
-    s = json.loads((run_dir / "summary.json").read_text())
+    sets = [f"data.num_clients={num_clients}", "run.rounds=1", *extra]
+    s, _ = read_run(run_fedpeft(out, f"mem{num_clients}", sets))
     return {
         "peak_rss_mib": s["peak_rss_bytes"] / 2**20,
         "wall_s": s["wall_time_s"],

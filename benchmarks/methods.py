@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import read_run, run_fedpeft
+
 # one learning rate per method family, the usual order of magnitude from each paper
 LR = {
     "lora": 3e-3,
@@ -83,20 +85,8 @@ def micro(method: str) -> dict[str, float]:
 
 
 def short_run(method: str, out: Path, rounds: int) -> dict[str, object]:
-    sets = [
-        f"peft.method='{method}'",
-        f"client.lr={LR[method]}",
-        f"run.rounds={rounds}",
-        f"run.output_dir='{out}'",
-        f"run.name='m-{method}'",
-    ]
-    cmd = [sys.executable, "-m", "fedpeft.cli.main", "run"]
-    for s in sets:
-        cmd += ["--set", s]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-    run_dir = sorted(out.glob(f"m-{method}-*"))[-1]
-    s = json.loads((run_dir / "summary.json").read_text())
-    rounds_ = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    sets = [f"peft.method='{method}'", f"client.lr={LR[method]}", f"run.rounds={rounds}"]
+    s, rounds_ = read_run(run_fedpeft(out, f"m-{method}", sets))
     return {
         "lr": LR[method],
         "accuracy_per_round": [r["eval"]["accuracy"] for r in rounds_],

@@ -13,32 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from common import read_run, run_fedpeft
 
 
 def run_variant(label: str, sets: list[str], out: Path) -> dict[str, object]:
     tag = "".join(ch if ch.isalnum() else "-" for ch in label)
-    cmd = [
-        sys.executable,
-        "-m",
-        "fedpeft.cli.main",
-        "run",
-        "--set",
-        f"run.output_dir='{out}'",
-        "--set",
-        f"run.name='{tag}'",
-    ]
-    for s in sets:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"sets": sets, "error": proc.stderr.strip().splitlines()[-1:]}
-    run_dir = sorted(out.glob(f"{tag}-*"))[-1]
-    s = json.loads((run_dir / "summary.json").read_text())
-    rounds = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    try:
+        s, rounds = read_run(run_fedpeft(out, tag, sets))
+    except RuntimeError as e:
+        return {"sets": sets, "error": str(e)}
     return {
         "sets": sets,
         "accuracy_per_round": [r["eval"]["accuracy"] for r in rounds],
