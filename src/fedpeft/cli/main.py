@@ -69,6 +69,9 @@ def run(
         cfg = _resolve_config(config, set_ or [], resume)
         from fedpeft.cli.progress import RichObserver, rounds_table
         from fedpeft.runtime.local import run_local
+        from fedpeft.server.task import check_names
+
+        check_names(cfg)  # every section valid before anything is shown or loaded
 
         first = _first_round(resume)
         console.print(
