@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -69,34 +70,25 @@ class FedAdam:
     def __post_init__(self) -> None:
         _check_adaptive(self.server_lr, self.beta1, self.beta2, self.tau)
 
+    yogi: ClassVar[bool] = False  # FedYogi sets True; hyperparameters are shared
+
     def __call__(
         self, global_state: AdapterState, aggregated: AdapterState, opt_state: AdapterState
     ) -> tuple[AdapterState, AdapterState]:
-        return _adaptive_step(self, global_state, aggregated, opt_state, yogi=False)
+        return _adaptive_step(self, global_state, aggregated, opt_state, yogi=self.yogi)
 
 
 @dataclass(frozen=True)
-class FedYogi:
+class FedYogi(FedAdam):
     """FedYogi (Reddi et al., 2021, Alg. 2): as FedAdam, but
     ``v ← v − (1 − β₂) Δ² sign(v − Δ²)``, so v grows or shrinks by at most ``(1 − β₂) Δ²``.
     """
 
-    server_lr: float = 1e-2
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
-
-    def __post_init__(self) -> None:
-        _check_adaptive(self.server_lr, self.beta1, self.beta2, self.tau)
-
-    def __call__(
-        self, global_state: AdapterState, aggregated: AdapterState, opt_state: AdapterState
-    ) -> tuple[AdapterState, AdapterState]:
-        return _adaptive_step(self, global_state, aggregated, opt_state, yogi=True)
+    yogi = True
 
 
 def _adaptive_step(
-    hp: FedAdam | FedYogi,
+    hp: FedAdam,
     global_state: AdapterState,
     aggregated: AdapterState,
     opt_state: AdapterState,
