@@ -56,17 +56,13 @@ def train(
         while steps < max_steps:
             for batch in data.split.train_batches(data.indices, instruction.batch_size, rng):
                 batch = batch.to(device)
-                out = model(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    labels=batch.labels,
-                )
+                out = model(**batch.model_inputs())
                 loss = out.loss + _proximal(params, anchor, instruction.proximal_mu)
                 loss.backward()
                 opt.step()
                 model.zero_grad(set_to_none=True)  # also frozen-by-instruction grads
-                loss_sum += float(out.loss.detach()) * len(batch.labels)
-                seen += len(batch.labels)
+                loss_sum += float(out.loss.detach()) * len(batch)
+                seen += len(batch)
                 steps += 1
                 meter.sample()
                 if steps >= max_steps:

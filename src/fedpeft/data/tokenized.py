@@ -23,6 +23,15 @@ class Batch:
             self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device)
         )
 
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def model_inputs(self, with_labels: bool = True) -> dict[str, torch.Tensor]:
+        """The keyword arguments of the model's forward (every batch kind has this method,
+        so training and evaluation never name a modality's inputs)."""
+        inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        return inputs | {"labels": self.labels} if with_labels else inputs
+
 
 @dataclass(frozen=True)
 class TokenizedSplit:

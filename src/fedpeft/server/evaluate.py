@@ -21,7 +21,7 @@ def predict_logits(
     with torch.inference_mode():
         for idx, batch in split.eval_batches(batch_size):
             batch = batch.to(device)
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logits = model(**batch.model_inputs(with_labels=False)).logits
             if out is None:
                 out = torch.empty((len(split), logits.shape[-1]), dtype=torch.float32)
             out[torch.from_numpy(idx)] = logits.float().cpu()
