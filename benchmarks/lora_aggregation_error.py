@@ -37,7 +37,8 @@ def main() -> None:
     task = build_task(cfg)
     start = get_adapter_state(task.model)
     if args.from_run:
-        _, start, _ = RunStore.open_existing(args.from_run).load_checkpoint()
+        _, groups, _, _ = RunStore.open_existing(args.from_run).load_checkpoint()
+        start = groups["global"]
     pool = LocalClientPool(task)
     down = encode(start, {"round": args.round})
     updates = []

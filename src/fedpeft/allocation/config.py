@@ -45,6 +45,9 @@ class AllocationConfig(_Section):
     """``U(c,p) = α·R − β·C + γ·E`` under ``memory ≤ client memory`` and
     ``round time ≤ deadline_s``; ``uniform`` and ``tiers`` serve the fixed policies."""
 
+    enabled: bool = Field(
+        False, description="fedpeft run trains each client with its allocated configuration"
+    )
     policy: str = "utility"
     alpha: float = Field(1.0, ge=0.0, description="α: weight of the expected gain R")
     beta: float = Field(1.0, ge=0.0, description="β: weight of the normalised cost C")

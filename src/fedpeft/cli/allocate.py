@@ -17,16 +17,15 @@ from fedpeft.config import ExperimentConfig
 def allocation_report(cfg: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]:
     """(allocations, JSON record) for the configured federation."""
     from fedpeft.allocation import (
-        ClientInfo,
         allocate,
         allocation_to_json,
         build_problem,
-        client_workload,
         make_allocation_config,
     )
     from fedpeft.models import load_model_config
     from fedpeft.peft import architecture
-    from fedpeft.profiling import assign_profiles, load_profiles
+    from fedpeft.profiling import declared_devices
+    from fedpeft.server.assign import client_infos
     from fedpeft.server.task import build_data
 
     alloc_cfg = make_allocation_config(cfg.allocation)
@@ -34,20 +33,9 @@ def allocation_report(cfg: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]
     arch = architecture(
         load_model_config(data.spec, data.dataset.num_labels), data.dataset.num_labels
     )
-    tiers = load_profiles(Path(cfg.profiles.file)) if cfg.profiles.file else None
-    devices = assign_profiles(cfg.data.num_clients, cfg.profiles.mix, cfg.run.seed, tiers)
-    c = cfg.client
-    clients = [
-        ClientInfo(
-            i,
-            devices[i],
-            client_workload(
-                data.profiles[i], c.batch_size, cfg.model.max_length, c.epochs, c.steps
-            ),
-            data.profiles[i],
-        )
-        for i in range(cfg.data.num_clients)
-    ]
+    p = cfg.profiles
+    devices = declared_devices(cfg.data.num_clients, p.mix, cfg.run.seed, p.file)
+    clients = client_infos(cfg, range(cfg.data.num_clients), devices, data.profiles)
     allocations = allocate(build_problem(arch, alloc_cfg), clients)
     record = {
         "model": data.spec.name,

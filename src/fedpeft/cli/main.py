@@ -169,7 +169,7 @@ def _first_round(resume: Path | None) -> int:
         return 1
     from fedpeft.server.store import RunStore
 
-    rnd, _, _ = RunStore.open_existing(resume).load_checkpoint()
+    rnd, *_ = RunStore.open_existing(resume).load_checkpoint()
     return rnd + 1
 
 

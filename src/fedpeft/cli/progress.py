@@ -45,6 +45,7 @@ class RichObserver(Observer):
     def on_client_done(self, rnd: int, record: ClientRecord) -> None:
         loss = record.metrics.get("loss")
         what = f"loss {loss:.3f}" if loss is not None else record.status
+        what = f"{record.config} {what}" if record.config and record.group != "global" else what
         self.progress.update(
             self.clients, advance=1, description=f"  client {record.client_id}: {what}"
         )
@@ -56,6 +57,8 @@ class RichObserver(Observer):
             f"round {record.round}: accuracy {e['accuracy']:.4f}  macro-F1 {e['macro_f1']:.4f}  "
             f"train loss {record.train_loss:.4f}  clients {record.accepted}/{len(record.sampled)}  "
             f"up {record.bytes_up / 1e6:.2f} MB  {record.wall_time_s:.1f} s"
+            + (f"  (simulated {record.sim_time_s:.0f} s)" if record.sim_time_s is not None else "")
+            + (f"  groups: {', '.join(record.groups)}" if record.groups else "")
         )
 
 

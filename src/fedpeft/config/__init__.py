@@ -11,12 +11,14 @@ from fedpeft.config.schema import (
     ProfilesConfig,
     RunConfig,
     ServerConfig,
+    SimulationConfig,
 )
 
 __all__ = [
     "ClientConfig",
     "DataConfig",
     "EvalConfig",
+    "SimulationConfig",
     "ExperimentConfig",
     "ModelConfig",
     "PeftConfig",

@@ -100,6 +100,19 @@ class ProfilesConfig(_Section):
     file: str | None = None
 
 
+class SimulationConfig(_Section):
+    """In-process runtime: run every client within its ``[profiles]`` device. The thread
+    cap is the device's cores (at most this machine's), the memory check and the simulated
+    round time (compute from the cost model at the device's FLOP/s, plus the real payload
+    bytes over its bandwidth) come from ``fedpeft.allocation``'s cost model, clients past
+    ``allocation.deadline_s`` are dropped as stragglers and ``availability`` is drawn per
+    round (seeded)."""
+
+    devices: bool = False
+    availability: bool = Field(True, description="per-round dropouts from device availability")
+    thread_cap: bool = Field(True, description="torch threads = the device's cores")
+
+
 class EvalConfig(_Section):
     batch_size: PositiveInt = 128
 
@@ -113,6 +126,7 @@ class ExperimentConfig(_Section):
     server: ServerConfig = ServerConfig()
     eval: EvalConfig = EvalConfig()
     profiles: ProfilesConfig = ProfilesConfig()
+    simulation: SimulationConfig = SimulationConfig()
     allocation: dict[str, Any] = Field(
         default_factory=dict, description="validated by fedpeft.allocation (policy, α, β, γ, …)"
     )

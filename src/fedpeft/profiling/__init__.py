@@ -4,7 +4,7 @@ Importing this package is cheap: ``torch`` and ``psutil`` load only when measuri
 """
 
 from fedpeft.profiling.measure import free_memory, measure_flops, measured_profile, usable_cores
-from fedpeft.profiling.mix import TierMix, assign_profiles, tier_counts
+from fedpeft.profiling.mix import TierMix, assign_profiles, declared_devices, tier_counts
 from fedpeft.profiling.profile import (
     DEFAULT_TIERS,
     GiB,
@@ -22,6 +22,7 @@ __all__ = [
     "ResourceProfile",
     "TierMix",
     "assign_profiles",
+    "declared_devices",
     "free_memory",
     "load_profiles",
     "make_profile",

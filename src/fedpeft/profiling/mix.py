@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from fedpeft.errors import FedpeftError
-from fedpeft.profiling.profile import DEFAULT_TIERS, ResourceProfile
+from fedpeft.profiling.profile import DEFAULT_TIERS, ResourceProfile, load_profiles
 
 TierMix = Mapping[str, float] | Sequence[str | ResourceProfile]
 
@@ -82,3 +82,11 @@ def _lookup(entry: str | ResourceProfile, known: Mapping[str, ResourceProfile]) 
             "file that defines it."
         )
     return known[entry]
+
+
+def declared_devices(
+    num_clients: int, mix: TierMix, seed: int, file: str | None = None
+) -> list[ResourceProfile]:
+    """Every client's declared device: ``mix`` over the default tiers and ``file``'s."""
+    tiers = load_profiles(file) if file else None
+    return assign_profiles(num_clients, mix, seed, tiers)

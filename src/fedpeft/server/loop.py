@@ -1,7 +1,10 @@
-"""The round loop: sample → configure → collect → validate → aggregate → evaluate → checkpoint.
+"""The round loop: sample → allocate → configure → collect → validate → aggregate →
+evaluate → checkpoint.
 
 It reaches clients only through a ``ClientPool`` (in-process or Flower) and the model
-only through a ``GlobalModel``, so the same loop drives every runtime.
+only through a ``GlobalModel``, so the same loop drives every runtime. The server holds
+one global adapter per group (``server.groups``): one, ``global``, unless the allocation
+gives clients different configurations.
 """
 
 from __future__ import annotations
@@ -9,23 +12,36 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
+from fedpeft.aggregation.hetero import aggregate_partial, lift
 from fedpeft.compression import encode
 from fedpeft.config import ExperimentConfig
-from fedpeft.errors import FedpeftError
+from fedpeft.data import DataProfile
+from fedpeft.errors import ClientSkipped, FedpeftError
+from fedpeft.peft import Architecture
+from fedpeft.profiling import ResourceProfile
+from fedpeft.server.assign import DEFAULT_GROUP, Assigner, Assignment, client_infos, options_json
+from fedpeft.server.groups import GroupBook
 from fedpeft.server.sampling import sample_clients
-from fedpeft.server.store import RunStore
+from fedpeft.server.store import ALLOCATIONS, RunStore
 from fedpeft.server.strategy import Strategy, strategy_from_config
 from fedpeft.server.validate import RejectedUpdate, validate_reply
 from fedpeft.types import AdapterState, ClientRecord, ClientUpdate, RoundRecord, TrainInstruction
 
 log = logging.getLogger("fedpeft.server")
 
+Request = tuple[TrainInstruction, bytes]
+
 
 class ClientPool(Protocol):
-    """How the server reaches clients: bytes in, bytes out."""
+    """How the server reaches clients: bytes in, bytes out.
+
+    Optional, used when present: ``fit_many(requests) -> list[bytes | Exception]`` (a whole
+    round at once), ``resources(cid)`` and ``data_profile(cid)`` (for the allocation), and
+    ``sim_seconds(round, cid)`` (a simulated device's round time).
+    """
 
     def fit(self, instruction: TrainInstruction, payload: bytes) -> bytes: ...
 
@@ -35,9 +51,13 @@ class ClientPool(Protocol):
 
 
 class GlobalModel(Protocol):
-    """The server's copy of the model, for central evaluation and export."""
+    """The server's copy of the model: central evaluation and configurations' templates."""
 
-    def evaluate(self, state: AdapterState) -> dict[str, float]: ...
+    def evaluate(
+        self, state: AdapterState, method: str = "", options: str = "{}"
+    ) -> dict[str, float]: ...
+
+    def template(self, method: str, options: str) -> AdapterState: ...
 
 
 class Observer:
@@ -52,20 +72,54 @@ class Observer:
 class ServerState:
     """What the server carries from round to round (and checkpoints)."""
 
-    adapter: AdapterState
-    optimizer: AdapterState = field(default_factory=dict)  # server-optimiser buffers
+    adapters: dict[str, AdapterState]  # group → its global adapter
+    optimizer: dict[str, AdapterState] = field(default_factory=dict)  # group → buffers
+    extra: dict[str, Any] = field(default_factory=dict)  # JSON: gains, last evals, clock
+
+    @property
+    def main(self) -> str:
+        return str(self.extra.get("main", DEFAULT_GROUP))
+
+    @property
+    def adapter(self) -> AdapterState:
+        """The main group's global adapter (the only one in a homogeneous run)."""
+        return self.adapters[self.main]
 
 
 @dataclass(frozen=True)
 class LoopResult:
-    state: AdapterState
+    state: AdapterState  # the main group's
     records: list[RoundRecord]
+    server: ServerState | None = None
+
+
+@dataclass
+class _Round:
+    """Mutable bookkeeping of one round in progress."""
+
+    rnd: int
+    adapters: dict[str, AdapterState]
+    views: dict[int, AdapterState] = field(default_factory=dict)
+    assigned: dict[int, Assignment] = field(default_factory=dict)
+    records: dict[int, ClientRecord] = field(default_factory=dict)
+    accepted: dict[int, ClientUpdate] = field(default_factory=dict)
+    tiers: dict[int, str] = field(default_factory=dict)
+
+    def done(self, record: ClientRecord, observer: Observer) -> None:
+        record = replace(record, tier=self.tiers.get(record.client_id, ""))
+        self.records[record.client_id] = record
+        observer.on_client_done(self.rnd, record)
 
 
 def instruction_for(
-    cfg: ExperimentConfig, rnd: int, client_id: int, freeze: tuple[str, ...] = ()
+    cfg: ExperimentConfig,
+    rnd: int,
+    client_id: int,
+    freeze: tuple[str, ...] = (),
+    assignment: Assignment | None = None,
 ) -> TrainInstruction:
     c = cfg.client
+    cand = assignment.candidate if assignment else None
     return TrainInstruction(
         round=rnd,
         client_id=client_id,
@@ -77,6 +131,9 @@ def instruction_for(
         proximal_mu=c.proximal_mu,
         seed=cfg.run.seed,
         freeze=freeze,
+        method=cand.method if cand else "",
+        options=options_json(cand.options) if cand else "{}",
+        group=assignment.group if assignment else DEFAULT_GROUP,
     )
 
 
@@ -88,18 +145,29 @@ def run_rounds(
     state: ServerState,
     start_round: int,
     observer: Observer | None = None,
+    arch: Architecture | None = None,
 ) -> LoopResult:
     """Runs rounds ``start_round … cfg.run.rounds``, checkpointing after each."""
     observer = observer or Observer()
     strategy = strategy_from_config(cfg.server)
+    assigner = Assigner(cfg, arch) if arch is not None else Assigner(cfg, _no_arch())
+    assigner.load_json(state.extra.get("gain", {}))
+    book = GroupBook(model)
+    book.load_json(state.extra.get("members"))
     records = []
     for rnd in range(start_round, cfg.run.rounds + 1):
-        state, record = run_round(cfg, strategy, pool, model, state, rnd, observer)
+        state, record = run_round(cfg, strategy, pool, model, state, rnd, observer, assigner, book)
         store.append_round(record)
-        store.save_checkpoint(rnd, state.adapter, state.optimizer)
+        if assigner.enabled:
+            store.append_jsonl(ALLOCATIONS, assigner.decisions_json(rnd))
+        store.save_checkpoint(rnd, state.adapters, state.optimizer, state.extra)
         records.append(record)
         observer.on_round_end(record)
-    return LoopResult(state.adapter, records)
+    return LoopResult(state.adapter, records, state)
+
+
+def _no_arch() -> Architecture:
+    raise FedpeftError("allocation needs the model's architecture; pass `arch` to run_rounds.")
 
 
 def run_round(
@@ -110,38 +178,34 @@ def run_round(
     server: ServerState,
     rnd: int,
     observer: Observer,
+    assigner: Assigner,
+    book: GroupBook,
 ) -> tuple[ServerState, RoundRecord]:
     start = time.perf_counter()
     sampled = sample_clients(
         cfg.data.num_clients, cfg.server.fraction, cfg.server.min_clients, cfg.run.seed, rnd
     )
     observer.on_round_start(rnd, sampled)
-    state = server.adapter
-    down = encode(state, {"round": rnd})
-    accepted: list[ClientUpdate] = []
-    clients: list[ClientRecord] = []
-    for cid in sampled:
-        instruction = instruction_for(cfg, rnd, cid, strategy.client_freeze)
-        update, client_record = _collect(pool, instruction, down, state)
-        if update is not None:
-            accepted.append(update)
-        clients.append(client_record)
-        observer.on_client_done(rnd, client_record)
-    if clients and all(c.status == "failed" for c in clients):
-        raise FedpeftError(f"round {rnd}: every sampled client failed, e.g. {clients[0].reason}.")
-    if accepted:
-        try:
-            server = _aggregate(strategy, server, accepted)
-        except ValueError as e:  # a rule's precondition; the round must not crash the run
-            log.warning(
-                "round %d: aggregation failed (%s); the global adapter is unchanged", rnd, e
-            )
-        state = server.adapter
-    else:
-        log.warning("round %d: no update was accepted; the global adapter is unchanged", rnd)
+    work = _Round(rnd, dict(server.adapters))
+    requests = _configure(cfg, strategy, pool, assigner, book, work, sampled, observer)
+    _collect(pool, requests, work, observer)
+    failed = [r for r in work.records.values() if r.status == "failed"]
+    if failed and len(failed) == len(requests) == len(sampled):
+        raise FedpeftError(f"round {rnd}: every sampled client failed, e.g. {failed[0].reason}.")
+    before = _baseline(model, book, server, work, assigner.enabled)
+    server = _aggregate_groups(strategy, server, work)
     eval_start = time.perf_counter()
-    metrics = model.evaluate(state)
+    groups = _evaluate(model, book, server)
     eval_time = time.perf_counter() - eval_start
+    server = _observe(assigner, book, server, work, groups, before)
+    clients = [work.records[c] for c in sampled]
+    sim = _sim_time(clients, assigner.config.deadline_s)
+    clock = None if sim is None else float(server.extra.get("sim_clock_s", 0.0)) + sim
+    if clock is not None:
+        server = ServerState(
+            server.adapters, server.optimizer, server.extra | {"sim_clock_s": clock}
+        )
+    accepted = list(work.accepted.values())
     n = sum(u.num_examples for u in accepted)
     record = RoundRecord(
         round=rnd,
@@ -151,44 +215,210 @@ def run_round(
         bytes_down=sum(c.bytes_down for c in clients),
         bytes_up=sum(c.bytes_up for c in clients),
         train_loss=sum(u.metrics.get("loss", 0.0) * u.num_examples for u in accepted) / max(n, 1),
-        eval=metrics,
+        eval=groups.get(server.main, {}),
         wall_time_s=time.perf_counter() - start,
         eval_time_s=eval_time,
         client_time_s=sum(c.metrics.get("train_time_s", 0.0) for c in clients),
         clients=clients,
+        groups=groups if len(groups) > 1 else {},
+        sim_time_s=sim,
+        sim_clock_s=clock,
     )
     return server, record
 
 
-def _aggregate(
-    strategy: Strategy, server: ServerState, accepted: list[ClientUpdate]
-) -> ServerState:
-    """The rule's aggregate, then (optionally) the server optimiser's step towards it."""
-    aggregated = strategy.aggregate([(u.state, float(u.num_examples)) for u in accepted])
-    if strategy.server_optimizer is None:
-        return ServerState(aggregated, server.optimizer)
-    adapter, opt_state = strategy.server_optimizer(server.adapter, aggregated, server.optimizer)
-    return ServerState(adapter, opt_state)
+def _configure(
+    cfg: ExperimentConfig,
+    strategy: Strategy,
+    pool: ClientPool,
+    assigner: Assigner,
+    book: GroupBook,
+    work: _Round,
+    sampled: Sequence[int],
+    observer: Observer,
+) -> list[Request]:
+    """Each sampled client's assignment, view of its group's global and instruction."""
+    resources = getattr(pool, "resources", None)
+    if resources is not None:
+        work.tiers = {cid: getattr(resources(cid), "tier", "") for cid in sampled}
+    infos = _client_infos(cfg, pool, sampled) if assigner.enabled else None
+    assigned = assigner.assign(infos) if infos is not None else _default(assigner, sampled)
+    requests: list[Request] = []
+    for cid in sampled:
+        a = assigned[cid]
+        ins = instruction_for(cfg, work.rnd, cid, strategy.client_freeze, a)
+        if a.candidate is None:
+            work.done(_record(ins, "unassigned", a.reason, 0, 0, 0, {}), observer)
+            continue
+        work.adapters[a.group], work.views[cid] = book.serve(work.adapters, a)
+        work.assigned[cid] = a
+        requests.append((ins, encode(work.views[cid], {"round": work.rnd})))
+    return requests
 
 
-def _collect(
-    pool: ClientPool, ins: TrainInstruction, down: bytes, state: AdapterState
-) -> tuple[ClientUpdate | None, ClientRecord]:
-    """One client's round trip; a failure or a bad reply is logged and the round goes on."""
-    try:
-        reply = pool.fit(ins, down)
-    except Exception as e:  # noqa: BLE001 - a failing client must not stop the round
-        log.warning(
-            "round %d: client %d failed: %s: %s", ins.round, ins.client_id, type(e).__name__, e
+def _default(assigner: Assigner, sampled: Sequence[int]) -> dict[int, Assignment]:
+    return {cid: assigner.fixed(cid) for cid in sampled}
+
+
+def _client_infos(cfg: ExperimentConfig, pool: ClientPool, sampled: Sequence[int]) -> list[Any]:
+    resources = getattr(pool, "resources", None)
+    data = getattr(pool, "data_profile", None)
+    if resources is None or data is None:
+        raise FedpeftError(
+            "`allocation.enabled` needs clients that report their resources and data profile; "
+            "this runtime's clients do not."
         )
-        return None, _record(ins, "failed", f"{type(e).__name__}: {e}", len(down), 0, 0, {})
+    devices: list[ResourceProfile] = [resources(c) for c in sampled]
+    profiles: list[DataProfile] = [data(c) for c in sampled]
+    return client_infos(cfg, sampled, devices, profiles)
+
+
+def _collect(pool: ClientPool, requests: list[Request], work: _Round, observer: Observer) -> None:
+    """Every request's round trip; failures and bad replies are logged, the round goes on."""
+    fit_many = getattr(pool, "fit_many", None)
+    replies: list[bytes | Exception] = fit_many(requests) if fit_many else []
+    for i, (ins, down) in enumerate(requests):
+        if fit_many is None:
+            try:
+                replies.append(pool.fit(ins, down))
+            except Exception as e:  # noqa: BLE001 - a failing client must not stop the round
+                replies.append(e)
+        work.done(_check(pool, ins, down, replies[i], work), observer)
+
+
+def _check(
+    pool: ClientPool, ins: TrainInstruction, down: bytes, reply: bytes | Exception, work: _Round
+) -> ClientRecord:
+    cid, a = ins.client_id, work.assigned[ins.client_id]
+    if isinstance(reply, ClientSkipped):
+        log.info("round %d: client %d %s: %s", ins.round, cid, reply.status, reply)
+        sent = 0 if reply.status == "offline" else len(down)  # an offline device gets nothing
+        return _record(ins, reply.status, str(reply), sent, 0, 0, {}, a, reply.sim_time_s)
+    if isinstance(reply, Exception):
+        log.warning(
+            "round %d: client %d failed: %s: %s", ins.round, cid, type(reply).__name__, reply
+        )
+        return _record(ins, "failed", f"{type(reply).__name__}: {reply}", len(down), 0, 0, {}, a)
     try:
-        update = validate_reply(reply, state, ins, pool.num_examples(ins.client_id))
+        update = validate_reply(reply, work.views[cid], ins, pool.num_examples(cid))
     except RejectedUpdate as e:
-        log.warning("round %d: update from client %d rejected: %s", ins.round, ins.client_id, e)
-        return None, _record(ins, "rejected", str(e), len(down), len(reply), 0, {})
-    record = _record(ins, "ok", "", len(down), len(reply), update.num_examples, update.metrics)
-    return update, record
+        log.warning("round %d: update from client %d rejected: %s", ins.round, cid, e)
+        return _record(ins, "rejected", str(e), len(down), len(reply), 0, {}, a)
+    work.accepted[cid] = update
+    sim = getattr(pool, "sim_seconds", None)
+    seconds = sim(ins.round, cid) if sim else None
+    return _record(
+        ins, "ok", "", len(down), len(reply), update.num_examples, update.metrics, a, seconds
+    )
+
+
+def _aggregate_groups(strategy: Strategy, server: ServerState, work: _Round) -> ServerState:
+    """Per group: the rule over its clients' (lifted) updates, then the server optimiser."""
+    adapters, optimizer = dict(work.adapters), dict(server.optimizer)
+    by_group: dict[str, list[tuple[AdapterState, float]]] = {}
+    for cid, update in work.accepted.items():
+        a = work.assigned[cid]
+        lifted = lift(update.state, adapters[a.group], a.alpha)
+        by_group.setdefault(a.group, []).append((lifted, float(update.num_examples)))
+    if not by_group:
+        log.warning("round %d: no update was accepted; the global adapters are unchanged", work.rnd)
+    for group, updates in sorted(by_group.items()):
+        current = adapters[group]
+        try:
+            aggregated = aggregate_partial(updates, current, strategy.aggregate)
+        except ValueError as e:  # a rule's precondition; the round must not crash the run
+            log.warning(
+                "round %d: aggregation of group %s failed (%s); unchanged", work.rnd, group, e
+            )
+            continue
+        if strategy.server_optimizer is None:
+            adapters[group] = aggregated
+            continue
+        opt_state = optimizer.get(group, {})
+        if not _fits(opt_state, current):
+            opt_state = {}  # the envelope grew: its buffers start afresh
+        adapters[group], optimizer[group] = strategy.server_optimizer(
+            current, aggregated, opt_state
+        )
+    return ServerState(adapters, optimizer, dict(server.extra))
+
+
+def _fits(opt_state: AdapterState, state: AdapterState) -> bool:
+    return all(
+        key.split("/", 1)[-1] in state and value.shape == state[key.split("/", 1)[-1]].shape
+        for key, value in opt_state.items()
+    )
+
+
+def _evaluate(
+    model: GlobalModel, book: GroupBook, server: ServerState
+) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for group in sorted(server.adapters):
+        state, method, options = book.eval_state(group, server.adapters[group])
+        out[group] = model.evaluate(state, method, options)
+    return out
+
+
+def _baseline(
+    model: GlobalModel, book: GroupBook, server: ServerState, work: _Round, enabled: bool
+) -> dict[str, float]:
+    """Each trained group's accuracy before this round's update (for the gain R learns)."""
+    if not enabled:
+        return {}
+    last = dict(server.extra.get("last_accuracy", {}))
+    for group in {a.group for a in work.assigned.values()} - set(last):
+        state, method, options = book.eval_state(group, work.adapters[group])
+        last[group] = model.evaluate(state, method, options).get("accuracy", 0.0)
+    return last
+
+
+def _observe(
+    assigner: Assigner,
+    book: GroupBook,
+    server: ServerState,
+    work: _Round,
+    groups: dict[str, dict[str, float]],
+    before: dict[str, float],
+) -> ServerState:
+    """Gains update R; the main group is the one that trained on the most examples."""
+    extra = dict(server.extra)
+    examples: dict[str, int] = {}
+    for cid, update in work.accepted.items():
+        group = work.assigned[cid].group
+        examples[group] = examples.get(group, 0) + update.num_examples
+    if assigner.enabled:
+        for group, metrics in groups.items():
+            members = [
+                a.candidate
+                for c, a in work.assigned.items()
+                if a.group == group and c in work.accepted
+            ]
+            if members and group in before:
+                assigner.observe(
+                    [m for m in members if m is not None], metrics["accuracy"] - before[group]
+                )
+        extra["gain"] = assigner.state_json()
+        extra["last_accuracy"] = {g: m["accuracy"] for g, m in groups.items()}
+    extra["members"] = book.to_json()
+    total = dict(extra.get("examples", {}))
+    for group, n in examples.items():
+        total[group] = total.get(group, 0) + n
+    extra["examples"] = total
+    if total:
+        extra["main"] = max(sorted(total), key=lambda g: total[g])
+    return ServerState(server.adapters, server.optimizer, extra)
+
+
+def _sim_time(clients: list[ClientRecord], deadline: float) -> float | None:
+    """The round's simulated duration: the slowest finished client, or the deadline."""
+    times = [c.sim_time_s for c in clients if c.sim_time_s is not None]
+    if not times and not any(c.status in ("straggler", "offline") for c in clients):
+        return None
+    if any(c.status == "straggler" for c in clients):
+        return deadline
+    finished = [c.sim_time_s for c in clients if c.status == "ok" and c.sim_time_s is not None]
+    return max(finished, default=0.0)
 
 
 def _record(
@@ -199,6 +429,8 @@ def _record(
     up: int,
     n: int,
     metrics: dict[str, float],
+    assignment: Assignment | None = None,
+    sim_time_s: float | None = None,
 ) -> ClientRecord:
     return ClientRecord(
         round=ins.round,
@@ -209,4 +441,7 @@ def _record(
         bytes_down=down,
         bytes_up=up,
         metrics=metrics,
+        group=assignment.group if assignment else ins.group,
+        config=assignment.config if assignment else "",
+        sim_time_s=sim_time_s,
     )

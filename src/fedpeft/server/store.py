@@ -25,6 +25,7 @@ from fedpeft.types import AdapterState, RoundRecord
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
 CLIENTS = "clients.jsonl"
+ALLOCATIONS = "allocations.jsonl"  # heterogeneous runs: every decision, every round
 SUMMARY = "summary.json"
 PARTITIONS = "partitions.json"
 CHECKPOINT = "checkpoint"
@@ -66,6 +67,23 @@ def _file_name(meta: Any, key: str) -> str:
     return name
 
 
+GROUP_SEP = "::"
+
+
+def _flatten(groups: dict[str, AdapterState]) -> AdapterState:
+    return {f"{g}{GROUP_SEP}{k}": v for g, state in groups.items() for k, v in state.items()}
+
+
+def _unflatten(flat: AdapterState) -> dict[str, AdapterState]:
+    out: dict[str, AdapterState] = {}
+    for key, value in flat.items():
+        group, sep, name = key.partition(GROUP_SEP)
+        if not sep or not group or not name:
+            raise ValueError(f"checkpoint tensor {key!r} names no group")
+        out.setdefault(group, {})[name] = value
+    return out
+
+
 class RunStore:
     """One run's folder."""
 
@@ -102,6 +120,11 @@ class RunStore:
             for c in record.clients:
                 f.write(json.dumps(asdict(c), sort_keys=True) + "\n")
 
+    def append_jsonl(self, name: str, rows: list[dict[str, Any]]) -> None:
+        with (self.root / name).open("a") as f:
+            for row in rows:
+                f.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+
     def read_rounds(self) -> list[dict[str, Any]]:
         path = self.root / METRICS
         if not path.is_file():
@@ -113,7 +136,7 @@ class RunStore:
 
     def truncate_logs(self, last_round: int) -> None:
         """Drops log lines after ``last_round`` (written after the last checkpoint)."""
-        for name in (METRICS, CLIENTS):
+        for name in (METRICS, CLIENTS, ALLOCATIONS):
             path = self.root / name
             if not path.is_file():
                 continue
@@ -128,24 +151,36 @@ class RunStore:
 
     # ---- checkpoints ----------------------------------------------------------------
     def save_checkpoint(
-        self, rnd: int, state: AdapterState, optimizer: AdapterState | None = None
+        self,
+        rnd: int,
+        adapters: dict[str, AdapterState],
+        optimizer: dict[str, AdapterState] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         """Round-numbered files first, then ``state.json`` pointing at them (the commit), then
-        the previous round's files go: a crash at any point leaves one complete checkpoint."""
+        the previous round's files go: a crash at any point leaves one complete checkpoint.
+
+        Each group's tensors are stored under ``<group>::<key>`` in one file; ``extra`` is
+        JSON (the allocation's gain estimator, the simulated clock, …)."""
         folder = self.root / CHECKPOINT
         names = {
             "global": f"global-{rnd:06d}.safetensors",
             "server_opt": f"server_opt-{rnd:06d}.safetensors",
         }
-        write_atomic(folder / names["global"], encode(state, {"round": rnd}))
-        write_atomic(folder / names["server_opt"], encode(optimizer or {}, {"round": rnd}))
-        write_json(folder / "state.json", {"round": rnd, "saved_at": time.time(), **names})
+        write_atomic(folder / names["global"], encode(_flatten(adapters), {"round": rnd}))
+        write_atomic(
+            folder / names["server_opt"], encode(_flatten(optimizer or {}), {"round": rnd})
+        )
+        meta = {"round": rnd, "saved_at": time.time(), "extra": extra or {}, **names}
+        write_json(folder / "state.json", meta)
         for old in folder.glob("*.safetensors"):
             if old.name not in names.values():
                 old.unlink(missing_ok=True)
 
-    def load_checkpoint(self) -> tuple[int, AdapterState, AdapterState]:
-        """(round, global adapter, server-optimiser state) of the last complete round."""
+    def load_checkpoint(
+        self,
+    ) -> tuple[int, dict[str, AdapterState], dict[str, AdapterState], dict[str, Any]]:
+        """(round, group adapters, server-optimiser states, extra) of the last complete round."""
         folder = self.root / CHECKPOINT
         try:
             meta = json.loads((folder / "state.json").read_text())
@@ -158,7 +193,13 @@ class RunStore:
             raise self._corrupt(f"its checkpoint is unreadable ({e})") from None
         if not isinstance(rnd, int) or tmeta.get("round") != rnd or ometa.get("round") != rnd:
             raise self._corrupt("the checkpoint's files disagree on the round")
-        return rnd, state, optimizer
+        extra = meta.get("extra", {})
+        if not isinstance(extra, dict):
+            raise self._corrupt("its state.json's `extra` is not an object")
+        try:
+            return rnd, _unflatten(state), _unflatten(optimizer), extra
+        except ValueError as e:
+            raise self._corrupt(str(e)) from None
 
     def _corrupt(self, what: str) -> FedpeftError:
         return FedpeftError(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ from fedpeft.data import (
 )
 from fedpeft.errors import FedpeftError
 from fedpeft.models import ModelSpec, get_model_spec, load_classifier, load_tokenizer
-from fedpeft.peft import MethodSpec, architecture, parse_spec
+from fedpeft.peft import Architecture, MethodSpec, architecture, parse_spec
+from fedpeft.peft.share import apply_shared
 
 log = logging.getLogger("fedpeft.server")
 
@@ -41,6 +43,34 @@ class Task:
     device: torch.device
     full_model_bytes: int  # every base parameter: what full fine-tuning would send
     method: MethodSpec  # the validated PEFT method options
+    base: nn.Module | None = None  # the frozen base every method's model shares
+    models: dict[tuple[str, str], nn.Module] = field(default_factory=dict)
+
+    @property
+    def arch(self) -> Architecture:
+        return architecture(self.model.config, self.dataset.num_labels)
+
+    def model_for(self, method: str, options: str) -> nn.Module:
+        """The shared-base model of ``method`` with ``options`` (canonical JSON), built once.
+
+        ``""`` is the run's ``[peft]`` method. Unknown methods or bad options (e.g. from an
+        untrusted instruction) raise ``FedpeftError``.
+        """
+        if not method:
+            return self.model
+        key = (method, options)
+        if key not in self.models:
+            try:
+                raw = json.loads(options)
+            except json.JSONDecodeError:
+                raise FedpeftError(f"method options {options!r} are not JSON.") from None
+            if not isinstance(raw, dict):
+                raise FedpeftError(f"method options {options!r} are not a JSON object.")
+            spec = parse_spec(method, raw)
+            assert self.base is not None, "a task built by build_task has its base"
+            model = apply_shared(self.base, spec, self.arch, self.cfg.run.seed)
+            self.models[key] = model.to(self.device)
+        return self.models[key]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,7 +146,8 @@ def build_task(cfg: ExperimentConfig) -> Task:
         torch.manual_seed(cfg.run.seed)
         base = load_classifier(spec, dataset.num_labels, cfg.run.seed)
         full_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
-        model = method.apply(base, architecture(base.config, dataset.num_labels)).to(device)
+        arch = architecture(base.config, dataset.num_labels)
+        model = apply_shared(base, method, arch, cfg.run.seed).to(device)
     log.info(
         "task: %s on %s (%d train, %d eval), %d clients, device %s",
         spec.name,
@@ -138,4 +169,10 @@ def build_task(cfg: ExperimentConfig) -> Task:
         device,
         full_bytes,
         method,
+        base.to(device),  # type: ignore[arg-type]  # transformers' overloaded .to
+        {(cfg.peft.method, _canonical(cfg.peft.options)): model},
     )
+
+
+def _canonical(options: dict[str, object]) -> str:
+    return json.dumps(options, sort_keys=True)

@@ -83,5 +83,12 @@ def check_tensors(state: AdapterState, reference: AdapterState) -> None:
                 f"tensor {key!r} is {t.dtype} {tuple(t.shape)}, "
                 f"expected {ref.dtype} {tuple(ref.shape)}"
             )
+    check_finite(state)
+
+
+def check_finite(state: AdapterState, where: str = "") -> None:
+    for key, t in state.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
-            raise RejectedUpdate(f"tensor {key!r} holds NaN or Inf")
+            raise RejectedUpdate(
+                f"tensor {key!r}{f' of {where}' if where else ''} holds NaN or Inf"
+            )

@@ -24,6 +24,9 @@ class TrainInstruction:
     proximal_mu: float
     seed: int
     freeze: tuple[str, ...] = ()  # parameter-name parts to keep fixed (a strategy's client half)
+    method: str = ""  # the PEFT method this client trains ("" = the run's [peft] method)
+    options: str = "{}"  # that method's options, canonical JSON (sorted keys)
+    group: str = "global"  # the server-side group whose global adapter it starts from
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,22 @@ class ClientRecord:
 
     round: int
     client_id: int
-    status: str  # "ok" | "rejected" (bad reply) | "failed" (no reply)
+    status: str  # "ok" | "rejected" (bad reply) | "failed" (no reply) | see SKIPPED
     reason: str
     num_examples: int
     bytes_down: int
     bytes_up: int
     metrics: dict[str, float]
+    group: str = "global"
+    config: str = ""  # the PEFT configuration (candidate name) it was assigned
+    sim_time_s: float | None = None  # simulated round time on its device (None: not simulated)
+    tier: str = ""  # its device's tier, when the runtime reports devices
+
+
+SKIPPED = ("offline", "straggler", "refused", "unassigned")
+"""Statuses of clients that were sampled but did not train: unavailable in the round,
+predicted past the round deadline, asked to train what does not fit their memory, or left
+without a configuration by the allocation policy."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,9 @@ class RoundRecord:
     eval_time_s: float
     client_time_s: float  # summed client training time: wall − client − eval = framework overhead
     clients: list[ClientRecord] = field(default_factory=list, repr=False)
+    groups: dict[str, dict[str, float]] = field(default_factory=dict)  # group → its eval
+    sim_time_s: float | None = None  # simulated duration of the round (devices simulated)
+    sim_clock_s: float | None = None  # simulated time since the start of the run
 
     def to_json(self) -> dict[str, object]:
         return {k: v for k, v in self.__dict__.items() if k != "clients"}

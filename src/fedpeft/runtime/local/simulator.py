@@ -8,6 +8,7 @@ the bytes a real deployment would send.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -16,46 +17,108 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedpeft.allocation import client_workload, make_allocation_config
 from fedpeft.client import ClientData, handle_fit
 from fedpeft.config import ExperimentConfig, config_to_toml
-from fedpeft.errors import FedpeftError
-from fedpeft.peft import get_adapter_state, set_adapter_state
+from fedpeft.data import DataProfile
+from fedpeft.errors import ClientSkipped, FedpeftError
+from fedpeft.peft import get_adapter_state, parse_spec, save_adapter, set_adapter_state
+from fedpeft.profiling import ResourceProfile, declared_devices
+from fedpeft.runtime.local.devices import DeviceSim, thread_cap
 from fedpeft.server import LoopResult, Observer, RunStore, ServerState, run_rounds
+from fedpeft.server.assign import DEFAULT_GROUP
 from fedpeft.server.evaluate import evaluate_model
 from fedpeft.server.export import export_adapter
+from fedpeft.server.groups import GroupBook
 from fedpeft.server.store import CONFIG, PARTITIONS, SUMMARY, write_atomic
 from fedpeft.server.summary import build_summary
 from fedpeft.server.task import Task, build_task, resolved
-from fedpeft.server.validate import RejectedUpdate, check_tensors
+from fedpeft.server.validate import RejectedUpdate, check_finite, check_tensors
 from fedpeft.types import AdapterState, TrainInstruction
 
 log = logging.getLogger("fedpeft.runtime.local")
 
 
 class LocalClientPool:
-    """Clients as (partition indices, shared model): bytes in, bytes out."""
+    """Clients as (partition indices, shared model): bytes in, bytes out.
 
-    def __init__(self, task: Task) -> None:
+    With ``devices`` (``simulation.devices = true``) each client trains within its declared
+    device: availability, memory, deadline and thread cap (see ``devices.py``); a client
+    that does not train raises ``ClientSkipped`` and ``sim_seconds`` reports the simulated
+    time of those that did.
+    """
+
+    def __init__(self, task: Task, devices: list[ResourceProfile] | None = None) -> None:
         self.task = task
+        p = task.cfg.profiles
+        self.devices = devices or declared_devices(
+            task.cfg.data.num_clients, p.mix, task.cfg.run.seed, p.file
+        )
+        self.simulate = task.cfg.simulation.devices
+        cfg = task.cfg
+        deadline = make_allocation_config(cfg.allocation).deadline_s
+        sim = cfg.simulation
+        self.sim = DeviceSim(cfg.run.seed, deadline, sim.availability, sim.thread_cap)
+        self._sim_seconds: dict[tuple[int, int], float] = {}
 
     def num_examples(self, client_id: int) -> int | None:
         return len(self.task.partitions[client_id])
 
+    def resources(self, client_id: int) -> ResourceProfile | None:
+        return self.devices[client_id]
+
+    def data_profile(self, client_id: int) -> DataProfile:
+        return self.task.profiles[client_id]
+
+    def sim_seconds(self, rnd: int, client_id: int) -> float | None:
+        return self._sim_seconds.get((rnd, client_id))
+
     def fit(self, instruction: TrainInstruction, payload: bytes) -> bytes:
-        data = ClientData(self.task.train, self.task.partitions[instruction.client_id])
-        return handle_fit(self.task.model, payload, instruction, data, self.task.device)
+        task, cid = self.task, instruction.client_id
+        model = task.model_for(instruction.method, instruction.options)
+        data = ClientData(task.train, task.partitions[cid])
+        profile = self.devices[cid]
+        if not self.simulate:
+            return handle_fit(model, payload, instruction, data, task.device)
+        spec = parse_spec(
+            instruction.method or task.cfg.peft.method, json.loads(instruction.options)
+        )
+        c = task.cfg.client
+        work = client_workload(
+            task.profiles[cid], instruction.batch_size, task.cfg.model.max_length, c.epochs, c.steps
+        )
+        if not self.sim.online(profile, instruction.round, cid):
+            raise ClientSkipped("offline", f"the {profile.tier} device is not available")
+        self.sim.check_memory(profile, task.arch, spec, work)
+        self.sim.check_deadline(
+            self.sim.seconds(profile, task.arch, spec, work, len(payload), len(payload))
+        )
+        with thread_cap(profile.cores if self.sim.thread_cap else None):
+            reply = handle_fit(model, payload, instruction, data, task.device)
+        seconds = self.sim.seconds(profile, task.arch, spec, work, len(payload), len(reply))
+        self._sim_seconds[(instruction.round, cid)] = seconds
+        return reply
 
 
 class LocalGlobalModel:
-    """The same shared model, with the global adapter loaded, for central evaluation."""
+    """The same shared models, with a global adapter loaded, for central evaluation."""
 
     def __init__(self, task: Task) -> None:
         self.task = task
 
-    def evaluate(self, state: AdapterState) -> dict[str, float]:
-        set_adapter_state(self.task.model, state)
+    def template(self, method: str, options: str) -> AdapterState:
+        """The freshly initialised adapter of a configuration (its keys, shapes, init)."""
+        return {
+            k: v.cpu() for k, v in get_adapter_state(self.task.model_for(method, options)).items()
+        }
+
+    def evaluate(
+        self, state: AdapterState, method: str = "", options: str = "{}"
+    ) -> dict[str, float]:
         t = self.task
-        return evaluate_model(t.model, t.eval, t.cfg.eval.batch_size, t.device)
+        model = t.model_for(method, options)
+        set_adapter_state(model, state)
+        return evaluate_model(model, t.eval, t.cfg.eval.batch_size, t.device)
 
 
 @dataclass(frozen=True)
@@ -87,9 +150,9 @@ def run_local(
         store.truncate_logs(first - 1)
         write_atomic(store.root / CONFIG, config_to_toml(resolved(cfg, task.method)).encode())
     loop: LoopResult = run_rounds(
-        cfg, LocalClientPool(task), LocalGlobalModel(task), store, state, first, observer
+        cfg, LocalClientPool(task), LocalGlobalModel(task), store, state, first, observer, task.arch
     )
-    export_adapter(task.model, loop.state, task.spec, cfg.peft.method, task.method, store)
+    _export(task, loop, store)
     rounds = store.read_rounds()
     summary = build_summary(
         rounds,
@@ -122,16 +185,42 @@ def status(message: str) -> Iterator[None]:
         yield
 
 
+def _export(task: Task, loop: LoopResult, store: RunStore) -> None:
+    """The main group's adapter into ``adapter/``; in a heterogeneous run every group's too,
+    as it was evaluated, into ``adapters/<group>/``."""
+    server = loop.server
+    if server is None or set(server.adapters) == {DEFAULT_GROUP}:
+        export_adapter(task.model, loop.state, task.spec, task.cfg.peft.method, task.method, store)
+        return
+    book = GroupBook(LocalGlobalModel(task))
+    book.load_json(server.extra.get("members"))
+    for group, envelope in sorted(server.adapters.items()):
+        state, method, options = book.eval_state(group, envelope)
+        model = task.model_for(method, options)
+        spec = parse_spec(method, json.loads(options))
+        folder = store.root / "adapters" / group
+        save_adapter(model, state, folder, task.spec.hub_id, method, spec)
+        if group == server.main:
+            export_adapter(model, state, task.spec, method, spec, store)
+
+
 def _initial_state(
-    task: Task, store: RunStore | None, checkpoint: tuple[int, AdapterState, AdapterState] | None
+    task: Task,
+    store: RunStore | None,
+    checkpoint: tuple[int, dict[str, AdapterState], dict[str, AdapterState], dict[str, Any]] | None,
 ) -> tuple[ServerState, int]:
     """A fresh adapter (round 1), or the checkpoint's (the round after it)."""
     fresh = {k: v.cpu() for k, v in get_adapter_state(task.model).items()}  # server state: CPU
     if store is None or checkpoint is None:
-        return ServerState(fresh), 1
-    rnd, state, optimizer = checkpoint
+        if task.cfg.allocation.get("enabled"):
+            return ServerState({}), 1  # groups are created as clients are assigned to them
+        return ServerState({DEFAULT_GROUP: fresh}), 1
+    rnd, adapters, optimizer, extra = checkpoint
     try:
-        check_tensors(state, fresh)
+        if DEFAULT_GROUP in adapters:
+            check_tensors(adapters[DEFAULT_GROUP], fresh)
+        for group, state in adapters.items():
+            check_finite(state, group)
     except RejectedUpdate as e:
         raise FedpeftError(
             f"run folder {store.root} is incomplete or corrupted: its checkpoint does not fit "
@@ -139,7 +228,7 @@ def _initial_state(
         ) from None
     if rnd >= task.cfg.run.rounds:
         log.info("run already completed %d of %d rounds", rnd, task.cfg.run.rounds)
-    return ServerState(state, optimizer), rnd + 1
+    return ServerState(adapters, optimizer, extra), rnd + 1
 
 
 def _partitions_json(task: Task) -> dict[str, object]:

@@ -1,0 +1,98 @@
+"""The server's global adapters, one per group, and each client's view of its group's.
+
+A homogeneous run has one group, ``global``, whose state is exactly the clients' adapter.
+A heterogeneous run (``allocation.enabled``) has a group per method family: its state is
+the envelope of every configuration its clients trained (``aggregation.hetero``), each
+client starts from its slice, and the group is evaluated at the envelope's own
+configuration (for LoRA: the largest rank, the union of layers and targets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from fedpeft.aggregation.hetero import client_view, extend_envelope
+from fedpeft.allocation import Candidate, make_candidate
+from fedpeft.server.assign import Assignment, options_json
+from fedpeft.types import AdapterState
+
+
+class Templates(Protocol):
+    """What the server's model side offers: a configuration's fresh adapter."""
+
+    def template(self, method: str, options: str) -> AdapterState: ...
+
+
+class GroupBook:
+    """Templates (cached: they are the configurations' initial states) and the candidates
+    each group has served, from which the group's evaluation configuration follows."""
+
+    def __init__(self, model: Templates) -> None:
+        self.model = model
+        self._templates: dict[tuple[str, str], AdapterState] = {}
+        self.members: dict[str, dict[str, Candidate]] = {}
+
+    def to_json(self) -> dict[str, list[dict[str, object]]]:
+        return {g: [c.to_json() for c in m.values()] for g, m in sorted(self.members.items())}
+
+    def load_json(self, raw: object) -> None:
+        """Members saved by ``to_json`` (a checkpoint's); candidates are re-validated."""
+        for group, members in (raw or {}).items() if isinstance(raw, dict) else []:
+            for m in members:
+                cand = make_candidate(m["method"], m["options"], m["name"])
+                self.members.setdefault(str(group), {})[cand.name] = cand
+
+    def template(self, candidate: Candidate) -> AdapterState:
+        key = (candidate.method, options_json(candidate.options))
+        if key not in self._templates:
+            self._templates[key] = self.model.template(*key)
+        return self._templates[key]
+
+    def serve(
+        self, adapters: dict[str, AdapterState], a: Assignment
+    ) -> tuple[AdapterState, AdapterState]:
+        """(the group's envelope grown to serve ``a`` if needed, the client's view of it)."""
+        assert a.candidate is not None
+        self.members.setdefault(a.group, {})[a.candidate.name] = a.candidate
+        template = self.template(a.candidate)
+        current = adapters.get(a.group)
+        envelope = extend_envelope(current or {}, template, a.alpha) if a.alpha else current
+        if envelope is None:
+            envelope = {k: v.clone() for k, v in template.items()}
+        return envelope, client_view(envelope, template, a.alpha)
+
+    def eval_config(self, group: str) -> tuple[str, str, float | None]:
+        """(method, options JSON, α) of the configuration that evaluates ``group``."""
+        members = list(self.members.get(group, {}).values())
+        if not members:
+            return "", "{}", None
+        if members[0].method != "lora":
+            return members[0].method, options_json(members[0].options), None
+        options = lora_envelope_options(members)
+        return "lora", options_json(options), float(options["alpha"])
+
+    def eval_state(self, group: str, envelope: AdapterState) -> tuple[AdapterState, str, str]:
+        """(state, method, options) to evaluate ``group``'s envelope with."""
+        method, options, alpha = self.eval_config(group)
+        if alpha is None:
+            return envelope, method, options
+        template = self.model.template(method, options)
+        grown = extend_envelope(envelope, template, alpha)  # zero B̃ columns: same function
+        return client_view(grown, template, alpha), method, options
+
+
+def lora_envelope_options(members: Sequence[Candidate]) -> dict[str, Any]:
+    """LoRA options covering every member: the largest rank (with its α), every member's
+    layers and target modules (None = all / the family's defaults)."""
+    top = max(members, key=lambda c: (int(c.options.get("r", 8)), c.name))
+    options: dict[str, Any] = {k: v for k, v in top.options.items() if k not in ("layers",)}
+    options["r"] = int(top.options.get("r", 8))
+    options["alpha"] = float(top.options.get("alpha", 16.0))
+    layers = [c.options.get("layers") for c in members]
+    if all(layer is not None for layer in layers):
+        options["layers"] = sorted({i for layer in layers for i in layer})  # type: ignore[union-attr]
+    targets = [c.options.get("target_modules") for c in members]
+    if all(t is not None for t in targets):
+        options["target_modules"] = sorted({m for t in targets for m in t})  # type: ignore[union-attr]
+    return options
