@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from fedpeft.aggregation.fedavg import fedavg
-from fedpeft.aggregation.lora import exact_lora_svd, ffa_lora, weighted_lora
+from fedpeft.aggregation.lora import exact_lora_svd, ffa_lora, hetlora_pad, weighted_lora
 from fedpeft.aggregation.robust import coordinate_median, krum, multi_krum, trimmed_mean
 from fedpeft.errors import FedpeftError
 from fedpeft.types import AdapterState
@@ -48,6 +48,7 @@ register_aggregator("fedavg", fedavg)
 register_aggregator("weighted_lora", weighted_lora)
 register_aggregator("exact_lora_svd", exact_lora_svd)  # rank defaults to the clients' rank
 register_aggregator("ffa_lora", ffa_lora, freeze=("lora_A",))  # clients keep A fixed
+register_aggregator("hetlora", hetlora_pad)  # norm-weighted zero-padding (mixed ranks)
 register_aggregator("coordinate_median", coordinate_median)
 register_aggregator("trimmed_mean", trimmed_mean)  # trim_fraction = 0.1
 register_aggregator("krum", krum)  # num_byzantine = 1

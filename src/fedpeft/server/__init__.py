@@ -1,7 +1,7 @@
 """Server: the round loop and everything around it (sampling, validation, storage)."""
 
+from fedpeft.server.collect import ClientPool
 from fedpeft.server.loop import (
-    ClientPool,
     GlobalModel,
     LoopResult,
     Observer,

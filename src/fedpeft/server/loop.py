@@ -19,35 +19,18 @@ from fedpeft.aggregation.hetero import aggregate_partial, lift
 from fedpeft.compression import encode
 from fedpeft.config import ExperimentConfig
 from fedpeft.data import DataProfile
-from fedpeft.errors import ClientSkipped, FedpeftError
+from fedpeft.errors import FedpeftError
 from fedpeft.peft import Architecture
 from fedpeft.profiling import ResourceProfile
 from fedpeft.server.assign import DEFAULT_GROUP, Assigner, Assignment, client_infos, options_json
+from fedpeft.server.collect import ClientPool, Request, client_record, collect
 from fedpeft.server.groups import GroupBook
 from fedpeft.server.sampling import sample_clients
 from fedpeft.server.store import ALLOCATIONS, RunStore
 from fedpeft.server.strategy import Strategy, strategy_from_config
-from fedpeft.server.validate import RejectedUpdate, validate_reply
 from fedpeft.types import AdapterState, ClientRecord, ClientUpdate, RoundRecord, TrainInstruction
 
 log = logging.getLogger("fedpeft.server")
-
-Request = tuple[TrainInstruction, bytes]
-
-
-class ClientPool(Protocol):
-    """How the server reaches clients: bytes in, bytes out.
-
-    Optional, used when present: ``fit_many(requests) -> list[bytes | Exception]`` (a whole
-    round at once), ``resources(cid)`` and ``data_profile(cid)`` (for the allocation), and
-    ``sim_seconds(round, cid)`` (a simulated device's round time).
-    """
-
-    def fit(self, instruction: TrainInstruction, payload: bytes) -> bytes: ...
-
-    def num_examples(self, client_id: int) -> int | None:
-        """How many examples the client reported having (None: unknown)."""
-        ...
 
 
 class GlobalModel(Protocol):
@@ -188,7 +171,7 @@ def run_round(
     observer.on_round_start(rnd, sampled)
     work = _Round(rnd, dict(server.adapters))
     requests = _configure(cfg, strategy, pool, assigner, book, work, sampled, observer)
-    _collect(pool, requests, work, observer)
+    collect(pool, requests, work, observer)
     failed = [r for r in work.records.values() if r.status == "failed"]
     if failed and len(failed) == len(requests) == len(sampled):
         raise FedpeftError(f"round {rnd}: every sampled client failed, e.g. {failed[0].reason}.")
@@ -248,7 +231,7 @@ def _configure(
         a = assigned[cid]
         ins = instruction_for(cfg, work.rnd, cid, strategy.client_freeze, a)
         if a.candidate is None:
-            work.done(_record(ins, "unassigned", a.reason, 0, 0, 0, {}), observer)
+            work.done(client_record(ins, "unassigned", a.reason, 0, 0, 0, {}), observer)
             continue
         work.adapters[a.group], work.views[cid] = book.serve(work.adapters, a)
         work.assigned[cid] = a
@@ -271,45 +254,6 @@ def _client_infos(cfg: ExperimentConfig, pool: ClientPool, sampled: Sequence[int
     devices: list[ResourceProfile] = [resources(c) for c in sampled]
     profiles: list[DataProfile] = [data(c) for c in sampled]
     return client_infos(cfg, sampled, devices, profiles)
-
-
-def _collect(pool: ClientPool, requests: list[Request], work: _Round, observer: Observer) -> None:
-    """Every request's round trip; failures and bad replies are logged, the round goes on."""
-    fit_many = getattr(pool, "fit_many", None)
-    replies: list[bytes | Exception] = fit_many(requests) if fit_many else []
-    for i, (ins, down) in enumerate(requests):
-        if fit_many is None:
-            try:
-                replies.append(pool.fit(ins, down))
-            except Exception as e:  # noqa: BLE001 - a failing client must not stop the round
-                replies.append(e)
-        work.done(_check(pool, ins, down, replies[i], work), observer)
-
-
-def _check(
-    pool: ClientPool, ins: TrainInstruction, down: bytes, reply: bytes | Exception, work: _Round
-) -> ClientRecord:
-    cid, a = ins.client_id, work.assigned[ins.client_id]
-    if isinstance(reply, ClientSkipped):
-        log.info("round %d: client %d %s: %s", ins.round, cid, reply.status, reply)
-        sent = 0 if reply.status == "offline" else len(down)  # an offline device gets nothing
-        return _record(ins, reply.status, str(reply), sent, 0, 0, {}, a, reply.sim_time_s)
-    if isinstance(reply, Exception):
-        log.warning(
-            "round %d: client %d failed: %s: %s", ins.round, cid, type(reply).__name__, reply
-        )
-        return _record(ins, "failed", f"{type(reply).__name__}: {reply}", len(down), 0, 0, {}, a)
-    try:
-        update = validate_reply(reply, work.views[cid], ins, pool.num_examples(cid))
-    except RejectedUpdate as e:
-        log.warning("round %d: update from client %d rejected: %s", ins.round, cid, e)
-        return _record(ins, "rejected", str(e), len(down), len(reply), 0, {}, a)
-    work.accepted[cid] = update
-    sim = getattr(pool, "sim_seconds", None)
-    seconds = sim(ins.round, cid) if sim else None
-    return _record(
-        ins, "ok", "", len(down), len(reply), update.num_examples, update.metrics, a, seconds
-    )
 
 
 def _aggregate_groups(strategy: Strategy, server: ServerState, work: _Round) -> ServerState:
@@ -419,29 +363,3 @@ def _sim_time(clients: list[ClientRecord], deadline: float) -> float | None:
         return deadline
     finished = [c.sim_time_s for c in clients if c.status == "ok" and c.sim_time_s is not None]
     return max(finished, default=0.0)
-
-
-def _record(
-    ins: TrainInstruction,
-    status: str,
-    reason: str,
-    down: int,
-    up: int,
-    n: int,
-    metrics: dict[str, float],
-    assignment: Assignment | None = None,
-    sim_time_s: float | None = None,
-) -> ClientRecord:
-    return ClientRecord(
-        round=ins.round,
-        client_id=ins.client_id,
-        status=status,
-        reason=reason,
-        num_examples=n,
-        bytes_down=down,
-        bytes_up=up,
-        metrics=metrics,
-        group=assignment.group if assignment else ins.group,
-        config=assignment.config if assignment else "",
-        sim_time_s=sim_time_s,
-    )
