@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -120,9 +120,9 @@ def run_round(
     down = encode(state, {"round": rnd})
     accepted: list[ClientUpdate] = []
     clients: list[ClientRecord] = []
-    for cid in sampled:
-        instruction = instruction_for(cfg, rnd, cid, strategy.client_freeze)
-        update, client_record = _collect(pool, instruction, down, state)
+    instructions = [instruction_for(cfg, rnd, cid, strategy.client_freeze) for cid in sampled]
+    for instruction, reply in zip(instructions, _replies(pool, instructions, down), strict=True):
+        update, client_record = _collect(pool, instruction, reply, len(down), state)
         if update is not None:
             accepted.append(update)
         clients.append(client_record)
@@ -171,23 +171,42 @@ def _aggregate(
     return ServerState(adapter, opt_state)
 
 
+def _replies(
+    pool: ClientPool, instructions: list[TrainInstruction], down: bytes
+) -> Iterator[bytes | Exception]:
+    """Each client's reply, or why it has none: all at once where the pool can send a
+    round's messages together (``fit_many``, e.g. Flower), else one by one."""
+    fit_many = getattr(pool, "fit_many", None)
+    if fit_many is not None:
+        yield from fit_many([(ins, down) for ins in instructions])
+        return
+    for ins in instructions:
+        try:
+            yield pool.fit(ins, down)
+        except Exception as e:  # noqa: BLE001 - a failing client must not stop the round
+            yield e
+
+
 def _collect(
-    pool: ClientPool, ins: TrainInstruction, down: bytes, state: AdapterState
+    pool: ClientPool,
+    ins: TrainInstruction,
+    reply: bytes | Exception,
+    down: int,
+    state: AdapterState,
 ) -> tuple[ClientUpdate | None, ClientRecord]:
     """One client's round trip; a failure or a bad reply is logged and the round goes on."""
-    try:
-        reply = pool.fit(ins, down)
-    except Exception as e:  # noqa: BLE001 - a failing client must not stop the round
+    if isinstance(reply, Exception):
+        e = reply
         log.warning(
             "round %d: client %d failed: %s: %s", ins.round, ins.client_id, type(e).__name__, e
         )
-        return None, _record(ins, "failed", f"{type(e).__name__}: {e}", len(down), 0, 0, {})
+        return None, _record(ins, "failed", f"{type(e).__name__}: {e}", down, 0, 0, {})
     try:
         update = validate_reply(reply, state, ins, pool.num_examples(ins.client_id))
     except RejectedUpdate as e:
         log.warning("round %d: update from client %d rejected: %s", ins.round, ins.client_id, e)
-        return None, _record(ins, "rejected", str(e), len(down), len(reply), 0, {})
-    record = _record(ins, "ok", "", len(down), len(reply), update.num_examples, update.metrics)
+        return None, _record(ins, "rejected", str(e), down, len(reply), 0, {})
+    record = _record(ins, "ok", "", down, len(reply), update.num_examples, update.metrics)
     return update, record
 
 

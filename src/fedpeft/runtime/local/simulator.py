@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from fedpeft.peft import get_adapter_state, set_adapter_state
 from fedpeft.server import LoopResult, Observer, RunStore, ServerState, run_rounds
 from fedpeft.server.evaluate import evaluate_model
 from fedpeft.server.export import export_adapter
+from fedpeft.server.loop import ClientPool
 from fedpeft.server.store import CONFIG, PARTITIONS, SUMMARY, write_atomic
 from fedpeft.server.summary import build_summary
 from fedpeft.server.task import Task, build_task, resolved
@@ -71,8 +72,10 @@ def run_local(
     *,
     resume: Path | None = None,
     observer: Observer | None = None,
+    pool: Callable[[Task], ClientPool] | None = None,
 ) -> RunResult:
-    """Runs (or resumes) a federation in this process and writes the run folder."""
+    """Runs (or resumes) a federation and writes the run folder; clients are in this
+    process unless ``pool`` builds another runtime's pool (e.g. Flower's) from the task."""
     start = time.perf_counter()
     store = RunStore.open_existing(resume) if resume else None
     checkpoint = store.load_checkpoint() if store else None  # a damaged run fails before any work
@@ -87,7 +90,7 @@ def run_local(
         store.truncate_logs(first - 1)
         write_atomic(store.root / CONFIG, config_to_toml(resolved(cfg, task.method)).encode())
     loop: LoopResult = run_rounds(
-        cfg, LocalClientPool(task), LocalGlobalModel(task), store, state, first, observer
+        cfg, (pool or LocalClientPool)(task), LocalGlobalModel(task), store, state, first, observer
     )
     export_adapter(task.model, loop.state, task.spec, cfg.peft.method, task.method, store)
     rounds = store.read_rounds()

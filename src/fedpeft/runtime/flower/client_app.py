@@ -1,0 +1,109 @@
+"""fedpeft's ClientApp: Flower's message handlers around fedpeft's own client code.
+
+* ``query`` (first contact): the client answers with its partition id, its example count
+  and its measured resource profile, from which the server allocates.
+* ``train``: the global adapter and the instruction come in; the reply is exactly what
+  ``LocalClientPool.fit`` (→ ``fedpeft.client.handle_fit``) returns, as Flower records.
+
+A node trains only its own partition (``--node-config partition-id=N``): an instruction
+for another client is refused.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedpeft.errors import FedpeftError
+from fedpeft.runtime.flower import keys
+from fedpeft.runtime.flower.codec import (
+    content_to_payload,
+    payload_to_content,
+    record_to_instruction,
+)
+from fedpeft.runtime.flower.process import (
+    LOADS,
+    ClientProcess,
+    client_process,
+    process_id,
+    profile_of,
+)
+
+
+def make_client_app(config_toml: str | None = None) -> ClientApp:
+    """The ClientApp; ``config_toml`` is the fedpeft config when the run config has none
+    (the simulation engine's Python API passes no run config)."""
+    client = ClientApp()
+
+    @client.query()
+    def _hello(msg: Message, context: Context) -> Message:
+        return hello(msg, context, config_toml)
+
+    @client.train()
+    def _train(msg: Message, context: Context) -> Message:
+        return train(msg, context, config_toml)
+
+    return client
+
+
+def _process(context: Context, default: str | None) -> tuple[ClientProcess, int]:
+    text = context.run_config.get(keys.RUN_CONFIG_TOML) or default
+    if not isinstance(text, str) or not text:
+        raise FedpeftError(f"the run config has no {keys.RUN_CONFIG_TOML!r} (fedpeft config).")
+    partition = context.node_config.get(keys.NODE_PARTITION)
+    if not isinstance(partition, int) or isinstance(partition, bool):
+        raise FedpeftError(
+            f"this SuperNode has no integer {keys.NODE_PARTITION!r} in its node config; "
+            f"start it with --node-config '{keys.NODE_PARTITION}=N'."
+        )
+    proc = client_process(text)
+    n = proc.cfg.data.num_clients
+    if not 0 <= partition < n:
+        raise FedpeftError(f"{keys.NODE_PARTITION} {partition} is outside 0..{n - 1}.")
+    return proc, partition
+
+
+def hello(msg: Message, context: Context, config_toml: str | None = None) -> Message:
+    """First contact: who this node is, how much data it has, what it can do."""
+    proc, partition = _process(context, config_toml)
+    node = context.node_config
+    upload = str(node.get(keys.NODE_UPLOAD, keys.DEFAULT_BANDWIDTH))
+    download = str(node.get(keys.NODE_DOWNLOAD, keys.DEFAULT_BANDWIDTH))
+    profile = profile_of(proc, upload, download)
+    examples = proc.pool.num_examples(partition) or 0
+    hello_record = ConfigRecord(
+        {
+            keys.HELLO_PARTITION: partition,
+            keys.HELLO_NUM_EXAMPLES: int(examples),
+            keys.HELLO_PID: process_id(),
+            keys.HELLO_MODEL_LOADS: LOADS.loads,
+            keys.HELLO_MODEL_LOAD_S: LOADS.last_load_s,
+        }
+    )
+    profile_record = ConfigRecord(
+        {k: v for k, v in profile.to_json().items() if isinstance(v, int | float | str)}
+    )
+    content = RecordDict({keys.HELLO: hello_record, keys.PROFILE: profile_record})
+    return Message(content, reply_to=msg)
+
+
+def train(msg: Message, context: Context, config_toml: str | None = None) -> Message:
+    """One round of local training, by fedpeft's own client code."""
+    proc, partition = _process(context, config_toml)
+    record = msg.content.config_records.get(keys.INSTRUCTION)
+    if record is None:
+        raise FedpeftError(f"train message without its {keys.INSTRUCTION!r} record.")
+    instruction = record_to_instruction(record)
+    if instruction.client_id != partition:
+        raise FedpeftError(
+            f"this node holds partition {partition}, not client {instruction.client_id}."
+        )
+    reply = proc.pool.fit(instruction, content_to_payload(msg.content))
+    content = payload_to_content(reply)
+    content[keys.HELLO] = ConfigRecord(
+        {keys.HELLO_PID: process_id(), keys.HELLO_MODEL_LOADS: LOADS.loads}
+    )
+    return Message(content, reply_to=msg)
+
+
+app = make_client_app()  # the deployment's component: the config comes in the run config

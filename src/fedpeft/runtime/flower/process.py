@@ -1,0 +1,88 @@
+"""What a client process keeps between messages: the task (data + the one base model).
+
+Flower calls the ClientApp once per message. In the simulation engine the calls of a
+run share a few long-lived worker processes, so a module-level cache keyed by the run's
+config text makes the base model load once per process. (In a deployment, flwr 1.42's
+SuperExec starts a fresh ``flwr-clientapp`` process per message; docs/flower.md says how
+the model is kept loaded there.) ``LOADS`` counts loads so tests and benchmarks can check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+import tomllib
+from dataclasses import dataclass
+
+from fedpeft.config import ExperimentConfig, build_config
+from fedpeft.errors import FedpeftError
+from fedpeft.profiling import ResourceProfile, measured_profile
+from fedpeft.runtime.local.simulator import LocalClientPool
+from fedpeft.server.task import build_task
+
+
+@dataclass
+class ClientProcess:
+    """One process's fedpeft client: the config it was built from and its pool."""
+
+    key: str
+    cfg: ExperimentConfig
+    pool: LocalClientPool
+    load_s: float
+    profile: ResourceProfile | None = None
+
+
+@dataclass
+class LoadStats:
+    loads: int = 0
+    last_load_s: float = 0.0
+
+
+LOADS = LoadStats()
+_CACHE: dict[str, ClientProcess] = {}
+_LOCK = threading.Lock()
+
+
+def config_from_toml(text: str) -> ExperimentConfig:
+    """A fedpeft config sent as TOML text in the run config."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise FedpeftError(f"the run's fedpeft config is not valid TOML ({e}).") from None
+    return build_config(raw, source="the Flower run config")
+
+
+def client_process(config_toml: str) -> ClientProcess:
+    """This process's client for ``config_toml``, built on first use and then reused.
+
+    Only one config is kept: a new run's config replaces the previous run's task, so a
+    long-lived process holds one base model at a time.
+    """
+    key = hashlib.sha256(config_toml.encode()).hexdigest()
+    with _LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
+        cfg = config_from_toml(config_toml)
+        start = time.perf_counter()
+        task = build_task(cfg)
+        elapsed = time.perf_counter() - start
+        LOADS.loads += 1
+        LOADS.last_load_s = elapsed
+        _CACHE.clear()
+        _CACHE[key] = ClientProcess(key, cfg, LocalClientPool(task), elapsed)
+        return _CACHE[key]
+
+
+def profile_of(proc: ClientProcess, upload: str, download: str) -> ResourceProfile:
+    """The measured profile of this device (measured once per process)."""
+    if proc.profile is None:
+        device = str(proc.pool.task.device)
+        proc.profile = measured_profile(upload, download, seconds=0.1, device=device)
+    return proc.profile
+
+
+def process_id() -> int:
+    return os.getpid()
