@@ -180,7 +180,7 @@ class FlowerClientPool:
 
     # ---- messaging ----------------------------------------------------------------------
     def _message(self, content: RecordDict, kind: str, node: int, group: str) -> Message:
-        return self.grid.create_message(content, kind, node, group, ttl=self.round_timeout_s)
+        return Message(content, node, kind, ttl=self.round_timeout_s, group_id=group)
 
     def _exchange(self, messages: Iterable[Message], timeout_s: float) -> dict[str, Message]:
         """Pushes ``messages``; replies keyed by the id of the message they answer."""
