@@ -120,27 +120,41 @@ def content_to_payload(content: RecordDict) -> bytes:
 def instruction_to_record(ins: TrainInstruction) -> ConfigRecord:
     """Every field of ``ins``, one JSON entry each (tuples become lists)."""
     return ConfigRecord(
-        {
-            keys.INSTRUCTION_PREFIX + f.name: json.dumps(getattr(ins, f.name))
-            for f in dataclasses.fields(ins)
-        }
+        {keys.INSTRUCTION_PREFIX + k: json.dumps(v) for k, v in instruction_fields(ins).items()}
     )
 
 
 def record_to_instruction(record: ConfigRecord) -> TrainInstruction:
     """The instruction in ``record``, every field checked against its type hint."""
+    raw: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainInstruction):
+        text = record.get(keys.INSTRUCTION_PREFIX + f.name)
+        if text is None:
+            continue
+        try:
+            raw[f.name] = json.loads(text) if isinstance(text, str) else _invalid()
+        except (json.JSONDecodeError, TypeError) as e:
+            raise CodecError(f"instruction field {f.name!r} is invalid ({e})") from None
+    return instruction_from_fields(raw)
+
+
+def instruction_fields(ins: TrainInstruction) -> dict[str, Any]:
+    """``ins`` as plain JSON values, field by field (generic over new fields)."""
+    return {f.name: getattr(ins, f.name) for f in dataclasses.fields(ins)}
+
+
+def instruction_from_fields(raw: dict[str, Any]) -> TrainInstruction:
+    """The inverse of ``instruction_fields`` for untrusted input: types checked."""
     hints = typing.get_type_hints(TrainInstruction)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(TrainInstruction):
-        raw = record.get(keys.INSTRUCTION_PREFIX + f.name)
-        if raw is None:
+        if f.name not in raw:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise CodecError(f"instruction lacks field {f.name!r}")
             continue
         try:
-            value = json.loads(raw) if isinstance(raw, str) else _invalid()
-            values[f.name] = typed(value, hints[f.name])
-        except (json.JSONDecodeError, TypeError) as e:
+            values[f.name] = typed(raw[f.name], hints[f.name])
+        except TypeError as e:
             raise CodecError(f"instruction field {f.name!r} is invalid ({e})") from None
     return TrainInstruction(**values)
 

@@ -25,6 +25,7 @@ from fedpeft.runtime.flower.certs import TlsFiles, make_node_key, make_tls
 
 FEDERATION = "fedpeft"  # the connection name in $FLWR_HOME/config.toml
 HOST = "127.0.0.1"
+HOST_MODULE = "fedpeft.runtime.flower.host"
 
 
 def free_port() -> int:
@@ -146,8 +147,17 @@ class Deployment:
                 raise FedpeftError(f"registering {name} failed: {done.stdout}{done.stderr}")
         return private
 
-    def start_supernode(self, name: str, partition: int, private_key: Path) -> None:
+    def start_supernode(
+        self, name: str, partition: int, private_key: Path, host: bool = True
+    ) -> None:
+        """A SuperNode for ``partition``; with ``host``, also its client host (host.py),
+        which keeps the base model loaded across the per-message ClientApp processes."""
         assert self.tls is not None, "start the SuperLink first"
+        node_config = f"{keys.NODE_PARTITION}={partition}"
+        if host:
+            sock = self.root / "hosts" / f"{name}.sock"
+            self._start(f"{name}-host", [sys.executable, "-m", HOST_MODULE, "--socket", str(sock)])
+            node_config += f' {keys.NODE_HOST_SOCKET}="{sock}"'
         self._start(
             name,
             [
@@ -155,7 +165,7 @@ class Deployment:
                 "--superlink", self.address,
                 "--root-certificates", str(self.tls.ca_cert),
                 "--auth-supernode-private-key", str(private_key),
-                "--node-config", f"{keys.NODE_PARTITION}={partition}",
+                "--node-config", node_config,
                 "--host", HOST,
                 "--port", str(free_port()),
             ],
@@ -187,6 +197,9 @@ class Deployment:
                 return status
             time.sleep(2.0)
         return status
+
+    def alive(self, name: str) -> bool:
+        return name in self.procs and self.procs[name].poll() is None
 
     def kill(self, name: str) -> None:
         """Kills one of our processes (and the process group it leads) at once."""

@@ -32,6 +32,7 @@ RUN_CONNECT_TIMEOUT = "connect-timeout"  # seconds the server waits for every cl
 NODE_PARTITION = "partition-id"  # which client (data partition) this SuperNode is
 NODE_UPLOAD = "upload-bps"  # declared bandwidth: it cannot be measured without a peer
 NODE_DOWNLOAD = "download-bps"
+NODE_HOST_SOCKET = "host-socket"  # the node's long-lived client host (host.py), if any
 
 # ---- message types -----------------------------------------------------------------------
 TRAIN = "train"  # flwr.app.MessageType.TRAIN

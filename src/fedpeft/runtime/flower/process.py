@@ -15,12 +15,15 @@ import threading
 import time
 import tomllib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from fedpeft.config import ExperimentConfig, build_config
 from fedpeft.errors import FedpeftError
 from fedpeft.profiling import ResourceProfile, measured_profile
-from fedpeft.runtime.local.simulator import LocalClientPool
-from fedpeft.server.task import build_task
+
+if TYPE_CHECKING:  # the model stack loads only where the model does (not in a thin proxy)
+    from fedpeft.runtime.local.simulator import LocalClientPool
+    from fedpeft.types import TrainInstruction
 
 
 @dataclass
@@ -60,6 +63,9 @@ def client_process(config_toml: str) -> ClientProcess:
     Only one config is kept: a new run's config replaces the previous run's task, so a
     long-lived process holds one base model at a time.
     """
+    from fedpeft.runtime.local.simulator import LocalClientPool
+    from fedpeft.server.task import build_task
+
     key = hashlib.sha256(config_toml.encode()).hexdigest()
     with _LOCK:
         cached = _CACHE.get(key)
@@ -86,3 +92,24 @@ def profile_of(proc: ClientProcess, upload: str, download: str) -> ResourceProfi
 
 def process_id() -> int:
     return os.getpid()
+
+
+def hello_info(text: str, partition: int, upload: str, download: str) -> dict[str, Any]:
+    """The first-contact answer of the client for ``partition`` under config ``text``."""
+    proc = client_process(text)
+    n = proc.cfg.data.num_clients
+    if not 0 <= partition < n:
+        raise FedpeftError(f"partition-id {partition} is outside 0..{n - 1}.")
+    return {
+        "num_examples": proc.pool.num_examples(partition) or 0,
+        "profile": profile_of(proc, upload, download).to_json(),
+        "pid": process_id(),
+        "model_loads": LOADS.loads,
+        "model_load_s": LOADS.last_load_s,
+    }
+
+
+def fit_reply(text: str, ins: TrainInstruction, payload: bytes) -> tuple[bytes, dict[str, Any]]:
+    """One round of local training by ``LocalClientPool.fit``; (reply bytes, process stats)."""
+    reply = client_process(text).pool.fit(ins, payload)
+    return reply, {"pid": process_id(), "model_loads": LOADS.loads}
