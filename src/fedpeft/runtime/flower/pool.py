@@ -78,7 +78,8 @@ class FlowerClientPool:
 
     # ---- first contact ----------------------------------------------------------------
     def connect(self) -> None:
-        """Waits until every partition 0..num_clients-1 has answered the first query."""
+        """Waits until every partition 0..num_clients-1 has answered the first query, or
+        ``connect_timeout_s``; at least ``min_clients`` must have answered by then."""
         deadline = time.monotonic() + self.connect_timeout_s
         asked: set[int] = set()
         while len(self.clients) < self.num_clients and time.monotonic() < deadline:
@@ -91,12 +92,15 @@ class FlowerClientPool:
             for reply in self._exchange(messages, deadline - time.monotonic()).values():
                 self._register(reply)
         missing = sorted(set(range(self.num_clients)) - set(self.clients))
-        if missing:
+        if len(self.clients) < max(self.min_clients, 1):
             raise FedpeftError(
                 f"only {len(self.clients)} of {self.num_clients} clients answered within "
-                f"{self.connect_timeout_s:.0f} s (missing partitions {missing}); start one "
-                f"SuperNode per partition with --node-config '{keys.NODE_PARTITION}=N'."
+                f"{self.connect_timeout_s:.0f} s (missing partitions {missing}), fewer than "
+                f"server.min_clients={self.min_clients}; start one SuperNode per partition "
+                f"with --node-config '{keys.NODE_PARTITION}=N'."
             )
+        if missing:
+            log.warning("partitions %s never answered; their rounds will fail", missing)
 
     def _register(self, reply: Message) -> None:
         node = reply.metadata.src_node_id
