@@ -14,7 +14,7 @@ ClientApp process per message. A node trains only its own partition
 
 from __future__ import annotations
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, ConfigRecordValues, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedpeft.errors import FedpeftError
@@ -81,7 +81,9 @@ def hello(msg: Message, context: Context, config_toml: str | None = None) -> Mes
             keys.HELLO_MODEL_LOAD_S: float(info["model_load_s"]),
         }
     )
-    profile = {k: v for k, v in info["profile"].items() if isinstance(v, int | float | str)}
+    profile: dict[str, ConfigRecordValues] = {
+        k: v for k, v in info["profile"].items() if isinstance(v, int | float | str)
+    }
     content = RecordDict({keys.HELLO: hello_record, keys.PROFILE: ConfigRecord(profile)})
     return Message(content, reply_to=msg)
 

@@ -221,3 +221,33 @@ class Deployment:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+
+
+def run_deployed(
+    cfg_toml: str,
+    num_nodes: int,
+    root: Path,
+    *,
+    output_dir: Path,
+    round_timeout_s: float = keys.DEFAULT_ROUND_TIMEOUT_S,
+    timeout_s: float = 3600.0,
+) -> tuple[str, Path | None]:
+    """Starts a SuperLink and ``num_nodes`` SuperNodes (partition i on node i, each with
+    a client host), submits ``cfg_toml`` (its ``run.output_dir`` must be ``output_dir``),
+    waits, and stops everything. (final status, run folder or None)."""
+    d = Deployment(root)
+    try:
+        d.start_superlink()
+        for i in range(num_nodes):
+            d.start_supernode(f"node{i}", i, d.node_key(f"node{i}"))
+        config: dict[str, str | int | float] = {
+            keys.RUN_CONFIG_TOML: cfg_toml,
+            keys.RUN_RESUME: "",
+            keys.RUN_ROUND_TIMEOUT: round_timeout_s,
+            keys.RUN_CONNECT_TIMEOUT: keys.DEFAULT_CONNECT_TIMEOUT_S,
+        }
+        status = d.wait(d.submit(write_app(root / "app", config)), timeout_s)
+    finally:
+        d.close()
+    runs = sorted(p for p in output_dir.glob("*") if (p / "config.toml").is_file())
+    return status, (runs[-1] if runs else None)

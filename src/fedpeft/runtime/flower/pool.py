@@ -55,6 +55,12 @@ class WireStats:
     model_loads: dict[int, int] = field(default_factory=dict)  # cid -> loads in last process
 
 
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
 def message_bytes(message: Message) -> int:
     """Serialised size of a message: the sum of its objects' deflated bytes."""
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
@@ -109,7 +115,7 @@ class FlowerClientPool:
             return
         try:
             hello = reply.content.config_records[keys.HELLO]
-            cid, n = int(hello[keys.HELLO_PARTITION]), int(hello[keys.HELLO_NUM_EXAMPLES])
+            cid, n = _int(hello[keys.HELLO_PARTITION]), _int(hello[keys.HELLO_NUM_EXAMPLES])
             profile = make_profile(dict(reply.content.config_records[keys.PROFILE]))
         except (KeyError, TypeError, ValueError, FedpeftError) as e:
             log.warning("node %d sent an unusable first-contact reply: %s", node, e)
@@ -117,7 +123,7 @@ class FlowerClientPool:
         if not 0 <= cid < self.num_clients or cid in self.clients:
             log.warning("node %d claims partition %d, which is taken or invalid", node, cid)
             return
-        self.clients[cid] = ClientInfo(node, n, profile, int(hello.get(keys.HELLO_PID, 0)))
+        self.clients[cid] = ClientInfo(node, n, profile, _int(hello.get(keys.HELLO_PID, 0)))
 
     # ---- the ClientPool protocol ------------------------------------------------------
     def num_examples(self, client_id: int) -> int | None:

@@ -26,6 +26,7 @@ def run_flower_sim(
     """Runs ``cfg`` with ``cfg.data.num_clients`` virtual SuperNodes."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no network calls from flwr
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    from flwr.app import ConfigRecordValues
     from flwr.simulation import run_simulation
 
     from fedpeft.runtime.flower.client_app import make_client_app
@@ -35,7 +36,7 @@ def run_flower_sim(
     server = make_server_app(cfg, resume=resume, observer=observer, outcome=outcome)
     client = make_client_app(config_to_toml(cfg))
     n = max(1, min(workers or usable_cores(), cfg.data.num_clients))
-    backend = {
+    backend: dict[str, dict[str, ConfigRecordValues]] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": n, "include_dashboard": False},
     }
