@@ -8,8 +8,9 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -21,9 +22,15 @@ from fedpeft.errors import FedpeftError
 
 if TYPE_CHECKING:
     from fedpeft.config import ExperimentConfig, PeftConfig
+    from fedpeft.runtime.local import RunResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated PEFT fine-tuning.")
 err_console = Console(stderr=True)
+
+
+class Runtime(StrEnum):
+    local = "local"
+    flower_sim = "flower-sim"
 
 
 @contextmanager
@@ -60,15 +67,17 @@ def run(
     resume: Annotated[
         Path | None, typer.Option(help="continue runs/<run-id> from its checkpoint")
     ] = None,
+    runtime: Annotated[
+        Runtime, typer.Option(help="local: in-process; flower-sim: Flower's simulation engine")
+    ] = Runtime.local,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run a federation in-process (the embedded default: MiniLM-L6, SST-2, 10 clients, LoRA)."""
+    """Run a federation (the embedded default: MiniLM-L6, SST-2, 10 clients, LoRA)."""
     _setup_logging(verbose)
     console = Console()
     with user_errors():
         cfg = _resolve_config(config, set_ or [], resume)
         from fedpeft.cli.progress import RichObserver, rounds_table
-        from fedpeft.runtime.local import run_local
         from fedpeft.server.task import check_names
 
         check_names(cfg)  # every section valid before anything is shown or loaded
@@ -82,7 +91,7 @@ def run(
         )
         try:
             with RichObserver(console, cfg.run.rounds, first) as observer:
-                result = run_local(cfg, resume=resume, observer=observer)
+                result = _runner(runtime)(cfg, resume=resume, observer=observer)
         except KeyboardInterrupt:
             err_console.print("interrupted; continue with `fedpeft run --resume <run folder>`.")
             raise typer.Exit(130) from None
@@ -139,6 +148,16 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, runs/<run
         from fedpeft.report import write_report
 
         Console().print(f"wrote {write_report(run_dir)}")
+
+
+def _runner(runtime: Runtime) -> Callable[..., RunResult]:
+    if runtime is Runtime.flower_sim:
+        from fedpeft.runtime.flower.sim import run_flower_sim
+
+        return run_flower_sim
+    from fedpeft.runtime.local import run_local
+
+    return run_local
 
 
 def _resolve_config(config: Path | None, sets: list[str], resume: Path | None) -> ExperimentConfig:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from fedpeft.profiling import ResourceProfile, declared_devices
 from fedpeft.runtime.local.devices import DeviceSim, thread_cap
 from fedpeft.server import LoopResult, Observer, RunStore, ServerState, run_rounds
 from fedpeft.server.assign import DEFAULT_GROUP
+from fedpeft.server.collect import ClientPool
 from fedpeft.server.evaluate import evaluate_model
 from fedpeft.server.export import export_adapter
 from fedpeft.server.groups import GroupBook
@@ -134,8 +135,10 @@ def run_local(
     *,
     resume: Path | None = None,
     observer: Observer | None = None,
+    pool: Callable[[Task], ClientPool] | None = None,
 ) -> RunResult:
-    """Runs (or resumes) a federation in this process and writes the run folder."""
+    """Runs (or resumes) a federation and writes the run folder; clients are in this
+    process unless ``pool`` builds another runtime's pool (e.g. Flower's) from the task."""
     start = time.perf_counter()
     store = RunStore.open_existing(resume) if resume else None
     checkpoint = store.load_checkpoint() if store else None  # a damaged run fails before any work
@@ -150,7 +153,14 @@ def run_local(
         store.truncate_logs(first - 1)
         write_atomic(store.root / CONFIG, config_to_toml(resolved(cfg, task.method)).encode())
     loop: LoopResult = run_rounds(
-        cfg, LocalClientPool(task), LocalGlobalModel(task), store, state, first, observer, task.arch
+        cfg,
+        (pool or LocalClientPool)(task),
+        LocalGlobalModel(task),
+        store,
+        state,
+        first,
+        observer,
+        task.arch,
     )
     _export(task, loop, store)
     rounds = store.read_rounds()

@@ -1,0 +1,43 @@
+"""Every name that crosses the wire between fedpeft's ServerApp and ClientApp, in one place.
+
+Message contents are a Flower ``RecordDict``; these are its record names, the keys inside
+those records, and the run-config / node-config keys the apps read.
+"""
+
+from __future__ import annotations
+
+# ---- records inside a message's RecordDict --------------------------------------------
+ARRAYS = "fedpeft.arrays"  # ArrayRecord: the adapter state (down: global, up: the update)
+META = "fedpeft.meta"  # ConfigRecord: the payload's metadata (round, num_examples, metrics)
+INSTRUCTION = "fedpeft.instruction"  # ConfigRecord: every TrainInstruction field
+PROFILE = "fedpeft.profile"  # ConfigRecord: the client's measured ResourceProfile
+HELLO = "fedpeft.hello"  # ConfigRecord: the client's answer to the first-contact query
+
+# ---- keys inside those records ----------------------------------------------------------
+META_JSON = "json"  # the payload metadata, a JSON object (fedpeft.compression's own)
+INSTRUCTION_PREFIX = "ins."  # one JSON-encoded entry per TrainInstruction field
+HELLO_PARTITION = "partition_id"
+HELLO_NUM_EXAMPLES = "num_examples"
+HELLO_PID = "pid"  # the answering process (for the model-load measurements)
+HELLO_MODEL_LOADS = "model_loads"  # how many times that process has loaded the base model
+HELLO_MODEL_LOAD_S = "model_load_s"  # seconds its (last) load took
+
+# ---- run config (``[tool.flwr.app.config]`` / ``--run-config``) -------------------------
+RUN_CONFIG_TOML = "fedpeft-config"  # the resolved fedpeft config, as TOML text
+RUN_RESUME = "fedpeft-resume"  # a run folder to resume ("" = a new run)
+RUN_ROUND_TIMEOUT = "round-timeout"  # seconds a round waits for replies
+RUN_CONNECT_TIMEOUT = "connect-timeout"  # seconds the server waits for every client
+
+# ---- node config (``flower-supernode --node-config``) ------------------------------------
+NODE_PARTITION = "partition-id"  # which client (data partition) this SuperNode is
+NODE_UPLOAD = "upload-bps"  # declared bandwidth: it cannot be measured without a peer
+NODE_DOWNLOAD = "download-bps"
+NODE_HOST_SOCKET = "host-socket"  # the node's long-lived client host (host.py), if any
+
+# ---- message types -----------------------------------------------------------------------
+TRAIN = "train"  # flwr.app.MessageType.TRAIN
+QUERY = "query"  # flwr.app.MessageType.QUERY
+
+DEFAULT_BANDWIDTH = "20 Mbps"
+DEFAULT_ROUND_TIMEOUT_S = 600.0
+DEFAULT_CONNECT_TIMEOUT_S = 300.0

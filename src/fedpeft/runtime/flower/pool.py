@@ -1,0 +1,210 @@
+"""``FlowerClientPool``: the server loop's ``ClientPool`` over a Flower ``Grid``.
+
+First contact (``connect``) sends a query to every SuperNode; each answers with its
+partition id, example count and measured resource profile, cached here. A round sends
+every client's message at once (``fit_many``) and collects replies until all have come
+or ``round_timeout_s`` has passed: a dead or silent node becomes an ``Exception`` entry
+and the round goes on with the others — unless fewer than ``min_clients`` replied, which
+stops the run (its last checkpoint resumes it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+from fedpeft.compression import CodecError
+from fedpeft.errors import FedpeftError
+from fedpeft.profiling import ResourceProfile, make_profile
+from fedpeft.runtime.flower import keys
+from fedpeft.runtime.flower.codec import (
+    content_to_payload,
+    instruction_to_record,
+    payload_to_content,
+)
+from fedpeft.types import TrainInstruction
+
+log = logging.getLogger("fedpeft.runtime.flower")
+_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """What a client said on first contact."""
+
+    node_id: int
+    num_examples: int
+    profile: ResourceProfile
+    pid: int
+
+
+@dataclass
+class WireStats:
+    """Bytes of the messages as Flower serialises them (every object's deflated form)."""
+
+    down: int = 0
+    up: int = 0
+    messages: int = 0
+    reply_pids: dict[int, set[int]] = field(default_factory=dict)  # cid -> processes seen
+    model_loads: dict[int, int] = field(default_factory=dict)  # cid -> loads in last process
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def message_bytes(message: Message) -> int:
+    """Serialised size of a message: the sum of its objects' deflated bytes."""
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+
+
+class FlowerClientPool:
+    def __init__(
+        self,
+        grid: Grid,
+        num_clients: int,
+        min_clients: int,
+        round_timeout_s: float = keys.DEFAULT_ROUND_TIMEOUT_S,
+        connect_timeout_s: float = keys.DEFAULT_CONNECT_TIMEOUT_S,
+    ) -> None:
+        if round_timeout_s <= 0 or connect_timeout_s <= 0:
+            raise FedpeftError("Flower round and connect timeouts must be positive seconds.")
+        self.grid, self.num_clients, self.min_clients = grid, num_clients, min_clients
+        self.round_timeout_s, self.connect_timeout_s = round_timeout_s, connect_timeout_s
+        self.clients: dict[int, ClientInfo] = {}
+        self.wire = WireStats()
+
+    # ---- first contact ----------------------------------------------------------------
+    def connect(self) -> None:
+        """Waits until every partition 0..num_clients-1 has answered the first query, or
+        ``connect_timeout_s``; at least ``min_clients`` must have answered by then."""
+        deadline = time.monotonic() + self.connect_timeout_s
+        asked: set[int] = set()
+        while len(self.clients) < self.num_clients and time.monotonic() < deadline:
+            new = [n for n in self.grid.get_node_ids() if n not in asked]
+            asked.update(new)
+            if not new:
+                time.sleep(_POLL_S * 5)
+                continue
+            messages = [self._message(RecordDict(), keys.QUERY, n, "hello") for n in new]
+            for reply in self._exchange(messages, deadline - time.monotonic()).values():
+                self._register(reply)
+        missing = sorted(set(range(self.num_clients)) - set(self.clients))
+        if len(self.clients) < max(self.min_clients, 1):
+            raise FedpeftError(
+                f"only {len(self.clients)} of {self.num_clients} clients answered within "
+                f"{self.connect_timeout_s:.0f} s (missing partitions {missing}), fewer than "
+                f"server.min_clients={self.min_clients}; start one SuperNode per partition "
+                f"with --node-config '{keys.NODE_PARTITION}=N'."
+            )
+        if missing:
+            log.warning("partitions %s never answered; their rounds will fail", missing)
+
+    def _register(self, reply: Message) -> None:
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            log.warning("node %d failed its first contact: %s", node, reply.error.reason)
+            return
+        try:
+            hello = reply.content.config_records[keys.HELLO]
+            cid, n = _int(hello[keys.HELLO_PARTITION]), _int(hello[keys.HELLO_NUM_EXAMPLES])
+            profile = make_profile(dict(reply.content.config_records[keys.PROFILE]))
+        except (KeyError, TypeError, ValueError, FedpeftError) as e:
+            log.warning("node %d sent an unusable first-contact reply: %s", node, e)
+            return
+        if not 0 <= cid < self.num_clients or cid in self.clients:
+            log.warning("node %d claims partition %d, which is taken or invalid", node, cid)
+            return
+        self.clients[cid] = ClientInfo(node, n, profile, _int(hello.get(keys.HELLO_PID, 0)))
+
+    # ---- the ClientPool protocol ------------------------------------------------------
+    def num_examples(self, client_id: int) -> int | None:
+        info = self.clients.get(client_id)
+        return info.num_examples if info else None
+
+    def resources(self, client_id: int) -> ResourceProfile | None:
+        info = self.clients.get(client_id)
+        return info.profile if info else None
+
+    def fit(self, instruction: TrainInstruction, payload: bytes) -> bytes:
+        reply = self.fit_many([(instruction, payload)])[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def fit_many(
+        self, requests: Sequence[tuple[TrainInstruction, bytes]]
+    ) -> list[bytes | Exception]:
+        """All of a round's messages at once; replies (or why not) in request order."""
+        contents: dict[int, RecordDict] = {}  # one decoded payload per distinct bytes object
+        results: list[bytes | Exception] = []
+        messages: dict[int, Message] = {}
+        for i, (ins, payload) in enumerate(requests):
+            info = self.clients.get(ins.client_id)
+            if info is None:
+                results.append(LookupError(f"client {ins.client_id} never connected"))
+                continue
+            shared = contents.setdefault(id(payload), payload_to_content(payload))
+            content = RecordDict({**shared, keys.INSTRUCTION: instruction_to_record(ins)})
+            messages[i] = self._message(content, keys.TRAIN, info.node_id, str(ins.round))
+            results.append(TimeoutError(f"no reply within {self.round_timeout_s:.0f} s"))
+        self.wire.down += sum(message_bytes(m) for m in messages.values())
+        replies = self._exchange(list(messages.values()), self.round_timeout_s)
+        by_id = {m.metadata.message_id: i for i, m in messages.items()}
+        for mid, reply in replies.items():
+            i = by_id[mid]
+            results[i] = self._payload(reply, requests[i][0])
+        ok = sum(isinstance(r, bytes) for r in results)
+        if requests and ok < self.min_clients:
+            raise FedpeftError(
+                f"round {requests[0][0].round}: only {ok} of {len(requests)} clients replied, "
+                f"fewer than server.min_clients={self.min_clients}; resume the run once "
+                "enough SuperNodes are up."
+            )
+        return results
+
+    def _payload(self, reply: Message, ins: TrainInstruction) -> bytes | Exception:
+        self.wire.up += message_bytes(reply)
+        expected = self.clients[ins.client_id].node_id
+        if reply.metadata.src_node_id != expected:
+            return RuntimeError(f"reply came from node {reply.metadata.src_node_id}")
+        if reply.has_error():
+            return RuntimeError(f"client error {reply.error.code}: {reply.error.reason}")
+        hello = reply.content.config_records.get(keys.HELLO, ConfigRecord())
+        pid, loads = hello.get(keys.HELLO_PID), hello.get(keys.HELLO_MODEL_LOADS)
+        if isinstance(pid, int) and isinstance(loads, int):
+            self.wire.reply_pids.setdefault(ins.client_id, set()).add(pid)
+            self.wire.model_loads[ins.client_id] = loads
+        try:
+            return content_to_payload(reply.content)
+        except CodecError as e:
+            return e
+
+    # ---- messaging ----------------------------------------------------------------------
+    def _message(self, content: RecordDict, kind: str, node: int, group: str) -> Message:
+        return Message(content, node, kind, ttl=self.round_timeout_s, group_id=group)
+
+    def _exchange(self, messages: Iterable[Message], timeout_s: float) -> dict[str, Message]:
+        """Pushes ``messages``; replies keyed by the id of the message they answer."""
+        messages = list(messages)
+        self.wire.messages += len(messages)
+        ids = [mid for mid in self.grid.push_messages(messages) if mid]  # sets message_id
+        pending, replies = set(ids), {}
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        while pending and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(pending)):
+                mid = reply.metadata.reply_to_message_id
+                if mid in pending:
+                    pending.discard(mid)
+                    replies[mid] = reply
+            if pending:
+                time.sleep(_POLL_S)
+        return replies

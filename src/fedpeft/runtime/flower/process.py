@@ -1,0 +1,115 @@
+"""What a client process keeps between messages: the task (data + the one base model).
+
+Flower calls the ClientApp once per message. In the simulation engine the calls of a
+run share a few long-lived worker processes, so a module-level cache keyed by the run's
+config text makes the base model load once per process. (In a deployment, flwr 1.42's
+SuperExec starts a fresh ``flwr-clientapp`` process per message; docs/flower.md says how
+the model is kept loaded there.) ``LOADS`` counts loads so tests and benchmarks can check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+import tomllib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fedpeft.config import ExperimentConfig, build_config
+from fedpeft.errors import FedpeftError
+from fedpeft.profiling import ResourceProfile, measured_profile
+
+if TYPE_CHECKING:  # the model stack loads only where the model does (not in a thin proxy)
+    from fedpeft.runtime.local.simulator import LocalClientPool
+    from fedpeft.types import TrainInstruction
+
+
+@dataclass
+class ClientProcess:
+    """One process's fedpeft client: the config it was built from and its pool."""
+
+    key: str
+    cfg: ExperimentConfig
+    pool: LocalClientPool
+    load_s: float
+    profile: ResourceProfile | None = None
+
+
+@dataclass
+class LoadStats:
+    loads: int = 0
+    last_load_s: float = 0.0
+
+
+LOADS = LoadStats()
+_CACHE: dict[str, ClientProcess] = {}
+_LOCK = threading.Lock()
+
+
+def config_from_toml(text: str) -> ExperimentConfig:
+    """A fedpeft config sent as TOML text in the run config."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise FedpeftError(f"the run's fedpeft config is not valid TOML ({e}).") from None
+    return build_config(raw, source="the Flower run config")
+
+
+def client_process(config_toml: str) -> ClientProcess:
+    """This process's client for ``config_toml``, built on first use and then reused.
+
+    Only one config is kept: a new run's config replaces the previous run's task, so a
+    long-lived process holds one base model at a time.
+    """
+    from fedpeft.runtime.local.simulator import LocalClientPool
+    from fedpeft.server.task import build_task
+
+    key = hashlib.sha256(config_toml.encode()).hexdigest()
+    with _LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
+        cfg = config_from_toml(config_toml)
+        start = time.perf_counter()
+        task = build_task(cfg)
+        elapsed = time.perf_counter() - start
+        LOADS.loads += 1
+        LOADS.last_load_s = elapsed
+        _CACHE.clear()
+        _CACHE[key] = ClientProcess(key, cfg, LocalClientPool(task), elapsed)
+        return _CACHE[key]
+
+
+def profile_of(proc: ClientProcess, upload: str, download: str) -> ResourceProfile:
+    """The measured profile of this device (measured once per process)."""
+    if proc.profile is None:
+        device = str(proc.pool.task.device)
+        proc.profile = measured_profile(upload, download, seconds=0.1, device=device)
+    return proc.profile
+
+
+def process_id() -> int:
+    return os.getpid()
+
+
+def hello_info(text: str, partition: int, upload: str, download: str) -> dict[str, Any]:
+    """The first-contact answer of the client for ``partition`` under config ``text``."""
+    proc = client_process(text)
+    n = proc.cfg.data.num_clients
+    if not 0 <= partition < n:
+        raise FedpeftError(f"partition-id {partition} is outside 0..{n - 1}.")
+    return {
+        "num_examples": proc.pool.num_examples(partition) or 0,
+        "profile": profile_of(proc, upload, download).to_json(),
+        "pid": process_id(),
+        "model_loads": LOADS.loads,
+        "model_load_s": LOADS.last_load_s,
+    }
+
+
+def fit_reply(text: str, ins: TrainInstruction, payload: bytes) -> tuple[bytes, dict[str, Any]]:
+    """One round of local training by ``LocalClientPool.fit``; (reply bytes, process stats)."""
+    reply = client_process(text).pool.fit(ins, payload)
+    return reply, {"pid": process_id(), "model_loads": LOADS.loads}

@@ -1,0 +1,112 @@
+"""fedpeft's ServerApp: the same round loop, run folder, checkpoints and export as the
+in-process runtime (``run_local``), with clients reached through a ``FlowerClientPool``.
+
+Besides the usual run folder it writes ``flower.json``: bytes of the messages as Flower
+serialised them next to fedpeft's own count, and which client processes answered.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedpeft.config import ExperimentConfig
+from fedpeft.runtime.flower import keys
+from fedpeft.runtime.flower.pool import FlowerClientPool
+from fedpeft.runtime.flower.process import config_from_toml
+from fedpeft.runtime.local.simulator import RunResult, run_local
+from fedpeft.server import Observer
+from fedpeft.server.store import write_json
+from fedpeft.server.task import Task
+
+FLOWER_JSON = "flower.json"
+
+
+def serve(
+    grid: Grid,
+    cfg: ExperimentConfig,
+    *,
+    resume: Path | None = None,
+    observer: Observer | None = None,
+    round_timeout_s: float = keys.DEFAULT_ROUND_TIMEOUT_S,
+    connect_timeout_s: float = keys.DEFAULT_CONNECT_TIMEOUT_S,
+) -> RunResult:
+    """Runs (or resumes) ``cfg`` over the SuperNodes that ``grid`` reaches."""
+    pools: list[FlowerClientPool] = []
+
+    def make_pool(task: Task) -> FlowerClientPool:
+        pool = FlowerClientPool(
+            grid, cfg.data.num_clients, cfg.server.min_clients, round_timeout_s, connect_timeout_s
+        )
+        pool.connect()
+        pools.append(pool)
+        return pool
+
+    result = run_local(cfg, resume=resume, observer=observer, pool=make_pool)
+    write_json(result.run_dir / FLOWER_JSON, flower_stats(pools[0], result.summary))
+    return result
+
+
+def flower_stats(pool: FlowerClientPool, summary: dict[str, Any]) -> dict[str, Any]:
+    w = pool.wire
+    return {
+        "wire_bytes_down": w.down,
+        "wire_bytes_up": w.up,
+        "fedpeft_bytes_down": summary["bytes_down_total"],
+        "fedpeft_bytes_up": summary["bytes_up_total"],
+        "messages": w.messages,
+        "clients": {
+            str(cid): {
+                "node_id": info.node_id,
+                "num_examples": info.num_examples,
+                "profile": info.profile.to_json(),
+                "processes_seen": len(w.reply_pids.get(cid, ())),
+                "model_loads_in_last_process": w.model_loads.get(cid),
+            }
+            for cid, info in sorted(pool.clients.items())
+        },
+    }
+
+
+def make_server_app(
+    cfg: ExperimentConfig | None = None,
+    *,
+    resume: Path | None = None,
+    observer: Observer | None = None,
+    outcome: list[RunResult | BaseException] | None = None,
+) -> ServerApp:
+    """The ServerApp. ``cfg``/``resume`` default to the run config's ``fedpeft-config`` /
+    ``fedpeft-resume``; ``outcome`` receives the result (or the error) for in-process use."""
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        rc = context.run_config
+        try:
+            run_cfg = cfg or config_from_toml(str(rc.get(keys.RUN_CONFIG_TOML, "")))
+            folder = resume or (Path(str(rc[keys.RUN_RESUME])) if rc.get(keys.RUN_RESUME) else None)
+            result = serve(
+                grid,
+                run_cfg,
+                resume=folder,
+                observer=observer,
+                round_timeout_s=float(rc.get(keys.RUN_ROUND_TIMEOUT, keys.DEFAULT_ROUND_TIMEOUT_S)),
+                connect_timeout_s=float(
+                    rc.get(keys.RUN_CONNECT_TIMEOUT, keys.DEFAULT_CONNECT_TIMEOUT_S)
+                ),
+            )
+        except BaseException as e:
+            if outcome is None:
+                raise
+            outcome.append(e)
+            return
+        if outcome is not None:
+            outcome.append(result)
+
+    return server
+
+
+app = make_server_app()  # the deployment's component: everything comes in the run config
