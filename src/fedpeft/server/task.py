@@ -15,15 +15,26 @@ from fedpeft.config import ExperimentConfig, PeftConfig
 from fedpeft.data import (
     DataProfile,
     RawDataset,
-    TokenizedSplit,
+    RawSplit,
+    Split,
     data_profile,
+    image_split,
+    is_image_dataset,
     load_dataset,
     partition_indices,
     tokenize_split,
 )
 from fedpeft.errors import FedpeftError
-from fedpeft.models import ModelSpec, get_model_spec, load_classifier, load_tokenizer
-from fedpeft.peft import MethodSpec, architecture, parse_spec
+from fedpeft.models import (
+    ModelSpec,
+    get_model_spec,
+    image_preprocess,
+    is_vision_model,
+    load_classifier,
+    load_tokenizer,
+    load_vision_classifier,
+)
+from fedpeft.peft import MethodSpec, architecture, check_supported, parse_spec
 
 log = logging.getLogger("fedpeft.server")
 
@@ -33,8 +44,8 @@ class Task:
     cfg: ExperimentConfig
     spec: ModelSpec
     dataset: RawDataset
-    train: TokenizedSplit
-    eval: TokenizedSplit
+    train: Split
+    eval: Split
     partitions: list[np.ndarray]
     profiles: list[DataProfile]
     model: nn.Module  # the frozen base with the PEFT method applied; shared by all clients
@@ -69,7 +80,24 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
     make_allocation_config(cfg.allocation)
     if cfg.profiles.file is not None:
         load_profiles(Path(cfg.profiles.file))
-    return parse_spec(cfg.peft.method, cfg.peft.options)
+    method = parse_spec(cfg.peft.method, cfg.peft.options)
+    check_pairing(cfg)
+    return method
+
+
+def check_pairing(cfg: ExperimentConfig) -> None:
+    """The model must take the dataset's modality and support the PEFT method."""
+    spec = get_model_spec(cfg.model.name)
+    vision, images = is_vision_model(spec), is_image_dataset(cfg.data.dataset)
+    if vision != images:
+        takes, holds = ("images", "text") if vision else ("text", "images")
+        raise FedpeftError(
+            f"model `{spec.name}` takes {takes} but dataset {cfg.data.dataset!r} holds "
+            f"{holds}; pair image models with cifar10/fashion_mnist, text models with text data."
+        )
+    if vision:
+        image_preprocess(spec, cfg.model.image_size)  # a size the model cannot take fails here
+    check_supported(cfg.peft.method, spec.family, spec.name)
 
 
 def resolved(cfg: ExperimentConfig, method: MethodSpec) -> ExperimentConfig:
@@ -85,8 +113,8 @@ class FederatedData:
 
     spec: ModelSpec
     dataset: RawDataset
-    train: TokenizedSplit
-    eval: TokenizedSplit
+    train: Split
+    eval: Split
     partitions: list[np.ndarray]
     profiles: list[DataProfile]
 
@@ -95,14 +123,42 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
     """Loads, tokenises and partitions the configured data (no model weights are loaded)."""
     dataset = load_dataset(cfg.data, cfg.run.seed)
     spec = get_model_spec(cfg.model.name)
-    tokenizer = load_tokenizer(spec)
-    left = spec.family == "llama" or tokenizer.padding_side == "left"
-    train = tokenize_split(dataset.train, tokenizer, cfg.model.max_length, pad_left=left)
-    evaluation = tokenize_split(dataset.eval, tokenizer, cfg.model.max_length, pad_left=left)
+    splits = _image_splits if is_vision_model(spec) else _text_splits
+    train, evaluation = splits(cfg, spec, dataset)
     partitions = partition_indices(train.labels, cfg.data, cfg.run.seed)
     lengths = train.lengths
     profiles = [data_profile(train.labels[p], lengths[p], dataset.num_labels) for p in partitions]
     return FederatedData(spec, dataset, train, evaluation, partitions, profiles)
+
+
+def _text_splits(
+    cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset
+) -> tuple[Split, Split]:
+    """Token ids once; decoders are padded on the left."""
+    if not isinstance(dataset.train, RawSplit) or not isinstance(dataset.eval, RawSplit):
+        raise FedpeftError(f"dataset {dataset.name!r} holds images; `{spec.name}` takes text.")
+    tokenizer = load_tokenizer(spec)
+    left = spec.family == "llama" or tokenizer.padding_side == "left"
+    train = tokenize_split(dataset.train, tokenizer, cfg.model.max_length, pad_left=left)
+    evaluation = tokenize_split(dataset.eval, tokenizer, cfg.model.max_length, pad_left=left)
+    return train, evaluation
+
+
+def _image_splits(
+    cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset
+) -> tuple[Split, Split]:
+    """Decoded images, resized and normalised per batch as the model expects."""
+    if isinstance(dataset.train, RawSplit) or isinstance(dataset.eval, RawSplit):
+        raise FedpeftError(f"dataset {dataset.name!r} holds text; `{spec.name}` takes images.")
+    preprocess = image_preprocess(spec, cfg.model.image_size)
+    return image_split(dataset.train, preprocess), image_split(dataset.eval, preprocess)
+
+
+def load_base(cfg: ExperimentConfig, spec: ModelSpec, num_labels: int) -> nn.Module:
+    """The frozen base model with a fresh task head (text or image model)."""
+    if is_vision_model(spec):
+        return load_vision_classifier(spec, num_labels, cfg.run.seed, cfg.model.image_size)
+    return load_classifier(spec, num_labels, cfg.run.seed)
 
 
 def build_task(cfg: ExperimentConfig) -> Task:
@@ -114,7 +170,7 @@ def build_task(cfg: ExperimentConfig) -> Task:
     partitions, profiles = data.partitions, data.profiles
     with torch.random.fork_rng(devices=[]):  # head and adapter init: same seed, same model
         torch.manual_seed(cfg.run.seed)
-        base = load_classifier(spec, dataset.num_labels, cfg.run.seed)
+        base = load_base(cfg, spec, dataset.num_labels)
         full_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
         model = method.apply(base, architecture(base.config, dataset.num_labels)).to(device)
     log.info(
