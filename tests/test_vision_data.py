@@ -105,6 +105,7 @@ def test_training_batches_visit_each_example_once_in_a_seeded_order() -> None:
     [
         (["model.name=tiny-efficientnet", "peft.method=prompt"], "supported: bitfit, full, hea"),
         (["model.name=tiny-vit", "peft.method=prefix"], "supported: bitfit, full, head, houl"),
+        (["model.name=tiny-clip", "peft.method=bitfit"], "supported: lora, prompt"),
         (["model.name=tiny-efficientnet", "data.dataset=sst2"], "takes images"),
         (["model.name=tiny-bert", "data.dataset=cifar10"], "takes text"),
         (["model.name=tiny-vit", "data.dataset=cifar10", "model.image_size=64"], "32×32"),
@@ -120,7 +121,8 @@ def test_unsupported_configs_are_refused_up_front(
 
 @needs_cifar
 @pytest.mark.parametrize(
-    ("model", "method"), [("tiny-efficientnet", "lora"), ("tiny-vit", "houlsby")]
+    ("model", "method"),
+    [("tiny-efficientnet", "lora"), ("tiny-vit", "houlsby"), ("tiny-clip", "prompt")],
 )
 def test_fedpeft_run_end_to_end_on_cifar10(tmp_path: Path, model: str, method: str) -> None:
     cfg = tiny_config(
@@ -139,7 +141,7 @@ def test_fedpeft_run_end_to_end_on_cifar10(tmp_path: Path, model: str, method: s
     assert summary["rounds_completed"] == 2
     # the exported adapter, loaded into a fresh base, scores what the run reported
     data = build_data(cfg)
-    base = load_base(cfg, data.spec, data.dataset.num_labels)
+    base = load_base(cfg, data.spec, data.dataset)
     model = load_adapter(base, result.run_dir / "adapter")
     scores = evaluate_model(model, data.eval, 16, torch.device("cpu"))
     assert scores["accuracy"] == pytest.approx(summary["final_accuracy"])

@@ -24,11 +24,18 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from fedpeft.data.images import ImagePreprocess
 from fedpeft.errors import FedpeftError
-from fedpeft.models.registry import ModelSpec, register_model
+from fedpeft.models.registry import (
+    MINILM_ID,
+    ModelSpec,
+    get_model_spec,
+    load_tokenizer,
+    register_model,
+)
 
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
 VIT_BASE_ID = "google/vit-base-patch16-224"
-VISION_FAMILIES = ("efficientnet", "vit")
+CLIP_BASE_ID = "openai/clip-vit-base-patch32"
+VISION_FAMILIES = ("efficientnet", "vit", "clip")
 # TensorFlow's EfficientNet-Lite preprocessing: (x − 127) / 128 on 0–255 pixels
 _LITE_MEAN, _LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
 
@@ -211,12 +218,20 @@ def vision_config(spec: ModelSpec, num_labels: int, image_size: int | None) -> A
 
 
 def load_vision_classifier(
-    spec: ModelSpec, num_labels: int, seed: int, image_size: int | None = None
+    spec: ModelSpec,
+    num_labels: int,
+    seed: int,
+    image_size: int | None = None,
+    label_names: list[str] | None = None,
 ) -> nn.Module:
-    """The base model with a fresh head of ``num_labels``, initialised under ``seed``."""
+    """The base model with a fresh head of ``num_labels``, initialised under ``seed``
+    (CLIP has no head: it classifies by its prompts for ``label_names``)."""
     entry = _entry(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        if spec.family == "clip":
+            names = label_names or [f"class {i}" for i in range(num_labels)]
+            return _load_clip(spec, entry.tiny, names)
         config = vision_config(spec, num_labels, image_size)
         if spec.family == "efficientnet":
             return build_efficientnet(config, pretrained=not entry.tiny)
@@ -231,6 +246,26 @@ def load_vision_classifier(
                 f"model `{spec.name}` could not be loaded from the Hugging Face hub "
                 f"({type(e).__name__}); check `model.name` and your network access."
             ) from None
+
+
+def _load_clip(spec: ModelSpec, tiny: bool, label_names: list[str]) -> nn.Module:
+    from transformers import AutoTokenizer, CLIPModel
+
+    from fedpeft.models.clip import ClipZeroShotClassifier, tiny_clip_config
+
+    if tiny:  # MiniLM's offline WordPiece tokenizer stands in for CLIP's BPE
+        tok = load_tokenizer(get_model_spec(MINILM_ID))
+        config = tiny_clip_config(tok.vocab_size, tok.cls_token_id, tok.sep_token_id, 0)
+        return ClipZeroShotClassifier(CLIPModel(config), tok, label_names)
+    try:
+        tok = AutoTokenizer.from_pretrained(spec.hub_id)
+        clip = CLIPModel.from_pretrained(spec.hub_id)
+    except (OSError, ValueError) as e:
+        raise FedpeftError(
+            f"model `{spec.name}` could not be loaded from the Hugging Face hub "
+            f"({type(e).__name__}); check `model.name` and your network access."
+        ) from None
+    return ClipZeroShotClassifier(clip, tok, label_names)
 
 
 def _entry(spec: ModelSpec) -> _Entry:
@@ -260,5 +295,16 @@ _register(
 _register(
     ModelSpec(name="tiny-vit", family="vit", hub_id="tiny-vit"),
     ImagePreprocess(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    tiny=True,
+)
+_CLIP_MEAN, _CLIP_STD = (0.4815, 0.4578, 0.4082), (0.2686, 0.2613, 0.2758)
+_register(
+    ModelSpec(name=CLIP_BASE_ID, family="clip", hub_id=CLIP_BASE_ID, aliases=("clip-base",)),
+    ImagePreprocess(224, _CLIP_MEAN, _CLIP_STD),
+    tiny=False,
+)
+_register(
+    ModelSpec(name="tiny-clip", family="clip", hub_id="tiny-clip"),
+    ImagePreprocess(32, _CLIP_MEAN, _CLIP_STD),
     tiny=True,
 )

@@ -184,6 +184,8 @@ def architecture(config: Any, num_labels: int) -> Architecture:
         return arch_vision.efficientnet(config, num_labels)
     if model_type == "vit":
         return arch_vision.vit(config, num_labels)
+    if model_type == "clip":
+        return arch_vision.clip(config, num_labels)
     if model_type == "bert":
         return _encoder(config, "bert", num_labels)
     if model_type in ("roberta", "xlm-roberta"):
@@ -192,5 +194,5 @@ def architecture(config: Any, num_labels: int) -> Architecture:
         return _llama(config, num_labels)
     raise FedpeftError(
         f"model type {model_type!r} has no cost model yet; supported: bert, roberta, llama, "
-        "efficientnet_lite, vit."
+        "efficientnet_lite, vit, clip."
     )

@@ -11,6 +11,10 @@
 - ViT (``transformers``): pre-norm encoder blocks with q/k/v/o projections and a 2-layer
   MLP, patch embedding conv, [CLS] token, position embeddings and a final LayerNorm; the
   head is ``classifier`` d→labels on [CLS].
+- CLIP (``transformers``): a text and a vision tower of such blocks (``out_proj``), bias-free
+  projections to the joint space and ``logit_scale``; no head. The text tower runs once per
+  batch over the ``L`` class prompts, so its ``Linear.positions`` (L × prompt length) and the
+  vision tower's (patches + [CLS]) give the FLOPs of a batch of one image.
 """
 
 from __future__ import annotations
@@ -134,6 +138,63 @@ def vit(cfg: Any, num_labels: int) -> Architecture:
         lora_targets=("q_proj", "v_proj"),
         ia3_targets=("k_proj", "v_proj", "fc2"),
         ia3_feedforward=("fc2",),
+        peft_task=None,
+        tokens=tokens,
+    )
+
+
+def _clip_tower(prefix: str, cfg: Any, layer0: int, positions: int | None) -> list[Linear]:
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    out: list[Linear] = []
+    for i in range(cfg.num_hidden_layers):
+        a, m = f"{prefix}.encoder.layers.{i}.self_attn", f"{prefix}.encoder.layers.{i}.mlp"
+        out += [
+            Linear(f"{a}.k_proj", d, d, layer0 + i, positions),
+            Linear(f"{a}.v_proj", d, d, layer0 + i, positions),
+            Linear(f"{a}.q_proj", d, d, layer0 + i, positions),
+            Linear(f"{a}.out_proj", d, d, layer0 + i, positions),
+            Linear(f"{m}.fc1", d, f, layer0 + i, positions),
+            Linear(f"{m}.fc2", f, d, layer0 + i, positions),
+        ]
+    return out
+
+
+def clip(cfg: Any, num_labels: int) -> Architecture:
+    """``CLIPModel`` inside fedpeft's zero-shot classifier (module prefix ``clip.``); blocks
+    are numbered text first, then vision."""
+    t, v = cfg.text_config, cfg.vision_config
+    prompt = getattr(cfg, "prompt_length", None)
+    tokens = (v.image_size // v.patch_size) ** 2 + 1
+    text = _clip_tower("clip.text_model", t, 0, num_labels * prompt if prompt else None)
+    vision = _clip_tower("clip.vision_model", v, t.num_hidden_layers, tokens)
+    linears = text + vision
+    norms = (2 * t.num_hidden_layers + 1) * t.hidden_size + (
+        2 * v.num_hidden_layers + 2
+    ) * v.hidden_size
+    biases = sum(lin.d_out for lin in linears) + norms
+    weights = sum(lin.d_in * lin.d_out for lin in linears) + norms
+    embeddings = (t.vocab_size + t.max_position_embeddings) * t.hidden_size
+    embeddings += v.hidden_size * (1 + tokens + 3 * v.patch_size**2)  # [CLS], positions, patches
+    projections = (t.hidden_size + v.hidden_size) * cfg.projection_dim
+    return Architecture(
+        family="clip",
+        hidden=t.hidden_size,  # the width of CoOp's context vectors
+        layers=t.num_hidden_layers + v.num_hidden_layers,
+        heads=t.num_attention_heads,
+        num_labels=num_labels,
+        attn_dim=t.hidden_size,
+        kv_dim=t.hidden_size,
+        linears=tuple(linears),
+        attn_out=tuple(lin.name for lin in linears if lin.name.endswith(".out_proj")),
+        ffn_out=tuple(lin.name for lin in linears if lin.name.endswith(".fc2")),
+        head_prefix="",  # no head: the class prompts are the classifier
+        head_params=0,
+        bias_params=biases,
+        total_params=embeddings + weights + biases + projections + 1,  # + logit_scale
+        head_token_flops=0,
+        lora_targets=("q_proj", "v_proj"),
+        ia3_targets=(),
+        ia3_feedforward=(),
         peft_task=None,
         tokens=tokens,
     )

@@ -80,7 +80,7 @@ class LoraSpec(MethodSpec):
             )
         config = LoraConfig(
             task_type=TaskType(arch.peft_task) if arch.peft_task else None,
-            modules_to_save=None if arch.peft_task else [arch.head_prefix],
+            modules_to_save=[arch.head_prefix] if not arch.peft_task and arch.head_params else None,
             r=self.r,
             lora_alpha=self.alpha,  # type: ignore[arg-type]
             lora_dropout=self.dropout,

@@ -13,6 +13,7 @@ from fedpeft.peft.registry import method_names
 FAMILY_METHODS: dict[str, tuple[str, ...]] = {
     "efficientnet": ("bitfit", "full", "head", "lora"),
     "vit": ("bitfit", "full", "head", "houlsby", "ia3", "lora", "pfeiffer"),
+    "clip": ("lora", "prompt"),  # prompt = CoOp's learned context for the class prompts
 }
 
 

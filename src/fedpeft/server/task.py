@@ -154,11 +154,12 @@ def _image_splits(
     return image_split(dataset.train, preprocess), image_split(dataset.eval, preprocess)
 
 
-def load_base(cfg: ExperimentConfig, spec: ModelSpec, num_labels: int) -> nn.Module:
+def load_base(cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset) -> nn.Module:
     """The frozen base model with a fresh task head (text or image model)."""
     if is_vision_model(spec):
-        return load_vision_classifier(spec, num_labels, cfg.run.seed, cfg.model.image_size)
-    return load_classifier(spec, num_labels, cfg.run.seed)
+        size, names = cfg.model.image_size, dataset.label_names
+        return load_vision_classifier(spec, dataset.num_labels, cfg.run.seed, size, names)
+    return load_classifier(spec, dataset.num_labels, cfg.run.seed)
 
 
 def build_task(cfg: ExperimentConfig) -> Task:
@@ -170,7 +171,7 @@ def build_task(cfg: ExperimentConfig) -> Task:
     partitions, profiles = data.partitions, data.profiles
     with torch.random.fork_rng(devices=[]):  # head and adapter init: same seed, same model
         torch.manual_seed(cfg.run.seed)
-        base = load_base(cfg, spec, dataset.num_labels)
+        base = load_base(cfg, spec, dataset)
         full_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
         model = method.apply(base, architecture(base.config, dataset.num_labels)).to(device)
     log.info(
