@@ -120,15 +120,21 @@ def test_unsupported_configs_are_refused_up_front(
 
 
 @needs_cifar
+@needs_fmnist
 @pytest.mark.parametrize(
-    ("model", "method"),
-    [("tiny-efficientnet", "lora"), ("tiny-vit", "houlsby"), ("tiny-clip", "prompt")],
+    ("model", "method", "dataset"),
+    [
+        ("tiny-efficientnet", "lora", "cifar10"),
+        ("tiny-efficientnet", "bitfit", "fashion_mnist"),
+        ("tiny-vit", "houlsby", "cifar10"),
+        ("tiny-clip", "prompt", "cifar10"),
+    ],
 )
-def test_fedpeft_run_end_to_end_on_cifar10(tmp_path: Path, model: str, method: str) -> None:
+def test_fedpeft_run_end_to_end(tmp_path: Path, model: str, method: str, dataset: str) -> None:
     cfg = tiny_config(
         tmp_path,
         f"model.name={model}",
-        "data.dataset=cifar10",
+        f"data.dataset={dataset}",
         f"peft.method={method}",
         "data.train_size=48",
         "data.eval_size=32",
