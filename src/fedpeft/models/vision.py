@@ -202,8 +202,11 @@ def image_preprocess(spec: ModelSpec, image_size: int | None) -> ImagePreprocess
 
 
 def vision_config(spec: ModelSpec, num_labels: int, image_size: int | None) -> Any:
-    """The model's config (an ``EfficientNetLiteConfig`` or ``ViTConfig``), no weights."""
+    """The model's config (an ``EfficientNetLiteConfig`` or ``ViTConfig``), no weights.
+    CLIP's classifier is defined by its tokenised class prompts, so it has none alone."""
     entry = _entry(spec)
+    if spec.family == "clip":
+        raise FedpeftError(f"`{spec.name}` (CLIP) has no config without its class prompts.")
     size = image_preprocess(spec, image_size).size
     if spec.family == "efficientnet":
         base = EfficientNetLiteConfig(num_labels=num_labels, image_size=size)
