@@ -15,7 +15,7 @@ import psutil
 import torch
 from torch import nn
 
-from fedpeft.data import TokenizedSplit
+from fedpeft.data import Split
 from fedpeft.peft import get_adapter_state
 from fedpeft.types import ClientUpdate, TrainInstruction
 
@@ -24,7 +24,7 @@ from fedpeft.types import ClientUpdate, TrainInstruction
 class ClientData:
     """A client's examples: indices into a split tokenised once and shared."""
 
-    split: TokenizedSplit
+    split: Split
     indices: np.ndarray
 
 

@@ -29,6 +29,7 @@ class RunConfig(_Section):
 class ModelConfig(_Section):
     name: str = "sentence-transformers/all-MiniLM-L6-v2"
     max_length: PositiveInt = 64
+    image_size: PositiveInt | None = Field(None, description="image models: input side (px)")
 
 
 class DataConfig(_Section):

@@ -1,18 +1,36 @@
-"""Datasets: registry and loaders (local first, hub second), tokenisation, partitions."""
+"""Datasets: registry and loaders (local first, hub second), tokenisation, image splits,
+partitions."""
 
 from fedpeft.data.partition import DataProfile, data_profile, partition_indices
 from fedpeft.data.registry import dataset_names, load_dataset, register_dataset
-from fedpeft.data.sources import RawDataset, RawSplit, data_dirs
+from fedpeft.data.sources import ImageArrays, RawDataset, RawSplit, data_dirs
 from fedpeft.data.tokenized import Batch, TokenizedSplit, tokenize_split
+
+from fedpeft.data.images import (  # isort: skip - registers the image datasets
+    ImageBatch,
+    ImagePreprocess,
+    ImageSplit,
+    image_split,
+    is_image_dataset,
+)
+
+Split = TokenizedSplit | ImageSplit  # what training and evaluation consume
 
 __all__ = [
     "Batch",
     "DataProfile",
+    "ImageArrays",
+    "ImageBatch",
+    "ImagePreprocess",
+    "ImageSplit",
     "RawDataset",
     "RawSplit",
+    "Split",
     "TokenizedSplit",
     "data_dirs",
     "data_profile",
+    "image_split",
+    "is_image_dataset",
     "dataset_names",
     "load_dataset",
     "partition_indices",

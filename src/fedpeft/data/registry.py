@@ -8,6 +8,7 @@ import numpy as np
 
 from fedpeft.config import DataConfig
 from fedpeft.data.sources import (
+    ImageArrays,
     RawDataset,
     RawSplit,
     encode_labels,
@@ -46,11 +47,12 @@ def load_dataset(cfg: DataConfig, seed: int) -> RawDataset:
     return RawDataset(ds.name, train, evaluation, ds.label_names, ds.source)
 
 
-def _subset(split: RawSplit, size: int | None, rng: np.random.Generator) -> RawSplit:
-    if size is None or size >= len(split.texts):
+def _subset(
+    split: RawSplit | ImageArrays, size: int | None, rng: np.random.Generator
+) -> RawSplit | ImageArrays:
+    if size is None or size >= len(split):
         return split
-    idx = np.sort(rng.choice(len(split.texts), size=size, replace=False))
-    return RawSplit([split.texts[i] for i in idx], split.labels[idx])
+    return split.take(np.sort(rng.choice(len(split), size=size, replace=False)))
 
 
 def _sst2(cfg: DataConfig, seed: int) -> RawDataset:

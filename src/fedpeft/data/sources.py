@@ -20,12 +20,32 @@ class RawSplit:
     texts: list[str]
     labels: np.ndarray  # int64 class ids
 
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, idx: np.ndarray) -> RawSplit:
+        return RawSplit([self.texts[i] for i in idx], self.labels[idx])
+
+
+@dataclass(frozen=True)
+class ImageArrays:
+    """Decoded images, ``uint8`` of shape (N, H, W, C) with C = 1 (grayscale) or 3 (RGB)."""
+
+    images: np.ndarray
+    labels: np.ndarray  # int64 class ids
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, idx: np.ndarray) -> ImageArrays:
+        return ImageArrays(np.ascontiguousarray(self.images[idx]), self.labels[idx])
+
 
 @dataclass(frozen=True)
 class RawDataset:
     name: str
-    train: RawSplit
-    eval: RawSplit
+    train: RawSplit | ImageArrays
+    eval: RawSplit | ImageArrays
     label_names: list[str]
     source: str  # the folder, files or hub id it came from
 

@@ -11,16 +11,26 @@ from fedpeft.models.registry import (
     register_model,
 )
 from fedpeft.models.smollm import SMOLLM2_ID, smollm2_path
+from fedpeft.models.vision import (
+    image_preprocess,
+    is_vision_model,
+    load_vision_classifier,
+    vision_config,
+)
 
 __all__ = [
     "MINILM_ID",
     "SMOLLM2_ID",
     "ModelSpec",
     "get_model_spec",
+    "image_preprocess",
+    "is_vision_model",
     "load_classifier",
     "load_model_config",
     "load_tokenizer",
+    "load_vision_classifier",
     "model_names",
     "register_model",
     "smollm2_path",
+    "vision_config",
 ]

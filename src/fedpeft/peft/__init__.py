@@ -20,6 +20,7 @@ from fedpeft.peft.registry import (
     register_method,
 )
 from fedpeft.peft.state import get_adapter_state, set_adapter_state, state_nbytes, state_numel
+from fedpeft.peft.support import check_supported, supported_methods
 
 __all__ = [
     "Architecture",
@@ -27,6 +28,7 @@ __all__ = [
     "PeftMethod",
     "architecture",
     "model_architecture",
+    "check_supported",
     "get_adapter_state",
     "get_method",
     "load_adapter",
@@ -37,4 +39,5 @@ __all__ = [
     "set_adapter_state",
     "state_nbytes",
     "state_numel",
+    "supported_methods",
 ]

@@ -19,6 +19,7 @@ class Linear:
     d_in: int
     d_out: int
     layer: int | None  # transformer block index, None outside the blocks
+    positions: int | None = None  # fixed positions per example (a CNN's H×W); None: seq_len
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class Architecture:
     lora_targets: tuple[str, ...]  # PEFT's default LoRA targets for the family
     ia3_targets: tuple[str, ...]  # PEFT's default IA3 targets …
     ia3_feedforward: tuple[str, ...]  # … and which of them scale their input
+    peft_task: str | None = "SEQ_CLS"  # PEFT's task type; None: head in ``modules_to_save``
+    unadaptable: tuple[str, ...] = ()  # module suffixes that LoRA must not target
+    tokens: int | None = None  # a fixed sequence length (ViT: patches + [CLS]), else None
 
     def per_token_flops(self) -> int:
         """Forward FLOPs per token of the blocks' projections (2 per multiply-add)."""
@@ -173,7 +177,15 @@ def model_architecture(model: Any) -> Architecture:
 
 def architecture(config: Any, num_labels: int) -> Architecture:
     """The ``Architecture`` of a ``transformers`` config (``model_type`` picks the family)."""
+    from fedpeft.peft import arch_vision
+
     model_type = getattr(config, "model_type", None)
+    if model_type == "efficientnet_lite":
+        return arch_vision.efficientnet(config, num_labels)
+    if model_type == "vit":
+        return arch_vision.vit(config, num_labels)
+    if model_type == "clip":
+        return arch_vision.clip(config, num_labels)
     if model_type == "bert":
         return _encoder(config, "bert", num_labels)
     if model_type in ("roberta", "xlm-roberta"):
@@ -181,5 +193,6 @@ def architecture(config: Any, num_labels: int) -> Architecture:
     if model_type == "llama":
         return _llama(config, num_labels)
     raise FedpeftError(
-        f"model type {model_type!r} has no cost model yet; supported: bert, roberta, llama."
+        f"model type {model_type!r} has no cost model yet; supported: bert, roberta, llama, "
+        "efficientnet_lite, vit, clip."
     )

@@ -66,6 +66,12 @@ class LoraSpec(MethodSpec):
         return self.r
 
     def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
+        bad = [t for t in self.target_names(arch) if any(t.endswith(u) for u in arch.unadaptable)]
+        if bad:
+            raise FedpeftError(
+                f"`peft.target_modules` names {bad}, which LoRA cannot adapt in this model; "
+                f"its adaptable modules end in {sorted({_suffix(lin) for lin in arch.linears})}."
+            )
         if not self.targets(arch):
             raise FedpeftError(
                 f"`peft.target_modules` {self.target_modules or list(arch.lora_targets)} with "
@@ -73,7 +79,8 @@ class LoraSpec(MethodSpec):
                 f"(blocks 0–{arch.layers - 1}; default targets {list(arch.lora_targets)})."
             )
         config = LoraConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=TaskType(arch.peft_task) if arch.peft_task else None,
+            modules_to_save=[arch.head_prefix] if not arch.peft_task and arch.head_params else None,
             r=self.r,
             lora_alpha=self.alpha,  # type: ignore[arg-type]
             lora_dropout=self.dropout,
@@ -87,7 +94,14 @@ class LoraSpec(MethodSpec):
         return sum(r * (lin.d_in + lin.d_out) for lin, r in self.targets(arch)) + arch.head_params
 
     def extra_flops(self, arch: Architecture, seq_len: int) -> int:
-        return seq_len * sum(2 * r * (lin.d_in + lin.d_out) for lin, r in self.targets(arch))
+        return sum(
+            (lin.positions or seq_len) * 2 * r * (lin.d_in + lin.d_out)
+            for lin, r in self.targets(arch)
+        )
+
+
+def _suffix(lin: Linear) -> str:
+    return lin.name.rsplit(".", 1)[-1]
 
 
 register_method(PeftMethod("lora", LoraSpec, "reparameterised", "low-rank updates ΔW = (α/r)·BA"))

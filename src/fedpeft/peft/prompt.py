@@ -13,13 +13,17 @@ from pydantic import PositiveInt
 from torch import nn
 
 from fedpeft.peft.arch import Architecture
-from fedpeft.peft.registry import MethodSpec, PeftMethod, register_method
+from fedpeft.peft.registry import MethodSpec, PeftMethod, head_params_trainable, register_method
 
 
 class PromptTuningSpec(MethodSpec):
     num_virtual_tokens: PositiveInt = 20
 
     def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
+        if arch.family == "clip":  # CoOp: learned context in CLIP's class prompts
+            head_params_trainable(model, arch)
+            model.add_context(self.num_virtual_tokens)  # type: ignore[operator]
+            return model
         config = PromptTuningConfig(
             task_type=TaskType.SEQ_CLS, num_virtual_tokens=self.num_virtual_tokens
         )
@@ -30,7 +34,10 @@ class PromptTuningSpec(MethodSpec):
 
     def extra_flops(self, arch: Architecture, seq_len: int) -> int:
         """The ``l`` extra tokens go through every projection (and a decoder's per-token
-        head) and lengthen attention."""
+        head) and lengthen attention. CLIP's context replaces the template's tokens (one for
+        one when ``l`` is the template's length, the case modelled: 0 added)."""
+        if arch.family == "clip":
+            return 0
         p = self.num_virtual_tokens
         attention = arch.attention_flops(seq_len + p) - arch.attention_flops(seq_len)
         return p * (arch.per_token_flops() + arch.head_token_flops) + attention

@@ -6,11 +6,11 @@ import torch
 from sklearn.metrics import f1_score
 from torch import nn
 
-from fedpeft.data import TokenizedSplit
+from fedpeft.data import Split
 
 
 def predict_logits(
-    model: nn.Module, split: TokenizedSplit, batch_size: int, device: torch.device
+    model: nn.Module, split: Split, batch_size: int, device: torch.device
 ) -> torch.Tensor:
     """Logits (float32, CPU) for every example in the split's order.
 
@@ -30,7 +30,7 @@ def predict_logits(
 
 
 def evaluate_model(
-    model: nn.Module, split: TokenizedSplit, batch_size: int, device: torch.device
+    model: nn.Module, split: Split, batch_size: int, device: torch.device
 ) -> dict[str, float]:
     logits = predict_logits(model, split, batch_size, device)
     labels = torch.from_numpy(split.labels)

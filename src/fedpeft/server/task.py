@@ -16,15 +16,26 @@ from fedpeft.config import ExperimentConfig, PeftConfig
 from fedpeft.data import (
     DataProfile,
     RawDataset,
-    TokenizedSplit,
+    RawSplit,
+    Split,
     data_profile,
+    image_split,
+    is_image_dataset,
     load_dataset,
     partition_indices,
     tokenize_split,
 )
 from fedpeft.errors import FedpeftError
-from fedpeft.models import ModelSpec, get_model_spec, load_classifier, load_tokenizer
-from fedpeft.peft import Architecture, MethodSpec, architecture, parse_spec
+from fedpeft.models import (
+    ModelSpec,
+    get_model_spec,
+    image_preprocess,
+    is_vision_model,
+    load_classifier,
+    load_tokenizer,
+    load_vision_classifier,
+)
+from fedpeft.peft import Architecture, MethodSpec, architecture, check_supported, parse_spec
 from fedpeft.peft.share import apply_shared
 
 log = logging.getLogger("fedpeft.server")
@@ -35,8 +46,8 @@ class Task:
     cfg: ExperimentConfig
     spec: ModelSpec
     dataset: RawDataset
-    train: TokenizedSplit
-    eval: TokenizedSplit
+    train: Split
+    eval: Split
     partitions: list[np.ndarray]
     profiles: list[DataProfile]
     model: nn.Module  # the frozen base with the PEFT method applied; shared by all clients
@@ -99,7 +110,24 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
     make_allocation_config(cfg.allocation)
     if cfg.profiles.file is not None:
         load_profiles(Path(cfg.profiles.file))
-    return parse_spec(cfg.peft.method, cfg.peft.options)
+    method = parse_spec(cfg.peft.method, cfg.peft.options)
+    check_pairing(cfg)
+    return method
+
+
+def check_pairing(cfg: ExperimentConfig) -> None:
+    """The model must take the dataset's modality and support the PEFT method."""
+    spec = get_model_spec(cfg.model.name)
+    vision, images = is_vision_model(spec), is_image_dataset(cfg.data.dataset)
+    if vision != images:
+        takes, holds = ("images", "text") if vision else ("text", "images")
+        raise FedpeftError(
+            f"model `{spec.name}` takes {takes} but dataset {cfg.data.dataset!r} holds "
+            f"{holds}; pair image models with cifar10/fashion_mnist, text models with text data."
+        )
+    if vision:
+        image_preprocess(spec, cfg.model.image_size)  # a size the model cannot take fails here
+    check_supported(cfg.peft.method, spec.family, spec.name)
 
 
 def resolved(cfg: ExperimentConfig, method: MethodSpec) -> ExperimentConfig:
@@ -115,8 +143,8 @@ class FederatedData:
 
     spec: ModelSpec
     dataset: RawDataset
-    train: TokenizedSplit
-    eval: TokenizedSplit
+    train: Split
+    eval: Split
     partitions: list[np.ndarray]
     profiles: list[DataProfile]
 
@@ -125,14 +153,43 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
     """Loads, tokenises and partitions the configured data (no model weights are loaded)."""
     dataset = load_dataset(cfg.data, cfg.run.seed)
     spec = get_model_spec(cfg.model.name)
-    tokenizer = load_tokenizer(spec)
-    left = spec.family == "llama" or tokenizer.padding_side == "left"
-    train = tokenize_split(dataset.train, tokenizer, cfg.model.max_length, pad_left=left)
-    evaluation = tokenize_split(dataset.eval, tokenizer, cfg.model.max_length, pad_left=left)
+    splits = _image_splits if is_vision_model(spec) else _text_splits
+    train, evaluation = splits(cfg, spec, dataset)
     partitions = partition_indices(train.labels, cfg.data, cfg.run.seed)
     lengths = train.lengths
     profiles = [data_profile(train.labels[p], lengths[p], dataset.num_labels) for p in partitions]
     return FederatedData(spec, dataset, train, evaluation, partitions, profiles)
+
+
+def _text_splits(
+    cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset
+) -> tuple[Split, Split]:
+    """Token ids once; decoders are padded on the left."""
+    if not isinstance(dataset.train, RawSplit) or not isinstance(dataset.eval, RawSplit):
+        raise FedpeftError(f"dataset {dataset.name!r} holds images; `{spec.name}` takes text.")
+    tokenizer = load_tokenizer(spec)
+    left = spec.family == "llama" or tokenizer.padding_side == "left"
+    train = tokenize_split(dataset.train, tokenizer, cfg.model.max_length, pad_left=left)
+    evaluation = tokenize_split(dataset.eval, tokenizer, cfg.model.max_length, pad_left=left)
+    return train, evaluation
+
+
+def _image_splits(
+    cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset
+) -> tuple[Split, Split]:
+    """Decoded images, resized and normalised per batch as the model expects."""
+    if isinstance(dataset.train, RawSplit) or isinstance(dataset.eval, RawSplit):
+        raise FedpeftError(f"dataset {dataset.name!r} holds text; `{spec.name}` takes images.")
+    preprocess = image_preprocess(spec, cfg.model.image_size)
+    return image_split(dataset.train, preprocess), image_split(dataset.eval, preprocess)
+
+
+def load_base(cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset) -> nn.Module:
+    """The frozen base model with a fresh task head (text or image model)."""
+    if is_vision_model(spec):
+        size, names = cfg.model.image_size, dataset.label_names
+        return load_vision_classifier(spec, dataset.num_labels, cfg.run.seed, size, names)
+    return load_classifier(spec, dataset.num_labels, cfg.run.seed)
 
 
 def build_task(cfg: ExperimentConfig) -> Task:
@@ -144,7 +201,7 @@ def build_task(cfg: ExperimentConfig) -> Task:
     partitions, profiles = data.partitions, data.profiles
     with torch.random.fork_rng(devices=[]):  # head and adapter init: same seed, same model
         torch.manual_seed(cfg.run.seed)
-        base = load_classifier(spec, dataset.num_labels, cfg.run.seed)
+        base = load_base(cfg, spec, dataset)
         full_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
         arch = architecture(base.config, dataset.num_labels)
         model = apply_shared(base, method, arch, cfg.run.seed).to(device)
@@ -169,7 +226,7 @@ def build_task(cfg: ExperimentConfig) -> Task:
         device,
         full_bytes,
         method,
-        base.to(device),  # type: ignore[arg-type]  # transformers' overloaded .to
+        base.to(device),
         {(cfg.peft.method, _canonical(cfg.peft.options)): model},
     )
 

@@ -1,0 +1,200 @@
+"""``Architecture`` of the image families, in closed form from their configs.
+
+- EfficientNet-Lite: stem conv 3×3/2, then MBConv blocks (1×1 expansion when the ratio is
+  not 1, k×k depthwise conv, 1×1 projection, each followed by BatchNorm), a 1×1 head conv
+  with BatchNorm, global average pooling and fedpeft's ``classifier``. No convolution has
+  a bias, so BitFit trains the BatchNorm biases. The block list is computed with the
+  package's own rounding rules (``round_filters``, ``round_repeats``), without building the
+  model. LoRA adapts the 1×1 convolutions (equivalent to linear maps at every position,
+  ``Linear.positions`` of them); the stem and depthwise convolutions cannot carry it (PEFT
+  needs the rank divisible by the groups, and these convolutions pad inside ``forward``).
+- ViT (``transformers``): pre-norm encoder blocks with q/k/v/o projections and a 2-layer
+  MLP, patch embedding conv, [CLS] token, position embeddings and a final LayerNorm; the
+  head is ``classifier`` d→labels on [CLS].
+- CLIP (``transformers``): a text and a vision tower of such blocks (``out_proj``), bias-free
+  projections to the joint space and ``logit_scale``; no head. The text tower runs once per
+  batch over the ``L`` class prompts, so its ``Linear.positions`` (L × prompt length) and the
+  vision tower's (patches + [CLS]) give the FLOPs of a batch of one image.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fedpeft.peft.arch import Architecture, Linear
+
+_CONV_SUFFIXES = ("_conv_stem", "_depthwise_conv")
+
+
+def efficientnet_blocks(cfg: Any) -> list[tuple[int, int, int, int, int]]:
+    """(in, expanded, out, kernel, stride) per MBConv block, as ``EfficientNet`` builds them."""
+    from efficientnet_lite_pytorch.utils import get_model_params, round_filters, round_repeats
+
+    blocks_args, gp = get_model_params(
+        cfg.variant, {"width_coefficient": cfg.width, "depth_coefficient": cfg.depth}
+    )
+    out: list[tuple[int, int, int, int, int]] = []
+    for i, args in enumerate(blocks_args):
+        inp, final = round_filters(args.input_filters, gp), round_filters(args.output_filters, gp)
+        first_or_last = i == 0 or i == len(blocks_args) - 1
+        repeats = args.num_repeat if gp.fix_head_stem and first_or_last else None
+        if repeats is None:
+            repeats = round_repeats(args.num_repeat, gp)
+        if gp.fix_head_stem and i == 0:
+            inp = 32
+        stride = args.stride if isinstance(args.stride, int) else args.stride[0]
+        for r in range(repeats):
+            block_in = inp if r == 0 else final
+            out.append((block_in, block_in * args.expand_ratio, final, args.kernel_size,
+                        stride if r == 0 else 1))  # fmt: skip
+    return out
+
+
+def efficientnet(cfg: Any, num_labels: int) -> Architecture:
+    from efficientnet_lite_pytorch.utils import get_model_params, round_filters
+
+    _, gp = get_model_params(cfg.variant, {"width_coefficient": cfg.width})
+    stem = round_filters(32, gp, gp.fix_head_stem)
+    head = round_filters(1280, gp, gp.fix_head_stem)
+    side = math.ceil(cfg.image_size / 2)  # after the stride-2 stem
+    linears: list[Linear] = []
+    weights, norms = 3 * stem * 9, stem  # stem conv, then one BatchNorm width per norm
+    blocks = efficientnet_blocks(cfg)
+    for i, (inp, mid, final, k, s) in enumerate(blocks):
+        p = f"backbone._blocks.{i}"
+        if mid != inp:
+            linears.append(Linear(f"{p}._expand_conv", inp, mid, i, side * side))
+            weights, norms = weights + inp * mid, norms + mid
+        side = math.ceil(side / s)
+        linears.append(Linear(f"{p}._project_conv", mid, final, i, side * side))
+        weights += mid * k * k + mid * final  # depthwise, projection
+        norms += mid + final
+    linears.append(Linear("backbone._conv_head", blocks[-1][2], head, None, side * side))
+    weights, norms = weights + blocks[-1][2] * head, norms + head
+    head_params = head * num_labels + num_labels
+    return Architecture(
+        family="efficientnet",
+        hidden=head,
+        layers=len(blocks),
+        heads=0,
+        num_labels=num_labels,
+        attn_dim=0,
+        kv_dim=0,
+        linears=tuple(linears),
+        attn_out=(),
+        ffn_out=(),
+        head_prefix="classifier",
+        head_params=head_params,
+        bias_params=norms,  # BatchNorm biases; the convolutions have none
+        total_params=weights + 2 * norms + head_params,
+        head_token_flops=0,
+        lora_targets=("_expand_conv", "_project_conv", "_conv_head"),
+        ia3_targets=(),
+        ia3_feedforward=(),
+        peft_task=None,
+        unadaptable=_CONV_SUFFIXES,
+    )
+
+
+def vit(cfg: Any, num_labels: int) -> Architecture:
+    """``ViTForImageClassification`` (no pooler); sequence = patches + [CLS]."""
+    d, f, n_layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    linears: list[Linear] = []
+    for i in range(n_layers):
+        a, m = f"vit.layers.{i}.attention", f"vit.layers.{i}.mlp"
+        linears += [
+            Linear(f"{a}.q_proj", d, d, i),
+            Linear(f"{a}.k_proj", d, d, i),
+            Linear(f"{a}.v_proj", d, d, i),
+            Linear(f"{a}.o_proj", d, d, i),
+            Linear(f"{m}.fc1", d, f, i),
+            Linear(f"{m}.fc2", f, d, i),
+        ]
+    channels = getattr(cfg, "num_channels", 3)
+    patch, tokens = cfg.patch_size, (cfg.image_size // cfg.patch_size) ** 2 + 1
+    layer_norms = 2 * n_layers + 1
+    patch_embed = channels * patch * patch * d
+    biases = sum(lin.d_out for lin in linears) + layer_norms * d + d  # + the patch conv's
+    weights = sum(lin.d_in * lin.d_out for lin in linears) + layer_norms * d + patch_embed
+    embeddings = d + tokens * d  # [CLS] and position embeddings
+    head = d * num_labels + num_labels
+    return Architecture(
+        family="vit",
+        hidden=d,
+        layers=n_layers,
+        heads=cfg.num_attention_heads,
+        num_labels=num_labels,
+        attn_dim=d,
+        kv_dim=d,
+        linears=tuple(linears),
+        attn_out=tuple(lin.name for lin in linears if lin.name.endswith(".o_proj")),
+        ffn_out=tuple(lin.name for lin in linears if lin.name.endswith(".fc2")),
+        head_prefix="classifier",
+        head_params=head,
+        bias_params=biases,
+        total_params=embeddings + weights + biases + head,
+        head_token_flops=0,
+        lora_targets=("q_proj", "v_proj"),
+        ia3_targets=("k_proj", "v_proj", "fc2"),
+        ia3_feedforward=("fc2",),
+        peft_task=None,
+        tokens=tokens,
+    )
+
+
+def _clip_tower(prefix: str, cfg: Any, layer0: int, positions: int | None) -> list[Linear]:
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    out: list[Linear] = []
+    for i in range(cfg.num_hidden_layers):
+        a, m = f"{prefix}.encoder.layers.{i}.self_attn", f"{prefix}.encoder.layers.{i}.mlp"
+        out += [
+            Linear(f"{a}.k_proj", d, d, layer0 + i, positions),
+            Linear(f"{a}.v_proj", d, d, layer0 + i, positions),
+            Linear(f"{a}.q_proj", d, d, layer0 + i, positions),
+            Linear(f"{a}.out_proj", d, d, layer0 + i, positions),
+            Linear(f"{m}.fc1", d, f, layer0 + i, positions),
+            Linear(f"{m}.fc2", f, d, layer0 + i, positions),
+        ]
+    return out
+
+
+def clip(cfg: Any, num_labels: int) -> Architecture:
+    """``CLIPModel`` inside fedpeft's zero-shot classifier (module prefix ``clip.``); blocks
+    are numbered text first, then vision."""
+    t, v = cfg.text_config, cfg.vision_config
+    prompt = getattr(cfg, "prompt_length", None)
+    tokens = (v.image_size // v.patch_size) ** 2 + 1
+    text = _clip_tower("clip.text_model", t, 0, num_labels * prompt if prompt else None)
+    vision = _clip_tower("clip.vision_model", v, t.num_hidden_layers, tokens)
+    linears = text + vision
+    norms = (2 * t.num_hidden_layers + 1) * t.hidden_size + (
+        2 * v.num_hidden_layers + 2
+    ) * v.hidden_size
+    biases = sum(lin.d_out for lin in linears) + norms
+    weights = sum(lin.d_in * lin.d_out for lin in linears) + norms
+    embeddings = (t.vocab_size + t.max_position_embeddings) * t.hidden_size
+    embeddings += v.hidden_size * (1 + tokens + 3 * v.patch_size**2)  # [CLS], positions, patches
+    projections = (t.hidden_size + v.hidden_size) * cfg.projection_dim
+    return Architecture(
+        family="clip",
+        hidden=t.hidden_size,  # the width of CoOp's context vectors
+        layers=t.num_hidden_layers + v.num_hidden_layers,
+        heads=t.num_attention_heads,
+        num_labels=num_labels,
+        attn_dim=t.hidden_size,
+        kv_dim=t.hidden_size,
+        linears=tuple(linears),
+        attn_out=tuple(lin.name for lin in linears if lin.name.endswith(".out_proj")),
+        ffn_out=tuple(lin.name for lin in linears if lin.name.endswith(".fc2")),
+        head_prefix="",  # no head: the class prompts are the classifier
+        head_params=0,
+        bias_params=biases,
+        total_params=embeddings + weights + biases + projections + 1,  # + logit_scale
+        head_token_flops=0,
+        lora_targets=("q_proj", "v_proj"),
+        ia3_targets=(),
+        ia3_feedforward=(),
+        peft_task=None,
+        tokens=tokens,
+    )
