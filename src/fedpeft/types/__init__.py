@@ -66,6 +66,8 @@ class RoundRecord:
     eval_time_s: float
     client_time_s: float  # summed client training time: wall − client − eval = framework overhead
     clients: list[ClientRecord] = field(default_factory=list, repr=False)
+    sim_time_s: float | None = None  # asynchronous runs: the simulated clock at this server step
 
     def to_json(self) -> dict[str, object]:
-        return {k: v for k, v in self.__dict__.items() if k != "clients"}
+        drop = {"clients"} | ({"sim_time_s"} if self.sim_time_s is None else set())
+        return {k: v for k, v in self.__dict__.items() if k not in drop}
