@@ -119,3 +119,14 @@ def test_data_vectors_and_bad_inputs() -> None:
         cluster(np.array([[np.nan, 1.0]]), k=1)
     with pytest.raises(ValueError, match="labels"):
         clustered_fedavg([({"x": torch.zeros(1)}, 1.0)], [0, 1])
+
+
+def test_align_labels_keeps_cluster_ids_across_rounds() -> None:
+    from fedpeft.aggregation import align_labels
+
+    assert align_labels([1, 1, 0, 0, 0], [0, 0, 1, 1, 0]) == [0, 0, 1, 1, 1]
+    split = align_labels([0, 1, 2], [0, 0, 1])  # old cluster 0 split in two: one half is new
+    assert split[2] == 1 and sorted(split[:2]) == [0, 2]
+    assert align_labels([0, 0], [3, 3]) == [3, 3]
+    with pytest.raises(ValueError, match="previous"):
+        align_labels([0], [0, 1])

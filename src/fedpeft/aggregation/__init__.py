@@ -1,6 +1,7 @@
 """Aggregators: pure functions ``list[(AdapterState, weight)] → AdapterState``."""
 
 from fedpeft.aggregation.cluster import (
+    align_labels,
     client_vectors_from_data,
     client_vectors_from_updates,
     cluster,
@@ -63,6 +64,7 @@ __all__ = [
     "ServerOptimizer",
     "StaleUpdate",
     "aggregator_names",
+    "align_labels",
     "aggregator_parts",
     "buffer_full",
     "client_delta",

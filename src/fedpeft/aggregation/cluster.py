@@ -115,6 +115,29 @@ def clustered_fedavg(
     return {label: fedavg(members) for label, members in sorted(groups.items())}
 
 
+def align_labels(labels: Sequence[int], previous: Sequence[int]) -> list[int]:
+    """``labels`` renamed to best match ``previous`` (most clients keep their cluster id).
+
+    Solves the assignment ``max Σ overlap(new g, old h)`` (Hungarian; scipy); a new cluster that
+    matches no old one gets the next unused id. Keeps one global per cluster across rounds.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if len(labels) != len(previous):
+        raise ValueError(f"{len(labels)} labels but {len(previous)} previous labels")
+    new_ids, old_ids = sorted(set(labels)), sorted(set(previous))
+    overlap = np.zeros((len(new_ids), len(old_ids)))
+    for a, b in zip(labels, previous, strict=True):
+        overlap[new_ids.index(a), old_ids.index(b)] += 1
+    rows, cols = linear_sum_assignment(-overlap)
+    rename = {new_ids[r]: old_ids[c] for r, c in zip(rows, cols, strict=True)}
+    spare = iter(i for i in range(len(new_ids) + len(old_ids)) if i not in old_ids)
+    for g in new_ids:
+        if g not in rename:
+            rename[g] = next(spare)
+    return [rename[g] for g in labels]
+
+
 def cluster_updates(
     states: Sequence[AdapterState],
     starts: Sequence[AdapterState],
