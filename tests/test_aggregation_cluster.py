@@ -130,3 +130,23 @@ def test_align_labels_keeps_cluster_ids_across_rounds() -> None:
     assert align_labels([0, 0], [3, 3]) == [3, 3]
     with pytest.raises(ValueError, match="previous"):
         align_labels([0], [0, 1])
+
+
+def test_strategy_exposes_the_partition_only_to_a_loop_with_groups() -> None:
+    from fedpeft.config import ServerConfig
+    from fedpeft.errors import FedpeftError
+    from fedpeft.server.strategy import strategy_from_config
+
+    cfg = ServerConfig(aggregator="clustered")
+    with pytest.raises(FedpeftError, match="one global adapter per client group"):
+        strategy_from_config(cfg)
+    strategy = strategy_from_config(cfg, groups=True)
+    ref, states, truth = _two_groups(5)
+    assert strategy.partition is not None
+    labels = strategy.partition(states, [ref] * len(states))
+    assert _partition(labels) == _partition(truth)
+    updates = [(s, 1.0) for s in states]
+    assert sorted(clustered_fedavg(updates, labels)) == [0, 1]
+    torch.testing.assert_close(
+        strategy.aggregate(updates)["head.bias"], fedavg(updates)["head.bias"]
+    )

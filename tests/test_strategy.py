@@ -54,11 +54,13 @@ def test_server_optimiser_state_survives_resume(tiny) -> None:
 
 
 @pytest.mark.parametrize(
-    "name",  # rules needing a proxy evaluation set are tested where one is provided
+    "name",  # rules needing a proxy set or several globals are tested in their own files
     [
         n
         for n in aggregator_names()
-        if n not in ("fedavg", "ffa_lora") and not aggregator_parts(n).needs_eval
+        if n not in ("fedavg", "ffa_lora")
+        and not aggregator_parts(n).needs_eval
+        and aggregator_parts(n).partition is None
     ],
 )
 def test_every_registered_aggregator_runs_a_round(tiny, name: str) -> None:

@@ -31,11 +31,22 @@ class Strategy:
 
 
 def strategy_from_config(
-    cfg: ServerConfig, evaluate_proxy: Callable[[AdapterState], float] | None = None
+    cfg: ServerConfig,
+    evaluate_proxy: Callable[[AdapterState], float] | None = None,
+    *,
+    groups: bool = False,
 ) -> Strategy:
-    """``evaluate_proxy(state) → loss`` on the server's proxy set; rules marked ``needs_eval``
-    (e.g. ``layerwise``) refuse to start without it."""
+    """The configured strategy for a loop that says what it supports: ``evaluate_proxy(state)
+    → loss`` on the server's proxy set (needed by ``needs_eval`` rules, e.g. ``layerwise``),
+    ``groups`` (it holds one global per group, needed by ``partition`` rules, e.g.
+    ``clustered``). A rule the loop cannot run is refused instead of quietly running as
+    another."""
     parts = aggregator_parts(cfg.aggregator)
+    if parts.partition is not None and not groups:
+        raise FedpeftError(
+            f"`server.aggregator` {cfg.aggregator!r} keeps one global adapter per client "
+            "group, which this runtime's round loop cannot hold yet; choose another aggregator."
+        )
     aggregate = get_aggregator(cfg.aggregator)
     if parts.needs_eval:
         if evaluate_proxy is None:
