@@ -91,6 +91,7 @@ def distill(
     takes ``steps`` Adam steps (batches in order, cycling) on ``kd_loss``, updating only its
     trainable (adapter) parameters, in eval mode (no dropout, so the result is deterministic).
     The models are restored to their adapter state and mode afterwards: inputs are unchanged.
+    Each model must own its trainable parameters (one model object per method group).
     """
     from fedpeft.peft.state import get_adapter_state, set_adapter_state  # PEFT loads lazily
 
@@ -122,8 +123,7 @@ def teacher_kl(
     total = 0.0
     for batch in proxy_batches:
         teacher = ensemble_probs(_logits_all(models, batch), temperature)
-        with torch.inference_mode():
-            z = _logits(model.eval(), batch)
+        (z,) = _logits_all({"student": model}, batch)
         total += float(kd_loss(z, teacher, None, 0.0, temperature, direction)) / temperature**2
     return total / len(proxy_batches)
 
