@@ -13,7 +13,8 @@ never scores. Per round it records
   what a client with that label skew would see.
 
     PYTHONPATH=src .venv/bin/python benchmarks/aggregators_more.py \
-        --out benchmarks/results/aggregators_more_dir01.json --set data.alpha=0.1
+        --out benchmarks/results/aggregators_more_dir01.json --set data.alpha=0.1 \
+        --set run.rounds=4 --set run.threads=1 --proxy 128
 """
 
 from __future__ import annotations
