@@ -1,6 +1,23 @@
 """Aggregators: pure functions ``list[(AdapterState, weight)] → AdapterState``."""
 
+from fedpeft.aggregation.cluster import (
+    align_labels,
+    client_vectors_from_data,
+    client_vectors_from_updates,
+    cluster,
+    cluster_updates,
+    clustered_fedavg,
+    cosine_similarity,
+)
+from fedpeft.aggregation.distill import distill, ensemble_probs, kd_loss, teacher_kl
 from fedpeft.aggregation.fedavg import fedavg
+from fedpeft.aggregation.layerwise import (
+    group_layers,
+    layer_of,
+    layerwise,
+    layerwise_importance,
+    swap_importance,
+)
 from fedpeft.aggregation.lora import (
     exact_lora_svd,
     ffa_lora,
@@ -14,7 +31,9 @@ from fedpeft.aggregation.lora import (
 )
 from fedpeft.aggregation.registry import (
     Aggregator,
+    AggregatorParts,
     aggregator_names,
+    aggregator_parts,
     client_freeze,
     get_aggregator,
     register_aggregator,
@@ -28,30 +47,60 @@ from fedpeft.aggregation.robust import (
     trimmed_mean,
 )
 from fedpeft.aggregation.server_opt import FedAdam, FedAvgM, FedYogi, ServerOptimizer
+from fedpeft.aggregation.staleness import (
+    StaleUpdate,
+    buffer_full,
+    client_delta,
+    staleness_update,
+    staleness_weight,
+)
 
 __all__ = [
     "Aggregator",
+    "AggregatorParts",
     "FedAdam",
     "FedAvgM",
     "FedYogi",
     "ServerOptimizer",
+    "StaleUpdate",
     "aggregator_names",
+    "align_labels",
+    "aggregator_parts",
+    "buffer_full",
+    "client_delta",
     "client_freeze",
+    "client_vectors_from_data",
+    "client_vectors_from_updates",
     "clip_deltas",
     "clip_norms",
+    "cluster",
+    "cluster_updates",
+    "clustered_fedavg",
     "coordinate_median",
+    "cosine_similarity",
+    "distill",
+    "ensemble_probs",
     "exact_lora_svd",
     "fedavg",
     "ffa_lora",
     "get_aggregator",
+    "group_layers",
     "hetlora_pad",
+    "kd_loss",
     "krum",
+    "layer_of",
+    "layerwise",
+    "layerwise_importance",
     "lora_pairs",
     "lora_product",
     "multi_krum",
     "register_aggregator",
     "stack_lora",
+    "staleness_update",
+    "staleness_weight",
     "svd_redistribute",
+    "swap_importance",
+    "teacher_kl",
     "trimmed_mean",
     "truncate_rank",
     "weighted_lora",

@@ -1,41 +1,80 @@
-"""Aggregator registry: a config name → a pure function over weighted adapter states."""
+"""Aggregator registry: a config name → a pure function over weighted adapter states.
+
+Most rules are ``list[(state, n_c)] → state``. A rule that needs more declares it with one
+flag; the Strategy supplies the rest: ``needs_eval`` — the function is
+``(updates, loss_fn) → state`` and the Strategy binds the server's proxy-loss callback;
+``partition`` — ``(client states, their start states) → labels``, and the function runs once per
+label (one global per group: clustered aggregation); ``fuse`` — after the per-group function,
+the groups' models are fused (``fuse(models, proxy_batches) → {group: state}``: distillation
+across PEFT methods).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
+from fedpeft.aggregation.cluster import cluster_updates
+from fedpeft.aggregation.distill import distill
 from fedpeft.aggregation.fedavg import fedavg
+from fedpeft.aggregation.layerwise import layerwise_importance
 from fedpeft.aggregation.lora import exact_lora_svd, ffa_lora, hetlora_pad, weighted_lora
 from fedpeft.aggregation.robust import coordinate_median, krum, multi_krum, trimmed_mean
 from fedpeft.errors import FedpeftError
 from fedpeft.types import AdapterState
 
 Aggregator = Callable[[Sequence[tuple[AdapterState, float]]], AdapterState]
-_REGISTRY: dict[str, Aggregator] = {}
+Partition = Callable[[Sequence[AdapterState], Sequence[AdapterState]], list[int]]
+Fuse = Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]]], dict[str, AdapterState]]
+_REGISTRY: dict[str, Callable[..., AdapterState]] = {}
 
 
-_CLIENT_FREEZE: dict[str, tuple[str, ...]] = {}
+@dataclass(frozen=True)
+class AggregatorParts:
+    """What a rule needs besides ``list[(state, n_c)]`` (see the module docstring)."""
+
+    freeze: tuple[str, ...] = ()
+    needs_eval: bool = False
+    partition: Partition | None = None
+    fuse: Fuse | None = None
 
 
-def register_aggregator(name: str, fn: Aggregator, freeze: tuple[str, ...] = ()) -> None:
+_PARTS: dict[str, AggregatorParts] = {}
+
+
+def register_aggregator(
+    name: str,
+    fn: Callable[..., AdapterState],
+    freeze: tuple[str, ...] = (),
+    *,
+    needs_eval: bool = False,
+    partition: Partition | None = None,
+    fuse: Fuse | None = None,
+) -> None:
     """Registers a rule; ``freeze`` names parameter parts its clients must keep fixed
-    (the rule's client half, e.g. FFA-LoRA's shared A)."""
+    (the rule's client half, e.g. FFA-LoRA's shared A); the keywords are ``AggregatorParts``."""
     if name in _REGISTRY:
         raise ValueError(f"aggregator {name!r} is registered twice")
     _REGISTRY[name] = fn
-    _CLIENT_FREEZE[name] = freeze
+    _PARTS[name] = AggregatorParts(freeze, needs_eval, partition, fuse)
 
 
 def client_freeze(name: str) -> tuple[str, ...]:
+    return aggregator_parts(name).freeze
+
+
+def aggregator_parts(name: str) -> AggregatorParts:
     get_aggregator(name)
-    return _CLIENT_FREEZE[name]
+    return _PARTS[name]
 
 
 def aggregator_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_aggregator(name: str) -> Aggregator:
+def get_aggregator(name: str) -> Callable[..., AdapterState]:
     if name not in _REGISTRY:
         raise FedpeftError(
             f"`server.aggregator` is {name!r}, which is not a registered aggregator; "
@@ -53,3 +92,8 @@ register_aggregator("coordinate_median", coordinate_median)
 register_aggregator("trimmed_mean", trimmed_mean)  # trim_fraction = 0.1
 register_aggregator("krum", krum)  # num_byzantine = 1
 register_aggregator("multi_krum", multi_krum)  # num_byzantine = 1, m = n − 1
+register_aggregator("layerwise", layerwise_importance, needs_eval=True)  # temperature 0.05
+register_aggregator("clustered", fedavg, partition=partial(cluster_updates, k=2, seed=0))
+register_aggregator(  # FedAvg within each PEFT method's group, then ensemble distillation
+    "kd_fusion", fedavg, fuse=partial(distill, steps=20, lr=1e-3, alpha=0.5, temperature=2.0)
+)

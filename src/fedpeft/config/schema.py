@@ -89,6 +89,11 @@ class ServerConfig(_Section):
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="FedAdam/FedYogi")
     beta2: float = Field(0.99, ge=0.0, lt=1.0, description="FedAdam/FedYogi")
     tau: PositiveFloat = Field(1e-3, description="FedAdam/FedYogi adaptivity")
+    mode: Literal["sync", "async"] = Field("sync", description="async: run.rounds server steps")
+    buffer_size: PositiveInt = Field(4, description="async: a server step per K updates (FedBuff)")
+    staleness_exponent: float = Field(0.5, ge=0.0, description="async: s(τ) = (1 + τ)^−a")
+    async_lr: PositiveFloat = Field(1.0, description="async: server step size η")
+    max_concurrency: PositiveInt | None = Field(None, description="async: None = every client")
 
 
 class ProfilesConfig(_Section):

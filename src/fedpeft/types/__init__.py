@@ -80,7 +80,7 @@ class RoundRecord:
     client_time_s: float  # summed client training time: wall − client − eval = framework overhead
     clients: list[ClientRecord] = field(default_factory=list, repr=False)
     groups: dict[str, dict[str, float]] = field(default_factory=dict)  # group → its eval
-    sim_time_s: float | None = None  # simulated duration of the round (devices simulated)
+    sim_time_s: float | None = None  # simulated duration of the round / server step
     sim_clock_s: float | None = None  # simulated time since the start of the run
 
     def to_json(self) -> dict[str, object]:
