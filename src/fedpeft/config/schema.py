@@ -89,6 +89,9 @@ class ServerConfig(_Section):
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="FedAdam/FedYogi")
     beta2: float = Field(0.99, ge=0.0, lt=1.0, description="FedAdam/FedYogi")
     tau: PositiveFloat = Field(1e-3, description="FedAdam/FedYogi adaptivity")
+    proxy_size: PositiveInt = Field(
+        128, description="train examples held out as the server's proxy set (layerwise, kd_fusion)"
+    )
     mode: Literal["sync", "async"] = Field("sync", description="async: run.rounds server steps")
     buffer_size: PositiveInt = Field(4, description="async: a server step per K updates (FedBuff)")
     staleness_exponent: float = Field(0.5, ge=0.0, description="async: s(τ) = (1 + τ)^−a")

@@ -74,12 +74,20 @@ class GroupBook:
 
     def eval_state(self, group: str, envelope: AdapterState) -> tuple[AdapterState, str, str]:
         """(state, method, options) to evaluate ``group``'s envelope with."""
+        state, method, options, _, _ = self.eval_parts(group, envelope)
+        return state, method, options
+
+    def eval_parts(
+        self, group: str, envelope: AdapterState
+    ) -> tuple[AdapterState, str, str, AdapterState, float | None]:
+        """``eval_state`` plus the envelope grown to the evaluation configuration and its α
+        (what ``lift`` needs to bring a state of that configuration back)."""
         method, options, alpha = self.eval_config(group)
         if alpha is None:
-            return envelope, method, options
+            return envelope, method, options, envelope, None
         template = self.model.template(method, options)
         grown = extend_envelope(envelope, template, alpha)  # zero B̃ columns: same function
-        return client_view(grown, template, alpha), method, options
+        return client_view(grown, template, alpha), method, options, grown, alpha
 
 
 def lora_envelope_options(members: Sequence[Candidate]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from fedpeft.aggregation import aggregator_parts
 from fedpeft.aggregation.hetero import aggregate_partial, lift
 from fedpeft.compression import encode
 from fedpeft.config import ExperimentConfig
@@ -25,6 +26,7 @@ from fedpeft.profiling import ResourceProfile
 from fedpeft.server.assign import DEFAULT_GROUP, Assigner, Assignment, client_infos, options_json
 from fedpeft.server.collect import ClientPool, Request, client_record, collect
 from fedpeft.server.groups import GroupBook
+from fedpeft.server.multi import aggregate_clusters, fuse_groups, served_group
 from fedpeft.server.sampling import sample_clients
 from fedpeft.server.store import ALLOCATIONS, RunStore
 from fedpeft.server.strategy import Strategy, strategy_from_config
@@ -82,6 +84,7 @@ class _Round:
 
     rnd: int
     adapters: dict[str, AdapterState]
+    extra: dict[str, Any]
     views: dict[int, AdapterState] = field(default_factory=dict)
     assigned: dict[int, Assignment] = field(default_factory=dict)
     records: dict[int, ClientRecord] = field(default_factory=dict)
@@ -132,9 +135,19 @@ def run_rounds(
 ) -> LoopResult:
     """Runs rounds ``start_round … cfg.run.rounds``, checkpointing after each."""
     observer = observer or Observer()
-    strategy = strategy_from_config(cfg.server)
+    proxy_loss = getattr(model, "proxy_loss", None)
+    strategy = strategy_from_config(cfg.server, evaluate_proxy=proxy_loss, groups=True)
     assigner = Assigner(cfg, arch) if arch is not None else Assigner(cfg, _no_arch())
     assigner.load_json(state.extra.get("gain", {}))
+    if assigner.enabled and (
+        strategy.partition is not None
+        or proxy_loss is not None
+        and cfg.server.aggregator == "layerwise"
+    ):
+        raise FedpeftError(
+            f"`server.aggregator` {cfg.server.aggregator!r} needs one configuration for every "
+            "client; it cannot run with `allocation.enabled` (use per-method groups instead)."
+        )
     book = GroupBook(model)
     book.load_json(state.extra.get("members"))
     records = []
@@ -169,14 +182,16 @@ def run_round(
         cfg.data.num_clients, cfg.server.fraction, cfg.server.min_clients, cfg.run.seed, rnd
     )
     observer.on_round_start(rnd, sampled)
-    work = _Round(rnd, dict(server.adapters))
+    work = _Round(rnd, dict(server.adapters), dict(server.extra))
     requests = _configure(cfg, strategy, pool, assigner, book, work, sampled, observer)
     collect(pool, requests, work, observer)
     failed = [r for r in work.records.values() if r.status == "failed"]
     if failed and len(failed) == len(requests) == len(sampled):
         raise FedpeftError(f"round {rnd}: every sampled client failed, e.g. {failed[0].reason}.")
     before = _baseline(model, book, server, work, assigner.enabled)
-    server = _aggregate_groups(strategy, server, work)
+    server = _aggregate_groups(strategy, server, work, cfg.data.num_clients)
+    fused = fuse_groups(strategy, model, book, server.adapters)
+    server = ServerState(fused, server.optimizer, server.extra)
     eval_start = time.perf_counter()
     groups = _evaluate(model, book, server)
     eval_time = time.perf_counter() - eval_start
@@ -229,6 +244,8 @@ def _configure(
     requests: list[Request] = []
     for cid in sampled:
         a = assigned[cid]
+        if strategy.partition is not None:  # clustered: served by its cluster's global
+            a = replace(a, group=served_group(work.extra, cid, a.group))
         ins = instruction_for(cfg, work.rnd, cid, strategy.client_freeze, a)
         if a.candidate is None:
             work.done(client_record(ins, "unassigned", a.reason, 0, 0, 0, {}), observer)
@@ -256,9 +273,18 @@ def _client_infos(cfg: ExperimentConfig, pool: ClientPool, sampled: Sequence[int
     return client_infos(cfg, sampled, devices, profiles)
 
 
-def _aggregate_groups(strategy: Strategy, server: ServerState, work: _Round) -> ServerState:
-    """Per group: the rule over its clients' (lifted) updates, then the server optimiser."""
+def _aggregate_groups(
+    strategy: Strategy, server: ServerState, work: _Round, num_clients: int
+) -> ServerState:
+    """Per group: the rule over its clients' (lifted) updates, then the server optimiser.
+    A clustered rule regroups this round's clients by cluster instead."""
     adapters, optimizer = dict(work.adapters), dict(server.optimizer)
+    if strategy.partition is not None and len(work.accepted) >= 2:
+        groups = {c: a.group for c, a in work.assigned.items()}
+        adapters, extra = aggregate_clusters(
+            strategy, adapters, work.accepted, work.views, groups, work.extra, num_clients
+        )
+        return ServerState(adapters, optimizer, dict(server.extra) | extra)
     by_group: dict[str, list[tuple[AdapterState, float]]] = {}
     for cid, update in work.accepted.items():
         a = work.assigned[cid]
@@ -329,7 +355,7 @@ def _observe(
     extra = dict(server.extra)
     examples: dict[str, int] = {}
     for cid, update in work.accepted.items():
-        group = work.assigned[cid].group
+        group = served_group(server.extra, cid, work.assigned[cid].group)  # clusters regroup
         examples[group] = examples.get(group, 0) + update.num_examples
     if assigner.enabled:
         for group, metrics in groups.items():
@@ -349,8 +375,9 @@ def _observe(
     for group, n in examples.items():
         total[group] = total.get(group, 0) + n
     extra["examples"] = total
-    if total:
-        extra["main"] = max(sorted(total), key=lambda g: total[g])
+    alive = sorted(g for g in total if g in server.adapters)
+    if alive:
+        extra["main"] = max(alive, key=lambda g: total[g])
     return ServerState(server.adapters, server.optimizer, extra)
 
 

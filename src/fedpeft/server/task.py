@@ -56,6 +56,7 @@ class Task:
     method: MethodSpec  # the validated PEFT method options
     base: nn.Module | None = None  # the frozen base every method's model shares
     models: dict[tuple[str, str], nn.Module] = field(default_factory=dict)
+    proxy: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def arch(self) -> Architecture:
@@ -106,7 +107,7 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
     from fedpeft.profiling import load_profiles
     from fedpeft.server.strategy import strategy_from_config
 
-    strategy_from_config(cfg.server)
+    strategy_from_config(cfg.server, evaluate_proxy=lambda _: 0.0, groups=True)  # names only
     make_allocation_config(cfg.allocation)
     if cfg.profiles.file is not None:
         load_profiles(Path(cfg.profiles.file))
@@ -147,18 +148,41 @@ class FederatedData:
     eval: Split
     partitions: list[np.ndarray]
     profiles: list[DataProfile]
+    proxy: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+def needs_proxy(cfg: ExperimentConfig) -> bool:
+    """Whether the aggregator needs a server-side proxy set (layer-wise weights, KD)."""
+    from fedpeft.aggregation import aggregator_parts
+
+    parts = aggregator_parts(cfg.server.aggregator)
+    return parts.needs_eval or parts.fuse is not None
 
 
 def build_data(cfg: ExperimentConfig) -> FederatedData:
-    """Loads, tokenises and partitions the configured data (no model weights are loaded)."""
+    """Loads, tokenises and partitions the configured data (no model weights are loaded).
+
+    When the aggregator needs a proxy set, ``server.proxy_size`` train examples (a seeded
+    draw) are held out for the server before the rest is partitioned among clients."""
     dataset = load_dataset(cfg.data, cfg.run.seed)
     spec = get_model_spec(cfg.model.name)
     splits = _image_splits if is_vision_model(spec) else _text_splits
     train, evaluation = splits(cfg, spec, dataset)
-    partitions = partition_indices(train.labels, cfg.data, cfg.run.seed)
+    pool = np.arange(len(train.labels))
+    proxy = np.zeros(0, dtype=np.int64)
+    if needs_proxy(cfg):
+        if cfg.server.proxy_size >= len(pool):
+            raise FedpeftError(
+                f"`server.proxy_size` is {cfg.server.proxy_size} but the train split has only "
+                f"{len(pool)} examples; lower it or raise `data.train_size`."
+            )
+        rng = np.random.default_rng([cfg.run.seed, 0x9A0])
+        proxy = np.sort(rng.choice(pool, size=cfg.server.proxy_size, replace=False))
+        pool = np.setdiff1d(pool, proxy)
+    partitions = [pool[p] for p in partition_indices(train.labels[pool], cfg.data, cfg.run.seed)]
     lengths = train.lengths
     profiles = [data_profile(train.labels[p], lengths[p], dataset.num_labels) for p in partitions]
-    return FederatedData(spec, dataset, train, evaluation, partitions, profiles)
+    return FederatedData(spec, dataset, train, evaluation, partitions, profiles, proxy)
 
 
 def _text_splits(
@@ -228,6 +252,7 @@ def build_task(cfg: ExperimentConfig) -> Task:
         method,
         base.to(device),
         {(cfg.peft.method, _canonical(cfg.peft.options)): model},
+        data.proxy,
     )
 
 

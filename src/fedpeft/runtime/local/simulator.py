@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fedpeft.allocation import client_workload, make_allocation_config
 from fedpeft.client import ClientData, handle_fit
 from fedpeft.config import ExperimentConfig, config_to_toml
@@ -27,6 +29,7 @@ from fedpeft.profiling import ResourceProfile, declared_devices
 from fedpeft.runtime.local.devices import DeviceSim, thread_cap
 from fedpeft.server import LoopResult, Observer, RunStore, ServerState, run_rounds
 from fedpeft.server.assign import DEFAULT_GROUP
+from fedpeft.server.async_loop import DurationFn, run_async
 from fedpeft.server.collect import ClientPool
 from fedpeft.server.evaluate import evaluate_model
 from fedpeft.server.export import export_adapter
@@ -91,9 +94,10 @@ class LocalClientPool:
         if not self.sim.online(profile, instruction.round, cid):
             raise ClientSkipped("offline", f"the {profile.tier} device is not available")
         self.sim.check_memory(profile, task.arch, spec, work)
-        self.sim.check_deadline(
-            self.sim.seconds(profile, task.arch, spec, work, len(payload), len(payload))
-        )
+        if task.cfg.server.mode == "sync":  # asynchronous servers have no round deadline
+            self.sim.check_deadline(
+                self.sim.seconds(profile, task.arch, spec, work, len(payload), len(payload))
+            )
         with thread_cap(profile.cores if self.sim.thread_cap else None):
             reply = handle_fit(model, payload, instruction, data, task.device)
         seconds = self.sim.seconds(profile, task.arch, spec, work, len(payload), len(reply))
@@ -112,6 +116,39 @@ class LocalGlobalModel:
         return {
             k: v.cpu() for k, v in get_adapter_state(self.task.model_for(method, options)).items()
         }
+
+    def proxy_batches(self, with_labels: bool = False) -> list[dict[str, torch.Tensor]]:
+        """The server's held-out proxy examples as forward arguments (unlabelled by default)."""
+        t = self.task
+        size = t.cfg.eval.batch_size
+        chunks = [t.proxy[i : i + size] for i in range(0, len(t.proxy), size)]
+        return [
+            {k: v.to(t.device) for k, v in t.train.collate(c).model_inputs(with_labels).items()}
+            for c in chunks
+        ]
+
+    def fuse(
+        self, fuse: Any, states: dict[str, tuple[AdapterState, str, str]]
+    ) -> dict[str, AdapterState]:
+        """``fuse`` (e.g. distillation) over every group's model with its state loaded."""
+        models = {}
+        for group, (state, method, options) in states.items():
+            models[group] = self.task.model_for(method, options)
+            set_adapter_state(models[group], state)
+        return dict(fuse(models, self.proxy_batches()))
+
+    def proxy_loss(self, state: AdapterState, method: str = "", options: str = "{}") -> float:
+        """Mean cross-entropy of ``state`` on the proxy set (what layer-wise weights use)."""
+        model = self.task.model_for(method, options)
+        set_adapter_state(model, state)
+        model.eval()
+        total, n = 0.0, 0
+        with torch.inference_mode():
+            for batch in self.proxy_batches(with_labels=True):
+                out = model(**batch)
+                total += float(out.loss) * len(batch["labels"])
+                n += len(batch["labels"])
+        return total / max(n, 1)
 
     def evaluate(
         self, state: AdapterState, method: str = "", options: str = "{}"
@@ -152,16 +189,12 @@ def run_local(
     else:
         store.truncate_logs(first - 1)
         write_atomic(store.root / CONFIG, config_to_toml(resolved(cfg, task.method)).encode())
-    loop: LoopResult = run_rounds(
-        cfg,
-        (pool or LocalClientPool)(task),
-        LocalGlobalModel(task),
-        store,
-        state,
-        first,
-        observer,
-        task.arch,
-    )
+    clients, model = (pool or LocalClientPool)(task), LocalGlobalModel(task)
+    if cfg.server.mode == "async":
+        durations = device_durations(task)
+        loop = run_async(cfg, clients, model, store, state, durations, observer, first)
+    else:
+        loop = run_rounds(cfg, clients, model, store, state, first, observer, task.arch)
     _export(task, loop, store)
     rounds = store.read_rounds()
     summary = build_summary(
@@ -193,6 +226,24 @@ def status(message: str) -> Iterator[None]:
         return
     with console.status(message):
         yield
+
+
+def device_durations(task: Task) -> DurationFn:
+    """The asynchronous clock's durations: each client's simulated round trip on its declared
+    device (``devices.py``: the cost model's compute time at its FLOP/s plus the payloads
+    over its bandwidth), whether or not ``simulation.devices`` also caps threads and drops."""
+    cfg, p = task.cfg, task.cfg.profiles
+    devices = declared_devices(cfg.data.num_clients, p.mix, cfg.run.seed, p.file)
+    sim = DeviceSim(cfg.run.seed, make_allocation_config(cfg.allocation).deadline_s)
+    c = cfg.client
+
+    def seconds(cid: int, version: int, metrics: dict[str, float], down: int, up: int) -> float:
+        work = client_workload(
+            task.profiles[cid], c.batch_size, cfg.model.max_length, c.epochs, c.steps
+        )
+        return sim.seconds(devices[cid], task.arch, task.method, work, down, up)
+
+    return seconds
 
 
 def _export(task: Task, loop: LoopResult, store: RunStore) -> None:
