@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fedpeft.data import TokenizedSplit
+from fedpeft.data.instruct import InstructSplit
 from fedpeft.peft import get_adapter_state
 from fedpeft.types import ClientUpdate, TrainInstruction
 
@@ -24,7 +25,7 @@ from fedpeft.types import ClientUpdate, TrainInstruction
 class ClientData:
     """A client's examples: indices into a split tokenised once and shared."""
 
-    split: TokenizedSplit
+    split: TokenizedSplit | InstructSplit
     indices: np.ndarray
 
 

@@ -3,8 +3,8 @@
 Options: rank ``r``, ``alpha``, ``dropout``, ``target_modules`` (default: the family's
 attention query and value projections, ``Architecture.lora_targets``), ``layers`` (which
 blocks get adapters) and ``rank_pattern`` (a per-module rank, keyed like PEFT's: a module
-name suffix or regex). The task head trains too (PEFT's ``modules_to_save`` for
-``SEQ_CLS``) and travels with the adapter.
+name suffix or regex). A classifier's head trains too (PEFT's ``modules_to_save`` for
+``SEQ_CLS``) and travels with the adapter; a causal LM's head stays frozen (``CAUSAL_LM``).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class LoraSpec(MethodSpec):
                 f"(blocks 0–{arch.layers - 1}; default targets {list(arch.lora_targets)})."
             )
         config = LoraConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=TaskType(arch.task_type),
             r=self.r,
             lora_alpha=self.alpha,  # type: ignore[arg-type]
             lora_dropout=self.dropout,

@@ -21,7 +21,7 @@ class PromptTuningSpec(MethodSpec):
 
     def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
         config = PromptTuningConfig(
-            task_type=TaskType.SEQ_CLS, num_virtual_tokens=self.num_virtual_tokens
+            task_type=TaskType(arch.task_type), num_virtual_tokens=self.num_virtual_tokens
         )
         return get_peft_model(model, config)
 
@@ -41,7 +41,7 @@ class PrefixTuningSpec(MethodSpec):
 
     def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
         config = PrefixTuningConfig(
-            task_type=TaskType.SEQ_CLS, num_virtual_tokens=self.num_virtual_tokens
+            task_type=TaskType(arch.task_type), num_virtual_tokens=self.num_virtual_tokens
         )
         return get_peft_model(model, config)
 

@@ -21,9 +21,17 @@ from fedpeft.data import (
     partition_indices,
     tokenize_split,
 )
+from fedpeft.data.instruct import InstructSplit
 from fedpeft.errors import FedpeftError
-from fedpeft.models import ModelSpec, get_model_spec, load_classifier, load_tokenizer
+from fedpeft.models import (
+    ModelSpec,
+    get_model_spec,
+    load_causal_lm,
+    load_classifier,
+    load_tokenizer,
+)
 from fedpeft.peft import MethodSpec, architecture, parse_spec
+from fedpeft.server.instruct import check_task, instruct_splits, task_kind
 
 log = logging.getLogger("fedpeft.server")
 
@@ -33,14 +41,15 @@ class Task:
     cfg: ExperimentConfig
     spec: ModelSpec
     dataset: RawDataset
-    train: TokenizedSplit
-    eval: TokenizedSplit
+    train: TokenizedSplit | InstructSplit
+    eval: TokenizedSplit | InstructSplit
     partitions: list[np.ndarray]
     profiles: list[DataProfile]
     model: nn.Module  # the frozen base with the PEFT method applied; shared by all clients
     device: torch.device
     full_model_bytes: int  # every base parameter: what full fine-tuning would send
     method: MethodSpec  # the validated PEFT method options
+    kind: str = "classify"  # "instruct": a causal LM generating the label word
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,6 +78,7 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
     make_allocation_config(cfg.allocation)
     if cfg.profiles.file is not None:
         load_profiles(Path(cfg.profiles.file))
+    check_task(cfg)
     return parse_spec(cfg.peft.method, cfg.peft.options)
 
 
@@ -85,8 +95,8 @@ class FederatedData:
 
     spec: ModelSpec
     dataset: RawDataset
-    train: TokenizedSplit
-    eval: TokenizedSplit
+    train: TokenizedSplit | InstructSplit
+    eval: TokenizedSplit | InstructSplit
     partitions: list[np.ndarray]
     profiles: list[DataProfile]
 
@@ -95,14 +105,25 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
     """Loads, tokenises and partitions the configured data (no model weights are loaded)."""
     dataset = load_dataset(cfg.data, cfg.run.seed)
     spec = get_model_spec(cfg.model.name)
-    tokenizer = load_tokenizer(spec)
-    left = spec.family == "llama" or tokenizer.padding_side == "left"
-    train = tokenize_split(dataset.train, tokenizer, cfg.model.max_length, pad_left=left)
-    evaluation = tokenize_split(dataset.eval, tokenizer, cfg.model.max_length, pad_left=left)
+    train, evaluation = (
+        instruct_splits(cfg, dataset, spec)
+        if task_kind(cfg, spec) == "instruct"
+        else _classify_splits(cfg, dataset, spec)
+    )
     partitions = partition_indices(train.labels, cfg.data, cfg.run.seed)
     lengths = train.lengths
     profiles = [data_profile(train.labels[p], lengths[p], dataset.num_labels) for p in partitions]
     return FederatedData(spec, dataset, train, evaluation, partitions, profiles)
+
+
+def _classify_splits(
+    cfg: ExperimentConfig, dataset: RawDataset, spec: ModelSpec
+) -> tuple[TokenizedSplit, TokenizedSplit]:
+    tokenizer = load_tokenizer(spec)
+    left = spec.family == "llama" or tokenizer.padding_side == "left"
+    train = tokenize_split(dataset.train, tokenizer, cfg.model.max_length, pad_left=left)
+    evaluation = tokenize_split(dataset.eval, tokenizer, cfg.model.max_length, pad_left=left)
+    return train, evaluation
 
 
 def build_task(cfg: ExperimentConfig) -> Task:
@@ -114,9 +135,14 @@ def build_task(cfg: ExperimentConfig) -> Task:
     partitions, profiles = data.partitions, data.profiles
     with torch.random.fork_rng(devices=[]):  # head and adapter init: same seed, same model
         torch.manual_seed(cfg.run.seed)
-        base = load_classifier(spec, dataset.num_labels, cfg.run.seed)
+        kind = task_kind(cfg, spec)
+        if kind == "instruct":
+            base = load_causal_lm(spec, cfg.run.seed)
+        else:
+            base = load_classifier(spec, dataset.num_labels, cfg.run.seed)
         full_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
-        model = method.apply(base, architecture(base.config, dataset.num_labels)).to(device)
+        arch = architecture(base.config, dataset.num_labels, causal_lm=kind == "instruct")
+        model = method.apply(base, arch).to(device)
     log.info(
         "task: %s on %s (%d train, %d eval), %d clients, device %s",
         spec.name,
@@ -138,4 +164,5 @@ def build_task(cfg: ExperimentConfig) -> Task:
         device,
         full_bytes,
         method,
+        kind,
     )
