@@ -110,13 +110,20 @@ def evaluate_generative(
     texts = generate_answers(model, split, batch_size, device)
     preds = np.asarray([parse_answer(t, split.label_names) for t in texts], dtype=np.int64)
     loss, scored = teacher_forced(model, split, batch_size, device)
-    classes = list(range(len(split.label_names)))
-    return {
-        "accuracy": float((preds == split.labels).mean()),
-        "macro_f1": float(
-            f1_score(split.labels, preds, labels=classes, average="macro", zero_division=0)
-        ),
+    return answer_metrics(preds, split.labels, len(split.label_names)) | {
         "loss": loss,
-        "invalid_rate": float((preds == INVALID).mean()),
         "label_scoring_accuracy": float((scored == split.labels).mean()),
+    }
+
+
+def answer_metrics(preds: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Accuracy, macro-F1 over the ``num_classes`` real classes (an ``INVALID`` answer is
+    a false negative of its true class and nobody's false positive), invalid share."""
+    classes = list(range(num_classes))
+    return {
+        "accuracy": float((preds == labels).mean()),
+        "macro_f1": float(
+            f1_score(labels, preds, labels=classes, average="macro", zero_division=0)
+        ),
+        "invalid_rate": float((preds == INVALID).mean()),
     }
