@@ -27,13 +27,14 @@ def allocation_report(cfg: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]
     from fedpeft.models import load_model_config
     from fedpeft.peft import architecture
     from fedpeft.profiling import assign_profiles, load_profiles
+    from fedpeft.server.instruct import task_kind
     from fedpeft.server.task import build_data
 
     alloc_cfg = make_allocation_config(cfg.allocation)
     data = build_data(cfg)
-    arch = architecture(
-        load_model_config(data.spec, data.dataset.num_labels), data.dataset.num_labels
-    )
+    n = data.dataset.num_labels
+    causal_lm = task_kind(cfg, data.spec) == "instruct"
+    arch = architecture(load_model_config(data.spec, n), n, causal_lm=causal_lm)
     tiers = load_profiles(Path(cfg.profiles.file)) if cfg.profiles.file else None
     devices = assign_profiles(cfg.data.num_clients, cfg.profiles.mix, cfg.run.seed, tiers)
     c = cfg.client
