@@ -121,20 +121,24 @@ def main() -> None:
     ap.add_argument("--micro", help="run part A for one method and print JSON")
     ap.add_argument("--zero-shot", action="store_true", help="print round-0 metrics as JSON")
     ap.add_argument("--methods", nargs="+", default=["lora", "ia3"])
+    ap.add_argument("--skip-zero-shot", action="store_true", help="(to run methods apart)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/decoder_methods.json"))
     args = ap.parse_args()
     if args.micro or args.zero_shot:
         print(json.dumps(micro(args.micro) if args.micro else zero_shot()))
         return
-    results: dict[str, object] = {"zero_shot": _child("--zero-shot")}
-    print("zero_shot", json.dumps(results["zero_shot"]), flush=True)
+    results: dict[str, object] = {}
+    if not args.skip_zero_shot:
+        results["zero_shot"] = _child("--zero-shot")
+        print("zero_shot", json.dumps(results["zero_shot"]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
             row = _child("--micro", method) | short_run(method, Path(tmp))
             results[method] = row
             print(method, json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    args.out.write_text(json.dumps(old | results, indent=2) + "\n")  # merge with earlier runs
 
 
 if __name__ == "__main__":

@@ -181,7 +181,7 @@ def test_fedpeft_run_instruct_lora_end_to_end(tmp_path: Path) -> None:
     assert [r["round"] for r in rounds] == [1, 2]
     keys = {"accuracy", "macro_f1", "loss", "invalid_rate", "label_scoring_accuracy"}
     assert all(keys <= r["eval"].keys() for r in rounds)
-    assert 'task = "auto"' in (run_dir / "config.toml").read_text()
+    assert 'task = "instruct"' in (run_dir / "config.toml").read_text()  # auto, resolved
     adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert adapter["task_type"] == "CAUSAL_LM" and adapter["peft_type"] == "LORA"
     model = load_adapter(load_causal_lm(get_model_spec("tiny-llama"), 0), run_dir / "adapter")

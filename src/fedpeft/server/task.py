@@ -83,10 +83,12 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
 
 
 def resolved(cfg: ExperimentConfig, method: MethodSpec) -> ExperimentConfig:
-    """``cfg`` with the PEFT method's defaults written out, as stored in the run folder."""
+    """``cfg`` with the PEFT method's defaults and the task written out, as stored in the
+    run folder."""
     options = method.model_dump(mode="json", exclude_none=True)
     peft = PeftConfig(method=cfg.peft.method, **options)
-    return cfg.model_copy(update={"peft": peft})
+    model = cfg.model.model_copy(update={"task": task_kind(cfg)})
+    return cfg.model_copy(update={"peft": peft, "model": model})
 
 
 @dataclass(frozen=True)
