@@ -194,3 +194,14 @@ def test_fedpeft_run_instruct_lora_end_to_end(tmp_path: Path) -> None:
     split = tokenize_instruct(ds.eval, cfg_tok, "sst2", ds.label_names, cfg.model.max_length)
     again = evaluate_generative(model, split, 128, CPU)
     assert again == pytest.approx(rounds[-1]["eval"], rel=1e-4)
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3", "prompt"])
+def test_the_smollm2_example_config_is_valid(method: str) -> None:
+    from fedpeft.config import load_config
+    from fedpeft.server.task import check_names
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "smollm2_instruct_sst2.toml"
+    cfg = load_config(path, [f"peft.method='{method}'"])
+    check_names(cfg)  # no model is loaded
+    assert task_kind(cfg) == "instruct" and cfg.model.name == "HuggingFaceTB/SmolLM2-135M-Instruct"
