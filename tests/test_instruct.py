@@ -192,8 +192,10 @@ def test_fedpeft_run_instruct_lora_end_to_end(tmp_path: Path) -> None:
     cfg = load_config(run_dir / "config.toml")
     ds = load_dataset(cfg.data, cfg.run.seed)
     split = tokenize_instruct(ds.eval, cfg_tok, "sst2", ds.label_names, cfg.model.max_length)
-    again = evaluate_generative(model, split, 128, CPU)
-    assert again == pytest.approx(rounds[-1]["eval"], rel=1e-4)
+    again, final = evaluate_generative(model, split, 128, CPU), rounds[-1]["eval"]
+    assert again["loss"] == pytest.approx(final["loss"], rel=1e-4)  # the same adapter
+    # a random tiny model has near-ties; allow one of the 16 greedy answers to flip
+    assert again == pytest.approx(final, abs=1 / 16 + 1e-9), (again, final)
 
 
 @pytest.mark.parametrize("method", ["lora", "ia3", "prompt"])
