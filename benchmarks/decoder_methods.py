@@ -12,6 +12,7 @@ tens of seconds on the 2 shared CPU cores), scored by exact match of the greedil
 generated label word.
 
     .venv/bin/python benchmarks/decoder_methods.py --out benchmarks/results/decoder_methods.json
+    (to run methods apart: --methods ia3 --skip-zero-shot; results merge into --out)
 """
 
 from __future__ import annotations
