@@ -13,6 +13,7 @@ from transformers import (
     BertConfig,
     BertForSequenceClassification,
     LlamaConfig,
+    LlamaForCausalLM,
     LlamaForSequenceClassification,
     PreTrainedModel,
     RobertaConfig,
@@ -65,10 +66,18 @@ def _llama() -> PreTrainedModel:
     return LlamaForSequenceClassification(config)
 
 
+def _llama_lm() -> PreTrainedModel:
+    """The same decoder as a causal LM with tied input/output embeddings, as SmolLM2."""
+    config = _llama().config
+    config.tie_word_embeddings = True
+    return LlamaForCausalLM(config)
+
+
 FAMILIES: dict[str, Callable[[], PreTrainedModel]] = {
     "bert": _bert,
     "roberta": _roberta,
     "llama": _llama,
+    "llama_lm": _llama_lm,  # instruction tuning: the causal-LM head
 }
 # options that make each method small but non-trivial on the tiny models
 OPTIONS: dict[str, dict[str, object]] = {
@@ -79,7 +88,12 @@ OPTIONS: dict[str, dict[str, object]] = {
     "pfeiffer": {"size": 8, "layers": [1]},
 }
 ADDITIVE_IDENTITY = {"lora", "houlsby", "pfeiffer", "ia3", "bitfit", "head", "full"}
-CASES = [(m, f) for m in method_names() for f in FAMILIES]
+CASES = [
+    (m, f)
+    for m in method_names()
+    for f in FAMILIES
+    if f != "llama_lm" or m in method_names(causal_lm=True)
+]
 
 
 def _build(method: str, family: str, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -103,9 +117,19 @@ def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def _labels(family: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Class ids for a classifier; for a causal LM the tokens themselves, -100 on padding."""
+    if family != "llama_lm":
+        return torch.tensor([0, 1, 2, 1])
+    return batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+
+
 def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Classifier logits, or a causal LM's at the input's positions (PEFT's prompt tuning
+    returns its soft-prompt positions too, first)."""
     with torch.no_grad():
-        return model(**batch).logits
+        logits = model(**batch).logits
+    return logits[:, -batch["input_ids"].shape[1] :] if logits.dim() == 3 else logits
 
 
 @pytest.mark.parametrize(("method", "family"), CASES)
@@ -125,7 +149,8 @@ def test_predicted_params_and_bytes_equal_the_real_ones(method: str, family: str
 def test_gradients_reach_only_the_trainable_parameters(method: str, family: str) -> None:
     _, model = _build(method, family)
     model.train()
-    out = model(**_batch(), labels=torch.tensor([0, 1, 2, 1]))
+    batch = _batch()
+    out = model(**batch, labels=_labels(family, batch))
     out.loss.backward()
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -134,7 +159,9 @@ def test_gradients_reach_only_the_trainable_parameters(method: str, family: str)
             assert p.grad is None, name
     arch = model_architecture(FAMILIES[family]())
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert any(f"{arch.head_prefix}." in n for n in trainable)  # the head always trains
+    head = any(f"{arch.head_prefix}." in n for n in trainable)
+    # a classifier's head always trains; a causal LM's (tied to the embeddings) never does
+    assert head == (family != "llama_lm") or method == "full"
     if method not in ("full",):
         frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
         assert any(arch.linears[0].name in n for n in frozen)  # the first query projection
@@ -171,7 +198,7 @@ def test_one_training_step_changes_the_outputs(method: str, family: str) -> None
     opt = torch.optim.AdamW(params, lr=1e-2)
     model.train()
     for _ in range(2):  # LoRA: the first step moves B off zero, the second reaches A's effect
-        model(**batch, labels=torch.tensor([0, 1, 2, 1])).loss.backward()
+        model(**batch, labels=_labels(family, batch)).loss.backward()
         opt.step()
         opt.zero_grad()
     model.eval()
@@ -285,7 +312,9 @@ _PAD_LIMIT = pytest.mark.xfail(
     "count (logits move by ~1e-3); right padding would be worse (the head reads a pad)",
 )
 PAD_CASES = [
-    pytest.param(m, f, marks=_PAD_LIMIT) if f == "llama" and m in ("prompt", "prefix") else (m, f)
+    pytest.param(m, f, marks=_PAD_LIMIT)
+    if f.startswith("llama") and m in ("prompt", "prefix")
+    else (m, f)
     for m, f in CASES
 ]
 
@@ -299,11 +328,12 @@ def test_padding_does_not_change_an_examples_output(method: str, family: str) ->
     _, model = _build(method, family)
     g = torch.Generator().manual_seed(7)
     seqs = [torch.randint(3, 100, (n,), generator=g).numpy() for n in (9, 5)]
-    split = TokenizedSplit(
-        seqs, np.zeros(2, dtype=np.int64), PAD, np.asarray([9, 5]), pad_left=family == "llama"
-    )
+    left = family.startswith("llama")
+    split = TokenizedSplit(seqs, np.zeros(2, dtype=np.int64), PAD, np.asarray([9, 5]), left)
     batch = split.collate(np.arange(2))
     padded = _logits(model, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
     alone = split.collate(np.asarray([1]))
     single = _logits(model, {"input_ids": alone.input_ids, "attention_mask": alone.attention_mask})
+    if padded.dim() == 3:  # a causal LM: the 5 real (last) positions' next-token logits
+        padded, single = padded[:, -5:], single[:, -5:]
     torch.testing.assert_close(padded[1], single[0], rtol=1e-4, atol=1e-5)

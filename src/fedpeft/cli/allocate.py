@@ -26,13 +26,14 @@ def allocation_report(cfg: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]
     from fedpeft.peft import architecture
     from fedpeft.profiling import declared_devices
     from fedpeft.server.assign import client_infos
+    from fedpeft.server.instruct import task_kind
     from fedpeft.server.task import build_data
 
     alloc_cfg = make_allocation_config(cfg.allocation)
     data = build_data(cfg)
-    arch = architecture(
-        load_model_config(data.spec, data.dataset.num_labels), data.dataset.num_labels
-    )
+    n = data.dataset.num_labels
+    causal_lm = task_kind(cfg, data.spec) == "instruct"
+    arch = architecture(load_model_config(data.spec, n), n, causal_lm=causal_lm)
     p = cfg.profiles
     devices = declared_devices(cfg.data.num_clients, p.mix, cfg.run.seed, p.file)
     clients = client_infos(cfg, range(cfg.data.num_clients), devices, data.profiles)

@@ -1,6 +1,7 @@
 """Datasets: registry and loaders (local first, hub second), tokenisation, image splits,
 partitions."""
 
+from fedpeft.data.instruct import InstructSplit
 from fedpeft.data.partition import DataProfile, data_profile, partition_indices
 from fedpeft.data.registry import dataset_names, load_dataset, register_dataset
 from fedpeft.data.sources import ImageArrays, RawDataset, RawSplit, data_dirs
@@ -14,7 +15,7 @@ from fedpeft.data.images import (  # isort: skip - registers the image datasets
     is_image_dataset,
 )
 
-Split = TokenizedSplit | ImageSplit  # what training and evaluation consume
+Split = TokenizedSplit | ImageSplit | InstructSplit  # what training and evaluation consume
 
 __all__ = [
     "Batch",
@@ -23,6 +24,7 @@ __all__ = [
     "ImageBatch",
     "ImagePreprocess",
     "ImageSplit",
+    "InstructSplit",
     "RawDataset",
     "RawSplit",
     "Split",

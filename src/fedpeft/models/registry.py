@@ -19,11 +19,13 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
     LlamaConfig,
+    LlamaForCausalLM,
     LlamaForSequenceClassification,
     PretrainedConfig,
     PreTrainedModel,
@@ -47,6 +49,7 @@ class ModelSpec:
     package: str | None = None  # an importable package with get_model_path()
     local_path_fn: Callable[[], Path | None] | None = None  # a local folder, or None
     build: Callable[[int], PreTrainedModel] | None = None  # tiny random models
+    build_lm: Callable[[], PreTrainedModel] | None = None  # … as causal LMs
     tokenizer_from: str | None = None  # registry name whose tokenizer to reuse
     aliases: tuple[str, ...] = field(default=())
 
@@ -111,6 +114,20 @@ def load_classifier(spec: ModelSpec, num_labels: int, seed: int) -> PreTrainedMo
         )
 
 
+def load_causal_lm(spec: ModelSpec, seed: int) -> PreTrainedModel:
+    """The frozen-base model with its language-model head (instruction tuning)."""
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if spec.build_lm is not None:
+            return spec.build_lm()
+        if spec.build is not None:
+            raise FedpeftError(f"model `{spec.name}` has no causal-LM variant; use a decoder.")
+        source = spec.local_path() or spec.hub_id
+        return _from_pretrained(spec, AutoModelForCausalLM.from_pretrained, str(source))
+
+
 def load_model_config(spec: ModelSpec, num_labels: int) -> PretrainedConfig:
     """The model's ``transformers`` config, without loading any weights."""
     if spec.build is not None:
@@ -148,20 +165,31 @@ def _tiny_bert(num_labels: int) -> PreTrainedModel:
     return BertForSequenceClassification(config)
 
 
-def _tiny_llama(num_labels: int) -> PreTrainedModel:
-    """A 2-block LLaMA with grouped-query attention and SmolLM2's vocabulary and pad id."""
-    config = LlamaConfig(
+def _tiny_llama_config() -> LlamaConfig:
+    """A 2-block LLaMA with grouped-query attention and SmolLM2's vocabulary, pad id and
+    tied input/output embeddings."""
+    return LlamaConfig(
         vocab_size=49152,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         intermediate_size=48,
-        max_position_embeddings=128,
+        max_position_embeddings=256,
         pad_token_id=2,
+        eos_token_id=2,
+        tie_word_embeddings=True,
     )
+
+
+def _tiny_llama(num_labels: int) -> PreTrainedModel:
+    config = _tiny_llama_config()
     config.num_labels = num_labels
     return LlamaForSequenceClassification(config)
+
+
+def _tiny_llama_lm() -> PreTrainedModel:
+    return LlamaForCausalLM(_tiny_llama_config())
 
 
 register_model(
@@ -197,6 +225,7 @@ register_model(
         family="llama",
         hub_id="tiny-llama",
         build=_tiny_llama,
+        build_lm=_tiny_llama_lm,
         tokenizer_from=SMOLLM2_ID,
     )
 )

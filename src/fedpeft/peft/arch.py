@@ -7,7 +7,7 @@ config. The predictions are checked against real models in the tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fedpeft.errors import FedpeftError
@@ -35,7 +35,7 @@ class Architecture:
     attn_out: tuple[str, ...]  # projections closing attention (Houlsby's first adapter site)
     ffn_out: tuple[str, ...]  # projections closing the feed-forward block
     head_prefix: str  # parameters under this prefix form the task head
-    head_params: int
+    head_params: int  # trainable head parameters (0: the head stays frozen)
     bias_params: int  # every bias of the base model outside the head (BitFit)
     total_params: int  # base + head
     head_token_flops: int  # head FLOPs per position where the head runs on every token
@@ -165,21 +165,48 @@ def _llama(cfg: Any, num_labels: int) -> Architecture:
     )
 
 
+def _llama_causal_lm(cfg: Any) -> Architecture:
+    """``LlamaForCausalLM``: the same blocks with the language-model head ``lm_head``
+    (d→vocab, no bias) on every position. The head stays frozen — with tied embeddings
+    (SmolLM2) it *is* the embedding matrix — so no head parameter trains or travels."""
+    arch = _llama(cfg, num_labels=0)
+    d, vocab = cfg.hidden_size, cfg.vocab_size
+    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+    return replace(
+        arch,
+        head_prefix="lm_head",
+        head_params=0,
+        total_params=arch.total_params + (0 if tied else vocab * d),
+        head_token_flops=2 * d * vocab,
+        peft_task="CAUSAL_LM",
+    )
+
+
 def model_architecture(model: Any) -> Architecture:
-    """The ``Architecture`` of a built ``transformers`` model with its task head."""
+    """The ``Architecture`` of a built ``transformers`` model with its task head (a
+    language-model head, ``lm_head``, makes it a causal LM)."""
     config = getattr(model, "config", None)
     if config is None:
         raise FedpeftError(
             f"{type(model).__name__} has no `config`; expected a transformers model."
         )
+    if hasattr(model, "lm_head"):
+        return architecture(config, 0, causal_lm=True)
     return architecture(config, int(config.num_labels))
 
 
-def architecture(config: Any, num_labels: int) -> Architecture:
-    """The ``Architecture`` of a ``transformers`` config (``model_type`` picks the family)."""
+def architecture(config: Any, num_labels: int, causal_lm: bool = False) -> Architecture:
+    """The ``Architecture`` of a ``transformers`` config (``model_type`` picks the family);
+    ``causal_lm`` for the language-model head instead of a classifier of ``num_labels``."""
     from fedpeft.peft import arch_vision
 
     model_type = getattr(config, "model_type", None)
+    if causal_lm:
+        if model_type == "llama":
+            return _llama_causal_lm(config)
+        raise FedpeftError(
+            f"model type {model_type!r} has no causal-LM cost model; supported: llama."
+        )
     if model_type == "efficientnet_lite":
         return arch_vision.efficientnet(config, num_labels)
     if model_type == "vit":

@@ -3,8 +3,8 @@
 Options: rank ``r``, ``alpha``, ``dropout``, ``target_modules`` (default: the family's
 attention query and value projections, ``Architecture.lora_targets``), ``layers`` (which
 blocks get adapters) and ``rank_pattern`` (a per-module rank, keyed like PEFT's: a module
-name suffix or regex). The task head trains too (PEFT's ``modules_to_save`` for
-``SEQ_CLS``) and travels with the adapter.
+name suffix or regex). A classifier's head trains too (PEFT's ``modules_to_save`` for
+``SEQ_CLS``) and travels with the adapter; a causal LM's head stays frozen (``CAUSAL_LM``).
 """
 
 from __future__ import annotations

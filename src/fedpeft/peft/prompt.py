@@ -25,7 +25,8 @@ class PromptTuningSpec(MethodSpec):
             model.add_context(self.num_virtual_tokens)  # type: ignore[operator]
             return model
         config = PromptTuningConfig(
-            task_type=TaskType.SEQ_CLS, num_virtual_tokens=self.num_virtual_tokens
+            task_type=TaskType(arch.peft_task) if arch.peft_task else None,
+            num_virtual_tokens=self.num_virtual_tokens,
         )
         return get_peft_model(model, config)
 
@@ -48,7 +49,8 @@ class PrefixTuningSpec(MethodSpec):
 
     def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
         config = PrefixTuningConfig(
-            task_type=TaskType.SEQ_CLS, num_virtual_tokens=self.num_virtual_tokens
+            task_type=TaskType(arch.peft_task) if arch.peft_task else None,
+            num_virtual_tokens=self.num_virtual_tokens,
         )
         return get_peft_model(model, config)
 

@@ -49,6 +49,7 @@ class PeftMethod:
     spec: type[MethodSpec]
     kind: Kind
     description: str
+    causal_lm: bool = True  # also offered for causal LMs (instruction tuning)
 
 
 _REGISTRY: dict[str, PeftMethod] = {}
@@ -60,8 +61,9 @@ def register_method(method: PeftMethod) -> None:
     _REGISTRY[method.name] = method
 
 
-def method_names() -> list[str]:
-    return sorted(_REGISTRY)
+def method_names(causal_lm: bool = False) -> list[str]:
+    """Every registered method, or (``causal_lm``) those offered for causal LMs."""
+    return sorted(n for n, m in _REGISTRY.items() if m.causal_lm or not causal_lm)
 
 
 def get_method(name: str) -> PeftMethod:
@@ -84,6 +86,7 @@ def parse_spec(method: str, options: dict[str, Any]) -> MethodSpec:
 
 
 def head_params_trainable(model: nn.Module, arch: Architecture) -> None:
-    """Freezes every parameter, then unfreezes the task head (in place)."""
+    """Freezes every parameter, then unfreezes the task head (in place) unless it is one
+    that stays frozen (``head_params == 0``: a causal LM's output layer)."""
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith(arch.head_prefix + "."))
+        p.requires_grad_(arch.head_params > 0 and name.startswith(arch.head_prefix + "."))

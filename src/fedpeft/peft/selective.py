@@ -44,6 +44,10 @@ class FullSpec(MethodSpec):
         return arch.total_params
 
 
-register_method(PeftMethod("bitfit", BitFitSpec, "selective", "biases and head only"))
-register_method(PeftMethod("head", HeadOnlySpec, "selective", "task head only"))
+# Not for causal LMs: LLaMA blocks have no biases, so BitFit would train nothing, and the
+# LM head is the (tied) 49152×576 embedding matrix, no small head.
+register_method(
+    PeftMethod("bitfit", BitFitSpec, "selective", "biases and head only", causal_lm=False)
+)
+register_method(PeftMethod("head", HeadOnlySpec, "selective", "task head only", causal_lm=False))
 register_method(PeftMethod("full", FullSpec, "baseline", "full fine-tuning"))

@@ -7,6 +7,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from fedpeft.data import Split
+from fedpeft.data.instruct import InstructSplit
 
 
 def predict_logits(
@@ -32,6 +33,11 @@ def predict_logits(
 def evaluate_model(
     model: nn.Module, split: Split, batch_size: int, device: torch.device
 ) -> dict[str, float]:
+    """Accuracy, macro-F1 and loss; for instruction splits, of the generated label word."""
+    if isinstance(split, InstructSplit):
+        from fedpeft.server.generate import evaluate_generative
+
+        return evaluate_generative(model, split, batch_size, device)
     logits = predict_logits(model, split, batch_size, device)
     labels = torch.from_numpy(split.labels)
     preds = logits.argmax(-1).numpy()

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from fedpeft.aggregation import aggregator_parts
 from fedpeft.aggregation.hetero import aggregate_partial, lift
 from fedpeft.compression import encode
 from fedpeft.config import ExperimentConfig

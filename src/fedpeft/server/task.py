@@ -31,12 +31,14 @@ from fedpeft.models import (
     get_model_spec,
     image_preprocess,
     is_vision_model,
+    load_causal_lm,
     load_classifier,
     load_tokenizer,
     load_vision_classifier,
 )
 from fedpeft.peft import Architecture, MethodSpec, architecture, check_supported, parse_spec
 from fedpeft.peft.share import apply_shared
+from fedpeft.server.instruct import check_task, instruct_splits, task_kind
 
 log = logging.getLogger("fedpeft.server")
 
@@ -60,7 +62,9 @@ class Task:
 
     @property
     def arch(self) -> Architecture:
-        return architecture(self.model.config, self.dataset.num_labels)
+        return architecture(
+            self.model.config, self.dataset.num_labels, causal_lm=self.kind == "instruct"
+        )
 
     def model_for(self, method: str, options: str) -> nn.Module:
         """The shared-base model of ``method`` with ``options`` (canonical JSON), built once.
@@ -83,6 +87,8 @@ class Task:
             model = apply_shared(self.base, spec, self.arch, self.cfg.run.seed)
             self.models[key] = model.to(self.device)
         return self.models[key]
+
+    kind: str = "classify"  # "instruct": a causal LM generating the label word
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,6 +119,7 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
         load_profiles(Path(cfg.profiles.file))
     method = parse_spec(cfg.peft.method, cfg.peft.options)
     check_pairing(cfg)
+    check_task(cfg)
     return method
 
 
@@ -132,10 +139,12 @@ def check_pairing(cfg: ExperimentConfig) -> None:
 
 
 def resolved(cfg: ExperimentConfig, method: MethodSpec) -> ExperimentConfig:
-    """``cfg`` with the PEFT method's defaults written out, as stored in the run folder."""
+    """``cfg`` with the PEFT method's defaults and the task written out, as stored in the
+    run folder."""
     options = method.model_dump(mode="json", exclude_none=True)
     peft = PeftConfig(method=cfg.peft.method, **options)
-    return cfg.model_copy(update={"peft": peft})
+    model = cfg.model.model_copy(update={"task": task_kind(cfg)})
+    return cfg.model_copy(update={"peft": peft, "model": model})
 
 
 @dataclass(frozen=True)
@@ -166,8 +175,13 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
     draw) are held out for the server before the rest is partitioned among clients."""
     dataset = load_dataset(cfg.data, cfg.run.seed)
     spec = get_model_spec(cfg.model.name)
-    splits = _image_splits if is_vision_model(spec) else _text_splits
-    train, evaluation = splits(cfg, spec, dataset)
+    train: Split
+    evaluation: Split
+    if task_kind(cfg, spec) == "instruct":
+        train, evaluation = instruct_splits(cfg, dataset, spec)
+    else:
+        splits = _image_splits if is_vision_model(spec) else _text_splits
+        train, evaluation = splits(cfg, spec, dataset)
     pool = np.arange(len(train.labels))
     proxy = np.zeros(0, dtype=np.int64)
     if needs_proxy(cfg):
@@ -225,9 +239,14 @@ def build_task(cfg: ExperimentConfig) -> Task:
     partitions, profiles = data.partitions, data.profiles
     with torch.random.fork_rng(devices=[]):  # head and adapter init: same seed, same model
         torch.manual_seed(cfg.run.seed)
-        base = load_base(cfg, spec, dataset)
+        kind = task_kind(cfg, spec)
+        base: nn.Module = (
+            load_causal_lm(spec, cfg.run.seed)
+            if kind == "instruct"
+            else load_base(cfg, spec, dataset)
+        )
         full_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
-        arch = architecture(base.config, dataset.num_labels)
+        arch = architecture(base.config, dataset.num_labels, causal_lm=kind == "instruct")
         model = apply_shared(base, method, arch, cfg.run.seed).to(device)
     log.info(
         "task: %s on %s (%d train, %d eval), %d clients, device %s",
@@ -253,6 +272,7 @@ def build_task(cfg: ExperimentConfig) -> Task:
         base.to(device),
         {(cfg.peft.method, _canonical(cfg.peft.options)): model},
         data.proxy,
+        kind,
     )
 
 

@@ -1,0 +1,77 @@
+"""Which task a run trains — classification head or instruction-tuned causal LM — and the
+supported (model family, task, method) combinations, checked before anything loads.
+
+``model.task = "auto"`` means ``instruct`` for decoder LLMs (the LLaMA family) and
+``classify`` for every other model; ``classify`` on a decoder trains a sequence-
+classification head as before.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fedpeft.config import ExperimentConfig
+from fedpeft.data import RawDataset
+from fedpeft.data.instruct import InstructSplit, tokenize_instruct
+from fedpeft.data.sources import RawSplit
+from fedpeft.errors import FedpeftError
+from fedpeft.models import ModelSpec, get_model_spec, load_tokenizer
+from fedpeft.peft import method_names
+
+TaskKind = Literal["classify", "instruct"]
+DECODER_FAMILIES = ("llama",)
+
+
+def task_kind(cfg: ExperimentConfig, spec: ModelSpec | None = None) -> TaskKind:
+    """The configured task, with ``auto`` resolved from the model's family."""
+    if cfg.model.task != "auto":
+        return cfg.model.task
+    spec = spec or get_model_spec(cfg.model.name)
+    return "instruct" if spec.family in DECODER_FAMILIES else "classify"
+
+
+def supported_pairs() -> str:
+    """Every supported (task, family, method) combination, in one sentence."""
+    return (
+        f"classify: any family with any method ({', '.join(method_names())}); "
+        f"instruct: {', '.join(DECODER_FAMILIES)} with {', '.join(method_names(causal_lm=True))}"
+    )
+
+
+def check_task(cfg: ExperimentConfig) -> TaskKind:
+    """Refuses an unsupported model × task × method combination, naming what is supported.
+
+    Hub models of unknown family pass here; their config is checked when it loads.
+    """
+    spec = get_model_spec(cfg.model.name)
+    kind = task_kind(cfg, spec)
+    if kind != "instruct":
+        return kind
+    if spec.family not in (*DECODER_FAMILIES, "auto"):
+        raise FedpeftError(
+            f"`model.task` 'instruct' needs a decoder LLM, but `{spec.name}` is a "
+            f"{spec.family} encoder; supported: {supported_pairs()}."
+        )
+    if cfg.peft.method not in method_names(causal_lm=True):
+        raise FedpeftError(
+            f"`peft.method` {cfg.peft.method!r} is not offered for `model.task` 'instruct' "
+            f"(a causal LM's head is its tied embedding matrix and LLaMA has no biases); "
+            f"supported: {supported_pairs()}."
+        )
+    return kind
+
+
+def instruct_splits(
+    cfg: ExperimentConfig, dataset: RawDataset, spec: ModelSpec
+) -> tuple[InstructSplit, InstructSplit]:
+    """Train and eval splits phrased as instructions, tokenised once."""
+    tokenizer = load_tokenizer(spec)
+    max_length = cfg.model.max_length
+
+    def build(split: str) -> InstructSplit:
+        raw = dataset.train if split == "train" else dataset.eval
+        if not isinstance(raw, RawSplit):
+            raise FedpeftError(f"dataset {dataset.name!r} holds images; instruct needs text.")
+        return tokenize_instruct(raw, tokenizer, dataset.name, dataset.label_names, max_length)
+
+    return build("train"), build("eval")
