@@ -224,3 +224,29 @@ def test_utility_allocation_runs_and_records_its_decisions(tiny) -> None:
     assert all(len(d["candidates"]) == 3 for d in decisions)  # every candidate is explained
     chosen = {(d["round"], d["client"]): d["chosen"]["name"] for d in decisions}
     assert {(c["round"], c["client_id"]): c["config"] for c in clients} == chosen
+
+
+@pytest.mark.parametrize("extra", [(), ("allocation.enabled=true", "allocation.policy='tiered'")])
+def test_the_logged_evaluation_is_the_saved_adapters(tiny, tmp_path: Path, extra) -> None:
+    """What metrics.jsonl reports is what the exported adapter scores (a LoRA run alone, and
+    a LoRA group evaluated at its envelope)."""
+    from fedpeft.peft import load_adapter
+    from fedpeft.server.evaluate import evaluate_model
+    from fedpeft.server.task import build_task
+
+    sets = [*extra]
+    if extra:
+        sets += [
+            "allocation.tiers={a={method='lora',options={r=4,alpha=8}},"
+            "b={method='lora',options={r=2,alpha=8}}}",
+            "profiles.mix=['a','b']",
+            _tiers(tmp_path, a={}, b={}),
+        ]
+    cfg = tiny(*sets, "client.lr=0.05")  # LoRA B far from zero, so a misscaled B shows
+    result = run_local(cfg)
+    task = build_task(cfg)
+    model = load_adapter(task.base, result.run_dir / "adapter")
+    again = evaluate_model(model, task.eval, 64, torch.device("cpu"))
+    logged = result.rounds[-1]["eval"]
+    assert again["loss"] == pytest.approx(logged["loss"], rel=1e-5)
+    assert again["accuracy"] == logged["accuracy"]

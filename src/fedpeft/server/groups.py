@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from fedpeft.aggregation.hetero import client_view, extend_envelope
 from fedpeft.allocation import Candidate, make_candidate
-from fedpeft.server.assign import Assignment, options_json
+from fedpeft.server.assign import LORA_GROUP, Assignment, options_json
 from fedpeft.types import AdapterState
 
 
@@ -67,7 +67,7 @@ class GroupBook:
         members = list(self.members.get(group, {}).values())
         if not members:
             return "", "{}", None
-        if members[0].method != "lora":
+        if group != LORA_GROUP:  # one configuration, stored as trained (no folded scale)
             return members[0].method, options_json(members[0].options), None
         options = lora_envelope_options(members)
         return "lora", options_json(options), float(options["alpha"])

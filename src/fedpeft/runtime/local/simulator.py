@@ -257,8 +257,11 @@ def _export(task: Task, loop: LoopResult, store: RunStore) -> None:
     book.load_json(server.extra.get("members"))
     for group, envelope in sorted(server.adapters.items()):
         state, method, options = book.eval_state(group, envelope)
-        model = task.model_for(method, options)
-        spec = parse_spec(method, json.loads(options))
+        model = task.model_for(method, options)  # "" (e.g. a cluster's): the [peft] method
+        if method:
+            spec = parse_spec(method, json.loads(options))
+        else:
+            method, spec = task.cfg.peft.method, task.method
         folder = store.root / "adapters" / group
         save_adapter(model, state, folder, task.spec.hub_id, method, spec)
         if group == server.main:
