@@ -2,7 +2,8 @@
 
 Written before the run loop held several globals and a proxy set (``fedpeft run`` now runs
 ``layerwise``, ``clustered`` and ``kd_fusion`` itself, with the proxy held out of the train
-split); this script drives the same parts directly, so that it can score personal accuracy: the in-process client pool (one shared MiniLM), the wire
+split); this script drives the same parts directly, so that it can score personal accuracy:
+the in-process client pool (one shared MiniLM), the wire
 codec, reply validation and the registered rules. The server's proxy set is a seeded half of
 the dev split (``--proxy`` examples); every rule is scored on the other half, so the proxy
 never scores. Per round it records

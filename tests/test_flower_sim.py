@@ -38,3 +38,22 @@ def test_flower_simulation_gives_the_in_process_final_adapter(tiny) -> None:
                for c in clients.values())  # fmt: skip
     # the simulation engine keeps its worker processes: the base model loaded once in each
     assert all(c["model_loads_in_last_process"] == 1 for c in clients.values())
+
+
+def test_the_server_allocates_from_what_flower_clients_report(tiny) -> None:
+    """First contact carries the measured device and the data profile; the allocation
+    decides from them (here: a uniform LoRA r=4 that fits any measured machine)."""
+    cfg = tiny(
+        "allocation.enabled=true",
+        "allocation.policy='uniform'",
+        "allocation.uniform={method='lora',options={r=4,alpha=8}}",
+        "run.rounds=1",
+    )
+    flower = run_flower_sim(cfg, workers=2)
+    clients = [json.loads(x) for x in (flower.run_dir / "clients.jsonl").read_text().splitlines()]
+    assert all(c["status"] == "ok" and c["group"] == "lora" for c in clients)
+    assert all(c["tier"] == "measured" and c["config"] == "lora(alpha=8, r=4)" for c in clients)
+    decisions = [
+        json.loads(x) for x in (flower.run_dir / "allocations.jsonl").read_text().splitlines()
+    ]
+    assert len(decisions) == 2 and all(d["tier"] == "measured" for d in decisions)

@@ -117,7 +117,7 @@ def test_instruct_path_on_the_real_model(folder: Path) -> None:
     model = load_causal_lm(spec, seed=0)
     arch = architecture(model.config, 0, causal_lm=True)
     assert arch.total_params == sum(p.numel() for p in model.parameters()) == PARAMS  # tied
-    assert arch.head_params == 0 and arch.task_type == "CAUSAL_LM"
+    assert arch.head_params == 0 and arch.peft_task == "CAUSAL_LM"
     lora = parse_spec("lora", {"r": 4})
     adapted = lora.apply(model, arch)
     trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)

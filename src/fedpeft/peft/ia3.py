@@ -43,7 +43,7 @@ class IA3Spec(MethodSpec):
                 f"model; its projections end in e.g. {_suffixes(arch)}."
             )
         config = IA3Config(
-            task_type=TaskType(arch.peft_task) if arch.peft_task else None,
+            task_type=TaskType(arch.peft_task or "SEQ_CLS"),
             target_modules=self._targets(arch),
             feedforward_modules=self._feedforward(arch),
         )

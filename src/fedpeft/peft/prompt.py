@@ -25,7 +25,7 @@ class PromptTuningSpec(MethodSpec):
             model.add_context(self.num_virtual_tokens)  # type: ignore[operator]
             return model
         config = PromptTuningConfig(
-            task_type=TaskType(arch.peft_task) if arch.peft_task else None,
+            task_type=TaskType(arch.peft_task or "SEQ_CLS"),
             num_virtual_tokens=self.num_virtual_tokens,
         )
         return get_peft_model(model, config)
@@ -49,7 +49,7 @@ class PrefixTuningSpec(MethodSpec):
 
     def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
         config = PrefixTuningConfig(
-            task_type=TaskType(arch.peft_task) if arch.peft_task else None,
+            task_type=TaskType(arch.peft_task or "SEQ_CLS"),
             num_virtual_tokens=self.num_virtual_tokens,
         )
         return get_peft_model(model, config)

@@ -84,7 +84,10 @@ def hello(msg: Message, context: Context, config_toml: str | None = None) -> Mes
     profile: dict[str, ConfigRecordValues] = {
         k: v for k, v in info["profile"].items() if isinstance(v, int | float | str)
     }
-    content = RecordDict({keys.HELLO: hello_record, keys.PROFILE: ConfigRecord(profile)})
+    data = ConfigRecord(dict(info["data"]))
+    content = RecordDict(
+        {keys.HELLO: hello_record, keys.PROFILE: ConfigRecord(profile), keys.DATA: data}
+    )
     return Message(content, reply_to=msg)
 
 

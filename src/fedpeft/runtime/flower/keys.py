@@ -11,6 +11,7 @@ ARRAYS = "fedpeft.arrays"  # ArrayRecord: the adapter state (down: global, up: t
 META = "fedpeft.meta"  # ConfigRecord: the payload's metadata (round, num_examples, metrics)
 INSTRUCTION = "fedpeft.instruction"  # ConfigRecord: every TrainInstruction field
 PROFILE = "fedpeft.profile"  # ConfigRecord: the client's measured ResourceProfile
+DATA = "fedpeft.data"  # ConfigRecord: the client's DataProfile (counts only, no examples)
 HELLO = "fedpeft.hello"  # ConfigRecord: the client's answer to the first-contact query
 
 # ---- keys inside those records ----------------------------------------------------------

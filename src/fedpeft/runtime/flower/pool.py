@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedpeft.compression import CodecError
+from fedpeft.data import DataProfile
 from fedpeft.errors import FedpeftError
 from fedpeft.profiling import ResourceProfile, make_profile
 from fedpeft.runtime.flower import keys
@@ -42,6 +43,7 @@ class ClientInfo:
     num_examples: int
     profile: ResourceProfile
     pid: int
+    data: DataProfile | None = None
 
 
 @dataclass
@@ -53,6 +55,18 @@ class WireStats:
     messages: int = 0
     reply_pids: dict[int, set[int]] = field(default_factory=dict)  # cid -> processes seen
     model_loads: dict[int, int] = field(default_factory=dict)  # cid -> loads in last process
+
+
+def _data_profile(record: object, n: int) -> DataProfile | None:
+    """A reported data profile, checked (an absent one is None; a malformed one raises)."""
+    if record is None:
+        return None
+    raw = dict(record)  # type: ignore[call-overload]
+    hist = [_int(x) for x in raw["label_histogram"]]
+    if sum(hist) != n or any(x < 0 for x in hist):
+        raise ValueError(f"label histogram {hist} does not sum to the {n} examples reported")
+    entropy, mean = float(raw["label_entropy"]), float(raw["mean_length"])
+    return DataProfile(n, hist, entropy, mean)
 
 
 def _int(value: object) -> int:
@@ -117,13 +131,14 @@ class FlowerClientPool:
             hello = reply.content.config_records[keys.HELLO]
             cid, n = _int(hello[keys.HELLO_PARTITION]), _int(hello[keys.HELLO_NUM_EXAMPLES])
             profile = make_profile(dict(reply.content.config_records[keys.PROFILE]))
+            data = _data_profile(reply.content.config_records.get(keys.DATA), n)
         except (KeyError, TypeError, ValueError, FedpeftError) as e:
             log.warning("node %d sent an unusable first-contact reply: %s", node, e)
             return
         if not 0 <= cid < self.num_clients or cid in self.clients:
             log.warning("node %d claims partition %d, which is taken or invalid", node, cid)
             return
-        self.clients[cid] = ClientInfo(node, n, profile, _int(hello.get(keys.HELLO_PID, 0)))
+        self.clients[cid] = ClientInfo(node, n, profile, _int(hello.get(keys.HELLO_PID, 0)), data)
 
     # ---- the ClientPool protocol ------------------------------------------------------
     def num_examples(self, client_id: int) -> int | None:
@@ -133,6 +148,11 @@ class FlowerClientPool:
     def resources(self, client_id: int) -> ResourceProfile | None:
         info = self.clients.get(client_id)
         return info.profile if info else None
+
+    def data_profile(self, client_id: int) -> DataProfile | None:
+        """What the client reported of its data at first contact (for the allocation)."""
+        info = self.clients.get(client_id)
+        return info.data if info else None
 
     def fit(self, instruction: TrainInstruction, payload: bytes) -> bytes:
         reply = self.fit_many([(instruction, payload)])[0]

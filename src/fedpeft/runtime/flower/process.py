@@ -103,6 +103,7 @@ def hello_info(text: str, partition: int, upload: str, download: str) -> dict[st
     return {
         "num_examples": proc.pool.num_examples(partition) or 0,
         "profile": profile_of(proc, upload, download).to_json(),
+        "data": proc.pool.data_profile(partition).to_json(),
         "pid": process_id(),
         "model_loads": LOADS.loads,
         "model_load_s": LOADS.last_load_s,
