@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from fedpeft.data.sources import RawSplit
-from fedpeft.data.tokenized import Batch
+from fedpeft.data.tokenized import Batch, bucketed_batches
 from fedpeft.errors import FedpeftError
 
 IGNORE = -100  # label of a position that has no loss (PyTorch's and HF's ignore_index)
@@ -78,15 +78,8 @@ class InstructSplit:
         self, indices: np.ndarray, batch_size: int, rng: np.random.Generator, bucket: int = 8
     ) -> Iterator[Batch]:
         """One seeded, length-bucketed epoch, exactly as ``TokenizedSplit.train_batches``."""
-        order = rng.permutation(indices)
-        chunk = batch_size * max(1, bucket)
-        batches: list[np.ndarray] = []
-        for start in range(0, len(order), chunk):
-            part = order[start : start + chunk]
-            part = part[np.argsort(self.lengths[part], kind="stable")]
-            batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
-        for b in rng.permutation(len(batches)):
-            yield self.collate(batches[b])
+        for batch in bucketed_batches(indices, self.lengths, batch_size, rng, bucket):
+            yield self.collate(batch)
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, Batch]]:
         """All examples sorted by length; yields (indices, prompt + answer batch)."""

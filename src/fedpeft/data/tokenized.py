@@ -67,16 +67,8 @@ class TokenizedSplit:
         by length and cut into batches, and the batches are visited in random order. Batches
         then hold similar lengths and pad little, while the order stays random.
         """
-        order = rng.permutation(indices)
-        lengths = self.lengths
-        chunk = batch_size * max(1, bucket)
-        batches: list[np.ndarray] = []
-        for start in range(0, len(order), chunk):
-            part = order[start : start + chunk]
-            part = part[np.argsort(lengths[part], kind="stable")]
-            batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
-        for b in rng.permutation(len(batches)):
-            yield self.collate(batches[b])
+        for batch in bucketed_batches(indices, self.lengths, batch_size, rng, bucket):
+            yield self.collate(batch)
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, Batch]]:
         """All examples, sorted by length so each batch pads little; yields (indices, batch)."""
@@ -84,6 +76,25 @@ class TokenizedSplit:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             yield idx, self.collate(idx)
+
+
+def bucketed_batches(
+    indices: np.ndarray,
+    lengths: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
+    bucket: int = 8,
+) -> list[np.ndarray]:
+    """One epoch's batches of ``indices`` in a seeded random order, with length bucketing
+    (see ``TokenizedSplit.train_batches``)."""
+    order = rng.permutation(indices)
+    chunk = batch_size * max(1, bucket)
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    return [batches[b] for b in rng.permutation(len(batches))]
 
 
 def tokenize_split(
