@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import read_run, run_fedpeft
+from common import plot_against_clock, read_run, run_fedpeft, time_to_target
 
 BASE = [
     "data.alpha=0.1",
@@ -69,7 +69,7 @@ def summarise(run_dir: Path, target: float) -> dict[str, Any]:
     summary, rounds = read_run(run_dir)
     acc = [r["eval"]["accuracy"] for r in rounds]
     clock = [r["sim_clock_s"] for r in rounds]
-    reached = next((t for a, t in zip(acc, clock, strict=True) if a >= target), None)
+    reached = time_to_target(acc, clock, target)
     return {
         "accuracy_per_round": acc,
         "sim_clock_s": clock,
@@ -85,24 +85,10 @@ def summarise(run_dir: Path, target: float) -> dict[str, Any]:
 
 
 def plot(results: dict[str, dict[str, Any]], path: Path, target: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    for label, r in results.items():
-        if "accuracy_per_round" in r:
-            ax.plot(r["sim_clock_s"], r["accuracy_per_round"], marker="o", ms=3, label=label)
-    ax.axhline(target, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel("SST-2 dev accuracy")
-    ax.set_title("mixed tiers 30/40/30, Dirichlet 0.1, simulated devices", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    curves = {k: (r["sim_clock_s"], r["accuracy_per_round"]) for k, r in results.items()
+              if "accuracy_per_round" in r}  # fmt: skip
+    title = "mixed tiers 30/40/30, Dirichlet 0.1, simulated devices"
+    plot_against_clock(curves, path, target, title)
 
 
 def main() -> None:

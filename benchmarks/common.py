@@ -34,3 +34,73 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     summary = json.loads((run_dir / "summary.json").read_text())
     rounds = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return summary, rounds
+
+
+def measure_steps(model: Any, inputs: dict[str, Any], steps: int, warmup: int) -> dict[str, float]:
+    """AdamW steps of ``model`` on one batch: median step time after ``warmup`` steps, the
+    process's peak RSS and its rise over the RSS before training (MiB)."""
+    import statistics
+    import time
+
+    import psutil
+    import torch
+
+    proc = psutil.Process()
+    rss_loaded = proc.memory_info().rss
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+    times, peak = [], rss_loaded
+    for step in range(steps):
+        start = time.perf_counter()
+        model(**inputs).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+        peak = max(peak, proc.memory_info().rss)
+    return {
+        "peak_rss_mib": peak / 2**20,
+        "train_rss_rise_mib": (peak - rss_loaded) / 2**20,
+        "median_step_s": statistics.median(times),
+    }
+
+
+def update_counts(model: Any, spec: Any, arch: Any) -> dict[str, int]:
+    """Real and predicted trainable parameters and update bytes of a PEFT model."""
+    from fedpeft.peft import get_adapter_state
+
+    state = get_adapter_state(model)
+    return {
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "predicted_params": spec.trainable_params(arch),
+        "update_bytes": sum(t.numel() * t.element_size() for t in state.values()),
+        "predicted_bytes": spec.update_bytes(arch),
+    }
+
+
+def time_to_target(accuracy: list[float], clock: list[float], target: float) -> float | None:
+    """The simulated time of the first round at or above ``target`` (None: never)."""
+    return next((t for a, t in zip(accuracy, clock, strict=True) if a >= target), None)
+
+
+def plot_against_clock(
+    curves: dict[str, tuple[list[float], list[float]]], path: Path, target: float, title: str
+) -> None:
+    """Accuracy against simulated time, one line per run, the target dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    for label, (clock, acc) in curves.items():
+        ax.plot(clock, acc, marker="o", ms=3, label=label)
+    ax.axhline(target, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel("dev accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

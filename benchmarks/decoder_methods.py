@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import read_run
+from common import measure_steps, read_run, update_counts
 
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "smollm2_instruct_sst2.toml"
 LR = {"lora": 1e-3, "ia3": 1e-2, "prompt": 3e-2}
@@ -41,39 +41,19 @@ def _cfg(*extra: str):  # type: ignore[no-untyped-def]
 
 def micro(method: str) -> dict[str, float]:
     import numpy as np
-    import psutil
-    import torch
 
-    from fedpeft.peft import architecture, get_adapter_state
+    from fedpeft.peft import architecture
     from fedpeft.server.task import build_task
 
     task = build_task(_cfg(f"peft.method='{method}'"))
     model, spec = task.model, task.method
     arch = architecture(model.config, 0, causal_lm=True)
     batch = task.train.collate(np.arange(8))
-    proc = psutil.Process()
-    rss_loaded = proc.memory_info().rss
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    model.train()
-    times, peak = [], rss_loaded
-    for step in range(3):
-        start = time.perf_counter()
-        model(**batch.model_inputs()).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step >= 1:
-            times.append(time.perf_counter() - start)
-        peak = max(peak, proc.memory_info().rss)
-    state = get_adapter_state(model)
+    measured = measure_steps(model, batch.model_inputs(), steps=3, warmup=1)
     return {
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "predicted_params": spec.trainable_params(arch),
-        "update_bytes": sum(t.numel() * t.element_size() for t in state.values()),
-        "predicted_bytes": spec.update_bytes(arch),
+        **update_counts(model, spec, arch),
         "batch_tokens": int(batch.attention_mask.sum()),
-        "peak_rss_mib": peak / 2**20,
-        "train_rss_rise_mib": (peak - rss_loaded) / 2**20,
-        "median_step_s": statistics.median(times),
+        **measured,
     }
 
 

@@ -18,10 +18,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import read_run, run_fedpeft
+from common import measure_steps, read_run, run_fedpeft, update_counts
 
 # one learning rate per method family, the usual order of magnitude from each paper
 LR = {
@@ -38,13 +37,12 @@ LR = {
 
 
 def micro(method: str) -> dict[str, float]:
-    import psutil
     import torch
 
     from fedpeft.config import load_config
     from fedpeft.data import load_dataset
     from fedpeft.models import MINILM_ID, get_model_spec, load_classifier, load_tokenizer
-    from fedpeft.peft import get_adapter_state, model_architecture, parse_spec
+    from fedpeft.peft import model_architecture, parse_spec
 
     torch.set_num_threads(2)
     spec = get_model_spec(MINILM_ID)
@@ -58,29 +56,11 @@ def micro(method: str) -> dict[str, float]:
     method_spec = parse_spec(method, {})
     arch = model_architecture(base)
     model = method_spec.apply(base, arch)
-    proc = psutil.Process()
-    rss_loaded = proc.memory_info().rss
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    model.train()
-    times, peak = [], rss_loaded
-    for step in range(12):
-        start = time.perf_counter()
-        model(**batch, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step >= 2:
-            times.append(time.perf_counter() - start)
-        peak = max(peak, proc.memory_info().rss)
-    state = get_adapter_state(model)
+    measured = measure_steps(model, {**batch, "labels": labels}, steps=12, warmup=2)
     return {
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "predicted_params": method_spec.trainable_params(arch),
-        "update_bytes": sum(t.numel() * t.element_size() for t in state.values()),
-        "predicted_bytes": method_spec.update_bytes(arch),
+        **update_counts(model, method_spec, arch),
         "extra_gflops_per_example_len64": method_spec.extra_flops(arch, 64) / 1e9,
-        "peak_rss_mib": peak / 2**20,
-        "train_rss_rise_mib": (peak - rss_loaded) / 2**20,
-        "median_step_s": statistics.median(times),
+        **measured,
     }
 
 

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import read_run, run_fedpeft
+from common import plot_against_clock, read_run, run_fedpeft, time_to_target
 
 BASE = [
     "data.alpha=0.5",
@@ -32,7 +32,7 @@ def summarise(run_dir: Path, target: float) -> dict[str, Any]:
     _, rounds = read_run(run_dir)
     acc = [r["eval"]["accuracy"] for r in rounds]
     clock = [r["sim_clock_s"] for r in rounds]
-    reached = next((t for a, t in zip(acc, clock, strict=True) if a >= target), None)
+    reached = time_to_target(acc, clock, target)
     return {
         "accuracy": acc,
         "sim_clock_s": clock,
@@ -75,21 +75,9 @@ def main() -> None:
     args.out.write_text(
         json.dumps({"base": BASE, "target": args.target, "results": results}, indent=2) + "\n"
     )
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    for label, r in results.items():
-        ax.plot(r["sim_clock_s"], r["accuracy"], marker="o", ms=3, label=label)
-    ax.axhline(args.target, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel("SST-2 dev accuracy (400)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(args.out.with_suffix(".png"))
+    curves = {k: (r["sim_clock_s"], r["accuracy"]) for k, r in results.items()}
+    title = "sync vs async, mixed tiers 30/40/30, Dirichlet 0.5"
+    plot_against_clock(curves, args.out.with_suffix(".png"), args.target, title)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import read_run
+from common import measure_steps, read_run, update_counts
 
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "efficientnet_cifar10.toml"
 LR = {"lora": 3e-3, "head": 1e-2, "bitfit": 3e-3, "full": 3e-4}
@@ -30,11 +29,10 @@ LR = {"lora": 3e-3, "head": 1e-2, "bitfit": 3e-3, "full": 3e-4}
 
 def micro(method: str) -> dict[str, float]:
     import numpy as np
-    import psutil
     import torch
 
     from fedpeft.config import load_config
-    from fedpeft.peft import get_adapter_state, model_architecture, parse_spec
+    from fedpeft.peft import model_architecture, parse_spec
     from fedpeft.server.task import build_data, load_base
 
     torch.set_num_threads(2)
@@ -45,29 +43,11 @@ def micro(method: str) -> dict[str, float]:
     spec = parse_spec(method, {})
     arch = model_architecture(base)
     model = spec.apply(base, arch)
-    proc = psutil.Process()
-    rss_loaded = proc.memory_info().rss
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    model.train()
-    times, peak = [], rss_loaded
-    for step in range(8):
-        start = time.perf_counter()
-        model(**batch.model_inputs()).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step >= 2:
-            times.append(time.perf_counter() - start)
-        peak = max(peak, proc.memory_info().rss)
-    state = get_adapter_state(model)
+    measured = measure_steps(model, batch.model_inputs(), steps=8, warmup=2)
     return {
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "predicted_params": spec.trainable_params(arch),
-        "update_bytes": sum(t.numel() * t.element_size() for t in state.values()),
-        "predicted_bytes": spec.update_bytes(arch),
+        **update_counts(model, spec, arch),
         "extra_mflops_per_image": spec.extra_flops(arch, 0) / 1e6,
-        "peak_rss_mib": peak / 2**20,
-        "train_rss_rise_mib": (peak - rss_loaded) / 2**20,
-        "median_step_s": statistics.median(times),
+        **measured,
     }
 
 
