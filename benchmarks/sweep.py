@@ -22,7 +22,8 @@ from common import read_run, run_fedpeft
 def run_variant(label: str, sets: list[str], out: Path) -> dict[str, object]:
     tag = "".join(ch if ch.isalnum() else "-" for ch in label)
     try:
-        s, rounds = read_run(run_fedpeft(out, tag, sets))
+        run_dir = run_fedpeft(out, tag, sets)
+        s, rounds = read_run(run_dir)
     except RuntimeError as e:
         return {"sets": sets, "error": str(e)}
     return {
@@ -32,6 +33,8 @@ def run_variant(label: str, sets: list[str], out: Path) -> dict[str, object]:
         "final_macro_f1": s["final_macro_f1"],
         "bytes_up_per_client_round": s["bytes_up_per_client_round"],
         "median_round_s": statistics.median(r["wall_time_s"] for r in rounds),
+        "groups_final": rounds[-1].get("groups"),
+        "run": str(run_dir),
     }
 
 
@@ -62,13 +65,15 @@ def main() -> None:
     ap.add_argument("--base", action="append", default=[])
     ap.add_argument("--variant", action="append", required=True)
     ap.add_argument("--title", default="")
+    ap.add_argument("--runs", type=Path, help="keep the run folders here (default: discarded)")
     args = ap.parse_args()
     results: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        runs = args.runs or Path(tmp)
         for spec in args.variant:
             label, _, rest = spec.partition("=")
             sets = [*args.base, *(s for s in rest.split(";") if s)]
-            results[label] = run_variant(label, sets, Path(tmp))
+            results[label] = run_variant(label, sets, runs)
             print(label, json.dumps(results[label]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
