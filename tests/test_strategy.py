@@ -103,3 +103,61 @@ def test_ffa_lora_rejects_a_client_that_changed_a(tiny, monkeypatch) -> None:
     status = {c["client_id"]: (c["status"], c["reason"]) for c in map(json.loads, lines)}
     assert status[0][0] == "ok"
     assert status[1][0] == "rejected" and "frozen" in status[1][1]
+
+
+class _Boosts:
+    """Client 1 scales its update Δ by 1,000 (a model-replacement attacker)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def num_examples(self, client_id):
+        return self.inner.num_examples(client_id)
+
+    def fit(self, instruction, payload):
+        from fedpeft.compression import decode, encode
+
+        start, _ = decode(payload)
+        state, meta = decode(self.inner.fit(instruction, payload))
+        if instruction.client_id == 1:
+            state = {k: start[k] + 1000.0 * (v - start[k]) for k, v in state.items()}
+        return encode(state, meta)
+
+
+def _move(result, initial) -> float:
+    return sum(float((result.state[k] - initial[k]).double().pow(2).sum()) for k in initial) ** 0.5
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_norm_clipping_bounds_what_one_boosted_update_moves(tiny, monkeypatch, clip) -> None:
+    import json
+
+    import fedpeft.runtime.local.simulator as sim
+
+    real = sim.LocalClientPool
+    monkeypatch.setattr(sim, "LocalClientPool", lambda task: _Boosts(real(task)))
+    sets = ["run.rounds=1", *([f"server.clip_norm={clip}"] if clip else [])]
+    cfg = tiny(*sets)
+    initial = get_adapter_state(build_task(cfg).model)
+    result = run_local(cfg)
+    rows = [json.loads(x) for x in (result.run_dir / "clients.jsonl").read_text().splitlines()]
+    norms = {r["client_id"]: r["metrics"]["update_norm"] for r in rows}
+    assert norms[1] > 100 * norms[0]  # the boost is real and measured before clipping
+    if clip is None:
+        assert _move(result, initial) > norms[1] / 4  # FedAvg carries half of it (2 clients)
+    else:
+        assert _move(result, initial) <= clip * (1 + 1e-6)  # a mean of Δs each within M
+
+
+def test_clip_update_scales_only_updates_over_the_norm() -> None:
+    from fedpeft.server.validate import clip_update
+    from fedpeft.types import ClientUpdate
+
+    start = {"w": torch.zeros(3, 4)}
+    big = ClientUpdate(0, {"w": torch.full((3, 4), 2.0)}, 10)  # ‖Δ‖ = 2·√12
+    out = clip_update(big, start, 1.0)
+    assert out.metrics["update_norm"] == pytest.approx(2 * 12**0.5)
+    assert float(out.state["w"].norm()) == pytest.approx(1.0, rel=1e-6)
+    torch.testing.assert_close(out.state["w"] / out.state["w"][0, 0], torch.ones(3, 4))
+    small = clip_update(big, start, 100.0)
+    assert torch.equal(small.state["w"], big.state["w"]) and out.num_examples == 10

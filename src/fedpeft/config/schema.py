@@ -94,6 +94,9 @@ class ServerConfig(_Section):
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="FedAdam/FedYogi")
     beta2: float = Field(0.99, ge=0.0, lt=1.0, description="FedAdam/FedYogi")
     tau: PositiveFloat = Field(1e-3, description="FedAdam/FedYogi adaptivity")
+    clip_norm: PositiveFloat | None = Field(
+        None, description="robust: clip each update θ_c − θ_served to this L2 norm first"
+    )
     proxy_size: PositiveInt = Field(
         128, description="train examples held out as the server's proxy set (layerwise, kd_fusion)"
     )

@@ -38,7 +38,7 @@ from fedpeft.server.loop import (
 )
 from fedpeft.server.store import RunStore
 from fedpeft.server.strategy import Strategy, strategy_from_config
-from fedpeft.server.validate import RejectedUpdate, validate_reply
+from fedpeft.server.validate import RejectedUpdate, clip_update, validate_reply
 from fedpeft.types import AdapterState, ClientRecord, ClientUpdate, RoundRecord, TrainInstruction
 
 log = logging.getLogger("fedpeft.server")
@@ -162,7 +162,7 @@ def _fill_slots(
         if run.down is None or run.down[0] != run.version:
             run.down = (run.version, encode(run.state.adapter, {"round": run.version}))
         start = run.state.adapter
-        update, record = _fit(pool, ins, run.down[1], start)
+        update, record = _fit(pool, ins, run.down[1], start, strategy.clip_norm)
         seconds = duration_fn(cid, run.version, record.metrics, record.bytes_down, record.bytes_up)
         run.clock.schedule(cid, float(seconds))
         run.flights[cid] = _Flight(run.version, start, update, record)
@@ -192,7 +192,11 @@ def _land(cfg: ExperimentConfig, run: _Run, observer: Observer) -> bool:
 
 
 def _fit(
-    pool: ClientPool, ins: TrainInstruction, down: bytes, start: AdapterState
+    pool: ClientPool,
+    ins: TrainInstruction,
+    down: bytes,
+    start: AdapterState,
+    clip_norm: float | None = None,
 ) -> tuple[ClientUpdate | None, ClientRecord]:
     """One round trip; a failing client or a bad reply is logged and recorded, never raised."""
 
@@ -208,6 +212,7 @@ def _fit(
         return None, record("failed", f"{type(e).__name__}: {e}", 0, 0, {})
     try:
         update = validate_reply(reply, start, ins, pool.num_examples(ins.client_id))
+        update = clip_update(update, start, clip_norm)
     except RejectedUpdate as e:
         log.warning("async: update from client %d rejected: %s", ins.client_id, e)
         return None, record("rejected", str(e), len(reply), 0, {})

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from fedpeft.errors import ClientSkipped
 from fedpeft.server.assign import Assignment
-from fedpeft.server.validate import RejectedUpdate, validate_reply
+from fedpeft.server.validate import RejectedUpdate, clip_update, validate_reply
 from fedpeft.types import ClientRecord, TrainInstruction
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ def check_reply(
         )
     try:
         update = validate_reply(reply, work.views[cid], ins, pool.num_examples(cid))
+        update = clip_update(update, work.views[cid], work.clip_norm)
     except RejectedUpdate as e:
         log.warning("round %d: update from client %d rejected: %s", ins.round, cid, e)
         return client_record(ins, "rejected", str(e), len(down), len(reply), 0, {}, a)

@@ -89,6 +89,7 @@ class _Round:
     records: dict[int, ClientRecord] = field(default_factory=dict)
     accepted: dict[int, ClientUpdate] = field(default_factory=dict)
     tiers: dict[int, str] = field(default_factory=dict)
+    clip_norm: float | None = None
 
     def done(self, record: ClientRecord, observer: Observer) -> None:
         record = replace(record, tier=self.tiers.get(record.client_id, ""))
@@ -181,7 +182,7 @@ def run_round(
         cfg.data.num_clients, cfg.server.fraction, cfg.server.min_clients, cfg.run.seed, rnd
     )
     observer.on_round_start(rnd, sampled)
-    work = _Round(rnd, dict(server.adapters), dict(server.extra))
+    work = _Round(rnd, dict(server.adapters), dict(server.extra), clip_norm=strategy.clip_norm)
     requests = _configure(cfg, strategy, pool, assigner, book, work, sampled, observer)
     collect(pool, requests, work, observer)
     failed = [r for r in work.records.values() if r.status == "failed"]

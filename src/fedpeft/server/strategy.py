@@ -28,6 +28,7 @@ class Strategy:
     client_freeze: tuple[str, ...] = ()  # parameter-name parts clients must not train
     partition: Partition | None = None  # (states, start states) → group labels; None: one group
     fuse: Fuse | None = None  # (models by group, proxy batches) → fused state by group
+    clip_norm: float | None = None  # each update's Δ is clipped to this L2 norm on arrival
 
 
 def strategy_from_config(
@@ -62,6 +63,7 @@ def strategy_from_config(
         client_freeze=parts.freeze,
         partition=parts.partition,
         fuse=parts.fuse,
+        clip_norm=cfg.clip_norm,
     )
 
 

@@ -10,9 +10,11 @@ client or round. Unparseable metrics are dropped, not trusted.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
+from fedpeft.aggregation.robust import clip_deltas
 from fedpeft.client import META_CLIENT_ID, META_METRICS, META_NUM_EXAMPLES, META_ROUND
 from fedpeft.compression import CodecError, decode
 from fedpeft.types import AdapterState, ClientUpdate, TrainInstruction
@@ -20,6 +22,20 @@ from fedpeft.types import AdapterState, ClientUpdate, TrainInstruction
 
 class RejectedUpdate(Exception):
     """A client reply that must not be aggregated; the message is the reason."""
+
+
+def clip_update(update: ClientUpdate, start: AdapterState, max_norm: float | None) -> ClientUpdate:
+    """Norm clipping of a validated update: ``θ_s + Δ · min(1, M / ‖Δ‖₂)`` with
+    ``Δ = θ_c − θ_s`` over the whole state it was served (``server.clip_norm``); the norm
+    before clipping is kept as the ``update_norm`` metric."""
+    delta_sq = sum(
+        float((v.double() - start[k].double()).pow(2).sum()) for k, v in update.state.items()
+    )
+    metrics = update.metrics | {"update_norm": math.sqrt(delta_sq)}
+    if max_norm is None or math.sqrt(delta_sq) <= max_norm:
+        return replace(update, metrics=metrics)
+    ((state, _),) = clip_deltas(start, [(update.state, 1.0)], max_norm)
+    return replace(update, state=state, metrics=metrics)
 
 
 def validate_reply(
