@@ -212,11 +212,12 @@ def _fit(
         return None, record("failed", f"{type(e).__name__}: {e}", 0, 0, {})
     try:
         update = validate_reply(reply, start, ins, pool.num_examples(ins.client_id))
-        update = clip_update(update, start, clip_norm)
+        update, norm = clip_update(update, start, clip_norm)
     except RejectedUpdate as e:
         log.warning("async: update from client %d rejected: %s", ins.client_id, e)
         return None, record("rejected", str(e), len(reply), 0, {})
-    return update, record("ok", "", len(reply), update.num_examples, update.metrics)
+    ok = record("ok", "", len(reply), update.num_examples, update.metrics)
+    return update, replace(ok, update_norm=norm)
 
 
 def _server_step(

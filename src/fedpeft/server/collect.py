@@ -4,6 +4,7 @@ and bad replies are logged and recorded; the round goes on."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 from fedpeft.errors import ClientSkipped
@@ -64,16 +65,17 @@ def check_reply(
         )
     try:
         update = validate_reply(reply, work.views[cid], ins, pool.num_examples(cid))
-        update = clip_update(update, work.views[cid], work.clip_norm)
+        update, norm = clip_update(update, work.views[cid], work.clip_norm)
     except RejectedUpdate as e:
         log.warning("round %d: update from client %d rejected: %s", ins.round, cid, e)
         return client_record(ins, "rejected", str(e), len(down), len(reply), 0, {}, a)
     work.accepted[cid] = update
     sim = getattr(pool, "sim_seconds", None)
     seconds = sim(ins.round, cid) if sim else None
-    return client_record(
+    record = client_record(
         ins, "ok", "", len(down), len(reply), update.num_examples, update.metrics, a, seconds
     )
+    return replace(record, update_norm=norm)
 
 
 def client_record(

@@ -24,18 +24,19 @@ class RejectedUpdate(Exception):
     """A client reply that must not be aggregated; the message is the reason."""
 
 
-def clip_update(update: ClientUpdate, start: AdapterState, max_norm: float | None) -> ClientUpdate:
+def clip_update(
+    update: ClientUpdate, start: AdapterState, max_norm: float | None
+) -> tuple[ClientUpdate, float]:
     """Norm clipping of a validated update: ``θ_s + Δ · min(1, M / ‖Δ‖₂)`` with
-    ``Δ = θ_c − θ_s`` over the whole state it was served (``server.clip_norm``); the norm
-    before clipping is kept as the ``update_norm`` metric."""
-    delta_sq = sum(
-        float((v.double() - start[k].double()).pow(2).sum()) for k, v in update.state.items()
+    ``Δ = θ_c − θ_s`` over the whole state it was served (``server.clip_norm``; None: no
+    clipping). Returns the update and ``‖Δ‖₂`` before clipping."""
+    norm = math.sqrt(
+        sum(float((v.double() - start[k].double()).pow(2).sum()) for k, v in update.state.items())
     )
-    metrics = update.metrics | {"update_norm": math.sqrt(delta_sq)}
-    if max_norm is None or math.sqrt(delta_sq) <= max_norm:
-        return replace(update, metrics=metrics)
+    if max_norm is None or norm <= max_norm:
+        return update, norm
     ((state, _),) = clip_deltas(start, [(update.state, 1.0)], max_norm)
-    return replace(update, state=state, metrics=metrics)
+    return replace(update, state=state), norm
 
 
 def validate_reply(

@@ -55,6 +55,7 @@ class ClientRecord:
     config: str = ""  # the PEFT configuration (candidate name) it was assigned
     sim_time_s: float | None = None  # simulated round time on its device (None: not simulated)
     tier: str = ""  # its device's tier, when the runtime reports devices
+    update_norm: float | None = None  # ‖θ_c − θ_served‖₂ measured by the server, before clipping
 
 
 SKIPPED = ("offline", "straggler", "refused", "unassigned")
