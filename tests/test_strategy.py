@@ -161,3 +161,55 @@ def test_clip_update_scales_only_updates_over_the_norm() -> None:
     torch.testing.assert_close(out.state["w"] / out.state["w"][0, 0], torch.ones(3, 4))
     small, _ = clip_update(big, start, 100.0)
     assert torch.equal(small.state["w"], big.state["w"]) and out.num_examples == 10
+
+
+def _random_states(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [{"w": torch.randn(8, generator=gen)} for _ in range(n)]
+
+
+def test_aggregator_options_reach_the_part_that_takes_them(tiny) -> None:
+    states = _random_states(6)
+    starts = [{"w": torch.zeros(8)}] * 6
+    for k in (2, 3):
+        cfg = tiny("server.aggregator='clustered'", f"server.aggregator_options={{k={k}}}")
+        partition = strategy_from_config(cfg.server, groups=True).partition
+        assert partition is not None and len(set(partition(states, starts))) == k
+    cut = tiny("server.aggregator='clustered'", "server.aggregator_options={threshold=2.0}")
+    partition = strategy_from_config(cut.server, groups=True).partition
+    assert partition is not None and set(partition(states, starts)) == {0}  # one cluster
+    # layer-wise with a huge temperature weighs every client equally: FedAvg exactly
+    flat = tiny("server.aggregator='layerwise'", "server.aggregator_options={temperature=1e9}")
+    loss = lambda s: 1.0 + float(s["w"].abs().sum())  # noqa: E731
+    rule = strategy_from_config(flat.server, evaluate_proxy=loss).aggregate
+    updates = [(s, float(i + 1)) for i, s in enumerate(states)]
+    from fedpeft.aggregation import fedavg
+
+    torch.testing.assert_close(rule(updates)["w"], fedavg(updates)["w"])
+    sharp = tiny("server.aggregator='layerwise'", "server.aggregator_options={temperature=1e-4}")
+    rule = strategy_from_config(sharp.server, evaluate_proxy=loss).aggregate
+    assert not torch.allclose(rule(updates)["w"], fedavg(updates)["w"])
+
+
+@pytest.mark.parametrize(
+    ("aggregator", "options", "message"),
+    [
+        ("clustered", "{clusters=3}", "options are: k, seed, threshold"),
+        ("clustered", "{k='two'}", "should be of type int"),
+        ("clustered", "{k=0}", "`k` should be positive"),
+        ("trimmed_mean", "{trim_fraction=0.7}", "trim_fraction"),
+        ("exact_lora_svd", "{rank=4}", "options are: none"),  # the loop owns the shapes
+        ("fedavg", "{k=2}", "options are: none"),
+    ],
+)
+def test_bad_aggregator_options_are_config_errors(tiny, aggregator, options, message) -> None:
+    cfg = tiny(f"server.aggregator={aggregator!r}", f"server.aggregator_options={options}")
+    with pytest.raises(FedpeftError, match=message):
+        build_task(cfg)
+
+
+@pytest.mark.parametrize("name", aggregator_names())
+def test_every_aggregator_lists_its_options_for_an_unknown_one(tiny, name: str) -> None:
+    cfg = tiny(f"server.aggregator={name!r}", "server.aggregator_options={zzz=1}")
+    with pytest.raises(FedpeftError, match=f"not an option of aggregator '{name}'; its options"):
+        strategy_from_config(cfg.server, evaluate_proxy=lambda _: 0.0, groups=True)

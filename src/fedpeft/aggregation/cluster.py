@@ -143,9 +143,14 @@ def cluster_updates(
     starts: Sequence[AdapterState],
     k: int = 2,
     seed: int = 0,
+    threshold: float | None = None,
 ) -> list[int]:
-    """The registry's partition step: k-means over update directions ``θ_c − θ_c^start``."""
-    return [int(x) for x in cluster(client_vectors_from_updates(states, starts), k=k, seed=seed)]
+    """The registry's partition step: k-means over update directions ``θ_c − θ_c^start``, or,
+    with ``threshold``, agglomerative clustering cut at that cosine distance (k then unused)."""
+    vectors = client_vectors_from_updates(states, starts)
+    if threshold is not None:
+        return [int(x) for x in cluster(vectors, threshold=threshold)]
+    return [int(x) for x in cluster(vectors, k=k, seed=seed)]
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

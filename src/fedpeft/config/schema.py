@@ -94,6 +94,9 @@ class ServerConfig(_Section):
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="FedAdam/FedYogi")
     beta2: float = Field(0.99, ge=0.0, lt=1.0, description="FedAdam/FedYogi")
     tau: PositiveFloat = Field(1e-3, description="FedAdam/FedYogi adaptivity")
+    aggregator_options: dict[str, bool | int | float | str] = Field(
+        default_factory=dict, description="keyword options of the rule, e.g. {k = 4} (clustered)"
+    )
     clip_norm: PositiveFloat | None = Field(
         None, description="robust: clip each update θ_c − θ_served to this L2 norm first"
     )

@@ -9,12 +9,18 @@ those parts, which a loop holding several global adapters ("groups") calls.
 
 from __future__ import annotations
 
+import inspect
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
+
+import torch
 
 from fedpeft.aggregation import Aggregator, aggregator_parts, get_aggregator
-from fedpeft.aggregation.registry import Fuse, Partition
+from fedpeft.aggregation.registry import AggregatorParts, Fuse, Partition
 from fedpeft.aggregation.server_opt import FedAdam, FedAvgM, FedYogi, ServerOptimizer
 from fedpeft.config import ServerConfig
 from fedpeft.errors import FedpeftError
@@ -48,7 +54,9 @@ def strategy_from_config(
             f"`server.aggregator` {cfg.aggregator!r} keeps one global adapter per client "
             "group, which this runtime's round loop cannot hold yet; choose another aggregator."
         )
-    aggregate = get_aggregator(cfg.aggregator)
+    aggregate, partition, fuse = _with_options(
+        cfg.aggregator, cfg.aggregator_options, get_aggregator(cfg.aggregator), parts
+    )
     if parts.needs_eval:
         if evaluate_proxy is None:
             raise FedpeftError(
@@ -61,10 +69,102 @@ def strategy_from_config(
         aggregate=aggregate,
         server_optimizer=_optimizer(cfg),
         client_freeze=parts.freeze,
-        partition=parts.partition,
-        fuse=parts.fuse,
+        partition=partition,
+        fuse=fuse,
         clip_norm=cfg.clip_norm,
     )
+
+
+# Parameters the loop owns: the proxy callback, and target ranks (the global's shapes are the
+# clients' template, so a rule must not change them).
+_LOOP_OWNED = frozenset({"loss_fn", "rank", "max_rank"})
+
+
+def _keywords(fn: Callable[..., Any]) -> dict[str, tuple[type, ...]]:
+    """A part's tunable keywords and the types each accepts (from its annotations)."""
+    base = fn
+    while isinstance(base, partial):
+        base = base.func
+    hints = typing.get_type_hints(base)
+    out: dict[str, tuple[type, ...]] = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.default is inspect.Parameter.empty or p.name in _LOOP_OWNED:
+            continue
+        hint = hints.get(p.name, type(p.default))
+        members = typing.get_args(hint) if typing.get_origin(hint) in _UNIONS else (hint,)
+        kinds = tuple(m for m in members if isinstance(m, type) and m is not type(None))
+        out[p.name] = kinds or (str,)  # a Literal of names: a string
+    return out
+
+
+_UNIONS = (typing.Union, types.UnionType)
+
+
+def _kind_ok(value: object, kinds: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, int) and float in kinds:
+        return True
+    return isinstance(value, kinds)
+
+
+def _with_options(
+    name: str,
+    options: dict[str, Any],
+    aggregate: Callable[..., AdapterState],
+    parts: AggregatorParts,
+) -> tuple[Callable[..., AdapterState], Partition | None, Fuse | None]:
+    """``server.aggregator_options`` bound into the part that takes each keyword (the rule,
+    its partition step or its fusion step), checked by kind and by one trial call of the rule
+    and partition step on three tiny updates, so a bad value is a config error, not a round
+    that quietly fails."""
+    fns: dict[str, Callable[..., Any] | None] = {
+        "rule": aggregate,
+        "partition": parts.partition,
+        "fuse": parts.fuse,
+    }
+    if not options:
+        return aggregate, parts.partition, parts.fuse
+    accepted = {part: _keywords(fn) for part, fn in fns.items() if fn is not None}
+    bound: dict[str, dict[str, Any]] = {part: {} for part in fns}
+    for key, value in options.items():
+        owner = next((part for part, kws in accepted.items() if key in kws), None)
+        if owner is None:
+            valid = sorted({k for kws in accepted.values() for k in kws})
+            raise FedpeftError(
+                f"`server.aggregator_options.{key}` is not an option of aggregator {name!r}; "
+                f"its options are: {', '.join(valid) or 'none'}."
+            )
+        kinds = accepted[owner][key]
+        if not _kind_ok(value, kinds):
+            kind = " or ".join(k.__name__ for k in kinds)
+            raise FedpeftError(
+                f"`server.aggregator_options.{key}` should be of type {kind}, got {value!r}."
+            )
+        bound[owner][key] = value
+    out = {
+        part: partial(fn, **bound[part]) if fn and bound[part] else fn for part, fn in fns.items()
+    }
+    _trial(name, out["rule"], out["partition"], parts.needs_eval)
+    rule = out["rule"]
+    assert rule is not None
+    return rule, out["partition"], out["fuse"]
+
+
+def _trial(
+    name: str, rule: Callable[..., Any] | None, partition: Callable[..., Any] | None, proxy: bool
+) -> None:
+    gen = torch.Generator().manual_seed(0)
+    states = [{"w": torch.randn(4, generator=gen)} for _ in range(3)]
+    start = {"w": torch.zeros(4)}
+    try:
+        if rule is not None:
+            extra = {"loss_fn": lambda s: 1.0 + float(s["w"].abs().sum())} if proxy else {}
+            rule([(s, 1.0) for s in states], **extra)
+        if partition is not None:
+            partition(states, [start] * len(states))
+    except ValueError as e:
+        raise FedpeftError(f"`server.aggregator_options` of {name!r}: {e}") from None
 
 
 def _optimizer(cfg: ServerConfig) -> ServerOptimizer | None:
