@@ -23,6 +23,7 @@ def main() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     cols = min(2, len(args.panels))
     rows = math.ceil(len(args.panels) / cols)
@@ -41,7 +42,8 @@ def main() -> None:
             ax.plot(range(1, len(acc) + 1), acc, marker="o", ms=3, color=color, label=label)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("round")
-        ax.set_ylabel("dev accuracy")
+        ax.set_ylabel("accuracy on the eval split")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(args.panels) :]:
         ax.axis("off")
