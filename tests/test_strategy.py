@@ -213,3 +213,10 @@ def test_every_aggregator_lists_its_options_for_an_unknown_one(tiny, name: str) 
     cfg = tiny(f"server.aggregator={name!r}", "server.aggregator_options={zzz=1}")
     with pytest.raises(FedpeftError, match=f"not an option of aggregator '{name}'; its options"):
         strategy_from_config(cfg.server, evaluate_proxy=lambda _: 0.0, groups=True)
+
+
+def test_count_options_are_not_refused_by_the_trial(tiny) -> None:
+    cfg = tiny("server.aggregator='multi_krum'", "server.aggregator_options={m=8,num_byzantine=2}")
+    rule = strategy_from_config(cfg.server).aggregate
+    out = rule([(s, 1.0) for s in _random_states(10)])
+    assert out["w"].shape == (8,)

@@ -116,7 +116,7 @@ def _with_options(
 ) -> tuple[Callable[..., AdapterState], Partition | None, Fuse | None]:
     """``server.aggregator_options`` bound into the part that takes each keyword (the rule,
     its partition step or its fusion step), checked by kind and by one trial call of the rule
-    and partition step on three tiny updates, so a bad value is a config error, not a round
+    and partition step on tiny updates, so a bad value is a config error, not a round
     that quietly fails."""
     fns: dict[str, Callable[..., Any] | None] = {
         "rule": aggregate,
@@ -155,7 +155,8 @@ def _trial(
     name: str, rule: Callable[..., Any] | None, partition: Callable[..., Any] | None, proxy: bool
 ) -> None:
     gen = torch.Generator().manual_seed(0)
-    states = [{"w": torch.randn(4, generator=gen)} for _ in range(3)]
+    # 32 tiny clients: enough that count-bounded options (multi_krum's m, k) are not refused
+    states = [{"w": torch.randn(4, generator=gen)} for _ in range(32)]
     start = {"w": torch.zeros(4)}
     try:
         if rule is not None:
