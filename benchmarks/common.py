@@ -87,16 +87,28 @@ def plot_against_clock(
     curves: dict[str, tuple[list[float], list[float]]], path: Path, target: float, title: str
 ) -> None:
     """Accuracy against simulated time, one line per run, the target dashed."""
+    plot_curves(curves, path, title, "simulated time (s)", target)
+
+
+def plot_curves(
+    curves: dict[str, tuple[list[float], list[float]]],
+    path: Path,
+    title: str,
+    xlabel: str,
+    target: float | None = None,
+) -> None:
+    """Dev accuracy against ``xlabel``, one line per run; ``target`` as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    for label, (clock, acc) in curves.items():
-        ax.plot(clock, acc, marker="o", ms=3, label=label)
-    ax.axhline(target, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("simulated time (s)")
+    for label, (x, acc) in curves.items():
+        ax.plot(x, acc, marker="o", ms=3, label=label)
+    if target is not None:
+        ax.axhline(target, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("dev accuracy")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)

@@ -82,7 +82,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", type=Path, action="append", required=True)
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     for path in args.sweep:
         results = json.loads(path.read_text())
         for label, r in results.items():

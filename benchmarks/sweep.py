@@ -16,7 +16,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import read_run, run_fedpeft
+from common import plot_curves, read_run, run_fedpeft
 
 
 def run_variant(label: str, sets: list[str], out: Path) -> dict[str, object]:
@@ -39,24 +39,12 @@ def run_variant(label: str, sets: list[str], out: Path) -> dict[str, object]:
 
 
 def plot(results: dict[str, dict[str, object]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    curves = {}
     for label, r in results.items():
         acc = r.get("accuracy_per_round")
         if isinstance(acc, list):
-            ax.plot(range(1, len(acc) + 1), acc, marker="o", markersize=3, label=label)
-    ax.set_xlabel("round")
-    ax.set_ylabel("dev accuracy")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+            curves[label] = (list(range(1, len(acc) + 1)), acc)
+    plot_curves(curves, path, title, "round")
 
 
 def main() -> None:

@@ -72,11 +72,11 @@ def test_bad_server_optimiser_settings_are_user_errors(tiny) -> None:
     assert strategy_from_config(cfg.server).server_optimizer is not None
 
 
-class _ChangesA:
-    """Client 1 trains A although FFA-LoRA freezes it: its update must be rejected."""
+class _Tampers:
+    """Client 1's reply is rewritten by ``tamper(start, state) → state`` before it is sent."""
 
-    def __init__(self, inner) -> None:
-        self.inner = inner
+    def __init__(self, inner, tamper) -> None:
+        self.inner, self.tamper = inner, tamper
 
     def num_examples(self, client_id):
         return self.inner.num_examples(client_id)
@@ -86,9 +86,19 @@ class _ChangesA:
 
         state, meta = decode(self.inner.fit(instruction, payload))
         if instruction.client_id == 1:
-            key = next(k for k in state if "lora_A" in k)
-            state[key] = state[key] + 0.01
+            state = self.tamper(decode(payload)[0], state)
         return encode(state, meta)
+
+
+def _changes_a(start, state):
+    """Trains A although FFA-LoRA freezes it: the update must be rejected."""
+    key = next(k for k in state if "lora_A" in k)
+    return state | {key: state[key] + 0.01}
+
+
+def _boosts(start, state):
+    """Scales the update Δ by 1,000 (a model-replacement attacker)."""
+    return {k: start[k] + 1000.0 * (v - start[k]) for k, v in state.items()}
 
 
 def test_ffa_lora_rejects_a_client_that_changed_a(tiny, monkeypatch) -> None:
@@ -97,31 +107,12 @@ def test_ffa_lora_rejects_a_client_that_changed_a(tiny, monkeypatch) -> None:
     import fedpeft.runtime.local.simulator as sim
 
     real = sim.LocalClientPool
-    monkeypatch.setattr(sim, "LocalClientPool", lambda task: _ChangesA(real(task)))
+    monkeypatch.setattr(sim, "LocalClientPool", lambda task: _Tampers(real(task), _changes_a))
     result = run_local(tiny("server.aggregator='ffa_lora'", "run.rounds=1"))
     lines = (result.run_dir / "clients.jsonl").read_text().splitlines()
     status = {c["client_id"]: (c["status"], c["reason"]) for c in map(json.loads, lines)}
     assert status[0][0] == "ok"
     assert status[1][0] == "rejected" and "frozen" in status[1][1]
-
-
-class _Boosts:
-    """Client 1 scales its update Δ by 1,000 (a model-replacement attacker)."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-
-    def num_examples(self, client_id):
-        return self.inner.num_examples(client_id)
-
-    def fit(self, instruction, payload):
-        from fedpeft.compression import decode, encode
-
-        start, _ = decode(payload)
-        state, meta = decode(self.inner.fit(instruction, payload))
-        if instruction.client_id == 1:
-            state = {k: start[k] + 1000.0 * (v - start[k]) for k, v in state.items()}
-        return encode(state, meta)
 
 
 def _move(result, initial) -> float:
@@ -135,7 +126,7 @@ def test_norm_clipping_bounds_what_one_boosted_update_moves(tiny, monkeypatch, c
     import fedpeft.runtime.local.simulator as sim
 
     real = sim.LocalClientPool
-    monkeypatch.setattr(sim, "LocalClientPool", lambda task: _Boosts(real(task)))
+    monkeypatch.setattr(sim, "LocalClientPool", lambda task: _Tampers(real(task), _boosts))
     sets = ["run.rounds=1", *([f"server.clip_norm={clip}"] if clip else [])]
     cfg = tiny(*sets)
     initial = get_adapter_state(build_task(cfg).model)

@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from fedpeft.data.sources import RawSplit
-from fedpeft.data.tokenized import Batch, bucketed_batches
+from fedpeft.data.tokenized import Batch, bucketed_batches, length_sorted_batches
 from fedpeft.errors import FedpeftError
 
 IGNORE = -100  # label of a position that has no loss (PyTorch's and HF's ignore_index)
@@ -83,9 +83,7 @@ class InstructSplit:
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, Batch]]:
         """All examples sorted by length; yields (indices, prompt + answer batch)."""
-        order = np.argsort(self.lengths, kind="stable")
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in length_sorted_batches(self.lengths, batch_size):
             yield idx, self.collate(idx)
 
 

@@ -72,9 +72,7 @@ class TokenizedSplit:
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, Batch]]:
         """All examples, sorted by length so each batch pads little; yields (indices, batch)."""
-        order = np.argsort(self.lengths, kind="stable")
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in length_sorted_batches(self.lengths, batch_size):
             yield idx, self.collate(idx)
 
 
@@ -95,6 +93,13 @@ def bucketed_batches(
         part = part[np.argsort(lengths[part], kind="stable")]
         batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
     return [batches[b] for b in rng.permutation(len(batches))]
+
+
+def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """Every index, sorted by length (stable), cut into batches: evaluation order."""
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
 
 
 def tokenize_split(

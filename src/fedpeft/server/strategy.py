@@ -78,6 +78,7 @@ def strategy_from_config(
 # Parameters the loop owns: the proxy callback, and target ranks (the global's shapes are the
 # clients' template, so a rule must not change them).
 _LOOP_OWNED = frozenset({"loss_fn", "rank", "max_rank"})
+_UNIONS = (typing.Union, types.UnionType)
 
 
 def _keywords(fn: Callable[..., Any]) -> dict[str, tuple[type, ...]]:
@@ -95,9 +96,6 @@ def _keywords(fn: Callable[..., Any]) -> dict[str, tuple[type, ...]]:
         kinds = tuple(m for m in members if isinstance(m, type) and m is not type(None))
         out[p.name] = kinds or (str,)  # a Literal of names: a string
     return out
-
-
-_UNIONS = (typing.Union, types.UnionType)
 
 
 def _kind_ok(value: object, kinds: tuple[type, ...]) -> bool:
