@@ -2,13 +2,16 @@
 
 Only the PEFT parameters train; the base model stays frozen. With ``proximal_mu > 0``
 the loss gains FedProx's ``(μ/2)·‖θ − θ⁰‖²`` (Li et al., 2020), θ⁰ the received state.
+With ``dpsgd`` set, steps are sample-level DP-SGD (``fedpeft.privacy.dpsgd``, opacus).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psutil
@@ -18,6 +21,9 @@ from torch import nn
 from fedpeft.data import Split
 from fedpeft.peft import get_adapter_state
 from fedpeft.types import ClientUpdate, TrainInstruction
+
+if TYPE_CHECKING:
+    from fedpeft.privacy.dpsgd import DpSgd, PrivateTraining
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,11 @@ def derive_seed(*parts: int) -> int:
 
 
 def train(
-    model: nn.Module, instruction: TrainInstruction, data: ClientData, device: torch.device
+    model: nn.Module,
+    instruction: TrainInstruction,
+    data: ClientData,
+    device: torch.device,
+    dpsgd: DpSgd | None = None,
 ) -> ClientUpdate:
     """Trains ``model``'s adapter in place from its current state and returns the update."""
     params = [
@@ -46,15 +56,23 @@ def train(
     opt = torch.optim.AdamW(params, lr=instruction.lr, weight_decay=instruction.weight_decay)
     seed = derive_seed(instruction.seed, instruction.round, instruction.client_id)
     rng = np.random.default_rng(seed)
+    private = _private(model, opt, dpsgd, data, instruction, seed, anchor, device)
+    opt = private.optimizer if private else opt
     meter = _PeakMemory(device)
     loss_sum, seen, steps = 0.0, 0, 0
     max_steps = instruction.steps or instruction.epochs * _batches(len(data.indices), instruction)
     start = time.perf_counter()
     model.train()
-    with torch.random.fork_rng(devices=[]):  # dropout draws from a per-(round, client) stream
+    # dropout draws from a per-(round, client) stream; a failing private run drops its hooks
+    with torch.random.fork_rng(devices=[]), private or nullcontext():
         torch.manual_seed(seed)
         while steps < max_steps:
-            for batch in data.split.train_batches(data.indices, instruction.batch_size, rng):
+            batches = (
+                private.batches(data.split, data.indices, rng)
+                if private
+                else data.split.train_batches(data.indices, instruction.batch_size, rng)
+            )
+            for batch in batches:
                 batch = batch.to(device)
                 out = model(**batch.model_inputs())
                 loss = out.loss + _proximal(params, anchor, instruction.proximal_mu)
@@ -74,7 +92,29 @@ def train(
         "peak_mem_bytes": float(meter.peak),  # process RSS (CPU) / allocated (CUDA) peak
         "mem_rise_bytes": float(meter.peak - meter.start),  # this client's training alone
     }
+    if private:
+        metrics |= private.close()
     return ClientUpdate(instruction.client_id, get_adapter_state(model), len(data.indices), metrics)
+
+
+def _private(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    dpsgd: DpSgd | None,
+    data: ClientData,
+    instruction: TrainInstruction,
+    seed: int,
+    anchor: list[torch.Tensor],
+    device: torch.device,
+) -> PrivateTraining | None:
+    if dpsgd is None:
+        return None
+    from fedpeft.privacy.dpsgd import PrivateTraining
+
+    n, mu = len(data.indices), instruction.proximal_mu
+    private = PrivateTraining(model, opt, dpsgd, n, instruction.batch_size, seed, (anchor, mu))
+    private.probe(data.split, data.indices, device)
+    return private
 
 
 def _batches(n: int, instruction: TrainInstruction) -> int:

@@ -137,6 +137,56 @@ class EvalConfig(_Section):
     batch_size: PositiveInt = 128
 
 
+class PrivacyConfig(_Section):
+    """Differential privacy and secure aggregation (``fedpeft.privacy``); off by default.
+
+    ``mode``: ``central`` — the server clips each client's update Δ to ``clip_norm`` S and
+    adds N(0, σ²S²) once to their sum (trusted server); ``local`` — each client clips its Δ
+    and adds that noise itself (untrusted server); ``dpsgd`` — sample-level DP-SGD inside
+    local training (opacus; S bounds each example's gradient). σ is ``noise_multiplier``, or
+    chosen from ``target_epsilon`` for the planned rounds; ε is reported at ``delta``.
+    """
+
+    mode: Literal["none", "central", "local", "dpsgd"] = "none"
+    noise_multiplier: float | None = Field(None, ge=0.0, description="σ; None: from ε target")
+    clip_norm: PositiveFloat = Field(1.0, description="S: L2 bound of a Δ (or a sample's grad)")
+    target_epsilon: PositiveFloat | None = Field(None, description="choose σ to spend this ε")
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    accountant: Literal["rdp", "prv"] = "rdp"
+    adaptive_clipping: bool = Field(False, description="S tracks a quantile of Δ norms")
+    target_quantile: float = Field(0.5, gt=0.0, lt=1.0, description="adaptive: γ")
+    clip_lr: PositiveFloat = Field(0.2, description="adaptive: η_C, geometric step size")
+    count_noise_multiplier: float | None = Field(
+        None, ge=0.0, description="adaptive: σ_b of the clipped count; None: clients/20"
+    )
+    secure_aggregation: bool = Field(False, description="the server sees only the sum")
+    secagg_neighbours: PositiveInt | None = Field(
+        None, description="SecAgg+: each client masks with this many others; None: all"
+    )
+    secagg_threshold: float = Field(
+        0.5, gt=0.0, le=1.0, description="Shamir threshold t as a fraction of the neighbours"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PrivacyConfig:
+        if self.mode != "none" and self.noise_multiplier is None and self.target_epsilon is None:
+            raise ValueError(
+                f"`privacy.mode` {self.mode!r} needs `privacy.noise_multiplier` or "
+                "`privacy.target_epsilon`; set one of them"
+            )
+        if self.noise_multiplier is not None and self.target_epsilon is not None:
+            raise ValueError(
+                "`privacy.noise_multiplier` and `privacy.target_epsilon` both set; "
+                "keep one (the target chooses the noise multiplier)"
+            )
+        if self.adaptive_clipping and self.mode != "central":
+            raise ValueError(
+                "`privacy.adaptive_clipping` adapts the clip norm from a noisy count the "
+                "server computes; it needs `privacy.mode` 'central'"
+            )
+        return self
+
+
 class ExperimentConfig(_Section):
     run: RunConfig = RunConfig()
     model: ModelConfig = ModelConfig()
@@ -147,6 +197,7 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = EvalConfig()
     profiles: ProfilesConfig = ProfilesConfig()
     simulation: SimulationConfig = SimulationConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     allocation: dict[str, Any] = Field(
         default_factory=dict, description="validated by fedpeft.allocation (policy, α, β, γ, …)"
     )

@@ -1,0 +1,126 @@
+"""What a privacy configuration means for a run: checks at config time and the DP plan.
+
+``check_privacy(cfg)`` refuses, before anything loads, the combinations that cannot keep
+their promise: a non-linear aggregator with secure aggregation or client-level DP (both
+only ever see, or only noise, the *sum* of the updates), secure aggregation in an
+asynchronous run, adaptive clipping under secure aggregation. ``dp_plan(cfg)`` gives the
+noise multiplier (chosen from ``privacy.target_epsilon`` when set), the sampling rate the
+accountant uses and the number of releases the run plans.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fedpeft.config import ExperimentConfig
+from fedpeft.errors import FedpeftError
+
+LINEAR_AGGREGATORS = ("fedavg", "weighted_lora", "ffa_lora")
+"""Rules that are a weighted sum of the updates divided by the sum of the weights, so they
+run on a masked (or noised) sum: FedAvg; weighted LoRA (A and B averaged separately is
+FedAvg over the keys); FFA-LoRA (FedAvg with the shared A left unchanged). Server optimisers
+(FedAvgM/FedAdam/FedYogi) and FedProx act after or before the sum and combine with any."""
+
+
+def check_secure_aggregator(name: str) -> None:
+    """Refuses an aggregator that needs the individual updates under secure aggregation."""
+    if name not in LINEAR_AGGREGATORS:
+        raise FedpeftError(
+            f"`server.aggregator` {name!r} cannot run with `privacy.secure_aggregation`: "
+            "the server then learns only the sum of the updates and this rule needs each one; "
+            f"use {', '.join(LINEAR_AGGREGATORS)} (server optimisers and FedProx still work)."
+        )
+
+
+def check_dp_aggregator(name: str, mode: str) -> None:
+    """Client-level DP noises the sum of clipped updates: only sum-based rules keep it."""
+    if name not in LINEAR_AGGREGATORS:
+        raise FedpeftError(
+            f"`server.aggregator` {name!r} cannot run with `privacy.mode` {mode!r}: DP-FedAvg "
+            "bounds and noises the sum of the clipped updates, which this rule does not use; "
+            f"use {', '.join(LINEAR_AGGREGATORS)}."
+        )
+
+
+def check_privacy(cfg: ExperimentConfig) -> None:
+    """The config-time checks above (the schema has checked each field already)."""
+    p = cfg.privacy
+    if p.mode in ("central", "local"):
+        check_dp_aggregator(cfg.server.aggregator, p.mode)
+    if not p.secure_aggregation:
+        return
+    check_secure_aggregator(cfg.server.aggregator)
+    if cfg.server.mode == "async":
+        raise FedpeftError(
+            "`privacy.secure_aggregation` needs a cohort that answers in the same round, but "
+            "`server.mode` is 'async'; use `server.mode = 'sync'`."
+        )
+    if p.adaptive_clipping:
+        raise FedpeftError(
+            "`privacy.adaptive_clipping` needs each client's clipped/unclipped bit, which "
+            "secure aggregation hides; turn one of them off."
+        )
+    if cfg.data.num_clients < 3:
+        raise FedpeftError(
+            f"`privacy.secure_aggregation` needs at least 3 clients (a sum of two reveals "
+            f"each to the other), got `data.num_clients` = {cfg.data.num_clients}."
+        )
+
+
+def clients_per_round(cfg: ExperimentConfig) -> int:
+    """The cohort size of a sync round (as ``server.sampling``), or an async server step's
+    buffer."""
+    n, s = cfg.data.num_clients, cfg.server
+    if s.mode == "async":
+        return min(n, s.buffer_size)
+    return min(n, max(s.min_clients, math.ceil(s.fraction * n)))
+
+
+@dataclass(frozen=True)
+class DpPlan:
+    """Client-level DP of a run: σ, the per-release sampling rate q and the releases."""
+
+    noise_multiplier: float
+    sample_rate: float
+    releases: int
+    delta: float
+
+
+def dp_plan(cfg: ExperimentConfig) -> DpPlan:
+    """σ (from ``target_epsilon`` for ``run.rounds`` releases, when set) and q.
+
+    Central DP: one release per round at q = m/N (the accountant assumes Poisson sampling of
+    clients; with q = 1 there is nothing to assume). Local DP: each client's own releases,
+    one per round it takes part in, at q = 1 (it knows it was chosen), so the worst case is
+    every round.
+    """
+    p = cfg.privacy
+    if p.mode not in ("central", "local"):
+        raise FedpeftError(f"`privacy.mode` {p.mode!r} has no client-level DP plan.")
+    q = clients_per_round(cfg) / cfg.data.num_clients if p.mode == "central" else 1.0
+    sigma = p.noise_multiplier
+    if sigma is None:
+        from fedpeft.privacy.accountant import noise_for_target_epsilon
+
+        assert p.target_epsilon is not None  # the schema requires one of the two
+        sigma = noise_for_target_epsilon(p.target_epsilon, p.delta, q, cfg.run.rounds, p.accountant)
+    return DpPlan(sigma, q, cfg.run.rounds, p.delta)
+
+
+def dpsgd_noise(cfg: ExperimentConfig, client_sizes: list[int]) -> float:
+    """σ of sample-level DP-SGD: ``privacy.noise_multiplier``, or the σ that keeps the
+    worst client within ``target_epsilon`` if it trains in every round. The smallest client
+    is the worst (its rate q = B/n is the largest and its ε grows with steps·q²)."""
+    p = cfg.privacy
+    if p.noise_multiplier is not None:
+        return p.noise_multiplier
+    from fedpeft.privacy.accountant import noise_for_target_epsilon
+    from fedpeft.privacy.dpsgd import sample_rate, steps_per_epoch
+
+    assert p.target_epsilon is not None  # the schema requires one of the two
+    n, b = min(client_sizes), cfg.client.batch_size
+    local = cfg.client.steps or cfg.client.epochs * steps_per_epoch(n, b)
+    return noise_for_target_epsilon(
+        p.target_epsilon, p.delta, sample_rate(n, b), cfg.run.rounds * local, p.accountant
+    )
