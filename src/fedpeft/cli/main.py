@@ -150,6 +150,37 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, runs/<run
         Console().print(f"wrote {write_report(run_dir)}")
 
 
+@app.command()
+def audit(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run folder, runs/<run-id>")],
+    max_examples: Annotated[
+        int, typer.Option(help="members (and as many non-members) per target")
+    ] = 500,
+    clients: Annotated[int, typer.Option(help="single clients' updates to audit")] = 2,
+    shadow: Annotated[
+        int, typer.Option(help="LiRA: shadow federations to train (0: no LiRA; else ≥ 2)")
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="seed of the audit's samples")] = 0,
+) -> None:
+    """Membership-inference audit: AUC and TPR at 1%/0.1% FPR of each attack against the
+    global adapter and single clients' updates; writes audit.json and audit_roc.png."""
+    _setup_logging(False)
+    with user_errors():
+        from fedpeft.cli.audit import AUDIT_JSON, AUDIT_PNG, AuditOptions, audit_run
+
+        record = audit_run(run_dir, AuditOptions(max_examples, clients, shadow, seed=seed))
+    console = Console()
+    for target, attacks in record["targets"].items():
+        for attack, r in attacks.items():
+            console.print(
+                f"{target:>10} · {attack:<18} AUC {r['auc']:.3f} · TPR@1%FPR "
+                f"{r['tpr_at_0.01_fpr']:.3f} · TPR@0.1%FPR {r['tpr_at_0.001_fpr']:.3f} "
+                f"({r['members']} members, {r['nonmembers']} non-members)",
+                highlight=False,
+            )
+    console.print(f"wrote {run_dir / AUDIT_JSON} and {run_dir / AUDIT_PNG}")
+
+
 def _runner(runtime: Runtime) -> Callable[..., RunResult]:
     if runtime is Runtime.flower_sim:
         from fedpeft.runtime.flower.sim import run_flower_sim

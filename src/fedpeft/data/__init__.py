@@ -3,7 +3,7 @@ partitions."""
 
 from fedpeft.data.instruct import InstructSplit
 from fedpeft.data.partition import DataProfile, data_profile, partition_indices
-from fedpeft.data.registry import dataset_names, load_dataset, register_dataset
+from fedpeft.data.registry import dataset_names, heldout_train, load_dataset, register_dataset
 from fedpeft.data.sources import ImageArrays, RawDataset, RawSplit, data_dirs
 from fedpeft.data.tokenized import Batch, TokenizedSplit, tokenize_split
 
@@ -34,6 +34,7 @@ __all__ = [
     "image_split",
     "is_image_dataset",
     "dataset_names",
+    "heldout_train",
     "load_dataset",
     "partition_indices",
     "register_dataset",

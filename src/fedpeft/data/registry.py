@@ -35,24 +35,45 @@ def dataset_names() -> list[str]:
 
 def load_dataset(cfg: DataConfig, seed: int) -> RawDataset:
     """The configured dataset, with seeded ``train_size``/``eval_size`` subsets applied."""
-    if cfg.dataset not in _REGISTRY:
-        raise FedpeftError(
-            f"`data.dataset` is {cfg.dataset!r}, which is not a known dataset; "
-            f"expected one of: {', '.join(dataset_names())}."
-        )
-    ds = _REGISTRY[cfg.dataset](cfg, seed)
+    ds = _load(cfg, seed)
     rng = np.random.default_rng(seed)
     train = _subset(ds.train, cfg.train_size, rng)
     evaluation = _subset(ds.eval, cfg.eval_size, rng)
     return RawDataset(ds.name, train, evaluation, ds.label_names, ds.source)
 
 
+def heldout_train(cfg: DataConfig, seed: int) -> RawSplit | ImageArrays:
+    """The train split's examples outside the seeded ``train_size`` subset, in file order:
+    the same distribution as the run's training data, never trained on (membership audits'
+    non-members). Empty when the run used the whole train split."""
+    ds = _load(cfg, seed)
+    used = _subset_indices(len(ds.train), cfg.train_size, np.random.default_rng(seed))
+    return ds.train.take(np.setdiff1d(np.arange(len(ds.train)), used))
+
+
+def _load(cfg: DataConfig, seed: int) -> RawDataset:
+    if cfg.dataset not in _REGISTRY:
+        raise FedpeftError(
+            f"`data.dataset` is {cfg.dataset!r}, which is not a known dataset; "
+            f"expected one of: {', '.join(dataset_names())}."
+        )
+    return _REGISTRY[cfg.dataset](cfg, seed)
+
+
 def _subset(
     split: RawSplit | ImageArrays, size: int | None, rng: np.random.Generator
 ) -> RawSplit | ImageArrays:
     if size is None or size >= len(split):
-        return split
-    return split.take(np.sort(rng.choice(len(split), size=size, replace=False)))
+        return split  # the whole split, not a copy
+    return split.take(_subset_indices(len(split), size, rng))
+
+
+def _subset_indices(n: int, size: int | None, rng: np.random.Generator) -> np.ndarray:
+    """A seeded, sorted subset of ``size`` of ``range(n)`` (all of it, with no draw, when
+    ``size`` is None or ≥ n)."""
+    if size is None or size >= n:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=size, replace=False))
 
 
 def _sst2(cfg: DataConfig, seed: int) -> RawDataset:

@@ -175,13 +175,7 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
     draw) are held out for the server before the rest is partitioned among clients."""
     dataset = load_dataset(cfg.data, cfg.run.seed)
     spec = get_model_spec(cfg.model.name)
-    train: Split
-    evaluation: Split
-    if task_kind(cfg, spec) == "instruct":
-        train, evaluation = instruct_splits(cfg, dataset, spec)
-    else:
-        splits = _image_splits if is_vision_model(spec) else _text_splits
-        train, evaluation = splits(cfg, spec, dataset)
+    train, evaluation = splits_for(cfg, spec, dataset)
     pool = np.arange(len(train.labels))
     proxy = np.zeros(0, dtype=np.int64)
     if needs_proxy(cfg):
@@ -197,6 +191,14 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
     lengths = train.lengths
     profiles = [data_profile(train.labels[p], lengths[p], dataset.num_labels) for p in partitions]
     return FederatedData(spec, dataset, train, evaluation, partitions, profiles, proxy)
+
+
+def splits_for(cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset) -> tuple[Split, Split]:
+    """``dataset``'s train and eval splits, prepared as the model and task take them."""
+    if task_kind(cfg, spec) == "instruct":
+        return instruct_splits(cfg, dataset, spec)
+    splits = _image_splits if is_vision_model(spec) else _text_splits
+    return splits(cfg, spec, dataset)
 
 
 def _text_splits(

@@ -1,0 +1,88 @@
+"""``fedpeft audit RUN_DIR`` end to end on tiny-bert run folders made here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fedpeft.cli.main import app
+from fedpeft.config import load_config
+from fedpeft.data import heldout_train, load_dataset
+from fedpeft.runtime.local import run_local
+from tests.conftest import tiny_config
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_audit_writes_json_and_roc_with_every_attack(tmp_path: Path) -> None:
+    run = run_local(tiny_config(tmp_path)).run_dir
+    out = CliRunner().invoke(app, ["audit", str(run), "--shadow", "2", "--clients", "2"])
+    assert out.exit_code == 0, out.output
+    assert "AUC" in out.output and "audit.json" in out.output
+    record = json.loads((run / "audit.json").read_text())
+    assert (run / "audit_roc.png").read_bytes()[:8] == PNG
+    assert set(record["targets"]) == {"global", "client_0", "client_1"}
+    assert set(record["targets"]["global"]) == {"loss", "reference_round0", "lira"}
+    assert set(record["targets"]["client_0"]) == {"loss", "reference_served"}
+    for attacks in record["targets"].values():
+        for r in attacks.values():
+            assert 0.0 <= r["auc"] <= 1.0 and r["members"] == r["nonmembers"]
+            assert r["tpr_at_0.001_fpr"] <= r["tpr_at_0.01_fpr"] <= 1.0
+    assert record["targets"]["global"]["loss"]["members"] == 64  # every training example
+    assert record["targets"]["client_1"]["loss"]["members"] == 32  # that client's own
+    assert record["privacy"] == {"mode": "none", "secure_aggregation": False}
+
+
+def test_a_memorising_run_is_caught(tmp_path: Path) -> None:
+    """Full fine-tuning for 10 local epochs on 32 examples a client memorises them: the
+    attacks must see it (the audit can report a leak, not only chance)."""
+    cfg = tiny_config(tmp_path, "peft.method='full'", "client.epochs=10", "client.lr=1e-3")
+    run = run_local(cfg).run_dir
+    out = CliRunner().invoke(app, ["audit", str(run), "--clients", "1"])
+    assert out.exit_code == 0, out.output
+    targets = json.loads((run / "audit.json").read_text())["targets"]
+    client = next(v for k, v in targets.items() if k.startswith("client_"))
+    assert targets["global"]["loss"]["auc"] > 0.65
+    assert client["loss"]["auc"] > 0.85
+
+
+def test_audit_of_a_dp_run_reports_its_epsilon(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, "privacy.mode='local'", "privacy.noise_multiplier=1.0")
+    run = run_local(cfg).run_dir  # the loop does not apply DP yet: the audit replays it
+    out = CliRunner().invoke(app, ["audit", str(run), "--clients", "1", "--max-examples", "16"])
+    assert out.exit_code == 0, out.output
+    record = json.loads((run / "audit.json").read_text())
+    from fedpeft.privacy import Accountant
+
+    acc = Accountant("rdp")
+    acc.step(1.0, 1.0, 2)
+    assert record["privacy"]["epsilon"] == pytest.approx(acc.epsilon(1e-5))
+    assert record["targets"]["global"]["loss"]["members"] == 16
+
+
+def test_non_members_are_held_out_train_examples(tmp_path: Path) -> None:
+    cfg = load_config(overrides=["data.train_size=500"])
+    used, held = load_dataset(cfg.data, 0), heldout_train(cfg.data, 0)
+    full = load_dataset(cfg.data.model_copy(update={"train_size": None}), 0)
+    assert len(used.train) + len(held) == len(full.train) == 67_349
+    # the subset and the held-out rows partition the file: as multisets of (text, label)
+    rows = lambda s: sorted(zip(s.texts, s.labels.tolist(), strict=True))  # noqa: E731
+    assert sorted(rows(used.train) + rows(held)) == rows(full.train)
+    assert np.array_equal(load_dataset(cfg.data, 0).train.labels, used.train.labels)  # unchanged
+
+
+def test_bad_run_folders_and_options_exit_2(tmp_path: Path) -> None:
+    out = CliRunner().invoke(app, ["audit", str(tmp_path)])
+    assert out.exit_code == 2 and "finished fedpeft run" in out.output
+    run = run_local(tiny_config(tmp_path)).run_dir
+    out = CliRunner().invoke(app, ["audit", str(run), "--shadow", "1"])
+    assert out.exit_code == 2 and "LiRA needs" in out.output
+    text = (run / "config.toml").read_text()
+    assert "train_size = 64" in text
+    (run / "config.toml").write_text(text.replace("train_size = 64", "train_size = 99999999"))
+    out = CliRunner().invoke(app, ["audit", str(run)])
+    assert out.exit_code == 2 and "whole train split" in out.output
