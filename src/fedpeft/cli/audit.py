@@ -69,13 +69,35 @@ def audit_run(run_dir: Path, options: AuditOptions) -> dict[str, Any]:
             "(LiRA needs shadows with and without each example)."
         )
     cfg = _run_config(run_dir)
-    held = _heldout(cfg)  # before anything heavy loads
+    held = heldout_examples(cfg)  # before anything heavy loads
     task = build_task(cfg)
     init = get_adapter_state(task.model)
     final = _exported_state(run_dir, cfg, task, init)
-    pool = _pool(cfg, task, held, options)
+    targets = audit_state(task, held, init, final, options)
     sizes = [len(p) for p in task.partitions]
-    privacy = run_privacy(cfg, sizes)
+    record = _record(run_dir, cfg, targets, options) | {
+        "privacy": _privacy_json(cfg, run_privacy(cfg, sizes), sizes)
+    }
+    (run_dir / AUDIT_JSON).write_text(json.dumps(record, indent=2) + "\n")
+    from fedpeft.report.roc import plot_roc
+
+    curves = {f"{t} / {a}": r for t, attacks in targets.items() for a, r in attacks.items()}
+    plot_roc(curves, run_dir / AUDIT_PNG, f"membership inference: {run_dir.name}")
+    return record
+
+
+def audit_state(
+    task: Task,
+    held: RawSplit | ImageArrays,
+    init: AdapterState,
+    final: AdapterState,
+    options: AuditOptions,
+) -> dict[str, dict[str, Roc]]:
+    """Every attack on the global ``final`` state (trained from ``init`` on
+    ``task.partitions``) and on a few clients' next updates; ``held``: the non-members."""
+    cfg = task.cfg
+    pool = _pool(cfg, task, held, options)
+    privacy = run_privacy(cfg, [len(p) for p in task.partitions])
     losses = _Losses(task, pool.split, options.batch_size)
     positions, is_member = _balanced(pool.members, pool.nonmembers)
     target = losses(final, positions)
@@ -91,15 +113,7 @@ def audit_run(run_dir: Path, options: AuditOptions) -> dict[str, Any]:
         targets[f"client_{cid}"] = _client(
             task, cfg, pool, losses, privacy, final, cid, options.seed
         )
-    record = _record(run_dir, cfg, targets, options) | {
-        "privacy": _privacy_json(cfg, privacy, sizes)
-    }
-    (run_dir / AUDIT_JSON).write_text(json.dumps(record, indent=2) + "\n")
-    from fedpeft.report.roc import plot_roc
-
-    curves = {f"{t} / {a}": r for t, attacks in targets.items() for a, r in attacks.items()}
-    plot_roc(curves, run_dir / AUDIT_PNG, f"membership inference: {run_dir.name}")
-    return record
+    return targets
 
 
 def _run_config(run_dir: Path) -> ExperimentConfig:
@@ -130,7 +144,8 @@ def _exported_state(
     return {k: v.to(init[k].device) for k, v in state.items()}
 
 
-def _heldout(cfg: ExperimentConfig) -> RawSplit | ImageArrays:
+def heldout_examples(cfg: ExperimentConfig) -> RawSplit | ImageArrays:
+    """The audit's non-member source: the train split's examples the run never used."""
     held = heldout_train(cfg.data, cfg.run.seed)
     if len(held) < 2:
         raise FedpeftError(

@@ -20,7 +20,7 @@ from fedpeft.client.train import ClientData, train
 from fedpeft.config import ExperimentConfig
 from fedpeft.data import Split
 from fedpeft.peft import set_adapter_state
-from fedpeft.privacy import delta, dp_fedavg, dp_plan, dpsgd_noise, privatize_local
+from fedpeft.privacy import delta, dp_fedavg, dp_plan, dpsgd_noise, l2_norm, privatize_local
 from fedpeft.privacy.dpsgd import DpSgd
 from fedpeft.server.loop import instruction_for
 from fedpeft.server.sampling import sample_clients
@@ -81,22 +81,43 @@ def shadow_federation(
     init: AdapterState,
     seed: int,
 ) -> AdapterState:
-    """The global adapter of a federation like the run's, trained on ``split[indices]``."""
-    shadow_cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"seed": seed})})
+    """The global adapter of a federation like the run's, trained on ``split[indices]``
+    split IID among ``data.num_clients`` clients."""
     rng = np.random.default_rng([seed, 0x5AD])
-    n = cfg.data.num_clients
-    parts = np.array_split(rng.permutation(indices), n)
+    parts = np.array_split(rng.permutation(indices), cfg.data.num_clients)
+    return federation(task, cfg, privacy, split, parts, init, seed).state
+
+
+@dataclass(frozen=True)
+class Federation:
+    state: AdapterState  # the final global adapter
+    norms: list[list[float]]  # per round: each client's ‖Δ_c‖₂ before clipping
+
+
+def federation(
+    task: Task,
+    cfg: ExperimentConfig,
+    privacy: RunPrivacy,
+    split: Split,
+    parts: list[np.ndarray],
+    init: AdapterState,
+    seed: int,
+) -> Federation:
+    """``run.rounds`` rounds over the clients' ``parts`` of ``split``: the run's client
+    sampling and local training, then DP-FedAvg (central DP) or FedAvg by example counts
+    (local DP clients noise their own updates)."""
+    run_cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"seed": seed})})
     gen = torch.Generator().manual_seed(seed)
-    state = init
-    s = cfg.server
+    state, norms = init, []
+    s, n = cfg.server, len(parts)
     for rnd in range(1, cfg.run.rounds + 1):
-        sampled = [
-            c for c in sample_clients(n, s.fraction, s.min_clients, seed, rnd) if len(parts[c])
-        ]
+        sampled = sample_clients(n, s.fraction, s.min_clients, seed, rnd)
         updates = [
-            (client_update(task, shadow_cfg, privacy, c, (split, parts[c]), state, rnd, gen), c)
+            (client_update(task, run_cfg, privacy, c, (split, parts[c]), state, rnd, gen), c)
             for c in sampled
+            if len(parts[c])
         ]
+        norms.append([l2_norm(delta(u, state)) for u, _ in updates])
         if privacy.mode == "central":
             states = [u for u, _ in updates]
             state, _ = dp_fedavg(
@@ -104,4 +125,4 @@ def shadow_federation(
             )
         elif updates:
             state = fedavg([(u, float(len(parts[c]))) for u, c in updates])
-    return state
+    return Federation(state, norms)
