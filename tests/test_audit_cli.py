@@ -86,3 +86,26 @@ def test_bad_run_folders_and_options_exit_2(tmp_path: Path) -> None:
     (run / "config.toml").write_text(text.replace("train_size = 64", "train_size = 99999999"))
     out = CliRunner().invoke(app, ["audit", str(run)])
     assert out.exit_code == 2 and "whole train split" in out.output
+
+
+def test_replayed_federation_central_dp_without_noise_is_fedavg(tmp_path: Path) -> None:
+    """σ = 0 and an S no update reaches: DP-FedAvg (uniform weights) is FedAvg over the
+    equal-sized IID clients; with noise, the result moves."""
+    import torch
+
+    from fedpeft.cli.audit_train import RunPrivacy, federation
+    from fedpeft.peft import get_adapter_state
+    from fedpeft.server.task import build_task
+
+    cfg = tiny_config(tmp_path)
+    task = build_task(cfg)
+    init = get_adapter_state(task.model)
+    parts = task.partitions
+    assert len(parts[0]) == len(parts[1])
+    plain = federation(task, cfg, RunPrivacy("none"), task.train, parts, init, 0)
+    exact = federation(task, cfg, RunPrivacy("central", 0.0, 1e9), task.train, parts, init, 0)
+    noisy = federation(task, cfg, RunPrivacy("central", 1.0, 1e9), task.train, parts, init, 0)
+    for k in init:
+        torch.testing.assert_close(exact.state[k], plain.state[k], atol=1e-6, rtol=1e-5)
+    assert any(not torch.allclose(noisy.state[k], plain.state[k]) for k in init)
+    assert len(plain.norms) == 2 and all(n > 0 for n in plain.norms[0])
