@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ BASE = [
     "data.num_clients=20",
     "data.partition='iid'",
     "run.rounds=8",
+    "run.threads=1",  # a shared machine: one thread does not spin-wait for a busy core
 ]
 
 
@@ -67,15 +69,19 @@ def one_setting(
     return row, fed.norms
 
 
-def run_method(method: str, epsilons: list[float]) -> list[dict[str, Any]]:
+def run_method(method: str, epsilons: list[float], clip: float | None) -> list[dict[str, Any]]:
+    """The non-DP run (skipped when ``clip`` is given: S from an earlier non-DP run), then
+    central DP at each ε."""
     sets = [*BASE, f"peft.method='{method}'", f"client.lr={LR[method]}"]
     cfg = load_config(overrides=sets)
     held = heldout_examples(cfg)
     task = build_task(cfg)
     init = get_adapter_state(task.model)
-    plain, norms = one_setting(task, cfg, RunPrivacy("none"), held, init)
-    rows = [plain | {"method": method, "target_epsilon": None}]
-    clip = statistics.median(norms[0])
+    rows = []
+    if clip is None:
+        plain, norms = one_setting(task, cfg, RunPrivacy("none"), held, init)
+        rows.append(plain | {"method": method, "target_epsilon": None})
+        clip = statistics.median(norms[0])
     for eps in epsilons:
         dp_cfg = load_config(
             overrides=[
@@ -92,14 +98,16 @@ def run_method(method: str, epsilons: list[float]) -> list[dict[str, Any]]:
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--methods", nargs="+", default=list(LR))
     ap.add_argument("--epsilons", nargs="+", type=float, default=[8.0, 2.0])
+    ap.add_argument("--clip", type=float, help="S from an earlier non-DP run (skips it)")
     args = ap.parse_args()
     rows = []
     for method in args.methods:
-        for row in run_method(method, args.epsilons):
+        for row in run_method(method, args.epsilons, args.clip):
             g = row["audit"]["global"]
             print(
                 f"{method} ε={row.get('epsilon', '∞')}: acc {row['accuracy']:.3f}, "

@@ -10,6 +10,7 @@ training and aggregation, started from the same round-0 adapter.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,8 @@ from fedpeft.server.loop import instruction_for
 from fedpeft.server.sampling import sample_clients
 from fedpeft.server.task import Task
 from fedpeft.types import AdapterState
+
+log = logging.getLogger("fedpeft.audit")
 
 
 @dataclass(frozen=True)
@@ -125,4 +128,5 @@ def federation(
             )
         elif updates:
             state = fedavg([(u, float(len(parts[c]))) for u, c in updates])
+        log.info("replayed round %d of %d (%s)", rnd, cfg.run.rounds, privacy.mode)
     return Federation(state, norms)
