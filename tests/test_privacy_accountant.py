@@ -164,3 +164,15 @@ def test_dp_plan_picks_sigma_for_the_planned_rounds() -> None:
         cfg.model_copy(update={"privacy": cfg.privacy.model_copy(update={"mode": "local"})})
     )
     assert local.sample_rate == 1.0 and local.noise_multiplier > plan.noise_multiplier
+
+
+def test_importing_fedpeft_and_its_privacy_part_does_not_import_opacus() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fedpeft, fedpeft.config, fedpeft.privacy, fedpeft.privacy.secagg, "
+        "fedpeft.privacy.mia; print('opacus' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
