@@ -22,6 +22,7 @@ from fedpeft.privacy.clip import (
     l2_norm,
     privatize_local,
 )
+from fedpeft.privacy.ledger import PrivacyLedger
 from fedpeft.privacy.plan import (
     LINEAR_AGGREGATORS,
     DpPlan,
@@ -30,6 +31,7 @@ from fedpeft.privacy.plan import (
     clients_per_round,
     dp_plan,
     dpsgd_noise,
+    dpsgd_release,
 )
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "BudgetExceeded",
     "ClipReport",
     "DpPlan",
+    "PrivacyLedger",
     "add_noise",
     "check_privacy",
     "check_secure_aggregator",
@@ -49,6 +52,7 @@ __all__ = [
     "dp_fedavg",
     "dp_plan",
     "dpsgd_noise",
+    "dpsgd_release",
     "gaussian_noise",
     "l2_norm",
     "next_clip_norm",

@@ -116,11 +116,18 @@ def dpsgd_noise(cfg: ExperimentConfig, client_sizes: list[int]) -> float:
     if p.noise_multiplier is not None:
         return p.noise_multiplier
     from fedpeft.privacy.accountant import noise_for_target_epsilon
-    from fedpeft.privacy.dpsgd import sample_rate, steps_per_epoch
 
     assert p.target_epsilon is not None  # the schema requires one of the two
-    n, b = min(client_sizes), cfg.client.batch_size
-    local = cfg.client.steps or cfg.client.epochs * steps_per_epoch(n, b)
+    steps, q = dpsgd_release(cfg, min(client_sizes))
     return noise_for_target_epsilon(
-        p.target_epsilon, p.delta, sample_rate(n, b), cfg.run.rounds * local, p.accountant
+        p.target_epsilon, p.delta, q, cfg.run.rounds * steps, p.accountant
     )
+
+
+def dpsgd_release(cfg: ExperimentConfig, num_examples: int) -> tuple[int, float]:
+    """(DP-SGD steps, Poisson rate q) of one local run of a client with ``num_examples``."""
+    from fedpeft.privacy.dpsgd import sample_rate, steps_per_epoch
+
+    b = cfg.client.batch_size
+    steps = cfg.client.steps or cfg.client.epochs * steps_per_epoch(num_examples, b)
+    return steps, sample_rate(num_examples, b)
