@@ -102,7 +102,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--methods", nargs="+", default=list(LR))
-    ap.add_argument("--epsilons", nargs="+", type=float, default=[8.0, 2.0])
+    ap.add_argument("--epsilons", nargs="*", type=float, default=[8.0, 2.0])
     ap.add_argument("--clip", type=float, help="S from an earlier non-DP run (skips it)")
     args = ap.parse_args()
     rows = []
