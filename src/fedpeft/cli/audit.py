@@ -167,7 +167,8 @@ def _pool(
     rows = sorted(chosen.union(*[set(map(int, v)) for v in own.values()]))
     where = {r: i for i, r in enumerate(rows)}
     n_non = max([k, *(len(v) for v in own.values())])
-    non = rng.choice(len(held), size=min(n_non, len(held)), replace=False)  # a random order
+    fresh = _not_trained_on(held, task.dataset.train)
+    non = rng.choice(fresh, size=min(n_non, len(fresh)), replace=False)  # a random order
     raw = _concat(task.dataset.train.take(np.asarray(rows)), held.take(non))
     dataset = RawDataset(
         task.dataset.name, raw, raw.take(np.arange(1)), task.dataset.label_names, ""
@@ -179,6 +180,15 @@ def _pool(
         {c: np.asarray([where[int(r)] for r in v]) for c, v in own.items()},
         len(rows) + np.arange(len(non)),
     )
+
+
+def _not_trained_on(held: RawSplit | ImageArrays, train: RawSplit | ImageArrays) -> np.ndarray:
+    """Held-out positions whose text is not also in the run's training data (SST-2 repeats
+    some phrases: such a duplicate is a member in all but name)."""
+    if not isinstance(held, RawSplit) or not isinstance(train, RawSplit):
+        return np.arange(len(held))
+    seen = set(train.texts)
+    return np.asarray([i for i, t in enumerate(held.texts) if t not in seen], dtype=np.int64)
 
 
 def _concat(a: RawSplit | ImageArrays, b: RawSplit | ImageArrays) -> RawSplit | ImageArrays:
