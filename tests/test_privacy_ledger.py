@@ -133,3 +133,20 @@ def test_malformed_ledger_state_is_refused() -> None:
     for bad in (None, good | {"version": 0}, good | {"mode": "none"}, good | {"clients": {"x": 1}}):
         with pytest.raises(FedpeftError, match="malformed"):
             PrivacyLedger.from_json(bad)
+
+
+def test_release_sum_under_secure_aggregation_matches_dp_fedavg() -> None:
+    """Clients clip, the masked sum is unmasked, the server adds the noise once: the same
+    draw as DP-FedAvg over the individual updates."""
+    from fedpeft.privacy import clip_delta, delta
+
+    served, states = _states(3, seed=1)
+    cfg = _cfg("privacy.mode='central'", "privacy.noise_multiplier=1.1", "privacy.clip_norm=0.7")
+    ledger = PrivacyLedger.start(cfg, [10] * 10)
+    assert ledger is not None
+    clipped = [clip_delta(delta(s, served), 0.7) for s in states]
+    summed = {k: sum(c[k] for c in clipped) for k in served}
+    mean = ledger.release_sum(summed, 5, torch.Generator().manual_seed(4))
+    ref, _ = dp_fedavg(served, states, 0.7, 1.1, torch.Generator().manual_seed(4), 5)
+    for k in served:
+        torch.testing.assert_close((served[k].double() + mean[k]).float(), ref[k])

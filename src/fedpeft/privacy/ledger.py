@@ -5,6 +5,7 @@ DP. Per round::
 
     ledger.check_budget(sampled, sizes)        # before configuring: BudgetExceeded refuses
     # central:  new, info = ledger.aggregate(served, states, len(sampled), generator)
+    #           (under secure aggregation: mean_delta = ledger.release_sum(sum, m, generator))
     # local/dpsgd: clients privatise; the server aggregates as usual
     metrics = ledger.record(sampled, client_metrics)   # ε so far → metrics.jsonl
 
@@ -32,7 +33,7 @@ from fedpeft.privacy.adaptive import (
     next_clip_norm,
     noisy_unclipped_fraction,
 )
-from fedpeft.privacy.clip import dp_fedavg
+from fedpeft.privacy.clip import add_noise, dp_fedavg
 from fedpeft.privacy.plan import clients_per_round, dp_plan, dpsgd_noise
 from fedpeft.types import AdapterState
 
@@ -121,6 +122,22 @@ class PrivacyLedger:
             self.clip_norm = next_clip_norm(clip, frac, q, lr)
             info["noisy_unclipped_fraction"] = frac
         return state, info
+
+    def release_sum(
+        self,
+        summed: AdapterState,
+        sampled: int,
+        generator: torch.Generator,
+        frozen: tuple[str, ...] = (),
+    ) -> AdapterState:
+        """Central DP on a sum of clipped deltas the server got from secure aggregation
+        (clients clipped to ``clip_norm`` before masking): ``(Σ Δ̃_c + N(0, σ²S²)) / m`` —
+        the noise is added once, to the sum. Float64 out."""
+        if self.mode != "central" or self.adaptive:
+            raise ValueError("release_sum is central DP with a fixed clip norm")
+        private = {k: v for k, v in summed.items() if not any(part in k for part in frozen)}
+        noisy = summed | add_noise(private, self.noise_multiplier * self.clip_norm, generator)
+        return {k: v.to(torch.float64) / sampled for k, v in noisy.items()}
 
     def record(
         self, sampled: Sequence[int], client_metrics: Mapping[int, Mapping[str, float]]
