@@ -24,6 +24,7 @@ from fedpeft.aggregation.registry import AggregatorParts, Fuse, Partition
 from fedpeft.aggregation.server_opt import FedAdam, FedAvgM, FedYogi, ServerOptimizer
 from fedpeft.config import ServerConfig
 from fedpeft.errors import FedpeftError
+from fedpeft.server.fusion import FUSION_STEPS
 from fedpeft.types import AdapterState
 
 
@@ -119,10 +120,10 @@ def _with_options(
     fns: dict[str, Callable[..., Any] | None] = {
         "rule": aggregate,
         "partition": parts.partition,
-        "fuse": parts.fuse,
+        "fuse": FUSION_STEPS[parts.fuse] if parts.fuse else None,
     }
     if not options:
-        return aggregate, parts.partition, parts.fuse
+        return aggregate, fns["partition"], fns["fuse"]
     accepted = {part: _keywords(fn) for part, fn in fns.items() if fn is not None}
     bound: dict[str, dict[str, Any]] = {part: {} for part in fns}
     for key, value in options.items():
