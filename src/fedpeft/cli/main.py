@@ -188,8 +188,8 @@ def _first_round(resume: Path | None) -> int:
         return 1
     from fedpeft.server.store import RunStore
 
-    rnd, *_ = RunStore.open_existing(resume).load_checkpoint()
-    return rnd + 1
+    rounds = RunStore.open_existing(resume).checkpoints.rounds()
+    return (rounds[0] if rounds else 0) + 1  # for the progress bar; run_local verifies it
 
 
 def main() -> None:

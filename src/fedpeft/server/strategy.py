@@ -36,6 +36,8 @@ class Strategy:
     partition: Partition | None = None  # (states, start states) → group labels; None: one group
     fuse: Fuse | None = None  # (models by group, proxy batches) → fused state by group
     clip_norm: float | None = None  # each update's Δ is clipped to this L2 norm on arrival
+    needs_eval: bool = False  # the rule weighs clients by the server's proxy loss
+    linear: bool = False  # the rule is the weighted mean of the states (FedAvg-equivalent)
 
 
 def strategy_from_config(
@@ -73,6 +75,8 @@ def strategy_from_config(
         partition=partition,
         fuse=fuse,
         clip_norm=cfg.clip_norm,
+        needs_eval=parts.needs_eval,
+        linear=parts.linear,
     )
 
 

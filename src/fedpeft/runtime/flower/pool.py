@@ -29,6 +29,7 @@ from fedpeft.runtime.flower.codec import (
     instruction_to_record,
     payload_to_content,
 )
+from fedpeft.server.protocols import BatchedPool, ClientPool, ProfiledPool
 from fedpeft.types import TrainInstruction
 
 log = logging.getLogger("fedpeft.runtime.flower")
@@ -228,3 +229,8 @@ class FlowerClientPool:
             if pending:
                 time.sleep(_POLL_S)
         return replies
+
+
+def _conforms(pool: FlowerClientPool) -> tuple[ClientPool, BatchedPool, ProfiledPool]:
+    """Never called: mypy checks here that this runtime offers every capability it claims."""
+    return pool, pool, pool

@@ -100,10 +100,12 @@ def hello_info(text: str, partition: int, upload: str, download: str) -> dict[st
     n = proc.cfg.data.num_clients
     if not 0 <= partition < n:
         raise FedpeftError(f"partition-id {partition} is outside 0..{n - 1}.")
+    data = proc.pool.data_profile(partition)
+    assert data is not None, "the in-process pool knows every partition's data profile"
     return {
         "num_examples": proc.pool.num_examples(partition) or 0,
         "profile": profile_of(proc, upload, download).to_json(),
-        "data": proc.pool.data_profile(partition).to_json(),
+        "data": data.to_json(),
         "pid": process_id(),
         "model_loads": LOADS.loads,
         "model_load_s": LOADS.last_load_s,
