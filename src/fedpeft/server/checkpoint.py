@@ -53,8 +53,8 @@ PARTS = ("adapters", "optimizer", "inflight")
 
 def _flatten(state: ServerState) -> AdapterState:
     out: AdapterState = {}
-    for part in PARTS:
-        groups: dict[str, AdapterState] = getattr(state, part)
+    parts = {"adapters": state.adapters, "optimizer": state.optimizer, "inflight": state.inflight}
+    for part, groups in parts.items():
         for group, tensors in groups.items():
             out.update({f"{part}{SEP}{group}{SEP}{k}": v for k, v in tensors.items()})
     return out
