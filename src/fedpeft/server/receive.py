@@ -164,16 +164,22 @@ def guard_norms(
     received: Sequence[Received], factor: float | None, history: Sequence[float] = ()
 ) -> list[Received]:
     """The default guard: an accepted update whose norm per local step is more than
-    ``factor`` × the median (over this batch's accepted updates and ``history``, at least
-    3 values) is rejected, with the reason logged. ``factor`` 0 or None turns it off."""
-    norms = [n for n in (step_norm(r) for r in received) if n is not None]
-    pool = [*norms, *history]
-    if not factor or len(pool) < 3:
+    ``factor`` × the median of its group's (this batch's accepted updates of the same
+    configuration and ``history``, at least 3 values) is rejected, with the reason logged.
+    ``factor`` 0 or None turns it off. Groups are judged apart: methods move by different
+    amounts per step."""
+    if not factor:
         return list(received)
-    limit = factor * statistics.median(pool)
+    by_config: dict[str, list[float]] = {}
+    for r in received:
+        n = step_norm(r)
+        if n is not None:
+            by_config.setdefault(r.sent.config or r.sent.instruction.group, []).append(n)
     out = []
     for r in received:
         n = step_norm(r)
+        pool = [*by_config.get(r.sent.config or r.sent.instruction.group, []), *history]
+        limit = factor * statistics.median(pool) if len(pool) >= 3 else math.inf
         if n is None or n <= limit or limit <= 0:
             out.append(r)
             continue
