@@ -87,7 +87,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--set", "peft.rank=4"], "unknown key `peft.rank`"),
         (["--set", "data.dataset='mnist'"], "not a known dataset"),
         (["--set", "server.aggregator='fedmagic'"], "not a registered aggregator"),
-        (["--set", "peft.method='dora'"], "not a registered PEFT method"),
+        (["--set", "peft.method='no_such_method'"], "not a registered PEFT method"),
         (["--set", "peft.method='houlsby'", "--set", "peft.size=-3"], "`peft.size`"),
         (
             ["--set", "data.dataset='custom'", "--set", "data.train_file='/nope/train.csv'"],

@@ -1,7 +1,8 @@
 """PEFT methods behind one registry, the adapter-state get/set pair, and adapter folders.
 
-Registered: ``lora``, ``prompt``, ``prefix``, ``ia3`` (Hugging Face ``peft``);
-``houlsby``, ``pfeiffer`` (bottleneck adapters), ``bitfit``, ``head``, ``full`` (fedpeft's).
+Each method is one module that defines its spec (``MethodSpec``: its options and every
+fact fedpeft needs about it) and registers it; the import list below is the only place
+that names them. ``method_names()`` lists what is registered.
 """
 
 from fedpeft.peft import bottleneck as _bottleneck  # noqa: F401 - registers its methods
@@ -13,15 +14,15 @@ from fedpeft.peft.arch import Architecture
 from fedpeft.peft.families import architecture, model_architecture
 from fedpeft.peft.io import load_adapter, save_adapter
 from fedpeft.peft.registry import (
-    MethodSpec,
     PeftMethod,
     get_method,
     method_names,
     parse_spec,
     register_method,
 )
+from fedpeft.peft.spec import MethodSpec
 from fedpeft.peft.state import get_adapter_state, set_adapter_state, state_nbytes, state_numel
-from fedpeft.peft.support import check_supported, supported_methods
+from fedpeft.peft.support import check_supported, supported_methods, supports
 
 __all__ = [
     "Architecture",
@@ -41,4 +42,5 @@ __all__ = [
     "state_nbytes",
     "state_numel",
     "supported_methods",
+    "supports",
 ]

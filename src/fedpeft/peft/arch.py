@@ -18,6 +18,20 @@ class Linear:
     d_out: int
     layer: int | None  # transformer block index, None outside the blocks
     positions: int | None = None  # fixed positions per example (a CNN's H×W); None: seq_len
+    conv: bool = False  # a 1×1 convolution (the same linear map at every position)
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Which projections play each structural role, as module-name suffixes the way PEFT
+    matches ``target_modules`` (a name or one of its dotted suffixes). Methods choose their
+    default targets from roles, so a family states its structure once for all of them."""
+
+    query: tuple[str, ...] = ()
+    key: tuple[str, ...] = ()
+    value: tuple[str, ...] = ()
+    feedforward: tuple[str, ...] = ()  # the feed-forward block's output projection
+    pointwise: tuple[str, ...] = ()  # a CNN's 1×1 convolutions
 
 
 @dataclass(frozen=True)
@@ -37,9 +51,7 @@ class Architecture:
     bias_params: int  # every bias of the base model outside the head (BitFit)
     total_params: int  # base + head
     head_token_flops: int  # head FLOPs per position where the head runs on every token
-    lora_targets: tuple[str, ...]  # PEFT's default LoRA targets for the family
-    ia3_targets: tuple[str, ...]  # PEFT's default IA3 targets …
-    ia3_feedforward: tuple[str, ...]  # … and which of them scale their input
+    roles: Roles  # which projections are queries, keys, values, feed-forward outputs, …
     peft_task: str | None = "SEQ_CLS"  # PEFT's task type; None: head in ``modules_to_save``
     unadaptable: tuple[str, ...] = ()  # module suffixes that LoRA must not target
     tokens: int | None = None  # a fixed sequence length (ViT: patches + [CLS]), else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from fedpeft.peft.arch import Architecture, Linear
+from fedpeft.peft.arch import Architecture, Linear, Roles
 
 
 def encoder(cfg: Any, family: str, num_labels: int) -> Architecture:
@@ -58,10 +58,8 @@ def encoder(cfg: Any, family: str, num_labels: int) -> Architecture:
         bias_params=biases,
         total_params=embeddings + weights + biases + head,
         head_token_flops=0,  # the head sees the pooled [CLS] token only
-        lora_targets=("query", "value"),
-        # suffix "output.dense" also matches "attention.output.dense"
-        ia3_targets=("key", "value", "output.dense"),
-        ia3_feedforward=("output.dense",),
+        # PEFT's suffix "output.dense" also matches "attention.output.dense"
+        roles=Roles(("query",), ("key",), ("value",), feedforward=("output.dense",)),
     )
 
 
@@ -112,9 +110,7 @@ def llama(cfg: Any, num_labels: int) -> Architecture:
         bias_params=biases,
         total_params=cfg.vocab_size * d + weights + biases + head,
         head_token_flops=2 * d * num_labels,
-        lora_targets=("q_proj", "v_proj"),
-        ia3_targets=("k_proj", "v_proj", "down_proj"),
-        ia3_feedforward=("down_proj",),
+        roles=Roles(("q_proj",), ("k_proj",), ("v_proj",), feedforward=("down_proj",)),
     )
 
 

@@ -91,16 +91,8 @@ class GroupBook:
 
 
 def lora_envelope_options(members: Sequence[Candidate]) -> dict[str, Any]:
-    """LoRA options covering every member: the largest rank (with its α), every member's
-    layers and target modules (None = all / the family's defaults)."""
-    top = max(members, key=lambda c: (int(c.options.get("r", 8)), c.name))
-    options: dict[str, Any] = {k: v for k, v in top.options.items() if k not in ("layers",)}
-    options["r"] = int(top.options.get("r", 8))
-    options["alpha"] = float(top.options.get("alpha", 16.0))
-    layers = [c.options.get("layers") for c in members]
-    if all(layer is not None for layer in layers):
-        options["layers"] = sorted({i for layer in layers for i in layer})  # type: ignore[union-attr]
-    targets = [c.options.get("target_modules") for c in members]
-    if all(t is not None for t in targets):
-        options["target_modules"] = sorted({m for t in targets for m in t})  # type: ignore[union-attr]
-    return options
+    """Options of the configuration covering every member (``MethodSpec.envelope``; for
+    LoRA the largest rank with its α, every member's layers and target modules)."""
+    ordered = sorted(members, key=lambda c: c.name)
+    spec = type(ordered[0].spec).envelope([c.spec for c in ordered])
+    return spec.model_dump(mode="json", exclude_none=True)
