@@ -13,6 +13,7 @@ from fedpeft.peft import selective as _selective  # noqa: F401
 from fedpeft.peft.arch import Architecture
 from fedpeft.peft.families import architecture, model_architecture
 from fedpeft.peft.io import load_adapter, save_adapter
+from fedpeft.peft.ref import MethodRef, parse_method_ref
 from fedpeft.peft.registry import (
     PeftMethod,
     get_method,
@@ -26,6 +27,7 @@ from fedpeft.peft.support import check_supported, supported_methods, supports
 
 __all__ = [
     "Architecture",
+    "MethodRef",
     "MethodSpec",
     "PeftMethod",
     "architecture",
@@ -35,6 +37,7 @@ __all__ = [
     "get_method",
     "load_adapter",
     "method_names",
+    "parse_method_ref",
     "parse_spec",
     "register_method",
     "save_adapter",

@@ -36,7 +36,14 @@ from fedpeft.models import (
     load_tokenizer,
     load_vision_classifier,
 )
-from fedpeft.peft import Architecture, MethodSpec, architecture, check_supported, parse_spec
+from fedpeft.peft import (
+    Architecture,
+    MethodSpec,
+    architecture,
+    check_supported,
+    parse_method_ref,
+    parse_spec,
+)
 from fedpeft.peft.share import apply_shared
 from fedpeft.server.instruct import check_task, instruct_splits, task_kind
 
@@ -76,13 +83,7 @@ class Task:
             return self.model
         key = (method, options)
         if key not in self.models:
-            try:
-                raw = json.loads(options)
-            except json.JSONDecodeError:
-                raise FedpeftError(f"method options {options!r} are not JSON.") from None
-            if not isinstance(raw, dict):
-                raise FedpeftError(f"method options {options!r} are not a JSON object.")
-            spec = parse_spec(method, raw)
+            spec = parse_method_ref(method, options).spec
             assert self.base is not None, "a task built by build_task has its base"
             model = apply_shared(self.base, spec, self.arch, self.cfg.run.seed)
             self.models[key] = model.to(self.device)
