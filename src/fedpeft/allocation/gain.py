@@ -18,35 +18,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
-from pydantic_core import PydanticCustomError
-
 from fedpeft.allocation.catalogue import Candidate
 from fedpeft.allocation.cost import check
+from fedpeft.config import GainConfig
 from fedpeft.data.partition import DataProfile
 
 Unit = float  # a number in [0, 1]
-
-
-class GainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    prior: dict[str, float] = Field(
-        default_factory=dict, description="method → μ₀, overriding the method's own prior"
-    )
-    default_prior: float = Field(
-        0.6, ge=0.0, le=1.0, description="methods whose spec states no prior"
-    )
-    prior_count: PositiveFloat = Field(2.0, description="n₀: pseudo-observations of the prior")
-    gain_scale: PositiveFloat = Field(0.02, description="g_s: a gain this large maps to 1")
-    half_examples: PositiveInt = Field(64, description="n at which the size factor is ½")
-
-    @field_validator("prior")
-    @classmethod
-    def _in_unit(cls, prior: dict[str, float]) -> dict[str, float]:
-        if not all(0.0 <= mu <= 1.0 for mu in prior.values()):
-            raise PydanticCustomError("prior", "every prior mean must be in [0, 1]")
-        return prior
 
 
 def normalised_gain(gain: float, scale: float) -> Unit:

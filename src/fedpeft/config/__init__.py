@@ -1,5 +1,12 @@
 """Frozen, validated experiment configuration."""
 
+from fedpeft.config.allocation import (
+    AllocationConfig,
+    CandidateConfig,
+    CatalogueConfig,
+    CostWeights,
+    GainConfig,
+)
 from fedpeft.config.loading import build_config, config_to_toml, load_config, read_toml
 from fedpeft.config.schema import (
     ClientConfig,
@@ -15,6 +22,11 @@ from fedpeft.config.schema import (
 )
 
 __all__ = [
+    "AllocationConfig",
+    "CandidateConfig",
+    "CatalogueConfig",
+    "CostWeights",
+    "GainConfig",
     "ClientConfig",
     "DataConfig",
     "EvalConfig",

@@ -276,7 +276,7 @@ def _initial_state(
     """A fresh adapter (round 1), or the checkpoint's (the round after it)."""
     fresh = {k: v.cpu() for k, v in get_adapter_state(task.model).items()}  # server state: CPU
     if store is None or checkpoint is None:
-        if task.cfg.allocation.get("enabled"):
+        if task.cfg.allocation.enabled:
             return ServerState({}), 1  # groups are created as clients are assigned to them
         return ServerState({DEFAULT_GROUP: fresh}), 1
     rnd, adapters, optimizer, extra = checkpoint
