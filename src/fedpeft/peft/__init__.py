@@ -11,6 +11,7 @@ from fedpeft.peft import ia3 as _ia3  # noqa: F401
 from fedpeft.peft import lora as _lora  # noqa: F401
 from fedpeft.peft import prompt as _prompt  # noqa: F401
 from fedpeft.peft import selective as _selective  # noqa: F401
+from fedpeft.peft import vera as _vera  # noqa: F401
 from fedpeft.peft.arch import Architecture
 from fedpeft.peft.families import architecture, model_architecture
 from fedpeft.peft.io import load_adapter, save_adapter
