@@ -61,6 +61,30 @@ def test_bad_values_name_the_field_and_what_was_found(override: str, expected: s
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("allocation.alpha=inf", "allocation.alpha"),
+        ("allocation.deadline_s=inf", "allocation.deadline_s"),
+        ("allocation.gain.prior_count=nan", "allocation.gain.prior_count"),
+        ("allocation.cost_weights.time=inf", "allocation.cost_weights.time"),
+    ],
+)
+def test_allocation_rejects_non_finite_numbers(override: str, field: str) -> None:
+    with pytest.raises(FedpeftError) as info:
+        load_config(overrides=[override])
+    assert f"`{field}`: Input should be a finite number" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_allocation_is_a_typed_frozen_section() -> None:
+    cfg = load_config(overrides=["allocation.enabled=true", "allocation.deadline_s=30"])
+    assert cfg.allocation.enabled and cfg.allocation.deadline_s == 30.0
+    assert cfg.allocation.catalogue.lora_ranks == [2, 4, 8, 16]  # the defaults fill in
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
+        cfg.allocation.alpha = 2.0  # type: ignore[misc]
+
+
 def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[peft\nr=")
@@ -87,7 +111,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--set", "peft.rank=4"], "unknown key `peft.rank`"),
         (["--set", "data.dataset='mnist'"], "not a known dataset"),
         (["--set", "server.aggregator='fedmagic'"], "not a registered aggregator"),
-        (["--set", "peft.method='dora'"], "not a registered PEFT method"),
+        (["--set", "peft.method='no_such_method'"], "not a registered PEFT method"),
         (["--set", "peft.method='houlsby'", "--set", "peft.size=-3"], "`peft.size`"),
         (
             ["--set", "data.dataset='custom'", "--set", "data.train_file='/nope/train.csv'"],

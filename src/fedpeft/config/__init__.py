@@ -1,5 +1,12 @@
 """Frozen, validated experiment configuration."""
 
+from fedpeft.config.allocation import (
+    AllocationConfig,
+    CandidateConfig,
+    CatalogueConfig,
+    CostWeights,
+    GainConfig,
+)
 from fedpeft.config.loading import (
     build_config,
     config_fingerprint,
@@ -21,6 +28,11 @@ from fedpeft.config.schema import (
 )
 
 __all__ = [
+    "AllocationConfig",
+    "CandidateConfig",
+    "CatalogueConfig",
+    "CostWeights",
+    "GainConfig",
     "ClientConfig",
     "DataConfig",
     "EvalConfig",

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
-    )
+from fedpeft.config.allocation import AllocationConfig
+from fedpeft.config.base import Section as _Section
 
 
 class RunConfig(_Section):
@@ -153,6 +150,4 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = EvalConfig()
     profiles: ProfilesConfig = ProfilesConfig()
     simulation: SimulationConfig = SimulationConfig()
-    allocation: dict[str, Any] = Field(
-        default_factory=dict, description="validated by fedpeft.allocation (policy, α, β, γ, …)"
-    )
+    allocation: AllocationConfig = AllocationConfig()

@@ -34,7 +34,7 @@ from fedpeft.data import DataProfile
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import Architecture
 from fedpeft.profiling import ResourceProfile
-from fedpeft.server.state import DEFAULT_GROUP, LORA_GROUP
+from fedpeft.server.state import DEFAULT_GROUP
 
 
 def options_json(options: Mapping[str, object]) -> str:
@@ -58,7 +58,7 @@ class Assignment:
 
 
 def group_of(candidate: Candidate) -> str:
-    return LORA_GROUP if candidate.method == "lora" else candidate.name
+    return candidate.spec.envelope_group or candidate.name
 
 
 def client_infos(
@@ -127,5 +127,5 @@ def _assignment(allocation: Allocation) -> Assignment:
     cand = allocation.chosen
     if cand is None:
         return Assignment(allocation.client_id, None, "", allocation.reason)
-    alpha = float(cand.spec.alpha) if cand.method == "lora" else None  # type: ignore[attr-defined]
+    alpha = cand.spec.envelope_alpha()
     return Assignment(allocation.client_id, cand, group_of(cand), allocation.reason, alpha)

@@ -36,7 +36,15 @@ from fedpeft.models import (
     load_tokenizer,
     load_vision_classifier,
 )
-from fedpeft.peft import Architecture, MethodSpec, architecture, check_supported, parse_spec
+from fedpeft.peft import (
+    Architecture,
+    MethodRef,
+    MethodSpec,
+    architecture,
+    check_supported,
+    parse_method_ref,
+    parse_spec,
+)
 from fedpeft.peft.share import apply_shared
 from fedpeft.server.instruct import check_task, instruct_splits, task_kind
 
@@ -71,6 +79,11 @@ class Task:
     kind: str = "classify"  # "instruct": a causal LM generating the label word
     models: dict[tuple[str, str], nn.Module] = field(default_factory=dict)
 
+    @property
+    def ref(self) -> MethodRef:
+        """The run's ``[peft]`` method (what an instruction naming no method trains)."""
+        return MethodRef.of(self.cfg.peft.method, self.cfg.peft.options)
+
     def model_for(self, method: str, options: str) -> nn.Module:
         """The shared-base model of ``method`` with ``options`` (canonical JSON), built once.
 
@@ -81,13 +94,7 @@ class Task:
             return self.model
         key = (method, options)
         if key not in self.models:
-            try:
-                raw = json.loads(options)
-            except json.JSONDecodeError:
-                raise FedpeftError(f"method options {options!r} are not JSON.") from None
-            if not isinstance(raw, dict):
-                raise FedpeftError(f"method options {options!r} are not a JSON object.")
-            spec = parse_spec(method, raw)
+            spec = parse_method_ref(method, options).spec
             model = apply_shared(self.base, spec, self.arch, self.cfg.run.seed)
             self.models[key] = model.to(self.device)
         return self.models[key]

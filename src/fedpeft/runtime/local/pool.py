@@ -8,7 +8,6 @@ deployment would send.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 
 import torch
@@ -17,7 +16,7 @@ from fedpeft.allocation import client_workload, make_allocation_config
 from fedpeft.client import ClientData, handle_fit
 from fedpeft.data import DataProfile
 from fedpeft.errors import ClientSkipped
-from fedpeft.peft import get_adapter_state, parse_spec, set_adapter_state
+from fedpeft.peft import get_adapter_state, parse_method_ref, set_adapter_state
 from fedpeft.profiling import ResourceProfile, declared_devices
 from fedpeft.runtime.local.devices import DeviceSim, thread_cap
 from fedpeft.server.evaluate import evaluate_model
@@ -74,9 +73,7 @@ class LocalClientPool:
         if not self.simulate:
             return handle_fit(model, payload, instruction, data, task.device)
         profile = self.devices[cid]
-        spec = parse_spec(
-            instruction.method or task.cfg.peft.method, json.loads(instruction.options)
-        )
+        spec = parse_method_ref(instruction.method, instruction.options, task.ref).spec
         c = task.cfg.client
         work = client_workload(
             task.data.profiles[cid],

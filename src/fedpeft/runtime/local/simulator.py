@@ -5,7 +5,6 @@ DESIGN.md describes it.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ from typing import Any
 
 from fedpeft.config import ExperimentConfig, config_fingerprint, config_to_toml
 from fedpeft.errors import FedpeftError
-from fedpeft.peft import get_adapter_state, parse_spec, save_adapter
+from fedpeft.peft import get_adapter_state, parse_method_ref, save_adapter
 from fedpeft.runtime.local.pool import LocalClientPool, LocalGlobalModel, device_durations
 from fedpeft.server import (
     DEFAULT_GROUP,
@@ -136,10 +135,8 @@ def _export(task: Task, state: ServerState, store: RunStore) -> None:
     for group, envelope in sorted(state.adapters.items()):
         adapter, method, options = book.eval_state(group, envelope)
         model = task.model_for(method, options)  # "" (e.g. a cluster's): the [peft] method
-        if method:
-            spec = parse_spec(method, json.loads(options))
-        else:
-            method, spec = task.cfg.peft.method, task.method
+        ref = parse_method_ref(method, options, task.ref)
+        method, spec = ref.method, ref.spec
         folder = store.root / "adapters" / group
         save_adapter(model, adapter, folder, task.data.spec.hub_id, method, spec)
         if group == state.main:
@@ -150,7 +147,7 @@ def _initial_state(task: Task, saved: ServerState | None, store: RunStore | None
     """A fresh adapter (round 0), or the checkpoint's, checked against the model."""
     fresh = {k: v.cpu() for k, v in get_adapter_state(task.model).items()}  # server state: CPU
     if saved is None:
-        if task.cfg.allocation.get("enabled"):
+        if task.cfg.allocation.enabled:
             return ServerState({})  # groups are created as clients are assigned to them
         return ServerState({DEFAULT_GROUP: fresh})
     try:
