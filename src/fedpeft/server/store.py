@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from fedpeft.errors import FedpeftError
+from fedpeft.files import remove_temporaries, write_atomic, write_json
 from fedpeft.server.checkpoint import Checkpoints
-from fedpeft.server.files import remove_temporaries, write_atomic, write_json
 from fedpeft.server.state import ServerState
 from fedpeft.types import RoundRecord
 
