@@ -45,6 +45,15 @@ def test_config_is_frozen() -> None:
         ("run.device='tpu'", "`run.device`: Input should be 'auto', 'cpu' or 'cuda'"),
         ("data.dataset='custom'", "`data.train_file` is required"),
         ("peft.r", "--set expects section.key=value"),
+        # strict types: a bool is not a count, a count is not a bool, 2.0 is not an int
+        ("run.rounds=true", "`run.rounds`: Input should be a valid integer, got True"),
+        ("run.rounds=2.0", "`run.rounds`: Input should be a valid integer, got 2.0"),
+        ("simulation.devices=1", "`simulation.devices`: Input should be a valid boolean, got 1"),
+        ("peft.r=true", "`peft.r`: Input should be a valid integer, got True"),
+        ("client.lr=true", "`client.lr`: Input should be a valid number"),
+        ("client.lr=1", "no-error"),  # an int is a valid float
+        ("server.min_clients=11", "`server.min_clients` is 11 but `data.num_clients` is only 10"),
+        ("server.min_clients=10", "no-error"),
     ],
 )
 def test_bad_values_name_the_field_and_what_was_found(override: str, expected: str) -> None:

@@ -57,7 +57,7 @@ def known_method(method: str) -> str:
 class CandidateConfig(BaseModel):
     """A candidate as written in a config: ``{method = "lora", options = {r = 8}}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str | None = Field(None, min_length=1, max_length=64)
     method: str
@@ -98,7 +98,7 @@ class CatalogueConfig(BaseModel):
     """Which candidates to generate. ``top`` places an adapter in the upper half of the
     blocks only (cheaper backprop); ``all`` in every block."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     lora_ranks: list[PositiveInt] = [2, 4, 8, 16]
     lora_placements: list[Placement] = ["all", "top"]

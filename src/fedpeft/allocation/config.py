@@ -24,7 +24,7 @@ from fedpeft.errors import FedpeftError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
 
 
 class CostWeights(_Section):

@@ -43,7 +43,7 @@ DEFAULT_PRIORS: dict[str, float] = {
 
 
 class GainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     prior: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_PRIORS))
     default_prior: float = Field(0.6, ge=0.0, le=1.0, description="methods not in `prior`")

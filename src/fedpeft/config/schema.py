@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, m
 
 
 class _Section(BaseModel):
+    # strict: `rounds = true` or `devices = 1` is a type error, not a silent 1 or True
     model_config = ConfigDict(
-        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False, strict=True
     )
 
 
@@ -66,7 +67,7 @@ class PeftConfig(_Section):
     adapters), which the method's spec in the PEFT registry validates."""
 
     model_config = ConfigDict(
-        extra="allow", frozen=True, validate_default=True, allow_inf_nan=False
+        extra="allow", frozen=True, validate_default=True, allow_inf_nan=False, strict=True
     )
     method: str = "lora"
 
@@ -150,3 +151,13 @@ class ExperimentConfig(_Section):
     allocation: dict[str, Any] = Field(
         default_factory=dict, description="validated by fedpeft.allocation (policy, α, β, γ, …)"
     )
+
+    @model_validator(mode="after")
+    def _quorum_fits(self) -> ExperimentConfig:
+        if self.server.min_clients > self.data.num_clients:
+            raise ValueError(
+                f"`server.min_clients` is {self.server.min_clients} but `data.num_clients` is "
+                f"only {self.data.num_clients}; no round could reach that quorum, so lower "
+                "`server.min_clients` or raise `data.num_clients`"
+            )
+        return self

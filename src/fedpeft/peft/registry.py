@@ -25,7 +25,7 @@ Kind = Literal["reparameterised", "additive", "selective", "baseline"]
 class MethodSpec(BaseModel):
     """Base class of every method's options; subclasses add validated fields."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
         """The model with only this method's parameters (and the task head) trainable."""
