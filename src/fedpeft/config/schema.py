@@ -44,6 +44,11 @@ class DataConfig(_Section):
     eval_file: str | None = None
     text_column: str = "text"
     label_column: str = "label"
+    label_names: list[str] | None = Field(
+        None,
+        min_length=2,
+        description="custom data: the classes in this order (None: the train labels, sorted)",
+    )
     train_size: PositiveInt | None = Field(2000, description="seeded subset of the train split")
     eval_size: PositiveInt | None = Field(None, description="seeded subset of the eval split")
     num_clients: PositiveInt = 10
@@ -58,6 +63,11 @@ class DataConfig(_Section):
             raise ValueError(
                 "`data.train_file` is required when `data.dataset` is 'custom' "
                 "(a CSV, TSV or JSONL file with text and label columns)"
+            )
+        if self.label_names is not None and self.dataset != "custom":
+            raise ValueError(
+                "`data.label_names` applies to `data.dataset = 'custom'` only; "
+                f"{self.dataset!r} has its own classes"
             )
         return self
 
