@@ -81,6 +81,10 @@ def run(
         from fedpeft.server.task import check_names
 
         check_names(cfg)  # every section valid before anything is shown or loaded
+        if resume is None:
+            from fedpeft.config.paths import check_output_dir
+
+            check_output_dir(cfg.run.output_dir)
 
         first = _first_round(resume)
         console.print(
@@ -188,12 +192,40 @@ def _method_label(peft: PeftConfig) -> str:
 
 
 def _first_round(resume: Path | None) -> int:
+    """The round a run starts at; for ``--resume``, after checking that the folder can be
+    read at all (its checkpoint and logs), so a damaged one is one sentence."""
     if resume is None:
         return 1
-    from fedpeft.server.store import RunStore
+    from fedpeft.server.store import CHECKPOINT, RunStore
 
-    rnd, *_ = RunStore.open_existing(resume).load_checkpoint()
-    return rnd + 1
+    store = RunStore.open_existing(resume)
+    _check_logs_readable(store.root)
+    try:
+        rnd, *_ = store.load_checkpoint()
+    except FedpeftError:
+        raise
+    except (ValueError, OSError) as e:  # e.g. random bytes in state.json (UnicodeDecodeError)
+        raise FedpeftError(
+            f"run folder {store.root} is incomplete or corrupted: {CHECKPOINT}/ is unreadable "
+            f"({type(e).__name__}); nothing was resumed."
+        ) from None
+    return int(rnd) + 1
+
+
+def _check_logs_readable(root: Path) -> None:
+    """Every per-round log is UTF-8 text (what resuming rewrites must be readable)."""
+    from fedpeft.server.store import ALLOCATIONS, CLIENTS, METRICS
+
+    for name in (METRICS, CLIENTS, ALLOCATIONS):
+        path = root / name
+        try:
+            if path.is_file():
+                path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise FedpeftError(
+                f"run folder {root} is incomplete or corrupted: {name} is not text "
+                f"(byte {e.start}); nothing was resumed."
+            ) from None
 
 
 def main() -> None:
