@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,7 +87,17 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         cwd=cwd,
         timeout=120,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+        env={
+            "HF_HUB_OFFLINE": "1",
+            "PATH": "/usr/bin:/bin",
+            "COLUMNS": "200",
+            # a worktree's src/ on the path tests that checkout's code, not the installed one
+            **{
+                k: os.pathsep.join(map(os.path.abspath, v.split(os.pathsep)))
+                for k, v in os.environ.items()
+                if k == "PYTHONPATH"
+            },
+        },
     )
 
 
@@ -104,7 +115,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ),
         (
             ["--set", "model.name='no-such-org/no-such-model'", "--set", "data.train_size=32"],
-            "model `no-such-org/no-such-model` could not be loaded",
+            "model `no-such-org/no-such-model` is not in the local Hugging Face cache",
         ),
         (["--config", "/nope/config.toml"], "does not exist"),
         (["--resume", "/nope/run"], "incomplete or not a fedpeft run"),

@@ -13,6 +13,7 @@ import numpy as np
 
 from fedpeft.data.labels import normalize_label
 from fedpeft.errors import FedpeftError
+from fedpeft.hub import datasets_offline_reason
 
 csv.field_size_limit(1 << 24)
 
@@ -170,6 +171,13 @@ def hub_dataset(hub_id: str, config: str | None, split: str, text: str, label: s
     """One split from the Hugging Face hub (needs network access)."""
     import datasets  # heavy, and only for the hub path
 
+    offline = datasets_offline_reason()
+    if offline is not None:  # say so now, not after the hub client's ~50 s of retries
+        raise FedpeftError(
+            f"dataset {hub_id} is not in any local data folder "
+            f"({', '.join(map(str, data_dirs()))}) and the hub is offline ({offline}); "
+            "set FEDPEFT_DATA_DIR to the folder holding it."
+        )
     try:
         ds = datasets.load_dataset(hub_id, config, split=split)
     except Exception as e:  # any hub failure is the same message to a user
