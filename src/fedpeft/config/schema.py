@@ -24,7 +24,7 @@ class RunConfig(_Section):
     rounds: PositiveInt = 12
     output_dir: str = "runs"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(0, ge=0, description="torch threads; 0 = one per CPU core")
+    threads: int = Field(0, ge=0, le=4096, description="torch threads; 0 = one per CPU core")
 
 
 class ModelConfig(_Section):
