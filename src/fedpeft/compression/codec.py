@@ -87,6 +87,20 @@ def decode(
     return state, meta
 
 
+def payload_layout(payload: bytes | bytearray) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """The names, dtypes and shapes a payload holds, from its header alone (the layout a
+    reply to it must have)."""
+    header = read_header(payload)
+    out = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        _check_entry(name, entry, len(payload) - 8 - _header_len(payload))
+        assert isinstance(entry, dict)
+        out[name] = (_DTYPES[entry["dtype"]][0], tuple(entry["shape"]))
+    return out
+
+
 def _header_len(payload: bytes | bytearray) -> int:
     return int.from_bytes(payload[:8], "little")
 
