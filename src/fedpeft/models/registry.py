@@ -140,9 +140,10 @@ def load_model_config(spec: ModelSpec, num_labels: int) -> PretrainedConfig:
 
 
 def check_available(spec: ModelSpec) -> None:
-    """Fails fast (before anything loads) for a hub model that cannot be had: the hub is
-    unreachable and the model is not in the local cache."""
-    if spec.build is not None or spec.local_path() is not None or Path(spec.hub_id).is_dir():
+    """Fails fast (before anything loads) for an unregistered hub model that cannot be had:
+    the hub is unreachable and the model is not in the local cache. (Registered models have
+    their own loaders — tiny configs, packages — and load cache-only while offline.)"""
+    if spec.name in _REGISTRY or Path(spec.hub_id).is_dir():
         return
     reason = offline_reason()
     if reason is not None and not is_cached(spec.hub_id):

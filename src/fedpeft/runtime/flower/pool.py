@@ -126,7 +126,8 @@ class FlowerClientPool:
             if not new:
                 time.sleep(_POLL_S * 5)
                 continue
-            messages = [self._message(RecordDict(), keys.QUERY, n, "hello") for n in new]
+            ttl = self.connect_timeout_s  # a first answer builds the node's task: it may be slow
+            messages = [self._message(RecordDict(), keys.QUERY, n, "hello", ttl) for n in new]
             for reply in self._exchange(messages, deadline - time.monotonic()).values():
                 self._register(reply)
         missing = sorted(set(range(self.num_clients)) - set(self.clients))
@@ -263,8 +264,10 @@ class FlowerClientPool:
         return {**meta, META_NUM_EXAMPLES: bound}
 
     # ---- messaging ----------------------------------------------------------------------
-    def _message(self, content: RecordDict, kind: str, node: int, group: str) -> Message:
-        return Message(content, node, kind, ttl=self.round_timeout_s, group_id=group)
+    def _message(
+        self, content: RecordDict, kind: str, node: int, group: str, ttl: float | None = None
+    ) -> Message:
+        return Message(content, node, kind, ttl=ttl or self.round_timeout_s, group_id=group)
 
     def _exchange(self, messages: Iterable[Message], timeout_s: float) -> dict[str, Message]:
         """Pushes ``messages``; replies keyed by the id of the message they answer."""
