@@ -101,35 +101,33 @@ def _copy(run: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("file", "expected"),
+    ("files", "expected"),
     [
-        ("checkpoint/state.json", "checkpoint/ is unreadable (UnicodeDecodeError)"),
-        ("metrics.jsonl", "metrics.jsonl is not text"),
-        ("clients.jsonl", "clients.jsonl is not text"),
+        ("checkpoint/*.json", "no checkpoint verifies"),  # every kept round's manifest and state
+        ("metrics.jsonl", "metrics.jsonl is not valid JSON lines"),
+        ("clients.jsonl", "clients.jsonl is not valid JSON lines"),
         ("config.toml", "is not valid TOML"),
     ],
 )
 def test_random_bytes_in_a_run_folder_stop_the_resume(
-    finished_run: Path, tmp_path: Path, file: str, expected: str
+    finished_run: Path, tmp_path: Path, files: str, expected: str
 ) -> None:
     run = _copy(finished_run, tmp_path)
     junk = bytes(range(128, 256)) * 3  # never valid UTF-8
-    (run / file).write_bytes(junk)
+    damaged = sorted(run.glob(files))
+    assert damaged
+    for path in damaged:
+        path.write_bytes(junk)
     code, out = _run("--resume", str(run), "--set", "run.rounds=2")
     _assert_one_sentence(code, out, expected)
-    assert (run / file).read_bytes() == junk  # nothing was rewritten
+    assert all(path.read_bytes() == junk for path in damaged)  # nothing was rewritten
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="lead: RunStore.load_checkpoint must turn unreadable bytes into FedpeftError "
-    "(catch ValueError/UnicodeDecodeError next to JSONDecodeError); the CLI already does",
-)
-def test_run_local_itself_refuses_random_bytes_in_state_json(
+def test_run_local_itself_refuses_random_bytes_in_the_checkpoint(
     finished_run: Path, tmp_path: Path
 ) -> None:
     run = _copy(finished_run, tmp_path)
-    (run / "checkpoint" / "state.json").write_bytes(bytes(range(128, 256)))
-    with pytest.raises(FedpeftError, match="incomplete or corrupted"):
+    for path in (run / "checkpoint").glob("*.json"):
+        path.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(FedpeftError, match="cannot be resumed: no checkpoint verifies"):
         run_local(tiny_config(tmp_path, "run.rounds=2"), resume=run)

@@ -46,8 +46,7 @@ def test_server_optimiser_state_survives_resume(tiny) -> None:
     with pytest.raises(KeyboardInterrupt):
         run_local(cfg, observer=_StopAfter())
     stopped = next(p for p in full.run_dir.parent.iterdir() if p != full.run_dir)
-    _, _, opt_groups, _ = RunStore(stopped).load_checkpoint()
-    opt_state = opt_groups["global"]
+    opt_state = RunStore(stopped).load_checkpoint().optimizer["global"]
     assert opt_state and all(k.startswith(("m/", "v/")) for k in opt_state)
     resumed = run_local(cfg, resume=stopped)
     for key, value in full.state.items():

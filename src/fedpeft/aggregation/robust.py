@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from fedpeft.aggregation.compat import check_states
 from fedpeft.aggregation.fedavg import fedavg
 from fedpeft.types import AdapterState
 
@@ -115,9 +116,8 @@ def clip_deltas(
     """Clip each client's delta and return full states: ``θ_g + clip(θ_c − θ_g, M)``."""
     _positive_norm(max_norm)
     deltas: list[tuple[AdapterState, float]] = []
-    for i, (state, weight) in enumerate(updates):
-        if state.keys() != global_state.keys():
-            raise ValueError(f"clip_deltas: update {i} has other keys than the global state")
+    check_states([state for state, _ in updates], "clip_deltas", reference=global_state)
+    for state, weight in updates:
         delta = {
             k: v.to(torch.float64) - global_state[k].to(torch.float64) for k, v in state.items()
         }
@@ -129,19 +129,7 @@ def clip_deltas(
 
 
 def _check(updates: Updates, rule: str) -> None:
-    if not updates:
-        raise ValueError(f"{rule} needs at least one update")
-    first = updates[0][0]
-    for i, (state, _) in enumerate(updates):
-        if state.keys() != first.keys():
-            odd = sorted(state.keys() ^ first.keys())[0]
-            raise ValueError(f"{rule}: update {i} and update 0 differ in key {odd!r}")
-        for key, ref in first.items():
-            if state[key].shape != ref.shape:
-                raise ValueError(
-                    f"{rule}: {key!r} is {tuple(state[key].shape)} in update {i} but "
-                    f"{tuple(ref.shape)} in update 0"
-                )
+    check_states([state for state, _ in updates], rule)
 
 
 def _stacked(updates: Updates, key: str) -> Tensor:

@@ -192,40 +192,12 @@ def _method_label(peft: PeftConfig) -> str:
 
 
 def _first_round(resume: Path | None) -> int:
-    """The round a run starts at; for ``--resume``, after checking that the folder can be
-    read at all (its checkpoint and logs), so a damaged one is one sentence."""
     if resume is None:
         return 1
-    from fedpeft.server.store import CHECKPOINT, RunStore
+    from fedpeft.server.store import RunStore
 
-    store = RunStore.open_existing(resume)
-    _check_logs_readable(store.root)
-    try:
-        rnd, *_ = store.load_checkpoint()
-    except FedpeftError:
-        raise
-    except (ValueError, OSError) as e:  # e.g. random bytes in state.json (UnicodeDecodeError)
-        raise FedpeftError(
-            f"run folder {store.root} is incomplete or corrupted: {CHECKPOINT}/ is unreadable "
-            f"({type(e).__name__}); nothing was resumed."
-        ) from None
-    return int(rnd) + 1
-
-
-def _check_logs_readable(root: Path) -> None:
-    """Every per-round log is UTF-8 text (what resuming rewrites must be readable)."""
-    from fedpeft.server.store import ALLOCATIONS, CLIENTS, METRICS
-
-    for name in (METRICS, CLIENTS, ALLOCATIONS):
-        path = root / name
-        try:
-            if path.is_file():
-                path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise FedpeftError(
-                f"run folder {root} is incomplete or corrupted: {name} is not text "
-                f"(byte {e.start}); nothing was resumed."
-            ) from None
+    rounds = RunStore.open_existing(resume).checkpoints.rounds()
+    return (rounds[0] if rounds else 0) + 1  # for the progress bar; run_local verifies it
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from fedpeft.client.handler import (
     META_CLIENT_ID,
     META_METRICS,
+    META_NONCE,
     META_NUM_EXAMPLES,
     META_ROUND,
     handle_fit,
@@ -12,6 +13,7 @@ from fedpeft.client.train import ClientData, derive_seed, train
 __all__ = [
     "META_CLIENT_ID",
     "META_METRICS",
+    "META_NONCE",
     "META_NUM_EXAMPLES",
     "META_ROUND",
     "ClientData",

@@ -18,6 +18,7 @@ META_CLIENT_ID = "client_id"
 META_NUM_EXAMPLES = "num_examples"
 META_METRICS = "metrics"
 META_ROUND = "round"
+META_NONCE = "nonce"  # echoes the instruction's nonce: the reply answers that instruction
 
 
 def handle_fit(
@@ -33,6 +34,7 @@ def handle_fit(
     meta: dict[str, object] = {
         META_CLIENT_ID: update.client_id,
         META_ROUND: instruction.round,
+        META_NONCE: instruction.nonce,
         META_NUM_EXAMPLES: update.num_examples,
         META_METRICS: update.metrics,
     }

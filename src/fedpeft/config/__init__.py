@@ -1,6 +1,12 @@
 """Frozen, validated experiment configuration."""
 
-from fedpeft.config.loading import build_config, config_to_toml, load_config, read_toml
+from fedpeft.config.loading import (
+    build_config,
+    config_fingerprint,
+    config_to_toml,
+    load_config,
+    read_toml,
+)
 from fedpeft.config.schema import (
     ClientConfig,
     DataConfig,
@@ -26,6 +32,7 @@ __all__ = [
     "RunConfig",
     "ServerConfig",
     "build_config",
+    "config_fingerprint",
     "config_to_toml",
     "load_config",
     "read_toml",

@@ -111,6 +111,12 @@ class ServerConfig(_Section):
     clip_norm: PositiveFloat | None = Field(
         None, description="robust: clip each update θ_c − θ_served to this L2 norm first"
     )
+    norm_guard: float = Field(
+        10.0,
+        ge=0.0,
+        description="reject an update whose norm per local step is over this many times the "
+        "median of the round's (≥ 3 updates); 0 turns the guard off",
+    )
     proxy_size: PositiveInt = Field(
         128, description="train examples held out as the server's proxy set (layerwise, kd_fusion)"
     )

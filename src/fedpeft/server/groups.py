@@ -9,12 +9,13 @@ configuration (for LoRA: the largest rank, the union of layers and targets).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from fedpeft.aggregation.hetero import client_view, extend_envelope
-from fedpeft.allocation import Candidate, make_candidate
-from fedpeft.server.assign import LORA_GROUP, Assignment, options_json
+from fedpeft.allocation import Candidate
+from fedpeft.server.assign import Assignment, options_json
+from fedpeft.server.state import LORA_GROUP
 from fedpeft.types import AdapterState
 
 
@@ -28,20 +29,18 @@ class GroupBook:
     """Templates (cached: they are the configurations' initial states) and the candidates
     each group has served, from which the group's evaluation configuration follows."""
 
-    def __init__(self, model: Templates) -> None:
+    def __init__(
+        self, model: Templates, members: Mapping[str, Sequence[Candidate]] | None = None
+    ) -> None:
         self.model = model
         self._templates: dict[tuple[str, str], AdapterState] = {}
-        self.members: dict[str, dict[str, Candidate]] = {}
+        self.members: dict[str, dict[str, Candidate]] = {
+            g: {c.name: c for c in m} for g, m in (members or {}).items()
+        }
 
-    def to_json(self) -> dict[str, list[dict[str, object]]]:
-        return {g: [c.to_json() for c in m.values()] for g, m in sorted(self.members.items())}
-
-    def load_json(self, raw: object) -> None:
-        """Members saved by ``to_json`` (a checkpoint's); candidates are re-validated."""
-        for group, members in (raw or {}).items() if isinstance(raw, dict) else []:
-            for m in members:
-                cand = make_candidate(m["method"], m["options"], m["name"])
-                self.members.setdefault(str(group), {})[cand.name] = cand
+    def snapshot(self) -> dict[str, tuple[Candidate, ...]]:
+        """The members as ``ServerState.members`` holds them."""
+        return {g: tuple(m.values()) for g, m in sorted(self.members.items())}
 
     def template(self, candidate: Candidate) -> AdapterState:
         key = (candidate.method, options_json(candidate.options))

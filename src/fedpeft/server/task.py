@@ -44,28 +44,33 @@ from fedpeft.server.instruct import check_task, instruct_splits, task_kind
 log = logging.getLogger("fedpeft.server")
 
 
-@dataclass
-class Task:
-    cfg: ExperimentConfig
+@dataclass(frozen=True)
+class FederatedData:
+    """The data side of a task: splits tokenised once, client partitions, data profiles."""
+
     spec: ModelSpec
     dataset: RawDataset
     train: Split
     eval: Split
     partitions: list[np.ndarray]
     profiles: list[DataProfile]
-    model: nn.Module  # the frozen base with the PEFT method applied; shared by all clients
-    device: torch.device
-    full_model_bytes: int  # every base parameter: what full fine-tuning would send
-    method: MethodSpec  # the validated PEFT method options
-    base: nn.Module | None = None  # the frozen base every method's model shares
-    models: dict[tuple[str, str], nn.Module] = field(default_factory=dict)
     proxy: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
-    @property
-    def arch(self) -> Architecture:
-        return architecture(
-            self.model.config, self.dataset.num_labels, causal_lm=self.kind == "instruct"
-        )
+
+@dataclass
+class Task:
+    """The data, the one frozen base and the run's PEFT model on it, built once."""
+
+    cfg: ExperimentConfig
+    data: FederatedData
+    model: nn.Module  # the frozen base with the run's PEFT method applied
+    base: nn.Module  # the frozen base every method's model shares
+    device: torch.device
+    method: MethodSpec  # the validated PEFT method options
+    arch: Architecture  # the model's architecture (cost model, allocation), computed once
+    full_model_bytes: int  # every base parameter: what full fine-tuning would send
+    kind: str = "classify"  # "instruct": a causal LM generating the label word
+    models: dict[tuple[str, str], nn.Module] = field(default_factory=dict)
 
     def model_for(self, method: str, options: str) -> nn.Module:
         """The shared-base model of ``method`` with ``options`` (canonical JSON), built once.
@@ -84,12 +89,9 @@ class Task:
             if not isinstance(raw, dict):
                 raise FedpeftError(f"method options {options!r} are not a JSON object.")
             spec = parse_spec(method, raw)
-            assert self.base is not None, "a task built by build_task has its base"
             model = apply_shared(self.base, spec, self.arch, self.cfg.run.seed)
             self.models[key] = model.to(self.device)
         return self.models[key]
-
-    kind: str = "classify"  # "instruct": a causal LM generating the label word
 
 
 def resolve_device(name: str) -> torch.device:
@@ -147,19 +149,6 @@ def resolved(cfg: ExperimentConfig, method: MethodSpec) -> ExperimentConfig:
     peft = PeftConfig(method=cfg.peft.method, **options)
     model = cfg.model.model_copy(update={"task": task_kind(cfg)})
     return cfg.model_copy(update={"peft": peft, "model": model})
-
-
-@dataclass(frozen=True)
-class FederatedData:
-    """The data side of a task: splits tokenised once, client partitions, data profiles."""
-
-    spec: ModelSpec
-    dataset: RawDataset
-    train: Split
-    eval: Split
-    partitions: list[np.ndarray]
-    profiles: list[DataProfile]
-    proxy: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def needs_proxy(cfg: ExperimentConfig) -> bool:
@@ -237,8 +226,7 @@ def build_task(cfg: ExperimentConfig) -> Task:
     set_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
     data = build_data(cfg)
-    spec, dataset, train, evaluation = data.spec, data.dataset, data.train, data.eval
-    partitions, profiles = data.partitions, data.profiles
+    spec, dataset = data.spec, data.dataset
     with torch.random.fork_rng(devices=[]):  # head and adapter init: same seed, same model
         torch.manual_seed(cfg.run.seed)
         kind = task_kind(cfg, spec)
@@ -252,29 +240,24 @@ def build_task(cfg: ExperimentConfig) -> Task:
         model = apply_shared(base, method, arch, cfg.run.seed).to(device)
     log.info(
         "task: %s on %s (%d train, %d eval), %d clients, device %s",
-        spec.name,
-        dataset.name,
-        len(train),
-        len(evaluation),
-        len(partitions),
+        data.spec.name,
+        data.dataset.name,
+        len(data.train),
+        len(data.eval),
+        len(data.partitions),
         device,
     )
     return Task(
-        cfg,
-        spec,
-        dataset,
-        train,
-        evaluation,
-        partitions,
-        profiles,
-        model,
-        device,
-        full_bytes,
-        method,
-        base.to(device),
-        {(cfg.peft.method, _canonical(cfg.peft.options)): model},
-        data.proxy,
-        kind,
+        cfg=cfg,
+        data=data,
+        model=model,
+        base=base.to(device),
+        device=device,
+        method=method,
+        arch=arch,
+        full_model_bytes=full_bytes,
+        kind=kind,
+        models={(cfg.peft.method, _canonical(cfg.peft.options)): model},
     )
 
 

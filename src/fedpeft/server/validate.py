@@ -4,7 +4,8 @@ A reply is rejected — with a reason that is logged and recorded — when it do
 decode, carries other keys, shapes or dtypes than the global adapter, holds NaN/Inf,
 claims an example count that is not a positive integer or exceeds what the client
 reported having, changes a tensor the strategy keeps frozen, or answers for another
-client or round. Unparseable metrics are dropped, not trusted.
+client, round or instruction (each instruction carries a fresh nonce the reply echoes).
+Unparseable metrics are dropped, not trusted.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from dataclasses import replace
 import torch
 
 from fedpeft.aggregation.robust import clip_deltas
-from fedpeft.client import META_CLIENT_ID, META_METRICS, META_NUM_EXAMPLES, META_ROUND
+from fedpeft.client import (
+    META_CLIENT_ID,
+    META_METRICS,
+    META_NONCE,
+    META_NUM_EXAMPLES,
+    META_ROUND,
+)
 from fedpeft.compression import CodecError, decode
 from fedpeft.types import AdapterState, ClientUpdate, TrainInstruction
 
@@ -55,6 +62,10 @@ def validate_reply(
     ):
         raise RejectedUpdate(
             f"reply is for client {meta.get(META_CLIENT_ID)!r}, round {meta.get(META_ROUND)!r}"
+        )
+    if instruction.nonce and meta.get(META_NONCE) != instruction.nonce:
+        raise RejectedUpdate(
+            "reply does not echo its instruction's nonce (a replayed or relabelled reply)"
         )
     n = meta.get(META_NUM_EXAMPLES)
     if not isinstance(n, int) or isinstance(n, bool) or n <= 0:

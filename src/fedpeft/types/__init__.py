@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from torch import Tensor
 
@@ -27,6 +28,7 @@ class TrainInstruction:
     method: str = ""  # the PEFT method this client trains ("" = the run's [peft] method)
     options: str = "{}"  # that method's options, canonical JSON (sorted keys)
     group: str = "global"  # the server-side group whose global adapter it starts from
+    nonce: str = ""  # fresh per instruction; the reply must echo it (binds reply to instruction)
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,35 @@ class ClientUpdate:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+class ClientStatus(StrEnum):
+    """What became of one sampled client in one round."""
+
+    OK = "ok"  # its update was accepted
+    REJECTED = "rejected"  # it replied, but the reply failed validation or a guard
+    FAILED = "failed"  # no usable reply: the client raised, timed out or vanished
+    OFFLINE = "offline"  # skipped: its device was unavailable this round
+    STRAGGLER = "straggler"  # skipped: predicted past the round deadline
+    REFUSED = "refused"  # skipped: what it was asked to train does not fit its memory
+    UNASSIGNED = "unassigned"  # skipped: the allocation found no configuration for it
+
+    @property
+    def skipped(self) -> bool:
+        """Sampled but did not train (not the client's fault; never counts as a failure)."""
+        return self in SKIPPED
+
+
+SKIPPED = frozenset(
+    {ClientStatus.OFFLINE, ClientStatus.STRAGGLER, ClientStatus.REFUSED, ClientStatus.UNASSIGNED}
+)
+
+
 @dataclass(frozen=True)
 class ClientRecord:
     """One client in one round, as written to ``clients.jsonl``."""
 
     round: int
     client_id: int
-    status: str  # "ok" | "rejected" (bad reply) | "failed" (no reply) | see SKIPPED
+    status: ClientStatus
     reason: str
     num_examples: int
     bytes_down: int
@@ -56,12 +80,6 @@ class ClientRecord:
     sim_time_s: float | None = None  # simulated round time on its device (None: not simulated)
     tier: str = ""  # its device's tier, when the runtime reports devices
     update_norm: float | None = None  # ‖θ_c − θ_served‖₂ measured by the server, before clipping
-
-
-SKIPPED = ("offline", "straggler", "refused", "unassigned")
-"""Statuses of clients that were sampled but did not train: unavailable in the round,
-predicted past the round deadline, asked to train what does not fit their memory, or left
-without a configuration by the allocation policy."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +101,7 @@ class RoundRecord:
     groups: dict[str, dict[str, float]] = field(default_factory=dict)  # group → its eval
     sim_time_s: float | None = None  # simulated duration of the round / server step
     sim_clock_s: float | None = None  # simulated time since the start of the run
+    quorum: bool = True  # False: fewer than server.min_clients updates; globals unchanged
 
     def to_json(self) -> dict[str, object]:
         return {k: v for k, v in self.__dict__.items() if k != "clients"}

@@ -33,6 +33,7 @@ from fedpeft.runtime.flower.codec import (
     payload_to_content,
 )
 from fedpeft.runtime.flower.runconfig import WeightPolicy
+from fedpeft.server.protocols import BatchedPool, ClientPool, ProfiledPool
 from fedpeft.types import TrainInstruction
 
 log = logging.getLogger("fedpeft.runtime.flower")
@@ -177,8 +178,8 @@ class FlowerClientPool:
 
     # ---- the ClientPool protocol ------------------------------------------------------
     def num_examples(self, client_id: int) -> int | None:
-        """The most examples this client may claim in a reply (the weight policy's bound):
-        a reply above it is rejected."""
+        """The most examples this client may claim (the weight policy's bound); a reply
+        claiming more is counted at it (``_bounded``)."""
         info = self.clients.get(client_id)
         if info is None:
             return None
@@ -285,3 +286,8 @@ class FlowerClientPool:
             if pending:
                 time.sleep(_POLL_S)
         return replies
+
+
+def _conforms(pool: FlowerClientPool) -> tuple[ClientPool, BatchedPool, ProfiledPool]:
+    """Never called: mypy checks here that this runtime offers every capability it claims."""
+    return pool, pool, pool

@@ -110,10 +110,12 @@ def hello_info(
     (``own``: the node trains on its own data file, the config's single partition)."""
     proc = client_process(text)
     index = _index(proc, partition, own)
+    data = proc.pool.data_profile(index)
+    assert data is not None, "the in-process pool knows every partition's data profile"
     return {
         "num_examples": proc.pool.num_examples(index) or 0,
         "profile": profile_of(proc, upload, download).to_json(),
-        "data": proc.pool.data_profile(index).to_json(),
+        "data": data.to_json(),
         "own_data": own,
         "pid": process_id(),
         "model_loads": LOADS.loads,
@@ -133,7 +135,7 @@ def fit_reply(
         from fedpeft.client import ClientData, handle_fit
 
         task = proc.pool.task
-        data = ClientData(task.train, task.partitions[_index(proc, ins.client_id, own)])
+        data = ClientData(task.data.train, task.data.partitions[_index(proc, ins.client_id, own)])
         model = task.model_for(ins.method, ins.options)
         reply = handle_fit(model, payload, ins, data, task.device)
     return reply, {"pid": process_id(), "model_loads": LOADS.loads}

@@ -48,7 +48,7 @@ def serve(
             round_timeout_s,
             connect_timeout_s,
             policy=policy,
-            assigned=[len(p) for p in task.partitions],
+            assigned=[len(p) for p in task.data.partitions],
         )
         pool.connect()
         pools.append(pool)
