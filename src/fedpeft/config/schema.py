@@ -20,7 +20,7 @@ class RunConfig(_Section):
     rounds: PositiveInt = 12
     output_dir: str = "runs"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(0, ge=0, description="torch threads; 0 = one per CPU core")
+    threads: int = Field(0, ge=0, le=4096, description="torch threads; 0 = one per CPU core")
 
 
 class ModelConfig(_Section):
@@ -40,6 +40,11 @@ class DataConfig(_Section):
     eval_file: str | None = None
     text_column: str = "text"
     label_column: str = "label"
+    label_names: list[str] | None = Field(
+        None,
+        min_length=2,
+        description="custom data: the classes in this order (None: the train labels, sorted)",
+    )
     train_size: PositiveInt | None = Field(2000, description="seeded subset of the train split")
     eval_size: PositiveInt | None = Field(None, description="seeded subset of the eval split")
     num_clients: PositiveInt = 10
@@ -55,6 +60,11 @@ class DataConfig(_Section):
                 "`data.train_file` is required when `data.dataset` is 'custom' "
                 "(a CSV, TSV or JSONL file with text and label columns)"
             )
+        if self.label_names is not None and self.dataset != "custom":
+            raise ValueError(
+                "`data.label_names` applies to `data.dataset = 'custom'` only; "
+                f"{self.dataset!r} has its own classes"
+            )
         return self
 
 
@@ -63,7 +73,7 @@ class PeftConfig(_Section):
     adapters), which the method's spec in the PEFT registry validates."""
 
     model_config = ConfigDict(
-        extra="allow", frozen=True, validate_default=True, allow_inf_nan=False
+        extra="allow", frozen=True, validate_default=True, allow_inf_nan=False, strict=True
     )
     method: str = "lora"
 
@@ -151,3 +161,13 @@ class ExperimentConfig(_Section):
     profiles: ProfilesConfig = ProfilesConfig()
     simulation: SimulationConfig = SimulationConfig()
     allocation: AllocationConfig = AllocationConfig()
+
+    @model_validator(mode="after")
+    def _quorum_fits(self) -> ExperimentConfig:
+        if self.server.min_clients > self.data.num_clients:
+            raise ValueError(
+                f"`server.min_clients` is {self.server.min_clients} but `data.num_clients` is "
+                f"only {self.data.num_clients}; no round could reach that quorum, so lower "
+                "`server.min_clients` or raise `data.num_clients`"
+            )
+        return self
