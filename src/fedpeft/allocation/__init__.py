@@ -5,6 +5,14 @@ Registered policies: ``uniform``, ``tiered``, ``utility``.
 """
 
 from fedpeft.allocation import policies as _policies  # noqa: F401 - registers the policies
+from fedpeft.allocation.bits import (
+    BitsChoice,
+    BitsOption,
+    choose_bits,
+    explain_bits,
+    upload_budget,
+    with_message_bytes,
+)
 from fedpeft.allocation.catalogue import (
     Candidate,
     CandidateConfig,
@@ -47,6 +55,8 @@ from fedpeft.allocation.utility import (
 
 __all__ = [
     "Allocation",
+    "BitsChoice",
+    "BitsOption",
     "AllocationConfig",
     "AllocationProblem",
     "Calibration",
@@ -67,10 +77,12 @@ __all__ = [
     "allocation_to_json",
     "build_catalogue",
     "build_problem",
+    "choose_bits",
     "client_workload",
     "data_scale",
     "evaluate",
     "explain",
+    "explain_bits",
     "format_allocations",
     "forward_flops",
     "get_policy",
@@ -83,4 +95,6 @@ __all__ = [
     "step_flops",
     "step_seconds",
     "update_bytes",
+    "upload_budget",
+    "with_message_bytes",
 ]

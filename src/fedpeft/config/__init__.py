@@ -3,6 +3,7 @@
 from fedpeft.config.loading import build_config, config_to_toml, load_config, read_toml
 from fedpeft.config.schema import (
     ClientConfig,
+    CompressionConfig,
     DataConfig,
     EvalConfig,
     ExperimentConfig,
@@ -16,6 +17,7 @@ from fedpeft.config.schema import (
 
 __all__ = [
     "ClientConfig",
+    "CompressionConfig",
     "DataConfig",
     "EvalConfig",
     "SimulationConfig",

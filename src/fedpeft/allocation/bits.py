@@ -1,0 +1,144 @@
+"""Adaptive bit width per client (``compression.bits_up = "adaptive"``): the proposal's
+``θ̂_c = Quantize(θ_c, b_c)`` with ``b_c`` chosen from the client's upload bandwidth.
+
+``b_c = max{b ∈ B : 8·bytes(b)/bw_up ≤ ρ·T_max}``, else ``min B`` when no width fits:
+the most precise width whose upload fits the share ``ρ`` (``deadline_share``) of the round
+deadline ``T_max``. ``bytes(b)`` is the exact message size (``message_bytes``), so the
+prediction is what will travel, header included. Every decision says why, like the PEFT
+allocation's, and lists every width with its bytes and upload time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from fedpeft.allocation.cost import Cost
+from fedpeft.allocation.explain import format_table
+from fedpeft.compression import CompressionScheme, Layout, message_bytes
+from fedpeft.errors import FedpeftError
+from fedpeft.profiling import ResourceProfile
+
+
+@dataclass(frozen=True)
+class BitsOption:
+    """One bit width priced for one client."""
+
+    bits: int
+    bytes_up: int
+    upload_seconds: float
+    fits: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "bits": self.bits,
+            "bytes_up": self.bytes_up,
+            "upload_s": round(self.upload_seconds, 4),
+            "fits": self.fits,
+        }
+
+
+@dataclass(frozen=True)
+class BitsChoice:
+    """A client's bit width, the budget it was chosen for, why, and every width priced."""
+
+    bits: int
+    scheme: CompressionScheme
+    bytes_up: int
+    budget_seconds: float
+    reason: str
+    options: tuple[BitsOption, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "bits": self.bits,
+            "scheme": self.scheme.name,
+            "bytes_up": self.bytes_up,
+            "budget_s": round(self.budget_seconds, 4),
+            "reason": self.reason,
+            "options": [o.to_json() for o in self.options],
+        }
+
+
+def upload_seconds(nbytes: int, upload_bps: float) -> float:
+    """``8·B / bw_up`` (bandwidth in bits per second)."""
+    return 8 * nbytes / upload_bps
+
+
+def choose_bits(
+    layout: Layout,
+    base: CompressionScheme,
+    upload_bps: float,
+    budget_seconds: float,
+    choices: Sequence[int] = (32, 16, 8, 4, 2),
+    meta: Mapping[str, object] | None = None,
+) -> BitsChoice:
+    """``b_c``: the most bits among ``choices`` whose message (``base`` at that width)
+    uploads within ``budget_seconds``, else the fewest bits."""
+    if not choices:
+        raise FedpeftError("`compression.adaptive_bits` is empty; list widths such as [8, 4, 2].")
+    if upload_bps <= 0 or budget_seconds < 0:
+        raise FedpeftError(
+            f"adaptive bits need a positive upload bandwidth and a budget >= 0, "
+            f"got {upload_bps!r} bit/s and {budget_seconds!r} s."
+        )
+    options = []
+    for bits in sorted(set(choices), reverse=True):
+        nbytes = message_bytes(layout, replace(base, bits=bits), meta)
+        seconds = upload_seconds(nbytes, upload_bps)
+        options.append(BitsOption(bits, nbytes, seconds, seconds <= budget_seconds))
+    fitting = [o for o in options if o.fits]
+    best = fitting[0] if fitting else options[-1]
+    return BitsChoice(
+        best.bits,
+        replace(base, bits=best.bits),
+        best.bytes_up,
+        budget_seconds,
+        _reason(best, options, budget_seconds, bool(fitting)),
+        tuple(options),
+    )
+
+
+def _reason(best: BitsOption, options: list[BitsOption], budget: float, fits: bool) -> str:
+    head = f"{best.bits} bits: {best.bytes_up:,} B up in {best.upload_seconds:.2f} s"
+    if not fits:
+        return f"{head} > budget {budget:.2f} s, the fewest bits offered (no width fits)"
+    wider = [o for o in options if o.bits > best.bits]
+    if not wider:
+        return f"{head} <= budget {budget:.2f} s (the most bits offered)"
+    over = ", ".join(f"{o.bits} bits {o.upload_seconds:.2f} s" for o in wider)
+    return f"{head} <= budget {budget:.2f} s; more bits break it ({over})"
+
+
+def upload_budget(deadline_s: float, share: float) -> float:
+    """``ρ·T_max``: the seconds of the round deadline the upload may take."""
+    if not (deadline_s > 0 and 0 < share <= 1):
+        raise FedpeftError(
+            f"the upload budget needs a deadline > 0 and a share in (0, 1], "
+            f"got {deadline_s!r} s and {share!r}."
+        )
+    return share * deadline_s
+
+
+def with_message_bytes(
+    cost: Cost, profile: ResourceProfile, bytes_down: int, bytes_up: int
+) -> Cost:
+    """``cost`` with the real message bytes both ways and the transfer time they take,
+    ``8·B_down/bw_down + 8·B_up/bw_up`` (the cost model's formula)."""
+    transfer = 8 * bytes_down / profile.download_bps + 8 * bytes_up / profile.upload_bps
+    return replace(cost, bytes_down=bytes_down, bytes_up=bytes_up, transfer_seconds=transfer)
+
+
+def explain_bits(client_id: int, choice: BitsChoice) -> str:
+    """The decision and every width priced, most bits first, as a plain-text table."""
+    rows: list[dict[str, object]] = [
+        {
+            "bits": o.bits,
+            "status": "chosen" if o.bits == choice.bits else ("fits" if o.fits else "rejected"),
+            "bytes_up": o.bytes_up,
+            "upload_s": round(o.upload_seconds, 3),
+        }
+        for o in choice.options
+    ]
+    head = f"client {client_id}: {choice.scheme.name} — {choice.reason}"
+    return head + "\n" + format_table(rows, ["bits", "status", "bytes_up", "upload_s"])
