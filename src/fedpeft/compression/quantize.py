@@ -39,10 +39,10 @@ def levels(bits: int) -> int:
 
 def round_up_scale(amax: Tensor) -> Tensor:
     """``s``: ``max(amax, TINY)`` as the smallest bf16 value not below it."""
-    want = amax.float().clamp_min(TINY)
+    want = amax.double().clamp_min(TINY)
     s = want.to(SCALE_DTYPE)
     up = torch.nextafter(s, torch.full_like(s, float("inf")))
-    return torch.where(s.float() < want, up, s)
+    return torch.where(s.double() < want, up, s)
 
 
 def _grouped(x: Tensor, group: int) -> Tensor:
@@ -58,9 +58,9 @@ def quantize(
     if x.numel() == 0:
         return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=SCALE_DTYPE)
     steps = levels(bits)
-    rows = _grouped(x, group)
+    rows = _grouped(x.double(), group)  # float64: u is exact to ~1e-13 of a step
     scales = round_up_scale(rows.abs().amax(dim=1))
-    u = (rows / scales.float()[:, None] + 1.0) * (steps / 2)
+    u = (rows / scales.double()[:, None] + 1.0) * (steps / 2)
     if rounding == "nearest":
         q = torch.round(u)
     else:
@@ -70,11 +70,12 @@ def quantize(
 
 
 def dequantize(codes: Tensor, scales: Tensor, group: int, bits: int) -> Tensor:
-    """``x̂ = s·(2q/L − 1)`` for every code, as float32."""
+    """``x̂ = s·(2q − L)/L`` for every code (in float64, then float32)."""
     if codes.numel() == 0:
         return torch.zeros(0)
-    per_value = scales.float().repeat_interleave(group)[: codes.numel()]
-    return per_value * (codes.float() * (2.0 / levels(bits)) - 1.0)
+    steps = levels(bits)
+    per_value = scales.double().repeat_interleave(group)[: codes.numel()]
+    return (per_value * (2 * codes.double() - steps) / steps).float()
 
 
 def to_half(x: Tensor, half: Half, rounding: Rounding, generator: torch.Generator | None) -> Tensor:
