@@ -87,6 +87,8 @@ def test_cost_with_message_bytes_uses_the_cost_models_transfer_formula() -> None
 
 def test_budget_and_inputs_are_checked() -> None:
     assert upload_budget(120.0, 0.25) == 30.0
+    assert upload_budget(120.0, 0.25, busy_s=100.0) == 20.0  # what compute leaves
+    assert upload_budget(120.0, 0.25, busy_s=130.0) == 0.0
     with pytest.raises(FedpeftError, match="share"):
         upload_budget(120.0, 0.0)
     with pytest.raises(FedpeftError, match="bandwidth"):

@@ -1,11 +1,13 @@
 """Adaptive bit width per client (``compression.bits_up = "adaptive"``): the proposal's
 ``θ̂_c = Quantize(θ_c, b_c)`` with ``b_c`` chosen from the client's upload bandwidth.
 
-``b_c = max{b ∈ B : 8·bytes(b)/bw_up ≤ ρ·T_max}``, else ``min B`` when no width fits:
-the most precise width whose upload fits the share ``ρ`` (``deadline_share``) of the round
-deadline ``T_max``. ``bytes(b)`` is the exact message size (``message_bytes``), so the
-prediction is what will travel, header included. Every decision says why, like the PEFT
-allocation's, and lists every width with its bytes and upload time.
+``b_c = max{b ∈ B : 8·bytes(b)/bw_up ≤ τ}``, else ``min B`` when no width fits: the most
+precise width whose upload fits the budget ``τ = min(ρ·T_max, T_max − T_busy)`` — the share
+``ρ`` (``deadline_share``) of the round deadline ``T_max``, and never more than the
+predicted compute and download time ``T_busy`` leave of it. ``bytes(b)`` is the exact
+message size (``message_bytes``), so the prediction is what will travel, header included.
+Every decision says why, like the PEFT allocation's, and lists every width with its bytes
+and upload time.
 """
 
 from __future__ import annotations
@@ -110,14 +112,15 @@ def _reason(best: BitsOption, options: list[BitsOption], budget: float, fits: bo
     return f"{head} <= budget {budget:.2f} s; more bits break it ({over})"
 
 
-def upload_budget(deadline_s: float, share: float) -> float:
-    """``ρ·T_max``: the seconds of the round deadline the upload may take."""
-    if not (deadline_s > 0 and 0 < share <= 1):
+def upload_budget(deadline_s: float, share: float, busy_s: float = 0.0) -> float:
+    """``min(ρ·T_max, T_max − T_busy)``, at least 0: the upload's share of the deadline, and
+    never more than what the predicted compute and download (``busy_s``) leave of it."""
+    if not (deadline_s > 0 and 0 < share <= 1 and busy_s >= 0):
         raise FedpeftError(
-            f"the upload budget needs a deadline > 0 and a share in (0, 1], "
-            f"got {deadline_s!r} s and {share!r}."
+            f"the upload budget needs a deadline > 0, a share in (0, 1] and busy seconds "
+            f">= 0, got {deadline_s!r} s, {share!r} and {busy_s!r} s."
         )
-    return share * deadline_s
+    return max(0.0, min(share * deadline_s, deadline_s - busy_s))
 
 
 def with_message_bytes(
