@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from fedpeft.allocation import (
     Cost,
+    adaptive_bits,
     choose_bits,
     explain_bits,
     upload_budget,
@@ -74,6 +75,21 @@ def test_explanation_lists_every_width() -> None:
     text = explain_bits(7, choose_bits(LAYOUT, BASE, 1e6, 0.05))
     assert text.startswith("client 7: int")
     assert text.count("rejected") + text.count("chosen") + text.count("fits") == 5
+
+
+def test_adaptive_bits_per_tier_from_the_config() -> None:
+    """Stored: this layout's 32/16/8/4/2-bit messages take 0.199/0.101/0.054/0.029/0.017 s
+    on the low tier's 1 Mbit/s (÷4 mid, ÷20 high); the budget is 0.3 % of 10 s = 0.03 s."""
+    raw = {"bits_up": "adaptive", "deadline_share": 0.003}
+    cfg = build_config({"compression": raw}).compression
+    picks = {t: adaptive_bits(LAYOUT, cfg, p, 10.0).bits for t, p in DEFAULT_TIERS.items()}
+    assert picks == {"high": 32, "mid": 16, "low": 4}
+    # compute that leaves 0.012 s of the deadline shrinks the budget
+    busy = Cost(1, 0.9988, 10, 0, 0, 0.0)
+    picks = {t: adaptive_bits(LAYOUT, cfg, p, 10.0, busy).bits for t, p in DEFAULT_TIERS.items()}
+    assert picks == {"high": 32, "mid": 8, "low": 2}
+    low = adaptive_bits(LAYOUT, cfg, DEFAULT_TIERS["low"], 10.0, busy)
+    assert "no width fits" in low.reason and low.budget_seconds == pytest.approx(0.012)
 
 
 def test_cost_with_message_bytes_uses_the_cost_models_transfer_formula() -> None:

@@ -8,6 +8,7 @@ from fedpeft.allocation import policies as _policies  # noqa: F401 - registers t
 from fedpeft.allocation.bits import (
     BitsChoice,
     BitsOption,
+    adaptive_bits,
     choose_bits,
     explain_bits,
     upload_budget,
@@ -72,6 +73,7 @@ __all__ = [
     "Terms",
     "Violation",
     "Workload",
+    "adaptive_bits",
     "allocate",
     "allocation_rows",
     "allocation_to_json",

@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 
 from fedpeft.allocation.cost import Cost
 from fedpeft.allocation.explain import format_table
-from fedpeft.compression import CompressionScheme, Layout, message_bytes
+from fedpeft.compression import CompressionScheme, Layout, configured, message_bytes
+from fedpeft.config.schema import CompressionConfig
 from fedpeft.errors import FedpeftError
 from fedpeft.profiling import ResourceProfile
 
@@ -121,6 +122,25 @@ def upload_budget(deadline_s: float, share: float, busy_s: float = 0.0) -> float
             f">= 0, got {deadline_s!r} s, {share!r} and {busy_s!r} s."
         )
     return max(0.0, min(share * deadline_s, deadline_s - busy_s))
+
+
+def adaptive_bits(
+    layout: Layout,
+    cfg: CompressionConfig,
+    profile: ResourceProfile,
+    deadline_s: float,
+    cost: Cost | None = None,
+    meta: Mapping[str, object] | None = None,
+) -> BitsChoice:
+    """``compression.bits_up = "adaptive"`` for one client: ``choose_bits`` over
+    ``adaptive_bits`` with the budget ``upload_budget(deadline_s, deadline_share, T_busy)``,
+    ``T_busy = S·t_step + 8·B_down/bw_down`` from the allocation's ``cost`` (0 without)."""
+    busy = 0.0
+    if cost is not None:
+        busy = cost.compute_seconds + 8 * cost.bytes_down / profile.download_bps
+    budget = upload_budget(deadline_s, cfg.deadline_share, busy)
+    base = configured(cfg, 32)
+    return choose_bits(layout, base, profile.upload_bps, budget, cfg.adaptive_bits, meta)
 
 
 def with_message_bytes(

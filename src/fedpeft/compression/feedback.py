@@ -22,13 +22,14 @@ Compressor = Callable[[AdapterState], tuple[Message, AdapterState]]
 
 
 def add_residual(delta: AdapterState, residual: AdapterState | None) -> AdapterState:
-    """``c = Δ + e`` in float32 (``e = None``: nothing left over yet); inputs untouched."""
+    """``c = Δ + e`` in float32 on the CPU (``e = None``: nothing left over yet); inputs
+    untouched."""
     if residual is None:
-        return {k: v.detach().float() for k, v in delta.items()}
+        return {k: v.detach().cpu().float() for k, v in delta.items()}
     if residual.keys() != delta.keys():
         missing = sorted(residual.keys() ^ delta.keys())[0]
         raise ValueError(f"the residual and the delta differ in tensor {missing!r}")
-    return {k: v.detach().float() + residual[k].float() for k, v in delta.items()}
+    return {k: v.detach().cpu().float() + residual[k].cpu().float() for k, v in delta.items()}
 
 
 def error_feedback(

@@ -163,7 +163,9 @@ def encode_update(
     if state.keys() != reference.keys():
         odd = sorted(state.keys() ^ reference.keys())[0]
         raise ValueError(f"state and reference differ in tensor {odd!r}")
-    delta = {k: v.detach().float() - reference[k].detach().float() for k, v in state.items()}
+    delta = {
+        k: v.detach().cpu().float() - reference[k].detach().cpu().float() for k, v in state.items()
+    }
     return encode_delta(delta, scheme, residual, generator, meta)
 
 
@@ -172,7 +174,7 @@ def decode_update(
 ) -> tuple[AdapterState, dict[str, object]]:
     """``(reference + Δ̂, metadata)``, each tensor in its reference's dtype."""
     delta, meta = decode_delta(payload, layout_of(reference))
-    state = {k: (ref.float() + delta[k]).to(ref.dtype) for k, ref in reference.items()}
+    state = {k: (ref.cpu().float() + delta[k]).to(ref.dtype) for k, ref in reference.items()}
     return state, meta
 
 

@@ -109,15 +109,19 @@ def fingerprint(layout: Layout) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def scheme_for(cfg: CompressionConfig, bits: int, up: bool = True) -> CompressionScheme | None:
-    """The scheme ``[compression]`` asks for at ``bits``; ``None`` when nothing is compressed
-    (32 bits and no top-k), so the plain codec is used as before. ``topk`` applies to client
+def configured(cfg: CompressionConfig, bits: int, up: bool = True) -> CompressionScheme:
+    """The scheme ``[compression]`` describes at ``bits``; ``topk`` applies to client
     updates (``up``) only."""
-    topk = cfg.topk if up else None
-    if bits == 32 and topk is None:
-        return None
     group = None if cfg.group_size == "row" else cfg.group_size
+    topk = cfg.topk if up else None
     return CompressionScheme(bits, cfg.rounding, group, topk, cfg.error_feedback, cfg.half)
+
+
+def scheme_for(cfg: CompressionConfig, bits: int, up: bool = True) -> CompressionScheme | None:
+    """``configured(cfg, bits, up)``, or ``None`` when it would send every value as float32
+    (the plain codec is used then, as before compression existed)."""
+    scheme = configured(cfg, bits, up)
+    return None if scheme.identity else scheme
 
 
 def down_scheme(cfg: CompressionConfig) -> CompressionScheme | None:
