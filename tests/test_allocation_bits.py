@@ -1,5 +1,7 @@
 """Adaptive bits per client, the cost model's real bytes, and the [compression] config."""
 
+import json
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -19,6 +21,7 @@ from fedpeft.compression import (
     encode_delta,
     layout_of,
     message_bytes,
+    rounding_generator,
     scheme_for,
     up_scheme,
 )
@@ -166,6 +169,26 @@ def test_bad_compression_config_names_the_field(raw: dict, field: str) -> None:
 def test_scheme_is_checked_when_built(kwargs: dict, field: str) -> None:
     with pytest.raises(FedpeftError, match=f"compression.{field}"):
         CompressionScheme(**kwargs)
+
+
+def test_scheme_travels_as_json() -> None:
+    scheme = CompressionScheme(2, "nearest", None, None, False, "bf16")
+    assert CompressionScheme.from_json(scheme.to_json()) == scheme
+    assert json.loads(scheme.to_json())["group_size"] is None
+    for bad in ("[1]", "{", '{"bits": 3}', '{"colour": 1}'):
+        with pytest.raises(FedpeftError):
+            CompressionScheme.from_json(bad)
+
+
+def test_rounding_generators_are_seeded_per_message() -> None:
+    def draw(*key: int) -> list[float]:
+        return torch.rand(4, generator=rounding_generator(*key)).tolist()
+
+    assert draw(0, 1, 2) == draw(0, 1, 2)
+    assert (
+        len({tuple(draw(*k)) for k in [(0, 1, 2), (1, 1, 2), (0, 2, 2), (0, 1, 3), (0, 1, -1)]})
+        == 5
+    )
 
 
 def test_scheme_names() -> None:

@@ -10,6 +10,7 @@ from fedpeft.compression.message import (
     encode_delta,
     encode_update,
     message_bytes,
+    rounding_generator,
 )
 from fedpeft.compression.plan import Plan, make_plan
 from fedpeft.compression.scheme import (
@@ -44,6 +45,7 @@ __all__ = [
     "layout_of",
     "make_plan",
     "message_bytes",
+    "rounding_generator",
     "scheme_for",
     "up_scheme",
 ]

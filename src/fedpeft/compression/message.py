@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fedpeft.compression.check import (
@@ -94,6 +95,13 @@ def decompress(wire: Wire, plan: Plan) -> AdapterState:
         out[seg.key] = part.reshape(seg.shape)
         start += seg.kept
     return out
+
+
+def rounding_generator(seed: int, rnd: int, client_id: int) -> torch.Generator:
+    """A generator for one message's stochastic rounding, seeded from the run's seed, the
+    round and the sender (-1: the server), so reruns send the same bytes."""
+    state = np.random.SeedSequence([seed, rnd, client_id + 1]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def _checked_delta(delta: AdapterState) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
 from torch import Tensor
@@ -71,6 +71,19 @@ class CompressionScheme:
                 "`compression.group_size` cannot be per row with `compression.topk`: the kept "
                 "values form no rows; set a group size such as 64."
             )
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys): how an instruction carries a client's scheme."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CompressionScheme:
+        """The scheme ``to_json`` wrote; anything else raises ``FedpeftError``."""
+        try:
+            raw = json.loads(text)
+            return cls(**raw)
+        except (ValueError, TypeError) as e:
+            raise FedpeftError(f"a compression scheme must be the JSON of one ({e}).") from None
 
     @property
     def identity(self) -> bool:
