@@ -20,7 +20,7 @@ generator seeds (mean and standard deviation). One round has no error-feedback h
 (the residual starts at zero), so these are single-message errors.
 
     nice -n 10 .venv/bin/python benchmarks/compression_error.py \
-        [--rounds 2] [--dataset sst2] [--cache /tmp/updates.safetensors] [--out FILE]
+        [--rounds 2] [--dataset sst2] [--cache /tmp/updates.safetensors] [--collect-only]
 """
 
 from __future__ import annotations
@@ -35,7 +35,14 @@ from typing import Any
 import torch
 
 from fedpeft.aggregation.lora import lora_pairs
-from fedpeft.compression import CompressionScheme, decode, encode, encode_delta
+from fedpeft.compression import (
+    CompressionScheme,
+    decode,
+    encode,
+    encode_delta,
+    layout_of,
+    message_bytes,
+)
 from fedpeft.config import load_config
 from fedpeft.peft import get_adapter_state
 from fedpeft.runtime.local import LocalClientPool
@@ -44,30 +51,42 @@ from fedpeft.server.task import build_task
 from fedpeft.types import AdapterState
 
 Update = tuple[AdapterState, float, dict[str, Any]]  # state, examples, reply metadata
+Round = tuple[AdapterState, list[Update]]  # the state served, the replies
 SEEDS = (0, 1, 2)
 
 
-def collect(dataset: str, rounds: int) -> tuple[list[tuple[AdapterState, list[Update]]], int]:
-    """Each round's served state and client replies, and the full model's bytes."""
+def fedavg(updates: list[Update]) -> AdapterState:
+    total = sum(n for _, n, _ in updates)
+    return {k: sum(s[k] * (n / total) for s, n, _ in updates) for k in updates[0][0]}
+
+
+def collect(dataset: str, rounds: int, cache: Path | None) -> tuple[list[Round], int]:
+    """Each round's served state and client replies, and the full model's bytes. Rounds
+    already in ``cache`` are read from it; each new round is added to it when done, so a
+    long collection can run as several shorter invocations."""
+    done, full = load_cache(cache, dataset) if cache and cache.exists() else ([], 0)
+    if len(done) >= rounds:
+        return done[:rounds], full
     cfg = load_config(overrides=[f"data.dataset='{dataset}'"])
     task = build_task(cfg)
     pool = LocalClientPool(task)
-    start = get_adapter_state(task.model)
-    out = []
-    for rnd in range(1, rounds + 1):
+    start = fedavg(done[-1][1]) if done else get_adapter_state(task.model)
+    for rnd in range(len(done) + 1, rounds + 1):
         down = encode(start, {"round": rnd})
         updates = []
         for cid in range(cfg.data.num_clients):
             state, meta = decode(pool.fit(instruction_for(cfg, rnd, cid), down))
             updates.append((state, float(meta["num_examples"]), meta))
-        out.append((start, updates))
-        total = sum(n for _, n, _ in updates)
-        start = {k: sum(s[k] * (n / total) for s, n, _ in updates) for k in start}
-    return out, task.full_model_bytes
+        done.append((start, updates))
+        if cache:
+            save_cache(cache, done, task.full_model_bytes, dataset)
+        print(f"collected round {rnd}", flush=True)
+        start = fedavg(updates)
+    return done, task.full_model_bytes
 
 
-def save_cache(path: Path, rounds: list[tuple[AdapterState, list[Update]]], full: int) -> None:
-    tensors, meta = {}, {"full_model_bytes": full, "rounds": []}
+def save_cache(path: Path, rounds: list[Round], full: int, dataset: str) -> None:
+    tensors, meta = {}, {"full_model_bytes": full, "dataset": dataset, "rounds": []}
     for r, (start, updates) in enumerate(rounds):
         tensors |= {f"{r}/start/{k}": v for k, v in start.items()}
         for c, (state, _, _) in enumerate(updates):
@@ -76,8 +95,10 @@ def save_cache(path: Path, rounds: list[tuple[AdapterState, list[Update]]], full
     path.write_bytes(encode(tensors, meta))
 
 
-def load_cache(path: Path) -> tuple[list[tuple[AdapterState, list[Update]]], int]:
+def load_cache(path: Path, dataset: str) -> tuple[list[Round], int]:
     tensors, meta = decode(path.read_bytes())
+    if meta.get("dataset", dataset) != dataset:
+        raise SystemExit(f"{path} holds {meta['dataset']} updates, not {dataset}")
     out = []
     for r, metas in enumerate(meta["rounds"]):  # type: ignore[arg-type]
         start = {k.split("/", 2)[2]: v for k, v in tensors.items() if k.startswith(f"{r}/start/")}
@@ -195,53 +216,58 @@ def product_schemes() -> list[CompressionScheme]:
     return out
 
 
+def analyse_round(start: AdapterState, updates: list[Update], full: int) -> dict[str, Any]:
+    plain = statistics.mean(len(encode(s, m)) for s, _, m in updates)
+    factors = [repeat(factor_trial, start, updates, s) for s in factor_schemes()]
+    for row in factors:
+        row["vs_fp32_codec"] = plain / row["bytes"]
+        row["vs_full_finetuning"] = full / row["bytes"]
+    lora_keys = {k for pair in lora_pairs(start) for k in pair}
+    lora_layout = layout_of({k: start[k] for k in lora_keys})
+    product = [repeat(product_trial, start, updates, s) for s in product_schemes()]
+    for row, s in zip(product, product_schemes(), strict=True):
+        row["factor_message_bytes"] = statistics.mean(
+            message_bytes(lora_layout, s, m) for _, _, m in updates
+        )
+    return {"fp32_codec_bytes": plain, "factors": factors, "product": product}
+
+
+def print_round(r: int, row: dict[str, Any], full: int) -> None:
+    print(f"round {r}: fp32 codec {row['fp32_codec_bytes']:,.0f} B a message, full {full:,} B")
+    for f in row["factors"]:
+        print(
+            f"  {f['scheme']:<22} {f['bytes']:>9,.0f} B  ×{f['vs_fp32_codec']:6.1f}"
+            f"  client {f['client_rel_error']:.4f}  fedavg {f['fedavg_rel_error']:.4f}"
+            f"  BA {f['product_rel_error_median']:.4f}",
+            flush=True,
+        )
+    for p in row["product"]:
+        print(
+            f"  product {p['scheme']:<14} {p['bytes']:>10,.0f} B"
+            f" (factors {p['factor_message_bytes']:,.0f} B)"
+            f"  BA {p['product_rel_error_median']:.4f}",
+            flush=True,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--dataset", default="sst2")
     ap.add_argument("--cache", type=Path)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/compression_error.json"))
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--collect-only", action="store_true", help="fill the cache, then stop")
     args = ap.parse_args()
-    if args.cache and args.cache.exists():
-        rounds, full = load_cache(args.cache)
-    else:
-        rounds, full = collect(args.dataset, args.rounds)
-        if args.cache:
-            save_cache(args.cache, rounds, full)
+    rounds, full = collect(args.dataset, args.rounds, args.cache)
+    if args.collect_only:
+        return
     result: dict[str, Any] = {"dataset": args.dataset, "full_model_bytes": full, "rounds": []}
     for r, (start, updates) in enumerate(rounds, 1):
-        plain = statistics.mean(len(encode(s, m)) for s, _, m in updates)
-        lora_keys = {k for pair in lora_pairs(start) for k in pair}
-        lora_only = [({k: s[k] for k in lora_keys}, n, m) for s, n, m in updates]
-        lora_start = {k: start[k] for k in lora_keys}
-        factors = [repeat(factor_trial, start, updates, s) for s in factor_schemes()]
-        for row in factors:
-            row["vs_fp32_codec"] = plain / row["bytes"]
-            row["vs_full_finetuning"] = full / row["bytes"]
-        lora_bytes = {
-            s.name: repeat(factor_trial, lora_start, lora_only, s)["bytes"]
-            for s in product_schemes()
-        }
-        product = [repeat(product_trial, start, updates, s) for s in product_schemes()]
-        for row in product:
-            row["factor_message_bytes"] = lora_bytes[row["scheme"]]
-        result["rounds"].append(
-            {"round": r, "fp32_codec_bytes": plain, "factors": factors, "product": product}
-        )
-        print(f"round {r}: today's fp32 codec {plain:,.0f} B a message, full model {full:,} B")
-        for row in factors:
-            print(
-                f"  {row['scheme']:<22} {row['bytes']:>9,.0f} B  ×{row['vs_fp32_codec']:6.1f}"
-                f"  client {row['client_rel_error']:.4f}  fedavg {row['fedavg_rel_error']:.4f}"
-                f"  BA {row['product_rel_error_median']:.4f}"
-            )
-        for row in product:
-            print(
-                f"  product {row['scheme']:<14} {row['bytes']:>10,.0f} B"
-                f" (factors {row['factor_message_bytes']:,.0f} B)"
-                f"  BA {row['product_rel_error_median']:.4f}"
-            )
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+        row = analyse_round(start, updates, full)
+        result["rounds"].append({"round": r, **row})
+        print_round(r, row, full)
+    out = args.out or Path(f"benchmarks/results/compression_error_{args.dataset}.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

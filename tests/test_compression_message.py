@@ -31,6 +31,9 @@ SCHEMES = [
     for group, topk in ((64, None), (None, None), (32, 0.1), (16, 0.01))
     if not (bits == 32 and topk is None and rounding == "nearest")
 ]
+Q4 = CompressionScheme(bits=4)
+TOP = CompressionScheme(bits=8, topk=0.1)
+F16 = CompressionScheme(bits=16)
 
 
 def _lora_delta(seed: int = 0) -> AdapterState:
@@ -110,6 +113,17 @@ def test_stored_data_bytes(scheme: CompressionScheme, data: int) -> None:
     assert len(payload) == message_bytes(layout, scheme)
 
 
+@pytest.mark.parametrize("scheme", [Q4, CompressionScheme(2, group_size=None), TOP, F16])
+def test_scalars_and_empty_tensors_travel(scheme: CompressionScheme) -> None:
+    delta = {"scalar": torch.tensor(0.5), "empty": torch.zeros(0, 4), "v": torch.randn(5)}
+    sent = encode_delta(delta, scheme, generator=_gen())
+    back, _ = decode_delta(sent.payload, layout_of(delta))
+    assert {k: v.shape for k, v in back.items()} == {k: v.shape for k, v in delta.items()}
+    assert len(sent.payload) == message_bytes(layout_of(delta), scheme)
+    with pytest.raises(FedpeftError, match="no tensors"):
+        encode_delta({}, scheme, generator=_gen())
+
+
 def test_large_tensors_index_with_int32() -> None:
     delta = {"big": torch.randn(300, 200)}
     plan = make_plan(layout_of(delta), CompressionScheme(bits=8, topk=0.01))
@@ -169,9 +183,6 @@ def _set(name: str, index: int, value: float) -> Callable[[dict, dict], None]:
     return lambda wire, meta: wire[name].__setitem__(index, value)
 
 
-Q4 = CompressionScheme(bits=4)
-TOP = CompressionScheme(bits=8, topk=0.1)
-F16 = CompressionScheme(bits=16)
 MALFORMED = {
     "wrong format": (Q4, _set_meta("format", "other/9"), "unknown compression format"),
     "bit width 3": (Q4, _set_meta("bits", 3), "bit width 3"),

@@ -105,6 +105,8 @@ def rounding_generator(seed: int, rnd: int, client_id: int) -> torch.Generator:
 
 
 def _checked_delta(delta: AdapterState) -> None:
+    if not delta:
+        raise FedpeftError("the delta holds no tensors; there is nothing to send.")
     for key, t in delta.items():
         if not t.is_floating_point():
             raise FedpeftError(f"tensor {key!r} is {t.dtype}; only float deltas are compressed.")
