@@ -20,7 +20,11 @@ generator seeds (mean and standard deviation). One round has no error-feedback h
 (the residual starts at zero), so these are single-message errors.
 
     nice -n 10 .venv/bin/python benchmarks/compression_error.py \
-        [--rounds 2] [--dataset sst2] [--cache /tmp/updates.safetensors] [--collect-only]
+        [--rounds 2] [--dataset sst2] [--cache /tmp/updates.safetensors] [--collect-only] \
+        [--analyse 1 2]
+
+Each analysed round is written to ``benchmarks/results/compression_error_<dataset>.json`` as
+soon as it is done (rounds already there are kept), so the work splits into short runs.
 """
 
 from __future__ import annotations
@@ -257,17 +261,23 @@ def main() -> None:
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--collect-only", action="store_true", help="fill the cache, then stop")
+    ap.add_argument("--analyse", type=int, nargs="*", help="only these rounds (default: all)")
     args = ap.parse_args()
     rounds, full = collect(args.dataset, args.rounds, args.cache)
     if args.collect_only:
         return
-    result: dict[str, Any] = {"dataset": args.dataset, "full_model_bytes": full, "rounds": []}
-    for r, (start, updates) in enumerate(rounds, 1):
-        row = analyse_round(start, updates, full)
-        result["rounds"].append({"round": r, **row})
-        print_round(r, row, full)
     out = args.out or Path(f"benchmarks/results/compression_error_{args.dataset}.json")
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    result: dict[str, Any] = {"dataset": args.dataset, "full_model_bytes": full, "rounds": []}
+    if out.exists():  # rounds analysed by earlier invocations are kept
+        result = json.loads(out.read_text())
+    for r, (start, updates) in enumerate(rounds, 1):
+        if args.analyse and r not in args.analyse:
+            continue
+        row = {"round": r, **analyse_round(start, updates, full)}
+        kept = [x for x in result["rounds"] if x["round"] != r]
+        result["rounds"] = sorted([*kept, row], key=lambda x: x["round"])
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print_round(r, row, full)
 
 
 if __name__ == "__main__":
