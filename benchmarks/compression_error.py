@@ -21,7 +21,7 @@ generator seeds (mean and standard deviation). One round has no error-feedback h
 
     nice -n 10 .venv/bin/python benchmarks/compression_error.py \
         [--rounds 2] [--dataset sst2] [--cache /tmp/updates.safetensors] [--collect-only] \
-        [--analyse 1 2]
+        [--analyse 1 2] [--parts factors product]
 
 Each analysed round is written to ``benchmarks/results/compression_error_<dataset>.json`` as
 soon as it is done (rounds already there are kept), so the work splits into short runs.
@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,59 +135,79 @@ def products(state: AdapterState, start: AdapterState) -> dict[str, torch.Tensor
     }
 
 
-def factor_trial(
-    start: AdapterState, updates: list[Update], scheme: CompressionScheme, seed: int
-) -> dict[str, Any]:
-    gen = torch.Generator().manual_seed(seed)
+@dataclass(frozen=True)
+class Prepared:
+    """One round's exact quantities, computed once for every scheme."""
+
+    start: AdapterState
+    p: list[float]  # p_c = n_c / Σ n
+    metas: list[dict[str, Any]]  # each client's reply metadata (travels with its message)
+    deltas: list[dict[str, torch.Tensor]]  # Δ_c (float64)
+    fedavg: dict[str, torch.Tensor]  # Σ p_c Δ_c
+    client_products: list[dict[str, torch.Tensor]]  # D_c = B_c A_c − B₀A₀
+    product: dict[str, torch.Tensor]  # Σ p_c D_c
+
+
+def prepare(start: AdapterState, updates: list[Update]) -> Prepared:
     total = sum(n for _, n, _ in updates)
     p = [n / total for _, n, _ in updates]
     deltas = [diff(s, start) for s, _, _ in updates]
+    client_products = [products(s, start) for s, _, _ in updates]
+    return Prepared(
+        start,
+        p,
+        [m for _, _, m in updates],
+        deltas,
+        weighted(deltas, p),
+        client_products,
+        weighted(client_products, p),
+    )
+
+
+def send_all(
+    prep: Prepared, states: list[dict[str, torch.Tensor]], scheme: CompressionScheme, seed: int
+) -> tuple[float, list[AdapterState]]:
+    """Every client's message of ``states``: mean bytes and what the server decodes."""
+    gen = torch.Generator().manual_seed(seed)
     sizes, decoded = [], []
-    for (_, _, meta), delta in zip(updates, deltas, strict=True):
-        sent = encode_delta({k: v.float() for k, v in delta.items()}, scheme, None, gen, meta)
+    for meta, state in zip(prep.metas, states, strict=True):
+        sent = encode_delta({k: v.float() for k, v in state.items()}, scheme, None, gen, meta)
         sizes.append(len(sent.payload))
         decoded.append(sent.decoded)
-    exact, approx = weighted(deltas, p), weighted(decoded, p)
-    hat = [{k: start[k].double() + d[k].double() for k in start} for d in decoded]
-    true_prod = weighted([products(s, start) for s, _, _ in updates], p)
-    hat_prod = weighted([products(h, start) for h in hat], p)  # type: ignore[arg-type]
-    per_module = [
-        float((hat_prod[m] - true_prod[m]).norm() / true_prod[m].norm()) for m in true_prod
-    ]
+    return statistics.mean(sizes), decoded
+
+
+def factor_trial(prep: Prepared, scheme: CompressionScheme, seed: int) -> dict[str, Any]:
+    size, decoded = send_all(prep, prep.deltas, scheme, seed)
+    approx = weighted(decoded, prep.p)  # type: ignore[arg-type]
+    hat = [{k: prep.start[k].double() + d[k].double() for k in prep.start} for d in decoded]
+    hat_prod = weighted([products(h, prep.start) for h in hat], prep.p)  # type: ignore[arg-type]
+    true = prep.product
+    per_module = [float((hat_prod[m] - true[m]).norm() / true[m].norm()) for m in true]
     return {
-        "bytes": statistics.mean(sizes),
+        "bytes": size,
         "client_rel_error": statistics.median(
-            norm(diff(d, x)) / norm(x) for d, x in zip(decoded, deltas, strict=True)
+            norm(diff(d, x)) / norm(x) for d, x in zip(decoded, prep.deltas, strict=True)
         ),
-        "fedavg_rel_error": norm(diff(approx, exact)) / norm(exact),
+        "fedavg_rel_error": norm(diff(approx, prep.fedavg)) / norm(prep.fedavg),
         "product_rel_error_median": statistics.median(per_module),
         "product_rel_error_max": max(per_module),
     }
 
 
-def product_trial(
-    start: AdapterState, updates: list[Update], scheme: CompressionScheme, seed: int
-) -> dict[str, Any]:
-    gen = torch.Generator().manual_seed(seed)
-    total = sum(n for _, n, _ in updates)
-    p = [n / total for _, n, _ in updates]
-    exact_d = [products(s, start) for s, _, _ in updates]
-    sizes, decoded = [], []
-    for (_, _, meta), d in zip(updates, exact_d, strict=True):
-        sent = encode_delta({k: v.float() for k, v in d.items()}, scheme, None, gen, meta)
-        sizes.append(len(sent.payload))
-        decoded.append(sent.decoded)
-    exact, approx = weighted(exact_d, p), weighted(decoded, p)
+def product_trial(prep: Prepared, scheme: CompressionScheme, seed: int) -> dict[str, Any]:
+    size, decoded = send_all(prep, prep.client_products, scheme, seed)
+    approx, exact = weighted(decoded, prep.p), prep.product  # type: ignore[arg-type]
     per_module = [float((approx[m] - exact[m]).norm() / exact[m].norm()) for m in exact]
     return {
-        "bytes": statistics.mean(sizes),
+        "bytes": size,
         "product_rel_error_median": statistics.median(per_module),
         "product_rel_error_max": max(per_module),
     }
 
 
-def repeat(trial: Any, start: AdapterState, updates: list[Update], s: CompressionScheme) -> dict:
-    runs = [trial(start, updates, s, seed) for seed in (SEEDS if s.random else SEEDS[:1])]
+def repeat(trial: Any, prep: Prepared, s: CompressionScheme) -> dict[str, Any]:
+    runs = [trial(prep, s, seed) for seed in (SEEDS if s.random else SEEDS[:1])]
     out: dict[str, Any] = {"scheme": s.name, "seeds": len(runs)}
     for key in runs[0]:
         values = [r[key] for r in runs]
@@ -220,32 +240,39 @@ def product_schemes() -> list[CompressionScheme]:
     return out
 
 
-def analyse_round(start: AdapterState, updates: list[Update], full: int) -> dict[str, Any]:
+def analyse_round(
+    start: AdapterState, updates: list[Update], full: int, parts: set[str]
+) -> dict[str, Any]:
+    """``factors`` and/or ``product`` (the ``parts`` asked for) of one round."""
     plain = statistics.mean(len(encode(s, m)) for s, _, m in updates)
-    factors = [repeat(factor_trial, start, updates, s) for s in factor_schemes()]
-    for row in factors:
-        row["vs_fp32_codec"] = plain / row["bytes"]
-        row["vs_full_finetuning"] = full / row["bytes"]
-    lora_keys = {k for pair in lora_pairs(start) for k in pair}
-    lora_layout = layout_of({k: start[k] for k in lora_keys})
-    product = [repeat(product_trial, start, updates, s) for s in product_schemes()]
-    for row, s in zip(product, product_schemes(), strict=True):
-        row["factor_message_bytes"] = statistics.mean(
-            message_bytes(lora_layout, s, m) for _, _, m in updates
-        )
-    return {"fp32_codec_bytes": plain, "factors": factors, "product": product}
+    prep = prepare(start, updates)
+    out: dict[str, Any] = {"fp32_codec_bytes": plain}
+    if "factors" in parts:
+        out["factors"] = [repeat(factor_trial, prep, s) for s in factor_schemes()]
+        for row in out["factors"]:
+            row["vs_fp32_codec"] = plain / row["bytes"]
+            row["vs_full_finetuning"] = full / row["bytes"]
+    if "product" in parts:
+        lora_keys = {k for pair in lora_pairs(start) for k in pair}
+        lora_layout = layout_of({k: start[k] for k in lora_keys})
+        out["product"] = [repeat(product_trial, prep, s) for s in product_schemes()]
+        for row, s in zip(out["product"], product_schemes(), strict=True):
+            row["factor_message_bytes"] = statistics.mean(
+                message_bytes(lora_layout, s, m) for _, _, m in updates
+            )
+    return out
 
 
 def print_round(r: int, row: dict[str, Any], full: int) -> None:
     print(f"round {r}: fp32 codec {row['fp32_codec_bytes']:,.0f} B a message, full {full:,} B")
-    for f in row["factors"]:
+    for f in row.get("factors", []):
         print(
             f"  {f['scheme']:<22} {f['bytes']:>9,.0f} B  ×{f['vs_fp32_codec']:6.1f}"
             f"  client {f['client_rel_error']:.4f}  fedavg {f['fedavg_rel_error']:.4f}"
             f"  BA {f['product_rel_error_median']:.4f}",
             flush=True,
         )
-    for p in row["product"]:
+    for p in row.get("product", []):
         print(
             f"  product {p['scheme']:<14} {p['bytes']:>10,.0f} B"
             f" (factors {p['factor_message_bytes']:,.0f} B)"
@@ -262,6 +289,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--collect-only", action="store_true", help="fill the cache, then stop")
     ap.add_argument("--analyse", type=int, nargs="*", help="only these rounds (default: all)")
+    ap.add_argument(
+        "--parts", nargs="+", choices=["factors", "product"], default=["factors", "product"]
+    )
     args = ap.parse_args()
     rounds, full = collect(args.dataset, args.rounds, args.cache)
     if args.collect_only:
@@ -273,7 +303,8 @@ def main() -> None:
     for r, (start, updates) in enumerate(rounds, 1):
         if args.analyse and r not in args.analyse:
             continue
-        row = {"round": r, **analyse_round(start, updates, full)}
+        before = next((x for x in result["rounds"] if x["round"] == r), {"round": r})
+        row = before | analyse_round(start, updates, full, set(args.parts))
         kept = [x for x in result["rounds"] if x["round"] != r]
         result["rounds"] = sorted([*kept, row], key=lambda x: x["round"])
         out.write_text(json.dumps(result, indent=2) + "\n")
@@ -281,5 +312,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # small matmuls; one thread wastes less on a shared machine
     main()
