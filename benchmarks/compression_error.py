@@ -281,6 +281,39 @@ def print_round(r: int, row: dict[str, Any], full: int) -> None:
         )
 
 
+def plot_errors(result: dict[str, Any], path: Path) -> None:
+    """Aggregated error against bytes a message, one panel per analysed round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r for r in result["rounds"] if "factors" in r and "product" in r]
+    if not rounds:
+        return
+    fig, axes = plt.subplots(1, len(rounds), figsize=(6 * len(rounds), 4), dpi=120, squeeze=False)
+    for ax, r in zip(axes[0], rounds, strict=True):
+        groups = {
+            "factors, stochastic": [f for f in r["factors"] if "/sr" in f["scheme"]],
+            "factors, nearest": [f for f in r["factors"] if "/rn" in f["scheme"]],
+            "factors, top-k": [f for f in r["factors"] if "top" in f["scheme"]],
+            "product ΔW": r["product"],
+        }
+        for label, rows in groups.items():
+            key = "product_rel_error_median"
+            ax.scatter([x["bytes"] for x in rows], [x[key] for x in rows], s=12, label=label)
+        ax.axvline(r["fp32_codec_bytes"], color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes a client message (dashed: today's fp32 codec)")
+        ax.set_ylabel("rel. error of Σ p_c B_c A_c (median module)")
+        ax.set_title(f"{result['dataset']}, round {r['round']}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=2)
@@ -309,6 +342,7 @@ def main() -> None:
         result["rounds"] = sorted([*kept, row], key=lambda x: x["round"])
         out.write_text(json.dumps(result, indent=2) + "\n")
         print_round(r, row, full)
+    plot_errors(result, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
