@@ -48,7 +48,7 @@ def one_setting(
     task: Task, cfg: ExperimentConfig, privacy: RunPrivacy, held: Any, init: Any
 ) -> tuple[dict[str, Any], list[list[float]]]:
     start = time.perf_counter()
-    fed = federation(task, cfg, privacy, task.train, task.partitions, init, cfg.run.seed)
+    fed = federation(task, cfg, privacy, task.data.train, task.data.partitions, init, cfg.run.seed)
     set_adapter_state(task.model, fed.state)
     metrics = evaluate_model(task.model, task.eval, cfg.eval.batch_size, task.device)
     targets = audit_state(task, held, init, fed.state, AuditOptions(max_examples=500, clients=2))
@@ -91,7 +91,7 @@ def run_method(method: str, epsilons: list[float], clip: float | None) -> list[d
                 f"privacy.clip_norm={clip}",
             ]
         )
-        privacy = run_privacy(dp_cfg, [len(p) for p in task.partitions])
+        privacy = run_privacy(dp_cfg, [len(p) for p in task.data.partitions])
         row, _ = one_setting(task, dp_cfg, privacy, held, init)
         rows.append(row | {"method": method, "target_epsilon": eps})
     return rows

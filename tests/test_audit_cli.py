@@ -100,11 +100,11 @@ def test_replayed_federation_central_dp_without_noise_is_fedavg(tmp_path: Path) 
     cfg = tiny_config(tmp_path)
     task = build_task(cfg)
     init = get_adapter_state(task.model)
-    parts = task.partitions
+    parts = task.data.partitions
     assert len(parts[0]) == len(parts[1])
-    plain = federation(task, cfg, RunPrivacy("none"), task.train, parts, init, 0)
-    exact = federation(task, cfg, RunPrivacy("central", 0.0, 1e9), task.train, parts, init, 0)
-    noisy = federation(task, cfg, RunPrivacy("central", 1.0, 1e9), task.train, parts, init, 0)
+    plain = federation(task, cfg, RunPrivacy("none"), task.data.train, parts, init, 0)
+    exact = federation(task, cfg, RunPrivacy("central", 0.0, 1e9), task.data.train, parts, init, 0)
+    noisy = federation(task, cfg, RunPrivacy("central", 1.0, 1e9), task.data.train, parts, init, 0)
     for k in init:
         torch.testing.assert_close(exact.state[k], plain.state[k], atol=1e-6, rtol=1e-5)
     assert any(not torch.allclose(noisy.state[k], plain.state[k]) for k in init)

@@ -116,11 +116,11 @@ def test_lira_needs_in_and_out_shadows() -> None:
 
 def test_example_losses_match_the_models_own_loss_and_ignore_batching(tmp_path: Path) -> None:
     task = build_task(tiny_config(tmp_path))
-    idx = task.partitions[0][:20]
-    one = example_losses(task.model, task.train, idx, 1, task.device)
-    many = example_losses(task.model, task.train, idx, 64, task.device)
+    idx = task.data.partitions[0][:20]
+    one = example_losses(task.model, task.data.train, idx, 1, task.device)
+    many = example_losses(task.model, task.data.train, idx, 64, task.device)
     np.testing.assert_allclose(one, many, rtol=1e-4, atol=1e-5)
     task.model.eval()
     with torch.inference_mode():
-        mean = task.model(**task.train.collate(idx).model_inputs()).loss
+        mean = task.model(**task.data.train.collate(idx).model_inputs()).loss
     assert float(mean) == pytest.approx(one.mean(), rel=1e-4)

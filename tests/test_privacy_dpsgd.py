@@ -16,7 +16,7 @@ from fedpeft.client.train import ClientData, train
 from fedpeft.errors import FedpeftError
 from fedpeft.privacy import Accountant
 from fedpeft.privacy.dpsgd import DpSgd, PrivateTraining, sample_rate, steps_per_epoch
-from fedpeft.server.loop import instruction_for
+from fedpeft.server.configure import instruction_for
 from fedpeft.server.task import Task, build_task
 from tests.conftest import tiny_config
 
@@ -49,11 +49,11 @@ def test_per_example_clipping_of_peft_parameters_matches_a_one_by_one_reference(
     model, params = task.model, _trainable(task.model)
     start = [p.detach().clone() for p in params]
     anchor = [p + 0.1 for p in start]  # θ − θ⁰ = −0.1: the proximal gradient is −0.1 μ
-    idx, clip, mu, batch = task.partitions[0][:6], 0.05, 0.5, 8
+    idx, clip, mu, batch = task.data.partitions[0][:6], 0.05, 0.5, 8
     reference = [torch.zeros_like(p) for p in params]
     model.train()
     for i in idx:  # per-example gradients one at a time, clipped by their joint norm
-        out = model(**task.train.collate(np.asarray([i])).model_inputs())
+        out = model(**task.data.train.collate(np.asarray([i])).model_inputs())
         grads = torch.autograd.grad(out.loss, params)
         norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
         for r, g in zip(reference, grads, strict=True):
@@ -62,7 +62,7 @@ def test_per_example_clipping_of_peft_parameters_matches_a_one_by_one_reference(
     private = PrivateTraining(
         model, torch.optim.SGD(params, lr=1.0), DpSgd(0.0, clip), 40, batch, 0, (anchor, mu)
     )
-    out = model(**task.train.collate(idx).model_inputs())
+    out = model(**task.data.train.collate(idx).model_inputs())
     out.loss.backward()
     assert all(p.grad_sample is not None for p in params)  # type: ignore[attr-defined]
     assert not any(hasattr(p, "grad_sample") for p in model.parameters() if not p.requires_grad)
@@ -102,9 +102,9 @@ def test_poisson_batches_have_rate_q_and_one_pass_has_ceil_n_over_b_draws(task) 
     private = PrivateTraining(
         task.model, torch.optim.SGD(params, lr=0.0), DpSgd(1.0, 1.0), 32, 8, 0
     )
-    indices = task.partitions[0]
+    indices = task.data.partitions[0]
     rng = np.random.default_rng(0)
-    sizes = [len(b) for _ in range(200) for b in private.batches(task.train, indices, rng)]
+    sizes = [len(b) for _ in range(200) for b in private.batches(task.data.train, indices, rng)]
     private.close()
     q = sample_rate(len(indices), 8)
     assert steps_per_epoch(len(indices), 8) == 4 and q == 0.25
@@ -115,7 +115,7 @@ def test_poisson_batches_have_rate_q_and_one_pass_has_ceil_n_over_b_draws(task) 
 
 def test_train_hook_reports_epsilon_and_leaves_no_hooks(task, tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path)
-    data = ClientData(task.train, task.partitions[0])
+    data = ClientData(task.data.train, task.data.partitions[0])
     ins = instruction_for(cfg, 1, 0)
     dp = DpSgd(1.1, 1.0, delta=1e-5)
     update = train(task.model, ins, data, task.device, dp)
@@ -136,7 +136,7 @@ def test_train_hook_reports_epsilon_and_leaves_no_hooks(task, tmp_path: Path) ->
 def test_methods_opacus_cannot_sample_are_refused_and_leave_no_hooks(tmp_path, method) -> None:
     task = _task(tmp_path, method)
     cfg = tiny_config(tmp_path, f"peft.method={method!r}")
-    data = ClientData(task.train, task.partitions[0])
+    data = ClientData(task.data.train, task.data.partitions[0])
     with pytest.raises(FedpeftError, match="per-example gradients"):
         train(task.model, instruction_for(cfg, 1, 0), data, task.device, DpSgd(1.0, 1.0))
     assert not _hooked(task.model)

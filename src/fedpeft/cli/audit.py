@@ -74,7 +74,7 @@ def audit_run(run_dir: Path, options: AuditOptions) -> dict[str, Any]:
     init = get_adapter_state(task.model)
     final = _exported_state(run_dir, cfg, task, init)
     targets = audit_state(task, held, init, final, options)
-    sizes = [len(p) for p in task.partitions]
+    sizes = [len(p) for p in task.data.partitions]
     record = _record(run_dir, cfg, targets, options) | {
         "privacy": _privacy_json(cfg, run_privacy(cfg, sizes), sizes)
     }
@@ -94,10 +94,10 @@ def audit_state(
     options: AuditOptions,
 ) -> dict[str, dict[str, Roc]]:
     """Every attack on the global ``final`` state (trained from ``init`` on
-    ``task.partitions``) and on a few clients' next updates; ``held``: the non-members."""
+    ``task.data.partitions``) and on a few clients' next updates; ``held``: the non-members."""
     cfg = task.cfg
     pool = _pool(cfg, task, held, options)
-    privacy = run_privacy(cfg, [len(p) for p in task.partitions])
+    privacy = run_privacy(cfg, [len(p) for p in task.data.partitions])
     losses = _Losses(task, pool.split, options.batch_size)
     positions, is_member = _balanced(pool.members, pool.nonmembers)
     target = losses(final, positions)
@@ -131,9 +131,9 @@ def _exported_state(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.run.seed)
         base = (
-            load_causal_lm(task.spec, cfg.run.seed)
+            load_causal_lm(task.data.spec, cfg.run.seed)
             if task.kind == "instruct"
-            else load_base(cfg, task.spec, task.dataset)
+            else load_base(cfg, task.data.spec, task.data.dataset)
         )
     state = get_adapter_state(load_adapter(base, run_dir / "adapter"))
     if state.keys() != init.keys():
@@ -159,21 +159,21 @@ def _pool(
     cfg: ExperimentConfig, task: Task, held: RawSplit | ImageArrays, options: AuditOptions
 ) -> Pool:
     rng = np.random.default_rng([options.seed, 0xA0D])
-    pooled = np.concatenate(task.partitions)
+    pooled = np.concatenate(task.data.partitions)
     k = min(options.max_examples, len(pooled), len(held))
     chosen = {int(i) for i in rng.choice(pooled, size=k, replace=False)}
-    audited = [int(c) for c in rng.permutation(len(task.partitions))[: options.clients]]
-    own = {c: task.partitions[c][: options.max_examples] for c in audited}
+    audited = [int(c) for c in rng.permutation(len(task.data.partitions))[: options.clients]]
+    own = {c: task.data.partitions[c][: options.max_examples] for c in audited}
     rows = sorted(chosen.union(*[set(map(int, v)) for v in own.values()]))
     where = {r: i for i, r in enumerate(rows)}
     n_non = max([k, *(len(v) for v in own.values())])
-    fresh = _not_trained_on(held, task.dataset.train)
+    fresh = _not_trained_on(held, task.data.dataset.train)
     non = rng.choice(fresh, size=min(n_non, len(fresh)), replace=False)  # a random order
-    raw = _concat(task.dataset.train.take(np.asarray(rows)), held.take(non))
+    raw = _concat(task.data.dataset.train.take(np.asarray(rows)), held.take(non))
     dataset = RawDataset(
-        task.dataset.name, raw, raw.take(np.arange(1)), task.dataset.label_names, ""
+        task.data.dataset.name, raw, raw.take(np.arange(1)), task.data.dataset.label_names, ""
     )
-    split, _ = splits_for(cfg, task.spec, dataset)
+    split, _ = splits_for(cfg, task.data.spec, dataset)
     return Pool(
         split,
         np.asarray([where[r] for r in sorted(chosen)]),
@@ -230,7 +230,7 @@ def _client(
 ) -> dict[str, Roc]:
     """Client ``cid``'s update from the final global; reference: the global it was served."""
     gen = torch.Generator().manual_seed(seed + cid)
-    data = (task.train, task.partitions[cid])
+    data = (task.data.train, task.data.partitions[cid])
     update = client_update(task, cfg, privacy, cid, data, final, cfg.run.rounds + 1, gen)
     positions, is_member = _balanced(pool.by_client[cid], pool.nonmembers)
     target, served = losses(update, positions), losses(final, positions)

@@ -23,7 +23,7 @@ from fedpeft.data import Split
 from fedpeft.peft import set_adapter_state
 from fedpeft.privacy import delta, dp_fedavg, dp_plan, dpsgd_noise, l2_norm, privatize_local
 from fedpeft.privacy.dpsgd import DpSgd
-from fedpeft.server.loop import instruction_for
+from fedpeft.server.configure import instruction_for
 from fedpeft.server.sampling import sample_clients
 from fedpeft.server.task import Task
 from fedpeft.types import AdapterState

@@ -15,8 +15,9 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fedpeft.peft.arch import model_architecture
-from fedpeft.peft.registry import MethodSpec, get_method, parse_spec
+from fedpeft.peft.families import model_architecture
+from fedpeft.peft.registry import get_method, parse_spec
+from fedpeft.peft.spec import MethodSpec
 from fedpeft.peft.state import get_adapter_state, set_adapter_state
 from fedpeft.types import AdapterState
 
