@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fedpeft.client.privacy import dpsgd_settings, local_dp
 from fedpeft.client.state import ClientState
 from fedpeft.client.train import ClientData, train
 from fedpeft.compression import (
@@ -24,6 +25,7 @@ from fedpeft.compression import (
     rounding_generator,
 )
 from fedpeft.peft import set_adapter_state
+from fedpeft.privacy.settings import ClientDp
 from fedpeft.types import AdapterState, ClientUpdate, TrainInstruction
 
 EXTRA = "x/"  # prefix of the tensors a payload carries beside the adapter
@@ -59,12 +61,16 @@ def handle_fit(
     device: torch.device,
     state: ClientState | None = None,
 ) -> FitResult:
-    """One round on this client: the payload's adapter loaded, trained, the reply encoded
-    (compressed when the instruction names a scheme, with this client's error-feedback
-    residual carried in its kept state)."""
+    """One round on this client: the payload's adapter loaded, trained (DP-SGD, or local DP
+    on the update, when the instruction's ``privacy`` asks), the reply encoded (compressed
+    when the instruction names a scheme, with this client's error-feedback residual carried
+    in its kept state)."""
     adapter, _extras = split_extras(decode(payload)[0])
     set_adapter_state(model, adapter)
-    update = train(model, instruction, data, device)
+    dp = ClientDp.from_json(instruction.privacy)
+    update = train(model, instruction, data, device, dpsgd_settings(dp))
+    if dp is not None and dp.mode == "local":
+        update = local_dp(update, adapter, dp, instruction)
     if not instruction.compression:
         return FitResult(encode_reply(update, instruction))
     return compressed_reply(update, adapter, instruction, state or {})

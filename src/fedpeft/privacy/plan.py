@@ -20,12 +20,20 @@ LINEAR_AGGREGATORS = ("fedavg", "weighted_lora", "ffa_lora")
 """Rules that are a weighted sum of the updates divided by the sum of the weights, so they
 run on a masked (or noised) sum: FedAvg; weighted LoRA (A and B averaged separately is
 FedAvg over the keys); FFA-LoRA (FedAvg with the shared A left unchanged). Server optimisers
-(FedAvgM/FedAdam/FedYogi) and FedProx act after or before the sum and combine with any."""
+(FedAvgM/FedAdam/FedYogi) and FedProx act after or before the sum and combine with any.
+The registry's ``linear`` flag is what the checks read (``_linear``); this tuple names the
+rules registered as linear today, for messages and documentation."""
+
+
+def _linear(name: str) -> bool:
+    from fedpeft.aggregation import aggregator_parts
+
+    return aggregator_parts(name).linear
 
 
 def check_secure_aggregator(name: str) -> None:
     """Refuses an aggregator that needs the individual updates under secure aggregation."""
-    if name not in LINEAR_AGGREGATORS:
+    if not _linear(name):
         raise FedpeftError(
             f"`server.aggregator` {name!r} cannot run with `privacy.secure_aggregation`: "
             "the server then learns only the sum of the updates and this rule needs each one; "
@@ -35,7 +43,7 @@ def check_secure_aggregator(name: str) -> None:
 
 def check_dp_aggregator(name: str, mode: str) -> None:
     """Client-level DP noises the sum of clipped updates: only sum-based rules keep it."""
-    if name not in LINEAR_AGGREGATORS:
+    if not _linear(name):
         raise FedpeftError(
             f"`server.aggregator` {name!r} cannot run with `privacy.mode` {mode!r}: DP-FedAvg "
             "bounds and noises the sum of the clipped updates, which this rule does not use; "
@@ -48,6 +56,13 @@ def check_privacy(cfg: ExperimentConfig) -> None:
     p = cfg.privacy
     if p.mode in ("central", "local"):
         check_dp_aggregator(cfg.server.aggregator, p.mode)
+    if p.mode != "none" and p.noise_multiplier == 0:
+        raise FedpeftError(
+            "`privacy.noise_multiplier` is 0, which adds no noise and bounds no ε; give σ > 0 "
+            "or set `privacy.mode = 'none'`."
+        )
+    if p.mode == "central":
+        _check_central(cfg)
     if not p.secure_aggregation:
         return
     check_secure_aggregator(cfg.server.aggregator)
@@ -65,6 +80,22 @@ def check_privacy(cfg: ExperimentConfig) -> None:
         raise FedpeftError(
             f"`privacy.secure_aggregation` needs at least 3 clients (a sum of two reveals "
             f"each to the other), got `data.num_clients` = {cfg.data.num_clients}."
+        )
+
+
+def _check_central(cfg: ExperimentConfig) -> None:
+    """Central DP-FedAvg replaces one global's rule: one group, synchronous rounds."""
+    if cfg.allocation.enabled:
+        raise FedpeftError(
+            "`privacy.mode = 'central'` noises one global adapter's sum, but "
+            "`allocation.enabled` trains several groups; use `privacy.mode = 'local'` or "
+            "turn the allocation off."
+        )
+    if cfg.server.mode == "async":
+        raise FedpeftError(
+            "`privacy.mode = 'central'` accounts one release per synchronous round, which "
+            "FedBuff's staleness-weighted steps are not (yet); use `privacy.mode = 'local'` "
+            "or 'dpsgd' with `server.mode = 'async'`, or `server.mode = 'sync'`."
         )
 
 

@@ -54,3 +54,4 @@ class Federation:
 class LoopResult:
     state: ServerState  # the server after the last round
     records: list[RoundRecord]
+    stopped: str = ""  # why the loop ended before `run.rounds` (a privacy budget), if it did

@@ -11,15 +11,27 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+
+import torch
 
 from fedpeft.aggregation.hetero import aggregate_partial, lift
 from fedpeft.errors import FedpeftError
+from fedpeft.privacy import BudgetExceeded, PrivacyLedger
 from fedpeft.server.assign import Assigner
 from fedpeft.server.configure import RoundPlan, plan_round
 from fedpeft.server.federation import Federation, LoopResult
 from fedpeft.server.groups import GroupBook
 from fedpeft.server.multi import aggregate_clusters, fuse_groups
+from fedpeft.server.private import (
+    account,
+    central_generator,
+    check_budget,
+    start_ledger,
+    with_client_dp,
+    working_ledger,
+)
 from fedpeft.server.protocols import GlobalModel
 from fedpeft.server.receive import Received, collect, guard_norms
 from fedpeft.server.record import round_record
@@ -44,9 +56,14 @@ def run_rounds(fed: Federation, state: ServerState) -> LoopResult:
             "client; it cannot run with `allocation.enabled` (use per-method groups instead)."
         )
     book = GroupBook(fed.model, state.members)
-    records = []
+    state = start_ledger(cfg, fed.pool, state)
+    records: list[RoundRecord] = []
     for rnd in range(state.round + 1, cfg.run.rounds + 1):
-        state, record = run_round(fed, strategy, assigner, book, state, rnd)
+        try:
+            state, record = run_round(fed, strategy, assigner, book, state, rnd)
+        except BudgetExceeded as e:  # refused before anything was sent
+            log.warning("round %d refused: %s", rnd, e)
+            return LoopResult(state, records, stopped=f"round {rnd} refused: {e}")
         fed.store.append_round(record)
         if assigner.enabled:
             fed.store.append_jsonl(ALLOCATIONS, assigner.decisions_json(rnd))
@@ -67,10 +84,13 @@ def run_round(
     cfg, start = fed.cfg, time.perf_counter()
     s = cfg.server
     sampled = sample_clients(cfg.data.num_clients, s.fraction, s.min_clients, cfg.run.seed, rnd)
+    ledger = working_ledger(state)
+    check_budget(ledger, cfg, fed.pool, sampled)
     fed.observer.on_round_start(rnd, sampled)
     plan = plan_round(
         cfg, strategy, fed.pool, assigner, book, state, rnd, sampled, fed.store.root.name
     )
+    plan.sent = with_client_dp(plan.sent, ledger)
     if plan.bits:  # compression.bits_up = "adaptive": each client's width, explained
         rows = [{"round": rnd, "client": c, "bits": b.to_json()} for c, b in plan.bits.items()]
         fed.store.append_jsonl(ALLOCATIONS, rows)
@@ -92,8 +112,11 @@ def run_round(
             s.min_clients,
         )
     before = _baseline(fed.model, book, state, plan) if assigner.enabled and quorum else {}
+    dp_info: dict[str, float] = {}
     if quorum:
-        state = _aggregate(strategy, state, plan, accepted, cfg.data.num_clients)
+        gen = central_generator(cfg.run.seed, rnd)
+        central = _central_dp(ledger, gen, len(sampled), strategy, dp_info)
+        state = _aggregate(strategy, state, plan, accepted, cfg.data.num_clients, central)
     else:
         state = state.evolve(adapters=plan.adapters)
     state = state.evolve(adapters=fuse_groups(strategy, fed.model, book, state.adapters))
@@ -104,7 +127,7 @@ def run_round(
     clients = sorted((r.record for r in received), key=lambda c: sampled.index(c.client_id))
     sim = _sim_time(clients, assigner.config.deadline_s)
     clock = None if sim is None else (state.sim_clock_s or 0.0) + sim
-    state = state.evolve(round=rnd, sim_clock_s=clock, members=book.snapshot())
+    state = state.evolve(round=rnd, sim_clock_s=clock, members=book.snapshot(), privacy=ledger)
     record = round_record(
         rnd,
         clients,
@@ -117,6 +140,9 @@ def run_round(
         sim_clock_s=clock,
         quorum=quorum,
     )
+    if ledger is not None:
+        dp = account(ledger, cfg, fed.pool, clients, released=quorum) | dp_info
+        record = replace(record, privacy=dp)
     return state, record
 
 
@@ -126,15 +152,41 @@ def _abort_if_all_failed(received: Sequence[Received], rnd: int) -> None:
         raise FedpeftError(f"round {rnd}: every sampled client failed, e.g. {failed[0].reason}.")
 
 
+_Rule = Callable[[list[tuple[AdapterState, float]], AdapterState], AdapterState]
+
+
+def _central_dp(
+    ledger: PrivacyLedger | None,
+    generator: torch.Generator,
+    sampled: int,
+    strategy: Strategy,
+    info: dict[str, float],
+) -> _Rule | None:
+    """Central DP-FedAvg in place of the rule: ``θ + (Σ clip(Δ_c, S) + N(0, σ²S²)) / m``,
+    m the clients sampled (``PrivacyLedger.aggregate``; its clip report lands in ``info``);
+    None without central DP."""
+    if ledger is None or ledger.mode != "central":
+        return None
+
+    def rule(updates: list[tuple[AdapterState, float]], current: AdapterState) -> AdapterState:
+        states = [u for u, _ in updates]
+        new, report = ledger.aggregate(current, states, sampled, generator, strategy.client_freeze)
+        info.update(report)
+        return new
+
+    return rule
+
+
 def _aggregate(
     strategy: Strategy,
     state: ServerState,
     plan: RoundPlan,
     accepted: Mapping[int, Received],
     num_clients: int,
+    central: _Rule | None = None,
 ) -> ServerState:
-    """Per group: the rule over its clients' (lifted) updates, then the server optimiser.
-    A clustered rule regroups this round's clients by cluster instead."""
+    """Per group: the rule (or ``central`` DP-FedAvg) over its clients' (lifted) updates, then
+    the server optimiser. A clustered rule regroups this round's clients by cluster instead."""
     updates = {c: r.update for c, r in accepted.items() if r.update is not None}
     if strategy.partition is not None and len(updates) >= 2:
         groups = {c: r.sent.instruction.group for c, r in accepted.items()}
@@ -152,7 +204,11 @@ def _aggregate(
     for group, group_updates in sorted(by_group.items()):
         current = adapters[group]
         try:
-            aggregated = aggregate_partial(group_updates, current, strategy.aggregate)
+            aggregated = (
+                central(group_updates, current)
+                if central is not None
+                else aggregate_partial(group_updates, current, strategy.aggregate)
+            )
         except ValueError as e:  # a rule's precondition; the round must not crash the run
             log.warning("aggregation of group %s failed (%s); unchanged", group, e)
             continue

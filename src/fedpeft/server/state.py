@@ -15,6 +15,7 @@ from typing import Any
 
 from fedpeft.allocation import Candidate, GainEstimator, make_candidate
 from fedpeft.errors import FedpeftError
+from fedpeft.privacy import PrivacyLedger
 from fedpeft.types import AdapterState
 
 STATE_FORMAT = 2
@@ -60,6 +61,7 @@ class ServerState:
     sim_clock_s: float | None = None  # simulated seconds since the start (simulated runs)
     progress: AsyncProgress | None = None  # the asynchronous loop's clock (async runs)
     inflight: dict[str, AdapterState] = field(default_factory=dict)  # async: flights' tensors
+    privacy: PrivacyLedger | None = None  # DP runs: accountants, σ, S, the budget
 
     @property
     def adapter(self) -> AdapterState:
@@ -91,6 +93,7 @@ class ServerState:
             "clusters": {str(c): g for c, g in sorted(self.clusters.items())},
             "sim_clock_s": self.sim_clock_s,
             "async": None if self.progress is None else self.progress.__dict__,
+            "privacy": None if self.privacy is None else self.privacy.to_json(),
         }
 
     @classmethod
@@ -135,6 +138,7 @@ class ServerState:
             sim_clock_s=None if raw.get("sim_clock_s") is None else _finite(raw["sim_clock_s"]),
             progress=None if raw.get("async") is None else _progress(_dict(raw, "async")),
             inflight=inflight,
+            privacy=None if raw.get("privacy") is None else PrivacyLedger.from_json(raw["privacy"]),
         )
 
 

@@ -31,6 +31,7 @@ class TrainInstruction:
     nonce: str = ""  # fresh per instruction; the reply must echo it (binds reply to instruction)
     compression: str = ""  # the reply's CompressionScheme as JSON ("": the plain codec)
     run_id: str = ""  # the run this round belongs to (clients keep their states per run)
+    privacy: str = ""  # the client's DP (privacy.ClientDp as JSON; "": none)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class RoundRecord:
     sim_time_s: float | None = None  # simulated duration of the round / server step
     sim_clock_s: float | None = None  # simulated time since the start of the run
     quorum: bool = True  # False: fewer than server.min_clients updates; globals unchanged
+    privacy: dict[str, float] = field(default_factory=dict)  # ε so far, δ, σ, S (DP runs)
 
     def to_json(self) -> dict[str, object]:
         return {k: v for k, v in self.__dict__.items() if k != "clients"}

@@ -104,6 +104,7 @@ def run_local(
             "num_clients": cfg.data.num_clients,
             "peft": {"method": cfg.peft.method, **task.method.model_dump(mode="json")},
             "resumed_from_round": saved.round if saved is not None else None,
+            **_privacy_summary(loop.state, rounds, loop.stopped),
         },
     )
     store.write_json(SUMMARY, summary)
@@ -165,6 +166,28 @@ def _initial_state(task: Task, saved: ServerState | None, store: RunStore | None
     if saved.round >= task.cfg.run.rounds:
         log.info("run already completed %d of %d rounds", saved.round, task.cfg.run.rounds)
     return saved
+
+
+def _privacy_summary(
+    state: ServerState, rounds: list[dict[str, Any]], stopped: str
+) -> dict[str, Any]:
+    """``privacy`` in summary.json: the mode, σ, S, δ and ε spent (the last round's)."""
+    ledger = state.privacy
+    if ledger is None:
+        return {}
+    spent: dict[str, Any] = next((r["privacy"] for r in reversed(rounds) if r.get("privacy")), {})
+    return {
+        "privacy": {
+            "mode": ledger.mode,
+            "noise_multiplier": ledger.noise_multiplier,
+            "clip_norm": ledger.clip_norm,
+            "delta": ledger.delta,
+            "accountant": ledger.mechanism,
+            "target_epsilon": ledger.target_epsilon,
+            "epsilon": spent.get("epsilon", 0.0),
+            "stopped": stopped or None,
+        }
+    }
 
 
 def _partitions_json(task: Task) -> dict[str, object]:
