@@ -154,3 +154,25 @@ def test_combinations_that_break_privacy_are_refused_before_anything_runs(
         run_local(tiny("data.num_clients=3", *extra))
     assert str(info.value).endswith(".") and ". " not in str(info.value)
     assert not (tmp_path / "runs").exists()
+
+
+def test_async_local_dp_accounts_every_landed_reply_and_resumes_exactly(tiny) -> None:
+    cfg = tiny(
+        *LOCAL,
+        "data.num_clients=3",
+        "server.mode='async'",
+        "run.rounds=3",
+        "server.buffer_size=2",
+        "server.max_concurrency=2",
+    )
+    full = run_local(cfg)
+    releases: dict[int, int] = {}
+    for step, record in enumerate(full.rounds, start=1):
+        for c in _clients(full.run_dir):
+            if c["round"] == step and c["status"] in ("ok", "rejected"):
+                releases[c["client_id"]] = releases.get(c["client_id"], 0) + 1
+        worst = max(_opacus_epsilon([(SIGMA, 1.0, k)]) for k in releases.values())
+        assert record["privacy"]["epsilon"] == pytest.approx(worst, rel=1e-9)
+    resumed = run_local(cfg, resume=_stopped(cfg, end=1))
+    _same(resumed.state, full.state)
+    assert [r["privacy"] for r in resumed.rounds] == [r["privacy"] for r in full.rounds]

@@ -29,8 +29,17 @@ import numpy as np
 from fedpeft.aggregation import StaleUpdate, buffer_full, staleness_update
 from fedpeft.compression import encode
 from fedpeft.errors import FedpeftError
+from fedpeft.privacy import BudgetExceeded, PrivacyLedger
 from fedpeft.server.configure import instruction_for
 from fedpeft.server.federation import Federation, LoopResult
+from fedpeft.server.private import (
+    account,
+    check_budget,
+    client_dp,
+    copy_ledger,
+    start_ledger,
+    working_ledger,
+)
 from fedpeft.server.protocols import DurationFn
 from fedpeft.server.receive import Received, Sent, collect, guard_norms, step_norm
 from fedpeft.server.record import round_record
@@ -114,6 +123,8 @@ class _Run:
     failures: int = 0  # consecutive failed or rejected replies
     idle: int = 0  # consecutive replies without an accepted update (skips included)
     down: tuple[int, bytes] | None = None  # the encoded global of one version, sent to many
+    ledger: PrivacyLedger | None = None  # local DP / DP-SGD: every landed reply accounted
+    spent: dict[str, float] = field(default_factory=dict)  # the ledger's last ε, δ, σ, S
 
     @property
     def version(self) -> int:
@@ -133,11 +144,17 @@ def run_async(fed: Federation, state: ServerState) -> LoopResult:
         )
     if fed.durations is None:
         raise FedpeftError("`server.mode` 'async' needs simulated durations from the runtime.")
-    run = _restore(state, cfg.run.seed)
-    records = []
+    run = _restore(start_ledger(cfg, fed.pool, state), cfg.run.seed)
+    run.ledger = working_ledger(run.state)
+    records: list[RoundRecord] = []
     step_start = time.perf_counter()
     while run.version < cfg.run.rounds:
-        _fill_slots(fed, strategy, run, fed.durations)
+        try:
+            _fill_slots(fed, strategy, run, fed.durations)
+        except BudgetExceeded as e:  # refused before the client was sent anything
+            log.warning("server step %d: dispatch refused: %s", run.version + 1, e)
+            stopped = f"server step {run.version + 1} refused: {e}"
+            return LoopResult(_with_progress(run), records, stopped=stopped)
         if not _land(fed, run):
             continue
         run.state, record = _server_step(fed, strategy, run, step_start)
@@ -157,10 +174,13 @@ def _fill_slots(fed: Federation, strategy: Strategy, run: _Run, durations: Durat
         if not idle:
             return
         cid = int(run.rng.choice(idle))
+        check_budget(run.ledger, cfg, fed.pool, [cid])  # this client's next release
         run.dispatched += 1  # the instruction's "round" is the dispatch number: a fresh seed
         ins = instruction_for(
             cfg, run.dispatched, cid, strategy.client_freeze, run_id=fed.store.root.name
         )
+        dp = client_dp(run.ledger)
+        ins = ins if dp is None else replace(ins, privacy=dp.to_json())
         if run.down is None or run.down[0] != run.version:
             run.down = (run.version, encode(run.state.adapter, {"round": run.version}))
         sent = Sent(ins, run.down[1], run.state.adapter)
@@ -191,6 +211,8 @@ def _land(fed: Federation, run: _Run) -> bool:
     record = replace(received.record, round=run.version + 1, metrics=metrics)
     run.landed.append(record)
     fed.observer.on_client_done(run.version + 1, record)
+    if run.ledger is not None:  # a reply is a release the moment the server has it
+        run.spent = account(run.ledger, fed.cfg, fed.pool, [record], released=True)
     if received.update is None:
         n = fed.cfg.data.num_clients
         run.idle += 1
@@ -244,8 +266,8 @@ def _server_step(
     examples = dict(server.examples)
     trained = sum(u.num_examples for u in updates)
     examples[DEFAULT_GROUP] = examples.get(DEFAULT_GROUP, 0) + trained
-    server = server.evolve(examples=examples)
-    return server, round_record(
+    server = server.evolve(examples=examples, privacy=copy_ledger(run.ledger))
+    record = round_record(
         server.round,
         run.landed,
         updates,
@@ -256,6 +278,7 @@ def _server_step(
         sim_time_s=run.clock.now - last,
         sim_clock_s=run.clock.now,
     )
+    return server, replace(record, privacy=dict(run.spent))
 
 
 # ---- checkpointing the clock and the clients in flight ---------------------------------

@@ -62,7 +62,12 @@ def client_sizes(cfg: ExperimentConfig, pool: ClientPool) -> list[int]:
 
 def working_ledger(state: ServerState) -> PrivacyLedger | None:
     """A copy of the state's ledger that this round may change."""
-    return None if state.privacy is None else PrivacyLedger.from_json(state.privacy.to_json())
+    return copy_ledger(state.privacy)
+
+
+def copy_ledger(ledger: PrivacyLedger | None) -> PrivacyLedger | None:
+    """An independent copy (through its JSON, which is what a checkpoint holds)."""
+    return None if ledger is None else PrivacyLedger.from_json(ledger.to_json())
 
 
 def planned(
