@@ -14,6 +14,7 @@ from opacus.accountants import RDPAccountant
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import get_adapter_state
 from fedpeft.privacy import dpsgd_release
+from fedpeft.report import write_report
 from fedpeft.runtime.local import run_local
 from fedpeft.server.task import build_task
 from tests.test_checkpoint import _same, _stopped
@@ -136,6 +137,8 @@ def test_a_run_stops_before_the_round_that_would_exceed_its_budget(tiny) -> None
     assert stopped.startswith("round 2 refused: the next round would spend ε = ")
     assert "`privacy.target_epsilon` 2" in stopped and stopped.count(". ") == 0
     _same(resumed.state, first.state)
+    report = write_report(resumed.run_dir).read_text()
+    assert f"ε = **{_eps(first)[0]:.3f}**" in report and "stopped early: round 2 refused" in report
 
 
 @pytest.mark.parametrize(

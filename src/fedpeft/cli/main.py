@@ -101,6 +101,7 @@ def run(
             raise typer.Exit(130) from None
     from fedpeft.report import write_report
     from fedpeft.report.fmt import num, scaled, share_of_full_model
+    from fedpeft.report.markdown import privacy_lines
 
     with user_errors():
         write_report(result.run_dir)
@@ -115,6 +116,8 @@ def run(
         f"peak RSS {scaled(s.get('peak_rss_bytes'), 2**20, '.0f')} MiB",
         highlight=False,
     )
+    for line in privacy_lines(s.get("privacy")):
+        console.print(line.removeprefix("- ").replace("**", ""), highlight=False)
     console.print(f"results: {result.run_dir}  (adapter: {result.run_dir / 'adapter'})")
 
 

@@ -60,7 +60,22 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"{num(s.get('full_model_bytes'), ',')} bytes)",
         f"- wall time {num(s.get('wall_time_s'), '.1f')} s · peak RSS "
         f"{scaled(s.get('peak_rss_bytes'), 2**20, '.0f')} MiB",
+        *privacy_lines(s.get("privacy")),
     ]
+
+
+def privacy_lines(p: object) -> list[str]:
+    """ε spent and the DP settings of a DP run (none for a run without DP)."""
+    if not isinstance(p, dict):
+        return []
+    lines = [
+        f"- differential privacy ({p.get('mode')}): ε = **{num(p.get('epsilon'), '.3f')}** at "
+        f"δ = {p.get('delta')} ({p.get('accountant')} accountant), σ = "
+        f"{num(p.get('noise_multiplier'), '.3f')}, clip norm S = {num(p.get('clip_norm'), '.3g')}"
+    ]
+    if p.get("stopped"):
+        lines.append(f"- stopped early: {p['stopped']}")
+    return lines
 
 
 def render_report(run_dir: Path, plots: list[Path]) -> str:
