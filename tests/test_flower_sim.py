@@ -70,3 +70,20 @@ def test_compressed_updates_with_error_feedback_travel_on_flower(
     for key, value in local.state.items():
         torch.testing.assert_close(flower.state[key], value, rtol=0, atol=1e-6)
     assert len(list((tmp_path / "node-states").rglob("state-*.safetensors"))) == 4
+
+
+def test_local_dp_on_flower_gives_the_in_process_noisy_adapter_and_epsilon(tiny) -> None:
+    """The instruction's `privacy` field crosses Flower's messages; the client handler adds
+    the same seeded noise there as in process."""
+    cfg = tiny(
+        "privacy.mode='local'",
+        "privacy.noise_multiplier=1.5",
+        "privacy.clip_norm=0.05",
+        "run.rounds=1",
+    )
+    local = run_local(cfg)
+    flower = run_flower_sim(cfg, workers=2)
+    for key, value in local.state.items():
+        torch.testing.assert_close(flower.state[key], value, rtol=0, atol=1e-6)
+    assert flower.rounds[0]["privacy"] == local.rounds[0]["privacy"]
+    assert flower.summary["privacy"]["epsilon"] > 0
