@@ -69,7 +69,16 @@ def run_round(
     sampled = sample_clients(cfg.data.num_clients, s.fraction, s.min_clients, cfg.run.seed, rnd)
     fed.observer.on_round_start(rnd, sampled)
     plan = plan_round(
-        cfg, strategy, fed.pool, assigner, book, state, rnd, sampled, fed.store.root.name
+        cfg,
+        strategy,
+        fed.pool,
+        assigner,
+        book,
+        state,
+        rnd,
+        sampled,
+        fed.store.root.name,
+        fed.initial,
     )
     if plan.bits:  # compression.bits_up = "adaptive": each client's width, explained
         rows = [{"round": rnd, "client": c, "bits": b.to_json()} for c, b in plan.bits.items()]
