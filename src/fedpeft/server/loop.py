@@ -88,7 +88,16 @@ def run_round(
     check_budget(ledger, cfg, fed.pool, sampled)
     fed.observer.on_round_start(rnd, sampled)
     plan = plan_round(
-        cfg, strategy, fed.pool, assigner, book, state, rnd, sampled, fed.store.root.name
+        cfg,
+        strategy,
+        fed.pool,
+        assigner,
+        book,
+        state,
+        rnd,
+        sampled,
+        fed.store.root.name,
+        fed.initial,
     )
     plan.sent = with_client_dp(plan.sent, ledger)
     if plan.bits:  # compression.bits_up = "adaptive": each client's width, explained

@@ -30,6 +30,7 @@ class TrainInstruction:
     group: str = "global"  # the server-side group whose global adapter it starts from
     nonce: str = ""  # fresh per instruction; the reply must echo it (binds reply to instruction)
     compression: str = ""  # the reply's CompressionScheme as JSON ("": the plain codec)
+    compression_down: str = ""  # the payload's scheme ("": the plain codec; issue 15)
     run_id: str = ""  # the run this round belongs to (clients keep their states per run)
     privacy: str = ""  # the client's DP (privacy.ClientDp as JSON; "": none)
 
