@@ -4,7 +4,9 @@ DP-FedAvg at two ε.
 
 The federation is ``fedpeft.cli.audit_train.federation``: the run's IID client partitions,
 client sampling and local training (``client.train``), then FedAvg or DP-FedAvg
-(``privacy.dp_fedavg``) — the round loop does not apply DP yet. σ comes from
+(``privacy.dp_fedavg``), the same DP-FedAvg the round loop's central mode runs
+(``PrivacyLedger.aggregate``); the replay was written before the loop had DP and keeps the
+figures in BENCHMARKS.md reproducible. σ comes from
 ``privacy.target_epsilon`` for the planned rounds (opacus RDP, q = 1: every client every
 round). The clip norm S of a method is the median client update norm of its non-DP run's
 first round (a data-dependent choice that is itself not accounted for, as is usual in the
