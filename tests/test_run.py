@@ -104,7 +104,7 @@ def test_bad_update_is_rejected_and_the_round_goes_on(tiny, monkeypatch, mode: s
     import fedpeft.runtime.local.simulator as sim
 
     real = sim.LocalClientPool
-    monkeypatch.setattr(sim, "LocalClientPool", lambda task: _BadPool(real(task), mode))
+    monkeypatch.setattr(sim, "client_pool", lambda task: _BadPool(real(task), mode))
     result = run_local(tiny())
     clients = _lines(result.run_dir / "clients.jsonl")
     bad = [c for c in clients if c["client_id"] == 1]
@@ -118,9 +118,7 @@ def test_unparseable_metrics_are_dropped_and_bytes_still_counted(tiny, monkeypat
     import fedpeft.runtime.local.simulator as sim
 
     real = sim.LocalClientPool
-    monkeypatch.setattr(
-        sim, "LocalClientPool", lambda task: _BadPool(real(task), "overflowing_metric")
-    )
+    monkeypatch.setattr(sim, "client_pool", lambda task: _BadPool(real(task), "overflowing_metric"))
     result = run_local(tiny("run.rounds=1"))
     client1 = next(c for c in _lines(result.run_dir / "clients.jsonl") if c["client_id"] == 1)
     assert client1["status"] == "ok" and client1["metrics"] == {}

@@ -52,9 +52,9 @@ class RichObserver(Observer):
 
     def on_round_end(self, record: RoundRecord) -> None:
         self.progress.advance(self.rounds)
-        e = record.eval
+        e = _metrics(record.eval)
         self.progress.console.print(
-            f"round {record.round}: accuracy {e['accuracy']:.4f}  macro-F1 {e['macro_f1']:.4f}  "
+            f"round {record.round}: accuracy {e['accuracy']}  macro-F1 {e['macro_f1']}  "
             f"train loss {record.train_loss:.4f}  clients {record.accepted}/{len(record.sampled)}  "
             f"up {record.bytes_up / 1e6:.2f} MB  {record.wall_time_s:.1f} s"
             + (f"  (simulated {record.sim_time_s:.0f} s)" if record.sim_time_s is not None else "")
@@ -77,12 +77,12 @@ def rounds_table(rounds: list[dict[str, Any]]) -> Table:
     ):
         table.add_column(col, justify="right")
     for r in rounds:
-        e = r["eval"]
+        e = _metrics(r["eval"])
         table.add_row(
             str(r["round"]),
-            f"{e['accuracy']:.4f}",
-            f"{e['macro_f1']:.4f}",
-            f"{e['loss']:.4f}",
+            e["accuracy"],
+            e["macro_f1"],
+            e["loss"],
             f"{r['train_loss']:.4f}",
             f"{r['accepted']}/{len(r['sampled'])}",
             f"{r['bytes_down'] / 1e6:.2f}",
@@ -90,3 +90,8 @@ def rounds_table(rounds: list[dict[str, Any]]) -> Table:
             f"{r['wall_time_s']:.1f}",
         )
     return table
+
+
+def _metrics(e: dict[str, float]) -> dict[str, str]:
+    """Evaluation metrics to 4 decimals; "–" in a round without evaluation (eval.every)."""
+    return {k: f"{e[k]:.4f}" if k in e else "–" for k in ("accuracy", "macro_f1", "loss")}

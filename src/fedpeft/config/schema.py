@@ -20,7 +20,16 @@ class RunConfig(_Section):
     rounds: PositiveInt = 12
     output_dir: str = "runs"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(0, ge=0, description="torch threads; 0 = one per CPU core")
+    threads: int = Field(
+        0, ge=0, description="torch threads of the server process; 0 = one per usable core"
+    )
+    workers: int = Field(
+        0,
+        ge=0,
+        description="in-process runtime: clients trained at once by forked workers sharing "
+        "the base, one thread each; 0 = one per usable core (at most a round's clients); "
+        "1 = one at a time in the server process",
+    )
 
 
 class ModelConfig(_Section):
@@ -138,6 +147,9 @@ class SimulationConfig(_Section):
 
 class EvalConfig(_Section):
     batch_size: PositiveInt = 128
+    every: PositiveInt = Field(
+        1, description="evaluate centrally every N rounds (and always after the last round)"
+    )
 
 
 class ExperimentConfig(_Section):
@@ -151,3 +163,12 @@ class ExperimentConfig(_Section):
     profiles: ProfilesConfig = ProfilesConfig()
     simulation: SimulationConfig = SimulationConfig()
     allocation: AllocationConfig = AllocationConfig()
+
+    @model_validator(mode="after")
+    def _allocation_evaluates_every_round(self) -> ExperimentConfig:
+        if self.allocation.enabled and self.eval.every > 1:
+            raise ValueError(
+                f"`eval.every` is {self.eval.every} but `allocation.enabled` learns each "
+                "configuration's gain from every round's evaluation; set `eval.every = 1`"
+            )
+        return self

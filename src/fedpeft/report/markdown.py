@@ -32,15 +32,20 @@ def render_report(run_dir: Path, plots: list[Path]) -> str:
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rounds:
-        e = r["eval"]
+        e = _metrics(r["eval"])
         lines.append(
-            f"| {r['round']} | {e['accuracy']:.4f} | {e['macro_f1']:.4f} | {e['loss']:.4f} | "
+            f"| {r['round']} | {e['accuracy']} | {e['macro_f1']} | {e['loss']} | "
             f"{r['train_loss']:.4f} | {r['accepted']}/{len(r['sampled'])} | "
             f"{r['bytes_up'] / 1e6:.2f} | {r['wall_time_s']:.1f} |"
         )
     lines.append("")
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _metrics(e: dict[str, float]) -> dict[str, str]:
+    """Evaluation metrics to 4 decimals; "–" in a round without evaluation (eval.every)."""
+    return {k: f"{e[k]:.4f}" if k in e else "–" for k in ("accuracy", "macro_f1", "loss")}
 
 
 def write_report(run_dir: Path) -> Path:

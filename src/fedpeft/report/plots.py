@@ -20,6 +20,7 @@ def plot_run(run_dir: Path, rounds: list[dict[str, Any]]) -> list[Path]:
         return []
     folder = run_dir / "plots"
     folder.mkdir(exist_ok=True)
+    rounds = [r for r in rounds if r["eval"]]  # rounds with central evaluation (eval.every)
     x = [r["round"] for r in rounds]
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     ax.plot(x, [r["eval"]["accuracy"] for r in rounds], marker="o", label="accuracy")

@@ -31,7 +31,9 @@ def build_summary(
         "rounds_completed": len(rounds),
         "final_accuracy": final.get("accuracy"),
         "final_macro_f1": final.get("macro_f1"),
-        "best_accuracy": max((r["eval"]["accuracy"] for r in rounds), default=None),
+        "best_accuracy": max(
+            (r["eval"]["accuracy"] for r in rounds if "accuracy" in r["eval"]), default=None
+        ),
         "trainable_params": sum(t.numel() for t in state.values()),
         "adapter_tensor_bytes": adapter_bytes,
         "full_model_bytes": full,

@@ -8,25 +8,29 @@ deployment would send.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from fedpeft.allocation import client_workload, make_allocation_config
+from fedpeft.allocation import Workload, client_workload, make_allocation_config
 from fedpeft.client import ClientData, handle_fit
 from fedpeft.data import DataProfile
 from fedpeft.errors import ClientSkipped
 from fedpeft.peft import get_adapter_state, parse_method_ref, set_adapter_state
 from fedpeft.profiling import ResourceProfile, declared_devices
 from fedpeft.runtime.local.devices import DeviceSim, thread_cap
+from fedpeft.runtime.local.threads import ThreadPlan, apply_plan, plan_threads
+from fedpeft.runtime.local.workers import ForkedWorkers
 from fedpeft.server.evaluate import evaluate_model
 from fedpeft.server.protocols import (
+    BatchedPool,
     ClientPool,
     DurationFn,
     FusingModel,
     GlobalModel,
     ProfiledPool,
     ProxyModel,
+    Request,
     SimulatedPool,
 )
 from fedpeft.server.task import Task
@@ -34,7 +38,8 @@ from fedpeft.types import AdapterState, ClientStatus, TrainInstruction
 
 
 class LocalClientPool:
-    """Clients as (partition indices, shared model): bytes in, bytes out.
+    """Clients as (partition indices, shared model): bytes in, bytes out, one at a time in
+    this process (``ParallelClientPool`` trains several at once).
 
     With ``simulation.devices = true`` each client trains within its declared device:
     availability, memory, deadline and thread cap (see ``devices.py``); a client that does
@@ -67,33 +72,104 @@ class LocalClientPool:
         return self._sim_seconds.get((rnd, client_id))
 
     def fit(self, instruction: TrainInstruction, payload: bytes) -> bytes:
+        self.admit(instruction, len(payload))
+        cores = self.devices[instruction.client_id].cores
+        with thread_cap(cores if self.simulate and self.sim.thread_cap else None):
+            reply = self.train(instruction, payload)
+        self.settle(instruction, len(payload), len(reply))
+        return reply
+
+    def close(self) -> None:
+        """Releases what the pool holds (nothing here; workers in ``ParallelClientPool``)."""
+
+    def train(self, instruction: TrainInstruction, payload: bytes) -> bytes:
+        """The client's training itself: its model, its data, the encoded reply."""
         task, cid = self.task, instruction.client_id
         model = task.model_for(instruction.method, instruction.options)
         data = ClientData(task.data.train, task.data.partitions[cid])
+        return handle_fit(model, payload, instruction, data, task.device)
+
+    def admit(self, instruction: TrainInstruction, down: int) -> None:
+        """Raises ``ClientSkipped`` for a simulated device that does not train this round:
+        offline, out of memory, or predicted past the deadline."""
         if not self.simulate:
-            return handle_fit(model, payload, instruction, data, task.device)
+            return
+        task, cid = self.task, instruction.client_id
         profile = self.devices[cid]
         spec = parse_method_ref(instruction.method, instruction.options, task.ref).spec
-        c = task.cfg.client
-        work = client_workload(
-            task.data.profiles[cid],
-            instruction.batch_size,
-            task.cfg.model.max_length,
-            c.epochs,
-            c.steps,
-        )
+        work = self._workload(instruction)
         if not self.sim.online(profile, instruction.round, cid):
             raise ClientSkipped(ClientStatus.OFFLINE, f"the {profile.tier} device is not available")
         self.sim.check_memory(profile, task.arch, spec, work)
         if task.cfg.server.mode == "sync":  # asynchronous servers have no round deadline
-            self.sim.check_deadline(
-                self.sim.seconds(profile, task.arch, spec, work, len(payload), len(payload))
-            )
-        with thread_cap(profile.cores if self.sim.thread_cap else None):
-            reply = handle_fit(model, payload, instruction, data, task.device)
-        seconds = self.sim.seconds(profile, task.arch, spec, work, len(payload), len(reply))
+            self.sim.check_deadline(self.sim.seconds(profile, task.arch, spec, work, down, down))
+
+    def settle(self, instruction: TrainInstruction, down: int, up: int) -> None:
+        """Records a simulated client's round trip once its reply is in."""
+        if not self.simulate:
+            return
+        task, cid = self.task, instruction.client_id
+        spec = parse_method_ref(instruction.method, instruction.options, task.ref).spec
+        work = self._workload(instruction)
+        seconds = self.sim.seconds(self.devices[cid], task.arch, spec, work, down, up)
         self._sim_seconds[(instruction.round, cid)] = seconds
-        return reply
+
+    def _workload(self, instruction: TrainInstruction) -> Workload:
+        c, cid = self.task.cfg.client, instruction.client_id
+        return client_workload(
+            self.task.data.profiles[cid],
+            instruction.batch_size,
+            self.task.cfg.model.max_length,
+            c.epochs,
+            c.steps,
+        )
+
+
+class ParallelClientPool(LocalClientPool):
+    """``LocalClientPool`` that trains a round's clients ``workers`` at a time in forked
+    workers over the shared base (``workers.py``): a ``BatchedPool``. Results do not
+    depend on the number of workers; ``close`` ends them."""
+
+    def __init__(
+        self, task: Task, plan: ThreadPlan, devices: list[ResourceProfile] | None = None
+    ) -> None:
+        super().__init__(task, devices)
+        self.plan = plan
+        self.workers = ForkedWorkers(plan.workers, self.train, plan.worker_threads)
+
+    def fit_many(self, requests: Sequence[Request]) -> list[bytes | Exception]:
+        out: list[bytes | Exception] = []
+        admitted: list[int] = []
+        for k, (ins, payload) in enumerate(requests):
+            try:
+                self.admit(ins, len(payload))
+                admitted.append(k)
+                out.append(b"")
+            except Exception as e:  # noqa: BLE001 - skipped or failed, as ``fit`` raises
+                out.append(e)
+        costs = [self._cost(requests[k][0]) for k in admitted]
+        replies = self.workers.run([requests[k] for k in admitted], costs)
+        for k, reply in zip(admitted, replies, strict=True):
+            if isinstance(reply, bytes):
+                self.settle(requests[k][0], len(requests[k][1]), len(reply))
+            out[k] = reply
+        return out
+
+    def close(self) -> None:
+        self.workers.close()
+
+    def _cost(self, ins: TrainInstruction) -> float:
+        """Tokens the client will train on: the order in which workers take clients."""
+        profile = self.task.data.profiles[ins.client_id]
+        n = ins.steps * ins.batch_size if ins.steps else ins.epochs * profile.num_examples
+        return float(n) * max(profile.mean_length, 1.0)
+
+
+def client_pool(task: Task) -> LocalClientPool:
+    """The in-process pool the thread plan asks for (logged): parallel or sequential."""
+    plan = plan_threads(task.cfg, task.device)
+    apply_plan(plan)
+    return ParallelClientPool(task, plan) if plan.workers > 1 else LocalClientPool(task)
 
 
 class LocalGlobalModel:
@@ -174,7 +250,9 @@ def device_durations(task: Task) -> DurationFn:
 
 
 def _conforms(
-    pool: LocalClientPool, model: LocalGlobalModel
-) -> tuple[ClientPool, ProfiledPool, SimulatedPool, GlobalModel, ProxyModel, FusingModel]:
+    pool: LocalClientPool, parallel: ParallelClientPool, model: LocalGlobalModel
+) -> tuple[
+    ClientPool, ProfiledPool, SimulatedPool, BatchedPool, GlobalModel, ProxyModel, FusingModel
+]:
     """Never called: mypy checks here that this runtime offers every capability it claims."""
-    return pool, pool, pool, model, model, model
+    return pool, pool, pool, parallel, model, model, model

@@ -16,7 +16,12 @@ from typing import Any
 from fedpeft.config import ExperimentConfig, config_fingerprint, config_to_toml
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import get_adapter_state, parse_method_ref, save_adapter
-from fedpeft.runtime.local.pool import LocalClientPool, LocalGlobalModel, device_durations
+from fedpeft.runtime.local.pool import (
+    LocalClientPool,
+    LocalGlobalModel,
+    client_pool,
+    device_durations,
+)
 from fedpeft.server import (
     DEFAULT_GROUP,
     Federation,
@@ -37,7 +42,7 @@ from fedpeft.types import AdapterState
 
 log = logging.getLogger("fedpeft.runtime.local")
 
-__all__ = ["LocalClientPool", "LocalGlobalModel", "RunResult", "run_local"]
+__all__ = ["LocalClientPool", "LocalGlobalModel", "RunResult", "client_pool", "run_local"]
 
 
 @dataclass(frozen=True)
@@ -77,16 +82,21 @@ def run_local(
     else:
         store.truncate_logs(state.round)
         write_atomic(store.root / CONFIG, resolved_toml.encode())
+    clients = (pool or client_pool)(task)
     fed = Federation(
         cfg,
-        (pool or LocalClientPool)(task),
+        clients,
         LocalGlobalModel(task),
         store,
         task.arch,
         observer or Observer(),
         device_durations(task),
     )
-    loop = run_async(fed, state) if cfg.server.mode == "async" else run_rounds(fed, state)
+    try:
+        loop = run_async(fed, state) if cfg.server.mode == "async" else run_rounds(fed, state)
+    finally:
+        if isinstance(clients, LocalClientPool):
+            clients.close()  # forked workers end with the run
     main = loop.state.adapter if loop.state.adapters else {}
     _export(task, loop.state, store)
     rounds = store.read_rounds()

@@ -1,0 +1,158 @@
+"""Parallel clients over one base: forked workers, the thread plan, and independence of the
+result from the number of workers."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+import torch
+
+from fedpeft.config import load_config
+from fedpeft.errors import ClientSkipped
+from fedpeft.runtime.local import LocalClientPool, ParallelClientPool, run_local
+from fedpeft.runtime.local.simulator import client_pool
+from fedpeft.runtime.local.threads import clients_per_round, plan_threads, usable_cores
+from fedpeft.runtime.local.workers import (
+    ForkedWorkers,
+    WorkerDied,
+    instruction_from_json,
+    instruction_json,
+    read_frame,
+    write_frame,
+)
+from fedpeft.server.task import Task
+from fedpeft.types import ClientStatus, TrainInstruction
+
+
+def _ins(cid: int, **kw: object) -> TrainInstruction:
+    return TrainInstruction(1, cid, 1, None, 16, 1e-3, 0.0, 0.0, 7, **kw)  # type: ignore[arg-type]
+
+
+def test_frames_and_instructions_round_trip() -> None:
+    ins = _ins(3, freeze=("lora_A",), method="lora", options='{"r": 4}', nonce="n")
+    buf = io.BytesIO()
+    write_frame(buf, instruction_json(ins), b"\x00payload")
+    write_frame(buf, {"status": "ok"}, b"")
+    buf.seek(0)
+    meta, payload = read_frame(buf) or ({}, b"")
+    assert instruction_from_json(meta) == ins and payload == b"\x00payload"
+    assert read_frame(buf) == ({"status": "ok"}, b"")
+    assert read_frame(buf) is None
+    with pytest.raises(EOFError):
+        read_frame(io.BytesIO(b"\x00\x00\x00\x09\x00"))
+
+
+def _echo(ins: TrainInstruction, payload: bytes) -> bytes:
+    """A worker's handler without a model: its pid and the reversed payload, or a failure."""
+    if ins.client_id == 5:
+        raise ClientSkipped(ClientStatus.OFFLINE, "not today")
+    if ins.client_id == 6:
+        raise ValueError("bad options")
+    if ins.client_id == 7:
+        os._exit(3)  # the worker dies mid-request
+    return str(os.getpid()).encode() + b":" + payload[::-1]
+
+
+def test_workers_answer_in_request_order_and_survive_failures() -> None:
+    workers = ForkedWorkers(2, _echo)
+    try:
+        requests = [(_ins(c), bytes([c]) * (c + 1)) for c in (0, 1, 5, 6, 7, 2, 3)]
+        replies = workers.run(requests, costs=[1, 2, 3, 4, 5, 6, 7])
+        ok = [r for r in replies if isinstance(r, bytes)]
+        assert [r.split(b":")[1] for r in ok] == [bytes([c]) * (c + 1) for c in (0, 1, 2, 3)]
+        pids = {int(r.split(b":")[0]) for r in ok}
+        assert os.getpid() not in pids and 1 <= len(pids) <= 3  # a replacement may answer
+        skipped, failed, died = replies[2], replies[3], replies[4]
+        assert isinstance(skipped, ClientSkipped) and skipped.status is ClientStatus.OFFLINE
+        assert isinstance(failed, RuntimeError) and "ValueError: bad options" in str(failed)
+        assert isinstance(died, WorkerDied) and "code 3" in str(died)
+        again = workers.run([(_ins(0), b"ab")], costs=[1])  # the pool replaced the dead worker
+        assert isinstance(again[0], bytes) and again[0].endswith(b":ba")
+        assert len(workers.pids) == 2
+    finally:
+        workers.close()
+    assert workers.pids == []
+
+
+def test_the_thread_plan(tiny) -> None:
+    cores = usable_cores()
+    cfg = tiny("data.num_clients=10", "server.fraction=0.3")
+    assert clients_per_round(cfg) == 3
+    plan = plan_threads(cfg, torch.device("cpu"))
+    assert plan.workers == min(cores, 3) and plan.worker_threads == 1
+    assert plan.server_threads == 1  # tiny sets run.threads=1
+    assert (
+        plan_threads(tiny("run.workers=8", "data.num_clients=4"), torch.device("cpu")).workers == 4
+    )
+    assert plan_threads(tiny("run.workers=2"), torch.device("cuda")).workers == 1
+    assert (
+        plan_threads(tiny("run.workers=2", "server.mode='async'"), torch.device("cpu")).workers == 1
+    )
+    assert "OMP_WAIT_POLICY" in plan.describe()
+
+
+def test_import_sets_a_passive_openmp_wait_policy() -> None:
+    import fedpeft
+
+    # the test process imports fedpeft (conftest) before torch; a user's setting wins
+    assert os.environ.get("OMP_WAIT_POLICY") in {"PASSIVE", fedpeft.omp_wait_policy()}
+    assert fedpeft.omp_wait_policy() == os.environ["OMP_WAIT_POLICY"]
+
+
+def _run(tiny, workers: int, *extra: str):  # type: ignore[no-untyped-def]
+    pools: list[LocalClientPool] = []
+
+    def build(task: Task) -> LocalClientPool:
+        pools.append(client_pool(task))
+        return pools[-1]
+
+    cfg = tiny(f"run.workers={workers}", f"run.name='w{workers}'", *extra)
+    return run_local(cfg, pool=build), pools[0]
+
+
+def test_two_workers_give_bitwise_the_run_of_one(tiny) -> None:
+    """Dropout is on (tiny-bert: 0.1; LoRA: 0.05), so equality needs every client's seed to
+    follow it into whichever worker trains it."""
+    extra = ("data.num_clients=4", "run.rounds=2")
+    one, seq_pool = _run(tiny, 1, *extra)
+    two, par_pool = _run(tiny, 2, *extra)
+    assert type(seq_pool) is LocalClientPool and isinstance(par_pool, ParallelClientPool)
+    assert par_pool.workers.pids == []  # closed with the run
+    assert one.state.keys() == two.state.keys()
+    assert all(torch.equal(one.state[k], two.state[k]) for k in one.state)
+    assert [r["train_loss"] for r in one.rounds] == [r["train_loss"] for r in two.rounds]
+    assert [r["eval"] for r in one.rounds] == [r["eval"] for r in two.rounds]
+    assert all(r["fit_time_s"] > 0 for r in two.rounds)
+
+
+def test_parallel_pool_simulates_devices_like_the_sequential_one(tiny, tmp_path) -> None:
+    from tests.test_hetero import _tiers
+
+    tiers = _tiers(tmp_path, fast={}, slow={"flops_per_s": 1e3}, away={"availability": 0.0})
+    mix = "profiles.mix=['fast','slow','away','fast','fast']"
+    extra = (tiers, mix, "data.num_clients=5", "run.rounds=1", "simulation.devices=true")
+    one, _ = _run(tiny, 1, *extra, "allocation.deadline_s=30")
+    three, pool = _run(tiny, 3, *extra, "allocation.deadline_s=30")
+    assert isinstance(pool, ParallelClientPool)
+    rows = lambda r: [(c["client_id"], c["status"], c["sim_time_s"]) for c in _clients(r)]  # noqa: E731
+    assert [s for _, s, _ in rows(three)] == ["ok", "straggler", "offline", "ok", "ok"]
+    # simulated time counts the reply's bytes, whose metrics (timings) vary in length
+    assert [r[:2] for r in rows(one)] == [r[:2] for r in rows(three)]
+    assert [r[2] for r in rows(one)] == pytest.approx([r[2] for r in rows(three)], rel=1e-3)
+    assert all(torch.equal(one.state[k], three.state[k]) for k in one.state)
+
+
+def _clients(result) -> list[dict]:  # type: ignore[no-untyped-def]
+    import json
+
+    return [json.loads(x) for x in (result.run_dir / "clients.jsonl").read_text().splitlines()]
+
+
+def test_workers_setting_is_not_part_of_the_fingerprint() -> None:
+    from fedpeft.config import config_fingerprint
+
+    a = load_config(overrides=["run.workers=1", "eval.every=1"])
+    b = load_config(overrides=["run.workers=4", "eval.every=3"])
+    assert config_fingerprint(a) == config_fingerprint(b)
