@@ -140,7 +140,8 @@ def test_parallel_pool_simulates_devices_like_the_sequential_one(tiny, tmp_path)
     assert [s for _, s, _ in rows(three)] == ["ok", "straggler", "offline", "ok", "ok"]
     # simulated time counts the reply's bytes, whose metrics (timings) vary in length
     assert [r[:2] for r in rows(one)] == [r[:2] for r in rows(three)]
-    assert [r[2] for r in rows(one)] == pytest.approx([r[2] for r in rows(three)], rel=1e-3)
+    times = lambda r: [t or 0.0 for _, _, t in rows(r)]  # noqa: E731  (offline: none)
+    assert times(one) == pytest.approx(times(three), rel=1e-3)
     assert all(torch.equal(one.state[k], three.state[k]) for k in one.state)
 
 
