@@ -44,8 +44,9 @@ def test_frames_and_instructions_round_trip() -> None:
         read_frame(io.BytesIO(b"\x00\x00\x00\x09\x00"))
 
 
-def _echo(ins: TrainInstruction, payload: bytes) -> bytes:
+def _echo(meta: dict[str, object], payload: bytes) -> bytes:
     """A worker's handler without a model: its pid and the reversed payload, or a failure."""
+    ins = instruction_from_json(meta)
     if ins.client_id == 5:
         raise ClientSkipped(ClientStatus.OFFLINE, "not today")
     if ins.client_id == 6:
@@ -58,7 +59,8 @@ def _echo(ins: TrainInstruction, payload: bytes) -> bytes:
 def test_workers_answer_in_request_order_and_survive_failures() -> None:
     workers = ForkedWorkers(2, _echo)
     try:
-        requests = [(_ins(c), bytes([c]) * (c + 1)) for c in (0, 1, 5, 6, 7, 2, 3)]
+        cids = (0, 1, 5, 6, 7, 2, 3)
+        requests = [(instruction_json(_ins(c)), bytes([c]) * (c + 1)) for c in cids]
         replies = workers.run(requests, costs=[1, 2, 3, 4, 5, 6, 7])
         ok = [r for r in replies if isinstance(r, bytes)]
         assert [r.split(b":")[1] for r in ok] == [bytes([c]) * (c + 1) for c in (0, 1, 2, 3)]
@@ -68,7 +70,9 @@ def test_workers_answer_in_request_order_and_survive_failures() -> None:
         assert isinstance(skipped, ClientSkipped) and skipped.status is ClientStatus.OFFLINE
         assert isinstance(failed, RuntimeError) and "ValueError: bad options" in str(failed)
         assert isinstance(died, WorkerDied) and "code 3" in str(died)
-        again = workers.run([(_ins(0), b"ab")], costs=[1])  # the pool replaced the dead worker
+        again = workers.run(
+            [(instruction_json(_ins(0)), b"ab")], costs=[1]
+        )  # the pool replaced the dead worker
         assert isinstance(again[0], bytes) and again[0].endswith(b":ba")
         assert len(workers.pids) == 2
     finally:
@@ -157,3 +161,35 @@ def test_workers_setting_is_not_part_of_the_fingerprint() -> None:
     a = load_config(overrides=["run.workers=1", "eval.every=1"])
     b = load_config(overrides=["run.workers=4", "eval.every=3"])
     assert config_fingerprint(a) == config_fingerprint(b)
+
+
+def test_evaluation_shared_out_among_workers_gives_the_same_metrics(tiny) -> None:
+    from fedpeft.peft import get_adapter_state
+    from fedpeft.runtime.local import LocalGlobalModel
+    from fedpeft.runtime.local.jobs import WorkerJobs
+    from fedpeft.server.task import build_task
+
+    task = build_task(tiny("eval.batch_size=8"))  # 48 examples: 6 batches
+    state = {k: v + 0.01 * torch.randn_like(v) for k, v in get_adapter_state(task.model).items()}
+    alone = LocalGlobalModel(task).evaluate(state)
+    workers = ForkedWorkers(3, WorkerJobs(task).handle)
+    try:
+        shared = LocalGlobalModel(task, workers).evaluate(state)
+        assert len(workers.pids) == 3
+    finally:
+        workers.close()
+    assert shared == alone
+
+
+def test_split_shares_are_contiguous_balanced_and_complete() -> None:
+    import numpy as np
+
+    from fedpeft.server.evaluate import split_shares
+
+    lengths = np.array([1] * 8 + [10] * 8)
+    batches = [np.arange(i, i + 2) for i in range(0, 16, 2)]  # costs 2,2,2,2,20,20,20,20
+    shares = split_shares(batches, lengths, 2)
+    assert shares[0][0] == 0 and shares[-1][1] == len(batches)
+    assert all(a[1] == b[0] for a, b in zip(shares, shares[1:], strict=False))
+    assert shares == [(0, 6), (6, 8)]  # 48 vs 40 of 88
+    assert split_shares(batches[:1], lengths, 4) == [(0, 1)]

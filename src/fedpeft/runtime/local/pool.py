@@ -13,15 +13,22 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from fedpeft.allocation import Workload, client_workload, make_allocation_config
-from fedpeft.client import ClientData, handle_fit
 from fedpeft.data import DataProfile
+from fedpeft.data.instruct import InstructSplit
 from fedpeft.errors import ClientSkipped
 from fedpeft.peft import get_adapter_state, parse_method_ref, set_adapter_state
 from fedpeft.profiling import ResourceProfile, declared_devices
 from fedpeft.runtime.local.devices import DeviceSim, thread_cap
+from fedpeft.runtime.local.jobs import WorkerJobs, eval_request, fit_request, logits_from_bytes
 from fedpeft.runtime.local.threads import ThreadPlan, apply_plan, plan_threads
 from fedpeft.runtime.local.workers import ForkedWorkers
-from fedpeft.server.evaluate import evaluate_model
+from fedpeft.server.evaluate import (
+    classification_metrics,
+    eval_order,
+    evaluate_model,
+    in_split_order,
+    split_shares,
+)
 from fedpeft.server.protocols import (
     BatchedPool,
     ClientPool,
@@ -84,10 +91,7 @@ class LocalClientPool:
 
     def train(self, instruction: TrainInstruction, payload: bytes) -> bytes:
         """The client's training itself: its model, its data, the encoded reply."""
-        task, cid = self.task, instruction.client_id
-        model = task.model_for(instruction.method, instruction.options)
-        data = ClientData(task.data.train, task.data.partitions[cid])
-        return handle_fit(model, payload, instruction, data, task.device)
+        return WorkerJobs(self.task).fit(instruction, payload)
 
     def admit(self, instruction: TrainInstruction, down: int) -> None:
         """Raises ``ClientSkipped`` for a simulated device that does not train this round:
@@ -135,7 +139,7 @@ class ParallelClientPool(LocalClientPool):
     ) -> None:
         super().__init__(task, devices)
         self.plan = plan
-        self.workers = ForkedWorkers(plan.workers, self.train, plan.worker_threads)
+        self.workers = ForkedWorkers(plan.workers, WorkerJobs(task).handle, plan.worker_threads)
 
     def fit_many(self, requests: Sequence[Request]) -> list[bytes | Exception]:
         out: list[bytes | Exception] = []
@@ -148,7 +152,7 @@ class ParallelClientPool(LocalClientPool):
             except Exception as e:  # noqa: BLE001 - skipped or failed, as ``fit`` raises
                 out.append(e)
         costs = [self._cost(requests[k][0]) for k in admitted]
-        replies = self.workers.run([requests[k] for k in admitted], costs)
+        replies = self.workers.run([fit_request(*requests[k]) for k in admitted], costs)
         for k, reply in zip(admitted, replies, strict=True):
             if isinstance(reply, bytes):
                 self.settle(requests[k][0], len(requests[k][1]), len(reply))
@@ -173,10 +177,13 @@ def client_pool(task: Task) -> LocalClientPool:
 
 
 class LocalGlobalModel:
-    """The same shared models, with a global adapter loaded, for central evaluation."""
+    """The same shared models, with a global adapter loaded, for central evaluation; with
+    ``workers`` (a ``ParallelClientPool``'s, idle between rounds' training) a
+    classifier's evaluation batches are shared out among them."""
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, workers: ForkedWorkers | None = None) -> None:
         self.task = task
+        self.workers = workers
 
     def template(self, method: str, options: str) -> AdapterState:
         """The freshly initialised adapter of a configuration (its keys, shapes, init)."""
@@ -226,9 +233,34 @@ class LocalGlobalModel:
         self, state: AdapterState, method: str = "", options: str = "{}"
     ) -> dict[str, float]:
         t = self.task
+        split = t.data.eval
+        if (
+            self.workers is not None
+            and self.workers.size > 1
+            and not isinstance(split, InstructSplit)
+        ):
+            return self._evaluate_shared(self.workers, state, method, options)
         model = t.model_for(method, options)
         set_adapter_state(model, state)
-        return evaluate_model(model, t.data.eval, t.cfg.eval.batch_size, t.device)
+        return evaluate_model(model, split, t.cfg.eval.batch_size, t.device)
+
+    def _evaluate_shared(
+        self, workers: ForkedWorkers, state: AdapterState, method: str, options: str
+    ) -> dict[str, float]:
+        """The evaluation batches in contiguous shares, one per worker, each share's
+        logits back as bytes; the same batches, so the same logits, as in this process."""
+        split = self.task.data.eval
+        batches = eval_order(split, self.task.cfg.eval.batch_size)
+        shares = split_shares(batches, split.lengths, workers.size)
+        requests = [eval_request(state, method, options, share) for share in shares]
+        replies = workers.run(requests, [float(b - a) for a, b in shares])
+        parts = []
+        for (a, b), reply in zip(shares, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise RuntimeError(f"evaluation in a worker failed: {reply}") from reply
+            parts.append(logits_from_bytes(reply, sum(len(x) for x in batches[a:b])))
+        logits = in_split_order(torch.cat(parts), batches)
+        return classification_metrics(logits, split.labels)
 
 
 def device_durations(task: Task) -> DurationFn:

@@ -19,6 +19,7 @@ from fedpeft.peft import get_adapter_state, parse_method_ref, save_adapter
 from fedpeft.runtime.local.pool import (
     LocalClientPool,
     LocalGlobalModel,
+    ParallelClientPool,
     client_pool,
     device_durations,
 )
@@ -83,10 +84,11 @@ def run_local(
         store.truncate_logs(state.round)
         write_atomic(store.root / CONFIG, resolved_toml.encode())
     clients = (pool or client_pool)(task)
+    workers = clients.workers if isinstance(clients, ParallelClientPool) else None
     fed = Federation(
         cfg,
         clients,
-        LocalGlobalModel(task),
+        LocalGlobalModel(task, workers),
         store,
         task.arch,
         observer or Observer(),

@@ -7,10 +7,10 @@ memory is what training allocates: its adapter, optimiser state and activations.
 run one intra-op thread each (GNU OpenMP cannot start a thread team in a forked child of a
 process that already used one).
 
-Messages are the runtime's own bytes and never pickles: a request is the instruction as
-JSON plus the encoded adapter payload; a reply is a JSON status plus the encoded update.
-A client's result depends only on (seed, round, client) and the payload, never on which
-worker trained it, so a run gives the same adapters whatever the number of workers.
+Messages are the runtime's own bytes and never pickles: a request is a JSON header (what
+to do: ``jobs.py``) plus a payload (an encoded adapter); a reply is a JSON status plus
+bytes. A client's result depends only on (seed, round, client) and the payload, never on
+which worker trained it, so a run gives the same adapters whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from fedpeft.types import ClientStatus, TrainInstruction
 
 log = logging.getLogger("fedpeft.runtime.local")
 
-Handler = Callable[[TrainInstruction, bytes], bytes]
-"""What a worker runs for one request: the client's encoded reply."""
+Meta = dict[str, object]
+Handler = Callable[[Meta, bytes], bytes]
+"""What a worker runs for one request (header, payload): the reply's bytes."""
 
 _HEADER = struct.Struct(">II")  # JSON length, payload length
 
@@ -44,13 +45,13 @@ class WorkerDied(RuntimeError):
     """A worker process exited while it trained a client (e.g. killed for memory)."""
 
 
-def write_frame(stream: BinaryIO, meta: dict[str, object], payload: bytes) -> None:
+def write_frame(stream: BinaryIO, meta: Meta, payload: bytes) -> None:
     head = json.dumps(meta).encode()
     stream.write(_HEADER.pack(len(head), len(payload)) + head + payload)
     stream.flush()
 
 
-def read_frame(stream: BinaryIO) -> tuple[dict[str, object], bytes] | None:
+def read_frame(stream: BinaryIO) -> tuple[Meta, bytes] | None:
     """One frame, or ``None`` at a clean end of stream."""
     raw = stream.read(_HEADER.size)
     if not raw:
@@ -64,23 +65,23 @@ def read_frame(stream: BinaryIO) -> tuple[dict[str, object], bytes] | None:
     return json.loads(meta), payload
 
 
-def instruction_json(ins: TrainInstruction) -> dict[str, object]:
+def instruction_json(ins: TrainInstruction) -> Meta:
     return dataclasses.asdict(ins)
 
 
-def instruction_from_json(raw: dict[str, object]) -> TrainInstruction:
+def instruction_from_json(raw: object) -> TrainInstruction:
+    if not isinstance(raw, dict):
+        raise ValueError(f"an instruction is a JSON object, got {type(raw).__name__}")
     fields = dict(raw)
-    fields["freeze"] = tuple(fields.get("freeze", ()))  # type: ignore[arg-type]
-    return TrainInstruction(**fields)  # type: ignore[arg-type]
+    fields["freeze"] = tuple(fields.get("freeze", ()))
+    return TrainInstruction(**fields)
 
 
 def serve(requests: BinaryIO, replies: BinaryIO, handler: Handler) -> None:
     """A worker's loop: one reply per request until the server closes the request pipe."""
     while (frame := read_frame(requests)) is not None:
-        meta, payload = frame
-        ins = instruction_from_json(meta)
         try:
-            write_frame(replies, {"status": "ok"}, handler(ins, payload))
+            write_frame(replies, {"status": "ok"}, handler(*frame))
         except ClientSkipped as e:
             skip = {"status": "skipped", "skip": e.status.value, "reason": str(e)}
             write_frame(replies, skip | {"sim_time_s": e.sim_time_s}, b"")
@@ -88,7 +89,7 @@ def serve(requests: BinaryIO, replies: BinaryIO, handler: Handler) -> None:
             write_frame(replies, {"status": "error", "reason": f"{type(e).__name__}: {e}"}, b"")
 
 
-def _reply(meta: dict[str, object], payload: bytes) -> bytes | Exception:
+def _reply(meta: Meta, payload: bytes) -> bytes | Exception:
     if meta["status"] == "ok":
         return payload
     if meta["status"] == "skipped":
@@ -104,8 +105,8 @@ class _Worker:
     def __init__(self, pid: int, requests: BinaryIO, replies: BinaryIO) -> None:
         self.pid, self.requests, self.replies = pid, requests, replies
 
-    def send(self, ins: TrainInstruction, payload: bytes) -> None:
-        write_frame(self.requests, instruction_json(ins), payload)
+    def send(self, meta: Meta, payload: bytes) -> None:
+        write_frame(self.requests, meta, payload)
 
     def receive(self) -> bytes | Exception:
         try:
@@ -145,7 +146,7 @@ class ForkedWorkers:
         return [w.pid for w in self._workers]
 
     def run(
-        self, requests: Sequence[tuple[TrainInstruction, bytes]], costs: Sequence[float]
+        self, requests: Sequence[tuple[Meta, bytes]], costs: Sequence[float]
     ) -> list[bytes | Exception]:
         """Every request's reply (or why not), in request order. The costliest requests go
         first, each to the next idle worker, so the round ends as early as it can."""
