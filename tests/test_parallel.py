@@ -116,10 +116,11 @@ def _run(tiny, workers: int, *extra: str):  # type: ignore[no-untyped-def]
     return run_local(cfg, pool=build), pools[0]
 
 
-def test_two_workers_give_bitwise_the_run_of_one(tiny) -> None:
+@pytest.mark.parametrize("method", ["peft.r=8", "peft.layers=[1]"])  # the 2nd: prefix cache
+def test_two_workers_give_bitwise_the_run_of_one(tiny, method: str) -> None:
     """Dropout is on (tiny-bert: 0.1; LoRA: 0.05), so equality needs every client's seed to
     follow it into whichever worker trains it."""
-    extra = ("data.num_clients=4", "run.rounds=2")
+    extra = ("data.num_clients=4", "run.rounds=2", method)
     one, seq_pool = _run(tiny, 1, *extra)
     two, par_pool = _run(tiny, 2, *extra)
     assert type(seq_pool) is LocalClientPool and isinstance(par_pool, ParallelClientPool)

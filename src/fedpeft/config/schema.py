@@ -23,6 +23,17 @@ class RunConfig(_Section):
     threads: int = Field(
         0, ge=0, description="torch threads of the server process; 0 = one per usable core"
     )
+    autocast: Literal["auto", "off", "bf16"] = Field(
+        "auto",
+        description="forward passes in bfloat16 autocast: auto = on a CUDA device that "
+        "supports it; bf16 = also on CPU (fast with AVX512-BF16/AMX; numerics change)",
+    )
+    prefix_cache: bool = Field(
+        True,
+        description="cache per example the hidden states below the lowest trained block "
+        "(encoders; the cached blocks then run without dropout)",
+    )
+    prefix_cache_mb: PositiveInt = Field(1024, description="memory bound of that cache")
     workers: int = Field(
         0,
         ge=0,
