@@ -11,19 +11,38 @@ which then share it).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from fedpeft.data import TokenizedSplit
-from fedpeft.peft import MethodSpec
+from fedpeft.config import ExperimentConfig
+from fedpeft.data import Split, TokenizedSplit
+from fedpeft.peft import Architecture, MethodSpec
 from fedpeft.peft.prefix import SERVED_FAMILIES, PrefixCache, attach
 
-if TYPE_CHECKING:
-    from fedpeft.server.task import Task
-
 log = logging.getLogger("fedpeft.server")
+
+
+class _Data(Protocol):
+    @property
+    def train(self) -> Split: ...
+    @property
+    def eval(self) -> Split: ...
+
+
+class Task(Protocol):
+    """What serving a prefix needs of ``server.task.Task``."""
+
+    cfg: ExperimentConfig
+    base: nn.Module
+    device: torch.device
+    arch: Architecture
+    kind: str
+    prefix_caches: dict[int, PrefixCache | None]
+
+    @property
+    def data(self) -> _Data: ...
 
 
 def cached_layer(task: Task, spec: MethodSpec) -> int | None:
