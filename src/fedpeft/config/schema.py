@@ -34,6 +34,12 @@ class RunConfig(_Section):
         "(encoders; the cached blocks then run without dropout)",
     )
     prefix_cache_mb: PositiveInt = Field(1024, description="memory bound of that cache")
+    clients_per_pass: int = Field(
+        0,
+        ge=0,
+        description="in-process runtime: clients of one LoRA configuration trained together "
+        "in one pass over the base (grouped LoRA); 0 = 16 on CUDA, 1 on CPU",
+    )
     workers: int = Field(
         0,
         ge=0,

@@ -20,7 +20,7 @@ from fedpeft.peft import get_adapter_state, parse_method_ref, set_adapter_state
 from fedpeft.profiling import ResourceProfile, declared_devices
 from fedpeft.runtime.local.devices import DeviceSim, thread_cap
 from fedpeft.runtime.local.jobs import WorkerJobs, eval_request, fit_request, logits_from_bytes
-from fedpeft.runtime.local.threads import ThreadPlan, apply_plan, plan_threads
+from fedpeft.runtime.local.threads import ThreadPlan
 from fedpeft.runtime.local.workers import ForkedWorkers
 from fedpeft.server.evaluate import (
     classification_metrics,
@@ -167,13 +167,6 @@ class ParallelClientPool(LocalClientPool):
         profile = self.task.data.profiles[ins.client_id]
         n = ins.steps * ins.batch_size if ins.steps else ins.epochs * profile.num_examples
         return float(n) * max(profile.mean_length, 1.0)
-
-
-def client_pool(task: Task) -> LocalClientPool:
-    """The in-process pool the thread plan asks for (logged): parallel or sequential."""
-    plan = plan_threads(task.cfg, task.device)
-    apply_plan(plan)
-    return ParallelClientPool(task, plan) if plan.workers > 1 else LocalClientPool(task)
 
 
 class LocalGlobalModel:

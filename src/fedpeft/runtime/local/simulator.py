@@ -16,13 +16,14 @@ from typing import Any
 from fedpeft.config import ExperimentConfig, config_fingerprint, config_to_toml
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import get_adapter_state, parse_method_ref, save_adapter
+from fedpeft.runtime.local.group_fit import GroupedClientPool
 from fedpeft.runtime.local.pool import (
     LocalClientPool,
     LocalGlobalModel,
     ParallelClientPool,
-    client_pool,
     device_durations,
 )
+from fedpeft.runtime.local.threads import apply_plan, plan_threads
 from fedpeft.server import (
     DEFAULT_GROUP,
     Federation,
@@ -118,6 +119,16 @@ def run_local(
     )
     store.write_json(SUMMARY, summary)
     return RunResult(store.root, main, rounds, summary)
+
+
+def client_pool(task: Task) -> LocalClientPool:
+    """The in-process pool the thread plan asks for (logged): clients trained several per
+    pass (an accelerator), in forked workers (CPU cores), or one at a time."""
+    plan = plan_threads(task.cfg, task.device)
+    apply_plan(plan)
+    if plan.clients_per_pass > 1:
+        return GroupedClientPool(task, plan.clients_per_pass)
+    return ParallelClientPool(task, plan) if plan.workers > 1 else LocalClientPool(task)
 
 
 @contextmanager

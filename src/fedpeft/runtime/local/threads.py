@@ -26,6 +26,8 @@ from fedpeft.config import ExperimentConfig
 
 log = logging.getLogger("fedpeft.runtime.local")
 
+AUTO_PER_PASS = 16  # clients per pass on an accelerator when ``run.clients_per_pass`` is 0
+
 
 @dataclass(frozen=True)
 class ThreadPlan:
@@ -34,6 +36,7 @@ class ThreadPlan:
     server_threads: int  # intra-op threads of the server process
     cores: int  # usable cores of this process
     wait_policy: str  # OpenMP's wait policy in effect
+    clients_per_pass: int = 1  # clients trained together in one pass (grouped LoRA)
 
     def describe(self) -> str:
         training = (
@@ -41,6 +44,8 @@ class ThreadPlan:
             if self.workers > 1
             else f"in the server process with {self.server_threads} thread(s)"
         )
+        if self.clients_per_pass > 1:
+            training += f", up to {self.clients_per_pass} per pass over the base"
         return (
             f"threads: clients train {training}; the server uses {self.server_threads} "
             f"thread(s); {self.cores} usable core(s); OMP_WAIT_POLICY={self.wait_policy}"
@@ -62,14 +67,19 @@ def clients_per_round(cfg: ExperimentConfig) -> int:
 
 def plan_threads(cfg: ExperimentConfig, device: torch.device) -> ThreadPlan:
     """Workers × threads for this run: ``run.workers`` (0: one per usable core, at most
-    the clients of a round; always 1 on an accelerator or for an asynchronous server)."""
+    the clients of a round; always 1 on an accelerator or for an asynchronous server),
+    and ``run.clients_per_pass`` (0: 16 on an accelerator, 1 on a CPU)."""
     cores = usable_cores()
     server = cfg.run.threads or cores
-    if device.type != "cpu" or cfg.server.mode == "async":
+    per_round = clients_per_round(cfg)
+    per_pass = cfg.run.clients_per_pass or (AUTO_PER_PASS if device.type == "cuda" else 1)
+    per_pass = 1 if cfg.server.mode == "async" else min(per_pass, per_round)
+    if device.type != "cpu" or cfg.server.mode == "async" or per_pass > 1:
         workers = 1
     else:
-        workers = min(cfg.run.workers or cores, clients_per_round(cfg))
-    return ThreadPlan(max(1, workers), 1, server, cores, fedpeft.omp_wait_policy())
+        workers = min(cfg.run.workers or cores, per_round)
+    policy = fedpeft.omp_wait_policy()
+    return ThreadPlan(max(1, workers), 1, server, cores, policy, max(1, per_pass))
 
 
 def apply_plan(plan: ThreadPlan) -> None:
