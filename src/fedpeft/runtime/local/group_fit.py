@@ -139,6 +139,8 @@ def _proximal(
     """FedProx's ``(μ/2)·‖θ_k − θ⁰_k‖²`` summed over the active clients."""
     active = g.slot.active
     total = torch.zeros((), device=active.device)
+    if mu <= 0:
+        return total
     for p, a in zip(params, anchor, strict=True):
         total = total + ((p[active] - a[active]) ** 2).sum()
     return 0.5 * mu * total

@@ -98,7 +98,9 @@ class GroupedLora:
                 raise ValueError(f"{key} is not a linear layer's")
             owners[key] = (module, name)
         for layer in model.modules():
-            if isinstance(layer, LoraLinear) and (layer.lora_variant or layer.use_dora):
+            if isinstance(layer, LoraLinear) and (
+                layer.lora_variant or any(layer.use_dora.values())
+            ):
                 raise ValueError("a LoRA variant (DoRA) is not grouped")
         return owners
 
