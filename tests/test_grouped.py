@@ -113,3 +113,25 @@ def test_a_run_with_clients_trained_together_is_reproducible(tiny) -> None:
     assert any(not torch.equal(first.state[k], initial[k]) for k in initial)
     assert [r["accepted"] for r in first.rounds] == [4, 4]
     assert np.isfinite([r["train_loss"] for r in first.rounds]).all()
+
+
+def test_gpu_script_runs_its_cpu_fallback(tmp_path) -> None:
+    """``benchmarks/gpu.sh`` without CUDA: grouped LoRA checked against one-by-one training
+    on the tiny BERT, and timed, by the same script a lent GPU runs."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: gpu.sh would run the full GPU checks")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path))
+    proc = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh")], env=env,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "gpu_check_cpu.json").read_text())
+    assert result["device"] == "cpu" and all(e["ok"] for e in result["equivalence"])
+    assert [r["per_pass"] for r in result["speed"]] == [1, 4]
+    assert all(r["updates_per_s"] > 0 for r in result["speed"])

@@ -28,6 +28,9 @@ class RunConfig(_Section):
         description="forward passes in bfloat16 autocast: auto = on a CUDA device that "
         "supports it; bf16 = also on CPU (fast with AVX512-BF16/AMX; numerics change)",
     )
+    compile: bool = Field(
+        False, description="torch.compile each transformer block (dynamic shapes)"
+    )
     prefix_cache: bool = Field(
         True,
         description="cache per example the hidden states below the lowest trained block "

@@ -118,6 +118,21 @@ def attach(model: nn.Module, arch: Architecture, cache: PrefixCache) -> bool:
     return True
 
 
+def compile_blocks(model: nn.Module, arch: Architecture) -> None:
+    """``torch.compile`` (in place, dynamic shapes) of every transformer block of ``model``
+    — the heavy, regular part — or of the whole model where no block list is found."""
+    root = (
+        _module_ending(model, blocks_path(arch))
+        if any(lin.layer is not None for lin in arch.linears)
+        else None
+    )
+    if isinstance(root, nn.ModuleList):
+        for block in root:
+            block.compile(dynamic=True)
+    else:
+        model.compile(dynamic=True)
+
+
 def _passthrough(inner: Callable[..., Any], skip: list[bool]) -> Callable[..., Any]:
     def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         return hidden_states if skip[0] else inner(hidden_states, *args, **kwargs)

@@ -45,7 +45,7 @@ from fedpeft.peft import (
     parse_method_ref,
     parse_spec,
 )
-from fedpeft.peft.prefix import PrefixCache
+from fedpeft.peft.prefix import PrefixCache, compile_blocks
 from fedpeft.peft.share import apply_shared
 from fedpeft.server.instruct import check_task, instruct_splits, task_kind
 from fedpeft.server.prefix import serve_prefix
@@ -106,6 +106,8 @@ class Task:
         """A freshly built model made ready (in place): autocast, the frozen-prefix cache."""
         dtype = autocast_dtype(self.cfg.run.autocast, self.device)
         serve_prefix(self, model, spec, dtype)
+        if self.cfg.run.compile:
+            compile_blocks(model, self.arch)
         return with_autocast(model, self.cfg.run.autocast)
 
 
