@@ -11,7 +11,9 @@ Ratios are against the first variant. The 1-minute load average is printed with 
         --base "run.rounds=2" \\
         --variant "sequential=run.workers=1" --variant "parallel=run.workers=0"
 
-``--base`` and each variant's ``;``-separated settings are ``--set`` overrides.
+``--base`` and each variant's ``;``-separated settings are ``--set`` overrides, except
+``compete=N``: N CPU-bound busy loops run beside that variant (each in its own session, as
+another user's job would), to measure the slowdown under competition.
 """
 
 from __future__ import annotations
@@ -36,15 +38,27 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+BUSY = "while True: pass"
+
+
 def one_run(out: Path, tag: str, sets: list[str]) -> dict[str, Any]:
+    compete = sum(int(s.split("=", 1)[1]) for s in sets if s.startswith("compete="))
     cmd = [sys.executable, "-m", "fedpeft.cli.main", "run",
            "--set", f"run.output_dir='{out}'", "--set", f"run.name='{tag}'"]  # fmt: skip
     for s in sets:
-        cmd += ["--set", s]
-    load, cpu0, t0 = os.getloadavg()[0], children_cpu_s(), time.perf_counter()
-    with TreeMemory(interval=0.5) as mem:
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
+        if not s.startswith("compete="):
+            cmd += ["--set", s]
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY], start_new_session=True)
+            for _ in range(compete)]  # fmt: skip
+    try:
+        load, cpu0, t0 = os.getloadavg()[0], children_cpu_s(), time.perf_counter()
+        with TreeMemory(interval=0.5) as mem:
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
+    finally:
+        for b in busy:
+            b.kill()
+            b.wait()
     if proc.returncode != 0:
         raise RuntimeError(f"{tag} failed: {proc.stderr.strip()[-2000:]}")
     summary, rounds = read_run(sorted(out.glob(f"{tag}-*"))[-1])
@@ -63,6 +77,10 @@ def one_run(out: Path, tag: str, sets: list[str]) -> dict[str, Any]:
             o / r["wall_time_s"] for o, r in zip(over, rounds, strict=True)
         ),
         "client_train_s_summed": per("client_time_s"),
+        "updates_per_s": statistics.median(r["accepted"] / r["wall_time_s"] for r in rounds),
+        "updates_per_fit_s": statistics.median(
+            r["accepted"] / max(r["fit_time_s"], 1e-9) for r in rounds
+        ),
         "final_accuracy": summary["final_accuracy"],
         "accuracy_per_round": [r["eval"].get("accuracy") for r in rounds],
     }
