@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import time
 
 import pytest
 import torch
@@ -75,6 +77,11 @@ def test_workers_answer_in_request_order_and_survive_failures() -> None:
         )  # the pool replaced the dead worker
         assert isinstance(again[0], bytes) and again[0].endswith(b":ba")
         assert len(workers.pids) == 2
+        for pid in workers.pids:  # both die between rounds (e.g. killed for memory)
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        late = workers.run([(instruction_json(_ins(c)), b"xy") for c in (0, 1, 2)], [1, 1, 1])
+        assert all(isinstance(r, bytes) and r.endswith(b":yx") for r in late)
     finally:
         workers.close()
     assert workers.pids == []

@@ -26,6 +26,7 @@ from fedpeft.config import ExperimentConfig
 
 log = logging.getLogger("fedpeft.runtime.local")
 
+FORK = hasattr(os, "fork")  # forked workers need it (not on Windows)
 AUTO_PER_PASS = 16  # clients per pass on an accelerator when ``run.clients_per_pass`` is 0
 
 
@@ -74,7 +75,7 @@ def plan_threads(cfg: ExperimentConfig, device: torch.device) -> ThreadPlan:
     per_round = clients_per_round(cfg)
     per_pass = cfg.run.clients_per_pass or (AUTO_PER_PASS if device.type == "cuda" else 1)
     per_pass = 1 if cfg.server.mode == "async" else min(per_pass, per_round)
-    if device.type != "cpu" or cfg.server.mode == "async" or per_pass > 1:
+    if device.type != "cpu" or cfg.server.mode == "async" or per_pass > 1 or not FORK:
         workers = 1
     else:
         workers = min(cfg.run.workers or cores, per_round)

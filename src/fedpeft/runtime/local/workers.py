@@ -158,8 +158,14 @@ class ForkedWorkers:
         while order or busy:
             while order and idle:
                 worker, i = idle.pop(), order.popleft()
-                worker.send(*requests[i])
-                busy[worker.replies.fileno()] = (worker, i)
+                try:
+                    worker.send(*requests[i])
+                    busy[worker.replies.fileno()] = (worker, i)
+                except OSError:  # it died while idle: the request goes to its replacement
+                    order.appendleft(i)
+                    idle.append(self._replace(worker))
+            if not busy:
+                continue
             ready, _, _ = select.select(list(busy), [], [])
             for fd in ready:
                 worker, i = busy.pop(fd)
@@ -168,11 +174,15 @@ class ForkedWorkers:
                     idle.append(worker)
                 except WorkerDied as e:
                     out[i] = e
-                    self._workers.remove(worker)
-                    replacement = self._spawn()
-                    self._workers.append(replacement)
-                    idle.append(replacement)
+                    idle.append(self._replace(worker))
         return [r if r is not None else RuntimeError("no reply") for r in out]
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        """A freshly forked worker in place of one that died."""
+        worker.reap()
+        self._workers.remove(worker)
+        self._workers.append(self._spawn())
+        return self._workers[-1]
 
     def close(self) -> None:
         """Ends every worker (each exits when its request pipe closes)."""
