@@ -104,6 +104,7 @@ class _Worker:
 
     def __init__(self, pid: int, requests: BinaryIO, replies: BinaryIO) -> None:
         self.pid, self.requests, self.replies = pid, requests, replies
+        self.exit: str | None = None  # how it ended, once reaped
 
     def send(self, meta: Meta, payload: bytes) -> None:
         write_frame(self.requests, meta, payload)
@@ -122,14 +123,34 @@ class _Worker:
             with contextlib.suppress(OSError):
                 stream.close()
 
-    def reap(self) -> str:
-        self.close()
+    def alive(self) -> bool:
+        """Whether it still runs (reaping it if it has ended)."""
+        if self.exit is not None:
+            return False
         try:
-            _, status = os.waitpid(self.pid, 0)
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
-            return "(already reaped)"
-        code = os.waitstatus_to_exitcode(status)
-        return f"with signal {-code}" if code < 0 else f"with code {code}"
+            self.exit = "(reaped elsewhere)"
+            return False
+        if pid == 0:
+            return True
+        self.exit = _describe(status)
+        return False
+
+    def reap(self) -> str:
+        """Closes its pipes and waits for it to end; how it ended."""
+        self.close()
+        if self.exit is None:
+            try:
+                self.exit = _describe(os.waitpid(self.pid, 0)[1])
+            except ChildProcessError:
+                self.exit = "(reaped elsewhere)"
+        return self.exit
+
+
+def _describe(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    return f"with signal {-code}" if code < 0 else f"with code {code}"
 
 
 class ForkedWorkers:
@@ -150,6 +171,8 @@ class ForkedWorkers:
     ) -> list[bytes | Exception]:
         """Every request's reply (or why not), in request order. The costliest requests go
         first, each to the next idle worker, so the round ends as early as it can."""
+        for worker in [w for w in self._workers if not w.alive()]:
+            self._replace(worker)  # it died between calls (e.g. killed for memory)
         while len(self._workers) < min(self.size, len(requests)):
             self._workers.append(self._spawn())
         order = deque(sorted(range(len(requests)), key=lambda i: (-costs[i], i)))
