@@ -7,8 +7,8 @@ ways in one process, interleaved ``--repeats`` times:
 - ``seq2``: one client after another, two intra-op threads;
 - ``threads``: two Python threads, one intra-op thread each, each its own PEFT replica
   over the shared base (``peft.share.apply_shared``);
-- ``fork``: two forked worker processes, one intra-op thread each, the base shared
-  copy-on-write.
+- ``fork``: the runtime's two forked workers (``ForkedWorkers``, started once and kept),
+  one intra-op thread each, the base shared copy-on-write.
 
 Reports the median wall time per mode and its ratio to ``seq1``, plus CPU seconds per
 sample (this process and its children), which does not depend on how many cores other
@@ -30,11 +30,13 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
+import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from fedpeft.client import ClientData, train  # noqa: E402
 from fedpeft.config import load_config  # noqa: E402
 from fedpeft.peft.share import apply_shared  # noqa: E402
+from fedpeft.runtime.local.workers import ForkedWorkers  # noqa: E402
 from fedpeft.server.task import Task, build_task  # noqa: E402
 from fedpeft.types import TrainInstruction  # noqa: E402
 
@@ -67,28 +69,20 @@ def threads(task: Task, models: list[torch.nn.Module], cids: list[int], steps: i
         w.join()
 
 
-def fork(task: Task, models: list[torch.nn.Module], cids: list[int], steps: int) -> None:
-    pids = []
-    for k in range(len(models)):
-        pid = os.fork()
-        if pid == 0:  # child: train its share, exit without running the parent's cleanup
-            code = 0
-            try:
-                for cid in cids[k :: len(models)]:
-                    train_one(task, models[k], cid, steps)
-            except BaseException:  # noqa: BLE001
-                code = 1
-            os._exit(code)
-        pids.append(pid)
-    for pid in pids:
-        _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError("a forked worker failed")
+def fork(workers: ForkedWorkers, cids: list[int], steps: int) -> None:
+    replies = workers.run([({"cid": c, "steps": steps}, b"") for c in cids], [1.0] * len(cids))
+    bad = [r for r in replies if isinstance(r, Exception)]
+    if bad:
+        raise RuntimeError(f"a forked worker failed: {bad[0]}")
 
 
-def cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds of this process and of the given (living) worker processes."""
+    total = 0.0
+    for pid in [os.getpid(), *pids]:
+        t = psutil.Process(pid).cpu_times()
+        total += t.user + t.system
+    return total
 
 
 def main() -> None:
@@ -102,23 +96,30 @@ def main() -> None:
     task = build_task(cfg)
     models = [task.model, apply_shared(task.base, task.method, task.arch, cfg.run.seed)]
     cids = list(range(args.clients))
+
+    def handle(meta: dict[str, Any], _: bytes) -> bytes:
+        train_one(task, task.model, int(meta["cid"]), int(meta["steps"]))
+        return b"ok"
+
+    workers = ForkedWorkers(2, handle)
     run: dict[str, Any] = {
         "seq1": lambda: seq(task, models, cids, args.steps, 1),
         "seq2": lambda: seq(task, models, cids, args.steps, 2),
         "threads": lambda: threads(task, models, cids, args.steps),
-        "fork": lambda: fork(task, models, cids, args.steps),
+        "fork": lambda: fork(workers, cids, args.steps),
     }
     modes = args.modes.split(",")
     seq(task, models, cids[:1], 2, 1)  # warm-up
+    fork(workers, cids[:2], 1)  # the workers start once, as in a run
     wall: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
     for _ in range(args.repeats):
         for m in modes:
             load = os.getloadavg()[0]
-            c0, t0 = cpu_seconds(), time.perf_counter()
+            c0, t0 = cpu_seconds(workers.pids), time.perf_counter()
             run[m]()
             wall[m].append(time.perf_counter() - t0)
-            cpu[m].append(cpu_seconds() - c0)
+            cpu[m].append(cpu_seconds(workers.pids) - c0)
             print(json.dumps({"mode": m, "wall_s": wall[m][-1], "cpu_s": cpu[m][-1],
                               "load1": load}), flush=True)  # fmt: skip
     samples = args.clients * args.steps * 16
@@ -131,6 +132,7 @@ def main() -> None:
         }
         for m in modes
     }
+    workers.close()
     print(json.dumps({"args": vars(args), "load_after": os.getloadavg(), "modes": out}, indent=2))
 
 
