@@ -25,7 +25,7 @@ def test_a_run_evaluates_only_when_due(tiny) -> None:
     assert result.summary["final_accuracy"] == evals[2]["accuracy"]
     assert result.summary["best_accuracy"] == max(evals[1]["accuracy"], evals[2]["accuracy"])
     report = write_report(result.run_dir).read_text()
-    assert "| 1 | – | – | – |" in report
+    assert "| 1 | — | — | — |" in report
 
 
 def test_allocation_needs_every_round_evaluated() -> None:

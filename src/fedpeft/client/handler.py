@@ -1,17 +1,26 @@
 """The client's side of one message: decode the global state, train, encode the reply.
 
-Any runtime (in-process or Flower) moves only these bytes, so byte counts are exact.
+Any runtime (in-process or Flower) moves only these bytes, so byte counts are exact. A
+payload may carry tensors beside the adapter, named ``x/<part>/<key>`` (``EXTRA``): what a
+client half needs from the server (SCAFFOLD's control ``c``) and sends back (``Δc_i``). What
+a client keeps between its rounds (``ClientState``) comes in and goes out beside the bytes;
+the runtime stores it on the client's side (``client.state``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from fedpeft.client.state import ClientState
 from fedpeft.client.train import ClientData, train
 from fedpeft.compression import decode, encode
 from fedpeft.peft import set_adapter_state
-from fedpeft.types import TrainInstruction
+from fedpeft.types import AdapterState, ClientUpdate, TrainInstruction
+
+EXTRA = "x/"  # prefix of the tensors a payload carries beside the adapter
 
 # message metadata keys (typed constants, not strings scattered across files)
 META_CLIENT_ID = "client_id"
@@ -21,16 +30,38 @@ META_ROUND = "round"
 META_NONCE = "nonce"  # echoes the instruction's nonce: the reply answers that instruction
 
 
+@dataclass(frozen=True)
+class FitResult:
+    """The encoded reply, and what the client keeps now (None: its state did not change)."""
+
+    reply: bytes
+    state: ClientState | None = None
+
+
+def split_extras(tensors: AdapterState) -> tuple[AdapterState, AdapterState]:
+    """(the adapter's tensors, the ``x/…`` tensors beside it)."""
+    adapter = {k: v for k, v in tensors.items() if not k.startswith(EXTRA)}
+    return adapter, {k: v for k, v in tensors.items() if k.startswith(EXTRA)}
+
+
 def handle_fit(
     model: nn.Module,
     payload: bytes,
     instruction: TrainInstruction,
     data: ClientData,
     device: torch.device,
-) -> bytes:
-    state, _ = decode(payload)
-    set_adapter_state(model, state)
+    state: ClientState | None = None,
+) -> FitResult:
+    """One round on this client: the payload's adapter loaded, trained, the reply encoded."""
+    adapter, _extras = split_extras(decode(payload)[0])
+    set_adapter_state(model, adapter)
     update = train(model, instruction, data, device)
+    return FitResult(encode_reply(update, instruction))
+
+
+def encode_reply(update: ClientUpdate, instruction: TrainInstruction) -> bytes:
+    """The reply's bytes: the adapter and its extras, with the metadata that binds it to
+    ``instruction``."""
     meta: dict[str, object] = {
         META_CLIENT_ID: update.client_id,
         META_ROUND: instruction.round,
@@ -38,4 +69,4 @@ def handle_fit(
         META_NUM_EXAMPLES: update.num_examples,
         META_METRICS: update.metrics,
     }
-    return encode(update.state, meta)
+    return encode(update.state | update.extras, meta)

@@ -28,6 +28,7 @@ from fedpeft.data import (
 from fedpeft.errors import FedpeftError
 from fedpeft.models import (
     ModelSpec,
+    check_available,
     get_model_spec,
     image_preprocess,
     is_vision_model,
@@ -167,6 +168,7 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
 def check_pairing(cfg: ExperimentConfig) -> None:
     """The model must take the dataset's modality and support the PEFT method."""
     spec = get_model_spec(cfg.model.name)
+    check_available(spec)  # a hub model on an offline machine fails here, in a second
     vision, images = is_vision_model(spec), is_image_dataset(cfg.data.dataset)
     if vision != images:
         takes, holds = ("images", "text") if vision else ("text", "images")

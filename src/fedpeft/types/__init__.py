@@ -39,6 +39,7 @@ class ClientUpdate:
     state: AdapterState
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    extras: AdapterState = field(default_factory=dict)  # sent beside the adapter (e.g. Δc_i)
 
 
 class ClientStatus(StrEnum):

@@ -23,7 +23,9 @@ from fedpeft.client import (
     META_NUM_EXAMPLES,
     META_ROUND,
     ClientData,
+    ClientStateStore,
     derive_seed,
+    split_extras,
 )
 from fedpeft.compression import decode, encode
 from fedpeft.data import Batch, ImageBatch, TokenizedSplit
@@ -167,9 +169,13 @@ class GroupedClientPool(LocalClientPool):
     """A round's clients trained ``per_pass`` at a time in one pass (a ``BatchedPool``)."""
 
     def __init__(
-        self, task: Task, per_pass: int, devices: list[ResourceProfile] | None = None
+        self,
+        task: Task,
+        per_pass: int,
+        devices: list[ResourceProfile] | None = None,
+        states: ClientStateStore | None = None,
     ) -> None:
-        super().__init__(task, devices)
+        super().__init__(task, devices, states)
         self.per_pass = per_pass
         self._grouped: dict[tuple[str, str], GroupedLora | None] = {}
 
@@ -179,9 +185,11 @@ class GroupedClientPool(LocalClientPool):
         for k, (ins, payload) in enumerate(requests):
             try:
                 self.admit(ins, len(payload))
-                todo.setdefault(group_key(ins), []).append(k)
             except Exception as e:  # noqa: BLE001 - skipped or failed, as ``fit`` raises
                 out[k] = e
+                continue
+            alone = not self._plain(ins, payload)  # a client half's extras or kept state
+            todo.setdefault((group_key(ins), k if alone else -1), []).append(k)
         for members in todo.values():
             members.sort(key=lambda k: -len(self.task.data.partitions[requests[k][0].client_id]))
             for i in range(0, len(members), self.per_pass):
@@ -203,6 +211,14 @@ class GroupedClientPool(LocalClientPool):
             return list(fit_group(g, chunk, self.task))
         except Exception as e:  # noqa: BLE001 - the group's clients fail, the round goes on
             return [e] * len(chunk)
+
+    def _plain(self, ins: TrainInstruction, payload: bytes) -> bool:
+        """Whether the client needs nothing but its adapter (no extras, no kept state)."""
+        try:
+            extras = split_extras(decode(payload)[0])[1]
+        except Exception:  # noqa: BLE001 - its own training reports the bad payload
+            return False
+        return not extras and not self.states.load(ins.client_id, ins.round)
 
     def _fit_one(self, ins: TrainInstruction, payload: bytes) -> bytes | Exception:
         try:

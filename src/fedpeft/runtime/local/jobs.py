@@ -1,7 +1,9 @@
 """What a forked worker runs (``workers.py``), by the request's ``kind``:
 
-- ``fit``: one client's round: its instruction (JSON) and the encoded state it starts from
-  in, its encoded reply out (``client.handle_fit``, as in the server process);
+- ``fit``: one client's round: its instruction (JSON), the encoded state it starts from and
+  the state it kept from its last round in; its encoded reply and what it keeps now out
+  (``client.handle_fit``, as in the server process; the server process stores kept states,
+  so any worker can train any client);
 - ``eval``: a contiguous share ``[start, stop)`` of central evaluation's length-sorted
   batches (``server.evaluate.eval_order``) for an encoded global state, its logits out
   as raw float32 rows.
@@ -9,10 +11,12 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import torch
 
-from fedpeft.client import ClientData, handle_fit
+from fedpeft.client import ClientData, ClientState, FitResult, handle_fit
 from fedpeft.compression import decode, encode
 from fedpeft.peft import set_adapter_state
 from fedpeft.runtime.local.workers import Meta, instruction_from_json, instruction_json
@@ -21,10 +25,29 @@ from fedpeft.server.task import Task
 from fedpeft.types import AdapterState, TrainInstruction
 
 FIT, EVAL = "fit", "eval"
+_LEN = struct.Struct(">Q")
 
 
-def fit_request(ins: TrainInstruction, payload: bytes) -> tuple[Meta, bytes]:
-    return {"kind": FIT, "instruction": instruction_json(ins)}, payload
+def pack(first: bytes, state: ClientState | None) -> bytes:
+    """``first`` and an encoded client state (none: empty) as one byte string."""
+    rest = encode(state) if state else b""
+    return _LEN.pack(len(first)) + first + rest
+
+
+def unpack(raw: bytes) -> tuple[bytes, ClientState | None]:
+    (n,) = _LEN.unpack_from(raw)
+    first, rest = raw[_LEN.size : _LEN.size + n], raw[_LEN.size + n :]
+    return first, (decode(rest)[0] if rest else None)
+
+
+def fit_request(ins: TrainInstruction, payload: bytes, kept: ClientState) -> tuple[Meta, bytes]:
+    return {"kind": FIT, "instruction": instruction_json(ins)}, pack(payload, kept)
+
+
+def fit_result(raw: bytes) -> FitResult:
+    """A ``fit`` reply's bytes back as the client's ``FitResult``."""
+    reply, state = unpack(raw)
+    return FitResult(reply, state)
 
 
 def eval_request(
@@ -48,16 +71,18 @@ class WorkerJobs:
 
     def handle(self, meta: Meta, payload: bytes) -> bytes:
         if meta.get("kind") == FIT:
-            return self.fit(instruction_from_json(meta["instruction"]), payload)
+            adapter, kept = unpack(payload)
+            result = self.fit(instruction_from_json(meta["instruction"]), adapter, kept or {})
+            return pack(result.reply, result.state)
         if meta.get("kind") == EVAL:
             return self.eval(meta, payload)
         raise ValueError(f"unknown worker request kind {meta.get('kind')!r}")
 
-    def fit(self, ins: TrainInstruction, payload: bytes) -> bytes:
+    def fit(self, ins: TrainInstruction, payload: bytes, kept: ClientState) -> FitResult:
         task, cid = self.task, ins.client_id
         model = task.model_for(ins.method, ins.options)
         data = ClientData(task.data.train, task.data.partitions[cid])
-        return handle_fit(model, payload, ins, data, task.device)
+        return handle_fit(model, payload, ins, data, task.device, kept)
 
     def eval(self, meta: Meta, payload: bytes) -> bytes:
         t = self.task

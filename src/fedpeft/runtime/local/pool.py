@@ -13,13 +13,20 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from fedpeft.allocation import Workload, client_workload, make_allocation_config
+from fedpeft.client import ClientData, ClientState, ClientStateStore, FitResult, handle_fit
 from fedpeft.data import DataProfile
 from fedpeft.data.instruct import InstructSplit
 from fedpeft.errors import ClientSkipped
 from fedpeft.peft import get_adapter_state, parse_method_ref, set_adapter_state
 from fedpeft.profiling import ResourceProfile, declared_devices
 from fedpeft.runtime.local.devices import DeviceSim, thread_cap
-from fedpeft.runtime.local.jobs import WorkerJobs, eval_request, fit_request, logits_from_bytes
+from fedpeft.runtime.local.jobs import (
+    WorkerJobs,
+    eval_request,
+    fit_request,
+    fit_result,
+    logits_from_bytes,
+)
 from fedpeft.runtime.local.threads import ThreadPlan
 from fedpeft.runtime.local.workers import ForkedWorkers
 from fedpeft.server.evaluate import (
@@ -54,8 +61,14 @@ class LocalClientPool:
     those that did.
     """
 
-    def __init__(self, task: Task, devices: list[ResourceProfile] | None = None) -> None:
+    def __init__(
+        self,
+        task: Task,
+        devices: list[ResourceProfile] | None = None,
+        states: ClientStateStore | None = None,
+    ) -> None:
         self.task = task
+        self.states = states or ClientStateStore()  # what each client keeps between rounds
         cfg, p = task.cfg, task.cfg.profiles
         self.devices = devices or declared_devices(
             cfg.data.num_clients, p.mix, cfg.run.seed, p.file
@@ -90,8 +103,25 @@ class LocalClientPool:
         """Releases what the pool holds (nothing here; workers in ``ParallelClientPool``)."""
 
     def train(self, instruction: TrainInstruction, payload: bytes) -> bytes:
-        """The client's training itself: its model, its data, the encoded reply."""
-        return WorkerJobs(self.task).fit(instruction, payload)
+        """The client's training itself, on its model and its data: the encoded reply."""
+        task, cid = self.task, instruction.client_id
+        model = task.model_for(instruction.method, instruction.options)
+        data = ClientData(task.data.train, task.data.partitions[cid])
+        return self.fit_on(model, payload, instruction, data)
+
+    def fit_on(
+        self, model: torch.nn.Module, payload: bytes, ins: TrainInstruction, data: ClientData
+    ) -> bytes:
+        """``handle_fit`` of ``model`` on ``data``, with the client's kept state loaded before
+        and saved after."""
+        kept = self.states.load(ins.client_id, ins.round)
+        return self.keep(ins, handle_fit(model, payload, ins, data, self.task.device, kept))
+
+    def keep(self, instruction: TrainInstruction, result: FitResult) -> bytes:
+        """Saves what the client keeps now (if it changed); its reply."""
+        if result.state is not None:
+            self.states.save(instruction.client_id, instruction.round, result.state)
+        return result.reply
 
     def admit(self, instruction: TrainInstruction, down: int) -> None:
         """Raises ``ClientSkipped`` for a simulated device that does not train this round:
@@ -135,9 +165,13 @@ class ParallelClientPool(LocalClientPool):
     depend on the number of workers; ``close`` ends them."""
 
     def __init__(
-        self, task: Task, plan: ThreadPlan, devices: list[ResourceProfile] | None = None
+        self,
+        task: Task,
+        plan: ThreadPlan,
+        devices: list[ResourceProfile] | None = None,
+        states: ClientStateStore | None = None,
     ) -> None:
-        super().__init__(task, devices)
+        super().__init__(task, devices, states)
         self.plan = plan
         self.workers = ForkedWorkers(plan.workers, WorkerJobs(task).handle, plan.worker_threads)
 
@@ -152,12 +186,19 @@ class ParallelClientPool(LocalClientPool):
             except Exception as e:  # noqa: BLE001 - skipped or failed, as ``fit`` raises
                 out.append(e)
         costs = [self._cost(requests[k][0]) for k in admitted]
-        replies = self.workers.run([fit_request(*requests[k]) for k in admitted], costs)
-        for k, reply in zip(admitted, replies, strict=True):
-            if isinstance(reply, bytes):
-                self.settle(requests[k][0], len(requests[k][1]), len(reply))
+        jobs = [fit_request(*requests[k], self._kept(requests[k][0])) for k in admitted]
+        for k, raw in zip(admitted, self.workers.run(jobs, costs), strict=True):
+            ins, payload = requests[k]
+            if isinstance(raw, Exception):
+                out[k] = raw
+                continue
+            reply = self.keep(ins, fit_result(raw))
+            self.settle(ins, len(payload), len(reply))
             out[k] = reply
         return out
+
+    def _kept(self, ins: TrainInstruction) -> ClientState:
+        return self.states.load(ins.client_id, ins.round)
 
     def close(self) -> None:
         self.workers.close()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedpeft.client import ClientStateStore
 from fedpeft.config import ExperimentConfig, config_fingerprint, config_to_toml
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import get_adapter_state, parse_method_ref, save_adapter
@@ -36,7 +37,7 @@ from fedpeft.server import (
 from fedpeft.server.export import export_adapter
 from fedpeft.server.groups import GroupBook
 from fedpeft.server.protocols import ClientPool
-from fedpeft.server.store import CONFIG, PARTITIONS, SUMMARY, write_atomic
+from fedpeft.server.store import CLIENT_STATES, CONFIG, PARTITIONS, SUMMARY, write_atomic
 from fedpeft.server.summary import build_summary
 from fedpeft.server.task import Task, build_task, check_names, resolved
 from fedpeft.server.validate import RejectedUpdate, check_finite, check_tensors
@@ -84,7 +85,8 @@ def run_local(
     else:
         store.truncate_logs(state.round)
         write_atomic(store.root / CONFIG, resolved_toml.encode())
-    clients = (pool or client_pool)(task)
+    states = ClientStateStore(store.root / CLIENT_STATES)  # clients' own: never on the wire
+    clients = pool(task) if pool else client_pool(task, states=states)
     workers = clients.workers if isinstance(clients, ParallelClientPool) else None
     fed = Federation(
         cfg,
@@ -121,14 +123,16 @@ def run_local(
     return RunResult(store.root, main, rounds, summary)
 
 
-def client_pool(task: Task) -> LocalClientPool:
+def client_pool(task: Task, states: ClientStateStore | None = None) -> LocalClientPool:
     """The in-process pool the thread plan asks for (logged): clients trained several per
     pass (an accelerator), in forked workers (CPU cores), or one at a time."""
     plan = plan_threads(task.cfg, task.device)
     apply_plan(plan)
     if plan.clients_per_pass > 1:
-        return GroupedClientPool(task, plan.clients_per_pass)
-    return ParallelClientPool(task, plan) if plan.workers > 1 else LocalClientPool(task)
+        return GroupedClientPool(task, plan.clients_per_pass, states=states)
+    if plan.workers > 1:
+        return ParallelClientPool(task, plan, states=states)
+    return LocalClientPool(task, states=states)
 
 
 @contextmanager
