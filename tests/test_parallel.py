@@ -8,6 +8,7 @@ import os
 import signal
 import time
 
+import psutil
 import pytest
 import torch
 
@@ -79,7 +80,11 @@ def test_workers_answer_in_request_order_and_survive_failures() -> None:
         assert len(workers.pids) == 2
         for pid in workers.pids:  # both die between rounds (e.g. killed for memory)
             os.kill(pid, signal.SIGKILL)
-        time.sleep(0.2)
+        for pid in workers.pids:  # wait until each is dead (a zombie, not yet reaped)
+            deadline = time.monotonic() + 60
+            while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
         late = workers.run([(instruction_json(_ins(c)), b"xy") for c in (0, 1, 2)], [1, 1, 1])
         assert all(isinstance(r, bytes) and r.endswith(b":yx") for r in late)
     finally:
