@@ -105,6 +105,21 @@ def test_methods_that_cannot_be_grouped_train_one_by_one(tiny) -> None:
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_clients_with_compressed_replies_train_one_by_one(tiny) -> None:
+    """A compressed reply (and the residual it keeps) is ``handle_fit``'s: no grouping."""
+    from fedpeft.compression import CompressionScheme
+
+    task = build_task(tiny("data.num_clients=3"))
+    scheme = CompressionScheme(bits=8, rounding="nearest").to_json()
+    requests = _requests(task, compression=scheme)
+    alone = [LocalClientPool(task).fit(ins, payload) for ins, payload in requests]
+    together = GroupedClientPool(task, per_pass=3).fit_many(requests)
+    for a, b in zip(alone, together, strict=True):
+        assert isinstance(b, bytes)
+        sa, sb = decode(a)[0], decode(b)[0]
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def test_a_run_with_clients_trained_together_is_reproducible(tiny) -> None:
     sets = (*SKEWED, "run.clients_per_pass=4", "run.rounds=2")
     first, again = run_local(tiny(*sets)), run_local(tiny(*sets, "run.name='again'"))

@@ -144,6 +144,21 @@ def test_two_workers_give_bitwise_the_run_of_one(tiny, method: str) -> None:
     assert all(r["fit_time_s"] > 0 for r in two.rounds)
 
 
+def test_compressed_replies_and_kept_residuals_through_the_workers(tiny) -> None:
+    """8-bit replies with error feedback: each client's residual ``ef/…`` goes to its worker
+    with the fit job and comes back with the reply; the server process stores it."""
+    extra = ("data.num_clients=4", "run.rounds=2", "compression.bits_up=8")
+    one, seq_pool = _run(tiny, 1, *extra)
+    two, par_pool = _run(tiny, 2, *extra)
+    assert isinstance(par_pool, ParallelClientPool)
+    assert all(c["status"] == "ok" for c in _clients(two))
+    assert all(torch.equal(one.state[k], two.state[k]) for k in one.state)
+    for cid in range(4):
+        a, b = (p.states.load(cid, 3) for p in (seq_pool, par_pool))
+        assert a and all(k.startswith("ef/") for k in a)  # a residual, kept after round 2
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_parallel_pool_simulates_devices_like_the_sequential_one(tiny, tmp_path) -> None:
     from tests.test_hetero import _tiers
 

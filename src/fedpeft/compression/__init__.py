@@ -17,6 +17,7 @@ from fedpeft.compression.message import (
     encode_delta,
     encode_update,
     message_bytes,
+    reply_layout,
     rounding_generator,
 )
 from fedpeft.compression.plan import Plan, make_plan
@@ -55,6 +56,7 @@ __all__ = [
     "make_plan",
     "message_bytes",
     "payload_layout",
+    "reply_layout",
     "rounding_generator",
     "scheme_for",
     "up_scheme",

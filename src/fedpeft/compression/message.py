@@ -27,7 +27,7 @@ from fedpeft.compression.check import (
     read_scheme,
     wire_meta,
 )
-from fedpeft.compression.codec import decode, encode
+from fedpeft.compression.codec import Layout, decode, encode
 from fedpeft.compression.feedback import Compressor, add_residual, error_feedback
 from fedpeft.compression.packed import pack, unpack
 from fedpeft.compression.plan import CODES, INDICES, SCALES, VALUES, Plan, make_plan
@@ -198,3 +198,14 @@ def message_bytes(
     zeros = {name: torch.zeros(n, dtype=dtype) for name, (dtype, n) in plan.wire().items()}
     full = {**(meta or {}), META_COMPRESSION: wire_meta(scheme, layout)}
     return len(encode(zeros, full))
+
+
+def reply_layout(served: Layout, scheme: CompressionScheme | None) -> Layout:
+    """The tensors a reply to a payload holding ``served`` must carry: the same tensors, or,
+    compressed with ``scheme``, the message's packed ones (what a transport checks before
+    decoding anything)."""
+    if scheme is None or scheme.identity:
+        return served
+    delta_layout = tuple((key, tuple(shape)) for key, (_, shape) in sorted(served.items()))
+    wire = make_plan(delta_layout, scheme).wire()
+    return {name: (dtype, (length,)) for name, (dtype, length) in wire.items()}

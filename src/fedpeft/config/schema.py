@@ -175,6 +175,10 @@ class SimulationConfig(_Section):
     thread_cap: bool = Field(True, description="torch threads = the device's cores")
 
 
+Width = Literal[32, 16, 8, 4, 2]
+WIDTHS: tuple[Width, ...] = (32, 16, 8, 4, 2)
+
+
 class CompressionConfig(_Section):
     """Update compression (issue 15). The defaults send every value as float32, as before.
 
@@ -191,8 +195,10 @@ class CompressionConfig(_Section):
     rounding: Literal["stochastic", "nearest"] = "stochastic"
     group_size: PositiveInt | Literal["row"] = 64
     half: Literal["fp16", "bf16"] = Field("fp16", description="the 16-bit float format")
-    adaptive_bits: tuple[Literal[32, 16, 8, 4, 2], ...] = Field(
-        (32, 16, 8, 4, 2), min_length=1, description="adaptive: the widths to choose from"
+    adaptive_bits: list[Width] = Field(  # a list: TOML has no tuples
+        default_factory=lambda: list(WIDTHS),
+        min_length=1,
+        description="adaptive: the widths to choose from",
     )
     deadline_share: float = Field(
         0.25, gt=0.0, le=1.0, description="adaptive: share of the deadline for the upload"

@@ -213,12 +213,15 @@ class GroupedClientPool(LocalClientPool):
             return [e] * len(chunk)
 
     def _plain(self, ins: TrainInstruction, payload: bytes) -> bool:
-        """Whether the client needs nothing but its adapter (no extras, no kept state)."""
+        """Whether the client needs nothing but its adapter and a plain reply (no extras, no
+        kept state, no compressed reply)."""
+        if ins.compression:
+            return False
         try:
             extras = split_extras(decode(payload)[0])[1]
         except Exception:  # noqa: BLE001 - its own training reports the bad payload
             return False
-        return not extras and not self.states.load(ins.client_id, ins.round)
+        return not extras and not self.states.load(ins.client_id, ins.round, ins.run_id)
 
     def _fit_one(self, ins: TrainInstruction, payload: bytes) -> bytes | Exception:
         try:

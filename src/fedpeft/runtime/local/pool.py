@@ -114,13 +114,15 @@ class LocalClientPool:
     ) -> bytes:
         """``handle_fit`` of ``model`` on ``data``, with the client's kept state loaded before
         and saved after."""
-        kept = self.states.load(ins.client_id, ins.round)
+        kept = self.states.load(ins.client_id, ins.round, ins.run_id)
         return self.keep(ins, handle_fit(model, payload, ins, data, self.task.device, kept))
 
     def keep(self, instruction: TrainInstruction, result: FitResult) -> bytes:
         """Saves what the client keeps now (if it changed); its reply."""
         if result.state is not None:
-            self.states.save(instruction.client_id, instruction.round, result.state)
+            self.states.save(
+                instruction.client_id, instruction.round, result.state, instruction.run_id
+            )
         return result.reply
 
     def admit(self, instruction: TrainInstruction, down: int) -> None:
@@ -198,7 +200,7 @@ class ParallelClientPool(LocalClientPool):
         return out
 
     def _kept(self, ins: TrainInstruction) -> ClientState:
-        return self.states.load(ins.client_id, ins.round)
+        return self.states.load(ins.client_id, ins.round, ins.run_id)
 
     def close(self) -> None:
         self.workers.close()
