@@ -62,8 +62,9 @@ def no_dropout(model: nn.Module) -> None:
             m.p = 0.0
 
 
-def equivalence(device: str, model: str, autocast: str, k: int) -> dict[str, Any]:
-    task = task_for(device, model, k, autocast, ["data.train_size=256", "client.batch_size=8"])
+def equivalence(device: str, model: str, autocast: str, k: int, sets: list[str]) -> dict[str, Any]:
+    extra = ["data.train_size=256", "client.batch_size=8", *sets]
+    task = task_for(device, model, k, autocast, extra)
     reqs = requests(task, steps=4)
     no_dropout(task.model)
     alone = [LocalClientPool(task).fit(i, p) for i, p in reqs]
@@ -87,8 +88,8 @@ def equivalence(device: str, model: str, autocast: str, k: int) -> dict[str, Any
 
 
 def speed(device: str, model: str, per_pass: int, autocast: str, clients: int, steps: int,
-          compiled: bool) -> dict[str, Any]:  # fmt: skip
-    extra = ["data.train_size=4000", f"run.compile={str(compiled).lower()}"]
+          compiled: bool, sets: list[str]) -> dict[str, Any]:  # fmt: skip
+    extra = ["data.train_size=4000", f"run.compile={str(compiled).lower()}", *sets]
     task = task_for(device, model, clients, autocast, extra)
     pool = GroupedClientPool(task, per_pass=per_pass) if per_pass > 1 else None
     reqs = requests(task, steps)
@@ -125,15 +126,17 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--model", default=None, help="default: MiniLM on CUDA, tiny-bert on CPU")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="k=v overrides")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     gpu = args.device == "cuda"
-    model = "sentence-transformers/all-MiniLM-L6-v2" if gpu else "tiny-bert"
+    model = args.model or ("sentence-transformers/all-MiniLM-L6-v2" if gpu else "tiny-bert")
     precisions = ["off", "bf16"] if gpu else ["off"]
     result: dict[str, Any] = {"device": args.device, "model": model, "torch": torch.__version__}
     if gpu:
         result["gpu"] = torch.cuda.get_device_name()
-    result["equivalence"] = [equivalence(args.device, model, p, 4) for p in precisions]
+    result["equivalence"] = [equivalence(args.device, model, p, 4, args.sets) for p in precisions]
     print(json.dumps(result["equivalence"]), flush=True)
     clients, steps = (args.clients, args.steps) if gpu else (8, 2)
     per_pass = [int(x) for x in args.per_pass.split(",") if int(x) <= clients]
@@ -141,7 +144,7 @@ def main() -> None:
     for p in precisions:
         for k in per_pass:
             for compiled in [False, True] if args.compile else [False]:
-                row = speed(args.device, model, k, p, clients, steps, compiled)
+                row = speed(args.device, model, k, p, clients, steps, compiled, args.sets)
                 result["speed"].append(row)
                 print(json.dumps(row), flush=True)
     text = json.dumps(result, indent=2)

@@ -13,7 +13,9 @@ Ratios are against the first variant. The 1-minute load average is printed with 
 
 ``--base`` and each variant's ``;``-separated settings are ``--set`` overrides, except
 ``compete=N``: N CPU-bound busy loops run beside that variant (each in its own session, as
-another user's job would), to measure the slowdown under competition.
+another user's job would), to measure the slowdown under competition; and
+``runtime=NAME``: ``fedpeft run --runtime NAME`` (e.g. ``flower-sim``, whose Ray processes
+count in the tree's CPU and memory like forked workers do).
 """
 
 from __future__ import annotations
@@ -42,11 +44,13 @@ BUSY = "while True: pass"
 
 
 def one_run(out: Path, tag: str, sets: list[str]) -> dict[str, Any]:
-    compete = sum(int(s.split("=", 1)[1]) for s in sets if s.startswith("compete="))
+    special = dict(s.split("=", 1) for s in sets if s.startswith(("compete=", "runtime=")))
+    compete = int(special.get("compete", 0))
     cmd = [sys.executable, "-m", "fedpeft.cli.main", "run",
+           "--runtime", special.get("runtime", "local"),
            "--set", f"run.output_dir='{out}'", "--set", f"run.name='{tag}'"]  # fmt: skip
     for s in sets:
-        if not s.startswith("compete="):
+        if not s.startswith(("compete=", "runtime=")):
             cmd += ["--set", s]
     busy = [subprocess.Popen([sys.executable, "-c", BUSY], start_new_session=True)
             for _ in range(compete)]  # fmt: skip
@@ -60,7 +64,8 @@ def one_run(out: Path, tag: str, sets: list[str]) -> dict[str, Any]:
             b.kill()
             b.wait()
     if proc.returncode != 0:
-        raise RuntimeError(f"{tag} failed: {proc.stderr.strip()[-2000:]}")
+        tail = (proc.stderr.strip() or proc.stdout.strip())[-2000:]
+        raise RuntimeError(f"{tag} failed with exit code {proc.returncode}: {tail}")
     summary, rounds = read_run(sorted(out.glob(f"{tag}-*"))[-1])
     per = lambda key: statistics.median(r[key] for r in rounds)  # noqa: E731
     over = [r["wall_time_s"] - r["fit_time_s"] - r["eval_time_s"] for r in rounds]
@@ -102,17 +107,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):
             for name, sets in variants.items():
-                row = one_run(Path(tmp), f"{name}{rep}", sets)
+                try:
+                    row = one_run(Path(tmp), f"{name}{rep}", sets)
+                except RuntimeError as e:  # one failed run (e.g. killed) leaves the others
+                    print(json.dumps({"variant": name, "repeat": rep, "error": str(e)}))
+                    continue
                 runs[name].append(row)
                 print(json.dumps({"variant": name, "repeat": rep, **row}), flush=True)
     first = next(iter(variants))
     result: dict[str, Any] = {"repeats": args.repeats, "cpus": os.cpu_count(), "variants": {}}
     for name, rows in runs.items():
+        if not rows:
+            continue
         keys = [k for k in rows[0] if k != "accuracy_per_round"]
         med = {k: statistics.median(r[k] for r in rows) for k in keys}
         med["accuracy_per_round"] = rows[-1]["accuracy_per_round"]
-        ref = statistics.median(r["median_round_s"] for r in runs[first])
-        med["round_speedup_vs_" + first] = ref / med["median_round_s"]
+        if runs[first]:
+            ref = statistics.median(r["median_round_s"] for r in runs[first])
+            med["round_speedup_vs_" + first] = ref / med["median_round_s"]
         result["variants"][name] = {"sets": variants[name], "median": med}
     text = json.dumps(result, indent=2)
     print(text)

@@ -150,3 +150,8 @@ def test_gpu_script_runs_its_cpu_fallback(tmp_path) -> None:
     assert result["device"] == "cpu" and all(e["ok"] for e in result["equivalence"])
     assert [r["per_pass"] for r in result["speed"]] == [1, 4]
     assert all(r["updates_per_s"] > 0 for r in result["speed"])
+    llama = json.loads((tmp_path / "gpu_check_cpu_llama.json").read_text())
+    assert all(e["ok"] for e in llama["equivalence"]) and llama["speed"][0]["per_pass"] == 4
+    mfu = json.loads((tmp_path / "gpu_mfu_cpu.json").read_text())
+    assert mfu["frozen_matmul_params"] == 2 * (4 * 64 * 64 + 3 * 64 * 128) + 64 * 128
+    assert 0 < mfu["mfu"] < 1
