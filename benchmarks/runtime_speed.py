@@ -52,12 +52,15 @@ def one_run(out: Path, tag: str, sets: list[str]) -> dict[str, Any]:
     for s in sets:
         if not s.startswith(("compete=", "runtime=")):
             cmd += ["--set", s]
+    # Ray's memory monitor kills workers when the whole machine is above 95 % of its memory,
+    # other users' processes included: off, so a shared machine does not fail the variant
+    env = dict(os.environ, RAY_memory_monitor_refresh_ms="0")
     busy = [subprocess.Popen([sys.executable, "-c", BUSY], start_new_session=True)
             for _ in range(compete)]  # fmt: skip
     try:
         load, cpu0, t0 = os.getloadavg()[0], children_cpu_s(), time.perf_counter()
         with TreeMemory(interval=0.5) as mem:
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
     finally:
         for b in busy:
