@@ -29,6 +29,40 @@ def run_fedpeft(out: Path, tag: str, sets: list[str]) -> Path:
     return sorted(out.glob(f"{tag}-*"))[-1]
 
 
+class TreeMemory:
+    """Peak summed PSS of this process's descendants (and optionally itself), sampled every
+    ``interval`` seconds: shared pages (one base model under forked workers) count once."""
+
+    def __init__(self, include_self: bool = False, interval: float = 1.0) -> None:
+        import threading
+
+        self.include_self, self.interval, self.peak = include_self, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.wait(self.interval):
+            procs = me.children(recursive=True) + ([me] if self.include_self else [])
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_full_info().pss
+                except (psutil.Error, AttributeError):
+                    continue
+            self.peak = max(self.peak, total)
+
+
 def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(summary.json, metrics.jsonl rows) of a finished run."""
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -18,44 +18,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-from common import read_run
+from common import TreeMemory, read_run
 
 from fedpeft.config import config_to_toml, load_config
 from fedpeft.runtime.flower.deploy import run_deployed
-
-
-class TreeMemory:
-    """Peak summed PSS of this process's descendants (and optionally itself)."""
-
-    def __init__(self, include_self: bool = False) -> None:
-        self.include_self, self.peak, self._stop = include_self, 0, threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        me = psutil.Process()
-        while not self._stop.wait(1.0):
-            procs = me.children(recursive=True) + ([me] if self.include_self else [])
-            total = 0
-            for p in procs:
-                try:
-                    total += p.memory_full_info().pss
-                except (psutil.Error, AttributeError):
-                    continue
-            self.peak = max(self.peak, total)
 
 
 def _cli_run(runtime: str, out: Path, sets: list[str]) -> Path:

@@ -105,7 +105,7 @@ def test_bad_update_is_rejected_and_the_round_goes_on(tiny, monkeypatch, mode: s
     import fedpeft.runtime.local.simulator as sim
 
     real = sim.LocalClientPool
-    monkeypatch.setattr(sim, "LocalClientPool", lambda task, **kw: _BadPool(real(task, **kw), mode))
+    monkeypatch.setattr(sim, "client_pool", lambda task, **kw: _BadPool(real(task, **kw), mode))
     result = run_local(tiny())
     clients = _lines(result.run_dir / "clients.jsonl")
     bad = [c for c in clients if c["client_id"] == 1]
@@ -120,7 +120,7 @@ def test_unparseable_metrics_are_dropped_and_bytes_still_counted(tiny, monkeypat
 
     real = sim.LocalClientPool
     monkeypatch.setattr(
-        sim, "LocalClientPool", lambda task, **kw: _BadPool(real(task, **kw), "overflowing_metric")
+        sim, "client_pool", lambda task, **kw: _BadPool(real(task, **kw), "overflowing_metric")
     )
     result = run_local(tiny("run.rounds=1"))
     client1 = next(c for c in _lines(result.run_dir / "clients.jsonl") if c["client_id"] == 1)

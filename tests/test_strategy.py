@@ -107,7 +107,7 @@ def test_ffa_lora_rejects_a_client_that_changed_a(tiny, monkeypatch) -> None:
 
     real = sim.LocalClientPool
     monkeypatch.setattr(
-        sim, "LocalClientPool", lambda task, **kw: _Tampers(real(task, **kw), _changes_a)
+        sim, "client_pool", lambda task, **kw: _Tampers(real(task, **kw), _changes_a)
     )
     result = run_local(tiny("server.aggregator='ffa_lora'", "run.rounds=1"))
     lines = (result.run_dir / "clients.jsonl").read_text().splitlines()
@@ -127,9 +127,7 @@ def test_norm_clipping_bounds_what_one_boosted_update_moves(tiny, monkeypatch, c
     import fedpeft.runtime.local.simulator as sim
 
     real = sim.LocalClientPool
-    monkeypatch.setattr(
-        sim, "LocalClientPool", lambda task, **kw: _Tampers(real(task, **kw), _boosts)
-    )
+    monkeypatch.setattr(sim, "client_pool", lambda task, **kw: _Tampers(real(task, **kw), _boosts))
     sets = ["run.rounds=1", *([f"server.clip_norm={clip}"] if clip else [])]
     cfg = tiny(*sets)
     initial = get_adapter_state(build_task(cfg).model)

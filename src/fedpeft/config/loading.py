@@ -101,7 +101,19 @@ def config_to_toml(cfg: ExperimentConfig) -> str:
 
 # What a resumed run may change without changing its results' meaning: the planned length,
 # where its folder lives and how the host runs it.
-_UNFINGERPRINTED = {"run": ("rounds", "output_dir", "name", "threads", "device")}
+_UNFINGERPRINTED = {
+    "run": (
+        "rounds",
+        "output_dir",
+        "name",
+        "threads",
+        "device",
+        "workers",
+        "clients_per_pass",
+        "compile",
+    ),
+    "eval": ("every",),
+}
 
 
 def config_fingerprint(cfg: ExperimentConfig) -> str:

@@ -20,7 +20,36 @@ class RunConfig(_Section):
     rounds: PositiveInt = 12
     output_dir: str = "runs"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(0, ge=0, le=4096, description="torch threads; 0 = one per CPU core")
+    threads: int = Field(
+        0, ge=0, le=4096, description="torch threads of the server process; 0 = one per core"
+    )
+    autocast: Literal["auto", "off", "bf16"] = Field(
+        "auto",
+        description="forward passes in bfloat16 autocast: auto = on a CUDA device that "
+        "supports it; bf16 = also on CPU (fast with AVX512-BF16/AMX; numerics change)",
+    )
+    compile: bool = Field(
+        False, description="torch.compile each transformer block (dynamic shapes)"
+    )
+    prefix_cache: bool = Field(
+        True,
+        description="cache per example the hidden states below the lowest trained block "
+        "(encoders; the cached blocks then run without dropout)",
+    )
+    prefix_cache_mb: PositiveInt = Field(1024, description="memory bound of that cache")
+    clients_per_pass: int = Field(
+        0,
+        ge=0,
+        description="in-process runtime: clients of one LoRA configuration trained together "
+        "in one pass over the base (grouped LoRA); 0 = 16 on CUDA, 1 on CPU",
+    )
+    workers: int = Field(
+        0,
+        ge=0,
+        description="in-process runtime: clients trained at once by forked workers sharing "
+        "the base, one thread each; 0 = one per usable core (at most a round's clients); "
+        "1 = one at a time in the server process",
+    )
 
 
 class ModelConfig(_Section):
@@ -187,6 +216,9 @@ class CompressionConfig(_Section):
 
 class EvalConfig(_Section):
     batch_size: PositiveInt = 128
+    every: PositiveInt = Field(
+        1, description="evaluate centrally every N rounds (and always after the last round)"
+    )
 
 
 class PrivacyConfig(_Section):
@@ -260,5 +292,14 @@ class ExperimentConfig(_Section):
                 f"`server.min_clients` is {self.server.min_clients} but `data.num_clients` is "
                 f"only {self.data.num_clients}; no round could reach that quorum, so lower "
                 "`server.min_clients` or raise `data.num_clients`"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _allocation_evaluates_every_round(self) -> ExperimentConfig:
+        if self.allocation.enabled and self.eval.every > 1:
+            raise ValueError(
+                f"`eval.every` is {self.eval.every} but `allocation.enabled` learns each "
+                "configuration's gain from every round's evaluation; set `eval.every = 1`"
             )
         return self

@@ -42,7 +42,7 @@ from fedpeft.server.private import (
 )
 from fedpeft.server.protocols import DurationFn
 from fedpeft.server.receive import Received, Sent, collect, guard_norms, step_norm
-from fedpeft.server.record import round_record
+from fedpeft.server.record import evaluation_due, round_record
 from fedpeft.server.state import DEFAULT_GROUP, AsyncProgress, ServerState
 from fedpeft.server.strategy import Strategy
 from fedpeft.types import (
@@ -260,7 +260,10 @@ def _server_step(
         sim_clock_s=run.clock.now,
     )
     eval_start = time.perf_counter()
-    evals: dict[str, dict[str, float]] = {DEFAULT_GROUP: fed.model.evaluate(server.adapter)}
+    due = evaluation_due(fed.cfg, server.round)
+    evals: dict[str, dict[str, float]] = (
+        {DEFAULT_GROUP: fed.model.evaluate(server.adapter)} if due else {}
+    )
     eval_time = time.perf_counter() - eval_start
     updates = [r.update for _, r in run.buffer if r.update is not None]
     examples = dict(server.examples)

@@ -1,33 +1,76 @@
-"""Central evaluation of a global adapter: accuracy, macro-F1 and loss on the eval split."""
+"""Central evaluation of a global adapter: accuracy, macro-F1 and loss on the eval split.
+
+Examples run in length-sorted batches (``eval_order``) under ``inference_mode``, so little
+compute goes to padding; a runtime with idle cores can run contiguous shares of those
+batches elsewhere (``split_shares``) and put the logits back together in the same order.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from sklearn.metrics import f1_score
 from torch import nn
 
 from fedpeft.data import Split
 from fedpeft.data.instruct import InstructSplit
+from fedpeft.data.tokenized import length_sorted_batches
+
+
+def eval_order(split: Split, batch_size: int) -> list[np.ndarray]:
+    """The evaluation batches (indices into the split): every example, sorted by length."""
+    return list(length_sorted_batches(split.lengths, batch_size))
+
+
+def predict_batches(
+    model: nn.Module, split: Split, batches: Sequence[np.ndarray], device: torch.device
+) -> torch.Tensor:
+    """Logits (float32, CPU) of ``batches``' examples, one row per example in batch order."""
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for idx in batches:
+            batch = split.collate(idx).to(device)
+            out.append(model(**batch.model_inputs(with_labels=False)).logits.float().cpu())
+    assert out, "cannot evaluate an empty split"
+    return torch.cat(out)
 
 
 def predict_logits(
     model: nn.Module, split: Split, batch_size: int, device: torch.device
 ) -> torch.Tensor:
-    """Logits (float32, CPU) for every example in the split's order.
+    """Logits (float32, CPU) for every example in the split's order."""
+    batches = eval_order(split, batch_size)
+    return in_split_order(predict_batches(model, split, batches, device), batches)
 
-    Runs in length buckets under ``inference_mode``, so little compute goes to padding.
-    """
-    model.eval()
-    out: torch.Tensor | None = None
-    with torch.inference_mode():
-        for idx, batch in split.eval_batches(batch_size):
-            batch = batch.to(device)
-            logits = model(**batch.model_inputs(with_labels=False)).logits
-            if out is None:
-                out = torch.empty((len(split), logits.shape[-1]), dtype=torch.float32)
-            out[torch.from_numpy(idx)] = logits.float().cpu()
-    assert out is not None, "cannot evaluate an empty split"
+
+def in_split_order(logits: torch.Tensor, batches: Sequence[np.ndarray]) -> torch.Tensor:
+    """Rows in batch order (``predict_batches``) → rows in the split's order."""
+    out = torch.empty_like(logits)
+    out[torch.from_numpy(np.concatenate(batches))] = logits
     return out
+
+
+def split_shares(
+    batches: Sequence[np.ndarray], lengths: np.ndarray, shares: int
+) -> list[tuple[int, int]]:
+    """``batches`` cut into at most ``shares`` contiguous ranges ``[start, stop)`` of about
+    equal cost (a batch costs its size × its longest example, as padded)."""
+    costs = np.array([len(b) * int(lengths[b].max()) for b in batches], dtype=np.float64)
+    bounds = np.searchsorted(np.cumsum(costs), costs.sum() * np.arange(1, shares) / shares)
+    cuts = sorted({0, *(int(b) + 1 for b in bounds), len(batches)})
+    return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
+
+def classification_metrics(logits: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
+    preds = logits.argmax(-1).numpy()
+    return {
+        "accuracy": float((preds == labels).mean()),
+        "macro_f1": float(f1_score(labels, preds, average="macro")),
+        "loss": float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels))),
+    }
 
 
 def evaluate_model(
@@ -38,11 +81,4 @@ def evaluate_model(
         from fedpeft.server.generate import evaluate_generative
 
         return evaluate_generative(model, split, batch_size, device)
-    logits = predict_logits(model, split, batch_size, device)
-    labels = torch.from_numpy(split.labels)
-    preds = logits.argmax(-1).numpy()
-    return {
-        "accuracy": float((preds == split.labels).mean()),
-        "macro_f1": float(f1_score(split.labels, preds, average="macro")),
-        "loss": float(torch.nn.functional.cross_entropy(logits, labels)),
-    }
+    return classification_metrics(predict_logits(model, split, batch_size, device), split.labels)

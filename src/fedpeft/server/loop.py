@@ -1,5 +1,5 @@
 """The synchronous round loop: sample → plan → collect → guard → aggregate → fuse →
-evaluate → observe → record → checkpoint.
+evaluate (every ``eval.every`` rounds and the last) → observe → record → checkpoint.
 
 It reaches clients only through the federation's ``ClientPool`` and the model only through
 its ``GlobalModel`` (``protocols.py``), so the same loop drives every runtime. The server
@@ -33,8 +33,8 @@ from fedpeft.server.private import (
     working_ledger,
 )
 from fedpeft.server.protocols import GlobalModel
-from fedpeft.server.receive import Received, collect, guard_norms
-from fedpeft.server.record import round_record
+from fedpeft.server.receive import FitClock, Received, collect, guard_norms
+from fedpeft.server.record import evaluation_due, round_record
 from fedpeft.server.sampling import sample_clients
 from fedpeft.server.state import ServerState
 from fedpeft.server.store import ALLOCATIONS
@@ -106,8 +106,9 @@ def run_round(
     for r in plan.unassigned:
         fed.observer.on_client_done(rnd, r.record)
     done = lambda record: fed.observer.on_client_done(rnd, record)  # noqa: E731
+    fit_clock = FitClock()
     received = plan.unassigned + guard_norms(
-        collect(fed.pool, plan.sent, strategy.clip_norm, done), s.norm_guard
+        collect(fed.pool, plan.sent, strategy.clip_norm, done, fit_clock), s.norm_guard
     )
     _abort_if_all_failed(received, rnd)
     accepted = {r.sent.instruction.client_id: r for r in received if r.update is not None}
@@ -130,7 +131,7 @@ def run_round(
         state = state.evolve(adapters=plan.adapters)
     state = state.evolve(adapters=fuse_groups(strategy, fed.model, book, state.adapters))
     eval_start = time.perf_counter()
-    evals = evaluate_groups(fed.model, book, state)
+    evals = evaluate_groups(fed.model, book, state) if evaluation_due(cfg, rnd) else {}
     eval_time = time.perf_counter() - eval_start
     state = _observe(assigner, book, state, plan, accepted, evals, before)
     clients = sorted((r.record for r in received), key=lambda c: sampled.index(c.client_id))
@@ -145,6 +146,7 @@ def run_round(
         state.main,
         wall_time_s=time.perf_counter() - start,
         eval_time_s=eval_time,
+        fit_time_s=fit_clock.seconds,
         sim_time_s=sim,
         sim_clock_s=clock,
         quorum=quorum,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -77,20 +78,32 @@ def client_record(
     )
 
 
+@dataclass
+class FitClock:
+    """Wall seconds spent waiting for clients' round trips (not validating them)."""
+
+    seconds: float = 0.0
+
+
 def collect(
     pool: ClientPool,
     sent: Sequence[Sent],
     clip_norm: float | None = None,
     on_done: Callable[[ClientRecord], None] | None = None,
+    clock: FitClock | None = None,
 ) -> list[Received]:
     """Every request's round trip, received in order; ``on_done`` sees each record as it
-    lands (a batched pool's all at once, after the round's replies are in)."""
+    lands (a batched pool's all at once, after the round's replies are in); ``clock``
+    adds up the time the round trips took."""
+    clock = clock or FitClock()
     pairs: Iterable[tuple[Sent, bytes | Exception]]
     if isinstance(pool, BatchedPool):
+        start = time.perf_counter()
         replies = pool.fit_many([(s.instruction, s.payload) for s in sent])
+        clock.seconds += time.perf_counter() - start
         pairs = zip(sent, replies, strict=True)
-    else:
-        pairs = ((s, _fit(pool, s)) for s in sent)  # lazily: each lands before the next goes
+    else:  # lazily: each lands before the next goes
+        pairs = ((s, _fit(pool, s, clock)) for s in sent)
     out = []
     for s, reply in pairs:
         received = receive(pool, s, reply, clip_norm)
@@ -100,11 +113,14 @@ def collect(
     return out
 
 
-def _fit(pool: ClientPool, sent: Sent) -> bytes | Exception:
+def _fit(pool: ClientPool, sent: Sent, clock: FitClock) -> bytes | Exception:
+    start = time.perf_counter()
     try:
         return pool.fit(sent.instruction, sent.payload)
     except Exception as e:  # noqa: BLE001 - a failing client must not stop the round
         return e
+    finally:
+        clock.seconds += time.perf_counter() - start
 
 
 def receive(

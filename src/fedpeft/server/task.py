@@ -47,8 +47,10 @@ from fedpeft.peft import (
     parse_method_ref,
     parse_spec,
 )
+from fedpeft.peft.prefix import PrefixCache, compile_blocks
 from fedpeft.peft.share import apply_shared
 from fedpeft.server.instruct import check_task, instruct_splits, task_kind
+from fedpeft.server.prefix import serve_prefix
 from fedpeft.types import AdapterState
 
 log = logging.getLogger("fedpeft.server")
@@ -84,6 +86,7 @@ class Task:
     # the run's freshly initialised adapter: every client rebuilds it from the config and
     # seed, so compressed payloads are sent as deltas from it (``compression.bits_down``)
     initial: AdapterState = field(default_factory=dict)
+    prefix_caches: dict[int, PrefixCache | None] = field(default_factory=dict)  # by block
 
     @property
     def ref(self) -> MethodRef:
@@ -102,8 +105,37 @@ class Task:
         if key not in self.models:
             spec = parse_method_ref(method, options).spec
             model = apply_shared(self.base, spec, self.arch, self.cfg.run.seed)
-            self.models[key] = model.to(self.device)
+            self.models[key] = self.prepare(model.to(self.device), spec)
         return self.models[key]
+
+    def prepare(self, model: nn.Module, spec: MethodSpec) -> nn.Module:
+        """A freshly built model made ready (in place): autocast, the frozen-prefix cache."""
+        dtype = autocast_dtype(self.cfg.run.autocast, self.device)
+        serve_prefix(self, model, spec, dtype)
+        if self.cfg.run.compile:
+            compile_blocks(model, self.arch)
+        return with_autocast(model, self.cfg.run.autocast)
+
+
+def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """``run.autocast``: bfloat16 when asked, or (auto) on a CUDA device that supports it;
+    ``None``: float32 throughout."""
+    if mode == "bf16" or (
+        mode == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    ):
+        return torch.bfloat16
+    return None
+
+
+def with_autocast(model: nn.Module, mode: str) -> nn.Module:
+    """``model`` (in place) with its forward under autocast when ``mode`` asks for it, so
+    training and evaluation run the same numerics; backward runs outside it, as PyTorch
+    recommends. Parameters, states and updates stay float32."""
+    device = next(model.parameters()).device
+    dtype = autocast_dtype(mode, device)
+    if dtype is not None:
+        model.forward = torch.autocast(device.type, dtype=dtype)(model.forward)
+    return model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -285,7 +317,7 @@ def build_task(cfg: ExperimentConfig) -> Task:
         len(data.partitions),
         device,
     )
-    return Task(
+    task = Task(
         cfg=cfg,
         data=data,
         model=model,
@@ -298,6 +330,8 @@ def build_task(cfg: ExperimentConfig) -> Task:
         models={(cfg.peft.method, _canonical(cfg.peft.options)): model},
         initial={k: v.detach().cpu().clone() for k, v in get_adapter_state(model).items()},
     )
+    task.prepare(model, method)
+    return task
 
 
 def _canonical(options: dict[str, object]) -> str:

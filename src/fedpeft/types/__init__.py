@@ -106,16 +106,17 @@ class RoundRecord:
     bytes_down: int
     bytes_up: int
     train_loss: float
-    eval: dict[str, float]
+    eval: dict[str, float]  # empty in a round without central evaluation (``eval.every``)
     wall_time_s: float
     eval_time_s: float
-    client_time_s: float  # summed client training time: wall − client − eval = framework overhead
+    client_time_s: float  # summed client training time (parallel clients overlap)
     clients: list[ClientRecord] = field(default_factory=list, repr=False)
     groups: dict[str, dict[str, float]] = field(default_factory=dict)  # group → its eval
     sim_time_s: float | None = None  # simulated duration of the round / server step
     sim_clock_s: float | None = None  # simulated time since the start of the run
     quorum: bool = True  # False: fewer than server.min_clients updates; globals unchanged
     privacy: dict[str, float] = field(default_factory=dict)  # ε so far, δ, σ, S (DP runs)
+    fit_time_s: float = 0.0  # wall time of the clients' round trips: wall − fit − eval = overhead
 
     def to_json(self) -> dict[str, object]:
         return {k: v for k, v in self.__dict__.items() if k != "clients"}

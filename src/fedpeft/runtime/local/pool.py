@@ -8,25 +8,43 @@ deployment would send.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from fedpeft.allocation import client_workload, make_allocation_config
-from fedpeft.client import ClientData, ClientStateStore, handle_fit
+from fedpeft.allocation import Workload, client_workload, make_allocation_config
+from fedpeft.client import ClientData, ClientState, ClientStateStore, FitResult, handle_fit
 from fedpeft.data import DataProfile
+from fedpeft.data.instruct import InstructSplit
 from fedpeft.errors import ClientSkipped
 from fedpeft.peft import get_adapter_state, parse_method_ref, set_adapter_state
 from fedpeft.profiling import ResourceProfile, declared_devices
 from fedpeft.runtime.local.devices import DeviceSim, thread_cap
-from fedpeft.server.evaluate import evaluate_model
+from fedpeft.runtime.local.jobs import (
+    WorkerJobs,
+    eval_request,
+    fit_request,
+    fit_result,
+    logits_from_bytes,
+)
+from fedpeft.runtime.local.threads import ThreadPlan
+from fedpeft.runtime.local.workers import ForkedWorkers
+from fedpeft.server.evaluate import (
+    classification_metrics,
+    eval_order,
+    evaluate_model,
+    in_split_order,
+    split_shares,
+)
 from fedpeft.server.protocols import (
+    BatchedPool,
     ClientPool,
     DurationFn,
     FusingModel,
     GlobalModel,
     ProfiledPool,
     ProxyModel,
+    Request,
     SimulatedPool,
 )
 from fedpeft.server.task import Task
@@ -34,7 +52,8 @@ from fedpeft.types import AdapterState, ClientStatus, TrainInstruction
 
 
 class LocalClientPool:
-    """Clients as (partition indices, shared model): bytes in, bytes out.
+    """Clients as (partition indices, shared model): bytes in, bytes out, one at a time in
+    this process (``ParallelClientPool`` trains several at once).
 
     With ``simulation.devices = true`` each client trains within its declared device:
     availability, memory, deadline and thread cap (see ``devices.py``); a client that does
@@ -73,52 +92,136 @@ class LocalClientPool:
         return self._sim_seconds.get((rnd, client_id))
 
     def fit(self, instruction: TrainInstruction, payload: bytes) -> bytes:
+        self.admit(instruction, len(payload))
+        cores = self.devices[instruction.client_id].cores
+        with thread_cap(cores if self.simulate and self.sim.thread_cap else None):
+            reply = self.train(instruction, payload)
+        self.settle(instruction, len(payload), len(reply))
+        return reply
+
+    def close(self) -> None:
+        """Releases what the pool holds (nothing here; workers in ``ParallelClientPool``)."""
+
+    def train(self, instruction: TrainInstruction, payload: bytes) -> bytes:
+        """The client's training itself, on its model and its data: the encoded reply."""
         task, cid = self.task, instruction.client_id
         model = task.model_for(instruction.method, instruction.options)
         data = ClientData(task.data.train, task.data.partitions[cid])
-        if not self.simulate:
-            return self.fit_on(model, payload, instruction, data)
-        profile = self.devices[cid]
-        spec = parse_method_ref(instruction.method, instruction.options, task.ref).spec
-        c = task.cfg.client
-        work = client_workload(
-            task.data.profiles[cid],
-            instruction.batch_size,
-            task.cfg.model.max_length,
-            c.epochs,
-            c.steps,
-        )
-        if not self.sim.online(profile, instruction.round, cid):
-            raise ClientSkipped(ClientStatus.OFFLINE, f"the {profile.tier} device is not available")
-        self.sim.check_memory(profile, task.arch, spec, work)
-        if task.cfg.server.mode == "sync":  # asynchronous servers have no round deadline
-            self.sim.check_deadline(
-                self.sim.seconds(profile, task.arch, spec, work, len(payload), len(payload))
-            )
-        with thread_cap(profile.cores if self.sim.thread_cap else None):
-            reply = self.fit_on(model, payload, instruction, data)
-        seconds = self.sim.seconds(profile, task.arch, spec, work, len(payload), len(reply))
-        self._sim_seconds[(instruction.round, cid)] = seconds
-        return reply
+        return self.fit_on(model, payload, instruction, data)
 
     def fit_on(
         self, model: torch.nn.Module, payload: bytes, ins: TrainInstruction, data: ClientData
     ) -> bytes:
         """``handle_fit`` of ``model`` on ``data``, with the client's kept state loaded before
         and saved after."""
-        state = self.states.load(ins.client_id, ins.round, ins.run_id)
+        kept = self.states.load(ins.client_id, ins.round, ins.run_id)
         initial = self.task.initial if ins.compression_down else None
-        result = handle_fit(model, payload, ins, data, self.task.device, state, initial)
+        result = handle_fit(model, payload, ins, data, self.task.device, kept, initial)
+        return self.keep(ins, result)
+
+    def keep(self, instruction: TrainInstruction, result: FitResult) -> bytes:
+        """Saves what the client keeps now (if it changed); its reply."""
         if result.state is not None:
-            self.states.save(ins.client_id, ins.round, result.state, ins.run_id)
+            self.states.save(
+                instruction.client_id, instruction.round, result.state, instruction.run_id
+            )
         return result.reply
+
+    def admit(self, instruction: TrainInstruction, down: int) -> None:
+        """Raises ``ClientSkipped`` for a simulated device that does not train this round:
+        offline, out of memory, or predicted past the deadline."""
+        if not self.simulate:
+            return
+        task, cid = self.task, instruction.client_id
+        profile = self.devices[cid]
+        spec = parse_method_ref(instruction.method, instruction.options, task.ref).spec
+        work = self._workload(instruction)
+        if not self.sim.online(profile, instruction.round, cid):
+            raise ClientSkipped(ClientStatus.OFFLINE, f"the {profile.tier} device is not available")
+        self.sim.check_memory(profile, task.arch, spec, work)
+        if task.cfg.server.mode == "sync":  # asynchronous servers have no round deadline
+            self.sim.check_deadline(self.sim.seconds(profile, task.arch, spec, work, down, down))
+
+    def settle(self, instruction: TrainInstruction, down: int, up: int) -> None:
+        """Records a simulated client's round trip once its reply is in."""
+        if not self.simulate:
+            return
+        task, cid = self.task, instruction.client_id
+        spec = parse_method_ref(instruction.method, instruction.options, task.ref).spec
+        work = self._workload(instruction)
+        seconds = self.sim.seconds(self.devices[cid], task.arch, spec, work, down, up)
+        self._sim_seconds[(instruction.round, cid)] = seconds
+
+    def _workload(self, instruction: TrainInstruction) -> Workload:
+        c, cid = self.task.cfg.client, instruction.client_id
+        return client_workload(
+            self.task.data.profiles[cid],
+            instruction.batch_size,
+            self.task.cfg.model.max_length,
+            c.epochs,
+            c.steps,
+        )
+
+
+class ParallelClientPool(LocalClientPool):
+    """``LocalClientPool`` that trains a round's clients ``workers`` at a time in forked
+    workers over the shared base (``workers.py``): a ``BatchedPool``. Results do not
+    depend on the number of workers; ``close`` ends them."""
+
+    def __init__(
+        self,
+        task: Task,
+        plan: ThreadPlan,
+        devices: list[ResourceProfile] | None = None,
+        states: ClientStateStore | None = None,
+    ) -> None:
+        super().__init__(task, devices, states)
+        self.plan = plan
+        self.workers = ForkedWorkers(plan.workers, WorkerJobs(task).handle, plan.worker_threads)
+
+    def fit_many(self, requests: Sequence[Request]) -> list[bytes | Exception]:
+        out: list[bytes | Exception] = []
+        admitted: list[int] = []
+        for k, (ins, payload) in enumerate(requests):
+            try:
+                self.admit(ins, len(payload))
+                admitted.append(k)
+                out.append(b"")
+            except Exception as e:  # noqa: BLE001 - skipped or failed, as ``fit`` raises
+                out.append(e)
+        costs = [self._cost(requests[k][0]) for k in admitted]
+        jobs = [fit_request(*requests[k], self._kept(requests[k][0])) for k in admitted]
+        for k, raw in zip(admitted, self.workers.run(jobs, costs), strict=True):
+            ins, payload = requests[k]
+            if isinstance(raw, Exception):
+                out[k] = raw
+                continue
+            reply = self.keep(ins, fit_result(raw))
+            self.settle(ins, len(payload), len(reply))
+            out[k] = reply
+        return out
+
+    def _kept(self, ins: TrainInstruction) -> ClientState:
+        return self.states.load(ins.client_id, ins.round, ins.run_id)
+
+    def close(self) -> None:
+        self.workers.close()
+
+    def _cost(self, ins: TrainInstruction) -> float:
+        """Tokens the client will train on: the order in which workers take clients."""
+        profile = self.task.data.profiles[ins.client_id]
+        n = ins.steps * ins.batch_size if ins.steps else ins.epochs * profile.num_examples
+        return float(n) * max(profile.mean_length, 1.0)
 
 
 class LocalGlobalModel:
-    """The same shared models, with a global adapter loaded, for central evaluation."""
+    """The same shared models, with a global adapter loaded, for central evaluation; with
+    ``workers`` (a ``ParallelClientPool``'s, idle between rounds' training) a
+    classifier's evaluation batches are shared out among them."""
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, workers: ForkedWorkers | None = None) -> None:
         self.task = task
+        self.workers = workers
 
     def template(self, method: str, options: str) -> AdapterState:
         """The freshly initialised adapter of a configuration (its keys, shapes, init)."""
@@ -168,9 +271,34 @@ class LocalGlobalModel:
         self, state: AdapterState, method: str = "", options: str = "{}"
     ) -> dict[str, float]:
         t = self.task
+        split = t.data.eval
+        if (
+            self.workers is not None
+            and self.workers.size > 1
+            and not isinstance(split, InstructSplit)
+        ):
+            return self._evaluate_shared(self.workers, state, method, options)
         model = t.model_for(method, options)
         set_adapter_state(model, state)
-        return evaluate_model(model, t.data.eval, t.cfg.eval.batch_size, t.device)
+        return evaluate_model(model, split, t.cfg.eval.batch_size, t.device)
+
+    def _evaluate_shared(
+        self, workers: ForkedWorkers, state: AdapterState, method: str, options: str
+    ) -> dict[str, float]:
+        """The evaluation batches in contiguous shares, one per worker, each share's
+        logits back as bytes; the same batches, so the same logits, as in this process."""
+        split = self.task.data.eval
+        batches = eval_order(split, self.task.cfg.eval.batch_size)
+        shares = split_shares(batches, split.lengths, workers.size)
+        requests = [eval_request(state, method, options, share) for share in shares]
+        replies = workers.run(requests, [float(b - a) for a, b in shares])
+        parts = []
+        for (a, b), reply in zip(shares, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise RuntimeError(f"evaluation in a worker failed: {reply}") from reply
+            parts.append(logits_from_bytes(reply, sum(len(x) for x in batches[a:b])))
+        logits = in_split_order(torch.cat(parts), batches)
+        return classification_metrics(logits, split.labels)
 
 
 def device_durations(task: Task) -> DurationFn:
@@ -192,7 +320,9 @@ def device_durations(task: Task) -> DurationFn:
 
 
 def _conforms(
-    pool: LocalClientPool, model: LocalGlobalModel
-) -> tuple[ClientPool, ProfiledPool, SimulatedPool, GlobalModel, ProxyModel, FusingModel]:
+    pool: LocalClientPool, parallel: ParallelClientPool, model: LocalGlobalModel
+) -> tuple[
+    ClientPool, ProfiledPool, SimulatedPool, BatchedPool, GlobalModel, ProxyModel, FusingModel
+]:
     """Never called: mypy checks here that this runtime offers every capability it claims."""
-    return pool, pool, pool, model, model, model
+    return pool, pool, pool, parallel, model, model, model

@@ -17,7 +17,14 @@ from fedpeft.client import ClientStateStore
 from fedpeft.config import ExperimentConfig, config_fingerprint, config_to_toml
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import get_adapter_state, parse_method_ref, save_adapter
-from fedpeft.runtime.local.pool import LocalClientPool, LocalGlobalModel, device_durations
+from fedpeft.runtime.local.group_fit import GroupedClientPool
+from fedpeft.runtime.local.pool import (
+    LocalClientPool,
+    LocalGlobalModel,
+    ParallelClientPool,
+    device_durations,
+)
+from fedpeft.runtime.local.threads import apply_plan, plan_threads
 from fedpeft.server import (
     DEFAULT_GROUP,
     Federation,
@@ -38,7 +45,7 @@ from fedpeft.types import AdapterState
 
 log = logging.getLogger("fedpeft.runtime.local")
 
-__all__ = ["LocalClientPool", "LocalGlobalModel", "RunResult", "run_local"]
+__all__ = ["LocalClientPool", "LocalGlobalModel", "RunResult", "client_pool", "run_local"]
 
 
 @dataclass(frozen=True)
@@ -79,17 +86,23 @@ def run_local(
         store.truncate_logs(state.round)
         write_atomic(store.root / CONFIG, resolved_toml.encode())
     states = ClientStateStore(store.root / CLIENT_STATES)  # clients' own: never on the wire
+    clients = pool(task) if pool else client_pool(task, states=states)
+    workers = clients.workers if isinstance(clients, ParallelClientPool) else None
     fed = Federation(
         cfg,
-        pool(task) if pool else LocalClientPool(task, states=states),
-        LocalGlobalModel(task),
+        clients,
+        LocalGlobalModel(task, workers),
         store,
         task.arch,
         observer or Observer(),
         device_durations(task),
         task.initial,
     )
-    loop = run_async(fed, state) if cfg.server.mode == "async" else run_rounds(fed, state)
+    try:
+        loop = run_async(fed, state) if cfg.server.mode == "async" else run_rounds(fed, state)
+    finally:
+        if isinstance(clients, LocalClientPool):
+            clients.close()  # forked workers end with the run
     main = loop.state.adapter if loop.state.adapters else {}
     _export(task, loop.state, store)
     rounds = store.read_rounds()
@@ -110,6 +123,18 @@ def run_local(
     )
     store.write_json(SUMMARY, summary)
     return RunResult(store.root, main, rounds, summary)
+
+
+def client_pool(task: Task, states: ClientStateStore | None = None) -> LocalClientPool:
+    """The in-process pool the thread plan asks for (logged): clients trained several per
+    pass (an accelerator), in forked workers (CPU cores), or one at a time."""
+    plan = plan_threads(task.cfg, task.device)
+    apply_plan(plan)
+    if plan.clients_per_pass > 1:
+        return GroupedClientPool(task, plan.clients_per_pass, states=states)
+    if plan.workers > 1:
+        return ParallelClientPool(task, plan, states=states)
+    return LocalClientPool(task, states=states)
 
 
 @contextmanager

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Issue 19's accelerator checks as one short script, for a lent GPU machine.
+#
+#   PYTHON=.venv/bin/python OUT=benchmarks/results bash benchmarks/gpu.sh
+#
+# On CUDA, in this order (cheapest and most important first, each result written as soon
+# as it is known):
+#   1. gpu_mfu.json — LoRA step MFU on a 7B-shaped LLaMA (random weights, bf16) against
+#      the measured bf16 matmul peak (target >= 45 %);
+#   2. gpu_check.json — MiniLM: grouped LoRA (K clients in one pass over the shared base)
+#      against one-by-one training (float32 and bf16 autocast), then client updates/s for
+#      1, 4, 16, 64 clients per pass, with and without torch.compile;
+#   3. gpu_check_smollm2.json — the same for SmolLM2-135M as a classifier (updates/s,
+#      batched vs one by one);
+#   4. gpu_runtime.json — the default job's seconds per round, one client per pass against
+#      the automatic grouping.
+# Without CUDA it runs the same paths on the CPU with tiny models (the fallback the tests
+# run), so the script itself is checked anywhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
+if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+  "$PY" benchmarks/gpu_mfu.py --out "$OUT/gpu_mfu.json"
+  "$PY" benchmarks/gpu_check.py --device cuda --compile --out "$OUT/gpu_check.json"
+  "$PY" benchmarks/gpu_check.py --device cuda --per-pass 1,16,64 \
+    --model HuggingFaceTB/SmolLM2-135M-Instruct --set "model.task='classify'" \
+    --out "$OUT/gpu_check_smollm2.json"
+  (cd benchmarks && "$PY" runtime_speed.py --repeats 1 \
+    --base "run.rounds=3;run.device='cuda'" \
+    --variant "one_per_pass=run.clients_per_pass=1" \
+    --variant "grouped_auto=run.clients_per_pass=0" \
+    --out "$OUT/gpu_runtime.json")
+else
+  echo "no CUDA device: the CPU fallback of the same paths (tiny models)"
+  "$PY" benchmarks/gpu_mfu.py --tiny --out "$OUT/gpu_mfu_cpu.json"
+  "$PY" benchmarks/gpu_check.py --device cpu --per-pass 1,4 --out "$OUT/gpu_check_cpu.json"
+  "$PY" benchmarks/gpu_check.py --device cpu --per-pass 4 --model tiny-llama \
+    --set "model.task='classify'" --out "$OUT/gpu_check_cpu_llama.json"
+fi

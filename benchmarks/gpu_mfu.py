@@ -1,0 +1,152 @@
+"""LoRA step MFU on a 7B-shaped LLaMA (random weights, bf16) against the GPU's measured
+bf16 matmul peak — issue 19's GPU target is an MFU of at least 45 %.
+
+- **Peak**: the fastest of ``--peak-repeats`` timed ``n×n @ n×n`` bf16 matmuls, ``2n³``
+  FLOPs each (what this GPU really does, not its datasheet).
+- **Step**: forward, backward and AdamW of a LoRA model (``peft``, rank ``--rank`` on every
+  linear projection of the blocks) over a frozen LLaMA with the 7B shape (d = 4096, 32
+  blocks, 32 heads, MLP 11,008, vocabulary 32,000), ``--batch × --seq`` tokens, SDPA
+  attention, no activation checkpointing. Weights are random: speed does not depend on
+  their values, and nothing is downloaded.
+- **FLOPs per token** (Chowdhery et al., 2022, "PaLM", appendix B: ``6N + 12·L·d·s`` for
+  full training), with the frozen base's weight gradients removed — a third of ``6N``::
+
+      F = 4·N + 12·L·d·s
+
+  ``N``: the frozen matmul weights (every ``nn.Linear`` of the base, head included), ``L``
+  blocks, ``d`` hidden size, ``s`` sequence length (attention counted in full, as PaLM
+  does). LoRA's own FLOPs (r ≪ d) are not counted, so the figure is the base model's.
+  ``MFU = F · tokens / step time / peak``.
+
+``--tiny`` runs the same code on a two-block model on the CPU (the check that the script
+works where no GPU is; its numbers mean nothing). Prints JSON; ``--out`` writes it.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/gpu_mfu.py --out gpu_mfu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+SHAPE_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)  # fmt: skip
+SHAPE_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=4, vocab_size=128)  # fmt: skip
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
+    """The best measured FLOP/s of an ``n×n @ n×n`` matmul (``2n³`` FLOPs)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    for _ in range(3):  # warm-up (kernel choice, clocks)
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def lora_llama(shape: dict[str, int], rank: int, device: torch.device, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+    """A randomly initialised LLaMA of ``shape`` with LoRA on every block projection."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**shape, max_position_embeddings=4096, attn_implementation="sdpa")
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in bf16 directly: no fp32 copy of 7B weights
+    try:
+        with torch.device(device):
+            base = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(default)
+    frozen = sum(m.in_features * m.out_features for m in base.modules()
+                 if isinstance(m, nn.Linear))  # fmt: skip
+    lora = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=TARGETS)
+    return get_peft_model(base, lora), frozen
+
+
+def step_times(model: nn.Module, tokens: torch.Tensor, steps: int, warmup: int) -> list[float]:
+    """Seconds of each timed forward + backward + AdamW step (after ``warmup`` steps)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
+    times = []
+    for step in range(warmup + steps):
+        sync(tokens.device)
+        start = time.perf_counter()
+        model(input_ids=tokens, labels=tokens).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(tokens.device)
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tiny", action="store_true", help="two small blocks on the CPU")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--peak-n", type=int, default=8192)
+    ap.add_argument("--peak-repeats", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if args.tiny:
+        device, dtype, shape = torch.device("cpu"), torch.float32, SHAPE_TINY
+        args.batch, args.seq, args.steps, args.warmup, args.peak_n = 2, 32, 2, 1, 256
+    else:
+        device, dtype, shape = torch.device("cuda"), torch.bfloat16, SHAPE_7B
+    peak = matmul_peak(device, dtype, args.peak_n, args.peak_repeats)
+    model, frozen = lora_llama(shape, args.rank, device, dtype)
+    g = torch.Generator(device=device).manual_seed(0)
+    tokens = torch.randint(0, shape["vocab_size"], (args.batch, args.seq), device=device,
+                           generator=g)  # fmt: skip
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = step_times(model, tokens, args.steps, args.warmup)
+    layers, d, s = shape["num_hidden_layers"], shape["hidden_size"], args.seq
+    flops_per_token = 4 * frozen + 12 * layers * d * s
+    step_s = statistics.median(times)
+    achieved = flops_per_token * args.batch * args.seq / step_s
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": str(dtype), "shape": shape, "rank": args.rank, "batch": args.batch,
+        "seq": args.seq, "frozen_matmul_params": frozen, "flops_per_token": flops_per_token,
+        "matmul_peak_tflops": peak / 1e12, "median_step_s": step_s,
+        "tokens_per_s": args.batch * args.seq / step_s, "achieved_tflops": achieved / 1e12,
+        "mfu": achieved / peak, "target_mfu": 0.45,
+        "peak_device_mib": torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda" else 0.0,
+    }  # fmt: skip
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

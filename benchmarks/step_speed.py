@@ -1,0 +1,104 @@
+"""One client's training steps and one evaluation pass, variant against variant, on one
+thread in one process (so a busy machine slows every variant alike): float32 against
+bf16 autocast, the frozen-prefix cache on and off for LoRA on the top blocks, and
+``torch.compile``. Variants are interleaved over ``--repeats``; medians are reported with
+their ratio to the first variant, and for the cache the blocks it skipped.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/step_speed.py --repeats 5
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+
+from fedpeft.client import ClientData, train  # noqa: E402
+from fedpeft.config import load_config  # noqa: E402
+from fedpeft.server.evaluate import eval_order, predict_batches  # noqa: E402
+from fedpeft.server.task import Task, build_task  # noqa: E402
+from fedpeft.types import TrainInstruction  # noqa: E402
+
+VARIANTS = {
+    "fp32": [],
+    "bf16": ["run.autocast='bf16'"],
+    "top3_no_cache": ["peft.layers=[3,4,5]", "run.prefix_cache=false"],
+    "top3_cache": ["peft.layers=[3,4,5]"],
+    "head_no_cache": ["peft.method='head'", "run.prefix_cache=false"],
+    "head_cache": ["peft.method='head'"],
+    "compiled": ["run.compile=true"],
+}
+
+
+def steps(task: Task, n: int) -> float:
+    """Seconds per step of ``n`` steps of client 0 (its own seeded batches)."""
+    ins = TrainInstruction(1, 0, 1, n, 16, 3e-3, 0.0, 0.0, 0)
+    data = ClientData(task.data.train, task.data.partitions[0])
+    start = time.perf_counter()
+    train(task.model, ins, data, task.device)
+    return (time.perf_counter() - start) / n
+
+
+def evaluation(task: Task, batches: int) -> float:
+    """Seconds for the first ``batches`` evaluation batches (batch 128, length-sorted)."""
+    order = eval_order(task.data.eval, 128)
+    chosen = order[len(order) // 2 : len(order) // 2 + batches]
+    start = time.perf_counter()
+    predict_batches(task.model, task.data.eval, chosen, task.device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--eval-batches", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    args = ap.parse_args()
+    names = args.variants.split(",")
+    tasks = {n: build_task(load_config(overrides=["run.threads=1", *VARIANTS[n]])) for n in names}
+    torch.set_num_threads(1)
+    for task in tasks.values():  # warm-up (compilation happens here)
+        steps(task, 2)
+        evaluation(task, 1)
+    rows: dict[str, dict[str, list[float]]] = {n: {"step": [], "eval": []} for n in names}
+    for _ in range(args.repeats):
+        for n, task in tasks.items():
+            rows[n]["step"].append(steps(task, args.steps))
+            rows[n]["eval"].append(evaluation(task, args.eval_batches))
+        print(
+            json.dumps({n: {k: v[-1] for k, v in r.items()} for n, r in rows.items()}), flush=True
+        )
+    out: dict[str, Any] = {"repeats": args.repeats, "load_avg": os.getloadavg(), "variants": {}}
+    for n in names:
+        med = {k: statistics.median(v) for k, v in rows[n].items()}
+        base = (
+            "top3_no_cache"
+            if n.startswith("top3")
+            else "head_no_cache"
+            if n.startswith("head")
+            else names[0]
+        )
+        ref = {k: statistics.median(v) for k, v in rows.get(base, rows[names[0]]).items()}
+        caches = [c for c in tasks[n].prefix_caches.values() if c is not None]
+        out["variants"][n] = {
+            "median_step_s": med["step"],
+            "median_eval_s": med["eval"],
+            "step_speedup_vs_" + base: ref["step"] / med["step"],
+            "eval_speedup_vs_" + base: ref["eval"] / med["eval"],
+            "blocks_skipped": sum(c.hits * c.layer for c in caches),
+            "examples_served_from_cache": sum(c.hits for c in caches),
+        }
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Parallel clients over one base: forked workers, the thread plan, and independence of the
+result from the number of workers."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+
+import psutil
+import pytest
+import torch
+
+from fedpeft.config import load_config
+from fedpeft.errors import ClientSkipped
+from fedpeft.runtime.local import LocalClientPool, ParallelClientPool, run_local
+from fedpeft.runtime.local.simulator import client_pool
+from fedpeft.runtime.local.threads import clients_per_round, plan_threads, usable_cores
+from fedpeft.runtime.local.workers import (
+    ForkedWorkers,
+    WorkerDied,
+    instruction_from_json,
+    instruction_json,
+    read_frame,
+    write_frame,
+)
+from fedpeft.server.task import Task
+from fedpeft.types import ClientStatus, TrainInstruction
+
+
+def _ins(cid: int, **kw: object) -> TrainInstruction:
+    return TrainInstruction(1, cid, 1, None, 16, 1e-3, 0.0, 0.0, 7, **kw)  # type: ignore[arg-type]
+
+
+def test_frames_and_instructions_round_trip() -> None:
+    ins = _ins(3, freeze=("lora_A",), method="lora", options='{"r": 4}', nonce="n")
+    buf = io.BytesIO()
+    write_frame(buf, instruction_json(ins), b"\x00payload")
+    write_frame(buf, {"status": "ok"}, b"")
+    buf.seek(0)
+    meta, payload = read_frame(buf) or ({}, b"")
+    assert instruction_from_json(meta) == ins and payload == b"\x00payload"
+    assert read_frame(buf) == ({"status": "ok"}, b"")
+    assert read_frame(buf) is None
+    with pytest.raises(EOFError):
+        read_frame(io.BytesIO(b"\x00\x00\x00\x09\x00"))
+
+
+def _echo(meta: dict[str, object], payload: bytes) -> bytes:
+    """A worker's handler without a model: its pid and the reversed payload, or a failure."""
+    ins = instruction_from_json(meta)
+    if ins.client_id == 5:
+        raise ClientSkipped(ClientStatus.OFFLINE, "not today")
+    if ins.client_id == 6:
+        raise ValueError("bad options")
+    if ins.client_id == 7:
+        os._exit(3)  # the worker dies mid-request
+    return str(os.getpid()).encode() + b":" + payload[::-1]
+
+
+def test_workers_answer_in_request_order_and_survive_failures() -> None:
+    workers = ForkedWorkers(2, _echo)
+    try:
+        cids = (0, 1, 5, 6, 7, 2, 3)
+        requests = [(instruction_json(_ins(c)), bytes([c]) * (c + 1)) for c in cids]
+        replies = workers.run(requests, costs=[1, 2, 3, 4, 5, 6, 7])
+        ok = [r for r in replies if isinstance(r, bytes)]
+        assert [r.split(b":")[1] for r in ok] == [bytes([c]) * (c + 1) for c in (0, 1, 2, 3)]
+        pids = {int(r.split(b":")[0]) for r in ok}
+        assert os.getpid() not in pids and 1 <= len(pids) <= 3  # a replacement may answer
+        skipped, failed, died = replies[2], replies[3], replies[4]
+        assert isinstance(skipped, ClientSkipped) and skipped.status is ClientStatus.OFFLINE
+        assert isinstance(failed, RuntimeError) and "ValueError: bad options" in str(failed)
+        assert isinstance(died, WorkerDied) and "code 3" in str(died)
+        again = workers.run(
+            [(instruction_json(_ins(0)), b"ab")], costs=[1]
+        )  # the pool replaced the dead worker
+        assert isinstance(again[0], bytes) and again[0].endswith(b":ba")
+        assert len(workers.pids) == 2
+        for pid in workers.pids:  # both die between rounds (e.g. killed for memory)
+            os.kill(pid, signal.SIGKILL)
+        for pid in workers.pids:  # wait until each is dead (a zombie, not yet reaped)
+            deadline = time.monotonic() + 60
+            while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        late = workers.run([(instruction_json(_ins(c)), b"xy") for c in (0, 1, 2)], [1, 1, 1])
+        assert all(isinstance(r, bytes) and r.endswith(b":yx") for r in late)
+    finally:
+        workers.close()
+    assert workers.pids == []
+
+
+def test_the_thread_plan(tiny) -> None:
+    cores = usable_cores()
+    cfg = tiny("data.num_clients=10", "server.fraction=0.3")
+    assert clients_per_round(cfg) == 3
+    plan = plan_threads(cfg, torch.device("cpu"))
+    assert plan.workers == min(cores, 3) and plan.worker_threads == 1
+    assert plan.server_threads == 1  # tiny sets run.threads=1
+    assert (
+        plan_threads(tiny("run.workers=8", "data.num_clients=4"), torch.device("cpu")).workers == 4
+    )
+    assert plan_threads(tiny("run.workers=2"), torch.device("cuda")).workers == 1
+    assert (
+        plan_threads(tiny("run.workers=2", "server.mode='async'"), torch.device("cpu")).workers == 1
+    )
+    assert "OMP_WAIT_POLICY" in plan.describe()
+
+
+def test_import_sets_a_passive_openmp_wait_policy() -> None:
+    import fedpeft
+
+    # the test process imports fedpeft (conftest) before torch; a user's setting wins
+    assert os.environ.get("OMP_WAIT_POLICY") in {"PASSIVE", fedpeft.omp_wait_policy()}
+    assert fedpeft.omp_wait_policy() == os.environ["OMP_WAIT_POLICY"]
+
+
+def _run(tiny, workers: int, *extra: str):  # type: ignore[no-untyped-def]
+    pools: list[LocalClientPool] = []
+
+    def build(task: Task) -> LocalClientPool:
+        pools.append(client_pool(task))
+        return pools[-1]
+
+    cfg = tiny(f"run.workers={workers}", f"run.name='w{workers}'", *extra)
+    return run_local(cfg, pool=build), pools[0]
+
+
+@pytest.mark.parametrize("method", ["peft.r=8", "peft.layers=[1]"])  # the 2nd: prefix cache
+def test_two_workers_give_bitwise_the_run_of_one(tiny, method: str) -> None:
+    """Dropout is on (tiny-bert: 0.1; LoRA: 0.05), so equality needs every client's seed to
+    follow it into whichever worker trains it."""
+    extra = ("data.num_clients=4", "run.rounds=2", method)
+    one, seq_pool = _run(tiny, 1, *extra)
+    two, par_pool = _run(tiny, 2, *extra)
+    assert type(seq_pool) is LocalClientPool and isinstance(par_pool, ParallelClientPool)
+    assert par_pool.workers.pids == []  # closed with the run
+    assert one.state.keys() == two.state.keys()
+    assert all(torch.equal(one.state[k], two.state[k]) for k in one.state)
+    assert [r["train_loss"] for r in one.rounds] == [r["train_loss"] for r in two.rounds]
+    assert [r["eval"] for r in one.rounds] == [r["eval"] for r in two.rounds]
+    assert all(r["fit_time_s"] > 0 for r in two.rounds)
+
+
+def test_compressed_replies_and_kept_residuals_through_the_workers(tiny) -> None:
+    """8-bit replies with error feedback: each client's residual ``ef/…`` goes to its worker
+    with the fit job and comes back with the reply; the server process stores it."""
+    extra = ("data.num_clients=4", "run.rounds=2", "compression.bits_up=8")
+    one, seq_pool = _run(tiny, 1, *extra)
+    two, par_pool = _run(tiny, 2, *extra)
+    assert isinstance(par_pool, ParallelClientPool)
+    assert all(c["status"] == "ok" for c in _clients(two))
+    assert all(torch.equal(one.state[k], two.state[k]) for k in one.state)
+    for cid in range(4):
+        a, b = (p.states.load(cid, 3) for p in (seq_pool, par_pool))
+        assert a and all(k.startswith("ef/") for k in a)  # a residual, kept after round 2
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_parallel_pool_simulates_devices_like_the_sequential_one(tiny, tmp_path) -> None:
+    from tests.test_hetero import _tiers
+
+    tiers = _tiers(tmp_path, fast={}, slow={"flops_per_s": 1e3}, away={"availability": 0.0})
+    mix = "profiles.mix=['fast','slow','away','fast','fast']"
+    extra = (tiers, mix, "data.num_clients=5", "run.rounds=1", "simulation.devices=true")
+    one, _ = _run(tiny, 1, *extra, "allocation.deadline_s=30")
+    three, pool = _run(tiny, 3, *extra, "allocation.deadline_s=30")
+    assert isinstance(pool, ParallelClientPool)
+    rows = lambda r: [(c["client_id"], c["status"], c["sim_time_s"]) for c in _clients(r)]  # noqa: E731
+    assert [s for _, s, _ in rows(three)] == ["ok", "straggler", "offline", "ok", "ok"]
+    # simulated time counts the reply's bytes, whose metrics (timings) vary in length
+    assert [r[:2] for r in rows(one)] == [r[:2] for r in rows(three)]
+    times = lambda r: [t or 0.0 for _, _, t in rows(r)]  # noqa: E731  (offline: none)
+    assert times(one) == pytest.approx(times(three), rel=1e-3)
+    assert all(torch.equal(one.state[k], three.state[k]) for k in one.state)
+
+
+def _clients(result) -> list[dict]:  # type: ignore[no-untyped-def]
+    import json
+
+    return [json.loads(x) for x in (result.run_dir / "clients.jsonl").read_text().splitlines()]
+
+
+def test_workers_setting_is_not_part_of_the_fingerprint() -> None:
+    from fedpeft.config import config_fingerprint
+
+    a = load_config(overrides=["run.workers=1", "eval.every=1"])
+    b = load_config(overrides=["run.workers=4", "eval.every=3"])
+    assert config_fingerprint(a) == config_fingerprint(b)
+
+
+def test_evaluation_shared_out_among_workers_gives_the_same_metrics(tiny) -> None:
+    from fedpeft.peft import get_adapter_state
+    from fedpeft.runtime.local import LocalGlobalModel
+    from fedpeft.runtime.local.jobs import WorkerJobs
+    from fedpeft.server.task import build_task
+
+    task = build_task(tiny("eval.batch_size=8"))  # 48 examples: 6 batches
+    state = {k: v + 0.01 * torch.randn_like(v) for k, v in get_adapter_state(task.model).items()}
+    alone = LocalGlobalModel(task).evaluate(state)
+    workers = ForkedWorkers(3, WorkerJobs(task).handle)
+    try:
+        shared = LocalGlobalModel(task, workers).evaluate(state)
+        assert len(workers.pids) == 3
+    finally:
+        workers.close()
+    assert shared == alone
+
+
+def test_split_shares_are_contiguous_balanced_and_complete() -> None:
+    import numpy as np
+
+    from fedpeft.server.evaluate import split_shares
+
+    lengths = np.array([1] * 8 + [10] * 8)
+    batches = [np.arange(i, i + 2) for i in range(0, 16, 2)]  # costs 2,2,2,2,20,20,20,20
+    shares = split_shares(batches, lengths, 2)
+    assert shares[0][0] == 0 and shares[-1][1] == len(batches)
+    assert all(a[1] == b[0] for a, b in zip(shares, shares[1:], strict=False))
+    assert shares == [(0, 6), (6, 8)]  # 48 vs 40 of 88
+    assert split_shares(batches[:1], lengths, 4) == [(0, 1)]
