@@ -137,7 +137,7 @@ def plan_round(
         else {cid: assigner.fixed(cid) for cid in sampled}
     )
     plan = RoundPlan(dict(state.adapters))
-    payloads: dict[str, Payload] = {}  # one encoding per group and round
+    payloads: dict[tuple[str, str], Payload] = {}  # one encoding per view (group, config)
     for cid in sampled:
         a = assigned[cid]
         if strategy.partition is not None:  # clustered: served by its cluster's global
@@ -155,9 +155,9 @@ def plan_round(
             scheme = plan.bits[cid].scheme
         ins = instruction_for(cfg, rnd, cid, strategy.client_freeze, a, scheme, run_id)
         plan.assigned[cid] = a
-        if a.group not in payloads:
-            payloads[a.group] = payload_for(cfg, view, initial, rnd)
-        p = payloads[a.group]
+        if (a.group, a.config) not in payloads:  # a config's view of its group's envelope
+            payloads[(a.group, a.config)] = payload_for(cfg, view, initial, rnd)
+        p = payloads[(a.group, a.config)]
         plan.sent.append(Sent(ins, p.data, view, a.config, tiers[cid], served=p.served))
     return plan
 
