@@ -1,0 +1,216 @@
+"""Kill-and-resume: ``fedpeft run`` SIGKILLed at points spread over an uninterrupted run
+and at points aimed at its writes, then ``fedpeft run --resume``d once; the resumed folder
+is compared with an uninterrupted run's.
+
+A trial ends as ``equal`` (exit 0, the exported adapter byte for byte and the logs but for
+measured values), ``refused`` (exit 2 with one sentence), ``different`` or ``crashed`` (a
+defect), or ``not_killed`` (the run finished before the kill landed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .common import TINY, Exit, cli, compare, env, leftovers, merged, run_cli, sets
+
+POLL_S = 0.0005
+
+
+@dataclass(frozen=True)
+class Point:
+    """Where a trial kills: ``delay`` seconds after the run folder appears, or as soon as
+    ``event`` is seen (``folder``, ``round0``, ``line<k>``, ``writing<k>``, ``export``,
+    ``summary``)."""
+
+    delay: float | None = None
+    event: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"t+{self.delay:.2f}s" if self.delay is not None else str(self.event)
+
+
+def start(out: Path, extra: tuple[str, ...], log: Path) -> subprocess.Popen[bytes]:
+    args = (*TINY, *extra, f"run.output_dir={str(out)!r}", "run.name='kill'")
+    with log.open("w") as err:
+        return subprocess.Popen(
+            cli(["run", *sets(args)]), env=env(), stdout=subprocess.DEVNULL, stderr=err
+        )
+
+
+def run_folder(out: Path) -> Path | None:
+    return next(iter(sorted(out.glob("kill-*"))), None) if out.is_dir() else None
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
+def seen(run: Path, event: str) -> bool:
+    """Is ``event`` visible in the run folder now?"""
+    ckpt = run / "checkpoint"
+    if event == "folder":
+        return True
+    if event == "round0":
+        return (ckpt / "round-000000.manifest.json").exists()
+    if event.startswith("line"):
+        return _lines(run / "metrics.jsonl") >= int(event[4:])
+    if event.startswith("writing"):  # round k's files (or their temporaries) before its manifest
+        stem = f"round-{int(event[7:]):06d}"
+        try:
+            names = os.listdir(ckpt)
+        except OSError:
+            return False
+        return f"{stem}.manifest.json" not in names and any(stem in n for n in names)
+    if event == "export":
+        return (run / ".adapter.tmp").exists()
+    if event == "summary":
+        return (run / "summary.json").exists()
+    raise ValueError(f"unknown event {event!r}")
+
+
+def timeline(out: Path, extra: tuple[str, ...], log: Path, rounds: int) -> dict[str, float]:
+    """An uninterrupted run, and when each event was first seen (seconds after its folder)."""
+    events = ["round0", *(f"line{k}" for k in range(1, rounds + 1)), "export", "summary"]
+    proc = start(out, extra, log)
+    t0, first, run = time.perf_counter(), {}, None
+    while proc.poll() is None:
+        run = run or run_folder(out)
+        if run is not None:
+            first.setdefault("folder", time.perf_counter())
+            for e in events:
+                if e not in first and seen(run, e):
+                    first[e] = time.perf_counter()
+        time.sleep(POLL_S)
+    end = time.perf_counter()
+    if proc.returncode != 0 or "folder" not in first:
+        raise RuntimeError(f"the uninterrupted run failed: {log.read_text()[-2000:]}")
+    base = first["folder"]
+    return {"imports_s": base - t0, **{e: t - base for e, t in first.items()}, "exit": end - base}
+
+
+def kill_at(proc: subprocess.Popen[bytes], out: Path, point: Point) -> tuple[Path | None, bool]:
+    """SIGKILLs ``proc`` at ``point``; (its run folder, whether the kill landed)."""
+    run, t_folder = None, None
+    while proc.poll() is None:
+        run = run or run_folder(out)
+        if run is not None:
+            t_folder = t_folder or time.perf_counter()
+            due = (
+                time.perf_counter() - t_folder >= point.delay
+                if point.delay is not None
+                else seen(run, str(point.event))
+            )
+            if due:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return run, True
+        time.sleep(POLL_S)
+    return run or run_folder(out), False
+
+
+def snapshot(run: Path) -> dict[str, Any]:
+    """What the kill left: committed rounds, uncommitted files, temporaries, log lines."""
+    ckpt = run / "checkpoint"
+    names = sorted(os.listdir(ckpt)) if ckpt.is_dir() else []
+    committed = sorted(
+        int(n[6:12]) for n in names if n.endswith(".manifest.json") and n.startswith("round-")
+    )
+    return {
+        "committed_rounds": committed,
+        "uncommitted": [
+            n for n in names if n.startswith("round-") and int(n[6:12]) not in committed
+        ],
+        "temporaries": leftovers(run),
+        "metrics_lines": _lines(run / "metrics.jsonl"),
+        "adapter": (run / "adapter").is_dir(),
+        "summary": (run / "summary.json").is_file(),
+    }
+
+
+def resume_cli(run: Path, log: Path) -> Exit:
+    """``fedpeft run --resume RUN`` in a fresh process."""
+    return run_cli(["run", "--resume", str(run)], log)
+
+
+def trial(
+    point: Point,
+    extra: tuple[str, ...],
+    reference: Path,
+    work: Path,
+    resume: Callable[[Path, Path], Exit] = resume_cli,
+) -> dict[str, Any]:
+    """One ``fedpeft run`` process killed at ``point``, then resumed once."""
+    work.mkdir(parents=True)
+    out = work / "runs"
+    proc = start(out, extra, work / "killed.log")
+    run, killed = kill_at(proc, out, point)
+    row: dict[str, Any] = {"point": point.name, "killed": killed}
+    if run is None:
+        return {**row, "outcome": "no_folder", "exit_killed": proc.returncode}
+    row["after_kill"] = snapshot(run)
+    resumed = resume(run, work / "resumed.log")
+    row.update(exit=resumed.code, resume_s=round(resumed.seconds, 1))
+    if resumed.code == 0:
+        row.update(compare(run, reference), leftovers=leftovers(run))
+        ok = row["adapter_equal"] and row["logs_equal"] and not row["leftovers"]
+        row["outcome"] = ("equal" if ok else "different") if killed else "not_killed"
+    elif resumed.one_sentence:
+        row.update(outcome="refused", sentence=resumed.error())
+    else:
+        row.update(outcome="crashed", stderr_tail=resumed.stderr[-1500:])
+    return row
+
+
+def points(tl: dict[str, float], rounds: int, timed: int, events: bool) -> list[Point]:
+    """``timed`` kills spread evenly over the run's life after its folder appears, and one
+    kill at each event of the run's writes."""
+    span = tl["exit"]
+    out = [Point(delay=span * (i + 0.5) / timed) for i in range(timed)]
+    if events:
+        names = ["folder", "round0"]
+        names += [e for k in range(1, rounds + 1) for e in (f"line{k}", f"writing{k}")]
+        out += [Point(event=e) for e in (*names, "export", "summary")]
+    return out
+
+
+def study(
+    mode: str, extra: tuple[str, ...], work: Path, timed: int, events: bool, rounds: int = 4
+) -> dict[str, Any]:
+    """One configuration's uninterrupted runs (twice: the control that the run is
+    deterministic across processes) and its kill trials."""
+    ref_out = work / mode / "reference"
+    ref_out.mkdir(parents=True)
+    tl = timeline(ref_out, extra, work / mode / "reference.log", rounds)
+    reference = run_folder(ref_out)
+    assert reference is not None
+    again = work / mode / "again"
+    control = run_cli(
+        ["run", *sets((*TINY, *extra, f"run.output_dir={str(again)!r}", "run.name='kill'"))],
+        work / mode / "again.log",
+    )
+    twin = run_folder(again)
+    determinism = compare(twin, reference) if control.code == 0 and twin else {}
+    trials = []
+    for i, point in enumerate(points(tl, rounds, timed, events)):
+        row = trial(point, extra, reference, work / mode / f"trial-{i:02d}")
+        print(f"{mode} {point.name}: {row['outcome']}", flush=True)
+        trials.append(row)
+    return {
+        "config": merged(TINY, extra),
+        "timeline_s": {k: round(v, 3) for k, v in tl.items()},
+        "uninterrupted_twice_equal": determinism,
+        "counts": dict(Counter(t["outcome"] for t in trials)),
+        "trials": trials,
+    }
