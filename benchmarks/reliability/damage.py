@@ -454,6 +454,20 @@ def via_cli(
     }
 
 
+def fewer_rounds(base: Path, work: Path) -> dict[str, Any]:
+    """``fedpeft run --resume RUN --set run.rounds=1`` on a run that completed 2 rounds."""
+    run = Path(shutil.copytree(base, work / base.name))
+    before = _files(run)
+    done = run_cli(["run", "--resume", str(run), "--set", "run.rounds=1"], work / "cli.log")
+    return {
+        "variant": "resume with --set run.rounds=1 after 2 rounds",
+        "exit": done.code,
+        "one_sentence": done.one_sentence,
+        "sentence": done.error(),
+        "folder_unchanged": _files(run) == before,
+    }
+
+
 def study(work: Path, quick: bool = False, cli_sample: int = 12, seed: int = 0) -> dict[str, Any]:
     from fedpeft.runtime.local import run_local
 
@@ -490,6 +504,8 @@ def study(work: Path, quick: bool = False, cli_sample: int = 12, seed: int = 0) 
         _, reference, base = runs[mode]
         cli_rows.append(via_cli(variant, base, others, reference, work / f"cli{i:02d}"))
         print(f"cli {name}: exit {cli_rows[-1]['exit']}", flush=True)
+    if cli_sample:
+        cli_rows.append(fewer_rounds(runs["sync"][2], work / "fewer"))
     return {
         "variants": len(rows),
         "counts": dict(Counter(r["outcome"] for r in rows)),

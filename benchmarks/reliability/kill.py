@@ -174,9 +174,10 @@ def trial(
 
 
 def points(tl: dict[str, float], rounds: int, timed: int, events: bool) -> list[Point]:
-    """``timed`` kills spread evenly over the run's life after its folder appears, and one
-    kill at each event of the run's writes."""
-    span = tl["exit"]
+    """``timed`` kills spread evenly from the run folder's creation to its last write of
+    state (``summary.json``; after it only the report is drawn), and one kill at each event
+    of the run's writes (``summary``: while the report is drawn)."""
+    span = tl["summary"]
     out = [Point(delay=span * (i + 0.5) / timed) for i in range(timed)]
     if events:
         names = ["folder", "round0"]
