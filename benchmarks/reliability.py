@@ -32,11 +32,13 @@ from reliability.common import ASYNC, write_result
 
 def _kill(args: argparse.Namespace, work: Path) -> dict[str, object]:
     from reliability.kill import study
+    from reliability.launch import Launcher
 
     modes = {"sync": (), "async": ASYNC}
     timed = 1 if args.quick else args.timed
+    launcher = Launcher(args.launcher)
     return {
-        mode: study(mode, modes[mode], work, timed, events=not args.quick)
+        mode: study(mode, modes[mode], work, timed, not args.quick, launcher)
         for mode in args.modes.split(",")
     }
 
@@ -69,6 +71,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, help="the JSON file to write")
     parser.add_argument("--timed", type=int, default=20, help="kill: timed kill points a mode")
     parser.add_argument("--modes", default="sync,async", help="kill: sync, async or both")
+    parser.add_argument(
+        "--launcher",
+        choices=("fork", "exec"),
+        default="fork",
+        help="kill: processes forked after the imports, or fresh interpreters (launch.py)",
+    )
     parser.add_argument("--cli-sample", type=int, default=12, help="damage: variants via the CLI")
     args = parser.parse_args(argv)
     start = time.perf_counter()

@@ -16,7 +16,7 @@ from fedpeft.runtime.local import run_local
 # the studies are scripts under benchmarks/ (a package named `benchmarks` is already taken
 # in the environment, by a dependency), so their folder is put on the path as the script's is
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from reliability import damage, dropout, kill, malicious  # noqa: E402
+from reliability import damage, dropout, kill, launch, malicious  # noqa: E402
 from reliability.common import TINY, Exit, adapter_bytes  # noqa: E402
 
 
@@ -32,9 +32,9 @@ def test_a_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path: Path) ->
     extra = ("run.rounds=2",)
     cfg = load_config(overrides=[*TINY, *extra, f"run.output_dir={str(tmp_path / 'ref')!r}"])
     reference = run_local(cfg).run_dir
-    row = kill.trial(
-        kill.Point(event="line1"), extra, reference, tmp_path / "trial", _resume_in_process
-    )
+    launcher = launch.Launcher("exec")  # a fresh `python -m fedpeft.cli.main run`
+    point = kill.Point(event="line1")
+    row = kill.trial(launcher, point, extra, reference, tmp_path / "trial", _resume_in_process)
     assert row["killed"] and row["after_kill"]["metrics_lines"] >= 1, row
     assert row["outcome"] == "equal", row
 

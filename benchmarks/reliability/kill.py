@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import TINY, Exit, cli, compare, env, leftovers, merged, run_cli, sets
+from .common import TINY, Exit, compare, leftovers, merged, sets
+from .launch import Launcher, Proc
 
 POLL_S = 0.0005
 
@@ -38,12 +38,8 @@ class Point:
         return f"t+{self.delay:.2f}s" if self.delay is not None else str(self.event)
 
 
-def start(out: Path, extra: tuple[str, ...], log: Path) -> subprocess.Popen[bytes]:
-    args = (*TINY, *extra, f"run.output_dir={str(out)!r}", "run.name='kill'")
-    with log.open("w") as err:
-        return subprocess.Popen(
-            cli(["run", *sets(args)]), env=env(), stdout=subprocess.DEVNULL, stderr=err
-        )
+def run_args(out: Path, extra: tuple[str, ...]) -> list[str]:
+    return ["run", *sets((*TINY, *extra, f"run.output_dir={str(out)!r}", "run.name='kill'"))]
 
 
 def run_folder(out: Path) -> Path | None:
@@ -80,10 +76,12 @@ def seen(run: Path, event: str) -> bool:
     raise ValueError(f"unknown event {event!r}")
 
 
-def timeline(out: Path, extra: tuple[str, ...], log: Path, rounds: int) -> dict[str, float]:
+def timeline(
+    launcher: Launcher, out: Path, extra: tuple[str, ...], log: Path, rounds: int
+) -> dict[str, float]:
     """An uninterrupted run, and when each event was first seen (seconds after its folder)."""
     events = ["round0", *(f"line{k}" for k in range(1, rounds + 1)), "export", "summary"]
-    proc = start(out, extra, log)
+    proc = launcher.start(run_args(out, extra), log)
     t0, first, run = time.perf_counter(), {}, None
     while proc.poll() is None:
         run = run or run_folder(out)
@@ -100,7 +98,7 @@ def timeline(out: Path, extra: tuple[str, ...], log: Path, rounds: int) -> dict[
     return {"imports_s": base - t0, **{e: t - base for e, t in first.items()}, "exit": end - base}
 
 
-def kill_at(proc: subprocess.Popen[bytes], out: Path, point: Point) -> tuple[Path | None, bool]:
+def kill_at(proc: Proc, out: Path, point: Point) -> tuple[Path | None, bool]:
     """SIGKILLs ``proc`` at ``point``; (its run folder, whether the kill landed)."""
     run, t_folder = None, None
     while proc.poll() is None:
@@ -139,28 +137,26 @@ def snapshot(run: Path) -> dict[str, Any]:
     }
 
 
-def resume_cli(run: Path, log: Path) -> Exit:
-    """``fedpeft run --resume RUN`` in a fresh process."""
-    return run_cli(["run", "--resume", str(run)], log)
-
-
 def trial(
+    launcher: Launcher,
     point: Point,
     extra: tuple[str, ...],
     reference: Path,
     work: Path,
-    resume: Callable[[Path, Path], Exit] = resume_cli,
+    resume: Callable[[Path, Path], Exit] | None = None,
 ) -> dict[str, Any]:
-    """One ``fedpeft run`` process killed at ``point``, then resumed once."""
+    """One ``fedpeft run`` process killed at ``point``, then ``fedpeft run --resume``d once
+    (by ``resume`` when given)."""
     work.mkdir(parents=True)
     out = work / "runs"
-    proc = start(out, extra, work / "killed.log")
+    proc = launcher.start(run_args(out, extra), work / "killed.log")
     run, killed = kill_at(proc, out, point)
     row: dict[str, Any] = {"point": point.name, "killed": killed}
     if run is None:
         return {**row, "outcome": "no_folder", "exit_killed": proc.returncode}
     row["after_kill"] = snapshot(run)
-    resumed = resume(run, work / "resumed.log")
+    log = work / "resumed.log"
+    resumed = resume(run, log) if resume else launcher.run(["run", "--resume", str(run)], log)
     row.update(exit=resumed.code, resume_s=round(resumed.seconds, 1))
     if resumed.code == 0:
         row.update(compare(run, reference), leftovers=leftovers(run))
@@ -187,30 +183,36 @@ def points(tl: dict[str, float], rounds: int, timed: int, events: bool) -> list[
 
 
 def study(
-    mode: str, extra: tuple[str, ...], work: Path, timed: int, events: bool, rounds: int = 4
+    mode: str,
+    extra: tuple[str, ...],
+    work: Path,
+    timed: int,
+    events: bool,
+    launcher: Launcher,
+    rounds: int = 4,
 ) -> dict[str, Any]:
-    """One configuration's uninterrupted runs (twice: the control that the run is
-    deterministic across processes) and its kill trials."""
-    ref_out = work / mode / "reference"
-    ref_out.mkdir(parents=True)
-    tl = timeline(ref_out, extra, work / mode / "reference.log", rounds)
-    reference = run_folder(ref_out)
-    assert reference is not None
-    again = work / mode / "again"
-    control = run_cli(
-        ["run", *sets((*TINY, *extra, f"run.output_dir={str(again)!r}", "run.name='kill'"))],
-        work / mode / "again.log",
-    )
-    twin = run_folder(again)
-    determinism = compare(twin, reference) if control.code == 0 and twin else {}
+    """One configuration: an uninterrupted run exec'd (the reference), the same by
+    ``launcher`` (the control: bitwise equal across processes and launchers; its timeline
+    places the kills), then the kill trials by ``launcher``."""
+    timelines, folders = {}, {}
+    for name, by in (("reference", Launcher("exec")), ("again", launcher)):
+        out = work / mode / name
+        out.mkdir(parents=True)
+        timelines[name] = timeline(by, out, extra, work / mode / f"{name}.log", rounds)
+        folders[name] = run_folder(out)
+    reference, twin = folders["reference"], folders["again"]
+    assert reference is not None and twin is not None
+    determinism = compare(twin, reference)
+    tl = timelines["again"]
     trials = []
     for i, point in enumerate(points(tl, rounds, timed, events)):
-        row = trial(point, extra, reference, work / mode / f"trial-{i:02d}")
+        row = trial(launcher, point, extra, reference, work / mode / f"trial-{i:02d}")
         print(f"{mode} {point.name}: {row['outcome']}", flush=True)
         trials.append(row)
     return {
         "config": merged(TINY, extra),
-        "timeline_s": {k: round(v, 3) for k, v in tl.items()},
+        "launcher": launcher.kind,
+        "timeline_s": {n: {k: round(v, 3) for k, v in t.items()} for n, t in timelines.items()},
         "uninterrupted_twice_equal": determinism,
         "counts": dict(Counter(t["outcome"] for t in trials)),
         "trials": trials,
