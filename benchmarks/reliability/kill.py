@@ -26,16 +26,16 @@ POLL_S = 0.0005
 
 @dataclass(frozen=True)
 class Point:
-    """Where a trial kills: ``delay`` seconds after the run folder appears, or as soon as
-    ``event`` is seen (``folder``, ``round0``, ``line<k>``, ``writing<k>``, ``export``,
-    ``summary``)."""
+    """Where a trial kills: as soon as ``event`` is seen (``folder``, ``round0``,
+    ``line<k>``, ``writing<k>``, ``export``, ``summary``), then ``delay`` seconds later."""
 
-    delay: float | None = None
-    event: str | None = None
+    event: str
+    delay: float = 0.0
+    label: str = ""
 
     @property
     def name(self) -> str:
-        return f"t+{self.delay:.2f}s" if self.delay is not None else str(self.event)
+        return self.label or self.event
 
 
 def run_args(out: Path, extra: tuple[str, ...]) -> list[str]:
@@ -100,20 +100,15 @@ def timeline(
 
 def kill_at(proc: Proc, out: Path, point: Point) -> tuple[Path | None, bool]:
     """SIGKILLs ``proc`` at ``point``; (its run folder, whether the kill landed)."""
-    run, t_folder = None, None
+    run, seen_at = None, None
     while proc.poll() is None:
         run = run or run_folder(out)
-        if run is not None:
-            t_folder = t_folder or time.perf_counter()
-            due = (
-                time.perf_counter() - t_folder >= point.delay
-                if point.delay is not None
-                else seen(run, str(point.event))
-            )
-            if due:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return run, True
+        if run is not None and seen_at is None and seen(run, point.event):
+            seen_at = time.perf_counter()
+        if seen_at is not None and time.perf_counter() - seen_at >= point.delay:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return run, True
         time.sleep(POLL_S)
     return run or run_folder(out), False
 
@@ -170,15 +165,23 @@ def trial(
 
 
 def points(tl: dict[str, float], rounds: int, timed: int, events: bool) -> list[Point]:
-    """``timed`` kills spread evenly from the run folder's creation to its last write of
-    state (``summary.json``; after it only the report is drawn), and one kill at each event
-    of the run's writes (``summary``: while the report is drawn)."""
-    span = tl["summary"]
-    out = [Point(delay=span * (i + 0.5) / timed) for i in range(timed)]
+    """``timed`` kills spread over the run: after round 0's checkpoint and after each
+    round's log line, at fractions of a round's duration (from the timeline ``tl``), so
+    that they land through every round whatever the machine's load; and, with ``events``,
+    one kill as soon as each of the run's writes is seen."""
+    anchors = ["round0", *(f"line{k}" for k in range(1, rounds + 1))]
+    per = -(-timed // len(anchors))
+    round_s = (tl[f"line{rounds}"] - tl["round0"]) / rounds
+    fractions = [(j + 1) / (per + 1) for j in range(per)]
+    out = [
+        Point(a, f * round_s, f"{a}+{f:.2f}·round ({f * round_s:.2f} s)")
+        for f in fractions
+        for a in anchors
+    ][:timed]
     if events:
         names = ["folder", "round0"]
         names += [e for k in range(1, rounds + 1) for e in (f"line{k}", f"writing{k}")]
-        out += [Point(event=e) for e in (*names, "export", "summary")]
+        out += [Point(e) for e in (*names, "export", "summary")]
     return out
 
 
