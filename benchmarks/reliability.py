@@ -38,7 +38,7 @@ def _kill(args: argparse.Namespace, work: Path) -> dict[str, object]:
     timed = 1 if args.quick else args.timed
     launcher = Launcher(args.launcher)
     return {
-        mode: study(mode, modes[mode], work, timed, not args.quick, launcher)
+        mode: study(mode, modes[mode], work, timed, args.events and not args.quick, launcher)
         for mode in args.modes.split(",")
     }
 
@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> Path:
         choices=("fork", "exec"),
         default="fork",
         help="kill: processes forked after the imports, or fresh interpreters (launch.py)",
+    )
+    parser.add_argument(
+        "--events",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="kill: also kill as soon as each of the run's writes is seen",
     )
     parser.add_argument("--cli-sample", type=int, default=12, help="damage: variants via the CLI")
     args = parser.parse_args(argv)

@@ -502,7 +502,9 @@ def study(work: Path, quick: bool = False, cli_sample: int = 12, seed: int = 0) 
     for i, name in enumerate(sample):
         mode, variant = next((m, v) for m, v in variants if v.name == name)
         _, reference, base = runs[mode]
-        cli_rows.append(via_cli(variant, base, others, reference, work / f"cli{i:02d}"))
+        row = via_cli(variant, base, others, reference, work / f"cli{i:02d}")
+        row["in_process"] = next(r["outcome"] for r in rows if r["variant"] == name)
+        cli_rows.append(row)
         print(f"cli {name}: exit {cli_rows[-1]['exit']}", flush=True)
     if cli_sample:
         cli_rows.append(fewer_rounds(runs["sync"][2], work / "fewer"))

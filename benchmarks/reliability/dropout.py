@@ -15,7 +15,7 @@ from typing import Any
 
 from .common import TINY, merged, read_jsonl
 
-CLIENTS, ROUNDS = 10, 6
+CLIENTS, ROUNDS = 10, 10
 BASE = (
     f"data.num_clients={CLIENTS}",
     f"run.rounds={ROUNDS}",
