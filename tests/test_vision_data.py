@@ -148,7 +148,6 @@ def test_fedpeft_run_end_to_end(tmp_path: Path, model: str, method: str, dataset
     result = run_local(cfg)
     rounds = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2]
-    assert all(0.0 <= r["eval"]["accuracy"] <= 1.0 for r in rounds)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["rounds_completed"] == 2
     # the exported adapter, loaded into a fresh base, scores what the run reported

@@ -30,6 +30,7 @@ SUMMARY = "summary.json"
 PARTITIONS = "partitions.json"
 CHECKPOINT = "checkpoint"
 ADAPTER = "adapter"
+CLIENT_STATES = "clients"  # in-process runs: each client's kept state, clients/<id>/
 LOGS = (METRICS, CLIENTS, ALLOCATIONS)
 
 __all__ = ["RunStore", "write_atomic", "write_json"]

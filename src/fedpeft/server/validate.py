@@ -23,7 +23,7 @@ from fedpeft.client import (
     META_NUM_EXAMPLES,
     META_ROUND,
 )
-from fedpeft.compression import CodecError, decode, layout
+from fedpeft.compression import CodecError, decode, decode_update, layout
 from fedpeft.types import AdapterState, ClientUpdate, TrainInstruction
 
 
@@ -51,11 +51,20 @@ def validate_reply(
     reference: AdapterState,
     instruction: TrainInstruction,
     max_examples: int | None = None,
+    extras: AdapterState | None = None,
 ) -> ClientUpdate:
+    """The update in ``payload``, checked against ``reference`` (the adapter the client was
+    served) and ``extras`` (the ``x/…`` tensors its client half must send back)."""
+    extras = extras or {}
     try:  # the header is checked against the reference before any tensor is decoded
-        state, meta = decode(payload, expected=layout(reference))
+        if instruction.compression:  # θ_served + the dequantised Δ, checked before unpacking
+            tensors, meta = decode_update(payload, reference)
+        else:
+            tensors, meta = decode(payload, expected=layout(reference | extras))
     except CodecError as e:
         raise RejectedUpdate(str(e)) from None
+    state = {k: v for k, v in tensors.items() if k not in extras}
+    sent_extras = {k: v for k, v in tensors.items() if k in extras}
     if (
         meta.get(META_CLIENT_ID) != instruction.client_id
         or meta.get(META_ROUND) != instruction.round
@@ -73,8 +82,10 @@ def validate_reply(
     if max_examples is not None and n > max_examples:
         raise RejectedUpdate(f"num_examples {n} exceeds the {max_examples} the client reported")
     check_tensors(state, reference)
+    check_tensors(sent_extras, extras)
     _check_frozen(state, reference, instruction.freeze)
-    return ClientUpdate(instruction.client_id, state, n, _metrics(meta.get(META_METRICS)))
+    metrics = _metrics(meta.get(META_METRICS))
+    return ClientUpdate(instruction.client_id, state, n, metrics, sent_extras)
 
 
 METRIC_LIMIT = 1e12  # |x| above this is not a loss, a time or a count: it is dropped

@@ -15,8 +15,10 @@ import threading
 import time
 import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedpeft.client import ClientStateStore
 from fedpeft.config import ExperimentConfig, build_config
 from fedpeft.errors import FedpeftError
 from fedpeft.profiling import ResourceProfile, measured_profile
@@ -78,8 +80,20 @@ def client_process(config_toml: str) -> ClientProcess:
         LOADS.loads += 1
         LOADS.last_load_s = elapsed
         _CACHE.clear()
-        _CACHE[key] = ClientProcess(key, cfg, LocalClientPool(task), elapsed)
+        states = ClientStateStore(client_state_dir(key), per_run=True)
+        pool = LocalClientPool(task, states=states)
+        _CACHE[key] = ClientProcess(key, cfg, pool, elapsed)
         return _CACHE[key]
+
+
+def client_state_dir(config_key: str) -> Path:
+    """Where this machine keeps its clients' states for one run config, one folder per run
+    (named by the instruction's ``run_id``): on the node's own disk
+    (``$FEDPEFT_CLIENT_STATE_DIR``, else ``~/.cache/fedpeft/client-state``), so they survive
+    the node's processes and a resumed run (states are read by round)."""
+    root = os.environ.get("FEDPEFT_CLIENT_STATE_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "fedpeft" / "client-state"
+    return base / config_key[:16]
 
 
 def profile_of(proc: ClientProcess, upload: str, download: str) -> ResourceProfile:
@@ -132,10 +146,10 @@ def fit_reply(
     if not own:
         reply = proc.pool.fit(ins, payload)
     else:
-        from fedpeft.client import ClientData, handle_fit
+        from fedpeft.client import ClientData
 
         task = proc.pool.task
         data = ClientData(task.data.train, task.data.partitions[_index(proc, ins.client_id, own)])
         model = task.model_for(ins.method, ins.options)
-        reply = handle_fit(model, payload, ins, data, task.device)
+        reply = proc.pool.fit_on(model, payload, ins, data)
     return reply, {"pid": process_id(), "model_loads": LOADS.loads}

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from fedpeft.allocation import client_workload, make_allocation_config
-from fedpeft.client import ClientData, handle_fit
+from fedpeft.client import ClientData, ClientStateStore, handle_fit
 from fedpeft.data import DataProfile
 from fedpeft.errors import ClientSkipped
 from fedpeft.peft import get_adapter_state, parse_method_ref, set_adapter_state
@@ -42,8 +42,14 @@ class LocalClientPool:
     those that did.
     """
 
-    def __init__(self, task: Task, devices: list[ResourceProfile] | None = None) -> None:
+    def __init__(
+        self,
+        task: Task,
+        devices: list[ResourceProfile] | None = None,
+        states: ClientStateStore | None = None,
+    ) -> None:
         self.task = task
+        self.states = states or ClientStateStore()  # what each client keeps between rounds
         cfg, p = task.cfg, task.cfg.profiles
         self.devices = devices or declared_devices(
             cfg.data.num_clients, p.mix, cfg.run.seed, p.file
@@ -71,7 +77,7 @@ class LocalClientPool:
         model = task.model_for(instruction.method, instruction.options)
         data = ClientData(task.data.train, task.data.partitions[cid])
         if not self.simulate:
-            return handle_fit(model, payload, instruction, data, task.device)
+            return self.fit_on(model, payload, instruction, data)
         profile = self.devices[cid]
         spec = parse_method_ref(instruction.method, instruction.options, task.ref).spec
         c = task.cfg.client
@@ -90,10 +96,21 @@ class LocalClientPool:
                 self.sim.seconds(profile, task.arch, spec, work, len(payload), len(payload))
             )
         with thread_cap(profile.cores if self.sim.thread_cap else None):
-            reply = handle_fit(model, payload, instruction, data, task.device)
+            reply = self.fit_on(model, payload, instruction, data)
         seconds = self.sim.seconds(profile, task.arch, spec, work, len(payload), len(reply))
         self._sim_seconds[(instruction.round, cid)] = seconds
         return reply
+
+    def fit_on(
+        self, model: torch.nn.Module, payload: bytes, ins: TrainInstruction, data: ClientData
+    ) -> bytes:
+        """``handle_fit`` of ``model`` on ``data``, with the client's kept state loaded before
+        and saved after."""
+        state = self.states.load(ins.client_id, ins.round, ins.run_id)
+        result = handle_fit(model, payload, ins, data, self.task.device, state)
+        if result.state is not None:
+            self.states.save(ins.client_id, ins.round, result.state, ins.run_id)
+        return result.reply
 
 
 class LocalGlobalModel:
