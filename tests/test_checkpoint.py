@@ -169,3 +169,18 @@ def test_server_state_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
     for group in state.adapters:
         _same(back.adapters[group], state.adapters[group])
     _same(back.optimizer["lora"], state.optimizer["lora"])
+
+
+def test_stray_newer_manifests_do_not_hide_a_valid_round(three, caplog) -> None:
+    """Two unreadable manifests numbered above the kept rounds (no crash writes those): the
+    newest round that verifies is still found, not only among the two newest manifests."""
+    full = run_local(three)
+    stopped = _stopped(three, end=2)
+    for rnd in (3, 4):
+        (stopped / "checkpoint" / f"round-{rnd:06d}.manifest.json").write_bytes(b"{")
+    resumed = run_local(three, resume=stopped)
+    assert "checkpoint of round 4 is damaged" in caplog.text
+    assert "resuming from the previous valid checkpoint, round 2" in caplog.text
+    assert [r["round"] for r in resumed.rounds] == [1, 2, 3]
+    _same(resumed.state, full.state)
+    assert RunStore(stopped).checkpoints.rounds() == [3, 2]  # the stray ones pruned

@@ -123,3 +123,20 @@ def test_absurd_metrics_are_dropped_not_logged() -> None:
     many = {f"m{i:03d}": float(i) for i in range(100)}
     kept = validate_reply(_reply(many), REFERENCE, ins).metrics
     assert len(kept) == MAX_METRICS and kept == {f"m{i:03d}": float(i) for i in range(MAX_METRICS)}
+
+
+def test_the_in_process_receive_path_refuses_an_extra_tensor_from_the_header(
+    loads: list[int],
+) -> None:
+    """``validate_reply`` (every reply of both loops, in-process too) checks the reply
+    against the layout it served before any tensor is built."""
+    from fedpeft.server.validate import RejectedUpdate
+
+    ins = TrainInstruction(1, 0, 1, None, 8, 0.1, 0.0, 0.0, 0)
+    meta = {META_CLIENT_ID: 0, META_ROUND: 1, META_NUM_EXAMPLES: 5}
+    smuggled = encode({**REFERENCE, "smuggled": torch.zeros(16 << 20)}, meta)  # 64 MiB
+    with pytest.raises(RejectedUpdate, match="unexpected tensor 'smuggled'"):
+        validate_reply(smuggled, REFERENCE, ins)
+    assert loads == []
+    validate_reply(encode(REFERENCE, meta), REFERENCE, ins)
+    assert len(loads) == 1

@@ -84,7 +84,9 @@ def decode(
         state = st_load(bytes(payload))
     except (SafetensorError, ValueError, RuntimeError, OverflowError) as e:
         raise CodecError(f"payload is not valid safetensors ({e})") from None
-    return state, meta
+    # safetensors returns its tensors in an order that follows the process's hash seed; in
+    # name order, sums over a state (an update's norm) are the same in every process
+    return {k: state[k] for k in sorted(state)}, meta
 
 
 def payload_layout(payload: bytes | bytearray) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:

@@ -96,7 +96,7 @@ class Checkpoints:
             "files": {tensors_name: _sha256(tensors), json_name: _sha256(meta)},
         }
         write_json(self.folder / manifest_name, manifest)
-        self._prune()
+        self._prune(state.round)
 
     def rounds(self) -> list[int]:
         """Rounds with a manifest, newest first."""
@@ -117,7 +117,7 @@ class Checkpoints:
                 )
             raise self._refuse("it has no committed checkpoint")
         reasons = []
-        for rnd in rounds[:KEEP]:
+        for rnd in rounds:  # all, not KEEP: stray newer manifests must not hide a valid round
             try:
                 state = self._load_round(rnd)
             except _Damaged as e:
@@ -172,8 +172,10 @@ class Checkpoints:
             raise _Damaged("its files disagree on the round")
         return state
 
-    def _prune(self) -> None:
-        keep = set(self.rounds()[:KEEP])
+    def _prune(self, current: int) -> None:
+        """Keeps the ``KEEP`` newest rounds up to ``current``, the round just committed; a
+        newer one is a leftover its run has now passed (e.g. a stray manifest)."""
+        keep = set([r for r in self.rounds() if r <= current][:KEEP])
         for path in self.folder.iterdir():
             m = re.match(r"^round-(\d{6})\.", path.name)
             if m and int(m.group(1)) not in keep:

@@ -77,8 +77,9 @@ class RunStore:
         root = Path(run_dir)
         if not (root / CONFIG).is_file():
             raise FedpeftError(
-                f"run folder {root} is incomplete or not a fedpeft run (no {CONFIG}); "
-                "nothing was resumed."
+                f"run folder {root} is incomplete or not a fedpeft run (no {CONFIG}: a run "
+                "killed before writing it had not begun); nothing was resumed, start the run "
+                "again without `--resume`."
             )
         remove_temporaries(root)
         return cls(root, fingerprint)
