@@ -71,6 +71,19 @@ def run_experiment_command(
     return 1 if status.failed else 0
 
 
+def report_experiment(root: Path) -> Path:
+    """Rebuilds the tables from the run folders (runs may have finished since), then the
+    report."""
+    from fedpeft.report.experiment import write_experiment_report
+
+    folder = ExperimentDir(root)
+    raw = folder.read_plan()
+    if raw is None:
+        raise FedpeftError(f"{root / 'experiment.json'} is damaged; rerun the experiment.")
+    write_tables(Plan.from_json(raw), folder)
+    return write_experiment_report(root)
+
+
 def plan_json(exp: ExperimentFile, plan: Plan, file: Path) -> dict[str, Any]:
     proposed = exp.experiment.proposed or next(
         (v.name for v in plan.variants.values() if v.role == "proposed"), None

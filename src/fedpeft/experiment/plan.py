@@ -39,6 +39,10 @@ class Variant:
     keys: dict[str, Any]
     stages: tuple[Stage, ...] = ()
     needs: str = ""
+    masks: frozenset[str] = frozenset()  # keys dropped for it: they mean nothing for it
+
+    def overrides(self, key: str) -> bool:
+        return key in self.keys or key in self.masks
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,19 @@ class Plan:
     variants: dict[str, Variant]
     runs: list[PlannedRun] = field(default_factory=list)
 
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Plan:
+        """The plan an ``experiment.json`` records (what the tables are rebuilt from)."""
+        try:
+            variants = {
+                name: Variant(name, v["role"], v["description"], v["cite"], v["keys"])
+                for name, v in raw["variants"].items()
+            }
+            runs = [PlannedRun(**r) for r in raw["runs"]]
+            return cls(list(raw["axes"]), variants, runs)
+        except (KeyError, TypeError) as e:
+            raise FedpeftError(f"experiment.json does not describe a plan ({e}).") from None
+
 
 def resolve_variants(exp: ExperimentFile) -> dict[str, Variant]:
     out = {}
@@ -90,6 +107,7 @@ def resolve_variants(exp: ExperimentFile) -> dict[str, Variant]:
             {**p.keys, **keys},
             p.stages,
             p.needs,
+            p.masks,
         )
     return out
 
@@ -131,9 +149,11 @@ def _runs(
     keys, labels = dict(base), {}
     for (axis, _), (label, axis_keys) in zip(axes, combo, strict=True):
         keys.update(axis_keys)
-        overridden = axis_keys and all(k in variant.keys for k in axis_keys)
+        overridden = axis_keys and all(variant.overrides(k) for k in axis_keys)
         labels[axis] = "*" if overridden else label
     keys.update(variant.keys)
+    for k in variant.masks:
+        keys.pop(k, None)
     for k in CONTROLLED:
         keys.pop(k, None)
     rounds = keys.get("run.rounds", DEFAULT_ROUNDS)

@@ -42,6 +42,7 @@ class Preset:
     cite: str = ""
     stages: tuple[Stage, ...] = ()
     needs: str = ""  # what must exist in this build for the preset to run (checked up front)
+    masks: frozenset[str] = frozenset()  # keys that mean nothing for it (dropped, not applied)
 
 
 # One place for the learning rates per method family: the ones BENCHMARKS.md's method
@@ -161,6 +162,7 @@ _PRESETS = [
         "local epochs (so the same examples seen), LoRA",
         {**LORA, **ONE_CLIENT},
         role="centralised",
+        masks=frozenset({"data.min_partition_size"}),
     ),
     Preset(
         "fedpeft_plus",
@@ -189,6 +191,6 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise FedpeftError(
             f"`preset` {name!r} is not a known baseline; expected one of: {', '.join(PRESETS)} "
-            "(or `preset = \"none\"` for a variant built from config keys alone)."
+            '(or `preset = "none"` for a variant built from config keys alone).'
         )
     return PRESETS[name]

@@ -9,6 +9,7 @@ next checkpointed round boundary (SIGINT to each run's process group).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -193,10 +194,8 @@ class Runner:
 
 
 def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # it ended already
         os.killpg(proc.pid, sig)  # the run's own group (start_new_session), by its id
-    except ProcessLookupError:
-        pass
 
 
 def _last_line(path: Path) -> str:

@@ -41,6 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from fedpeft.config.loading import describe_validation_error
 from fedpeft.errors import FedpeftError
 
+Tracker = Literal["tensorboard", "mlflow"]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
@@ -64,7 +66,7 @@ class Settings(_Strict):
     config: str | None = None
     output_dir: str = "experiments"
     runtime: Literal["local", "flower-sim"] = "local"
-    track: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+    track: list[Tracker] = Field(default_factory=lambda: list[Tracker](["tensorboard"]))
     proposed: str | None = Field(None, description="the variant the outcomes are computed for")
     budget: Budget = Field(default_factory=Budget)
 

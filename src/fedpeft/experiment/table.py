@@ -92,7 +92,7 @@ def write_tables(
     """Writes the three tables; returns their row counts."""
     failed = failed or {}
     rounds, clients, runs = [], [], []
-    for run_id, stages in _logical_runs(plan.runs).items():
+    for stages in _logical_runs(plan.runs).values():
         head = _identity(plan, stages[0])
         cum: dict[str, float] = {"up": 0.0, "down": 0.0, "wall": 0.0}
         summaries = []
@@ -105,7 +105,9 @@ def write_tables(
             by_round = _clients_by_round(run_folder / "clients.jsonl")
             for record in _jsonl(run_folder / "metrics.jsonl"):
                 row = _round_row(record, by_round.get(record.get("round"), []), summary, cum)
-                row.update(head, stage=run.stage, round=_int(record.get("round")) + run.round_offset)
+                row.update(
+                    head, stage=run.stage, round=_int(record.get("round")) + run.round_offset
+                )
                 rounds.append(row)
             for c in (c for cs in by_round.values() for c in cs):
                 row = {**head, **_client_row(c), "stage": run.stage}
@@ -128,7 +130,13 @@ def _logical_runs(runs: Iterable[PlannedRun]) -> dict[str, list[PlannedRun]]:
 
 def _identity(plan: Plan, run: PlannedRun) -> dict[str, Any]:
     variant = plan.variants[run.variant]
-    return {"run": run.run_id, "variant": run.variant, "role": variant.role, "seed": run.seed, **run.labels}
+    return {
+        "run": run.run_id,
+        "variant": run.variant,
+        "role": variant.role,
+        "seed": run.seed,
+        **run.labels,
+    }
 
 
 def _round_row(
@@ -138,11 +146,16 @@ def _round_row(
     cum: dict[str, float],
 ) -> dict[str, Any]:
     e: dict[str, Any] = record["eval"] if isinstance(record.get("eval"), dict) else {}
-    up, down, wall = _num(record.get("bytes_up")), _num(record.get("bytes_down")), _num(record.get("wall_time_s"))
+    up, down, wall = (
+        _num(record.get("bytes_up")),
+        _num(record.get("bytes_down")),
+        _num(record.get("wall_time_s")),
+    )
     cum["up"] += up or 0.0
     cum["down"] += down or 0.0
     cum["wall"] += wall or 0.0
-    sampled = record.get("sampled") if isinstance(record.get("sampled"), list) else []
+    raw_sampled = record.get("sampled")
+    sampled = raw_sampled if isinstance(raw_sampled, list) else []
     ok = [c for c in clients if c.get("status") == "ok"]
     times = [t for c in ok if (t := _num(_metric(c, "train_time_s"))) is not None]
     rises = [m for c in ok if (m := _num(_metric(c, "mem_rise_bytes"))) is not None]
@@ -214,12 +227,18 @@ def _run_row(
         "stages": len(stages),
         "rounds_completed": sum(_int(s.get("rounds_completed")) for s in summaries),
         "final_accuracy": last.get("final_accuracy"),
-        "best_accuracy": max((a for s in summaries if (a := _num(s.get("best_accuracy"))) is not None), default=None),
+        "best_accuracy": max(
+            (a for s in summaries if (a := _num(s.get("best_accuracy"))) is not None), default=None
+        ),
         "bytes_up_per_client_round": sum(up) / sum(client_rounds) if sum(client_rounds) else None,
-        "up_fraction_of_full_model": last.get("up_fraction_of_full_model") if len(stages) == 1 else None,
+        "up_fraction_of_full_model": last.get("up_fraction_of_full_model")
+        if len(stages) == 1
+        else None,
         "trainable_params": last.get("trainable_params"),
         "full_model_bytes": last.get("full_model_bytes"),
-        "wall_time_s": sum(_num(s.get("wall_time_s")) or 0.0 for s in summaries) if summaries else None,
+        "wall_time_s": sum(_num(s.get("wall_time_s")) or 0.0 for s in summaries)
+        if summaries
+        else None,
         "peak_rss_bytes": max((_int(s.get("peak_rss_bytes")) for s in summaries), default=None),
         "folder": ";".join(str(folder.run_folder(r.key) or "") for r in stages),
         "error": " | ".join(errors),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from peft import PeftModel
@@ -88,7 +88,7 @@ def read_stage1(path: Path) -> tuple[SparseSpec, dict[str, torch.Tensor]]:
     return spec, load_file(str(folder / STAGE1_WEIGHTS))
 
 
-def init_from_update(layer: nn.Module, update: torch.Tensor) -> None:
+def init_from_update(layer: Any, update: torch.Tensor) -> None:
     """Sets one PEFT LoRA layer's ``A`` and ``B`` (in place) so that ``s·B A`` is the best
     rank-r approximation of ``update`` (``d_out × d_in``)."""
     a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
@@ -101,8 +101,8 @@ def init_from_update(layer: nn.Module, update: torch.Tensor) -> None:
 
 
 def _lora_layer(model: nn.Module, name: str) -> nn.Module:
-    inner = model.base_model.model if isinstance(model, PeftModel) else model
-    return inner.get_submodule(name)
+    inner: Any = model.base_model.model if isinstance(model, PeftModel) else model
+    return cast(nn.Module, inner.get_submodule(name))
 
 
 def _replace_head(model: nn.Module, arch: Architecture, state: dict[str, torch.Tensor]) -> None:

@@ -56,6 +56,8 @@ def scatter_update(index: torch.Tensor, values: torch.Tensor, shape: torch.Size)
 class SparseDeltaLinear(nn.Module):
     """A frozen projection with a trainable sparse update: ``x ↦ (W₀ + scatter_M(δ)) x + b``."""
 
+    index: torch.Tensor
+
     def __init__(self, base: nn.Linear, index: torch.Tensor) -> None:
         super().__init__()
         self.base = base

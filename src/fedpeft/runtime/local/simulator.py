@@ -79,13 +79,15 @@ def run_local(
         store.truncate_logs(state.round)
         write_atomic(store.root / CONFIG, resolved_toml.encode())
     states = ClientStateStore(store.root / CLIENT_STATES)  # clients' own: never on the wire
+    observer = observer or Observer()
+    observer.on_run_start(store.root)
     fed = Federation(
         cfg,
         pool(task) if pool else LocalClientPool(task, states=states),
         LocalGlobalModel(task),
         store,
         task.arch,
-        observer or Observer(),
+        observer,
         device_durations(task),
     )
     loop = run_async(fed, state) if cfg.server.mode == "async" else run_rounds(fed, state)
