@@ -107,3 +107,16 @@ def test_bad_files_are_user_errors(tmp_path: Path) -> None:
         check_plan(plan)
     with pytest.raises(FedpeftError, match="does not exist"):
         read_experiment(tmp_path / "missing.toml")
+
+
+def test_excluded_combinations_are_not_planned(tmp_path: Path) -> None:
+    rule = '{ split = "b", variant = ["fedpeft_bias", "x"] }'
+    head = HEAD.replace("[base]", f"exclude = [{rule}]\n[base]")
+    plan = _plan(
+        tmp_path,
+        '[axes.split]\na = { "data.alpha" = 0.3 }\nb = { "data.alpha" = 0.2 }\n'
+        "[variants]\nfedpeft_bias = {}\nfedavg_lora = {}\n",
+        head,
+    )
+    pairs = {(r.labels["split"], r.variant) for r in plan.runs}
+    assert pairs == {("a", "fedpeft_bias"), ("a", "fedavg_lora"), ("b", "fedavg_lora")}

@@ -130,7 +130,10 @@ def plan_experiment(exp: ExperimentFile, folder: Path) -> Plan:
     plan = Plan([name for name, _ in axes], variants)
     seen: set[str] = set()
     for combo in itertools.product(*(values for _, values in axes)):
+        labels = {name: label for (name, _), (label, _) in zip(axes, combo, strict=True)}
         for variant in variants.values():
+            if _excluded({**labels, "variant": variant.name}, exp.experiment.exclude):
+                continue
             for seed in exp.experiment.seeds:
                 for run in _runs(base, axes, combo, variant, seed):
                     if run.key not in seen:
@@ -195,6 +198,13 @@ def _stages(
         )  # fmt: skip
         offset, previous = offset + share, key
     return out
+
+
+def _excluded(labels: dict[str, str], rules: list[dict[str, str | list[str]]]) -> bool:
+    def hit(key: str, value: str | list[str]) -> bool:
+        return labels.get(key) in (value if isinstance(value, list) else [value])
+
+    return any(all(hit(k, v) for k, v in rule.items()) for rule in rules)
 
 
 def _run_id(

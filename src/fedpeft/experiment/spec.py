@@ -23,6 +23,9 @@
     iid = { "data.partition" = "iid" }
     dir01 = { "data.partition" = "dirichlet", "data.alpha" = 0.1 }
 
+    [experiment]  (continued)
+    exclude = [{ task = "cifar10", variant = "fedpeft_prompt" }]   # pairs that cannot run
+
     [variants]                      # the methods: presets by name, changed or extended
     fedavg_lora = {}
     fedprox_lora = { "client.proximal_mu" = 0.1 }
@@ -68,6 +71,11 @@ class Settings(_Strict):
     runtime: Literal["local", "flower-sim"] = "local"
     track: list[Tracker] = Field(default_factory=lambda: list[Tracker](["tensorboard"]))
     proposed: str | None = Field(None, description="the variant the outcomes are computed for")
+    exclude: list[dict[str, str | list[str]]] = Field(
+        default_factory=list,
+        description="combinations not to run: each a table of axis → label(s) and/or "
+        "variant → name(s); a run matching every entry of one table is left out",
+    )
     budget: Budget = Field(default_factory=Budget)
 
     @field_validator("seeds")
