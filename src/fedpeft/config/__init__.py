@@ -16,6 +16,7 @@ from fedpeft.config.loading import (
 )
 from fedpeft.config.schema import (
     ClientConfig,
+    CompressionConfig,
     DataConfig,
     EvalConfig,
     ExperimentConfig,
@@ -34,6 +35,7 @@ __all__ = [
     "CostWeights",
     "GainConfig",
     "ClientConfig",
+    "CompressionConfig",
     "DataConfig",
     "EvalConfig",
     "SimulationConfig",

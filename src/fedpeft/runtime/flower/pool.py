@@ -21,7 +21,13 @@ from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedpeft.client import META_NUM_EXAMPLES
-from fedpeft.compression import CodecError, Layout, payload_layout
+from fedpeft.compression import (
+    CodecError,
+    CompressionScheme,
+    Layout,
+    payload_layout,
+    reply_layout,
+)
 from fedpeft.data import DataProfile
 from fedpeft.errors import FedpeftError
 from fedpeft.profiling import ResourceProfile, make_profile
@@ -224,7 +230,8 @@ class FlowerClientPool:
         for mid, reply in replies.items():
             i = by_id[mid]
             ins, sent = requests[i]
-            results[i] = self._payload(reply, ins, layouts[id(sent)])
+            scheme = CompressionScheme.from_json(ins.compression) if ins.compression else None
+            results[i] = self._payload(reply, ins, reply_layout(layouts[id(sent)], scheme))
         ok = sum(isinstance(r, bytes) for r in results)
         if requests and ok < self.min_clients:
             raise FedpeftError(
