@@ -1,10 +1,14 @@
 """A page checked in a real headless browser (Debian's chromium) over the DevTools protocol:
 it loads, what it logged to the console, the exceptions it threw, and whether its images
-decoded. ``scripts/install_browser.sh`` installs chromium; without it the tests skip."""
+decoded. ``scripts/install_browser.sh`` (run by ``scripts/setup.sh``) installs chromium;
+without it the tests skip, except under ``FEDPEFT_REQUIRE_BROWSER=1`` (set by ``.ci/run``),
+where they fail: CI must not pass with the browser check skipped."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -13,6 +17,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 FLAGS = [
     "--headless",
@@ -37,6 +43,22 @@ PROBE = """JSON.stringify({
 
 def find_browser() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def browser_or_skip() -> None:
+    """Skips the calling test where the browser or the DevTools client is missing, or
+    fails it where ``FEDPEFT_REQUIRE_BROWSER=1``."""
+    missing = []
+    if find_browser() is None:
+        missing.append("Debian's chromium (scripts/install_browser.sh installs it)")
+    if importlib.util.find_spec("websockets") is None:
+        missing.append("the websockets package (in the dev extra)")
+    if not missing:
+        return
+    reason = "the browser check needs " + " and ".join(missing)
+    if os.environ.get("FEDPEFT_REQUIRE_BROWSER") == "1":
+        pytest.fail(reason + "; FEDPEFT_REQUIRE_BROWSER=1 forbids skipping it")
+    pytest.skip(reason)
 
 
 @dataclass

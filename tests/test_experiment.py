@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import check_page, find_browser
+from tests.browser import browser_or_skip, check_page
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "proposal_tiny.toml"
@@ -131,14 +131,41 @@ def test_report_computes_the_outcomes_from_the_tables(experiment: Path) -> None:
     assert (experiment / "plots").is_dir() and list((experiment / "plots").glob("*.png"))
 
 
-@pytest.mark.skipif(
-    find_browser() is None,
-    reason="Debian's chromium is not installed (scripts/install_browser.sh installs it)",
-)
 def test_the_html_report_renders_in_a_headless_browser(experiment: Path) -> None:
-    pytest.importorskip("websockets", reason="the DevTools client needs the websockets package")
+    browser_or_skip()
     page = check_page(experiment / "report.html")
     assert page.exceptions == [] and page.console_errors == []
     assert page.facts["images"] >= 1 and page.facts["decoded"] == page.facts["images"]
     assert page.facts["tables"] >= 3 and page.facts["external"] == 0  # self-contained
     assert "miniature" in page.facts["title"]
+
+
+def test_a_run_that_crashes_fails_alone(tmp_path: Path) -> None:
+    """A run that passes the up-front checks but fails when it loads its data (a missing
+    file) is reported with its error; the grid's other run finishes, and the exit code
+    says that something failed."""
+    spec = tmp_path / "exp.toml"
+    spec.write_text(
+        """
+[experiment]
+name = "crash"
+seeds = [0]
+track = []
+[base]
+"model.name" = "tiny-bert"
+"run.rounds" = 1
+"data.train_size" = 32
+"data.eval_size" = 16
+"data.num_clients" = 2
+"data.partition" = "iid"
+[variants]
+fedavg_lora = {}
+broken = { preset = "fedavg_lora", "data.dataset" = "custom", "data.train_file" = "nope.csv" }
+"""
+    )
+    done = _fedpeft("experiment", str(spec), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    runs = {r["variant"]: r for r in _csv(tmp_path / "out" / "runs.csv")}
+    assert runs["fedavg_lora"]["state"] == "done"
+    assert runs["broken"]["state"] == "failed" and "nope.csv" in runs["broken"]["error"]
+    assert "failed broken" in done.stdout

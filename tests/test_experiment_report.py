@@ -12,7 +12,7 @@ from fedpeft.errors import FedpeftError
 from fedpeft.report.doc import Heading, Image, Para, Table, to_html, to_markdown
 from fedpeft.report.outcomes import FAILS, HOLDS, UNMEASURED, Study, outcomes
 from fedpeft.report.tables import RunFigures
-from tests.browser import check_page, find_browser
+from tests.browser import browser_or_skip, check_page
 
 CELL = {"data.dataset": "sst2", "split": "dir01"}
 
@@ -110,9 +110,8 @@ def test_html_is_self_contained_and_escaped(tmp_path: Path) -> None:
     _page(tmp_path)
 
 
-@pytest.mark.skipif(find_browser() is None, reason="Debian's chromium is not installed")
 def test_the_browser_check_sees_broken_images_and_errors(tmp_path: Path) -> None:
-    pytest.importorskip("websockets")
+    browser_or_skip()
     good = check_page(_page(tmp_path))
     assert good.facts["decoded"] == good.facts["images"] == 1 and not good.exceptions
     bad = tmp_path / "bad.html"

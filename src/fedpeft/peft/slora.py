@@ -43,6 +43,7 @@ class SloraSpec(LoraSpec):
     # ASSUMPTION: above LoRA under strong label skew, as Babakniya et al. (2023) report.
     gain_prior: ClassVar[float | None] = 0.76
     envelope_group: ClassVar[str | None] = None  # its start differs from LoRA's envelope
+    image_families: ClassVar[frozenset[str]] = frozenset({"vit"})  # where stage 1 runs
 
     init_from: str | None = None
 
