@@ -3,7 +3,7 @@ then the report as ``fedpeft report`` wrote it) with its plots, tables and HTML 
 ``docs/results/``. The run folders (adapters, checkpoints) stay where they are.
 
     .venv/bin/python benchmarks/results_doc.py EXPERIMENT_DIR docs/results.md \
-        --preface docs/results_preface.md
+        --preface benchmarks/results_preface.md
 """
 
 from __future__ import annotations
