@@ -33,6 +33,7 @@ def plot_cell(
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator, NullFormatter
     except ImportError:
         log.warning("matplotlib is not installed: no plots (pip install 'fedpeft[report]')")
         return None
@@ -57,8 +58,11 @@ def plot_cell(
             high = [m + s for m, s in zip(mean, std, strict=True)]
             ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_xlabel(xlabel)
+        if key == "round":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if logx:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short spans
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (central evaluation)")
     axes[-1].legend(fontsize=7, loc="lower right")
