@@ -33,7 +33,7 @@ def main() -> None:
     lines = report.splitlines()
     body = "\n".join(lines[1:]).lstrip("\n")  # the preface brings its own title
     preface = args.preface.read_text(encoding="utf-8") if args.preface else ""
-    args.out.write_text(preface.rstrip("\n") + "\n\n" + body, encoding="utf-8")
+    args.out.write_text(preface.rstrip("\n") + "\n\n" + body.rstrip("\n") + "\n", encoding="utf-8")
     print(f"wrote {args.out} and {assets}/")
 
 
