@@ -11,6 +11,8 @@ if [ ! -x .venv/bin/python ]; then
     echo "[setup] creating .venv"
     "$PY" -m venv .venv
 fi
+# chromium for the HTML report's browser tests (Debian's package; a no-op once installed)
+bash scripts/install_browser.sh
 stamp=.venv/.fedpeft-installed
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

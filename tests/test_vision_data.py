@@ -109,9 +109,13 @@ def test_training_batches_visit_each_example_once_in_a_seeded_order() -> None:
         ),
         (
             ["model.name=tiny-vit", "peft.method=prefix"],
-            "supported: bitfit, dora, full, head, houlsby, ia3, lora, pfeiffer, vera.",
+            "supported: bitfit, dora, federa, full, head, houlsby, ia3, lora, pfeiffer, slora, "
+            "sparse, vera.",
         ),
-        (["model.name=tiny-clip", "peft.method=bitfit"], "supported: dora, lora, prompt, vera."),
+        (
+            ["model.name=tiny-clip", "peft.method=bitfit"],
+            "supported: dora, federa, lora, prompt, vera.",
+        ),
         (["model.name=tiny-efficientnet", "data.dataset=sst2"], "takes images"),
         (["model.name=tiny-bert", "data.dataset=cifar10"], "takes text"),
         (["model.name=tiny-vit", "data.dataset=cifar10", "model.image_size=64"], "32×32"),

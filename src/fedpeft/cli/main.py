@@ -33,6 +33,11 @@ class Runtime(StrEnum):
     flower_sim = "flower-sim"
 
 
+class Tracker(StrEnum):
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     try:
@@ -70,6 +75,10 @@ def run(
     runtime: Annotated[
         Runtime, typer.Option(help="local: in-process; flower-sim: Flower's simulation engine")
     ] = Runtime.local,
+    track: Annotated[
+        list[Tracker] | None,
+        typer.Option(help="live tracking: tensorboard (<run>/tensorboard/) or mlflow (extra)"),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a federation (the embedded default: MiniLM-L6, SST-2, 10 clients, LoRA)."""
@@ -86,6 +95,9 @@ def run(
 
             check_output_dir(cfg.run.output_dir)
 
+        from fedpeft.report.tracking import Observers, make_trackers
+
+        trackers = make_trackers([t.value for t in track or []], cfg.run.output_dir, cfg.run.name)
         first = _first_round(resume)
         console.print(
             f"[bold]fedpeft[/] {cfg.model.name} · {cfg.data.dataset} · "
@@ -94,11 +106,15 @@ def run(
             highlight=False,
         )
         try:
-            with RichObserver(console, cfg.run.rounds, first) as observer:
+            with RichObserver(console, cfg.run.rounds, first) as progress:
+                observer = Observers(progress, *trackers)
                 result = _runner(runtime)(cfg, resume=resume, observer=observer)
         except KeyboardInterrupt:
             err_console.print("interrupted; continue with `fedpeft run --resume <run folder>`.")
             raise typer.Exit(130) from None
+        finally:
+            for t in trackers:
+                t.close()
     from fedpeft.report import write_report
     from fedpeft.report.fmt import num, scaled, share_of_full_model
     from fedpeft.report.markdown import privacy_lines
@@ -150,12 +166,25 @@ def allocate(
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, runs/<run-id>")]) -> None:
-    """(Re)write a run's report.md and plots/*.png from its logs."""
+def report(
+    run_dir: Annotated[
+        Path, typer.Argument(help="a run folder, runs/<run-id>, or an experiment folder")
+    ],
+) -> None:
+    """(Re)write a run's report.md and plots/*.png from its logs, or an experiment's
+    report.md, report.html and plots/ from its runs."""
     _setup_logging(False)
     with user_errors():
         if not run_dir.is_dir():
-            raise FedpeftError(f"{run_dir} is not a folder; pass a run folder, runs/<run-id>.")
+            raise FedpeftError(
+                f"{run_dir} is not a folder; pass a run folder (runs/<run-id>) or an "
+                "experiment folder (experiments/<name>)."
+            )
+        if (run_dir / "experiment.json").is_file():
+            from fedpeft.cli.experiment import report_experiment
+
+            Console().print(f"wrote {report_experiment(run_dir)}")
+            return
         from fedpeft.report import write_report
 
         Console().print(f"wrote {write_report(run_dir)}")
@@ -190,6 +219,26 @@ def audit(
                 highlight=False,
             )
     console.print(f"wrote {run_dir / AUDIT_JSON} and {run_dir / AUDIT_PNG}")
+
+
+@app.command()
+def experiment(
+    file: Annotated[Path, typer.Argument(help="an experiment file (TOML): grid × seeds")],
+    out: Annotated[
+        Path | None, typer.Option(help="the experiment folder (default <output_dir>/<name>)")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="list the runs to do; run nothing")] = False,
+    report: Annotated[bool, typer.Option(help="write the report at the end")] = True,
+) -> None:
+    """Run a grid of runs × seeds in parallel within a core/memory budget (resumable),
+    tabulate every round of every run (results.csv) and write the report."""
+    _setup_logging(False)
+    with user_errors():
+        from fedpeft.cli.experiment import run_experiment_command
+
+        code = run_experiment_command(file, out, dry_run, report, Console())
+    if code:
+        raise typer.Exit(code)
 
 
 def _runner(runtime: Runtime) -> Callable[..., RunResult]:

@@ -17,6 +17,7 @@ capabilities a runtime may add, which the loops test with ``isinstance`` (never
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from fedpeft.data import DataProfile
@@ -94,6 +95,7 @@ class FusingModel(Protocol):
 class Observer:
     """Progress hooks; the default does nothing. The CLI's draws progress bars."""
 
+    def on_run_start(self, run_dir: Path) -> None: ...  # the run folder, before round 1
     def on_round_start(self, rnd: int, sampled: Sequence[int]) -> None: ...
     def on_client_done(self, rnd: int, record: ClientRecord) -> None: ...
     def on_round_end(self, record: RoundRecord) -> None: ...

@@ -88,13 +88,15 @@ def run_local(
     states = ClientStateStore(store.root / CLIENT_STATES)  # clients' own: never on the wire
     clients = pool(task) if pool else client_pool(task, states=states)
     workers = clients.workers if isinstance(clients, ParallelClientPool) else None
+    observer = observer or Observer()
+    observer.on_run_start(store.root)
     fed = Federation(
         cfg,
         clients,
         LocalGlobalModel(task, workers),
         store,
         task.arch,
-        observer or Observer(),
+        observer,
         device_durations(task),
         task.initial,
     )

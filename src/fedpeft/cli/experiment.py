@@ -1,0 +1,162 @@
+"""``fedpeft experiment FILE.toml``: plan, check, run (resuming what is there), tabulate,
+report — with one progress bar for the whole grid."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedpeft.errors import FedpeftError
+from fedpeft.experiment import (
+    ExperimentDir,
+    GridStatus,
+    Plan,
+    Runner,
+    check_plan,
+    plan_experiment,
+    read_experiment,
+    write_tables,
+)
+from fedpeft.experiment.spec import ExperimentFile
+
+
+def run_experiment_command(
+    file: Path, out: Path | None, dry_run: bool, report: bool, console: Console
+) -> int:
+    """Exit code: 0 when every run is done, 1 when some failed (their errors are listed)."""
+    exp = read_experiment(file)
+    plan = plan_experiment(exp, file.parent)
+    check_plan(plan)
+    folder = ExperimentDir(out or Path(exp.experiment.output_dir) / exp.experiment.name)
+    if folder.root.exists() and not folder.root.is_dir():
+        raise FedpeftError(f"{folder.root} is a file; the experiment needs a folder there.")
+    folder.write_plan(plan_json(exp, plan, file), file.read_bytes())
+    todo = [r for r in plan.runs if folder.state(r.key, r.rounds).value != "done"]
+    console.print(
+        f"[bold]experiment[/] {exp.experiment.name}: {len(plan.variants)} variants × "
+        f"{_cells(plan)} cells × {len(exp.experiment.seeds)} seeds = {len(plan.runs)} runs "
+        f"({len(plan.runs) - len(todo)} done, {len(todo)} to run) · "
+        f"{exp.experiment.budget.slots} at once · {folder.root}",
+        highlight=False,
+    )
+    if dry_run:
+        for r in todo:
+            console.print(f"  {r.key}  ({r.rounds} rounds)", highlight=False)
+        return 0
+    runner = Runner(plan, folder, exp.experiment)
+    with GridProgress(console, plan, folder) as progress:
+        try:
+            status = runner.run(progress.notify)
+        except KeyboardInterrupt:
+            console.print("interrupted; run the same command again to resume the grid.")
+            return 130
+    counts = write_tables(plan, folder, status.failed)
+    console.print(
+        f"{len(status.done)}/{status.total} runs done, {len(status.failed)} failed · "
+        + " · ".join(f"{n}: {rows} rows" for n, rows in counts.items()),
+        highlight=False,
+    )
+    for key, why in status.failed.items():
+        console.print(f"[red]failed[/] {key}: {why} (log: {folder.log_path(key)})", highlight=False)
+    if report:
+        from fedpeft.report.experiment import write_experiment_report
+
+        console.print(f"wrote {write_experiment_report(folder.root)}")
+    return 1 if status.failed else 0
+
+
+def report_experiment(root: Path) -> Path:
+    """Rebuilds the tables from the run folders (runs may have finished since), then the
+    report."""
+    from fedpeft.report.experiment import write_experiment_report
+
+    folder = ExperimentDir(root)
+    raw = folder.read_plan()
+    if raw is None:
+        raise FedpeftError(f"{root / 'experiment.json'} is damaged; rerun the experiment.")
+    write_tables(Plan.from_json(raw), folder)
+    return write_experiment_report(root)
+
+
+def plan_json(exp: ExperimentFile, plan: Plan, file: Path) -> dict[str, Any]:
+    proposed = exp.experiment.proposed or next(
+        (v.name for v in plan.variants.values() if v.role == "proposed"), None
+    )
+    if proposed is not None and proposed not in plan.variants:
+        raise FedpeftError(
+            f"`experiment.proposed` is {proposed!r}, which is not one of the [variants]: "
+            f"{', '.join(plan.variants)}."
+        )
+    return {
+        "format": 1,
+        "name": exp.experiment.name,
+        "title": exp.experiment.title,
+        "command": shlex.join(["fedpeft", *sys.argv[1:]]) if sys.argv else "",
+        "source": str(file),
+        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "settings": exp.experiment.model_dump(mode="json"),
+        "proposed": proposed,
+        "axes": plan.axes,
+        "variants": {
+            v.name: {
+                "role": v.role,
+                "description": v.description,
+                "cite": v.cite,
+                "keys": v.keys,
+                "stages": [{"fraction": s.fraction, "keys": s.keys} for s in v.stages],
+            }
+            for v in plan.variants.values()
+        },
+        "runs": [r.to_json() for r in plan.runs],
+    }
+
+
+def _cells(plan: Plan) -> int:
+    return len({tuple(r.labels.values()) for r in plan.runs if "*" not in r.labels.values()})
+
+
+class GridProgress:
+    """One bar over every round of every run, the counts, and a line per finished run."""
+
+    def __init__(self, console: Console, plan: Plan, folder: ExperimentDir) -> None:
+        self.console, self.plan, self.folder = console, plan, folder
+        self.rounds = {r.key: r.rounds for r in plan.runs}
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.task = self.progress.add_task("rounds", total=sum(self.rounds.values()))
+        self.logged: dict[str, int] = {}
+
+    def __enter__(self) -> GridProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def notify(self, status: GridStatus, message: str) -> None:
+        if message:
+            self.progress.console.print(message, highlight=False)
+        for key in self.rounds:
+            if key in status.done:
+                self.logged[key] = self.rounds[key]
+            elif key in status.running or key not in self.logged:
+                self.logged[key] = min(self.rounds[key], self.folder.rounds_logged(key))
+        self.progress.update(
+            self.task,
+            completed=sum(self.logged.values()),
+            description=(
+                f"runs {len(status.done)}/{status.total} done · {len(status.running)} running"
+                f" · {len(status.failed)} failed · rounds"
+            ),
+        )

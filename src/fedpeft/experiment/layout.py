@@ -1,0 +1,101 @@
+"""An experiment's folder, and where each of its runs stands.
+
+``<experiment>/``: ``experiment.toml`` (the file as given), ``experiment.json`` (the plan:
+every run with its keys and labels, the variants and their roles), ``configs/<key>.toml``
+(each run's fedpeft config), ``runs/<key>/run-<time>/`` (each run's usual folder) and
+``runs/<key>/log.txt`` (its output), ``results.csv`` / ``clients.csv`` / ``runs.csv`` (the
+tables), ``report.md``, ``report.html`` and ``plots/``.
+
+A run is **done** when its ``summary.json`` covers its planned rounds, **partial** when it
+has a checkpoint (it is resumed from there, also to run more rounds), and **new** otherwise
+(a folder a run left before its first checkpoint is removed when it starts afresh).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from fedpeft.files import write_atomic, write_json
+
+PLAN = "experiment.json"
+SOURCE = "experiment.toml"
+RUNS = "runs"
+CONFIGS = "configs"
+
+
+class RunState(StrEnum):
+    DONE = "done"
+    PARTIAL = "partial"
+    NEW = "new"
+
+
+@dataclass(frozen=True)
+class ExperimentDir:
+    root: Path
+
+    def run_home(self, key: str) -> Path:
+        return self.root / RUNS / key
+
+    def config_path(self, key: str) -> Path:
+        return self.root / CONFIGS / f"{key}.toml"
+
+    def log_path(self, key: str) -> Path:
+        return self.run_home(key) / "log.txt"
+
+    def run_folder(self, key: str) -> Path | None:
+        """The run's fedpeft folder (the newest, should there be several)."""
+        home = self.run_home(key)
+        folders = sorted(p for p in home.glob("run-*") if p.is_dir()) if home.is_dir() else []
+        return folders[-1] if folders else None
+
+    def state(self, key: str, rounds: int) -> RunState:
+        folder = self.run_folder(key)
+        if folder is None:
+            return RunState.NEW
+        summary = read_json(folder / "summary.json")
+        if summary is not None and _int(summary.get("rounds_completed")) >= rounds:
+            return RunState.DONE
+        if any((folder / "checkpoint").glob("round-*.manifest.json")):
+            return RunState.PARTIAL
+        return RunState.NEW  # killed before its first checkpoint: nothing to resume
+
+    def clear_stale(self, key: str) -> None:
+        """Removes a run folder that has no checkpoint (before the run starts afresh)."""
+        folder = self.run_folder(key)
+        if folder is not None and self.state(key, 1 << 30) is RunState.NEW:
+            shutil.rmtree(folder)
+
+    def rounds_logged(self, key: str) -> int:
+        """Rounds in the run's ``metrics.jsonl`` so far (for progress)."""
+        folder = self.run_folder(key)
+        path = folder / "metrics.jsonl" if folder else None
+        if path is None or not path.is_file():
+            return 0
+        with path.open("rb") as f:
+            return sum(1 for line in f if line.strip())
+
+    def write_plan(self, plan: dict[str, Any], source: bytes) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.root / SOURCE, source)
+        write_json(self.root / PLAN, plan)
+
+    def read_plan(self) -> dict[str, Any] | None:
+        return read_json(self.root / PLAN)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or None when it is missing or damaged."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1

@@ -1,0 +1,262 @@
+"""An experiment file → the runs it means: grid × named axes × variants × seeds.
+
+Keys are applied in this order, later ones winning: the base config file, ``[base]``, the
+grid, the named axes, the variant (its preset's keys, then its own), then what the runner
+controls (``run.seed``, ``run.output_dir``, ``run.name``, ``run.threads``). An axis whose
+every key a variant overrides does not apply to it (the centralised reference under each
+split) and is labelled ``*``; runs that come out identical are run once.
+
+A run's id names its variant, labels and seed, plus a hash of its keys (without
+``run.rounds``, which a resumed run may raise), so changing a key makes a new run and an
+unchanged one is found again and skipped or resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedpeft.config import build_config, read_toml
+from fedpeft.errors import FedpeftError
+from fedpeft.experiment.presets import Role, Stage, get_preset
+from fedpeft.experiment.spec import ExperimentFile, flatten, nest
+
+CONTROLLED = ("run.seed", "run.output_dir", "run.name", "run.threads")
+DEFAULT_ROUNDS = 12  # fedpeft's own default of run.rounds
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    role: Role
+    description: str
+    cite: str
+    keys: dict[str, Any]
+    stages: tuple[Stage, ...] = ()
+    needs: str = ""
+    masks: frozenset[str] = frozenset()  # keys dropped for it: they mean nothing for it
+
+    def overrides(self, key: str) -> bool:
+        return key in self.keys or key in self.masks
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One fedpeft run (one stage of a staged variant)."""
+
+    key: str  # its folder under runs/
+    run_id: str  # the logical run (stages of one variant share it)
+    variant: str
+    seed: int
+    labels: dict[str, str]  # axis → label
+    keys: dict[str, Any]  # fedpeft config keys, dotted (not the runner-controlled ones)
+    rounds: int
+    stage: int = 0  # 1, 2, … for a staged variant; 0 otherwise
+    round_offset: int = 0  # rounds of the stages before it
+    after: str | None = None  # the previous stage's key
+    from_previous: str | None = None  # the config key set to the previous stage's run folder
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Plan:
+    axes: list[str]  # column names: grid keys and named axes, in order
+    variants: dict[str, Variant]
+    runs: list[PlannedRun] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Plan:
+        """The plan an ``experiment.json`` records (what the tables are rebuilt from)."""
+        try:
+            variants = {
+                name: Variant(name, v["role"], v["description"], v["cite"], v["keys"])
+                for name, v in raw["variants"].items()
+            }
+            runs = [PlannedRun(**r) for r in raw["runs"]]
+            return cls(list(raw["axes"]), variants, runs)
+        except (KeyError, TypeError) as e:
+            raise FedpeftError(f"experiment.json does not describe a plan ({e}).") from None
+
+
+def resolve_variants(exp: ExperimentFile) -> dict[str, Variant]:
+    out = {}
+    for name, table in exp.variants.items():
+        table = dict(table)
+        preset_name = table.pop("preset", name)
+        role = table.pop("role", None)
+        description = table.pop("description", None)
+        if not isinstance(preset_name, str):
+            raise FedpeftError(f"variant {name!r}: `preset` must be a name, got {preset_name!r}.")
+        keys = flatten(table)
+        if preset_name == "none":
+            out[name] = Variant(name, role or "other", description or name, "", keys)
+            continue
+        p = get_preset(preset_name)
+        out[name] = Variant(
+            name,
+            role or p.role,
+            description or p.description,
+            p.cite,
+            {**p.keys, **keys},
+            p.stages,
+            p.needs,
+            p.masks,
+        )
+    return out
+
+
+def plan_experiment(exp: ExperimentFile, folder: Path) -> Plan:
+    """Every run of ``exp``; ``folder`` is where the experiment file lives (a relative
+    ``config`` path is read from there)."""
+    base: dict[str, Any] = {}
+    if exp.experiment.config is not None:
+        base = flatten(read_toml(folder / exp.experiment.config))
+    base.update(flatten(exp.base))
+    axes: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = [
+        (key, [(_label(v), {key: v}) for v in values]) for key, values in exp.grid.items()
+    ]
+    axes += [
+        (name, [(label, flatten(keys)) for label, keys in table.items()])
+        for name, table in exp.axes.items()
+    ]
+    variants = resolve_variants(exp)
+    plan = Plan([name for name, _ in axes], variants)
+    seen: set[str] = set()
+    for combo in itertools.product(*(values for _, values in axes)):
+        labels = {name: label for (name, _), (label, _) in zip(axes, combo, strict=True)}
+        for variant in variants.values():
+            if _excluded({**labels, "variant": variant.name}, exp.experiment.exclude):
+                continue
+            for seed in exp.experiment.seeds:
+                for run in _runs(base, axes, combo, variant, seed):
+                    if run.key not in seen:
+                        seen.add(run.key)
+                        plan.runs.append(run)
+    return plan
+
+
+def _runs(
+    base: dict[str, Any],
+    axes: list[tuple[str, Any]],
+    combo: tuple[tuple[str, dict[str, Any]], ...],
+    variant: Variant,
+    seed: int,
+) -> list[PlannedRun]:
+    keys, labels = dict(base), {}
+    for (axis, _), (label, axis_keys) in zip(axes, combo, strict=True):
+        keys.update(axis_keys)
+        overridden = axis_keys and all(variant.overrides(k) for k in axis_keys)
+        labels[axis] = "*" if overridden else label
+    keys.update(variant.keys)
+    for k in variant.masks:
+        keys.pop(k, None)
+    for k in CONTROLLED:
+        keys.pop(k, None)
+    rounds = keys.get("run.rounds", DEFAULT_ROUNDS)
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+        raise FedpeftError(f"`run.rounds` must be a positive integer, got {rounds!r}.")
+    run_id = _run_id(variant.name, labels, seed, keys, staged=bool(variant.stages))
+    if not variant.stages:
+        return [PlannedRun(run_id, run_id, variant.name, seed, labels, keys, rounds)]
+    return _stages(run_id, variant, seed, labels, keys, rounds)
+
+
+def _stages(
+    run_id: str,
+    variant: Variant,
+    seed: int,
+    labels: dict[str, str],
+    keys: dict[str, Any],
+    rounds: int,
+) -> list[PlannedRun]:
+    n = len(variant.stages)
+    if rounds < n:
+        raise FedpeftError(
+            f"variant {variant.name!r} runs {n} stages, so it needs `run.rounds` ≥ {n}, "
+            f"got {rounds}."
+        )
+    shares = [max(1, round(rounds * s.fraction)) for s in variant.stages[:-1]]
+    shares.append(rounds - sum(shares))
+    if shares[-1] < 1:
+        raise FedpeftError(f"variant {variant.name!r}: {rounds} rounds leave its last stage none.")
+    out, offset, previous = [], 0, None
+    for i, (stage, share) in enumerate(zip(variant.stages, shares, strict=True), start=1):
+        stage_keys = {**keys, **stage.keys, "run.rounds": share}
+        key = f"{run_id}~{i}"
+        out.append(
+            PlannedRun(
+                key, run_id, variant.name, seed, labels, stage_keys, share,
+                i, offset, previous, stage.from_previous,
+            )
+        )  # fmt: skip
+        offset, previous = offset + share, key
+    return out
+
+
+def _excluded(labels: dict[str, str], rules: list[dict[str, str | list[str]]]) -> bool:
+    def hit(key: str, value: str | list[str]) -> bool:
+        return labels.get(key) in (value if isinstance(value, list) else [value])
+
+    return any(all(hit(k, v) for k, v in rule.items()) for rule in rules)
+
+
+def _run_id(
+    variant: str, labels: dict[str, str], seed: int, keys: dict[str, Any], staged: bool
+) -> str:
+    hashed = {k: v for k, v in keys.items() if staged or k != "run.rounds"}
+    digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:8]
+    parts = [variant, *("all" if v == "*" else v for v in labels.values()), f"s{seed}", digest]
+    return "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", p) for p in parts)
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, str | int | float | bool):
+        return str(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def check_plan(plan: Plan) -> None:
+    """Every run's config is valid and every variant can run in this build (before any
+    run starts): one sentence naming the variant and its labels otherwise."""
+    from fedpeft.server.task import check_names
+
+    for variant in plan.variants.values():
+        _check_needs(variant)
+    checked: set[str] = set()
+    for run in plan.runs:
+        probe = json.dumps({k: v for k, v in run.keys.items() if k != "run.seed"}, sort_keys=True)
+        if probe in checked:
+            continue
+        checked.add(probe)
+        try:
+            check_names(build_config(nest(run.keys), source="config"))
+        except FedpeftError as e:
+            where = ", ".join(f"{a}={v}" for a, v in run.labels.items())
+            raise FedpeftError(f"variant {run.variant!r} ({where}): {e}") from None
+
+
+def _check_needs(variant: Variant) -> None:
+    kind, _, name = variant.needs.partition(":")
+    if kind == "aggregator":
+        from fedpeft.aggregation import aggregator_names
+
+        if name not in aggregator_names():
+            raise FedpeftError(
+                f"variant {variant.name!r} needs the aggregator {name!r}, which this build "
+                "does not have yet; remove the variant from [variants]."
+            )
+    if kind == "config":
+        from fedpeft.config import ExperimentConfig
+
+        if name not in ExperimentConfig.model_fields:
+            raise FedpeftError(
+                f"variant {variant.name!r} needs the config section `[{name}]`, which this "
+                "build does not have yet; remove the variant from [variants]."
+            )

@@ -1,0 +1,281 @@
+"""The proposal's five expected outcomes, computed from an experiment's measurements, each
+with the rule it is judged by and what was measured — holds, does not hold (and by how
+much), or not measured (and why). Means are over seeds; a cell is one combination of the
+grid's labels.
+
+1. Communication: ``1 − up(proposed) / up(full fine-tuning)``, bytes up per client per
+   round, in every cell; the claim is 95–99 % less.
+2. Non-IID gain: final accuracy of the proposed variant relative to the strongest existing
+   federated PEFT baseline (role ``peft``) in every non-IID cell; the claim is +10–25 %.
+3. Client cost: full fine-tuning's client training time per round and memory over the
+   proposed variant's; the claim is 5–10× less. Memory is judged on the whole client
+   process's peak (what a device must hold); the rise above the loaded model is shown too.
+4. Personalisation: personalised accuracy over a fully personalised (local-only) variant's;
+   the claim is within 90–95 %.
+5. Centralised gap: ``(central − proposed) / central`` in the most extreme non-IID cell
+   of each dataset (pathological, else the smallest Dirichlet α); the claim is within 5–10 %.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fedpeft.report.tables import RunFigures, in_cell, stat
+
+HOLDS, FAILS, UNMEASURED = "holds", "does not hold", "not measured"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    number: int
+    claim: str
+    rule: str
+    verdict: str
+    measured: str
+    details: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Study:
+    figures: list[RunFigures]
+    cells: list[dict[str, str]]
+    roles: dict[str, str]  # variant → role
+    keys: dict[str, dict[str, Any]]  # run id → its config keys
+    proposed: str | None
+
+    def mean(
+        self, variant: str, cell: dict[str, str], value: Callable[[RunFigures], Any]
+    ) -> float | None:
+        runs = [f for f in self.figures if f.variant == variant and in_cell(f, cell)]
+        return stat(runs, value).mean
+
+    def with_role(self, role: str) -> list[str]:
+        return [v for v, r in self.roles.items() if r == role]
+
+    def cell_key(self, cell: dict[str, str], key: str, default: Any) -> Any:
+        """A config key of the runs in ``cell`` (they share it)."""
+        for f in self.figures:
+            if f.labels == cell or in_cell(f, cell) and "*" not in f.labels.values():
+                return self.keys.get(f.run, {}).get(key, default)
+        return default
+
+    def non_iid(self, cell: dict[str, str]) -> bool:
+        return self.cell_key(cell, "data.partition", "dirichlet") != "iid"
+
+
+def label(cell: dict[str, str]) -> str:
+    return ", ".join(cell.values()) or "all"
+
+
+def outcomes(study: Study) -> list[Outcome]:
+    if study.proposed is None:
+        why = "no variant is marked as the proposed system (`experiment.proposed`)"
+        return [Outcome(i, c, "", UNMEASURED, why) for i, c in enumerate(CLAIMS, start=1)]
+    return [
+        communication(study),
+        non_iid_gain(study),
+        client_cost(study),
+        personal(study),
+        central_gap(study),
+    ]
+
+
+CLAIMS = (
+    "95–99 % less communication than full fine-tuning",
+    "+10–25 % accuracy under non-IID data vs existing federated PEFT",
+    "5–10× less client time and memory than full fine-tuning",
+    "personalised accuracy within 90–95 % of fully personalised",
+    "within 5–10 % of centralised accuracy under extreme non-IID data",
+)
+
+
+def _verdict(ok: list[bool]) -> str:
+    return HOLDS if ok and all(ok) else FAILS
+
+
+def communication(s: Study) -> Outcome:
+    rule = "1 − bytes up per client-round (proposed / full fine-tuning) ≥ 95 % in every cell"
+    full = s.with_role("full")
+    if not full:
+        return Outcome(1, CLAIMS[0], rule, UNMEASURED, "no full fine-tuning variant in the grid")
+    p = s.proposed or ""
+    cuts, details = [], []
+    for cell in s.cells:
+        mine = s.mean(p, cell, lambda f: f.mean("bytes_up_per_client"))
+        ref = s.mean(full[0], cell, lambda f: f.mean("bytes_up_per_client"))
+        if mine is None or not ref:
+            continue
+        cut = 1 - mine / ref
+        cuts.append(cut)
+        details.append(
+            f"{label(cell)}: {mine:,.0f} vs {ref:,.0f} bytes → {100 * cut:.2f} % less "
+            f"({ref / mine:,.0f}× fewer)"
+        )
+    if not cuts:
+        return Outcome(1, CLAIMS[0], rule, UNMEASURED, "no cell has both variants finished")
+    verdict = _verdict([c >= 0.95 for c in cuts])
+    lo, hi = min(cuts), max(cuts)
+    text = f"{100 * lo:.2f}–{100 * hi:.2f} % less" if lo != hi else f"{100 * lo:.2f} % less"
+    if verdict == HOLDS and lo > 0.99:
+        text += " (beyond the claimed 99 %)"
+    if verdict == FAILS:
+        text += f" (short of 95 % by {100 * (0.95 - lo):.2f} points in the worst cell)"
+    return Outcome(1, CLAIMS[0], rule, verdict, text, tuple(details))
+
+
+def non_iid_gain(s: Study) -> Outcome:
+    rule = (
+        "final accuracy (proposed − strongest `peft` baseline) / strongest ≥ +10 % in every "
+        "non-IID cell"
+    )
+    baselines = s.with_role("peft")
+    cells = [c for c in s.cells if s.non_iid(c)]
+    if not baselines or not cells:
+        why = "no existing federated PEFT baseline" if not baselines else "no non-IID cell"
+        return Outcome(2, CLAIMS[1], rule, UNMEASURED, why)
+    gains, details = [], []
+    for cell in cells:
+        mine = s.mean(s.proposed or "", cell, lambda f: f.final("accuracy"))
+        scores = {
+            b: a
+            for b in baselines
+            if (a := s.mean(b, cell, lambda f: f.final("accuracy"))) is not None
+        }
+        if mine is None or not scores:
+            continue
+        best = max(scores, key=lambda b: scores[b])
+        gain = (mine - scores[best]) / scores[best]
+        gains.append(gain)
+        details.append(
+            f"{label(cell)}: {mine:.4f} vs {best} {scores[best]:.4f} → {100 * gain:+.1f} % "
+            f"({100 * (mine - scores[best]):+.1f} points)"
+        )
+    if not gains:
+        return Outcome(2, CLAIMS[1], rule, UNMEASURED, "no non-IID cell has the variants finished")
+    verdict = _verdict([g >= 0.10 for g in gains])
+    text = f"{100 * min(gains):+.1f} % to {100 * max(gains):+.1f} % vs the strongest baseline"
+    if verdict == FAILS:
+        text += f" (short of +10 % by {100 * (0.10 - min(gains)):.1f} points in the worst cell)"
+    return Outcome(2, CLAIMS[1], rule, verdict, text, tuple(details))
+
+
+def client_cost(s: Study) -> Outcome:
+    rule = (
+        "full fine-tuning / proposed ≥ 5× for client training time per round and for peak "
+        "client memory"
+    )
+    full = s.with_role("full")
+    if not full:
+        return Outcome(3, CLAIMS[2], rule, UNMEASURED, "no full fine-tuning variant in the grid")
+    measures = {
+        "time": lambda f: f.mean("client_train_time_mean_s"),
+        "memory": lambda f: f.peak("client_peak_mem_max_bytes"),
+        "rise": lambda f: f.peak("client_mem_rise_max_bytes"),
+    }
+    ratios: dict[str, list[float]] = {k: [] for k in measures}
+    details = []
+    for cell in s.cells:
+        parts = []
+        for name, fn in measures.items():
+            mine, ref = s.mean(s.proposed or "", cell, fn), s.mean(full[0], cell, fn)
+            if mine and ref:
+                ratios[name].append(ref / mine)
+                parts.append(f"{name} {ref / mine:.2f}×")
+        if parts:
+            details.append(f"{label(cell)}: " + ", ".join(parts))
+    if not ratios["time"] or not ratios["memory"]:
+        return Outcome(3, CLAIMS[2], rule, UNMEASURED, "the runs record no client time or memory")
+    t, m = min(ratios["time"]), min(ratios["memory"])
+    verdict = _verdict([t >= 5, m >= 5])
+    text = f"time {t:.2f}×, peak memory {m:.2f}× less (worst cell)"
+    if ratios["rise"]:
+        text += f"; training-memory rise above the loaded model {min(ratios['rise']):.2f}× less"
+    if verdict == FAILS:
+        short = [f"{n} by {5 / v:.1f}×" for n, v in (("time", t), ("memory", m)) if v < 5]
+        text += f" (short of 5×: {', '.join(short)})"
+    return Outcome(3, CLAIMS[2], rule, verdict, text, tuple(details))
+
+
+def personal(s: Study) -> Outcome:
+    rule = "personalised accuracy (proposed) / (fully personalised, role `local`) ≥ 90 %"
+    column = next(
+        (
+            k
+            for f in s.figures
+            for r in f.rounds[-1:]
+            for k in r
+            if "personal" in k and r[k] is not None
+        ),
+        None,
+    )
+    local = s.with_role("local")
+    if column is None or not local:
+        why = (
+            "the runs record no personalised accuracy"
+            if column is None
+            else "no fully personalised (local-only) variant in the grid"
+        )
+        return Outcome(4, CLAIMS[3], rule, UNMEASURED, why)
+    ratios, details = [], []
+    for cell in s.cells:
+        mine = s.mean(s.proposed or "", cell, lambda f: f.final(column))
+        ref = s.mean(local[0], cell, lambda f: f.final(column))
+        if mine is not None and ref:
+            ratios.append(mine / ref)
+            details.append(f"{label(cell)}: {mine:.4f} / {ref:.4f} = {100 * mine / ref:.1f} %")
+    if not ratios:
+        return Outcome(4, CLAIMS[3], rule, UNMEASURED, "no cell has both variants finished")
+    verdict = _verdict([r >= 0.90 for r in ratios])
+    return Outcome(
+        4, CLAIMS[3], rule, verdict, f"{100 * min(ratios):.1f} % in the worst cell", tuple(details)
+    )
+
+
+def central_gap(s: Study) -> Outcome:
+    rule = (
+        "(centralised − proposed) / centralised ≤ 10 % in each dataset's most extreme non-IID cell"
+    )
+    central = s.with_role("centralised")
+    if not central:
+        return Outcome(5, CLAIMS[4], rule, UNMEASURED, "no centralised reference in the grid")
+    extreme = _extreme_cells(s)
+    if not extreme:
+        return Outcome(5, CLAIMS[4], rule, UNMEASURED, "no non-IID cell")
+    gaps, details = [], []
+    for cell in extreme:
+        mine = s.mean(s.proposed or "", cell, lambda f: f.final("accuracy"))
+        ref = s.mean(central[0], cell, lambda f: f.final("accuracy"))
+        if mine is None or not ref:
+            continue
+        gap = (ref - mine) / ref
+        gaps.append(gap)
+        details.append(
+            f"{label(cell)}: {mine:.4f} vs centralised {ref:.4f} → {100 * gap:.1f} % below"
+        )
+    if not gaps:
+        return Outcome(5, CLAIMS[4], rule, UNMEASURED, "no extreme cell has both variants finished")
+    verdict = _verdict([g <= 0.10 for g in gaps])
+    text = f"{100 * max(gaps):.1f} % below centralised in the worst cell"
+    if verdict == FAILS:
+        text += f" (beyond 10 % by {100 * (max(gaps) - 0.10):.1f} points)"
+    return Outcome(5, CLAIMS[4], rule, verdict, text, tuple(details))
+
+
+def _extreme_cells(s: Study) -> list[dict[str, str]]:
+    by_dataset: dict[str, list[dict[str, str]]] = {}
+    for cell in s.cells:
+        if s.non_iid(cell):
+            by_dataset.setdefault(str(s.cell_key(cell, "data.dataset", "sst2")), []).append(cell)
+
+    def severity(cell: dict[str, str]) -> tuple[int, float]:
+        if s.cell_key(cell, "data.partition", "dirichlet") == "pathological":
+            return (0, float(s.cell_key(cell, "data.classes_per_client", 1)))
+        return (1, float(s.cell_key(cell, "data.alpha", 0.5)))
+
+    return [min(group, key=severity) for group in by_dataset.values()]
+
+
+def summary_rows(results: Sequence[Outcome]) -> list[list[str]]:
+    return [[str(o.number), o.claim, o.measured, f"**{o.verdict}**"] for o in results]

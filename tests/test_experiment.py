@@ -1,0 +1,171 @@
+"""``fedpeft experiment examples/proposal_tiny.toml`` end to end, as a user runs it: runs as
+processes, a resumed grid, the tidy tables against the runs' own logs, TensorBoard event
+files, the report with the five outcomes, and the HTML page in a real headless browser."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.browser import browser_or_skip, check_page
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "proposal_tiny.toml"
+
+
+def _fedpeft(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "fedpeft.cli.main", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("exp")
+    done = _fedpeft("experiment", str(EXAMPLE), "--out", str(home / "tiny"), cwd=home)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "10 to run" in done.stdout  # 2 seeds × (full, slora's 2 stages, centralised, plus)
+    return home / "tiny"
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_results_table_holds_every_round_of_every_run(experiment: Path) -> None:
+    rows = _csv(experiment / "results.csv")
+    runs = _csv(experiment / "runs.csv")
+    assert {r["state"] for r in runs} == {"done"} and len(runs) == 8
+    assert len(rows) == 8 * 2  # every logical run has 2 rounds
+    plan = json.loads((experiment / "experiment.json").read_text())
+    for physical in plan["runs"]:
+        folder = next((experiment / "runs" / physical["key"]).glob("run-*"))
+        logged = _lines(folder / "metrics.jsonl")
+        mine = [
+            r
+            for r in rows
+            if r["run"] == physical["run_id"] and int(r["stage"]) == physical["stage"]
+        ]
+        assert [int(r["round"]) for r in mine] == [
+            int(str(m["round"])) + physical["round_offset"] for m in logged
+        ]
+        for row, m in zip(mine, logged, strict=True):
+            assert float(row["accuracy"]) == pytest.approx(m["eval"]["accuracy"])  # type: ignore[index]
+            assert float(row["bytes_up"]) == m["bytes_up"]
+    slora = sorted(
+        (r for r in rows if r["variant"] == "slora" and r["seed"] == "0"),
+        key=lambda r: int(r["round"]),
+    )
+    assert [(r["stage"], r["round"]) for r in slora] == [("1", "1"), ("2", "2")]
+    assert float(slora[1]["cum_bytes_up"]) == float(slora[0]["bytes_up"]) + float(
+        slora[1]["bytes_up"]
+    )
+    central = [r for r in rows if r["variant"] == "centralised"]
+    assert central and all(r["split"] == "*" and r["sampled"] == "1" for r in central)
+
+
+def test_each_run_writes_tensorboard_events_equal_to_its_metrics(experiment: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = next((experiment / "runs").glob("fedpeft_plus-*s1*/run-*"))
+    events = EventAccumulator(str(folder / "tensorboard"))
+    events.Reload()
+    logged = _lines(folder / "metrics.jsonl")
+    accuracy = [(e.step, e.value) for e in events.Scalars("eval/accuracy")]
+    assert accuracy == [
+        (m["round"], pytest.approx(m["eval"]["accuracy"], rel=1e-6))
+        for m in logged  # type: ignore[index]
+    ]
+    assert [e.value for e in events.Scalars("bytes/up")] == [m["bytes_up"] for m in logged]
+
+
+def test_the_same_command_again_skips_finished_runs_and_resumes_a_partial_one(
+    experiment: Path,
+) -> None:
+    folder = next((experiment / "runs").glob("fedavg_full-*s0*/run-*"))
+    (folder / "summary.json").unlink()  # as if killed after its last checkpoint
+    before = (experiment / "results.csv").read_text()
+    again = _fedpeft("experiment", str(EXAMPLE), "--out", str(experiment), cwd=experiment.parent)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "(9 done, 1 to run)" in again.stdout
+    assert "--resume" not in again.stdout and (folder / "summary.json").is_file()
+    assert len(list((experiment / "runs").glob("fedavg_full-*s0*/run-*"))) == 1  # same folder
+    assert (experiment / "results.csv").read_text() == before
+
+
+def test_report_computes_the_outcomes_from_the_tables(experiment: Path) -> None:
+    report = (experiment / "report.md").read_text()
+    assert "## The proposal's expected outcomes" in report
+    runs = {r["variant"]: r for r in _csv(experiment / "runs.csv") if r["seed"] == "0"}
+    rows = _csv(experiment / "results.csv")
+
+    def up(variant: str) -> float:
+        values = [float(r["bytes_up_per_client"]) for r in rows if r["variant"] == variant]
+        return sum(values) / len(values)
+
+    cut = 1 - up("fedpeft_plus") / up("fedavg_full")  # both seeds: the sizes do not vary
+    assert f"{100 * cut:.2f} % less" in report and runs
+    line = next(x for x in report.splitlines() if x.startswith("| 1 |"))
+    assert line.endswith("**holds** |")  # LoRA on tiny-bert sends ~1/400 of the model
+    assert "| 4 |" in report and "not measured" in next(
+        x for x in report.splitlines() if x.startswith("| 4 |")
+    )
+    assert "![accuracy vs rounds, bytes and time" in report
+    assert (experiment / "plots").is_dir() and list((experiment / "plots").glob("*.png"))
+
+
+def test_the_html_report_renders_in_a_headless_browser(experiment: Path) -> None:
+    browser_or_skip()
+    page = check_page(experiment / "report.html")
+    assert page.exceptions == [] and page.console_errors == []
+    assert page.facts["images"] >= 1 and page.facts["decoded"] == page.facts["images"]
+    assert page.facts["tables"] >= 3 and page.facts["external"] == 0  # self-contained
+    assert "miniature" in page.facts["title"]
+
+
+def test_a_run_that_crashes_fails_alone(tmp_path: Path) -> None:
+    """A run that passes the up-front checks but fails when it loads its data (a missing
+    file) is reported with its error; the grid's other run finishes, and the exit code
+    says that something failed."""
+    spec = tmp_path / "exp.toml"
+    spec.write_text(
+        """
+[experiment]
+name = "crash"
+seeds = [0]
+track = []
+[base]
+"model.name" = "tiny-bert"
+"run.rounds" = 1
+"data.train_size" = 32
+"data.eval_size" = 16
+"data.num_clients" = 2
+"data.partition" = "iid"
+[variants]
+fedavg_lora = {}
+broken = { preset = "fedavg_lora", "data.dataset" = "custom", "data.train_file" = "nope.csv" }
+"""
+    )
+    done = _fedpeft("experiment", str(spec), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    runs = {r["variant"]: r for r in _csv(tmp_path / "out" / "runs.csv")}
+    assert runs["fedavg_lora"]["state"] == "done"
+    assert runs["broken"]["state"] == "failed" and "nope.csv" in runs["broken"]["error"]
+    assert "failed broken" in done.stdout

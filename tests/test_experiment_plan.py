@@ -1,0 +1,122 @@
+"""The experiment file → runs: grid × axes × variants × seeds, presets, stages, run ids,
+and the errors people get (no run is started here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedpeft.errors import FedpeftError
+from fedpeft.experiment import PRESETS, check_plan, plan_experiment, read_experiment
+
+HEAD = """
+[experiment]
+name = "t"
+seeds = [0, 1]
+[base]
+"model.name" = "tiny-bert"
+"run.rounds" = 4
+"""
+
+
+def _plan(tmp_path: Path, body: str, head: str = HEAD):  # type: ignore[no-untyped-def]
+    path = tmp_path / "exp.toml"
+    path.write_text(head + body)
+    return plan_experiment(read_experiment(path), tmp_path)
+
+
+def test_grid_axes_variants_and_seeds_multiply(tmp_path: Path) -> None:
+    plan = _plan(
+        tmp_path,
+        """
+[grid]
+"data.dataset" = ["sst2", "ag_news"]
+[axes.split]
+iid = { "data.partition" = "iid" }
+dir = { "data.partition" = "dirichlet", "data.alpha" = 0.1 }
+[variants]
+fedavg_lora = {}
+ia3 = { preset = "fedavg_lora", "peft.method" = "ia3", "client.lr" = 1e-2 }
+""",
+    )
+    assert plan.axes == ["data.dataset", "split"]
+    assert len(plan.runs) == 2 * 2 * 2 * 2
+    ia3 = [r for r in plan.runs if r.variant == "ia3"]
+    assert all(r.keys["peft.method"] == "ia3" and r.keys["client.lr"] == 1e-2 for r in ia3)
+    run = next(r for r in ia3 if r.labels == {"data.dataset": "ag_news", "split": "dir"})
+    assert run.keys["data.alpha"] == 0.1 and run.keys["data.dataset"] == "ag_news"
+    assert run.keys["model.name"] == "tiny-bert" and run.rounds == 4
+    assert len({r.key for r in plan.runs}) == len(plan.runs)
+
+
+def test_the_centralised_reference_runs_once_per_dataset_and_seed(tmp_path: Path) -> None:
+    plan = _plan(
+        tmp_path,
+        """
+[grid]
+"data.dataset" = ["sst2", "ag_news"]
+[axes.split]
+iid = { "data.partition" = "iid" }
+dir = { "data.partition" = "dirichlet", "data.alpha" = 0.1, "data.min_partition_size" = 1 }
+[variants]
+centralised = {}
+""",
+    )
+    assert len(plan.runs) == 2 * 2  # not × 2 splits: the split does not apply to one client
+    assert all(r.labels["split"] == "*" and r.keys["data.num_clients"] == 1 for r in plan.runs)
+    assert all("data.min_partition_size" not in r.keys for r in plan.runs)
+
+
+def test_a_staged_baseline_splits_the_rounds_and_chains_its_runs(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, "[variants]\nslora = {}\n")
+    s0 = [r for r in plan.runs if r.seed == 0]
+    assert [(r.stage, r.rounds, r.round_offset) for r in s0] == [(1, 1, 0), (2, 3, 1)]
+    assert s0[0].keys["peft.method"] == "sparse" and s0[1].keys["peft.method"] == "slora"
+    assert s0[1].after == s0[0].key and s0[1].from_previous == "peft.init_from"
+    assert s0[0].run_id == s0[1].run_id
+
+
+def test_run_ids_follow_the_keys_but_not_the_round_count(tmp_path: Path) -> None:
+    a = _plan(tmp_path, "[variants]\nfedavg_lora = {}\n").runs[0]
+    more = _plan(tmp_path, "[variants]\nfedavg_lora = {}\n", HEAD.replace("= 4", "= 9")).runs[0]
+    other = _plan(tmp_path, '[variants]\nfedavg_lora = { "client.lr" = 1e-3 }\n').runs[0]
+    assert a.key == more.key and more.rounds == 9  # a longer run resumes the same folder
+    assert a.key != other.key
+
+
+def test_every_preset_plans_and_checks_or_says_what_it_needs(tmp_path: Path) -> None:
+    for name, preset in PRESETS.items():
+        plan = _plan(tmp_path, f"[variants]\n{name} = {{}}\n")
+        if not preset.needs:
+            check_plan(plan)
+            continue
+        with pytest.raises(FedpeftError, match=f"variant {name!r} needs"):
+            check_plan(plan)
+
+
+def test_bad_files_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(FedpeftError, match="not a known baseline"):
+        _plan(tmp_path, '[variants]\nx = { preset = "nope" }\n')
+    with pytest.raises(FedpeftError, match="unknown key `experiment.sedes`"):
+        _plan(tmp_path, "[variants]\nfedavg_lora = {}\n", HEAD.replace("seeds", "sedes"))
+    with pytest.raises(FedpeftError, match="`variants`"):
+        _plan(tmp_path, "")
+    plan = _plan(tmp_path, '[variants]\nfedavg_lora = { "client.lr" = -1.0 }\n')
+    with pytest.raises(FedpeftError, match="variant 'fedavg_lora'.*client.lr"):
+        check_plan(plan)
+    with pytest.raises(FedpeftError, match="does not exist"):
+        read_experiment(tmp_path / "missing.toml")
+
+
+def test_excluded_combinations_are_not_planned(tmp_path: Path) -> None:
+    rule = '{ split = "b", variant = ["fedpeft_bias", "x"] }'
+    head = HEAD.replace("[base]", f"exclude = [{rule}]\n[base]")
+    plan = _plan(
+        tmp_path,
+        '[axes.split]\na = { "data.alpha" = 0.3 }\nb = { "data.alpha" = 0.2 }\n'
+        "[variants]\nfedpeft_bias = {}\nfedavg_lora = {}\n",
+        head,
+    )
+    pairs = {(r.labels["split"], r.variant) for r in plan.runs}
+    assert pairs == {("a", "fedpeft_bias"), ("a", "fedavg_lora"), ("b", "fedavg_lora")}

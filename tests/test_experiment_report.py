@@ -1,0 +1,132 @@
+"""The report's pieces without running anything: the five outcomes on stored numbers, the
+HTML page's self-containment, the browser check's own negative controls, and tracking."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedpeft.errors import FedpeftError
+from fedpeft.report.doc import Heading, Image, Para, Table, to_html, to_markdown
+from fedpeft.report.outcomes import FAILS, HOLDS, UNMEASURED, Study, outcomes
+from fedpeft.report.tables import RunFigures
+from tests.browser import browser_or_skip, check_page
+
+CELL = {"data.dataset": "sst2", "split": "dir01"}
+
+
+def _run(
+    variant: str, seed: int, accuracy: float, up: float, time_s: float, mem: float
+) -> RunFigures:
+    row = {
+        "round": 1,
+        "accuracy": accuracy,
+        "bytes_up_per_client": up,
+        "client_train_time_mean_s": time_s,
+        "client_peak_mem_max_bytes": mem,
+        "client_mem_rise_max_bytes": mem / 4,
+    }
+    labels = {"data.dataset": "sst2", "split": "*" if variant == "central" else "dir01"}
+    return RunFigures(f"{variant}-{seed}", variant, seed, labels, [row])
+
+
+def _study(proposed_acc: tuple[float, float]) -> Study:
+    figures = [
+        _run("plus", 0, proposed_acc[0], 1e4, 1.0, 1e9),
+        _run("plus", 1, proposed_acc[1], 1e4, 1.0, 1e9),
+        _run("full", 0, 0.70, 4e6, 6.0, 2e9),
+        _run("full", 1, 0.70, 4e6, 6.0, 2e9),
+        _run("lora", 0, 0.60, 1e4, 1.0, 1e9),
+        _run("lora", 1, 0.62, 1e4, 1.0, 1e9),
+        _run("bias", 0, 0.50, 5e3, 1.0, 1e9),
+        _run("central", 0, 0.80, 1e4, 1.0, 1e9),
+        _run("central", 1, 0.80, 1e4, 1.0, 1e9),
+    ]
+    roles = {
+        "plus": "proposed",
+        "full": "full",
+        "lora": "peft",
+        "bias": "peft",
+        "central": "centralised",
+    }
+    keys = {f.run: {"data.partition": "dirichlet", "data.alpha": 0.1} for f in figures}
+    return Study(figures, [CELL], roles, keys, "plus")
+
+
+def test_outcomes_from_stored_numbers() -> None:
+    one, two, three, four, five = outcomes(_study((0.70, 0.72)))
+    assert one.verdict == HOLDS and "99.75 % less" in one.measured  # 1 − 1e4/4e6
+    # +0.71 vs the strongest baseline 0.61: (0.71 − 0.61) / 0.61 = +16.4 %
+    assert two.verdict == HOLDS and "+16.4 %" in two.measured and "lora" in two.details[0]
+    assert (
+        three.verdict == FAILS
+        and "time 6.00×" in three.measured
+        and "memory 2.00×" in three.measured
+    )
+    assert four.verdict == UNMEASURED
+    # (0.80 − 0.71) / 0.80 = 11.25 % below centralised: beyond 10 % by 1.3 points
+    assert (
+        five.verdict == FAILS
+        and "11.3 % below" in five.measured
+        and "by 1.3 points" in five.measured
+    )
+
+
+def test_outcomes_that_hold_and_a_missing_proposed_variant() -> None:
+    results = outcomes(_study((0.79, 0.79)))
+    assert results[1].verdict == HOLDS and results[4].verdict == HOLDS  # 1.25 % below
+    study = _study((0.7, 0.7))
+    none = Study(study.figures, study.cells, study.roles, study.keys, None)
+    assert {o.verdict for o in outcomes(none)} == {UNMEASURED}
+
+
+def _page(tmp_path: Path) -> Path:
+    from PIL import Image as PILImage
+
+    (tmp_path / "plots").mkdir()
+    PILImage.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "plots" / "a.png")
+    blocks = [
+        Heading(1, "T <b>"),
+        Para("**bold** and `code` & <script>alert(1)</script>"),
+        Table(["a", "b"], [["1", "x|y"]], [True, False]),
+        Image(Path("plots/a.png"), "a plot"),
+    ]
+    md = to_markdown(blocks)
+    assert "| 1 | x\\|y |" in md and "![a plot](plots/a.png)" in md and "| ---: | --- |" in md
+    page = tmp_path / "page.html"
+    page.write_text(to_html(blocks, "T", tmp_path))
+    text = page.read_text()
+    assert (
+        "<strong>bold</strong>" in text
+        and "&lt;script&gt;" in text
+        and "data:image/png;base64," in text
+    )
+    return page
+
+
+def test_html_is_self_contained_and_escaped(tmp_path: Path) -> None:
+    _page(tmp_path)
+
+
+def test_the_browser_check_sees_broken_images_and_errors(tmp_path: Path) -> None:
+    browser_or_skip()
+    good = check_page(_page(tmp_path))
+    assert good.facts["decoded"] == good.facts["images"] == 1 and not good.exceptions
+    bad = tmp_path / "bad.html"
+    bad.write_text(
+        '<html><body><img src="data:image/png;base64,AAAA">'
+        "<script>console.error('boom'); undefinedFunction();</script></body></html>"
+    )
+    check = check_page(bad)
+    assert check.facts["decoded"] == 0 and check.facts["images"] == 1
+    assert any("boom" in e for e in check.console_errors) and check.exceptions
+
+
+def test_mlflow_tracking_without_mlflow_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedpeft.report.tracking import make_trackers
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow → ImportError
+    with pytest.raises(FedpeftError, match=r"pip install 'fedpeft\[mlflow\]'"):
+        make_trackers(["mlflow"], "runs", "x")
