@@ -3,6 +3,7 @@ partitions."""
 
 from fedpeft.data.instruct import InstructSplit
 from fedpeft.data.partition import DataProfile, data_profile, partition_indices
+from fedpeft.data.qa import QABatch, QASplit
 from fedpeft.data.registry import dataset_names, load_dataset, register_dataset
 from fedpeft.data.sources import ImageArrays, RawDataset, RawSplit, data_dirs
 from fedpeft.data.tokenized import Batch, TokenizedSplit, tokenize_split
@@ -15,7 +16,8 @@ from fedpeft.data.images import (  # isort: skip - registers the image datasets
     is_image_dataset,
 )
 
-Split = TokenizedSplit | ImageSplit | InstructSplit  # what training and evaluation consume
+# what training and evaluation consume
+Split = TokenizedSplit | ImageSplit | InstructSplit | QASplit
 
 __all__ = [
     "Batch",
@@ -25,6 +27,8 @@ __all__ = [
     "ImagePreprocess",
     "ImageSplit",
     "InstructSplit",
+    "QABatch",
+    "QASplit",
     "RawDataset",
     "RawSplit",
     "Split",

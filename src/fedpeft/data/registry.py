@@ -8,6 +8,7 @@ import numpy as np
 
 from fedpeft.config import DataConfig
 from fedpeft.data.labels import label_order, normalize_label
+from fedpeft.data.questions import QAExamples
 from fedpeft.data.sources import (
     ImageArrays,
     RawDataset,
@@ -18,6 +19,7 @@ from fedpeft.data.sources import (
     read_table,
     read_tsv_rows,
 )
+from fedpeft.data.squad import load_squad
 from fedpeft.errors import FedpeftError
 
 Loader = Callable[[DataConfig, int], RawDataset]
@@ -49,8 +51,8 @@ def load_dataset(cfg: DataConfig, seed: int) -> RawDataset:
 
 
 def _subset(
-    split: RawSplit | ImageArrays, size: int | None, rng: np.random.Generator
-) -> RawSplit | ImageArrays:
+    split: RawSplit | ImageArrays | QAExamples, size: int | None, rng: np.random.Generator
+) -> RawSplit | ImageArrays | QAExamples:
     if size is None or size >= len(split):
         return split
     return split.take(np.sort(rng.choice(len(split), size=size, replace=False)))
@@ -133,3 +135,4 @@ def _class_names(cfg: DataConfig, raw: list[str], path: object) -> list[str]:
 register_dataset("sst2", _sst2)
 register_dataset("ag_news", _ag_news)
 register_dataset("custom", _custom)
+register_dataset("squad", load_squad)

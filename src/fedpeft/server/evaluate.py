@@ -8,6 +8,7 @@ from torch import nn
 
 from fedpeft.data import Split
 from fedpeft.data.instruct import InstructSplit
+from fedpeft.data.qa import QASplit
 
 
 def predict_logits(
@@ -38,6 +39,10 @@ def evaluate_model(
         from fedpeft.server.generate import evaluate_generative
 
         return evaluate_generative(model, split, batch_size, device)
+    if isinstance(split, QASplit):
+        from fedpeft.server.qa import evaluate_qa
+
+        return evaluate_qa(model, split, batch_size, device)
     logits = predict_logits(model, split, batch_size, device)
     labels = torch.from_numpy(split.labels)
     preds = logits.argmax(-1).numpy()

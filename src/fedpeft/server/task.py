@@ -15,6 +15,7 @@ from torch import nn
 from fedpeft.config import ExperimentConfig, PeftConfig
 from fedpeft.data import (
     DataProfile,
+    ImageArrays,
     RawDataset,
     RawSplit,
     Split,
@@ -34,6 +35,7 @@ from fedpeft.models import (
     is_vision_model,
     load_causal_lm,
     load_classifier,
+    load_qa_model,
     load_tokenizer,
     load_vision_classifier,
 )
@@ -129,7 +131,12 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
         load_profiles(Path(cfg.profiles.file))
     method = parse_spec(cfg.peft.method, cfg.peft.options)
     check_pairing(cfg)
-    check_task(cfg)
+    if check_task(cfg) == "qa" and needs_proxy(cfg):
+        raise FedpeftError(
+            f"`server.aggregator` {cfg.server.aggregator!r} needs a labelled proxy set of "
+            "classification examples; with `model.task` 'qa' use a rule without one "
+            "(e.g. 'fedavg')."
+        )
     check_combinations(cfg)
     return method
 
@@ -185,6 +192,8 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
     spec = get_model_spec(cfg.model.name)
     train: Split
     evaluation: Split
+    if task_kind(cfg, spec) == "qa":
+        return _qa_data(cfg, spec, dataset)
     if task_kind(cfg, spec) == "instruct":
         train, evaluation = instruct_splits(cfg, dataset, spec)
     else:
@@ -207,6 +216,18 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
     return FederatedData(spec, dataset, train, evaluation, partitions, profiles, proxy)
 
 
+def _qa_data(cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset) -> FederatedData:
+    """Question windows; clients get whole questions (``natural``: whole articles)."""
+    from fedpeft.data.qa import partition_questions, windows_of
+    from fedpeft.server.qa import qa_splits
+
+    train, evaluation = qa_splits(cfg, dataset, spec)
+    questions = partition_questions(train.examples, cfg.data, cfg.run.seed)
+    partitions = [windows_of(train, q) for q in questions]
+    profiles = [data_profile(train.labels[p], train.lengths[p], 1) for p in partitions]
+    return FederatedData(spec, dataset, train, evaluation, partitions, profiles)
+
+
 def _text_splits(
     cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset
 ) -> tuple[Split, Split]:
@@ -224,7 +245,7 @@ def _image_splits(
     cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset
 ) -> tuple[Split, Split]:
     """Decoded images, resized and normalised per batch as the model expects."""
-    if isinstance(dataset.train, RawSplit) or isinstance(dataset.eval, RawSplit):
+    if not isinstance(dataset.train, ImageArrays) or not isinstance(dataset.eval, ImageArrays):
         raise FedpeftError(f"dataset {dataset.name!r} holds text; `{spec.name}` takes images.")
     preprocess = image_preprocess(spec, cfg.model.image_size)
     return image_split(dataset.train, preprocess), image_split(dataset.eval, preprocess)
@@ -247,13 +268,17 @@ def build_task(cfg: ExperimentConfig) -> Task:
     with torch.random.fork_rng(devices=[]):  # head and adapter init: same seed, same model
         torch.manual_seed(cfg.run.seed)
         kind = task_kind(cfg, spec)
-        base: nn.Module = (
-            load_causal_lm(spec, cfg.run.seed)
-            if kind == "instruct"
-            else load_base(cfg, spec, dataset)
-        )
+        base: nn.Module
+        if kind == "qa":
+            base = load_qa_model(spec, cfg.run.seed)
+        elif kind == "instruct":
+            base = load_causal_lm(spec, cfg.run.seed)
+        else:
+            base = load_base(cfg, spec, dataset)
         full_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
-        arch = architecture(base.config, dataset.num_labels, causal_lm=kind == "instruct")
+        arch = architecture(
+            base.config, dataset.num_labels, causal_lm=kind == "instruct", qa=kind == "qa"
+        )
         model = apply_shared(base, method, arch, cfg.run.seed).to(device)
     log.info(
         "task: %s on %s (%d train, %d eval), %d clients, device %s",
