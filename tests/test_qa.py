@@ -165,6 +165,7 @@ def test_natural_partition_gives_whole_articles_and_keeps_windows_together(
         (["data.partition='dirichlet'"], "use 'natural'"),
         (["model.task='classify'"], "use `model.task = 'qa'`"),
         (["server.aggregator='layerwise'"], "proxy set"),
+        (["allocation.enabled=true"], r"catalogue offers \['prompt'\]"),
     ],
 )
 def test_unsupported_qa_combinations_are_refused_up_front(sets: list[str], match: str) -> None:
@@ -222,3 +223,22 @@ def test_fedpeft_run_qa_lora_end_to_end(tmp_path: Path) -> None:
     data = build_data(load_config(run_dir / "config.toml"))
     again = evaluate_qa(model, data.eval, 64, torch.device("cpu"))  # type: ignore[arg-type]
     assert again == pytest.approx(final, rel=1e-5)
+
+
+def test_allocate_prices_the_span_head(tmp_path: Path) -> None:
+    """``fedpeft allocate`` on QA data: the cost model's architecture has the span head."""
+    out = tmp_path / "alloc.json"
+    sets = [
+        "data.dataset='squad'",
+        f"data.train_file='{_squad_json(tmp_path / 'train.json', articles=8)}'",
+        "model.name='tiny-bert'",
+        "model.max_length=48",
+        "data.num_clients=2",
+        "data.partition='natural'",
+        "allocation.catalogue.prompt_tokens=[]",
+    ]
+    args = ["allocate", *[x for s in sets for x in ("--set", s)], "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert len(record["clients"]) == 2 and all(c["chosen"] for c in record["clients"])

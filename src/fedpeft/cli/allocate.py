@@ -31,9 +31,10 @@ def allocation_report(cfg: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]
 
     alloc_cfg = make_allocation_config(cfg.allocation)
     data = build_data(cfg)
-    n = data.dataset.num_labels
-    causal_lm = task_kind(cfg, data.spec) == "instruct"
-    arch = architecture(load_model_config(data.spec, n), n, causal_lm=causal_lm)
+    kind = task_kind(cfg, data.spec)
+    n = 2 if kind == "qa" else data.dataset.num_labels  # a span head: start and end
+    config = load_model_config(data.spec, n)
+    arch = architecture(config, n, causal_lm=kind == "instruct", qa=kind == "qa")
     p = cfg.profiles
     devices = declared_devices(cfg.data.num_clients, p.mix, cfg.run.seed, p.file)
     clients = client_infos(cfg, range(cfg.data.num_clients), devices, data.profiles)

@@ -50,10 +50,28 @@ def check_qa(cfg: ExperimentConfig, spec: ModelSpec) -> None:
             f"`peft.method` {cfg.peft.method!r} is not offered for `model.task` 'qa' "
             f"(soft prompts would shift the answer positions); supported: {supported_qa()}."
         )
+    _check_catalogue(cfg)
     if cfg.data.partition not in ("iid", "natural"):
         raise FedpeftError(
             f"`data.partition` {cfg.data.partition!r} skews classes, which question answering "
             "has none of; use 'natural' (whole articles per client) or 'iid'."
+        )
+
+
+def _check_catalogue(cfg: ExperimentConfig) -> None:
+    """With the allocation on, every candidate method must be offered for QA."""
+    if not cfg.allocation.enabled:
+        return
+    cat = cfg.allocation.catalogue
+    named = {*cat.others, *(c.method for c in cat.extra)} | (
+        {"prompt"} if cat.prompt_tokens else set()
+    )
+    bad = sorted(named - set(methods_for("qa")))
+    if bad:
+        raise FedpeftError(
+            f"the allocation's catalogue offers {bad}, which `model.task` 'qa' does not "
+            "support; remove them (`allocation.catalogue.prompt_tokens = []` for prompt "
+            f"tuning); supported: {supported_qa()}."
         )
 
 
