@@ -7,7 +7,9 @@ rounds of 1 local epoch; centralised = the same questions on 1 client, R rounds 
 epochs of the same optimiser steps per example). Round 0 is the untrained model (LoRA is
 the identity at init; the span head is fresh), scored by one evaluation.
 
-    nice -n 10 .venv/bin/python benchmarks/squad_qa.py --out benchmarks/results/squad_qa.json
+    cd benchmarks; for p in round0 federated centralised; do   # one process each
+      nice -n 10 ../.venv/bin/python squad_qa.py --part $p --out /tmp/squad_$p.json & done; wait
+    ../.venv/bin/python squad_qa.py --merge /tmp/squad_*.json --out results/squad_qa.json
 """
 
 from __future__ import annotations
@@ -25,15 +27,15 @@ from common import read_run
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "squad.toml"
 SHRINK = [
     "run.threads=1",
-    "data.train_size=400",
-    "data.eval_size=200",
-    "model.max_length=160",
-    "model.doc_stride=40",
-    "run.rounds=3",
+    "data.train_size=200",
+    "data.eval_size=100",
+    "model.max_length=128",
+    "model.doc_stride=32",
+    "run.rounds=2",
 ]
 SETTINGS = {
-    "federated (5 clients, natural)": ["data.num_clients=5", "data.partition='natural'"],
-    "centralised (1 client)": ["data.num_clients=1", "data.partition='iid'"],
+    "federated": ["data.num_clients=5", "data.partition='natural'"],
+    "centralised": ["data.num_clients=1", "data.partition='iid'"],
 }
 
 
@@ -90,12 +92,21 @@ def run(name: str, sets: list[str], out: Path) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--part", choices=["round0", *SETTINGS], help="one part (a process each)")
+    parser.add_argument("--merge", type=Path, nargs="*", help="parts' JSON files into --out")
     args = parser.parse_args()
-    result: dict[str, object] = {"config": str(CONFIG.name), "round0": untrained(), "runs": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, sets in SETTINGS.items():
-            result["runs"].append(run(name, sets, Path(tmp)))  # type: ignore[union-attr]
-            args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.merge:
+        parts = [json.loads(p.read_text()) for p in args.merge]
+        result = {"config": CONFIG.name, "shrink": SHRINK} | {
+            k: v for p in parts for k, v in p.items()
+        }
+    elif args.part == "round0":
+        result = {"round0": untrained()}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            parts = [args.part] if args.part else list(SETTINGS)
+            result = {name: run(name, SETTINGS[name], Path(tmp)) for name in parts}
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

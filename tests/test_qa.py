@@ -161,7 +161,7 @@ def test_natural_partition_gives_whole_articles_and_keeps_windows_together(
     ("sets", "match"),
     [
         (["peft.method='prompt'"], "not offered for `model.task` 'qa'.*qa: bert, roberta"),
-        (["model.name='tiny-llama'"], "needs an encoder.*supported: qa: bert"),
+        (["model.name='tiny-llama'", "peft.method='bitfit'"], "not offered.*llama decoders"),
         (["data.partition='dirichlet'"], "use 'natural'"),
         (["model.task='classify'"], "use `model.task = 'qa'`"),
         (["server.aggregator='layerwise'"], "proxy set"),

@@ -1,6 +1,7 @@
 """Datasets: registry and loaders (local first, hub second), tokenisation, image splits,
 partitions."""
 
+from fedpeft.data.genqa import GenQASplit
 from fedpeft.data.instruct import InstructSplit
 from fedpeft.data.partition import DataProfile, data_profile, partition_indices
 from fedpeft.data.qa import QABatch, QASplit
@@ -17,7 +18,7 @@ from fedpeft.data.images import (  # isort: skip - registers the image datasets
 )
 
 # what training and evaluation consume
-Split = TokenizedSplit | ImageSplit | InstructSplit | QASplit
+Split = TokenizedSplit | ImageSplit | InstructSplit | QASplit | GenQASplit
 
 __all__ = [
     "Batch",
@@ -26,6 +27,7 @@ __all__ = [
     "ImageBatch",
     "ImagePreprocess",
     "ImageSplit",
+    "GenQASplit",
     "InstructSplit",
     "QABatch",
     "QASplit",

@@ -1,6 +1,7 @@
-"""Extractive question answering as a run's task: what it supports, its splits, and its
-evaluation — the answer span read off every window of a question, scored by SQuAD's
-exact match and F1.
+"""Question answering as a run's task: what it supports, its splits, and the evaluation of
+extractive QA — the answer span read off every window of a question, scored by SQuAD's
+exact match and F1. On a decoder (LLaMA family) QA is generative instead: the model writes
+the answer (``data.genqa``, scored in ``server.genqa``).
 
 A window's span score is ``s(i, j) = start_logit[i] + end_logit[j]`` over context tokens
 ``i ≤ j < i + L`` (``L = MAX_ANSWER_TOKENS``, as Hugging Face's ``run_qa``); a question's
@@ -16,6 +17,7 @@ from torch import nn
 
 from fedpeft.config import ExperimentConfig
 from fedpeft.data import RawDataset
+from fedpeft.data.genqa import GenQASplit, tokenize_genqa
 from fedpeft.data.qa import QASplit, tokenize_qa
 from fedpeft.data.questions import QAExamples
 from fedpeft.errors import FedpeftError
@@ -25,32 +27,44 @@ from fedpeft.server.squad_metric import squad_scores
 
 QA_DATASETS = ("squad",)
 QA_FAMILIES = ("bert", "roberta")  # encoders with a span head (``*ForQuestionAnswering``)
+GENERATIVE_FAMILIES = ("llama",)  # decoders that write the answer (``data.genqa``)
 MAX_ANSWER_TOKENS = 30
 
 
 def supported_qa() -> str:
-    return f"qa: {', '.join(QA_FAMILIES)} encoders with {', '.join(methods_for('qa'))}"
+    return (
+        f"qa: {', '.join(QA_FAMILIES)} encoders (extractive) with "
+        f"{', '.join(methods_for('qa'))}, or {', '.join(GENERATIVE_FAMILIES)} decoders "
+        f"(generative) with {', '.join(methods_for('instruct'))}"
+    )
+
+
+def generative(spec: ModelSpec) -> bool:
+    """Whether QA on this model generates the answer (a decoder) or extracts a span."""
+    return spec.family in GENERATIVE_FAMILIES
 
 
 def check_qa(cfg: ExperimentConfig, spec: ModelSpec) -> None:
-    """Refuses, before anything loads, what extractive QA does not support."""
+    """Refuses, before anything loads, what QA does not support on this model."""
     if cfg.data.dataset not in QA_DATASETS:
         raise FedpeftError(
             f"`model.task` 'qa' needs question-answering data, but `data.dataset` is "
             f"{cfg.data.dataset!r}; use one of: {', '.join(QA_DATASETS)} (SQuAD-format "
             "JSON of your own goes in `data.train_file`)."
         )
-    if spec.family not in (*QA_FAMILIES, "auto"):
+    if spec.family not in (*QA_FAMILIES, *GENERATIVE_FAMILIES, "auto"):
         raise FedpeftError(
-            f"`model.task` 'qa' needs an encoder, but `{spec.name}` is a {spec.family} "
-            f"model; supported: {supported_qa()}."
+            f"`model.task` 'qa' needs a text encoder or decoder, but `{spec.name}` is a "
+            f"{spec.family} model; supported: {supported_qa()}."
         )
-    if cfg.peft.method not in methods_for("qa"):
+    allowed = methods_for("instruct" if generative(spec) else "qa")
+    if cfg.peft.method not in allowed:
         raise FedpeftError(
             f"`peft.method` {cfg.peft.method!r} is not offered for `model.task` 'qa' "
-            f"(soft prompts would shift the answer positions); supported: {supported_qa()}."
+            f"(an extractive span head needs unshifted positions; a causal LM has no small "
+            f"head); supported: {supported_qa()}."
         )
-    _check_catalogue(cfg)
+    _check_catalogue(cfg, allowed)
     if cfg.data.partition not in ("iid", "natural"):
         raise FedpeftError(
             f"`data.partition` {cfg.data.partition!r} skews classes, which question answering "
@@ -58,7 +72,7 @@ def check_qa(cfg: ExperimentConfig, spec: ModelSpec) -> None:
         )
 
 
-def _check_catalogue(cfg: ExperimentConfig) -> None:
+def _check_catalogue(cfg: ExperimentConfig, allowed: list[str]) -> None:
     """With the allocation on, every candidate method must be offered for QA."""
     if not cfg.allocation.enabled:
         return
@@ -66,7 +80,7 @@ def _check_catalogue(cfg: ExperimentConfig) -> None:
     named = {*cat.others, *(c.method for c in cat.extra)} | (
         {"prompt"} if cat.prompt_tokens else set()
     )
-    bad = sorted(named - set(methods_for("qa")))
+    bad = sorted(named - set(allowed))
     if bad:
         raise FedpeftError(
             f"the allocation's catalogue offers {bad}, which `model.task` 'qa' does not "
@@ -77,14 +91,19 @@ def _check_catalogue(cfg: ExperimentConfig) -> None:
 
 def qa_splits(
     cfg: ExperimentConfig, dataset: RawDataset, spec: ModelSpec
-) -> tuple[QASplit, QASplit]:
-    """Train and eval windows, tokenised once."""
+) -> tuple[QASplit, QASplit] | tuple[GenQASplit, GenQASplit]:
+    """Train and eval windows (extractive) or prompts (generative), tokenised once."""
     if not isinstance(dataset.train, QAExamples) or not isinstance(dataset.eval, QAExamples):
         raise FedpeftError(
             f"dataset {dataset.name!r} holds no questions; `model.task` 'qa' needs them."
         )
     tokenizer = load_tokenizer(spec)
     length = cfg.model.max_length
+    if generative(spec):
+        return (
+            tokenize_genqa(dataset.train, tokenizer, length),
+            tokenize_genqa(dataset.eval, tokenizer, length),
+        )
     stride = cfg.model.doc_stride or length // 4
     return (
         tokenize_qa(dataset.train, tokenizer, length, stride),

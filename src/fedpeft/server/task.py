@@ -50,6 +50,7 @@ from fedpeft.peft import (
 )
 from fedpeft.peft.share import apply_shared
 from fedpeft.server.instruct import check_task, instruct_splits, task_kind
+from fedpeft.server.qa import generative
 
 log = logging.getLogger("fedpeft.server")
 
@@ -218,12 +219,12 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
 
 def _qa_data(cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset) -> FederatedData:
     """Question windows; clients get whole questions (``natural``: whole articles)."""
-    from fedpeft.data.qa import partition_questions, windows_of
+    from fedpeft.data.qa import QASplit, partition_questions, windows_of
     from fedpeft.server.qa import qa_splits
 
     train, evaluation = qa_splits(cfg, dataset, spec)
     questions = partition_questions(train.examples, cfg.data, cfg.run.seed)
-    partitions = [windows_of(train, q) for q in questions]
+    partitions = [windows_of(train, q) if isinstance(train, QASplit) else q for q in questions]
     profiles = [data_profile(train.labels[p], train.lengths[p], 1) for p in partitions]
     return FederatedData(spec, dataset, train, evaluation, partitions, profiles)
 
@@ -269,16 +270,16 @@ def build_task(cfg: ExperimentConfig) -> Task:
         torch.manual_seed(cfg.run.seed)
         kind = task_kind(cfg, spec)
         base: nn.Module
-        if kind == "qa":
-            base = load_qa_model(spec, cfg.run.seed)
-        elif kind == "instruct":
+        causal_lm = kind == "instruct" or (kind == "qa" and generative(spec))
+        if causal_lm:
             base = load_causal_lm(spec, cfg.run.seed)
+        elif kind == "qa":
+            base = load_qa_model(spec, cfg.run.seed)
         else:
             base = load_base(cfg, spec, dataset)
         full_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
-        arch = architecture(
-            base.config, dataset.num_labels, causal_lm=kind == "instruct", qa=kind == "qa"
-        )
+        span = kind == "qa" and not causal_lm
+        arch = architecture(base.config, dataset.num_labels, causal_lm=causal_lm, qa=span)
         model = apply_shared(base, method, arch, cfg.run.seed).to(device)
     log.info(
         "task: %s on %s (%d train, %d eval), %d clients, device %s",
