@@ -242,3 +242,25 @@ def test_allocate_prices_the_span_head(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())
     assert len(record["clients"]) == 2 and all(c["chosen"] for c in record["clients"])
+
+
+def test_the_squad_example_config_is_valid() -> None:
+    from fedpeft.server.instruct import task_kind
+    from fedpeft.server.task import check_names
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "squad.toml")
+    check_names(cfg)  # nothing loads
+    assert task_kind(cfg) == "qa" and cfg.data.partition == "natural"
+
+
+def test_the_official_dev_set_reads_with_its_official_counts() -> None:
+    from fedpeft.data.sources import find_local
+
+    folder = find_local("squad_v1.1", ["dev-v1.1.json"])
+    if folder is None:
+        pytest.skip("SQuAD v1.1 is not in the data folders")
+    dev = read_squad(folder / "dev-v1.1.json")
+    assert len(dev) == 10570 and len(np.unique(dev.articles)) == 48
+    first = dev.ids.index("56be4db0acb8001400a502ec")
+    assert dev.questions[first] == "Which NFL team represented the AFC at Super Bowl 50?"
+    assert dev.answers[first][0] == "Denver Broncos" and dev.starts[first][0] == 177
