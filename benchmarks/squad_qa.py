@@ -7,7 +7,7 @@ rounds of 1 local epoch; centralised = the same questions on 1 client, R rounds 
 epochs of the same optimiser steps per example). Round 0 is the untrained model (LoRA is
 the identity at init; the span head is fresh), scored by one evaluation.
 
-    cd benchmarks; for p in round0 federated centralised; do   # one process each
+    cd benchmarks; for p in round0 costs federated centralised; do   # one process each
       nice -n 10 ../.venv/bin/python squad_qa.py --part $p --out /tmp/squad_$p.json & done; wait
     ../.venv/bin/python squad_qa.py --merge /tmp/squad_*.json --out results/squad_qa.json
 """
@@ -27,8 +27,8 @@ from common import read_run
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "squad.toml"
 SHRINK = [
     "run.threads=1",
-    "data.train_size=200",
-    "data.eval_size=100",
+    "data.train_size=100",
+    "data.eval_size=50",
     "model.max_length=128",
     "model.doc_stride=32",
     "run.rounds=2",
@@ -47,6 +47,39 @@ def untrained() -> dict[str, float]:
 
     task = build_task(load_config(CONFIG, SHRINK))
     return evaluate_model(task.model, task.data.eval, 64, task.device)
+
+
+def costs() -> dict[str, float]:
+    """Parameters and bytes (predicted and real) of MiniLM + LoRA with the span head, and
+    the CPU time (``process_time``, less sensitive than wall time to other processes on a
+    shared machine) of AdamW steps on one real batch of 16 training windows."""
+    import statistics
+
+    import numpy as np
+    import torch
+    from common import update_counts
+
+    from fedpeft.config import load_config
+    from fedpeft.server.task import build_task
+
+    task = build_task(load_config(CONFIG, SHRINK))
+    model, batch = task.model, task.data.train.collate(np.arange(16))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+    cpu = []
+    for _ in range(3):
+        start = time.process_time()
+        model(**batch.model_inputs()).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        cpu.append(time.process_time() - start)
+    return {
+        **update_counts(model, task.method, task.arch),
+        "full_model_bytes": task.full_model_bytes,
+        "batch_windows": 16,
+        "batch_tokens": int(batch.attention_mask.sum()),
+        "median_step_cpu_s": statistics.median(cpu[1:]),
+    }
 
 
 def run_cli(out: Path, tag: str, sets: list[str]) -> Path:
@@ -92,7 +125,9 @@ def run(name: str, sets: list[str], out: Path) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--part", choices=["round0", *SETTINGS], help="one part (a process each)")
+    parser.add_argument(
+        "--part", choices=["round0", "costs", *SETTINGS], help="one part (a process each)"
+    )
     parser.add_argument("--merge", type=Path, nargs="*", help="parts' JSON files into --out")
     args = parser.parse_args()
     if args.merge:
@@ -102,6 +137,8 @@ def main() -> None:
         }
     elif args.part == "round0":
         result = {"round0": untrained()}
+    elif args.part == "costs":
+        result = {"costs": costs()}
     else:
         with tempfile.TemporaryDirectory() as tmp:
             parts = [args.part] if args.part else list(SETTINGS)
