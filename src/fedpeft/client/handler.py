@@ -19,10 +19,12 @@ from fedpeft.client.train import ClientData, train
 from fedpeft.compression import (
     CompressionScheme,
     decode,
+    decode_update,
     encode,
     encode_update,
     rounding_generator,
 )
+from fedpeft.errors import FedpeftError
 from fedpeft.peft import set_adapter_state
 from fedpeft.types import AdapterState, ClientUpdate, TrainInstruction
 
@@ -58,16 +60,30 @@ def handle_fit(
     data: ClientData,
     device: torch.device,
     state: ClientState | None = None,
+    initial: AdapterState | None = None,
 ) -> FitResult:
     """One round on this client: the payload's adapter loaded, trained, the reply encoded
     (compressed when the instruction names a scheme, with this client's error-feedback
-    residual carried in its kept state)."""
-    adapter, _extras = split_extras(decode(payload)[0])
+    residual carried in its kept state). A compressed payload is a delta from ``initial``,
+    the run's freshly initialised adapter that this client rebuilt from the config."""
+    adapter, _extras = split_extras(served_state(payload, instruction, initial))
     set_adapter_state(model, adapter)
     update = train(model, instruction, data, device)
     if not instruction.compression:
         return FitResult(encode_reply(update, instruction))
     return compressed_reply(update, adapter, instruction, state or {})
+
+
+def served_state(
+    payload: bytes, instruction: TrainInstruction, initial: AdapterState | None
+) -> AdapterState:
+    """The tensors the server sent: decoded plainly, or ``θ_init + Δ̂`` when the instruction
+    says the payload is compressed (``compression.bits_down``)."""
+    if not instruction.compression_down:
+        return decode(payload)[0]
+    if not initial:
+        raise FedpeftError("a compressed payload needs the run's initial adapter; none given.")
+    return decode_update(payload, initial)[0]
 
 
 def reply_meta(update: ClientUpdate, instruction: TrainInstruction) -> dict[str, object]:
