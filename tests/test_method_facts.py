@@ -8,7 +8,7 @@ import pytest
 
 from fedpeft.allocation import GainEstimator, make_candidate
 from fedpeft.peft import get_method, method_names, supported_methods, supports
-from fedpeft.peft.spec import BOTH_TASKS
+from fedpeft.peft.spec import ALL_TASKS
 from fedpeft.peft.support import IMAGE_FAMILIES
 
 # The tables the facts moved out of (peft/support.py, allocation/gain.py, the registry's
@@ -38,7 +38,7 @@ def test_every_method_states_its_facts(method: str) -> None:
     assert spec.description
     assert spec.kind in ("reparameterised", "additive", "selective", "baseline")
     assert spec.image_families <= IMAGE_FAMILIES
-    assert spec.tasks and spec.tasks <= BOTH_TASKS
+    assert spec.tasks and spec.tasks <= ALL_TASKS
     assert spec.gain_prior is None or 0.0 <= spec.gain_prior <= 1.0
     assert supports(method, "bert") and supports(method, "llama")  # text takes every method
     # a group envelope folds a scale only for methods that share one

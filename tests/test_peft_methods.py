@@ -11,12 +11,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import (
     BertConfig,
+    BertForQuestionAnswering,
     BertForSequenceClassification,
     LlamaConfig,
     LlamaForCausalLM,
     LlamaForSequenceClassification,
     PreTrainedModel,
     RobertaConfig,
+    RobertaForQuestionAnswering,
     RobertaForSequenceClassification,
 )
 
@@ -26,6 +28,7 @@ from fedpeft.peft import (
     get_method,
     load_adapter,
     method_names,
+    methods_for,
     model_architecture,
     parse_spec,
     save_adapter,
@@ -74,11 +77,26 @@ def _llama_lm() -> PreTrainedModel:
     return LlamaForCausalLM(config)
 
 
+def _bert_qa() -> PreTrainedModel:
+    """The BERT encoder with a span head (extractive QA): no pooler, start/end per token."""
+    config = _bert().config
+    config.num_labels = 2  # start and end
+    return BertForQuestionAnswering(config)
+
+
+def _roberta_qa() -> PreTrainedModel:
+    config = _roberta().config
+    config.num_labels = 2
+    return RobertaForQuestionAnswering(config)
+
+
 FAMILIES: dict[str, Callable[[], PreTrainedModel]] = {
     "bert": _bert,
     "roberta": _roberta,
     "llama": _llama,
     "llama_lm": _llama_lm,  # instruction tuning: the causal-LM head
+    "bert_qa": _bert_qa,  # extractive question answering: the span head
+    "roberta_qa": _roberta_qa,
 }
 # options that make each method small but non-trivial on the tiny models
 OPTIONS: dict[str, dict[str, object]] = {
@@ -92,7 +110,8 @@ CASES = [
     (m, f)
     for m in method_names()
     for f in FAMILIES
-    if f != "llama_lm" or m in method_names(causal_lm=True)
+    if (f != "llama_lm" or m in method_names(causal_lm=True))
+    and (not f.endswith("_qa") or m in methods_for("qa"))
 ]
 
 
@@ -117,18 +136,27 @@ def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def _labels(family: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Class ids for a classifier; for a causal LM the tokens themselves, -100 on padding."""
+def _targets(family: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Class ids for a classifier; for a causal LM the tokens themselves, -100 on padding;
+    for a span head the answer's first and last token."""
+    if family.endswith("_qa"):
+        return {
+            "start_positions": torch.tensor([1, 2, 0, 4]),
+            "end_positions": torch.tensor([3, 2, 0, 5]),
+        }
     if family != "llama_lm":
-        return torch.tensor([0, 1, 2, 1])
-    return batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return {"labels": torch.tensor([0, 1, 2, 1])}
+    return {"labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)}
 
 
 def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Classifier logits, or a causal LM's at the input's positions (PEFT's prompt tuning
-    returns its soft-prompt positions too, first)."""
+    """Classifier logits, a causal LM's at the input's positions (PEFT's prompt tuning
+    returns its soft-prompt positions too, first), or a span head's (start, end) per token."""
     with torch.no_grad():
-        logits = model(**batch).logits
+        out = model(**batch)
+    if hasattr(out, "start_logits"):
+        return torch.stack([out.start_logits, out.end_logits], dim=-1)
+    logits = out.logits
     return logits[:, -batch["input_ids"].shape[1] :] if logits.dim() == 3 else logits
 
 
@@ -150,7 +178,7 @@ def test_gradients_reach_only_the_trainable_parameters(method: str, family: str)
     _, model = _build(method, family)
     model.train()
     batch = _batch()
-    out = model(**batch, labels=_labels(family, batch))
+    out = model(**batch, **_targets(family, batch))
     out.loss.backward()
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -198,7 +226,7 @@ def test_one_training_step_changes_the_outputs(method: str, family: str) -> None
     opt = torch.optim.AdamW(params, lr=1e-2)
     model.train()
     for _ in range(2):  # LoRA: the first step moves B off zero, the second reaches A's effect
-        model(**batch, labels=_labels(family, batch)).loss.backward()
+        model(**batch, **_targets(family, batch)).loss.backward()
         opt.step()
         opt.zero_grad()
     model.eval()
@@ -334,6 +362,8 @@ def test_padding_does_not_change_an_examples_output(method: str, family: str) ->
     padded = _logits(model, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
     alone = split.collate(np.asarray([1]))
     single = _logits(model, {"input_ids": alone.input_ids, "attention_mask": alone.attention_mask})
-    if padded.dim() == 3:  # a causal LM: the 5 real (last) positions' next-token logits
+    if family.endswith("_qa"):  # a span head: the 5 real (first) positions' logits
+        padded, single = padded[:, :5], single[:, :5]
+    elif padded.dim() == 3:  # a causal LM: the 5 real (last) positions' next-token logits
         padded, single = padded[:, -5:], single[:, -5:]
     torch.testing.assert_close(padded[1], single[0], rtol=1e-4, atol=1e-5)

@@ -27,13 +27,16 @@ def allocation_report(cfg: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]
     from fedpeft.profiling import declared_devices
     from fedpeft.server.assign import client_infos
     from fedpeft.server.instruct import task_kind
+    from fedpeft.server.qa import generative
     from fedpeft.server.task import build_data
 
     alloc_cfg = make_allocation_config(cfg.allocation)
     data = build_data(cfg)
-    n = data.dataset.num_labels
-    causal_lm = task_kind(cfg, data.spec) == "instruct"
-    arch = architecture(load_model_config(data.spec, n), n, causal_lm=causal_lm)
+    kind = task_kind(cfg, data.spec)
+    causal_lm = kind == "instruct" or (kind == "qa" and generative(data.spec))
+    span = kind == "qa" and not causal_lm
+    n = 2 if span else data.dataset.num_labels  # a span head: start and end
+    arch = architecture(load_model_config(data.spec, n), n, causal_lm=causal_lm, qa=span)
     p = cfg.profiles
     devices = declared_devices(cfg.data.num_clients, p.mix, cfg.run.seed, p.file)
     clients = client_infos(cfg, range(cfg.data.num_clients), devices, data.profiles)

@@ -27,6 +27,7 @@ import torch
 from fedpeft.cli.audit_train import RunPrivacy, client_update, run_privacy, shadow_federation
 from fedpeft.config import ExperimentConfig, build_config, read_toml
 from fedpeft.data import ImageArrays, RawDataset, RawSplit, Split, heldout_train
+from fedpeft.data.questions import QAExamples
 from fedpeft.errors import FedpeftError
 from fedpeft.models import load_causal_lm
 from fedpeft.peft import get_adapter_state, load_adapter, set_adapter_state
@@ -167,9 +168,12 @@ def _pool(
     rows = sorted(chosen.union(*[set(map(int, v)) for v in own.values()]))
     where = {r: i for i, r in enumerate(rows)}
     n_non = max([k, *(len(v) for v in own.values())])
-    fresh = _not_trained_on(held, task.data.dataset.train)
+    train = task.data.dataset.train
+    if isinstance(train, QAExamples):
+        raise FedpeftError("membership audits score classification runs only, not QA runs.")
+    fresh = _not_trained_on(held, train)
     non = rng.choice(fresh, size=min(n_non, len(fresh)), replace=False)  # a random order
-    raw = _concat(task.data.dataset.train.take(np.asarray(rows)), held.take(non))
+    raw = _concat(train.take(np.asarray(rows)), held.take(non))
     dataset = RawDataset(
         task.data.dataset.name, raw, raw.take(np.arange(1)), task.data.dataset.label_names, ""
     )

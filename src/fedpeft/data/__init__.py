@@ -1,8 +1,10 @@
 """Datasets: registry and loaders (local first, hub second), tokenisation, image splits,
 partitions."""
 
+from fedpeft.data.genqa import GenQASplit
 from fedpeft.data.instruct import InstructSplit
 from fedpeft.data.partition import DataProfile, data_profile, partition_indices
+from fedpeft.data.qa import QABatch, QASplit
 from fedpeft.data.registry import dataset_names, heldout_train, load_dataset, register_dataset
 from fedpeft.data.sources import ImageArrays, RawDataset, RawSplit, data_dirs
 from fedpeft.data.tokenized import Batch, TokenizedSplit, tokenize_split
@@ -15,7 +17,8 @@ from fedpeft.data.images import (  # isort: skip - registers the image datasets
     is_image_dataset,
 )
 
-Split = TokenizedSplit | ImageSplit | InstructSplit  # what training and evaluation consume
+# what training and evaluation consume
+Split = TokenizedSplit | ImageSplit | InstructSplit | QASplit | GenQASplit
 
 __all__ = [
     "Batch",
@@ -24,7 +27,10 @@ __all__ = [
     "ImageBatch",
     "ImagePreprocess",
     "ImageSplit",
+    "GenQASplit",
     "InstructSplit",
+    "QABatch",
+    "QASplit",
     "RawDataset",
     "RawSplit",
     "Split",

@@ -25,6 +25,11 @@ def partition_indices(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np
     )
 
     n, k = len(labels), cfg.num_clients
+    if cfg.partition == "natural":
+        raise FedpeftError(
+            "`data.partition = 'natural'` splits question-answering data by article; this "
+            "dataset has no articles, so use 'iid', 'dirichlet' or 'pathological'."
+        )
     if n < k * cfg.min_partition_size:
         raise FedpeftError(
             f"{n} training examples cannot give `data.num_clients`={k} clients "

@@ -8,6 +8,7 @@ import numpy as np
 
 from fedpeft.config import DataConfig
 from fedpeft.data.labels import label_order, normalize_label
+from fedpeft.data.questions import QAExamples
 from fedpeft.data.sources import (
     ImageArrays,
     RawDataset,
@@ -18,6 +19,7 @@ from fedpeft.data.sources import (
     read_table,
     read_tsv_rows,
 )
+from fedpeft.data.squad import load_squad
 from fedpeft.errors import FedpeftError
 
 Loader = Callable[[DataConfig, int], RawDataset]
@@ -48,6 +50,11 @@ def heldout_train(cfg: DataConfig, seed: int) -> RawSplit | ImageArrays:
     the same distribution as the run's training data, never trained on (membership audits'
     non-members). Empty when the run used the whole train split."""
     ds = _load(cfg, seed)
+    if isinstance(ds.train, QAExamples):
+        raise FedpeftError(
+            f"dataset {cfg.dataset!r} is question answering; membership audits score "
+            "classification runs only."
+        )
     used = _subset_indices(len(ds.train), cfg.train_size, np.random.default_rng(seed))
     return ds.train.take(np.setdiff1d(np.arange(len(ds.train)), used))
 
@@ -62,8 +69,8 @@ def _load(cfg: DataConfig, seed: int) -> RawDataset:
 
 
 def _subset(
-    split: RawSplit | ImageArrays, size: int | None, rng: np.random.Generator
-) -> RawSplit | ImageArrays:
+    split: RawSplit | ImageArrays | QAExamples, size: int | None, rng: np.random.Generator
+) -> RawSplit | ImageArrays | QAExamples:
     if size is None or size >= len(split):
         return split  # the whole split, not a copy
     return split.take(_subset_indices(len(split), size, rng))
@@ -154,3 +161,4 @@ def _class_names(cfg: DataConfig, raw: list[str], path: object) -> list[str]:
 register_dataset("sst2", _sst2)
 register_dataset("ag_news", _ag_news)
 register_dataset("custom", _custom)
+register_dataset("squad", load_squad)

@@ -8,12 +8,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedpeft.data.labels import normalize_label
 from fedpeft.errors import FedpeftError
 from fedpeft.hub import datasets_offline_reason
+
+if TYPE_CHECKING:
+    from fedpeft.data.questions import QAExamples
 
 csv.field_size_limit(1 << 24)
 
@@ -47,8 +51,8 @@ class ImageArrays:
 @dataclass(frozen=True)
 class RawDataset:
     name: str
-    train: RawSplit | ImageArrays
-    eval: RawSplit | ImageArrays
+    train: RawSplit | ImageArrays | QAExamples
+    eval: RawSplit | ImageArrays | QAExamples
     label_names: list[str]
     source: str  # the folder, files or hub id it came from
 

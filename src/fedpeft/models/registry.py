@@ -20,9 +20,11 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
+    BertForQuestionAnswering,
     BertForSequenceClassification,
     LlamaConfig,
     LlamaForCausalLM,
@@ -51,6 +53,7 @@ class ModelSpec:
     local_path_fn: Callable[[], Path | None] | None = None  # a local folder, or None
     build: Callable[[int], PreTrainedModel] | None = None  # tiny random models
     build_lm: Callable[[], PreTrainedModel] | None = None  # … as causal LMs
+    build_qa: Callable[[], PreTrainedModel] | None = None  # … with a span (QA) head
     tokenizer_from: str | None = None  # registry name whose tokenizer to reuse
     aliases: tuple[str, ...] = field(default=())
 
@@ -129,6 +132,23 @@ def load_causal_lm(spec: ModelSpec, seed: int) -> PreTrainedModel:
         return _from_pretrained(spec, AutoModelForCausalLM.from_pretrained, str(source))
 
 
+def load_qa_model(spec: ModelSpec, seed: int) -> PreTrainedModel:
+    """The frozen-base encoder with a fresh span head (``qa_outputs``: start and end logits
+    per token), initialised under ``seed``."""
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if spec.build_qa is not None:
+            return spec.build_qa()
+        if spec.build is not None:
+            raise FedpeftError(
+                f"model `{spec.name}` has no question-answering variant; use an encoder."
+            )
+        source = spec.local_path() or spec.hub_id
+        return _from_pretrained(spec, AutoModelForQuestionAnswering.from_pretrained, str(source))
+
+
 def load_model_config(spec: ModelSpec, num_labels: int) -> PretrainedConfig:
     """The model's ``transformers`` config, without loading any weights."""
     if spec.build is not None:
@@ -172,8 +192,8 @@ def _from_pretrained(
         ) from None
 
 
-def _tiny_bert(num_labels: int) -> PreTrainedModel:
-    config = BertConfig(
+def _tiny_bert_config() -> BertConfig:
+    return BertConfig(
         vocab_size=30522,
         hidden_size=32,
         num_hidden_layers=2,
@@ -181,8 +201,16 @@ def _tiny_bert(num_labels: int) -> PreTrainedModel:
         intermediate_size=64,
         max_position_embeddings=128,
     )
+
+
+def _tiny_bert(num_labels: int) -> PreTrainedModel:
+    config = _tiny_bert_config()
     config.num_labels = num_labels
     return BertForSequenceClassification(config)
+
+
+def _tiny_bert_qa() -> PreTrainedModel:
+    return BertForQuestionAnswering(_tiny_bert_config())
 
 
 def _tiny_llama_config() -> LlamaConfig:
@@ -227,6 +255,7 @@ register_model(
         family="bert",
         hub_id="tiny-bert",
         build=_tiny_bert,
+        build_qa=_tiny_bert_qa,
         tokenizer_from=MINILM_ID,
     )
 )

@@ -23,6 +23,7 @@ from fedpeft.peft.registry import (
     PeftMethod,
     get_method,
     method_names,
+    methods_for,
     parse_spec,
     register_method,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "get_method",
     "load_adapter",
     "method_names",
+    "methods_for",
     "parse_method_ref",
     "parse_spec",
     "register_method",

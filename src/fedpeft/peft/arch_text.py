@@ -63,6 +63,27 @@ def encoder(cfg: Any, family: str, num_labels: int) -> Architecture:
     )
 
 
+def encoder_qa(cfg: Any, family: str) -> Architecture:
+    """An encoder with ``*ForQuestionAnswering``'s span head: ``qa_outputs``, d→n with bias
+    on every token, n = ``config.num_labels`` (2: start and end logits); no pooler."""
+    n = int(cfg.num_labels)
+    arch = encoder(cfg, family, num_labels=n)
+    d = cfg.hidden_size
+    pooler = tuple(lin for lin in arch.linears if lin.name.endswith("pooler.dense"))
+    pooler_params = sum(lin.d_in * lin.d_out + lin.d_out for lin in pooler)
+    head = d * n + n
+    return replace(
+        arch,
+        linears=tuple(lin for lin in arch.linears if lin not in pooler),
+        head_prefix="qa_outputs",
+        head_params=head,
+        bias_params=arch.bias_params - sum(lin.d_out for lin in pooler),
+        total_params=arch.total_params - arch.head_params - pooler_params + head,
+        head_token_flops=2 * d * n,
+        peft_task="QUESTION_ANS",
+    )
+
+
 def llama(cfg: Any, num_labels: int) -> Architecture:
     """LLaMA-style decoders (pre-norm RMSNorm, grouped-query attention, SwiGLU MLP) with
     ``LlamaForSequenceClassification``'s head: ``score``, d→labels without bias, applied to

@@ -19,13 +19,27 @@ def model_architecture(model: Any) -> Architecture:
         )
     if hasattr(model, "lm_head"):
         return architecture(config, 0, causal_lm=True)
+    if hasattr(model, "qa_outputs"):
+        return architecture(config, 2, qa=True)
     return architecture(config, int(config.num_labels))
 
 
-def architecture(config: Any, num_labels: int, causal_lm: bool = False) -> Architecture:
+def architecture(
+    config: Any, num_labels: int, causal_lm: bool = False, qa: bool = False
+) -> Architecture:
     """The ``Architecture`` of a ``transformers`` config (``model_type`` picks the family);
-    ``causal_lm`` for the language-model head instead of a classifier of ``num_labels``."""
+    ``causal_lm`` for the language-model head, ``qa`` for an encoder's span head, instead of
+    a classifier of ``num_labels``."""
     model_type = getattr(config, "model_type", None)
+    if qa:
+        if model_type == "bert":
+            return arch_text.encoder_qa(config, "bert")
+        if model_type in ("roberta", "xlm-roberta"):
+            return arch_text.encoder_qa(config, "roberta")
+        raise FedpeftError(
+            f"model type {model_type!r} has no question-answering cost model; supported: "
+            "bert, roberta."
+        )
     if causal_lm:
         if model_type == "llama":
             return arch_text.llama_causal_lm(config)

@@ -16,7 +16,7 @@ from torch import nn
 
 from fedpeft.peft.arch import Architecture
 from fedpeft.peft.registry import register_method
-from fedpeft.peft.spec import MethodSpec, head_params_trainable
+from fedpeft.peft.spec import BOTH_TASKS, MethodSpec, Task, head_params_trainable
 
 
 class PromptTuningSpec(MethodSpec):
@@ -25,6 +25,8 @@ class PromptTuningSpec(MethodSpec):
     # ASSUMPTION: prompt tuning trails other methods on small models (Lester et al., 2021).
     gain_prior: ClassVar[float | None] = 0.55
     identity_at_init: ClassVar[bool] = False  # the prompt is new input
+    # not QA: PEFT puts the virtual tokens before the input, so span targets would shift
+    tasks: ClassVar[frozenset[Task]] = BOTH_TASKS
 
     num_virtual_tokens: PositiveInt = 20
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from fedpeft.config.loading import describe_validation_error
 from fedpeft.errors import FedpeftError
-from fedpeft.peft.spec import Kind, MethodSpec
+from fedpeft.peft.spec import Kind, MethodSpec, Task
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,11 @@ def register_method(name: str, spec: type[MethodSpec]) -> None:
 def method_names(causal_lm: bool = False) -> list[str]:
     """Every registered method, or (``causal_lm``) those offered for causal LMs."""
     return sorted(n for n, m in _REGISTRY.items() if m.causal_lm or not causal_lm)
+
+
+def methods_for(task: Task) -> list[str]:
+    """The registered methods offered for ``task`` ("classify", "instruct" or "qa")."""
+    return sorted(n for n, m in _REGISTRY.items() if task in m.spec.tasks)
 
 
 def get_method(name: str) -> PeftMethod:

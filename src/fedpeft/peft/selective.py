@@ -18,7 +18,7 @@ from fedpeft.peft.registry import register_method
 from fedpeft.peft.spec import Kind, MethodSpec, Task, head_params_trainable
 
 CNN_AND_VIT = frozenset({"efficientnet", "vit"})
-CLASSIFY: frozenset[Task] = frozenset({"classify"})
+CLASSIFY: frozenset[Task] = frozenset({"classify", "qa"})  # models with a small head
 
 
 class BitFitSpec(MethodSpec):

@@ -24,8 +24,9 @@ from torch import nn
 from fedpeft.peft.arch import Architecture
 
 Kind = Literal["reparameterised", "additive", "selective", "baseline"]
-Task = Literal["classify", "instruct"]
+Task = Literal["classify", "instruct", "qa"]
 BOTH_TASKS: frozenset[Task] = frozenset({"classify", "instruct"})
+ALL_TASKS: frozenset[Task] = frozenset({"classify", "instruct", "qa"})
 
 
 class MethodSpec(BaseModel):
@@ -36,7 +37,8 @@ class MethodSpec(BaseModel):
     kind: ClassVar[Kind] = "additive"
     description: ClassVar[str] = ""
     image_families: ClassVar[frozenset[str]] = frozenset()  # text families take every method
-    tasks: ClassVar[frozenset[Task]] = BOTH_TASKS  # "instruct": causal-LM instruction tuning
+    # "instruct": causal-LM instruction tuning; "qa": extractive QA (a span head on every token)
+    tasks: ClassVar[frozenset[Task]] = ALL_TASKS
     # Prior expected gain R in the allocation's normalised units (½ = no gain); None: the
     # allocation's ``gain.default_prior``. An ASSUMPTION each method states with its source.
     gain_prior: ClassVar[float | None] = None

@@ -15,7 +15,9 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from fedpeft.data import Split
+from fedpeft.data.genqa import GenQASplit
 from fedpeft.data.instruct import InstructSplit
+from fedpeft.data.qa import QASplit
 from fedpeft.data.tokenized import length_sorted_batches
 
 
@@ -81,4 +83,12 @@ def evaluate_model(
         from fedpeft.server.generate import evaluate_generative
 
         return evaluate_generative(model, split, batch_size, device)
+    if isinstance(split, GenQASplit):
+        from fedpeft.server.genqa import evaluate_genqa
+
+        return evaluate_genqa(model, split, batch_size, device)
+    if isinstance(split, QASplit):
+        from fedpeft.server.qa import evaluate_qa
+
+        return evaluate_qa(model, split, batch_size, device)
     return classification_metrics(predict_logits(model, split, batch_size, device), split.labels)

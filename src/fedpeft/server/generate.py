@@ -22,6 +22,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 from transformers import GenerationConfig
 
+from fedpeft.data.genqa import GenQASplit
 from fedpeft.data.instruct import IGNORE, InstructSplit
 
 INVALID = -1  # the "class" of an answer that names no label
@@ -44,7 +45,7 @@ def parse_answer(text: str, label_names: list[str]) -> int:
 
 
 def generate_answers(
-    model: nn.Module, split: InstructSplit, batch_size: int, device: torch.device
+    model: nn.Module, split: InstructSplit | GenQASplit, batch_size: int, device: torch.device
 ) -> list[str]:
     """Greedy continuations of every prompt (split order), decoded without special tokens.
 

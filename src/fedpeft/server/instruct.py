@@ -1,9 +1,10 @@
-"""Which task a run trains — classification head or instruction-tuned causal LM — and the
-supported (model family, task, method) combinations, checked before anything loads.
+"""Which task a run trains — classification head, instruction-tuned causal LM or extractive
+QA (``server/qa.py``) — and the supported (model family, task, method) combinations,
+checked before anything loads.
 
-``model.task = "auto"`` means ``instruct`` for decoder LLMs (the LLaMA family) and
-``classify`` for every other model; ``classify`` on a decoder trains a sequence-
-classification head as before.
+``model.task = "auto"`` means ``qa`` for question-answering data (SQuAD), ``instruct`` for
+decoder LLMs (the LLaMA family) and ``classify`` for every other model; ``classify`` on a
+decoder trains a sequence-classification head as before.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from fedpeft.data.sources import RawSplit
 from fedpeft.errors import FedpeftError
 from fedpeft.models import ModelSpec, get_model_spec, load_tokenizer
 from fedpeft.peft import method_names
+from fedpeft.server.qa import QA_DATASETS, check_qa, supported_qa
 
-TaskKind = Literal["classify", "instruct"]
+TaskKind = Literal["classify", "instruct", "qa"]
 DECODER_FAMILIES = ("llama",)
 
 
@@ -26,6 +28,8 @@ def task_kind(cfg: ExperimentConfig, spec: ModelSpec | None = None) -> TaskKind:
     """The configured task, with ``auto`` resolved from the model's family."""
     if cfg.model.task != "auto":
         return cfg.model.task
+    if cfg.data.dataset in QA_DATASETS:
+        return "qa"
     spec = spec or get_model_spec(cfg.model.name)
     return "instruct" if spec.family in DECODER_FAMILIES else "classify"
 
@@ -34,7 +38,8 @@ def supported_pairs() -> str:
     """Every supported (task, family, method) combination, in one sentence."""
     return (
         f"classify: any family with any method ({', '.join(method_names())}); "
-        f"instruct: {', '.join(DECODER_FAMILIES)} with {', '.join(method_names(causal_lm=True))}"
+        f"instruct: {', '.join(DECODER_FAMILIES)} with {', '.join(method_names(causal_lm=True))}; "
+        f"{supported_qa()}"
     )
 
 
@@ -45,6 +50,14 @@ def check_task(cfg: ExperimentConfig) -> TaskKind:
     """
     spec = get_model_spec(cfg.model.name)
     kind = task_kind(cfg, spec)
+    if kind == "qa":
+        check_qa(cfg, spec)
+        return kind
+    if cfg.data.dataset in QA_DATASETS:
+        raise FedpeftError(
+            f"`data.dataset` {cfg.data.dataset!r} holds questions with answer spans, which "
+            f"`model.task` {kind!r} cannot train on; use `model.task = 'qa'` (or 'auto')."
+        )
     if kind != "instruct":
         return kind
     if spec.family not in (*DECODER_FAMILIES, "auto"):

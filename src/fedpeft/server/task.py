@@ -15,6 +15,7 @@ from torch import nn
 from fedpeft.config import ExperimentConfig, PeftConfig
 from fedpeft.data import (
     DataProfile,
+    ImageArrays,
     RawDataset,
     RawSplit,
     Split,
@@ -34,6 +35,7 @@ from fedpeft.models import (
     is_vision_model,
     load_causal_lm,
     load_classifier,
+    load_qa_model,
     load_tokenizer,
     load_vision_classifier,
 )
@@ -51,6 +53,7 @@ from fedpeft.peft.prefix import PrefixCache, compile_blocks
 from fedpeft.peft.share import apply_shared
 from fedpeft.server.instruct import check_task, instruct_splits, task_kind
 from fedpeft.server.prefix import serve_prefix
+from fedpeft.server.qa import generative
 from fedpeft.types import AdapterState
 
 log = logging.getLogger("fedpeft.server")
@@ -166,7 +169,12 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
         load_profiles(Path(cfg.profiles.file))
     method = parse_spec(cfg.peft.method, cfg.peft.options)
     check_pairing(cfg)
-    check_task(cfg)
+    if check_task(cfg) == "qa" and needs_proxy(cfg):
+        raise FedpeftError(
+            f"`server.aggregator` {cfg.server.aggregator!r} needs a labelled proxy set of "
+            "classification examples; with `model.task` 'qa' use a rule without one "
+            "(e.g. 'fedavg')."
+        )
     check_combinations(cfg)
     return method
 
@@ -234,6 +242,8 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
     draw) are held out for the server before the rest is partitioned among clients."""
     dataset = load_dataset(cfg.data, cfg.run.seed)
     spec = get_model_spec(cfg.model.name)
+    if task_kind(cfg, spec) == "qa":
+        return _qa_data(cfg, spec, dataset)
     train, evaluation = splits_for(cfg, spec, dataset)
     pool = np.arange(len(train.labels))
     proxy = np.zeros(0, dtype=np.int64)
@@ -260,6 +270,18 @@ def splits_for(cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset) -> t
     return splits(cfg, spec, dataset)
 
 
+def _qa_data(cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset) -> FederatedData:
+    """Question windows; clients get whole questions (``natural``: whole articles)."""
+    from fedpeft.data.qa import QASplit, partition_questions, windows_of
+    from fedpeft.server.qa import qa_splits
+
+    train, evaluation = qa_splits(cfg, dataset, spec)
+    questions = partition_questions(train.examples, cfg.data, cfg.run.seed)
+    partitions = [windows_of(train, q) if isinstance(train, QASplit) else q for q in questions]
+    profiles = [data_profile(train.labels[p], train.lengths[p], 1) for p in partitions]
+    return FederatedData(spec, dataset, train, evaluation, partitions, profiles)
+
+
 def _text_splits(
     cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset
 ) -> tuple[Split, Split]:
@@ -277,7 +299,7 @@ def _image_splits(
     cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset
 ) -> tuple[Split, Split]:
     """Decoded images, resized and normalised per batch as the model expects."""
-    if isinstance(dataset.train, RawSplit) or isinstance(dataset.eval, RawSplit):
+    if not isinstance(dataset.train, ImageArrays) or not isinstance(dataset.eval, ImageArrays):
         raise FedpeftError(f"dataset {dataset.name!r} holds text; `{spec.name}` takes images.")
     preprocess = image_preprocess(spec, cfg.model.image_size)
     return image_split(dataset.train, preprocess), image_split(dataset.eval, preprocess)
@@ -300,13 +322,17 @@ def build_task(cfg: ExperimentConfig) -> Task:
     with torch.random.fork_rng(devices=[]):  # head and adapter init: same seed, same model
         torch.manual_seed(cfg.run.seed)
         kind = task_kind(cfg, spec)
-        base: nn.Module = (
-            load_causal_lm(spec, cfg.run.seed)
-            if kind == "instruct"
-            else load_base(cfg, spec, dataset)
-        )
+        base: nn.Module
+        causal_lm = kind == "instruct" or (kind == "qa" and generative(spec))
+        if causal_lm:
+            base = load_causal_lm(spec, cfg.run.seed)
+        elif kind == "qa":
+            base = load_qa_model(spec, cfg.run.seed)
+        else:
+            base = load_base(cfg, spec, dataset)
         full_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
-        arch = architecture(base.config, dataset.num_labels, causal_lm=kind == "instruct")
+        span = kind == "qa" and not causal_lm
+        arch = architecture(base.config, dataset.num_labels, causal_lm=causal_lm, qa=span)
         model = apply_shared(base, method, arch, cfg.run.seed).to(device)
     log.info(
         "task: %s on %s (%d train, %d eval), %d clients, device %s",
