@@ -14,8 +14,7 @@ import torch
 
 from fedpeft.allocation import Workload, client_workload, make_allocation_config
 from fedpeft.client import ClientData, ClientState, ClientStateStore, FitResult, handle_fit
-from fedpeft.data import DataProfile
-from fedpeft.data.instruct import InstructSplit
+from fedpeft.data import DataProfile, ImageSplit, TokenizedSplit
 from fedpeft.errors import ClientSkipped
 from fedpeft.peft import get_adapter_state, parse_method_ref, set_adapter_state
 from fedpeft.profiling import ResourceProfile, declared_devices
@@ -275,7 +274,7 @@ class LocalGlobalModel:
         if (
             self.workers is not None
             and self.workers.size > 1
-            and not isinstance(split, InstructSplit)
+            and isinstance(split, TokenizedSplit | ImageSplit)  # class logits to share out
         ):
             return self._evaluate_shared(self.workers, state, method, options)
         model = t.model_for(method, options)
