@@ -9,15 +9,22 @@ the runtime stores it on the client's side (``client.state``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
+from fedpeft.client.personal import (
+    PersonalKit,
+    PersonalPlan,
+    personal_state,
+    personalised,
+    split_personal,
+    with_personal,
+)
 from fedpeft.client.state import ClientState
 from fedpeft.client.train import ClientData, train
 from fedpeft.compression import decode, encode
-from fedpeft.peft import set_adapter_state
 from fedpeft.types import AdapterState, ClientUpdate, TrainInstruction
 
 EXTRA = "x/"  # prefix of the tensors a payload carries beside the adapter
@@ -51,12 +58,22 @@ def handle_fit(
     data: ClientData,
     device: torch.device,
     state: ClientState | None = None,
+    kit: PersonalKit | None = None,
 ) -> FitResult:
-    """One round on this client: the payload's adapter loaded, trained, the reply encoded."""
+    """One round on this client: the payload's adapter loaded (joined with the client's
+    personal part, if its plan keeps one: ``client/personal.py``), trained, the reply
+    encoded without the personal part, which the client keeps."""
     adapter, _extras = split_extras(decode(payload)[0])
-    set_adapter_state(model, adapter)
+    plan = PersonalPlan.from_json(instruction.personal)
+    kept = state or {}
+    model = personalised(model, adapter, plan, kept, kit)
     update = train(model, instruction, data, device)
-    return FitResult(encode_reply(update, instruction))
+    if not plan.keeps:
+        return FitResult(encode_reply(update, instruction))
+    mine = personal_state(model, update.state, plan)
+    shared, _ = split_personal(update.state, plan.parts)
+    reply = encode_reply(replace(update, state=shared), instruction)
+    return FitResult(reply, with_personal(kept, mine))
 
 
 def encode_reply(update: ClientUpdate, instruction: TrainInstruction) -> bytes:

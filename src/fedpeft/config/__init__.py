@@ -14,6 +14,7 @@ from fedpeft.config.loading import (
     load_config,
     read_toml,
 )
+from fedpeft.config.personal import PersonalizationConfig
 from fedpeft.config.schema import (
     ClientConfig,
     DataConfig,
@@ -40,6 +41,7 @@ __all__ = [
     "ExperimentConfig",
     "ModelConfig",
     "PeftConfig",
+    "PersonalizationConfig",
     "ProfilesConfig",
     "RunConfig",
     "ServerConfig",

@@ -2,7 +2,7 @@
 partitions."""
 
 from fedpeft.data.instruct import InstructSplit
-from fedpeft.data.partition import DataProfile, data_profile, partition_indices
+from fedpeft.data.partition import DataProfile, data_profile, holdout, partition_indices
 from fedpeft.data.registry import dataset_names, load_dataset, register_dataset
 from fedpeft.data.sources import ImageArrays, RawDataset, RawSplit, data_dirs
 from fedpeft.data.tokenized import Batch, TokenizedSplit, tokenize_split
@@ -35,6 +35,7 @@ __all__ = [
     "is_image_dataset",
     "dataset_names",
     "load_dataset",
+    "holdout",
     "partition_indices",
     "register_dataset",
     "tokenize_split",

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from fedpeft.allocation import ClientInfo
+from fedpeft.client.personal import PersonalPlan, shared_view
 from fedpeft.compression import encode
 from fedpeft.config import ExperimentConfig
 from fedpeft.data import DataProfile
@@ -29,6 +30,7 @@ def instruction_for(
     client_id: int,
     freeze: tuple[str, ...] = (),
     assignment: Assignment | None = None,
+    personal: PersonalPlan | None = None,
 ) -> TrainInstruction:
     """The instruction for one client and round; its nonce is fresh and unpredictable (the
     reply must echo it), everything else follows from the config and the assignment."""
@@ -49,6 +51,7 @@ def instruction_for(
         options=options_json(cand.options) if cand else "{}",
         group=assignment.group if assignment else DEFAULT_GROUP,
         nonce=secrets.token_hex(8),
+        personal=personal.to_json() if personal is not None and personal != PersonalPlan() else "",
     )
 
 
@@ -71,8 +74,10 @@ def plan_round(
     state: ServerState,
     rnd: int,
     sampled: Sequence[int],
+    personal: PersonalPlan | None = None,
 ) -> RoundPlan:
-    """Each sampled client's assignment, view of its group's global and instruction."""
+    """Each sampled client's assignment, view of its group's global and instruction; the
+    view leaves out what ``personal`` keeps on the clients (they neither get nor send it)."""
     profiled = pool if isinstance(pool, ProfiledPool) else None
     tiers = {c: _tier(profiled, c) for c in sampled}
     assigned = (
@@ -85,13 +90,14 @@ def plan_round(
         a = assigned[cid]
         if strategy.partition is not None:  # clustered: served by its cluster's global
             a = replace(a, group=state.group_of(cid, a.group))
-        ins = instruction_for(cfg, rnd, cid, strategy.client_freeze, a)
+        ins = instruction_for(cfg, rnd, cid, strategy.client_freeze, a, personal)
         if a.candidate is None:
             sent = Sent(ins, b"", {}, a.config, tiers[cid])
             record = client_record(sent, ClientStatus.UNASSIGNED, a.reason)
             plan.unassigned.append(Received(sent, record))
             continue
         plan.adapters[a.group], view = book.serve(plan.adapters, a)
+        view = shared_view(view, personal)
         plan.assigned[cid] = a
         plan.sent.append(Sent(ins, encode(view, {"round": rnd}), view, a.config, tiers[cid]))
     return plan

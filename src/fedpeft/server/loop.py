@@ -20,12 +20,18 @@ from fedpeft.server.configure import RoundPlan, plan_round
 from fedpeft.server.federation import Federation, LoopResult
 from fedpeft.server.groups import GroupBook
 from fedpeft.server.multi import aggregate_clusters, fuse_groups
+from fedpeft.server.personal import (
+    evaluate_clients,
+    evaluating_pool,
+    evaluation_due,
+    training_plan,
+)
 from fedpeft.server.protocols import GlobalModel
 from fedpeft.server.receive import Received, collect, guard_norms
 from fedpeft.server.record import round_record
 from fedpeft.server.sampling import sample_clients
 from fedpeft.server.state import ServerState
-from fedpeft.server.store import ALLOCATIONS
+from fedpeft.server.store import ALLOCATIONS, PERSONAL
 from fedpeft.server.strategy import Strategy
 from fedpeft.types import AdapterState, ClientRecord, ClientStatus, RoundRecord
 
@@ -44,10 +50,14 @@ def run_rounds(fed: Federation, state: ServerState) -> LoopResult:
             "client; it cannot run with `allocation.enabled` (use per-method groups instead)."
         )
     book = GroupBook(fed.model, state.members)
+    if cfg.data.client_test_fraction > 0:
+        evaluating_pool(fed)  # refused now, not after the first rounds
     records = []
     for rnd in range(state.round + 1, cfg.run.rounds + 1):
         state, record = run_round(fed, strategy, assigner, book, state, rnd)
         fed.store.append_round(record)
+        if evaluation_due(cfg, rnd):  # clients score their own models on their own data
+            fed.store.append_jsonl(PERSONAL, evaluate_clients(fed, state, rnd))
         if assigner.enabled:
             fed.store.append_jsonl(ALLOCATIONS, assigner.decisions_json(rnd))
         fed.store.save_checkpoint(state)
@@ -68,7 +78,8 @@ def run_round(
     s = cfg.server
     sampled = sample_clients(cfg.data.num_clients, s.fraction, s.min_clients, cfg.run.seed, rnd)
     fed.observer.on_round_start(rnd, sampled)
-    plan = plan_round(cfg, strategy, fed.pool, assigner, book, state, rnd, sampled)
+    personal = training_plan(cfg, fed.arch, state.adapters)
+    plan = plan_round(cfg, strategy, fed.pool, assigner, book, state, rnd, sampled, personal)
     for r in plan.unassigned:
         fed.observer.on_client_done(rnd, r.record)
     done = lambda record: fed.observer.on_client_done(rnd, record)  # noqa: E731

@@ -19,6 +19,7 @@ from fedpeft.data import (
     RawSplit,
     Split,
     data_profile,
+    holdout,
     image_split,
     is_image_dataset,
     load_dataset,
@@ -63,6 +64,7 @@ class FederatedData:
     partitions: list[np.ndarray]
     profiles: list[DataProfile]
     proxy: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    tests: list[np.ndarray] = field(default_factory=list)  # each client's held-out share
 
 
 @dataclass
@@ -121,6 +123,7 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
     options, strategy, allocation, profiles), before anything loads or is written."""
     from fedpeft.allocation import make_allocation_config
     from fedpeft.profiling import load_profiles
+    from fedpeft.server.personal import check_personalization
     from fedpeft.server.strategy import strategy_from_config
 
     strategy_from_config(cfg.server, evaluate_proxy=lambda _: 0.0, groups=True)  # names only
@@ -130,6 +133,7 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
     method = parse_spec(cfg.peft.method, cfg.peft.options)
     check_pairing(cfg)
     check_task(cfg)
+    check_personalization(cfg)
     return method
 
 
@@ -170,7 +174,8 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
     """Loads, tokenises and partitions the configured data (no model weights are loaded).
 
     When the aggregator needs a proxy set, ``server.proxy_size`` train examples (a seeded
-    draw) are held out for the server before the rest is partitioned among clients."""
+    draw) are held out for the server before the rest is partitioned among clients; each
+    client then holds out ``data.client_test_fraction`` of its partition (``holdout``)."""
     dataset = load_dataset(cfg.data, cfg.run.seed)
     spec = get_model_spec(cfg.model.name)
     train: Split
@@ -192,9 +197,11 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
         proxy = np.sort(rng.choice(pool, size=cfg.server.proxy_size, replace=False))
         pool = np.setdiff1d(pool, proxy)
     partitions = [pool[p] for p in partition_indices(train.labels[pool], cfg.data, cfg.run.seed)]
+    fraction = cfg.data.client_test_fraction
+    partitions, tests = holdout(train.labels, partitions, fraction, cfg.run.seed)
     lengths = train.lengths
     profiles = [data_profile(train.labels[p], lengths[p], dataset.num_labels) for p in partitions]
-    return FederatedData(spec, dataset, train, evaluation, partitions, profiles, proxy)
+    return FederatedData(spec, dataset, train, evaluation, partitions, profiles, proxy, tests)
 
 
 def _text_splits(

@@ -29,6 +29,7 @@ class TrainInstruction:
     options: str = "{}"  # that method's options, canonical JSON (sorted keys)
     group: str = "global"  # the server-side group whose global adapter it starts from
     nonce: str = ""  # fresh per instruction; the reply must echo it (binds reply to instruction)
+    personal: str = ""  # what the client keeps local: a PersonalPlan as JSON ("" = nothing)
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,15 @@ deployment would send.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from fedpeft.allocation import client_workload, make_allocation_config
 from fedpeft.client import ClientData, ClientStateStore, handle_fit
+from fedpeft.client.evaluate import handle_evaluate
+from fedpeft.client.personal import PersonalKit
 from fedpeft.data import DataProfile
 from fedpeft.errors import ClientSkipped
 from fedpeft.peft import get_adapter_state, parse_method_ref, set_adapter_state
@@ -23,6 +26,7 @@ from fedpeft.server.evaluate import evaluate_model
 from fedpeft.server.protocols import (
     ClientPool,
     DurationFn,
+    EvaluatingPool,
     FusingModel,
     GlobalModel,
     ProfiledPool,
@@ -59,6 +63,18 @@ class LocalClientPool:
         sim = cfg.simulation
         self.sim = DeviceSim(cfg.run.seed, deadline, sim.availability, sim.thread_cap)
         self._sim_seconds: dict[tuple[int, int], float] = {}
+        self._kit: PersonalKit | None = None
+
+    @property
+    def kit(self) -> PersonalKit:
+        """What personalisation builds once in this process (``client/personal.py``)."""
+        if self._kit is None:
+            t = self.task
+            self._kit = PersonalKit(
+                t.base, t.cfg.peft.method, t.method, t.arch, t.cfg.run.seed, t.device,
+                t.data.spec.hub_id,
+            )  # fmt: skip
+        return self._kit
 
     def num_examples(self, client_id: int) -> int | None:
         return len(self.task.data.partitions[client_id])
@@ -107,9 +123,40 @@ class LocalClientPool:
         """``handle_fit`` of ``model`` on ``data``, with the client's kept state loaded before
         and saved after."""
         state = self.states.load(ins.client_id, ins.round)
-        result = handle_fit(model, payload, ins, data, self.task.device, state)
+        result = handle_fit(model, payload, ins, data, self.task.device, state, self.kit)
         if result.state is not None:
             self.states.save(ins.client_id, ins.round, result.state)
+        return result.reply
+
+    def evaluate_many(
+        self, requests: Sequence[tuple[TrainInstruction, bytes]]
+    ) -> list[bytes | Exception]:
+        """Each client scores its models on its held-out share (``client/evaluate.py``)."""
+        out: list[bytes | Exception] = []
+        for ins, payload in requests:
+            try:
+                out.append(self.evaluate_on(ins.client_id, payload, ins))
+            except Exception as e:  # noqa: BLE001 - one failing client must not stop the rest
+                out.append(e)
+        return out
+
+    def evaluate_on(self, index: int, payload: bytes, ins: TrainInstruction) -> bytes:
+        """``handle_evaluate`` on partition ``index`` with the client's kept state as of the
+        end of round ``ins.round``; its personal model is exported into
+        ``<states>/<client>/adapter/`` (the run's ``clients/<id>/adapter/`` in-process)."""
+        task, cid = self.task, ins.client_id
+        data = ClientData(task.data.train, task.data.partitions[index])
+        tests = task.data.tests
+        held = tests[index] if tests else np.zeros(0, dtype=np.int64)
+        model = task.model_for(ins.method, ins.options)
+        state = self.states.load(cid, ins.round + 1)
+        folder = self.states.folder / str(cid) / "adapter" if self.states.folder else None
+        result = handle_evaluate(
+            model, payload, ins, data, ClientData(task.data.train, held), task.device, self.kit,
+            state, folder,
+        )  # fmt: skip
+        if result.state is not None:
+            self.states.save(cid, ins.round, result.state)
         return result.reply
 
 
@@ -192,6 +239,8 @@ def device_durations(task: Task) -> DurationFn:
 
 def _conforms(
     pool: LocalClientPool, model: LocalGlobalModel
-) -> tuple[ClientPool, ProfiledPool, SimulatedPool, GlobalModel, ProxyModel, FusingModel]:
+) -> tuple[
+    ClientPool, ProfiledPool, SimulatedPool, EvaluatingPool, GlobalModel, ProxyModel, FusingModel
+]:
     """Never called: mypy checks here that this runtime offers every capability it claims."""
-    return pool, pool, pool, model, model, model
+    return pool, pool, pool, pool, model, model, model

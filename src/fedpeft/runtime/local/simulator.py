@@ -29,6 +29,7 @@ from fedpeft.server import (
 )
 from fedpeft.server.export import export_adapter
 from fedpeft.server.groups import GroupBook
+from fedpeft.server.personal import personal_summary, read_personal
 from fedpeft.server.protocols import ClientPool
 from fedpeft.server.store import CLIENT_STATES, CONFIG, PARTITIONS, SUMMARY, write_atomic
 from fedpeft.server.summary import build_summary
@@ -104,6 +105,7 @@ def run_local(
             "num_clients": cfg.data.num_clients,
             "peft": {"method": cfg.peft.method, **task.method.model_dump(mode="json")},
             "resumed_from_round": saved.round if saved is not None else None,
+            "personal": personal_summary(read_personal(store.root)),
         },
     )
     store.write_json(SUMMARY, summary)
