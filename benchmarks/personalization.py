@@ -33,11 +33,11 @@ from common import run_fedpeft
 
 BASE = [
     "model.max_length=48",
-    "data.train_size=1000",
-    "data.eval_size=200",
+    "data.train_size=600",
+    "data.eval_size=100",
     "data.num_clients=10",
     "data.client_test_fraction=0.2",
-    "run.rounds=5",
+    "run.rounds=4",
     "run.threads=1",
 ]
 SPLITS = {

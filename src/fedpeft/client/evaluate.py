@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from fedpeft.client.handler import (
@@ -39,6 +40,7 @@ from fedpeft.client.personal import (
     PersonalKit,
     PersonalPlan,
     kept_personal,
+    merged_dual,
     personal_state,
     personalised,
     split_personal,
@@ -48,6 +50,7 @@ from fedpeft.client.state import ClientState
 from fedpeft.client.train import ClientData, derive_seed, train
 from fedpeft.compression import decode, encode
 from fedpeft.peft import get_adapter_state, save_adapter, set_adapter_state, state_numel
+from fedpeft.peft.io import WEIGHTS
 from fedpeft.types import AdapterState, TrainInstruction
 
 _LOCAL, _FULL, _FINETUNE = 1, 2, 3  # seed streams of the evaluation's training runs
@@ -84,7 +87,7 @@ def handle_evaluate(
             if plan.finetune_steps:  # the fine-tuned module is the client's own
                 new_state = with_personal(kept, trained)
             if export is not None:
-                _export(mine, kit, export)
+                _export(mine, kit, export, plan)
         metrics |= _baselines(model, served, plan, kept, kit, data, test, instruction, device)
     meta: dict[str, object] = {
         META_CLIENT_ID: instruction.client_id,
@@ -184,10 +187,18 @@ def _scored(
     return {f"{name}.accuracy": correct / n, f"{name}.loss": loss_sum / n}
 
 
-def _export(model: nn.Module, kit: PersonalKit, folder: Path) -> None:
-    """The client's personal model as a loadable adapter folder, swapped in whole."""
+def _export(model: nn.Module, kit: PersonalKit, folder: Path, plan: PersonalPlan) -> None:
+    """The client's personal model as an adapter folder ``load_adapter`` (for PEFT methods
+    ``PeftModel.from_pretrained``) loads — dual's two LoRAs composed into one
+    (``merged_dual``) — swapped in whole."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_adapter(model, get_adapter_state(model), tmp, kit.base_id, kit.method, kit.spec)
+    if plan.rank:
+        config, state = merged_dual(model)
+        config.base_model_name_or_path = kit.base_id
+        config.save_pretrained(str(tmp))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS))
+    else:
+        save_adapter(model, get_adapter_state(model), tmp, kit.base_id, kit.method, kit.spec)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)

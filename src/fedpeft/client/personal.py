@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -163,6 +164,38 @@ class PersonalKit:
             init = {k: v.detach().cpu().clone() for k, v in personal_adapter(model).items()}
             self._dual[rank] = (model, init)
         return self._dual[rank]
+
+
+def merged_dual(model: nn.Module) -> tuple[LoraConfig, AdapterState]:
+    """Dual's two LoRAs as ONE LoRA of rank ``r + r_p`` (scale 1), exactly:
+    ``ΔW = s_g·B_g A_g + s_p·B_p A_p = [s_g·B_g, s_p·B_p] · [A_g; A_p]`` — a config and
+    state that ``PeftModel.from_pretrained`` loads as an ordinary LoRA adapter."""
+    assert isinstance(model, PeftModel)
+    configs = model.peft_config
+    glob, mine = configs["default"], configs[ADAPTER]
+    assert isinstance(glob, LoraConfig) and isinstance(mine, LoraConfig)
+    if glob.rank_pattern or glob.alpha_pattern or glob.use_dora:
+        raise FedpeftError(
+            "dual's composed adapter needs the global LoRA at one rank and scale everywhere "
+            "(no rank_pattern, alpha_pattern or DoRA)."
+        )
+    merged = copy.deepcopy(glob)
+    merged.r = merged.lora_alpha = glob.r + mine.r
+    merged.use_rslora = False
+    state = get_adapter_state(model)
+    personal = personal_adapter(model)
+    s_g, s_p = _scale(glob), _scale(mine)
+    for key in personal:
+        if ".lora_A." in key:
+            state[key] = torch.cat([state[key], personal[key]], dim=0)
+        else:
+            state[key] = torch.cat([s_g * state[key], s_p * personal[key]], dim=1)
+    return merged, state
+
+
+def _scale(config: LoraConfig) -> float:
+    """PEFT's LoRA scale: ``α/r`` (rank-stabilised: ``α/√r``)."""
+    return float(config.lora_alpha) / (math.sqrt(config.r) if config.use_rslora else config.r)
 
 
 def personal_adapter(model: nn.Module) -> AdapterState:
