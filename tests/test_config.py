@@ -152,3 +152,25 @@ def test_cli_user_errors_exit_2_with_one_sentence_and_no_traceback(
     assert proc.returncode == 2, proc.stderr
     assert expected in " ".join(proc.stderr.split())
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_every_section_survives_the_run_folders_toml() -> None:
+    """config.toml is what a resume (and a Flower node) reads back: every section, with
+    non-default values, must come back equal through TOML."""
+    import tomllib
+
+    from fedpeft.config import build_config, config_to_toml, load_config
+
+    cfg = load_config(
+        overrides=[
+            "compression.bits_up='adaptive'",
+            "compression.adaptive_bits=[8, 4]",
+            "compression.topk=0.1",
+            "server.aggregator_options={trim_fraction=0.2}",
+            "allocation.enabled=true",
+            "allocation.tiers={a={method='lora',options={r=4}}}",
+            "profiles.mix=['high','low']",
+            "data.num_clients=2",
+        ]
+    )
+    assert build_config(tomllib.loads(config_to_toml(cfg))) == cfg

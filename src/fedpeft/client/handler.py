@@ -24,10 +24,17 @@ from fedpeft.client.personal import (
 )
 from fedpeft.client.state import ClientState
 from fedpeft.client.train import ClientData, train
-from fedpeft.compression import decode, encode
+from fedpeft.compression import (
+    CompressionScheme,
+    decode,
+    encode,
+    encode_update,
+    rounding_generator,
+)
 from fedpeft.types import AdapterState, ClientUpdate, TrainInstruction
 
 EXTRA = "x/"  # prefix of the tensors a payload carries beside the adapter
+RESIDUAL = "ef/"  # the client's error-feedback residual in its kept state
 
 # message metadata keys (typed constants, not strings scattered across files)
 META_CLIENT_ID = "client_id"
@@ -62,28 +69,54 @@ def handle_fit(
 ) -> FitResult:
     """One round on this client: the payload's adapter loaded (joined with the client's
     personal part, if its plan keeps one: ``client/personal.py``), trained, the reply
-    encoded without the personal part, which the client keeps."""
+    encoded without the personal part, which the client keeps (``personal/…`` in its
+    state); compressed when the instruction names a scheme, with this client's
+    error-feedback residual kept beside it (``ef/…``)."""
     adapter, _extras = split_extras(decode(payload)[0])
     plan = PersonalPlan.from_json(instruction.personal)
     kept = state or {}
     model = personalised(model, adapter, plan, kept, kit)
     update = train(model, instruction, data, device)
-    if not plan.keeps:
-        return FitResult(encode_reply(update, instruction))
-    mine = personal_state(model, update.state, plan)
-    shared, _ = split_personal(update.state, plan.parts)
-    reply = encode_reply(replace(update, state=shared), instruction)
-    return FitResult(reply, with_personal(kept, mine))
+    if plan.keeps:  # the personal part stays here; only the shared tensors travel
+        mine = personal_state(model, update.state, plan)
+        update = replace(update, state=split_personal(update.state, plan.parts)[0])
+        kept = with_personal(kept, mine)
+    if instruction.compression:
+        return compressed_reply(update, adapter, instruction, kept)
+    return FitResult(encode_reply(update, instruction), kept if plan.keeps else None)
 
 
-def encode_reply(update: ClientUpdate, instruction: TrainInstruction) -> bytes:
-    """The reply's bytes: the adapter and its extras, with the metadata that binds it to
-    ``instruction``."""
-    meta: dict[str, object] = {
+def reply_meta(update: ClientUpdate, instruction: TrainInstruction) -> dict[str, object]:
+    """The metadata that binds a reply to ``instruction``."""
+    return {
         META_CLIENT_ID: update.client_id,
         META_ROUND: instruction.round,
         META_NONCE: instruction.nonce,
         META_NUM_EXAMPLES: update.num_examples,
         META_METRICS: update.metrics,
     }
-    return encode(update.state | update.extras, meta)
+
+
+def encode_reply(update: ClientUpdate, instruction: TrainInstruction) -> bytes:
+    """The reply's bytes: the adapter and its extras, with ``reply_meta``."""
+    return encode(update.state | update.extras, reply_meta(update, instruction))
+
+
+def compressed_reply(
+    update: ClientUpdate, served: AdapterState, ins: TrainInstruction, state: ClientState
+) -> FitResult:
+    """``Q(θ_c − θ_served + e_c)`` as the reply; the new residual ``e_c`` is kept (issue 15:
+    error feedback, the residual is client state that survives resume)."""
+    scheme = CompressionScheme.from_json(ins.compression)
+    residual = {k[len(RESIDUAL) :]: v for k, v in state.items() if k.startswith(RESIDUAL)}
+    encoded = encode_update(
+        update.state,
+        served,
+        scheme,
+        (residual or None) if scheme.error_feedback else None,
+        rounding_generator(ins.seed, ins.round, ins.client_id),
+        reply_meta(update, ins),
+    )
+    kept = {f"{RESIDUAL}{k}": v for k, v in (encoded.residual or {}).items()}
+    others = {k: v for k, v in state.items() if not k.startswith(RESIDUAL)}
+    return FitResult(encoded.payload, others | kept)

@@ -30,24 +30,28 @@ _FILE = re.compile(r"^state-(\d{6})\.safetensors$")
 
 
 class ClientStateStore:
-    """Per-client states, each tagged with the round that wrote it."""
+    """Per-client states, each tagged with the round that wrote it. With ``per_run`` (a
+    machine that serves several runs, e.g. a Flower node) each run keeps its own under
+    ``<folder>/<run>/``; else the folder belongs to one run (the in-process run folder)."""
 
-    def __init__(self, folder: Path | None = None) -> None:
+    def __init__(self, folder: Path | None = None, per_run: bool = False) -> None:
         self.folder = folder
-        self._memory: dict[int, list[tuple[int, ClientState]]] = {}
+        self.per_run = per_run
+        self._memory: dict[tuple[str, int], list[tuple[int, ClientState]]] = {}
 
-    def load(self, client_id: int, before_round: int) -> ClientState:
+    def load(self, client_id: int, before_round: int, run: str = "") -> ClientState:
         """The newest state ``client_id`` saved at a round before ``before_round`` ({} if
         none). A file that does not decode is skipped with a warning (the older one is
         used)."""
+        key = self._key(client_id, run)
         if self.folder is None:
-            saved = [(r, s) for r, s in self._memory.get(client_id, []) if r < before_round]
+            saved = [(r, s) for r, s in self._memory.get(key, []) if r < before_round]
             return dict(max(saved, key=lambda x: x[0])[1]) if saved else {}
-        for rnd in self._rounds(client_id):
+        for rnd in self._rounds(key):
             if rnd >= before_round:
                 continue
             try:
-                state, meta = decode(self._path(client_id, rnd).read_bytes())
+                state, meta = decode(self._path(key, rnd).read_bytes())
             except (OSError, CodecError) as e:
                 log.warning("client %d: its round-%d state is unreadable (%s)", client_id, rnd, e)
                 continue
@@ -56,31 +60,43 @@ class ClientStateStore:
             log.warning("client %d: its state of round %d names another round", client_id, rnd)
         return {}
 
-    def save(self, client_id: int, rnd: int, state: ClientState) -> None:
+    def save(self, client_id: int, rnd: int, state: ClientState, run: str = "") -> None:
         """Keeps ``state`` as written in round ``rnd`` (an empty state is not written)."""
         if not state:
             return
+        key = self._key(client_id, run)
         if self.folder is None:
-            kept = [(r, s) for r, s in self._memory.get(client_id, []) if r != rnd]
-            self._memory[client_id] = sorted([*kept, (rnd, dict(state))])[-KEEP:]
+            kept = [(r, s) for r, s in self._memory.get(key, []) if r != rnd]
+            self._memory[key] = sorted([*kept, (rnd, dict(state))], key=lambda x: x[0])[-KEEP:]
             return
         tensors = {k: v.detach().cpu() for k, v in state.items()}
         meta: dict[str, object] = {"round": rnd, "client_id": client_id}
-        write_atomic(self._path(client_id, rnd), encode(tensors, meta))
-        for old in self._rounds(client_id)[KEEP:]:
-            self._path(client_id, old).unlink(missing_ok=True)
+        write_atomic(self._path(key, rnd), encode(tensors, meta))
+        for old in self._rounds(key)[KEEP:]:
+            self._path(key, old).unlink(missing_ok=True)
 
-    def _rounds(self, client_id: int) -> list[int]:
+    def client_folder(self, client_id: int, run: str = "") -> Path | None:
+        """The folder of ``client_id``'s states (None: kept in memory); what else the client
+        keeps on disk for this run (its exported personal adapter) goes beside them."""
+        return self._dir(self._key(client_id, run)) if self.folder is not None else None
+
+    def _key(self, client_id: int, run: str) -> tuple[str, int]:
+        if self.per_run and (not run or Path(run).name != run or run.startswith(".")):
+            raise ValueError(f"a per-run client state store needs a plain run name, got {run!r}")
+        return (run if self.per_run else "", client_id)
+
+    def _rounds(self, key: tuple[str, int]) -> list[int]:
         """Rounds with a saved state, newest first."""
-        folder = self._dir(client_id)
+        folder = self._dir(key)
         if not folder.is_dir():
             return []
         found = (_FILE.match(p.name) for p in folder.iterdir())
         return sorted((int(m.group(1)) for m in found if m), reverse=True)
 
-    def _dir(self, client_id: int) -> Path:
+    def _dir(self, key: tuple[str, int]) -> Path:
         assert self.folder is not None
-        return self.folder / str(client_id)
+        run, client_id = key
+        return (self.folder / run if run else self.folder) / str(client_id)
 
-    def _path(self, client_id: int, rnd: int) -> Path:
-        return self._dir(client_id) / f"state-{rnd:06d}.safetensors"
+    def _path(self, key: tuple[str, int], rnd: int) -> Path:
+        return self._dir(key) / f"state-{rnd:06d}.safetensors"

@@ -17,6 +17,7 @@ from fedpeft.config.loading import (
 from fedpeft.config.personal import PersonalizationConfig
 from fedpeft.config.schema import (
     ClientConfig,
+    CompressionConfig,
     DataConfig,
     EvalConfig,
     ExperimentConfig,
@@ -35,6 +36,7 @@ __all__ = [
     "CostWeights",
     "GainConfig",
     "ClientConfig",
+    "CompressionConfig",
     "DataConfig",
     "EvalConfig",
     "SimulationConfig",

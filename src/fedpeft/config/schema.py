@@ -154,6 +154,45 @@ class SimulationConfig(_Section):
     thread_cap: bool = Field(True, description="torch threads = the device's cores")
 
 
+Width = Literal[32, 16, 8, 4, 2]
+WIDTHS: tuple[Width, ...] = (32, 16, 8, 4, 2)
+
+
+class CompressionConfig(_Section):
+    """Update compression (issue 15). The defaults send every value as float32, as before.
+
+    ``bits_up``/``bits_down``: 32, 16 (``half``), or 8/4/2-bit codes with one bf16 scale per
+    ``group_size`` values ("row": one per row); ``bits_up = "adaptive"`` lets the allocation
+    pick each client's bits from ``adaptive_bits`` so its upload fits ``deadline_share`` of
+    ``allocation.deadline_s``. ``topk`` keeps that fraction of each tensor's values
+    (client updates only). ``error_feedback`` adds what a message left out to the next one."""
+
+    bits_up: Literal[32, 16, 8, 4, 2, "adaptive"] = 32
+    bits_down: Literal[32, 16, 8, 4, 2] = 32
+    topk: float | None = Field(None, gt=0.0, le=1.0, description="fraction of values kept")
+    error_feedback: bool = True
+    rounding: Literal["stochastic", "nearest"] = "stochastic"
+    group_size: PositiveInt | Literal["row"] = 64
+    half: Literal["fp16", "bf16"] = Field("fp16", description="the 16-bit float format")
+    adaptive_bits: list[Width] = Field(  # a list: TOML has no tuples
+        default_factory=lambda: list(WIDTHS),
+        min_length=1,
+        description="adaptive: the widths to choose from",
+    )
+    deadline_share: float = Field(
+        0.25, gt=0.0, le=1.0, description="adaptive: share of the deadline for the upload"
+    )
+
+    @model_validator(mode="after")
+    def _groups_with_topk(self) -> CompressionConfig:
+        if self.topk is not None and self.group_size == "row":
+            raise ValueError(
+                "`compression.group_size` cannot be 'row' with `compression.topk`: the kept "
+                "values form no rows; set a group size such as 64"
+            )
+        return self
+
+
 class EvalConfig(_Section):
     batch_size: PositiveInt = 128
 
@@ -168,6 +207,7 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = EvalConfig()
     profiles: ProfilesConfig = ProfilesConfig()
     simulation: SimulationConfig = SimulationConfig()
+    compression: CompressionConfig = CompressionConfig()
     allocation: AllocationConfig = AllocationConfig()
     personalization: PersonalizationConfig = PersonalizationConfig()
 

@@ -79,7 +79,13 @@ def run_round(
     sampled = sample_clients(cfg.data.num_clients, s.fraction, s.min_clients, cfg.run.seed, rnd)
     fed.observer.on_round_start(rnd, sampled)
     personal = training_plan(cfg, fed.arch, state.adapters)
-    plan = plan_round(cfg, strategy, fed.pool, assigner, book, state, rnd, sampled, personal)
+    run_id = fed.store.root.name
+    plan = plan_round(
+        cfg, strategy, fed.pool, assigner, book, state, rnd, sampled, run_id, personal
+    )
+    if plan.bits:  # compression.bits_up = "adaptive": each client's width, explained
+        rows = [{"round": rnd, "client": c, "bits": b.to_json()} for c, b in plan.bits.items()]
+        fed.store.append_jsonl(ALLOCATIONS, rows)
     for r in plan.unassigned:
         fed.observer.on_client_done(rnd, r.record)
     done = lambda record: fed.observer.on_client_done(rnd, record)  # noqa: E731

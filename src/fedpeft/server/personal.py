@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,8 @@ def evaluate_clients(fed: Federation, state: ServerState, rnd: int) -> list[dict
         if group not in payloads:
             view = shared_view(state.adapters[group], plan)
             payloads[group] = encode(view, {"round": rnd})
-        ins = instruction_for(fed.cfg, rnd, cid, personal=plan)
+        ins = instruction_for(fed.cfg, rnd, cid, run_id=fed.store.root.name, personal=plan)
+        ins = replace(ins, compression="")  # the reply carries metrics, nothing to compress
         sent.append((ins, payloads[group], group))
     replies = pool.evaluate_many([(ins, payload) for ins, payload, _ in sent])
     return [

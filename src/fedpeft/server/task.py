@@ -133,8 +133,18 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
     method = parse_spec(cfg.peft.method, cfg.peft.options)
     check_pairing(cfg)
     check_task(cfg)
+    check_combinations(cfg)
     check_personalization(cfg)
     return method
+
+
+def check_combinations(cfg: ExperimentConfig) -> None:
+    """Options that each work but not together, refused before anything loads."""
+    if cfg.compression.bits_up == "adaptive" and cfg.server.mode == "async":
+        raise FedpeftError(
+            "`compression.bits_up = 'adaptive'` chooses bits against the synchronous round's "
+            "deadline; with `server.mode = 'async'` give a fixed width (32, 16, 8, 4 or 2)."
+        )
 
 
 def check_pairing(cfg: ExperimentConfig) -> None:

@@ -23,7 +23,7 @@ from fedpeft.client import (
     META_NUM_EXAMPLES,
     META_ROUND,
 )
-from fedpeft.compression import CodecError, decode, layout
+from fedpeft.compression import CodecError, decode, decode_update, layout
 from fedpeft.types import AdapterState, ClientUpdate, TrainInstruction
 
 
@@ -57,7 +57,10 @@ def validate_reply(
     served) and ``extras`` (the ``x/…`` tensors its client half must send back)."""
     extras = extras or {}
     try:  # the header is checked against the reference before any tensor is decoded
-        tensors, meta = decode(payload, expected=layout(reference | extras))
+        if instruction.compression:  # θ_served + the dequantised Δ, checked before unpacking
+            tensors, meta = decode_update(payload, reference)
+        else:
+            tensors, meta = decode(payload, expected=layout(reference | extras))
     except CodecError as e:
         raise RejectedUpdate(str(e)) from None
     state = {k: v for k, v in tensors.items() if k not in extras}

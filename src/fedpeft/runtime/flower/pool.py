@@ -21,7 +21,13 @@ from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedpeft.client import META_NUM_EXAMPLES
-from fedpeft.compression import CodecError, Layout, payload_layout
+from fedpeft.compression import (
+    CodecError,
+    CompressionScheme,
+    Layout,
+    payload_layout,
+    reply_layout,
+)
 from fedpeft.data import DataProfile
 from fedpeft.errors import FedpeftError
 from fedpeft.profiling import ResourceProfile, make_profile
@@ -249,7 +255,10 @@ class FlowerClientPool:
         for mid, reply in replies.items():
             i = by_id[mid]
             ins, sent = requests[i]
-            results[i] = self._payload(reply, ins, layouts[id(sent)])
+            layout = layouts[id(sent)]
+            if expect_tensors and ins.compression:  # the packed message's tensors
+                layout = reply_layout(layout, CompressionScheme.from_json(ins.compression))
+            results[i] = self._payload(reply, ins, layout)
         return results
 
     def _payload(self, reply: Message, ins: TrainInstruction, layout: Layout) -> bytes | Exception:

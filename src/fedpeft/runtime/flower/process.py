@@ -80,15 +80,17 @@ def client_process(config_toml: str) -> ClientProcess:
         LOADS.loads += 1
         LOADS.last_load_s = elapsed
         _CACHE.clear()
-        pool = LocalClientPool(task, states=ClientStateStore(client_state_dir(key)))
+        states = ClientStateStore(client_state_dir(key), per_run=True)
+        pool = LocalClientPool(task, states=states)
         _CACHE[key] = ClientProcess(key, cfg, pool, elapsed)
         return _CACHE[key]
 
 
 def client_state_dir(config_key: str) -> Path:
-    """Where this machine keeps its clients' states for one run config: on the node's own
-    disk (``$FEDPEFT_CLIENT_STATE_DIR``, else ``~/.cache/fedpeft/client-state``), so they
-    survive the node's processes and a resumed run (states are read by round)."""
+    """Where this machine keeps its clients' states for one run config, one folder per run
+    (named by the instruction's ``run_id``): on the node's own disk
+    (``$FEDPEFT_CLIENT_STATE_DIR``, else ``~/.cache/fedpeft/client-state``), so they survive
+    the node's processes and a resumed run (states are read by round)."""
     root = os.environ.get("FEDPEFT_CLIENT_STATE_DIR")
     base = Path(root) if root else Path.home() / ".cache" / "fedpeft" / "client-state"
     return base / config_key[:16]

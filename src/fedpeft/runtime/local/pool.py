@@ -122,10 +122,10 @@ class LocalClientPool:
     ) -> bytes:
         """``handle_fit`` of ``model`` on ``data``, with the client's kept state loaded before
         and saved after."""
-        state = self.states.load(ins.client_id, ins.round)
+        state = self.states.load(ins.client_id, ins.round, ins.run_id)
         result = handle_fit(model, payload, ins, data, self.task.device, state, self.kit)
         if result.state is not None:
-            self.states.save(ins.client_id, ins.round, result.state)
+            self.states.save(ins.client_id, ins.round, result.state, ins.run_id)
         return result.reply
 
     def evaluate_many(
@@ -149,14 +149,15 @@ class LocalClientPool:
         tests = task.data.tests
         held = tests[index] if tests else np.zeros(0, dtype=np.int64)
         model = task.model_for(ins.method, ins.options)
-        state = self.states.load(cid, ins.round + 1)
-        folder = self.states.folder / str(cid) / "adapter" if self.states.folder else None
+        state = self.states.load(cid, ins.round + 1, ins.run_id)
+        kept = self.states.client_folder(cid, ins.run_id)
+        folder = kept / "adapter" if kept is not None else None
         result = handle_evaluate(
             model, payload, ins, data, ClientData(task.data.train, held), task.device, self.kit,
             state, folder,
         )  # fmt: skip
         if result.state is not None:
-            self.states.save(cid, ins.round, result.state)
+            self.states.save(cid, ins.round, result.state, ins.run_id)
         return result.reply
 
 
