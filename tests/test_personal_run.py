@@ -152,3 +152,20 @@ def test_a_clustered_run_scores_each_client_with_its_cluster_global(tiny) -> Non
     assert sum(len(t) for t in task.data.tests) == sum(r["num_test"] for r in rows)
     held, trained = np.concatenate(task.data.tests), np.concatenate(task.data.partitions)
     assert np.intersect1d(held, trained).size == 0
+
+
+def test_the_report_shows_every_scored_model_the_ratio_and_each_client(tiny) -> None:
+    from fedpeft.report import write_report
+    from fedpeft.report.personal import LABELS
+
+    result = run_local(_personal(tiny, "finetune", "personalization.baselines=true"))
+    text = write_report(result.run_dir).read_text()
+    p = result.summary["personal"]
+    assert set(p["models"]) == set(LABELS)
+    for name, label in LABELS.items():
+        (row,) = [line for line in text.splitlines() if line.startswith(f"| {label} |")]
+        s = p["models"][name]
+        assert row.split(" | ")[1:3] == [f"{s['mean']:.4f}", f"{s['worst10']:.4f}"]
+    assert f"**{p['personal_over_full']:.3f}**" in text
+    png = result.run_dir / "plots" / "personal.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(plots/personal.png)" in text
