@@ -79,8 +79,12 @@ def run_one(key: str, sets: list[str], runs: Path) -> dict[str, Any]:
     tag = key.replace("/", "-")
     try:
         run_dir = run_fedpeft(runs, tag, sets)
-    except RuntimeError as e:
-        return {"sets": sets, "error": str(e)}
+    except RuntimeError as first:  # once more: a shared machine may kill a process
+        print(key, "retrying:", first, flush=True)
+        try:
+            run_dir = run_fedpeft(runs, tag, sets)
+        except RuntimeError as e:
+            return {"sets": sets, "error": str(e)}
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = [json.loads(x) for x in (run_dir / "personal.jsonl").read_text().splitlines()]
     last = max(r["round"] for r in rows)
