@@ -169,3 +169,22 @@ def test_the_report_shows_every_scored_model_the_ratio_and_each_client(tiny) -> 
     assert f"**{p['personal_over_full']:.3f}**" in text
     png = result.run_dir / "plots" / "personal.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(plots/personal.png)" in text
+
+
+def test_compressed_replies_leave_the_personal_part_out_and_keep_it_beside_the_residual(
+    tiny,
+) -> None:
+    from fedpeft.client.handler import RESIDUAL
+
+    cfg = _personal(tiny, "lora_b", "compression.bits_up=4")
+    result = run_local(cfg)
+    initial = get_adapter_state(build_task(cfg).model)
+    for key, value in initial.items():  # B is never averaged, A is
+        assert torch.equal(result.state[key], value.cpu()) == (".lora_B." in key), key
+    for c in (0, 1):
+        kept = ClientStateStore(result.run_dir / "clients").load(c, 99)
+        personal = {k[len(PERSONAL) :] for k in kept if k.startswith(PERSONAL)}
+        residual = {k[len(RESIDUAL) :] for k in kept if k.startswith(RESIDUAL)}
+        assert personal == {k for k in initial if ".lora_B." in k}
+        assert residual == set(initial) - personal  # every shared tensor, nothing personal
+        assert len(kept) == len(personal) + len(residual)
