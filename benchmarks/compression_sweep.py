@@ -125,6 +125,7 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["sst2", "ag_news"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--only", nargs="*", help="variant labels to run (default: all)")
+    ap.add_argument("--set", nargs="*", default=[], help="overrides for every run (scale)")
     args = ap.parse_args()
     chosen = {k: v for k, v in variants().items() if not args.only or k in args.only}
     results: dict[str, dict[str, Any]] = {}
@@ -134,15 +135,16 @@ def main() -> None:
             for label, sets in chosen.items():
                 runs = []
                 for seed in args.seeds:
-                    base = [f"data.dataset='{dataset}'", "data.partition='dirichlet'"]
+                    base = [f"data.dataset='{dataset}'", "data.partition='dirichlet'", *args.set]
                     tag = "".join(ch if ch.isalnum() else "-" for ch in f"{dataset}-{label}-{seed}")
                     runs.append(one_run(Path(tmp), tag, [*base, f"run.seed={seed}", *sets]))
                 rows[label] = summarise(runs)
                 if "fp32" in rows:
                     check_wired(label, rows[label], rows["fp32"])
                 print(dataset, label, {k: v for k, v in rows[label].items() if k != "runs"})
-            results[dataset] = rows
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+                results[dataset] = rows  # written after every variant: partial runs survive
+                meta = {"set": args.set, "seeds": args.seeds}
+                args.out.write_text(json.dumps({"setup": meta, **results}, indent=2) + "\n")
     plot(results, args.out.with_suffix(".png"))
 
 

@@ -88,3 +88,65 @@ def test_adaptive_bits_follow_the_tiers_and_are_explained(tiny, tmp_path: Path) 
     assert up[0] > up[1]
     with pytest.raises(FedpeftError, match="adaptive"):
         run_local(tiny("compression.bits_up='adaptive'", "server.mode='async'"))
+
+
+def test_an_eight_bit_downlink_sends_fewer_bytes_and_trains(tiny) -> None:
+    plain = run_local(tiny("run.rounds=2"))
+    down = run_local(tiny("run.rounds=2", "compression.bits_down=8"))
+    rows = _lines(down.run_dir / "clients.jsonl")
+    assert all(c["status"] == "ok" for c in rows)
+    down_plain = [c["bytes_down"] for c in _lines(plain.run_dir / "clients.jsonl")]
+    assert max(c["bytes_down"] for c in rows) * 3 < min(down_plain)  # 8 bits + scales vs 32
+    moved = max(float((down.state[k] - plain.state[k]).abs().max()) for k in plain.state)
+    assert 0 < moved < 0.05  # the same training from an 8-bit copy of the global
+
+
+def test_the_downlinks_rounding_never_enters_the_global(tiny) -> None:
+    """In round 2 the clients reply with exactly the 2-bit copy of the global they were
+    served; rebased onto the full-precision global, that round leaves the global where the
+    normal round 1 put it. Without the rebase the global would take the rounding error."""
+    from fedpeft.client import META_CLIENT_ID, META_NONCE, META_NUM_EXAMPLES, META_ROUND
+    from fedpeft.client.handler import served_state
+    from fedpeft.runtime.local import LocalClientPool
+
+    class StillInRoundTwo(LocalClientPool):
+        def fit(self, instruction, payload):  # type: ignore[no-untyped-def]
+            if instruction.round == 1:
+                return super().fit(instruction, payload)
+            served = served_state(payload, instruction, self.task.initial)
+            meta = {
+                META_CLIENT_ID: instruction.client_id,
+                META_ROUND: instruction.round,
+                META_NONCE: instruction.nonce,
+                META_NUM_EXAMPLES: 8,
+            }
+            return encode(served, meta)
+
+    sets = ("compression.bits_down=2", "server.norm_guard=0")
+    one = run_local(tiny("run.rounds=1", *sets))
+    two = run_local(tiny("run.rounds=2", *sets), pool=StillInRoundTwo)
+    for key, value in one.state.items():
+        torch.testing.assert_close(two.state[key], value, rtol=0, atol=1e-6)
+    # the test can fail: what round 2's clients were served is far from the global
+    from fedpeft.compression import decode_update, encode_update, rounding_generator
+    from fedpeft.compression.scheme import down_scheme
+    from fedpeft.server.task import build_task
+
+    task = build_task(tiny("run.rounds=1", *sets))
+    scheme = down_scheme(task.cfg.compression)
+    assert scheme is not None
+    payload = encode_update(
+        one.state, task.initial, scheme, None, rounding_generator(0, 2, -1)
+    ).payload
+    served, _ = decode_update(payload, task.initial)
+    assert max(float((served[k] - one.state[k]).abs().max()) for k in served) > 1e-3
+
+
+@pytest.mark.parametrize("extra", ["server.mode='async'", "allocation.enabled=true"])
+def test_a_compressed_downlink_is_refused_where_clients_do_not_share_the_base(
+    tiny, extra: str
+) -> None:
+    from fedpeft.server.task import check_names
+
+    with pytest.raises(FedpeftError, match="bits_down"):
+        check_names(tiny("compression.bits_down=8", extra))

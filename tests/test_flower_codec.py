@@ -28,6 +28,7 @@ from fedpeft.runtime.flower.codec import (  # noqa: E402
     tensor_to_array,
     typed,
 )
+from fedpeft.server.state import cluster_group  # noqa: E402
 from fedpeft.types import TrainInstruction  # noqa: E402
 
 
@@ -121,6 +122,8 @@ def test_every_instruction_field_travels_and_is_type_checked() -> None:
     record = instruction_to_record(ins)
     assert sorted(record) == sorted(keys.INSTRUCTION_PREFIX + f for f in ins.__dataclass_fields__)
     assert record_to_instruction(record) == ins
+    clustered = replace(ins, group=cluster_group(2))  # a GroupName travels as its string
+    assert record_to_instruction(instruction_to_record(clustered)).group == "cluster-2"
     with_steps = replace(ins, steps=5)
     assert record_to_instruction(instruction_to_record(with_steps)) == with_steps
     assert record_to_instruction(ConfigRecord({**record, "ins.lr": "1"})).lr == 1.0  # int → float
@@ -129,7 +132,7 @@ def test_every_instruction_field_travels_and_is_type_checked() -> None:
 @pytest.mark.parametrize(
     ("field", "raw"),
     [("steps", '"5"'), ("lr", "true"), ("client_id", "1.5"), ("freeze", '"lora_A"'),
-     ("freeze", "[1]"), ("epochs", "not json")],
+     ("freeze", "[1]"), ("epochs", "not json"), ("group", "3")],
 )  # fmt: skip
 def test_an_instruction_field_of_the_wrong_type_is_a_codec_error(field: str, raw: str) -> None:
     ins = TrainInstruction(1, 0, 1, None, 16, 1e-3, 0.0, 0.0, 0)

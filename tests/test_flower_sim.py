@@ -62,9 +62,10 @@ def test_the_server_allocates_from_what_flower_clients_report(tiny) -> None:
 def test_compressed_updates_with_error_feedback_travel_on_flower(
     tiny, tmp_path, monkeypatch
 ) -> None:
-    """4-bit replies with each client's residual kept on its node give the in-process result."""
+    """4-bit replies with each client's residual kept on its node, and an 8-bit global sent
+    down, give the in-process result."""
     monkeypatch.setenv("FEDPEFT_CLIENT_STATE_DIR", str(tmp_path / "node-states"))
-    cfg = tiny("compression.bits_up=4", "data.partition='dirichlet'")
+    cfg = tiny("compression.bits_up=4", "compression.bits_down=8", "data.partition='dirichlet'")
     local = run_local(cfg)
     flower = run_flower_sim(cfg, workers=2)
     for key, value in local.state.items():

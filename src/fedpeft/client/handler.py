@@ -27,10 +27,12 @@ from fedpeft.client.train import ClientData, train
 from fedpeft.compression import (
     CompressionScheme,
     decode,
+    decode_update,
     encode,
     encode_update,
     rounding_generator,
 )
+from fedpeft.errors import FedpeftError
 from fedpeft.types import AdapterState, ClientUpdate, TrainInstruction
 
 EXTRA = "x/"  # prefix of the tensors a payload carries beside the adapter
@@ -65,14 +67,17 @@ def handle_fit(
     data: ClientData,
     device: torch.device,
     state: ClientState | None = None,
+    initial: AdapterState | None = None,
     kit: PersonalKit | None = None,
 ) -> FitResult:
     """One round on this client: the payload's adapter loaded (joined with the client's
     personal part, if its plan keeps one: ``client/personal.py``), trained, the reply
     encoded without the personal part, which the client keeps (``personal/…`` in its
     state); compressed when the instruction names a scheme, with this client's
-    error-feedback residual kept beside it (``ef/…``)."""
-    adapter, _extras = split_extras(decode(payload)[0])
+    error-feedback residual kept beside it (``ef/…``). A compressed payload is a delta
+    from ``initial``, the run's freshly initialised adapter that this client rebuilt from
+    the config."""
+    adapter, _extras = split_extras(served_state(payload, instruction, initial))
     plan = PersonalPlan.from_json(instruction.personal)
     kept = state or {}
     model = personalised(model, adapter, plan, kept, kit)
@@ -84,6 +89,18 @@ def handle_fit(
     if instruction.compression:
         return compressed_reply(update, adapter, instruction, kept)
     return FitResult(encode_reply(update, instruction), kept if plan.keeps else None)
+
+
+def served_state(
+    payload: bytes, instruction: TrainInstruction, initial: AdapterState | None
+) -> AdapterState:
+    """The tensors the server sent: decoded plainly, or ``θ_init + Δ̂`` when the instruction
+    says the payload is compressed (``compression.bits_down``)."""
+    if not instruction.compression_down:
+        return decode(payload)[0]
+    if not initial:
+        raise FedpeftError("a compressed payload needs the run's initial adapter; none given.")
+    return decode_update(payload, initial)[0]
 
 
 def reply_meta(update: ClientUpdate, instruction: TrainInstruction) -> dict[str, object]:

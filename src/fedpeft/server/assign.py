@@ -35,6 +35,7 @@ from fedpeft.errors import FedpeftError
 from fedpeft.peft import Architecture
 from fedpeft.profiling import ResourceProfile
 from fedpeft.server.state import DEFAULT_GROUP
+from fedpeft.types import GroupName
 
 
 def options_json(options: Mapping[str, object]) -> str:
@@ -48,7 +49,7 @@ class Assignment:
 
     client_id: int
     candidate: Candidate | None
-    group: str
+    group: GroupName
     reason: str
     alpha: float | None = None  # LoRA α when the group's factors are kept in effective units
 
@@ -57,8 +58,10 @@ class Assignment:
         return self.candidate.name if self.candidate else ""
 
 
-def group_of(candidate: Candidate) -> str:
-    return candidate.spec.envelope_group or candidate.name
+def group_of(candidate: Candidate) -> GroupName:
+    """The group a candidate's updates average in: its method's envelope (all LoRA
+    configurations share one), else its own."""
+    return GroupName(candidate.spec.envelope_group or candidate.name)
 
 
 def client_infos(
@@ -126,6 +129,6 @@ class Assigner:
 def _assignment(allocation: Allocation) -> Assignment:
     cand = allocation.chosen
     if cand is None:
-        return Assignment(allocation.client_id, None, "", allocation.reason)
+        return Assignment(allocation.client_id, None, GroupName(""), allocation.reason)
     alpha = cand.spec.envelope_alpha()
     return Assignment(allocation.client_id, cand, group_of(cand), allocation.reason, alpha)

@@ -238,7 +238,7 @@ def _server_step(
         sim_clock_s=run.clock.now,
     )
     eval_start = time.perf_counter()
-    evals = {DEFAULT_GROUP: fed.model.evaluate(server.adapter)}
+    evals: dict[str, dict[str, float]] = {DEFAULT_GROUP: fed.model.evaluate(server.adapter)}
     eval_time = time.perf_counter() - eval_start
     updates = [r.update for _, r in run.buffer if r.update is not None]
     examples = dict(server.examples)

@@ -10,7 +10,16 @@ from dataclasses import dataclass, field, replace
 
 from fedpeft.allocation import ClientInfo, predict_cost
 from fedpeft.client.personal import PersonalPlan, shared_view
-from fedpeft.compression import CompressionScheme, encode, layout_of, up_scheme
+from fedpeft.compression import (
+    CompressionScheme,
+    decode_update,
+    down_scheme,
+    encode,
+    encode_update,
+    layout_of,
+    rounding_generator,
+    up_scheme,
+)
 from fedpeft.config import ExperimentConfig
 from fedpeft.data import DataProfile
 from fedpeft.errors import FedpeftError
@@ -59,9 +68,44 @@ def instruction_for(
         group=assignment.group if assignment else DEFAULT_GROUP,
         nonce=secrets.token_hex(8),
         compression=scheme.to_json() if scheme is not None and not scheme.identity else "",
+        compression_down=_scheme_json(down_scheme(cfg.compression)),
         run_id=run_id,
         personal=personal.to_json() if personal is not None and personal != PersonalPlan() else "",
     )
+
+
+def _scheme_json(scheme: CompressionScheme | None) -> str:
+    return scheme.to_json() if scheme is not None and not scheme.identity else ""
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What a client is sent for a view: the bytes, and the state they decode to on the
+    client (``None``: exactly the view)."""
+
+    data: bytes
+    served: AdapterState | None = None
+
+
+def payload_for(
+    cfg: ExperimentConfig, view: AdapterState, initial: AdapterState | None, rnd: int
+) -> Payload:
+    """The view as bytes: plain, or with ``compression.bits_down`` as ``Q(view − θ_init)``
+    (issue 15's downlink). Quantising the distance from the initial adapter, which every
+    client rebuilds from the config, keeps each round's error independent (nothing
+    accumulates) and small (the distance is what training added). The rounding is seeded
+    by the run and the round, so every client of a round gets the same bytes."""
+    scheme = down_scheme(cfg.compression)
+    if scheme is None:
+        return Payload(encode(view, {"round": rnd}))
+    if not initial or initial.keys() != view.keys():
+        raise FedpeftError(
+            "`compression.bits_down` needs the run's initial adapter on both sides; this "
+            "runtime does not provide it for this configuration (use bits_down = 32)."
+        )
+    gen = rounding_generator(cfg.run.seed, rnd, -1)
+    data = encode_update(view, initial, scheme, None, gen, {"round": rnd}).payload
+    return Payload(data, decode_update(data, initial)[0])
 
 
 @dataclass
@@ -85,6 +129,7 @@ def plan_round(
     rnd: int,
     sampled: Sequence[int],
     run_id: str = "",
+    initial: AdapterState | None = None,
     personal: PersonalPlan | None = None,
 ) -> RoundPlan:
     """Each sampled client's assignment, view of its group's global and instruction; the
@@ -97,6 +142,7 @@ def plan_round(
         else {cid: assigner.fixed(cid) for cid in sampled}
     )
     plan = RoundPlan(dict(state.adapters))
+    payloads: dict[str, Payload] = {}  # one encoding per group and round
     for cid in sampled:
         a = assigned[cid]
         if strategy.partition is not None:  # clustered: served by its cluster's global
@@ -117,7 +163,10 @@ def plan_round(
             scheme = plan.bits[cid].scheme
         ins = instruction_for(cfg, rnd, cid, strategy.client_freeze, a, scheme, run_id, personal)
         plan.assigned[cid] = a
-        plan.sent.append(Sent(ins, encode(view, {"round": rnd}), view, a.config, tiers[cid]))
+        if a.group not in payloads:
+            payloads[a.group] = payload_for(cfg, view, initial, rnd)
+        p = payloads[a.group]
+        plan.sent.append(Sent(ins, p.data, view, a.config, tiers[cid], served=p.served))
     return plan
 
 

@@ -22,7 +22,7 @@ from fedpeft.server.protocols import (
 from fedpeft.server.state import ServerState
 from fedpeft.server.store import RunStore
 from fedpeft.server.strategy import Strategy, strategy_from_config
-from fedpeft.types import RoundRecord
+from fedpeft.types import AdapterState, RoundRecord
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Federation:
     arch: Architecture | None = None  # the model's architecture (the allocation needs it)
     observer: Observer = field(default_factory=Observer)
     durations: DurationFn | None = None  # simulated round-trip seconds (asynchronous loop)
+    initial: AdapterState | None = None  # the fresh adapter clients rebuild (bits_down's base)
 
     def strategy(self, *, groups: bool) -> Strategy:
         """The configured strategy, refused up front when this runtime's model side lacks

@@ -81,7 +81,7 @@ def run_round(
     personal = training_plan(cfg, fed.arch, state.adapters)
     run_id = fed.store.root.name
     plan = plan_round(
-        cfg, strategy, fed.pool, assigner, book, state, rnd, sampled, run_id, personal
+        cfg, strategy, fed.pool, assigner, book, state, rnd, sampled, run_id, fed.initial, personal
     )
     if plan.bits:  # compression.bits_up = "adaptive": each client's width, explained
         rows = [{"round": rnd, "client": c, "bits": b.to_json()} for c, b in plan.bits.items()]
@@ -226,14 +226,14 @@ def _observe(
             examples[group] = examples.get(group, 0) + r.update.num_examples
     changes: dict[str, object] = {"examples": examples}
     if assigner.enabled:
-        for group, metrics in evals.items():
+        for name, metrics in evals.items():
             members = [
                 a.candidate
                 for c, a in plan.assigned.items()
-                if a.group == group and c in accepted and a.candidate is not None
+                if a.group == name and c in accepted and a.candidate is not None
             ]
-            if members and group in before:
-                assigner.observe(members, metrics["accuracy"] - before[group])
+            if members and name in before:
+                assigner.observe(members, metrics["accuracy"] - before[name])
         changes["gain"] = assigner.estimator
         changes["last_accuracy"] = {g: m["accuracy"] for g, m in evals.items()}
     alive = sorted(g for g in examples if g in state.adapters)

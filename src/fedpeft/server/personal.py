@@ -54,6 +54,12 @@ def check_personalization(cfg: ExperimentConfig) -> None:
             f"`personalization.mode = {p.mode!r}` needs one configuration for every client; "
             "it cannot run with `allocation.enabled`."
         )
+    if p.mode in ("head", "lora_b") and cfg.compression.bits_down != 32:
+        raise FedpeftError(
+            f"`personalization.mode = {p.mode!r}` serves the global without the clients' "
+            "personal tensors, which `compression.bits_down` below 32 cannot encode yet; set "
+            "`compression.bits_down = 32`."
+        )
     if measured and task_kind(cfg) != "classify":
         raise FedpeftError(
             "`data.client_test_fraction` scores classifiers on each client's data; an "
@@ -146,7 +152,7 @@ def evaluate_clients(fed: Federation, state: ServerState, rnd: int) -> list[dict
             view = shared_view(state.adapters[group], plan)
             payloads[group] = encode(view, {"round": rnd})
         ins = instruction_for(fed.cfg, rnd, cid, run_id=fed.store.root.name, personal=plan)
-        ins = replace(ins, compression="")  # the reply carries metrics, nothing to compress
+        ins = replace(ins, compression="", compression_down="")  # plain both ways: metrics back
         sent.append((ins, payloads[group], group))
     replies = pool.evaluate_many([(ins, payload) for ins, payload, _ in sent])
     return [

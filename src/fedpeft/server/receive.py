@@ -34,6 +34,8 @@ class Sent:
     config: str = ""  # the configuration's name (allocated runs)
     tier: str = ""  # its device's tier (runtimes that know devices)
     extras: AdapterState = field(default_factory=dict)  # the x/… tensors the reply must carry
+    # what the payload decodes to on the client when it is compressed (None: ``start``)
+    served: AdapterState | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,10 @@ def receive(
         return Received(sent, client_record(sent, ClientStatus.FAILED, reason, down=down))
     try:
         n = pool.num_examples(ins.client_id)
-        update = validate_reply(reply, sent.start, ins, n, sent.extras)
+        served = sent.start if sent.served is None else sent.served
+        update = validate_reply(reply, served, ins, n, sent.extras)
+        if sent.served is not None:
+            update = rebase(update, sent.served, sent.start)
         update, norm = clip_update(update, sent.start, clip_norm)
     except RejectedUpdate as e:
         log.warning("%s: update rejected: %s", where, e)
@@ -145,6 +150,17 @@ def receive(
         update_norm=norm,
     )
     return Received(sent, record, update)
+
+
+def rebase(update: ClientUpdate, served: AdapterState, start: AdapterState) -> ClientUpdate:
+    """``θ_start + (θ_c − θ_served)``: a client trained from a quantised copy of the global;
+    its update is moved onto the full-precision global, so the downlink's rounding never
+    enters the aggregate."""
+    state = {
+        k: (start[k].float() + (v.float() - served[k].float())).to(start[k].dtype)
+        for k, v in update.state.items()
+    }
+    return replace(update, state=state)
 
 
 def local_steps(ins: TrainInstruction, num_examples: int) -> int:

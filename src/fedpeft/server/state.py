@@ -15,18 +15,18 @@ from typing import Any
 
 from fedpeft.allocation import Candidate, GainEstimator, make_candidate
 from fedpeft.errors import FedpeftError
-from fedpeft.types import AdapterState
+from fedpeft.types import GLOBAL_GROUP, AdapterState, GroupName
 
 STATE_FORMAT = 2
 """Version of the checkpoint format: 1 was stop 9's untyped ``state.json`` + ``extra``."""
 
-DEFAULT_GROUP = "global"  # a homogeneous run's one group
-LORA_GROUP = "lora"  # every LoRA configuration of an allocated run
+DEFAULT_GROUP = GLOBAL_GROUP  # a homogeneous run's one group
+LORA_GROUP = GroupName("lora")  # every LoRA configuration of an allocated run
 
 
-def cluster_group(label: int) -> str:
+def cluster_group(label: int) -> GroupName:
     """The group that holds cluster ``label``'s global (clustered aggregation)."""
-    return f"cluster-{label}"
+    return GroupName(f"cluster-{label}")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class ServerState:
     def evolve(self, **changes: Any) -> ServerState:
         return replace(self, **changes)
 
-    def group_of(self, client_id: int, assigned: str) -> str:
+    def group_of(self, client_id: int, assigned: GroupName) -> GroupName:
         """The group that serves a client: its cluster's, once it has one."""
         label = self.clusters.get(client_id)
         return cluster_group(label) if label is not None else assigned

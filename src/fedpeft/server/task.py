@@ -44,11 +44,13 @@ from fedpeft.peft import (
     MethodSpec,
     architecture,
     check_supported,
+    get_adapter_state,
     parse_method_ref,
     parse_spec,
 )
 from fedpeft.peft.share import apply_shared
 from fedpeft.server.instruct import check_task, instruct_splits, task_kind
+from fedpeft.types import AdapterState
 
 log = logging.getLogger("fedpeft.server")
 
@@ -81,6 +83,9 @@ class Task:
     full_model_bytes: int  # every base parameter: what full fine-tuning would send
     kind: str = "classify"  # "instruct": a causal LM generating the label word
     models: dict[tuple[str, str], nn.Module] = field(default_factory=dict)
+    # the run's freshly initialised adapter: every client rebuilds it from the config and
+    # seed, so compressed payloads are sent as deltas from it (``compression.bits_down``)
+    initial: AdapterState = field(default_factory=dict)
 
     @property
     def ref(self) -> MethodRef:
@@ -144,6 +149,12 @@ def check_combinations(cfg: ExperimentConfig) -> None:
         raise FedpeftError(
             "`compression.bits_up = 'adaptive'` chooses bits against the synchronous round's "
             "deadline; with `server.mode = 'async'` give a fixed width (32, 16, 8, 4 or 2)."
+        )
+    if cfg.compression.bits_down != 32 and (cfg.allocation.enabled or cfg.server.mode == "async"):
+        raise FedpeftError(
+            "`compression.bits_down` below 32 sends the global as a delta from the run's "
+            "initial adapter, which allocated configurations and asynchronous servers do not "
+            "share; set `compression.bits_down = 32` with allocation or `server.mode = 'async'`."
         )
 
 
@@ -282,6 +293,7 @@ def build_task(cfg: ExperimentConfig) -> Task:
         full_model_bytes=full_bytes,
         kind=kind,
         models={(cfg.peft.method, _canonical(cfg.peft.options)): model},
+        initial={k: v.detach().cpu().clone() for k, v in get_adapter_state(model).items()},
     )
 
 

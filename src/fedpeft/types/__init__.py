@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NewType
 
 from torch import Tensor
 
 AdapterState = dict[str, Tensor]
 """A flat mapping from stable parameter names to tensors: the only thing that travels."""
+
+GroupName = NewType("GroupName", str)
+"""A server-side group: the clients whose updates average into one global adapter (the
+run's one group, an allocated envelope, a cluster). Made with ``GroupName(...)`` where a
+group is defined (``fedpeft.server.state``), so a stray string is a type error."""
+
+GLOBAL_GROUP = GroupName("global")  # a homogeneous run's one group
 
 
 @dataclass(frozen=True)
@@ -27,9 +35,10 @@ class TrainInstruction:
     freeze: tuple[str, ...] = ()  # parameter-name parts to keep fixed (a strategy's client half)
     method: str = ""  # the PEFT method this client trains ("" = the run's [peft] method)
     options: str = "{}"  # that method's options, canonical JSON (sorted keys)
-    group: str = "global"  # the server-side group whose global adapter it starts from
+    group: GroupName = GLOBAL_GROUP  # the server-side group whose global it starts from
     nonce: str = ""  # fresh per instruction; the reply must echo it (binds reply to instruction)
     compression: str = ""  # the reply's CompressionScheme as JSON ("": the plain codec)
+    compression_down: str = ""  # the payload's scheme ("": the plain codec; issue 15)
     run_id: str = ""  # the run this round belongs to (clients keep their states per run)
     personal: str = ""  # what the client keeps local: a PersonalPlan as JSON ("" = nothing)
 
@@ -79,7 +88,7 @@ class ClientRecord:
     bytes_down: int
     bytes_up: int
     metrics: dict[str, float]
-    group: str = "global"
+    group: GroupName = GLOBAL_GROUP
     config: str = ""  # the PEFT configuration (candidate name) it was assigned
     sim_time_s: float | None = None  # simulated round time on its device (None: not simulated)
     tier: str = ""  # its device's tier, when the runtime reports devices

@@ -202,6 +202,8 @@ def typed(value: Any, hint: Any) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any or hint is object:
         return value
+    if isinstance(hint, typing.NewType):  # e.g. GroupName: checked as what it wraps
+        return hint(typed(value, hint.__supertype__))
     if origin in (typing.Union, types.UnionType):
         for option in args:
             try:

@@ -104,10 +104,12 @@ class FlowerClientPool:
         *,
         policy: WeightPolicy | None = None,
         assigned: Sequence[int] | None = None,
+        served: Layout | None = None,
     ) -> None:
         """``policy`` bounds each client's claimed example count (its aggregation weight);
         ``assigned`` is the size of every partition as the server computed it, which the
-        default policy (``assigned``) needs."""
+        default policy (``assigned``) needs; ``served`` is the layout of the adapter a
+        compressed payload (``compression.bits_down``) decodes to."""
         if round_timeout_s <= 0 or connect_timeout_s <= 0:
             raise FedpeftError("Flower round and connect timeouts must be positive seconds.")
         self.policy = policy or WeightPolicy()
@@ -116,6 +118,7 @@ class FlowerClientPool:
                 "the `assigned` client-weight policy needs the server's partition sizes."
             )
         self.assigned = list(assigned) if assigned is not None else None
+        self.served = served
         self.grid, self.num_clients, self.min_clients = grid, num_clients, min_clients
         self.round_timeout_s, self.connect_timeout_s = round_timeout_s, connect_timeout_s
         self.clients: dict[int, ClientInfo] = {}
@@ -245,7 +248,8 @@ class FlowerClientPool:
                 results.append(LookupError(f"client {ins.client_id} never connected"))
                 continue
             shared = contents.setdefault(id(payload), payload_to_content(payload))
-            layouts.setdefault(id(payload), payload_layout(payload) if expect_tensors else {})
+            served = self._served_layout(ins, payload) if expect_tensors else {}
+            layouts.setdefault(id(payload), served)
             content = RecordDict({**shared, keys.INSTRUCTION: instruction_to_record(ins)})
             messages[i] = self._message(content, kind, info.node_id, str(ins.round))
             results.append(TimeoutError(f"no reply within {self.round_timeout_s:.0f} s"))
@@ -260,6 +264,15 @@ class FlowerClientPool:
                 layout = reply_layout(layout, CompressionScheme.from_json(ins.compression))
             results[i] = self._payload(reply, ins, layout)
         return results
+
+    def _served_layout(self, ins: TrainInstruction, payload: bytes) -> Layout:
+        """The adapter's layout a payload holds: from its header, or for a compressed payload
+        the run's adapter layout (the packed tensors are not the adapter's)."""
+        if not ins.compression_down:
+            return payload_layout(payload)
+        if self.served is None:
+            raise FedpeftError("a compressed payload needs the pool to know the served layout.")
+        return self.served
 
     def _payload(self, reply: Message, ins: TrainInstruction, layout: Layout) -> bytes | Exception:
         """A reply as payload bytes for the loop to validate: tensors other than those sent

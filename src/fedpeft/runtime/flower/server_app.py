@@ -13,6 +13,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedpeft.compression import layout
 from fedpeft.config import ExperimentConfig
 from fedpeft.runtime.flower import keys
 from fedpeft.runtime.flower.pool import FlowerClientPool
@@ -49,6 +50,7 @@ def serve(
             connect_timeout_s,
             policy=policy,
             assigned=[len(p) for p in task.data.partitions],
+            served=layout(task.initial),
         )
         pool.connect()
         pools.append(pool)

@@ -123,7 +123,8 @@ class LocalClientPool:
         """``handle_fit`` of ``model`` on ``data``, with the client's kept state loaded before
         and saved after."""
         state = self.states.load(ins.client_id, ins.round, ins.run_id)
-        result = handle_fit(model, payload, ins, data, self.task.device, state, self.kit)
+        initial = self.task.initial if ins.compression_down else None
+        result = handle_fit(model, payload, ins, data, self.task.device, state, initial, self.kit)
         if result.state is not None:
             self.states.save(ins.client_id, ins.round, result.state, ins.run_id)
         return result.reply

@@ -88,6 +88,7 @@ def run_local(
         task.arch,
         observer or Observer(),
         device_durations(task),
+        task.initial,
     )
     loop = run_async(fed, state) if cfg.server.mode == "async" else run_rounds(fed, state)
     main = loop.state.adapter if loop.state.adapters else {}
