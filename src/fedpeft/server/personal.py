@@ -146,8 +146,8 @@ def evaluate_clients(fed: Federation, state: ServerState, rnd: int) -> list[dict
     payloads: dict[str, bytes] = {}  # one encoding per group, shared by its clients
     sent: list[tuple[TrainInstruction, bytes, str]] = []
     for cid in range(fed.cfg.data.num_clients):
-        group = state.group_of(cid, DEFAULT_GROUP)
-        group = group if group in state.adapters else state.main
+        assigned: str = state.group_of(cid, DEFAULT_GROUP)
+        group = assigned if assigned in state.adapters else state.main
         if group not in payloads:
             view = shared_view(state.adapters[group], plan)
             payloads[group] = encode(view, {"round": rnd})
