@@ -171,6 +171,8 @@ def table(results: dict[str, Any], dataset: str, split: str) -> tuple[list[str],
 
 def report(args: argparse.Namespace) -> None:
     results = json.loads(args.out.read_text())
+    for path in args.also:  # grids run as separate processes, one file each
+        results |= {k: v for k, v in json.loads(path.read_text()).items() if k not in results}
     settings_seen = sorted({tuple(k.split("/")[:2]) for k in results})
     head = (
         "| model | mean client accuracy | worst 10 % | ÷ fully personalised | MB / client / round "
@@ -219,6 +221,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra --set overrides")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--report", action="store_true", help="only print the table and plot")
+    ap.add_argument("--also", nargs="*", type=Path, default=[], help="--report: more results")
     args = ap.parse_args()
     if args.report:
         report(args)
