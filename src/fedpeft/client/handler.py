@@ -9,11 +9,19 @@ the runtime stores it on the client's side (``client.state``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
+from fedpeft.client.personal import (
+    PersonalKit,
+    PersonalPlan,
+    personal_state,
+    personalised,
+    split_personal,
+    with_personal,
+)
 from fedpeft.client.privacy import dpsgd_settings, local_dp
 from fedpeft.client.state import ClientState
 from fedpeft.client.train import ClientData, train
@@ -26,7 +34,6 @@ from fedpeft.compression import (
     rounding_generator,
 )
 from fedpeft.errors import FedpeftError
-from fedpeft.peft import set_adapter_state
 from fedpeft.privacy.settings import ClientDp
 from fedpeft.types import AdapterState, ClientUpdate, TrainInstruction
 
@@ -63,21 +70,31 @@ def handle_fit(
     device: torch.device,
     state: ClientState | None = None,
     initial: AdapterState | None = None,
+    kit: PersonalKit | None = None,
 ) -> FitResult:
-    """One round on this client: the payload's adapter loaded, trained (DP-SGD, or local DP
-    on the update, when the instruction's ``privacy`` asks), the reply encoded (compressed
-    when the instruction names a scheme, with this client's error-feedback residual carried
-    in its kept state). A compressed payload is a delta from ``initial``, the run's freshly
-    initialised adapter that this client rebuilt from the config."""
+    """One round on this client: the payload's adapter loaded (joined with the client's
+    personal part, if its plan keeps one: ``client/personal.py``), trained (DP-SGD, or
+    local DP on the shared update, when the instruction's ``privacy`` asks), the reply
+    encoded without the personal part, which the client keeps (``personal/…`` in its
+    state); compressed when the instruction names a scheme, with this client's
+    error-feedback residual kept beside it (``ef/…``). A compressed payload is a delta
+    from ``initial``, the run's freshly initialised adapter that this client rebuilt from
+    the config."""
     adapter, _extras = split_extras(served_state(payload, instruction, initial))
-    set_adapter_state(model, adapter)
+    plan = PersonalPlan.from_json(instruction.personal)
+    kept = state or {}
+    model = personalised(model, adapter, plan, kept, kit)
     dp = ClientDp.from_json(instruction.privacy)
     update = train(model, instruction, data, device, dpsgd_settings(dp))
+    if plan.keeps:  # the personal part stays here; only the shared tensors travel
+        mine = personal_state(model, update.state, plan)
+        update = replace(update, state=split_personal(update.state, plan.parts)[0])
+        kept = with_personal(kept, mine)
     if dp is not None and dp.mode == "local":
         update = local_dp(update, adapter, dp, instruction)
-    if not instruction.compression:
-        return FitResult(encode_reply(update, instruction))
-    return compressed_reply(update, adapter, instruction, state or {})
+    if instruction.compression:
+        return compressed_reply(update, adapter, instruction, kept)
+    return FitResult(encode_reply(update, instruction), kept if plan.keeps else None)
 
 
 def served_state(

@@ -75,6 +75,11 @@ class ClientStateStore:
         for old in self._rounds(key)[KEEP:]:
             self._path(key, old).unlink(missing_ok=True)
 
+    def client_folder(self, client_id: int, run: str = "") -> Path | None:
+        """The folder of ``client_id``'s states (None: kept in memory); what else the client
+        keeps on disk for this run (its exported personal adapter) goes beside them."""
+        return self._dir(self._key(client_id, run)) if self.folder is not None else None
+
     def _key(self, client_id: int, run: str) -> tuple[str, int]:
         if self.per_run and (not run or Path(run).name != run or run.startswith(".")):
             raise ValueError(f"a per-run client state store needs a plain run name, got {run!r}")

@@ -14,6 +14,7 @@ from fedpeft.config.loading import (
     load_config,
     read_toml,
 )
+from fedpeft.config.personal import PersonalizationConfig
 from fedpeft.config.schema import (
     ClientConfig,
     CompressionConfig,
@@ -44,6 +45,7 @@ __all__ = [
     "ModelConfig",
     "PeftConfig",
     "PrivacyConfig",
+    "PersonalizationConfig",
     "ProfilesConfig",
     "RunConfig",
     "ServerConfig",

@@ -12,6 +12,7 @@ from pydantic import ConfigDict, Field, PositiveFloat, PositiveInt, model_valida
 
 from fedpeft.config.allocation import AllocationConfig
 from fedpeft.config.base import Section as _Section
+from fedpeft.config.personal import PersonalizationConfig
 
 
 class RunConfig(_Section):
@@ -87,6 +88,13 @@ class DataConfig(_Section):
     alpha: PositiveFloat = 0.5
     classes_per_client: PositiveInt = 1
     min_partition_size: int = Field(2, ge=1)
+    client_test_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="each client's held-out share of its partition (stratified, seeded), on "
+        "which personal performance is measured; 0: none",
+    )
 
     @model_validator(mode="after")
     def _custom_needs_files(self) -> DataConfig:
@@ -290,6 +298,7 @@ class ExperimentConfig(_Section):
     privacy: PrivacyConfig = PrivacyConfig()
     compression: CompressionConfig = CompressionConfig()
     allocation: AllocationConfig = AllocationConfig()
+    personalization: PersonalizationConfig = PersonalizationConfig()
 
     @model_validator(mode="after")
     def _quorum_fits(self) -> ExperimentConfig:
@@ -298,6 +307,12 @@ class ExperimentConfig(_Section):
                 f"`server.min_clients` is {self.server.min_clients} but `data.num_clients` is "
                 f"only {self.data.num_clients}; no round could reach that quorum, so lower "
                 "`server.min_clients` or raise `data.num_clients`"
+            )
+        p = self.personalization
+        if (p.mode != "none" or p.baselines) and self.data.client_test_fraction <= 0:
+            raise ValueError(
+                f"`personalization.mode` {p.mode!r} (or `baselines`) is measured on each "
+                "client's held-out share, but `data.client_test_fraction` is 0; set it, e.g. 0.2"
             )
         return self
 

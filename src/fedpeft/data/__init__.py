@@ -3,7 +3,7 @@ partitions."""
 
 from fedpeft.data.genqa import GenQASplit
 from fedpeft.data.instruct import InstructSplit
-from fedpeft.data.partition import DataProfile, data_profile, partition_indices
+from fedpeft.data.partition import DataProfile, data_profile, holdout, partition_indices
 from fedpeft.data.qa import QABatch, QASplit
 from fedpeft.data.registry import dataset_names, heldout_train, load_dataset, register_dataset
 from fedpeft.data.sources import ImageArrays, RawDataset, RawSplit, data_dirs
@@ -42,6 +42,7 @@ __all__ = [
     "dataset_names",
     "heldout_train",
     "load_dataset",
+    "holdout",
     "partition_indices",
     "register_dataset",
     "tokenize_split",

@@ -78,6 +78,37 @@ def partition_indices(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np
     return parts
 
 
+def holdout(
+    labels: np.ndarray, partitions: list[np.ndarray], fraction: float, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each client's partition split into (train, held-out), stratified by label, seeded.
+
+    Client k with n examples holds out ``T = max(1, round(f·n))`` of them (none when
+    ``f = 0`` or n < 2). Class y's share is ``⌊f·n_y⌋`` plus one for the classes with the
+    largest remainders ``f·n_y − ⌊f·n_y⌋`` until T is reached (Hamilton's largest-remainder
+    rule, ties broken at random), so the held-out label mix follows the client's own.
+    """
+    train, test = [], []
+    for k, part in enumerate(partitions):
+        rng = np.random.default_rng([seed, 0x7E57, k])
+        n = len(part)
+        total = 0 if fraction <= 0 or n < 2 else max(1, round(fraction * n))
+        classes, counts = np.unique(labels[part], return_counts=True)
+        exact = fraction * counts
+        take = np.floor(exact).astype(np.int64)
+        order = np.lexsort((rng.random(len(classes)), -(exact - take)))  # largest first
+        for i in order[: max(0, total - int(take.sum()))]:
+            take[i] += 1
+        held = [
+            rng.choice(part[labels[part] == y], size=int(t), replace=False)
+            for y, t in zip(classes, take, strict=True)
+        ]
+        chosen = np.sort(np.concatenate([np.zeros(0, np.int64), *held]).astype(np.int64))
+        test.append(chosen)
+        train.append(np.setdiff1d(part, chosen))
+    return train, test
+
+
 @dataclass(frozen=True)
 class DataProfile:
     """What a client's data looks like (sent to the server for allocation; no examples)."""

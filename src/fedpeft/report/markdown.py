@@ -11,6 +11,7 @@ from typing import Any
 
 from fedpeft.errors import FedpeftError
 from fedpeft.report.fmt import clients_text, eval_of, num, scaled, share_of_full_model
+from fedpeft.report.personal import personal_lines
 
 
 def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
@@ -102,6 +103,7 @@ def render_report(run_dir: Path, plots: list[Path]) -> str:
     if not rounds:
         lines.append("| (no completed round) | | | | | | | |")
     lines.append("")
+    lines += personal_lines(summary)
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
     return "\n".join(lines) + "\n"
 

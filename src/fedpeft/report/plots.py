@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpeft.report.fmt import eval_of, finite
+from fedpeft.report.personal import plot_personal
 
 log = logging.getLogger("fedpeft.report")
 
@@ -35,7 +36,8 @@ def plot_run(run_dir: Path, rounds: list[dict[str, Any]]) -> list[Path]:
     path = folder / "accuracy.png"
     fig.savefig(path)
     plt.close(fig)
-    return [path]
+    personal = plot_personal(run_dir, folder, plt)  # clients on their own data, if scored
+    return [path] if personal is None else [path, personal]
 
 
 def _metric(rounds: list[dict[str, Any]], name: str) -> list[float]:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from fedpeft.allocation import ClientInfo, predict_cost
+from fedpeft.client.personal import PersonalPlan, shared_view
 from fedpeft.compression import (
     CompressionScheme,
     decode_update,
@@ -42,6 +43,7 @@ def instruction_for(
     assignment: Assignment | None = None,
     scheme: CompressionScheme | None = None,
     run_id: str = "",
+    personal: PersonalPlan | None = None,
 ) -> TrainInstruction:
     """The instruction for one client and round; its nonce is fresh and unpredictable (the
     reply must echo it), everything else follows from the config, the assignment and the
@@ -68,6 +70,7 @@ def instruction_for(
         compression=scheme.to_json() if scheme is not None and not scheme.identity else "",
         compression_down=_scheme_json(down_scheme(cfg.compression)),
         run_id=run_id,
+        personal=personal.to_json() if personal is not None and personal != PersonalPlan() else "",
     )
 
 
@@ -127,8 +130,10 @@ def plan_round(
     sampled: Sequence[int],
     run_id: str = "",
     initial: AdapterState | None = None,
+    personal: PersonalPlan | None = None,
 ) -> RoundPlan:
-    """Each sampled client's assignment, view of its group's global and instruction."""
+    """Each sampled client's assignment, view of its group's global and instruction; the
+    view leaves out what ``personal`` keeps on the clients (they neither get nor send it)."""
     profiled = pool if isinstance(pool, ProfiledPool) else None
     tiers = {c: _tier(profiled, c) for c in sampled}
     assigned = (
@@ -143,17 +148,20 @@ def plan_round(
         if strategy.partition is not None:  # clustered: served by its cluster's global
             a = replace(a, group=state.group_of(cid, a.group))
         if a.candidate is None:
-            ins = instruction_for(cfg, rnd, cid, strategy.client_freeze, a, run_id=run_id)
+            ins = instruction_for(
+                cfg, rnd, cid, strategy.client_freeze, a, run_id=run_id, personal=personal
+            )
             sent = Sent(ins, b"", {}, a.config, tiers[cid])
             record = client_record(sent, ClientStatus.UNASSIGNED, a.reason)
             plan.unassigned.append(Received(sent, record))
             continue
         plan.adapters[a.group], view = book.serve(plan.adapters, a)
+        view = shared_view(view, personal)
         scheme = None
         if cfg.compression.bits_up == "adaptive":
             plan.bits[cid] = _adaptive(cfg, profiled, assigner.arch, a, view, cid)
             scheme = plan.bits[cid].scheme
-        ins = instruction_for(cfg, rnd, cid, strategy.client_freeze, a, scheme, run_id)
+        ins = instruction_for(cfg, rnd, cid, strategy.client_freeze, a, scheme, run_id, personal)
         plan.assigned[cid] = a
         if (a.group, a.config) not in payloads:  # a config's view of its group's envelope
             payloads[(a.group, a.config)] = payload_for(cfg, view, initial, rnd)

@@ -24,6 +24,12 @@ from fedpeft.server.configure import RoundPlan, plan_round
 from fedpeft.server.federation import Federation, LoopResult
 from fedpeft.server.groups import GroupBook
 from fedpeft.server.multi import aggregate_clusters, fuse_groups
+from fedpeft.server.personal import (
+    clients_due,
+    evaluate_clients,
+    evaluating_pool,
+    training_plan,
+)
 from fedpeft.server.private import (
     account,
     central_generator,
@@ -37,7 +43,7 @@ from fedpeft.server.receive import FitClock, Received, collect, guard_norms
 from fedpeft.server.record import evaluation_due, round_record
 from fedpeft.server.sampling import sample_clients
 from fedpeft.server.state import ServerState
-from fedpeft.server.store import ALLOCATIONS
+from fedpeft.server.store import ALLOCATIONS, PERSONAL
 from fedpeft.server.strategy import Strategy
 from fedpeft.types import AdapterState, ClientRecord, ClientStatus, RoundRecord
 
@@ -57,6 +63,8 @@ def run_rounds(fed: Federation, state: ServerState) -> LoopResult:
         )
     book = GroupBook(fed.model, state.members)
     state = start_ledger(cfg, fed.pool, state)
+    if cfg.data.client_test_fraction > 0:
+        evaluating_pool(fed)  # refused now, not after the first rounds
     records: list[RoundRecord] = []
     for rnd in range(state.round + 1, cfg.run.rounds + 1):
         try:
@@ -65,6 +73,8 @@ def run_rounds(fed: Federation, state: ServerState) -> LoopResult:
             log.warning("round %d refused: %s", rnd, e)
             return LoopResult(state, records, stopped=f"round {rnd} refused: {e}")
         fed.store.append_round(record)
+        if clients_due(cfg, rnd):  # clients score their own models on their own data
+            fed.store.append_jsonl(PERSONAL, evaluate_clients(fed, state, rnd))
         if assigner.enabled:
             fed.store.append_jsonl(ALLOCATIONS, assigner.decisions_json(rnd))
         fed.store.save_checkpoint(state)
@@ -87,17 +97,10 @@ def run_round(
     ledger = working_ledger(state)
     check_budget(ledger, cfg, fed.pool, sampled)
     fed.observer.on_round_start(rnd, sampled)
+    personal = training_plan(cfg, fed.arch, state.adapters)
+    run_id = fed.store.root.name
     plan = plan_round(
-        cfg,
-        strategy,
-        fed.pool,
-        assigner,
-        book,
-        state,
-        rnd,
-        sampled,
-        fed.store.root.name,
-        fed.initial,
+        cfg, strategy, fed.pool, assigner, book, state, rnd, sampled, run_id, fed.initial, personal
     )
     plan.sent = with_client_dp(plan.sent, ledger)
     if plan.bits:  # compression.bits_up = "adaptive": each client's width, explained

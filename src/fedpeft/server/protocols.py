@@ -10,6 +10,7 @@ capabilities a runtime may add, which the loops test with ``isinstance`` (never
 | ``BatchedPool.fit_many`` | a whole round's messages at once (Flower) |
 | ``ProfiledPool.resources`` / ``data_profile`` | the allocation, per-tier records |
 | ``SimulatedPool.sim_seconds`` | simulated round time of a client that trained |
+| ``EvaluatingPool.evaluate_many`` | clients scored on their own held-out data (personalisation) |
 | ``ProxyModel.proxy_loss`` | rules that weigh clients by a server-side loss (layer-wise) |
 | ``FusingModel.fuse`` | fusion across method groups (distillation) |
 """
@@ -64,6 +65,14 @@ class SimulatedPool(Protocol):
     def sim_seconds(self, rnd: int, client_id: int) -> float | None: ...
 
 
+@runtime_checkable
+class EvaluatingPool(Protocol):
+    """Asks clients to score their models on their own held-out share (``client/evaluate.py``);
+    replies (metrics only, no tensors) or why not, in request order."""
+
+    def evaluate_many(self, requests: Sequence[Request]) -> list[bytes | Exception]: ...
+
+
 class GlobalModel(Protocol):
     """The server's copy of the model: central evaluation and configurations' templates."""
 
@@ -109,6 +118,7 @@ __all__ = [
     "BatchedPool",
     "ClientPool",
     "DurationFn",
+    "EvaluatingPool",
     "FusingModel",
     "GlobalModel",
     "Observer",

@@ -31,7 +31,8 @@ PARTITIONS = "partitions.json"
 CHECKPOINT = "checkpoint"
 ADAPTER = "adapter"
 CLIENT_STATES = "clients"  # in-process runs: each client's kept state, clients/<id>/
-LOGS = (METRICS, CLIENTS, ALLOCATIONS)
+PERSONAL = "personal.jsonl"  # each client's personal evaluation, every evaluated round
+LOGS = (METRICS, CLIENTS, ALLOCATIONS, PERSONAL)
 
 __all__ = ["RunStore", "write_atomic", "write_json"]
 

@@ -20,6 +20,7 @@ from fedpeft.data import (
     RawSplit,
     Split,
     data_profile,
+    holdout,
     image_split,
     is_image_dataset,
     load_dataset,
@@ -70,6 +71,7 @@ class FederatedData:
     partitions: list[np.ndarray]
     profiles: list[DataProfile]
     proxy: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    tests: list[np.ndarray] = field(default_factory=list)  # each client's held-out share
 
 
 @dataclass
@@ -161,6 +163,7 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
     options, strategy, allocation, profiles), before anything loads or is written."""
     from fedpeft.allocation import make_allocation_config
     from fedpeft.profiling import load_profiles
+    from fedpeft.server.personal import check_personalization
     from fedpeft.server.strategy import strategy_from_config
 
     strategy_from_config(cfg.server, evaluate_proxy=lambda _: 0.0, groups=True)  # names only
@@ -176,6 +179,7 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
             "(e.g. 'fedavg')."
         )
     check_combinations(cfg)
+    check_personalization(cfg)
     return method
 
 
@@ -199,6 +203,12 @@ def check_combinations(cfg: ExperimentConfig) -> None:
             "`compression.bits_down` below 32 sends the global as a delta from the run's "
             "initial adapter, which allocated configurations and asynchronous servers do not "
             "share; set `compression.bits_down = 32` with allocation or `server.mode = 'async'`."
+        )
+    qa = cfg.model.task == "qa" or cfg.data.dataset == "squad"
+    if cfg.data.client_test_fraction > 0 and qa:
+        raise FedpeftError(
+            "`data.client_test_fraction` scores clients on held-out classification examples; "
+            "question answering is scored centrally only, so set it to 0 with `model.task = 'qa'`."
         )
 
 
@@ -239,7 +249,8 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
     """Loads, tokenises and partitions the configured data (no model weights are loaded).
 
     When the aggregator needs a proxy set, ``server.proxy_size`` train examples (a seeded
-    draw) are held out for the server before the rest is partitioned among clients."""
+    draw) are held out for the server before the rest is partitioned among clients; each
+    client then holds out ``data.client_test_fraction`` of its partition (``holdout``)."""
     dataset = load_dataset(cfg.data, cfg.run.seed)
     spec = get_model_spec(cfg.model.name)
     if task_kind(cfg, spec) == "qa":
@@ -257,9 +268,11 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
         proxy = np.sort(rng.choice(pool, size=cfg.server.proxy_size, replace=False))
         pool = np.setdiff1d(pool, proxy)
     partitions = [pool[p] for p in partition_indices(train.labels[pool], cfg.data, cfg.run.seed)]
+    fraction = cfg.data.client_test_fraction
+    partitions, tests = holdout(train.labels, partitions, fraction, cfg.run.seed)
     lengths = train.lengths
     profiles = [data_profile(train.labels[p], lengths[p], dataset.num_labels) for p in partitions]
-    return FederatedData(spec, dataset, train, evaluation, partitions, profiles, proxy)
+    return FederatedData(spec, dataset, train, evaluation, partitions, profiles, proxy, tests)
 
 
 def splits_for(cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset) -> tuple[Split, Split]:

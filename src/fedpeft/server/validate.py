@@ -65,6 +65,21 @@ def validate_reply(
         raise RejectedUpdate(str(e)) from None
     state = {k: v for k, v in tensors.items() if k not in extras}
     sent_extras = {k: v for k, v in tensors.items() if k in extras}
+    check_binding(meta, instruction)
+    n = meta.get(META_NUM_EXAMPLES)
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        raise RejectedUpdate(f"num_examples must be a positive integer, got {n!r}")
+    if max_examples is not None and n > max_examples:
+        raise RejectedUpdate(f"num_examples {n} exceeds the {max_examples} the client reported")
+    check_tensors(state, reference)
+    check_tensors(sent_extras, extras)
+    _check_frozen(state, reference, instruction.freeze)
+    metrics = bounded_metrics(meta.get(META_METRICS))
+    return ClientUpdate(instruction.client_id, state, n, metrics, sent_extras)
+
+
+def check_binding(meta: dict[str, object], instruction: TrainInstruction) -> None:
+    """A reply must answer ``instruction``: its client, its round and its nonce."""
     if (
         meta.get(META_CLIENT_ID) != instruction.client_id
         or meta.get(META_ROUND) != instruction.round
@@ -76,16 +91,6 @@ def validate_reply(
         raise RejectedUpdate(
             "reply does not echo its instruction's nonce (a replayed or relabelled reply)"
         )
-    n = meta.get(META_NUM_EXAMPLES)
-    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-        raise RejectedUpdate(f"num_examples must be a positive integer, got {n!r}")
-    if max_examples is not None and n > max_examples:
-        raise RejectedUpdate(f"num_examples {n} exceeds the {max_examples} the client reported")
-    check_tensors(state, reference)
-    check_tensors(sent_extras, extras)
-    _check_frozen(state, reference, instruction.freeze)
-    metrics = _metrics(meta.get(META_METRICS))
-    return ClientUpdate(instruction.client_id, state, n, metrics, sent_extras)
 
 
 METRIC_LIMIT = 1e12  # |x| above this is not a loss, a time or a count: it is dropped
@@ -93,7 +98,7 @@ MAX_METRICS = 32  # a reply's metrics beyond this many (in sorted key order) are
 MAX_METRIC_KEY = 64  # characters
 
 
-def _metrics(raw: object) -> dict[str, float]:
+def bounded_metrics(raw: object) -> dict[str, float]:
     """Finite numeric metrics of plausible size only; anything else a client sends is
     dropped: non-numbers, NaN/Inf, ``|x| > METRIC_LIMIT`` (e.g. a train loss of 1e300 that
     would otherwise be logged and averaged), over-long keys, and keys past ``MAX_METRICS``."""

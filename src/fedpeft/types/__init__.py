@@ -41,6 +41,7 @@ class TrainInstruction:
     compression_down: str = ""  # the payload's scheme ("": the plain codec; issue 15)
     run_id: str = ""  # the run this round belongs to (clients keep their states per run)
     privacy: str = ""  # the client's DP (privacy.ClientDp as JSON; "": none)
+    personal: str = ""  # what the client keeps local: a PersonalPlan as JSON ("" = nothing)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@
   and its measured resource profile, from which the server allocates.
 * ``train``: the global adapter and the instruction come in; the reply is exactly what
   ``LocalClientPool.fit`` (→ ``fedpeft.client.handle_fit``) returns, as Flower records.
+* ``evaluate``: the same, but the client scores its models on its own held-out share
+  (``fedpeft.client.evaluate``); the reply carries metrics only. Personal modules and every
+  other kept state live in the node's own state folder (``process.client_state_dir``).
 
 The work happens in this process (the simulation engine keeps its worker processes, so
 the model loads once each), or — when the node config names a ``host-socket`` — in the
@@ -45,6 +48,10 @@ def make_client_app(config_toml: str | None = None) -> ClientApp:
     @client.train()
     def _train(msg: Message, context: Context) -> Message:
         return train(msg, context, config_toml)
+
+    @client.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return train(msg, context, config_toml, evaluate=True)
 
     return client
 
@@ -106,8 +113,11 @@ def hello(msg: Message, context: Context, config_toml: str | None = None) -> Mes
     return Message(content, reply_to=msg)
 
 
-def train(msg: Message, context: Context, config_toml: str | None = None) -> Message:
-    """One round of local training, by fedpeft's own client code."""
+def train(
+    msg: Message, context: Context, config_toml: str | None = None, *, evaluate: bool = False
+) -> Message:
+    """One round of local training, by fedpeft's own client code; with ``evaluate``, the
+    client's models scored on its own held-out share instead (metrics only)."""
     me = _setup(context, config_toml)
     record = msg.content.config_records.get(keys.INSTRUCTION)
     if record is None:
@@ -119,12 +129,13 @@ def train(msg: Message, context: Context, config_toml: str | None = None) -> Mes
         )
     payload = content_to_payload(msg.content)
     if me.host is None:
-        reply, info = fit_reply(me.text, instruction, payload, me.own)
+        reply, info = fit_reply(me.text, instruction, payload, me.own, evaluate=evaluate)
     else:
         from fedpeft.runtime.flower.host import request
 
         fields = instruction_fields(instruction)
-        header = {"op": "fit", "config": me.text, "instruction": fields, "own": me.own}
+        op = "evaluate" if evaluate else "fit"
+        header = {"op": op, "config": me.text, "instruction": fields, "own": me.own}
         info, reply = request(me.host, header, payload)
     content = payload_to_content(reply)
     content[keys.HELLO] = ConfigRecord(

@@ -70,9 +70,10 @@ def handle(header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], byte
         partition = int(header["partition"])
         info = hello_info(text, partition, header["upload"], header["download"], own)
         return {"ok": True, **info}, b""
-    if header.get("op") == "fit":
+    if header.get("op") in ("fit", "evaluate"):
         instruction = instruction_from_fields(dict(header["instruction"]))
-        reply, info = fit_reply(text, instruction, payload, own)
+        evaluate = header["op"] == "evaluate"
+        reply, info = fit_reply(text, instruction, payload, own, evaluate=evaluate)
         return {"ok": True, **info}, reply
     raise ValueError(f"unknown op {header.get('op')!r}")
 

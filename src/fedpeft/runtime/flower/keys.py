@@ -45,6 +45,7 @@ NODE_LABEL_COLUMN = "label-column"  # … its label column (default: data.label_
 # ---- message types -----------------------------------------------------------------------
 TRAIN = "train"  # flwr.app.MessageType.TRAIN
 QUERY = "query"  # flwr.app.MessageType.QUERY
+EVALUATE = "evaluate"  # flwr.app.MessageType.EVALUATE: a client scores itself on its own data
 
 DEFAULT_BANDWIDTH = "20 Mbps"
 DEFAULT_ROUND_TIMEOUT_S = 600.0

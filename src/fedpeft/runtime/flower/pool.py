@@ -39,7 +39,7 @@ from fedpeft.runtime.flower.codec import (
     payload_to_content,
 )
 from fedpeft.runtime.flower.runconfig import WeightPolicy
-from fedpeft.server.protocols import BatchedPool, ClientPool, ProfiledPool
+from fedpeft.server.protocols import BatchedPool, ClientPool, EvaluatingPool, ProfiledPool
 from fedpeft.types import TrainInstruction
 
 log = logging.getLogger("fedpeft.runtime.flower")
@@ -213,6 +213,31 @@ class FlowerClientPool:
         self, requests: Sequence[tuple[TrainInstruction, bytes]]
     ) -> list[bytes | Exception]:
         """All of a round's messages at once; replies (or why not) in request order."""
+        results = self._send(requests, keys.TRAIN)
+        ok = sum(isinstance(r, bytes) for r in results)
+        if requests and ok < self.min_clients:
+            raise FedpeftError(
+                f"round {requests[0][0].round}: only {ok} of {len(requests)} clients replied, "
+                f"fewer than server.min_clients={self.min_clients}; resume the run once "
+                "enough SuperNodes are up."
+            )
+        return results
+
+    def evaluate_many(
+        self, requests: Sequence[tuple[TrainInstruction, bytes]]
+    ) -> list[bytes | Exception]:
+        """Every client scores its models on its own held-out share (``evaluate`` messages);
+        a reply carries metrics only, so any tensor in it is refused before decoding."""
+        return self._send(requests, keys.EVALUATE, expect_tensors=False)
+
+    def _send(
+        self,
+        requests: Sequence[tuple[TrainInstruction, bytes]],
+        kind: str,
+        expect_tensors: bool = True,
+    ) -> list[bytes | Exception]:
+        """One message per request, all at once; replies (or why not) in request order, each
+        checked against the layout of what was sent (or an empty one)."""
         contents: dict[int, RecordDict] = {}  # one decoded payload per distinct bytes object
         layouts: dict[int, Layout] = {}  # … and the layout a reply to it must have
         results: list[bytes | Exception] = []
@@ -223,9 +248,10 @@ class FlowerClientPool:
                 results.append(LookupError(f"client {ins.client_id} never connected"))
                 continue
             shared = contents.setdefault(id(payload), payload_to_content(payload))
-            layouts.setdefault(id(payload), self._served_layout(ins, payload))
+            served = self._served_layout(ins, payload) if expect_tensors else {}
+            layouts.setdefault(id(payload), served)
             content = RecordDict({**shared, keys.INSTRUCTION: instruction_to_record(ins)})
-            messages[i] = self._message(content, keys.TRAIN, info.node_id, str(ins.round))
+            messages[i] = self._message(content, kind, info.node_id, str(ins.round))
             results.append(TimeoutError(f"no reply within {self.round_timeout_s:.0f} s"))
         self.wire.down += sum(message_bytes(m) for m in messages.values())
         replies = self._exchange(list(messages.values()), self.round_timeout_s)
@@ -233,15 +259,10 @@ class FlowerClientPool:
         for mid, reply in replies.items():
             i = by_id[mid]
             ins, sent = requests[i]
-            scheme = CompressionScheme.from_json(ins.compression) if ins.compression else None
-            results[i] = self._payload(reply, ins, reply_layout(layouts[id(sent)], scheme))
-        ok = sum(isinstance(r, bytes) for r in results)
-        if requests and ok < self.min_clients:
-            raise FedpeftError(
-                f"round {requests[0][0].round}: only {ok} of {len(requests)} clients replied, "
-                f"fewer than server.min_clients={self.min_clients}; resume the run once "
-                "enough SuperNodes are up."
-            )
+            layout = layouts[id(sent)]
+            if expect_tensors and ins.compression:  # the packed message's tensors
+                layout = reply_layout(layout, CompressionScheme.from_json(ins.compression))
+            results[i] = self._payload(reply, ins, layout)
         return results
 
     def _served_layout(self, ins: TrainInstruction, payload: bytes) -> Layout:
@@ -307,6 +328,8 @@ class FlowerClientPool:
         return replies
 
 
-def _conforms(pool: FlowerClientPool) -> tuple[ClientPool, BatchedPool, ProfiledPool]:
+def _conforms(
+    pool: FlowerClientPool,
+) -> tuple[ClientPool, BatchedPool, ProfiledPool, EvaluatingPool]:
     """Never called: mypy checks here that this runtime offers every capability it claims."""
-    return pool, pool, pool
+    return pool, pool, pool, pool

@@ -138,12 +138,15 @@ def hello_info(
 
 
 def fit_reply(
-    text: str, ins: TrainInstruction, payload: bytes, own: bool = False
+    text: str, ins: TrainInstruction, payload: bytes, own: bool = False, evaluate: bool = False
 ) -> tuple[bytes, dict[str, Any]]:
-    """One round of local training; (reply bytes, process stats). A node with its own data
-    trains its file (the config's partition 0) for the instruction's client id."""
+    """One round of local training (``evaluate``: the client's models scored on its
+    held-out share); (reply bytes, process stats). A node with its own data trains its file
+    (the config's partition 0) for the instruction's client id."""
     proc = client_process(text)
-    if not own:
+    if evaluate:
+        reply = proc.pool.evaluate_on(_index(proc, ins.client_id, own), payload, ins)
+    elif not own:
         reply = proc.pool.fit(ins, payload)
     else:
         from fedpeft.client import ClientData

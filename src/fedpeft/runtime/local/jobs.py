@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fedpeft.client import ClientData, ClientState, FitResult, handle_fit
+from fedpeft.client.personal import PersonalKit
 from fedpeft.compression import decode, encode
 from fedpeft.peft import set_adapter_state
 from fedpeft.runtime.local.workers import Meta, instruction_from_json, instruction_json
@@ -63,11 +64,20 @@ def logits_from_bytes(raw: bytes, rows: int) -> torch.Tensor:
     return torch.from_numpy(values.copy()).reshape(rows, -1)
 
 
+def personal_kit(task: Task) -> PersonalKit:
+    """What personalisation builds once in a process over the task's shared base."""
+    return PersonalKit(
+        task.base, task.cfg.peft.method, task.method, task.arch, task.cfg.run.seed,
+        task.device, task.data.spec.hub_id,
+    )  # fmt: skip
+
+
 class WorkerJobs:
     """The handler every worker runs: the task it was forked with does the work."""
 
     def __init__(self, task: Task) -> None:
         self.task = task
+        self._kit: PersonalKit | None = None
 
     def handle(self, meta: Meta, payload: bytes) -> bytes:
         if meta.get("kind") == FIT:
@@ -83,7 +93,9 @@ class WorkerJobs:
         model = task.model_for(ins.method, ins.options)
         data = ClientData(task.data.train, task.data.partitions[cid])
         initial = task.initial if ins.compression_down else None
-        return handle_fit(model, payload, ins, data, task.device, kept, initial)
+        if self._kit is None:
+            self._kit = personal_kit(task)
+        return handle_fit(model, payload, ins, data, task.device, kept, initial, self._kit)
 
     def eval(self, meta: Meta, payload: bytes) -> bytes:
         t = self.task

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from fedpeft.allocation import Workload, client_workload, make_allocation_config
 from fedpeft.client import ClientData, ClientState, ClientStateStore, FitResult, handle_fit
+from fedpeft.client.evaluate import handle_evaluate
+from fedpeft.client.personal import PersonalKit
 from fedpeft.data import DataProfile, ImageSplit, TokenizedSplit
 from fedpeft.errors import ClientSkipped
 from fedpeft.peft import get_adapter_state, parse_method_ref, set_adapter_state
@@ -25,6 +28,7 @@ from fedpeft.runtime.local.jobs import (
     fit_request,
     fit_result,
     logits_from_bytes,
+    personal_kit,
 )
 from fedpeft.runtime.local.threads import ThreadPlan
 from fedpeft.runtime.local.workers import ForkedWorkers
@@ -39,6 +43,7 @@ from fedpeft.server.protocols import (
     BatchedPool,
     ClientPool,
     DurationFn,
+    EvaluatingPool,
     FusingModel,
     GlobalModel,
     ProfiledPool,
@@ -77,6 +82,14 @@ class LocalClientPool:
         sim = cfg.simulation
         self.sim = DeviceSim(cfg.run.seed, deadline, sim.availability, sim.thread_cap)
         self._sim_seconds: dict[tuple[int, int], float] = {}
+        self._kit: PersonalKit | None = None
+
+    @property
+    def kit(self) -> PersonalKit:
+        """What personalisation builds once in this process (``client/personal.py``)."""
+        if self._kit is None:
+            self._kit = personal_kit(self.task)
+        return self._kit
 
     def num_examples(self, client_id: int) -> int | None:
         return len(self.task.data.partitions[client_id])
@@ -115,7 +128,7 @@ class LocalClientPool:
         and saved after."""
         kept = self.states.load(ins.client_id, ins.round, ins.run_id)
         initial = self.task.initial if ins.compression_down else None
-        result = handle_fit(model, payload, ins, data, self.task.device, kept, initial)
+        result = handle_fit(model, payload, ins, data, self.task.device, kept, initial, self.kit)
         return self.keep(ins, result)
 
     def keep(self, instruction: TrainInstruction, result: FitResult) -> bytes:
@@ -124,6 +137,38 @@ class LocalClientPool:
             self.states.save(
                 instruction.client_id, instruction.round, result.state, instruction.run_id
             )
+        return result.reply
+
+    def evaluate_many(
+        self, requests: Sequence[tuple[TrainInstruction, bytes]]
+    ) -> list[bytes | Exception]:
+        """Each client scores its models on its held-out share (``client/evaluate.py``)."""
+        out: list[bytes | Exception] = []
+        for ins, payload in requests:
+            try:
+                out.append(self.evaluate_on(ins.client_id, payload, ins))
+            except Exception as e:  # noqa: BLE001 - one failing client must not stop the rest
+                out.append(e)
+        return out
+
+    def evaluate_on(self, index: int, payload: bytes, ins: TrainInstruction) -> bytes:
+        """``handle_evaluate`` on partition ``index`` with the client's kept state as of the
+        end of round ``ins.round``; its personal model is exported into
+        ``<states>/<client>/adapter/`` (the run's ``clients/<id>/adapter/`` in-process)."""
+        task, cid = self.task, ins.client_id
+        data = ClientData(task.data.train, task.data.partitions[index])
+        tests = task.data.tests
+        held = tests[index] if tests else np.zeros(0, dtype=np.int64)
+        model = task.model_for(ins.method, ins.options)
+        state = self.states.load(cid, ins.round + 1, ins.run_id)
+        kept = self.states.client_folder(cid, ins.run_id)
+        folder = kept / "adapter" if kept is not None else None
+        result = handle_evaluate(
+            model, payload, ins, data, ClientData(task.data.train, held), task.device, self.kit,
+            state, folder,
+        )  # fmt: skip
+        if result.state is not None:
+            self.states.save(cid, ins.round, result.state, ins.run_id)
         return result.reply
 
     def admit(self, instruction: TrainInstruction, down: int) -> None:
@@ -321,7 +366,14 @@ def device_durations(task: Task) -> DurationFn:
 def _conforms(
     pool: LocalClientPool, parallel: ParallelClientPool, model: LocalGlobalModel
 ) -> tuple[
-    ClientPool, ProfiledPool, SimulatedPool, BatchedPool, GlobalModel, ProxyModel, FusingModel
+    ClientPool,
+    ProfiledPool,
+    SimulatedPool,
+    BatchedPool,
+    EvaluatingPool,
+    GlobalModel,
+    ProxyModel,
+    FusingModel,
 ]:
     """Never called: mypy checks here that this runtime offers every capability it claims."""
-    return pool, pool, pool, parallel, model, model, model
+    return pool, pool, pool, parallel, pool, model, model, model

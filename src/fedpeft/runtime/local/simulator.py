@@ -36,6 +36,7 @@ from fedpeft.server import (
 )
 from fedpeft.server.export import export_adapter
 from fedpeft.server.groups import GroupBook
+from fedpeft.server.personal import personal_summary, read_personal
 from fedpeft.server.protocols import ClientPool
 from fedpeft.server.store import CLIENT_STATES, CONFIG, PARTITIONS, SUMMARY, write_atomic
 from fedpeft.server.summary import build_summary
@@ -121,6 +122,7 @@ def run_local(
             "peft": {"method": cfg.peft.method, **task.method.model_dump(mode="json")},
             "resumed_from_round": saved.round if saved is not None else None,
             **_privacy_summary(loop.state, rounds, loop.stopped),
+            "personal": personal_summary(read_personal(store.root)),
         },
     )
     store.write_json(SUMMARY, summary)
