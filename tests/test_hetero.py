@@ -153,13 +153,12 @@ def test_a_heterogeneous_run_resumes_to_the_same_adapters(tiny, tmp_path: Path) 
     cfg = tiny(*TIERED, tiers, "run.rounds=3")
     full = run_local(cfg)
 
-    class Stop:
+    from fedpeft.server import Observer
+
+    class Stop(Observer):
         def on_round_start(self, rnd, sampled):  # noqa: ANN001, ANN202
             if rnd == 3:
                 raise KeyboardInterrupt
-
-        def on_client_done(self, rnd, record): ...  # noqa: ANN001, ANN202
-        def on_round_end(self, record): ...  # noqa: ANN001, ANN202
 
     with pytest.raises(KeyboardInterrupt):
         run_local(cfg, observer=Stop())  # type: ignore[arg-type]
