@@ -2,6 +2,7 @@
 
 from fedpeft.config.allocation import (
     AllocationConfig,
+    BaselineConfig,
     CandidateConfig,
     CatalogueConfig,
     CostWeights,
@@ -14,6 +15,7 @@ from fedpeft.config.loading import (
     load_config,
     read_toml,
 )
+from fedpeft.config.profiles import ProfilesConfig, RelativeTier
 from fedpeft.config.schema import (
     ClientConfig,
     DataConfig,
@@ -21,7 +23,6 @@ from fedpeft.config.schema import (
     ExperimentConfig,
     ModelConfig,
     PeftConfig,
-    ProfilesConfig,
     RunConfig,
     ServerConfig,
     SimulationConfig,
@@ -29,6 +30,7 @@ from fedpeft.config.schema import (
 
 __all__ = [
     "AllocationConfig",
+    "BaselineConfig",
     "CandidateConfig",
     "CatalogueConfig",
     "CostWeights",
@@ -41,6 +43,7 @@ __all__ = [
     "ModelConfig",
     "PeftConfig",
     "ProfilesConfig",
+    "RelativeTier",
     "RunConfig",
     "ServerConfig",
     "build_config",

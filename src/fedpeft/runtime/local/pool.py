@@ -12,12 +12,17 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from fedpeft.allocation import client_workload, make_allocation_config
+from fedpeft.allocation import (
+    client_workload,
+    federation_devices,
+    ignores_limits,
+    make_allocation_config,
+)
 from fedpeft.client import ClientData, handle_fit
 from fedpeft.data import DataProfile
 from fedpeft.errors import ClientSkipped
 from fedpeft.peft import get_adapter_state, parse_method_ref, set_adapter_state
-from fedpeft.profiling import ResourceProfile, declared_devices
+from fedpeft.profiling import ResourceProfile
 from fedpeft.runtime.local.devices import DeviceSim, thread_cap
 from fedpeft.server.evaluate import evaluate_model
 from fedpeft.server.protocols import (
@@ -36,22 +41,25 @@ from fedpeft.types import AdapterState, ClientStatus, TrainInstruction
 class LocalClientPool:
     """Clients as (partition indices, shared model): bytes in, bytes out.
 
-    With ``simulation.devices = true`` each client trains within its declared device:
-    availability, memory, deadline and thread cap (see ``devices.py``); a client that does
-    not train raises ``ClientSkipped`` and ``sim_seconds`` reports the simulated time of
-    those that did.
+    With ``simulation.devices = true`` each client trains within its device (declared, or
+    sized to the model: ``[profiles] scale``): availability, memory, deadline and thread cap
+    (see ``devices.py``) for the local steps its instruction names; a client that does not
+    train raises ``ClientSkipped`` and ``sim_seconds`` reports the simulated time of those
+    that did. A policy that ignores the limits (``unconstrained``) is not held to memory
+    or the deadline.
     """
 
     def __init__(self, task: Task, devices: list[ResourceProfile] | None = None) -> None:
         self.task = task
-        cfg, p = task.cfg, task.cfg.profiles
-        self.devices = devices or declared_devices(
-            cfg.data.num_clients, p.mix, cfg.run.seed, p.file
-        )
+        cfg = task.cfg
+        self.devices = devices or federation_devices(cfg, task.arch, task.data.profiles)
         self.simulate = cfg.simulation.devices
-        deadline = make_allocation_config(cfg.allocation).deadline_s
+        alloc = make_allocation_config(cfg.allocation)
+        limits = not (alloc.enabled and ignores_limits(alloc.policy))
         sim = cfg.simulation
-        self.sim = DeviceSim(cfg.run.seed, deadline, sim.availability, sim.thread_cap)
+        self.sim = DeviceSim(
+            cfg.run.seed, alloc.deadline_s, sim.availability, sim.thread_cap, limits=limits
+        )
         self._sim_seconds: dict[tuple[int, int], float] = {}
 
     def num_examples(self, client_id: int) -> int | None:
@@ -74,13 +82,12 @@ class LocalClientPool:
             return handle_fit(model, payload, instruction, data, task.device)
         profile = self.devices[cid]
         spec = parse_method_ref(instruction.method, instruction.options, task.ref).spec
-        c = task.cfg.client
         work = client_workload(
             task.data.profiles[cid],
             instruction.batch_size,
             task.cfg.model.max_length,
-            c.epochs,
-            c.steps,
+            instruction.epochs,
+            instruction.steps,
         )
         if not self.sim.online(profile, instruction.round, cid):
             raise ClientSkipped(ClientStatus.OFFLINE, f"the {profile.tier} device is not available")
@@ -159,8 +166,8 @@ def device_durations(task: Task) -> DurationFn:
     """The asynchronous clock's durations: each client's simulated round trip on its declared
     device (``devices.py``: the cost model's compute time at its FLOP/s plus the payloads
     over its bandwidth), whether or not ``simulation.devices`` also caps threads and drops."""
-    cfg, p = task.cfg, task.cfg.profiles
-    devices = declared_devices(cfg.data.num_clients, p.mix, cfg.run.seed, p.file)
+    cfg = task.cfg
+    devices = federation_devices(cfg, task.arch, task.data.profiles)
     sim = DeviceSim(cfg.run.seed, make_allocation_config(cfg.allocation).deadline_s)
     c = cfg.client
 
