@@ -147,13 +147,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--policies", nargs="+", default=None)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], help="extra overrides for every run")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--plot", action="store_true", help="only redraw the PNG from --out")
     args = ap.parse_args()
     blocks, setting = SETTINGS[args.setting]
     variants = policies(blocks)
     chosen = args.policies or list(variants)
-    base = [*COMMON, *setting, *SPLITS[args.split]]
+    base = [*COMMON, *setting, *SPLITS[args.split], *args.set]
     record: dict[str, Any] = {"setting": args.setting, "split": args.split, "base": base}
     if args.out.exists():
         record = json.loads(args.out.read_text())

@@ -85,9 +85,11 @@ class GainConfig(Section):
         0.3, gt=0.0, le=1.0, description="λ: rate of the running mean ḡ that gains are centred on"
     )
     depth_exponent: float = Field(
-        0.5, ge=0.0, description="a: capacity κ = coverage^a · rank factor^b"
+        0.05, ge=0.0, description="a: capacity κ = coverage^a · rank factor^b (measured)"
     )
-    rank_exponent: float = Field(0.25, ge=0.0, description="b: capacity κ = coverage^a · ρ^b")
+    rank_exponent: float = Field(
+        0.01, ge=0.0, description="b: capacity κ = coverage^a · ρ^b (measured)"
+    )
     work_exponent: float = Field(
         0.5, ge=0.0, description="w: a client doing a share s of its steps gains s^w"
     )

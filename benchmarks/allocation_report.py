@@ -1,0 +1,113 @@
+"""Tables for BENCHMARKS.md from ``allocation_study.py``'s JSON files.
+
+Per policy: final accuracy (mean ± sample std over seeds), the simulated time to the target
+(the first round at or above it; mean over the seeds that reached it), participation per
+tier (client-rounds trained / sampled, all seeds), MB sent up per run, and the local steps
+trained. The target of a setting and split is 95 % of the best policy's mean final
+accuracy, rounded down to 0.01, so every row is timed to the same bar.
+
+    python benchmarks/allocation_report.py benchmarks/results/allocation_study_*.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+TIERS = ("high", "mid", "low")
+
+
+def finals(seeds: dict[str, Any]) -> list[float]:
+    return [r["accuracy"][-1] for r in seeds.values() if "accuracy" in r]
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def target_of(record: dict[str, Any]) -> float:
+    best = max(statistics.mean(f) for s in record["runs"].values() if (f := finals(s)))
+    return math.floor(0.95 * best * 100) / 100
+
+
+def time_to(run: dict[str, Any], target: float) -> float | None:
+    pairs = zip(run["accuracy"], run["sim_clock_s"], strict=True)
+    return next((t for a, t in pairs if a >= target), None)
+
+
+def participation(seeds: dict[str, Any]) -> str:
+    cells = []
+    for tier in TIERS:
+        ok = sum(
+            r["participation"].get(tier, {}).get("ok", 0)
+            for r in seeds.values()
+            if "participation" in r
+        )
+        n = sum(
+            r["participation"].get(tier, {}).get("sampled", 0)
+            for r in seeds.values()
+            if "participation" in r
+        )
+        cells.append(f"{ok}/{n}")
+    return " · ".join(cells)
+
+
+def row(policy: str, seeds: dict[str, Any], target: float) -> list[str]:
+    runs = [r for r in seeds.values() if "accuracy" in r]
+    times = [t for r in runs if (t := time_to(r, target)) is not None]
+    reached = (
+        f"{statistics.mean(times):.0f} s ({len(times)}/{len(runs)})"
+        if times
+        else f"— (0/{len(runs)})"
+    )
+    clock = statistics.mean(r["sim_clock_s"][-1] for r in runs)
+    mb = statistics.mean(r["bytes_up"] for r in runs) / 1e6
+    steps = statistics.mean(r["local_steps"] for r in runs)
+    return [
+        f"`{policy}`",
+        mean_std(finals(seeds)),
+        reached,
+        f"{clock:.0f} s",
+        participation(seeds),
+        f"{mb:.1f}",
+        f"{steps:.0f}",
+    ]
+
+
+def table(record: dict[str, Any]) -> str:
+    target = target_of(record)
+    head = [
+        "policy",
+        "final accuracy (mean ± std)",
+        f"sim. time to {target:.2f} (seeds)",
+        "sim. time, all rounds",
+        "trained / sampled: high · mid · low",
+        "MB up",
+        "local steps",
+    ]
+    order = sorted(record["runs"], key=lambda p: -statistics.mean(finals(record["runs"][p]) or [0]))
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines += ["| " + " | ".join(row(p, record["runs"][p], target)) + " |" for p in order]
+    title = (
+        f"**{record['setting']}, {record['split']}** (seeds {', '.join(map(str, record['seeds']))})"
+    )
+    return title + "\n\n" + "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("files", type=Path, nargs="+")
+    args = ap.parse_args()
+    for path in args.files:
+        print(table(json.loads(path.read_text())) + "\n")
+
+
+if __name__ == "__main__":
+    main()
