@@ -238,6 +238,8 @@ def test_custom_catalogue(tiny: Architecture) -> None:
         ({"gain": {"prior": {"lora": 2.0}}}, r"`allocation.gain.prior`: every prior mean"),
         ({"catalogue": {"others": ["nope"]}}, r"`allocation.catalogue.others`"),
         ({"bits_up": 64}, r"`allocation.bits_up`"),
+        ({"enabled": 1}, r"`allocation.enabled`: Input should be a valid boolean, got 1"),
+        ({"bits_up": 8.0}, r"`allocation.bits_up`: Input should be a valid integer, got 8.0"),
     ],
 )
 def test_config_errors_name_the_field(raw: dict[str, Any], expected: str) -> None:

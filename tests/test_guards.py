@@ -91,9 +91,12 @@ def test_no_quorum_leaves_the_global_unchanged_and_says_so(tiny) -> None:
         assert torch.equal(result.state[key], value.cpu()), key
 
 
-def test_every_client_offline_runs_to_the_end(tiny) -> None:
+def test_every_client_offline_runs_to_the_end_and_reports(tiny) -> None:
+    from fedpeft.report import write_report
+
     result = run_local(tiny("run.rounds=2"), pool=_with("offline"))
     assert [r["accepted"] for r in result.rounds] == [0, 0]
     assert [r["quorum"] for r in result.rounds] == [False, False]
     clients = _lines(result.run_dir / "clients.jsonl")
     assert all(c["status"] == "offline" and c["bytes_down"] == 0 for c in clients)
+    assert write_report(result.run_dir).is_file()

@@ -58,7 +58,8 @@ def test_two_clients_two_rounds_writes_the_run_folder(tiny) -> None:
     summary = json.loads((root / "summary.json").read_text())
     assert summary["rounds_completed"] == 2
     assert summary["bytes_up_total"] == sum(c["bytes_up"] for c in clients)
-    assert 0 <= summary["final_accuracy"] <= 1
+    assert summary["final_accuracy"] == rounds[-1]["eval"]["accuracy"]
+    assert summary["best_accuracy"] == max(r["eval"]["accuracy"] for r in rounds)
 
 
 def test_training_changes_the_adapter_and_only_adapter_keys_travel(tiny) -> None:
@@ -104,7 +105,7 @@ def test_bad_update_is_rejected_and_the_round_goes_on(tiny, monkeypatch, mode: s
     import fedpeft.runtime.local.simulator as sim
 
     real = sim.LocalClientPool
-    monkeypatch.setattr(sim, "LocalClientPool", lambda task: _BadPool(real(task), mode))
+    monkeypatch.setattr(sim, "LocalClientPool", lambda task, **kw: _BadPool(real(task, **kw), mode))
     result = run_local(tiny())
     clients = _lines(result.run_dir / "clients.jsonl")
     bad = [c for c in clients if c["client_id"] == 1]
@@ -119,7 +120,7 @@ def test_unparseable_metrics_are_dropped_and_bytes_still_counted(tiny, monkeypat
 
     real = sim.LocalClientPool
     monkeypatch.setattr(
-        sim, "LocalClientPool", lambda task: _BadPool(real(task), "overflowing_metric")
+        sim, "LocalClientPool", lambda task, **kw: _BadPool(real(task, **kw), "overflowing_metric")
     )
     result = run_local(tiny("run.rounds=1"))
     client1 = next(c for c in _lines(result.run_dir / "clients.jsonl") if c["client_id"] == 1)

@@ -81,6 +81,10 @@ def run(
         from fedpeft.server.task import check_names
 
         check_names(cfg)  # every section valid before anything is shown or loaded
+        if resume is None:
+            from fedpeft.config.paths import check_output_dir
+
+            check_output_dir(cfg.run.output_dir)
 
         first = _first_round(resume)
         console.print(
@@ -96,15 +100,19 @@ def run(
             err_console.print("interrupted; continue with `fedpeft run --resume <run folder>`.")
             raise typer.Exit(130) from None
     from fedpeft.report import write_report
+    from fedpeft.report.fmt import num, scaled, share_of_full_model
 
-    write_report(result.run_dir)
+    with user_errors():
+        write_report(result.run_dir)
     console.print(rounds_table(result.rounds))
     s = result.summary
     console.print(
-        f"final accuracy {s['final_accuracy']:.4f} · macro-F1 {s['final_macro_f1']:.4f} · "
-        f"{s['bytes_up_per_client_round'] / 1e3:.1f} kB up per client per round "
-        f"(1/{1 / s['up_fraction_of_full_model']:.0f} of the full model) · "
-        f"{s['wall_time_s']:.0f} s · peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB",
+        f"final accuracy {num(s.get('final_accuracy'))} · "
+        f"macro-F1 {num(s.get('final_macro_f1'))} · "
+        f"{scaled(s.get('bytes_up_per_client_round'), 1e3, '.1f')} kB up per client per round "
+        f"({share_of_full_model(s.get('up_fraction_of_full_model'))} of the full model) · "
+        f"{num(s.get('wall_time_s'), '.0f')} s · "
+        f"peak RSS {scaled(s.get('peak_rss_bytes'), 2**20, '.0f')} MiB",
         highlight=False,
     )
     console.print(f"results: {result.run_dir}  (adapter: {result.run_dir / 'adapter'})")
@@ -143,8 +151,8 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, runs/<run
     """(Re)write a run's report.md and plots/*.png from its logs."""
     _setup_logging(False)
     with user_errors():
-        if not (run_dir / "summary.json").is_file():
-            raise FedpeftError(f"{run_dir} has no summary.json; is it a finished fedpeft run?")
+        if not run_dir.is_dir():
+            raise FedpeftError(f"{run_dir} is not a folder; pass a run folder, runs/<run-id>.")
         from fedpeft.report import write_report
 
         Console().print(f"wrote {write_report(run_dir)}")

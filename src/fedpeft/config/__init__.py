@@ -18,6 +18,7 @@ from fedpeft.config.loading import (
 from fedpeft.config.profiles import ProfilesConfig, RelativeTier
 from fedpeft.config.schema import (
     ClientConfig,
+    CompressionConfig,
     DataConfig,
     EvalConfig,
     ExperimentConfig,
@@ -36,6 +37,7 @@ __all__ = [
     "CostWeights",
     "GainConfig",
     "ClientConfig",
+    "CompressionConfig",
     "DataConfig",
     "EvalConfig",
     "SimulationConfig",

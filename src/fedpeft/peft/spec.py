@@ -31,7 +31,7 @@ BOTH_TASKS: frozenset[Task] = frozenset({"classify", "instruct"})
 class MethodSpec(BaseModel):
     """Base class of every method's options; subclasses add validated fields and facts."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     kind: ClassVar[Kind] = "additive"
     description: ClassVar[str] = ""

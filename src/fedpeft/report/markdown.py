@@ -1,4 +1,7 @@
-"""A run folder → ``report.md``: settings, per-round table, summary figures."""
+"""A run folder → ``report.md``: settings, per-round table, summary figures.
+
+Every figure is optional: a run whose rounds accepted no update (or that has no round at
+all) still gets a report, with ``—`` where there is nothing to show."""
 
 from __future__ import annotations
 
@@ -6,38 +9,83 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedpeft.errors import FedpeftError
+from fedpeft.report.fmt import clients_text, eval_of, num, scaled, share_of_full_model
 
-def _rounds(run_dir: Path) -> list[dict[str, Any]]:
+
+def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
+    """``metrics.jsonl`` as a list of round records ([] when there is none yet)."""
     path = run_dir / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    if not path.is_file():
+        return []
+    rounds = []
+    for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise FedpeftError(
+                f"{path}, line {i + 1} is not valid JSON; the run's logs are damaged."
+            ) from None
+        if not isinstance(record, dict):
+            raise FedpeftError(f"{path}, line {i + 1} is not a round record (a JSON object).")
+        rounds.append(record)
+    return rounds
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FedpeftError(
+            f"{run_dir} has no summary.json; is it a finished fedpeft run?"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise FedpeftError(f"{path} is not valid JSON; the run folder is damaged.") from None
+    if not isinstance(summary, dict):
+        raise FedpeftError(f"{path} is not a JSON object; the run folder is damaged.")
+    return summary
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The headline figures of a run, each safe when the figure is missing."""
+    s = summary
+    return [
+        f"- final accuracy **{num(s.get('final_accuracy'))}**, macro-F1 "
+        f"{num(s.get('final_macro_f1'))} after {s.get('rounds_completed', 0)} rounds",
+        f"- bytes up per client per round: {num(s.get('bytes_up_per_client_round'), ',.0f')} "
+        f"({share_of_full_model(s.get('up_fraction_of_full_model'))} of the full model's "
+        f"{num(s.get('full_model_bytes'), ',')} bytes)",
+        f"- wall time {num(s.get('wall_time_s'), '.1f')} s · peak RSS "
+        f"{scaled(s.get('peak_rss_bytes'), 2**20, '.0f')} MiB",
+    ]
 
 
 def render_report(run_dir: Path, plots: list[Path]) -> str:
-    rounds = _rounds(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    rounds = read_rounds(run_dir)
+    summary = read_summary(run_dir)
     lines = [
         f"# fedpeft run `{run_dir.name}`",
         "",
         f"- model: {summary.get('model')} · dataset: {summary.get('dataset')} · "
         f"clients: {summary.get('num_clients')}",
-        f"- final accuracy **{summary['final_accuracy']:.4f}**, macro-F1 "
-        f"{summary['final_macro_f1']:.4f} after {summary['rounds_completed']} rounds",
-        f"- bytes up per client per round: {summary['bytes_up_per_client_round']:,.0f} "
-        f"(1/{1 / summary['up_fraction_of_full_model']:.0f} of the full model's "
-        f"{summary['full_model_bytes']:,} bytes)",
-        f"- wall time {summary['wall_time_s']:.1f} s · peak RSS "
-        f"{summary['peak_rss_bytes'] / 2**20:.0f} MiB",
+        *summary_lines(summary),
         "",
         "| round | accuracy | macro-F1 | eval loss | train loss | clients ok | MB up | s |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rounds:
-        e = r["eval"]
+        e = eval_of(r)
+        train_loss = r.get("train_loss") if r.get("accepted") else None  # no update: no loss
         lines.append(
-            f"| {r['round']} | {e['accuracy']:.4f} | {e['macro_f1']:.4f} | {e['loss']:.4f} | "
-            f"{r['train_loss']:.4f} | {r['accepted']}/{len(r['sampled'])} | "
-            f"{r['bytes_up'] / 1e6:.2f} | {r['wall_time_s']:.1f} |"
+            f"| {r.get('round')} | {num(e.get('accuracy'))} | {num(e.get('macro_f1'))} | "
+            f"{num(e.get('loss'))} | {num(train_loss)} | {clients_text(r)} | "
+            f"{scaled(r.get('bytes_up'), 1e6)} | {num(r.get('wall_time_s'), '.1f')} |"
         )
+    if not rounds:
+        lines.append("| (no completed round) | | | | | | | |")
     lines.append("")
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
     return "\n".join(lines) + "\n"
@@ -47,7 +95,8 @@ def write_report(run_dir: Path) -> Path:
     """Writes ``plots/*.png`` (when matplotlib is installed) and ``report.md``."""
     from fedpeft.report.plots import plot_run
 
-    plots = plot_run(run_dir, _rounds(run_dir))
+    read_summary(run_dir)  # a damaged summary is refused before anything is written
+    plots = plot_run(run_dir, read_rounds(run_dir))
     out = run_dir / "report.md"
     out.write_text(render_report(run_dir, plots))
     return out

@@ -158,7 +158,9 @@ def _fill_slots(fed: Federation, strategy: Strategy, run: _Run, durations: Durat
             return
         cid = int(run.rng.choice(idle))
         run.dispatched += 1  # the instruction's "round" is the dispatch number: a fresh seed
-        ins = instruction_for(cfg, run.dispatched, cid, strategy.client_freeze)
+        ins = instruction_for(
+            cfg, run.dispatched, cid, strategy.client_freeze, run_id=fed.store.root.name
+        )
         if run.down is None or run.down[0] != run.version:
             run.down = (run.version, encode(run.state.adapter, {"round": run.version}))
         sent = Sent(ins, run.down[1], run.state.adapter)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from fedpeft.compression import CodecError, decode, encode
 from fedpeft.errors import FedpeftError
-from fedpeft.server.files import remove_temporaries, write_atomic, write_json
+from fedpeft.files import remove_temporaries, write_atomic, write_json
 from fedpeft.server.state import STATE_FORMAT, ServerState
 from fedpeft.types import AdapterState
 

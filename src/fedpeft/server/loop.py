@@ -70,7 +70,12 @@ def run_round(
     s = cfg.server
     sampled = sample_clients(cfg.data.num_clients, s.fraction, s.min_clients, cfg.run.seed, rnd)
     fed.observer.on_round_start(rnd, sampled)
-    plan = plan_round(cfg, strategy, fed.pool, assigner, book, state, rnd, sampled)
+    plan = plan_round(
+        cfg, strategy, fed.pool, assigner, book, state, rnd, sampled, fed.store.root.name
+    )
+    if plan.bits:  # compression.bits_up = "adaptive": each client's width, explained
+        rows = [{"round": rnd, "client": c, "bits": b.to_json()} for c, b in plan.bits.items()]
+        fed.store.append_jsonl(ALLOCATIONS, rows)
     for r in plan.unassigned:
         fed.observer.on_client_done(rnd, r.record)
     done = lambda record: fed.observer.on_client_done(rnd, record)  # noqa: E731

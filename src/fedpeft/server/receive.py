@@ -13,7 +13,7 @@ import logging
 import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from fedpeft.errors import ClientSkipped
 from fedpeft.server.protocols import BatchedPool, ClientPool, SimulatedPool
@@ -33,6 +33,7 @@ class Sent:
     start: AdapterState
     config: str = ""  # the configuration's name (allocated runs)
     tier: str = ""  # its device's tier (runtimes that know devices)
+    extras: AdapterState = field(default_factory=dict)  # the x/… tensors the reply must carry
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ def receive(
         log.warning("%s failed: %s", where, reason)
         return Received(sent, client_record(sent, ClientStatus.FAILED, reason, down=down))
     try:
-        update = validate_reply(reply, sent.start, ins, pool.num_examples(ins.client_id))
+        n = pool.num_examples(ins.client_id)
+        update = validate_reply(reply, sent.start, ins, n, sent.extras)
         update, norm = clip_update(update, sent.start, clip_norm)
     except RejectedUpdate as e:
         log.warning("%s: update rejected: %s", where, e)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from fedpeft.errors import FedpeftError
+from fedpeft.files import remove_temporaries, write_atomic, write_json
 from fedpeft.server.checkpoint import Checkpoints
-from fedpeft.server.files import remove_temporaries, write_atomic, write_json
 from fedpeft.server.state import ServerState
 from fedpeft.types import RoundRecord
 
@@ -30,6 +30,7 @@ SUMMARY = "summary.json"
 PARTITIONS = "partitions.json"
 CHECKPOINT = "checkpoint"
 ADAPTER = "adapter"
+CLIENT_STATES = "clients"  # in-process runs: each client's kept state, clients/<id>/
 LOGS = (METRICS, CLIENTS, ALLOCATIONS)
 
 __all__ = ["RunStore", "write_atomic", "write_json"]

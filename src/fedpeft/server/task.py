@@ -29,6 +29,7 @@ from fedpeft.data import (
 from fedpeft.errors import FedpeftError
 from fedpeft.models import (
     ModelSpec,
+    check_available,
     get_model_spec,
     image_preprocess,
     is_vision_model,
@@ -130,12 +131,23 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
     method = parse_spec(cfg.peft.method, cfg.peft.options)
     check_pairing(cfg)
     check_task(cfg)
+    check_combinations(cfg)
     return method
+
+
+def check_combinations(cfg: ExperimentConfig) -> None:
+    """Options that each work but not together, refused before anything loads."""
+    if cfg.compression.bits_up == "adaptive" and cfg.server.mode == "async":
+        raise FedpeftError(
+            "`compression.bits_up = 'adaptive'` chooses bits against the synchronous round's "
+            "deadline; with `server.mode = 'async'` give a fixed width (32, 16, 8, 4 or 2)."
+        )
 
 
 def check_pairing(cfg: ExperimentConfig) -> None:
     """The model must take the dataset's modality and support the PEFT method."""
     spec = get_model_spec(cfg.model.name)
+    check_available(spec)  # a hub model on an offline machine fails here, in a second
     vision, images = is_vision_model(spec), is_image_dataset(cfg.data.dataset)
     if vision != images:
         takes, holds = ("images", "text") if vision else ("text", "images")

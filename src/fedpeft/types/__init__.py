@@ -29,6 +29,8 @@ class TrainInstruction:
     options: str = "{}"  # that method's options, canonical JSON (sorted keys)
     group: str = "global"  # the server-side group whose global adapter it starts from
     nonce: str = ""  # fresh per instruction; the reply must echo it (binds reply to instruction)
+    compression: str = ""  # the reply's CompressionScheme as JSON ("": the plain codec)
+    run_id: str = ""  # the run this round belongs to (clients keep their states per run)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class ClientUpdate:
     state: AdapterState
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    extras: AdapterState = field(default_factory=dict)  # sent beside the adapter (e.g. Δc_i)
 
 
 class ClientStatus(StrEnum):

@@ -18,7 +18,7 @@ from fedpeft.allocation import (
     ignores_limits,
     make_allocation_config,
 )
-from fedpeft.client import ClientData, handle_fit
+from fedpeft.client import ClientData, ClientStateStore, handle_fit
 from fedpeft.data import DataProfile
 from fedpeft.errors import ClientSkipped
 from fedpeft.peft import get_adapter_state, parse_method_ref, set_adapter_state
@@ -49,8 +49,14 @@ class LocalClientPool:
     or the deadline.
     """
 
-    def __init__(self, task: Task, devices: list[ResourceProfile] | None = None) -> None:
+    def __init__(
+        self,
+        task: Task,
+        devices: list[ResourceProfile] | None = None,
+        states: ClientStateStore | None = None,
+    ) -> None:
         self.task = task
+        self.states = states or ClientStateStore()  # what each client keeps between rounds
         cfg = task.cfg
         self.devices = devices or federation_devices(cfg, task.arch, task.data.profiles)
         self.simulate = cfg.simulation.devices
@@ -79,7 +85,7 @@ class LocalClientPool:
         model = task.model_for(instruction.method, instruction.options)
         data = ClientData(task.data.train, task.data.partitions[cid])
         if not self.simulate:
-            return handle_fit(model, payload, instruction, data, task.device)
+            return self.fit_on(model, payload, instruction, data)
         profile = self.devices[cid]
         spec = parse_method_ref(instruction.method, instruction.options, task.ref).spec
         work = client_workload(
@@ -97,10 +103,21 @@ class LocalClientPool:
                 self.sim.seconds(profile, task.arch, spec, work, len(payload), len(payload))
             )
         with thread_cap(profile.cores if self.sim.thread_cap else None):
-            reply = handle_fit(model, payload, instruction, data, task.device)
+            reply = self.fit_on(model, payload, instruction, data)
         seconds = self.sim.seconds(profile, task.arch, spec, work, len(payload), len(reply))
         self._sim_seconds[(instruction.round, cid)] = seconds
         return reply
+
+    def fit_on(
+        self, model: torch.nn.Module, payload: bytes, ins: TrainInstruction, data: ClientData
+    ) -> bytes:
+        """``handle_fit`` of ``model`` on ``data``, with the client's kept state loaded before
+        and saved after."""
+        state = self.states.load(ins.client_id, ins.round, ins.run_id)
+        result = handle_fit(model, payload, ins, data, self.task.device, state)
+        if result.state is not None:
+            self.states.save(ins.client_id, ins.round, result.state, ins.run_id)
+        return result.reply
 
 
 class LocalGlobalModel:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedpeft.client import ClientStateStore
 from fedpeft.config import ExperimentConfig, config_fingerprint, config_to_toml
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import get_adapter_state, parse_method_ref, save_adapter
@@ -29,7 +30,7 @@ from fedpeft.server import (
 from fedpeft.server.export import export_adapter
 from fedpeft.server.groups import GroupBook
 from fedpeft.server.protocols import ClientPool
-from fedpeft.server.store import CONFIG, PARTITIONS, SUMMARY, write_atomic
+from fedpeft.server.store import CLIENT_STATES, CONFIG, PARTITIONS, SUMMARY, write_atomic
 from fedpeft.server.summary import build_summary
 from fedpeft.server.task import Task, build_task, check_names, resolved
 from fedpeft.server.validate import RejectedUpdate, check_finite, check_tensors
@@ -77,9 +78,10 @@ def run_local(
     else:
         store.truncate_logs(state.round)
         write_atomic(store.root / CONFIG, resolved_toml.encode())
+    states = ClientStateStore(store.root / CLIENT_STATES)  # clients' own: never on the wire
     fed = Federation(
         cfg,
-        (pool or LocalClientPool)(task),
+        pool(task) if pool else LocalClientPool(task, states=states),
         LocalGlobalModel(task),
         store,
         task.arch,

@@ -1,4 +1,5 @@
-"""Crash-safe files: written whole or not at all, and no temporaries left behind."""
+"""Crash-safe files (run folders, checkpoints, client states): written whole or not at all,
+and no temporaries left behind."""
 
 from __future__ import annotations
 
