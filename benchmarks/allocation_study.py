@@ -38,13 +38,13 @@ COMMON = [
 SETTINGS: dict[str, tuple[int, list[str]]] = {  # name → (blocks, overrides)
     "minilm-sst2": (
         6,
-        ["data.dataset='sst2'", "model.max_length=48", "data.train_size=600"]
-        + ["data.eval_size=300", "run.rounds=5"],
+        ["data.dataset='sst2'", "model.max_length=48", "data.train_size=500"]
+        + ["data.eval_size=200", "run.rounds=4"],
     ),
     "minilm-agnews": (
         6,
-        ["data.dataset='ag_news'", "model.max_length=48", "data.train_size=600"]
-        + ["data.eval_size=300", "run.rounds=5"],
+        ["data.dataset='ag_news'", "model.max_length=48", "data.train_size=500"]
+        + ["data.eval_size=200", "run.rounds=4"],
     ),
     "smollm2-sst2": (
         30,
