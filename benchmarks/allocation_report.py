@@ -4,9 +4,11 @@ Per policy: final accuracy (mean ± sample std over seeds), the simulated time t
 (the first round at or above it; mean over the seeds that reached it), participation per
 tier (client-rounds trained / sampled, all seeds), MB sent up per run, and the local steps
 trained. The target of a setting and split is 95 % of the best policy's mean final
-accuracy, rounded down to 0.01, so every row is timed to the same bar.
+accuracy, rounded down to 0.01, so every row is timed to the same bar. Files of the same
+setting and split (e.g. seeds run as separate invocations) are merged first; ``--plot``
+writes one PNG per setting and split (accuracy against simulated time, mean over seeds).
 
-    python benchmarks/allocation_report.py benchmarks/results/allocation_study_*.json
+    python benchmarks/allocation_report.py benchmarks/results/allocation_study_*.json --plot
 """
 
 from __future__ import annotations
@@ -101,12 +103,31 @@ def table(record: dict[str, Any]) -> str:
     return title + "\n\n" + "\n".join(lines)
 
 
+def merged(paths: list[Path]) -> dict[tuple[str, str], dict[str, Any]]:
+    """One record per (setting, split): the union of the files' runs and seeds."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(paths):
+        record = json.loads(path.read_text())
+        key = (record["setting"], record["split"])
+        into = out.setdefault(key, {**record, "runs": {}, "seeds": []})
+        into["seeds"] = sorted(set(into["seeds"]) | set(record["seeds"]))
+        for policy, seeds in record["runs"].items():
+            into["runs"].setdefault(policy, {}).update(seeds)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("files", type=Path, nargs="+")
+    ap.add_argument("--plot", action="store_true", help="also write one PNG per setting")
     args = ap.parse_args()
-    for path in args.files:
-        print(table(json.loads(path.read_text())) + "\n")
+    for (setting, split), record in merged(args.files).items():
+        print(table(record) + "\n")
+        if args.plot:
+            from allocation_study import plot
+
+            record["target"] = target_of(record)
+            plot(record, args.files[0].parent / f"allocation_study_{setting}_{split}.png")
 
 
 if __name__ == "__main__":
