@@ -164,7 +164,11 @@ def main() -> None:
         plot(record, args.out.with_suffix(".png"))
         return
     lock = threading.Lock()
-    todo = [(p, s) for p in chosen for s in args.seeds if str(s) not in record["runs"].get(p, {})]
+
+    def done(policy: str, seed: int) -> bool:  # a run that failed is tried again
+        return "accuracy" in record["runs"].get(policy, {}).get(str(seed), {})
+
+    todo = [(p, s) for p in chosen for s in args.seeds if not done(p, s)]
     with tempfile.TemporaryDirectory() as tmp:
 
         def one(job: tuple[str, int]) -> None:
