@@ -30,8 +30,9 @@ def finals(seeds: dict[str, Any]) -> list[float]:
 def mean_std(values: list[float]) -> str:
     if not values:
         return "—"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+    if len(values) == 1:
+        return f"{values[0]:.3f} (1 seed)"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def target_of(record: dict[str, Any]) -> float:
@@ -57,7 +58,13 @@ def participation(seeds: dict[str, Any]) -> str:
             for r in seeds.values()
             if "participation" in r
         )
-        cells.append(f"{ok}/{n}")
+        other: dict[str, int] = {}  # why the rest did not train: offline, refused, ...
+        for r in seeds.values():
+            for status, k in r.get("participation", {}).get(tier, {}).items():
+                if status not in ("ok", "sampled"):
+                    other[status] = other.get(status, 0) + k
+        why = ", ".join(f"{k} {v}" for k, v in sorted(other.items()))
+        cells.append(f"{ok}/{n}" + (f" ({why})" if why else ""))
     return " · ".join(cells)
 
 
@@ -112,8 +119,10 @@ def merged(paths: list[Path]) -> dict[tuple[str, str], dict[str, Any]]:
         into = out.setdefault(key, {**record, "runs": {}, "seeds": []})
         into["seeds"] = sorted(set(into["seeds"]) | set(record["seeds"]))
         for policy, seeds in record["runs"].items():
-            into["runs"].setdefault(policy, {}).update(seeds)
-    return out
+            ok = {seed: r for seed, r in seeds.items() if "accuracy" in r}  # failed runs out
+            if ok:
+                into["runs"].setdefault(policy, {}).update(ok)
+    return {key: r for key, r in out.items() if r["runs"]}
 
 
 def main() -> None:
