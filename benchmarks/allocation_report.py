@@ -87,7 +87,17 @@ def row(policy: str, seeds: dict[str, Any], target: float) -> list[str]:
         participation(seeds),
         f"{mb:.1f}",
         f"{steps:.0f}",
+        trained(runs),
     ]
+
+
+def trained(runs: list[dict[str, Any]]) -> str:
+    """Configurations trained, client-rounds over all seeds, most first (``lora-`` dropped)."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        for name, k in r.get("configs", {}).items():
+            counts[name.removeprefix("lora-")] = counts.get(name.removeprefix("lora-"), 0) + k
+    return ", ".join(f"{n} ×{k}" for n, k in sorted(counts.items(), key=lambda x: -x[1]))
 
 
 def table(record: dict[str, Any]) -> str:
@@ -100,6 +110,7 @@ def table(record: dict[str, Any]) -> str:
         "trained / sampled: high · mid · low",
         "MB up",
         "local steps",
+        "configurations trained (client-rounds)",
     ]
     order = sorted(record["runs"], key=lambda p: -statistics.mean(finals(record["runs"][p]) or [0]))
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
