@@ -54,3 +54,29 @@ def test_bad_inputs_are_refused() -> None:
         normalise_work([(s, s, 0.0, 1.0)])
     with pytest.raises(ValueError, match="no start value for 'w'"):
         normalise_work([(s, {}, 1.0, 1.0)])
+
+
+def test_the_round_normalises_each_group_by_the_steps_its_clients_report() -> None:
+    """The loop's wiring: each accepted reply's ``steps`` metric is τ_i, its served start is
+    θ⁰_i, its example count n_i, and τ_eff is computed within its group only."""
+    from fedpeft.server.loop import _normalised
+    from fedpeft.server.receive import Received, Sent
+    from fedpeft.types import ClientRecord, ClientStatus, ClientUpdate, TrainInstruction
+
+    def reply(cid: int, group: str, start: float, end: float, steps: float, n: int):  # type: ignore[no-untyped-def]
+        ins = TrainInstruction(1, cid, 1, None, 8, 0.1, 0.0, 0.0, 0, group=group)
+        sent = Sent(ins, b"", {"w": torch.tensor([start])})
+        rec = ClientRecord(1, cid, ClientStatus.OK, "", n, 0, 0, {}, group)
+        update = ClientUpdate(cid, {"w": torch.tensor([end])}, n, {"steps": steps})
+        return Received(sent, rec, update)
+
+    got = {
+        0: reply(0, "lora", 0.0, 2.0, 2.0, 10),
+        1: reply(1, "lora", 0.0, 3.0, 6.0, 30),
+        2: reply(2, "head", 1.0, 2.0, 5.0, 7),  # alone in its group: unchanged
+    }
+    out = _normalised({c: r.update for c, r in got.items() if r.update}, got)
+    tau_eff = (10 * 2.0 + 30 * 6.0) / 40  # 5.0
+    assert out[0][0]["w"].item() == pytest.approx(tau_eff * 2.0 / 2.0)
+    assert out[1][0]["w"].item() == pytest.approx(tau_eff * 3.0 / 6.0)
+    assert out[2][0]["w"].item() == pytest.approx(2.0) and out[2][1] == 7.0
