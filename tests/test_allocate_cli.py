@@ -20,6 +20,8 @@ def test_allocate_prints_every_client_and_writes_explanations(tmp_path: Path) ->
         "data.partition='iid'",
         "--set",
         "allocation.deadline_s=60",
+        "--set",
+        "allocation.policy='utility'",
         "--explain",
         "--out",
         str(out),

@@ -276,7 +276,7 @@ def test_allocation_respects_every_hard_limit(minilm: Architecture) -> None:
     chosen = rejected = 0
     for _ in range(6):
         deadline = float(rng.uniform(5, 200))
-        problem = build_problem(minilm, AllocationConfig(deadline_s=deadline))
+        problem = build_problem(minilm, AllocationConfig(deadline_s=deadline, policy="utility"))
         clients = []
         for i in range(25):
             n = int(rng.integers(5, 500))
@@ -305,7 +305,9 @@ def test_allocation_respects_every_hard_limit(minilm: Architecture) -> None:
 
 
 def test_explanations_list_every_candidate(minilm: Architecture) -> None:
-    problem = build_problem(minilm, AllocationConfig(deadline_s=80, adapt_steps=False))
+    problem = build_problem(
+        minilm, AllocationConfig(deadline_s=80, adapt_steps=False, policy="utility")
+    )
     allocations = allocate(problem, [client(0, "high"), client(1, "low")])
     low = allocations[1]
     candidates: Any = allocation_to_json(low)["candidates"]
@@ -337,7 +339,12 @@ def test_ties_are_broken_by_cost_then_order(tiny: Architecture) -> None:
         {"name": "c", "method": "lora", "options": {"r": 2}},
     ]
     none = {"lora_ranks": [], "adapter_methods": [], "prompt_tokens": [], "others": []}
-    flat = {"alpha": 0.0, "beta": 0.0, "gamma": 0.0}  # every U is 0: a tie everywhere
+    flat = {
+        "alpha": 0.0,
+        "beta": 0.0,
+        "gamma": 0.0,
+        "policy": "utility",
+    }  # every U is 0: a tie everywhere
     cfg = make_allocation_config(flat | {"catalogue": none | {"extra": extra}})
     c = ClientInfo(0, DEFAULT_TIERS["high"], Workload(4, 16, 2, 16))
     assert pick(build_problem(tiny, cfg), c) == "c"  # the cheapest of the three
@@ -375,7 +382,7 @@ def test_tiered_policy(minilm: Architecture) -> None:
 
 
 def test_utility_adapts_to_the_device(minilm: Architecture) -> None:
-    problem = build_problem(minilm, AllocationConfig(deadline_s=60))
+    problem = build_problem(minilm, AllocationConfig(deadline_s=60, policy="utility"))
     high, low = allocate(problem, [client(0, "high"), client(1, "low")])
     assert high.chosen is not None and low.chosen is not None
     t_high = high.chosen.spec.trainable_params(minilm)
@@ -385,7 +392,7 @@ def test_utility_adapts_to_the_device(minilm: Architecture) -> None:
 def test_credited_gains_move_the_choice(minilm: Architecture) -> None:
     catalogue = {"lora_ranks": [8], "lora_depths": [1.0], "others": ["head"]}
     weak_prior = {"gamma": 0.0, "gain": {"prior_count": 1.0}}  # E would keep LoRA ahead
-    cfg = make_allocation_config({"catalogue": catalogue} | weak_prior)
+    cfg = make_allocation_config({"catalogue": catalogue, "policy": "utility"} | weak_prior)
     problem = build_problem(minilm, cfg)
     first = allocate(problem, [client(0, "high")])[0].chosen
     assert first is not None and first.name == "lora-r8-all"

@@ -121,7 +121,14 @@ def test_utility_terms_match_a_hand_computation(minilm: Architecture) -> None:
     deadline = 60.0
     tiers = model_tiers(minilm, Workload(16, 48, 6, 24), deadline, DEFAULT_RELATIVE, rank=16)
     data = DataProfile(96, [48, 48], 1.0, 24.0)
-    raw = {"deadline_s": deadline, "enabled": True, "alpha": 1.0, "beta": 0.7, "gamma": 0.3}
+    raw = {
+        "deadline_s": deadline,
+        "enabled": True,
+        "policy": "utility",
+        "alpha": 1.0,
+        "beta": 0.7,
+        "gamma": 0.3,
+    }
     raw |= {"cost_weights": {"time": 1.0, "memory": 2.0, "bytes": 0.5, "risk": 1.5}}
     cfg = make_allocation_config(raw)
     clients = [

@@ -50,7 +50,9 @@ def client(tiers: dict, i: int, tier: str, steps: int = 6) -> ClientInfo:
 
 
 def problem(arch: Architecture, **raw: object):  # type: ignore[no-untyped-def]
-    cfg = make_allocation_config({"deadline_s": DEADLINE, "enabled": True} | raw)
+    cfg = make_allocation_config(
+        {"deadline_s": DEADLINE, "enabled": True, "policy": "utility"} | raw
+    )
     return build_problem(arch, cfg, round=1, seed=0)
 
 
