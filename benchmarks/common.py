@@ -25,9 +25,8 @@ def run_fedpeft(out: Path, tag: str, sets: list[str]) -> Path:
         cmd += ["--set", s]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"fedpeft run failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"
-        )
+        tail = proc.stderr.strip().splitlines()[-1:]
+        raise RuntimeError(f"fedpeft run failed (exit {proc.returncode}): {tail}")
     return sorted(out.glob(f"{tag}-*"))[-1]
 
 

@@ -20,6 +20,8 @@ def test_allocate_prints_every_client_and_writes_explanations(tmp_path: Path) ->
         "data.partition='iid'",
         "--set",
         "allocation.deadline_s=60",
+        "--set",
+        "allocation.policy='utility'",
         "--explain",
         "--out",
         str(out),
@@ -30,7 +32,9 @@ def test_allocate_prints_every_client_and_writes_explanations(tmp_path: Path) ->
     assert record["policy"] == "utility" and len(record["clients"]) == 4
     for client in record["clients"]:
         assert client["chosen"] is not None
-        assert len(client["candidates"]) >= 10  # every catalogue candidate is explained
+        assert len(client["candidates"]) == 3 * 2  # every catalogue candidate is explained
+        parts = set(client["candidates"][0]["parts"])
+        assert {"R.capacity", "R.credit", "C.time", "C.bytes", "C.risk"} <= parts
         assert all(c["status"] and "U" in c for c in client["candidates"])
     assert "lora" in result.output
 

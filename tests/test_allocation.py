@@ -30,6 +30,7 @@ from fedpeft.allocation import (
     format_allocations,
     forward_flops,
     get_policy,
+    ignores_limits,
     make_allocation_config,
     make_candidate,
     peak_memory,
@@ -178,27 +179,38 @@ def test_workload_and_calibration_validation() -> None:
 # ---- catalogue and config ---------------------------------------------------------------
 
 
-def test_default_catalogue(minilm: Architecture) -> None:
+def test_default_catalogue_is_one_lora_envelope(minilm: Architecture) -> None:
+    """Rank × depth (top blocks) with the default targets: every candidate joins ``lora``."""
     cat = build_catalogue(minilm)
     names = [c.name for c in cat]
-    assert len(names) == len(set(names)) == 4 * 2 + 2 * 3 + 2 + 3
-    assert {"lora-r2-top", "houlsby-s64-all", "pfeiffer-s8-all", "prompt-t20", "head"} <= set(names)
-    top = next(c for c in cat if c.name == "lora-r16-top")
-    assert top.options["layers"] == [3, 4, 5] and top.spec == parse_spec("lora", top.options)
+    assert len(names) == len(set(names)) == 3 * 4
+    assert {c.method for c in cat} == {"lora"} and {c.spec.envelope_group for c in cat} == {"lora"}
+    assert {"lora-r4-all", "lora-r8-top3", "lora-r16-top2", "lora-r16-top1"} <= set(names)
+    top = next(c for c in cat if c.name == "lora-r16-top2")
+    assert top.options["layers"] == [4, 5] and top.spec == parse_spec("lora", top.options)
+    assert "layers" not in next(c for c in cat if c.name == "lora-r8-all").options
 
 
 def test_custom_catalogue(tiny: Architecture) -> None:
     cfg = CatalogueConfig(
         lora_ranks=[4],
-        lora_placements=["top"],
-        adapter_methods=[],
-        prompt_tokens=[],
+        lora_depths=[0.5, 0.4],  # both round to the top 2 of 4 blocks: generated once
+        lora_targets=["qv", "qkv_ffn"],
         others=["bitfit"],
         extra=[{"method": "lora", "options": {"r": 2, "target_modules": ["query"]}}],
     )
-    names = [c.name for c in build_catalogue(tiny, cfg)]
-    assert names == ["lora-r4-top", "bitfit", "lora(r=2, target_modules=['query'])"]
-    dup = CatalogueConfig(extra=[{"name": "head", "method": "head"}])
+    cat = build_catalogue(tiny, cfg)
+    names = [c.name for c in cat]
+    assert names == [
+        "lora-r4-top2",
+        "lora-r4-top2-qkv_ffn",
+        "bitfit",
+        "lora(r=2, target_modules=['query'])",
+    ]
+    wide = cat[1].spec
+    assert wide.target_modules == ["query", "key", "value", "output.dense"]
+    assert wide.trainable_params(tiny) > cat[0].spec.trainable_params(tiny)
+    dup = CatalogueConfig(others=["head"], extra=[{"name": "head", "method": "head"}])
     with pytest.raises(FedpeftError, match="two catalogue candidates are named 'head'"):
         build_catalogue(tiny, dup)
 
@@ -206,7 +218,7 @@ def test_custom_catalogue(tiny: Architecture) -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ({"policy": "greedy"}, r"`allocation.policy`: expected one of tiered, uniform, utility"),
+        ({"policy": "greedy"}, r"`allocation.policy`: expected one of fedra, flexlora, hetlora"),
         ({"alpha": -1}, r"`allocation.alpha`: Input should be greater than or equal to 0"),
         ({"deadline_s": 0}, r"`allocation.deadline_s`"),
         ({"policy": "uniform"}, r"`allocation.uniform` is required"),
@@ -220,7 +232,9 @@ def test_custom_catalogue(tiny: Architecture) -> None:
             {"tiers": {"low": {"method": "houlsby", "options": {"sise": 8}}}},
             r"`allocation.tiers.low.options`: .* unknown option `sise` \(its options: size",
         ),
-        ({"cost_weights": {"time": 0, "memory": 0, "bytes": 0}}, "at least one positive"),
+        ({"cost_weights": {"time": 0, "memory": 0, "bytes": 0, "risk": 0}}, "at least one posi"),
+        ({"min_work": 0}, r"`allocation.min_work`"),
+        ({"catalogue": {"lora_depths": [1.5]}}, r"`allocation.catalogue.lora_depths.0`"),
         ({"gain": {"prior": {"lora": 2.0}}}, r"`allocation.gain.prior`: every prior mean"),
         ({"catalogue": {"others": ["nope"]}}, r"`allocation.catalogue.others`"),
         ({"bits_up": 64}, r"`allocation.bits_up`"),
@@ -234,7 +248,9 @@ def test_config_errors_name_the_field(raw: dict[str, Any], expected: str) -> Non
 
 
 def test_policy_registry() -> None:
-    assert {"uniform", "tiered", "utility"} <= set(policy_names())
+    baselines = {"uniform_fit", "uniform_large", "unconstrained", "flexlora", "hetlora", "fedra"}
+    assert {"uniform", "tiered", "utility"} | baselines <= set(policy_names())
+    assert ignores_limits("unconstrained") and not ignores_limits("utility")
     with pytest.raises(FedpeftError, match="not a registered policy"):
         get_policy("nope")
     with pytest.raises(ValueError, match="registered twice"):
@@ -260,7 +276,7 @@ def test_allocation_respects_every_hard_limit(minilm: Architecture) -> None:
     chosen = rejected = 0
     for _ in range(6):
         deadline = float(rng.uniform(5, 200))
-        problem = build_problem(minilm, AllocationConfig(deadline_s=deadline))
+        problem = build_problem(minilm, AllocationConfig(deadline_s=deadline, policy="utility"))
         clients = []
         for i in range(25):
             n = int(rng.integers(5, 500))
@@ -289,7 +305,9 @@ def test_allocation_respects_every_hard_limit(minilm: Architecture) -> None:
 
 
 def test_explanations_list_every_candidate(minilm: Architecture) -> None:
-    problem = build_problem(minilm, AllocationConfig(deadline_s=100))
+    problem = build_problem(
+        minilm, AllocationConfig(deadline_s=80, adapt_steps=False, policy="utility")
+    )
     allocations = allocate(problem, [client(0, "high"), client(1, "low")])
     low = allocations[1]
     candidates: Any = allocation_to_json(low)["candidates"]
@@ -305,7 +323,9 @@ def test_explanations_list_every_candidate(minilm: Architecture) -> None:
     assert "rejected" in statuses.values() and "considered" in statuses.values()
     json.dumps([allocation_to_json(a) for a in allocations])
     text = explain(low)
-    assert all(name in text for name in names) and "deadline 100.0 s" in text
+    assert all(name in text for name in names) and "deadline 80.0 s" in text
+    for column in ("kappa", "credit", "c_time", "c_bytes", "c_risk", "steps"):
+        assert column in text.splitlines()[1]
     table = format_allocations(allocations)
     assert len(table.splitlines()) == 3 and table.startswith("client  tier  chosen")
     rows = allocation_rows(allocations)
@@ -319,7 +339,12 @@ def test_ties_are_broken_by_cost_then_order(tiny: Architecture) -> None:
         {"name": "c", "method": "lora", "options": {"r": 2}},
     ]
     none = {"lora_ranks": [], "adapter_methods": [], "prompt_tokens": [], "others": []}
-    flat = {"alpha": 0.0, "beta": 0.0, "gamma": 0.0}  # every U is 0: a tie everywhere
+    flat = {
+        "alpha": 0.0,
+        "beta": 0.0,
+        "gamma": 0.0,
+        "policy": "utility",
+    }  # every U is 0: a tie everywhere
     cfg = make_allocation_config(flat | {"catalogue": none | {"extra": extra}})
     c = ClientInfo(0, DEFAULT_TIERS["high"], Workload(4, 16, 2, 16))
     assert pick(build_problem(tiny, cfg), c) == "c"  # the cheapest of the three
@@ -357,41 +382,54 @@ def test_tiered_policy(minilm: Architecture) -> None:
 
 
 def test_utility_adapts_to_the_device(minilm: Architecture) -> None:
-    problem = build_problem(minilm, AllocationConfig(deadline_s=60))
+    problem = build_problem(minilm, AllocationConfig(deadline_s=60, policy="utility"))
     high, low = allocate(problem, [client(0, "high"), client(1, "low")])
     assert high.chosen is not None and low.chosen is not None
     t_high = high.chosen.spec.trainable_params(minilm)
     assert t_high > low.chosen.spec.trainable_params(minilm)
 
 
-def test_gain_updates_move_the_choice(minilm: Architecture) -> None:
-    two = {"lora_ranks": [8], "lora_placements": ["all"], "adapter_methods": []}
-    cfg = make_allocation_config({"catalogue": two | {"prompt_tokens": [], "others": ["head"]}})
+def test_credited_gains_move_the_choice(minilm: Architecture) -> None:
+    catalogue = {"lora_ranks": [8], "lora_depths": [1.0], "others": ["head"]}
+    weak_prior = {"gamma": 0.0, "gain": {"prior_count": 1.0}}  # E would keep LoRA ahead
+    cfg = make_allocation_config({"catalogue": catalogue, "policy": "utility"} | weak_prior)
     problem = build_problem(minilm, cfg)
     first = allocate(problem, [client(0, "high")])[0].chosen
     assert first is not None and first.name == "lora-r8-all"
     head = next(c for c in problem.catalogue if c.name == "head")
     estimator = problem.estimator
     before = estimator.mean(head)
-    for _ in range(5):
-        estimator = estimator.update(head, gain=0.05)
-        estimator = estimator.update(first, gain=-0.05)
-    assert problem.estimator.mean(head) == before  # updates return a new estimator
+    for gain in (0.0, 0.05, -0.05) * 8:  # head credited in the good rounds, LoRA in the bad
+        credit = {head.name: 1.0} if gain > 0 else {first.name: 1.0}
+        estimator = estimator.observe(credit, gain)
+    assert problem.estimator.mean(head) == before  # observing returns a new estimator
     moved = build_problem(minilm, cfg, estimator=estimator)
     assert allocate(moved, [client(0, "high")])[0].chosen == head
 
 
-def test_gain_estimator_is_a_bayesian_mean(minilm: Architecture) -> None:
+def test_gain_estimator_centres_credits_and_shrinks(minilm: Architecture) -> None:
+    """``δ_c = Σ w·(y − ½)/(n₀ + Σ w)`` with ``y`` centred on the running mean ``ḡ``."""
     lora = make_candidate("lora", {"r": 4}, "x")
+    other = make_candidate("lora", {"r": 8}, "y")
     est = GainEstimator()
-    n0, mu0 = est.config.prior_count, est.prior(lora)
-    assert mu0 == lora.spec.gain_prior == 0.75  # the method's own prior, not overridden
-    assert est.mean(lora) == mu0
-    est = est.update(lora, 0.01).update(lora, 0.0)  # y = 0.75, 0.5
-    assert est.mean(lora) == pytest.approx((n0 * mu0 + 0.75 + 0.5) / (n0 + 2))
+    g = est.config
+    assert est.prior(lora) == lora.spec.gain_prior == 0.75  # the method's own prior
+    assert est.mean(lora) == 0.75 and est.mean(lora, capacity=0.5) == 0.375
+    est = est.observe({"x": 3.0, "y": 1.0}, 0.01)  # ḡ = 0 before: y = ½ + 0.01/0.04
+    y1 = 0.5 + 0.01 / (2 * g.gain_scale)
+    assert est.deviation(lora) == pytest.approx(0.75 * (y1 - 0.5) / (g.prior_count + 0.75))
+    assert est.deviation(other) == pytest.approx(0.25 * (y1 - 0.5) / (g.prior_count + 0.25))
+    assert est.mean_gain == 0.01  # the first gain starts the running mean
+    est = est.observe({"x": 1.0}, 0.01)  # the same gain again is average: no credit
+    assert est.deviation(lora) == pytest.approx(0.75 * (y1 - 0.5) / (g.prior_count + 1.75))
+    # one terrible round moves a configuration by at most w·½/(n₀ + w)
+    bad = GainEstimator().observe({"x": 0.1, "y": 0.9}, -1.0)
+    assert bad.deviation(lora) == pytest.approx(-0.1 * 0.5 / (g.prior_count + 0.1))
     assert GainEstimator.from_json(json.loads(json.dumps(est.to_json()))) == est
     with pytest.raises(FedpeftError, match="`gain` must be a finite number"):
-        est.update(lora, math.nan)
+        est.observe({"x": 1.0}, math.nan)
+    with pytest.raises(FedpeftError, match="`shares` must be non-negative"):
+        est.observe({"x": 0.0}, 0.1)
 
 
 def test_data_scale() -> None:

@@ -90,7 +90,7 @@ def test_allocation_rejects_non_finite_numbers(override: str, field: str) -> Non
 def test_allocation_is_a_typed_frozen_section() -> None:
     cfg = load_config(overrides=["allocation.enabled=true", "allocation.deadline_s=30"])
     assert cfg.allocation.enabled and cfg.allocation.deadline_s == 30.0
-    assert cfg.allocation.catalogue.lora_ranks == [2, 4, 8, 16]  # the defaults fill in
+    assert cfg.allocation.catalogue.lora_ranks == [4, 8, 16]  # the defaults fill in
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
         cfg.allocation.alpha = 2.0  # type: ignore[misc]
 

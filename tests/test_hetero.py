@@ -210,7 +210,8 @@ def test_simulated_time_is_the_slowest_finished_client(tiny, tmp_path: Path) -> 
 def test_utility_allocation_runs_and_records_its_decisions(tiny) -> None:
     cfg = tiny(
         "allocation.enabled=true",
-        "allocation.catalogue={lora_ranks=[2,4],lora_placements=['all'],adapter_methods=[],"
+        "allocation.policy='utility'",
+        "allocation.catalogue={lora_ranks=[2,4],lora_depths=[1.0],adapter_methods=[],"
         "prompt_tokens=[],others=['bitfit']}",
         "data.num_clients=3",
     )

@@ -20,8 +20,11 @@ def evaluation_to_json(allocation: Allocation, ev: Evaluation) -> dict[str, obje
         "candidate": ev.candidate.name,
         "status": candidate_status(allocation, ev),
         **ev.terms.to_json(),
+        "steps": ev.steps,
+        "full_steps": ev.full_steps,
         "memory_bytes": ev.cost.memory_bytes,
         "round_seconds": round(ev.cost.round_seconds, 3),
+        "transfer_seconds": round(ev.cost.transfer_seconds, 3),
         "bytes_down": ev.cost.bytes_down,
         "bytes_up": ev.cost.bytes_up,
         "violations": [v.describe() for v in ev.violations],
@@ -35,6 +38,7 @@ def allocation_to_json(allocation: Allocation) -> dict[str, object]:
         "tier": allocation.tier,
         "policy": allocation.policy,
         "chosen": allocation.chosen.to_json() if allocation.chosen else None,
+        "steps": allocation.steps,
         "terms": allocation.terms.to_json() if allocation.terms else None,
         "reason": allocation.reason,
         "candidates": [evaluation_to_json(allocation, ev) for ev in allocation.evaluations],
@@ -49,7 +53,8 @@ def allocation_rows(allocations: Sequence[Allocation]) -> list[dict[str, object]
         rejected = sum(not ev.feasible for ev in a.evaluations)
         row: dict[str, object] = {"client": a.client_id, "tier": a.tier, "policy": a.policy}
         row["chosen"] = a.chosen.name if a.chosen else None
-        row |= a.terms.to_json() if a.terms else dict.fromkeys("RCEU")
+        row |= {k: getattr(a.terms, k) for k in "RCEU"} if a.terms else dict.fromkeys("RCEU")
+        row["steps"] = f"{chosen.steps}/{chosen.full_steps}" if chosen else None
         row["memory_mib"] = round(chosen.cost.memory_bytes / MiB, 1) if chosen else None
         row["round_s"] = round(chosen.cost.round_seconds, 2) if chosen else None
         row["bytes_up"] = chosen.cost.bytes_up if chosen else None
@@ -79,12 +84,27 @@ def format_table(rows: Sequence[dict[str, object]], columns: Sequence[str]) -> s
 
 def format_allocations(allocations: Sequence[Allocation]) -> str:
     """The per-client table the CLI prints (without the reason column)."""
-    columns = ["client", "tier", "chosen", "R", "C", "E", "U", "memory_mib", "round_s"]
+    columns = ["client", "tier", "chosen", "R", "C", "E", "U", "steps", "memory_mib", "round_s"]
     return format_table(allocation_rows(allocations), [*columns, "bytes_up", "rejected"])
 
 
+PARTS = {  # explain's column → Terms.parts key
+    "prior": "R.prior",
+    "kappa": "R.capacity",
+    "credit": "R.credit",
+    "data": "R.data",
+    "work": "R.work",
+    "c_time": "C.time",
+    "c_mem": "C.memory",
+    "c_bytes": "C.bytes",
+    "c_risk": "C.risk",
+}
+
+
 def explain(allocation: Allocation) -> str:
-    """Every candidate one client's policy priced, best ``U`` first, with its status and,
+    """Every candidate one client's policy priced, best ``U`` first, with its status, what
+    ``R`` (method prior μ, capacity κ, credit δ, data d, work s/S) and ``C`` (time added τ,
+    memory μ, bytes at its bandwidth χ, deadline risk ε) are made of, its local steps and,
     when rejected, the limit it breaks and by how much."""
     head = (
         f"client {allocation.client_id} ({allocation.tier}, {allocation.policy}): "
@@ -96,12 +116,15 @@ def explain(allocation: Allocation) -> str:
         {
             "candidate": ev.candidate.name,
             "status": candidate_status(allocation, ev),
-            **ev.terms.to_json(),
+            **{k: getattr(ev.terms, k) for k in "RCEU"},
+            **{col: ev.terms.parts.get(key) for col, key in PARTS.items()},
+            "steps": f"{ev.steps}/{ev.full_steps}",
             "memory_mib": round(ev.cost.memory_bytes / MiB, 1),
             "round_s": round(ev.cost.round_seconds, 2),
             "why": "; ".join(v.describe() for v in ev.violations),
         }
         for ev in ranked
     ]
-    columns = ["candidate", "status", "U", "R", "C", "E", "memory_mib", "round_s", "why"]
+    columns = ["candidate", "status", "U", "R", "C", "E", *PARTS, "steps", "memory_mib"]
+    columns += ["round_s", "why"]
     return head + "\n" + format_table(rows, columns)

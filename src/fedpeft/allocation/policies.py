@@ -1,9 +1,11 @@
 """Allocation policies: ``uniform`` (one spec for all), ``tiered`` (tier → spec) and
-``utility`` (argmax U under the hard limits). Each decides one client at a time."""
+``utility`` (argmax U under the hard limits, local steps shortened when that is what fits).
+Each decides one client at a time; the published baselines are in ``baselines.py``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from fedpeft.allocation.catalogue import Candidate
 from fedpeft.allocation.registry import get_policy, register_policy
@@ -13,20 +15,27 @@ from fedpeft.allocation.utility import (
     ClientInfo,
     Evaluation,
     evaluate,
+    with_floor,
 )
 from fedpeft.errors import FedpeftError
 
 
-def _fixed(
-    problem: AllocationProblem, client: ClientInfo, candidate: Candidate, policy: str
+def fixed(
+    problem: AllocationProblem,
+    client: ClientInfo,
+    candidate: Candidate,
+    policy: str,
+    ignore_limits: bool = False,
 ) -> Allocation:
-    """The policy's one candidate if it fits the client, else no assignment and why."""
+    """The policy's one candidate if it fits the client (or limits are ignored), else no
+    assignment and why. Fixed policies train the full local steps."""
     ev = evaluate(problem, candidate, client)
     tier = client.resources.tier
-    if ev.feasible:
-        reason = f"{policy} policy assigns {candidate.name} and it fits"
-        return Allocation(client.client_id, tier, policy, candidate, ev.terms, reason, (ev,))
     broken = "; ".join(v.describe() for v in ev.violations)
+    if ev.feasible or ignore_limits:
+        fits = "it fits" if ev.feasible else f"limits are ignored ({broken})"
+        reason = f"{policy} policy assigns {candidate.name} and {fits}"
+        return Allocation(client.client_id, tier, policy, candidate, ev.terms, reason, (ev,))
     reason = f"{policy} policy's {candidate.name} does not fit: {broken}"
     return Allocation(client.client_id, tier, policy, None, None, reason, (ev,))
 
@@ -35,7 +44,7 @@ def uniform(problem: AllocationProblem, client: ClientInfo) -> Allocation:
     """Every client gets ``allocation.uniform``; a client it does not fit gets nothing."""
     if problem.uniform is None:
         raise FedpeftError("the uniform policy needs `allocation.uniform` = {method, options}.")
-    return _fixed(problem, client, problem.uniform, "uniform")
+    return fixed(problem, client, problem.uniform, "uniform")
 
 
 def tiered(problem: AllocationProblem, client: ClientInfo) -> Allocation:
@@ -46,7 +55,7 @@ def tiered(problem: AllocationProblem, client: ClientInfo) -> Allocation:
             f"`allocation.tiers` has no entry for tier {tier!r} (client {client.client_id}); "
             f"add one (mapped: {', '.join(sorted(problem.tiered)) or 'none'})."
         )
-    return _fixed(problem, client, problem.tiered[tier], "tiered")
+    return fixed(problem, client, problem.tiered[tier], "tiered")
 
 
 def rank_key(ev: Evaluation, index: int) -> tuple[float, float, int]:
@@ -54,27 +63,45 @@ def rank_key(ev: Evaluation, index: int) -> tuple[float, float, int]:
     return (-round(ev.terms.U, 9), round(ev.terms.C, 9), index)
 
 
-def utility(problem: AllocationProblem, client: ClientInfo) -> Allocation:
-    """``c* = argmax_c U(c,p)`` over the catalogue candidates within both hard limits."""
-    evals = tuple(evaluate(problem, c, client) for c in problem.catalogue)
+def best_of(
+    client: ClientInfo, evals: tuple[Evaluation, ...], policy: str, what: str = "candidates"
+) -> Allocation:
+    """The feasible evaluation with the highest ``U`` (``rank_key``), or none and why."""
     feasible = [(i, ev) for i, ev in enumerate(evals) if ev.feasible]
     tier = client.resources.tier
     if not feasible:
         least = min(evals, key=lambda ev: ev.cost.round_seconds)
         broken = "; ".join(v.describe() for v in least.violations)
         reason = f"no candidate fits; the fastest, {least.candidate.name}, breaks {broken}"
-        return Allocation(client.client_id, tier, "utility", None, None, reason, evals)
+        return Allocation(client.client_id, tier, policy, None, None, reason, evals)
     index, best = min(feasible, key=lambda pair: rank_key(pair[1], pair[0]))
     reason = (
-        f"highest U = {best.terms.U:.3f} among {len(feasible)} feasible candidates "
+        f"highest U = {best.terms.U:.3f} among {len(feasible)} feasible {what} "
         f"({len(evals) - len(feasible)} rejected)"
     )
-    return Allocation(client.client_id, tier, "utility", best.candidate, best.terms, reason, evals)
+    steps = best.steps if best.steps < best.full_steps else None
+    if steps is not None:
+        reason += f"; {steps} of {best.full_steps} local steps to meet the deadline"
+    return Allocation(
+        client.client_id, tier, policy, best.candidate, best.terms, reason, evals, steps
+    )
+
+
+def utility(problem: AllocationProblem, client: ClientInfo) -> Allocation:
+    """``c* = argmax_c U(c,p)`` over the catalogue candidates within both hard limits (local
+    steps shortened to meet the deadline when ``adapt_steps``)."""
+    adapt = problem.config.adapt_steps
+    evals = tuple(evaluate(problem, c, client, adapt) for c in problem.catalogue)
+    return best_of(client, evals, "utility")
 
 
 def allocate(problem: AllocationProblem, clients: Sequence[ClientInfo]) -> list[Allocation]:
-    """One ``Allocation`` per client, in order, by ``problem.config.policy``."""
+    """One ``Allocation`` per client, in order, by ``problem.config.policy``; the round's
+    floor ``T_floor`` is computed over all of them first (``round_aware``)."""
     policy = get_policy(problem.config.policy)
+    problem = replace(problem, round_clients=tuple(clients))
+    if problem.config.round_aware:
+        problem = with_floor(problem, clients)
     return [policy(problem, client) for client in clients]
 
 

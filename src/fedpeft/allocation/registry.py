@@ -1,4 +1,8 @@
-"""Allocation policy registry: a config name → a function choosing one client's candidate."""
+"""Allocation policy registry: a config name → a function choosing one client's candidate.
+
+A policy that ignores the devices' limits (the ``unconstrained`` upper bound) says so when
+it registers, and the device simulation then lets its clients run past them.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +16,25 @@ if TYPE_CHECKING:
 
 Policy = Callable[["AllocationProblem", "ClientInfo"], "Allocation"]
 _REGISTRY: dict[str, Policy] = {}
+_IGNORES_LIMITS: set[str] = set()
 
 
-def register_policy(name: str, policy: Policy) -> None:
+def register_policy(name: str, policy: Policy, *, ignores_limits: bool = False) -> None:
     if name in _REGISTRY:
         raise ValueError(f"allocation policy {name!r} is registered twice")
     _REGISTRY[name] = policy
+    if ignores_limits:
+        _IGNORES_LIMITS.add(name)
 
 
 def policy_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def ignores_limits(name: str) -> bool:
+    """Whether the policy assigns configurations regardless of memory and the deadline."""
+    get_policy(name)
+    return name in _IGNORES_LIMITS
 
 
 def get_policy(name: str) -> Policy:

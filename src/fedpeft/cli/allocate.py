@@ -1,8 +1,9 @@
 """``fedpeft allocate``: which PEFT configuration each simulated client would get, and why.
 
 Builds the clients exactly as ``fedpeft run`` would (data partitions and their profiles,
-device tiers from ``[profiles]``), prices every candidate with the cost model from the
-model's config alone (no weights are loaded), and applies ``[allocation]``'s policy.
+device tiers from ``[profiles]``, declared or sized to the model), prices every candidate
+with the cost model from the model's config alone (no weights are loaded), and applies
+``[allocation]``'s policy.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ def allocation_report(cfg: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]
         allocate,
         allocation_to_json,
         build_problem,
+        federation_devices,
         make_allocation_config,
     )
     from fedpeft.models import load_model_config
     from fedpeft.peft import architecture
-    from fedpeft.profiling import declared_devices
     from fedpeft.server.assign import client_infos
     from fedpeft.server.instruct import task_kind
     from fedpeft.server.qa import generative
@@ -37,10 +38,10 @@ def allocation_report(cfg: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]
     span = kind == "qa" and not causal_lm
     n = 2 if span else data.dataset.num_labels  # a span head: start and end
     arch = architecture(load_model_config(data.spec, n), n, causal_lm=causal_lm, qa=span)
-    p = cfg.profiles
-    devices = declared_devices(cfg.data.num_clients, p.mix, cfg.run.seed, p.file)
+    devices = federation_devices(cfg, arch, data.profiles)
     clients = client_infos(cfg, range(cfg.data.num_clients), devices, data.profiles)
-    allocations = allocate(build_problem(arch, alloc_cfg), clients)
+    problem = build_problem(arch, alloc_cfg, round=1, seed=cfg.run.seed)
+    allocations = allocate(problem, clients)
     record = {
         "model": data.spec.name,
         "policy": alloc_cfg.policy,
@@ -48,6 +49,7 @@ def allocation_report(cfg: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]
         "beta": alloc_cfg.beta,
         "gamma": alloc_cfg.gamma,
         "deadline_s": alloc_cfg.deadline_s,
+        "devices": {d.tier: d.to_json() for d in devices},
         "clients": [allocation_to_json(a) for a in allocations],
     }
     return allocations, record

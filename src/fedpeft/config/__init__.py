@@ -2,6 +2,7 @@
 
 from fedpeft.config.allocation import (
     AllocationConfig,
+    BaselineConfig,
     CandidateConfig,
     CatalogueConfig,
     CostWeights,
@@ -15,6 +16,7 @@ from fedpeft.config.loading import (
     read_toml,
 )
 from fedpeft.config.personal import PersonalizationConfig
+from fedpeft.config.profiles import ProfilesConfig, RelativeTier
 from fedpeft.config.schema import (
     ClientConfig,
     CompressionConfig,
@@ -24,7 +26,6 @@ from fedpeft.config.schema import (
     ModelConfig,
     PeftConfig,
     PrivacyConfig,
-    ProfilesConfig,
     RunConfig,
     ServerConfig,
     SimulationConfig,
@@ -32,6 +33,7 @@ from fedpeft.config.schema import (
 
 __all__ = [
     "AllocationConfig",
+    "BaselineConfig",
     "CandidateConfig",
     "CatalogueConfig",
     "CostWeights",
@@ -47,6 +49,7 @@ __all__ = [
     "PrivacyConfig",
     "PersonalizationConfig",
     "ProfilesConfig",
+    "RelativeTier",
     "RunConfig",
     "ServerConfig",
     "build_config",

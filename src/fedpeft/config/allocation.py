@@ -8,7 +8,7 @@ registry.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -16,18 +16,23 @@ from pydantic_core import PydanticCustomError
 from fedpeft.config.base import Section
 
 Placement = Literal["all", "top"]
+TargetSet = Literal["qv", "qkv", "qkv_ffn"]
+Depth = Annotated[float, Field(gt=0.0, le=1.0)]
 
 
 class CostWeights(Section):
-    """Weights of the three parts of ``C`` (normalised to sum to 1 when used)."""
+    """Weights of the four parts of ``C`` (normalised to sum to 1 when used): the time a
+    client adds to the round, its memory, its transfer time at its own bandwidth, and the
+    risk of missing the deadline (``fedpeft.allocation.utility``)."""
 
     time: float = Field(1.0, ge=0.0)
     memory: float = Field(1.0, ge=0.0)
     bytes: float = Field(1.0, ge=0.0)
+    risk: float = Field(1.0, ge=0.0)
 
     @model_validator(mode="after")
     def _some_weight(self) -> CostWeights:
-        if self.time + self.memory + self.bytes <= 0:
+        if self.time + self.memory + self.bytes + self.risk <= 0:
             raise ValueError("`allocation.cost_weights` must have at least one positive weight")
         return self
 
@@ -41,17 +46,25 @@ class CandidateConfig(Section):
 
 
 class CatalogueConfig(Section):
-    """Which candidates to generate. ``top`` places an adapter in the upper half of the
-    blocks only (cheaper backprop); ``all`` in every block."""
+    """Which candidates to generate. By default only LoRA, so that every client's update
+    lands in one envelope (one global model): rank × depth (the top ``round(d·L)`` blocks; fewer
+    blocks shorten backprop and store fewer activations) × targets (``qv``: query and value,
+    ``qkv``: and key, ``qkv_ffn``: and the feed-forward output). Other methods (adapters,
+    prompts, IA3, …) join only when listed here; their clients form groups of their own,
+    which ``server.aggregator = "kd_fusion"`` bridges by distillation. ``top`` places an
+    adapter in the upper half of the blocks only; ``all`` in every block."""
 
-    lora_ranks: list[PositiveInt] = [2, 4, 8, 16]
-    lora_placements: list[Placement] = ["all", "top"]
-    adapter_methods: list[Literal["houlsby", "pfeiffer"]] = ["houlsby", "pfeiffer"]
+    lora_ranks: list[PositiveInt] = [4, 8, 16]
+    lora_depths: list[Depth] = Field(
+        [1.0, 0.5, 0.33, 0.17], description="fractions of the blocks, counted from the top"
+    )
+    lora_targets: list[TargetSet] = ["qv"]
+    adapter_methods: list[Literal["houlsby", "pfeiffer"]] = []
     adapter_sizes: list[PositiveInt] = [8, 32, 64]
     adapter_placements: list[Placement] = ["all"]
-    prompt_tokens: list[PositiveInt] = [10, 20]
+    prompt_tokens: list[PositiveInt] = []
     prefix_tokens: list[PositiveInt] = []
-    others: list[str] = Field(["ia3", "bitfit", "head"], description="methods, default options")
+    others: list[str] = Field([], description="methods with their default options")
     extra: list[CandidateConfig] = []
 
 
@@ -64,8 +77,22 @@ class GainConfig(Section):
     default_prior: float = Field(
         0.6, ge=0.0, le=1.0, description="methods whose spec states no prior"
     )
-    prior_count: PositiveFloat = Field(2.0, description="n₀: pseudo-observations of the prior")
+    prior_count: PositiveFloat = Field(
+        8.0, description="n₀: weight of the prior, in rounds of full credit"
+    )
     gain_scale: PositiveFloat = Field(0.02, description="g_s: a gain this large maps to 1")
+    gain_decay: float = Field(
+        0.3, gt=0.0, le=1.0, description="λ: rate of the running mean ḡ that gains are centred on"
+    )
+    depth_exponent: float = Field(
+        0.05, ge=0.0, description="a: capacity κ = coverage^a · rank factor^b (measured)"
+    )
+    rank_exponent: float = Field(
+        0.01, ge=0.0, description="b: capacity κ = coverage^a · ρ^b (measured)"
+    )
+    work_exponent: float = Field(
+        0.5, ge=0.0, description="w: a client doing a share s of its steps gains s^w"
+    )
     half_examples: PositiveInt = Field(64, description="n at which the size factor is ½")
 
     @field_validator("prior")
@@ -76,6 +103,26 @@ class GainConfig(Section):
         return prior
 
 
+class BaselineConfig(Section):
+    """Options of the published baselines (``fedpeft.allocation.baselines``)."""
+
+    fedra_fraction: float = Field(
+        0.5, gt=0.0, le=1.0, description="FedRA: share of a device's reachable blocks drawn"
+    )
+    fixed_rank: PositiveInt | None = Field(
+        None, description="FedRA's rank (None: the catalogue's middle rank)"
+    )
+    prune_ratio: float = Field(
+        0.5, gt=0.0, lt=1.0, description="HetLoRA: γ, the rank kept when a client prunes"
+    )
+    prune_threshold: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="HetLoRA: prune when the tail's energy share is below this × its rank share",
+    )
+
+
 class AllocationConfig(Section):
     """``U(c,p) = α·R − β·C + γ·E`` under ``memory ≤ client memory`` and
     ``round time ≤ deadline_s``; ``uniform`` and ``tiers`` serve the fixed policies."""
@@ -83,11 +130,26 @@ class AllocationConfig(Section):
     enabled: bool = Field(
         False, description="fedpeft run trains each client with its allocated configuration"
     )
-    policy: str = Field("utility", description="a registered policy: utility, uniform, tiered")
+    policy: str = Field("utility", description="a registered policy (fedpeft allocate --help)")
     alpha: float = Field(1.0, ge=0.0, description="α: weight of the expected gain R")
     beta: float = Field(1.0, ge=0.0, description="β: weight of the normalised cost C")
     gamma: float = Field(0.5, ge=0.0, description="γ: weight of the expressivity E")
     deadline_s: PositiveFloat = Field(120.0, description="round deadline, seconds")
+    time_error: PositiveFloat = Field(
+        0.1, description="σ: relative error of predicted round times (deadline risk)"
+    )
+    round_aware: bool = Field(
+        True, description="time up to the round's slowest necessary client costs nothing"
+    )
+    adapt_steps: bool = Field(
+        True, description="a client that would miss the deadline trains fewer local steps"
+    )
+    min_work: float = Field(
+        0.25, gt=0.0, le=1.0, description="the fewest local steps, as a share of the full"
+    )
+    normalise_work: bool = Field(
+        True, description="FedNova: average updates per local step (unequal work)"
+    )
     cost_weights: CostWeights = CostWeights()
     bits_down: int = Field(32, ge=1, le=32, description="bits per parameter, server → client")
     bits_up: int = Field(32, ge=1, le=32, description="bits per parameter, client → server")
@@ -96,6 +158,7 @@ class AllocationConfig(Section):
     tiers: dict[str, CandidateConfig] = Field(default_factory=dict)
     catalogue: CatalogueConfig = CatalogueConfig()
     gain: GainConfig = GainConfig()
+    baselines: BaselineConfig = BaselineConfig()
 
     @model_validator(mode="after")
     def _policy_inputs(self) -> AllocationConfig:

@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field, PositiveFloat, PositiveInt, model_valida
 from fedpeft.config.allocation import AllocationConfig
 from fedpeft.config.base import Section as _Section
 from fedpeft.config.personal import PersonalizationConfig
+from fedpeft.config.profiles import ProfilesConfig
 
 
 class RunConfig(_Section):
@@ -83,10 +84,18 @@ class DataConfig(_Section):
     eval_size: PositiveInt | None = Field(None, description="seeded subset of the eval split")
     num_clients: PositiveInt = 10
     partition: Literal["iid", "dirichlet", "pathological", "natural"] = Field(
-        "dirichlet", description="natural: question answering, whole articles per client"
+        "dirichlet",
+        description="natural: data follows the device tier (classification) or whole "
+        "articles per client (question answering)",
     )
     alpha: PositiveFloat = 0.5
     classes_per_client: PositiveInt = 1
+    natural_share: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="natural: share of each class held by its home tier's clients",
+    )
     min_partition_size: int = Field(2, ge=1)
     client_test_fraction: float = Field(
         0.0,
@@ -164,16 +173,6 @@ class ServerConfig(_Section):
     staleness_exponent: float = Field(0.5, ge=0.0, description="async: s(τ) = (1 + τ)^−a")
     async_lr: PositiveFloat = Field(1.0, description="async: server step size η")
     max_concurrency: PositiveInt | None = Field(None, description="async: None = every client")
-
-
-class ProfilesConfig(_Section):
-    """Simulated devices: a tier mix (fractions or one tier name per client) over the
-    declared tiers (high/mid/low) and any custom tiers from ``file`` (TOML or JSON)."""
-
-    mix: dict[str, float] | list[str] = Field(
-        default_factory=lambda: {"high": 0.3, "mid": 0.4, "low": 0.3}
-    )
-    file: str | None = None
 
 
 class SimulationConfig(_Section):

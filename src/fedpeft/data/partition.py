@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,12 +12,22 @@ from fedpeft.config import DataConfig
 from fedpeft.errors import FedpeftError
 
 
-def partition_indices(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np.ndarray]:
-    """Example indices per client: IID, Dirichlet(α) over labels, or k classes per client.
+def partition_indices(
+    labels: np.ndarray, cfg: DataConfig, seed: int, groups: Sequence[int] | None = None
+) -> list[np.ndarray]:
+    """Example indices per client: IID, Dirichlet(α) over labels, k classes per client, or
+    ``natural`` (correlated with the clients' device ``groups``, see ``natural_partition``).
 
     The partitioners are Flower Datasets'; the data is shuffled with ``seed`` first because
     ``IidPartitioner`` takes contiguous shards.
     """
+    if cfg.partition == "natural":
+        if groups is None or len(groups) != cfg.num_clients:
+            raise FedpeftError(
+                "`data.partition = 'natural'` needs each client's device tier; this runtime "
+                "gave none (use the in-process runtime with [profiles])."
+            )
+        return _checked(natural_partition(labels, groups, cfg.natural_share, seed), cfg)
     import datasets
     from flwr_datasets.partitioner import (
         DirichletPartitioner,
@@ -25,11 +36,6 @@ def partition_indices(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np
     )
 
     n, k = len(labels), cfg.num_clients
-    if cfg.partition == "natural":
-        raise FedpeftError(
-            "`data.partition = 'natural'` splits question-answering data by article; this "
-            "dataset has no articles, so use 'iid', 'dirichlet' or 'pathological'."
-        )
     if n < k * cfg.min_partition_size:
         raise FedpeftError(
             f"{n} training examples cannot give `data.num_clients`={k} clients "
@@ -69,6 +75,10 @@ def partition_indices(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np
         ]
     except ValueError as e:
         raise FedpeftError(f"partitioning {n} examples over {k} clients failed: {e}") from None
+    return _checked(parts, cfg)
+
+
+def _checked(parts: list[np.ndarray], cfg: DataConfig) -> list[np.ndarray]:
     empty = [i for i, p in enumerate(parts) if len(p) == 0]
     if empty:
         raise FedpeftError(
@@ -107,6 +117,34 @@ def holdout(
         test.append(chosen)
         train.append(np.setdiff1d(part, chosen))
     return train, test
+
+
+def natural_partition(
+    labels: np.ndarray, groups: Sequence[int], share: float, seed: int
+) -> list[np.ndarray]:
+    """A device-correlated ("natural") split: data follows the device that holds it.
+
+    ``groups[c]`` ranks client ``c``'s device (0 = the weakest tier). Class ``k``'s home is
+    the ``(k mod G)``-th weakest group present, so the weakest devices always own a class: a
+    ``share`` of its examples goes to the home group's clients and the rest to everyone else,
+    each example to a client drawn uniformly (``np.random.default_rng(seed)``). Leaving the
+    weak devices out then loses most of a class, as when phones alone hold a kind of data.
+    With one group, or ``share = 0``, every example goes to a uniformly drawn client.
+    """
+    rng = np.random.default_rng([seed, 0x7A7])
+    order = sorted(set(groups))
+    clients = np.arange(len(groups))
+    owned: list[list[int]] = [[] for _ in groups]
+    for k in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == k))
+        home_group = order[int(k) % len(order)]
+        home = clients[np.asarray(groups) == home_group]
+        away = clients[np.asarray(groups) != home_group]
+        n_home = len(idx) if len(away) == 0 else round(share * len(idx)) if len(home) else 0
+        for part, pool in ((idx[:n_home], home), (idx[n_home:], away)):
+            for i, c in zip(part, rng.choice(pool, size=len(part)), strict=True):
+                owned[int(c)].append(int(i))
+    return [np.sort(np.asarray(o, dtype=np.int64)) for o in owned]
 
 
 @dataclass(frozen=True)

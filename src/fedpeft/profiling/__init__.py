@@ -4,7 +4,13 @@ Importing this package is cheap: ``torch`` and ``psutil`` load only when measuri
 """
 
 from fedpeft.profiling.measure import free_memory, measure_flops, measured_profile, usable_cores
-from fedpeft.profiling.mix import TierMix, assign_profiles, declared_devices, tier_counts
+from fedpeft.profiling.mix import (
+    TierMix,
+    assign_profiles,
+    declared_devices,
+    tier_counts,
+    tier_names,
+)
 from fedpeft.profiling.profile import (
     DEFAULT_TIERS,
     GiB,
@@ -30,5 +36,6 @@ __all__ = [
     "measured_profile",
     "parse_profiles",
     "tier_counts",
+    "tier_names",
     "usable_cores",
 ]

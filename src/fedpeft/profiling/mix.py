@@ -55,22 +55,32 @@ def assign_profiles(
     explicit per-client list of tier names or profiles (used as given, ``seed`` unused).
     ``tiers`` adds to or overrides ``DEFAULT_TIERS`` by name.
     """
+    known = {**DEFAULT_TIERS, **(tiers or {})}
+    return [_lookup(e, known) for e in mix_entries(num_clients, mix, seed)]
+
+
+def mix_entries(num_clients: int, mix: TierMix, seed: int) -> list[str | ResourceProfile]:
+    """Each client's tier name (or profile, from an explicit list), before lookup."""
     if num_clients < 1:
         raise FedpeftError(f"`num_clients` must be at least 1, got {num_clients}.")
-    known = {**DEFAULT_TIERS, **(tiers or {})}
     if isinstance(mix, Mapping):
         counts = tier_counts(num_clients, mix)
         names = [t for t, c in counts.items() for _ in range(c)]
         order = np.random.default_rng(seed).permutation(num_clients)
-        entries: Sequence[str | ResourceProfile] = [names[i] for i in order]
-    else:
-        if len(mix) != num_clients:
-            raise FedpeftError(
-                f"the per-client tier list has {len(mix)} entries but there are "
-                f"{num_clients} clients; give one tier per client."
-            )
-        entries = mix
-    return [_lookup(e, known) for e in entries]
+        return [names[i] for i in order]
+    if len(mix) != num_clients:
+        raise FedpeftError(
+            f"the per-client tier list has {len(mix)} entries but there are "
+            f"{num_clients} clients; give one tier per client."
+        )
+    return list(mix)
+
+
+def tier_names(num_clients: int, mix: TierMix, seed: int) -> list[str]:
+    """Each client's tier name, as ``assign_profiles`` assigns them."""
+    return [
+        e.tier if isinstance(e, ResourceProfile) else e for e in mix_entries(num_clients, mix, seed)
+    ]
 
 
 def _lookup(entry: str | ResourceProfile, known: Mapping[str, ResourceProfile]) -> ResourceProfile:

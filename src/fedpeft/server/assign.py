@@ -2,11 +2,13 @@
 
 With ``allocation.enabled = false`` (the default) every client trains ``[peft]`` in one
 group, ``global``. With it on, the configured policy decides per client and round from the
-client's resource and data profiles (``fedpeft.allocation``); the gain estimator behind R
-is updated from each round's observed validation gains, so decisions can change over a run.
+client's resource and data profiles (``fedpeft.allocation``) — its configuration and, when
+the policy shortens them, its local steps; the gain estimator behind R learns from each
+round's validation gain, credited to the configurations by their share of the examples,
+so decisions can change over a run (HetLoRA's self-pruned ranks are kept there too).
 
 Groups: every LoRA candidate joins the group ``lora``, whose global is the envelope of all
-its clients' ranks and placements (``aggregation.hetero``); every other candidate is a
+its clients' ranks, layers and targets (``aggregation.hetero``); every other candidate is a
 group of its own (its clients aggregated together, per method group).
 """
 
@@ -28,14 +30,16 @@ from fedpeft.allocation import (
     client_workload,
     make_allocation_config,
     make_candidate,
+    pruned_ranks,
 )
 from fedpeft.config import ExperimentConfig
 from fedpeft.data import DataProfile
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import Architecture
+from fedpeft.peft.lora import LoraSpec
 from fedpeft.profiling import ResourceProfile
 from fedpeft.server.state import DEFAULT_GROUP
-from fedpeft.types import GroupName
+from fedpeft.types import AdapterState, GroupName
 
 
 def options_json(options: Mapping[str, object]) -> str:
@@ -52,6 +56,7 @@ class Assignment:
     group: GroupName
     reason: str
     alpha: float | None = None  # LoRA α when the group's factors are kept in effective units
+    steps: int | None = None  # local steps when the policy shortened them (else the config's)
 
     @property
     def config(self) -> str:
@@ -98,12 +103,13 @@ class Assigner:
     def enabled(self) -> bool:
         return self.config.enabled
 
-    def assign(self, clients: Sequence[ClientInfo]) -> dict[int, Assignment]:
+    def assign(self, clients: Sequence[ClientInfo], rnd: int = 0) -> dict[int, Assignment]:
         if not self.enabled:
             return {c.client_id: self.fixed(c.client_id) for c in clients}
         if self.arch is None:
             raise FedpeftError("the allocation needs the model's architecture; none was given.")
-        problem = build_problem(self.arch, self.config, self.estimator)
+        seed = self.cfg.run.seed
+        problem = build_problem(self.arch, self.config, self.estimator, round=rnd, seed=seed)
         self.last = allocate(problem, clients)
         return {a.client_id: _assignment(a) for a in self.last}
 
@@ -115,10 +121,30 @@ class Assigner:
         """The run's ``[peft]`` method in the one group (no allocation)."""
         return Assignment(client_id, self.default, DEFAULT_GROUP, "")
 
-    def observe(self, candidates: Sequence[Candidate], gain: float) -> None:
-        """Every candidate trained in a group this round observes that group's gain."""
-        for candidate in {c.name: c for c in candidates}.values():
-            self.estimator = self.estimator.update(candidate, gain)
+    def observe(self, trained: Sequence[tuple[Candidate, int]], gain: float) -> None:
+        """A group's gain this round, credited to the configurations that trained in it by
+        their share of its examples (``trained``: each accepted client's configuration and
+        example count)."""
+        shares: dict[str, float] = {}
+        for candidate, examples in trained:
+            shares[candidate.name] = shares.get(candidate.name, 0.0) + max(examples, 0)
+        if sum(shares.values()) > 0:
+            self.estimator = self.estimator.observe(shares, gain)
+
+    def observe_updates(self, updates: Mapping[int, tuple[Candidate, AdapterState]]) -> None:
+        """HetLoRA's rank self-pruning, from the factors each client returned."""
+        if self.config.policy != "hetlora" or not updates:
+            return
+        b = self.config.baselines
+        ranks = {
+            cid: (c.spec.r, state)
+            for cid, (c, state) in updates.items()
+            if isinstance(c.spec, LoraSpec)
+        }
+        floor = min(self.config.catalogue.lora_ranks, default=1)
+        pruned = pruned_ranks(ranks, b.prune_ratio, b.prune_threshold, floor)
+        if pruned:
+            self.estimator = self.estimator.with_ranks(pruned)
 
     def restore(self, estimator: GainEstimator | None) -> None:
         """The estimator a checkpoint saved (``ServerState.gain``)."""
@@ -131,4 +157,6 @@ def _assignment(allocation: Allocation) -> Assignment:
     if cand is None:
         return Assignment(allocation.client_id, None, GroupName(""), allocation.reason)
     alpha = cand.spec.envelope_alpha()
-    return Assignment(allocation.client_id, cand, group_of(cand), allocation.reason, alpha)
+    return Assignment(
+        allocation.client_id, cand, group_of(cand), allocation.reason, alpha, allocation.steps
+    )

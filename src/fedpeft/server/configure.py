@@ -56,7 +56,7 @@ def instruction_for(
         round=rnd,
         client_id=client_id,
         epochs=c.epochs,
-        steps=c.steps,
+        steps=assignment.steps if assignment and assignment.steps else c.steps,
         batch_size=c.batch_size,
         lr=c.lr,
         weight_decay=c.weight_decay,
@@ -137,7 +137,7 @@ def plan_round(
     profiled = pool if isinstance(pool, ProfiledPool) else None
     tiers = {c: _tier(profiled, c) for c in sampled}
     assigned = (
-        assigner.assign(_client_infos(cfg, profiled, sampled))
+        assigner.assign(_client_infos(cfg, profiled, sampled), rnd)
         if assigner.enabled
         else {cid: assigner.fixed(cid) for cid in sampled}
     )

@@ -16,7 +16,9 @@ from dataclasses import replace
 
 import torch
 
+from fedpeft.aggregation.fednova import normalise_work
 from fedpeft.aggregation.hetero import aggregate_partial, lift
+from fedpeft.allocation import Candidate
 from fedpeft.errors import FedpeftError
 from fedpeft.privacy import BudgetExceeded, PrivacyLedger
 from fedpeft.server.assign import Assigner
@@ -45,7 +47,7 @@ from fedpeft.server.sampling import sample_clients
 from fedpeft.server.state import ServerState
 from fedpeft.server.store import ALLOCATIONS, PERSONAL
 from fedpeft.server.strategy import Strategy
-from fedpeft.types import AdapterState, ClientRecord, ClientStatus, RoundRecord
+from fedpeft.types import AdapterState, ClientRecord, ClientStatus, ClientUpdate, RoundRecord
 
 log = logging.getLogger("fedpeft.server")
 
@@ -129,7 +131,10 @@ def run_round(
     if quorum:
         gen = central_generator(cfg.run.seed, rnd)
         central = _central_dp(ledger, gen, len(sampled), strategy, dp_info)
-        state = _aggregate(strategy, state, plan, accepted, cfg.data.num_clients, central)
+        normalise = assigner.enabled and assigner.config.normalise_work
+        state = _aggregate(
+            strategy, state, plan, accepted, cfg.data.num_clients, central, normalise
+        )
     else:
         state = state.evolve(adapters=plan.adapters)
     state = state.evolve(adapters=fuse_groups(strategy, fed.model, book, state.adapters))
@@ -198,9 +203,12 @@ def _aggregate(
     accepted: Mapping[int, Received],
     num_clients: int,
     central: _Rule | None = None,
+    normalise: bool = False,
 ) -> ServerState:
-    """Per group: the rule (or ``central`` DP-FedAvg) over its clients' (lifted) updates, then
-    the server optimiser. A clustered rule regroups this round's clients by cluster instead."""
+    """Per group: the rule (or ``central`` DP-FedAvg) over its clients' (lifted) updates,
+    then the server optimiser. With ``normalise`` (``allocation.normalise_work``) each update
+    is first rescaled to FedNova's per-step average (unequal local steps). A clustered rule
+    regroups this round's clients by cluster instead."""
     updates = {c: r.update for c, r in accepted.items() if r.update is not None}
     if strategy.partition is not None and len(updates) >= 2:
         groups = {c: r.sent.instruction.group for c, r in accepted.items()}
@@ -210,11 +218,12 @@ def _aggregate(
         )
         return state.evolve(adapters=adapters, clusters=clusters)
     adapters, optimizer = dict(plan.adapters), dict(state.optimizer)
+    states = _normalised(updates, accepted) if normalise else _as_is(updates)
     by_group: dict[str, list[tuple[AdapterState, float]]] = {}
-    for cid, update in updates.items():
+    for cid, (client_state, weight) in states.items():
         a = plan.assigned[cid]
-        lifted = lift(update.state, adapters[a.group], a.alpha)
-        by_group.setdefault(a.group, []).append((lifted, float(update.num_examples)))
+        lifted = lift(client_state, adapters[a.group], a.alpha)
+        by_group.setdefault(a.group, []).append((lifted, weight))
     for group, group_updates in sorted(by_group.items()):
         current = adapters[group]
         try:
@@ -236,6 +245,32 @@ def _aggregate(
             current, aggregated, opt_state
         )
     return state.evolve(adapters=adapters, optimizer=optimizer)
+
+
+def _as_is(updates: Mapping[int, ClientUpdate]) -> dict[int, tuple[AdapterState, float]]:
+    return {cid: (u.state, float(u.num_examples)) for cid, u in updates.items()}
+
+
+def _normalised(
+    updates: Mapping[int, ClientUpdate], accepted: Mapping[int, Received]
+) -> dict[int, tuple[AdapterState, float]]:
+    """FedNova's rescaling of each group's updates (``aggregation.fednova``)."""
+    out: dict[int, tuple[AdapterState, float]] = {}
+    groups: dict[str, list[int]] = {}
+    for cid in updates:
+        groups.setdefault(accepted[cid].sent.instruction.group, []).append(cid)
+    for members in groups.values():
+        work = [
+            (
+                updates[c].state,
+                accepted[c].sent.start,
+                max(1.0, updates[c].metrics.get("steps", 1.0)),
+                float(max(1, updates[c].num_examples)),
+            )
+            for c in members
+        ]
+        out.update(zip(members, normalise_work(work), strict=True))
+    return out
 
 
 def _fits(opt_state: AdapterState, state: AdapterState) -> bool:
@@ -285,19 +320,36 @@ def _observe(
     changes: dict[str, object] = {"examples": examples}
     if assigner.enabled:
         for name, metrics in evals.items():
-            members = [
-                a.candidate
+            trained = [
+                (a.candidate, _examples(accepted[c]))
                 for c, a in plan.assigned.items()
                 if a.group == name and c in accepted and a.candidate is not None
             ]
-            if members and name in before:
-                assigner.observe(members, metrics["accuracy"] - before[name])
+            if trained and name in before:
+                assigner.observe(trained, metrics["accuracy"] - before[name])
+        assigner.observe_updates(_returned(plan, accepted))
         changes["gain"] = assigner.estimator
         changes["last_accuracy"] = {g: m["accuracy"] for g, m in evals.items()}
     alive = sorted(g for g in examples if g in state.adapters)
     if alive:
         changes["main"] = max(alive, key=lambda g: examples[g])
     return state.evolve(**changes)
+
+
+def _returned(
+    plan: RoundPlan, accepted: Mapping[int, Received]
+) -> dict[int, tuple[Candidate, AdapterState]]:
+    """Each accepted client's configuration and returned state."""
+    out = {}
+    for cid, r in accepted.items():
+        a = plan.assigned.get(cid)
+        if a is not None and a.candidate is not None and r.update is not None:
+            out[cid] = (a.candidate, r.update.state)
+    return out
+
+
+def _examples(r: Received) -> int:
+    return r.update.num_examples if r.update is not None else 0
 
 
 def _sim_time(clients: list[ClientRecord], deadline: float) -> float | None:

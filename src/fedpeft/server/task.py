@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedpeft.allocation import client_groups
 from fedpeft.config import ExperimentConfig, PeftConfig
 from fedpeft.data import (
     DataProfile,
@@ -267,7 +268,9 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
         rng = np.random.default_rng([cfg.run.seed, 0x9A0])
         proxy = np.sort(rng.choice(pool, size=cfg.server.proxy_size, replace=False))
         pool = np.setdiff1d(pool, proxy)
-    partitions = [pool[p] for p in partition_indices(train.labels[pool], cfg.data, cfg.run.seed)]
+    groups = client_groups(cfg) if cfg.data.partition == "natural" else None
+    parts = partition_indices(train.labels[pool], cfg.data, cfg.run.seed, groups)
+    partitions = [pool[p] for p in parts]
     fraction = cfg.data.client_test_fraction
     partitions, tests = holdout(train.labels, partitions, fraction, cfg.run.seed)
     lengths = train.lengths

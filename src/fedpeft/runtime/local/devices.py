@@ -9,7 +9,9 @@
   time at the device's FLOP/s for the S steps it takes and the real payload sizes; a client
   whose predicted ``T`` exceeds ``allocation.deadline_s`` is a straggler: the server stops
   waiting at the deadline, so it is not trained and its update never arrives;
-- threads: torch trains it with ``min(cores, this machine's cores)`` threads.
+- threads: torch trains it with ``min(cores, this machine's cores)`` threads;
+- ``limits = False`` (a policy that ignores them, the ``unconstrained`` upper bound): no
+  memory refusal and no deadline; the round then lasts as long as its slowest client.
 
 Simulated time is predicted, not measured: it is reproducible and independent of how busy
 this machine is. Real wall time is still recorded next to it.
@@ -41,6 +43,7 @@ class DeviceSim:
     availability: bool = True
     thread_cap: bool = True
     calibration: Calibration = Calibration()
+    limits: bool = True
 
     def online(self, profile: ResourceProfile, rnd: int, client_id: int) -> bool:
         if not self.availability or profile.availability >= 1.0:
@@ -52,7 +55,7 @@ class DeviceSim:
         self, profile: ResourceProfile, arch: Architecture, spec: MethodSpec, work: Workload
     ) -> None:
         need = peak_memory(arch, spec, work.batch_size, work.seq_len, "adamw", self.calibration)
-        if need > profile.memory_bytes:
+        if self.limits and need > profile.memory_bytes:
             raise ClientSkipped(
                 ClientStatus.REFUSED,
                 f"its configuration needs {need / GiB:.2f} GiB (predicted peak) but the "
@@ -76,7 +79,7 @@ class DeviceSim:
         return work.steps * step + transfer
 
     def check_deadline(self, seconds: float) -> None:
-        if seconds > self.deadline_s:
+        if self.limits and seconds > self.deadline_s:
             raise ClientSkipped(
                 ClientStatus.STRAGGLER,
                 f"predicted {seconds:.1f} s on its device, past the {self.deadline_s:g} s "

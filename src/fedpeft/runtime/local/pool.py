@@ -13,14 +13,20 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from fedpeft.allocation import Workload, client_workload, make_allocation_config
+from fedpeft.allocation import (
+    Workload,
+    client_workload,
+    federation_devices,
+    ignores_limits,
+    make_allocation_config,
+)
 from fedpeft.client import ClientData, ClientState, ClientStateStore, FitResult, handle_fit
 from fedpeft.client.evaluate import handle_evaluate
 from fedpeft.client.personal import PersonalKit
 from fedpeft.data import DataProfile, ImageSplit, TokenizedSplit
 from fedpeft.errors import ClientSkipped
 from fedpeft.peft import get_adapter_state, parse_method_ref, set_adapter_state
-from fedpeft.profiling import ResourceProfile, declared_devices
+from fedpeft.profiling import ResourceProfile
 from fedpeft.runtime.local.devices import DeviceSim, thread_cap
 from fedpeft.runtime.local.jobs import (
     WorkerJobs,
@@ -59,10 +65,12 @@ class LocalClientPool:
     """Clients as (partition indices, shared model): bytes in, bytes out, one at a time in
     this process (``ParallelClientPool`` trains several at once).
 
-    With ``simulation.devices = true`` each client trains within its declared device:
-    availability, memory, deadline and thread cap (see ``devices.py``); a client that does
-    not train raises ``ClientSkipped`` and ``sim_seconds`` reports the simulated time of
-    those that did.
+    With ``simulation.devices = true`` each client trains within its device (declared, or
+    sized to the model: ``[profiles] scale``): availability, memory, deadline and thread cap
+    (see ``devices.py``) for the local steps its instruction names; a client that does not
+    train raises ``ClientSkipped`` and ``sim_seconds`` reports the simulated time of those
+    that did. A policy that ignores the limits (``unconstrained``) is not held to memory
+    or the deadline.
     """
 
     def __init__(
@@ -73,14 +81,15 @@ class LocalClientPool:
     ) -> None:
         self.task = task
         self.states = states or ClientStateStore()  # what each client keeps between rounds
-        cfg, p = task.cfg, task.cfg.profiles
-        self.devices = devices or declared_devices(
-            cfg.data.num_clients, p.mix, cfg.run.seed, p.file
-        )
+        cfg = task.cfg
+        self.devices = devices or federation_devices(cfg, task.arch, task.data.profiles)
         self.simulate = cfg.simulation.devices
-        deadline = make_allocation_config(cfg.allocation).deadline_s
+        alloc = make_allocation_config(cfg.allocation)
+        limits = not (alloc.enabled and ignores_limits(alloc.policy))
         sim = cfg.simulation
-        self.sim = DeviceSim(cfg.run.seed, deadline, sim.availability, sim.thread_cap)
+        self.sim = DeviceSim(
+            cfg.run.seed, alloc.deadline_s, sim.availability, sim.thread_cap, limits=limits
+        )
         self._sim_seconds: dict[tuple[int, int], float] = {}
         self._kit: PersonalKit | None = None
 
@@ -197,13 +206,13 @@ class LocalClientPool:
         self._sim_seconds[(instruction.round, cid)] = seconds
 
     def _workload(self, instruction: TrainInstruction) -> Workload:
-        c, cid = self.task.cfg.client, instruction.client_id
+        """The local work the instruction names (an allocation may shorten the steps)."""
         return client_workload(
-            self.task.data.profiles[cid],
+            self.task.data.profiles[instruction.client_id],
             instruction.batch_size,
             self.task.cfg.model.max_length,
-            c.epochs,
-            c.steps,
+            instruction.epochs,
+            instruction.steps,
         )
 
 
@@ -349,8 +358,8 @@ def device_durations(task: Task) -> DurationFn:
     """The asynchronous clock's durations: each client's simulated round trip on its declared
     device (``devices.py``: the cost model's compute time at its FLOP/s plus the payloads
     over its bandwidth), whether or not ``simulation.devices`` also caps threads and drops."""
-    cfg, p = task.cfg, task.cfg.profiles
-    devices = declared_devices(cfg.data.num_clients, p.mix, cfg.run.seed, p.file)
+    cfg = task.cfg
+    devices = federation_devices(cfg, task.arch, task.data.profiles)
     sim = DeviceSim(cfg.run.seed, make_allocation_config(cfg.allocation).deadline_s)
     c = cfg.client
 

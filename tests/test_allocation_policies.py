@@ -1,0 +1,184 @@
+"""The reworked utility (step adaptation, deadline risk, round-aware time, E by coverage)
+and the published baselines as policies, on MiniLM's shape with model-relative tiers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoConfig
+
+from fedpeft.allocation import (
+    ClientInfo,
+    Workload,
+    allocate,
+    build_problem,
+    coverage,
+    deadline_risk,
+    evaluate,
+    make_allocation_config,
+    model_tiers,
+    pruned_ranks,
+    tail_share,
+)
+from fedpeft.allocation.baselines import fedra_rank, reachable_blocks
+from fedpeft.config.profiles import DEFAULT_RELATIVE
+from fedpeft.data import DataProfile
+from fedpeft.models import get_model_spec
+from fedpeft.peft import Architecture, architecture
+
+DEADLINE = 60.0
+DATA = DataProfile(96, [48, 48], 1.0, 24.0)
+
+
+@pytest.fixture(scope="module")
+def minilm() -> Architecture:
+    path = get_model_spec("minilm-l6").local_path()
+    assert path is not None
+    return architecture(AutoConfig.from_pretrained(str(path)), 2)
+
+
+@pytest.fixture(scope="module")
+def tiers(minilm: Architecture) -> dict:
+    return model_tiers(minilm, Workload(16, 48, 6, 24), DEADLINE, DEFAULT_RELATIVE, rank=16)
+
+
+def client(tiers: dict, i: int, tier: str, steps: int = 6) -> ClientInfo:
+    return ClientInfo(i, tiers[tier], Workload(16, 48, steps, 24), DATA)
+
+
+def problem(arch: Architecture, **raw: object):  # type: ignore[no-untyped-def]
+    cfg = make_allocation_config(
+        {"deadline_s": DEADLINE, "enabled": True, "policy": "utility"} | raw
+    )
+    return build_problem(arch, cfg, round=1, seed=0)
+
+
+def test_deadline_risk_is_a_lognormal_tail() -> None:
+    assert deadline_risk(60.0, 60.0, 0.1) == pytest.approx(0.5)
+    assert deadline_risk(60.0 * math.exp(-0.1), 60.0, 0.1) == pytest.approx(0.158655, abs=1e-6)
+    assert deadline_risk(0.0, 60.0, 0.1) == 0.0
+
+
+def test_utility_keeps_every_tier_in_one_envelope(minilm: Architecture, tiers: dict) -> None:
+    """High trains every block, mid at most half, low only the top block — all LoRA."""
+    clients = [client(tiers, 0, "high"), client(tiers, 1, "mid"), client(tiers, 2, "low")]
+    out = allocate(problem(minilm), clients)
+    blocks = [len(a.chosen.spec.targets(minilm)) // 2 for a in out if a.chosen]
+    assert blocks == [6, 3, 1] and {a.chosen.method for a in out if a.chosen} == {"lora"}
+
+
+def test_steps_shrink_to_meet_the_deadline(minilm: Architecture, tiers: dict) -> None:
+    heavy = client(tiers, 0, "low", steps=40)  # far more data than the tier was sized for
+    fixed = allocate(problem(minilm, adapt_steps=False), [heavy])[0]
+    assert fixed.chosen is None and "deadline" in fixed.reason
+    adapted = allocate(problem(minilm), [heavy])[0]
+    ev = adapted.chosen_evaluation
+    assert adapted.chosen is not None and ev is not None and adapted.steps == ev.steps < 40
+    assert ev.steps >= math.ceil(0.25 * 40) and ev.feasible
+    assert ev.cost.round_seconds <= DEADLINE * math.exp(-0.1) + 1e-9  # one σ inside
+    one_more = evaluate(problem(minilm), ev.candidate, client(tiers, 0, "low", ev.steps + 1))
+    assert one_more.cost.round_seconds > DEADLINE * math.exp(-0.1)  # the most that fit
+    assert ev.terms.parts["R.work"] == pytest.approx((ev.steps / 40) ** 0.5)
+    assert f"{ev.steps} of 40 local steps" in adapted.reason
+    hopeless = allocate(problem(minilm, min_work=0.9), [heavy])[0]
+    assert hopeless.chosen is None
+
+
+def test_time_below_the_round_floor_is_free(minilm: Architecture, tiers: dict) -> None:
+    """A fast client's time costs nothing up to the slowest client's fastest option."""
+    fast, slow = client(tiers, 0, "high", steps=2), client(tiers, 1, "low", steps=8)
+    aware = allocate(problem(minilm), [fast, slow])[0]
+    blind = allocate(problem(minilm, round_aware=False), [fast, slow])[0]
+    assert aware.terms is not None and blind.terms is not None
+    assert aware.terms.parts["C.time"] == 0.0 < blind.terms.parts["C.time"]
+
+
+def test_expressivity_is_coverage_not_bytes(minilm: Architecture) -> None:
+    p = problem(minilm)
+    by_name = {c.name: c for c in p.catalogue}
+    assert p.expressivity["lora-r4-top3"] == p.expressivity["lora-r16-top3"] == 4 / 7
+    assert p.expressivity["lora-r4-all"] == 1.0 == coverage(minilm, by_name["lora-r4-all"].spec)
+    assert p.capacity["lora-r4-all"] < p.capacity["lora-r16-all"] == 1.0
+    assert p.capacity["lora-r16-top1"] < p.capacity["lora-r16-top3"] < 1.0
+
+
+def test_uniform_baselines(minilm: Architecture, tiers: dict) -> None:
+    clients = [client(tiers, 0, "high"), client(tiers, 1, "mid"), client(tiers, 2, "low")]
+    fit = allocate(problem(minilm, policy="uniform_fit"), clients)
+    assert len({a.chosen.name for a in fit if a.chosen}) == 1 and all(a.chosen for a in fit)
+    assert fit[0].chosen is not None and fit[0].chosen.name == "lora-r16-top1"
+    large = allocate(problem(minilm, policy="uniform_large"), clients)
+    assert [a.chosen.name if a.chosen else None for a in large] == ["lora-r16-all", None, None]
+    free = allocate(problem(minilm, policy="unconstrained"), clients)
+    assert all(a.chosen is not None and a.chosen.name == "lora-r16-all" for a in free)
+    assert "limits are ignored" in free[2].reason and free[2].evaluations[0].violations
+
+
+def test_rank_by_tier_baselines(minilm: Architecture, tiers: dict) -> None:
+    """FlexLoRA and HetLoRA vary the rank only: a tier that cannot hold every block is out;
+    a pruned client's rank is capped."""
+    high = client(tiers, 0, "high")
+    slow_high = ClientInfo(1, tiers["high"], Workload(16, 48, 30, 24), DATA)
+    flex = allocate(problem(minilm, policy="flexlora"), [high, slow_high, client(tiers, 2, "mid")])
+    assert [a.chosen.name if a.chosen else None for a in flex][0] == "lora-r16-all"
+    assert flex[1].chosen is not None and flex[1].chosen.spec.r < 16  # time binds the rank
+    assert flex[2].chosen is None and "no full-depth rank fits" in flex[2].reason
+    p = problem(minilm, policy="hetlora")
+    capped = build_problem(minilm, p.config, p.estimator.with_ranks({0: 8}))
+    het = allocate(capped, [high])[0]
+    assert het.chosen is not None and het.chosen.spec.r == 8 and "self-pruned" in het.reason
+
+
+def test_fedra_draws_seeded_subsets_within_reach(minilm: Architecture, tiers: dict) -> None:
+    clients = [client(tiers, i, t) for i, t in enumerate(["high", "high", "mid", "low"])]
+    p = problem(minilm, policy="fedra")
+    assert fedra_rank(p) == 8
+    assert [reachable_blocks(p, c, 8) for c in clients] == [6, 6, 3, 1]
+    rounds = [allocate(build_problem(minilm, p.config, round=r), clients) for r in range(1, 6)]
+    for out in rounds:
+        layers = [a.chosen.spec.layers for a in out if a.chosen]
+        assert [len(x) for x in layers] == [3, 3, 2, 1]
+        assert all(min(x) >= 3 for x in layers[2:3]) and layers[3] == [5]
+    high_draws = {tuple(out[0].chosen.spec.layers) for out in rounds if out[0].chosen}
+    assert len(high_draws) > 1  # a new draw every round
+    again = allocate(build_problem(minilm, p.config, round=1), clients)
+    assert [a.chosen for a in again] == [a.chosen for a in rounds[0]]
+
+
+def lora_state(b_cols: list[float]) -> dict[str, torch.Tensor]:
+    """One module of rank len(b_cols) whose k-th component has norm b_cols[k]."""
+    r = len(b_cols)
+    a = torch.eye(r, 5)
+    b = torch.zeros(4, r)
+    for k, v in enumerate(b_cols):
+        b[k % 4, k] = v
+    return {"m.lora_A.weight": a, "m.lora_B.weight": b}
+
+
+def test_hetlora_prunes_a_rank_whose_tail_is_idle() -> None:
+    busy, idle = lora_state([1.0, 1.0, 1.0, 1.0]), lora_state([1.0, 1.0, 0.1, 0.1])
+    assert tail_share(busy, 2) == pytest.approx(0.5)
+    assert tail_share(idle, 2) == pytest.approx(0.02 / 2.02)
+    out = pruned_ranks({0: (4, busy), 1: (4, idle)}, ratio=0.5, threshold=0.5, floor=2)
+    assert out == {1: 2}
+    assert pruned_ranks({1: (2, idle)}, ratio=0.5, threshold=0.5, floor=2) == {}  # at floor
+    zero = {k: torch.zeros_like(v) for k, v in busy.items()}
+    assert tail_share(zero, 2) == 0.0
+
+
+def test_every_policy_respects_the_limits_unless_it_says_not(
+    minilm: Architecture, tiers: dict
+) -> None:
+    rng = np.random.default_rng(1)
+    clients = [
+        client(tiers, i, str(rng.choice(["high", "mid", "low"])), int(rng.integers(1, 30)))
+        for i in range(12)
+    ]
+    for policy in ("utility", "uniform_fit", "uniform_large", "flexlora", "hetlora", "fedra"):
+        for a in allocate(problem(minilm, policy=policy), clients):
+            ev = a.chosen_evaluation
+            if a.chosen is not None:
+                assert ev is not None and ev.feasible, (policy, a.reason)
