@@ -15,7 +15,9 @@ import psutil
 import torch
 from torch import nn
 
+from fedpeft.client.losses import LabelSkewLoss, Loss
 from fedpeft.data import Split
+from fedpeft.data.instruct import InstructSplit
 from fedpeft.peft import get_adapter_state
 from fedpeft.types import ClientUpdate, TrainInstruction
 
@@ -48,6 +50,7 @@ def train(
     rng = np.random.default_rng(seed)
     meter = _PeakMemory(device)
     loss_sum, seen, steps = 0.0, 0, 0
+    objective = _objective(instruction, data)
     max_steps = instruction.steps or instruction.epochs * _batches(len(data.indices), instruction)
     start = time.perf_counter()
     model.train()
@@ -56,12 +59,13 @@ def train(
         while steps < max_steps:
             for batch in data.split.train_batches(data.indices, instruction.batch_size, rng):
                 batch = batch.to(device)
-                out = model(**batch.model_inputs())
-                loss = out.loss + _proximal(params, anchor, instruction.proximal_mu)
+                out = model(**batch.model_inputs(with_labels=objective is None))
+                task_loss = out.loss if objective is None else objective(out.logits, batch.labels)
+                loss = task_loss + _proximal(params, anchor, instruction.proximal_mu)
                 loss.backward()
                 opt.step()
                 model.zero_grad(set_to_none=True)  # also frozen-by-instruction grads
-                loss_sum += float(out.loss.detach()) * len(batch)
+                loss_sum += float(task_loss.detach()) * len(batch)
                 seen += len(batch)
                 steps += 1
                 meter.sample()
@@ -75,6 +79,14 @@ def train(
         "mem_rise_bytes": float(meter.peak - meter.start),  # this client's training alone
     }
     return ClientUpdate(instruction.client_id, get_adapter_state(model), len(data.indices), metrics)
+
+
+def _objective(instruction: TrainInstruction, data: ClientData) -> Loss | None:
+    """The label-skew loss from the client's own label counts (classification only)."""
+    rule = LabelSkewLoss(instruction.label_skew, instruction.label_skew_tau)
+    if not rule.active or isinstance(data.split, InstructSplit):
+        return None
+    return rule.for_client(data.split.labels[data.indices])
 
 
 def _batches(n: int, instruction: TrainInstruction) -> int:

@@ -82,6 +82,19 @@ class ClientConfig(_Section):
     lr: PositiveFloat = 3e-3
     weight_decay: float = Field(0.0, ge=0.0)
     proximal_mu: float = Field(0.0, ge=0.0, description="FedProx term (mu/2)·||θ − θ⁰||²")
+    label_skew: Literal["none", "logit_adjust", "fedlc", "fedrs"] = Field(
+        "none", description="classification: the client loss's label-skew rule (client/losses.py)"
+    )
+    label_skew_tau: float = Field(1.0, ge=0.0, description="its strength τ (FedRS: α ≤ 1)")
+
+    @model_validator(mode="after")
+    def _fedrs_alpha(self) -> ClientConfig:
+        if self.label_skew == "fedrs" and self.label_skew_tau > 1:
+            raise ValueError(
+                f"`client.label_skew_tau` is FedRS's α and should be in [0, 1], "
+                f"got {self.label_skew_tau}"
+            )
+        return self
 
 
 class ServerConfig(_Section):

@@ -115,6 +115,8 @@ def instruction_for(
         lr=c.lr,
         weight_decay=c.weight_decay,
         proximal_mu=c.proximal_mu,
+        label_skew=c.label_skew,
+        label_skew_tau=c.label_skew_tau,
         seed=cfg.run.seed,
         freeze=freeze,
         method=cand.method if cand else "",

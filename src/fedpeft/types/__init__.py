@@ -27,6 +27,8 @@ class TrainInstruction:
     method: str = ""  # the PEFT method this client trains ("" = the run's [peft] method)
     options: str = "{}"  # that method's options, canonical JSON (sorted keys)
     group: str = "global"  # the server-side group whose global adapter it starts from
+    label_skew: str = "none"  # the client objective's label-skew rule (client/losses.py)
+    label_skew_tau: float = 1.0  # its strength τ (FedRS: α)
 
 
 @dataclass(frozen=True)
