@@ -96,7 +96,10 @@ def run(
             err_console.print("interrupted; continue with `fedpeft run --resume <run folder>`.")
             raise typer.Exit(130) from None
     from fedpeft.report import write_report
+    from fedpeft.server.classes import evaluate_run
 
+    with user_errors():
+        evaluate_run(result.run_dir)  # classes.json: per-class figures for the report
     write_report(result.run_dir)
     console.print(rounds_table(result.rounds))
     s = result.summary
@@ -139,15 +142,28 @@ def allocate(
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, runs/<run-id>")]) -> None:
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder, runs/<run-id>")],
+    reference: Annotated[
+        Path | None,
+        typer.Option(help="a finished run to compare with, e.g. the same data with 1 client"),
+    ] = None,
+    classes: Annotated[
+        bool, typer.Option(help="evaluate per class when classes.json is missing (loads the model)")
+    ] = True,
+) -> None:
     """(Re)write a run's report.md and plots/*.png from its logs."""
     _setup_logging(False)
     with user_errors():
-        if not (run_dir / "summary.json").is_file():
-            raise FedpeftError(f"{run_dir} has no summary.json; is it a finished fedpeft run?")
+        for folder in (run_dir, reference):
+            if folder is not None and not (folder / "summary.json").is_file():
+                raise FedpeftError(f"{folder} has no summary.json; is it a finished fedpeft run?")
         from fedpeft.report import write_report
+        from fedpeft.server.classes import CLASSES, evaluate_run
 
-        Console().print(f"wrote {write_report(run_dir)}")
+        if classes and not (run_dir / CLASSES).is_file():
+            evaluate_run(run_dir)
+        Console().print(f"wrote {write_report(run_dir, reference)}")
 
 
 def _runner(runtime: Runtime) -> Callable[..., RunResult]:

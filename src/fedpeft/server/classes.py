@@ -1,0 +1,110 @@
+"""Per-class quality of a classifier: precision, recall, F1, support and the confusion
+matrix (scikit-learn's ``precision_recall_fscore_support`` and ``confusion_matrix``), saved
+as ``classes.json`` in the run folder for the report.
+
+``evaluate_run(run_dir)`` rebuilds a finished run's model from its ``config.toml`` and
+loads its last checkpointed global adapter; a runtime that still holds its task can call
+``class_report(labels, preds, names)`` on the logits it already has instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CLASSES = "classes.json"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class ClassReport:
+    """Per-class figures, in label-id order; ``confusion[i][j]``: true i predicted j."""
+
+    label_names: list[str]
+    precision: list[float]
+    recall: list[float]
+    f1: list[float]
+    support: list[int]
+    confusion: list[list[int]]
+    accuracy: float
+    macro_f1: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ClassReport:
+        if raw.get("version") != VERSION:
+            raise ValueError(f"classes.json has version {raw.get('version')!r}, not {VERSION}")
+        fields = {k: raw[k] for k in cls.__dataclass_fields__}
+        report = cls(**fields)
+        n = len(report.label_names)
+        lists = (report.precision, report.recall, report.f1, report.support, report.confusion)
+        if any(len(x) != n for x in lists) or any(len(row) != n for row in report.confusion):
+            raise ValueError(f"classes.json: every per-class list should have {n} entries")
+        return report
+
+    def rarest(self, k: int) -> list[int]:
+        """The ``k`` classes with the fewest evaluation examples (ties: lower id first)."""
+        return sorted(range(len(self.support)), key=lambda c: (self.support[c], c))[:k]
+
+    @property
+    def majority_rate(self) -> float:
+        """Accuracy of always predicting the most frequent class: the chance baseline."""
+        return max(self.support) / max(1, sum(self.support))
+
+
+def class_report(labels: np.ndarray, preds: np.ndarray, names: list[str]) -> ClassReport:
+    """Per-class precision/recall/F1 over every class in ``names`` (0 where undefined)."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    ids = list(range(len(names)))
+    p, r, f, s = precision_recall_fscore_support(
+        labels, preds, labels=ids, average=None, zero_division=0
+    )
+    cm = confusion_matrix(labels, preds, labels=ids)
+    return ClassReport(
+        label_names=list(names),
+        precision=[float(x) for x in p],
+        recall=[float(x) for x in r],
+        f1=[float(x) for x in f],
+        support=[int(x) for x in s],
+        confusion=cm.astype(int).tolist(),
+        accuracy=float((labels == preds).mean()),
+        macro_f1=float(np.mean(f)),
+    )
+
+
+def read_class_report(run_dir: Path) -> ClassReport | None:
+    path = run_dir / CLASSES
+    if not path.is_file():
+        return None
+    return ClassReport.from_json(json.loads(path.read_text()))
+
+
+def evaluate_run(run_dir: Path) -> ClassReport | None:
+    """The per-class report of a finished run's global adapter on its eval split, written
+    to ``classes.json``; None for runs that generate answers (instruction tuning)."""
+    from fedpeft.config import build_config, read_toml
+    from fedpeft.data.instruct import InstructSplit
+    from fedpeft.peft import set_adapter_state
+    from fedpeft.server.evaluate import predict_logits
+    from fedpeft.server.store import CONFIG, RunStore, write_json
+    from fedpeft.server.task import build_task
+
+    store = RunStore.open_existing(run_dir)
+    cfg = build_config(read_toml(store.root / CONFIG), source=str(store.root / CONFIG))
+    _, adapters, _, extra = store.load_checkpoint()
+    task = build_task(cfg)
+    if isinstance(task.eval, InstructSplit) or cfg.allocation.get("enabled"):
+        return None
+    state = adapters[str(extra.get("main", "global"))]
+    set_adapter_state(task.model, {k: v.to(task.device) for k, v in state.items()})
+    logits = predict_logits(task.model, task.eval, cfg.eval.batch_size, task.device)
+    report = class_report(task.eval.labels, logits.argmax(-1).numpy(), task.dataset.label_names)
+    write_json(store.root / CLASSES, report.to_json())
+    return report
