@@ -7,7 +7,7 @@ the loss gains FedProx's ``(μ/2)·‖θ − θ⁰‖²`` (Li et al., 2020), θ�
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,9 +36,16 @@ def derive_seed(*parts: int) -> int:
 
 
 def train(
-    model: nn.Module, instruction: TrainInstruction, data: ClientData, device: torch.device
+    model: nn.Module,
+    instruction: TrainInstruction,
+    data: ClientData,
+    device: torch.device,
+    after_backward: Callable[[], None] | None = None,
 ) -> ClientUpdate:
-    """Trains ``model``'s adapter in place from its current state and returns the update."""
+    """Trains ``model``'s adapter in place from its current state and returns the update.
+
+    ``after_backward`` runs after every backward pass, before the optimiser step (it may
+    change the gradients: SCAFFOLD's correction, ``client/scaffold.py``)."""
     params = [
         p
         for n, p in model.named_parameters()
@@ -63,6 +70,8 @@ def train(
                 task_loss = out.loss if objective is None else objective(out.logits, batch.labels)
                 loss = task_loss + _proximal(params, anchor, instruction.proximal_mu)
                 loss.backward()
+                if after_backward is not None:
+                    after_backward()
                 opt.step()
                 model.zero_grad(set_to_none=True)  # also frozen-by-instruction grads
                 loss_sum += float(task_loss.detach()) * len(batch)
