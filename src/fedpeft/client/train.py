@@ -57,7 +57,7 @@ def train(
     rng = np.random.default_rng(seed)
     meter = _PeakMemory(device)
     loss_sum, seen, steps = 0.0, 0, 0
-    objective = _objective(instruction, data)
+    objective = client_objective(instruction, data)
     max_steps = instruction.steps or instruction.epochs * _batches(len(data.indices), instruction)
     start = time.perf_counter()
     model.train()
@@ -90,7 +90,7 @@ def train(
     return ClientUpdate(instruction.client_id, get_adapter_state(model), len(data.indices), metrics)
 
 
-def _objective(instruction: TrainInstruction, data: ClientData) -> Loss | None:
+def client_objective(instruction: TrainInstruction, data: ClientData) -> Loss | None:
     """The label-skew loss from the client's own label counts (classification only)."""
     rule = LabelSkewLoss(instruction.label_skew, instruction.label_skew_tau)
     if not rule.active or isinstance(data.split, InstructSplit):
