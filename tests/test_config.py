@@ -38,7 +38,7 @@ def test_config_is_frozen() -> None:
         ("peft.rank=4", "method 'lora': unknown key `peft.rank`"),
         ("nosection.x=1", "unknown key `nosection`"),
         ("peft.r=-1", "`peft.r`: Input should be greater than 0, got -1"),
-        ("client.lr='fast'", "`client.lr`: Input should be a valid number"),
+        ("client.lr='fast'", "`client.lr` should be a positive number or \"auto\", got 'fast'"),
         ("peft.dropout=1.5", "`peft.dropout`"),
         ("peft.method='houlsby'", "no-error"),
         ("peft.size=0", "method 'lora': unknown key `peft.size`"),

@@ -51,3 +51,18 @@ def test_range_test_on_a_client_restores_the_adapter(tmp_path: Path) -> None:
     )
     again = lr_range_test(task.model, ins, data, task.device, RangeTest(steps=12, end=10.0))
     assert again == found  # seeded: the same batches, dropout and choice
+
+
+def test_auto_lr_run_records_and_uses_its_choice(tiny) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import tomllib
+
+    from fedpeft.report import write_report
+    from fedpeft.runtime.local import run_local
+
+    result = run_local(tiny("client.lr='auto'"))
+    search = json.loads((result.run_dir / "lr_search.json").read_text())
+    config = tomllib.loads((result.run_dir / "config.toml").read_text())
+    assert config["client"]["lr"] == search["lr"] and RangeTest().low <= search["lr"]
+    assert len(search["lrs"]) == len(search["losses"]) >= 1
+    assert f"auto (range test: {search['lr']:.3g})" in write_report(result.run_dir).read_text()

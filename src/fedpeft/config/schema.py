@@ -6,9 +6,20 @@ MiniLM-L6 on SST-2, 10 clients, Dirichlet(0.5) label skew, LoRA r=8, FedAvg.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+from fedpeft.errors import FedpeftError
 
 
 class _Section(BaseModel):
@@ -79,13 +90,37 @@ class ClientConfig(_Section):
     epochs: PositiveInt = 1
     steps: PositiveInt | None = Field(None, description="if set, train this many steps instead")
     batch_size: PositiveInt = 16
-    lr: PositiveFloat = 3e-3
+    lr: float | str = Field(
+        3e-3, description='"auto": a learning-rate range test on the largest client (lr_range.py)'
+    )
     weight_decay: float = Field(0.0, ge=0.0)
     proximal_mu: float = Field(0.0, ge=0.0, description="FedProx term (mu/2)·||θ − θ⁰||²")
     label_skew: Literal["none", "logit_adjust", "fedlc", "fedrs"] = Field(
         "none", description="classification: the client loss's label-skew rule (client/losses.py)"
     )
     label_skew_tau: float = Field(1.0, ge=0.0, description="its strength τ (FedRS: α ≤ 1)")
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr_number_or_auto(cls, value: object) -> float | str:
+        if value == "auto":
+            return "auto"
+        bad = ValueError(f'`client.lr` should be a positive number or "auto", got {value!r}')
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        if not (math.isfinite(value) and value > 0):
+            raise bad
+        return float(value)
+
+    @property
+    def fixed_lr(self) -> float:
+        """The learning rate, once ``"auto"`` has been resolved (``server/lr_auto.py``)."""
+        if isinstance(self.lr, str):
+            raise FedpeftError(
+                '`client.lr` is "auto" but no range test has chosen it; build the task with '
+                "fedpeft.server.task.build_task, which resolves it."
+            )
+        return self.lr
 
     @model_validator(mode="after")
     def _fedrs_alpha(self) -> ClientConfig:

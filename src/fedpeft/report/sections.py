@@ -33,7 +33,7 @@ def config_lines(cfg: dict[str, Any], chosen_lr: float | None = None) -> list[st
         f"{k}={v}" for k, v in peft.items() if k != "method" and not isinstance(v, dict)
     )
     lr = client.get("lr")
-    lr_text = f"{lr}" if chosen_lr is None else f"{lr} → {chosen_lr:.3g}"
+    lr_text = f"{lr}" if chosen_lr is None else f"auto (range test: {chosen_lr:.3g})"
     optimizer = server.get("optimizer", "none")
     if optimizer != "none":
         optimizer += f" (server lr {server.get('server_lr', 'default')})"

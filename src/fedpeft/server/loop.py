@@ -112,7 +112,7 @@ def instruction_for(
         epochs=c.epochs,
         steps=c.steps,
         batch_size=c.batch_size,
-        lr=c.lr,
+        lr=c.fixed_lr,
         weight_decay=c.weight_decay,
         proximal_mu=c.proximal_mu,
         label_skew=c.label_skew,

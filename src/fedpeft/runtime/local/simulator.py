@@ -34,6 +34,7 @@ from fedpeft.server.collect import ClientPool
 from fedpeft.server.evaluate import evaluate_model
 from fedpeft.server.export import export_adapter
 from fedpeft.server.groups import GroupBook
+from fedpeft.server.lr_auto import LR_SEARCH, resolved_lr
 from fedpeft.server.store import CONFIG, PARTITIONS, SUMMARY, write_atomic
 from fedpeft.server.summary import build_summary
 from fedpeft.server.task import Task, build_task, resolved
@@ -181,11 +182,16 @@ def run_local(
     checkpoint = store.load_checkpoint() if store else None  # a damaged run fails before any work
     with status("loading data and model"):
         task = build_task(cfg)
+    with status("choosing the learning rate"):
+        cfg, lr_search = resolved_lr(task)  # client.lr = "auto": a range test, once
+        task.cfg = cfg
     state, first = _initial_state(task, store, checkpoint)
     if store is None:
         resolved_toml = config_to_toml(resolved(cfg, task.method))  # every default written out
         store = RunStore.create(cfg.run.output_dir, cfg.run.name, resolved_toml)
         store.write_json(PARTITIONS, _partitions_json(task))
+        if lr_search is not None:
+            store.write_json(LR_SEARCH, lr_search.to_json())
     else:
         store.truncate_logs(first - 1)
         write_atomic(store.root / CONFIG, config_to_toml(resolved(cfg, task.method)).encode())
