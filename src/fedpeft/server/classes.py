@@ -90,18 +90,18 @@ def evaluate_run(run_dir: Path) -> ClassReport | None:
     """The per-class report of a finished run's global adapter on its eval split, written
     to ``classes.json``; None for runs that generate answers (instruction tuning)."""
     from fedpeft.config import build_config, read_toml
-    from fedpeft.data.instruct import InstructSplit
     from fedpeft.peft import set_adapter_state
     from fedpeft.server.evaluate import predict_logits
+    from fedpeft.server.instruct import task_kind
     from fedpeft.server.store import CONFIG, RunStore, write_json
     from fedpeft.server.task import build_task
 
     store = RunStore.open_existing(run_dir)
     cfg = build_config(read_toml(store.root / CONFIG), source=str(store.root / CONFIG))
+    if task_kind(cfg) == "instruct" or cfg.allocation.get("enabled"):
+        return None  # generated answers / one model per method group: not a single head
     _, adapters, _, extra = store.load_checkpoint()
     task = build_task(cfg)
-    if isinstance(task.eval, InstructSplit) or cfg.allocation.get("enabled"):
-        return None
     state = adapters[str(extra.get("main", "global"))]
     set_adapter_state(task.model, {k: v.to(task.device) for k, v in state.items()})
     logits = predict_logits(task.model, task.eval, cfg.eval.batch_size, task.device)
