@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from fedpeft.aggregation import fedavg
-from fedpeft.aggregation.drift import fednova, server_control, zeros_like_state
+from fedpeft.aggregation.drift import fedexp, fednova, server_control, zeros_like_state
 from fedpeft.aggregation.server_opt import FedAdam, FedAvgM, ServerOptimizer
 from fedpeft.client.losses import LabelSkewLoss
 from fedpeft.client.scaffold import corrected_gradient
@@ -78,6 +78,7 @@ class Setting:
     scaffold: bool = False
     fednova: bool = False
     rounds: int | None = None  # None: --rounds (compare rounds × epochs at equal compute)
+    fedexp: bool = False
 
 
 def server_opt(s: Setting) -> ServerOptimizer | None:
@@ -156,6 +157,8 @@ def simulate(
         if s.scaffold:
             c_server = server_control(c_server, deltas, len(parts))
         agg = fednova(head, updates) if s.fednova else fedavg([(u, n) for u, n, _ in updates])
+        if s.fedexp:
+            agg = fedexp(head, [(u, n) for u, n, _ in updates])
         head, opt_state = opt(head, agg, opt_state) if opt else (agg, {})
         acc, f1, recall = evaluate(head, ex, ey)
         accs.append(acc)
@@ -260,6 +263,8 @@ GRIDS: dict[str, dict[str, Setting]] = {
         ),
         "la lr3e-3 6x2": Setting(label_skew="logit_adjust", epochs=2, rounds=6),
         "la lr1e-2": Setting(lr=1e-2, label_skew="logit_adjust"),
+        "la fedexp": Setting(label_skew="logit_adjust", fedexp=True),
+        "la lr1e-2 fedexp": Setting(lr=1e-2, label_skew="logit_adjust", fedexp=True),
     },
     "default": {
         "fedavg": Setting(),

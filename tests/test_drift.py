@@ -129,3 +129,32 @@ def test_scaffold_client_half_in_training(tmp_path: Path) -> None:
         c[bias] = torch.full_like(c[bias], 10.0 * sign)
         moved = train_scaffold(task.model, ins, data, task.device, c, zero).update.state[bias]
         assert torch.all(torch.sign(moved - start[bias]) == -sign)
+
+
+def test_fedexp_step_size_by_formula_and_limits() -> None:
+    from fedpeft.aggregation.drift import FEDEXP_EPS, fedexp, fedexp_lr
+
+    x = {"w": torch.zeros(4, dtype=torch.float64)}
+    same = [({"w": torch.ones(4, dtype=torch.float64)}, 1.0)] * 3
+    assert fedexp_lr(x, same) == 1.0  # agreeing clients: FedAvg
+    eye = torch.eye(4, dtype=torch.float64)
+    orth = [({"w": eye[i]}, 1.0) for i in range(4)]  # M = 4 orthogonal unit updates
+    # Σ p‖Δ_i‖² = 1, ‖Δ̄‖² = 4·(1/4)² = 1/4 → η = 1 / (2·(1/4 + ε))
+    assert fedexp_lr(x, orth) == pytest.approx(1 / (2 * (0.25 + FEDEXP_EPS)))
+    out = fedexp(x, orth)
+    assert torch.allclose(
+        out["w"], fedexp_lr(x, orth) * torch.full((4,), 0.25, dtype=torch.float64)
+    )
+    ys = _states(3, 5)
+    x2 = _states(1, 6)[0]
+    n = [1.0, 2.0, 5.0]
+    p = np.asarray(n) / 8
+    d = [{k: ys[i][k].numpy() - x2[k].numpy() for k in x2} for i in range(3)]
+    spread = sum(p[i] * sum(float((d[i][k] ** 2).sum()) for k in x2) for i in range(3))
+    mean = {k: sum(p[i] * d[i][k] for i in range(3)) for k in x2}
+    mean_sq = sum(float((m**2).sum()) for m in mean.values())
+    eta = max(1.0, spread / (2 * (mean_sq + FEDEXP_EPS)))
+    assert fedexp_lr(x2, list(zip(ys, n, strict=True))) == pytest.approx(eta, rel=1e-6)
+    got = fedexp(x2, list(zip(ys, n, strict=True)))
+    for k in x2:
+        assert np.allclose(got[k].numpy(), x2[k].numpy() + eta * mean[k], atol=1e-5)

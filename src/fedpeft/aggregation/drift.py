@@ -95,3 +95,45 @@ def _same_keys(first: AdapterState, *others: AdapterState) -> None:
         for k, v in first.items():
             if other[k].shape != v.shape:
                 raise ValueError(f"{k!r} is {tuple(other[k].shape)}, expected {tuple(v.shape)}")
+
+
+def fedexp_lr(global_state: AdapterState, updates: Sequence[tuple[AdapterState, float]]) -> float:
+    """FedExP's server step size (Jhunjhunwala et al., 2023, "FedExP: Speeding Up Federated
+    Averaging via Extrapolation", ICLR, eq. 9), weighted by ``p_i = n_i/Σn``:
+    ``η = max(1, Σ_i p_i ‖Δ_i‖² / (2 (‖Σ_i p_i Δ_i‖² + ε)))`` with ``Δ_i = y_i − x``.
+
+    When the clients agree, η = 1 (FedAvg); the more their updates point different ways
+    (and cancel in the average), the further the server extrapolates along the average.
+    """
+    if not updates:
+        raise ValueError("fedexp needs at least one update")
+    total = float(sum(n for _, n in updates))
+    if total <= 0 or any(n < 0 for _, n in updates):
+        raise ValueError("weights should be non-negative with a positive sum")
+    _same_keys(global_state, *(s for s, _ in updates))
+    spread, mean_sq = 0.0, 0.0
+    for key, x in global_state.items():
+        deltas = [(n / total, s[key].double() - x.double()) for s, n in updates]
+        spread += sum(p * float((d * d).sum()) for p, d in deltas)
+        mean = torch.zeros_like(x, dtype=torch.float64)
+        for p, d in deltas:
+            mean += p * d
+        mean_sq += float((mean * mean).sum())
+    return max(1.0, spread / (2 * (mean_sq + FEDEXP_EPS)))
+
+
+FEDEXP_EPS = 1e-3  # ε: keeps η finite when the clients' updates cancel exactly
+
+
+def fedexp(
+    global_state: AdapterState, updates: Sequence[tuple[AdapterState, float]]
+) -> AdapterState:
+    """``x + η·Σ_i p_i (y_i − x)`` with FedExP's ``η`` (``fedexp_lr``)."""
+    eta = fedexp_lr(global_state, updates)
+    total = float(sum(n for _, n in updates))
+    out: AdapterState = {}
+    for key, x in global_state.items():
+        x64 = x.double()
+        mean = sum((n / total) * (s[key].double() - x64) for s, n in updates)
+        out[key] = (x64 + eta * mean).to(x.dtype)
+    return out
