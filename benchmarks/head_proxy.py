@@ -197,6 +197,8 @@ def main() -> None:
                 results[f"{dataset}/dir{alpha}/s{seed}/{name}"] = r
                 acc = r["accuracy"][-1]  # type: ignore[index]
                 print(dataset, alpha, seed, name, round(acc, 3), flush=True)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(results, indent=1) + "\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     summarise(results)
@@ -239,6 +241,21 @@ GRIDS: dict[str, dict[str, Setting]] = {
         "la fednova": Setting(label_skew="logit_adjust", fednova=True),
         "la steps13": Setting(label_skew="logit_adjust", steps=13),
         "la steps13 avgm.9": Setting(label_skew="logit_adjust", steps=13, optimizer="fedavgm"),
+    },
+    "wide2": {
+        "fedavg": Setting(),
+        "fedavg lr1e-2": Setting(lr=1e-2),
+        "la": Setting(label_skew="logit_adjust"),
+        "fedlc t5": Setting(label_skew="fedlc", tau=5.0),
+        "la lr1e-2": Setting(lr=1e-2, label_skew="logit_adjust"),
+        "la lr3e-2": Setting(lr=3e-2, label_skew="logit_adjust"),
+        "la avgm.9": Setting(optimizer="fedavgm", label_skew="logit_adjust"),
+        "la avgm.9 lr1e-2": Setting(lr=1e-2, optimizer="fedavgm", label_skew="logit_adjust"),
+        "la scaffold": Setting(label_skew="logit_adjust", scaffold=True),
+        "la scaffold lr1e-2": Setting(lr=1e-2, label_skew="logit_adjust", scaffold=True),
+        "la fedexp": Setting(label_skew="logit_adjust", fedexp=True),
+        "la fedexp lr1e-2": Setting(lr=1e-2, label_skew="logit_adjust", fedexp=True),
+        "avgm.9 lr1e-2 (no la)": Setting(lr=1e-2, optimizer="fedavgm"),
     },
     "budget": {  # 12 epochs of compute in every setting
         "la lr1e-2 avgm.9": Setting(lr=1e-2, label_skew="logit_adjust", optimizer="fedavgm"),
