@@ -52,7 +52,9 @@ def train(
         if p.requires_grad and not any(part in n for part in instruction.freeze)
     ]
     anchor = [p.detach().clone() for p in params] if instruction.proximal_mu > 0 else []
-    opt = torch.optim.AdamW(params, lr=instruction.lr, weight_decay=instruction.weight_decay)
+    opt = torch.optim.AdamW(
+        _param_groups(model, params, instruction), weight_decay=instruction.weight_decay
+    )
     seed = derive_seed(instruction.seed, instruction.round, instruction.client_id)
     rng = np.random.default_rng(seed)
     meter = _PeakMemory(device)
@@ -88,6 +90,21 @@ def train(
         "mem_rise_bytes": float(meter.peak - meter.start),  # this client's training alone
     }
     return ClientUpdate(instruction.client_id, get_adapter_state(model), len(data.indices), metrics)
+
+
+HEAD_MODULES = ("classifier", "score")  # the task heads of every supported family (peft/arch*.py)
+
+
+def _param_groups(
+    model: nn.Module, params: list[nn.Parameter], instruction: TrainInstruction
+) -> list[dict[str, object]]:
+    """One AdamW group at ``lr``, or two when ``head_lr`` sets the task head's apart."""
+    if instruction.head_lr is None:
+        return [{"params": params, "lr": instruction.lr}]
+    ids = {id(p) for n, p in model.named_parameters() if set(n.split(".")) & set(HEAD_MODULES)}
+    head = [p for p in params if id(p) in ids]
+    rest = [p for p in params if id(p) not in ids]
+    return [{"params": rest, "lr": instruction.lr}, {"params": head, "lr": instruction.head_lr}]
 
 
 def client_objective(instruction: TrainInstruction, data: ClientData) -> Loss | None:

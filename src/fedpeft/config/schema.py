@@ -93,6 +93,7 @@ class ClientConfig(_Section):
     lr: float | str = Field(
         3e-3, description='"auto": a learning-rate range test on the largest client (lr_range.py)'
     )
+    head_lr: PositiveFloat | None = Field(None, description="the task head's lr (None: lr)")
     weight_decay: float = Field(0.0, ge=0.0)
     proximal_mu: float = Field(0.0, ge=0.0, description="FedProx term (mu/2)·||θ − θ⁰||²")
     label_skew: Literal["none", "logit_adjust", "fedlc", "fedrs"] = Field(

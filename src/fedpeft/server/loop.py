@@ -117,6 +117,7 @@ def instruction_for(
         proximal_mu=c.proximal_mu,
         label_skew=c.label_skew,
         label_skew_tau=c.label_skew_tau,
+        head_lr=c.head_lr,
         seed=cfg.run.seed,
         freeze=freeze,
         method=cand.method if cand else "",

@@ -29,6 +29,7 @@ class TrainInstruction:
     group: str = "global"  # the server-side group whose global adapter it starts from
     label_skew: str = "none"  # the client objective's label-skew rule (client/losses.py)
     label_skew_tau: float = 1.0  # its strength τ (FedRS: α)
+    head_lr: float | None = None  # the task head's learning rate (None: ``lr``)
 
 
 @dataclass(frozen=True)
