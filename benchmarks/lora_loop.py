@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 from fedpeft.aggregation.drift import fedexp, fedexp_lr, fednova, server_control, zeros_like_state
+from fedpeft.aggregation.head_init import ncm_head, sum_stats
 from fedpeft.client import ClientData, train
+from fedpeft.client.features import class_feature_stats
 from fedpeft.client.scaffold import train_scaffold
 from fedpeft.config import load_config
 from fedpeft.peft import get_adapter_state, set_adapter_state
@@ -29,11 +31,32 @@ from fedpeft.server.strategy import strategy_from_config
 from fedpeft.server.task import build_task
 
 
-def run(sets: list[str], scaffold: bool, use_fedexp: bool, use_fednova: bool) -> dict[str, object]:
+def ncm_init(task, glob):  # type: ignore[no-untyped-def]
+    """FedNCM: every client's class feature sums and counts → the head at round 0."""
+    stats = []
+    for part in task.partitions:
+        set_adapter_state(task.model, {k: v.to(task.device) for k, v in glob.items()})
+        data = ClientData(task.train, part)
+        n = task.dataset.num_labels
+        stats.append(
+            class_feature_stats(task.model, data, n, task.cfg.eval.batch_size, task.device)
+        )
+    return ncm_head(glob, sum_stats(stats))
+
+
+def run(
+    sets: list[str], scaffold: bool, use_fedexp: bool, use_fednova: bool, ncm: bool = False
+) -> dict[str, object]:
     cfg = load_config(overrides=sets)
     task = build_task(cfg)
     strategy = strategy_from_config(cfg.server)
     glob = {k: v.cpu() for k, v in get_adapter_state(task.model).items()}
+    round0 = None
+    if ncm:
+        glob = ncm_init(task, glob)
+        set_adapter_state(task.model, {k: v.to(task.device) for k, v in glob.items()})
+        round0 = evaluate_model(task.model, task.eval, cfg.eval.batch_size, task.device)
+        print(json.dumps({"round": 0, **round0}), flush=True)
     opt_state: dict = {}
     c = zeros_like_state(glob)
     c_local = [zeros_like_state(glob) for _ in task.partitions]
@@ -84,6 +107,8 @@ def run(sets: list[str], scaffold: bool, use_fedexp: bool, use_fednova: bool) ->
         "scaffold": scaffold,
         "fedexp": use_fedexp,
         "fednova": use_fednova,
+        "ncm_init": ncm,
+        "round0": round0,
         "accuracy_per_round": [r["accuracy"] for r in rows],
         "macro_f1_per_round": [r["macro_f1"] for r in rows],
         "eta_per_round": [r["eta"] for r in rows],
@@ -100,9 +125,10 @@ def main() -> None:
     ap.add_argument("--scaffold", action="store_true")
     ap.add_argument("--fedexp", action="store_true")
     ap.add_argument("--fednova", action="store_true")
+    ap.add_argument("--ncm", action="store_true", help="FedNCM head initialisation")
     args = ap.parse_args()
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    results[args.label] = run(args.set, args.scaffold, args.fedexp, args.fednova)
+    results[args.label] = run(args.set, args.scaffold, args.fedexp, args.fednova, args.ncm)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -1,0 +1,65 @@
+"""A client's class feature statistics: for every class c, the sum of the features the task
+head receives, ``s_c = Σ_{(x, y=c)} h(x)``, and the count ``n_c`` — what FedNCM's head
+initialisation (Legate et al., 2023, "Guiding The Last Layer in Federated Learning with
+Pre-Trained Models", NeurIPS) needs from each client. Sums and counts, never examples.
+
+``h(x)`` is the input of the model's classification head (e.g. BERT's pooled output),
+read by a forward hook in evaluation mode (no dropout).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedpeft.client.train import HEAD_MODULES, ClientData
+from fedpeft.errors import FedpeftError
+
+STATS_SUM = "feature_stats/sum"  # (C, H) float64
+STATS_COUNT = "feature_stats/count"  # (C,) float64
+
+
+def head_module(model: nn.Module) -> nn.Module:
+    """The model's task head (its last module named like one in ``HEAD_MODULES``)."""
+    found = [m for name, m in model.named_modules() if name.split(".")[-1] in HEAD_MODULES]
+    if not found:
+        raise FedpeftError(
+            f"the model has no task head named {' or '.join(HEAD_MODULES)}; feature statistics "
+            "need a classifier."
+        )
+    return found[0]
+
+
+def class_feature_stats(
+    model: nn.Module, data: ClientData, num_classes: int, batch_size: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """``{STATS_SUM: s (C, H), STATS_COUNT: n (C,)}`` over the client's examples."""
+    captured: list[torch.Tensor] = []
+
+    def grab(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        captured.append(args[0].detach().reshape(args[0].shape[0], -1).double())
+
+    handle = head_module(model).register_forward_pre_hook(grab)
+    sums: torch.Tensor | None = None
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(data.indices), batch_size):
+                idx = data.indices[start : start + batch_size]
+                batch = data.split.collate(idx).to(device)
+                captured.clear()
+                model(**batch.model_inputs(with_labels=False))
+                feats = captured[-1].cpu()
+                labels = batch.labels.cpu()
+                if sums is None:
+                    sums = torch.zeros(num_classes, feats.shape[1], dtype=torch.float64)
+                sums.index_add_(0, labels, feats)
+                counts += torch.bincount(labels, minlength=num_classes).double()
+    finally:
+        handle.remove()
+    if sums is None:
+        raise FedpeftError("a client with no examples has no feature statistics.")
+    return {STATS_SUM: sums, STATS_COUNT: counts}

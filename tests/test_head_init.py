@@ -1,0 +1,82 @@
+"""FedNCM head initialisation: client feature statistics against a direct computation,
+the server's head against numpy, and the pieces agree on their keys."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedpeft.aggregation import head_init
+from fedpeft.aggregation.head_init import STATS_COUNT, STATS_SUM, head_keys, ncm_head, sum_stats
+from fedpeft.client import ClientData, features
+from fedpeft.client.features import class_feature_stats
+from fedpeft.peft import get_adapter_state
+from fedpeft.server.task import build_task
+from tests.conftest import tiny_config
+
+
+def test_client_and_server_agree_on_keys_and_heads() -> None:
+    assert (features.STATS_SUM, features.STATS_COUNT) == (STATS_SUM, STATS_COUNT)
+    assert features.HEAD_MODULES == head_init.HEAD_MODULES
+
+
+@pytest.mark.parametrize("method", ["lora", "head"])
+def test_feature_stats_are_the_head_inputs_summed_per_class(tmp_path: Path, method: str) -> None:
+    cfg = tiny_config(tmp_path, f"peft.method='{method}'", "data.dataset='ag_news'")
+    task = build_task(cfg)
+    idx = np.arange(40)
+    stats = class_feature_stats(task.model, ClientData(task.train, idx), 4, 16, task.device)
+    base = task.base
+    assert base is not None
+    base.eval()
+    with torch.inference_mode():
+        b = task.train.collate(idx)
+        pooled = base.bert(input_ids=b.input_ids, attention_mask=b.attention_mask)[1].double()
+    labels = task.train.labels[idx]
+    for c in range(4):
+        assert stats[STATS_COUNT][c] == (labels == c).sum()
+        assert torch.allclose(stats[STATS_SUM][c], pooled[torch.from_numpy(labels == c)].sum(0))
+
+
+def test_ncm_head_matches_numpy_and_predicts_the_nearest_centred_mean() -> None:
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(60, 5, generator=gen, dtype=torch.float64) + 2.0
+    labels = torch.arange(60) % 3  # classes 0–2 present, class 3 held by nobody
+    parts = [slice(0, 25), slice(25, 60)]
+    stats = [
+        {
+            STATS_SUM: torch.zeros(4, 5, dtype=torch.float64).index_add_(0, labels[p], feats[p]),
+            STATS_COUNT: torch.bincount(labels[p], minlength=4).double(),
+        }
+        for p in parts
+    ]
+    total = sum_stats(stats)
+    state = {
+        "base_model.model.classifier.weight": torch.randn(4, 5, generator=gen),
+        "base_model.model.classifier.bias": torch.randn(4, generator=gen),
+        "base_model.model.x.lora_A.weight": torch.randn(2, 5, generator=gen),
+    }
+    out = ncm_head(state, total)
+    w_key, b_key = head_keys(state)
+    assert b_key is not None
+    f, y = feats.numpy(), labels.numpy()
+    g = f.mean(0)
+    for c in range(3):
+        d = f[y == c].mean(0) - g
+        assert np.allclose(out[w_key][c].numpy(), d / np.linalg.norm(d), atol=1e-6)
+        assert out[b_key][c].item() == pytest.approx(-(d / np.linalg.norm(d)) @ g, abs=1e-5)
+    assert torch.equal(out[w_key][3], state[w_key][3]) and out[b_key][3] == state[b_key][3]
+    assert out["base_model.model.x.lora_A.weight"] is state["base_model.model.x.lora_A.weight"]
+    # the logits are the centred features' projections on the class directions
+    logits = (feats.float() @ out[w_key][:3].T + out[b_key][:3]).double()
+    proj = (feats - torch.from_numpy(g)) @ out[w_key][:3].double().T
+    assert torch.allclose(logits, proj, atol=1e-4)
+    with pytest.raises(ValueError):
+        sum_stats([{STATS_SUM: torch.zeros(2, 5)}])
+
+
+def test_the_exported_state_has_the_head_keys(tmp_path: Path) -> None:
+    task = build_task(tiny_config(tmp_path))
+    w_key, b_key = head_keys(get_adapter_state(task.model))
+    assert w_key.endswith("classifier.weight") and b_key == w_key[: -len("weight")] + "bias"
