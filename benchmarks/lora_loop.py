@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from fedpeft.aggregation.drift import fedexp, fedexp_lr, fednova, server_control, zeros_like_state
-from fedpeft.aggregation.head_init import ncm_head, sum_stats
+from fedpeft.aggregation.head_init import lda_head, ncm_head, sum_stats
 from fedpeft.client import ClientData, train
 from fedpeft.client.features import class_feature_stats
 from fedpeft.client.scaffold import train_scaffold
@@ -31,8 +31,8 @@ from fedpeft.server.strategy import strategy_from_config
 from fedpeft.server.task import build_task
 
 
-def ncm_init(task, glob):  # type: ignore[no-untyped-def]
-    """FedNCM: every client's class feature sums and counts → the head at round 0."""
+def head_init(task, glob, rule):  # type: ignore[no-untyped-def]
+    """Every client's class feature statistics → the head at round 0 (``ncm`` or ``lda``)."""
     stats = []
     for part in task.partitions:
         set_adapter_state(task.model, {k: v.to(task.device) for k, v in glob.items()})
@@ -41,19 +41,19 @@ def ncm_init(task, glob):  # type: ignore[no-untyped-def]
         stats.append(
             class_feature_stats(task.model, data, n, task.cfg.eval.batch_size, task.device)
         )
-    return ncm_head(glob, sum_stats(stats))
+    return (ncm_head if rule == "ncm" else lda_head)(glob, sum_stats(stats))
 
 
 def run(
-    sets: list[str], scaffold: bool, use_fedexp: bool, use_fednova: bool, ncm: bool = False
+    sets: list[str], scaffold: bool, use_fedexp: bool, use_fednova: bool, init: str = "random"
 ) -> dict[str, object]:
     cfg = load_config(overrides=sets)
     task = build_task(cfg)
     strategy = strategy_from_config(cfg.server)
     glob = {k: v.cpu() for k, v in get_adapter_state(task.model).items()}
     round0 = None
-    if ncm:
-        glob = ncm_init(task, glob)
+    if init != "random":
+        glob = head_init(task, glob, init)
         set_adapter_state(task.model, {k: v.to(task.device) for k, v in glob.items()})
         round0 = evaluate_model(task.model, task.eval, cfg.eval.batch_size, task.device)
         print(json.dumps({"round": 0, **round0}), flush=True)
@@ -107,7 +107,7 @@ def run(
         "scaffold": scaffold,
         "fedexp": use_fedexp,
         "fednova": use_fednova,
-        "ncm_init": ncm,
+        "head_init": init,
         "round0": round0,
         "accuracy_per_round": [r["accuracy"] for r in rows],
         "macro_f1_per_round": [r["macro_f1"] for r in rows],
@@ -125,10 +125,10 @@ def main() -> None:
     ap.add_argument("--scaffold", action="store_true")
     ap.add_argument("--fedexp", action="store_true")
     ap.add_argument("--fednova", action="store_true")
-    ap.add_argument("--ncm", action="store_true", help="FedNCM head initialisation")
+    ap.add_argument("--head-init", choices=["random", "ncm", "lda"], default="random")
     args = ap.parse_args()
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    results[args.label] = run(args.set, args.scaffold, args.fedexp, args.fednova, args.ncm)
+    results[args.label] = run(args.set, args.scaffold, args.fedexp, args.fednova, args.head_init)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from fedpeft.aggregation import head_init
-from fedpeft.aggregation.head_init import STATS_COUNT, STATS_SUM, head_keys, ncm_head, sum_stats
+from fedpeft.aggregation.head_init import (
+    STATS_COUNT,
+    STATS_SECOND,
+    STATS_SUM,
+    head_keys,
+    lda_head,
+    ncm_head,
+    sum_stats,
+)
 from fedpeft.client import ClientData, features
 from fedpeft.client.features import class_feature_stats
 from fedpeft.peft import get_adapter_state
@@ -17,7 +25,11 @@ from tests.conftest import tiny_config
 
 
 def test_client_and_server_agree_on_keys_and_heads() -> None:
-    assert (features.STATS_SUM, features.STATS_COUNT) == (STATS_SUM, STATS_COUNT)
+    assert (features.STATS_SUM, features.STATS_COUNT, features.STATS_SECOND) == (
+        STATS_SUM,
+        STATS_COUNT,
+        STATS_SECOND,
+    )
     assert features.HEAD_MODULES == head_init.HEAD_MODULES
 
 
@@ -37,6 +49,37 @@ def test_feature_stats_are_the_head_inputs_summed_per_class(tmp_path: Path, meth
     for c in range(4):
         assert stats[STATS_COUNT][c] == (labels == c).sum()
         assert torch.allclose(stats[STATS_SUM][c], pooled[torch.from_numpy(labels == c)].sum(0))
+    assert torch.allclose(stats[STATS_SECOND], pooled.T @ pooled)
+
+
+def _stats(feats: torch.Tensor, labels: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
+    return {
+        STATS_SUM: torch.zeros(classes, feats.shape[1], dtype=torch.float64).index_add_(
+            0, labels, feats
+        ),
+        STATS_COUNT: torch.bincount(labels, minlength=classes).double(),
+        STATS_SECOND: feats.T @ feats,
+    }
+
+
+def test_lda_head_is_scikit_learns_shrunk_lda() -> None:
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.arange(90) % 3
+    feats = torch.randn(90, 6, generator=gen, dtype=torch.float64) + labels[:, None] * 0.7
+    total = sum_stats([_stats(feats[:40], labels[:40], 4), _stats(feats[40:], labels[40:], 4)])
+    state = {"classifier.weight": torch.zeros(4, 6), "classifier.bias": torch.full((4,), 0.5)}
+    out = lda_head(state, total, shrinkage=0.2)
+    ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=0.2, priors=[1 / 3] * 3)
+    ref.fit(feats.numpy(), labels.numpy())
+    assert np.allclose(out["classifier.weight"][:3].numpy(), ref.coef_, atol=1e-4)
+    flat = ref.intercept_ - np.log(1 / 3)  # scikit-learn adds log(prior); ours is flat
+    assert np.allclose(out["classifier.bias"][:3].numpy(), flat, atol=1e-4)
+    assert torch.equal(out["classifier.weight"][3], torch.zeros(6))  # nobody holds class 3
+    assert out["classifier.bias"][3] == 0.5
+    with pytest.raises(ValueError):
+        lda_head(state, total, shrinkage=0.0)
 
 
 def test_ncm_head_matches_numpy_and_predicts_the_nearest_centred_mean() -> None:
@@ -44,13 +87,7 @@ def test_ncm_head_matches_numpy_and_predicts_the_nearest_centred_mean() -> None:
     feats = torch.randn(60, 5, generator=gen, dtype=torch.float64) + 2.0
     labels = torch.arange(60) % 3  # classes 0–2 present, class 3 held by nobody
     parts = [slice(0, 25), slice(25, 60)]
-    stats = [
-        {
-            STATS_SUM: torch.zeros(4, 5, dtype=torch.float64).index_add_(0, labels[p], feats[p]),
-            STATS_COUNT: torch.bincount(labels[p], minlength=4).double(),
-        }
-        for p in parts
-    ]
+    stats = [_stats(feats[p], labels[p], 4) for p in parts]
     total = sum_stats(stats)
     state = {
         "base_model.model.classifier.weight": torch.randn(4, 5, generator=gen),
@@ -74,6 +111,8 @@ def test_ncm_head_matches_numpy_and_predicts_the_nearest_centred_mean() -> None:
     assert torch.allclose(logits, proj, atol=1e-4)
     with pytest.raises(ValueError):
         sum_stats([{STATS_SUM: torch.zeros(2, 5)}])
+    with pytest.raises(ValueError):
+        sum_stats([stats[0], {**stats[1], STATS_SECOND: torch.zeros(4, 4)}])
 
 
 def test_the_exported_state_has_the_head_keys(tmp_path: Path) -> None:

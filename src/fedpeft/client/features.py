@@ -1,7 +1,7 @@
 """A client's class feature statistics: for every class c, the sum of the features the task
-head receives, ``s_c = Σ_{(x, y=c)} h(x)``, and the count ``n_c`` — what FedNCM's head
-initialisation (Legate et al., 2023, "Guiding The Last Layer in Federated Learning with
-Pre-Trained Models", NeurIPS) needs from each client. Sums and counts, never examples.
+head receives, ``s_c = Σ_{(x, y=c)} h(x)``, the count ``n_c``, and the second moment
+``Σ_x h(x) h(x)ᵀ`` — what the server needs to start the head at the nearest-class-mean or
+the linear-discriminant rule (``aggregation/head_init.py``). Sums, never examples.
 
 ``h(x)`` is the input of the model's classification head (e.g. BERT's pooled output),
 read by a forward hook in evaluation mode (no dropout).
@@ -17,8 +17,9 @@ from torch import nn
 from fedpeft.client.train import HEAD_MODULES, ClientData
 from fedpeft.errors import FedpeftError
 
-STATS_SUM = "feature_stats/sum"  # (C, H) float64
-STATS_COUNT = "feature_stats/count"  # (C,) float64
+STATS_SUM = "feature_stats/sum"  # (C, H) float64: Σ h per class
+STATS_COUNT = "feature_stats/count"  # (C,) float64: n per class
+STATS_SECOND = "feature_stats/second"  # (H, H) float64: Σ h hᵀ over every example
 
 
 def head_module(model: nn.Module) -> nn.Module:
@@ -43,6 +44,7 @@ def class_feature_stats(
 
     handle = head_module(model).register_forward_pre_hook(grab)
     sums: torch.Tensor | None = None
+    second: torch.Tensor | None = None
     counts = torch.zeros(num_classes, dtype=torch.float64)
     model.eval()
     try:
@@ -54,12 +56,14 @@ def class_feature_stats(
                 model(**batch.model_inputs(with_labels=False))
                 feats = captured[-1].cpu()
                 labels = batch.labels.cpu()
-                if sums is None:
+                if sums is None or second is None:
                     sums = torch.zeros(num_classes, feats.shape[1], dtype=torch.float64)
+                    second = torch.zeros(feats.shape[1], feats.shape[1], dtype=torch.float64)
                 sums.index_add_(0, labels, feats)
+                second += feats.T @ feats
                 counts += torch.bincount(labels, minlength=num_classes).double()
     finally:
         handle.remove()
-    if sums is None:
+    if sums is None or second is None:
         raise FedpeftError("a client with no examples has no feature statistics.")
-    return {STATS_SUM: sums, STATS_COUNT: counts}
+    return {STATS_SUM: sums, STATS_COUNT: counts, STATS_SECOND: second}
