@@ -119,3 +119,41 @@ def test_the_exported_state_has_the_head_keys(tmp_path: Path) -> None:
     task = build_task(tiny_config(tmp_path))
     w_key, b_key = head_keys(get_adapter_state(task.model))
     assert w_key.endswith("classifier.weight") and b_key == w_key[: -len("weight")] + "bias"
+
+
+def test_round_zero_sets_the_head_and_leaves_out_bad_replies(tmp_path: Path) -> None:
+    import json
+
+    from fedpeft.client import ClientData
+    from fedpeft.runtime.local.simulator import LocalClientPool, LocalGlobalModel, run_local
+    from fedpeft.server.head_init import init_head
+    from fedpeft.server.loop import ServerState
+
+    cfg = tiny_config(
+        tmp_path, "data.dataset='ag_news'", "server.head_init='lda'", "data.num_clients=3"
+    )
+    task = build_task(cfg)
+    fresh = {k: v.cpu() for k, v in get_adapter_state(task.model).items()}
+    stats = [
+        class_feature_stats(task.model, ClientData(task.train, p), 4, 64, task.device)
+        for p in task.partitions
+    ]
+    want = lda_head(fresh, sum_stats(stats))
+
+    class Tampering(LocalClientPool):
+        def fit(self, instruction, payload):  # type: ignore[no-untyped-def]
+            reply = super().fit(instruction, payload)
+            return reply[:-9] if instruction.client_id == 1 else reply
+
+    server, info = init_head(
+        cfg, LocalClientPool(task), LocalGlobalModel(task), ServerState({"global": fresh})
+    )
+    assert info is not None and info.clients == 3 and info.rule == "lda"
+    assert all(torch.allclose(server.adapter[k], want[k], atol=1e-5) for k in want)
+    _, bad = init_head(cfg, Tampering(task), LocalGlobalModel(task), ServerState({"global": fresh}))
+    assert bad is not None and bad.clients == 2 and list(bad.rejected) == ["1"]
+    result = run_local(cfg)
+    saved = json.loads((result.run_dir / "head_init.json").read_text())
+    assert saved["clients"] == 3 and saved["bytes_up"] > 0 and "accuracy" in saved["eval_after"]
+    random_run = run_local(tiny_config(tmp_path, "data.dataset='ag_news'"))
+    assert not (random_run.run_dir / "head_init.json").exists()

@@ -33,6 +33,18 @@ def head_module(model: nn.Module) -> nn.Module:
     return found[0]
 
 
+def num_classes(state: dict[str, torch.Tensor]) -> int:
+    """The number of classes of the head in an adapter state (its weight's rows)."""
+    rows = [
+        v.shape[0]
+        for k, v in state.items()
+        if k.endswith(".weight") and set(k.split(".")) & set(HEAD_MODULES)
+    ]
+    if len(rows) != 1:
+        raise FedpeftError("the adapter state has no single classifier weight to size classes by.")
+    return int(rows[0])
+
+
 def class_feature_stats(
     model: nn.Module, data: ClientData, num_classes: int, batch_size: int, device: torch.device
 ) -> dict[str, torch.Tensor]:

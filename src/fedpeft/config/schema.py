@@ -137,6 +137,11 @@ class ServerConfig(_Section):
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of clients per round")
     min_clients: PositiveInt = 1
     aggregator: str = "fedavg"
+    head_init: Literal["random", "ncm", "lda"] = Field(
+        "random",
+        description="classifiers: start the head from the clients' class feature statistics "
+        "(round 0; server/head_init.py)",
+    )
     optimizer: Literal["none", "fedavgm", "fedadam", "fedyogi"] = "none"
     server_lr: PositiveFloat | None = Field(None, description="None = the optimiser's default")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="FedAvgM")

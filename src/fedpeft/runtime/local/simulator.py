@@ -34,6 +34,7 @@ from fedpeft.server.collect import ClientPool
 from fedpeft.server.evaluate import evaluate_model
 from fedpeft.server.export import export_adapter
 from fedpeft.server.groups import GroupBook
+from fedpeft.server.head_init import HEAD_INIT, init_head
 from fedpeft.server.lr_auto import LR_SEARCH, resolved_lr
 from fedpeft.server.store import CONFIG, PARTITIONS, SUMMARY, write_atomic
 from fedpeft.server.summary import build_summary
@@ -196,6 +197,10 @@ def run_local(
         store.truncate_logs(first - 1)
         write_atomic(store.root / CONFIG, config_to_toml(resolved(cfg, task.method)).encode())
     clients, model = (pool or LocalClientPool)(task), LocalGlobalModel(task)
+    if first == 1:  # round 0: the head from the clients' feature statistics
+        state, head = init_head(cfg, clients, model, state)
+        if head is not None:
+            store.write_json(HEAD_INIT, head.to_json())
     if cfg.server.mode == "async":
         durations = device_durations(task)
         loop = run_async(cfg, clients, model, store, state, durations, observer, first)
