@@ -32,7 +32,7 @@ from fedpeft.config import ExperimentConfig
 from fedpeft.types import AdapterState
 
 if TYPE_CHECKING:
-    from fedpeft.server.collect import ClientPool
+    from fedpeft.server.collect import ClientPool, Request
     from fedpeft.server.loop import GlobalModel, ServerState
 
 log = logging.getLogger("fedpeft.server")
@@ -70,16 +70,20 @@ def init_head(
     from fedpeft.server.loop import instruction_for
 
     payload = encode(glob, {"round": 0})
+    requests = [
+        (replace(instruction_for(cfg, 0, cid), kind=KIND_FEATURE_STATS), payload)
+        for cid in range(cfg.data.num_clients)
+    ]
     stats, rejected, up = [], {}, 0
-    for cid in range(cfg.data.num_clients):
-        ins = replace(instruction_for(cfg, 0, cid), kind=KIND_FEATURE_STATS)
+    for (ins, _), reply in zip(requests, _exchange(pool, requests), strict=True):
         try:
-            reply = pool.fit(ins, payload)
+            if isinstance(reply, Exception):
+                raise reply
             up += len(reply)
-            stats.append(_checked(reply, cid, tuple(glob[w_key].shape)))
+            stats.append(_checked(reply, ins.client_id, tuple(glob[w_key].shape)))
         except Exception as e:  # noqa: BLE001 - one client must not stop the run
-            rejected[str(cid)] = f"{type(e).__name__}: {e}"
-            log.warning("round 0: client %d's feature statistics left out (%s)", cid, e)
+            rejected[str(ins.client_id)] = f"{type(e).__name__}: {e}"
+            log.warning("round 0: client %d's statistics left out (%s)", ins.client_id, e)
     if not stats:
         return server, None
     build = lda_head if rule == "lda" else ncm_head
@@ -95,6 +99,20 @@ def init_head(
         model.evaluate(adapters[server.main]),
     )
     return out, info
+
+
+def _exchange(pool: ClientPool, requests: list[Request]) -> list[bytes | Exception]:
+    """Every request's reply (or why not), all at once where the pool can (Flower)."""
+    fit_many = getattr(pool, "fit_many", None)
+    if fit_many is not None:
+        return list(fit_many(requests))
+    replies: list[bytes | Exception] = []
+    for ins, payload in requests:
+        try:
+            replies.append(pool.fit(ins, payload))
+        except Exception as e:  # noqa: BLE001 - recorded by the caller
+            replies.append(e)
+    return replies
 
 
 def _checked(reply: bytes, cid: int, head: tuple[int, ...]) -> AdapterState:
