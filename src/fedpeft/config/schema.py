@@ -97,7 +97,8 @@ class ClientConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     proximal_mu: float = Field(0.0, ge=0.0, description="FedProx term (mu/2)·||θ − θ⁰||²")
     label_skew: Literal["none", "logit_adjust", "fedlc", "fedrs"] = Field(
-        "logit_adjust", description="classification: the client loss's label-skew rule (client/losses.py)"
+        "logit_adjust",
+        description="classification: the client loss's label-skew rule (client/losses.py)",
     )
     label_skew_tau: float = Field(1.0, ge=0.0, description="its strength τ (FedRS: α ≤ 1)")
 
