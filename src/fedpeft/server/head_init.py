@@ -64,7 +64,7 @@ def init_head(
         return server, None
     glob = server.adapters[server.main]
     try:
-        w_key, _ = head_keys(glob)
+        w_key, b_key = head_keys(glob)
     except ValueError:
         return server, None  # e.g. CLIP or instruction tuning: no classifier head
     from fedpeft.server.loop import instruction_for
@@ -86,7 +86,8 @@ def init_head(
             log.warning("round 0: client %d's statistics left out (%s)", ins.client_id, e)
     if not stats:
         return server, None
-    build = lda_head if rule == "lda" else ncm_head
+    # LDA's rule needs its bias term; a head without bias (LLaMA's score) gets NCM's
+    build = lda_head if rule == "lda" and b_key is not None else ncm_head
     adapters = dict(server.adapters)
     adapters[server.main] = build(glob, sum_stats(stats))
     out = replace(server, adapters=adapters)
