@@ -36,8 +36,8 @@ from fedpeft.config import ServerConfig, load_config
 from fedpeft.data import TokenizedSplit
 from fedpeft.peft import get_adapter_state, set_adapter_state
 from fedpeft.runtime.local import LocalClientPool
+from fedpeft.server.configure import instruction_for
 from fedpeft.server.evaluate import predict_logits
-from fedpeft.server.loop import instruction_for
 from fedpeft.server.strategy import strategy_from_config
 from fedpeft.server.task import Task, build_task
 from fedpeft.server.validate import validate_reply
@@ -72,7 +72,7 @@ def run_rule(
     cfg = task.cfg
     pool = LocalClientPool(task)
     n_clients = cfg.data.num_clients
-    hist = np.array([p.label_histogram for p in task.profiles], dtype=float)
+    hist = np.array([p.label_histogram for p in task.data.profiles], dtype=float)
     mix = hist / hist.sum(1, keepdims=True)
     counts = hist.sum(1)
     test_mix = np.bincount(test.labels, minlength=hist.shape[1]) / len(test)
@@ -129,8 +129,9 @@ def main() -> None:
     cfg = load_config(overrides=["run.rounds=6", *args.sets])
     task = build_task(cfg)
     init = {k: v.cpu() for k, v in get_adapter_state(task.model).items()}
-    order = np.random.default_rng(cfg.run.seed).permutation(len(task.eval))
-    proxy, test = subset(task.eval, order[: args.proxy]), subset(task.eval, order[args.proxy :])
+    order = np.random.default_rng(cfg.run.seed).permutation(len(task.data.eval))
+    held = task.data.eval
+    proxy, test = subset(held, order[: args.proxy]), subset(held, order[args.proxy :])
     results = {"sets": args.sets, "proxy_examples": len(proxy), "test_examples": len(test)}
     for rule in args.rules.split(","):
         results[rule] = run_rule(rule, task, init, proxy, test)

@@ -42,7 +42,6 @@ from fedpeft.allocation.cost import (
     FLOAT_BYTES,
     Calibration,
     activation_bytes,
-    new_params,
     parameter_bytes,
     peak_memory,
     step_flops,
@@ -111,7 +110,7 @@ def make_point(arch: Architecture, name: str, row: dict[str, float]) -> Point:
     return Point(
         name=name,
         spec=spec,
-        weights=FLOAT_BYTES * (arch.total_params + new_params(arch, spec)),
+        weights=FLOAT_BYTES * (arch.total_params + spec.added_params(arch)),
         params=parameter_bytes(arch, spec, "adamw"),
         acts=activation_bytes(arch, spec, BATCH, SEQ_LEN),
         flops=flop_terms(arch, spec),

@@ -48,7 +48,7 @@ def micro(method: str) -> dict[str, float]:
     task = build_task(_cfg(f"peft.method='{method}'"))
     model, spec = task.model, task.method
     arch = architecture(model.config, 0, causal_lm=True)
-    batch = task.train.collate(np.arange(8))
+    batch = task.data.train.collate(np.arange(8))
     measured = measure_steps(model, batch.model_inputs(), steps=3, warmup=1)
     return {
         **update_counts(model, spec, arch),
@@ -63,7 +63,7 @@ def zero_shot() -> dict[str, float]:
 
     task = build_task(_cfg())
     start = time.perf_counter()
-    metrics = evaluate_model(task.model, task.eval, task.cfg.eval.batch_size, task.device)
+    metrics = evaluate_model(task.model, task.data.eval, task.cfg.eval.batch_size, task.device)
     return metrics | {"eval_time_s": time.perf_counter() - start}
 
 

@@ -23,7 +23,7 @@ from fedpeft.compression import decode, encode
 from fedpeft.config import load_config
 from fedpeft.peft import get_adapter_state
 from fedpeft.runtime.local import LocalClientPool
-from fedpeft.server.loop import instruction_for
+from fedpeft.server.configure import instruction_for
 from fedpeft.server.store import RunStore
 from fedpeft.server.task import build_task
 
@@ -37,7 +37,7 @@ def main() -> None:
     task = build_task(cfg)
     start = get_adapter_state(task.model)
     if args.from_run:
-        _, groups, _, _ = RunStore.open_existing(args.from_run).load_checkpoint()
+        groups = RunStore.open_existing(args.from_run).load_checkpoint().adapters
         start = groups["global"]
     pool = LocalClientPool(task)
     down = encode(start, {"round": args.round})

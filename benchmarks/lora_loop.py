@@ -25,8 +25,8 @@ from fedpeft.client.features import class_feature_stats
 from fedpeft.client.scaffold import train_scaffold
 from fedpeft.config import load_config
 from fedpeft.peft import get_adapter_state, set_adapter_state
+from fedpeft.server.configure import instruction_for
 from fedpeft.server.evaluate import evaluate_model
-from fedpeft.server.loop import instruction_for
 from fedpeft.server.strategy import strategy_from_config
 from fedpeft.server.task import build_task
 
@@ -34,10 +34,10 @@ from fedpeft.server.task import build_task
 def head_init(task, glob, rule):  # type: ignore[no-untyped-def]
     """Every client's class feature statistics → the head at round 0 (``ncm`` or ``lda``)."""
     stats = []
-    for part in task.partitions:
+    for part in task.data.partitions:
         set_adapter_state(task.model, {k: v.to(task.device) for k, v in glob.items()})
-        data = ClientData(task.train, part)
-        n = task.dataset.num_labels
+        data = ClientData(task.data.train, part)
+        n = task.data.dataset.num_labels
         stats.append(
             class_feature_stats(task.model, data, n, task.cfg.eval.batch_size, task.device)
         )
@@ -55,19 +55,19 @@ def run(
     if init != "random":
         glob = head_init(task, glob, init)
         set_adapter_state(task.model, {k: v.to(task.device) for k, v in glob.items()})
-        round0 = evaluate_model(task.model, task.eval, cfg.eval.batch_size, task.device)
+        round0 = evaluate_model(task.model, task.data.eval, cfg.eval.batch_size, task.device)
         print(json.dumps({"round": 0, **round0}), flush=True)
     opt_state: dict = {}
     c = zeros_like_state(glob)
-    c_local = [zeros_like_state(glob) for _ in task.partitions]
+    c_local = [zeros_like_state(glob) for _ in task.data.partitions]
     rows = []
     for rnd in range(1, cfg.run.rounds + 1):
         start = time.perf_counter()
         updates, deltas, etas = [], [], []
-        for cid, part in enumerate(task.partitions):
+        for cid, part in enumerate(task.data.partitions):
             set_adapter_state(task.model, {k: v.to(task.device) for k, v in glob.items()})
             ins = instruction_for(cfg, rnd, cid)
-            data = ClientData(task.train, part)
+            data = ClientData(task.data.train, part)
             if scaffold:
                 reply = train_scaffold(task.model, ins, data, task.device, c, c_local[cid])
                 update = reply.update
@@ -90,9 +90,9 @@ def run(
         else:
             glob = agg
         if scaffold:
-            c = server_control(c, deltas, len(task.partitions))
+            c = server_control(c, deltas, len(task.data.partitions))
         set_adapter_state(task.model, {k: v.to(task.device) for k, v in glob.items()})
-        ev = evaluate_model(task.model, task.eval, cfg.eval.batch_size, task.device)
+        ev = evaluate_model(task.model, task.data.eval, cfg.eval.batch_size, task.device)
         rows.append(
             {
                 "round": rnd,

@@ -10,7 +10,7 @@ dev data drawn like its own. The run's value is the example-weighted mean over c
 
 adds ``personal_accuracy`` to every variant of the sweep's JSON whose run folder is kept
 (``sweep.py --runs``). Reads the run's own ``config.toml``, ``partitions.json``, final
-checkpoint ``state.json`` (cluster labels) and exported adapters; nothing is retrained.
+checkpoint (cluster labels) and exported adapters; nothing is retrained.
 ``rescored_main_accuracy`` re-scores the exported main adapter: it must equal the run's
 logged final accuracy, or the export is not what was evaluated.
 """
@@ -26,8 +26,9 @@ import torch
 
 from fedpeft.config import load_config
 from fedpeft.peft.io import load_adapter
+from fedpeft.server import RunStore
 from fedpeft.server.evaluate import predict_logits
-from fedpeft.server.multi import CLUSTERS, cluster_group
+from fedpeft.server.state import cluster_group
 from fedpeft.server.task import build_data, load_base
 
 
@@ -45,8 +46,7 @@ def personal_accuracy(run_dir: Path) -> dict[str, float]:
     cfg = load_config(run_dir / "config.toml")
     data = build_data(cfg)
     clients = json.loads((run_dir / "partitions.json").read_text())["clients"]
-    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
-    clusters = state.get("extra", {}).get(CLUSTERS, {})
+    clusters = RunStore.open_existing(run_dir).load_checkpoint().clusters
     labels, k = data.eval.labels, data.dataset.num_labels
     recalls: dict[str, np.ndarray] = {}
     plain: dict[str, float] = {}
@@ -64,7 +64,7 @@ def personal_accuracy(run_dir: Path) -> dict[str, float]:
     total, weighted = 0, 0.0
     for cid, info in clients.items():
         hist = np.asarray(info["label_histogram"], dtype=float)
-        label = clusters.get(cid)
+        label = clusters.get(int(cid))
         folder = run_dir / "adapter"
         if label is not None:
             folder = run_dir / "adapters" / cluster_group(int(label))

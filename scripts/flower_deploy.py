@@ -1,15 +1,19 @@
 #!/usr/bin/env python
 """Runs a fedpeft config on a loopback Flower deployment and cleans up after itself.
 
-A SuperLink and N SuperNodes on 127.0.0.1 only, TLS on (a test CA and server certificate
-generated into the work folder), SuperNode authentication on (one EC key pair per node,
-each public key registered with ``flwr supernode register``); SuperNode i serves data
-partition i (``--node-config partition-id=i``) with its own client host, so the base model
-loads once per node. The run is submitted with ``flwr run``; logs stay in WORK/logs.
+The secure setup is the default and the only one: a SuperLink and N SuperNodes on
+127.0.0.1, TLS on (a test CA and server certificate generated into the work folder),
+SuperNode authentication on with keys pre-registered from loopback (``flwr supernode
+register``), and the SuperLink's Control and Runtime APIs answering loopback only
+(``fedpeft.runtime.flower.superlink``). SuperNode i serves data partition i
+(``--node-config partition-id=i``) with its own client host, so the base model loads once per
+node. The checkout is submitted as the Flower App it is (``flwr run <checkout>``); logs stay
+in WORK/logs.
 
     .venv/bin/python scripts/flower_deploy.py --nodes 2 [--config FILE] [--set k=v ...]
 
-data.num_clients is set to --nodes. See docs/flower.md for the same across machines.
+data.num_clients is set to --nodes. See docs/flower.md for the same across machines and the
+threat model.
 """
 
 from __future__ import annotations

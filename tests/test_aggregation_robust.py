@@ -63,10 +63,27 @@ def test_coordinate_median_matches_numpy(n: int) -> None:
 @pytest.mark.parametrize(("n", "beta"), [(5, 0.0), (5, 0.2), (10, 0.1), (7, 0.3), (6, 0.49)])
 def test_trimmed_mean_matches_scipy(n: int, beta: float) -> None:
     updates = _updates(1, n)
-    out = trimmed_mean(updates, trim_fraction=beta)
+    out = trimmed_mean(updates, trim_fraction=beta, min_trim=0)  # scipy's rule
     for key, value in out.items():
         expected = stats.trim_mean(_np_stack(updates, key), beta, axis=0)
         np.testing.assert_allclose(value.numpy(), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 9, 10, 20, 30])
+def test_trimmed_mean_defaults_trim_one_from_each_side_from_three_clients(n: int) -> None:
+    updates = _updates(7, n)
+    g = min(max(math.floor(0.1 * n), 1), (n - 1) // 2)  # 0 for n < 3, then ≥ 1
+    assert (g >= 1) == (n >= 3)
+    for key, value in trimmed_mean(updates).items():
+        x = np.sort(_np_stack(updates, key), axis=0)  # reference: drop g from each end
+        np.testing.assert_allclose(value.numpy(), x[g : n - g].mean(axis=0), rtol=1e-6, atol=1e-7)
+    # invariant: one update ×1000 among 3 no longer moves the default's result off the others
+    three = _updates(8, 3)
+    big = [({k: v * 1000 for k, v in three[0][0].items()}, 1.0), *three[1:]]
+    for key, value in trimmed_mean(big).items():
+        lo = torch.minimum(three[1][0][key], three[2][0][key])
+        hi = torch.maximum(three[1][0][key], three[2][0][key])
+        assert bool(((value >= lo - 1e-6) & (value <= hi + 1e-6)).all())
 
 
 def test_median_and_trimmed_mean_skip_nan_and_resist_a_huge_update() -> None:
@@ -74,7 +91,7 @@ def test_median_and_trimmed_mean_skip_nan_and_resist_a_huge_update() -> None:
     with_nan = _with(updates, 2, math.nan)
     for key, value in coordinate_median(with_nan).items():
         np.testing.assert_allclose(value.numpy(), np.nanmedian(_np_stack(with_nan, key), axis=0))
-    for key, value in trimmed_mean(with_nan, trim_fraction=0.2).items():
+    for key, value in trimmed_mean(with_nan, trim_fraction=0.2, min_trim=0).items():
         finite = np.delete(_np_stack(updates, key), 2, axis=0)  # 4 finite values: trim 0
         np.testing.assert_allclose(value.numpy(), finite.mean(axis=0), rtol=1e-6, atol=1e-7)
     huge = _with(updates, 0, 1e30)

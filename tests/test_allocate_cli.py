@@ -39,3 +39,10 @@ def test_allocate_bad_allocation_key_is_a_user_error() -> None:
     result = CliRunner().invoke(app, ["allocate", "--set", "allocation.alfa=2"])
     assert result.exit_code == 2
     assert "allocation.alfa" in result.output
+
+
+def test_allocate_non_finite_number_is_a_user_error() -> None:
+    result = CliRunner().invoke(app, ["allocate", "--set", "allocation.alpha=inf"])
+    assert result.exit_code == 2
+    assert "`allocation.alpha`: Input should be a finite number, got inf" in result.output
+    assert "Traceback" not in result.output

@@ -224,6 +224,8 @@ def test_custom_catalogue(tiny: Architecture) -> None:
         ({"gain": {"prior": {"lora": 2.0}}}, r"`allocation.gain.prior`: every prior mean"),
         ({"catalogue": {"others": ["nope"]}}, r"`allocation.catalogue.others`"),
         ({"bits_up": 64}, r"`allocation.bits_up`"),
+        ({"enabled": 1}, r"`allocation.enabled`: Input should be a valid boolean, got 1"),
+        ({"bits_up": 8.0}, r"`allocation.bits_up`: Input should be a valid integer, got 8.0"),
     ],
 )
 def test_config_errors_name_the_field(raw: dict[str, Any], expected: str) -> None:
@@ -382,7 +384,8 @@ def test_gain_updates_move_the_choice(minilm: Architecture) -> None:
 def test_gain_estimator_is_a_bayesian_mean(minilm: Architecture) -> None:
     lora = make_candidate("lora", {"r": 4}, "x")
     est = GainEstimator()
-    n0, mu0 = est.config.prior_count, est.config.prior["lora"]
+    n0, mu0 = est.config.prior_count, est.prior(lora)
+    assert mu0 == lora.spec.gain_prior == 0.75  # the method's own prior, not overridden
     assert est.mean(lora) == mu0
     est = est.update(lora, 0.01).update(lora, 0.0)  # y = 0.75, 0.5
     assert est.mean(lora) == pytest.approx((n0 * mu0 + 0.75 + 0.5) / (n0 + 2))

@@ -13,10 +13,11 @@ from fedpeft.aggregation import fedavg
 from fedpeft.compression import decode
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import get_adapter_state
-from fedpeft.runtime.local import LocalClientPool, LocalGlobalModel
-from fedpeft.server import RunStore, ServerState
+from fedpeft.runtime.local import LocalClientPool, LocalGlobalModel, run_local
+from fedpeft.server import Federation, Observer, RunStore, ServerState
 from fedpeft.server.async_loop import Event, SimClock, run_async
 from fedpeft.server.task import build_task
+from fedpeft.types import RoundRecord
 
 SPEED = {0: 1.0, 1: 3.0, 2: 3.0}  # client 0 is three times as fast as the others
 
@@ -70,9 +71,10 @@ def _run(tiny, tmp_path: Path, *extra: str, broken: int | None = None, duration=
     cfg = tiny("data.num_clients=3", "server.mode='async'", *extra)
     task = build_task(cfg)
     state = ServerState({"global": {k: v.cpu() for k, v in get_adapter_state(task.model).items()}})
-    store = RunStore.create(tmp_path / "runs", cfg.run.name, "")
+    store = RunStore.create(tmp_path / "runs", cfg.run.name, "", fingerprint="test")
     pool = _Spy(LocalClientPool(task), broken)
-    result = run_async(cfg, pool, LocalGlobalModel(task), store, state, duration)
+    fed = Federation(cfg, pool, LocalGlobalModel(task), store, durations=duration)
+    result = run_async(fed, state)
     return result, store, pool, state
 
 
@@ -93,11 +95,12 @@ def test_async_run_records_sim_time_staleness_and_is_deterministic(tiny, tmp_pat
     assert any(c["metrics"]["staleness"] > 0 for c in clients)
     landed = Counter(c["client_id"] for c in clients)
     assert landed[0] == max(landed.values())  # the fast client lands most often
-    assert any(not torch.equal(result.state[k], start.adapter[k]) for k in start.adapter)
+    end = result.state.adapter
+    assert any(not torch.equal(end[k], start.adapter[k]) for k in start.adapter)
     again, _, _, _ = _run(tiny, tmp_path, *extra)
-    for key, value in result.state.items():
-        torch.testing.assert_close(again.state[key], value, rtol=0, atol=0)
-    assert store.load_checkpoint()[0] == 4
+    for key, value in end.items():
+        torch.testing.assert_close(again.state.adapter[key], value, rtol=0, atol=0)
+    assert store.load_checkpoint().round == 4
 
 
 def test_first_step_of_fresh_clients_is_fedavg(tiny, tmp_path) -> None:
@@ -116,7 +119,7 @@ def test_first_step_of_fresh_clients_is_fedavg(tiny, tmp_path) -> None:
         updates.append((state, float(meta["num_examples"])))
     assert sorted(cid for cid, _ in pool.replies[:3]) == [0, 1, 2]
     for key, value in fedavg(updates).items():
-        torch.testing.assert_close(result.state[key], value, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(result.state.adapter[key], value, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_replies_are_recorded_and_the_run_goes_on(tiny, tmp_path) -> None:
@@ -134,11 +137,12 @@ def test_async_refuses_rules_it_cannot_stand_in_for_and_a_dead_federation(tiny, 
     cfg = tiny("data.num_clients=1", "server.mode='async'")
     task = build_task(cfg)
     state = ServerState({"global": {k: v.cpu() for k, v in get_adapter_state(task.model).items()}})
-    store = RunStore.create(tmp_path / "dead", cfg.run.name, "")
+    store = RunStore.create(tmp_path / "dead", cfg.run.name, "", fingerprint="test")
+    fed = Federation(
+        cfg, _Spy(LocalClientPool(task), 0), LocalGlobalModel(task), store, durations=_duration
+    )
     with pytest.raises(FedpeftError, match="failed or were rejected"):
-        run_async(
-            cfg, _Spy(LocalClientPool(task), 0), LocalGlobalModel(task), store, state, _duration
-        )
+        run_async(fed, state)
 
 
 def test_async_settings_are_validated(tiny) -> None:
@@ -147,3 +151,60 @@ def test_async_settings_are_validated(tiny) -> None:
             tiny(bad)
     cfg = tiny("server.mode='async'", "server.max_concurrency=2", "server.async_lr=0.5")
     assert (cfg.server.mode, cfg.server.max_concurrency, cfg.server.async_lr) == ("async", 2, 0.5)
+
+
+def test_an_offline_device_is_recorded_as_offline_not_as_a_failure(tiny, tmp_path) -> None:
+    """Simulated devices in async mode: a device that is never available lands as `offline`,
+    is charged no download and never counts toward the failure abort."""
+    tiers = tmp_path / "tiers.toml"
+    tiers.write_text(
+        "[up]\nbase = 'high'\navailability = 1.0\n[down]\nbase = 'high'\navailability = 0.0\n"
+    )
+    cfg = tiny(
+        "data.num_clients=3",
+        "server.mode='async'",
+        "simulation.devices=true",
+        f"profiles.file={str(tiers)!r}",
+        "profiles.mix=['up','up','down']",
+        "run.rounds=6",
+        "server.buffer_size=2",
+    )
+    result = run_local(cfg)
+    clients = [
+        json.loads(line) for line in (result.run_dir / "clients.jsonl").read_text().splitlines()
+    ]
+    down = [c for c in clients if c["client_id"] == 2]
+    assert down and all(c["status"] == "offline" and c["bytes_down"] == 0 for c in down)
+    assert [r["round"] for r in result.rounds] == [1, 2, 3, 4, 5, 6]
+
+
+class _StopAfter(Observer):
+    def __init__(self, rnd: int) -> None:
+        self.rnd = rnd
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        if record.round == self.rnd:
+            raise KeyboardInterrupt
+
+
+def test_async_resume_is_bitwise_equal_to_an_uninterrupted_run(tiny) -> None:
+    """The clock, the generator and every client in flight are checkpointed."""
+    cfg = tiny(
+        "data.num_clients=3",
+        "server.mode='async'",
+        "run.rounds=5",
+        "server.buffer_size=2",
+        "server.max_concurrency=2",
+    )
+    full = run_local(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        run_local(cfg, observer=_StopAfter(2))
+    stopped = next(p for p in full.run_dir.parent.iterdir() if p != full.run_dir)
+    resumed = run_local(cfg, resume=stopped)
+    for key, value in full.state.items():
+        assert torch.equal(resumed.state[key], value), key
+    # measured seconds, and the bytes of replies whose metadata holds measured seconds
+    strip = ("wall_time_s", "eval_time_s", "client_time_s", "bytes_up")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in resumed.rounds] == [
+        {k: v for k, v in r.items() if k not in strip} for r in full.rounds
+    ]

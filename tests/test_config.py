@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,15 @@ def test_config_is_frozen() -> None:
         ("run.device='tpu'", "`run.device`: Input should be 'auto', 'cpu' or 'cuda'"),
         ("data.dataset='custom'", "`data.train_file` is required"),
         ("peft.r", "--set expects section.key=value"),
+        # strict types: a bool is not a count, a count is not a bool, 2.0 is not an int
+        ("run.rounds=true", "`run.rounds`: Input should be a valid integer, got True"),
+        ("run.rounds=2.0", "`run.rounds`: Input should be a valid integer, got 2.0"),
+        ("simulation.devices=1", "`simulation.devices`: Input should be a valid boolean, got 1"),
+        ("peft.r=true", "`peft.r`: Input should be a valid integer, got True"),
+        ("client.lr=true", '`client.lr` should be a positive number or "auto", got True'),
+        ("client.lr=1", "no-error"),  # an int is a valid float
+        ("server.min_clients=11", "`server.min_clients` is 11 but `data.num_clients` is only 10"),
+        ("server.min_clients=10", "no-error"),
     ],
 )
 def test_bad_values_name_the_field_and_what_was_found(override: str, expected: str) -> None:
@@ -59,6 +69,30 @@ def test_bad_values_name_the_field_and_what_was_found(override: str, expected: s
         validate()
     assert expected in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("allocation.alpha=inf", "allocation.alpha"),
+        ("allocation.deadline_s=inf", "allocation.deadline_s"),
+        ("allocation.gain.prior_count=nan", "allocation.gain.prior_count"),
+        ("allocation.cost_weights.time=inf", "allocation.cost_weights.time"),
+    ],
+)
+def test_allocation_rejects_non_finite_numbers(override: str, field: str) -> None:
+    with pytest.raises(FedpeftError) as info:
+        load_config(overrides=[override])
+    assert f"`{field}`: Input should be a finite number" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_allocation_is_a_typed_frozen_section() -> None:
+    cfg = load_config(overrides=["allocation.enabled=true", "allocation.deadline_s=30"])
+    assert cfg.allocation.enabled and cfg.allocation.deadline_s == 30.0
+    assert cfg.allocation.catalogue.lora_ranks == [2, 4, 8, 16]  # the defaults fill in
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
+        cfg.allocation.alpha = 2.0  # type: ignore[misc]
 
 
 def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
@@ -77,7 +111,17 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         cwd=cwd,
         timeout=120,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+        env={
+            "HF_HUB_OFFLINE": "1",
+            "PATH": "/usr/bin:/bin",
+            "COLUMNS": "200",
+            # a worktree's src/ on the path tests that checkout's code, not the installed one
+            **{
+                k: os.pathsep.join(map(os.path.abspath, v.split(os.pathsep)))
+                for k, v in os.environ.items()
+                if k == "PYTHONPATH"
+            },
+        },
     )
 
 
@@ -87,7 +131,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--set", "peft.rank=4"], "unknown key `peft.rank`"),
         (["--set", "data.dataset='mnist'"], "not a known dataset"),
         (["--set", "server.aggregator='fedmagic'"], "not a registered aggregator"),
-        (["--set", "peft.method='dora'"], "not a registered PEFT method"),
+        (["--set", "peft.method='no_such_method'"], "not a registered PEFT method"),
         (["--set", "peft.method='houlsby'", "--set", "peft.size=-3"], "`peft.size`"),
         (
             ["--set", "data.dataset='custom'", "--set", "data.train_file='/nope/train.csv'"],
@@ -95,7 +139,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ),
         (
             ["--set", "model.name='no-such-org/no-such-model'", "--set", "data.train_size=32"],
-            "model `no-such-org/no-such-model` could not be loaded",
+            "model `no-such-org/no-such-model` is not in the local Hugging Face cache",
         ),
         (["--config", "/nope/config.toml"], "does not exist"),
         (["--resume", "/nope/run"], "incomplete or not a fedpeft run"),
@@ -108,3 +152,25 @@ def test_cli_user_errors_exit_2_with_one_sentence_and_no_traceback(
     assert proc.returncode == 2, proc.stderr
     assert expected in " ".join(proc.stderr.split())
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_every_section_survives_the_run_folders_toml() -> None:
+    """config.toml is what a resume (and a Flower node) reads back: every section, with
+    non-default values, must come back equal through TOML."""
+    import tomllib
+
+    from fedpeft.config import build_config, config_to_toml, load_config
+
+    cfg = load_config(
+        overrides=[
+            "compression.bits_up='adaptive'",
+            "compression.adaptive_bits=[8, 4]",
+            "compression.topk=0.1",
+            "server.aggregator_options={trim_fraction=0.2}",
+            "allocation.enabled=true",
+            "allocation.tiers={a={method='lora',options={r=4}}}",
+            "profiles.mix=['high','low']",
+            "data.num_clients=2",
+        ]
+    )
+    assert build_config(tomllib.loads(config_to_toml(cfg))) == cfg

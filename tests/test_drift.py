@@ -12,7 +12,7 @@ from fedpeft.aggregation.drift import fednova, option_ii_control, server_control
 from fedpeft.client import ClientData, train
 from fedpeft.client.scaffold import control_delta, corrected_gradient, train_scaffold
 from fedpeft.peft import get_adapter_state, set_adapter_state
-from fedpeft.server.loop import instruction_for
+from fedpeft.server.configure import instruction_for
 from fedpeft.server.task import build_task
 from tests.conftest import tiny_config
 
@@ -110,7 +110,7 @@ def test_scaffold_client_half_in_training(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, "peft.method='head'")
     task = build_task(cfg)
     start = get_adapter_state(task.model)
-    data = ClientData(task.train, np.arange(32))
+    data = ClientData(task.data.train, np.arange(32))
     ins = instruction_for(cfg, 1, 0)
     plain = train(task.model, ins, data, task.device)
     zero = zeros_like_state(start)

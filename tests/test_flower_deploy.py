@@ -1,13 +1,17 @@
-"""A real loopback deployment: SuperLink + SuperNodes with TLS and SuperNode authentication.
+"""A real deployment on this machine: SuperLink (control plane for loopback only) +
+SuperNodes with TLS and pre-registered node keys, fedpeft submitted as the Flower App it is
+(``flwr run <checkout>``).
 
-One federation serves the module (starting it costs seconds): two registered SuperNodes,
-each with its own partition and client host, run fedpeft through ``flwr run``.
+One federation serves the module (starting it costs seconds): two registered SuperNodes
+with a partition each and a client host, and a third that brings its own data file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import time
 from pathlib import Path
 
@@ -17,10 +21,24 @@ pytest.importorskip("flwr")
 
 from fedpeft.config import ExperimentConfig, config_to_toml  # noqa: E402
 from fedpeft.runtime.flower import keys  # noqa: E402
-from fedpeft.runtime.flower.deploy import Deployment, write_app  # noqa: E402
+from fedpeft.runtime.flower.deploy import (  # noqa: E402
+    FEDERATION,
+    Deployment,
+    free_port,
+    project_app,
+)
 from tests.conftest import tiny_config  # noqa: E402
 
 TIMEOUT_S = 400.0
+
+
+def _own_data(folder: Path) -> Path:
+    """The third node's own file: 24 reviews in its own column names, labels as words."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "site2.csv"
+    words = ["negative", "positive"]
+    path.write_text("review,sentiment\n" + "".join(f"film {i},{words[i % 2]}\n" for i in range(24)))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -30,20 +48,22 @@ def federation(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
         d.start_superlink()
         for i in range(2):
             d.start_supernode(f"node{i}", i, d.node_key(f"node{i}"))
+        own = {keys.NODE_DATA_FILE: str(_own_data(d.root / "site2")),
+               keys.NODE_TEXT_COLUMN: "review", keys.NODE_LABEL_COLUMN: "sentiment"}  # fmt: skip
+        d.start_supernode("node2", 2, d.node_key("node2"), host=False, node_config=own)
         yield d
     finally:
         d.close()
 
 
-def _submit(d: Deployment, cfg: ExperimentConfig, name: str, **run_config: object) -> int:
+def _submit(d: Deployment, cfg: ExperimentConfig, **run_config: object) -> int:
     config = {
         keys.RUN_CONFIG_TOML: config_to_toml(cfg),
-        keys.RUN_RESUME: "",
         keys.RUN_ROUND_TIMEOUT: 120.0,
         keys.RUN_CONNECT_TIMEOUT: 200.0,
         **run_config,
     }
-    return d.submit(write_app(d.root / name, config))  # type: ignore[arg-type]
+    return d.submit(config)
 
 
 def _lines(path: Path) -> list[dict]:
@@ -57,7 +77,7 @@ def _run_dir(cfg: ExperimentConfig) -> Path:
 
 def test_two_supernodes_with_tls_and_auth_run_two_rounds(federation: Deployment) -> None:
     cfg = tiny_config(federation.root / "a")
-    run_id = _submit(federation, cfg, "app-a")
+    run_id = _submit(federation, cfg)
     assert federation.wait(run_id, TIMEOUT_S) == "finished:completed"
     root = _run_dir(cfg)
     rounds, clients = _lines(root / "metrics.jsonl"), _lines(root / "clients.jsonl")
@@ -66,10 +86,37 @@ def test_two_supernodes_with_tls_and_auth_run_two_rounds(federation: Deployment)
     assert (root / "adapter" / "adapter_model.safetensors").is_file()
     stats = json.loads((root / "flower.json").read_text())
     assert sum(c["num_examples"] for c in stats["clients"].values()) == 64
+    assert stats["client_weight"] == {"policy": "assigned", "max_client_examples": None}
+    assert all(c["max_examples"] == c["num_examples"] for c in stats["clients"].values())
     assert stats["wire_bytes_up"] > stats["fedpeft_bytes_up"] > 0
     # a fresh flwr-clientapp process per message, yet one client host (one model load) each
     for c in stats["clients"].values():
         assert c["processes_seen"] == 1 and c["model_loads_in_last_process"] == 1
+
+
+def test_a_node_with_its_own_data_joins_under_the_reported_policy_with_a_cap(
+    federation: Deployment, tmp_path: Path
+) -> None:
+    server_data = tmp_path / "server.csv"  # the server's evaluation data, same classes
+    server_data.write_text("text,label\n" + "".join(f"r {i},{['negative', 'positive'][i % 2]}\n"
+                                                     for i in range(60)))  # fmt: skip
+    cfg = tiny_config(
+        federation.root / "byo", "data.num_clients=3", "run.rounds=1", "data.dataset='custom'",
+        f"data.train_file={str(server_data)!r}", "data.label_names=['negative','positive']",
+        "data.train_size=60",
+    )  # fmt: skip
+    run_id = _submit(federation, cfg, **{keys.RUN_CLIENT_WEIGHT: "reported",
+                                         keys.RUN_MAX_EXAMPLES: 20})  # fmt: skip
+    assert federation.wait(run_id, TIMEOUT_S) == "finished:completed"
+    root = _run_dir(cfg)
+    stats = json.loads((root / "flower.json").read_text())
+    own = stats["clients"]["2"]
+    assert own["own_data"] is True and own["num_examples"] == 24  # every row of its file
+    assert own["max_examples"] == 20  # … but it weighs at most the cap
+    round1 = {c["client_id"]: c for c in _lines(root / "clients.jsonl")}
+    assert all(c["status"] == "ok" for c in round1.values()), round1
+    assert round1[2]["num_examples"] == 20  # its weight in the average: the cap
+    assert round1[0]["num_examples"] == stats["clients"]["0"]["num_examples"] <= 20
 
 
 def test_an_unregistered_supernode_is_refused(federation: Deployment) -> None:
@@ -82,9 +129,65 @@ def test_an_unregistered_supernode_is_refused(federation: Deployment) -> None:
     assert proc.returncode not in (None, 0)
     log = (federation.root / "logs" / "intruder.log").read_text()
     assert "Failed to activate SuperNode" in log
-    listing = federation.cli("supernode", "list", "fedpeft", "--format", "json")
+    listing = federation.cli("supernode", "list", FEDERATION, "--format", "json")
     online = [n for n in json.loads(listing.stdout)["nodes"] if n["status"] == "online"]
-    assert len(online) == 2
+    assert len(online) == 3
+
+
+def _network_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.254", 9))
+            address = str(s.getsockname()[0])
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+@pytest.mark.skipif(_network_address() is None, reason="needs a non-loopback IPv4 address")
+def test_the_control_plane_refuses_the_network_while_the_fleet_api_serves_it(
+    tmp_path: Path,
+) -> None:
+    """A SuperLink listening on every interface (as across machines): from the network
+    address, registering a key, listing or submitting runs is refused, while a SuperNode
+    whose key was registered from loopback activates over that same address."""
+    ip = _network_address()
+    assert ip is not None
+    d = Deployment(tmp_path, bind="0.0.0.0")
+    try:
+        d.start_superlink(addresses=(ip,))
+        d.connect("remote", f"{ip}:{d.port}")
+        key = d.node_key("outsider", register=False)
+        for args in (
+            ("supernode", "register", f"{key}.pub", "remote"),
+            ("list", "remote"),
+            ("run", str(project_app()), "remote"),
+        ):
+            done = d.cli(*args)
+            said = " ".join(re.sub(r"[│╭╮╰╯─]", " ", done.stdout + done.stderr).split())
+            assert done.returncode != 0, args
+            assert "[code: 9] The SuperLink accepts control and runtime requests only" in said
+            assert "trusted addresses" in said, said
+        assert d.cli("list", FEDERATION, "--format", "json").returncode == 0  # loopback: yes
+        listing = d.cli("supernode", "list", FEDERATION, "--format", "json")
+        assert json.loads(listing.stdout)["nodes"] == []  # the refused key was not registered
+        # the Fleet API answers the network: a registered node connects over it
+        private = d.node_key("member")
+        name = "member"
+        d._start(name, [d._bin("flower-supernode"), "--superlink", f"{ip}:{d.port}",
+                        "--root-certificates", str(d.tls.ca_cert),  # type: ignore[union-attr]
+                        "--auth-supernode-private-key", str(private),
+                        "--node-config", "partition-id=0", "--port", str(free_port())])  # fmt: skip
+        deadline = time.monotonic() + 120
+        online: list[dict] = []
+        while not online and time.monotonic() < deadline and d.alive(name):
+            time.sleep(1.0)
+            listing = d.cli("supernode", "list", FEDERATION, "--format", "json")
+            online = [n for n in json.loads(listing.stdout)["nodes"] if n["status"] == "online"]
+        assert len(online) == 1, (d.root / "logs" / f"{name}.log").read_text()[-2000:]
+    finally:
+        d.close()
 
 
 @pytest.mark.skipif(
@@ -95,7 +198,7 @@ def test_a_killed_supernode_leaves_the_round_to_the_others_and_the_server_resume
     federation: Deployment,
 ) -> None:
     cfg = tiny_config(federation.root / "b", "server.min_clients=1")
-    run_id = _submit(federation, cfg, "app-b", **{keys.RUN_ROUND_TIMEOUT: 25.0})
+    run_id = _submit(federation, cfg, **{keys.RUN_ROUND_TIMEOUT: 25.0})
     deadline = time.monotonic() + TIMEOUT_S
     metrics = None
     while time.monotonic() < deadline:  # kill node 1 once round 2 is under way
@@ -114,9 +217,7 @@ def test_a_killed_supernode_leaves_the_round_to_the_others_and_the_server_resume
     assert _lines(root / "metrics.jsonl")[1]["accepted"] == 1
     # a new ServerApp run resumes the run folder from its last checkpoint
     more = tiny_config(federation.root / "b", "server.min_clients=1", "run.rounds=3")
-    rid = _submit(
-        federation, more, "app-c", **{keys.RUN_RESUME: str(root), keys.RUN_ROUND_TIMEOUT: 30.0}
-    )
+    rid = _submit(federation, more, **{keys.RUN_RESUME: str(root), keys.RUN_ROUND_TIMEOUT: 30.0})
     assert federation.wait(rid, TIMEOUT_S) == "finished:completed"
     assert [r["round"] for r in _lines(root / "metrics.jsonl")] == [1, 2, 3]
     assert json.loads((root / "summary.json").read_text())["resumed_from_round"] == 2

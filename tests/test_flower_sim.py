@@ -57,3 +57,16 @@ def test_the_server_allocates_from_what_flower_clients_report(tiny) -> None:
         json.loads(x) for x in (flower.run_dir / "allocations.jsonl").read_text().splitlines()
     ]
     assert len(decisions) == 2 and all(d["tier"] == "measured" for d in decisions)
+
+
+def test_compressed_updates_with_error_feedback_travel_on_flower(
+    tiny, tmp_path, monkeypatch
+) -> None:
+    """4-bit replies with each client's residual kept on its node give the in-process result."""
+    monkeypatch.setenv("FEDPEFT_CLIENT_STATE_DIR", str(tmp_path / "node-states"))
+    cfg = tiny("compression.bits_up=4", "data.partition='dirichlet'")
+    local = run_local(cfg)
+    flower = run_flower_sim(cfg, workers=2)
+    for key, value in local.state.items():
+        torch.testing.assert_close(flower.state[key], value, rtol=0, atol=1e-6)
+    assert len(list((tmp_path / "node-states").rglob("state-*.safetensors"))) == 4

@@ -38,14 +38,14 @@ def test_feature_stats_are_the_head_inputs_summed_per_class(tmp_path: Path, meth
     cfg = tiny_config(tmp_path, f"peft.method='{method}'", "data.dataset='ag_news'")
     task = build_task(cfg)
     idx = np.arange(40)
-    stats = class_feature_stats(task.model, ClientData(task.train, idx), 4, 16, task.device)
+    stats = class_feature_stats(task.model, ClientData(task.data.train, idx), 4, 16, task.device)
     base = task.base
     assert base is not None
     base.eval()
     with torch.inference_mode():
-        b = task.train.collate(idx)
+        b = task.data.train.collate(idx)
         pooled = base.bert(input_ids=b.input_ids, attention_mask=b.attention_mask)[1].double()
-    labels = task.train.labels[idx]
+    labels = task.data.train.labels[idx]
     for c in range(4):
         assert stats[STATS_COUNT][c] == (labels == c).sum()
         assert torch.allclose(stats[STATS_SUM][c], pooled[torch.from_numpy(labels == c)].sum(0))
@@ -127,7 +127,7 @@ def test_round_zero_sets_the_head_and_leaves_out_bad_replies(tmp_path: Path) -> 
     from fedpeft.client import ClientData
     from fedpeft.runtime.local.simulator import LocalClientPool, LocalGlobalModel, run_local
     from fedpeft.server.head_init import init_head
-    from fedpeft.server.loop import ServerState
+    from fedpeft.server.state import ServerState
 
     cfg = tiny_config(
         tmp_path, "data.dataset='ag_news'", "server.head_init='lda'", "data.num_clients=3"
@@ -135,8 +135,8 @@ def test_round_zero_sets_the_head_and_leaves_out_bad_replies(tmp_path: Path) -> 
     task = build_task(cfg)
     fresh = {k: v.cpu() for k, v in get_adapter_state(task.model).items()}
     stats = [
-        class_feature_stats(task.model, ClientData(task.train, p), 4, 64, task.device)
-        for p in task.partitions
+        class_feature_stats(task.model, ClientData(task.data.train, p), 4, 64, task.device)
+        for p in task.data.partitions
     ]
     want = lda_head(fresh, sum_stats(stats))
 
@@ -155,5 +155,7 @@ def test_round_zero_sets_the_head_and_leaves_out_bad_replies(tmp_path: Path) -> 
     result = run_local(cfg)
     saved = json.loads((result.run_dir / "head_init.json").read_text())
     assert saved["clients"] == 3 and saved["bytes_up"] > 0 and "accuracy" in saved["eval_after"]
-    random_run = run_local(tiny_config(tmp_path, "data.dataset='ag_news'"))
+    random_run = run_local(
+        tiny_config(tmp_path, "data.dataset='ag_news'", "server.head_init='random'")
+    )
     assert not (random_run.run_dir / "head_init.json").exists()

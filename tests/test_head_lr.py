@@ -8,7 +8,7 @@ import torch
 from fedpeft.client import ClientData, train
 from fedpeft.client.train import HEAD_MODULES
 from fedpeft.peft import get_adapter_state, set_adapter_state
-from fedpeft.server.loop import instruction_for
+from fedpeft.server.configure import instruction_for
 from fedpeft.server.task import build_task
 from tests.conftest import tiny_config
 
@@ -19,7 +19,10 @@ def _moves(tmp_path: Path, *extra: str) -> dict[str, float]:
     start = get_adapter_state(task.model)
     set_adapter_state(task.model, start)
     train(
-        task.model, instruction_for(cfg, 1, 0), ClientData(task.train, np.arange(16)), task.device
+        task.model,
+        instruction_for(cfg, 1, 0),
+        ClientData(task.data.train, np.arange(16)),
+        task.device,
     )
     end = get_adapter_state(task.model)
     head = [k for k in start if set(k.split(".")) & set(HEAD_MODULES)]

@@ -16,6 +16,7 @@ from fedpeft.models import get_model_spec, load_classifier
 from fedpeft.peft import architecture, parse_spec
 from fedpeft.peft.share import apply_shared
 from fedpeft.runtime.local import run_local
+from fedpeft.server import RunStore
 
 A, B = "m.lora_A.weight", "m.lora_B.weight"
 
@@ -217,8 +218,8 @@ def test_utility_allocation_runs_and_records_its_decisions(tiny) -> None:
     result = run_local(cfg)
     clients = _lines(result.run_dir / "clients.jsonl")
     assert all(c["status"] == "ok" and c["config"] for c in clients)
-    state = json.loads((result.run_dir / "checkpoint" / "state.json").read_text())
-    assert state["extra"]["gain"]["counts"]  # R observed the round's gains
+    state = RunStore(result.run_dir).load_checkpoint()
+    assert state.gain is not None and state.gain.counts  # R observed the round's gains
     decisions = _lines(result.run_dir / "allocations.jsonl")
     assert len(decisions) == 3 * 2 and all(d["policy"] == "utility" for d in decisions)
     assert all(len(d["candidates"]) == 3 for d in decisions)  # every candidate is explained
@@ -246,7 +247,7 @@ def test_the_logged_evaluation_is_the_saved_adapters(tiny, tmp_path: Path, extra
     result = run_local(cfg)
     task = build_task(cfg)
     model = load_adapter(task.base, result.run_dir / "adapter")
-    again = evaluate_model(model, task.eval, 64, torch.device("cpu"))
+    again = evaluate_model(model, task.data.eval, 64, torch.device("cpu"))
     logged = result.rounds[-1]["eval"]
     assert again["loss"] == pytest.approx(logged["loss"], rel=1e-5)
     assert again["accuracy"] == logged["accuracy"]

@@ -9,7 +9,7 @@ import torch
 
 from fedpeft.client import ClientData, train
 from fedpeft.client.losses import LabelSkewLoss
-from fedpeft.server.loop import instruction_for
+from fedpeft.server.configure import instruction_for
 from fedpeft.server.task import build_task
 from tests.conftest import tiny_config
 
@@ -103,12 +103,12 @@ def test_client_training_leaves_a_missing_class_head_alone(tmp_path: Path) -> No
             tmp_path, f"client.label_skew='{rule}'", "peft.method='head'", "data.dataset='ag_news'"
         )
         task = build_task(cfg)
-        only0 = np.flatnonzero(task.train.labels <= 1)[:32]
+        only0 = np.flatnonzero(task.data.train.labels <= 1)[:32]
         before = {
             k: v.detach().clone() for k, v in task.model.named_parameters() if v.requires_grad
         }
         update = train(
-            task.model, instruction_for(cfg, 1, 0), ClientData(task.train, only0), task.device
+            task.model, instruction_for(cfg, 1, 0), ClientData(task.data.train, only0), task.device
         )
         assert update.metrics["steps"] == 2
         after = dict(task.model.named_parameters())

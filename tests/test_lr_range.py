@@ -10,7 +10,7 @@ import torch
 from fedpeft.client import ClientData
 from fedpeft.client.lr_range import RangeTest, lr_range_test, smooth
 from fedpeft.peft import get_adapter_state
-from fedpeft.server.loop import instruction_for
+from fedpeft.server.configure import instruction_for
 from fedpeft.server.task import build_task
 from tests.conftest import tiny_config
 
@@ -37,7 +37,7 @@ def test_range_test_on_a_client_restores_the_adapter(tmp_path: Path) -> None:
     task = build_task(cfg)
     before = get_adapter_state(task.model)
     ins = instruction_for(cfg, 0, 0)
-    data = ClientData(task.train, task.partitions[0])
+    data = ClientData(task.data.train, task.data.partitions[0])
     found = lr_range_test(task.model, ins, data, task.device, RangeTest(steps=12, end=10.0))
     after = get_adapter_state(task.model)
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -11,6 +11,7 @@ import pytest
 
 from fedpeft.errors import FedpeftError
 from fedpeft.runtime.local import run_local
+from fedpeft.server import RunStore
 from fedpeft.server.task import build_data
 
 
@@ -49,8 +50,7 @@ def test_clustered_serves_each_client_its_clusters_global(tiny) -> None:
     first = {c["group"] for c in clients if c["round"] == 1}
     later = {c["group"] for c in clients if c["round"] == 3}
     assert first == {"global"} and later <= {"cluster-0", "cluster-1"} and len(later) == 2
-    state = json.loads((result.run_dir / "checkpoint" / "state.json").read_text())
-    assert set(state["extra"]["clusters"]) == {"0", "1", "2", "3"}
+    assert set(RunStore(result.run_dir).load_checkpoint().clusters) == {0, 1, 2, 3}
     assert set(result.rounds[-1]["groups"]) == {"cluster-0", "cluster-1"}
 
 

@@ -23,6 +23,7 @@ from transformers import (
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import (
     get_adapter_state,
+    get_method,
     load_adapter,
     method_names,
     model_architecture,
@@ -87,7 +88,6 @@ OPTIONS: dict[str, dict[str, object]] = {
     "houlsby": {"size": 8},
     "pfeiffer": {"size": 8, "layers": [1]},
 }
-ADDITIVE_IDENTITY = {"lora", "houlsby", "pfeiffer", "ia3", "bitfit", "head", "full"}
 CASES = [
     (m, f)
     for m in method_names()
@@ -186,7 +186,7 @@ def test_untrained_method_leaves_outputs_unchanged_where_designed(method: str, f
     base, model = _build(method, family)
     batch = _batch()
     same = torch.allclose(_logits(base, batch), _logits(model, batch), atol=1e-6)
-    assert same == (method in ADDITIVE_IDENTITY)
+    assert same == get_method(method).spec.identity_at_init
 
 
 @pytest.mark.parametrize(("method", "family"), CASES)
@@ -245,8 +245,8 @@ def test_predicted_extra_flops_match_a_flop_counter(method: str, family: str) ->
 
 
 def test_unknown_method_and_bad_options_are_user_errors() -> None:
-    with pytest.raises(FedpeftError, match="expected one of: bitfit, full, head, houlsby"):
-        parse_spec("dora", {})
+    with pytest.raises(FedpeftError, match="expected one of: " + ", ".join(method_names())):
+        parse_spec("no_such_method", {})
     with pytest.raises(FedpeftError, match="`peft.size`"):
         parse_spec("houlsby", {"size": 0})
     with pytest.raises(FedpeftError, match="matches no projection"):

@@ -15,7 +15,7 @@ from fedpeft.errors import FedpeftError
 from fedpeft.models import get_model_spec, load_classifier, load_tokenizer
 from fedpeft.peft import method_names
 from fedpeft.runtime.local import run_local
-from fedpeft.server import Observer
+from fedpeft.server import Observer, RunStore
 from fedpeft.server.evaluate import predict_logits
 from fedpeft.types import RoundRecord
 
@@ -33,9 +33,9 @@ def test_two_clients_two_rounds_writes_the_run_folder(tiny) -> None:
         "clients.jsonl",
         "summary.json",
         "partitions.json",
-        "checkpoint/state.json",
-        "checkpoint/global-000002.safetensors",
-        "checkpoint/server_opt-000002.safetensors",
+        "checkpoint/round-000002.manifest.json",
+        "checkpoint/round-000002.safetensors",
+        "checkpoint/round-000002.json",
         "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors",
     ):
@@ -58,7 +58,8 @@ def test_two_clients_two_rounds_writes_the_run_folder(tiny) -> None:
     summary = json.loads((root / "summary.json").read_text())
     assert summary["rounds_completed"] == 2
     assert summary["bytes_up_total"] == sum(c["bytes_up"] for c in clients)
-    assert 0 <= summary["final_accuracy"] <= 1
+    assert summary["final_accuracy"] == rounds[-1]["eval"]["accuracy"]
+    assert summary["best_accuracy"] == max(r["eval"]["accuracy"] for r in rounds)
 
 
 def test_training_changes_the_adapter_and_only_adapter_keys_travel(tiny) -> None:
@@ -104,7 +105,7 @@ def test_bad_update_is_rejected_and_the_round_goes_on(tiny, monkeypatch, mode: s
     import fedpeft.runtime.local.simulator as sim
 
     real = sim.LocalClientPool
-    monkeypatch.setattr(sim, "LocalClientPool", lambda task: _BadPool(real(task), mode))
+    monkeypatch.setattr(sim, "LocalClientPool", lambda task, **kw: _BadPool(real(task, **kw), mode))
     result = run_local(tiny())
     clients = _lines(result.run_dir / "clients.jsonl")
     bad = [c for c in clients if c["client_id"] == 1]
@@ -119,7 +120,7 @@ def test_unparseable_metrics_are_dropped_and_bytes_still_counted(tiny, monkeypat
 
     real = sim.LocalClientPool
     monkeypatch.setattr(
-        sim, "LocalClientPool", lambda task: _BadPool(real(task), "overflowing_metric")
+        sim, "LocalClientPool", lambda task, **kw: _BadPool(real(task, **kw), "overflowing_metric")
     )
     result = run_local(tiny("run.rounds=1"))
     client1 = next(c for c in _lines(result.run_dir / "clients.jsonl") if c["client_id"] == 1)
@@ -136,16 +137,16 @@ def test_a_crash_mid_checkpoint_or_mid_log_line_still_resumes(tiny) -> None:
         run_local(cfg, observer=_StopAfter(1))
     stopped = next(p for p in full.run_dir.parent.iterdir() if p != full.run_dir)
     ckpt = stopped / "checkpoint"
-    (ckpt / "global-000002.safetensors").write_bytes(b"half")  # crash before state.json
+    (ckpt / "round-000002.safetensors").write_bytes(b"half")  # crash before its manifest
+    (ckpt / ".round-000002.json.tmp-x1y2").write_bytes(b"{")  # killed inside write_atomic
     with (stopped / "metrics.jsonl").open("a") as f:
         f.write('{"round": 2, "eval": {"accur')
     resumed = run_local(cfg, resume=stopped)
     assert [r["round"] for r in resumed.rounds] == [1, 2]
     for key, value in full.state.items():
         torch.testing.assert_close(resumed.state[key], value, rtol=0, atol=1e-6)
-    assert sorted(p.name for p in ckpt.glob("*.safetensors")) == [
-        "global-000002.safetensors",
-        "server_opt-000002.safetensors",
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        f"round-{r:06d}.{kind}" for r in (1, 2) for kind in ("json", "manifest.json", "safetensors")
     ]
 
 
@@ -165,7 +166,7 @@ def test_resume_gives_the_same_final_adapter_as_an_uninterrupted_run(tiny) -> No
         run_local(cfg, observer=_StopAfter(1))
     runs = sorted(Path(cfg.run.output_dir).iterdir())
     stopped = next(r for r in runs if r != full.run_dir)
-    assert json.loads((stopped / "checkpoint/state.json").read_text())["round"] == 1
+    assert RunStore(stopped).checkpoints.rounds()[0] == 1
     resumed = run_local(cfg, resume=stopped)
     assert resumed.run_dir == stopped
     assert [r["round"] for r in resumed.rounds] == [1, 2, 3]
@@ -175,23 +176,26 @@ def test_resume_gives_the_same_final_adapter_as_an_uninterrupted_run(tiny) -> No
 
 
 @pytest.mark.parametrize(
-    "damage", ["no_state", "garbage_weights", "round_mismatch", "path_in_state"]
+    "damage", ["no_manifest", "garbage_weights", "round_mismatch", "path_in_manifest"]
 )
 def test_resume_of_a_damaged_run_says_so_and_starts_nothing(tiny, damage: str) -> None:
+    """Every kept round damaged the same way: nothing verifies, nothing is resumed."""
     cfg = tiny("run.rounds=1")
     root = run_local(cfg).run_dir
     ckpt = root / "checkpoint"
-    if damage == "no_state":
-        (ckpt / "state.json").unlink()
-    elif damage == "garbage_weights":
-        (ckpt / "global-000001.safetensors").write_bytes(b"not a checkpoint")
-    elif damage == "path_in_state":
-        state = json.loads((ckpt / "state.json").read_text())
-        (ckpt / "state.json").write_text(json.dumps({**state, "global": "../config.toml"}))
-    else:
-        (ckpt / "state.json").write_text(json.dumps({"round": 5}))
+    for rnd in RunStore(root).checkpoints.rounds():
+        manifest = ckpt / f"round-{rnd:06d}.manifest.json"
+        if damage == "no_manifest":
+            manifest.unlink()
+        elif damage == "garbage_weights":
+            (ckpt / f"round-{rnd:06d}.safetensors").write_bytes(b"not a checkpoint")
+        elif damage == "path_in_manifest":
+            raw = json.loads(manifest.read_text())
+            manifest.write_text(json.dumps({**raw, "files": {"../config.toml": "0" * 64}}))
+        else:
+            manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "round": 5}))
     before = (root / "metrics.jsonl").read_text()
-    with pytest.raises(FedpeftError, match="incomplete or corrupted"):
+    with pytest.raises(FedpeftError, match="cannot be resumed"):
         run_local(cfg, resume=root)
     assert (root / "metrics.jsonl").read_text() == before
 

@@ -135,4 +135,6 @@ def test_instruct_path_on_the_real_model(folder: Path) -> None:
         "invalid_rate",
         "label_scoring_accuracy",
     }
-    assert 0.0 <= metrics["accuracy"] <= 1.0 and np.isfinite(metrics["loss"])
+    # two examples: every rate is a count over 2, the loss a finite mean
+    assert metrics["accuracy"] in (0.0, 0.5, 1.0) and metrics["invalid_rate"] in (0.0, 0.5, 1.0)
+    assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0

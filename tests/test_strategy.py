@@ -46,8 +46,7 @@ def test_server_optimiser_state_survives_resume(tiny) -> None:
     with pytest.raises(KeyboardInterrupt):
         run_local(cfg, observer=_StopAfter())
     stopped = next(p for p in full.run_dir.parent.iterdir() if p != full.run_dir)
-    _, _, opt_groups, _ = RunStore(stopped).load_checkpoint()
-    opt_state = opt_groups["global"]
+    opt_state = RunStore(stopped).load_checkpoint().optimizer["global"]
     assert opt_state and all(k.startswith(("m/", "v/")) for k in opt_state)
     resumed = run_local(cfg, resume=stopped)
     for key, value in full.state.items():
@@ -107,7 +106,9 @@ def test_ffa_lora_rejects_a_client_that_changed_a(tiny, monkeypatch) -> None:
     import fedpeft.runtime.local.simulator as sim
 
     real = sim.LocalClientPool
-    monkeypatch.setattr(sim, "LocalClientPool", lambda task: _Tampers(real(task), _changes_a))
+    monkeypatch.setattr(
+        sim, "LocalClientPool", lambda task, **kw: _Tampers(real(task, **kw), _changes_a)
+    )
     result = run_local(tiny("server.aggregator='ffa_lora'", "run.rounds=1"))
     lines = (result.run_dir / "clients.jsonl").read_text().splitlines()
     status = {c["client_id"]: (c["status"], c["reason"]) for c in map(json.loads, lines)}
@@ -126,7 +127,9 @@ def test_norm_clipping_bounds_what_one_boosted_update_moves(tiny, monkeypatch, c
     import fedpeft.runtime.local.simulator as sim
 
     real = sim.LocalClientPool
-    monkeypatch.setattr(sim, "LocalClientPool", lambda task: _Tampers(real(task), _boosts))
+    monkeypatch.setattr(
+        sim, "LocalClientPool", lambda task, **kw: _Tampers(real(task, **kw), _boosts)
+    )
     sets = ["run.rounds=1", *([f"server.clip_norm={clip}"] if clip else [])]
     cfg = tiny(*sets)
     initial = get_adapter_state(build_task(cfg).model)

@@ -103,9 +103,15 @@ def test_training_batches_visit_each_example_once_in_a_seeded_order() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model.name=tiny-efficientnet", "peft.method=prompt"], "supported: bitfit, full, hea"),
-        (["model.name=tiny-vit", "peft.method=prefix"], "supported: bitfit, full, head, houl"),
-        (["model.name=tiny-clip", "peft.method=bitfit"], "supported: lora, prompt"),
+        (
+            ["model.name=tiny-efficientnet", "peft.method=prompt"],
+            "supported: bitfit, dora, full, head, lora.",
+        ),
+        (
+            ["model.name=tiny-vit", "peft.method=prefix"],
+            "supported: bitfit, dora, full, head, houlsby, ia3, lora, pfeiffer, vera.",
+        ),
+        (["model.name=tiny-clip", "peft.method=bitfit"], "supported: dora, lora, prompt, vera."),
         (["model.name=tiny-efficientnet", "data.dataset=sst2"], "takes images"),
         (["model.name=tiny-bert", "data.dataset=cifar10"], "takes text"),
         (["model.name=tiny-vit", "data.dataset=cifar10", "model.image_size=64"], "32×32"),
@@ -142,7 +148,6 @@ def test_fedpeft_run_end_to_end(tmp_path: Path, model: str, method: str, dataset
     result = run_local(cfg)
     rounds = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2]
-    assert all(0.0 <= r["eval"]["accuracy"] <= 1.0 for r in rounds)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["rounds_completed"] == 2
     # the exported adapter, loaded into a fresh base, scores what the run reported

@@ -22,6 +22,7 @@ from fedpeft.models.vision import (
 from fedpeft.peft import (
     check_supported,
     get_adapter_state,
+    get_method,
     load_adapter,
     method_names,
     model_architecture,
@@ -63,7 +64,6 @@ OPTIONS: dict[str, dict[str, object]] = {
 }
 # CoOp's context initialised from the 4 template tokens ("a photo of a") keeps the logits
 FAMILY_OPTIONS = {("prompt", "clip"): {"num_virtual_tokens": 4}}
-ADDITIVE_IDENTITY = {"lora", "houlsby", "pfeiffer", "ia3", "bitfit", "head", "full"}
 CASES = [(m, f) for f in FAMILIES for m in supported_methods(f)]
 UNSUPPORTED = [(m, f) for f in FAMILIES for m in method_names() if m not in supported_methods(f)]
 
@@ -171,7 +171,7 @@ def test_state_round_trips_exactly(method: str, family: str) -> None:
 def test_untrained_method_leaves_outputs_unchanged_where_designed(method: str, family: str) -> None:
     base, model = _build(method, family)
     same = torch.allclose(_logits(base, _pixels()), _logits(model, _pixels()), atol=1e-6)
-    assert same == (method in ADDITIVE_IDENTITY or (method, family) in FAMILY_OPTIONS)
+    assert same == (get_method(method).spec.identity_at_init or (method, family) in FAMILY_OPTIONS)
 
 
 @pytest.mark.parametrize(("method", "family"), CASES)

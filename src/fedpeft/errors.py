@@ -3,6 +3,8 @@
 The CLI prints its message as one sentence and exits with code 2, without a traceback.
 """
 
+from fedpeft.types import ClientStatus
+
 
 class FedpeftError(Exception):
     """A problem the user can fix: the message says what, where, and what to do."""
@@ -12,7 +14,9 @@ class ClientSkipped(Exception):
     """A sampled client that does not train this round (a runtime's decision, e.g. a
     simulated device that is offline or would miss the deadline); ``status`` says why."""
 
-    def __init__(self, status: str, reason: str, sim_time_s: float | None = None) -> None:
+    def __init__(self, status: ClientStatus, reason: str, sim_time_s: float | None = None) -> None:
+        if not status.skipped:
+            raise ValueError(f"{status!r} is not a skipped status")
         super().__init__(reason)
         self.status = status
         self.sim_time_s = sim_time_s

@@ -9,7 +9,6 @@ from fedpeft.aggregation.cluster import (
     clustered_fedavg,
     cosine_similarity,
 )
-from fedpeft.aggregation.distill import distill, ensemble_probs, kd_loss, teacher_kl
 from fedpeft.aggregation.fedavg import fedavg
 from fedpeft.aggregation.layerwise import (
     group_layers,
@@ -78,15 +77,12 @@ __all__ = [
     "clustered_fedavg",
     "coordinate_median",
     "cosine_similarity",
-    "distill",
-    "ensemble_probs",
     "exact_lora_svd",
     "fedavg",
     "ffa_lora",
     "get_aggregator",
     "group_layers",
     "hetlora_pad",
-    "kd_loss",
     "krum",
     "layer_of",
     "layerwise",
@@ -100,7 +96,6 @@ __all__ = [
     "staleness_weight",
     "svd_redistribute",
     "swap_importance",
-    "teacher_kl",
     "trimmed_mean",
     "truncate_rank",
     "weighted_lora",

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from fedpeft.aggregation.compat import check_states
 from fedpeft.aggregation.fedavg import fedavg
 from fedpeft.types import AdapterState
 
@@ -32,9 +33,8 @@ def client_vectors_from_updates(
     if len(refs) != len(updates):
         raise ValueError(f"{len(updates)} updates but {len(refs)} reference states")
     rows = []
-    for i, (state, ref) in enumerate(zip(updates, refs, strict=True)):
-        if state.keys() != ref.keys():
-            raise ValueError(f"update {i} has other keys than its reference state")
+    for state, ref in zip(updates, refs, strict=True):
+        check_states([state], "cluster", reference=ref, reference_name="its reference state")
         rows.append(
             np.concatenate(
                 [

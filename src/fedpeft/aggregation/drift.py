@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
+from fedpeft.aggregation.compat import check_states, normalised_weights
 from fedpeft.types import AdapterState
 
 
@@ -42,7 +43,7 @@ def option_ii_control(
     """``c_i⁺ = c_i − c + (x − y)/(K η_l)`` after ``K = steps`` SGD steps from x to y."""
     if steps <= 0 or lr <= 0:
         raise ValueError(f"steps and lr should be positive, got {steps} and {lr}")
-    _same_keys(local, server, start, end)
+    check_states([server, start, end], "scaffold", reference=local, reference_name="c_i")
     return {
         k: (
             local[k].double()
@@ -61,7 +62,7 @@ def server_control(
         raise ValueError(f"{len(deltas)} control deltas from {num_clients} clients")
     if not deltas:
         return dict(server)
-    _same_keys(server, *deltas)
+    check_states(deltas, "scaffold", reference=server, what="control delta", reference_name="c")
     return {
         k: (server[k].double() + sum(d[k].double() for d in deltas) / num_clients).to(torch.float32)
         for k in server
@@ -77,7 +78,7 @@ def fednova(
     total = sum(float(n) for _, n, _ in updates)
     if total <= 0 or any(n < 0 or a <= 0 for _, n, a in updates):
         raise ValueError("weights should be non-negative with a positive sum, steps positive")
-    _same_keys(global_state, *(s for s, _, _ in updates))
+    check_states([s for s, _, _ in updates], "fednova", reference=global_state)
     tau_eff = sum(n * a for _, n, a in updates) / total
     out: AdapterState = {}
     for key, x in global_state.items():
@@ -85,16 +86,6 @@ def fednova(
         step = sum((n / total) * (s[key].double() - x64) / a for s, n, a in updates)
         out[key] = (x64 + tau_eff * step).to(x.dtype)
     return out
-
-
-def _same_keys(first: AdapterState, *others: AdapterState) -> None:
-    for other in others:
-        if other.keys() != first.keys():
-            odd = sorted(other.keys() ^ first.keys())[0]
-            raise ValueError(f"states differ in key {odd!r}")
-        for k, v in first.items():
-            if other[k].shape != v.shape:
-                raise ValueError(f"{k!r} is {tuple(other[k].shape)}, expected {tuple(v.shape)}")
 
 
 def fedexp_lr(global_state: AdapterState, updates: Sequence[tuple[AdapterState, float]]) -> float:
@@ -105,15 +96,11 @@ def fedexp_lr(global_state: AdapterState, updates: Sequence[tuple[AdapterState, 
     When the clients agree, η = 1 (FedAvg); the more their updates point different ways
     (and cancel in the average), the further the server extrapolates along the average.
     """
-    if not updates:
-        raise ValueError("fedexp needs at least one update")
-    total = float(sum(n for _, n in updates))
-    if total <= 0 or any(n < 0 for _, n in updates):
-        raise ValueError("weights should be non-negative with a positive sum")
-    _same_keys(global_state, *(s for s, _ in updates))
+    ps = normalised_weights([n for _, n in updates], "fedexp")
+    check_states([s for s, _ in updates], "fedexp", reference=global_state)
     spread, mean_sq = 0.0, 0.0
     for key, x in global_state.items():
-        deltas = [(n / total, s[key].double() - x.double()) for s, n in updates]
+        deltas = [(p, s[key].double() - x.double()) for p, (s, _) in zip(ps, updates, strict=True)]
         spread += sum(p * float((d * d).sum()) for p, d in deltas)
         mean = torch.zeros_like(x, dtype=torch.float64)
         for p, d in deltas:

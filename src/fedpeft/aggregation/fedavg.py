@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from fedpeft.aggregation.compat import check_states, normalised_weights
 from fedpeft.types import AdapterState
 
 
@@ -14,22 +15,13 @@ def fedavg(updates: Sequence[tuple[AdapterState, float]]) -> AdapterState:
 
     Accumulates in float64 and returns each tensor in its input dtype. Inputs are untouched.
     """
-    if not updates:
-        raise ValueError("fedavg needs at least one update")
-    total = float(sum(w for _, w in updates))
-    if total <= 0:
-        raise ValueError(f"fedavg weights must sum to a positive value, got {total}")
-    keys = updates[0][0].keys()
+    states = [state for state, _ in updates]
+    check_states(states, "fedavg", hint="for mixed LoRA ranks use hetlora_pad or stack_lora")
+    p = normalised_weights([w for _, w in updates], "fedavg")
     out: AdapterState = {}
-    for key in keys:
-        ref = updates[0][0][key]
+    for key, ref in states[0].items():
         acc = torch.zeros(ref.shape, dtype=torch.float64)
-        for i, (state, weight) in enumerate(updates):
-            if state.keys() != keys or state[key].shape != ref.shape:
-                raise ValueError(
-                    f"fedavg needs equal keys and shapes; update {i} differs at {key!r} "
-                    "(mixed LoRA ranks: use hetlora_pad or stack_lora)"
-                )
-            acc += state[key].to(torch.float64) * (weight / total)
+        for state, weight in zip(states, p, strict=True):
+            acc += state[key].to(torch.float64) * weight
         out[key] = acc.to(ref.dtype)
     return out

@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from fedpeft.aggregation.compat import check_states
 from fedpeft.aggregation.fedavg import fedavg
 from fedpeft.types import AdapterState
 
@@ -69,8 +70,7 @@ def layerwise(updates: Updates, layer_weights: Sequence[Mapping[str, float]]) ->
 
     ``layer_weights[c][l]`` is ``w_c^l`` (finite, ≥ 0; each layer needs a positive total).
     """
-    if not updates:
-        raise ValueError("layerwise needs at least one update")
+    check_states([s for s, _ in updates], "layerwise")
     if len(layer_weights) != len(updates):
         raise ValueError(f"{len(updates)} updates but {len(layer_weights)} layer-weight maps")
     out: AdapterState = {}
@@ -85,8 +85,6 @@ def layerwise(updates: Updates, layer_weights: Sequence[Mapping[str, float]]) ->
         if any(not math.isfinite(x) or x < 0 for _, x in weighted):
             raise ValueError(f"layer {layer!r}: weights w_c n_c must be finite and ≥ 0")
         out.update(fedavg(weighted))
-    if out.keys() != updates[0][0].keys():
-        raise ValueError("layerwise: updates differ in their keys")
     return {key: out[key] for key in updates[0][0]}
 
 

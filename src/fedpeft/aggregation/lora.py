@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from fedpeft.aggregation.compat import check_states, normalised_weights
 from fedpeft.aggregation.fedavg import fedavg
 from fedpeft.types import AdapterState
 
@@ -184,29 +185,14 @@ def _swap(parts: list[str], old: str, new: str) -> str:
 
 def _weights(updates: Updates, rule: str) -> list[float]:
     """``p_c = n_c / Σ n``, after checking there are updates, sane weights and one key set."""
-    if not updates:
-        raise ValueError(f"{rule} needs at least one update")
-    weights = [float(w) for _, w in updates]
-    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"{rule} weights must be finite, ≥ 0 and sum to > 0, got {weights}")
-    keys = updates[0][0].keys()
-    for i, (state, _) in enumerate(updates):
-        if state.keys() != keys:
-            odd = sorted(state.keys() ^ keys)[0]
-            raise ValueError(f"{rule}: update {i} and update 0 differ in key {odd!r}")
-    return [w / sum(weights) for w in weights]
+    p = normalised_weights([w for _, w in updates], rule)
+    check_states([s for s, _ in updates], rule, shapes=False)
+    return p
 
 
 def _same_shapes(updates: Updates, rule: str) -> None:
-    first = updates[0][0]
-    for i, (state, _) in enumerate(updates):
-        for key in first:
-            if state[key].shape != first[key].shape:
-                raise ValueError(
-                    f"{rule}: {key!r} is {tuple(state[key].shape)} in update {i} but "
-                    f"{tuple(first[key].shape)} in update 0; for mixed LoRA ranks use "
-                    "hetlora_pad, stack_lora or exact_lora_svd"
-                )
+    hint = "for mixed LoRA ranks use hetlora_pad, stack_lora or exact_lora_svd"
+    check_states([s for s, _ in updates], rule, hint=hint)
 
 
 def _factors(updates: Updates, a_key: str, b_key: str) -> list[tuple[Tensor, Tensor]]:

@@ -5,8 +5,10 @@ flag; the Strategy supplies the rest: ``needs_eval`` — the function is
 ``(updates, loss_fn) → state`` and the Strategy binds the server's proxy-loss callback;
 ``partition`` — ``(client states, their start states) → labels``, and the function runs once per
 label (one global per group: clustered aggregation); ``fuse`` — after the per-group function,
-the groups' models are fused (``fuse(models, proxy_batches) → {group: state}``: distillation
-across PEFT methods).
+the groups' models are fused by the server step of that name (``server.fusion``:
+``fuse(models, proxy_batches) → {group: state}``, distillation across PEFT methods);
+``linear`` — the rule is the weighted mean of the states, so loops that only see sums or
+stale deltas (asynchronous FedBuff, secure aggregation) can run it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from functools import partial
 from typing import Any
 
 from fedpeft.aggregation.cluster import cluster_updates
-from fedpeft.aggregation.distill import distill
 from fedpeft.aggregation.fedavg import fedavg
 from fedpeft.aggregation.layerwise import layerwise_importance
 from fedpeft.aggregation.lora import exact_lora_svd, ffa_lora, hetlora_pad, weighted_lora
@@ -38,7 +39,9 @@ class AggregatorParts:
     freeze: tuple[str, ...] = ()
     needs_eval: bool = False
     partition: Partition | None = None
-    fuse: Fuse | None = None
+    fuse: str | None = None  # a server-side fusion step by name (``server.fusion``)
+    linear: bool = False  # the rule is the weighted mean Σ p_c θ_c (what FedBuff's step and
+    # secure aggregation, which see only sums, can stand in for)
 
 
 _PARTS: dict[str, AggregatorParts] = {}
@@ -51,14 +54,15 @@ def register_aggregator(
     *,
     needs_eval: bool = False,
     partition: Partition | None = None,
-    fuse: Fuse | None = None,
+    fuse: str | None = None,
+    linear: bool = False,
 ) -> None:
     """Registers a rule; ``freeze`` names parameter parts its clients must keep fixed
     (the rule's client half, e.g. FFA-LoRA's shared A); the keywords are ``AggregatorParts``."""
     if name in _REGISTRY:
         raise ValueError(f"aggregator {name!r} is registered twice")
     _REGISTRY[name] = fn
-    _PARTS[name] = AggregatorParts(freeze, needs_eval, partition, fuse)
+    _PARTS[name] = AggregatorParts(freeze, needs_eval, partition, fuse, linear)
 
 
 def client_freeze(name: str) -> tuple[str, ...]:
@@ -83,10 +87,10 @@ def get_aggregator(name: str) -> Callable[..., AdapterState]:
     return _REGISTRY[name]
 
 
-register_aggregator("fedavg", fedavg)
-register_aggregator("weighted_lora", weighted_lora)
+register_aggregator("fedavg", fedavg, linear=True)
+register_aggregator("weighted_lora", weighted_lora, linear=True)  # = FedAvg of A and B
 register_aggregator("exact_lora_svd", exact_lora_svd)  # rank defaults to the clients' rank
-register_aggregator("ffa_lora", ffa_lora, freeze=("lora_A",))  # clients keep A fixed
+register_aggregator("ffa_lora", ffa_lora, freeze=("lora_A",), linear=True)  # A stays fixed
 register_aggregator("hetlora", hetlora_pad)  # norm-weighted zero-padding (mixed ranks)
 register_aggregator("coordinate_median", coordinate_median)
 register_aggregator("trimmed_mean", trimmed_mean)  # trim_fraction = 0.1
@@ -94,6 +98,5 @@ register_aggregator("krum", krum)  # num_byzantine = 1
 register_aggregator("multi_krum", multi_krum)  # num_byzantine = 1, m = n − 1
 register_aggregator("layerwise", layerwise_importance, needs_eval=True)  # temperature 0.05
 register_aggregator("clustered", fedavg, partition=partial(cluster_updates, k=2, seed=0))
-register_aggregator(  # FedAvg within each PEFT method's group, then ensemble distillation
-    "kd_fusion", fedavg, fuse=partial(distill, steps=20, lr=1e-3, alpha=0.5, temperature=2.0)
-)
+# FedAvg within each PEFT method's group, then the server's ensemble distillation
+register_aggregator("kd_fusion", fedavg, fuse="distill")

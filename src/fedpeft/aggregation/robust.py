@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from fedpeft.aggregation.compat import check_states
 from fedpeft.aggregation.fedavg import fedavg
 from fedpeft.types import AdapterState
 
@@ -37,20 +38,25 @@ def coordinate_median(updates: Updates) -> AdapterState:
     return out
 
 
-def trimmed_mean(updates: Updates, trim_fraction: float = 0.1) -> AdapterState:
+def trimmed_mean(updates: Updates, trim_fraction: float = 0.1, min_trim: int = 1) -> AdapterState:
     """Coordinate-wise trimmed mean (Yin et al., 2018, ICML), as ``scipy.stats.trim_mean``.
 
-    With the k finite values at a coordinate sorted, ``g = ⌊β k⌋`` and
-    ``θ[j] = (1 / (k − 2g)) Σ_{i=g}^{k−g−1} θ_(i)[j]``. It tolerates ``g`` bad clients: with the
-    default β = 0.1, fewer than 10 clients trim nothing. Weights are ignored.
+    With the k finite values at a coordinate sorted, ``g = min(max(⌊β k⌋, m), ⌊(k − 1)/2⌋)``
+    and ``θ[j] = (1 / (k − 2g)) Σ_{i=g}^{k−g−1} θ_(i)[j]``. It tolerates ``g`` bad clients
+    on each side. ``m = min_trim`` (default 1) makes the default trim from 3 clients on —
+    with β = 0.1 alone, fewer than 10 clients would trim nothing; ``min_trim = 0`` is
+    scipy's rule. At least one value is always kept. Weights are ignored.
     """
     if not 0 <= trim_fraction < 0.5:
         raise ValueError(f"`trim_fraction` should be in [0, 0.5), got {trim_fraction}.")
+    if isinstance(min_trim, bool) or not isinstance(min_trim, int) or min_trim < 0:
+        raise ValueError(f"`min_trim` should be a non-negative integer, got {min_trim!r}.")
     _check(updates, "trimmed_mean")
     out: AdapterState = {}
     for key, ref in updates[0][0].items():
         values, count = _sorted_finite(_stacked(updates, key), key, "trimmed_mean")
         cut = torch.floor(count.to(torch.float64) * trim_fraction).long()
+        cut = torch.minimum(torch.clamp(cut, min=min_trim), (count - 1) // 2)
         rank = torch.arange(len(updates)).reshape(-1, *([1] * count.ndim))
         keep = (rank >= cut) & (rank < count - cut)
         mean = torch.where(keep, values, 0.0).sum(dim=0) / keep.sum(dim=0)
@@ -110,9 +116,8 @@ def clip_deltas(
     """Clip each client's delta and return full states: ``θ_g + clip(θ_c − θ_g, M)``."""
     _positive_norm(max_norm)
     deltas: list[tuple[AdapterState, float]] = []
-    for i, (state, weight) in enumerate(updates):
-        if state.keys() != global_state.keys():
-            raise ValueError(f"clip_deltas: update {i} has other keys than the global state")
+    check_states([state for state, _ in updates], "clip_deltas", reference=global_state)
+    for state, weight in updates:
         delta = {
             k: v.to(torch.float64) - global_state[k].to(torch.float64) for k, v in state.items()
         }
@@ -124,19 +129,7 @@ def clip_deltas(
 
 
 def _check(updates: Updates, rule: str) -> None:
-    if not updates:
-        raise ValueError(f"{rule} needs at least one update")
-    first = updates[0][0]
-    for i, (state, _) in enumerate(updates):
-        if state.keys() != first.keys():
-            odd = sorted(state.keys() ^ first.keys())[0]
-            raise ValueError(f"{rule}: update {i} and update 0 differ in key {odd!r}")
-        for key, ref in first.items():
-            if state[key].shape != ref.shape:
-                raise ValueError(
-                    f"{rule}: {key!r} is {tuple(state[key].shape)} in update {i} but "
-                    f"{tuple(ref.shape)} in update 0"
-                )
+    check_states([state for state, _ in updates], rule)
 
 
 def _stacked(updates: Updates, key: str) -> Tensor:

@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from fedpeft.aggregation.compat import check_states
 from fedpeft.types import AdapterState
 
 ServerOptimizer = Callable[
@@ -115,15 +116,7 @@ def _adaptive_step(
 
 def _pseudo_gradient(global_state: AdapterState, aggregated: AdapterState) -> dict[str, Tensor]:
     """``Δ = θ_agg − θ`` per key, in float64, after checking keys and shapes agree."""
-    if aggregated.keys() != global_state.keys():
-        odd = sorted(aggregated.keys() ^ global_state.keys())[0]
-        raise ValueError(f"the aggregate and the global state differ in key {odd!r}")
-    for key, value in global_state.items():
-        if aggregated[key].shape != value.shape:
-            raise ValueError(
-                f"{key!r} is {tuple(aggregated[key].shape)} in the aggregate but "
-                f"{tuple(value.shape)} in the global state"
-            )
+    check_states([aggregated], "the server optimiser", reference=global_state, what="aggregate")
     return {
         key: aggregated[key].to(torch.float64) - value.to(torch.float64)
         for key, value in global_state.items()

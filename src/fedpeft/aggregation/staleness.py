@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fedpeft.aggregation.compat import check_states, normalised_weights
 from fedpeft.types import AdapterState
 
 
@@ -45,18 +46,14 @@ def staleness_weight(staleness: int, exponent: float) -> float:
 
 def client_delta(state: AdapterState, start: AdapterState) -> AdapterState:
     """``Δ_c = θ_c − θ^{τ_c}`` in float64, after checking keys and shapes agree."""
-    if state.keys() != start.keys():
-        odd = sorted(state.keys() ^ start.keys())[0]
-        raise ValueError(f"a client state and its starting global differ in key {odd!r}")
-    out: AdapterState = {}
-    for key, value in state.items():
-        if value.shape != start[key].shape:
-            raise ValueError(
-                f"{key!r} is {tuple(value.shape)} in the client state but "
-                f"{tuple(start[key].shape)} in the global it started from"
-            )
-        out[key] = value.to(torch.float64) - start[key].to(torch.float64)
-    return out
+    check_states(
+        [state],
+        "client_delta",
+        reference=start,
+        what="client state",
+        reference_name="the global it started from",
+    )
+    return {k: v.to(torch.float64) - start[k].to(torch.float64) for k, v in state.items()}
 
 
 def staleness_update(
@@ -70,16 +67,12 @@ def staleness_update(
         raise ValueError("staleness_update needs at least one buffered update")
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"`lr` should be positive, got {lr}.")
-    counts = [float(u.num_examples) for u in buffer]
-    if any(not math.isfinite(n) or n < 0 for n in counts) or sum(counts) <= 0:
-        raise ValueError(f"example counts must be finite, ≥ 0 and sum to > 0, got {counts}")
-    total = sum(counts)
+    p = normalised_weights([u.num_examples for u in buffer], "staleness_update")
+    check_states([u.state for u in buffer], "staleness_update", reference=global_state)
     acc = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in global_state.items()}
-    for i, u in enumerate(buffer):
+    for u, pc in zip(buffer, p, strict=True):
         delta = client_delta(u.state, u.start)
-        if delta.keys() != acc.keys():
-            raise ValueError(f"buffered update {i} has other keys than the global state")
-        coef = u.num_examples * staleness_weight(u.staleness, exponent) / total
+        coef = pc * staleness_weight(u.staleness, exponent)
         for key, d in delta.items():
             acc[key] += coef * d
     return {

@@ -5,14 +5,8 @@ Registered policies: ``uniform``, ``tiered``, ``utility``.
 """
 
 from fedpeft.allocation import policies as _policies  # noqa: F401 - registers the policies
-from fedpeft.allocation.catalogue import (
-    Candidate,
-    CandidateConfig,
-    CatalogueConfig,
-    build_catalogue,
-    make_candidate,
-)
-from fedpeft.allocation.config import AllocationConfig, CostWeights, make_allocation_config
+from fedpeft.allocation.catalogue import Candidate, build_catalogue, candidate_of, make_candidate
+from fedpeft.allocation.config import make_allocation_config
 from fedpeft.allocation.cost import (
     Calibration,
     Cost,
@@ -31,7 +25,7 @@ from fedpeft.allocation.explain import (
     explain,
     format_allocations,
 )
-from fedpeft.allocation.gain import GainConfig, GainEstimator, data_scale
+from fedpeft.allocation.gain import GainEstimator, data_scale
 from fedpeft.allocation.policies import allocate
 from fedpeft.allocation.registry import get_policy, policy_names, register_policy
 from fedpeft.allocation.utility import (
@@ -43,6 +37,13 @@ from fedpeft.allocation.utility import (
     Violation,
     build_problem,
     evaluate,
+)
+from fedpeft.config import (
+    AllocationConfig,
+    CandidateConfig,
+    CatalogueConfig,
+    CostWeights,
+    GainConfig,
 )
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "allocation_to_json",
     "build_catalogue",
     "build_problem",
+    "candidate_of",
     "client_workload",
     "data_scale",
     "evaluate",

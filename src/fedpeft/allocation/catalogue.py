@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
-from pydantic_core import PydanticCustomError
-from pydantic_core.core_schema import ValidationInfo
-
-from fedpeft.config.loading import describe_validation_error
+from fedpeft.config import CandidateConfig, CatalogueConfig
+from fedpeft.config.allocation import Placement
 from fedpeft.errors import FedpeftError
-from fedpeft.peft import Architecture, MethodSpec, get_method, method_names, parse_spec
-
-Placement = Literal["all", "top"]
+from fedpeft.peft import Architecture, MethodSpec, parse_spec
 
 
 @dataclass(frozen=True)
@@ -46,74 +41,9 @@ def make_candidate(
     return Candidate(name or default_name(method, opts), method, opts, spec)
 
 
-def known_method(method: str) -> str:
-    if method not in method_names():
-        raise PydanticCustomError(
-            "method", "expected one of {names}", {"names": ", ".join(method_names())}
-        )
-    return method
-
-
-class CandidateConfig(BaseModel):
-    """A candidate as written in a config: ``{method = "lora", options = {r = 8}}``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str | None = Field(None, min_length=1, max_length=64)
-    method: str
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("method")
-    @classmethod
-    def _known(cls, method: str) -> str:
-        return known_method(method)
-
-    @field_validator("options")
-    @classmethod
-    def _valid(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        method = info.data.get("method")
-        if method is None:  # the method itself was invalid: that error is reported
-            return options
-        spec = get_method(method).spec
-        try:
-            spec.model_validate(options)
-        except ValidationError as e:
-            err = e.errors()[0]
-            detail = describe_validation_error(e).removesuffix(".")
-            if err["type"] == "extra_forbidden":
-                fields = ", ".join(spec.model_fields) or "none"
-                detail = f"unknown option `{err['loc'][0]}` (its options: {fields})"
-            raise PydanticCustomError(
-                "options",
-                "not valid for {method}: {detail}",
-                {"method": repr(method), "detail": detail},
-            ) from None
-        return options
-
-    def candidate(self) -> Candidate:
-        return make_candidate(self.method, self.options, self.name)
-
-
-class CatalogueConfig(BaseModel):
-    """Which candidates to generate. ``top`` places an adapter in the upper half of the
-    blocks only (cheaper backprop); ``all`` in every block."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    lora_ranks: list[PositiveInt] = [2, 4, 8, 16]
-    lora_placements: list[Placement] = ["all", "top"]
-    adapter_methods: list[Literal["houlsby", "pfeiffer"]] = ["houlsby", "pfeiffer"]
-    adapter_sizes: list[PositiveInt] = [8, 32, 64]
-    adapter_placements: list[Placement] = ["all"]
-    prompt_tokens: list[PositiveInt] = [10, 20]
-    prefix_tokens: list[PositiveInt] = []
-    others: list[str] = Field(["ia3", "bitfit", "head"], description="methods, default options")
-    extra: list[CandidateConfig] = []
-
-    @field_validator("others")
-    @classmethod
-    def _methods(cls, others: list[str]) -> list[str]:
-        return [known_method(m) for m in others]
+def candidate_of(config: CandidateConfig) -> Candidate:
+    """The candidate a config describes (its options validated by the method's spec)."""
+    return make_candidate(config.method, config.options, config.name)
 
 
 def placement_layers(placement: Placement, num_layers: int) -> list[int] | None:
@@ -144,7 +74,7 @@ def build_catalogue(
 ) -> tuple[Candidate, ...]:
     """The catalogue in a fixed order (generated, then ``extra``); names are unique."""
     cfg = cfg or CatalogueConfig()
-    out = _generated(arch, cfg) + [c.candidate() for c in cfg.extra]
+    out = _generated(arch, cfg) + [candidate_of(c) for c in cfg.extra]
     if not out:
         raise FedpeftError("the candidate catalogue is empty; list at least one candidate.")
     seen: set[str] = set()

@@ -1,97 +1,82 @@
-"""The allocation settings: policy, utility weights, deadline, catalogue and gain prior."""
+"""The ``[allocation]`` section validated against the registries.
+
+The section's schema (``fedpeft.config.AllocationConfig``) checks types, ranges and
+finiteness when the experiment configuration loads. What only the registries know — that
+the policy is registered, that each candidate's method is and its options are valid for
+it — is checked here, with errors that name ``allocation.<field>``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PositiveFloat,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import PydanticCustomError
+from pydantic import ValidationError
 
-from fedpeft.allocation.catalogue import CandidateConfig, CatalogueConfig
-from fedpeft.allocation.gain import GainConfig
 from fedpeft.allocation.registry import policy_names
+from fedpeft.config import AllocationConfig, CandidateConfig
 from fedpeft.config.loading import describe_validation_error
 from fedpeft.errors import FedpeftError
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class CostWeights(_Section):
-    """Weights of the three parts of ``C`` (normalised to sum to 1 when used)."""
-
-    time: float = Field(1.0, ge=0.0)
-    memory: float = Field(1.0, ge=0.0)
-    bytes: float = Field(1.0, ge=0.0)
-
-    @model_validator(mode="after")
-    def _some_weight(self) -> CostWeights:
-        if self.time + self.memory + self.bytes <= 0:
-            raise ValueError("`allocation.cost_weights` must have at least one positive weight")
-        return self
-
-
-class AllocationConfig(_Section):
-    """``U(c,p) = α·R − β·C + γ·E`` under ``memory ≤ client memory`` and
-    ``round time ≤ deadline_s``; ``uniform`` and ``tiers`` serve the fixed policies."""
-
-    enabled: bool = Field(
-        False, description="fedpeft run trains each client with its allocated configuration"
-    )
-    policy: str = "utility"
-    alpha: float = Field(1.0, ge=0.0, description="α: weight of the expected gain R")
-    beta: float = Field(1.0, ge=0.0, description="β: weight of the normalised cost C")
-    gamma: float = Field(0.5, ge=0.0, description="γ: weight of the expressivity E")
-    deadline_s: PositiveFloat = Field(120.0, description="round deadline, seconds")
-    cost_weights: CostWeights = CostWeights()
-    bits_down: int = Field(32, ge=1, le=32, description="bits per parameter, server → client")
-    bits_up: int = Field(32, ge=1, le=32, description="bits per parameter, client → server")
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    uniform: CandidateConfig | None = None
-    tiers: dict[str, CandidateConfig] = Field(default_factory=dict)
-    catalogue: CatalogueConfig = CatalogueConfig()
-    gain: GainConfig = GainConfig()
-
-    @field_validator("policy")
-    @classmethod
-    def _registered(cls, policy: str) -> str:
-        if policy not in policy_names():
-            raise PydanticCustomError(
-                "policy", "expected one of {names}", {"names": ", ".join(policy_names())}
-            )
-        return policy
-
-    @model_validator(mode="after")
-    def _policy_inputs(self) -> AllocationConfig:
-        if self.policy == "uniform" and self.uniform is None:
-            raise ValueError(
-                "`allocation.uniform` is required when `allocation.policy` is 'uniform' "
-                "(e.g. {method = 'lora', options = {r = 8}})"
-            )
-        if self.policy == "tiered" and not self.tiers:
-            raise ValueError(
-                "`allocation.tiers` is required when `allocation.policy` is 'tiered' "
-                "(a table tier name → {method, options})"
-            )
-        return self
+from fedpeft.peft import get_method, method_names
 
 
 def make_allocation_config(
-    raw: Mapping[str, Any] | None = None, source: str = "config"
+    raw: AllocationConfig | Mapping[str, Any] | None = None, source: str = "config"
 ) -> AllocationConfig:
     """A validated config; problems raise ``FedpeftError`` naming ``allocation.<field>``."""
+    if isinstance(raw, AllocationConfig):
+        cfg = raw
+    else:
+        try:
+            cfg = AllocationConfig.model_validate(dict(raw or {}))
+        except ValidationError as e:
+            message = describe_validation_error(e, prefix="allocation", model=AllocationConfig)
+            raise FedpeftError(f"{source}: {message}") from None
+    problem = registry_problem(cfg)
+    if problem:
+        raise FedpeftError(f"{source}: {problem}")
+    return cfg
+
+
+def registry_problem(cfg: AllocationConfig) -> str | None:
+    """The first name the registries do not know, as a sentence; ``None`` when all do."""
+    if cfg.policy not in policy_names():
+        return _expected("allocation.policy", policy_names(), cfg.policy)
+    for method in cfg.catalogue.others:
+        if method not in method_names():
+            return _expected("allocation.catalogue.others", method_names(), method)
+    for field, candidate in _candidates(cfg):
+        problem = candidate_problem(field, candidate)
+        if problem:
+            return problem
+    return None
+
+
+def _candidates(cfg: AllocationConfig) -> Iterator[tuple[str, CandidateConfig]]:
+    if cfg.uniform is not None:
+        yield "allocation.uniform", cfg.uniform
+    for tier, candidate in cfg.tiers.items():
+        yield f"allocation.tiers.{tier}", candidate
+    for i, candidate in enumerate(cfg.catalogue.extra):
+        yield f"allocation.catalogue.extra.{i}", candidate
+
+
+def candidate_problem(field: str, candidate: CandidateConfig) -> str | None:
+    """Why ``candidate`` (written at ``field``) is not a valid configuration, or ``None``."""
+    if candidate.method not in method_names():
+        return _expected(f"{field}.method", method_names(), candidate.method)
+    spec = get_method(candidate.method).spec
     try:
-        return AllocationConfig.model_validate(dict(raw or {}))
+        spec.model_validate(candidate.options)
     except ValidationError as e:
-        message = describe_validation_error(e, prefix="allocation", model=AllocationConfig)
-        raise FedpeftError(f"{source}: {message}") from None
+        err = e.errors()[0]
+        detail = describe_validation_error(e).removesuffix(".")
+        if err["type"] == "extra_forbidden":
+            fields = ", ".join(spec.model_fields) or "none"
+            detail = f"unknown option `{err['loc'][0]}` (its options: {fields})"
+        return f"`{field}.options`: not valid for {candidate.method!r}: {detail}."
+    return None
+
+
+def _expected(field: str, names: list[str], got: str) -> str:
+    return f"`{field}`: expected one of {', '.join(names)}, got {got!r}."

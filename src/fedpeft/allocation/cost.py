@@ -1,8 +1,10 @@
 """Predicted cost of one PEFT candidate on one client: peak memory, time and bytes a round.
 
 Everything is closed form over the model's ``Architecture`` and the method's spec, so the
-server can price every candidate for every client without building a model. The constants
-that depend on the machine and framework sit in ``Calibration``.
+server can price every candidate for every client without building a model. Every term a
+method contributes (its parameters, FLOPs, the tokens attention sees, how deep backprop
+goes) is asked of its spec (``fedpeft.peft.MethodSpec``). The constants that depend on the
+machine and framework sit in ``Calibration``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ from typing import Literal
 
 from fedpeft.data.partition import DataProfile
 from fedpeft.errors import FedpeftError
-from fedpeft.peft import Architecture, MethodSpec, get_method, method_names
-from fedpeft.peft.prompt import PrefixTuningSpec, PromptTuningSpec
+from fedpeft.peft import Architecture, MethodSpec
 from fedpeft.profiling import MiB, ResourceProfile
 
 Optimizer = Literal["adamw", "sgd"]
@@ -107,36 +108,12 @@ def client_workload(
     return Workload(batch_size, max_length, n_steps, mean_len)
 
 
-def _method_kind(spec: MethodSpec) -> str:
-    kinds = [get_method(m).kind for m in method_names() if get_method(m).spec is type(spec)]
-    return kinds[0] if kinds else "additive"
-
-
-def new_params(arch: Architecture, spec: MethodSpec) -> int:
-    """Trainable parameters the method adds to the model (selective methods add none)."""
-    if _method_kind(spec) in ("selective", "baseline"):
-        return 0
-    return spec.trainable_params(arch) - arch.head_params
-
-
 def backprop_blocks(arch: Architecture, spec: MethodSpec) -> int:
     """Transformer blocks that backprop goes through: every block at or above the lowest one
-    with trainable parameters; none when only the task head trains."""
-    if spec.trainable_params(arch) <= arch.head_params:
-        return 0
-    trained = getattr(spec, "layers", None) or [0]  # methods without ``layers`` use all
-    layers = [i for i in trained if i < arch.layers]
-    return arch.layers - min(layers) if layers else 0
-
-
-def token_counts(spec: MethodSpec, seq_len: int) -> tuple[int, int]:
-    """(query tokens, key tokens) per example: prompt tuning lengthens both by ``l``,
-    prefix tuning lengthens only the keys."""
-    if isinstance(spec, PromptTuningSpec):
-        return seq_len + spec.num_virtual_tokens, seq_len + spec.num_virtual_tokens
-    if isinstance(spec, PrefixTuningSpec):
-        return seq_len, seq_len + spec.num_virtual_tokens
-    return seq_len, seq_len
+    with trainable parameters (``MethodSpec.lowest_trained_block``); none when only the
+    task head trains."""
+    lowest = spec.lowest_trained_block(arch)
+    return 0 if lowest is None else arch.layers - lowest
 
 
 def ffn_width(arch: Architecture) -> int:
@@ -165,7 +142,7 @@ def activation_bytes(
     """``(n_bp + 1)·A``: the blocks backprop goes through, plus one block of transient
     forward/backward buffers. Adapter-internal activations (LoRA's ``r``, a bottleneck's
     ``size`` values per token) are second order and left out."""
-    tokens, keys = token_counts(spec, seq_len)
+    tokens, keys = spec.token_counts(seq_len)
     blocks = backprop_blocks(arch, spec) + 1
     return math.ceil(scale * blocks * block_activation_bytes(arch, batch, tokens, keys))
 
@@ -174,7 +151,7 @@ def parameter_bytes(arch: Architecture, spec: MethodSpec, optimizer: Optimizer =
     """``4·(P + P_new) + (4 + s_opt)·T``: base and added weights, then a gradient and the
     optimizer state (AdamW: two moments, 8 bytes) for each of the ``T`` trainable ones."""
     check("optimizer", optimizer in STATE_BYTES, f"one of {sorted(STATE_BYTES)}", optimizer)
-    weights = FLOAT_BYTES * (arch.total_params + new_params(arch, spec))
+    weights = FLOAT_BYTES * (arch.total_params + spec.added_params(arch))
     return weights + (FLOAT_BYTES + STATE_BYTES[optimizer]) * spec.trainable_params(arch)
 
 
@@ -205,27 +182,30 @@ def step_flops(
     seq_len: int,
     calibration: Calibration | None = None,
 ) -> float:
-    """FLOPs of one training step, ``b·(F + k_in·F_bp + k_w·F_w)``:
+    """FLOPs of one training step, ``b·(F + k_in·F_bp + k_w·F_w) + F_batch``:
 
-    - ``F`` = ``forward_flops``;
+    - ``F`` = ``forward_flops`` with the method's training FLOPs per example
+      (``MethodSpec.train_flops``);
     - ``F_bp = (n_bp/L)·F_blocks + F_method``: the forward FLOPs of what backprop goes
       through (input gradients cost about as much again);
     - ``F_w``: forward FLOPs of the trained weights — every block backprop reaches for full
-      fine-tuning, the method's own ``F_method`` otherwise (frozen weights get no gradient).
+      fine-tuning (``MethodSpec.trains_base``), the method's own ``F_method`` otherwise
+      (frozen weights get no gradient);
+    - ``F_batch``: what the method runs once per step, without gradient
+      (``MethodSpec.batch_flops``, e.g. DoRA's weight norm).
 
     With ``k_in = k_w = 1``, full fine-tuning costs the usual 3× forward, a method on a frozen
     base ≈ 2× through the blocks it reaches, head-only training 1×.
     """
     cal = calibration or Calibration()
     blocks = seq_len * arch.per_token_flops() + arch.attention_flops(seq_len)
-    method = spec.extra_flops(arch, seq_len)
+    method = spec.train_flops(arch, seq_len)
     n_bp = backprop_blocks(arch, spec)
     through = n_bp / arch.layers * blocks + method if n_bp else 0.0
-    trained = through if _method_kind(spec) == "baseline" else method
+    trained = through if spec.trains_base else method
     forward = blocks + method
-    return batch_size * (
-        forward + cal.grad_input_factor * through + cal.grad_weight_factor * trained
-    )
+    per_example = forward + cal.grad_input_factor * through + cal.grad_weight_factor * trained
+    return batch_size * per_example + spec.batch_flops(arch)
 
 
 def step_seconds(

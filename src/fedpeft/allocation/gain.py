@@ -7,6 +7,7 @@ count ``n₀`` (the posterior mean of a Beta prior with ``n₀`` pseudo-observat
 
     r̂_c = (n₀·μ₀(method_c) + Σᵢ yᵢ) / (n₀ + n_c)
 
+with ``μ₀`` the method's own ``MethodSpec.gain_prior`` unless ``gain.prior`` overrides it,
 so the prior fades as a candidate collects ``n_c`` observations. The client's data then
 scales it: ``R(c, p) = r̂_c · d(p)`` with ``d(p)`` from ``data_scale``.
 """
@@ -17,46 +18,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
-from pydantic_core import PydanticCustomError
-
 from fedpeft.allocation.catalogue import Candidate
 from fedpeft.allocation.cost import check
+from fedpeft.config import GainConfig
 from fedpeft.data.partition import DataProfile
 
 Unit = float  # a number in [0, 1]
-
-# Prior expected gain per method, in the normalised units of ``y`` (½ = no gain). An
-# ASSUMPTION from the ordering small-encoder GLUE results usually show at equal budget
-# (Hu et al., 2021; He et al., 2022; Liu et al., 2022; Lester et al., 2021 on small models).
-DEFAULT_PRIORS: dict[str, float] = {
-    "full": 0.8,
-    "lora": 0.75,
-    "houlsby": 0.75,
-    "pfeiffer": 0.7,
-    "ia3": 0.65,
-    "prefix": 0.6,
-    "bitfit": 0.6,
-    "prompt": 0.55,
-    "head": 0.5,
-}
-
-
-class GainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    prior: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_PRIORS))
-    default_prior: float = Field(0.6, ge=0.0, le=1.0, description="methods not in `prior`")
-    prior_count: PositiveFloat = Field(2.0, description="n₀: pseudo-observations of the prior")
-    gain_scale: PositiveFloat = Field(0.02, description="g_s: a gain this large maps to 1")
-    half_examples: PositiveInt = Field(64, description="n at which the size factor is ½")
-
-    @field_validator("prior")
-    @classmethod
-    def _in_unit(cls, prior: dict[str, float]) -> dict[str, float]:
-        if not all(0.0 <= mu <= 1.0 for mu in prior.values()):
-            raise PydanticCustomError("prior", "every prior mean must be in [0, 1]")
-        return prior
 
 
 def normalised_gain(gain: float, scale: float) -> Unit:
@@ -73,7 +40,11 @@ class GainEstimator:
     counts: dict[str, int] = field(default_factory=dict)  # candidate name → n
 
     def prior(self, candidate: Candidate) -> Unit:
-        return self.config.prior.get(candidate.method, self.config.default_prior)
+        """``μ₀``: the configured override, else the method's own prior, else the default."""
+        if candidate.method in self.config.prior:
+            return self.config.prior[candidate.method]
+        own = candidate.spec.gain_prior
+        return self.config.default_prior if own is None else own
 
     def mean(self, candidate: Candidate) -> Unit:
         """``r̂_c = (n₀·μ₀ + Σy) / (n₀ + n_c)``."""

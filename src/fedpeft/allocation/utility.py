@@ -20,10 +20,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fedpeft.allocation.catalogue import Candidate, build_catalogue
-from fedpeft.allocation.config import AllocationConfig
+from fedpeft.allocation.catalogue import Candidate, build_catalogue, candidate_of
 from fedpeft.allocation.cost import Calibration, Cost, Workload, predict_cost, update_bytes
 from fedpeft.allocation.gain import GainEstimator, data_scale
+from fedpeft.config import AllocationConfig
 from fedpeft.data.partition import DataProfile
 from fedpeft.peft import Architecture
 from fedpeft.profiling import GiB, ResourceProfile
@@ -71,8 +71,8 @@ def build_problem(
     over all of them (so the three policies' terms are comparable)."""
     cfg = config or AllocationConfig()
     catalogue = build_catalogue(arch, cfg.catalogue)
-    uniform = cfg.uniform.candidate() if cfg.uniform else None
-    tiered = {tier: c.candidate() for tier, c in cfg.tiers.items()}
+    uniform = candidate_of(cfg.uniform) if cfg.uniform else None
+    tiered = {tier: candidate_of(c) for tier, c in cfg.tiers.items()}
     every = [*catalogue, *([uniform] if uniform else []), *tiered.values()]
     max_bytes = max(
         update_bytes(arch, c.spec, cfg.bits_down) + update_bytes(arch, c.spec, cfg.bits_up)

@@ -81,6 +81,10 @@ def run(
         from fedpeft.server.task import check_names
 
         check_names(cfg)  # every section valid before anything is shown or loaded
+        if resume is None:
+            from fedpeft.config.paths import check_output_dir
+
+            check_output_dir(cfg.run.output_dir)
 
         first = _first_round(resume)
         console.print(
@@ -96,18 +100,21 @@ def run(
             err_console.print("interrupted; continue with `fedpeft run --resume <run folder>`.")
             raise typer.Exit(130) from None
     from fedpeft.report import write_report
+    from fedpeft.report.fmt import num, scaled, share_of_full_model
     from fedpeft.server.classes import evaluate_run
 
     with user_errors():
         evaluate_run(result.run_dir)  # classes.json: per-class figures for the report
-    write_report(result.run_dir)
+        write_report(result.run_dir)
     console.print(rounds_table(result.rounds))
     s = result.summary
     console.print(
-        f"final accuracy {s['final_accuracy']:.4f} · macro-F1 {s['final_macro_f1']:.4f} · "
-        f"{s['bytes_up_per_client_round'] / 1e3:.1f} kB up per client per round "
-        f"(1/{1 / s['up_fraction_of_full_model']:.0f} of the full model) · "
-        f"{s['wall_time_s']:.0f} s · peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB",
+        f"final accuracy {num(s.get('final_accuracy'))} · "
+        f"macro-F1 {num(s.get('final_macro_f1'))} · "
+        f"{scaled(s.get('bytes_up_per_client_round'), 1e3, '.1f')} kB up per client per round "
+        f"({share_of_full_model(s.get('up_fraction_of_full_model'))} of the full model) · "
+        f"{num(s.get('wall_time_s'), '.0f')} s · "
+        f"peak RSS {scaled(s.get('peak_rss_bytes'), 2**20, '.0f')} MiB",
         highlight=False,
     )
     console.print(f"results: {result.run_dir}  (adapter: {result.run_dir / 'adapter'})")
@@ -155,13 +162,16 @@ def report(
     """(Re)write a run's report.md and plots/*.png from its logs."""
     _setup_logging(False)
     with user_errors():
-        for folder in (run_dir, reference):
-            if folder is not None and not (folder / "summary.json").is_file():
-                raise FedpeftError(f"{folder} has no summary.json; is it a finished fedpeft run?")
+        if not run_dir.is_dir():
+            raise FedpeftError(f"{run_dir} is not a folder; pass a run folder, runs/<run-id>.")
+        if reference is not None and not (reference / "summary.json").is_file():
+            raise FedpeftError(
+                f"{reference} has no summary.json; pass a finished fedpeft run as --reference."
+            )
         from fedpeft.report import write_report
         from fedpeft.server.classes import CLASSES, evaluate_run
 
-        if classes and not (run_dir / CLASSES).is_file():
+        if classes and not (run_dir / CLASSES).is_file() and (run_dir / "summary.json").is_file():
             evaluate_run(run_dir)
         Console().print(f"wrote {write_report(run_dir, reference)}")
 
@@ -204,8 +214,8 @@ def _first_round(resume: Path | None) -> int:
         return 1
     from fedpeft.server.store import RunStore
 
-    rnd, *_ = RunStore.open_existing(resume).load_checkpoint()
-    return rnd + 1
+    rounds = RunStore.open_existing(resume).checkpoints.rounds()
+    return (rounds[0] if rounds else 0) + 1  # for the progress bar; run_local verifies it
 
 
 def main() -> None:

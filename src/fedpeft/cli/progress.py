@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedpeft.report.fmt import MISSING, clients_text, eval_of, num, scaled
 from fedpeft.server import Observer
 from fedpeft.types import ClientRecord, RoundRecord
 
@@ -53,9 +54,11 @@ class RichObserver(Observer):
     def on_round_end(self, record: RoundRecord) -> None:
         self.progress.advance(self.rounds)
         e = record.eval
+        loss = num(record.train_loss) if record.accepted else MISSING
         self.progress.console.print(
-            f"round {record.round}: accuracy {e['accuracy']:.4f}  macro-F1 {e['macro_f1']:.4f}  "
-            f"train loss {record.train_loss:.4f}  clients {record.accepted}/{len(record.sampled)}  "
+            f"round {record.round}: accuracy {num(e.get('accuracy'))}  "
+            f"macro-F1 {num(e.get('macro_f1'))}  "
+            f"train loss {loss}  clients {record.accepted}/{len(record.sampled)}  "
             f"up {record.bytes_up / 1e6:.2f} MB  {record.wall_time_s:.1f} s"
             + (f"  (simulated {record.sim_time_s:.0f} s)" if record.sim_time_s is not None else "")
             + (f"  groups: {', '.join(record.groups)}" if record.groups else "")
@@ -77,16 +80,16 @@ def rounds_table(rounds: list[dict[str, Any]]) -> Table:
     ):
         table.add_column(col, justify="right")
     for r in rounds:
-        e = r["eval"]
+        e = eval_of(r)
         table.add_row(
-            str(r["round"]),
-            f"{e['accuracy']:.4f}",
-            f"{e['macro_f1']:.4f}",
-            f"{e['loss']:.4f}",
-            f"{r['train_loss']:.4f}",
-            f"{r['accepted']}/{len(r['sampled'])}",
-            f"{r['bytes_down'] / 1e6:.2f}",
-            f"{r['bytes_up'] / 1e6:.2f}",
-            f"{r['wall_time_s']:.1f}",
+            str(r.get("round")),
+            num(e.get("accuracy")),
+            num(e.get("macro_f1")),
+            num(e.get("loss")),
+            num(r.get("train_loss")) if r.get("accepted") else MISSING,
+            clients_text(r),
+            scaled(r.get("bytes_down"), 1e6),
+            scaled(r.get("bytes_up"), 1e6),
+            num(r.get("wall_time_s"), ".1f"),
         )
     return table

@@ -9,6 +9,7 @@ read by a forward hook in evaluation mode (no dropout).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -43,6 +44,26 @@ def num_classes(state: dict[str, torch.Tensor]) -> int:
     if len(rows) != 1:
         raise FedpeftError("the adapter state has no single classifier weight to size classes by.")
     return int(rows[0])
+
+
+def stats_layout(
+    served: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """The tensors a statistics reply to a payload holding ``served`` carries (what a
+    transport checks before decoding): ``(C, H)``, ``(C,)`` and ``(H, H)`` in float64, from
+    the served head's ``(C, H)`` weight."""
+    heads = [
+        shape
+        for k, (_, shape) in served.items()
+        if k.endswith(".weight") and set(k.split(".")) & set(HEAD_MODULES)
+    ]
+    if len(heads) != 1 or len(heads[0]) != 2:
+        raise FedpeftError(
+            "the served adapter has no single classifier weight to size statistics by."
+        )
+    c, h = heads[0]
+    f64 = torch.float64
+    return {STATS_SUM: (f64, (c, h)), STATS_COUNT: (f64, (c,)), STATS_SECOND: (f64, (h, h))}
 
 
 def class_feature_stats(

@@ -1,28 +1,59 @@
 """The client's side of one message: decode the global state, train, encode the reply.
 
-Any runtime (in-process or Flower) moves only these bytes, so byte counts are exact.
+Any runtime (in-process or Flower) moves only these bytes, so byte counts are exact. A
+payload may carry tensors beside the adapter, named ``x/<part>/<key>`` (``EXTRA``): what a
+client half needs from the server (SCAFFOLD's control ``c``) and sends back (``Δc_i``). What
+a client keeps between its rounds (``ClientState``) comes in and goes out beside the bytes;
+the runtime stores it on the client's side (``client.state``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from fedpeft.client.features import class_feature_stats, num_classes
+from fedpeft.client.state import ClientState
 from fedpeft.client.train import ClientData, train
-from fedpeft.compression import decode, encode
+from fedpeft.compression import (
+    CompressionScheme,
+    decode,
+    encode,
+    encode_update,
+    rounding_generator,
+)
 from fedpeft.peft import set_adapter_state
-from fedpeft.types import TrainInstruction
+from fedpeft.types import AdapterState, ClientUpdate, TrainInstruction
+
+EXTRA = "x/"  # prefix of the tensors a payload carries beside the adapter
+RESIDUAL = "ef/"  # the client's error-feedback residual in its kept state
 
 # message metadata keys (typed constants, not strings scattered across files)
 META_CLIENT_ID = "client_id"
 META_NUM_EXAMPLES = "num_examples"
 META_METRICS = "metrics"
 META_ROUND = "round"
+META_NONCE = "nonce"  # echoes the instruction's nonce: the reply answers that instruction
 
 KIND_TRAIN = "train"
 KIND_FEATURE_STATS = "feature_stats"  # the class feature statistics of client/features.py
 STATS_BATCH_SIZE = 64  # forward passes only
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The encoded reply, and what the client keeps now (None: its state did not change)."""
+
+    reply: bytes
+    state: ClientState | None = None
+
+
+def split_extras(tensors: AdapterState) -> tuple[AdapterState, AdapterState]:
+    """(the adapter's tensors, the ``x/…`` tensors beside it)."""
+    adapter = {k: v for k, v in tensors.items() if not k.startswith(EXTRA)}
+    return adapter, {k: v for k, v in tensors.items() if k.startswith(EXTRA)}
 
 
 def handle_fit(
@@ -31,22 +62,55 @@ def handle_fit(
     instruction: TrainInstruction,
     data: ClientData,
     device: torch.device,
-) -> bytes:
-    state, _ = decode(payload)
-    set_adapter_state(model, state)
+    state: ClientState | None = None,
+) -> FitResult:
+    """One round on this client: the payload's adapter loaded, trained, the reply encoded
+    (compressed when the instruction names a scheme, with this client's error-feedback
+    residual carried in its kept state)."""
+    adapter, _extras = split_extras(decode(payload)[0])
+    set_adapter_state(model, adapter)
     if instruction.kind == KIND_FEATURE_STATS:  # before round 1: statistics, no training
-        stats = class_feature_stats(model, data, num_classes(state), STATS_BATCH_SIZE, device)
-        return encode(stats, _meta(instruction, len(data.indices), {}))
+        stats = class_feature_stats(model, data, num_classes(adapter), STATS_BATCH_SIZE, device)
+        return FitResult(
+            encode_reply(ClientUpdate(instruction.client_id, stats, len(data.indices)), instruction)
+        )
     update = train(model, instruction, data, device)
-    return encode(update.state, _meta(instruction, update.num_examples, update.metrics))
+    if not instruction.compression:
+        return FitResult(encode_reply(update, instruction))
+    return compressed_reply(update, adapter, instruction, state or {})
 
 
-def _meta(
-    instruction: TrainInstruction, num_examples: int, metrics: dict[str, float]
-) -> dict[str, object]:
+def reply_meta(update: ClientUpdate, instruction: TrainInstruction) -> dict[str, object]:
+    """The metadata that binds a reply to ``instruction``."""
     return {
-        META_CLIENT_ID: instruction.client_id,
+        META_CLIENT_ID: update.client_id,
         META_ROUND: instruction.round,
-        META_NUM_EXAMPLES: num_examples,
-        META_METRICS: metrics,
+        META_NONCE: instruction.nonce,
+        META_NUM_EXAMPLES: update.num_examples,
+        META_METRICS: update.metrics,
     }
+
+
+def encode_reply(update: ClientUpdate, instruction: TrainInstruction) -> bytes:
+    """The reply's bytes: the adapter and its extras, with ``reply_meta``."""
+    return encode(update.state | update.extras, reply_meta(update, instruction))
+
+
+def compressed_reply(
+    update: ClientUpdate, served: AdapterState, ins: TrainInstruction, state: ClientState
+) -> FitResult:
+    """``Q(θ_c − θ_served + e_c)`` as the reply; the new residual ``e_c`` is kept (issue 15:
+    error feedback, the residual is client state that survives resume)."""
+    scheme = CompressionScheme.from_json(ins.compression)
+    residual = {k[len(RESIDUAL) :]: v for k, v in state.items() if k.startswith(RESIDUAL)}
+    encoded = encode_update(
+        update.state,
+        served,
+        scheme,
+        (residual or None) if scheme.error_feedback else None,
+        rounding_generator(ins.seed, ins.round, ins.client_id),
+        reply_meta(update, ins),
+    )
+    kept = {f"{RESIDUAL}{k}": v for k, v in (encoded.residual or {}).items()}
+    others = {k: v for k, v in state.items() if not k.startswith(RESIDUAL)}
+    return FitResult(encoded.payload, others | kept)

@@ -1,8 +1,22 @@
 """Frozen, validated experiment configuration."""
 
-from fedpeft.config.loading import build_config, config_to_toml, load_config, read_toml
+from fedpeft.config.allocation import (
+    AllocationConfig,
+    CandidateConfig,
+    CatalogueConfig,
+    CostWeights,
+    GainConfig,
+)
+from fedpeft.config.loading import (
+    build_config,
+    config_fingerprint,
+    config_to_toml,
+    load_config,
+    read_toml,
+)
 from fedpeft.config.schema import (
     ClientConfig,
+    CompressionConfig,
     DataConfig,
     EvalConfig,
     ExperimentConfig,
@@ -15,7 +29,13 @@ from fedpeft.config.schema import (
 )
 
 __all__ = [
+    "AllocationConfig",
+    "CandidateConfig",
+    "CatalogueConfig",
+    "CostWeights",
+    "GainConfig",
     "ClientConfig",
+    "CompressionConfig",
     "DataConfig",
     "EvalConfig",
     "SimulationConfig",
@@ -26,6 +46,7 @@ __all__ = [
     "RunConfig",
     "ServerConfig",
     "build_config",
+    "config_fingerprint",
     "config_to_toml",
     "load_config",
     "read_toml",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -95,3 +97,18 @@ def _valid_keys(model: Any, loc: tuple[int | str, ...]) -> str:
 def config_to_toml(cfg: ExperimentConfig) -> str:
     """The resolved configuration as TOML (``None`` values are left out, as TOML has none)."""
     return tomli_w.dumps(cfg.model_dump(exclude_none=True))
+
+
+# What a resumed run may change without changing its results' meaning: the planned length,
+# where its folder lives and how the host runs it.
+_UNFINGERPRINTED = {"run": ("rounds", "output_dir", "name", "threads", "device")}
+
+
+def config_fingerprint(cfg: ExperimentConfig) -> str:
+    """sha256 of the resolved configuration minus ``_UNFINGERPRINTED``: a checkpoint written
+    under another seed, learning rate, model or data has another fingerprint."""
+    raw = cfg.model_dump(mode="json")
+    for section, keys in _UNFINGERPRINTED.items():
+        for key in keys:
+            raw[section].pop(key, None)
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()

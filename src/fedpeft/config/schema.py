@@ -10,7 +10,6 @@ import math
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     PositiveFloat,
@@ -19,13 +18,9 @@ from pydantic import (
     model_validator,
 )
 
+from fedpeft.config.allocation import AllocationConfig
+from fedpeft.config.base import Section as _Section
 from fedpeft.errors import FedpeftError
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
-    )
 
 
 class RunConfig(_Section):
@@ -34,7 +29,7 @@ class RunConfig(_Section):
     rounds: PositiveInt = 12
     output_dir: str = "runs"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(0, ge=0, description="torch threads; 0 = one per CPU core")
+    threads: int = Field(0, ge=0, le=4096, description="torch threads; 0 = one per CPU core")
 
 
 class ModelConfig(_Section):
@@ -54,6 +49,11 @@ class DataConfig(_Section):
     eval_file: str | None = None
     text_column: str = "text"
     label_column: str = "label"
+    label_names: list[str] | None = Field(
+        None,
+        min_length=2,
+        description="custom data: the classes in this order (None: the train labels, sorted)",
+    )
     train_size: PositiveInt | None = Field(2000, description="seeded subset of the train split")
     eval_size: PositiveInt | None = Field(None, description="seeded subset of the eval split")
     num_clients: PositiveInt = 10
@@ -69,6 +69,11 @@ class DataConfig(_Section):
                 "`data.train_file` is required when `data.dataset` is 'custom' "
                 "(a CSV, TSV or JSONL file with text and label columns)"
             )
+        if self.label_names is not None and self.dataset != "custom":
+            raise ValueError(
+                "`data.label_names` applies to `data.dataset = 'custom'` only; "
+                f"{self.dataset!r} has its own classes"
+            )
         return self
 
 
@@ -77,7 +82,7 @@ class PeftConfig(_Section):
     adapters), which the method's spec in the PEFT registry validates."""
 
     model_config = ConfigDict(
-        extra="allow", frozen=True, validate_default=True, allow_inf_nan=False
+        extra="allow", frozen=True, validate_default=True, allow_inf_nan=False, strict=True
     )
     method: str = "lora"
 
@@ -155,6 +160,12 @@ class ServerConfig(_Section):
     clip_norm: PositiveFloat | None = Field(
         None, description="robust: clip each update θ_c − θ_served to this L2 norm first"
     )
+    norm_guard: float = Field(
+        10.0,
+        ge=0.0,
+        description="reject an update whose norm per local step is over this many times the "
+        "median of the round's (≥ 3 updates); 0 turns the guard off",
+    )
     proxy_size: PositiveInt = Field(
         128, description="train examples held out as the server's proxy set (layerwise, kd_fusion)"
     )
@@ -188,6 +199,45 @@ class SimulationConfig(_Section):
     thread_cap: bool = Field(True, description="torch threads = the device's cores")
 
 
+Width = Literal[32, 16, 8, 4, 2]
+WIDTHS: tuple[Width, ...] = (32, 16, 8, 4, 2)
+
+
+class CompressionConfig(_Section):
+    """Update compression (issue 15). The defaults send every value as float32, as before.
+
+    ``bits_up``/``bits_down``: 32, 16 (``half``), or 8/4/2-bit codes with one bf16 scale per
+    ``group_size`` values ("row": one per row); ``bits_up = "adaptive"`` lets the allocation
+    pick each client's bits from ``adaptive_bits`` so its upload fits ``deadline_share`` of
+    ``allocation.deadline_s``. ``topk`` keeps that fraction of each tensor's values
+    (client updates only). ``error_feedback`` adds what a message left out to the next one."""
+
+    bits_up: Literal[32, 16, 8, 4, 2, "adaptive"] = 32
+    bits_down: Literal[32, 16, 8, 4, 2] = 32
+    topk: float | None = Field(None, gt=0.0, le=1.0, description="fraction of values kept")
+    error_feedback: bool = True
+    rounding: Literal["stochastic", "nearest"] = "stochastic"
+    group_size: PositiveInt | Literal["row"] = 64
+    half: Literal["fp16", "bf16"] = Field("fp16", description="the 16-bit float format")
+    adaptive_bits: list[Width] = Field(  # a list: TOML has no tuples
+        default_factory=lambda: list(WIDTHS),
+        min_length=1,
+        description="adaptive: the widths to choose from",
+    )
+    deadline_share: float = Field(
+        0.25, gt=0.0, le=1.0, description="adaptive: share of the deadline for the upload"
+    )
+
+    @model_validator(mode="after")
+    def _groups_with_topk(self) -> CompressionConfig:
+        if self.topk is not None and self.group_size == "row":
+            raise ValueError(
+                "`compression.group_size` cannot be 'row' with `compression.topk`: the kept "
+                "values form no rows; set a group size such as 64"
+            )
+        return self
+
+
 class EvalConfig(_Section):
     batch_size: PositiveInt = 128
 
@@ -202,6 +252,15 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = EvalConfig()
     profiles: ProfilesConfig = ProfilesConfig()
     simulation: SimulationConfig = SimulationConfig()
-    allocation: dict[str, Any] = Field(
-        default_factory=dict, description="validated by fedpeft.allocation (policy, α, β, γ, …)"
-    )
+    compression: CompressionConfig = CompressionConfig()
+    allocation: AllocationConfig = AllocationConfig()
+
+    @model_validator(mode="after")
+    def _quorum_fits(self) -> ExperimentConfig:
+        if self.server.min_clients > self.data.num_clients:
+            raise ValueError(
+                f"`server.min_clients` is {self.server.min_clients} but `data.num_clients` is "
+                f"only {self.data.num_clients}; no round could reach that quorum, so lower "
+                "`server.min_clients` or raise `data.num_clients`"
+            )
+        return self

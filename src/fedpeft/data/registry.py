@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fedpeft.config import DataConfig
+from fedpeft.data.labels import label_order, normalize_label
 from fedpeft.data.sources import (
     ImageArrays,
     RawDataset,
@@ -91,17 +92,16 @@ def _ag_news(cfg: DataConfig, seed: int) -> RawDataset:
 
 
 def _custom(cfg: DataConfig, seed: int) -> RawDataset:
-    """Bring your own CSV/TSV/JSONL; without an eval file, a seeded 10% is held out."""
+    """Bring your own CSV/TSV/JSONL; without an eval file, a seeded 10% is held out.
+
+    Classes are ``data.label_names`` in that order when given (every label must be one of
+    them), else the distinct train labels in ``label_order`` (numeric when all are numbers)."""
     from pathlib import Path
 
     assert cfg.train_file is not None  # checked by DataConfig
     train_path = Path(cfg.train_file)
     texts, raw = read_table(train_path, cfg.text_column, cfg.label_column)
-    names = sorted(set(raw))
-    if len(names) < 2:
-        raise FedpeftError(
-            f"data file {train_path} has {len(names)} distinct label(s); need 2 or more."
-        )
+    names = _class_names(cfg, raw, train_path)
     train = RawSplit(texts, encode_labels(raw, names, str(train_path)))
     if cfg.eval_file is not None:
         eval_texts, eval_raw = read_table(Path(cfg.eval_file), cfg.text_column, cfg.label_column)
@@ -113,6 +113,21 @@ def _custom(cfg: DataConfig, seed: int) -> RawDataset:
         evaluation = RawSplit([texts[i] for i in held], train.labels[held])
         train = RawSplit([texts[i] for i in kept], train.labels[kept])
     return RawDataset(train_path.stem, train, evaluation, names, str(train_path))
+
+
+def _class_names(cfg: DataConfig, raw: list[str], path: object) -> list[str]:
+    if cfg.label_names is not None:
+        names = [normalize_label(n, "`data.label_names`") or "" for n in cfg.label_names]
+        if len(set(names)) != len(names) or "" in names:
+            raise FedpeftError(
+                f"`data.label_names` {cfg.label_names} name a class twice or an empty class; "
+                "give each class once."
+            )
+        return names
+    names = label_order(set(raw))
+    if len(names) < 2:
+        raise FedpeftError(f"data file {path} has {len(names)} distinct label(s); need 2 or more.")
+    return names
 
 
 register_dataset("sst2", _sst2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fedpeft.data.labels import normalize_label
 from fedpeft.errors import FedpeftError
+from fedpeft.hub import datasets_offline_reason
 
 csv.field_size_limit(1 << 24)
 
@@ -74,19 +77,25 @@ def find_local(folder: str, files: list[str]) -> Path | None:
 
 
 def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
-    """Texts and raw label strings from a CSV, TSV (with header) or JSONL file."""
+    """Texts and canonical label names (``fedpeft.data.labels``) from a CSV, TSV (with
+    header) or JSONL file in UTF-8 (a byte-order mark is allowed)."""
     if not path.is_file():
         raise FedpeftError(f"data file {path} does not exist; check `data.train_file`/`eval_file`.")
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        rows = _read_jsonl(path)
-    elif suffix in (".csv", ".tsv"):
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
-    else:
+    if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
         raise FedpeftError(
             f"data file {path} has suffix {suffix!r}; expected .csv, .tsv or .jsonl."
         )
+    text = _utf8(path)
+    if suffix in (".jsonl", ".json"):
+        rows = _read_jsonl(path, text)
+    else:
+        try:
+            rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=_delimiter(suffix)))
+        except csv.Error as e:
+            raise FedpeftError(
+                f"data file {path} is not a valid {suffix[1:].upper()} ({e})."
+            ) from None
     if not rows:
         raise FedpeftError(f"data file {path} has no rows.")
     for col in (text_column, label_column):
@@ -97,29 +106,46 @@ def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[st
             )
     texts, labels = [], []
     for i, row in enumerate(rows):
-        text, label = row.get(text_column), row.get(label_column)
-        if text is None or label is None or str(label).strip() == "":
-            raise FedpeftError(f"data file {path}, row {i + 1}: missing text or label.")
-        texts.append(str(text))
-        labels.append(str(label).strip())
+        where = f"data file {path}, row {i + 1}"
+        value, label = row.get(text_column), normalize_label(row.get(label_column), where)
+        if value is None or label is None:
+            raise FedpeftError(f"{where}: missing text or label.")
+        if isinstance(value, dict | list):
+            raise FedpeftError(f"{where}: the text is a {type(value).__name__}, not a string.")
+        texts.append(str(value))
+        labels.append(label)
     return texts, labels
 
 
-def _read_jsonl(path: Path) -> list[dict[str, object]]:
+def _delimiter(suffix: str) -> str:
+    return "\t" if suffix == ".tsv" else ","
+
+
+def _utf8(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are refused with the line that holds them."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise FedpeftError(
+            f"data file {path}, line {line}: byte 0x{data[e.start]:02x} is not UTF-8; "
+            "re-save the file as UTF-8."
+        ) from None
+
+
+def _read_jsonl(path: Path, text: str) -> list[dict[str, object]]:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise FedpeftError(
-                    f"data file {path}, line {i + 1}: not valid JSON ({e})."
-                ) from None
-            if not isinstance(row, dict):
-                raise FedpeftError(f"data file {path}, line {i + 1}: expected a JSON object.")
-            rows.append(row)
+    for i, line in enumerate(text.split("\n")):  # not splitlines: U+2028 may be in a string
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise FedpeftError(f"data file {path}, line {i + 1}: not valid JSON ({e}).") from None
+        if not isinstance(row, dict):
+            raise FedpeftError(f"data file {path}, line {i + 1}: expected a JSON object.")
+        rows.append(row)
     return rows
 
 
@@ -135,8 +161,8 @@ def encode_labels(raw: list[str], names: list[str], where: str) -> np.ndarray:
     unknown = sorted(set(raw) - index.keys())
     if unknown:
         raise FedpeftError(
-            f"{where} has labels {unknown[:5]} that the train split lacks "
-            f"(train labels: {names[:10]})."
+            f"{where} has labels {unknown[:5]} that are not among the classes "
+            f"{names[:10]}; fix the labels or `data.label_names`."
         )
     return np.asarray([index[x] for x in raw], dtype=np.int64)
 
@@ -145,6 +171,13 @@ def hub_dataset(hub_id: str, config: str | None, split: str, text: str, label: s
     """One split from the Hugging Face hub (needs network access)."""
     import datasets  # heavy, and only for the hub path
 
+    offline = datasets_offline_reason()
+    if offline is not None:  # say so now, not after the hub client's ~50 s of retries
+        raise FedpeftError(
+            f"dataset {hub_id} is not in any local data folder "
+            f"({', '.join(map(str, data_dirs()))}) and the hub is offline ({offline}); "
+            "set FEDPEFT_DATA_DIR to the folder holding it."
+        )
     try:
         ds = datasets.load_dataset(hub_id, config, split=split)
     except Exception as e:  # any hub failure is the same message to a user

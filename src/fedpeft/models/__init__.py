@@ -3,6 +3,7 @@
 from fedpeft.models.registry import (
     MINILM_ID,
     ModelSpec,
+    check_available,
     get_model_spec,
     load_causal_lm,
     load_classifier,
@@ -23,6 +24,7 @@ __all__ = [
     "MINILM_ID",
     "SMOLLM2_ID",
     "ModelSpec",
+    "check_available",
     "get_model_spec",
     "image_preprocess",
     "is_vision_model",

@@ -34,6 +34,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from fedpeft.errors import FedpeftError
+from fedpeft.hub import is_cached, offline_reason
 from fedpeft.models.smollm import SMOLLM2_ID, smollm2_local_path
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -153,16 +154,35 @@ def load_model_config(spec: ModelSpec, num_labels: int) -> PretrainedConfig:
     return config
 
 
+def check_available(spec: ModelSpec) -> None:
+    """Fails fast (before anything loads) for an unregistered hub model that cannot be had:
+    the hub is unreachable and the model is not in the local cache. (Registered models have
+    their own loaders — tiny configs, packages — and load cache-only while offline.)"""
+    if spec.name in _REGISTRY or Path(spec.hub_id).is_dir():
+        return
+    reason = offline_reason()
+    if reason is not None and not is_cached(spec.hub_id):
+        raise FedpeftError(
+            f"model `{spec.name}` is not in the local Hugging Face cache and the hub is "
+            f"offline ({reason}); check `model.name` (registered models: "
+            f"{', '.join(model_names())}) or connect to the hub."
+        )
+
+
 def _from_pretrained(
     spec: ModelSpec, loader: Callable[..., Any], source: str, **kwargs: Any
 ) -> Any:
+    offline = None if Path(source).is_dir() else offline_reason()
+    if offline is not None:
+        kwargs = {**kwargs, "local_files_only": True}  # the cache only: no retries
     try:
         return loader(source, **kwargs)
     except (OSError, ValueError) as e:
         hint = f"registered models: {', '.join(model_names())}"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        where = f"the hub is offline: {offline}" if offline else first
         raise FedpeftError(
-            f"model `{spec.name}` could not be loaded from {source!r} ({first}); "
+            f"model `{spec.name}` could not be loaded from {source!r} ({where}); "
             f"check `model.name` ({hint}) or your network access to the Hugging Face hub."
         ) from None
 

@@ -24,6 +24,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from fedpeft.data.images import ImagePreprocess
 from fedpeft.errors import FedpeftError
+from fedpeft.hub import local_only
 from fedpeft.models.registry import (
     MINILM_ID,
     ModelSpec,
@@ -215,7 +216,7 @@ def vision_config(spec: ModelSpec, num_labels: int, image_size: int | None) -> A
         return tiny_vit_config(num_labels)
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(spec.hub_id)
+    config = AutoConfig.from_pretrained(spec.hub_id, local_files_only=local_only())
     config.num_labels = num_labels
     return config
 
@@ -242,7 +243,10 @@ def load_vision_classifier(
             return ViTForImageClassification(config)
         try:
             return ViTForImageClassification.from_pretrained(
-                spec.hub_id, num_labels=num_labels, ignore_mismatched_sizes=True
+                spec.hub_id,
+                num_labels=num_labels,
+                ignore_mismatched_sizes=True,
+                local_files_only=local_only(),
             )
         except (OSError, ValueError) as e:
             raise FedpeftError(
@@ -261,8 +265,8 @@ def _load_clip(spec: ModelSpec, tiny: bool, label_names: list[str]) -> nn.Module
         config = tiny_clip_config(tok.vocab_size, tok.cls_token_id, tok.sep_token_id, 0)
         return ClipZeroShotClassifier(CLIPModel(config), tok, label_names)
     try:
-        tok = AutoTokenizer.from_pretrained(spec.hub_id)
-        clip = CLIPModel.from_pretrained(spec.hub_id)
+        tok = AutoTokenizer.from_pretrained(spec.hub_id, local_files_only=local_only())
+        clip = CLIPModel.from_pretrained(spec.hub_id, local_files_only=local_only())
     except (OSError, ValueError) as e:
         raise FedpeftError(
             f"model `{spec.name}` could not be loaded from the Hugging Face hub "

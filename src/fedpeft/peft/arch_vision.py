@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fedpeft.peft.arch import Architecture, Linear
+from fedpeft.peft.arch import Architecture, Linear, Roles
 
 _CONV_SUFFIXES = ("_conv_stem", "_depthwise_conv")
 
@@ -64,13 +64,13 @@ def efficientnet(cfg: Any, num_labels: int) -> Architecture:
     for i, (inp, mid, final, k, s) in enumerate(blocks):
         p = f"backbone._blocks.{i}"
         if mid != inp:
-            linears.append(Linear(f"{p}._expand_conv", inp, mid, i, side * side))
+            linears.append(Linear(f"{p}._expand_conv", inp, mid, i, side * side, conv=True))
             weights, norms = weights + inp * mid, norms + mid
         side = math.ceil(side / s)
-        linears.append(Linear(f"{p}._project_conv", mid, final, i, side * side))
+        linears.append(Linear(f"{p}._project_conv", mid, final, i, side * side, conv=True))
         weights += mid * k * k + mid * final  # depthwise, projection
         norms += mid + final
-    linears.append(Linear("backbone._conv_head", blocks[-1][2], head, None, side * side))
+    linears.append(Linear("backbone._conv_head", blocks[-1][2], head, None, side * side, conv=True))
     weights, norms = weights + blocks[-1][2] * head, norms + head
     head_params = head * num_labels + num_labels
     return Architecture(
@@ -89,9 +89,7 @@ def efficientnet(cfg: Any, num_labels: int) -> Architecture:
         bias_params=norms,  # BatchNorm biases; the convolutions have none
         total_params=weights + 2 * norms + head_params,
         head_token_flops=0,
-        lora_targets=("_expand_conv", "_project_conv", "_conv_head"),
-        ia3_targets=(),
-        ia3_feedforward=(),
+        roles=Roles(pointwise=("_expand_conv", "_project_conv", "_conv_head")),
         peft_task=None,
         unadaptable=_CONV_SUFFIXES,
     )
@@ -135,9 +133,7 @@ def vit(cfg: Any, num_labels: int) -> Architecture:
         bias_params=biases,
         total_params=embeddings + weights + biases + head,
         head_token_flops=0,
-        lora_targets=("q_proj", "v_proj"),
-        ia3_targets=("k_proj", "v_proj", "fc2"),
-        ia3_feedforward=("fc2",),
+        roles=Roles(("q_proj",), ("k_proj",), ("v_proj",), feedforward=("fc2",)),
         peft_task=None,
         tokens=tokens,
     )
@@ -192,9 +188,7 @@ def clip(cfg: Any, num_labels: int) -> Architecture:
         bias_params=biases,
         total_params=embeddings + weights + biases + projections + 1,  # + logit_scale
         head_token_flops=0,
-        lora_targets=("q_proj", "v_proj"),
-        ia3_targets=(),
-        ia3_feedforward=(),
+        roles=Roles(("q_proj",), ("k_proj",), ("v_proj",), feedforward=("fc2",)),
         peft_task=None,
         tokens=tokens,
     )

@@ -11,7 +11,7 @@ adapter leaves the model's outputs unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import NonNegativeInt, PositiveInt
@@ -19,7 +19,8 @@ from torch import nn
 
 from fedpeft.errors import FedpeftError
 from fedpeft.peft.arch import Architecture, Linear
-from fedpeft.peft.registry import MethodSpec, PeftMethod, head_params_trainable, register_method
+from fedpeft.peft.registry import register_method
+from fedpeft.peft.spec import MethodSpec, head_params_trainable
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -72,6 +73,11 @@ def insert_adapters(model: nn.Module, sites: list[str], size: int, activation: s
 class HoulsbySpec(MethodSpec):
     """Adapters after attention and after the feed-forward block (Houlsby et al., 2019)."""
 
+    description: ClassVar[str] = "bottleneck adapters ×2 per block"
+    image_families: ClassVar[frozenset[str]] = frozenset({"vit"})
+    # ASSUMPTION: on par with LoRA at equal budget (He et al., 2022).
+    gain_prior: ClassVar[float | None] = 0.75
+
     size: PositiveInt = 64
     activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
     layers: list[NonNegativeInt] | None = None
@@ -101,14 +107,21 @@ class HoulsbySpec(MethodSpec):
     def extra_flops(self, arch: Architecture, seq_len: int) -> int:
         return seq_len * len(self.sites(arch)) * 2 * (2 * arch.hidden * self.size)
 
+    def lowest_trained_block(self, arch: Architecture) -> int | None:
+        return self._lowest_block(arch, self.layers)
+
 
 class PfeifferSpec(HoulsbySpec):
     """One adapter after the feed-forward block only (Pfeiffer et al., 2021)."""
+
+    description: ClassVar[str] = "bottleneck adapter ×1 per block"
+    # ASSUMPTION: slightly below Houlsby's two adapters at equal size (Pfeiffer et al., 2021).
+    gain_prior: ClassVar[float | None] = 0.7
 
     def sites(self, arch: Architecture) -> list[str]:
         names = set(arch.ffn_out)
         return [lin.name for lin in arch.linears if lin.name in names and self._in_layers(lin)]
 
 
-register_method(PeftMethod("houlsby", HoulsbySpec, "additive", "bottleneck adapters ×2 per block"))
-register_method(PeftMethod("pfeiffer", PfeifferSpec, "additive", "bottleneck adapter ×1 per block"))
+register_method("houlsby", HoulsbySpec)
+register_method("pfeiffer", PfeifferSpec)

@@ -1,11 +1,14 @@
 """IA3 through Hugging Face ``peft``: learned vectors rescale keys, values and the
 feed-forward activations, ``k ↦ l_k ⊙ k`` (Liu et al., 2022). The task head trains too.
 
-Default targets are PEFT's for the family (``Architecture.ia3_targets``); feed-forward
-modules (``Architecture.ia3_feedforward``) scale their input, not their output.
+Default targets are PEFT's for the family: the key and value projections and the
+feed-forward output projection (``Architecture.roles``), which scales its input, not its
+output.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from peft import IA3Config, TaskType, get_peft_model
 from torch import nn
@@ -13,20 +16,27 @@ from torch import nn
 from fedpeft.errors import FedpeftError
 from fedpeft.peft.arch import Architecture, Linear
 from fedpeft.peft.lora import matches
-from fedpeft.peft.registry import MethodSpec, PeftMethod, register_method
+from fedpeft.peft.registry import register_method
+from fedpeft.peft.spec import MethodSpec
 
 
 class IA3Spec(MethodSpec):
+    description: ClassVar[str] = "learned rescaling vectors"
+    image_families: ClassVar[frozenset[str]] = frozenset({"vit"})
+    # ASSUMPTION: below LoRA at small scale, above prompt-style methods (Liu et al., 2022).
+    gain_prior: ClassVar[float | None] = 0.65
+
     target_modules: list[str] | None = None
     feedforward_modules: list[str] | None = None
 
     def _targets(self, arch: Architecture) -> list[str]:
-        return self.target_modules or list(arch.ia3_targets)
+        roles = arch.roles
+        return self.target_modules or list(roles.key + roles.value + roles.feedforward)
 
     def _feedforward(self, arch: Architecture) -> list[str]:
         if self.feedforward_modules is not None:
             return self.feedforward_modules
-        return list(arch.ia3_feedforward) if self.target_modules is None else []
+        return list(arch.roles.feedforward) if self.target_modules is None else []
 
     def vectors(self, arch: Architecture) -> list[tuple[Linear, int]]:
         out = []
@@ -63,4 +73,4 @@ def _suffixes(arch: Architecture) -> str:
     return ", ".join(list(names)[:6])
 
 
-register_method(PeftMethod("ia3", IA3Spec, "additive", "learned rescaling vectors"))
+register_method("ia3", IA3Spec)

@@ -18,10 +18,10 @@ from pathlib import Path
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PretrainedConfig
 
-from fedpeft.peft.arch import model_architecture
-from fedpeft.peft.registry import MethodSpec, get_method, parse_spec
+from fedpeft.peft.families import model_architecture
+from fedpeft.peft.registry import get_method, parse_spec
+from fedpeft.peft.spec import MethodSpec
 from fedpeft.peft.state import get_adapter_state, set_adapter_state
 from fedpeft.types import AdapterState
 
@@ -55,8 +55,8 @@ def save_adapter(
 def _save_head_config(base: nn.Module, folder: Path, base_id: str) -> None:
     """``config.json`` of a classifier (its labels: ``num_labels``, ``id2label``,
     ``label2id``), naming the base by its hub id; other models save none."""
-    config = getattr(base, "config", None)
-    if not isinstance(config, PretrainedConfig) or not type(base).__name__.endswith(
+    config = getattr(base, "config", None)  # transformers' classifiers all hold one
+    if config is None or not type(base).__name__.endswith(
         ("ForSequenceClassification", "ForImageClassification")
     ):
         return

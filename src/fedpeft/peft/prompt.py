@@ -8,15 +8,24 @@ width, as PEFT builds them). The task head trains too.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 from pydantic import PositiveInt
 from torch import nn
 
 from fedpeft.peft.arch import Architecture
-from fedpeft.peft.registry import MethodSpec, PeftMethod, head_params_trainable, register_method
+from fedpeft.peft.registry import register_method
+from fedpeft.peft.spec import MethodSpec, head_params_trainable
 
 
 class PromptTuningSpec(MethodSpec):
+    description: ClassVar[str] = "trainable input tokens"
+    image_families: ClassVar[frozenset[str]] = frozenset({"clip"})  # CoOp's learned context
+    # ASSUMPTION: prompt tuning trails other methods on small models (Lester et al., 2021).
+    gain_prior: ClassVar[float | None] = 0.55
+    identity_at_init: ClassVar[bool] = False  # the prompt is new input
+
     num_virtual_tokens: PositiveInt = 20
 
     def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
@@ -43,8 +52,17 @@ class PromptTuningSpec(MethodSpec):
         attention = arch.attention_flops(seq_len + p) - arch.attention_flops(seq_len)
         return p * (arch.per_token_flops() + arch.head_token_flops) + attention
 
+    def token_counts(self, seq_len: int) -> tuple[int, int]:
+        """The ``l`` prompt tokens lengthen both queries and keys."""
+        return seq_len + self.num_virtual_tokens, seq_len + self.num_virtual_tokens
+
 
 class PrefixTuningSpec(MethodSpec):
+    description: ClassVar[str] = "trainable attention prefixes"
+    # ASSUMPTION: between prompt tuning and LoRA at small scale (Li & Liang, 2021).
+    gain_prior: ClassVar[float | None] = 0.6
+    identity_at_init: ClassVar[bool] = False  # the prefix adds keys every query attends to
+
     num_virtual_tokens: PositiveInt = 10
 
     def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:
@@ -62,6 +80,10 @@ class PrefixTuningSpec(MethodSpec):
         extra = arch.attention_flops(seq_len, self.num_virtual_tokens)
         return extra - arch.attention_flops(seq_len)
 
+    def token_counts(self, seq_len: int) -> tuple[int, int]:
+        """The ``l`` prefix keys lengthen the keys only."""
+        return seq_len, seq_len + self.num_virtual_tokens
 
-register_method(PeftMethod("prompt", PromptTuningSpec, "additive", "trainable input tokens"))
-register_method(PeftMethod("prefix", PrefixTuningSpec, "additive", "trainable attention prefixes"))
+
+register_method("prompt", PromptTuningSpec)
+register_method("prefix", PrefixTuningSpec)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fedpeft.peft.arch import Architecture
-from fedpeft.peft.registry import MethodSpec
+from fedpeft.peft.spec import MethodSpec
 
 
 def apply_shared(base: nn.Module, spec: MethodSpec, arch: Architecture, seed: int) -> nn.Module:

@@ -1,25 +1,27 @@
-"""Which PEFT methods each model family supports: one table, checked before anything loads.
+"""Which PEFT methods each model family and task supports, checked before anything loads.
 
-Text families (BERT-style encoders, LLaMA-style decoders) support every registered method.
-Image families support what fits their structure: a CNN has no tokens to prepend
-(prompt, prefix) and no transformer blocks to put bottleneck adapters or IA3 vectors in.
+Each method's spec says where it applies (``MethodSpec.image_families``, ``.tasks``): text
+families (BERT-style encoders, LLaMA-style decoders, any hub model) take every method;
+an image family takes what fits its structure — a CNN has no tokens to prepend (prompt,
+prefix) and no transformer blocks to put bottleneck adapters or IA3 vectors in.
 """
 
 from __future__ import annotations
 
 from fedpeft.errors import FedpeftError
-from fedpeft.peft.registry import method_names
+from fedpeft.peft.registry import get_method, method_names
 
-FAMILY_METHODS: dict[str, tuple[str, ...]] = {
-    "efficientnet": ("bitfit", "full", "head", "lora"),
-    "vit": ("bitfit", "full", "head", "houlsby", "ia3", "lora", "pfeiffer"),
-    "clip": ("lora", "prompt"),  # prompt = CoOp's learned context for the class prompts
-}
+IMAGE_FAMILIES = frozenset({"efficientnet", "vit", "clip"})  # the families arch_vision describes
+
+
+def supports(method: str, family: str) -> bool:
+    """Whether ``method`` applies to models of ``family``."""
+    return family not in IMAGE_FAMILIES or family in get_method(method).spec.image_families
 
 
 def supported_methods(family: str) -> list[str]:
     """The methods a family supports (every registered one for the text families)."""
-    return sorted(FAMILY_METHODS.get(family, method_names()))
+    return [m for m in method_names() if supports(m, family)]
 
 
 def check_supported(method: str, family: str, model: str) -> None:

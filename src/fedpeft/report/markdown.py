@@ -1,5 +1,8 @@
 """A run folder → ``report.md``: the configuration that matters, per-round table, summary
-figures, per-class quality (``classes.json``), and the gap to a reference run."""
+figures, per-class quality (``classes.json``), and the gap to a reference run.
+
+Every figure is optional: a run whose rounds accepted no update (or that has no round at
+all) still gets a report, with ``—`` where there is nothing to show."""
 
 from __future__ import annotations
 
@@ -7,13 +10,60 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedpeft.errors import FedpeftError
+from fedpeft.report.fmt import clients_text, eval_of, num, scaled, share_of_full_model
 from fedpeft.report.sections import class_lines, config_lines, read_config, reference_lines
 from fedpeft.server.classes import ClassReport, read_class_report
 
 
-def _rounds(run_dir: Path) -> list[dict[str, Any]]:
+def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
+    """``metrics.jsonl`` as a list of round records ([] when there is none yet)."""
     path = run_dir / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    if not path.is_file():
+        return []
+    rounds = []
+    for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise FedpeftError(
+                f"{path}, line {i + 1} is not valid JSON; the run's logs are damaged."
+            ) from None
+        if not isinstance(record, dict):
+            raise FedpeftError(f"{path}, line {i + 1} is not a round record (a JSON object).")
+        rounds.append(record)
+    return rounds
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FedpeftError(
+            f"{run_dir} has no summary.json; is it a finished fedpeft run?"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise FedpeftError(f"{path} is not valid JSON; the run folder is damaged.") from None
+    if not isinstance(summary, dict):
+        raise FedpeftError(f"{path} is not a JSON object; the run folder is damaged.")
+    return summary
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The headline figures of a run, each safe when the figure is missing."""
+    s = summary
+    return [
+        f"- final accuracy **{num(s.get('final_accuracy'))}**, macro-F1 "
+        f"{num(s.get('final_macro_f1'))} after {s.get('rounds_completed', 0)} rounds",
+        f"- bytes up per client per round: {num(s.get('bytes_up_per_client_round'), ',.0f')} "
+        f"({share_of_full_model(s.get('up_fraction_of_full_model'))} of the full model's "
+        f"{num(s.get('full_model_bytes'), ',')} bytes)",
+        f"- wall time {num(s.get('wall_time_s'), '.1f')} s · peak RSS "
+        f"{scaled(s.get('peak_rss_bytes'), 2**20, '.0f')} MiB",
+    ]
 
 
 def _chosen_lr(run_dir: Path) -> float | None:
@@ -27,30 +77,31 @@ def render_report(
     classes: ClassReport | None = None,
     reference: Path | None = None,
 ) -> str:
-    rounds = _rounds(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    rounds = read_rounds(run_dir)
+    summary = read_summary(run_dir)
+    settings = config_lines(read_config(run_dir), _chosen_lr(run_dir)) or [
+        f"- model: {summary.get('model')} · dataset: {summary.get('dataset')} · "
+        f"clients: {summary.get('num_clients')}"
+    ]
     lines = [
         f"# fedpeft run `{run_dir.name}`",
         "",
-        *config_lines(read_config(run_dir), _chosen_lr(run_dir)),
-        f"- final accuracy **{summary['final_accuracy']:.4f}**, macro-F1 "
-        f"{summary['final_macro_f1']:.4f} after {summary['rounds_completed']} rounds",
-        f"- bytes up per client per round: {summary['bytes_up_per_client_round']:,.0f} "
-        f"(1/{1 / summary['up_fraction_of_full_model']:.0f} of the full model's "
-        f"{summary['full_model_bytes']:,} bytes)",
-        f"- wall time {summary['wall_time_s']:.1f} s · peak RSS "
-        f"{summary['peak_rss_bytes'] / 2**20:.0f} MiB",
+        *settings,
+        *summary_lines(summary),
         "",
         "| round | accuracy | macro-F1 | eval loss | train loss | clients ok | MB up | s |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rounds:
-        e = r["eval"]
+        e = eval_of(r)
+        train_loss = r.get("train_loss") if r.get("accepted") else None  # no update: no loss
         lines.append(
-            f"| {r['round']} | {e['accuracy']:.4f} | {e['macro_f1']:.4f} | {e['loss']:.4f} | "
-            f"{r['train_loss']:.4f} | {r['accepted']}/{len(r['sampled'])} | "
-            f"{r['bytes_up'] / 1e6:.2f} | {r['wall_time_s']:.1f} |"
+            f"| {r.get('round')} | {num(e.get('accuracy'))} | {num(e.get('macro_f1'))} | "
+            f"{num(e.get('loss'))} | {num(train_loss)} | {clients_text(r)} | "
+            f"{scaled(r.get('bytes_up'), 1e6)} | {num(r.get('wall_time_s'), '.1f')} |"
         )
+    if not rounds:
+        lines.append("| (no completed round) | | | | | | | |")
     lines.append("")
     if reference is not None:
         lines += reference_lines(summary, reference)
@@ -75,12 +126,13 @@ def write_report(run_dir: Path, reference: Path | None = None) -> Path:
     finished run folder, e.g. the same data trained centrally) when given."""
     from fedpeft.report.plots import plot_run
 
-    rounds = _rounds(run_dir)
+    read_summary(run_dir)  # a damaged summary is refused before anything is written
+    rounds = read_rounds(run_dir)
     classes = read_class_report(run_dir)
     ref_curve = None
     if reference is not None:
-        ref_rounds = _rounds(reference)
-        ref_curve = (reference.name, [r["eval"]["accuracy"] for r in ref_rounds])
+        ref_rounds = read_rounds(reference)
+        ref_curve = (reference.name, [eval_of(r).get("accuracy") for r in ref_rounds])
     plots = plot_run(run_dir, rounds, _chance(run_dir, classes), ref_curve, classes)
     out = run_dir / "report.md"
     out.write_text(render_report(run_dir, plots, classes, reference))

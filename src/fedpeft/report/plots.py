@@ -5,9 +5,11 @@ row-normalised confusion matrix of a classifier."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
+from fedpeft.report.fmt import eval_of, finite
 from fedpeft.server.classes import ClassReport
 
 log = logging.getLogger("fedpeft.report")
@@ -29,7 +31,7 @@ def plot_run(
     run_dir: Path,
     rounds: list[dict[str, Any]],
     chance: float | None = None,
-    reference: tuple[str, list[float]] | None = None,
+    reference: tuple[str, list[Any]] | None = None,
     classes: ClassReport | None = None,
 ) -> list[Path]:
     """``plots/accuracy.png`` (with ``chance`` dashed and the ``reference`` run's accuracy per
@@ -39,13 +41,14 @@ def plot_run(
         return []
     folder = run_dir / "plots"
     folder.mkdir(exist_ok=True)
-    x = [r["round"] for r in rounds]
+    x = [r.get("round", i + 1) for i, r in enumerate(rounds)]
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    ax.plot(x, [r["eval"]["accuracy"] for r in rounds], marker="o", label="accuracy")
-    ax.plot(x, [r["eval"]["macro_f1"] for r in rounds], marker="s", label="macro-F1")
+    ax.plot(x, _metric(rounds, "accuracy"), marker="o", label="accuracy")
+    ax.plot(x, _metric(rounds, "macro_f1"), marker="s", label="macro-F1")
     if reference is not None:
         name, acc = reference
-        ax.plot(range(1, len(acc) + 1), acc, ls=":", color="black", label=f"{name} accuracy")
+        ref = [math.nan if v is None else v for v in (finite(a) for a in acc)]
+        ax.plot(range(1, len(ref) + 1), ref, ls=":", color="black", label=f"{name} accuracy")
     if chance is not None:
         ax.axhline(chance, color="grey", lw=0.8, ls="--", label=f"chance ({chance:.3f})")
     ax.set_xlabel("round")
@@ -85,3 +88,9 @@ def plot_confusion(plt: Any, report: ClassReport, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _metric(rounds: list[dict[str, Any]], name: str) -> list[float]:
+    """One evaluation metric per round; NaN (a gap in the line) where a round lacks it."""
+    values = [finite(eval_of(r).get(name)) for r in rounds]
+    return [math.nan if v is None else v for v in values]

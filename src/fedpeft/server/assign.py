@@ -31,11 +31,10 @@ from fedpeft.allocation import (
 )
 from fedpeft.config import ExperimentConfig
 from fedpeft.data import DataProfile
+from fedpeft.errors import FedpeftError
 from fedpeft.peft import Architecture
 from fedpeft.profiling import ResourceProfile
-
-DEFAULT_GROUP = "global"
-LORA_GROUP = "lora"
+from fedpeft.server.state import DEFAULT_GROUP
 
 
 def options_json(options: Mapping[str, object]) -> str:
@@ -59,7 +58,7 @@ class Assignment:
 
 
 def group_of(candidate: Candidate) -> str:
-    return LORA_GROUP if candidate.method == "lora" else candidate.name
+    return candidate.spec.envelope_group or candidate.name
 
 
 def client_infos(
@@ -84,7 +83,7 @@ def client_infos(
 class Assigner:
     """Per-round assignments; holds the gain estimator that the observed gains update."""
 
-    def __init__(self, cfg: ExperimentConfig, arch: Architecture) -> None:
+    def __init__(self, cfg: ExperimentConfig, arch: Architecture | None) -> None:
         self.cfg = cfg
         self.arch = arch
         self.config: AllocationConfig = make_allocation_config(cfg.allocation)
@@ -99,6 +98,8 @@ class Assigner:
     def assign(self, clients: Sequence[ClientInfo]) -> dict[int, Assignment]:
         if not self.enabled:
             return {c.client_id: self.fixed(c.client_id) for c in clients}
+        if self.arch is None:
+            raise FedpeftError("the allocation needs the model's architecture; none was given.")
         problem = build_problem(self.arch, self.config, self.estimator)
         self.last = allocate(problem, clients)
         return {a.client_id: _assignment(a) for a in self.last}
@@ -116,17 +117,15 @@ class Assigner:
         for candidate in {c.name: c for c in candidates}.values():
             self.estimator = self.estimator.update(candidate, gain)
 
-    def state_json(self) -> dict[str, object]:
-        return self.estimator.to_json()
-
-    def load_json(self, raw: dict[str, object]) -> None:
-        if raw:
-            self.estimator = GainEstimator.from_json(dict(raw))
+    def restore(self, estimator: GainEstimator | None) -> None:
+        """The estimator a checkpoint saved (``ServerState.gain``)."""
+        if estimator is not None:
+            self.estimator = estimator
 
 
 def _assignment(allocation: Allocation) -> Assignment:
     cand = allocation.chosen
     if cand is None:
         return Assignment(allocation.client_id, None, "", allocation.reason)
-    alpha = float(cand.spec.alpha) if cand.method == "lora" else None  # type: ignore[attr-defined]
+    alpha = cand.spec.envelope_alpha()
     return Assignment(allocation.client_id, cand, group_of(cand), allocation.reason, alpha)

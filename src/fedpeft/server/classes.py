@@ -12,9 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fedpeft.server.state import ServerState
+    from fedpeft.server.store import RunStore
+    from fedpeft.server.task import Task
 
 CLASSES = "classes.json"
 VERSION = 1
@@ -88,23 +93,33 @@ def read_class_report(run_dir: Path) -> ClassReport | None:
 
 def evaluate_run(run_dir: Path) -> ClassReport | None:
     """The per-class report of a finished run's global adapter on its eval split, written
-    to ``classes.json``; None for runs that generate answers (instruction tuning)."""
+    to ``classes.json``; None where there is no single classifier head (instruction
+    tuning, allocated runs of several method groups) or nothing was trained."""
     from fedpeft.config import build_config, read_toml
-    from fedpeft.peft import set_adapter_state
-    from fedpeft.server.evaluate import predict_logits
     from fedpeft.server.instruct import task_kind
-    from fedpeft.server.store import CONFIG, RunStore, write_json
+    from fedpeft.server.store import CONFIG, RunStore
     from fedpeft.server.task import build_task
 
     store = RunStore.open_existing(run_dir)
     cfg = build_config(read_toml(store.root / CONFIG), source=str(store.root / CONFIG))
-    if task_kind(cfg) == "instruct" or cfg.allocation.get("enabled"):
+    if task_kind(cfg) == "instruct" or cfg.allocation.enabled:
         return None  # generated answers / one model per method group: not a single head
-    _, adapters, _, extra = store.load_checkpoint()
-    task = build_task(cfg)
-    state = adapters[str(extra.get("main", "global"))]
-    set_adapter_state(task.model, {k: v.to(task.device) for k, v in state.items()})
-    logits = predict_logits(task.model, task.eval, cfg.eval.batch_size, task.device)
-    report = class_report(task.eval.labels, logits.argmax(-1).numpy(), task.dataset.label_names)
-    write_json(store.root / CLASSES, report.to_json())
+    state = store.load_checkpoint()
+    return write_class_report(build_task(cfg), state, store)
+
+
+def write_class_report(task: Task, state: ServerState, store: RunStore) -> ClassReport | None:
+    """``classes.json`` for the main group's global adapter of a classifier run (None and
+    nothing written for instruction tuning, allocated runs or an untrained run)."""
+    from fedpeft.peft import set_adapter_state
+    from fedpeft.server.evaluate import predict_logits
+
+    if task.kind == "instruct" or task.cfg.allocation.enabled or state.main not in state.adapters:
+        return None
+    cfg, data = task.cfg, task.data
+    set_adapter_state(task.model, {k: v.to(task.device) for k, v in state.adapter.items()})
+    logits = predict_logits(task.model, data.eval, cfg.eval.batch_size, task.device)
+    labels = np.asarray(data.eval.labels)
+    report = class_report(labels, logits.argmax(-1).numpy(), data.dataset.label_names)
+    store.write_json(CLASSES, report.to_json())
     return report

@@ -9,12 +9,12 @@ configuration (for LoRA: the largest rank, the union of layers and targets).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from fedpeft.aggregation.hetero import client_view, extend_envelope
-from fedpeft.allocation import Candidate, make_candidate
-from fedpeft.server.assign import LORA_GROUP, Assignment, options_json
+from fedpeft.allocation import Candidate
+from fedpeft.server.assign import Assignment, options_json
 from fedpeft.types import AdapterState
 
 
@@ -28,20 +28,18 @@ class GroupBook:
     """Templates (cached: they are the configurations' initial states) and the candidates
     each group has served, from which the group's evaluation configuration follows."""
 
-    def __init__(self, model: Templates) -> None:
+    def __init__(
+        self, model: Templates, members: Mapping[str, Sequence[Candidate]] | None = None
+    ) -> None:
         self.model = model
         self._templates: dict[tuple[str, str], AdapterState] = {}
-        self.members: dict[str, dict[str, Candidate]] = {}
+        self.members: dict[str, dict[str, Candidate]] = {
+            g: {c.name: c for c in m} for g, m in (members or {}).items()
+        }
 
-    def to_json(self) -> dict[str, list[dict[str, object]]]:
-        return {g: [c.to_json() for c in m.values()] for g, m in sorted(self.members.items())}
-
-    def load_json(self, raw: object) -> None:
-        """Members saved by ``to_json`` (a checkpoint's); candidates are re-validated."""
-        for group, members in (raw or {}).items() if isinstance(raw, dict) else []:
-            for m in members:
-                cand = make_candidate(m["method"], m["options"], m["name"])
-                self.members.setdefault(str(group), {})[cand.name] = cand
+    def snapshot(self) -> dict[str, tuple[Candidate, ...]]:
+        """The members as ``ServerState.members`` holds them."""
+        return {g: tuple(m.values()) for g, m in sorted(self.members.items())}
 
     def template(self, candidate: Candidate) -> AdapterState:
         key = (candidate.method, options_json(candidate.options))
@@ -67,10 +65,13 @@ class GroupBook:
         members = list(self.members.get(group, {}).values())
         if not members:
             return "", "{}", None
-        if group != LORA_GROUP:  # one configuration, stored as trained (no folded scale)
-            return members[0].method, options_json(members[0].options), None
-        options = lora_envelope_options(members)
-        return "lora", options_json(options), float(options["alpha"])
+        first = members[0]
+        if group != type(first.spec).envelope_group:  # one configuration, stored as trained
+            return first.method, options_json(first.options), None
+        ordered = sorted(members, key=lambda c: c.name)
+        spec = type(first.spec).envelope([c.spec for c in ordered])
+        options = spec.model_dump(mode="json", exclude_none=True)
+        return first.method, options_json(options), spec.envelope_alpha()
 
     def eval_state(self, group: str, envelope: AdapterState) -> tuple[AdapterState, str, str]:
         """(state, method, options) to evaluate ``group``'s envelope with."""
@@ -88,19 +89,3 @@ class GroupBook:
         template = self.model.template(method, options)
         grown = extend_envelope(envelope, template, alpha)  # zero B̃ columns: same function
         return client_view(grown, template, alpha), method, options, grown, alpha
-
-
-def lora_envelope_options(members: Sequence[Candidate]) -> dict[str, Any]:
-    """LoRA options covering every member: the largest rank (with its α), every member's
-    layers and target modules (None = all / the family's defaults)."""
-    top = max(members, key=lambda c: (int(c.options.get("r", 8)), c.name))
-    options: dict[str, Any] = {k: v for k, v in top.options.items() if k not in ("layers",)}
-    options["r"] = int(top.options.get("r", 8))
-    options["alpha"] = float(top.options.get("alpha", 16.0))
-    layers = [c.options.get("layers") for c in members]
-    if all(layer is not None for layer in layers):
-        options["layers"] = sorted({i for layer in layers for i in layer})  # type: ignore[union-attr]
-    targets = [c.options.get("target_modules") for c in members]
-    if all(t is not None for t in targets):
-        options["target_modules"] = sorted({m for t in targets for m in t})  # type: ignore[union-attr]
-    return options

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,14 +25,13 @@ from fedpeft.aggregation.head_init import (
     sum_stats,
 )
 from fedpeft.client import META_CLIENT_ID, META_ROUND
-from fedpeft.client.handler import KIND_FEATURE_STATS
+from fedpeft.client.handler import KIND_FEATURE_STATS, META_NONCE
 from fedpeft.compression import CodecError, decode, encode
 from fedpeft.config import ExperimentConfig
-from fedpeft.types import AdapterState
-
-if TYPE_CHECKING:
-    from fedpeft.server.collect import ClientPool, Request
-    from fedpeft.server.loop import GlobalModel, ServerState
+from fedpeft.server.configure import instruction_for
+from fedpeft.server.protocols import BatchedPool, ClientPool, GlobalModel, Request
+from fedpeft.server.state import ServerState
+from fedpeft.types import AdapterState, TrainInstruction
 
 log = logging.getLogger("fedpeft.server")
 HEAD_INIT = "head_init.json"
@@ -67,11 +65,9 @@ def init_head(
         w_key, b_key = head_keys(glob)
     except ValueError:
         return server, None  # e.g. CLIP or instruction tuning: no classifier head
-    from fedpeft.server.loop import instruction_for
-
     payload = encode(glob, {"round": 0})
     requests = [
-        (replace(instruction_for(cfg, 0, cid), kind=KIND_FEATURE_STATS), payload)
+        (replace(instruction_for(cfg, 0, cid), kind=KIND_FEATURE_STATS, compression=""), payload)
         for cid in range(cfg.data.num_clients)
     ]
     stats, rejected, up = [], {}, 0
@@ -80,7 +76,7 @@ def init_head(
             if isinstance(reply, Exception):
                 raise reply
             up += len(reply)
-            stats.append(_checked(reply, ins.client_id, tuple(glob[w_key].shape)))
+            stats.append(_checked(reply, ins, tuple(glob[w_key].shape)))
         except Exception as e:  # noqa: BLE001 - one client must not stop the run
             rejected[str(ins.client_id)] = f"{type(e).__name__}: {e}"
             log.warning("round 0: client %d's statistics left out (%s)", ins.client_id, e)
@@ -90,7 +86,7 @@ def init_head(
     build = lda_head if rule == "lda" and b_key is not None else ncm_head
     adapters = dict(server.adapters)
     adapters[server.main] = build(glob, sum_stats(stats))
-    out = replace(server, adapters=adapters)
+    out = server.evolve(adapters=adapters)
     info = HeadInit(
         rule,
         len(stats),
@@ -104,9 +100,8 @@ def init_head(
 
 def _exchange(pool: ClientPool, requests: list[Request]) -> list[bytes | Exception]:
     """Every request's reply (or why not), all at once where the pool can (Flower)."""
-    fit_many = getattr(pool, "fit_many", None)
-    if fit_many is not None:
-        return list(fit_many(requests))
+    if isinstance(pool, BatchedPool):
+        return list(pool.fit_many(requests))
     replies: list[bytes | Exception] = []
     for ins, payload in requests:
         try:
@@ -116,14 +111,16 @@ def _exchange(pool: ClientPool, requests: list[Request]) -> list[bytes | Excepti
     return replies
 
 
-def _checked(reply: bytes, cid: int, head: tuple[int, ...]) -> AdapterState:
+def _checked(reply: bytes, ins: TrainInstruction, head: tuple[int, ...]) -> AdapterState:
     """The statistics in a reply, or ``ValueError`` saying what is wrong with them."""
     try:
         stats, meta = decode(reply)
     except CodecError as e:
         raise ValueError(f"reply does not decode ({e})") from None
-    if meta.get(META_CLIENT_ID) != cid or meta.get(META_ROUND) != 0:
+    if meta.get(META_CLIENT_ID) != ins.client_id or meta.get(META_ROUND) != 0:
         raise ValueError("reply answers for another client or round")
+    if meta.get(META_NONCE) != ins.nonce:
+        raise ValueError("reply does not echo its instruction's nonce")
     c, h = head
     want = {STATS_SUM: (c, h), STATS_COUNT: (c,), STATS_SECOND: (h, h)}
     if stats.keys() != want.keys() or any(tuple(stats[k].shape) != s for k, s in want.items()):

@@ -1,308 +1,160 @@
-"""The round loop: sample → allocate → configure → collect → validate → aggregate →
-evaluate → checkpoint.
+"""The synchronous round loop: sample → plan → collect → guard → aggregate → fuse →
+evaluate → observe → record → checkpoint.
 
-It reaches clients only through a ``ClientPool`` (in-process or Flower) and the model
-only through a ``GlobalModel``, so the same loop drives every runtime. The server holds
-one global adapter per group (``server.groups``): one, ``global``, unless the allocation
-gives clients different configurations.
+It reaches clients only through the federation's ``ClientPool`` and the model only through
+its ``GlobalModel`` (``protocols.py``), so the same loop drives every runtime. The server
+holds one global adapter per group: one, ``global``, unless the allocation gives clients
+different configurations or clustered aggregation splits them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
 
 from fedpeft.aggregation.hetero import aggregate_partial, lift
-from fedpeft.compression import encode
-from fedpeft.config import ExperimentConfig
-from fedpeft.data import DataProfile
 from fedpeft.errors import FedpeftError
-from fedpeft.peft import Architecture
-from fedpeft.profiling import ResourceProfile
-from fedpeft.server.assign import DEFAULT_GROUP, Assigner, Assignment, client_infos, options_json
-from fedpeft.server.collect import ClientPool, Request, client_record, collect
+from fedpeft.server.assign import Assigner
+from fedpeft.server.configure import RoundPlan, plan_round
+from fedpeft.server.federation import Federation, LoopResult
 from fedpeft.server.groups import GroupBook
-from fedpeft.server.multi import aggregate_clusters, fuse_groups, served_group
+from fedpeft.server.multi import aggregate_clusters, fuse_groups
+from fedpeft.server.protocols import GlobalModel
+from fedpeft.server.receive import Received, collect, guard_norms
+from fedpeft.server.record import round_record
 from fedpeft.server.sampling import sample_clients
-from fedpeft.server.store import ALLOCATIONS, RunStore
-from fedpeft.server.strategy import Strategy, strategy_from_config
-from fedpeft.types import AdapterState, ClientRecord, ClientUpdate, RoundRecord, TrainInstruction
+from fedpeft.server.state import ServerState
+from fedpeft.server.store import ALLOCATIONS
+from fedpeft.server.strategy import Strategy
+from fedpeft.types import AdapterState, ClientRecord, ClientStatus, RoundRecord
 
 log = logging.getLogger("fedpeft.server")
 
 
-class GlobalModel(Protocol):
-    """The server's copy of the model: central evaluation and configurations' templates."""
-
-    def evaluate(
-        self, state: AdapterState, method: str = "", options: str = "{}"
-    ) -> dict[str, float]: ...
-
-    def template(self, method: str, options: str) -> AdapterState: ...
-
-
-class Observer:
-    """Progress hooks; the default does nothing. The CLI's draws progress bars."""
-
-    def on_round_start(self, rnd: int, sampled: Sequence[int]) -> None: ...
-    def on_client_done(self, rnd: int, record: ClientRecord) -> None: ...
-    def on_round_end(self, record: RoundRecord) -> None: ...
-
-
-@dataclass(frozen=True)
-class ServerState:
-    """What the server carries from round to round (and checkpoints)."""
-
-    adapters: dict[str, AdapterState]  # group → its global adapter
-    optimizer: dict[str, AdapterState] = field(default_factory=dict)  # group → buffers
-    extra: dict[str, Any] = field(default_factory=dict)  # JSON: gains, last evals, clock
-
-    @property
-    def main(self) -> str:
-        return str(self.extra.get("main", DEFAULT_GROUP))
-
-    @property
-    def adapter(self) -> AdapterState:
-        """The main group's global adapter (the only one in a homogeneous run)."""
-        return self.adapters[self.main]
-
-
-@dataclass(frozen=True)
-class LoopResult:
-    state: AdapterState  # the main group's
-    records: list[RoundRecord]
-    server: ServerState | None = None
-
-
-@dataclass
-class _Round:
-    """Mutable bookkeeping of one round in progress."""
-
-    rnd: int
-    adapters: dict[str, AdapterState]
-    extra: dict[str, Any]
-    views: dict[int, AdapterState] = field(default_factory=dict)
-    assigned: dict[int, Assignment] = field(default_factory=dict)
-    records: dict[int, ClientRecord] = field(default_factory=dict)
-    accepted: dict[int, ClientUpdate] = field(default_factory=dict)
-    tiers: dict[int, str] = field(default_factory=dict)
-    clip_norm: float | None = None
-
-    def done(self, record: ClientRecord, observer: Observer) -> None:
-        record = replace(record, tier=self.tiers.get(record.client_id, ""))
-        self.records[record.client_id] = record
-        observer.on_client_done(self.rnd, record)
-
-
-def instruction_for(
-    cfg: ExperimentConfig,
-    rnd: int,
-    client_id: int,
-    freeze: tuple[str, ...] = (),
-    assignment: Assignment | None = None,
-) -> TrainInstruction:
-    c = cfg.client
-    cand = assignment.candidate if assignment else None
-    return TrainInstruction(
-        round=rnd,
-        client_id=client_id,
-        epochs=c.epochs,
-        steps=c.steps,
-        batch_size=c.batch_size,
-        lr=c.fixed_lr,
-        weight_decay=c.weight_decay,
-        proximal_mu=c.proximal_mu,
-        label_skew=c.label_skew,
-        label_skew_tau=c.label_skew_tau,
-        head_lr=c.head_lr,
-        seed=cfg.run.seed,
-        freeze=freeze,
-        method=cand.method if cand else "",
-        options=options_json(cand.options) if cand else "{}",
-        group=assignment.group if assignment else DEFAULT_GROUP,
-    )
-
-
-def run_rounds(
-    cfg: ExperimentConfig,
-    pool: ClientPool,
-    model: GlobalModel,
-    store: RunStore,
-    state: ServerState,
-    start_round: int,
-    observer: Observer | None = None,
-    arch: Architecture | None = None,
-) -> LoopResult:
-    """Runs rounds ``start_round … cfg.run.rounds``, checkpointing after each."""
-    observer = observer or Observer()
-    proxy_loss = getattr(model, "proxy_loss", None)
-    strategy = strategy_from_config(cfg.server, evaluate_proxy=proxy_loss, groups=True)
-    assigner = Assigner(cfg, arch) if arch is not None else Assigner(cfg, _no_arch())
-    assigner.load_json(state.extra.get("gain", {}))
-    if assigner.enabled and (
-        strategy.partition is not None
-        or proxy_loss is not None
-        and cfg.server.aggregator == "layerwise"
-    ):
+def run_rounds(fed: Federation, state: ServerState) -> LoopResult:
+    """Runs rounds ``state.round + 1 … cfg.run.rounds``, checkpointing after each."""
+    cfg = fed.cfg
+    strategy = fed.strategy(groups=True)
+    assigner = Assigner(cfg, fed.arch)
+    assigner.restore(state.gain)
+    if assigner.enabled and (strategy.partition is not None or strategy.needs_eval):
         raise FedpeftError(
             f"`server.aggregator` {cfg.server.aggregator!r} needs one configuration for every "
             "client; it cannot run with `allocation.enabled` (use per-method groups instead)."
         )
-    book = GroupBook(model)
-    book.load_json(state.extra.get("members"))
+    book = GroupBook(fed.model, state.members)
     records = []
-    for rnd in range(start_round, cfg.run.rounds + 1):
-        state, record = run_round(cfg, strategy, pool, model, state, rnd, observer, assigner, book)
-        store.append_round(record)
+    for rnd in range(state.round + 1, cfg.run.rounds + 1):
+        state, record = run_round(fed, strategy, assigner, book, state, rnd)
+        fed.store.append_round(record)
         if assigner.enabled:
-            store.append_jsonl(ALLOCATIONS, assigner.decisions_json(rnd))
-        store.save_checkpoint(rnd, state.adapters, state.optimizer, state.extra)
+            fed.store.append_jsonl(ALLOCATIONS, assigner.decisions_json(rnd))
+        fed.store.save_checkpoint(state)
         records.append(record)
-        observer.on_round_end(record)
-    return LoopResult(state.adapter, records, state)
-
-
-def _no_arch() -> Architecture:
-    raise FedpeftError("allocation needs the model's architecture; pass `arch` to run_rounds.")
+        fed.observer.on_round_end(record)
+    return LoopResult(state, records)
 
 
 def run_round(
-    cfg: ExperimentConfig,
+    fed: Federation,
     strategy: Strategy,
-    pool: ClientPool,
-    model: GlobalModel,
-    server: ServerState,
-    rnd: int,
-    observer: Observer,
     assigner: Assigner,
     book: GroupBook,
+    state: ServerState,
+    rnd: int,
 ) -> tuple[ServerState, RoundRecord]:
-    start = time.perf_counter()
-    sampled = sample_clients(
-        cfg.data.num_clients, cfg.server.fraction, cfg.server.min_clients, cfg.run.seed, rnd
+    cfg, start = fed.cfg, time.perf_counter()
+    s = cfg.server
+    sampled = sample_clients(cfg.data.num_clients, s.fraction, s.min_clients, cfg.run.seed, rnd)
+    fed.observer.on_round_start(rnd, sampled)
+    plan = plan_round(
+        cfg, strategy, fed.pool, assigner, book, state, rnd, sampled, fed.store.root.name
     )
-    observer.on_round_start(rnd, sampled)
-    work = _Round(rnd, dict(server.adapters), dict(server.extra), clip_norm=strategy.clip_norm)
-    requests = _configure(cfg, strategy, pool, assigner, book, work, sampled, observer)
-    collect(pool, requests, work, observer)
-    failed = [r for r in work.records.values() if r.status == "failed"]
-    if failed and len(failed) == len(requests) == len(sampled):
-        raise FedpeftError(f"round {rnd}: every sampled client failed, e.g. {failed[0].reason}.")
-    before = _baseline(model, book, server, work, assigner.enabled)
-    server = _aggregate_groups(strategy, server, work, cfg.data.num_clients)
-    fused = fuse_groups(strategy, model, book, server.adapters)
-    server = ServerState(fused, server.optimizer, server.extra)
-    eval_start = time.perf_counter()
-    groups = _evaluate(model, book, server)
-    eval_time = time.perf_counter() - eval_start
-    server = _observe(assigner, book, server, work, groups, before)
-    clients = [work.records[c] for c in sampled]
-    sim = _sim_time(clients, assigner.config.deadline_s)
-    clock = None if sim is None else float(server.extra.get("sim_clock_s", 0.0)) + sim
-    if clock is not None:
-        server = ServerState(
-            server.adapters, server.optimizer, server.extra | {"sim_clock_s": clock}
+    if plan.bits:  # compression.bits_up = "adaptive": each client's width, explained
+        rows = [{"round": rnd, "client": c, "bits": b.to_json()} for c, b in plan.bits.items()]
+        fed.store.append_jsonl(ALLOCATIONS, rows)
+    for r in plan.unassigned:
+        fed.observer.on_client_done(rnd, r.record)
+    done = lambda record: fed.observer.on_client_done(rnd, record)  # noqa: E731
+    received = plan.unassigned + guard_norms(
+        collect(fed.pool, plan.sent, strategy.clip_norm, done), s.norm_guard
+    )
+    _abort_if_all_failed(received, rnd)
+    accepted = {r.sent.instruction.client_id: r for r in received if r.update is not None}
+    quorum = len(accepted) >= s.min_clients
+    if not quorum:
+        log.warning(
+            "round %d: %d update(s) accepted, fewer than server.min_clients=%d; the global "
+            "adapters are unchanged",
+            rnd,
+            len(accepted),
+            s.min_clients,
         )
-    accepted = list(work.accepted.values())
-    n = sum(u.num_examples for u in accepted)
-    record = RoundRecord(
-        round=rnd,
-        sampled=list(sampled),
-        accepted=len(accepted),
-        rejected=len(sampled) - len(accepted),
-        bytes_down=sum(c.bytes_down for c in clients),
-        bytes_up=sum(c.bytes_up for c in clients),
-        train_loss=sum(u.metrics.get("loss", 0.0) * u.num_examples for u in accepted) / max(n, 1),
-        eval=groups.get(server.main, {}),
+    before = _baseline(fed.model, book, state, plan) if assigner.enabled and quorum else {}
+    if quorum:
+        state = _aggregate(strategy, state, plan, accepted, cfg.data.num_clients)
+    else:
+        state = state.evolve(adapters=plan.adapters)
+    state = state.evolve(adapters=fuse_groups(strategy, fed.model, book, state.adapters))
+    eval_start = time.perf_counter()
+    evals = evaluate_groups(fed.model, book, state)
+    eval_time = time.perf_counter() - eval_start
+    state = _observe(assigner, book, state, plan, accepted, evals, before)
+    clients = sorted((r.record for r in received), key=lambda c: sampled.index(c.client_id))
+    sim = _sim_time(clients, assigner.config.deadline_s)
+    clock = None if sim is None else (state.sim_clock_s or 0.0) + sim
+    state = state.evolve(round=rnd, sim_clock_s=clock, members=book.snapshot())
+    record = round_record(
+        rnd,
+        clients,
+        [r.update for r in accepted.values() if r.update is not None],
+        evals,
+        state.main,
         wall_time_s=time.perf_counter() - start,
         eval_time_s=eval_time,
-        client_time_s=sum(c.metrics.get("train_time_s", 0.0) for c in clients),
-        clients=clients,
-        groups=groups if len(groups) > 1 else {},
         sim_time_s=sim,
         sim_clock_s=clock,
+        quorum=quorum,
     )
-    return server, record
+    return state, record
 
 
-def _configure(
-    cfg: ExperimentConfig,
+def _abort_if_all_failed(received: Sequence[Received], rnd: int) -> None:
+    failed = [r.record for r in received if r.record.status is ClientStatus.FAILED]
+    if failed and len(failed) == len(received):
+        raise FedpeftError(f"round {rnd}: every sampled client failed, e.g. {failed[0].reason}.")
+
+
+def _aggregate(
     strategy: Strategy,
-    pool: ClientPool,
-    assigner: Assigner,
-    book: GroupBook,
-    work: _Round,
-    sampled: Sequence[int],
-    observer: Observer,
-) -> list[Request]:
-    """Each sampled client's assignment, view of its group's global and instruction."""
-    resources = getattr(pool, "resources", None)
-    if resources is not None:
-        work.tiers = {cid: getattr(resources(cid), "tier", "") for cid in sampled}
-    infos = _client_infos(cfg, pool, sampled) if assigner.enabled else None
-    assigned = assigner.assign(infos) if infos is not None else _default(assigner, sampled)
-    requests: list[Request] = []
-    for cid in sampled:
-        a = assigned[cid]
-        if strategy.partition is not None:  # clustered: served by its cluster's global
-            a = replace(a, group=served_group(work.extra, cid, a.group))
-        ins = instruction_for(cfg, work.rnd, cid, strategy.client_freeze, a)
-        if a.candidate is None:
-            work.done(client_record(ins, "unassigned", a.reason, 0, 0, 0, {}), observer)
-            continue
-        work.adapters[a.group], work.views[cid] = book.serve(work.adapters, a)
-        work.assigned[cid] = a
-        requests.append((ins, encode(work.views[cid], {"round": work.rnd})))
-    return requests
-
-
-def _default(assigner: Assigner, sampled: Sequence[int]) -> dict[int, Assignment]:
-    return {cid: assigner.fixed(cid) for cid in sampled}
-
-
-def _client_infos(cfg: ExperimentConfig, pool: ClientPool, sampled: Sequence[int]) -> list[Any]:
-    resources = getattr(pool, "resources", None)
-    data = getattr(pool, "data_profile", None)
-    if resources is None or data is None:
-        raise FedpeftError(
-            "`allocation.enabled` needs clients that report their resources and data profile; "
-            "this runtime's clients do not."
-        )
-    devices: list[ResourceProfile] = [resources(c) for c in sampled]
-    profiles: list[DataProfile] = [data(c) for c in sampled]
-    return client_infos(cfg, sampled, devices, profiles)
-
-
-def _aggregate_groups(
-    strategy: Strategy, server: ServerState, work: _Round, num_clients: int
+    state: ServerState,
+    plan: RoundPlan,
+    accepted: Mapping[int, Received],
+    num_clients: int,
 ) -> ServerState:
     """Per group: the rule over its clients' (lifted) updates, then the server optimiser.
     A clustered rule regroups this round's clients by cluster instead."""
-    adapters, optimizer = dict(work.adapters), dict(server.optimizer)
-    if strategy.partition is not None and len(work.accepted) >= 2:
-        groups = {c: a.group for c, a in work.assigned.items()}
-        adapters, extra = aggregate_clusters(
-            strategy, adapters, work.accepted, work.views, groups, work.extra, num_clients
+    updates = {c: r.update for c, r in accepted.items() if r.update is not None}
+    if strategy.partition is not None and len(updates) >= 2:
+        groups = {c: r.sent.instruction.group for c, r in accepted.items()}
+        views = {c: r.sent.start for c, r in accepted.items()}
+        adapters, clusters = aggregate_clusters(
+            strategy, plan.adapters, updates, views, groups, state.clusters, num_clients
         )
-        return ServerState(adapters, optimizer, dict(server.extra) | extra)
+        return state.evolve(adapters=adapters, clusters=clusters)
+    adapters, optimizer = dict(plan.adapters), dict(state.optimizer)
     by_group: dict[str, list[tuple[AdapterState, float]]] = {}
-    for cid, update in work.accepted.items():
-        a = work.assigned[cid]
+    for cid, update in updates.items():
+        a = plan.assigned[cid]
         lifted = lift(update.state, adapters[a.group], a.alpha)
         by_group.setdefault(a.group, []).append((lifted, float(update.num_examples)))
-    if not by_group:
-        log.warning("round %d: no update was accepted; the global adapters are unchanged", work.rnd)
-    for group, updates in sorted(by_group.items()):
+    for group, group_updates in sorted(by_group.items()):
         current = adapters[group]
         try:
-            aggregated = aggregate_partial(updates, current, strategy.aggregate)
+            aggregated = aggregate_partial(group_updates, current, strategy.aggregate)
         except ValueError as e:  # a rule's precondition; the round must not crash the run
-            log.warning(
-                "round %d: aggregation of group %s failed (%s); unchanged", work.rnd, group, e
-            )
+            log.warning("aggregation of group %s failed (%s); unchanged", group, e)
             continue
         if strategy.server_optimizer is None:
             adapters[group] = aggregated
@@ -313,7 +165,7 @@ def _aggregate_groups(
         adapters[group], optimizer[group] = strategy.server_optimizer(
             current, aggregated, opt_state
         )
-    return ServerState(adapters, optimizer, dict(server.extra))
+    return state.evolve(adapters=adapters, optimizer=optimizer)
 
 
 def _fits(opt_state: AdapterState, state: AdapterState) -> bool:
@@ -323,73 +175,70 @@ def _fits(opt_state: AdapterState, state: AdapterState) -> bool:
     )
 
 
-def _evaluate(
-    model: GlobalModel, book: GroupBook, server: ServerState
+def evaluate_groups(
+    model: GlobalModel, book: GroupBook, state: ServerState
 ) -> dict[str, dict[str, float]]:
+    """Each group's global, evaluated centrally at its own configuration."""
     out: dict[str, dict[str, float]] = {}
-    for group in sorted(server.adapters):
-        state, method, options = book.eval_state(group, server.adapters[group])
-        out[group] = model.evaluate(state, method, options)
+    for group in sorted(state.adapters):
+        adapter, method, options = book.eval_state(group, state.adapters[group])
+        out[group] = model.evaluate(adapter, method, options)
     return out
 
 
 def _baseline(
-    model: GlobalModel, book: GroupBook, server: ServerState, work: _Round, enabled: bool
+    model: GlobalModel, book: GroupBook, state: ServerState, plan: RoundPlan
 ) -> dict[str, float]:
     """Each trained group's accuracy before this round's update (for the gain R learns)."""
-    if not enabled:
-        return {}
-    last = dict(server.extra.get("last_accuracy", {}))
-    for group in {a.group for a in work.assigned.values()} - set(last):
-        state, method, options = book.eval_state(group, work.adapters[group])
-        last[group] = model.evaluate(state, method, options).get("accuracy", 0.0)
+    last = dict(state.last_accuracy)
+    for group in {a.group for a in plan.assigned.values()} - set(last):
+        adapter, method, options = book.eval_state(group, plan.adapters[group])
+        last[group] = model.evaluate(adapter, method, options).get("accuracy", 0.0)
     return last
 
 
 def _observe(
     assigner: Assigner,
     book: GroupBook,
-    server: ServerState,
-    work: _Round,
-    groups: dict[str, dict[str, float]],
+    state: ServerState,
+    plan: RoundPlan,
+    accepted: Mapping[int, Received],
+    evals: dict[str, dict[str, float]],
     before: dict[str, float],
 ) -> ServerState:
     """Gains update R; the main group is the one that trained on the most examples."""
-    extra = dict(server.extra)
-    examples: dict[str, int] = {}
-    for cid, update in work.accepted.items():
-        group = served_group(server.extra, cid, work.assigned[cid].group)  # clusters regroup
-        examples[group] = examples.get(group, 0) + update.num_examples
+    examples = dict(state.examples)
+    for cid, r in accepted.items():
+        if r.update is not None:
+            group = state.group_of(cid, r.sent.instruction.group)  # clusters regroup
+            examples[group] = examples.get(group, 0) + r.update.num_examples
+    changes: dict[str, object] = {"examples": examples}
     if assigner.enabled:
-        for group, metrics in groups.items():
+        for group, metrics in evals.items():
             members = [
                 a.candidate
-                for c, a in work.assigned.items()
-                if a.group == group and c in work.accepted
+                for c, a in plan.assigned.items()
+                if a.group == group and c in accepted and a.candidate is not None
             ]
             if members and group in before:
-                assigner.observe(
-                    [m for m in members if m is not None], metrics["accuracy"] - before[group]
-                )
-        extra["gain"] = assigner.state_json()
-        extra["last_accuracy"] = {g: m["accuracy"] for g, m in groups.items()}
-    extra["members"] = book.to_json()
-    total = dict(extra.get("examples", {}))
-    for group, n in examples.items():
-        total[group] = total.get(group, 0) + n
-    extra["examples"] = total
-    alive = sorted(g for g in total if g in server.adapters)
+                assigner.observe(members, metrics["accuracy"] - before[group])
+        changes["gain"] = assigner.estimator
+        changes["last_accuracy"] = {g: m["accuracy"] for g, m in evals.items()}
+    alive = sorted(g for g in examples if g in state.adapters)
     if alive:
-        extra["main"] = max(alive, key=lambda g: total[g])
-    return ServerState(server.adapters, server.optimizer, extra)
+        changes["main"] = max(alive, key=lambda g: examples[g])
+    return state.evolve(**changes)
 
 
 def _sim_time(clients: list[ClientRecord], deadline: float) -> float | None:
     """The round's simulated duration: the slowest finished client, or the deadline."""
     times = [c.sim_time_s for c in clients if c.sim_time_s is not None]
-    if not times and not any(c.status in ("straggler", "offline") for c in clients):
+    skipped = (ClientStatus.STRAGGLER, ClientStatus.OFFLINE)
+    if not times and not any(c.status in skipped for c in clients):
         return None
-    if any(c.status == "straggler" for c in clients):
+    if any(c.status is ClientStatus.STRAGGLER for c in clients):
         return deadline
-    finished = [c.sim_time_s for c in clients if c.status == "ok" and c.sim_time_s is not None]
+    finished = [
+        c.sim_time_s for c in clients if c.status is ClientStatus.OK and c.sim_time_s is not None
+    ]
     return max(finished, default=0.0)

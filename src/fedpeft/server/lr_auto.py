@@ -26,7 +26,7 @@ def with_lr(cfg: ExperimentConfig, lr: float) -> ExperimentConfig:
 def choose_lr(task: Task) -> LrSearch:
     """The range test on the largest client's data with its label-skew objective."""
     cfg = task.cfg
-    cid = int(np.argmax([len(p) for p in task.partitions]))
+    cid = int(np.argmax([len(p) for p in task.data.partitions]))
     c = cfg.client
     instruction = TrainInstruction(
         round=0,
@@ -41,7 +41,7 @@ def choose_lr(task: Task) -> LrSearch:
         label_skew=c.label_skew,
         label_skew_tau=c.label_skew_tau,
     )
-    data = ClientData(task.train, task.partitions[cid])
+    data = ClientData(task.data.train, task.data.partitions[cid])
     return lr_range_test(task.model, instruction, data, task.device)
 
 

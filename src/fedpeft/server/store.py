@@ -1,26 +1,26 @@
 """The run folder: resolved config, per-round logs, checkpoints, summary, exported adapter.
 
 Layout (DESIGN.md): ``config.toml``, ``partitions.json``, ``metrics.jsonl`` (a line a
-round), ``clients.jsonl`` (a line a client a round), ``checkpoint/``, ``summary.json``,
-``adapter/`` (PEFT format). Files that must survive a crash are written atomically
-(temporary file, fsync, rename); the checkpoint's ``state.json`` is written last and is
-what marks a round as complete.
+round), ``clients.jsonl`` (a line a client a round), ``checkpoint/`` (``checkpoint.py``),
+``summary.json``, ``adapter/`` (PEFT format). Files that must survive a crash are written
+atomically (``files.write_atomic``); log lines after the last checkpoint are dropped when a
+run resumes.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fedpeft.compression import CodecError, decode, encode
 from fedpeft.errors import FedpeftError
-from fedpeft.types import AdapterState, RoundRecord
+from fedpeft.files import remove_temporaries, write_atomic, write_json
+from fedpeft.server.checkpoint import Checkpoints
+from fedpeft.server.state import ServerState
+from fedpeft.types import RoundRecord
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
@@ -30,21 +30,10 @@ SUMMARY = "summary.json"
 PARTITIONS = "partitions.json"
 CHECKPOINT = "checkpoint"
 ADAPTER = "adapter"
+CLIENT_STATES = "clients"  # in-process runs: each client's kept state, clients/<id>/
+LOGS = (METRICS, CLIENTS, ALLOCATIONS)
 
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Writes ``data`` so that ``path`` holds either the old or the new content, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+__all__ = ["RunStore", "write_atomic", "write_json"]
 
 
 def _parses(line: str) -> bool:
@@ -55,62 +44,44 @@ def _parses(line: str) -> bool:
     return True
 
 
-def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def _file_name(meta: Any, key: str) -> str:
-    """A checkpoint file named in ``state.json``; only a plain file name is accepted."""
-    name = meta[key]
-    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
-        raise KeyError(key)
-    return name
-
-
-GROUP_SEP = "::"
-
-
-def _flatten(groups: dict[str, AdapterState]) -> AdapterState:
-    return {f"{g}{GROUP_SEP}{k}": v for g, state in groups.items() for k, v in state.items()}
-
-
-def _unflatten(flat: AdapterState) -> dict[str, AdapterState]:
-    out: dict[str, AdapterState] = {}
-    for key, value in flat.items():
-        group, sep, name = key.partition(GROUP_SEP)
-        if not sep or not group or not name:
-            raise ValueError(f"checkpoint tensor {key!r} names no group")
-        out.setdefault(group, {})[name] = value
-    return out
-
-
 class RunStore:
-    """One run's folder."""
+    """One run's folder; ``fingerprint`` is its resolved config's (``config_fingerprint``)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, fingerprint: str | None = None) -> None:
         self.root = root
+        self.checkpoints = Checkpoints(root / CHECKPOINT, fingerprint)
 
     @classmethod
-    def create(cls, output_dir: str | Path, name: str, config_toml: str) -> RunStore:
+    def create(
+        cls, output_dir: str | Path, name: str, config_toml: str, fingerprint: str = ""
+    ) -> RunStore:
+        base = Path(output_dir)
+        if base.exists() and not base.is_dir():
+            raise FedpeftError(
+                f"`run.output_dir` {str(base)!r} is a file, not a folder; point it at a folder."
+            )
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = Path(output_dir) / f"{name}-{stamp}"
-        root, i = base, 1
+        root, i = base / f"{name}-{stamp}", 1
         while root.exists():
-            root, i = Path(f"{base}-{i}"), i + 1
-        root.mkdir(parents=True)
-        store = cls(root)
+            root, i = base / f"{name}-{stamp}-{i}", i + 1
+        try:
+            root.mkdir(parents=True)
+        except OSError as e:
+            raise FedpeftError(f"cannot create the run folder {root}: {e.strerror}.") from None
+        store = cls(root, fingerprint)
         write_atomic(root / CONFIG, config_toml.encode())
         return store
 
     @classmethod
-    def open_existing(cls, run_dir: str | Path) -> RunStore:
+    def open_existing(cls, run_dir: str | Path, fingerprint: str | None = None) -> RunStore:
         root = Path(run_dir)
         if not (root / CONFIG).is_file():
             raise FedpeftError(
                 f"run folder {root} is incomplete or not a fedpeft run (no {CONFIG}); "
                 "nothing was resumed."
             )
-        return cls(root)
+        remove_temporaries(root)
+        return cls(root, fingerprint)
 
     # ---- per-round logs -------------------------------------------------------------
     def append_round(self, record: RoundRecord) -> None:
@@ -131,16 +102,19 @@ class RunStore:
             return []
         try:
             return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise self._corrupt(f"{METRICS} is not valid JSON lines") from None
 
     def truncate_logs(self, last_round: int) -> None:
         """Drops log lines after ``last_round`` (written after the last checkpoint)."""
-        for name in (METRICS, CLIENTS, ALLOCATIONS):
+        for name in LOGS:
             path = self.root / name
             if not path.is_file():
                 continue
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            try:
+                lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            except UnicodeDecodeError:
+                raise self._corrupt(f"{name} is not valid JSON lines") from None
             if lines and not _parses(lines[-1]):
                 lines.pop()  # half-written by a crash after the last checkpoint
             try:
@@ -150,56 +124,13 @@ class RunStore:
             write_atomic(path, "".join(ln + "\n" for ln in keep).encode())
 
     # ---- checkpoints ----------------------------------------------------------------
-    def save_checkpoint(
-        self,
-        rnd: int,
-        adapters: dict[str, AdapterState],
-        optimizer: dict[str, AdapterState] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        """Round-numbered files first, then ``state.json`` pointing at them (the commit), then
-        the previous round's files go: a crash at any point leaves one complete checkpoint.
+    def save_checkpoint(self, state: ServerState) -> None:
+        self.checkpoints.save(state)
 
-        Each group's tensors are stored under ``<group>::<key>`` in one file; ``extra`` is
-        JSON (the allocation's gain estimator, the simulated clock, …)."""
-        folder = self.root / CHECKPOINT
-        names = {
-            "global": f"global-{rnd:06d}.safetensors",
-            "server_opt": f"server_opt-{rnd:06d}.safetensors",
-        }
-        write_atomic(folder / names["global"], encode(_flatten(adapters), {"round": rnd}))
-        write_atomic(
-            folder / names["server_opt"], encode(_flatten(optimizer or {}), {"round": rnd})
-        )
-        meta = {"round": rnd, "saved_at": time.time(), "extra": extra or {}, **names}
-        write_json(folder / "state.json", meta)
-        for old in folder.glob("*.safetensors"):
-            if old.name not in names.values():
-                old.unlink(missing_ok=True)
-
-    def load_checkpoint(
-        self,
-    ) -> tuple[int, dict[str, AdapterState], dict[str, AdapterState], dict[str, Any]]:
-        """(round, group adapters, server-optimiser states, extra) of the last complete round."""
-        folder = self.root / CHECKPOINT
-        try:
-            meta = json.loads((folder / "state.json").read_text())
-            rnd = meta["round"]
-            state, tmeta = decode((folder / _file_name(meta, "global")).read_bytes())
-            optimizer, ometa = decode((folder / _file_name(meta, "server_opt")).read_bytes())
-        except FileNotFoundError as e:
-            raise self._corrupt(f"{Path(e.filename).name} is missing") from None
-        except (json.JSONDecodeError, KeyError, TypeError, CodecError) as e:
-            raise self._corrupt(f"its checkpoint is unreadable ({e})") from None
-        if not isinstance(rnd, int) or tmeta.get("round") != rnd or ometa.get("round") != rnd:
-            raise self._corrupt("the checkpoint's files disagree on the round")
-        extra = meta.get("extra", {})
-        if not isinstance(extra, dict):
-            raise self._corrupt("its state.json's `extra` is not an object")
-        try:
-            return rnd, _unflatten(state), _unflatten(optimizer), extra
-        except ValueError as e:
-            raise self._corrupt(str(e)) from None
+    def load_checkpoint(self) -> ServerState:
+        """The last committed round's state that verifies (``checkpoint.py``); a store opened
+        without a fingerprint reads any configuration's (inspection, not resuming)."""
+        return self.checkpoints.load()
 
     def _corrupt(self, what: str) -> FedpeftError:
         return FedpeftError(

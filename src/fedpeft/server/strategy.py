@@ -24,6 +24,7 @@ from fedpeft.aggregation.registry import AggregatorParts, Fuse, Partition
 from fedpeft.aggregation.server_opt import FedAdam, FedAvgM, FedYogi, ServerOptimizer
 from fedpeft.config import ServerConfig
 from fedpeft.errors import FedpeftError
+from fedpeft.server.fusion import FUSION_STEPS
 from fedpeft.types import AdapterState
 
 
@@ -35,6 +36,8 @@ class Strategy:
     partition: Partition | None = None  # (states, start states) → group labels; None: one group
     fuse: Fuse | None = None  # (models by group, proxy batches) → fused state by group
     clip_norm: float | None = None  # each update's Δ is clipped to this L2 norm on arrival
+    needs_eval: bool = False  # the rule weighs clients by the server's proxy loss
+    linear: bool = False  # the rule is the weighted mean of the states (FedAvg-equivalent)
 
 
 def strategy_from_config(
@@ -72,6 +75,8 @@ def strategy_from_config(
         partition=partition,
         fuse=fuse,
         clip_norm=cfg.clip_norm,
+        needs_eval=parts.needs_eval,
+        linear=parts.linear,
     )
 
 
@@ -119,10 +124,10 @@ def _with_options(
     fns: dict[str, Callable[..., Any] | None] = {
         "rule": aggregate,
         "partition": parts.partition,
-        "fuse": parts.fuse,
+        "fuse": FUSION_STEPS[parts.fuse] if parts.fuse else None,
     }
     if not options:
-        return aggregate, parts.partition, parts.fuse
+        return aggregate, fns["partition"], fns["fuse"]
     accepted = {part: _keywords(fn) for part, fn in fns.items() if fn is not None}
     bound: dict[str, dict[str, Any]] = {part: {} for part in fns}
     for key, value in options.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import resource
 from typing import Any
 
@@ -20,25 +21,42 @@ def build_summary(
     wall_time_s: float,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
-    client_rounds = sum(len(r["sampled"]) for r in rounds)
-    bytes_up = sum(r["bytes_up"] for r in rounds)
+    """The summary of ``rounds`` (``metrics.jsonl`` records). Safe for runs whose rounds
+    accepted no update (bytes up 0, fraction of the full model 0) and for runs with no round
+    (final and best accuracy None)."""
+    client_rounds = sum(len(r.get("sampled", ())) for r in rounds)
+    bytes_up = sum(r.get("bytes_up", 0) for r in rounds)
     adapter_bytes = sum(t.numel() * t.element_size() for t in state.values())
     full = full_model_bytes
     up_per_client = bytes_up / max(client_rounds, 1)
-    final = rounds[-1]["eval"] if rounds else {}
+    final = _eval(rounds[-1]) if rounds else {}
+    accuracies = [a for r in rounds if (a := _finite(_eval(r).get("accuracy"))) is not None]
     return {
         **extra,
         "rounds_completed": len(rounds),
+        "updates_accepted": sum(r.get("accepted", 0) for r in rounds),
+        "rounds_without_updates": sum(1 for r in rounds if not r.get("accepted")),
         "final_accuracy": final.get("accuracy"),
         "final_macro_f1": final.get("macro_f1"),
-        "best_accuracy": max((r["eval"]["accuracy"] for r in rounds), default=None),
+        "best_accuracy": max(accuracies, default=None),
         "trainable_params": sum(t.numel() for t in state.values()),
         "adapter_tensor_bytes": adapter_bytes,
         "full_model_bytes": full,
         "bytes_up_total": bytes_up,
-        "bytes_down_total": sum(r["bytes_down"] for r in rounds),
+        "bytes_down_total": sum(r.get("bytes_down", 0) for r in rounds),
         "bytes_up_per_client_round": up_per_client,
-        "up_fraction_of_full_model": up_per_client / full,
+        "up_fraction_of_full_model": up_per_client / full if full > 0 else None,
         "wall_time_s": wall_time_s,
         "peak_rss_bytes": peak_rss_bytes(),
     }
+
+
+def _eval(record: dict[str, Any]) -> dict[str, Any]:
+    e = record.get("eval")
+    return e if isinstance(e, dict) else {}
+
+
+def _finite(x: object) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        return None
+    return float(x)

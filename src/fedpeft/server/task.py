@@ -28,6 +28,7 @@ from fedpeft.data import (
 from fedpeft.errors import FedpeftError
 from fedpeft.models import (
     ModelSpec,
+    check_available,
     get_model_spec,
     image_preprocess,
     is_vision_model,
@@ -36,35 +37,53 @@ from fedpeft.models import (
     load_tokenizer,
     load_vision_classifier,
 )
-from fedpeft.peft import Architecture, MethodSpec, architecture, check_supported, parse_spec
+from fedpeft.peft import (
+    Architecture,
+    MethodRef,
+    MethodSpec,
+    architecture,
+    check_supported,
+    parse_method_ref,
+    parse_spec,
+)
 from fedpeft.peft.share import apply_shared
 from fedpeft.server.instruct import check_task, instruct_splits, task_kind
 
 log = logging.getLogger("fedpeft.server")
 
 
-@dataclass
-class Task:
-    cfg: ExperimentConfig
+@dataclass(frozen=True)
+class FederatedData:
+    """The data side of a task: splits tokenised once, client partitions, data profiles."""
+
     spec: ModelSpec
     dataset: RawDataset
     train: Split
     eval: Split
     partitions: list[np.ndarray]
     profiles: list[DataProfile]
-    model: nn.Module  # the frozen base with the PEFT method applied; shared by all clients
-    device: torch.device
-    full_model_bytes: int  # every base parameter: what full fine-tuning would send
-    method: MethodSpec  # the validated PEFT method options
-    base: nn.Module | None = None  # the frozen base every method's model shares
-    models: dict[tuple[str, str], nn.Module] = field(default_factory=dict)
     proxy: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
+
+@dataclass
+class Task:
+    """The data, the one frozen base and the run's PEFT model on it, built once."""
+
+    cfg: ExperimentConfig
+    data: FederatedData
+    model: nn.Module  # the frozen base with the run's PEFT method applied
+    base: nn.Module  # the frozen base every method's model shares
+    device: torch.device
+    method: MethodSpec  # the validated PEFT method options
+    arch: Architecture  # the model's architecture (cost model, allocation), computed once
+    full_model_bytes: int  # every base parameter: what full fine-tuning would send
+    kind: str = "classify"  # "instruct": a causal LM generating the label word
+    models: dict[tuple[str, str], nn.Module] = field(default_factory=dict)
+
     @property
-    def arch(self) -> Architecture:
-        return architecture(
-            self.model.config, self.dataset.num_labels, causal_lm=self.kind == "instruct"
-        )
+    def ref(self) -> MethodRef:
+        """The run's ``[peft]`` method (what an instruction naming no method trains)."""
+        return MethodRef.of(self.cfg.peft.method, self.cfg.peft.options)
 
     def model_for(self, method: str, options: str) -> nn.Module:
         """The shared-base model of ``method`` with ``options`` (canonical JSON), built once.
@@ -76,19 +95,10 @@ class Task:
             return self.model
         key = (method, options)
         if key not in self.models:
-            try:
-                raw = json.loads(options)
-            except json.JSONDecodeError:
-                raise FedpeftError(f"method options {options!r} are not JSON.") from None
-            if not isinstance(raw, dict):
-                raise FedpeftError(f"method options {options!r} are not a JSON object.")
-            spec = parse_spec(method, raw)
-            assert self.base is not None, "a task built by build_task has its base"
+            spec = parse_method_ref(method, options).spec
             model = apply_shared(self.base, spec, self.arch, self.cfg.run.seed)
             self.models[key] = model.to(self.device)
         return self.models[key]
-
-    kind: str = "classify"  # "instruct": a causal LM generating the label word
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,12 +130,23 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
     method = parse_spec(cfg.peft.method, cfg.peft.options)
     check_pairing(cfg)
     check_task(cfg)
+    check_combinations(cfg)
     return method
+
+
+def check_combinations(cfg: ExperimentConfig) -> None:
+    """Options that each work but not together, refused before anything loads."""
+    if cfg.compression.bits_up == "adaptive" and cfg.server.mode == "async":
+        raise FedpeftError(
+            "`compression.bits_up = 'adaptive'` chooses bits against the synchronous round's "
+            "deadline; with `server.mode = 'async'` give a fixed width (32, 16, 8, 4 or 2)."
+        )
 
 
 def check_pairing(cfg: ExperimentConfig) -> None:
     """The model must take the dataset's modality and support the PEFT method."""
     spec = get_model_spec(cfg.model.name)
+    check_available(spec)  # a hub model on an offline machine fails here, in a second
     vision, images = is_vision_model(spec), is_image_dataset(cfg.data.dataset)
     if vision != images:
         takes, holds = ("images", "text") if vision else ("text", "images")
@@ -145,19 +166,6 @@ def resolved(cfg: ExperimentConfig, method: MethodSpec) -> ExperimentConfig:
     peft = PeftConfig(method=cfg.peft.method, **options)
     model = cfg.model.model_copy(update={"task": task_kind(cfg)})
     return cfg.model_copy(update={"peft": peft, "model": model})
-
-
-@dataclass(frozen=True)
-class FederatedData:
-    """The data side of a task: splits tokenised once, client partitions, data profiles."""
-
-    spec: ModelSpec
-    dataset: RawDataset
-    train: Split
-    eval: Split
-    partitions: list[np.ndarray]
-    profiles: list[DataProfile]
-    proxy: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def needs_proxy(cfg: ExperimentConfig) -> bool:
@@ -235,8 +243,7 @@ def build_task(cfg: ExperimentConfig) -> Task:
     set_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
     data = build_data(cfg)
-    spec, dataset, train, evaluation = data.spec, data.dataset, data.train, data.eval
-    partitions, profiles = data.partitions, data.profiles
+    spec, dataset = data.spec, data.dataset
     with torch.random.fork_rng(devices=[]):  # head and adapter init: same seed, same model
         torch.manual_seed(cfg.run.seed)
         kind = task_kind(cfg, spec)
@@ -250,29 +257,24 @@ def build_task(cfg: ExperimentConfig) -> Task:
         model = apply_shared(base, method, arch, cfg.run.seed).to(device)
     log.info(
         "task: %s on %s (%d train, %d eval), %d clients, device %s",
-        spec.name,
-        dataset.name,
-        len(train),
-        len(evaluation),
-        len(partitions),
+        data.spec.name,
+        data.dataset.name,
+        len(data.train),
+        len(data.eval),
+        len(data.partitions),
         device,
     )
     return Task(
-        cfg,
-        spec,
-        dataset,
-        train,
-        evaluation,
-        partitions,
-        profiles,
-        model,
-        device,
-        full_bytes,
-        method,
-        base.to(device),
-        {(cfg.peft.method, _canonical(cfg.peft.options)): model},
-        data.proxy,
-        kind,
+        cfg=cfg,
+        data=data,
+        model=model,
+        base=base.to(device),
+        device=device,
+        method=method,
+        arch=arch,
+        full_model_bytes=full_bytes,
+        kind=kind,
+        models={(cfg.peft.method, _canonical(cfg.peft.options)): model},
     )
 
 

@@ -4,7 +4,8 @@ A reply is rejected — with a reason that is logged and recorded — when it do
 decode, carries other keys, shapes or dtypes than the global adapter, holds NaN/Inf,
 claims an example count that is not a positive integer or exceeds what the client
 reported having, changes a tensor the strategy keeps frozen, or answers for another
-client or round. Unparseable metrics are dropped, not trusted.
+client, round or instruction (each instruction carries a fresh nonce the reply echoes).
+Unparseable metrics are dropped, not trusted.
 """
 
 from __future__ import annotations
@@ -15,8 +16,14 @@ from dataclasses import replace
 import torch
 
 from fedpeft.aggregation.robust import clip_deltas
-from fedpeft.client import META_CLIENT_ID, META_METRICS, META_NUM_EXAMPLES, META_ROUND
-from fedpeft.compression import CodecError, decode
+from fedpeft.client import (
+    META_CLIENT_ID,
+    META_METRICS,
+    META_NONCE,
+    META_NUM_EXAMPLES,
+    META_ROUND,
+)
+from fedpeft.compression import CodecError, decode, decode_update, layout
 from fedpeft.types import AdapterState, ClientUpdate, TrainInstruction
 
 
@@ -44,11 +51,20 @@ def validate_reply(
     reference: AdapterState,
     instruction: TrainInstruction,
     max_examples: int | None = None,
+    extras: AdapterState | None = None,
 ) -> ClientUpdate:
-    try:
-        state, meta = decode(payload)
+    """The update in ``payload``, checked against ``reference`` (the adapter the client was
+    served) and ``extras`` (the ``x/…`` tensors its client half must send back)."""
+    extras = extras or {}
+    try:  # the header is checked against the reference before any tensor is decoded
+        if instruction.compression:  # θ_served + the dequantised Δ, checked before unpacking
+            tensors, meta = decode_update(payload, reference)
+        else:
+            tensors, meta = decode(payload, expected=layout(reference | extras))
     except CodecError as e:
         raise RejectedUpdate(str(e)) from None
+    state = {k: v for k, v in tensors.items() if k not in extras}
+    sent_extras = {k: v for k, v in tensors.items() if k in extras}
     if (
         meta.get(META_CLIENT_ID) != instruction.client_id
         or meta.get(META_ROUND) != instruction.round
@@ -56,27 +72,46 @@ def validate_reply(
         raise RejectedUpdate(
             f"reply is for client {meta.get(META_CLIENT_ID)!r}, round {meta.get(META_ROUND)!r}"
         )
+    if instruction.nonce and meta.get(META_NONCE) != instruction.nonce:
+        raise RejectedUpdate(
+            "reply does not echo its instruction's nonce (a replayed or relabelled reply)"
+        )
     n = meta.get(META_NUM_EXAMPLES)
     if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
         raise RejectedUpdate(f"num_examples must be a positive integer, got {n!r}")
     if max_examples is not None and n > max_examples:
         raise RejectedUpdate(f"num_examples {n} exceeds the {max_examples} the client reported")
     check_tensors(state, reference)
+    check_tensors(sent_extras, extras)
     _check_frozen(state, reference, instruction.freeze)
-    return ClientUpdate(instruction.client_id, state, n, _metrics(meta.get(META_METRICS)))
+    metrics = _metrics(meta.get(META_METRICS))
+    return ClientUpdate(instruction.client_id, state, n, metrics, sent_extras)
+
+
+METRIC_LIMIT = 1e12  # |x| above this is not a loss, a time or a count: it is dropped
+MAX_METRICS = 32  # a reply's metrics beyond this many (in sorted key order) are dropped
+MAX_METRIC_KEY = 64  # characters
 
 
 def _metrics(raw: object) -> dict[str, float]:
-    """Finite numeric metrics only; anything else a client sends is dropped."""
+    """Finite numeric metrics of plausible size only; anything else a client sends is
+    dropped: non-numbers, NaN/Inf, ``|x| > METRIC_LIMIT`` (e.g. a train loss of 1e300 that
+    would otherwise be logged and averaged), over-long keys, and keys past ``MAX_METRICS``."""
     out: dict[str, float] = {}
-    for key, value in raw.items() if isinstance(raw, dict) else []:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            try:
-                number = float(value)
-            except OverflowError:
-                continue
-            if math.isfinite(number):
-                out[str(key)] = number
+    items = sorted(raw.items(), key=lambda kv: str(kv[0])) if isinstance(raw, dict) else []
+    for key, value in items:
+        if len(out) == MAX_METRICS:
+            break
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if len(str(key)) > MAX_METRIC_KEY:
+            continue
+        try:
+            number = float(value)
+        except OverflowError:
+            continue
+        if math.isfinite(number) and abs(number) <= METRIC_LIMIT:
+            out[str(key)] = number
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from torch import Tensor
 
@@ -27,6 +28,9 @@ class TrainInstruction:
     method: str = ""  # the PEFT method this client trains ("" = the run's [peft] method)
     options: str = "{}"  # that method's options, canonical JSON (sorted keys)
     group: str = "global"  # the server-side group whose global adapter it starts from
+    nonce: str = ""  # fresh per instruction; the reply must echo it (binds reply to instruction)
+    compression: str = ""  # the reply's CompressionScheme as JSON ("": the plain codec)
+    run_id: str = ""  # the run this round belongs to (clients keep their states per run)
     label_skew: str = "none"  # the client objective's label-skew rule (client/losses.py)
     label_skew_tau: float = 1.0  # its strength τ (FedRS: α)
     head_lr: float | None = None  # the task head's learning rate (None: ``lr``)
@@ -41,6 +45,29 @@ class ClientUpdate:
     state: AdapterState
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    extras: AdapterState = field(default_factory=dict)  # sent beside the adapter (e.g. Δc_i)
+
+
+class ClientStatus(StrEnum):
+    """What became of one sampled client in one round."""
+
+    OK = "ok"  # its update was accepted
+    REJECTED = "rejected"  # it replied, but the reply failed validation or a guard
+    FAILED = "failed"  # no usable reply: the client raised, timed out or vanished
+    OFFLINE = "offline"  # skipped: its device was unavailable this round
+    STRAGGLER = "straggler"  # skipped: predicted past the round deadline
+    REFUSED = "refused"  # skipped: what it was asked to train does not fit its memory
+    UNASSIGNED = "unassigned"  # skipped: the allocation found no configuration for it
+
+    @property
+    def skipped(self) -> bool:
+        """Sampled but did not train (not the client's fault; never counts as a failure)."""
+        return self in SKIPPED
+
+
+SKIPPED = frozenset(
+    {ClientStatus.OFFLINE, ClientStatus.STRAGGLER, ClientStatus.REFUSED, ClientStatus.UNASSIGNED}
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +76,7 @@ class ClientRecord:
 
     round: int
     client_id: int
-    status: str  # "ok" | "rejected" (bad reply) | "failed" (no reply) | see SKIPPED
+    status: ClientStatus
     reason: str
     num_examples: int
     bytes_down: int
@@ -60,12 +87,6 @@ class ClientRecord:
     sim_time_s: float | None = None  # simulated round time on its device (None: not simulated)
     tier: str = ""  # its device's tier, when the runtime reports devices
     update_norm: float | None = None  # ‖θ_c − θ_served‖₂ measured by the server, before clipping
-
-
-SKIPPED = ("offline", "straggler", "refused", "unassigned")
-"""Statuses of clients that were sampled but did not train: unavailable in the round,
-predicted past the round deadline, asked to train what does not fit their memory, or left
-without a configuration by the allocation policy."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +108,7 @@ class RoundRecord:
     groups: dict[str, dict[str, float]] = field(default_factory=dict)  # group → its eval
     sim_time_s: float | None = None  # simulated duration of the round / server step
     sim_clock_s: float | None = None  # simulated time since the start of the run
+    quorum: bool = True  # False: fewer than server.min_clients updates; globals unchanged
 
     def to_json(self) -> dict[str, object]:
         return {k: v for k, v in self.__dict__.items() if k != "clients"}

@@ -39,8 +39,9 @@ def _write_key(
     path.chmod(0o600)
 
 
-def make_tls(folder: Path, days: int = 2) -> TlsFiles:
-    """A CA and a server certificate signed by it, valid for 127.0.0.1 and localhost."""
+def make_tls(folder: Path, days: int = 2, addresses: tuple[str, ...] = ()) -> TlsFiles:
+    """A CA and a server certificate signed by it, valid for 127.0.0.1, localhost and
+    ``addresses`` (more IP addresses the SuperLink is reached at)."""
     folder.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -56,8 +57,9 @@ def make_tls(folder: Path, days: int = 2) -> TlsFiles:
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
+    ips = dict.fromkeys(("127.0.0.1", *addresses))
     san = x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        [x509.DNSName("localhost"), *(x509.IPAddress(ipaddress.ip_address(a)) for a in ips)]
     )
     cert = (
         x509.CertificateBuilder()

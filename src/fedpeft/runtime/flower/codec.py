@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedpeft.compression import CodecError, decode, encode
+from fedpeft.compression import CodecError, Layout, decode, encode
+from fedpeft.compression.codec import MAX_META_BYTES
 from fedpeft.runtime.flower import keys
 from fedpeft.types import AdapterState, TrainInstruction
 
@@ -100,19 +101,51 @@ def payload_to_content(payload: bytes) -> RecordDict:
     )
 
 
-def content_to_payload(content: RecordDict) -> bytes:
-    """A message's records → the fedpeft payload bytes they came from."""
-    arrays = content.array_records.get(keys.ARRAYS)
+def content_meta(content: RecordDict) -> dict[str, Any]:
+    """The payload metadata a message carries (a JSON object)."""
     meta_record = content.config_records.get(keys.META)
-    if arrays is None or meta_record is None:
-        raise CodecError(f"message lacks the {keys.ARRAYS!r} or {keys.META!r} record")
+    if meta_record is None:
+        raise CodecError(f"message lacks the {keys.META!r} record")
     raw = meta_record.get(keys.META_JSON)
+    if not isinstance(raw, str) or len(raw) > MAX_META_BYTES:
+        raise CodecError("message metadata is not a JSON object of bounded size")
     try:
-        meta = json.loads(raw) if isinstance(raw, str) else None
-    except json.JSONDecodeError:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
         meta = None
     if not isinstance(meta, dict):
         raise CodecError("message metadata is not a JSON object")
+    return meta
+
+
+def check_arrays(arrays: ArrayRecord, expected: Layout) -> None:
+    """Names, dtypes and shapes of ``arrays`` against ``expected``, from each ``Array``'s
+    declared metadata — before any array data is decoded."""
+    missing, extra = expected.keys() - arrays.keys(), arrays.keys() - expected.keys()
+    if missing or extra:
+        some = sorted(missing or extra)[0]
+        raise CodecError(f"{'missing' if missing else 'unexpected'} tensor {some!r}")
+    for key, (dtype, shape) in expected.items():
+        array = arrays[key]
+        if array.dtype != _NAME_OF.get(dtype) or tuple(array.shape) != tuple(shape):
+            raise CodecError(
+                f"tensor {key!r} is {array.dtype} {tuple(array.shape)}, "
+                f"expected {_NAME_OF.get(dtype, dtype)} {tuple(shape)}"
+            )
+
+
+def content_to_payload(
+    content: RecordDict, expected: Layout | None = None, meta: dict[str, Any] | None = None
+) -> bytes:
+    """A message's records → the fedpeft payload bytes they came from. With ``expected``
+    (the layout of the state that was sent), other tensors are refused before decoding;
+    ``meta`` replaces the message's metadata (e.g. with a bounded example count)."""
+    arrays = content.array_records.get(keys.ARRAYS)
+    if arrays is None:
+        raise CodecError(f"message lacks the {keys.ARRAYS!r} record")
+    meta = content_meta(content) if meta is None else meta
+    if expected is not None:
+        check_arrays(arrays, expected)
     return encode(record_to_state(arrays), meta)
 
 

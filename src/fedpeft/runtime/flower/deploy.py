@@ -1,5 +1,6 @@
-"""A SuperLink and N SuperNodes on this machine (127.0.0.1 only), with TLS and SuperNode
-authentication, and a fedpeft run submitted to them with ``flwr run``.
+"""A SuperLink and N SuperNodes on this machine, with TLS, pre-registered SuperNode keys
+and the control plane answering loopback only, and fedpeft submitted to them as the Flower
+App it is (``flwr run <project> …``: the ``[tool.flwr.app]`` tables of pyproject.toml).
 
 Every process is started here, in its own process group, and stopped by ``close``. The
 same commands across machines are in docs/flower.md.
@@ -14,8 +15,10 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import tomli_w
 
@@ -26,6 +29,22 @@ from fedpeft.runtime.flower.certs import TlsFiles, make_node_key, make_tls
 FEDERATION = "fedpeft"  # the connection name in $FLWR_HOME/config.toml
 HOST = "127.0.0.1"
 HOST_MODULE = "fedpeft.runtime.flower.host"
+SUPERLINK_MODULE = "fedpeft.runtime.flower.superlink"  # flower-superlink, control plane locked
+PROJECT = Path(__file__).resolve().parents[4]  # the checkout whose pyproject.toml is the app
+
+
+def project_app() -> Path:
+    """The fedpeft checkout, a Flower App (``[tool.flwr.app]`` in its pyproject.toml)."""
+    try:
+        app = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        app = None
+    if not app:
+        raise FedpeftError(
+            f"{PROJECT} is not the fedpeft source checkout (no [tool.flwr.app] in its "
+            "pyproject.toml); deploy from a checkout, whose folder is the Flower App."
+        )
+    return PROJECT
 
 
 def free_port() -> int:
@@ -46,39 +65,19 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0)
     raise FedpeftError(f"nothing listened on {HOST}:{port} within {timeout_s:.0f} s.")
 
 
-def write_app(folder: Path, run_config: dict[str, str | int | float]) -> Path:
-    """A Flower app folder whose components are fedpeft's and whose run config is ours."""
-    folder.mkdir(parents=True, exist_ok=True)
-    project = {
-        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
-        "project": {"name": "fedpeft-flower", "version": "1.0.0", "dependencies": []},
-        "tool": {
-            "hatch": {"build": {"targets": {"wheel": {"packages": ["."]}}}},
-            "flwr": {
-                "app": {
-                    "publisher": "fedpeft",
-                    "components": {
-                        "serverapp": "fedpeft.runtime.flower.server_app:app",
-                        "clientapp": "fedpeft.runtime.flower.client_app:app",
-                    },
-                    "config": run_config,
-                }
-            },
-        },
-    }
-    (folder / "pyproject.toml").write_text(tomli_w.dumps(project))
-    (folder / "README.md").write_text("fedpeft on Flower (generated; see docs/flower.md)\n")
-    return folder
+def _absolute_paths(value: str) -> str:
+    return os.pathsep.join(os.path.abspath(p) for p in value.split(os.pathsep) if p)
 
 
 @dataclass
 class Deployment:
-    """The processes of one loopback federation and the files they use."""
+    """The processes of one federation on this machine and the files they use."""
 
     root: Path
     port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     tls: TlsFiles | None = None
+    bind: str = HOST  # the SuperLink's listening address ("0.0.0.0": every interface)
 
     @property
     def address(self) -> str:
@@ -86,7 +85,7 @@ class Deployment:
 
     def env(self) -> dict[str, str]:
         bin_dir = str(Path(sys.executable).parent)
-        return {
+        env = {
             **os.environ,
             "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
             "FLWR_HOME": str(self.root / "flwr-home"),
@@ -95,6 +94,9 @@ class Deployment:
                 "FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2"
             ),  # flwr's default 1 s is a floor on every message's latency
         }
+        if env.get("PYTHONPATH"):  # a worktree's src/: the same code in every process
+            env["PYTHONPATH"] = _absolute_paths(env["PYTHONPATH"])
+        return env
 
     def _bin(self, name: str) -> str:
         return str(Path(sys.executable).parent / name)
@@ -118,28 +120,42 @@ class Deployment:
         )
 
     # ---- the federation ---------------------------------------------------------------
-    def start_superlink(self) -> None:
+    def start_superlink(
+        self, control_allow: tuple[str, ...] = (), addresses: tuple[str, ...] = ()
+    ) -> None:
+        """The SuperLink (``superlink.py``: flwr's, with its Control and Runtime APIs for
+        ``control_allow`` only — loopback by default — and pre-registered node keys only),
+        listening on ``bind``; ``addresses`` are more IPs its certificate is valid for."""
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
-        self.tls = make_tls(self.root / "certs")
+        self.tls = make_tls(self.root / "certs", addresses=addresses)
+        allow = [x for a in control_allow for x in ("--control-allow", a)]
         proc = self._start(
             "superlink",
             [
-                self._bin("flower-superlink"),
+                sys.executable, "-m", SUPERLINK_MODULE, *allow,
                 "--ssl-ca-certfile", str(self.tls.ca_cert),
                 "--ssl-certfile", str(self.tls.server_cert),
                 "--ssl-keyfile", str(self.tls.server_key),
                 "--enable-supernode-auth",
                 "--disable-runtime-dependency-installation",
-                "--host", HOST,
+                "--host", self.bind,
                 "--port", str(self.port),
             ],
         )  # fmt: skip
         wait_port(self.port, proc)
+        self.connect(FEDERATION, self.address, default=True)
+
+    def connect(self, name: str, address: str, default: bool = False) -> None:
+        """A connection ``name`` to the SuperLink at ``address`` in $FLWR_HOME/config.toml."""
+        assert self.tls is not None, "start the SuperLink first"
         home = self.root / "flwr-home"
         home.mkdir(parents=True, exist_ok=True)
-        connection = {"address": self.address, "root-certificates": str(self.tls.ca_cert)}
-        config = {"superlink": {"default": FEDERATION, FEDERATION: connection}}
-        (home / "config.toml").write_text(tomli_w.dumps(config))
+        path = home / "config.toml"
+        config = tomllib.loads(path.read_text()) if path.is_file() else {"superlink": {}}
+        config["superlink"][name] = {"address": address, "root-certificates": str(self.tls.ca_cert)}
+        if default:
+            config["superlink"]["default"] = name
+        path.write_text(tomli_w.dumps(config))
 
     def node_key(self, name: str, register: bool = True) -> Path:
         """A SuperNode key pair; its public key registered with the SuperLink if asked."""
@@ -151,16 +167,23 @@ class Deployment:
         return private
 
     def start_supernode(
-        self, name: str, partition: int, private_key: Path, host: bool = True
+        self,
+        name: str,
+        partition: int,
+        private_key: Path,
+        host: bool = True,
+        node_config: dict[str, str] | None = None,
     ) -> None:
         """A SuperNode for ``partition``; with ``host``, also its client host (host.py),
-        which keeps the base model loaded across the per-message ClientApp processes."""
+        which keeps the base model loaded across the per-message ClientApp processes.
+        ``node_config`` adds string entries (e.g. ``data-file``: the node's own data)."""
         assert self.tls is not None, "start the SuperLink first"
-        node_config = f"{keys.NODE_PARTITION}={partition}"
+        entries = {keys.NODE_PARTITION: str(partition)}
         if host:
             sock = self.root / "hosts" / f"{name}.sock"
             self._start(f"{name}-host", [sys.executable, "-m", HOST_MODULE, "--socket", str(sock)])
-            node_config += f' {keys.NODE_HOST_SOCKET}="{sock}"'
+            entries[keys.NODE_HOST_SOCKET] = json.dumps(str(sock))
+        entries.update({k: json.dumps(v) for k, v in (node_config or {}).items()})
         self._start(
             name,
             [
@@ -168,15 +191,21 @@ class Deployment:
                 "--superlink", self.address,
                 "--root-certificates", str(self.tls.ca_cert),
                 "--auth-supernode-private-key", str(private_key),
-                "--node-config", node_config,
+                "--node-config", " ".join(f"{k}={v}" for k, v in entries.items()),
                 "--host", HOST,
                 "--port", str(free_port()),
             ],
         )  # fmt: skip
 
-    def submit(self, app: Path) -> int:
-        """``flwr run``; the run's id."""
-        done = self.cli("run", str(app), FEDERATION, "--format", "json")
+    def submit(
+        self, run_config: dict[str, Any], app: Path | None = None, connection: str = FEDERATION
+    ) -> int:
+        """``flwr run APP CONNECTION --run-config FILE`` (APP: this checkout); the run's id.
+        ``run_config`` overrides ``[tool.flwr.app.config]`` (flwr refuses unknown keys)."""
+        path = self.root / f"run-config-{time.monotonic_ns()}.toml"
+        path.write_text(tomli_w.dumps(run_config))
+        app = app or project_app()
+        done = self.cli("run", str(app), connection, "--run-config", str(path), "--format", "json")
         try:
             return int(json.loads(done.stdout)["run-id"])
         except (ValueError, KeyError, TypeError):
@@ -233,20 +262,20 @@ def run_deployed(
     timeout_s: float = 3600.0,
 ) -> tuple[str, Path | None]:
     """Starts a SuperLink and ``num_nodes`` SuperNodes (partition i on node i, each with
-    a client host), submits ``cfg_toml`` (its ``run.output_dir`` must be ``output_dir``),
-    waits, and stops everything. (final status, run folder or None)."""
+    a client host), submits this checkout with ``cfg_toml`` as its ``fedpeft-config``
+    (whose ``run.output_dir`` must be ``output_dir``), waits, and stops everything.
+    (final status, run folder or None)."""
     d = Deployment(root)
     try:
         d.start_superlink()
         for i in range(num_nodes):
             d.start_supernode(f"node{i}", i, d.node_key(f"node{i}"))
-        config: dict[str, str | int | float] = {
+        config: dict[str, Any] = {
             keys.RUN_CONFIG_TOML: cfg_toml,
-            keys.RUN_RESUME: "",
             keys.RUN_ROUND_TIMEOUT: round_timeout_s,
             keys.RUN_CONNECT_TIMEOUT: keys.DEFAULT_CONNECT_TIMEOUT_S,
         }
-        status = d.wait(d.submit(write_app(root / "app", config)), timeout_s)
+        status = d.wait(d.submit(config), timeout_s)
     finally:
         d.close()
     runs = sorted(p for p in output_dir.glob("*") if (p / "config.toml").is_file())

@@ -65,13 +65,14 @@ def handle(header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], byte
     from fedpeft.runtime.flower.codec import instruction_from_fields
     from fedpeft.runtime.flower.process import fit_reply, hello_info
 
-    text = str(header["config"])
+    text, own = str(header["config"]), bool(header.get("own", False))
     if header.get("op") == "hello":
-        info = hello_info(text, int(header["partition"]), header["upload"], header["download"])
+        partition = int(header["partition"])
+        info = hello_info(text, partition, header["upload"], header["download"], own)
         return {"ok": True, **info}, b""
     if header.get("op") == "fit":
         instruction = instruction_from_fields(dict(header["instruction"]))
-        reply, info = fit_reply(text, instruction, payload)
+        reply, info = fit_reply(text, instruction, payload, own)
         return {"ok": True, **info}, reply
     raise ValueError(f"unknown op {header.get('op')!r}")
 

@@ -22,18 +22,25 @@ HELLO_NUM_EXAMPLES = "num_examples"
 HELLO_PID = "pid"  # the answering process (for the model-load measurements)
 HELLO_MODEL_LOADS = "model_loads"  # how many times that process has loaded the base model
 HELLO_MODEL_LOAD_S = "model_load_s"  # seconds its (last) load took
+HELLO_OWN_DATA = "own_data"  # 1 when the node trains on its own data file (node config)
 
 # ---- run config (``[tool.flwr.app.config]`` / ``--run-config``) -------------------------
-RUN_CONFIG_TOML = "fedpeft-config"  # the resolved fedpeft config, as TOML text
+RUN_CONFIG_TOML = "fedpeft-config"  # a fedpeft config as TOML text ("" = the defaults)
+RUN_SET = "fedpeft-set"  # `--set` overrides on top, separated by ";"
 RUN_RESUME = "fedpeft-resume"  # a run folder to resume ("" = a new run)
 RUN_ROUND_TIMEOUT = "round-timeout"  # seconds a round waits for replies
 RUN_CONNECT_TIMEOUT = "connect-timeout"  # seconds the server waits for every client
+RUN_CLIENT_WEIGHT = "client-weight"  # "assigned" | "reported": what bounds a client's weight
+RUN_MAX_EXAMPLES = "max-client-examples"  # "reported": the cap on a claimed count (0 = none)
 
 # ---- node config (``flower-supernode --node-config``) ------------------------------------
 NODE_PARTITION = "partition-id"  # which client (data partition) this SuperNode is
 NODE_UPLOAD = "upload-bps"  # declared bandwidth: it cannot be measured without a peer
 NODE_DOWNLOAD = "download-bps"
 NODE_HOST_SOCKET = "host-socket"  # the node's long-lived client host (host.py), if any
+NODE_DATA_FILE = "data-file"  # the node's own CSV/TSV/JSONL (bring your own data), if any
+NODE_TEXT_COLUMN = "text-column"  # … its text column (default: the run's data.text_column)
+NODE_LABEL_COLUMN = "label-column"  # … its label column (default: data.label_column)
 
 # ---- message types -----------------------------------------------------------------------
 TRAIN = "train"  # flwr.app.MessageType.TRAIN

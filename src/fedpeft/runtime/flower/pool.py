@@ -14,21 +14,34 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-from fedpeft.compression import CodecError
+from fedpeft.client import META_NUM_EXAMPLES
+from fedpeft.client.features import stats_layout
+from fedpeft.client.handler import KIND_FEATURE_STATS
+from fedpeft.compression import (
+    CodecError,
+    CompressionScheme,
+    Layout,
+    payload_layout,
+    reply_layout,
+)
 from fedpeft.data import DataProfile
 from fedpeft.errors import FedpeftError
 from fedpeft.profiling import ResourceProfile, make_profile
 from fedpeft.runtime.flower import keys
 from fedpeft.runtime.flower.codec import (
+    content_meta,
     content_to_payload,
     instruction_to_record,
     payload_to_content,
 )
+from fedpeft.runtime.flower.runconfig import WeightPolicy
+from fedpeft.server.protocols import BatchedPool, ClientPool, ProfiledPool
 from fedpeft.types import TrainInstruction
 
 log = logging.getLogger("fedpeft.runtime.flower")
@@ -37,13 +50,15 @@ _POLL_S = 0.1
 
 @dataclass(frozen=True)
 class ClientInfo:
-    """What a client said on first contact."""
+    """What a client said on first contact, and the most examples it may claim."""
 
     node_id: int
-    num_examples: int
+    num_examples: int  # what it reported
     profile: ResourceProfile
     pid: int
     data: DataProfile | None = None
+    max_examples: int | None = None  # the weight policy's bound (None: what it reported)
+    own_data: bool = False  # it trains on its own data file (node config)
 
 
 @dataclass
@@ -88,9 +103,21 @@ class FlowerClientPool:
         min_clients: int,
         round_timeout_s: float = keys.DEFAULT_ROUND_TIMEOUT_S,
         connect_timeout_s: float = keys.DEFAULT_CONNECT_TIMEOUT_S,
+        *,
+        policy: WeightPolicy | None = None,
+        assigned: Sequence[int] | None = None,
     ) -> None:
+        """``policy`` bounds each client's claimed example count (its aggregation weight);
+        ``assigned`` is the size of every partition as the server computed it, which the
+        default policy (``assigned``) needs."""
         if round_timeout_s <= 0 or connect_timeout_s <= 0:
             raise FedpeftError("Flower round and connect timeouts must be positive seconds.")
+        self.policy = policy or WeightPolicy()
+        if self.policy.mode == "assigned" and assigned is None:
+            raise FedpeftError(
+                "the `assigned` client-weight policy needs the server's partition sizes."
+            )
+        self.assigned = list(assigned) if assigned is not None else None
         self.grid, self.num_clients, self.min_clients = grid, num_clients, min_clients
         self.round_timeout_s, self.connect_timeout_s = round_timeout_s, connect_timeout_s
         self.clients: dict[int, ClientInfo] = {}
@@ -108,7 +135,8 @@ class FlowerClientPool:
             if not new:
                 time.sleep(_POLL_S * 5)
                 continue
-            messages = [self._message(RecordDict(), keys.QUERY, n, "hello") for n in new]
+            ttl = self.connect_timeout_s  # a first answer builds the node's task: it may be slow
+            messages = [self._message(RecordDict(), keys.QUERY, n, "hello", ttl) for n in new]
             for reply in self._exchange(messages, deadline - time.monotonic()).values():
                 self._register(reply)
         missing = sorted(set(range(self.num_clients)) - set(self.clients))
@@ -138,12 +166,32 @@ class FlowerClientPool:
         if not 0 <= cid < self.num_clients or cid in self.clients:
             log.warning("node %d claims partition %d, which is taken or invalid", node, cid)
             return
-        self.clients[cid] = ClientInfo(node, n, profile, _int(hello.get(keys.HELLO_PID, 0)), data)
+        own = hello.get(keys.HELLO_OWN_DATA, False) is True
+        assigned = self.assigned[cid] if self.assigned is not None else None
+        bound = self.policy.bound(n, assigned, own)
+        if bound is None:
+            log.warning(
+                "node %d (partition %d) trains on its own data, which the `assigned` weight "
+                "policy cannot bound; it is not admitted (run with %s=\"reported\" and %s)",
+                node, cid, keys.RUN_CLIENT_WEIGHT, keys.RUN_MAX_EXAMPLES,
+            )  # fmt: skip
+            return
+        if n > bound:
+            log.warning(
+                "node %d (partition %d) reported %d examples; its weight is bounded at %d",
+                node, cid, n, bound,
+            )  # fmt: skip
+        pid = _int(hello.get(keys.HELLO_PID, 0))
+        self.clients[cid] = ClientInfo(node, n, profile, pid, data, bound, own)
 
     # ---- the ClientPool protocol ------------------------------------------------------
     def num_examples(self, client_id: int) -> int | None:
+        """The most examples this client may claim (the weight policy's bound); a reply
+        claiming more is counted at it (``_bounded``)."""
         info = self.clients.get(client_id)
-        return info.num_examples if info else None
+        if info is None:
+            return None
+        return info.num_examples if info.max_examples is None else info.max_examples
 
     def resources(self, client_id: int) -> ResourceProfile | None:
         info = self.clients.get(client_id)
@@ -165,6 +213,7 @@ class FlowerClientPool:
     ) -> list[bytes | Exception]:
         """All of a round's messages at once; replies (or why not) in request order."""
         contents: dict[int, RecordDict] = {}  # one decoded payload per distinct bytes object
+        layouts: dict[int, Layout] = {}  # … and the layout a reply to it must have
         results: list[bytes | Exception] = []
         messages: dict[int, Message] = {}
         for i, (ins, payload) in enumerate(requests):
@@ -173,6 +222,7 @@ class FlowerClientPool:
                 results.append(LookupError(f"client {ins.client_id} never connected"))
                 continue
             shared = contents.setdefault(id(payload), payload_to_content(payload))
+            layouts.setdefault(id(payload), payload_layout(payload))
             content = RecordDict({**shared, keys.INSTRUCTION: instruction_to_record(ins)})
             messages[i] = self._message(content, keys.TRAIN, info.node_id, str(ins.round))
             results.append(TimeoutError(f"no reply within {self.round_timeout_s:.0f} s"))
@@ -181,7 +231,8 @@ class FlowerClientPool:
         by_id = {m.metadata.message_id: i for i, m in messages.items()}
         for mid, reply in replies.items():
             i = by_id[mid]
-            results[i] = self._payload(reply, requests[i][0])
+            ins, sent = requests[i]
+            results[i] = self._payload(reply, ins, _expected(ins, layouts[id(sent)]))
         ok = sum(isinstance(r, bytes) for r in results)
         if requests and ok < self.min_clients:
             raise FedpeftError(
@@ -191,7 +242,10 @@ class FlowerClientPool:
             )
         return results
 
-    def _payload(self, reply: Message, ins: TrainInstruction) -> bytes | Exception:
+    def _payload(self, reply: Message, ins: TrainInstruction, layout: Layout) -> bytes | Exception:
+        """A reply as payload bytes for the loop to validate: tensors other than those sent
+        are refused before any array is decoded, and the example count it claims is bounded
+        by the weight policy (``num_examples``) — a client cannot weigh more than that."""
         self.wire.up += message_bytes(reply)
         expected = self.clients[ins.client_id].node_id
         if reply.metadata.src_node_id != expected:
@@ -204,13 +258,25 @@ class FlowerClientPool:
             self.wire.reply_pids.setdefault(ins.client_id, set()).add(pid)
             self.wire.model_loads[ins.client_id] = loads
         try:
-            return content_to_payload(reply.content)
+            meta = self._bounded(content_meta(reply.content), ins.client_id)
+            return content_to_payload(reply.content, expected=layout, meta=meta)
         except CodecError as e:
             return e
 
+    def _bounded(self, meta: dict[str, Any], client_id: int) -> dict[str, Any]:
+        n, bound = meta.get(META_NUM_EXAMPLES), self.num_examples(client_id)
+        if not isinstance(n, int) or isinstance(n, bool) or bound is None or n <= bound:
+            return meta  # (a malformed count is the loop's to reject)
+        log.warning(
+            "client %d claimed %d examples; its weight is bounded at %d", client_id, n, bound
+        )
+        return {**meta, META_NUM_EXAMPLES: bound}
+
     # ---- messaging ----------------------------------------------------------------------
-    def _message(self, content: RecordDict, kind: str, node: int, group: str) -> Message:
-        return Message(content, node, kind, ttl=self.round_timeout_s, group_id=group)
+    def _message(
+        self, content: RecordDict, kind: str, node: int, group: str, ttl: float | None = None
+    ) -> Message:
+        return Message(content, node, kind, ttl=ttl or self.round_timeout_s, group_id=group)
 
     def _exchange(self, messages: Iterable[Message], timeout_s: float) -> dict[str, Message]:
         """Pushes ``messages``; replies keyed by the id of the message they answer."""
@@ -228,3 +294,17 @@ class FlowerClientPool:
             if pending:
                 time.sleep(_POLL_S)
         return replies
+
+
+def _conforms(pool: FlowerClientPool) -> tuple[ClientPool, BatchedPool, ProfiledPool]:
+    """Never called: mypy checks here that this runtime offers every capability it claims."""
+    return pool, pool, pool
+
+
+def _expected(ins: TrainInstruction, served: Layout) -> Layout:
+    """The layout a reply to ``ins`` must have: class feature statistics (round 0's head
+    initialisation), or the served tensors as the instruction's compression packs them."""
+    if ins.kind == KIND_FEATURE_STATS:
+        return stats_layout(served)
+    scheme = CompressionScheme.from_json(ins.compression) if ins.compression else None
+    return reply_layout(served, scheme)

@@ -15,8 +15,10 @@ import threading
 import time
 import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedpeft.client import ClientStateStore
 from fedpeft.config import ExperimentConfig, build_config
 from fedpeft.errors import FedpeftError
 from fedpeft.profiling import ResourceProfile, measured_profile
@@ -78,8 +80,20 @@ def client_process(config_toml: str) -> ClientProcess:
         LOADS.loads += 1
         LOADS.last_load_s = elapsed
         _CACHE.clear()
-        _CACHE[key] = ClientProcess(key, cfg, LocalClientPool(task), elapsed)
+        states = ClientStateStore(client_state_dir(key), per_run=True)
+        pool = LocalClientPool(task, states=states)
+        _CACHE[key] = ClientProcess(key, cfg, pool, elapsed)
         return _CACHE[key]
+
+
+def client_state_dir(config_key: str) -> Path:
+    """Where this machine keeps its clients' states for one run config, one folder per run
+    (named by the instruction's ``run_id``): on the node's own disk
+    (``$FEDPEFT_CLIENT_STATE_DIR``, else ``~/.cache/fedpeft/client-state``), so they survive
+    the node's processes and a resumed run (states are read by round)."""
+    root = os.environ.get("FEDPEFT_CLIENT_STATE_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "fedpeft" / "client-state"
+    return base / config_key[:16]
 
 
 def profile_of(proc: ClientProcess, upload: str, download: str) -> ResourceProfile:
@@ -94,23 +108,48 @@ def process_id() -> int:
     return os.getpid()
 
 
-def hello_info(text: str, partition: int, upload: str, download: str) -> dict[str, Any]:
-    """The first-contact answer of the client for ``partition`` under config ``text``."""
-    proc = client_process(text)
+def _index(proc: ClientProcess, partition: int, own: bool) -> int:
+    """Which of the task's partitions this node trains: its own file is the only one."""
     n = proc.cfg.data.num_clients
-    if not 0 <= partition < n:
+    index = 0 if own else partition
+    if not 0 <= index < n:
         raise FedpeftError(f"partition-id {partition} is outside 0..{n - 1}.")
+    return index
+
+
+def hello_info(
+    text: str, partition: int, upload: str, download: str, own: bool = False
+) -> dict[str, Any]:
+    """The first-contact answer of the client for ``partition`` under config ``text``
+    (``own``: the node trains on its own data file, the config's single partition)."""
+    proc = client_process(text)
+    index = _index(proc, partition, own)
+    data = proc.pool.data_profile(index)
+    assert data is not None, "the in-process pool knows every partition's data profile"
     return {
-        "num_examples": proc.pool.num_examples(partition) or 0,
+        "num_examples": proc.pool.num_examples(index) or 0,
         "profile": profile_of(proc, upload, download).to_json(),
-        "data": proc.pool.data_profile(partition).to_json(),
+        "data": data.to_json(),
+        "own_data": own,
         "pid": process_id(),
         "model_loads": LOADS.loads,
         "model_load_s": LOADS.last_load_s,
     }
 
 
-def fit_reply(text: str, ins: TrainInstruction, payload: bytes) -> tuple[bytes, dict[str, Any]]:
-    """One round of local training by ``LocalClientPool.fit``; (reply bytes, process stats)."""
-    reply = client_process(text).pool.fit(ins, payload)
+def fit_reply(
+    text: str, ins: TrainInstruction, payload: bytes, own: bool = False
+) -> tuple[bytes, dict[str, Any]]:
+    """One round of local training; (reply bytes, process stats). A node with its own data
+    trains its file (the config's partition 0) for the instruction's client id."""
+    proc = client_process(text)
+    if not own:
+        reply = proc.pool.fit(ins, payload)
+    else:
+        from fedpeft.client import ClientData
+
+        task = proc.pool.task
+        data = ClientData(task.data.train, task.data.partitions[_index(proc, ins.client_id, own)])
+        model = task.model_for(ins.method, ins.options)
+        reply = proc.pool.fit_on(model, payload, ins, data)
     return reply, {"pid": process_id(), "model_loads": LOADS.loads}

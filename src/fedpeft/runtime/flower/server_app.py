@@ -17,6 +17,7 @@ from fedpeft.config import ExperimentConfig
 from fedpeft.runtime.flower import keys
 from fedpeft.runtime.flower.pool import FlowerClientPool
 from fedpeft.runtime.flower.process import config_from_toml
+from fedpeft.runtime.flower.runconfig import WeightPolicy, run_config_text
 from fedpeft.runtime.local.simulator import RunResult, run_local
 from fedpeft.server import Observer
 from fedpeft.server.store import write_json
@@ -33,13 +34,21 @@ def serve(
     observer: Observer | None = None,
     round_timeout_s: float = keys.DEFAULT_ROUND_TIMEOUT_S,
     connect_timeout_s: float = keys.DEFAULT_CONNECT_TIMEOUT_S,
+    policy: WeightPolicy | None = None,
 ) -> RunResult:
-    """Runs (or resumes) ``cfg`` over the SuperNodes that ``grid`` reaches."""
+    """Runs (or resumes) ``cfg`` over the SuperNodes that ``grid`` reaches; ``policy``
+    bounds each client's aggregation weight (default: the partition the server assigned)."""
     pools: list[FlowerClientPool] = []
 
     def make_pool(task: Task) -> FlowerClientPool:
         pool = FlowerClientPool(
-            grid, cfg.data.num_clients, cfg.server.min_clients, round_timeout_s, connect_timeout_s
+            grid,
+            cfg.data.num_clients,
+            cfg.server.min_clients,
+            round_timeout_s,
+            connect_timeout_s,
+            policy=policy,
+            assigned=[len(p) for p in task.data.partitions],
         )
         pool.connect()
         pools.append(pool)
@@ -58,10 +67,13 @@ def flower_stats(pool: FlowerClientPool, summary: dict[str, Any]) -> dict[str, A
         "fedpeft_bytes_down": summary["bytes_down_total"],
         "fedpeft_bytes_up": summary["bytes_up_total"],
         "messages": w.messages,
+        "client_weight": {"policy": pool.policy.mode, "max_client_examples": pool.policy.cap},
         "clients": {
             str(cid): {
                 "node_id": info.node_id,
                 "num_examples": info.num_examples,
+                "max_examples": pool.num_examples(cid),
+                "own_data": info.own_data,
                 "profile": info.profile.to_json(),
                 "processes_seen": len(w.reply_pids.get(cid, ())),
                 "model_loads_in_last_process": w.model_loads.get(cid),
@@ -86,7 +98,7 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         rc = context.run_config
         try:
-            run_cfg = cfg or config_from_toml(str(rc.get(keys.RUN_CONFIG_TOML, "")))
+            run_cfg = cfg or config_from_toml(run_config_text(rc))
             folder = resume or (Path(str(rc[keys.RUN_RESUME])) if rc.get(keys.RUN_RESUME) else None)
             result = serve(
                 grid,
@@ -97,6 +109,7 @@ def make_server_app(
                 connect_timeout_s=float(
                     rc.get(keys.RUN_CONNECT_TIMEOUT, keys.DEFAULT_CONNECT_TIMEOUT_S)
                 ),
+                policy=WeightPolicy.from_run_config(rc),
             )
         except BaseException as e:
             if outcome is None:

@@ -29,6 +29,7 @@ from fedpeft.allocation import Calibration, Workload, peak_memory, step_seconds
 from fedpeft.errors import ClientSkipped
 from fedpeft.peft import Architecture, MethodSpec
 from fedpeft.profiling import GiB, ResourceProfile
+from fedpeft.types import ClientStatus
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class DeviceSim:
         need = peak_memory(arch, spec, work.batch_size, work.seq_len, "adamw", self.calibration)
         if need > profile.memory_bytes:
             raise ClientSkipped(
-                "refused",
+                ClientStatus.REFUSED,
                 f"its configuration needs {need / GiB:.2f} GiB (predicted peak) but the "
                 f"{profile.tier} device has {profile.memory_bytes / GiB:.2f} GiB",
             )
@@ -77,7 +78,7 @@ class DeviceSim:
     def check_deadline(self, seconds: float) -> None:
         if seconds > self.deadline_s:
             raise ClientSkipped(
-                "straggler",
+                ClientStatus.STRAGGLER,
                 f"predicted {seconds:.1f} s on its device, past the {self.deadline_s:g} s "
                 "round deadline",
                 seconds,

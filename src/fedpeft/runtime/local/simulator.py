@@ -1,14 +1,10 @@
-"""In-process simulation: ONE frozen base model shared by every simulated client.
-
-A client's adapter is loaded into the shared model before it trains and read out
-after, so per-client memory is its adapter state only and memory stays flat as the
-number of clients grows. Messages still go through the wire codec, so byte counts are
-the bytes a real deployment would send.
+"""``run_local``: a federation in this process (the embedded default), or over another
+runtime's client pool (Flower's ServerApp passes its own), with the run folder as
+DESIGN.md describes it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -17,154 +13,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from fedpeft.allocation import client_workload, make_allocation_config
-from fedpeft.client import ClientData, handle_fit
-from fedpeft.config import ExperimentConfig, config_to_toml
-from fedpeft.data import DataProfile
-from fedpeft.errors import ClientSkipped, FedpeftError
-from fedpeft.peft import get_adapter_state, parse_spec, save_adapter, set_adapter_state
-from fedpeft.profiling import ResourceProfile, declared_devices
-from fedpeft.runtime.local.devices import DeviceSim, thread_cap
-from fedpeft.server import LoopResult, Observer, RunStore, ServerState, run_rounds
-from fedpeft.server.assign import DEFAULT_GROUP
-from fedpeft.server.async_loop import DurationFn, run_async
-from fedpeft.server.collect import ClientPool
-from fedpeft.server.evaluate import evaluate_model
+from fedpeft.client import ClientStateStore
+from fedpeft.config import ExperimentConfig, config_fingerprint, config_to_toml
+from fedpeft.errors import FedpeftError
+from fedpeft.peft import get_adapter_state, parse_method_ref, save_adapter
+from fedpeft.runtime.local.pool import LocalClientPool, LocalGlobalModel, device_durations
+from fedpeft.server import (
+    DEFAULT_GROUP,
+    Federation,
+    Observer,
+    RunStore,
+    ServerState,
+    run_async,
+    run_rounds,
+)
+from fedpeft.server.classes import write_class_report
 from fedpeft.server.export import export_adapter
 from fedpeft.server.groups import GroupBook
 from fedpeft.server.head_init import HEAD_INIT, init_head
 from fedpeft.server.lr_auto import LR_SEARCH, resolved_lr
-from fedpeft.server.store import CONFIG, PARTITIONS, SUMMARY, write_atomic
+from fedpeft.server.protocols import ClientPool
+from fedpeft.server.store import CLIENT_STATES, CONFIG, PARTITIONS, SUMMARY, write_atomic
 from fedpeft.server.summary import build_summary
-from fedpeft.server.task import Task, build_task, resolved
+from fedpeft.server.task import Task, build_task, check_names, resolved
 from fedpeft.server.validate import RejectedUpdate, check_finite, check_tensors
-from fedpeft.types import AdapterState, TrainInstruction
+from fedpeft.types import AdapterState
 
 log = logging.getLogger("fedpeft.runtime.local")
 
-
-class LocalClientPool:
-    """Clients as (partition indices, shared model): bytes in, bytes out.
-
-    With ``devices`` (``simulation.devices = true``) each client trains within its declared
-    device: availability, memory, deadline and thread cap (see ``devices.py``); a client
-    that does not train raises ``ClientSkipped`` and ``sim_seconds`` reports the simulated
-    time of those that did.
-    """
-
-    def __init__(self, task: Task, devices: list[ResourceProfile] | None = None) -> None:
-        self.task = task
-        p = task.cfg.profiles
-        self.devices = devices or declared_devices(
-            task.cfg.data.num_clients, p.mix, task.cfg.run.seed, p.file
-        )
-        self.simulate = task.cfg.simulation.devices
-        cfg = task.cfg
-        deadline = make_allocation_config(cfg.allocation).deadline_s
-        sim = cfg.simulation
-        self.sim = DeviceSim(cfg.run.seed, deadline, sim.availability, sim.thread_cap)
-        self._sim_seconds: dict[tuple[int, int], float] = {}
-
-    def num_examples(self, client_id: int) -> int | None:
-        return len(self.task.partitions[client_id])
-
-    def resources(self, client_id: int) -> ResourceProfile | None:
-        return self.devices[client_id]
-
-    def data_profile(self, client_id: int) -> DataProfile:
-        return self.task.profiles[client_id]
-
-    def sim_seconds(self, rnd: int, client_id: int) -> float | None:
-        return self._sim_seconds.get((rnd, client_id))
-
-    def fit(self, instruction: TrainInstruction, payload: bytes) -> bytes:
-        task, cid = self.task, instruction.client_id
-        model = task.model_for(instruction.method, instruction.options)
-        data = ClientData(task.train, task.partitions[cid])
-        profile = self.devices[cid]
-        if not self.simulate:
-            return handle_fit(model, payload, instruction, data, task.device)
-        spec = parse_spec(
-            instruction.method or task.cfg.peft.method, json.loads(instruction.options)
-        )
-        c = task.cfg.client
-        work = client_workload(
-            task.profiles[cid], instruction.batch_size, task.cfg.model.max_length, c.epochs, c.steps
-        )
-        if not self.sim.online(profile, instruction.round, cid):
-            raise ClientSkipped("offline", f"the {profile.tier} device is not available")
-        self.sim.check_memory(profile, task.arch, spec, work)
-        if task.cfg.server.mode == "sync":  # asynchronous servers have no round deadline
-            self.sim.check_deadline(
-                self.sim.seconds(profile, task.arch, spec, work, len(payload), len(payload))
-            )
-        with thread_cap(profile.cores if self.sim.thread_cap else None):
-            reply = handle_fit(model, payload, instruction, data, task.device)
-        seconds = self.sim.seconds(profile, task.arch, spec, work, len(payload), len(reply))
-        self._sim_seconds[(instruction.round, cid)] = seconds
-        return reply
-
-
-class LocalGlobalModel:
-    """The same shared models, with a global adapter loaded, for central evaluation."""
-
-    def __init__(self, task: Task) -> None:
-        self.task = task
-
-    def template(self, method: str, options: str) -> AdapterState:
-        """The freshly initialised adapter of a configuration (its keys, shapes, init)."""
-        return {
-            k: v.cpu() for k, v in get_adapter_state(self.task.model_for(method, options)).items()
-        }
-
-    def proxy_batches(self, with_labels: bool = False) -> list[dict[str, torch.Tensor]]:
-        """The server's held-out proxy examples as forward arguments (unlabelled by default)."""
-        t = self.task
-        size = t.cfg.eval.batch_size
-        chunks = [t.proxy[i : i + size] for i in range(0, len(t.proxy), size)]
-        return [
-            {k: v.to(t.device) for k, v in t.train.collate(c).model_inputs(with_labels).items()}
-            for c in chunks
-        ]
-
-    def fuse(
-        self, fuse: Any, states: dict[str, tuple[AdapterState, str, str]]
-    ) -> dict[str, AdapterState]:
-        """``fuse`` (e.g. distillation) over every group's model with its state loaded."""
-        models = {}
-        for group, (state, method, options) in states.items():
-            models[group] = self.task.model_for(method, options)
-            set_adapter_state(models[group], state)
-        return dict(fuse(models, self.proxy_batches()))
-
-    def proxy_loss(self, state: AdapterState, method: str = "", options: str = "{}") -> float:
-        """Mean cross-entropy of ``state`` on the proxy set (what layer-wise weights use)."""
-        model = self.task.model_for(method, options)
-        set_adapter_state(model, state)
-        model.eval()
-        total, n = 0.0, 0
-        with torch.inference_mode():
-            for batch in self.proxy_batches(with_labels=True):
-                out = model(**batch)
-                total += float(out.loss) * len(batch["labels"])
-                n += len(batch["labels"])
-        return total / max(n, 1)
-
-    def evaluate(
-        self, state: AdapterState, method: str = "", options: str = "{}"
-    ) -> dict[str, float]:
-        t = self.task
-        model = t.model_for(method, options)
-        set_adapter_state(model, state)
-        return evaluate_model(model, t.eval, t.cfg.eval.batch_size, t.device)
+__all__ = ["LocalClientPool", "LocalGlobalModel", "RunResult", "run_local"]
 
 
 @dataclass(frozen=True)
 class RunResult:
     run_dir: Path
-    state: AdapterState
+    state: AdapterState  # the main group's global adapter
     rounds: list[dict[str, Any]]
     summary: dict[str, Any]
 
@@ -179,51 +62,63 @@ def run_local(
     """Runs (or resumes) a federation and writes the run folder; clients are in this
     process unless ``pool`` builds another runtime's pool (e.g. Flower's) from the task."""
     start = time.perf_counter()
-    store = RunStore.open_existing(resume) if resume else None
-    checkpoint = store.load_checkpoint() if store else None  # a damaged run fails before any work
+    fingerprint = config_fingerprint(resolved(cfg, check_names(cfg)))
+    store = RunStore.open_existing(resume, fingerprint) if resume else None
+    saved = store.load_checkpoint() if store else None  # a damaged run fails before any work
+    if saved is not None and saved.round > cfg.run.rounds:
+        raise FedpeftError(
+            f"the run has completed {saved.round} rounds but `run.rounds` is {cfg.run.rounds}; "
+            f"set it to at least {saved.round} to resume (nothing was changed)."
+        )
     with status("loading data and model"):
         task = build_task(cfg)
     with status("choosing the learning rate"):
         cfg, lr_search = resolved_lr(task)  # client.lr = "auto": a range test, once
         task.cfg = cfg
-    state, first = _initial_state(task, store, checkpoint)
+    state = _initial_state(task, saved, store)
+    resolved_toml = config_to_toml(resolved(cfg, task.method))  # every default written out
     if store is None:
-        resolved_toml = config_to_toml(resolved(cfg, task.method))  # every default written out
-        store = RunStore.create(cfg.run.output_dir, cfg.run.name, resolved_toml)
+        fingerprint = config_fingerprint(resolved(cfg, task.method))  # with the chosen lr
+        store = RunStore.create(cfg.run.output_dir, cfg.run.name, resolved_toml, fingerprint)
         store.write_json(PARTITIONS, _partitions_json(task))
         if lr_search is not None:
             store.write_json(LR_SEARCH, lr_search.to_json())
     else:
-        store.truncate_logs(first - 1)
-        write_atomic(store.root / CONFIG, config_to_toml(resolved(cfg, task.method)).encode())
-    clients, model = (pool or LocalClientPool)(task), LocalGlobalModel(task)
-    if first == 1:  # round 0: the head from the clients' feature statistics
-        state, head = init_head(cfg, clients, model, state)
-        if head is not None:
-            store.write_json(HEAD_INIT, head.to_json())
-    if cfg.server.mode == "async":
-        durations = device_durations(task)
-        loop = run_async(cfg, clients, model, store, state, durations, observer, first)
-    else:
-        loop = run_rounds(cfg, clients, model, store, state, first, observer, task.arch)
-    _export(task, loop, store)
+        store.truncate_logs(state.round)
+        write_atomic(store.root / CONFIG, resolved_toml.encode())
+    states = ClientStateStore(store.root / CLIENT_STATES)  # clients' own: never on the wire
+    fed = Federation(
+        cfg,
+        pool(task) if pool else LocalClientPool(task, states=states),
+        LocalGlobalModel(task),
+        store,
+        task.arch,
+        observer or Observer(),
+        device_durations(task),
+    )
+    if saved is None:
+        state = _round_zero(fed, state)
+    loop = run_async(fed, state) if cfg.server.mode == "async" else run_rounds(fed, state)
+    main = loop.state.adapter if loop.state.adapters else {}
+    _export(task, loop.state, store)
+    write_class_report(task, loop.state, store)
     rounds = store.read_rounds()
     summary = build_summary(
         rounds,
         task.full_model_bytes,
-        loop.state,
+        main,
         time.perf_counter() - start,
         {
             "run_dir": str(store.root),
-            "model": task.spec.name,
-            "dataset": task.dataset.name,
+            "model": task.data.spec.name,
+            "dataset": task.data.dataset.name,
             "num_clients": cfg.data.num_clients,
             "peft": {"method": cfg.peft.method, **task.method.model_dump(mode="json")},
-            "resumed_from_round": first - 1 if resume else None,
+            "resumed_from_round": saved.round if saved is not None else None,
         },
     )
     store.write_json(SUMMARY, summary)
-    return RunResult(store.root, loop.state, rounds, summary)
+    return RunResult(store.root, main, rounds, summary)
 
 
 @contextmanager
@@ -239,78 +134,67 @@ def status(message: str) -> Iterator[None]:
         yield
 
 
-def device_durations(task: Task) -> DurationFn:
-    """The asynchronous clock's durations: each client's simulated round trip on its declared
-    device (``devices.py``: the cost model's compute time at its FLOP/s plus the payloads
-    over its bandwidth), whether or not ``simulation.devices`` also caps threads and drops."""
-    cfg, p = task.cfg, task.cfg.profiles
-    devices = declared_devices(cfg.data.num_clients, p.mix, cfg.run.seed, p.file)
-    sim = DeviceSim(cfg.run.seed, make_allocation_config(cfg.allocation).deadline_s)
-    c = cfg.client
-
-    def seconds(cid: int, version: int, metrics: dict[str, float], down: int, up: int) -> float:
-        work = client_workload(
-            task.profiles[cid], c.batch_size, cfg.model.max_length, c.epochs, c.steps
-        )
-        return sim.seconds(devices[cid], task.arch, task.method, work, down, up)
-
-    return seconds
-
-
-def _export(task: Task, loop: LoopResult, store: RunStore) -> None:
+def _export(task: Task, state: ServerState, store: RunStore) -> None:
     """The main group's adapter into ``adapter/``; in a heterogeneous run every group's too,
     as it was evaluated, into ``adapters/<group>/``."""
-    server = loop.server
-    if server is None or set(server.adapters) == {DEFAULT_GROUP}:
-        export_adapter(task.model, loop.state, task.spec, task.cfg.peft.method, task.method, store)
+    if not state.adapters:
+        log.warning("no group was ever trained; nothing to export")
         return
-    book = GroupBook(LocalGlobalModel(task))
-    book.load_json(server.extra.get("members"))
-    for group, envelope in sorted(server.adapters.items()):
-        state, method, options = book.eval_state(group, envelope)
+    if set(state.adapters) == {DEFAULT_GROUP}:
+        spec, method = task.method, task.cfg.peft.method
+        export_adapter(task.model, state.adapter, task.data.spec, method, spec, store)
+        return
+    book = GroupBook(LocalGlobalModel(task), state.members)
+    for group, envelope in sorted(state.adapters.items()):
+        adapter, method, options = book.eval_state(group, envelope)
         model = task.model_for(method, options)  # "" (e.g. a cluster's): the [peft] method
-        if method:
-            spec = parse_spec(method, json.loads(options))
-        else:
-            method, spec = task.cfg.peft.method, task.method
+        ref = parse_method_ref(method, options, task.ref)
+        method, spec = ref.method, ref.spec
         folder = store.root / "adapters" / group
-        save_adapter(model, state, folder, task.spec.hub_id, method, spec)
-        if group == server.main:
-            export_adapter(model, state, task.spec, method, spec, store)
+        save_adapter(model, adapter, folder, task.data.spec.hub_id, method, spec)
+        if group == state.main:
+            export_adapter(model, adapter, task.data.spec, method, spec, store)
 
 
-def _initial_state(
-    task: Task,
-    store: RunStore | None,
-    checkpoint: tuple[int, dict[str, AdapterState], dict[str, AdapterState], dict[str, Any]] | None,
-) -> tuple[ServerState, int]:
-    """A fresh adapter (round 1), or the checkpoint's (the round after it)."""
+def _round_zero(fed: Federation, state: ServerState) -> ServerState:
+    """Round 0 of a fresh run: the head from the clients' class feature statistics
+    (``server.head_init``, through the pool like any instruction), then the first
+    checkpoint, so a run killed in its first round resumes from the same start."""
+    state, head = init_head(fed.cfg, fed.pool, fed.model, state)
+    if head is not None:
+        fed.store.write_json(HEAD_INIT, head.to_json())
+    fed.store.save_checkpoint(state)
+    return state
+
+
+def _initial_state(task: Task, saved: ServerState | None, store: RunStore | None) -> ServerState:
+    """A fresh adapter (round 0), or the checkpoint's, checked against the model."""
     fresh = {k: v.cpu() for k, v in get_adapter_state(task.model).items()}  # server state: CPU
-    if store is None or checkpoint is None:
-        if task.cfg.allocation.get("enabled"):
-            return ServerState({}), 1  # groups are created as clients are assigned to them
-        return ServerState({DEFAULT_GROUP: fresh}), 1
-    rnd, adapters, optimizer, extra = checkpoint
+    if saved is None:
+        if task.cfg.allocation.enabled:
+            return ServerState({})  # groups are created as clients are assigned to them
+        return ServerState({DEFAULT_GROUP: fresh})
     try:
-        if DEFAULT_GROUP in adapters:
-            check_tensors(adapters[DEFAULT_GROUP], fresh)
-        for group, state in adapters.items():
+        if DEFAULT_GROUP in saved.adapters:
+            check_tensors(saved.adapters[DEFAULT_GROUP], fresh)
+        for group, state in saved.adapters.items():
             check_finite(state, group)
     except RejectedUpdate as e:
         raise FedpeftError(
-            f"run folder {store.root} is incomplete or corrupted: its checkpoint does not fit "
-            f"the configured model ({e}); nothing was resumed."
+            f"run folder {store.root if store else ''} is incomplete or corrupted: its "
+            f"checkpoint does not fit the configured model ({e}); nothing was resumed."
         ) from None
-    if rnd >= task.cfg.run.rounds:
-        log.info("run already completed %d of %d rounds", rnd, task.cfg.run.rounds)
-    return ServerState(adapters, optimizer, extra), rnd + 1
+    if saved.round >= task.cfg.run.rounds:
+        log.info("run already completed %d of %d rounds", saved.round, task.cfg.run.rounds)
+    return saved
 
 
 def _partitions_json(task: Task) -> dict[str, object]:
+    d = task.data
     return {
-        "dataset": task.dataset.name,
-        "source": task.dataset.source,
-        "label_names": task.dataset.label_names,
+        "dataset": d.dataset.name,
+        "source": d.dataset.source,
+        "label_names": d.dataset.label_names,
         "partition": task.cfg.data.partition,
-        "clients": {str(i): p.to_json() for i, p in enumerate(task.profiles)},
+        "clients": {str(i): p.to_json() for i, p in enumerate(d.profiles)},
     }

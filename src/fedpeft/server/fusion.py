@@ -19,11 +19,16 @@ server holds and no client trains on — a held-out slice of the train split or 
 texts; it needs no labels: a batch without ``"labels"`` has ``L_task = 0``, so only the
 ``(1 − α)`` KL term trains it. With one method group the teacher is the student and the KL is
 0 from the start: fusion is then plain FedAvg.
+
+It lives with the server, not in ``aggregation`` (pure tensor maths), because it runs and
+trains models. An aggregator asks for it by name (``register_aggregator(…, fuse="distill")``);
+``FUSION_STEPS`` maps the names to the steps with their defaults.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Literal
 
 import torch
@@ -178,3 +183,9 @@ def _logits(model: nn.Module, batch: ProxyBatch) -> Tensor:
 def _check_temperature(temperature: float) -> None:
     if not temperature > 0:
         raise ValueError(f"`temperature` should be positive, got {temperature}.")
+
+
+FUSION_STEPS: dict[str, Callable[..., dict[str, AdapterState]]] = {
+    "distill": partial(distill, steps=20, lr=1e-3, alpha=0.5, temperature=2.0),
+}
+"""Server-side fusion steps an aggregator may name (``AggregatorParts.fuse``)."""

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedpeft.aggregation import distill, ensemble_probs, kd_loss, teacher_kl
 from fedpeft.models import get_model_spec, load_classifier
 from fedpeft.peft import get_adapter_state, model_architecture, parse_spec, set_adapter_state
+from fedpeft.server.fusion import distill, ensemble_probs, kd_loss, teacher_kl
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

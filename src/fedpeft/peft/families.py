@@ -1,0 +1,50 @@
+"""The ``Architecture`` of a model or a ``transformers`` config: ``model_type`` picks the family."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedpeft.errors import FedpeftError
+from fedpeft.peft import arch_text, arch_vision
+from fedpeft.peft.arch import Architecture
+
+
+def model_architecture(model: Any) -> Architecture:
+    """The ``Architecture`` of a built ``transformers`` model with its task head (a
+    language-model head, ``lm_head``, makes it a causal LM)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise FedpeftError(
+            f"{type(model).__name__} has no `config`; expected a transformers model."
+        )
+    if hasattr(model, "lm_head"):
+        return architecture(config, 0, causal_lm=True)
+    return architecture(config, int(config.num_labels))
+
+
+def architecture(config: Any, num_labels: int, causal_lm: bool = False) -> Architecture:
+    """The ``Architecture`` of a ``transformers`` config (``model_type`` picks the family);
+    ``causal_lm`` for the language-model head instead of a classifier of ``num_labels``."""
+    model_type = getattr(config, "model_type", None)
+    if causal_lm:
+        if model_type == "llama":
+            return arch_text.llama_causal_lm(config)
+        raise FedpeftError(
+            f"model type {model_type!r} has no causal-LM cost model; supported: llama."
+        )
+    if model_type == "efficientnet_lite":
+        return arch_vision.efficientnet(config, num_labels)
+    if model_type == "vit":
+        return arch_vision.vit(config, num_labels)
+    if model_type == "clip":
+        return arch_vision.clip(config, num_labels)
+    if model_type == "bert":
+        return arch_text.encoder(config, "bert", num_labels)
+    if model_type in ("roberta", "xlm-roberta"):
+        return arch_text.encoder(config, "roberta", num_labels)
+    if model_type == "llama":
+        return arch_text.llama(config, num_labels)
+    raise FedpeftError(
+        f"model type {model_type!r} has no cost model yet; supported: bert, roberta, llama, "
+        "efficientnet_lite, vit, clip."
+    )

@@ -1,0 +1,171 @@
+"""Checkpoints: typed and versioned, verified before they are trusted, two rounds kept.
+
+Each damage below is one a resumed run used to adopt silently (issue 14): it must either
+fall back to the previous valid round (and then end exactly like an uninterrupted run) or
+be refused with one sentence, leaving the run folder as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from fedpeft.errors import FedpeftError
+from fedpeft.runtime.local import run_local
+from fedpeft.server import Observer, RunStore, ServerState
+from fedpeft.server.checkpoint import Checkpoints
+from fedpeft.server.state import STATE_FORMAT
+from fedpeft.types import RoundRecord
+
+
+class _StopAt(Observer):
+    """Interrupts the run at the start of round ``start`` or the end of round ``end``."""
+
+    def __init__(self, *, start: int = 0, end: int = 0) -> None:
+        self.start, self.end = start, end
+
+    def on_round_start(self, rnd: int, sampled) -> None:  # type: ignore[no-untyped-def]
+        if rnd == self.start:
+            raise KeyboardInterrupt
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        if record.round == self.end:
+            raise KeyboardInterrupt
+
+
+def _stopped(cfg, **stop: int) -> Path:  # type: ignore[no-untyped-def]
+    before = set(Path(cfg.run.output_dir).glob("*")) if Path(cfg.run.output_dir).exists() else set()
+    with pytest.raises(KeyboardInterrupt):
+        run_local(cfg, observer=_StopAt(**stop))
+    (new,) = set(Path(cfg.run.output_dir).glob("*")) - before
+    return new
+
+
+def _flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x10  # inside the last tensor's data
+    path.write_bytes(bytes(data))
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture
+def three(tiny):  # type: ignore[no-untyped-def]
+    return tiny("run.rounds=3", "data.partition='dirichlet'")
+
+
+def test_a_run_killed_in_its_first_round_resumes_to_the_same_result(three) -> None:
+    full = run_local(three)
+    stopped = _stopped(three, start=1)
+    assert RunStore(stopped).checkpoints.rounds() == [0]
+    resumed = run_local(three, resume=stopped)
+    _same(resumed.state, full.state)
+
+
+def test_a_damaged_newest_round_falls_back_to_the_previous_one(three, caplog) -> None:
+    full = run_local(three)
+    stopped = _stopped(three, end=2)
+    ckpt = stopped / "checkpoint"
+    _flip_a_bit(ckpt / "round-000002.safetensors")
+    resumed = run_local(three, resume=stopped)
+    assert "resuming from the previous valid checkpoint, round 1" in caplog.text
+    assert [r["round"] for r in resumed.rounds] == [1, 2, 3]
+    _same(resumed.state, full.state)
+
+
+@pytest.mark.parametrize("damage", ["bit_flip", "huge_value", "extra_group", "state_json"])
+def test_damage_in_every_kept_round_is_refused_and_changes_nothing(three, damage: str) -> None:
+    stopped = _stopped(three, end=2)
+    ckpt = stopped / "checkpoint"
+    for rnd in (1, 2):
+        tensors = ckpt / f"round-{rnd:06d}.safetensors"
+        if damage == "bit_flip":
+            _flip_a_bit(tensors)
+        elif damage in ("huge_value", "extra_group"):
+            flat = st_load(tensors.read_bytes())
+            if damage == "huge_value":
+                key = next(iter(flat))
+                flat[key] = flat[key].clone().fill_(1e30)
+            else:
+                flat["adapters::intruder::w"] = torch.ones(3)
+            tensors.write_bytes(st_save(flat))
+        else:
+            (ckpt / f"round-{rnd:06d}.json").write_bytes(bytes(range(256)))
+    before = {p.name: p.read_bytes() for p in stopped.rglob("*") if p.is_file()}
+    with pytest.raises(FedpeftError, match="cannot be resumed: no checkpoint verifies"):
+        run_local(three, resume=stopped)
+    after = {p.name: p.read_bytes() for p in stopped.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_a_checkpoint_of_another_run_with_the_same_shapes_is_refused(three) -> None:
+    other = run_local(three.model_copy(update={"run": three.run.model_copy(update={"seed": 1})}))
+    stopped = _stopped(three, end=1)
+    shutil.rmtree(stopped / "checkpoint")
+    shutil.copytree(other.run_dir / "checkpoint", stopped / "checkpoint")
+    with pytest.raises(FedpeftError, match="written for another configuration"):
+        run_local(three, resume=stopped)
+
+
+def test_resume_with_fewer_rounds_than_done_is_refused(three) -> None:
+    stopped = _stopped(three, end=2)
+    config = (stopped / "config.toml").read_text()
+    fewer = three.model_copy(update={"run": three.run.model_copy(update={"rounds": 1})})
+    with pytest.raises(FedpeftError, match="completed 2 rounds but `run.rounds` is 1"):
+        run_local(fewer, resume=stopped)
+    assert (stopped / "config.toml").read_text() == config
+
+
+def test_other_format_versions_are_refused(three) -> None:
+    stopped = _stopped(three, end=1)
+    ckpt = stopped / "checkpoint"
+    for manifest in ckpt.glob("*.manifest.json"):
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 99}))
+    with pytest.raises(FedpeftError, match="format 99 but this fedpeft reads format 2"):
+        run_local(three, resume=stopped)
+    shutil.rmtree(ckpt)
+    ckpt.mkdir()
+    (ckpt / "state.json").write_text(json.dumps({"round": 1, "extra": {}}))  # stop 9's format
+    with pytest.raises(FedpeftError, match="format 1"):
+        run_local(three, resume=stopped)
+
+
+def test_only_the_two_newest_rounds_are_kept(three) -> None:
+    root = run_local(three).run_dir
+    assert RunStore(root).checkpoints.rounds() == [3, 2]
+    assert len(list((root / "checkpoint").iterdir())) == 6
+
+
+def test_server_state_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
+    from fedpeft.allocation import GainEstimator, make_candidate
+
+    gain = GainEstimator().update(make_candidate("lora", {"r": 4}), 0.25)
+    state = ServerState(
+        {"lora": {"a": torch.arange(6.0).reshape(2, 3)}, "bitfit": {"b": torch.ones(2)}},
+        {"lora": {"m/a": torch.zeros(2, 3)}},
+        round=4,
+        main="lora",
+        examples={"lora": 30, "bitfit": 12},
+        members={"lora": (make_candidate("lora", {"r": 4}),)},
+        gain=gain,
+        last_accuracy={"lora": 0.5},
+        clusters={3: 1},
+        sim_clock_s=12.5,
+    )
+    folder = Checkpoints(tmp_path / "ck", "fp")
+    folder.save(state)
+    back = folder.load()
+    assert back.to_json() == state.to_json() and back.to_json()["format"] == STATE_FORMAT
+    for group in state.adapters:
+        _same(back.adapters[group], state.adapters[group])
+    _same(back.optimizer["lora"], state.optimizer["lora"])

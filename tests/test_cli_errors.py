@@ -1,0 +1,133 @@
+"""One sentence, never a traceback: the cases of issue 14 that reach ``fedpeft run``.
+
+The CLI is driven in-process (typer's runner); ``fedpeft run`` must exit with code 2 and a
+one-line ``error:`` for each, before anything is trained or written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedpeft.cli.main import app
+from fedpeft.errors import FedpeftError
+from fedpeft.runtime.local import run_local
+from tests.conftest import tiny_config
+
+TINY = [
+    "model.name='tiny-bert'",
+    "data.num_clients=2",
+    "run.rounds=1",
+    "data.train_size=32",
+    "data.eval_size=16",
+    "data.partition='iid'",
+    "run.threads=1",
+]
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["run", *args])
+    return result.exit_code, " ".join(result.output.split())
+
+
+def _sets(*items: str) -> list[str]:
+    return [x for item in items for x in ("--set", item)]
+
+
+def _assert_one_sentence(code: int, output: str, expected: str) -> None:
+    assert code == 2, output
+    assert expected in output
+    assert "Traceback" not in output and output.count("error:") == 1
+
+
+def test_output_dir_pointing_at_a_file(tmp_path: Path) -> None:
+    a_file = tmp_path / "results"
+    a_file.write_text("not a folder")
+    code, out = _run(*_sets(*TINY, f"run.output_dir={str(a_file)!r}"))
+    _assert_one_sentence(code, out, "is a file, not a folder")
+    code, out = _run(*_sets(*TINY, f"run.output_dir={str(a_file / 'runs')!r}"))
+    _assert_one_sentence(code, out, "lies below")
+    assert a_file.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_output_dir_in_a_folder_that_cannot_be_written(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        code, out = _run(*_sets(*TINY, f"run.output_dir={str(locked / 'runs')!r}"))
+        _assert_one_sentence(code, out, "is not writable")
+    finally:
+        locked.chmod(0o700)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("run.rounds=true", "`run.rounds`: Input should be a valid integer, got True"),
+        ("server.min_clients=3", "`server.min_clients` is 3 but `data.num_clients` is only 2"),
+    ],
+)
+def test_config_types_and_quorum(tmp_path: Path, override: str, expected: str) -> None:
+    code, out = _run(*_sets(*TINY, f"run.output_dir={str(tmp_path)!r}", override))
+    _assert_one_sentence(code, out, expected)
+
+
+def test_non_utf8_training_file(tmp_path: Path) -> None:
+    data = tmp_path / "train.csv"
+    data.write_bytes(b"text,label\ngood,pos\nbad,neg\nna\xefve,pos\n")
+    code, out = _run(
+        *_sets(*TINY, "data.dataset='custom'", f"data.train_file={str(data)!r}"),
+        "--set",
+        f"run.output_dir={str(tmp_path / 'runs')!r}",
+    )
+    _assert_one_sentence(code, out, "line 4: byte 0xef is not UTF-8")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real 1-round run of the tiny BERT (a few seconds), damaged by the tests below
+    in copies."""
+    root = tmp_path_factory.mktemp("finished")
+    return run_local(tiny_config(root, "run.rounds=1", "data.train_size=32")).run_dir
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / run.name))
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ("checkpoint/*.json", "no checkpoint verifies"),  # every kept round's manifest and state
+        ("metrics.jsonl", "metrics.jsonl is not valid JSON lines"),
+        ("clients.jsonl", "clients.jsonl is not valid JSON lines"),
+        ("config.toml", "is not valid TOML"),
+    ],
+)
+def test_random_bytes_in_a_run_folder_stop_the_resume(
+    finished_run: Path, tmp_path: Path, files: str, expected: str
+) -> None:
+    run = _copy(finished_run, tmp_path)
+    junk = bytes(range(128, 256)) * 3  # never valid UTF-8
+    damaged = sorted(run.glob(files))
+    assert damaged
+    for path in damaged:
+        path.write_bytes(junk)
+    code, out = _run("--resume", str(run), "--set", "run.rounds=2")
+    _assert_one_sentence(code, out, expected)
+    assert all(path.read_bytes() == junk for path in damaged)  # nothing was rewritten
+
+
+def test_run_local_itself_refuses_random_bytes_in_the_checkpoint(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    run = _copy(finished_run, tmp_path)
+    for path in (run / "checkpoint").glob("*.json"):
+        path.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(FedpeftError, match="cannot be resumed: no checkpoint verifies"):
+        run_local(tiny_config(tmp_path, "run.rounds=2"), resume=run)

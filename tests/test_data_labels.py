@@ -1,0 +1,103 @@
+"""Labels from people's files: one class per number however it is spelt, numeric order,
+NaN and bad bytes refused with the row, ``data.label_names`` fixing the class order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedpeft.config import load_config
+from fedpeft.data import load_dataset
+from fedpeft.data.labels import label_order, normalize_label
+from fedpeft.data.sources import read_table
+from fedpeft.errors import FedpeftError
+
+
+def _jsonl(path: Path, labels: list[object]) -> Path:
+    # json.dumps writes float('nan') as the bare token NaN, which Python's json reads back
+    path.write_text(
+        "".join(json.dumps({"text": f"t{i}", "label": y}) + "\n" for i, y in enumerate(labels))
+    )
+    return path
+
+
+def _custom(train: Path, *extra: str):  # type: ignore[no-untyped-def]
+    cfg = load_config(
+        overrides=["data.dataset='custom'", f"data.train_file={str(train)!r}", *extra]
+    )
+    return load_dataset(cfg.data, 0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [(1, "1"), (1.0, "1"), ("1.0", "1"), (" 01 ", "1"), ("1e1", "10"), (-0.0, "0"),
+     (2.5, "2.5"), ("2.50", "2.5"), ("pos", "pos"), (True, "true"), ("", None), (None, None)],
+)  # fmt: skip
+def test_one_spelling_per_class(raw: object, canonical: str | None) -> None:
+    assert normalize_label(raw, "here") == canonical
+
+
+@pytest.mark.parametrize("raw", [float("nan"), float("inf"), "NaN", "nan", "-inf", "Infinity"])
+def test_nan_and_infinite_labels_are_refused(raw: object) -> None:
+    with pytest.raises(FedpeftError, match="not a class"):
+        normalize_label(raw, "data file x, row 3")
+
+
+def test_numbers_sort_as_numbers_and_words_as_words() -> None:
+    numbers = ["10", "2", "-1", "2.5", "0"]
+    assert label_order(numbers) == ["-1", "0", "2", "2.5", "10"]
+    # the independent reference: sort by the numeric value
+    assert label_order(numbers) == sorted(numbers, key=float)
+    assert label_order(["b", "10", "a", "2"]) == ["10", "2", "a", "b"]  # mixed: as strings
+
+
+def test_1_and_1_0_are_one_class_and_10_comes_after_2(tmp_path: Path) -> None:
+    ds = _custom(_jsonl(tmp_path / "t.jsonl", [1, 1.0, "1.0", 2, "10", 10.0, "2"] * 3))
+    assert ds.label_names == ["1", "2", "10"]
+    everything = np.concatenate([ds.train.labels, ds.eval.labels])
+    assert sorted(np.bincount(everything).tolist()) == [6, 6, 9]
+
+
+def test_a_nan_label_is_refused_with_its_row(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "t.jsonl", ["a", "b", float("nan"), "a"])
+    assert "NaN" in path.read_text()
+    with pytest.raises(FedpeftError, match=r"row 3: the label is nan, not a class"):
+        read_table(path, "text", "label")
+    csv = tmp_path / "t.csv"
+    csv.write_text("text,label\nx,a\ny,nan\n")
+    with pytest.raises(FedpeftError, match=r"row 2: the label is 'nan'"):
+        read_table(csv, "text", "label")
+
+
+def test_a_list_label_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(FedpeftError, match=r"row 2: the label is a list"):
+        read_table(_jsonl(tmp_path / "t.jsonl", ["a", ["b"]]), "text", "label")
+
+
+def test_non_utf8_bytes_are_refused_with_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"text,label\nfine,a\ncaf\xe9,b\n")
+    with pytest.raises(FedpeftError, match=r"line 3: byte 0xe9 is not UTF-8"):
+        read_table(path, "text", "label")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes("\ufefftext,label\nx,a\ny,b\n".encode())
+    assert read_table(path, "text", "label") == (["x", "y"], ["a", "b"])
+
+
+def test_label_names_fix_the_class_order_and_refuse_strangers(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "t.jsonl", ["neg", "pos", "neg", "pos"] * 3)
+    ds = _custom(path, "data.label_names=['pos','neg','neutral']")
+    assert ds.label_names == ["pos", "neg", "neutral"]  # classes absent from a file stay
+    assert set(np.concatenate([ds.train.labels, ds.eval.labels]).tolist()) == {0, 1}
+    with pytest.raises(FedpeftError, match=r"labels \['pos'\] that are not among the classes"):
+        _custom(path, "data.label_names=['neg','other']")
+    with pytest.raises(FedpeftError, match="name a class twice"):
+        _custom(path, "data.label_names=['1','1.0']")
+    with pytest.raises(FedpeftError, match="applies to `data.dataset = 'custom'` only"):
+        load_config(overrides=["data.label_names=['a','b']"])

@@ -1,0 +1,53 @@
+"""Stored values of a tiny end-to-end run: a refactor must not change the numbers silently.
+
+tiny-bert, 3 clients, Dirichlet(0.5), 3 rounds, every option that shapes the numbers spelt
+out (so a change of a default does not move them). Pinned: each round's train and eval loss,
+the final accuracy, and the sha256 of the exported ``adapter_model.safetensors``. The hash
+is exact only on the CPU kind it was recorded on (float kernels differ between AVX2 and
+AVX-512); elsewhere the losses, which agree to ~1e-6, carry the check. If a change is MEANT
+to move these numbers, update them in the same commit and say why in its message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedpeft.runtime.local import run_local
+from tests.conftest import tiny_config
+
+PINNED = [
+    "data.num_clients=3",
+    "run.rounds=3",
+    "data.partition=dirichlet",
+    "data.alpha=0.5",
+    "data.train_size=96",
+    "run.seed=7",
+    "peft.method=lora",
+    "client.lr=0.01",
+    "client.epochs=1",
+    "server.aggregator=fedavg",
+    "server.optimizer=none",
+    "server.head_init=random",
+    "client.label_skew=none",
+]
+EVAL_LOSS = [0.6995221972465515, 0.705507218837738, 0.7087802290916443]
+TRAIN_LOSS = [0.6860812058051428, 0.6964744608849287, 0.7007369392861923]
+ACCURACY = 0.5
+ADAPTER_SHA256 = "f5774aa62de390d4c65aa422151057e50de36fc5caec642fecc24d018528cade"
+RECORDED_ON = "AVX512"
+
+
+def test_a_tiny_run_reproduces_its_stored_numbers(tmp_path: Path) -> None:
+    result = run_local(tiny_config(tmp_path, *PINNED))
+    rounds = result.rounds
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert [r["eval"]["loss"] for r in rounds] == pytest.approx(EVAL_LOSS, abs=1e-5)
+    assert [r["train_loss"] for r in rounds] == pytest.approx(TRAIN_LOSS, abs=1e-5)
+    assert result.summary["final_accuracy"] == pytest.approx(ACCURACY)
+    adapter = (result.run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+    if torch.backends.cpu.get_cpu_capability() == RECORDED_ON:
+        assert hashlib.sha256(adapter).hexdigest() == ADAPTER_SHA256
