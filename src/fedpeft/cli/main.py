@@ -171,7 +171,7 @@ def report(
         from fedpeft.report import write_report
         from fedpeft.server.classes import CLASSES, evaluate_run
 
-        if classes and not (run_dir / CLASSES).is_file() and (run_dir / "summary.json").is_file():
+        if classes and not (run_dir / CLASSES).is_file():
             evaluate_run(run_dir)
         Console().print(f"wrote {write_report(run_dir, reference)}")
 

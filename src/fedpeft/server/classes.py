@@ -94,12 +94,15 @@ def read_class_report(run_dir: Path) -> ClassReport | None:
 def evaluate_run(run_dir: Path) -> ClassReport | None:
     """The per-class report of a finished run's global adapter on its eval split, written
     to ``classes.json``; None where there is no single classifier head (instruction
-    tuning, allocated runs of several method groups) or nothing was trained."""
+    tuning, allocated runs of several method groups), nothing was trained, or the folder
+    is not a finished run's."""
     from fedpeft.config import build_config, read_toml
     from fedpeft.server.instruct import task_kind
     from fedpeft.server.store import CONFIG, RunStore
     from fedpeft.server.task import build_task
 
+    if not (run_dir / CONFIG).is_file() or not (run_dir / "summary.json").is_file():
+        return None  # not a finished run: nothing to evaluate
     store = RunStore.open_existing(run_dir)
     cfg = build_config(read_toml(store.root / CONFIG), source=str(store.root / CONFIG))
     if task_kind(cfg) == "instruct" or cfg.allocation.enabled:
