@@ -21,10 +21,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sweep import run_variant
+from sweep import run_variant, variant_result
 
 DATASETS = ("sst2", "ag_news", "trec", "banking77")
-SIZES = ["data.train_size=600", "data.eval_size=400", "run.rounds=3", "run.threads=1"]
 OLD = ["server.head_init='random'", "client.label_skew='none'", "client.lr=0.003"]
 ABLATION = {  # the variant's keys on top of today's defaults (+ head + la: dir{α} itself)
     "old": OLD,
@@ -33,16 +32,23 @@ ABLATION = {  # the variant's keys on top of today's defaults (+ head + la: dir{
 }
 
 
-def plan(seeds: list[int], alphas: list[float], ablate: list[str]) -> dict[str, list[str]]:
+def plan(
+    seeds: list[int],
+    datasets: list[str],
+    alphas: list[float],
+    ablate: list[str],
+    ablate_on: list[str],
+    sizes: list[str],
+) -> dict[str, list[str]]:
     """Run key (dataset/variant/seed) → its ``--set`` overrides."""
     runs: dict[str, list[str]] = {}
     for seed in seeds:
-        for ds in DATASETS:
-            base = [f"data.dataset='{ds}'", f"run.seed={seed}", *SIZES]
+        for ds in datasets:
+            base = [f"data.dataset='{ds}'", f"run.seed={seed}", *sizes]
             runs[f"{ds}/central/seed{seed}"] = [*base, "data.num_clients=1"]
             for a in alphas:
                 runs[f"{ds}/dir{a}/seed{seed}"] = [*base, f"data.alpha={a}"]
-            for a_text in ablate:
+            for a_text in ablate if ds in ablate_on else ():
                 for name, keys in ABLATION.items():
                     runs[f"{ds}/dir{a_text}{name}/seed{seed}"] = [
                         *base,
@@ -90,18 +96,47 @@ def main() -> None:
     ap.add_argument("--seed", action="append", type=int, default=[])
     ap.add_argument("--alpha", action="append", type=float, default=[])
     ap.add_argument("--ablate", action="append", default=[], help="α of the ablation runs")
+    ap.add_argument("--ablate-on", action="append", default=[], help="datasets to ablate")
     ap.add_argument("--only", action="append", default=[], help="keys containing this")
+    ap.add_argument("--dataset", action="append", default=[])
+    ap.add_argument("--train-size", type=int, default=600)
+    ap.add_argument("--eval-size", type=int, default=400)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--collect", action="store_true", help="read finished run folders only")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--runs", type=Path, default=Path("/tmp/fedpeft_accuracy_runs"))
     args = ap.parse_args()
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    sizes = [
+        f"data.train_size={args.train_size}",
+        f"data.eval_size={args.eval_size}",
+        f"run.rounds={args.rounds}",
+        "run.threads=1",
+    ]
+    runs = plan(
+        args.seed or [0],
+        args.dataset or list(DATASETS),
+        args.alpha or [0.5, 0.1],
+        args.ablate,
+        args.ablate_on,
+        sizes,
+    )
     todo = {
         k: v
-        for k, v in plan(args.seed or [0], args.alpha or [0.5, 0.1], args.ablate).items()
+        for k, v in runs.items()
         if ("error" in results.get(k, {"error": ""}))
         and (not args.only or any(o in k for o in args.only))
     }
     lock = threading.Lock()
+    if args.collect:  # runs that finished after their driver stopped
+        for key, sets in todo.items():
+            done = sorted(
+                args.runs.glob(key.replace("/", "_").replace("_", "-").replace(".", "-") + "-*")
+            )
+            if done and (done[-1] / "summary.json").is_file():
+                results[key] = variant_result(done[-1], sets)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        todo = {}
 
     def one(key: str) -> None:
         r = run_variant(key.replace("/", "_"), todo[key], args.runs)

@@ -26,6 +26,13 @@ def run_variant(label: str, sets: list[str], out: Path) -> dict[str, object]:
         s, rounds = read_run(run_dir)
     except RuntimeError as e:
         return {"sets": sets, "error": str(e)}
+    return variant_result(run_dir, sets)
+
+
+def variant_result(run_dir: Path, sets: list[str]) -> dict[str, object]:
+    """What a finished run folder shows: accuracy and macro-F1 per round, bytes, time, the
+    rarest train classes' recall."""
+    s, rounds = read_run(run_dir)
     return {
         "sets": sets,
         "accuracy_per_round": [r["eval"]["accuracy"] for r in rounds],
