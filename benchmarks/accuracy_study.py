@@ -85,6 +85,24 @@ def summarise(results: dict[str, dict[str, object]]) -> dict[str, dict[str, obje
     return out
 
 
+def partial_result(run_dir: Path, sets: list[str]) -> dict[str, object]:
+    """An unfinished run's rounds so far and its round-0 head (``head_init.json``), marked
+    ``partial`` (no final figures: the summary leaves it out)."""
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    rounds = [json.loads(x) for x in lines if x.strip()]
+    head = run_dir / "head_init.json"
+    return {
+        "sets": sets,
+        "partial": True,
+        "round0_head": json.loads(head.read_text())["eval_after"] if head.is_file() else None,
+        "accuracy_per_round": [r["eval"]["accuracy"] for r in rounds],
+        "macro_f1_per_round": [r["eval"]["macro_f1"] for r in rounds],
+        "round_wall_s": [r["wall_time_s"] for r in rounds],
+        "run": str(run_dir),
+    }
+
+
 def _stat(name: str, xs: list[float]) -> dict[str, float]:
     sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
     return {name: round(statistics.mean(xs), 4), f"{name}_std": round(sd, 4)}
@@ -103,6 +121,7 @@ def main() -> None:
     ap.add_argument("--eval-size", type=int, default=400)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--collect", action="store_true", help="read finished run folders only")
+    ap.add_argument("--partial", action="store_true", help="--collect unfinished runs too")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--runs", type=Path, default=Path("/tmp/fedpeft_accuracy_runs"))
     args = ap.parse_args()
@@ -135,6 +154,8 @@ def main() -> None:
             )
             if done and (done[-1] / "summary.json").is_file():
                 results[key] = variant_result(done[-1], sets)
+            elif done and args.partial:
+                results[key] = partial_result(done[-1], sets)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
         todo = {}
 
