@@ -26,15 +26,48 @@ def run_variant(label: str, sets: list[str], out: Path) -> dict[str, object]:
         s, rounds = read_run(run_dir)
     except RuntimeError as e:
         return {"sets": sets, "error": str(e)}
+    return variant_result(run_dir, sets)
+
+
+def variant_result(run_dir: Path, sets: list[str]) -> dict[str, object]:
+    """What a finished run folder shows: accuracy and macro-F1 per round, bytes, time, the
+    rarest train classes' recall."""
+    s, rounds = read_run(run_dir)
     return {
         "sets": sets,
         "accuracy_per_round": [r["eval"]["accuracy"] for r in rounds],
+        "macro_f1_per_round": [r["eval"]["macro_f1"] for r in rounds],
         "final_accuracy": s["final_accuracy"],
         "final_macro_f1": s["final_macro_f1"],
         "bytes_up_per_client_round": s["bytes_up_per_client_round"],
         "median_round_s": statistics.median(r["wall_time_s"] for r in rounds),
+        "client_steps": client_steps(run_dir),
         "groups_final": rounds[-1].get("groups"),
+        **rarest_recall(run_dir),
         "run": str(run_dir),
+    }
+
+
+def client_steps(run_dir: Path) -> int:
+    """Local optimiser steps summed over every client and round (the compute spent)."""
+    lines = (run_dir / "clients.jsonl").read_text().splitlines()
+    return int(sum(json.loads(x)["metrics"].get("steps", 0) for x in lines if x.strip()))
+
+
+def rarest_recall(run_dir: Path, k: int = 3) -> dict[str, object]:
+    """The final recall of the ``k`` classes rarest in the train subset, from classes.json."""
+    path = run_dir / "classes.json"
+    if not path.is_file():
+        return {}
+    c = json.loads(path.read_text())
+    parts = json.loads((run_dir / "partitions.json").read_text())["clients"].values()
+    train = [sum(h) for h in zip(*(p["label_histogram"] for p in parts), strict=True)]
+    rare = sorted(range(len(train)), key=lambda i: (train[i], i))[:k]
+    return {
+        "rarest_classes": [
+            {"class": c["label_names"][i], "train": train[i], "recall": c["recall"][i]}
+            for i in rare
+        ]
     }
 
 

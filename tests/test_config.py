@@ -39,7 +39,7 @@ def test_config_is_frozen() -> None:
         ("peft.rank=4", "method 'lora': unknown key `peft.rank`"),
         ("nosection.x=1", "unknown key `nosection`"),
         ("peft.r=-1", "`peft.r`: Input should be greater than 0, got -1"),
-        ("client.lr='fast'", "`client.lr`: Input should be a valid number"),
+        ("client.lr='fast'", "`client.lr` should be a positive number or \"auto\", got 'fast'"),
         ("peft.dropout=1.5", "`peft.dropout`"),
         ("peft.method='houlsby'", "no-error"),
         ("peft.size=0", "method 'lora': unknown key `peft.size`"),
@@ -51,7 +51,7 @@ def test_config_is_frozen() -> None:
         ("run.rounds=2.0", "`run.rounds`: Input should be a valid integer, got 2.0"),
         ("simulation.devices=1", "`simulation.devices`: Input should be a valid boolean, got 1"),
         ("peft.r=true", "`peft.r`: Input should be a valid integer, got True"),
-        ("client.lr=true", "`client.lr`: Input should be a valid number"),
+        ("client.lr=true", '`client.lr` should be a positive number or "auto", got True'),
         ("client.lr=1", "no-error"),  # an int is a valid float
         ("server.min_clients=11", "`server.min_clients` is 11 but `data.num_clients` is only 10"),
         ("server.min_clients=10", "no-error"),

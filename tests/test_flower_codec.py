@@ -159,3 +159,38 @@ def test_typed_handles_the_shapes_new_instruction_fields_may_take() -> None:
         typed([1, 2, 3], tuple[int, str])
     with pytest.raises(TypeError):
         typed({"r": "8"}, dict[str, int])
+
+
+def test_a_statistics_reply_is_checked_against_the_served_heads_shape() -> None:
+    """Round 0's class feature statistics (head initialisation) travel on Flower: the pool
+    expects (C, H), (C,) and (H, H) float64 tensors sized by the served head, and refuses
+    them as the reply to a training instruction (and vice versa)."""
+    from fedpeft.client.features import STATS_COUNT, STATS_SECOND, STATS_SUM
+    from fedpeft.client.handler import KIND_FEATURE_STATS
+    from fedpeft.compression import payload_layout
+    from fedpeft.runtime.flower.pool import _expected
+
+    served = {
+        "m.classifier.weight": torch.zeros(4, 8),
+        "m.classifier.bias": torch.zeros(4),
+        "m.q.lora_A.weight": torch.zeros(2, 8),
+    }
+    layout = payload_layout(encode(served, {}))
+    ins = TrainInstruction(0, 1, 1, None, 16, 1e-3, 0.0, 0.0, 0)
+    stats_ins = replace(ins, kind=KIND_FEATURE_STATS)
+    stats = {
+        STATS_SUM: torch.ones(4, 8, dtype=torch.float64),
+        STATS_COUNT: torch.tensor([1.0, 0.0, 2.0, 3.0], dtype=torch.float64),
+        STATS_SECOND: torch.eye(8, dtype=torch.float64),
+    }
+    reply = payload_to_content(encode(stats, {"round": 0}))
+    assert content_to_payload(reply, expected=_expected(stats_ins, layout)) == encode(
+        stats, {"round": 0}
+    )
+    with pytest.raises(CodecError):
+        content_to_payload(reply, expected=_expected(ins, layout))
+    wrong = {**stats, STATS_SECOND: torch.eye(7, dtype=torch.float64)}
+    with pytest.raises(CodecError):
+        content_to_payload(payload_to_content(encode(wrong, {})), _expected(stats_ins, layout))
+    with pytest.raises(CodecError):
+        content_to_payload(payload_to_content(encode(served, {})), _expected(stats_ins, layout))

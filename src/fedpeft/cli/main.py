@@ -118,8 +118,10 @@ def run(
     from fedpeft.report import write_report
     from fedpeft.report.fmt import num, scaled, share_of_full_model
     from fedpeft.report.markdown import privacy_lines
+    from fedpeft.server.classes import evaluate_run
 
     with user_errors():
+        evaluate_run(result.run_dir)  # classes.json: per-class figures for the report
         write_report(result.run_dir)
     console.print(rounds_table(result.rounds))
     s = result.summary
@@ -170,6 +172,13 @@ def report(
     run_dir: Annotated[
         Path, typer.Argument(help="a run folder, runs/<run-id>, or an experiment folder")
     ],
+    reference: Annotated[
+        Path | None,
+        typer.Option(help="a finished run to compare with, e.g. the same data with 1 client"),
+    ] = None,
+    classes: Annotated[
+        bool, typer.Option(help="evaluate per class when classes.json is missing (loads the model)")
+    ] = True,
 ) -> None:
     """(Re)write a run's report.md and plots/*.png from its logs, or an experiment's
     report.md, report.html and plots/ from its runs."""
@@ -185,9 +194,16 @@ def report(
 
             Console().print(f"wrote {report_experiment(run_dir)}")
             return
+        if reference is not None and not (reference / "summary.json").is_file():
+            raise FedpeftError(
+                f"{reference} has no summary.json; pass a finished fedpeft run as --reference."
+            )
         from fedpeft.report import write_report
+        from fedpeft.server.classes import CLASSES, evaluate_run
 
-        Console().print(f"wrote {write_report(run_dir)}")
+        if classes and not (run_dir / CLASSES).is_file():
+            evaluate_run(run_dir)
+        Console().print(f"wrote {write_report(run_dir, reference)}")
 
 
 @app.command()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from fedpeft.client.features import class_feature_stats, num_classes
 from fedpeft.client.personal import (
     PersonalKit,
     PersonalPlan,
@@ -47,6 +48,10 @@ META_METRICS = "metrics"
 META_ROUND = "round"
 META_NONCE = "nonce"  # echoes the instruction's nonce: the reply answers that instruction
 
+KIND_TRAIN = "train"
+KIND_FEATURE_STATS = "feature_stats"  # the class feature statistics of client/features.py
+STATS_BATCH_SIZE = 64  # forward passes only
+
 
 @dataclass(frozen=True)
 class FitResult:
@@ -73,7 +78,8 @@ def handle_fit(
     kit: PersonalKit | None = None,
 ) -> FitResult:
     """One round on this client: the payload's adapter loaded (joined with the client's
-    personal part, if its plan keeps one: ``client/personal.py``), trained (DP-SGD, or
+    personal part, if its plan keeps one: ``client/personal.py``) and trained — or, for a
+    ``feature_stats`` instruction (round 0), its class feature statistics sent instead — (DP-SGD, or
     local DP on the shared update, when the instruction's ``privacy`` asks), the reply
     encoded without the personal part, which the client keeps (``personal/…`` in its
     state); compressed when the instruction names a scheme, with this client's
@@ -84,6 +90,11 @@ def handle_fit(
     plan = PersonalPlan.from_json(instruction.personal)
     kept = state or {}
     model = personalised(model, adapter, plan, kept, kit)
+    if instruction.kind == KIND_FEATURE_STATS:  # before round 1: statistics, no training
+        stats = class_feature_stats(model, data, num_classes(adapter), STATS_BATCH_SIZE, device)
+        return FitResult(
+            encode_reply(ClientUpdate(instruction.client_id, stats, len(data.indices)), instruction)
+        )
     dp = ClientDp.from_json(instruction.privacy)
     update = train(model, instruction, data, device, dpsgd_settings(dp))
     if plan.keeps:  # the personal part stays here; only the shared tensors travel

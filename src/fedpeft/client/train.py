@@ -8,7 +8,7 @@ With ``dpsgd`` set, steps are sample-level DP-SGD (``fedpeft.privacy.dpsgd``, op
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,7 +18,8 @@ import psutil
 import torch
 from torch import nn
 
-from fedpeft.data import Split
+from fedpeft.client.losses import LabelSkewLoss, Loss
+from fedpeft.data import ImageSplit, QABatch, Split, TokenizedSplit
 from fedpeft.peft import get_adapter_state
 from fedpeft.types import ClientUpdate, TrainInstruction
 
@@ -45,21 +46,28 @@ def train(
     data: ClientData,
     device: torch.device,
     dpsgd: DpSgd | None = None,
+    after_backward: Callable[[], None] | None = None,
 ) -> ClientUpdate:
-    """Trains ``model``'s adapter in place from its current state and returns the update."""
+    """Trains ``model``'s adapter in place from its current state and returns the update.
+
+    ``after_backward`` runs after every backward pass, before the optimiser step (it may
+    change the gradients: SCAFFOLD's correction, ``client/scaffold.py``)."""
     params = [
         p
         for n, p in model.named_parameters()
         if p.requires_grad and not any(part in n for part in instruction.freeze)
     ]
     anchor = [p.detach().clone() for p in params] if instruction.proximal_mu > 0 else []
-    opt = torch.optim.AdamW(params, lr=instruction.lr, weight_decay=instruction.weight_decay)
+    opt = torch.optim.AdamW(
+        _param_groups(model, params, instruction), weight_decay=instruction.weight_decay
+    )
     seed = derive_seed(instruction.seed, instruction.round, instruction.client_id)
     rng = np.random.default_rng(seed)
     private = _private(model, opt, dpsgd, data, instruction, seed, anchor, device)
     opt = private.optimizer if private else opt
     meter = _PeakMemory(device)
     loss_sum, seen, steps = 0.0, 0, 0
+    objective = client_objective(instruction, data)
     max_steps = instruction.steps or instruction.epochs * _batches(len(data.indices), instruction)
     start = time.perf_counter()
     model.train()
@@ -74,12 +82,19 @@ def train(
             )
             for batch in batches:
                 batch = batch.to(device)
-                out = model(**batch.model_inputs())
-                loss = out.loss + _proximal(params, anchor, instruction.proximal_mu)
+                out = model(**batch.model_inputs(with_labels=objective is None))
+                task_loss = (
+                    out.loss
+                    if objective is None or isinstance(batch, QABatch)  # spans: the model's loss
+                    else objective(out.logits, batch.labels)
+                )
+                loss = task_loss + _proximal(params, anchor, instruction.proximal_mu)
                 loss.backward()
+                if after_backward is not None:
+                    after_backward()
                 opt.step()
                 model.zero_grad(set_to_none=True)  # also frozen-by-instruction grads
-                loss_sum += float(out.loss.detach()) * len(batch)
+                loss_sum += float(task_loss.detach()) * len(batch)
                 seen += len(batch)
                 steps += 1
                 meter.sample()
@@ -115,6 +130,29 @@ def _private(
     private = PrivateTraining(model, opt, dpsgd, n, instruction.batch_size, seed, (anchor, mu))
     private.probe(data.split, data.indices, device)
     return private
+
+
+HEAD_MODULES = ("classifier", "score")  # the task heads of every supported family (peft/arch*.py)
+
+
+def _param_groups(
+    model: nn.Module, params: list[nn.Parameter], instruction: TrainInstruction
+) -> list[dict[str, object]]:
+    """One AdamW group at ``lr``, or two when ``head_lr`` sets the task head's apart."""
+    if instruction.head_lr is None:
+        return [{"params": params, "lr": instruction.lr}]
+    ids = {id(p) for n, p in model.named_parameters() if set(n.split(".")) & set(HEAD_MODULES)}
+    head = [p for p in params if id(p) in ids]
+    rest = [p for p in params if id(p) not in ids]
+    return [{"params": rest, "lr": instruction.lr}, {"params": head, "lr": instruction.head_lr}]
+
+
+def client_objective(instruction: TrainInstruction, data: ClientData) -> Loss | None:
+    """The label-skew loss from the client's own label counts (classification only)."""
+    rule = LabelSkewLoss(instruction.label_skew, instruction.label_skew_tau)
+    if not rule.active or not isinstance(data.split, TokenizedSplit | ImageSplit):
+        return None  # generated words and answer spans have no class logits
+    return rule.for_client(data.split.labels[data.indices])
 
 
 def _batches(n: int, instruction: TrainInstruction) -> int:

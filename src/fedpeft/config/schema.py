@@ -6,14 +6,23 @@ MiniLM-L6 on SST-2, 10 clients, Dirichlet(0.5) label skew, LoRA r=8, FedAvg.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from fedpeft.config.allocation import AllocationConfig
 from fedpeft.config.base import Section as _Section
 from fedpeft.config.personal import PersonalizationConfig
 from fedpeft.config.profiles import ProfilesConfig
+from fedpeft.errors import FedpeftError
 
 
 class RunConfig(_Section):
@@ -138,15 +147,59 @@ class ClientConfig(_Section):
     epochs: PositiveInt = 1
     steps: PositiveInt | None = Field(None, description="if set, train this many steps instead")
     batch_size: PositiveInt = 16
-    lr: PositiveFloat = 3e-3
+    lr: float | str = Field(
+        3e-3, description='"auto": a learning-rate range test on the largest client (lr_range.py)'
+    )
+    head_lr: PositiveFloat | None = Field(None, description="the task head's lr (None: lr)")
     weight_decay: float = Field(0.0, ge=0.0)
     proximal_mu: float = Field(0.0, ge=0.0, description="FedProx term (mu/2)·||θ − θ⁰||²")
+    label_skew: Literal["none", "logit_adjust", "fedlc", "fedrs"] = Field(
+        "logit_adjust",
+        description="classification: the client loss's label-skew rule (client/losses.py)",
+    )
+    label_skew_tau: float = Field(1.0, ge=0.0, description="its strength τ (FedRS: α ≤ 1)")
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr_number_or_auto(cls, value: object) -> float | str:
+        if value == "auto":
+            return "auto"
+        bad = ValueError(f'`client.lr` should be a positive number or "auto", got {value!r}')
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        if not (math.isfinite(value) and value > 0):
+            raise bad
+        return float(value)
+
+    @property
+    def fixed_lr(self) -> float:
+        """The learning rate, once ``"auto"`` has been resolved (``server/lr_auto.py``)."""
+        if isinstance(self.lr, str):
+            raise FedpeftError(
+                '`client.lr` is "auto" but no range test has chosen it; build the task with '
+                "fedpeft.server.task.build_task, which resolves it."
+            )
+        return self.lr
+
+    @model_validator(mode="after")
+    def _fedrs_alpha(self) -> ClientConfig:
+        if self.label_skew == "fedrs" and self.label_skew_tau > 1:
+            raise ValueError(
+                f"`client.label_skew_tau` is FedRS's α and should be in [0, 1], "
+                f"got {self.label_skew_tau}"
+            )
+        return self
 
 
 class ServerConfig(_Section):
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of clients per round")
     min_clients: PositiveInt = 1
     aggregator: str = "fedavg"
+    head_init: Literal["random", "ncm", "lda"] = Field(
+        "lda",
+        description="classifiers: start the head from the clients' class feature statistics "
+        "(round 0; server/head_init.py)",
+    )
     optimizer: Literal["none", "fedavgm", "fedadam", "fedyogi"] = "none"
     server_lr: PositiveFloat | None = Field(None, description="None = the optimiser's default")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="FedAvgM")

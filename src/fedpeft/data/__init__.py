@@ -9,6 +9,7 @@ from fedpeft.data.registry import dataset_names, heldout_train, load_dataset, re
 from fedpeft.data.sources import ImageArrays, RawDataset, RawSplit, data_dirs
 from fedpeft.data.tokenized import Batch, TokenizedSplit, tokenize_split
 
+from fedpeft.data import text_sets  # noqa: F401  # isort: skip - registers more text sets
 from fedpeft.data.images import (  # isort: skip - registers the image datasets
     ImageBatch,
     ImagePreprocess,

@@ -98,24 +98,39 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     return _from_pretrained(spec, AutoTokenizer.from_pretrained, str(source))
 
 
-def load_classifier(spec: ModelSpec, num_labels: int, seed: int) -> PreTrainedModel:
+def load_classifier(
+    spec: ModelSpec, num_labels: int, seed: int, label_names: list[str] | None = None
+) -> PreTrainedModel:
     """The frozen-base model with a sequence-classification head of ``num_labels``.
 
-    The new head is initialised under ``seed`` so every process builds the same model.
+    The new head is initialised under ``seed`` so every process builds the same model;
+    ``label_names`` become the config's ``id2label``/``label2id`` (exported with adapters).
     """
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if spec.build is not None:
-            return spec.build(num_labels)
-        source = spec.local_path() or spec.hub_id
-        return _from_pretrained(
-            spec,
-            AutoModelForSequenceClassification.from_pretrained,
-            str(source),
-            num_labels=num_labels,
-        )
+            model = spec.build(num_labels)
+        else:
+            source = spec.local_path() or spec.hub_id
+            model = _from_pretrained(
+                spec,
+                AutoModelForSequenceClassification.from_pretrained,
+                str(source),
+                num_labels=num_labels,
+            )
+    if label_names is not None:
+        set_label_names(model.config, label_names)
+    return model
+
+
+def set_label_names(config: PretrainedConfig, names: list[str]) -> None:
+    """``id2label``/``label2id`` of a classifier's config from the dataset's label names."""
+    if len(names) != config.num_labels:
+        raise ValueError(f"{len(names)} label names for a head of {config.num_labels} labels")
+    config.id2label = {i: str(n) for i, n in enumerate(names)}
+    config.label2id = {str(n): i for i, n in enumerate(names)}
 
 
 def load_causal_lm(spec: ModelSpec, seed: int) -> PreTrainedModel:

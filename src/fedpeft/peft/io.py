@@ -4,10 +4,14 @@ Methods built on ``peft`` save a standard PEFT folder (``adapter_config.json`` +
 ``adapter_model.safetensors``) that ``PeftModel.from_pretrained`` loads. fedpeft's own
 methods (bottleneck adapters, BitFit, head, full) save ``adapter_model.safetensors`` with
 ``fedpeft_adapter.json`` naming the method and its options; ``load_adapter`` loads both.
+A classifier's folder also holds the base model's ``config.json`` with its number of labels
+and ``id2label``/``label2id``, so ``AutoConfig.from_pretrained(folder)`` rebuilds the head
+with the label names (see the README).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -38,12 +42,27 @@ def save_adapter(
         for cfg in model.peft_config.values():  # name the base by its hub id, not a local path
             cfg.base_model_name_or_path = base_id
         model.save_pretrained(str(folder), save_embedding_layers=False)
+        _save_head_config(model.get_base_model(), folder, base_id)
         return
     folder.mkdir(parents=True, exist_ok=True)
+    _save_head_config(model, folder, base_id)
     tensors = {k: v.contiguous() for k, v in get_adapter_state(model).items()}
     save_file(tensors, str(folder / WEIGHTS))
     meta = {"method": method, "options": spec.model_dump(mode="json"), "base_model": base_id}
     (folder / FEDPEFT_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _save_head_config(base: nn.Module, folder: Path, base_id: str) -> None:
+    """``config.json`` of a classifier (its labels: ``num_labels``, ``id2label``,
+    ``label2id``), naming the base by its hub id; other models save none."""
+    config = getattr(base, "config", None)  # transformers' classifiers all hold one
+    if config is None or not type(base).__name__.endswith(
+        ("ForSequenceClassification", "ForImageClassification")
+    ):
+        return
+    config = copy.deepcopy(config)
+    config._name_or_path = base_id
+    config.save_pretrained(str(folder))
 
 
 def load_adapter(base: nn.Module, folder: Path) -> nn.Module:

@@ -39,6 +39,19 @@ def set_adapter_state(model: nn.Module, state: AdapterState) -> None:
             params[key].copy_(value)
 
 
+def adapter_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every adapter-state key → the trained parameter it reads (shared storage), so that a
+    client can act on gradients key by key (e.g. SCAFFOLD's correction)."""
+    params = {p.data_ptr(): p for p in model.parameters() if p.requires_grad}
+    if isinstance(model, PeftModel):
+        state = get_peft_model_state_dict(model)
+        out = {k: params[v.data_ptr()] for k, v in state.items() if v.data_ptr() in params}
+        if len(out) != len(state):
+            raise FedpeftError("some adapter-state tensors are not trained parameters.")
+        return out
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
 def _check_keys(state: AdapterState, known: Iterable[str]) -> None:
     unknown = sorted(state.keys() - set(known))
     if unknown:

@@ -1,4 +1,5 @@
-"""A run folder → ``report.md``: settings, per-round table, summary figures.
+"""A run folder → ``report.md``: the configuration that matters, per-round table, summary
+figures, per-class quality (``classes.json``), and the gap to a reference run.
 
 Every figure is optional: a run whose rounds accepted no update (or that has no round at
 all) still gets a report, with ``—`` where there is nothing to show."""
@@ -12,6 +13,8 @@ from typing import Any
 from fedpeft.errors import FedpeftError
 from fedpeft.report.fmt import clients_text, eval_of, num, scaled, share_of_full_model
 from fedpeft.report.personal import personal_lines
+from fedpeft.report.sections import class_lines, config_lines, read_config, reference_lines
+from fedpeft.server.classes import ClassReport, read_class_report
 
 
 def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
@@ -79,14 +82,27 @@ def privacy_lines(p: object) -> list[str]:
     return lines
 
 
-def render_report(run_dir: Path, plots: list[Path]) -> str:
+def _chosen_lr(run_dir: Path) -> float | None:
+    path = run_dir / "lr_search.json"
+    return float(json.loads(path.read_text())["lr"]) if path.is_file() else None
+
+
+def render_report(
+    run_dir: Path,
+    plots: list[Path],
+    classes: ClassReport | None = None,
+    reference: Path | None = None,
+) -> str:
     rounds = read_rounds(run_dir)
     summary = read_summary(run_dir)
+    settings = config_lines(read_config(run_dir), _chosen_lr(run_dir)) or [
+        f"- model: {summary.get('model')} · dataset: {summary.get('dataset')} · "
+        f"clients: {summary.get('num_clients')}"
+    ]
     lines = [
         f"# fedpeft run `{run_dir.name}`",
         "",
-        f"- model: {summary.get('model')} · dataset: {summary.get('dataset')} · "
-        f"clients: {summary.get('num_clients')}",
+        *settings,
         *summary_lines(summary),
         "",
         "| round | accuracy | macro-F1 | eval loss | train loss | clients ok | MB up | s |",
@@ -103,17 +119,38 @@ def render_report(run_dir: Path, plots: list[Path]) -> str:
     if not rounds:
         lines.append("| (no completed round) | | | | | | | |")
     lines.append("")
+    if reference is not None:
+        lines += reference_lines(summary, reference)
+    if classes is not None:
+        lines += class_lines(classes)
     lines += personal_lines(summary)
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dir: Path) -> Path:
-    """Writes ``plots/*.png`` (when matplotlib is installed) and ``report.md``."""
+def _chance(run_dir: Path, classes: ClassReport | None) -> float | None:
+    """The majority-class rate of the eval split, else 1 / the number of labels."""
+    if classes is not None:
+        return classes.majority_rate
+    path = run_dir / "partitions.json"
+    names = json.loads(path.read_text()).get("label_names") if path.is_file() else None
+    return 1 / len(names) if names else None
+
+
+def write_report(run_dir: Path, reference: Path | None = None) -> Path:
+    """Writes ``plots/*.png`` (when matplotlib is installed) and ``report.md``; per-class
+    sections when the run folder holds ``classes.json``, and the gap to ``reference`` (a
+    finished run folder, e.g. the same data trained centrally) when given."""
     from fedpeft.report.plots import plot_run
 
     read_summary(run_dir)  # a damaged summary is refused before anything is written
-    plots = plot_run(run_dir, read_rounds(run_dir))
+    rounds = read_rounds(run_dir)
+    classes = read_class_report(run_dir)
+    ref_curve = None
+    if reference is not None:
+        ref_rounds = read_rounds(reference)
+        ref_curve = (reference.name, [eval_of(r).get("accuracy") for r in ref_rounds])
+    plots = plot_run(run_dir, rounds, _chance(run_dir, classes), ref_curve, classes)
     out = run_dir / "report.md"
-    out.write_text(render_report(run_dir, plots))
+    out.write_text(render_report(run_dir, plots, classes, reference))
     return out

@@ -326,7 +326,7 @@ def load_base(cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset) -> nn
     if is_vision_model(spec):
         size, names = cfg.model.image_size, dataset.label_names
         return load_vision_classifier(spec, dataset.num_labels, cfg.run.seed, size, names)
-    return load_classifier(spec, dataset.num_labels, cfg.run.seed)
+    return load_classifier(spec, dataset.num_labels, cfg.run.seed, dataset.label_names)
 
 
 def build_task(cfg: ExperimentConfig) -> Task:

@@ -42,6 +42,10 @@ class TrainInstruction:
     run_id: str = ""  # the run this round belongs to (clients keep their states per run)
     privacy: str = ""  # the client's DP (privacy.ClientDp as JSON; "": none)
     personal: str = ""  # what the client keeps local: a PersonalPlan as JSON ("" = nothing)
+    label_skew: str = "none"  # the client objective's label-skew rule (client/losses.py)
+    label_skew_tau: float = 1.0  # its strength τ (FedRS: α)
+    head_lr: float | None = None  # the task head's learning rate (None: ``lr``)
+    kind: str = "train"  # "feature_stats": send class feature statistics instead (round 0)
 
 
 @dataclass(frozen=True)

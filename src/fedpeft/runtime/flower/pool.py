@@ -21,6 +21,8 @@ from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedpeft.client import META_NUM_EXAMPLES
+from fedpeft.client.features import stats_layout
+from fedpeft.client.handler import KIND_FEATURE_STATS
 from fedpeft.compression import (
     CodecError,
     CompressionScheme,
@@ -260,8 +262,8 @@ class FlowerClientPool:
             i = by_id[mid]
             ins, sent = requests[i]
             layout = layouts[id(sent)]
-            if expect_tensors and ins.compression:  # the packed message's tensors
-                layout = reply_layout(layout, CompressionScheme.from_json(ins.compression))
+            if expect_tensors:  # statistics, or the served tensors as the scheme packs them
+                layout = _expected(ins, layout)
             results[i] = self._payload(reply, ins, layout)
         return results
 
@@ -333,3 +335,12 @@ def _conforms(
 ) -> tuple[ClientPool, BatchedPool, ProfiledPool, EvaluatingPool]:
     """Never called: mypy checks here that this runtime offers every capability it claims."""
     return pool, pool, pool, pool
+
+
+def _expected(ins: TrainInstruction, served: Layout) -> Layout:
+    """The layout a reply to ``ins`` must have: class feature statistics (round 0's head
+    initialisation), or the served tensors as the instruction's compression packs them."""
+    if ins.kind == KIND_FEATURE_STATS:
+        return stats_layout(served)
+    scheme = CompressionScheme.from_json(ins.compression) if ins.compression else None
+    return reply_layout(served, scheme)

@@ -34,8 +34,11 @@ from fedpeft.server import (
     run_async,
     run_rounds,
 )
+from fedpeft.server.classes import write_class_report
 from fedpeft.server.export import export_adapter
 from fedpeft.server.groups import GroupBook
+from fedpeft.server.head_init import HEAD_INIT, init_head
+from fedpeft.server.lr_auto import LR_SEARCH, resolved_lr
 from fedpeft.server.personal import personal_summary, read_personal
 from fedpeft.server.protocols import ClientPool
 from fedpeft.server.store import CLIENT_STATES, CONFIG, PARTITIONS, SUMMARY, write_atomic
@@ -77,12 +80,17 @@ def run_local(
         )
     with status("loading data and model"):
         task = build_task(cfg)
+    with status("choosing the learning rate"):
+        cfg, lr_search = resolved_lr(task)  # client.lr = "auto": a range test, once
+        task.cfg = cfg
     state = _initial_state(task, saved, store)
     resolved_toml = config_to_toml(resolved(cfg, task.method))  # every default written out
     if store is None:
+        fingerprint = config_fingerprint(resolved(cfg, task.method))  # with the chosen lr
         store = RunStore.create(cfg.run.output_dir, cfg.run.name, resolved_toml, fingerprint)
         store.write_json(PARTITIONS, _partitions_json(task))
-        store.save_checkpoint(state)  # round 0: a run killed in its first round resumes
+        if lr_search is not None:
+            store.write_json(LR_SEARCH, lr_search.to_json())
     else:
         store.truncate_logs(state.round)
         write_atomic(store.root / CONFIG, resolved_toml.encode())
@@ -101,6 +109,8 @@ def run_local(
         device_durations(task),
         task.initial,
     )
+    if saved is None:
+        state = _round_zero(fed, state)
     try:
         loop = run_async(fed, state) if cfg.server.mode == "async" else run_rounds(fed, state)
     finally:
@@ -108,6 +118,7 @@ def run_local(
             clients.close()  # forked workers end with the run
     main = loop.state.adapter if loop.state.adapters else {}
     _export(task, loop.state, store)
+    write_class_report(task, loop.state, store)
     rounds = store.read_rounds()
     summary = build_summary(
         rounds,
@@ -174,6 +185,17 @@ def _export(task: Task, state: ServerState, store: RunStore) -> None:
         save_adapter(model, adapter, folder, task.data.spec.hub_id, method, spec)
         if group == state.main:
             export_adapter(model, adapter, task.data.spec, method, spec, store)
+
+
+def _round_zero(fed: Federation, state: ServerState) -> ServerState:
+    """Round 0 of a fresh run: the head from the clients' class feature statistics
+    (``server.head_init``, through the pool like any instruction), then the first
+    checkpoint, so a run killed in its first round resumes from the same start."""
+    state, head = init_head(fed.cfg, fed.pool, fed.model, state)
+    if head is not None:
+        fed.store.write_json(HEAD_INIT, head.to_json())
+    fed.store.save_checkpoint(state)
+    return state
 
 
 def _initial_state(task: Task, saved: ServerState | None, store: RunStore | None) -> ServerState:

@@ -1,0 +1,132 @@
+"""Head initialisation from client feature statistics: before round 1 the clients send their
+class feature sums ``s_{k,c}``, counts ``n_{k,c}`` and second moments ``Σ h hᵀ``
+(``client/features.py``); the server adds them up and starts the classifier at a rule that
+already separates the classes instead of at random.
+
+``ncm`` — FedNCM (Legate et al., 2023, "Guiding The Last Layer in Federated Learning with
+Pre-Trained Models", NeurIPS), the nearest-class-mean rule:
+
+    μ_c = Σ_k s_{k,c} / Σ_k n_{k,c},   ḡ = Σ_c Σ_k s_{k,c} / Σ_c Σ_k n_{k,c}
+    W_c = (μ_c − ḡ) / ‖μ_c − ḡ‖,       b_c = −W_c · ḡ
+
+so the logit of class c is the length of the centred feature ``h − ḡ`` along the centred
+class mean's direction (a head without bias uses ``W_c = μ_c / ‖μ_c‖``).
+
+``lda`` — the linear discriminant (Fisher; Hastie et al., "The Elements of Statistical
+Learning", §4.3) with the pooled within-class covariance shrunk towards a multiple of the
+identity (Ledoit & Wolf, 2004, with a fixed weight λ):
+
+    S = (Σ_x h hᵀ − Σ_c n_c μ_c μ_cᵀ) / N,   Σ_λ = (1 − λ) S + λ (tr S / H) I
+    W_c = μ_cᵀ Σ_λ⁻¹,                         b_c = −½ μ_cᵀ Σ_λ⁻¹ μ_c
+
+the Bayes rule for Gaussian classes with a shared covariance and a flat prior (a flat
+prior matches the balanced logits that logit-adjusted training learns). Its logits are
+log-likelihood ratios, so the head starts with a meaningful scale as well as direction.
+
+Classes that no client holds keep their initial rows. Written here because the
+statistics are federated sums; scikit-learn's estimators need the examples themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from fedpeft.types import AdapterState
+
+HEAD_MODULES = ("classifier", "score")
+STATS_SUM = "feature_stats/sum"
+STATS_COUNT = "feature_stats/count"
+STATS_SECOND = "feature_stats/second"
+LDA_SHRINKAGE = 0.1
+
+
+def sum_stats(stats: Sequence[AdapterState]) -> AdapterState:
+    """The clients' sums, counts and second moments added up (float64)."""
+    if not stats:
+        raise ValueError("no feature statistics to add up")
+    keys = (STATS_SUM, STATS_COUNT, STATS_SECOND)
+    c, h = stats[0][STATS_SUM].shape if STATS_SUM in stats[0] else (0, 0)
+    want = {STATS_SUM: (c, h), STATS_COUNT: (c,), STATS_SECOND: (h, h)}
+    for s in stats:
+        if s.keys() != set(keys):
+            raise ValueError(f"feature statistics should hold {', '.join(keys)}")
+        if any(tuple(s[k].shape) != want[k] for k in keys):
+            raise ValueError("feature statistics differ in shape")
+    return {key: torch.stack([s[key].double() for s in stats]).sum(0) for key in keys}
+
+
+def head_keys(state: AdapterState) -> tuple[str, str | None]:
+    """The adapter-state keys of the classifier's weight and bias (None: no bias)."""
+    weights = [k for k in state if k.endswith(".weight") and _in_head(k)]
+    if len(weights) != 1:
+        raise ValueError(f"expected one classifier weight in the adapter state, found {weights}")
+    bias = weights[0].removesuffix(".weight") + ".bias"
+    return weights[0], bias if bias in state else None
+
+
+def _in_head(key: str) -> bool:
+    return bool(set(key.split(".")) & set(HEAD_MODULES))
+
+
+def lda_head(
+    state: AdapterState, stats: AdapterState, shrinkage: float = LDA_SHRINKAGE
+) -> AdapterState:
+    """``state`` with its classifier set to the shrunk linear discriminant of ``stats``."""
+    if not 0 < shrinkage <= 1:
+        raise ValueError(f"`shrinkage` should be in (0, 1], got {shrinkage}")
+    w_key, b_key = head_keys(state)
+    sums, counts, second = (stats[k].double() for k in (STATS_SUM, STATS_COUNT, STATS_SECOND))
+    weight = state[w_key]
+    if sums.shape != weight.shape:
+        raise ValueError(f"statistics are {tuple(sums.shape)}, the head {tuple(weight.shape)}")
+    held = counts > 0
+    if not bool(held.any()):
+        raise ValueError("no client holds any example")
+    means = sums[held] / counts[held, None]
+    scatter = second - (means.T * counts[held]) @ means
+    cov = scatter / counts.sum()
+    h = cov.shape[0]
+    shrunk = (1 - shrinkage) * cov + shrinkage * (torch.trace(cov) / h) * torch.eye(
+        h, dtype=cov.dtype
+    )
+    directions = torch.linalg.solve(shrunk, means.T).T  # μ_cᵀ Σ_λ⁻¹ (Σ_λ symmetric)
+    out = dict(state)
+    new_w = weight.double().clone()
+    new_w[held] = directions
+    out[w_key] = new_w.to(weight.dtype)
+    if b_key is not None:
+        new_b = state[b_key].double().clone()
+        new_b[held] = -0.5 * (directions * means).sum(1)
+        out[b_key] = new_b.to(state[b_key].dtype)
+    return out
+
+
+def ncm_head(state: AdapterState, stats: AdapterState) -> AdapterState:
+    """``state`` with its classifier set to the nearest-class-mean rule of ``stats``."""
+    w_key, b_key = head_keys(state)
+    sums, counts = stats[STATS_SUM].double(), stats[STATS_COUNT].double()
+    weight = state[w_key]
+    if sums.shape != weight.shape:
+        raise ValueError(f"statistics are {tuple(sums.shape)}, the head {tuple(weight.shape)}")
+    held = counts > 0
+    if not bool(held.any()):
+        raise ValueError("no client holds any example")
+    means = sums / counts.clamp_min(1)[:, None]
+    out = dict(state)
+    new_w = weight.double().clone()
+    if b_key is None:
+        new_w[held] = _unit(means[held])
+        out[w_key] = new_w.to(weight.dtype)
+        return out
+    centre = sums.sum(0) / counts.sum()
+    new_w[held] = _unit(means[held] - centre)
+    new_b = state[b_key].double().clone()
+    new_b[held] = -(new_w[held] @ centre)
+    out[w_key], out[b_key] = new_w.to(weight.dtype), new_b.to(state[b_key].dtype)
+    return out
+
+
+def _unit(rows: torch.Tensor) -> torch.Tensor:
+    return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)

@@ -1,0 +1,161 @@
+"""FedNCM head initialisation: client feature statistics against a direct computation,
+the server's head against numpy, and the pieces agree on their keys."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedpeft.aggregation import head_init
+from fedpeft.aggregation.head_init import (
+    STATS_COUNT,
+    STATS_SECOND,
+    STATS_SUM,
+    head_keys,
+    lda_head,
+    ncm_head,
+    sum_stats,
+)
+from fedpeft.client import ClientData, features
+from fedpeft.client.features import class_feature_stats
+from fedpeft.peft import get_adapter_state
+from fedpeft.server.task import build_task
+from tests.conftest import tiny_config
+
+
+def test_client_and_server_agree_on_keys_and_heads() -> None:
+    assert (features.STATS_SUM, features.STATS_COUNT, features.STATS_SECOND) == (
+        STATS_SUM,
+        STATS_COUNT,
+        STATS_SECOND,
+    )
+    assert features.HEAD_MODULES == head_init.HEAD_MODULES
+
+
+@pytest.mark.parametrize("method", ["lora", "head"])
+def test_feature_stats_are_the_head_inputs_summed_per_class(tmp_path: Path, method: str) -> None:
+    cfg = tiny_config(tmp_path, f"peft.method='{method}'", "data.dataset='ag_news'")
+    task = build_task(cfg)
+    idx = np.arange(40)
+    stats = class_feature_stats(task.model, ClientData(task.data.train, idx), 4, 16, task.device)
+    base = task.base
+    assert base is not None
+    base.eval()
+    with torch.inference_mode():
+        b = task.data.train.collate(idx)
+        pooled = base.bert(input_ids=b.input_ids, attention_mask=b.attention_mask)[1].double()
+    labels = task.data.train.labels[idx]
+    for c in range(4):
+        assert stats[STATS_COUNT][c] == (labels == c).sum()
+        assert torch.allclose(stats[STATS_SUM][c], pooled[torch.from_numpy(labels == c)].sum(0))
+    assert torch.allclose(stats[STATS_SECOND], pooled.T @ pooled)
+
+
+def _stats(feats: torch.Tensor, labels: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
+    return {
+        STATS_SUM: torch.zeros(classes, feats.shape[1], dtype=torch.float64).index_add_(
+            0, labels, feats
+        ),
+        STATS_COUNT: torch.bincount(labels, minlength=classes).double(),
+        STATS_SECOND: feats.T @ feats,
+    }
+
+
+def test_lda_head_is_scikit_learns_shrunk_lda() -> None:
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.arange(90) % 3
+    feats = torch.randn(90, 6, generator=gen, dtype=torch.float64) + labels[:, None] * 0.7
+    total = sum_stats([_stats(feats[:40], labels[:40], 4), _stats(feats[40:], labels[40:], 4)])
+    state = {"classifier.weight": torch.zeros(4, 6), "classifier.bias": torch.full((4,), 0.5)}
+    out = lda_head(state, total, shrinkage=0.2)
+    ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=0.2, priors=[1 / 3] * 3)
+    ref.fit(feats.numpy(), labels.numpy())
+    assert np.allclose(out["classifier.weight"][:3].numpy(), ref.coef_, atol=1e-4)
+    flat = ref.intercept_ - np.log(1 / 3)  # scikit-learn adds log(prior); ours is flat
+    assert np.allclose(out["classifier.bias"][:3].numpy(), flat, atol=1e-4)
+    assert torch.equal(out["classifier.weight"][3], torch.zeros(6))  # nobody holds class 3
+    assert out["classifier.bias"][3] == 0.5
+    with pytest.raises(ValueError):
+        lda_head(state, total, shrinkage=0.0)
+
+
+def test_ncm_head_matches_numpy_and_predicts_the_nearest_centred_mean() -> None:
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(60, 5, generator=gen, dtype=torch.float64) + 2.0
+    labels = torch.arange(60) % 3  # classes 0–2 present, class 3 held by nobody
+    parts = [slice(0, 25), slice(25, 60)]
+    stats = [_stats(feats[p], labels[p], 4) for p in parts]
+    total = sum_stats(stats)
+    state = {
+        "base_model.model.classifier.weight": torch.randn(4, 5, generator=gen),
+        "base_model.model.classifier.bias": torch.randn(4, generator=gen),
+        "base_model.model.x.lora_A.weight": torch.randn(2, 5, generator=gen),
+    }
+    out = ncm_head(state, total)
+    w_key, b_key = head_keys(state)
+    assert b_key is not None
+    f, y = feats.numpy(), labels.numpy()
+    g = f.mean(0)
+    for c in range(3):
+        d = f[y == c].mean(0) - g
+        assert np.allclose(out[w_key][c].numpy(), d / np.linalg.norm(d), atol=1e-6)
+        assert out[b_key][c].item() == pytest.approx(-(d / np.linalg.norm(d)) @ g, abs=1e-5)
+    assert torch.equal(out[w_key][3], state[w_key][3]) and out[b_key][3] == state[b_key][3]
+    assert out["base_model.model.x.lora_A.weight"] is state["base_model.model.x.lora_A.weight"]
+    # the logits are the centred features' projections on the class directions
+    logits = (feats.float() @ out[w_key][:3].T + out[b_key][:3]).double()
+    proj = (feats - torch.from_numpy(g)) @ out[w_key][:3].double().T
+    assert torch.allclose(logits, proj, atol=1e-4)
+    with pytest.raises(ValueError):
+        sum_stats([{STATS_SUM: torch.zeros(2, 5)}])
+    with pytest.raises(ValueError):
+        sum_stats([stats[0], {**stats[1], STATS_SECOND: torch.zeros(4, 4)}])
+
+
+def test_the_exported_state_has_the_head_keys(tmp_path: Path) -> None:
+    task = build_task(tiny_config(tmp_path))
+    w_key, b_key = head_keys(get_adapter_state(task.model))
+    assert w_key.endswith("classifier.weight") and b_key == w_key[: -len("weight")] + "bias"
+
+
+def test_round_zero_sets_the_head_and_leaves_out_bad_replies(tmp_path: Path) -> None:
+    import json
+
+    from fedpeft.client import ClientData
+    from fedpeft.runtime.local.simulator import LocalClientPool, LocalGlobalModel, run_local
+    from fedpeft.server.head_init import init_head
+    from fedpeft.server.state import ServerState
+
+    cfg = tiny_config(
+        tmp_path, "data.dataset='ag_news'", "server.head_init='lda'", "data.num_clients=3"
+    )
+    task = build_task(cfg)
+    fresh = {k: v.cpu() for k, v in get_adapter_state(task.model).items()}
+    stats = [
+        class_feature_stats(task.model, ClientData(task.data.train, p), 4, 64, task.device)
+        for p in task.data.partitions
+    ]
+    want = lda_head(fresh, sum_stats(stats))
+
+    class Tampering(LocalClientPool):
+        def fit(self, instruction, payload):  # type: ignore[no-untyped-def]
+            reply = super().fit(instruction, payload)
+            return reply[:-9] if instruction.client_id == 1 else reply
+
+    server, info = init_head(
+        cfg, LocalClientPool(task), LocalGlobalModel(task), ServerState({"global": fresh})
+    )
+    assert info is not None and info.clients == 3 and info.rule == "lda"
+    assert all(torch.allclose(server.adapter[k], want[k], atol=1e-5) for k in want)
+    _, bad = init_head(cfg, Tampering(task), LocalGlobalModel(task), ServerState({"global": fresh}))
+    assert bad is not None and bad.clients == 2 and list(bad.rejected) == ["1"]
+    result = run_local(cfg)
+    saved = json.loads((result.run_dir / "head_init.json").read_text())
+    assert saved["clients"] == 3 and saved["bytes_up"] > 0 and "accuracy" in saved["eval_after"]
+    random_run = run_local(
+        tiny_config(tmp_path, "data.dataset='ag_news'", "server.head_init='random'")
+    )
+    assert not (random_run.run_dir / "head_init.json").exists()
