@@ -165,7 +165,6 @@ def test_natural_partition_gives_whole_articles_and_keeps_windows_together(
         (["data.partition='dirichlet'"], "use 'natural'"),
         (["model.task='classify'"], "use `model.task = 'qa'`"),
         (["server.aggregator='layerwise'"], "proxy set"),
-        (["allocation.enabled=true"], r"catalogue offers \['prompt'\]"),
     ],
 )
 def test_unsupported_qa_combinations_are_refused_up_front(sets: list[str], match: str) -> None:
@@ -174,13 +173,6 @@ def test_unsupported_qa_combinations_are_refused_up_front(sets: list[str], match
     path = Path(__file__).resolve().parents[1] / "examples" / "squad.toml"
     with pytest.raises(FedpeftError, match=match):
         check_names(load_config(path, sets))
-
-
-def test_natural_partition_is_refused_for_classification_data() -> None:
-    from fedpeft.data import partition_indices
-
-    with pytest.raises(FedpeftError, match="no articles"):
-        partition_indices(np.zeros(10, dtype=np.int64), DataConfig(partition="natural"), 0)
 
 
 def test_fedpeft_run_qa_lora_end_to_end(tmp_path: Path) -> None:

@@ -154,7 +154,7 @@ class ClientConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     proximal_mu: float = Field(0.0, ge=0.0, description="FedProx term (mu/2)·||θ − θ⁰||²")
     label_skew: Literal["none", "logit_adjust", "fedlc", "fedrs"] = Field(
-        "logit_adjust",
+        "none",
         description="classification: the client loss's label-skew rule (client/losses.py)",
     )
     label_skew_tau: float = Field(1.0, ge=0.0, description="its strength τ (FedRS: α ≤ 1)")
@@ -196,7 +196,7 @@ class ServerConfig(_Section):
     min_clients: PositiveInt = 1
     aggregator: str = "fedavg"
     head_init: Literal["random", "ncm", "lda"] = Field(
-        "lda",
+        "random",
         description="classifiers: start the head from the clients' class feature statistics "
         "(round 0; server/head_init.py)",
     )

@@ -151,10 +151,9 @@ _PRESETS = [
     Preset(
         "fedsa_lora",
         "FedSA-LoRA: A aggregated, B kept by each client (personalisation.mode = lora_b)",
-        {**LORA, "personalization.mode": "lora_b"},
+        {**LORA, "personalization.mode": "lora_b", "data.client_test_fraction": 0.2},
         role="personal",
         cite="Guo et al., 2025",
-        needs="config:personalization",
     ),
     Preset(
         "centralised",

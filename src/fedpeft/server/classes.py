@@ -113,11 +113,12 @@ def evaluate_run(run_dir: Path) -> ClassReport | None:
 
 def write_class_report(task: Task, state: ServerState, store: RunStore) -> ClassReport | None:
     """``classes.json`` for the main group's global adapter of a classifier run (None and
-    nothing written for instruction tuning, allocated runs or an untrained run)."""
+    nothing written for instruction tuning, question answering, allocated runs or an
+    untrained run)."""
     from fedpeft.peft import set_adapter_state
     from fedpeft.server.evaluate import predict_logits
 
-    if task.kind == "instruct" or task.cfg.allocation.enabled or state.main not in state.adapters:
+    if task.kind != "classify" or task.cfg.allocation.enabled or state.main not in state.adapters:
         return None
     cfg, data = task.cfg, task.data
     set_adapter_state(task.model, {k: v.to(task.device) for k, v in state.adapter.items()})
