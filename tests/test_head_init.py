@@ -73,9 +73,20 @@ def test_lda_head_is_scikit_learns_shrunk_lda() -> None:
     out = lda_head(state, total, shrinkage=0.2)
     ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=0.2, priors=[1 / 3] * 3)
     ref.fit(feats.numpy(), labels.numpy())
-    assert np.allclose(out["classifier.weight"][:3].numpy(), ref.coef_, atol=1e-4)
-    flat = ref.intercept_ - np.log(1 / 3)  # scikit-learn adds log(prior); ours is flat
-    assert np.allclose(out["classifier.bias"][:3].numpy(), flat, atol=1e-4)
+    # scikit-learn adds log(prior); ours is flat. Ours is centred over the held classes and
+    # divided by t = max(1, sd / ln 4), sd the RMS of those centred logits over the examples
+    coef = ref.coef_ - ref.coef_.mean(0)
+    flat = ref.intercept_ - np.log(1 / 3)
+    flat = flat - flat.mean()
+    sd = float(np.sqrt(((feats.numpy() @ coef.T + flat) ** 2).mean()))
+    t = max(1.0, sd / np.log(4))
+    assert t > 1.0  # the case exercises the temperature
+    assert np.allclose(out["classifier.weight"][:3].numpy(), coef / t, atol=1e-4)
+    assert np.allclose(out["classifier.bias"][:3].numpy(), flat / t, atol=1e-4)
+    logits = (
+        feats.numpy() @ out["classifier.weight"][:3].numpy().T + out["classifier.bias"][:3].numpy()
+    )
+    assert (logits.argmax(1) == ref.predict(feats.numpy())).all()  # the same decisions
     assert torch.equal(out["classifier.weight"][3], torch.zeros(6))  # nobody holds class 3
     assert out["classifier.bias"][3] == 0.5
     with pytest.raises(ValueError):

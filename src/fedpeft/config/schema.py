@@ -196,7 +196,7 @@ class ServerConfig(_Section):
     min_clients: PositiveInt = 1
     aggregator: str = "fedavg"
     head_init: Literal["random", "ncm", "lda"] = Field(
-        "random",
+        "lda",
         description="classifiers: start the head from the clients' class feature statistics "
         "(round 0; server/head_init.py)",
     )
