@@ -170,3 +170,16 @@ def test_round_zero_sets_the_head_and_leaves_out_bad_replies(tmp_path: Path) -> 
         tiny_config(tmp_path, "data.dataset='ag_news'", "server.head_init='random'")
     )
     assert not (random_run.run_dir / "head_init.json").exists()
+
+
+def test_auto_is_lda_unless_the_run_is_private(tmp_path: Path) -> None:
+    from fedpeft.errors import FedpeftError
+    from fedpeft.server.head_init import head_rule
+    from fedpeft.server.task import check_combinations
+
+    assert head_rule(tiny_config(tmp_path)) == "lda"  # the default
+    dp = ("privacy.mode='central'", "privacy.noise_multiplier=0.5", "privacy.clip_norm=1.0")
+    assert head_rule(tiny_config(tmp_path, *dp)) == "random"
+    assert head_rule(tiny_config(tmp_path, "server.head_init='ncm'")) == "ncm"
+    with pytest.raises(FedpeftError, match="server.head_init"):
+        check_combinations(tiny_config(tmp_path, "server.head_init='lda'", *dp))

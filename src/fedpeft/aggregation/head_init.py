@@ -83,9 +83,13 @@ def _in_head(key: str) -> bool:
 
 
 def lda_head(
-    state: AdapterState, stats: AdapterState, shrinkage: float = LDA_SHRINKAGE
+    state: AdapterState,
+    stats: AdapterState,
+    shrinkage: float = LDA_SHRINKAGE,
+    calibrate: bool = True,
 ) -> AdapterState:
-    """``state`` with its classifier set to the shrunk linear discriminant of ``stats``."""
+    """``state`` with its classifier set to the shrunk linear discriminant of ``stats``
+    (``calibrate=False``: at temperature 1, the raw log-likelihood ratios, centred)."""
     if not 0 < shrinkage <= 1:
         raise ValueError(f"`shrinkage` should be in (0, 1], got {shrinkage}")
     w_key, b_key = head_keys(state)
@@ -114,7 +118,7 @@ def lda_head(
         .clamp_min(0)
         .sqrt()
     )
-    temperature = max(1.0, sd / max(1.0, math.log(weight.shape[0])))
+    temperature = max(1.0, sd / max(1.0, math.log(weight.shape[0]))) if calibrate else 1.0
     out = dict(state)
     new_w = weight.double().clone()
     new_w[held] = directions / temperature

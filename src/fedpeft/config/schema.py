@@ -195,10 +195,11 @@ class ServerConfig(_Section):
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of clients per round")
     min_clients: PositiveInt = 1
     aggregator: str = "fedavg"
-    head_init: Literal["random", "ncm", "lda"] = Field(
-        "lda",
+    head_init: Literal["auto", "random", "ncm", "lda"] = Field(
+        "auto",
         description="classifiers: start the head from the clients' class feature statistics "
-        "(round 0; server/head_init.py)",
+        "(round 0; server/head_init.py); auto: lda, or random when differential privacy or "
+        "secure aggregation is on (the statistics are neither noised nor masked)",
     )
     optimizer: Literal["none", "fedavgm", "fedadam", "fedyogi"] = "none"
     server_lr: PositiveFloat | None = Field(None, description="None = the optimiser's default")

@@ -63,6 +63,12 @@ def check_privacy(cfg: ExperimentConfig) -> None:
         )
     if p.mode == "central":
         _check_central(cfg)
+    if cfg.server.head_init in ("lda", "ncm") and (p.mode != "none" or p.secure_aggregation):
+        what = f"`privacy.mode` {p.mode!r}" if p.mode != "none" else "secure aggregation"
+        raise FedpeftError(
+            f"`server.head_init` {cfg.server.head_init!r} sends each client's class feature "
+            f"statistics as they are, which {what} would not protect; use 'auto' or 'random'."
+        )
     if not p.secure_aggregation:
         return
     check_secure_aggregator(cfg.server.aggregator)

@@ -57,7 +57,7 @@ def init_head(
 ) -> tuple[ServerState, HeadInit | None]:
     """``server`` with its main adapter's head set by the configured rule (None: left as is —
     ``random``, no classifier head, or no client answered)."""
-    rule = cfg.server.head_init
+    rule = head_rule(cfg)
     if rule == "random" or server.main not in server.adapters:
         return server, None
     glob = server.adapters[server.main]
@@ -104,6 +104,17 @@ def init_head(
         model.evaluate(adapters[server.main]),
     )
     return out, info
+
+
+def head_rule(cfg: ExperimentConfig) -> str:
+    """The configured rule, with ``auto`` resolved: ``lda``, unless differential privacy or
+    secure aggregation is on — the statistics are sent as they are, neither noised nor
+    masked, so such a run starts the head at random."""
+    rule = cfg.server.head_init
+    if rule != "auto":
+        return rule
+    private = cfg.privacy.mode != "none" or cfg.privacy.secure_aggregation
+    return "random" if private else "lda"
 
 
 def _exchange(pool: ClientPool, requests: list[Request]) -> list[bytes | Exception]:
