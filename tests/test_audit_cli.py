@@ -40,7 +40,15 @@ def test_audit_writes_json_and_roc_with_every_attack(tmp_path: Path) -> None:
 def test_a_memorising_run_is_caught(tmp_path: Path) -> None:
     """Full fine-tuning for 10 local epochs on 32 examples a client memorises them: the
     attacks must see it (the audit can report a leak, not only chance)."""
-    cfg = tiny_config(tmp_path, "peft.method='full'", "client.epochs=10", "client.lr=1e-3")
+    # a random head, as before head initialisation: from the LDA head's start the tiny model
+    # fits these 64 examples without pushing their loss far below the held-out examples'
+    cfg = tiny_config(
+        tmp_path,
+        "peft.method='full'",
+        "client.epochs=10",
+        "client.lr=1e-3",
+        "server.head_init='random'",
+    )
     run = run_local(cfg).run_dir
     out = CliRunner().invoke(app, ["audit", str(run), "--clients", "1"])
     assert out.exit_code == 0, out.output

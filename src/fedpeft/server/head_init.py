@@ -53,10 +53,15 @@ class HeadInit:
 
 
 def init_head(
-    cfg: ExperimentConfig, pool: ClientPool, model: GlobalModel, server: ServerState
+    cfg: ExperimentConfig,
+    pool: ClientPool,
+    model: GlobalModel,
+    server: ServerState,
+    run_id: str = "",
 ) -> tuple[ServerState, HeadInit | None]:
     """``server`` with its main adapter's head set by the configured rule (None: left as is —
-    ``random``, no classifier head, or no client answered)."""
+    ``random``, no classifier head, or no client answered). ``run_id`` names the run to the
+    clients, as in a training round (a Flower node keeps each run's client state apart)."""
     rule = head_rule(cfg)
     if rule == "random" or server.main not in server.adapters:
         return server, None
@@ -69,7 +74,7 @@ def init_head(
     requests = [
         (
             replace(
-                instruction_for(cfg, 0, cid),
+                instruction_for(cfg, 0, cid, run_id=run_id),
                 kind=KIND_FEATURE_STATS,
                 compression="",
                 compression_down="",
