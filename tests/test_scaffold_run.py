@@ -6,6 +6,7 @@ across a resume. The maths alone is ``tests/test_drift.py``."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,18 @@ def test_server_control_is_the_sum_of_accepted_deltas_over_all_clients(tiny) -> 
             value.numpy(), sum(d[key].double().numpy() for d in first_two) / 3, rtol=1e-5,
             atol=1e-9,
         )  # fmt: skip
+
+
+def test_the_first_round_is_fedavgs_and_the_second_is_not(tiny) -> None:
+    """With c = c_i = 0 the corrected gradient is the gradient: round 1 of SCAFFOLD is
+    FedAvg's round 1 exactly; from round 2 the controls move the clients."""
+    sets = ("data.partition='dirichlet'", "data.alpha=0.1")
+    fedavg = run_local(tiny("run.rounds=1", *sets))
+    scaffold = run_local(tiny(SCAFFOLD, "run.rounds=1", *sets))
+    assert all(torch.equal(fedavg.state[k], scaffold.state[k]) for k in fedavg.state)
+    fedavg2 = run_local(tiny("run.rounds=2", *sets))
+    scaffold2 = run_local(tiny(SCAFFOLD, "run.rounds=2", *sets))
+    assert any(not torch.equal(fedavg2.state[k], scaffold2.state[k]) for k in fedavg2.state)
 
 
 def test_the_control_travels_both_ways_and_is_counted(tiny) -> None:
@@ -244,3 +257,37 @@ def test_scaffold_on_flower_gives_the_in_process_run(tiny, tmp_path, monkeypatch
     kept = sorted((tmp_path / "node-states").rglob("state-*.safetensors"))
     assert len(kept) == 4  # 2 clients × 2 rounds
     assert all(k.startswith(LOCAL) for k in decode(kept[-1].read_bytes())[0])
+
+
+def test_grouped_passes_train_scaffold_clients_alone_and_alike(tiny) -> None:
+    """A grouped pool (several clients in one pass) trains a SCAFFOLD client on its own,
+    with its control: the run is the one-at-a-time run."""
+    from fedpeft.runtime.local.simulator import client_pool
+
+    pools: list[LocalClientPool] = []
+
+    def build(task):  # type: ignore[no-untyped-def]
+        pools.append(client_pool(task))
+        return pools[-1]
+
+    one = run_local(tiny(SCAFFOLD, "run.clients_per_pass=1", "run.name='one'"))
+    grouped = run_local(tiny(SCAFFOLD, "run.clients_per_pass=2", "run.name='g'"), pool=build)
+    assert type(pools[0]).__name__ == "GroupedClientPool"
+    assert all(c["status"] == "ok" for c in _clients(grouped.run_dir))
+    assert all(torch.equal(one.state[k], grouped.state[k]) for k in one.state)
+    a, b = _controls(one.run_dir), _controls(grouped.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_client_refuses_what_its_half_cannot_do() -> None:
+    from fedpeft.client.handler import check_objective
+    from fedpeft.client.personal import PersonalPlan
+
+    ins = TrainInstruction(1, 0, 1, None, 8, 0.1, 0.0, 0.0, 0, objective="scaffold")
+    check_objective(ins, PersonalPlan(), None)  # plain SCAFFOLD: fine
+    with pytest.raises(FedpeftError, match="'fedsplit'"):
+        check_objective(replace(ins, objective="fedsplit"), PersonalPlan(), None)
+    with pytest.raises(FedpeftError, match="compression"):
+        check_objective(replace(ins, compression='{"bits": 8}'), PersonalPlan(), None)
+    with pytest.raises(FedpeftError, match="personal"):
+        check_objective(ins, PersonalPlan(mode="head", parts=(".classifier.",)), None)
