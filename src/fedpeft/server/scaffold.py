@@ -7,7 +7,11 @@ is aggregated, moves ``c ← c + (|S|/N)·mean_i Δc_i`` over the accepted repli
 half is ``client/scaffold.py``.
 
 A rejected reply (validation, norm guard) contributes neither its update nor its ``Δc_i``;
-a round without quorum leaves ``c`` unchanged, as it leaves the adapters.
+a round without quorum leaves ``c`` unchanged, as it leaves the adapters. The client has
+moved its ``c_i`` either way, so from then on ``c`` is no longer exactly the mean of the
+``c_i`` (as in the paper when a message is lost). ``Δc_i`` is checked for keys, shapes and
+finiteness, not for size: ``server.norm_guard`` and ``server.clip_norm`` bound the model
+update only.
 """
 
 from __future__ import annotations
