@@ -7,6 +7,7 @@ be refused with one sentence, leaving the run folder as it was.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -131,7 +132,7 @@ def test_other_format_versions_are_refused(three) -> None:
     ckpt = stopped / "checkpoint"
     for manifest in ckpt.glob("*.manifest.json"):
         manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 99}))
-    with pytest.raises(FedpeftError, match="format 99 but this fedpeft reads format 2"):
+    with pytest.raises(FedpeftError, match="format 99 but this fedpeft reads formats 2–3"):
         run_local(three, resume=stopped)
     shutil.rmtree(ckpt)
     ckpt.mkdir()
@@ -161,6 +162,7 @@ def test_server_state_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
         last_accuracy={"lora": 0.5},
         clusters={3: 1},
         sim_clock_s=12.5,
+        controls={"lora": {"a": torch.full((2, 3), -0.5)}},
     )
     folder = Checkpoints(tmp_path / "ck", "fp")
     folder.save(state)
@@ -169,6 +171,28 @@ def test_server_state_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
     for group in state.adapters:
         _same(back.adapters[group], state.adapters[group])
     _same(back.optimizer["lora"], state.optimizer["lora"])
+    _same(back.controls["lora"], state.controls["lora"])
+
+
+def test_a_format_2_checkpoint_reads_as_one_without_controls(tmp_path: Path) -> None:
+    """Format 3 added SCAFFOLD's server controls; a format-2 checkpoint (written before them)
+    still verifies and resumes with none."""
+    state = ServerState({"global": {"a": torch.ones(2)}}, round=2)
+    folder = Checkpoints(tmp_path / "ck", "fp")
+    folder.save(state)
+    ckpt = tmp_path / "ck"
+    raw = json.loads((ckpt / "round-000002.json").read_text())
+    del raw["control_groups"]
+    meta = (json.dumps({**raw, "format": 2}, indent=2, sort_keys=True) + "\n").encode()
+    (ckpt / "round-000002.json").write_bytes(meta)
+    manifest_path = ckpt / "round-000002.manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["format"] = 2
+    manifest["files"]["round-000002.json"] = hashlib.sha256(meta).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+    back = folder.load()
+    assert back.round == 2 and back.controls == {}
+    _same(back.adapters["global"], state.adapters["global"])
 
 
 def test_stray_newer_manifests_do_not_hide_a_valid_round(three, caplog) -> None:

@@ -8,7 +8,9 @@ label (one global per group: clustered aggregation); ``fuse`` — after the per-
 the groups' models are fused by the server step of that name (``server.fusion``:
 ``fuse(models, proxy_batches) → {group: state}``, distillation across PEFT methods);
 ``linear`` — the rule is the weighted mean of the states, so loops that only see sums or
-stale deltas (asynchronous FedBuff, secure aggregation) can run it.
+stale deltas (asynchronous FedBuff, secure aggregation) can run it; ``objective`` — the rule
+has a client half that trains differently and exchanges tensors beside the adapter (SCAFFOLD's
+control variates: ``client/scaffold.py``, with the server's ``c`` kept per group).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class AggregatorParts:
     fuse: str | None = None  # a server-side fusion step by name (``server.fusion``)
     linear: bool = False  # the rule is the weighted mean Σ p_c θ_c (what FedBuff's step and
     # secure aggregation, which see only sums, can stand in for)
+    objective: str = ""  # the client half's name (TrainInstruction.objective), "" for none
 
 
 _PARTS: dict[str, AggregatorParts] = {}
@@ -56,13 +59,14 @@ def register_aggregator(
     partition: Partition | None = None,
     fuse: str | None = None,
     linear: bool = False,
+    objective: str = "",
 ) -> None:
     """Registers a rule; ``freeze`` names parameter parts its clients must keep fixed
     (the rule's client half, e.g. FFA-LoRA's shared A); the keywords are ``AggregatorParts``."""
     if name in _REGISTRY:
         raise ValueError(f"aggregator {name!r} is registered twice")
     _REGISTRY[name] = fn
-    _PARTS[name] = AggregatorParts(freeze, needs_eval, partition, fuse, linear)
+    _PARTS[name] = AggregatorParts(freeze, needs_eval, partition, fuse, linear, objective)
 
 
 def client_freeze(name: str) -> tuple[str, ...]:
@@ -100,3 +104,6 @@ register_aggregator("layerwise", layerwise_importance, needs_eval=True)  # tempe
 register_aggregator("clustered", fedavg, partition=partial(cluster_updates, k=2, seed=0))
 # FedAvg within each PEFT method's group, then the server's ensemble distillation
 register_aggregator("kd_fusion", fedavg, fuse="distill")
+# SCAFFOLD: FedAvg of the drift-corrected clients; the server's control c is kept per group
+# and moved by c ← c + Σ Δc_i / N (aggregation.drift); not linear: it needs each Δc_i
+register_aggregator("scaffold", fedavg, objective="scaffold")

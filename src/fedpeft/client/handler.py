@@ -24,6 +24,7 @@ from fedpeft.client.personal import (
     with_personal,
 )
 from fedpeft.client.privacy import dpsgd_settings, local_dp
+from fedpeft.client.scaffold import SCAFFOLD, scaffold_round
 from fedpeft.client.state import ClientState
 from fedpeft.client.train import ClientData, train
 from fedpeft.compression import (
@@ -83,10 +84,12 @@ def handle_fit(
     local DP on the shared update, when the instruction's ``privacy`` asks), the reply
     encoded without the personal part, which the client keeps (``personal/…`` in its
     state); compressed when the instruction names a scheme, with this client's
-    error-feedback residual kept beside it (``ef/…``). A compressed payload is a delta
+    error-feedback residual kept beside it (``ef/…``). An instruction with an
+    ``objective`` runs that client half instead (SCAFFOLD: ``client/scaffold.py``, its
+    control ``c_i`` kept as ``scaffold/c_i/…``). A compressed payload is a delta
     from ``initial``, the run's freshly initialised adapter that this client rebuilt from
     the config."""
-    adapter, _extras = split_extras(served_state(payload, instruction, initial))
+    adapter, extras = split_extras(served_state(payload, instruction, initial))
     plan = PersonalPlan.from_json(instruction.personal)
     kept = state or {}
     model = personalised(model, adapter, plan, kept, kit)
@@ -96,6 +99,10 @@ def handle_fit(
             encode_reply(ClientUpdate(instruction.client_id, stats, len(data.indices)), instruction)
         )
     dp = ClientDp.from_json(instruction.privacy)
+    if instruction.objective:
+        check_objective(instruction, plan, dp)
+        update, kept = scaffold_round(model, instruction, data, device, extras, kept)
+        return FitResult(encode_reply(update, instruction), kept)
     update = train(model, instruction, data, device, dpsgd_settings(dp))
     if plan.keeps:  # the personal part stays here; only the shared tensors travel
         mine = personal_state(model, update.state, plan)
@@ -106,6 +113,20 @@ def handle_fit(
     if instruction.compression:
         return compressed_reply(update, adapter, instruction, kept)
     return FitResult(encode_reply(update, instruction), kept if plan.keeps else None)
+
+
+def check_objective(ins: TrainInstruction, plan: PersonalPlan, dp: ClientDp | None) -> None:
+    """A client half this client runs, alone: SCAFFOLD's reply is plain (no compression, no
+    DP, no personal part; the server's config refuses those combinations too)."""
+    if ins.objective != SCAFFOLD:
+        raise FedpeftError(
+            f"the instruction asks for client objective {ins.objective!r}, "
+            f"which this client does not know; it knows {SCAFFOLD!r}."
+        )
+    if ins.compression or ins.compression_down or dp is not None or plan.keeps:
+        raise FedpeftError(
+            "a SCAFFOLD instruction cannot also ask for compression, DP or a personal part."
+        )
 
 
 def served_state(

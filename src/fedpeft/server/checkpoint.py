@@ -3,8 +3,9 @@
 ``checkpoint/`` holds, per saved round ``R`` (zero-padded to six digits):
 
 * ``round-R.safetensors`` — every tensor: ``adapters::<group>::<key>``,
-  ``optimizer::<group>::<key>`` and, for an asynchronous run, the in-flight clients'
-  ``inflight::<name>::<key>`` (decoded without running code);
+  ``optimizer::<group>::<key>``, SCAFFOLD's server controls ``controls::<group>::<key>`` and,
+  for an asynchronous run, the in-flight clients' ``inflight::<name>::<key>`` (decoded
+  without running code);
 * ``round-R.json`` — ``ServerState.to_json()`` (format version, groups, allocation and
   cluster state, the asynchronous clock);
 * ``round-R.manifest.json`` — written LAST, it commits the round: the format version, the
@@ -29,7 +30,7 @@ from pathlib import Path
 from fedpeft.compression import CodecError, decode, encode
 from fedpeft.errors import FedpeftError
 from fedpeft.files import remove_temporaries, write_atomic, write_json
-from fedpeft.server.state import STATE_FORMAT, ServerState
+from fedpeft.server.state import READABLE_FORMATS, STATE_FORMAT, ServerState
 from fedpeft.types import AdapterState
 
 log = logging.getLogger("fedpeft.server")
@@ -48,12 +49,17 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-PARTS = ("adapters", "optimizer", "inflight")
+PARTS = ("adapters", "optimizer", "inflight", "controls")
 
 
 def _flatten(state: ServerState) -> AdapterState:
     out: AdapterState = {}
-    parts = {"adapters": state.adapters, "optimizer": state.optimizer, "inflight": state.inflight}
+    parts = {
+        "adapters": state.adapters,
+        "optimizer": state.optimizer,
+        "inflight": state.inflight,
+        "controls": state.controls,
+    }
     for part, groups in parts.items():
         for group, tensors in groups.items():
             out.update({f"{part}{SEP}{group}{SEP}{k}": v for k, v in tensors.items()})
@@ -113,7 +119,7 @@ class Checkpoints:
             if (self.folder / "state.json").is_file():
                 raise self._refuse(
                     "its checkpoint has format 1 (fedpeft before the typed server state) but "
-                    f"this fedpeft reads format {STATE_FORMAT}"
+                    f"this fedpeft reads formats {READABLE_FORMATS[0]}–{STATE_FORMAT}"
                 )
             raise self._refuse("it has no committed checkpoint")
         reasons = []
@@ -137,10 +143,10 @@ class Checkpoints:
             raise _Damaged("its manifest is unreadable") from None
         if not isinstance(manifest, dict):
             raise _Damaged("its manifest is not an object")
-        if manifest.get("format") != STATE_FORMAT:
+        if manifest.get("format") not in READABLE_FORMATS:
             raise self._refuse(
                 f"its checkpoint has format {manifest.get('format')!r} but this fedpeft "
-                f"reads format {STATE_FORMAT}"
+                f"reads formats {READABLE_FORMATS[0]}–{STATE_FORMAT}"
             )
         wanted = self.fingerprint
         if wanted is not None and manifest.get("config_fingerprint") != wanted:
@@ -164,7 +170,7 @@ class Checkpoints:
             parts = _unflatten(flat)
             raw = json.loads(blobs[json_name])
             state = ServerState.from_json(
-                raw, parts["adapters"], parts["optimizer"], parts["inflight"]
+                raw, parts["adapters"], parts["optimizer"], parts["inflight"], parts["controls"]
             )
         except (CodecError, ValueError, TypeError, AttributeError) as e:
             raise _Damaged(str(e)) from None

@@ -30,6 +30,7 @@ from fedpeft.server.bits import BitsChoice, adaptive_bits
 from fedpeft.server.groups import GroupBook
 from fedpeft.server.protocols import ClientPool, ProfiledPool
 from fedpeft.server.receive import Received, Sent, client_record
+from fedpeft.server.scaffold import SCAFFOLD, control_payload, group_control, reply_template
 from fedpeft.server.state import DEFAULT_GROUP, ServerState
 from fedpeft.server.strategy import Strategy
 from fedpeft.types import AdapterState, ClientStatus, TrainInstruction
@@ -44,10 +45,12 @@ def instruction_for(
     scheme: CompressionScheme | None = None,
     run_id: str = "",
     personal: PersonalPlan | None = None,
+    objective: str = "",
 ) -> TrainInstruction:
     """The instruction for one client and round; its nonce is fresh and unpredictable (the
-    reply must echo it), everything else follows from the config, the assignment and the
-    reply's compression ``scheme`` (default: ``compression.bits_up``/``topk``)."""
+    reply must echo it), everything else follows from the config, the assignment, the
+    reply's compression ``scheme`` (default: ``compression.bits_up``/``topk``) and the rule's
+    client half (``objective``, e.g. ``"scaffold"``)."""
     c = cfg.client
     cand = assignment.candidate if assignment else None
     if scheme is None and cfg.compression.bits_up != "adaptive":
@@ -74,6 +77,7 @@ def instruction_for(
         compression_down=_scheme_json(down_scheme(cfg.compression)),
         run_id=run_id,
         personal=personal.to_json() if personal is not None and personal != PersonalPlan() else "",
+        objective=objective,
     )
 
 
@@ -91,16 +95,26 @@ class Payload:
 
 
 def payload_for(
-    cfg: ExperimentConfig, view: AdapterState, initial: AdapterState | None, rnd: int
+    cfg: ExperimentConfig,
+    view: AdapterState,
+    initial: AdapterState | None,
+    rnd: int,
+    extras: AdapterState | None = None,
 ) -> Payload:
-    """The view as bytes: plain, or with ``compression.bits_down`` as ``Q(view − θ_init)``
+    """The view as bytes (with ``extras``, the ``x/…`` tensors a client half needs, beside
+    it): plain, or with ``compression.bits_down`` as ``Q(view − θ_init)``
     (issue 15's downlink). Quantising the distance from the initial adapter, which every
     client rebuilds from the config, keeps each round's error independent (nothing
     accumulates) and small (the distance is what training added). The rounding is seeded
     by the run and the round, so every client of a round gets the same bytes."""
     scheme = down_scheme(cfg.compression)
     if scheme is None:
-        return Payload(encode(view, {"round": rnd}))
+        return Payload(encode(view | (extras or {}), {"round": rnd}))
+    if extras:
+        raise FedpeftError(
+            "`compression.bits_down` below 32 cannot carry a client half's extra tensors "
+            "(SCAFFOLD's control); set `compression.bits_down = 32`."
+        )
     if not initial or initial.keys() != view.keys():
         raise FedpeftError(
             "`compression.bits_down` needs the run's initial adapter on both sides; this "
@@ -164,13 +178,28 @@ def plan_round(
         if cfg.compression.bits_up == "adaptive":
             plan.bits[cid] = _adaptive(cfg, profiled, assigner.arch, a, view, cid)
             scheme = plan.bits[cid].scheme
-        ins = instruction_for(cfg, rnd, cid, strategy.client_freeze, a, scheme, run_id, personal)
+        ins = instruction_for(
+            cfg, rnd, cid, strategy.client_freeze, a, scheme, run_id, personal,
+            strategy.client_objective,
+        )  # fmt: skip
         plan.assigned[cid] = a
+        sent_x, reply_x = _extras(strategy, state, a.group, view)
         if (a.group, a.config) not in payloads:  # a config's view of its group's envelope
-            payloads[(a.group, a.config)] = payload_for(cfg, view, initial, rnd)
+            payloads[(a.group, a.config)] = payload_for(cfg, view, initial, rnd, sent_x)
         p = payloads[(a.group, a.config)]
-        plan.sent.append(Sent(ins, p.data, view, a.config, tiers[cid], served=p.served))
+        plan.sent.append(Sent(ins, p.data, view, a.config, tiers[cid], reply_x, p.served))
     return plan
+
+
+def _extras(
+    strategy: Strategy, state: ServerState, group: str, view: AdapterState
+) -> tuple[AdapterState, AdapterState]:
+    """(the ``x/…`` tensors sent beside ``view``, those the reply must carry): SCAFFOLD's
+    ``c`` and ``Δc_i`` (``server/scaffold.py``); none for a rule without a client half."""
+    if strategy.client_objective != SCAFFOLD:
+        return {}, {}
+    control = group_control(state.controls, group, view)
+    return control_payload(control), reply_template(control)
 
 
 def _adaptive(

@@ -44,6 +44,7 @@ from fedpeft.server.protocols import GlobalModel
 from fedpeft.server.receive import FitClock, Received, collect, guard_norms
 from fedpeft.server.record import evaluation_due, round_record
 from fedpeft.server.sampling import sample_clients
+from fedpeft.server.scaffold import SCAFFOLD, updated_controls
 from fedpeft.server.state import ServerState
 from fedpeft.server.store import ALLOCATIONS, PERSONAL
 from fedpeft.server.strategy import Strategy
@@ -135,6 +136,11 @@ def run_round(
         state = _aggregate(
             strategy, state, plan, accepted, cfg.data.num_clients, central, normalise
         )
+        if strategy.client_objective == SCAFFOLD:  # c ← c + Σ Δc_i / N, per group
+            controls = updated_controls(
+                state.controls, plan.adapters, accepted, cfg.data.num_clients
+            )
+            state = state.evolve(controls=controls)
     else:
         state = state.evolve(adapters=plan.adapters)
     state = state.evolve(adapters=fuse_groups(strategy, fed.model, book, state.adapters))

@@ -18,8 +18,10 @@ from fedpeft.errors import FedpeftError
 from fedpeft.privacy import PrivacyLedger
 from fedpeft.types import GLOBAL_GROUP, AdapterState, GroupName
 
-STATE_FORMAT = 2
-"""Version of the checkpoint format: 1 was stop 9's untyped ``state.json`` + ``extra``."""
+STATE_FORMAT = 3
+"""Version of the checkpoint format: 1 was stop 9's untyped ``state.json`` + ``extra``; 2 had
+no SCAFFOLD controls (``control_groups``), 3 has them."""
+READABLE_FORMATS = (2, STATE_FORMAT)  # format 2 reads as format 3 without controls
 
 DEFAULT_GROUP = GLOBAL_GROUP  # a homogeneous run's one group
 LORA_GROUP = GroupName("lora")  # every LoRA configuration of an allocated run
@@ -62,6 +64,7 @@ class ServerState:
     progress: AsyncProgress | None = None  # the asynchronous loop's clock (async runs)
     inflight: dict[str, AdapterState] = field(default_factory=dict)  # async: flights' tensors
     privacy: PrivacyLedger | None = None  # DP runs: accountants, σ, S, the budget
+    controls: dict[str, AdapterState] = field(default_factory=dict)  # SCAFFOLD: group → c
 
     @property
     def adapter(self) -> AdapterState:
@@ -85,6 +88,7 @@ class ServerState:
             "groups": sorted(self.adapters),
             "optimizer_groups": sorted(self.optimizer),
             "inflight_groups": sorted(self.inflight),
+            "control_groups": sorted(self.controls),
             "main": self.main,
             "examples": dict(sorted(self.examples.items())),
             "members": {g: [c.to_json() for c in m] for g, m in sorted(self.members.items())},
@@ -103,20 +107,25 @@ class ServerState:
         adapters: dict[str, AdapterState],
         optimizer: dict[str, AdapterState],
         inflight: dict[str, AdapterState] | None = None,
+        controls: dict[str, AdapterState] | None = None,
     ) -> ServerState:
         """Checks every field; raises ``ValueError`` naming the first that is wrong and
         ``FedpeftError`` for another format version."""
         version = raw.get("format")
-        if version != STATE_FORMAT:
+        if version not in READABLE_FORMATS:
             raise FedpeftError(
-                f"the checkpoint has format {version!r} but this fedpeft reads format "
-                f"{STATE_FORMAT}; resume it with the fedpeft version that wrote it."
+                f"the checkpoint has format {version!r} but this fedpeft reads formats "
+                f"{READABLE_FORMATS[0]}–{STATE_FORMAT}; resume it with the fedpeft version that "
+                "wrote it."
             )
-        inflight = inflight or {}
+        inflight, controls = inflight or {}, controls or {}
+        if version == 2:
+            raw = {**raw, "control_groups": []}
         named = (
             (adapters, "groups"),
             (optimizer, "optimizer_groups"),
             (inflight, "inflight_groups"),
+            (controls, "control_groups"),
         )
         if any(sorted(tensors) != _strs(raw, key) for tensors, key in named):
             raise ValueError("its tensors hold other groups than its state names")
@@ -139,6 +148,7 @@ class ServerState:
             progress=None if raw.get("async") is None else _progress(_dict(raw, "async")),
             inflight=inflight,
             privacy=None if raw.get("privacy") is None else PrivacyLedger.from_json(raw["privacy"]),
+            controls=controls,
         )
 
 

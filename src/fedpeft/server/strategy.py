@@ -1,5 +1,6 @@
 """A strategy composed from parts: an aggregation rule, an optional server optimiser, and
-the client half some rules need (e.g. FFA-LoRA's frozen A) — no inheritance.
+the client half some rules need (e.g. FFA-LoRA's frozen A, SCAFFOLD's corrected gradients) —
+no inheritance.
 
 Rules that need more than ``list[(state, n_c)]`` (see ``aggregation.registry``) get it here:
 a ``needs_eval`` rule gets the server's ``evaluate_proxy`` bound into ``aggregate``; a
@@ -38,6 +39,7 @@ class Strategy:
     clip_norm: float | None = None  # each update's Δ is clipped to this L2 norm on arrival
     needs_eval: bool = False  # the rule weighs clients by the server's proxy loss
     linear: bool = False  # the rule is the weighted mean of the states (FedAvg-equivalent)
+    client_objective: str = ""  # the rule's client half ("scaffold": control variates)
 
 
 def strategy_from_config(
@@ -77,6 +79,7 @@ def strategy_from_config(
         clip_norm=cfg.clip_norm,
         needs_eval=parts.needs_eval,
         linear=parts.linear,
+        client_objective=parts.objective,
     )
 
 

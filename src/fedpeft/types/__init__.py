@@ -46,6 +46,7 @@ class TrainInstruction:
     label_skew_tau: float = 1.0  # its strength τ (FedRS: α)
     head_lr: float | None = None  # the task head's learning rate (None: ``lr``)
     kind: str = "train"  # "feature_stats": send class feature statistics instead (round 0)
+    objective: str = ""  # the rule's client half ("": plain; "scaffold": client/scaffold.py)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from fedpeft.client import META_NUM_EXAMPLES
 from fedpeft.client.features import stats_layout
 from fedpeft.client.handler import KIND_FEATURE_STATS
+from fedpeft.client.scaffold import SCAFFOLD, reply_names
 from fedpeft.compression import (
     CodecError,
     CompressionScheme,
@@ -339,8 +340,11 @@ def _conforms(
 
 def _expected(ins: TrainInstruction, served: Layout) -> Layout:
     """The layout a reply to ``ins`` must have: class feature statistics (round 0's head
-    initialisation), or the served tensors as the instruction's compression packs them."""
+    initialisation), or the served tensors as the instruction's compression packs them
+    (SCAFFOLD: with ``Δc_i`` in place of ``c``)."""
     if ins.kind == KIND_FEATURE_STATS:
         return stats_layout(served)
+    if ins.objective == SCAFFOLD:  # Δc_i comes back where c was sent
+        served = reply_names(served)
     scheme = CompressionScheme.from_json(ins.compression) if ins.compression else None
     return reply_layout(served, scheme)

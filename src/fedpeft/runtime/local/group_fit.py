@@ -215,7 +215,7 @@ class GroupedClientPool(LocalClientPool):
     def _plain(self, ins: TrainInstruction, payload: bytes) -> bool:
         """Whether the client needs nothing but its adapter and a plain reply (no extras, no
         kept state, no compressed message either way)."""
-        if ins.compression or ins.compression_down:
+        if ins.compression or ins.compression_down or ins.objective:
             return False
         try:
             extras = split_extras(decode(payload)[0])[1]
