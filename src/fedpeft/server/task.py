@@ -189,11 +189,6 @@ def check_combinations(cfg: ExperimentConfig) -> None:
     from fedpeft.privacy import check_privacy
 
     check_privacy(cfg)  # DP and secure aggregation with the aggregator, mode and allocation
-    if cfg.privacy.secure_aggregation:
-        raise FedpeftError(
-            "`privacy.secure_aggregation` is not run by the round loops yet (the protocol is "
-            "`fedpeft.privacy.secagg`, tested on its own); set it to false."
-        )
     if cfg.compression.bits_up == "adaptive" and cfg.server.mode == "async":
         raise FedpeftError(
             "`compression.bits_up = 'adaptive'` chooses bits against the synchronous round's "
