@@ -25,6 +25,7 @@ from fedpeft.client.personal import (
 )
 from fedpeft.client.privacy import dpsgd_settings, local_dp
 from fedpeft.client.scaffold import SCAFFOLD, scaffold_round
+from fedpeft.client.secagg import SECAGG_KINDS, Trained, handle_secagg, split_secrets
 from fedpeft.client.state import ClientState
 from fedpeft.client.train import ClientData, train
 from fedpeft.compression import (
@@ -88,31 +89,81 @@ def handle_fit(
     ``objective`` runs that client half instead (SCAFFOLD: ``client/scaffold.py``, its
     control ``c_i`` kept as ``scaffold/c_i/…``). A compressed payload is a delta
     from ``initial``, the run's freshly initialised adapter that this client rebuilt from
-    the config."""
-    adapter, extras = split_extras(served_state(payload, instruction, initial))
-    plan = PersonalPlan.from_json(instruction.personal)
+    the config. A secure-aggregation stage (``client/secagg.py``) trains at its masked
+    stage the same way and replies with the masked vector only."""
     kept = state or {}
-    model = personalised(model, adapter, plan, kept, kit)
+    if instruction.kind in SECAGG_KINDS:  # a secure-aggregation stage (client/secagg.py)
+        plain, own = replace(instruction, kind=KIND_TRAIN), split_secrets(kept)[0]
+
+        def trainer(train_payload: bytes) -> Trained:
+            if plain.compression:
+                raise FedpeftError("a secure-aggregation reply cannot be compressed.")
+            return train_round(model, train_payload, plain, data, device, own, initial, kit)
+
+        reply, keep = handle_secagg(instruction, payload, kept, trainer)
+        return FitResult(reply, keep)
     if instruction.kind == KIND_FEATURE_STATS:  # before round 1: statistics, no training
+        adapter, _extras = split_extras(served_state(payload, instruction, initial))
+        plan = PersonalPlan.from_json(instruction.personal)
+        model = personalised(model, adapter, plan, kept, kit)
         stats = class_feature_stats(model, data, num_classes(adapter), STATS_BATCH_SIZE, device)
         return FitResult(
             encode_reply(ClientUpdate(instruction.client_id, stats, len(data.indices)), instruction)
         )
+    if instruction.objective:  # a client half that trains instead (SCAFFOLD)
+        return objective_round(model, payload, instruction, data, device, kept, initial, kit)
+    trained = train_round(model, payload, instruction, data, device, kept, initial, kit)
+    if instruction.compression:
+        now = trained.kept if trained.kept is not None else kept
+        return compressed_reply(trained.update, trained.served, instruction, now)
+    return FitResult(encode_reply(trained.update, instruction), trained.kept)
+
+
+def train_round(
+    model: nn.Module,
+    payload: bytes,
+    instruction: TrainInstruction,
+    data: ClientData,
+    device: torch.device,
+    kept: ClientState,
+    initial: AdapterState | None = None,
+    kit: PersonalKit | None = None,
+) -> Trained:
+    """The payload's adapter (joined with the client's personal part) trained, the personal
+    part split off and kept (None: the kept state did not change), local DP applied."""
+    adapter, _extras = split_extras(served_state(payload, instruction, initial))
+    plan = PersonalPlan.from_json(instruction.personal)
+    model = personalised(model, adapter, plan, kept, kit)
     dp = ClientDp.from_json(instruction.privacy)
-    if instruction.objective:
-        check_objective(instruction, plan, dp)
-        update, kept = scaffold_round(model, instruction, data, device, extras, kept)
-        return FitResult(encode_reply(update, instruction), kept)
     update = train(model, instruction, data, device, dpsgd_settings(dp))
+    changed = None
     if plan.keeps:  # the personal part stays here; only the shared tensors travel
         mine = personal_state(model, update.state, plan)
         update = replace(update, state=split_personal(update.state, plan.parts)[0])
-        kept = with_personal(kept, mine)
+        changed = with_personal(kept, mine)
     if dp is not None and dp.mode == "local":
         update = local_dp(update, adapter, dp, instruction)
-    if instruction.compression:
-        return compressed_reply(update, adapter, instruction, kept)
-    return FitResult(encode_reply(update, instruction), kept if plan.keeps else None)
+    return Trained(update, adapter, changed)
+
+
+def objective_round(
+    model: nn.Module,
+    payload: bytes,
+    instruction: TrainInstruction,
+    data: ClientData,
+    device: torch.device,
+    kept: ClientState,
+    initial: AdapterState | None = None,
+    kit: PersonalKit | None = None,
+) -> FitResult:
+    """The instruction's client half (SCAFFOLD: ``client/scaffold.py``) on the payload's
+    adapter and extras; its reply is plain and its control ``c_i`` is kept."""
+    adapter, extras = split_extras(served_state(payload, instruction, initial))
+    plan = PersonalPlan.from_json(instruction.personal)
+    check_objective(instruction, plan, ClientDp.from_json(instruction.privacy))
+    model = personalised(model, adapter, plan, kept, kit)
+    update, now = scaffold_round(model, instruction, data, device, extras, kept)
+    return FitResult(encode_reply(update, instruction), now)
 
 
 def check_objective(ins: TrainInstruction, plan: PersonalPlan, dp: ClientDp | None) -> None:

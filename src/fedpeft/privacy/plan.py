@@ -87,6 +87,34 @@ def check_privacy(cfg: ExperimentConfig) -> None:
             f"`privacy.secure_aggregation` needs at least 3 clients (a sum of two reveals "
             f"each to the other), got `data.num_clients` = {cfg.data.num_clients}."
         )
+    _check_secure_round(cfg)
+
+
+def _check_secure_round(cfg: ExperimentConfig) -> None:
+    """What the secure round (``server/secure.py``) cannot run: it sums one group's
+    uncompressed updates and never sees one alone."""
+    refusals = [
+        (
+            cfg.allocation.enabled,
+            "`allocation.enabled` gives clients different configurations, whose updates "
+            "cannot be summed into one vector; turn the allocation off",
+        ),
+        (
+            cfg.compression.bits_up != 32 or cfg.compression.topk is not None,
+            "a masked vector is 64-bit fixed-point words whatever the update's width, so "
+            "`compression.bits_up` and `compression.topk` would save nothing; set "
+            "`compression.bits_up = 32` and leave `compression.topk` unset",
+        ),
+        (
+            cfg.server.clip_norm is not None,
+            "`server.clip_norm` clips each update on the server, which sees only the sum; "
+            "unset it (with `privacy.mode = 'central'` clients clip to `privacy.clip_norm` "
+            "before masking)",
+        ),
+    ]
+    for refused, why in refusals:
+        if refused:
+            raise FedpeftError(f"`privacy.secure_aggregation` cannot run here: {why}.")
 
 
 def _check_central(cfg: ExperimentConfig) -> None:

@@ -5,7 +5,9 @@ its ``PrivacyLedger``) and sends it with S to every client of a client-side mode
 
 * ``local`` — the client clips its update ``Δ = θ_c − θ_served`` to S and adds
   ``N(0, σ²S²I)`` before encoding (``privatize_local``; Truex et al., 2020, LDP-Fed);
-* ``dpsgd`` — the client trains with sample-level DP-SGD at (σ, C = S) through opacus.
+* ``dpsgd`` — the client trains with sample-level DP-SGD at (σ, C = S) through opacus;
+* ``central`` under secure aggregation — the client only clips Δ to S before masking (the
+  server adds the noise once, to the unmasked sum; ``client/secagg.py``).
 
 The JSON arrives in an instruction, which on Flower crosses the network: ``from_json``
 checks every field and raises ``FedpeftError`` rather than trusting it.
@@ -21,14 +23,14 @@ from typing import cast
 from fedpeft.errors import FedpeftError
 from fedpeft.privacy.accountant import Mechanism
 
-CLIENT_MODES = ("local", "dpsgd")
+CLIENT_MODES = ("local", "dpsgd", "central")
 
 
 @dataclass(frozen=True)
 class ClientDp:
     """A client-side DP mode and its parameters (σ, S, and DP-SGD's δ and accountant)."""
 
-    mode: str  # "local" | "dpsgd"
+    mode: str  # "local" | "dpsgd" | "central" (clip only: secure aggregation)
     noise_multiplier: float
     clip_norm: float
     delta: float = 1e-5
@@ -45,7 +47,7 @@ class ClientDp:
         if not ok:
             raise FedpeftError(
                 f"the instruction's privacy settings {asdict(self)} are invalid; the server "
-                "must send a mode 'local' or 'dpsgd' with σ ≥ 0, S > 0, 0 < δ < 1."
+                "must send a mode 'local', 'dpsgd' or 'central' with σ ≥ 0, S > 0, 0 < δ < 1."
             )
 
     def to_json(self) -> str:

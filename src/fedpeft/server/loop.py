@@ -45,6 +45,7 @@ from fedpeft.server.receive import FitClock, Received, collect, guard_norms
 from fedpeft.server.record import evaluation_due, round_record
 from fedpeft.server.sampling import sample_clients
 from fedpeft.server.scaffold import SCAFFOLD, updated_controls
+from fedpeft.server.secure import SecureSum, secure_collect, secure_view, weighted_loss
 from fedpeft.server.state import ServerState
 from fedpeft.server.store import ALLOCATIONS, PERSONAL
 from fedpeft.server.strategy import Strategy
@@ -105,7 +106,8 @@ def run_round(
     plan = plan_round(
         cfg, strategy, fed.pool, assigner, book, state, rnd, sampled, run_id, fed.initial, personal
     )
-    plan.sent = with_client_dp(plan.sent, ledger)
+    secure = cfg.privacy.secure_aggregation
+    plan.sent = with_client_dp(plan.sent, ledger, secure)
     if plan.bits:  # compression.bits_up = "adaptive": each client's width, explained
         rows = [{"round": rnd, "client": c, "bits": b.to_json()} for c, b in plan.bits.items()]
         fed.store.append_jsonl(ALLOCATIONS, rows)
@@ -113,29 +115,38 @@ def run_round(
         fed.observer.on_client_done(rnd, r.record)
     done = lambda record: fed.observer.on_client_done(rnd, record)  # noqa: E731
     fit_clock = FitClock()
-    received = plan.unassigned + guard_norms(
-        collect(fed.pool, plan.sent, strategy.clip_norm, done, fit_clock), s.norm_guard
-    )
+    summed: SecureSum | None = None
+    if secure:  # the server learns only the sum (server/secure.py)
+        summed = secure_collect(fed.pool, plan.sent, cfg.privacy, cfg.run.seed, done, fit_clock)
+        received = plan.unassigned + summed.received
+    else:
+        received = plan.unassigned + guard_norms(
+            collect(fed.pool, plan.sent, strategy.clip_norm, done, fit_clock), s.norm_guard
+        )
     _abort_if_all_failed(received, rnd)
     accepted = {r.sent.instruction.client_id: r for r in received if r.update is not None}
-    quorum = len(accepted) >= s.min_clients
+    count = len(accepted) if summed is None else summed.survivors * (summed.total is not None)
+    quorum = count >= s.min_clients
     if not quorum:
         log.warning(
             "round %d: %d update(s) accepted, fewer than server.min_clients=%d; the global "
             "adapters are unchanged",
             rnd,
-            len(accepted),
+            count,
             s.min_clients,
         )
     before = _baseline(fed.model, book, state, plan) if assigner.enabled and quorum else {}
     dp_info: dict[str, float] = {}
     if quorum:
         gen = central_generator(cfg.run.seed, rnd)
-        central = _central_dp(ledger, gen, len(sampled), strategy, dp_info)
-        normalise = assigner.enabled and assigner.config.normalise_work
-        state = _aggregate(
-            strategy, state, plan, accepted, cfg.data.num_clients, central, normalise
-        )
+        if summed is not None:
+            state = _aggregate_secure(strategy, state, plan, summed, ledger, gen, len(sampled))
+        else:
+            central = _central_dp(ledger, gen, len(sampled), strategy, dp_info)
+            normalise = assigner.enabled and assigner.config.normalise_work
+            state = _aggregate(
+                strategy, state, plan, accepted, cfg.data.num_clients, central, normalise
+            )
         if strategy.client_objective == SCAFFOLD:  # c ← c + Σ Δc_i / N, per group
             controls = updated_controls(
                 state.controls, plan.adapters, accepted, cfg.data.num_clients
@@ -164,7 +175,10 @@ def run_round(
         sim_time_s=sim,
         sim_clock_s=clock,
         quorum=quorum,
+        secure=None if summed is None else (count, weighted_loss(summed)),
     )
+    if summed is not None:
+        record = replace(record, secure_aggregation=summed.info)
     if ledger is not None:
         dp = account(ledger, cfg, fed.pool, clients, released=quorum) | dp_info
         record = replace(record, privacy=dp)
@@ -241,16 +255,53 @@ def _aggregate(
         except ValueError as e:  # a rule's precondition; the round must not crash the run
             log.warning("aggregation of group %s failed (%s); unchanged", group, e)
             continue
-        if strategy.server_optimizer is None:
-            adapters[group] = aggregated
-            continue
-        opt_state = optimizer.get(group, {})
-        if not _fits(opt_state, current):
-            opt_state = {}  # the envelope grew: its buffers start afresh
-        adapters[group], optimizer[group] = strategy.server_optimizer(
-            current, aggregated, opt_state
-        )
+        _server_step_in_place(strategy, adapters, optimizer, group, current, aggregated)
     return state.evolve(adapters=adapters, optimizer=optimizer)
+
+
+def _server_step_in_place(
+    strategy: Strategy,
+    adapters: dict[str, AdapterState],
+    optimizer: dict[str, AdapterState],
+    group: str,
+    current: AdapterState,
+    aggregated: AdapterState,
+) -> None:
+    """Sets the group's new global (and optimiser state) in ``adapters`` (``optimizer``):
+    the aggregate itself without a server optimiser, else the optimiser's step towards it."""
+    if strategy.server_optimizer is None:
+        adapters[group] = aggregated
+        return
+    opt_state = optimizer.get(group, {})
+    if not _fits(opt_state, current):
+        opt_state = {}  # the envelope grew: its buffers start afresh
+    adapters[group], optimizer[group] = strategy.server_optimizer(current, aggregated, opt_state)
+
+
+def _aggregate_secure(
+    strategy: Strategy,
+    state: ServerState,
+    plan: RoundPlan,
+    summed: SecureSum,
+    ledger: PrivacyLedger | None,
+    generator: torch.Generator,
+    sampled: int,
+) -> ServerState:
+    """The one group's global from the securely aggregated sum (``server/secure.py``), then
+    the server optimiser; the summed example count joins the group's."""
+    assert summed.total is not None
+    sent = plan.sent[0]
+    group = sent.instruction.group
+    current = plan.adapters[group]
+    view = secure_view(
+        summed.total, summed.weight, sent.start, ledger, generator, sampled, strategy.client_freeze
+    )
+    adapters, optimizer = dict(plan.adapters), dict(state.optimizer)
+    _server_step_in_place(strategy, adapters, optimizer, group, current, current | view)
+    examples = dict(state.examples)
+    if ledger is None or ledger.mode != "central":
+        examples[group] = examples.get(group, 0) + round(summed.weight)
+    return state.evolve(adapters=adapters, optimizer=optimizer, examples=examples)
 
 
 def _as_is(updates: Mapping[int, ClientUpdate]) -> dict[int, tuple[AdapterState, float]]:

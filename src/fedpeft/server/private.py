@@ -87,18 +87,22 @@ def check_budget(
         )
 
 
-def client_dp(ledger: PrivacyLedger | None) -> ClientDp | None:
-    """What clients of a client-side mode are told (None: central DP or none)."""
-    if ledger is None or ledger.mode not in ("local", "dpsgd"):
+def client_dp(ledger: PrivacyLedger | None, secure: bool = False) -> ClientDp | None:
+    """What clients of a client-side mode are told (None: central DP or none). Under
+    ``secure`` aggregation central DP's clients are told S too: they clip before masking."""
+    modes = ("local", "dpsgd", "central") if secure else ("local", "dpsgd")
+    if ledger is None or ledger.mode not in modes:
         return None
     return ClientDp(
         ledger.mode, ledger.noise_multiplier, ledger.clip_norm, ledger.delta, ledger.mechanism
     )
 
 
-def with_client_dp(sent: Sequence[Sent], ledger: PrivacyLedger | None) -> list[Sent]:
+def with_client_dp(
+    sent: Sequence[Sent], ledger: PrivacyLedger | None, secure: bool = False
+) -> list[Sent]:
     """Each instruction with the client's DP settings."""
-    dp = client_dp(ledger)
+    dp = client_dp(ledger, secure)
     if dp is None:
         return list(sent)
     text = dp.to_json()

@@ -27,18 +27,23 @@ def round_record(
     sim_time_s: float | None = None,
     sim_clock_s: float | None = None,
     quorum: bool = True,
+    secure: tuple[int, float] | None = None,
 ) -> RoundRecord:
     """A round (or asynchronous server step) from its clients' records and accepted updates;
     ``evals`` holds each group's evaluation (none in a round without evaluation), ``main``
     names the group reported as ``eval``; ``fit_time_s`` is the wall time the clients' round
-    trips took (with parallel clients, less than their summed training time)."""
+    trips took (with parallel clients, less than their summed training time). Under secure
+    aggregation no update is seen: ``secure`` gives (clients summed, their mean loss)."""
     n = sum(u.num_examples for u in accepted)
     loss = sum(u.metrics.get("loss", 0.0) * u.num_examples for u in accepted) / max(n, 1)
+    count = len(accepted)
+    if secure is not None:
+        count, loss = secure
     return RoundRecord(
         round=rnd,
         sampled=[c.client_id for c in clients],
-        accepted=len(accepted),
-        rejected=len(clients) - len(accepted),
+        accepted=count,
+        rejected=len(clients) - count,
         bytes_down=sum(c.bytes_down for c in clients),
         bytes_up=sum(c.bytes_up for c in clients),
         train_loss=loss,

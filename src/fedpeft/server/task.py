@@ -191,11 +191,6 @@ def check_combinations(cfg: ExperimentConfig) -> None:
 
     check_scaffold(cfg)  # before the generic checks: its refusals say why for SCAFFOLD
     check_privacy(cfg)  # DP and secure aggregation with the aggregator, mode and allocation
-    if cfg.privacy.secure_aggregation:
-        raise FedpeftError(
-            "`privacy.secure_aggregation` is not run by the round loops yet (the protocol is "
-            "`fedpeft.privacy.secagg`, tested on its own); set it to false."
-        )
     if cfg.compression.bits_up == "adaptive" and cfg.server.mode == "async":
         raise FedpeftError(
             "`compression.bits_up = 'adaptive'` chooses bits against the synchronous round's "

@@ -123,6 +123,11 @@ class RoundRecord:
     quorum: bool = True  # False: fewer than server.min_clients updates; globals unchanged
     privacy: dict[str, float] = field(default_factory=dict)  # ε so far, δ, σ, S (DP runs)
     fit_time_s: float = 0.0  # wall time of the clients' round trips: wall − fit − eval = overhead
+    # bytes and seconds per stage, survivors, threshold (runs with secure aggregation only)
+    secure_aggregation: dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
-        return {k: v for k, v in self.__dict__.items() if k != "clients"}
+        out = {k: v for k, v in self.__dict__.items() if k != "clients"}
+        if not self.secure_aggregation:
+            del out["secure_aggregation"]
+        return out

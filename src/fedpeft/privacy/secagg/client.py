@@ -35,14 +35,18 @@ from fedpeft.privacy.secagg.crypto import (
 )
 from fedpeft.privacy.secagg.fixedpoint import FixedPoint
 from fedpeft.privacy.secagg.messages import (
+    ClientMemory,
     EncryptedShares,
     ForwardedShares,
     KeyBook,
     MaskedInput,
+    MessageError,
     PublicKeys,
     Setup,
     UnmaskRequest,
     UnmaskShares,
+    decode,
+    encode,
 )
 
 
@@ -72,6 +76,8 @@ class SecAggClient:
         self._keybook: KeyBook | None = None
         self._held: dict[int, tuple[bytes, bytes]] = {}  # owner → (share of b, share of sk)
         self._answered = False
+        self._seed = b""  # b_u, drawn when the key book arrives
+        self._masked = False
 
     def on_setup(self, msg: Setup) -> PublicKeys:
         _expect(msg.client_id == self.id, "setup addressed to another client")
@@ -110,6 +116,7 @@ class SecAggClient:
         _expect(set(msg.ciphertexts) <= set(book.channel_keys), "shares from a non-neighbour")
         _expect(len(msg.ciphertexts) >= setup.threshold, "fewer neighbours left than threshold")
         _expect(len(values) == setup.vector_length, "input of the wrong length")
+        _expect(not self._masked, "a second masked input in one round")
         for u, ct in msg.ciphertexts.items():
             key = agree(self._c_sk, book.channel_keys[u], label(b"channel", setup.round))
             try:
@@ -126,6 +133,7 @@ class SecAggClient:
             seed = agree(self._s_sk, book.mask_keys[v], label(b"mask", setup.round))
             mask = prg(seed, setup.vector_length, fixed.bits)
             y = fixed.add(y, mask) if mask_sign(self.id, v) > 0 else fixed.sub(y, mask)
+        self._masked = True
         return MaskedInput(self.id, fixed.to_bytes(y), clamped)
 
     def on_unmask(self, msg: UnmaskRequest) -> UnmaskShares:
@@ -143,6 +151,40 @@ class SecAggClient:
             {u: self._held[u][0] for u in sorted(survivors - {self.id})},
             {d: self._held[d][1] for d in sorted(dropped)},
         )
+
+    def memory(self) -> ClientMemory:
+        """Everything this client must keep until its next stage (secrets included)."""
+        setup = self._need_setup()
+        return ClientMemory(
+            encode(setup),
+            encode(self._keybook) if self._keybook is not None else b"",
+            self._c_sk,
+            self._s_sk,
+            self._seed,
+            {u: b for u, (b, _) in sorted(self._held.items())},
+            {u: k for u, (_, k) in sorted(self._held.items())},
+            int(self._masked),
+            int(self._answered),
+        )
+
+    @classmethod
+    def restore(cls, memory: ClientMemory, randbytes: RandomBytes = os.urandom) -> SecAggClient:
+        """The client as ``memory()`` left it; ``ProtocolError`` if the memory is damaged."""
+        try:
+            setup = decode(memory.setup, Setup)
+            keybook = decode(memory.keybook, KeyBook) if memory.keybook else None
+        except MessageError as e:
+            raise ProtocolError(f"the client's kept secure-aggregation state: {e}") from None
+        ok = len(memory.channel_sk) == len(memory.mask_sk) == KEY_BYTES
+        _expect(ok and memory.held_seeds.keys() == memory.held_keys.keys(), "damaged memory")
+        client = cls(setup.client_id, randbytes)
+        client._setup, client._fixed = setup, FixedPoint(setup.bits, setup.frac_bits)
+        client._c_sk, client._s_sk = memory.channel_sk, memory.mask_sk
+        client._keybook = keybook
+        client._seed = memory.seed
+        client._held = {u: (memory.held_seeds[u], memory.held_keys[u]) for u in memory.held_seeds}
+        client._masked, client._answered = bool(memory.masked), bool(memory.answered)
+        return client
 
     def _need_setup(self) -> Setup:
         _expect(self._setup is not None, "a stage before setup")

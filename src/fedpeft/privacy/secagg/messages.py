@@ -84,6 +84,24 @@ class UnmaskShares:
     key_shares: dict[int, bytes]  # dropped → this client's share of its s_u^SK
 
 
+@dataclass(frozen=True)
+class ClientMemory:
+    """What a client keeps between the stages of one round (never sent): its setup, key
+    book, private keys, self-mask seed and the shares it holds for its neighbours. A
+    runtime that runs a client's stages in different processes carries these bytes on the
+    client's side (``client/secagg.py``)."""
+
+    setup: bytes  # the encoded Setup
+    keybook: bytes  # the encoded KeyBook (empty before share_keys)
+    channel_sk: bytes
+    mask_sk: bytes
+    seed: bytes  # b_u (empty before share_keys)
+    held_seeds: dict[int, bytes]  # owner → its share of b_owner
+    held_keys: dict[int, bytes]  # owner → its share of s_owner^SK
+    masked: int  # 1 once the masked input was sent (a second one would reveal a difference)
+    answered: int  # 1 once the unmask stage was answered
+
+
 Message = (
     Setup
     | PublicKeys
@@ -93,6 +111,7 @@ Message = (
     | MaskedInput
     | UnmaskRequest
     | UnmaskShares
+    | ClientMemory
 )
 _TYPES: dict[str, type[Any]] = {
     t.__name__: t
@@ -105,6 +124,7 @@ _TYPES: dict[str, type[Any]] = {
         MaskedInput,
         UnmaskRequest,
         UnmaskShares,
+        ClientMemory,
     )
 }
 

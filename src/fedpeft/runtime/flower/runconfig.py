@@ -16,13 +16,22 @@ from typing import Any, Literal
 
 import tomli_w
 
-from fedpeft.config import build_config, config_to_toml
+from fedpeft.config import ExperimentConfig, build_config, config_to_toml
 from fedpeft.config.loading import apply_override
 from fedpeft.errors import FedpeftError
 from fedpeft.runtime.flower import keys
 
 WeightMode = Literal["assigned", "reported"]
 WEIGHT_MODES: tuple[WeightMode, ...] = ("assigned", "reported")
+
+
+def check_flower_config(cfg: ExperimentConfig) -> None:
+    """What the Flower runtime does not run yet, refused before anything starts."""
+    if cfg.privacy.secure_aggregation:
+        raise FedpeftError(
+            "`privacy.secure_aggregation` runs in the in-process runtime only, not on Flower "
+            "(`--runtime flower-sim` or a deployment) yet; drop `--runtime` or set it to false."
+        )
 
 
 def split_sets(text: str) -> list[str]:

@@ -18,7 +18,11 @@ from fedpeft.config import ExperimentConfig
 from fedpeft.runtime.flower import keys
 from fedpeft.runtime.flower.pool import FlowerClientPool
 from fedpeft.runtime.flower.process import config_from_toml
-from fedpeft.runtime.flower.runconfig import WeightPolicy, run_config_text
+from fedpeft.runtime.flower.runconfig import (
+    WeightPolicy,
+    check_flower_config,
+    run_config_text,
+)
 from fedpeft.runtime.local.simulator import RunResult, run_local
 from fedpeft.server import Observer
 from fedpeft.server.store import write_json
@@ -39,6 +43,7 @@ def serve(
 ) -> RunResult:
     """Runs (or resumes) ``cfg`` over the SuperNodes that ``grid`` reaches; ``policy``
     bounds each client's aggregation weight (default: the partition the server assigned)."""
+    check_flower_config(cfg)
     pools: list[FlowerClientPool] = []
 
     def make_pool(task: Task) -> FlowerClientPool:

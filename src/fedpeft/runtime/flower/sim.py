@@ -12,6 +12,7 @@ from pathlib import Path
 from fedpeft.config import ExperimentConfig, config_to_toml
 from fedpeft.errors import FedpeftError
 from fedpeft.profiling import usable_cores
+from fedpeft.runtime.flower.runconfig import check_flower_config
 from fedpeft.runtime.local.simulator import RunResult
 from fedpeft.server import Observer
 
@@ -24,6 +25,7 @@ def run_flower_sim(
     workers: int | None = None,
 ) -> RunResult:
     """Runs ``cfg`` with ``cfg.data.num_clients`` virtual SuperNodes."""
+    check_flower_config(cfg)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no network calls from flwr
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.app import ConfigRecordValues

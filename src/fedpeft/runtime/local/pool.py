@@ -23,6 +23,7 @@ from fedpeft.allocation import (
 from fedpeft.client import ClientData, ClientState, ClientStateStore, FitResult, handle_fit
 from fedpeft.client.evaluate import handle_evaluate
 from fedpeft.client.personal import PersonalKit
+from fedpeft.client.secagg import SECAGG_KINDS, SecretStore, split_secrets
 from fedpeft.data import DataProfile, ImageSplit, TokenizedSplit
 from fedpeft.errors import ClientSkipped
 from fedpeft.peft import get_adapter_state, parse_method_ref, set_adapter_state
@@ -81,6 +82,7 @@ class LocalClientPool:
     ) -> None:
         self.task = task
         self.states = states or ClientStateStore()  # what each client keeps between rounds
+        self.secrets = SecretStore()  # a secure-aggregation round's client secrets (memory only)
         cfg = task.cfg
         self.devices = devices or federation_devices(cfg, task.arch, task.data.profiles)
         self.simulate = cfg.simulation.devices
@@ -135,17 +137,25 @@ class LocalClientPool:
     ) -> bytes:
         """``handle_fit`` of ``model`` on ``data``, with the client's kept state loaded before
         and saved after."""
-        kept = self.states.load(ins.client_id, ins.round, ins.run_id)
+        kept = self._kept(ins)
         initial = self.task.initial if ins.compression_down else None
         result = handle_fit(model, payload, ins, data, self.task.device, kept, initial, self.kit)
         return self.keep(ins, result)
 
+    def _kept(self, ins: TrainInstruction) -> ClientState:
+        """What the client kept from its last round, and within a secure-aggregation round
+        the secrets of its earlier stages."""
+        kept = self.states.load(ins.client_id, ins.round, ins.run_id)
+        return kept | self.secrets.load(ins) if ins.kind in SECAGG_KINDS else kept
+
     def keep(self, instruction: TrainInstruction, result: FitResult) -> bytes:
-        """Saves what the client keeps now (if it changed); its reply."""
-        if result.state is not None:
-            self.states.save(
-                instruction.client_id, instruction.round, result.state, instruction.run_id
-            )
+        """Saves what the client keeps now (if it changed), its secure-aggregation secrets
+        apart (in memory, dropped after the last stage); its reply."""
+        own, secrets = split_secrets(result.state or {})
+        if instruction.kind in SECAGG_KINDS:
+            self.secrets.save(instruction, secrets)
+        if result.state is not None and (own or instruction.kind not in SECAGG_KINDS):
+            self.states.save(instruction.client_id, instruction.round, own, instruction.run_id)
         return result.reply
 
     def evaluate_many(
@@ -253,9 +263,6 @@ class ParallelClientPool(LocalClientPool):
             self.settle(ins, len(payload), len(reply))
             out[k] = reply
         return out
-
-    def _kept(self, ins: TrainInstruction) -> ClientState:
-        return self.states.load(ins.client_id, ins.round, ins.run_id)
 
     def close(self) -> None:
         self.workers.close()

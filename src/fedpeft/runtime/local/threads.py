@@ -69,12 +69,15 @@ def clients_per_round(cfg: ExperimentConfig) -> int:
 def plan_threads(cfg: ExperimentConfig, device: torch.device) -> ThreadPlan:
     """Workers × threads for this run: ``run.workers`` (0: one per usable core, at most
     the clients of a round; always 1 on an accelerator or for an asynchronous server),
-    and ``run.clients_per_pass`` (0: 16 on an accelerator, 1 on a CPU)."""
+    and ``run.clients_per_pass`` (0: 16 on an accelerator, 1 on a CPU; always 1 with
+    secure aggregation)."""
     cores = usable_cores()
     server = cfg.run.threads or cores
     per_round = clients_per_round(cfg)
     per_pass = cfg.run.clients_per_pass or (AUTO_PER_PASS if device.type == "cuda" else 1)
-    per_pass = 1 if cfg.server.mode == "async" else min(per_pass, per_round)
+    # grouped passes train a batch of `train` instructions; secure aggregation's are staged
+    alone = cfg.server.mode == "async" or cfg.privacy.secure_aggregation
+    per_pass = 1 if alone else min(per_pass, per_round)
     if device.type != "cpu" or cfg.server.mode == "async" or per_pass > 1 or not FORK:
         workers = 1
     else:
