@@ -30,14 +30,16 @@ EVAL_SIZE = {"ag_news": 2000, "20newsgroups": 2000, "banking77": 2000}  # test s
 
 
 def runs_for(
-    dataset: str, alphas: list[float], seed: int, extra: list[str]
+    dataset: str, alphas: list[float], seed: int, extra: list[str], heads: list[str] | None = None
 ) -> dict[str, list[str]]:
-    base = [f"data.dataset='{dataset}'", f"run.seed={seed}", *extra]
+    base = [f"data.dataset='{dataset}'", f"run.seed={seed}"]
     if dataset in EVAL_SIZE:
         base.append(f"data.eval_size={EVAL_SIZE[dataset]}")
+    base += extra  # after the eval size: --set data.eval_size=… wins
     out = {
         f"{dataset}/{name}/seed{seed}": [*base, *CENTRAL, f"server.head_init='{head}'"]
         for name, head in CENTRAL_HEADS.items()
+        if heads is None or name in heads
     }
     for a in alphas:
         out[f"{dataset}/dir{a}/seed{seed}"] = [*base, f"data.alpha={a}"]
@@ -79,11 +81,16 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="applied to every run")
     ap.add_argument("--runs", type=Path, default=Path("runs/fed_vs_central"))
     ap.add_argument("--skip-central", action="store_true")
+    ap.add_argument(
+        "--central", action="append", choices=sorted(CENTRAL_HEADS), help="default: both"
+    )
     args = ap.parse_args()
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for seed in args.seed or [0]:
         for dataset in args.dataset:
-            for key, sets in runs_for(dataset, args.alpha or [0.5], seed, args.set).items():
+            for key, sets in runs_for(
+                dataset, args.alpha or [0.5], seed, args.set, args.central
+            ).items():
                 if key in results and "error" not in results[key]:
                     continue  # resumable: a finished entry is kept
                 if args.skip_central and "/central" in key:
