@@ -149,7 +149,7 @@ def run_round(
             )
         if strategy.client_objective == SCAFFOLD:  # c ← c + Σ Δc_i / N, per group
             controls = updated_controls(
-                state.controls, plan.adapters, accepted, cfg.data.num_clients
+                state.controls, plan.adapters, accepted, cfg.data.num_clients, s.norm_guard
             )
             state = state.evolve(controls=controls)
     else:

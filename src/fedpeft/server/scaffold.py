@@ -10,13 +10,16 @@ A rejected reply (validation, norm guard) contributes neither its update nor its
 a round without quorum leaves ``c`` unchanged, as it leaves the adapters. The client has
 moved its ``c_i`` either way, so from then on ``c`` is no longer exactly the mean of the
 ``c_i`` (as in the paper when a message is lost). ``Δc_i`` is checked for keys, shapes and
-finiteness, not for size: ``server.norm_guard`` and ``server.clip_norm`` bound the model
-update only.
+finiteness, and for size by the same rule as ``server.norm_guard``: with at least three in a
+group, a ``Δc_i`` whose norm is over ``norm_guard`` times the group's median is left out of
+``c`` (logged), so one client cannot move the control arbitrarily far.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import statistics
 from collections.abc import Mapping
 
 from fedpeft.aggregation.drift import server_control, zeros_like_state
@@ -60,21 +63,52 @@ def updated_controls(
     adapters: Mapping[str, AdapterState],
     accepted: Mapping[int, Received],
     num_clients: int,
+    guard: float = 0.0,
 ) -> dict[str, AdapterState]:
-    """Each group's ``c`` moved by its accepted clients' ``Δc_i`` (``N = num_clients``)."""
-    deltas: dict[str, list[AdapterState]] = {}
-    for r in accepted.values():
+    """Each group's ``c`` moved by its accepted clients' ``Δc_i`` (``N = num_clients``);
+    ``guard`` > 0 leaves out a ``Δc_i`` over ``guard`` × the group's median norm."""
+    deltas: dict[str, list[tuple[int, AdapterState]]] = {}
+    for cid, r in sorted(accepted.items()):
         if r.update is not None:
             delta = under_prefix(r.update.extras, DELTA)
-            deltas.setdefault(r.sent.instruction.group, []).append(delta)
+            deltas.setdefault(r.sent.instruction.group, []).append((cid, delta))
     out = dict(controls)
-    for name, group_deltas in sorted(deltas.items()):
+    for name, pairs in sorted(deltas.items()):
+        group_deltas = _guarded(name, pairs, guard)
         current = group_control(controls, name, adapters[name])
         try:
             out[name] = server_control(current, group_deltas, num_clients)
         except ValueError as e:  # validated replies fit; a round must not crash the run
             log.warning("SCAFFOLD control of group %s not updated (%s)", name, e)
     return out
+
+
+def _guarded(
+    group: str, pairs: list[tuple[int, AdapterState]], guard: float
+) -> list[AdapterState]:
+    """The ``Δc_i`` within ``guard`` × the median norm (all of them below three, or guard 0)."""
+    if guard <= 0 or len(pairs) < 3:
+        return [d for _, d in pairs]
+    norms = [_norm(d) for _, d in pairs]
+    limit = guard * statistics.median(norms)
+    kept = []
+    for (cid, delta), norm in zip(pairs, norms, strict=True):
+        if norm > limit:
+            log.warning(
+                "SCAFFOLD: client %d's control delta (norm %.3g) is over %.3g × the median of "
+                "group %s; left out of c",
+                cid,
+                norm,
+                guard,
+                group,
+            )
+        else:
+            kept.append(delta)
+    return kept
+
+
+def _norm(state: AdapterState) -> float:
+    return math.sqrt(sum(float(v.double().square().sum()) for v in state.values()))
 
 
 def check_scaffold(cfg: ExperimentConfig) -> None:

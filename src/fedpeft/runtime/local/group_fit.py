@@ -27,6 +27,7 @@ from fedpeft.client import (
     derive_seed,
     split_extras,
 )
+from fedpeft.client.handler import KIND_TRAIN
 from fedpeft.compression import decode, encode
 from fedpeft.data import Batch, ImageBatch, TokenizedSplit
 from fedpeft.peft import parse_method_ref
@@ -214,8 +215,9 @@ class GroupedClientPool(LocalClientPool):
 
     def _plain(self, ins: TrainInstruction, payload: bytes) -> bool:
         """Whether the client needs nothing but its adapter and a plain reply (no extras, no
-        kept state, no compressed message either way)."""
-        if ins.compression or ins.compression_down or ins.objective:
+        kept state, no compressed message either way) and asks to be trained (not, e.g., for
+        the round-0 feature statistics)."""
+        if ins.kind != KIND_TRAIN or ins.compression or ins.compression_down or ins.objective:
             return False
         try:
             extras = split_extras(decode(payload)[0])[1]
