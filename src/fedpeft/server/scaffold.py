@@ -83,9 +83,7 @@ def updated_controls(
     return out
 
 
-def _guarded(
-    group: str, pairs: list[tuple[int, AdapterState]], guard: float
-) -> list[AdapterState]:
+def _guarded(group: str, pairs: list[tuple[int, AdapterState]], guard: float) -> list[AdapterState]:
     """The ``Δc_i`` within ``guard`` × the median norm (all of them below three, or guard 0)."""
     if guard <= 0 or len(pairs) < 3:
         return [d for _, d in pairs]
