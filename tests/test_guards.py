@@ -40,6 +40,8 @@ class _Tamper:
         if self.mode == "dead" and cid == 1:
             raise ConnectionError("gone")
         reply = self.inner.fit(instruction, payload)
+        if instruction.round == 0:  # the head's feature statistics: tampered with elsewhere
+            return reply
         if self.mode == "relabel" and cid == 0 and 1 in self.last:
             state, meta = decode(self.last[1])  # client 1's earlier reply, claimed as client 0's
             meta[META_CLIENT_ID] = 0
@@ -82,7 +84,10 @@ def test_a_boosted_update_is_rejected_by_the_default_guard(tiny) -> None:
 
 
 def test_no_quorum_leaves_the_global_unchanged_and_says_so(tiny) -> None:
-    cfg = tiny("run.rounds=2", "data.num_clients=2", "server.min_clients=2")
+    # a random head: the LDA head would be set at round 0, before any quorum is needed
+    cfg = tiny(
+        "run.rounds=2", "data.num_clients=2", "server.min_clients=2", "server.head_init='random'"
+    )
     result = run_local(cfg, pool=_with("dead"))
     assert [r["quorum"] for r in result.rounds] == [False, False]
     assert all(r["accepted"] == 1 for r in result.rounds)

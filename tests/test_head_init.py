@@ -183,3 +183,10 @@ def test_auto_is_lda_unless_the_run_is_private(tmp_path: Path) -> None:
     assert head_rule(tiny_config(tmp_path, "server.head_init='ncm'")) == "ncm"
     with pytest.raises(FedpeftError, match="server.head_init"):
         check_combinations(tiny_config(tmp_path, "server.head_init='lda'", *dp))
+    # a personal head or lora_B never travels, and round 0 would serve it
+    assert head_rule(tiny_config(tmp_path, "personalization.mode='head'")) == "random"
+    assert head_rule(tiny_config(tmp_path, "personalization.mode='dual'")) == "lda"
+    with pytest.raises(FedpeftError, match="personalization.mode"):
+        check_combinations(
+            tiny_config(tmp_path, "server.head_init='ncm'", "personalization.mode='lora_b'")
+        )

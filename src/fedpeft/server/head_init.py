@@ -35,6 +35,7 @@ from fedpeft.types import AdapterState, TrainInstruction
 
 log = logging.getLogger("fedpeft.server")
 HEAD_INIT = "head_init.json"
+PERSONAL_PARTS = ("head", "lora_b")  # personalization modes whose tensors stay local
 
 
 @dataclass(frozen=True)
@@ -114,12 +115,18 @@ def init_head(
 def head_rule(cfg: ExperimentConfig) -> str:
     """The configured rule, with ``auto`` resolved: ``lda``, unless differential privacy or
     secure aggregation is on — the statistics are sent as they are, neither noised nor
-    masked, so such a run starts the head at random."""
+    masked, so such a run starts the head at random — or clients keep a personal part."""
     rule = cfg.server.head_init
     if rule != "auto":
         return rule
     private = cfg.privacy.mode != "none" or cfg.privacy.secure_aggregation
-    return "random" if private else "lda"
+    return "random" if private or keeps_personal(cfg) else "lda"
+
+
+def keeps_personal(cfg: ExperimentConfig) -> bool:
+    """Whether clients keep a personal part (head, lora_b), which never travels — the
+    round-0 request would send it; such a run starts the head at random."""
+    return cfg.personalization.mode in PERSONAL_PARTS
 
 
 def _exchange(pool: ClientPool, requests: list[Request]) -> list[bytes | Exception]:

@@ -54,6 +54,12 @@ def check_personalization(cfg: ExperimentConfig) -> None:
             f"`personalization.mode = {p.mode!r}` needs one configuration for every client; "
             "it cannot run with `allocation.enabled`."
         )
+    if p.mode in ("head", "lora_b") and cfg.server.head_init in ("lda", "ncm"):
+        raise FedpeftError(
+            f"`server.head_init = {cfg.server.head_init!r}` serves the whole adapter before "
+            f"round 1, which would send the tensors `personalization.mode = {p.mode!r}` keeps "
+            "local; use 'auto' or 'random'."
+        )
     if p.mode in ("head", "lora_b") and cfg.compression.bits_down != 32:
         raise FedpeftError(
             f"`personalization.mode = {p.mode!r}` serves the global without the clients' "
