@@ -175,6 +175,7 @@ def test_round_zero_sets_the_head_and_leaves_out_bad_replies(tmp_path: Path) -> 
 def test_auto_is_lda_unless_the_run_is_private(tmp_path: Path) -> None:
     from fedpeft.errors import FedpeftError
     from fedpeft.server.head_init import head_rule
+    from fedpeft.server.personal import check_personalization
     from fedpeft.server.task import check_combinations
 
     assert head_rule(tiny_config(tmp_path)) == "lda"  # the default
@@ -184,9 +185,24 @@ def test_auto_is_lda_unless_the_run_is_private(tmp_path: Path) -> None:
     with pytest.raises(FedpeftError, match="server.head_init"):
         check_combinations(tiny_config(tmp_path, "server.head_init='lda'", *dp))
     # a personal head or lora_B never travels, and round 0 would serve it
-    assert head_rule(tiny_config(tmp_path, "personalization.mode='head'")) == "random"
-    assert head_rule(tiny_config(tmp_path, "personalization.mode='dual'")) == "lda"
+    assert (
+        head_rule(
+            tiny_config(tmp_path, "personalization.mode='head'", "data.client_test_fraction=0.2")
+        )
+        == "random"
+    )
+    assert (
+        head_rule(
+            tiny_config(tmp_path, "personalization.mode='dual'", "data.client_test_fraction=0.2")
+        )
+        == "lda"
+    )
     with pytest.raises(FedpeftError, match="personalization.mode"):
-        check_combinations(
-            tiny_config(tmp_path, "server.head_init='ncm'", "personalization.mode='lora_b'")
+        check_personalization(
+            tiny_config(
+                tmp_path,
+                "server.head_init='ncm'",
+                "personalization.mode='lora_b'",
+                "data.client_test_fraction=0.2",
+            )
         )
