@@ -71,7 +71,9 @@ def _run(tiny, *extra: str, lose: dict[str, set[int]] | None = None, name: str =
         pools.append(_Flaky(inner, lose) if lose is not None else inner)
         return pools[-1]
 
-    result = run_local(tiny(f"run.name={name!r}", *extra), pool=build)
+    # a random head in every run: secure ones start there, the plain runs they are compared
+    # with would otherwise start from the LDA head
+    result = run_local(tiny(f"run.name={name!r}", "server.head_init='random'", *extra), pool=build)
     return result, pools[0]
 
 
