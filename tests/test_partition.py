@@ -61,3 +61,27 @@ def test_too_little_data_is_a_user_error() -> None:
     cfg = load_config(overrides=["data.num_clients=100", "data.min_partition_size=50"]).data
     with pytest.raises(FedpeftError, match="num_clients"):
         partition_indices(_labels(), cfg, 0)
+
+
+def test_a_dirichlet_split_flower_gives_up_on_is_drawn_again_from_a_derived_seed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two classes, α = 0.1, 600 examples over 10 clients: for seed 1 Flower's sampler
+    gives up (10 draws leave a client under 2 examples); a derived seed's draw is used,
+    the same on every call, and the first seed's result is unchanged where it succeeds."""
+    import fedpeft.data.partition as partition
+
+    labels = np.array([0] * 272 + [1] * 328)
+    cfg = load_config(overrides=["data.alpha=0.1"]).data
+    monkeypatch.setattr(partition, "DIRICHLET_RESEEDS", 1)
+    with pytest.raises(FedpeftError, match="tried 1 seeds"):
+        partition_indices(labels, cfg, 1)
+    first_try = partition_indices(labels, cfg, 0)
+    monkeypatch.setattr(partition, "DIRICHLET_RESEEDS", 8)
+    parts = partition_indices(labels, cfg, 1)
+    assert [p.tolist() for p in parts] == [p.tolist() for p in partition_indices(labels, cfg, 1)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(600))
+    assert min(len(p) for p in parts) >= 2
+    assert [p.tolist() for p in first_try] == [
+        p.tolist() for p in partition_indices(labels, cfg, 0)
+    ]

@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from fedpeft.config import DataConfig
 from fedpeft.errors import FedpeftError
+
+DIRICHLET_RESEEDS = 8  # seeds a Dirichlet split is tried with before it is given up
 
 
 def partition_indices(
@@ -29,11 +32,6 @@ def partition_indices(
             )
         return _checked(natural_partition(labels, groups, cfg.natural_share, seed), cfg)
     import datasets
-    from flwr_datasets.partitioner import (
-        DirichletPartitioner,
-        IidPartitioner,
-        PathologicalPartitioner,
-    )
 
     n, k = len(labels), cfg.num_clients
     if n < k * cfg.min_partition_size:
@@ -44,6 +42,36 @@ def partition_indices(
         )
     perm = np.random.default_rng(seed).permutation(n)
     ds = datasets.Dataset.from_dict({"label": labels[perm].tolist(), "idx": perm.tolist()})
+    failure = ""
+    # Flower's Dirichlet sampler gives up after 10 draws that leave a client under
+    # `min_partition_size` (likely with few classes and a small α); a draw from a seed derived
+    # from the run's is then tried, the same in every process. The first try is ``seed``'s.
+    for attempt in range(DIRICHLET_RESEEDS if cfg.partition == "dirichlet" else 1):
+        tried = seed if attempt == 0 else derived_seed(seed, attempt)
+        try:
+            return _checked(_load(ds, labels, cfg, tried), cfg)
+        except ValueError as e:
+            failure = str(e)
+    raise FedpeftError(
+        f"partitioning {n} examples over {k} clients failed: {failure} (tried "
+        f"{DIRICHLET_RESEEDS if cfg.partition == 'dirichlet' else 1} seeds; a larger "
+        "`data.alpha` or `data.train_size`, or fewer clients, makes it possible)"
+    )
+
+
+def derived_seed(seed: int, attempt: int) -> int:
+    return int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0])
+
+
+def _load(ds: Any, labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np.ndarray]:
+    """The partitioner's index lists for ``seed`` (``ValueError`` if it cannot draw them)."""
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        PathologicalPartitioner,
+    )
+
+    k = cfg.num_clients
     if cfg.partition == "iid":
         part = IidPartitioner(num_partitions=k)
     elif cfg.partition == "dirichlet":
@@ -69,13 +97,7 @@ def partition_indices(
             seed=seed,
         )
     part.dataset = ds
-    try:
-        parts = [
-            np.sort(np.asarray(part.load_partition(i)["idx"], dtype=np.int64)) for i in range(k)
-        ]
-    except ValueError as e:
-        raise FedpeftError(f"partitioning {n} examples over {k} clients failed: {e}") from None
-    return _checked(parts, cfg)
+    return [np.sort(np.asarray(part.load_partition(i)["idx"], dtype=np.int64)) for i in range(k)]
 
 
 def _checked(parts: list[np.ndarray], cfg: DataConfig) -> list[np.ndarray]:
