@@ -103,9 +103,9 @@ def handle_fit(
         reply, keep = handle_secagg(instruction, payload, kept, trainer)
         return FitResult(reply, keep)
     if instruction.kind == KIND_FEATURE_STATS:  # before round 1: statistics, no training
-        adapter, _extras = split_extras(served_state(payload, instruction, initial))
-        plan = PersonalPlan.from_json(instruction.personal)
-        model = personalised(model, adapter, plan, kept, kit)
+        model, adapter, _extras, _plan = served_model(
+            model, payload, instruction, kept, initial, kit
+        )
         stats = class_feature_stats(model, data, num_classes(adapter), STATS_BATCH_SIZE, device)
         return FitResult(
             encode_reply(ClientUpdate(instruction.client_id, stats, len(data.indices)), instruction)
@@ -131,9 +131,7 @@ def train_round(
 ) -> Trained:
     """The payload's adapter (joined with the client's personal part) trained, the personal
     part split off and kept (None: the kept state did not change), local DP applied."""
-    adapter, _extras = split_extras(served_state(payload, instruction, initial))
-    plan = PersonalPlan.from_json(instruction.personal)
-    model = personalised(model, adapter, plan, kept, kit)
+    model, adapter, _extras, plan = served_model(model, payload, instruction, kept, initial, kit)
     dp = ClientDp.from_json(instruction.privacy)
     update = train(model, instruction, data, device, dpsgd_settings(dp))
     changed = None
@@ -144,6 +142,21 @@ def train_round(
     if dp is not None and dp.mode == "local":
         update = local_dp(update, adapter, dp, instruction)
     return Trained(update, adapter, changed)
+
+
+def served_model(
+    model: nn.Module,
+    payload: bytes,
+    instruction: TrainInstruction,
+    kept: ClientState,
+    initial: AdapterState | None,
+    kit: PersonalKit | None,
+) -> tuple[nn.Module, AdapterState, AdapterState, PersonalPlan]:
+    """The model with the payload's adapter loaded (joined with the client's personal part),
+    that adapter, the payload's ``x/…`` extras and the instruction's personal plan."""
+    adapter, extras = split_extras(served_state(payload, instruction, initial))
+    plan = PersonalPlan.from_json(instruction.personal)
+    return personalised(model, adapter, plan, kept, kit), adapter, extras, plan
 
 
 def objective_round(
@@ -158,10 +171,8 @@ def objective_round(
 ) -> FitResult:
     """The instruction's client half (SCAFFOLD: ``client/scaffold.py``) on the payload's
     adapter and extras; its reply is plain and its control ``c_i`` is kept."""
-    adapter, extras = split_extras(served_state(payload, instruction, initial))
-    plan = PersonalPlan.from_json(instruction.personal)
+    model, _adapter, extras, plan = served_model(model, payload, instruction, kept, initial, kit)
     check_objective(instruction, plan, ClientDp.from_json(instruction.privacy))
-    model = personalised(model, adapter, plan, kept, kit)
     update, now = scaffold_round(model, instruction, data, device, extras, kept)
     return FitResult(encode_reply(update, instruction), now)
 
