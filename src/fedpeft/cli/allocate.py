@@ -27,15 +27,13 @@ def allocation_report(cfg: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]
     from fedpeft.models import load_model_config
     from fedpeft.peft import architecture
     from fedpeft.server.assign import client_infos
-    from fedpeft.server.instruct import task_kind
-    from fedpeft.server.qa import generative
+    from fedpeft.server.instruct import head_kind, task_kind
     from fedpeft.server.task import build_data
 
     alloc_cfg = make_allocation_config(cfg.allocation)
     data = build_data(cfg)
     kind = task_kind(cfg, data.spec)
-    causal_lm = kind == "instruct" or (kind == "qa" and generative(data.spec))
-    span = kind == "qa" and not causal_lm
+    causal_lm, span = head_kind(kind, data.spec)
     n = 2 if span else data.dataset.num_labels  # a span head: start and end
     arch = architecture(load_model_config(data.spec, n), n, causal_lm=causal_lm, qa=span)
     devices = federation_devices(cfg, arch, data.profiles)

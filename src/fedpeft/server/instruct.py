@@ -18,7 +18,7 @@ from fedpeft.data.sources import RawSplit
 from fedpeft.errors import FedpeftError
 from fedpeft.models import ModelSpec, get_model_spec, load_tokenizer
 from fedpeft.peft import method_names
-from fedpeft.server.qa import QA_DATASETS, check_qa, supported_qa
+from fedpeft.server.qa import QA_DATASETS, check_qa, generative, supported_qa
 
 TaskKind = Literal["classify", "instruct", "qa"]
 DECODER_FAMILIES = ("llama",)
@@ -32,6 +32,13 @@ def task_kind(cfg: ExperimentConfig, spec: ModelSpec | None = None) -> TaskKind:
         return "qa"
     spec = spec or get_model_spec(cfg.model.name)
     return "instruct" if spec.family in DECODER_FAMILIES else "classify"
+
+
+def head_kind(kind: TaskKind, spec: ModelSpec) -> tuple[bool, bool]:
+    """``(causal_lm, span)`` for a task: a causal LM (instruction tuning, or generative QA on
+    a decoder) or a span head (extractive QA); neither means a classifier head."""
+    causal_lm = kind == "instruct" or (kind == "qa" and generative(spec))
+    return causal_lm, kind == "qa" and not causal_lm
 
 
 def supported_pairs() -> str:

@@ -53,9 +53,8 @@ from fedpeft.peft import (
 )
 from fedpeft.peft.prefix import PrefixCache, compile_blocks
 from fedpeft.peft.share import apply_shared
-from fedpeft.server.instruct import check_task, instruct_splits, task_kind
+from fedpeft.server.instruct import check_task, head_kind, instruct_splits, task_kind
 from fedpeft.server.prefix import serve_prefix
-from fedpeft.server.qa import generative
 from fedpeft.types import AdapterState
 
 log = logging.getLogger("fedpeft.server")
@@ -202,8 +201,7 @@ def check_combinations(cfg: ExperimentConfig) -> None:
             "initial adapter, which allocated configurations and asynchronous servers do not "
             "share; set `compression.bits_down = 32` with allocation or `server.mode = 'async'`."
         )
-    qa = cfg.model.task == "qa" or cfg.data.dataset == "squad"
-    if cfg.data.client_test_fraction > 0 and qa:
+    if cfg.data.client_test_fraction > 0 and task_kind(cfg) == "qa":
         raise FedpeftError(
             "`data.client_test_fraction` scores clients on held-out classification examples; "
             "question answering is scored centrally only, so set it to 0 with `model.task = 'qa'`."
@@ -336,7 +334,7 @@ def build_task(cfg: ExperimentConfig) -> Task:
         torch.manual_seed(cfg.run.seed)
         kind = task_kind(cfg, spec)
         base: nn.Module
-        causal_lm = kind == "instruct" or (kind == "qa" and generative(spec))
+        causal_lm, span = head_kind(kind, spec)
         if causal_lm:
             base = load_causal_lm(spec, cfg.run.seed)
         elif kind == "qa":
@@ -344,7 +342,6 @@ def build_task(cfg: ExperimentConfig) -> Task:
         else:
             base = load_base(cfg, spec, dataset)
         full_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
-        span = kind == "qa" and not causal_lm
         arch = architecture(base.config, dataset.num_labels, causal_lm=causal_lm, qa=span)
         model = apply_shared(base, method, arch, cfg.run.seed).to(device)
     log.info(
