@@ -111,7 +111,11 @@ def summarise(run_dir: Path) -> dict[str, Any]:
     summary, rounds = read_run(run_dir)
     lines = client_lines(run_dir)
     steps = [c.get("metrics", {}).get("steps") for c in lines if c["status"] == "ok"]
+    head = run_dir / "head_init.json"  # round 0: the head from the clients' statistics
     return {
+        "round0_accuracy": (
+            json.loads(head.read_text())["eval_after"].get("accuracy") if head.is_file() else None
+        ),
         "accuracy": [r["eval"]["accuracy"] for r in rounds],
         "sim_clock_s": [r["sim_clock_s"] for r in rounds],
         "participation": participation(lines),

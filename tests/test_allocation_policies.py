@@ -26,6 +26,7 @@ from fedpeft.allocation import (
 from fedpeft.allocation.baselines import fedra_rank, reachable_blocks
 from fedpeft.config.profiles import DEFAULT_RELATIVE
 from fedpeft.data import DataProfile
+from fedpeft.errors import FedpeftError
 from fedpeft.models import get_model_spec
 from fedpeft.peft import Architecture, architecture
 
@@ -68,6 +69,28 @@ def test_utility_keeps_every_tier_in_one_envelope(minilm: Architecture, tiers: d
     out = allocate(problem(minilm), clients)
     blocks = [len(a.chosen.spec.targets(minilm)) // 2 for a in out if a.chosen]
     assert blocks == [6, 3, 1] and {a.chosen.method for a in out if a.chosen} == {"lora"}
+
+
+def test_shared_depth_gives_every_tier_the_deepest_blocks_all_can_hold(
+    minilm: Architecture, tiers: dict
+) -> None:
+    """With ``shared_depth`` every client of the round trains the same top blocks: the
+    deepest the weakest present can hold; each still picks its own rank."""
+    high, mid, low = client(tiers, 0, "high"), client(tiers, 1, "mid"), client(tiers, 2, "low")
+    for clients, depth in (([high, mid, low], 1), ([high, mid], 3), ([high], 6)):
+        out = allocate(problem(minilm, shared_depth=True), clients)
+        assert all(a.chosen is not None for a in out)
+        assert [len(a.chosen.spec.targets(minilm)) // 2 for a in out] == [depth] * len(out)
+        assert all(f"top {depth} block" in a.reason for a in out)
+        assert {ev.candidate.name for ev in out[0].evaluations} == {
+            f"lora-r{r}-{'all' if depth == 6 else f'top{depth}'}" for r in (4, 8, 16)
+        }
+    # a client no depth fits does not pull the others down to nothing
+    tiny = ClientInfo(3, tiers["low"].model_copy(update={"memory_bytes": 1}), low.workload, DATA)
+    out = allocate(problem(minilm, shared_depth=True), [high, mid, tiny])
+    assert [len(a.chosen.spec.targets(minilm)) // 2 if a.chosen else 0 for a in out] == [3, 3, 0]
+    with pytest.raises(FedpeftError, match="shared_depth"):
+        make_allocation_config({"policy": "uniform_fit", "shared_depth": True})
 
 
 def test_steps_shrink_to_meet_the_deadline(minilm: Architecture, tiers: dict) -> None:

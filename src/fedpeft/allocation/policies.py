@@ -14,7 +14,9 @@ from fedpeft.allocation.utility import (
     AllocationProblem,
     ClientInfo,
     Evaluation,
+    competing,
     evaluate,
+    lora_blocks,
     with_floor,
 )
 from fedpeft.errors import FedpeftError
@@ -89,10 +91,41 @@ def best_of(
 
 def utility(problem: AllocationProblem, client: ClientInfo) -> Allocation:
     """``c* = argmax_c U(c,p)`` over the catalogue candidates within both hard limits (local
-    steps shortened to meet the deadline when ``adapt_steps``)."""
+    steps shortened to meet the deadline when ``adapt_steps``); with ``shared_depth`` only
+    the LoRA candidates at the round's one depth (``with_shared_depth``) compete."""
     adapt = problem.config.adapt_steps
-    evals = tuple(evaluate(problem, c, client, adapt) for c in problem.catalogue)
-    return best_of(client, evals, "utility")
+    shared = problem.shared_blocks
+    evals = tuple(evaluate(problem, c, client, adapt) for c in competing(problem))
+    out = best_of(client, evals, "utility")
+    if shared is not None:
+        out = replace(
+            out, reason=f"{out.reason}; LoRA on the top {shared} block(s), the round's shared depth"
+        )
+    return out
+
+
+def with_shared_depth(
+    problem: AllocationProblem, clients: Sequence[ClientInfo]
+) -> AllocationProblem:
+    """``problem`` with ``shared_blocks``: the LoRA depth (blocks, from the top) at which
+    the most of ``clients`` have a feasible candidate, the deepest among equals — with
+    model-relative tiers, the deepest the weakest client present can hold."""
+    adapt = problem.config.adapt_steps
+    depth = {
+        c.name: b for c in problem.catalogue if (b := lora_blocks(problem.arch, c)) is not None
+    }
+    if not depth:
+        return problem
+    held = dict.fromkeys(depth.values(), 0)
+    for client in clients:
+        fits = {
+            depth[c.name]
+            for c in problem.catalogue
+            if c.name in depth and evaluate(problem, c, client, adapt).feasible
+        }
+        for blocks in fits:
+            held[blocks] += 1
+    return replace(problem, shared_blocks=max(held, key=lambda b: (held[b], b)))
 
 
 def allocate(problem: AllocationProblem, clients: Sequence[ClientInfo]) -> list[Allocation]:
@@ -100,6 +133,8 @@ def allocate(problem: AllocationProblem, clients: Sequence[ClientInfo]) -> list[
     floor ``T_floor`` is computed over all of them first (``round_aware``)."""
     policy = get_policy(problem.config.policy)
     problem = replace(problem, round_clients=tuple(clients))
+    if problem.config.shared_depth:
+        problem = with_shared_depth(problem, clients)
     if problem.config.round_aware:
         problem = with_floor(problem, clients)
     return [policy(problem, client) for client in clients]

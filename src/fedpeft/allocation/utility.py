@@ -37,10 +37,18 @@ from typing import Literal
 
 from fedpeft.allocation.catalogue import Candidate, build_catalogue, candidate_of
 from fedpeft.allocation.cost import Calibration, Cost, Workload, predict_cost
-from fedpeft.allocation.gain import GainEstimator, capacity, coverage, data_scale, work_scale
+from fedpeft.allocation.gain import (
+    GainEstimator,
+    capacity,
+    coverage,
+    data_scale,
+    trained_blocks,
+    work_scale,
+)
 from fedpeft.config import AllocationConfig
 from fedpeft.data.partition import DataProfile
 from fedpeft.peft import Architecture
+from fedpeft.peft.lora import LoraSpec
 from fedpeft.profiling import GiB, ResourceProfile
 
 
@@ -71,6 +79,7 @@ class AllocationProblem:
     round: int = 0  # the round being allocated (seeded per-round draws, e.g. FedRA)
     seed: int = 0
     round_clients: tuple[ClientInfo, ...] = ()  # every client of the round (set by allocate)
+    shared_blocks: int | None = None  # LoRA's one depth this round (``shared_depth``)
 
 
 def build_problem(
@@ -285,6 +294,20 @@ class Allocation:
         return next((e for e in self.evaluations if e.candidate.name == self.chosen.name), None)
 
 
+def lora_blocks(arch: Architecture, candidate: Candidate) -> int | None:
+    """The blocks a LoRA candidate trains, counted from the top (None: another method)."""
+    return trained_blocks(arch, candidate.spec) if isinstance(candidate.spec, LoraSpec) else None
+
+
+def competing(problem: AllocationProblem) -> tuple[Candidate, ...]:
+    """The catalogue candidates a client chooses from: all of them, or with
+    ``shared_blocks`` set the LoRA ones at that depth (other methods are kept)."""
+    shared = problem.shared_blocks
+    if shared is None:
+        return problem.catalogue
+    return tuple(c for c in problem.catalogue if lora_blocks(problem.arch, c) in (None, shared))
+
+
 def with_floor(problem: AllocationProblem, clients: Sequence[ClientInfo]) -> AllocationProblem:
     """``problem`` with ``T_floor = max_p min_c T(c, p)`` over each client's feasible
     candidates (after step adaptation): the shortest the round can be with everyone in."""
@@ -293,7 +316,7 @@ def with_floor(problem: AllocationProblem, clients: Sequence[ClientInfo]) -> All
     for client in clients:
         times = [
             ev.cost.round_seconds
-            for ev in (evaluate(problem, c, client, adapt) for c in problem.catalogue)
+            for ev in (evaluate(problem, c, client, adapt) for c in competing(problem))
             if ev.feasible
         ]
         floor = max(floor, min(times, default=0.0))

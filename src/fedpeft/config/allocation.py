@@ -150,6 +150,14 @@ class AllocationConfig(Section):
     normalise_work: bool = Field(
         True, description="FedNova: average updates per local step (unequal work)"
     )
+    shared_depth: bool = Field(
+        False,
+        description="utility: every client of a round trains LoRA on the same top blocks, the "
+        "deepest catalogue depth at which each of them has a feasible candidate (else the "
+        "depth most of them can hold), and picks only its rank and steps; a block held by "
+        "the deep clients alone is averaged over their data alone, which under label skew "
+        "moves it with their classes",
+    )
     cost_weights: CostWeights = CostWeights()
     bits_down: int = Field(32, ge=1, le=32, description="bits per parameter, server → client")
     bits_up: int = Field(32, ge=1, le=32, description="bits per parameter, client → server")
@@ -166,6 +174,11 @@ class AllocationConfig(Section):
             raise ValueError(
                 "`allocation.uniform` is required when `allocation.policy` is 'uniform' "
                 "(e.g. {method = 'lora', options = {r = 8}})"
+            )
+        if self.shared_depth and self.policy != "utility":
+            raise ValueError(
+                "`allocation.shared_depth` applies to the 'utility' policy only; the fixed "
+                f"and baseline policies choose depths their own way (got {self.policy!r})"
             )
         if self.policy == "tiered" and not self.tiers:
             raise ValueError(

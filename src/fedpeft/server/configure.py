@@ -154,7 +154,7 @@ def plan_round(
     profiled = pool if isinstance(pool, ProfiledPool) else None
     tiers = {c: _tier(profiled, c) for c in sampled}
     assigned = (
-        assigner.assign(_client_infos(cfg, profiled, sampled), rnd)
+        assigner.assign(profiled_infos(cfg, profiled, sampled), rnd)
         if assigner.enabled
         else {cid: assigner.fixed(cid) for cid in sampled}
     )
@@ -230,9 +230,10 @@ def _tier(pool: ProfiledPool | None, client_id: int) -> str:
     return profile.tier if profile is not None else ""
 
 
-def _client_infos(
+def profiled_infos(
     cfg: ExperimentConfig, pool: ProfiledPool | None, sampled: Sequence[int]
 ) -> list[ClientInfo]:
+    """What the allocation knows of each of ``sampled``, from the pool's profiles."""
     if pool is None:
         raise FedpeftError(
             "`allocation.enabled` needs clients that report their resources and data profile; "

@@ -5,13 +5,23 @@ Every client is asked once, through the same pool as a training round, for the s
 and second moment of the features its head receives (``client/features.py``); replies are
 checked like updates (keys, shapes, finite values, the client and round they answer for)
 and a bad or missing one is left out. What was done is written to ``head_init.json``.
+
+With ``allocation.enabled`` the groups do not exist yet: the policy assigns every client
+as it would a round (``Assigner``, round 0), each group's global is created as the round
+would create it (``GroupBook.serve``: one envelope for every LoRA configuration), and each
+client is asked with its own configuration's view of its group. A group's head is the rule
+over its own clients' statistics — in the LoRA envelope that is every LoRA client, whatever
+its rank or layers, since they all share the envelope's one head; every other method group
+has its own head. A client the policy leaves out (e.g. one whose memory holds no
+configuration) is not asked. The main group is the one whose clients hold most examples.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -28,8 +38,11 @@ from fedpeft.client import META_CLIENT_ID, META_ROUND
 from fedpeft.client.handler import KIND_FEATURE_STATS, META_NONCE
 from fedpeft.compression import CodecError, decode, encode
 from fedpeft.config import ExperimentConfig
-from fedpeft.server.configure import instruction_for
-from fedpeft.server.protocols import BatchedPool, ClientPool, GlobalModel, Request
+from fedpeft.peft import Architecture
+from fedpeft.server.assign import Assigner
+from fedpeft.server.configure import instruction_for, profiled_infos
+from fedpeft.server.groups import GroupBook
+from fedpeft.server.protocols import BatchedPool, ClientPool, GlobalModel, ProfiledPool, Request
 from fedpeft.server.state import ServerState
 from fedpeft.types import AdapterState, TrainInstruction
 
@@ -47,10 +60,32 @@ class HeadInit:
     rejected: dict[str, str]  # client id → why its reply was left out
     bytes_down: int
     bytes_up: int
-    eval_after: dict[str, float]
+    eval_after: dict[str, float]  # the main group's
+    groups: dict[str, dict[str, object]] = field(default_factory=dict)  # clients, eval_after
+    not_asked: dict[str, str] = field(default_factory=dict)  # client id → the policy's reason
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """One client's statistics request: the group whose head its reply sets, the
+    instruction and the bytes of its view."""
+
+    group: str
+    instruction: TrainInstruction
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class _Round0:
+    """Who is asked, and the groups' globals they are served from."""
+
+    adapters: dict[str, AdapterState]
+    asks: list[_Ask]
+    book: GroupBook | None = None  # allocated runs: the configurations each group served
+    not_asked: dict[str, str] = field(default_factory=dict)
 
 
 def init_head(
@@ -59,57 +94,155 @@ def init_head(
     model: GlobalModel,
     server: ServerState,
     run_id: str = "",
+    arch: Architecture | None = None,
 ) -> tuple[ServerState, HeadInit | None]:
-    """``server`` with its main adapter's head set by the configured rule (None: left as is —
+    """``server`` with its groups' heads set by the configured rule (None: left as is —
     ``random``, no classifier head, or no client answered). ``run_id`` names the run to the
-    clients, as in a training round (a Flower node keeps each run's client state apart)."""
+    clients, as in a training round (a Flower node keeps each run's client state apart);
+    ``arch`` is the model's architecture, which an allocated run's policy needs."""
     rule = head_rule(cfg)
-    if rule == "random" or server.main not in server.adapters:
+    if rule == "random":
         return server, None
-    glob = server.adapters[server.main]
-    try:
-        w_key, b_key = head_keys(glob)
-    except ValueError:
-        return server, None  # e.g. CLIP or instruction tuning: no classifier head
-    payload = encode(glob, {"round": 0})
-    requests = [
-        (
-            replace(
-                instruction_for(cfg, 0, cid, run_id=run_id),
-                kind=KIND_FEATURE_STATS,
-                compression="",
-                compression_down="",
-            ),
-            payload,
-        )
-        for cid in range(cfg.data.num_clients)
-    ]
-    stats, rejected, up = [], {}, 0
-    for (ins, _), reply in zip(requests, _exchange(pool, requests), strict=True):
+    if cfg.allocation.enabled and cfg.server.mode == "sync":
+        plan = _allocated(cfg, pool, model, server, run_id, arch)
+    elif server.main in server.adapters:
+        plan = _homogeneous(cfg, server, run_id)
+    else:
+        return server, None
+    shapes = _head_shapes(plan.adapters, {a.group for a in plan.asks})
+    asks = [a for a in plan.asks if a.group in shapes]  # e.g. CLIP: no classifier head
+    if not asks:
+        return server, None
+    stats: dict[str, list[AdapterState]] = {}
+    answered: dict[str, list[int]] = {}  # group → the clients whose statistics it uses
+    rejected, up = {}, 0
+    replies = _exchange(pool, [(a.instruction, a.payload) for a in asks])
+    for ask, reply in zip(asks, replies, strict=True):
+        ins = ask.instruction
         try:
             if isinstance(reply, Exception):
                 raise reply
             up += len(reply)
-            stats.append(_checked(reply, ins, tuple(glob[w_key].shape)))
+            stats.setdefault(ask.group, []).append(_checked(reply, ins, shapes[ask.group]))
+            answered.setdefault(ask.group, []).append(ins.client_id)
         except Exception as e:  # noqa: BLE001 - one client must not stop the run
             rejected[str(ins.client_id)] = f"{type(e).__name__}: {e}"
             log.warning("round 0: client %d's statistics left out (%s)", ins.client_id, e)
     if not stats:
         return server, None
-    # LDA's rule needs its bias term; a head without bias (LLaMA's score) gets NCM's
-    build = lda_head if rule == "lda" and b_key is not None else ncm_head
-    adapters = dict(server.adapters)
-    adapters[server.main] = build(glob, sum_stats(stats))
-    out = server.evolve(adapters=adapters)
+    adapters = dict(plan.adapters)
+    for group, group_stats in sorted(stats.items()):
+        adapters[group] = _rule(rule, adapters[group])(adapters[group], sum_stats(group_stats))
+    out, evals = _settled(server, plan, adapters, stats, model)
     info = HeadInit(
         rule,
-        len(stats),
+        sum(len(v) for v in stats.values()),
         rejected,
-        len(payload) * cfg.data.num_clients,
+        sum(len(a.payload) for a in asks),
         up,
-        model.evaluate(adapters[server.main]),
+        evals[out.main],
+        {g: {"clients": answered[g], "eval_after": evals[g]} for g in sorted(stats)},
+        plan.not_asked,
     )
     return out, info
+
+
+def _homogeneous(cfg: ExperimentConfig, server: ServerState, run_id: str) -> _Round0:
+    """Every client, served the main group's global."""
+    payload = encode(server.adapters[server.main], {"round": 0})
+    asks = [
+        _Ask(server.main, _stats_instruction(instruction_for(cfg, 0, c, run_id=run_id)), payload)
+        for c in range(cfg.data.num_clients)
+    ]
+    return _Round0(dict(server.adapters), asks)
+
+
+def _allocated(
+    cfg: ExperimentConfig,
+    pool: ClientPool,
+    model: GlobalModel,
+    server: ServerState,
+    run_id: str,
+    arch: Architecture | None,
+) -> _Round0:
+    """Every client the policy assigns at round 0, served its configuration's view of its
+    group's global (created, or grown, as a training round would)."""
+    assigner = Assigner(cfg, arch)
+    assigner.restore(server.gain)
+    profiled = pool if isinstance(pool, ProfiledPool) else None
+    clients = list(range(cfg.data.num_clients))
+    not_asked: dict[str, str] = {}
+    if profiled is not None:  # a client that has not reported (Flower) is not asked
+        unknown = [c for c in clients if not _profiled(profiled, c)]
+        not_asked = {str(c): "it reported no resource or data profile" for c in unknown}
+        clients = [c for c in clients if c not in unknown]
+    assigned = assigner.assign(profiled_infos(cfg, profiled, clients), 0) if clients else {}
+    book, adapters, asks = GroupBook(model, server.members), dict(server.adapters), []
+    payloads: dict[tuple[str, str], bytes] = {}  # one encoding per view (group, config)
+    for cid in clients:
+        a = assigned[cid]
+        if a.candidate is None:
+            not_asked[str(cid)] = a.reason
+            continue
+        adapters[a.group], view = book.serve(adapters, a)
+        if (a.group, a.config) not in payloads:
+            payloads[(a.group, a.config)] = encode(view, {"round": 0})
+        ins = _stats_instruction(instruction_for(cfg, 0, cid, assignment=a, run_id=run_id))
+        asks.append(_Ask(a.group, ins, payloads[(a.group, a.config)]))
+    return _Round0(adapters, asks, book, not_asked)
+
+
+def _profiled(pool: ProfiledPool, client_id: int) -> bool:
+    return pool.resources(client_id) is not None and pool.data_profile(client_id) is not None
+
+
+def _stats_instruction(ins: TrainInstruction) -> TrainInstruction:
+    """A training instruction turned into a statistics request (plain both ways)."""
+    return replace(ins, kind=KIND_FEATURE_STATS, compression="", compression_down="")
+
+
+def _head_shapes(adapters: dict[str, AdapterState], groups: set[str]) -> dict[str, tuple[int, ...]]:
+    """Each group's head weight shape; a group without a classifier head is left out."""
+    out = {}
+    for group in groups:
+        try:
+            w_key, _ = head_keys(adapters[group])
+        except ValueError:
+            continue
+        out[group] = tuple(adapters[group][w_key].shape)
+    return out
+
+
+def _rule(rule: str, state: AdapterState) -> Callable[[AdapterState, AdapterState], AdapterState]:
+    """LDA's rule needs its bias term; a head without bias (LLaMA's score) gets NCM's."""
+    return lda_head if rule == "lda" and head_keys(state)[1] is not None else ncm_head
+
+
+def _settled(
+    server: ServerState,
+    plan: _Round0,
+    adapters: dict[str, AdapterState],
+    stats: dict[str, list[AdapterState]],
+    model: GlobalModel,
+) -> tuple[ServerState, dict[str, dict[str, float]]]:
+    """The new server state and each headed group's evaluation. An allocated run keeps
+    the groups that got a head (with the configurations that served them), its main group
+    the one whose statistics count most examples, and the evaluations as the accuracy R's
+    first gain is measured from."""
+    if plan.book is None:
+        evals = {g: model.evaluate(adapters[g]) for g in stats}
+        return server.evolve(adapters=adapters), evals
+    book = plan.book
+    evals = {g: model.evaluate(*book.eval_state(g, adapters[g])) for g in stats}
+    kept = {g: s for g, s in adapters.items() if g in stats or g in server.adapters}
+    examples = {g: float(sum(s[STATS_COUNT].sum() for s in v)) for g, v in stats.items()}
+    main = max(sorted(examples), key=lambda g: examples[g])
+    members = {g: m for g, m in book.snapshot().items() if g in kept}
+    last = dict(server.last_accuracy) | {
+        g: e["accuracy"] for g, e in evals.items() if "accuracy" in e
+    }
+    out = server.evolve(adapters=kept, members=members, main=main, last_accuracy=last)
+    return out, evals
 
 
 def head_rule(cfg: ExperimentConfig) -> str:

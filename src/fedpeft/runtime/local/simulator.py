@@ -191,7 +191,7 @@ def _round_zero(fed: Federation, state: ServerState) -> ServerState:
     """Round 0 of a fresh run: the head from the clients' class feature statistics
     (``server.head_init``, through the pool like any instruction), then the first
     checkpoint, so a run killed in its first round resumes from the same start."""
-    state, head = init_head(fed.cfg, fed.pool, fed.model, state, fed.store.root.name)
+    state, head = init_head(fed.cfg, fed.pool, fed.model, state, fed.store.root.name, fed.arch)
     if head is not None:
         fed.store.write_json(HEAD_INIT, head.to_json())
     fed.store.save_checkpoint(state)
