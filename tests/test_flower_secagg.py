@@ -103,11 +103,15 @@ def test_secure_rounds_on_flower_give_the_in_process_secure_and_plain_globals(
     assert stats["wire_bytes_up"] > stats["fedpeft_bytes_up"] == flower.summary["bytes_up_total"]
 
 
-def test_a_client_lost_after_masking_is_recovered_on_flower(tiny, monkeypatch) -> None:
+def test_a_client_lost_after_masking_is_recovered_on_flower_under_central_dp(
+    tiny, monkeypatch
+) -> None:
     """Client 0 trains and masks but its masked vector never arrives: the other three's
-    shares of its mask key (t = 2 of 3) remove its masks. The global is FedAvg over
-    clients 1–3, as a plain in-process round without client 0 gives."""
-    extra = (*BASE, "run.rounds=1")
+    shares of its mask key (t = 2 of 3) remove its masks. Clients clip before masking and
+    the server adds the noise once to the sum: the global is central DP's over clients
+    1–3, as an in-process round in the clear without client 0 gives (same noise, same ε)."""
+    dp = ("privacy.mode='central'", "privacy.noise_multiplier=1.0", "privacy.clip_norm=0.05")
+    extra = (*BASE, "run.rounds=1", *dp)
     _on_the_wire(monkeypatch, lose={KIND_MASKED_INPUT: {0}})
     flower = run_flower_sim(tiny(*extra, SECURE), workers=2)
 
@@ -125,8 +129,9 @@ def test_a_client_lost_after_masking_is_recovered_on_flower(tiny, monkeypatch) -
         return pool
 
     plain = run_local(tiny(*extra, "run.name='plain'", "run.workers=1"), pool=without_client_0)
-    _close(flower.state, plain.state, atol=1e-6)
+    _close(flower.state, plain.state, atol=1e-5)
     (row,) = flower.rounds
+    assert row["privacy"]["epsilon"] == plain.rounds[0]["privacy"]["epsilon"] > 0
     assert row["accepted"] == 3
     info = row["secure_aggregation"]
     assert info["survivors"] == 3 and info["dropped_after_keys"] == [0]
