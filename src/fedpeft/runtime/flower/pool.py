@@ -7,6 +7,19 @@ or ``round_timeout_s`` has passed: a dead or silent node becomes an ``Exception`
 and the round goes on with the others — unless fewer than ``min_clients`` replied, which
 stops the run (its last checkpoint resumes it). Under secure aggregation each of the
 round's four stages is one such exchange of ``train`` messages (``server/secure.py``).
+
+Why fedpeft's SecAgg+ and not flwr's (1.42): ``SecAggPlusWorkflow.__call__`` refuses any
+context but a ``LegacyContext`` and drives a legacy ``Strategy`` (``configure_fit`` samples
+``ClientProxy`` objects, ``aggregate_fit`` gets ``FitRes``), with ``grid.send_and_receive``
+per stage; this pool is reached from fedpeft's own round loop (sampling, allocation, DP
+ledger), which that would replace. Its client half ``secaggplus_mod`` is a legacy mod
+(``flwr.client.mod``, absent from ``flwr.clientapp.mod``) that reads the reply as a legacy
+``FitRes``, masks the parameters themselves clamped per value to ±``clipping_range``
+(not an L2-clipped delta) and leaves each client's example count and metrics in the clear;
+the workflow hands the strategy the dequantised weighted mean, with no unweighted sum of
+clipped deltas for central DP to noise once. Using them would mean a Strategy adapter
+around the loop plus a second wire format; the existing stages travel as messages
+instead (``codec.stage_to_content``).
 """
 
 from __future__ import annotations
