@@ -119,6 +119,36 @@ def test_a_node_with_its_own_data_joins_under_the_reported_policy_with_a_cap(
     assert round1[0]["num_examples"] == stats["clients"]["0"]["num_examples"] <= 20
 
 
+@pytest.mark.skipif(
+    not os.environ.get("FEDPEFT_FLOWER_SECAGG"),
+    reason="a fresh ClientApp process per stage on node 2 (~6 min on 2 busy cores); "
+    "set FEDPEFT_FLOWER_SECAGG=1",
+)
+def test_secure_aggregation_with_client_hosts_and_a_fresh_process_per_message(
+    federation: Deployment, tmp_path: Path
+) -> None:
+    """The four SecAgg+ stages over the deployment: nodes 0 and 1 answer through their
+    client hosts (the secrets travel in each request's header), node 2 in a fresh
+    flwr-clientapp process per message (the secrets wait in its SuperNode's Context)."""
+    server_data = tmp_path / "server.csv"
+    server_data.write_text("text,label\n" + "".join(f"r {i},{['negative', 'positive'][i % 2]}\n"
+                                                     for i in range(60)))  # fmt: skip
+    cfg = tiny_config(
+        federation.root / "secure", "data.num_clients=3", "run.rounds=1", "data.dataset='custom'",
+        f"data.train_file={str(server_data)!r}", "data.label_names=['negative','positive']",
+        "data.train_size=60", "privacy.secure_aggregation=true", "server.head_init='random'",
+    )  # fmt: skip
+    run_id = _submit(federation, cfg, **{keys.RUN_CLIENT_WEIGHT: "reported"})
+    assert federation.wait(run_id, TIMEOUT_S) == "finished:completed"
+    root = _run_dir(cfg)
+    (row,) = _lines(root / "metrics.jsonl")
+    assert row["accepted"] == 3 and row["quorum"]
+    assert row["secure_aggregation"]["survivors"] == 3
+    assert all(c["status"] == "ok" for c in _lines(root / "clients.jsonl"))
+    stats = json.loads((root / "flower.json").read_text())
+    assert stats["clients"]["2"]["processes_seen"] == 4  # one per stage, none kept secrets
+
+
 def test_an_unregistered_supernode_is_refused(federation: Deployment) -> None:
     key = federation.node_key("intruder", register=False)
     federation.start_supernode("intruder", 1, key, host=False)

@@ -30,6 +30,12 @@ with warnings.catch_warnings():  # starlette's note that httpx will give way to 
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
+from fedpeft.client.secagg import (  # noqa: E402
+    KIND_MASKED_INPUT,
+    KIND_SETUP,
+    join_payload,
+    split_payload,
+)
 from fedpeft.compression import CodecError, decode, encode, payload_layout  # noqa: E402
 from fedpeft.config import config_to_toml, load_config  # noqa: E402
 from fedpeft.errors import FedpeftError  # noqa: E402
@@ -53,7 +59,7 @@ from fedpeft.runtime.flower.superlink import (  # noqa: E402
     main,
     parse_networks,
 )
-from fedpeft.server.task import build_data  # noqa: E402
+from fedpeft.server.task import build_data, check_names  # noqa: E402
 from fedpeft.types import TrainInstruction  # noqa: E402
 
 # ---- the control plane --------------------------------------------------------------------
@@ -237,6 +243,36 @@ def test_a_reply_claiming_more_is_bounded_and_strange_tensors_refused_undecoded(
 
 
 @pytest.mark.usefixtures("task_identity")
+def test_a_secure_aggregation_stage_travels_as_its_message_and_its_reply_as_that_alone() -> None:
+    """Down: the protocol message as one uint8 array (at the masked stage beside the global);
+    up: the message alone, any tensor beside it refused before its data is decoded."""
+    sent = {"a.lora_A.weight": torch.ones(2, 4)}
+    train = encode(sent, {"round": 1})
+    masked = codec.stage_to_content(KIND_MASKED_INPUT, join_payload(b"shares", train))
+    assert set(masked.keys()) == {keys.ARRAYS, keys.META, keys.SECAGG}
+    message, again = split_payload(codec.content_to_stage(KIND_MASKED_INPUT, masked))
+    assert message == b"shares" and torch.equal(
+        decode(again)[0]["a.lora_A.weight"], sent["a.lora_A.weight"]
+    )
+    setup = codec.stage_to_content(KIND_SETUP, b"setup")
+    assert (
+        set(setup.keys()) == {keys.SECAGG} and codec.content_to_stage(KIND_SETUP, setup) == b"setup"
+    )
+    pool = FlowerClientPool(grid=None, num_clients=2, min_clients=1, assigned=[30, 31])  # type: ignore[arg-type]
+    pool._register(_hello(12, 1, 30, own=False))
+    ins = TrainInstruction(1, 1, 1, None, 8, 0.1, 0.0, 0.0, 0, kind=KIND_MASKED_INPUT)
+    stage = Message(RecordDict(), 12, keys.TRAIN)
+    assert pool._payload(Message(codec.secagg_content(b"y"), reply_to=stage), ins, None) == b"y"
+    leaking = codec.secagg_content(b"y")
+    leaking[keys.ARRAYS] = codec.state_to_record(sent)  # an update in the clear beside it
+    refused = pool._payload(Message(leaking, reply_to=stage), ins, None)
+    assert isinstance(refused, CodecError) and repr(keys.ARRAYS) in str(refused)
+    wide = RecordDict({keys.SECAGG: codec.state_to_record({keys.SECAGG_MESSAGE: torch.ones(3)})})
+    refused = pool._payload(Message(wide, reply_to=stage), ins, None)
+    assert isinstance(refused, CodecError) and "not bytes" in str(refused)
+
+
+@pytest.mark.usefixtures("task_identity")
 def test_the_reported_policy_admits_own_data_up_to_the_cap() -> None:
     policy = WeightPolicy("reported", 100)
     pool = FlowerClientPool(grid=None, num_clients=2, min_clients=1, policy=policy)  # type: ignore[arg-type]
@@ -270,17 +306,16 @@ def test_a_node_with_its_own_data_trains_its_whole_file_as_one_client(tmp_path: 
     own = local_data(node)
     assert own == LocalData(str(mine), "review", "y")
     assert local_data({keys.NODE_PARTITION: 3}) is None
-    run = load_config(
-        overrides=[
-            "model.name='tiny-bert'",
-            "data.num_clients=4",
-            "server.min_clients=4",
-            "data.dataset='custom'",
-            f"data.train_file={str(tmp_path / 'srv.csv')!r}",
-            "data.label_names=['0','1']",
-            "server.aggregator='layerwise'",
-        ]  # fmt: skip
-    )
+    run_overrides = [
+        "model.name='tiny-bert'",
+        "data.num_clients=4",
+        "server.min_clients=4",
+        "data.dataset='custom'",
+        f"data.train_file={str(tmp_path / 'srv.csv')!r}",
+        "data.label_names=['0','1']",
+        "server.aggregator='layerwise'",
+    ]
+    run = load_config(overrides=run_overrides)
     text = node_config_text(config_to_toml(run), own)
     raw = tomllib.loads(text)
     data, server = raw["data"], raw["server"]
@@ -294,6 +329,13 @@ def test_a_node_with_its_own_data_trains_its_whole_file_as_one_client(tmp_path: 
     assert task_data.dataset.label_names == ["0", "1"]
     assert task_data.train.labels.tolist() == [i % 2 for i in range(10)]
     assert node_config_text(text, None) == text  # no own data: the run's config as is
+    # under secure aggregation a node with its own data is one client, not a cohort of 3
+    secure = load_config(overrides=[*run_overrides[:-1], "privacy.secure_aggregation=true",
+                                    "server.head_init='random'"])  # fmt: skip
+    check_names(secure)
+    node = config_from_toml(node_config_text(config_to_toml(secure), own))
+    check_names(node)
+    assert node.data.num_clients == 1 and not node.privacy.secure_aggregation
     without_labels = load_config(overrides=["data.dataset='custom'", "data.train_file='x.csv'"])
     with pytest.raises(FedpeftError, match="has no `data.label_names`"):
         node_config_text(config_to_toml(without_labels), own)

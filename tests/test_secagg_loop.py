@@ -215,14 +215,6 @@ def test_what_cannot_combine_is_refused_before_anything_runs(
     assert not (tmp_path / "runs").exists()
 
 
-def test_flower_refuses_secure_aggregation_in_one_sentence(tiny) -> None:
-    from fedpeft.runtime.flower.sim import run_flower_sim
-
-    with pytest.raises(FedpeftError, match="flower-sim") as info:
-        run_flower_sim(tiny("data.num_clients=3", SECURE))
-    assert str(info.value).endswith(".") and ". " not in str(info.value)
-
-
 def _ins(kind: str, client: int = 0, rnd: int = 1) -> TrainInstruction:
     return TrainInstruction(rnd, client, 1, None, 4, 0.1, 0.0, 0.0, 0, kind=kind)
 

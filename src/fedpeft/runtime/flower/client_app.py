@@ -7,6 +7,12 @@
 * ``evaluate``: the same, but the client scores its models on its own held-out share
   (``fedpeft.client.evaluate``); the reply carries metrics only. Personal modules and every
   other kept state live in the node's own state folder (``process.client_state_dir``).
+* ``train`` with a secure-aggregation stage as the instruction's kind (``client/secagg.py``):
+  the stage's protocol message (and at the masked stage the global) comes in, the reply is
+  the protocol message alone (``codec.stage_to_content``). Between stages the round's
+  secrets (private keys, self-mask seed, the shares the client holds) live in this node's
+  ``Context`` state — held in memory by the SuperNode, or by the simulation engine, for the
+  run; never in a message and never on disk — and are dropped after the last stage.
 
 The work happens in this process (the simulation engine keeps its worker processes, so
 the model loads once each), or — when the node config names a ``host-socket`` — in the
@@ -20,20 +26,28 @@ whose node config names a ``data-file`` trains on that file instead (bring your 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from flwr.app import ConfigRecord, ConfigRecordValues, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedpeft.client import ClientState
+from fedpeft.client.secagg import SECAGG_KINDS
 from fedpeft.errors import FedpeftError
 from fedpeft.runtime.flower import keys
 from fedpeft.runtime.flower.codec import (
     content_to_payload,
+    content_to_stage,
     instruction_fields,
     payload_to_content,
     record_to_instruction,
+    record_to_state,
+    secagg_content,
+    state_to_record,
 )
-from fedpeft.runtime.flower.process import fit_reply, hello_info
+from fedpeft.runtime.flower.process import fit_reply, hello_info, secure_reply
 from fedpeft.runtime.flower.runconfig import local_data, node_config_text, run_config_text
+from fedpeft.types import TrainInstruction
 
 
 def make_client_app(config_toml: str | None = None) -> ClientApp:
@@ -127,6 +141,8 @@ def train(
         raise FedpeftError(
             f"this node holds partition {me.partition}, not client {instruction.client_id}."
         )
+    if instruction.kind in SECAGG_KINDS and not evaluate:
+        return Message(secure_stage(msg.content, context, me, instruction), reply_to=msg)
     payload = content_to_payload(msg.content)
     if me.host is None:
         reply, info = fit_reply(me.text, instruction, payload, me.own, evaluate=evaluate)
@@ -138,10 +154,51 @@ def train(
         header = {"op": op, "config": me.text, "instruction": fields, "own": me.own}
         info, reply = request(me.host, header, payload)
     content = payload_to_content(reply)
-    content[keys.HELLO] = ConfigRecord(
+    content[keys.HELLO] = _process_record(info)
+    return Message(content, reply_to=msg)
+
+
+def secure_stage(
+    content: RecordDict, context: Context, me: Node, ins: TrainInstruction
+) -> RecordDict:
+    """One secure-aggregation stage's reply, the round's secrets taken from and put back
+    into ``context``."""
+    payload = content_to_stage(ins.kind, content)
+    secrets = load_secrets(context)
+    if me.host is None:
+        reply, info, secrets = secure_reply(me.text, ins, payload, secrets, me.own)
+    else:
+        from fedpeft.runtime.flower.host import pack_secrets, request, unpack_secrets
+
+        header = {"op": "fit", "config": me.text, "instruction": instruction_fields(ins),
+                  "own": me.own, "secrets": pack_secrets(secrets)}  # fmt: skip
+        info, reply = request(me.host, header, payload)
+        secrets = unpack_secrets(str(info.get("secrets", "")))
+    save_secrets(context, secrets)
+    out = secagg_content(reply)
+    out[keys.HELLO] = _process_record(info)
+    return out
+
+
+def load_secrets(context: Context) -> ClientState:
+    """The secure-aggregation secrets this node kept from the round's earlier stages."""
+    record = context.state.array_records.get(keys.SECRETS)
+    return record_to_state(record) if record is not None else {}
+
+
+def save_secrets(context: Context, secrets: ClientState) -> None:
+    """Keeps ``secrets`` in the node's Context state (empty: forgets them)."""
+    if secrets:
+        context.state[keys.SECRETS] = state_to_record(secrets)
+    elif keys.SECRETS in context.state:
+        del context.state[keys.SECRETS]
+
+
+def _process_record(info: dict[str, Any]) -> ConfigRecord:
+    """Which process answered and how often it has loaded the model (flower.json)."""
+    return ConfigRecord(
         {keys.HELLO_PID: int(info["pid"]), keys.HELLO_MODEL_LOADS: int(info["model_loads"])}
     )
-    return Message(content, reply_to=msg)
 
 
 app = make_client_app()  # the deployment's component: the config comes in the run config

@@ -8,6 +8,9 @@
   plus the payload's metadata, so the server validates replies exactly as in-process.
 * ``TrainInstruction`` ⇄ ``ConfigRecord``: every dataclass field, one JSON entry each,
   checked against the field's type hint when decoded (new fields travel without edits).
+* a secure-aggregation stage's payload (``client/secagg.py``) ⇄ message content: the
+  protocol message's bytes as one ``uint8`` array in the ``fedpeft.secagg`` record, and at
+  the masked stage the training payload beside it as usual (arrays + metadata).
 
 Decoding is for untrusted input: anything malformed raises ``CodecError``.
 """
@@ -19,12 +22,14 @@ import io
 import json
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from fedpeft.client.secagg import KIND_MASKED_INPUT, join_payload, split_payload
 from fedpeft.compression import CodecError, Layout, decode, encode
 from fedpeft.compression.codec import MAX_META_BYTES
 from fedpeft.runtime.flower import keys
@@ -147,6 +152,50 @@ def content_to_payload(
     if expected is not None:
         check_arrays(arrays, expected)
     return encode(record_to_state(arrays), meta)
+
+
+# ---- secure-aggregation stages -------------------------------------------------------------
+def stage_to_content(
+    kind: str, payload: bytes, training: Callable[[bytes], RecordDict] = payload_to_content
+) -> RecordDict:
+    """A stage's payload as message records (the module doc; ``training`` makes the
+    training payload's records). A reply is the protocol message alone (``secagg_content``)."""
+    if kind != KIND_MASKED_INPUT:
+        return secagg_content(payload)
+    message, train = split_payload(payload)
+    return RecordDict({**training(train), **secagg_content(message)})
+
+
+def content_to_stage(kind: str, content: RecordDict) -> bytes:
+    """The stage's payload bytes that ``stage_to_content`` made the records of."""
+    message = content_to_secagg(content)
+    return (
+        join_payload(message, content_to_payload(content)) if kind == KIND_MASKED_INPUT else message
+    )
+
+
+def secagg_content(message: bytes) -> RecordDict:
+    """One encoded protocol message as the ``fedpeft.secagg`` record."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.frombuffer(message, dtype=np.uint8), allow_pickle=False)
+    array = Array(dtype="uint8", shape=(len(message),), stype=NUMPY_STYPE, data=buffer.getvalue())
+    return RecordDict({keys.SECAGG: ArrayRecord({keys.SECAGG_MESSAGE: array})})
+
+
+def content_to_secagg(content: RecordDict) -> bytes:
+    """The protocol message's bytes, its array's declared name, dtype and rank checked before
+    the data is decoded (the message itself is decoded and checked by ``privacy.secagg``)."""
+    record = content.array_records.get(keys.SECAGG)
+    if record is None:
+        raise CodecError(f"message lacks the {keys.SECAGG!r} record")
+    array = record.get(keys.SECAGG_MESSAGE)
+    if list(record.keys()) != [keys.SECAGG_MESSAGE] or array is None:
+        raise CodecError(f"the {keys.SECAGG!r} record holds other arrays than one message")
+    if array.dtype != "uint8" or len(array.shape) != 1:
+        raise CodecError(
+            f"the secure-aggregation message is {array.dtype} {array.shape}, not bytes"
+        )
+    return bytes(array_to_tensor(array).numpy().tobytes())
 
 
 # ---- instructions -------------------------------------------------------------------------

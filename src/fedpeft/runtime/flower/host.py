@@ -12,12 +12,18 @@ and raw payload bytes — fedpeft's safetensors payloads, never pickle::
     request:  u32 header length | JSON header | u64 payload length | payload
     response: the same layout; header {"ok": bool, "error": str, ...}
 
+A secure-aggregation stage's request carries the node's round secrets in its header
+(``secrets``: fedpeft's safetensors payload, base64) and its response the secrets to keep:
+the ClientApp keeps them in the node's ``Context`` state, so the host holds none between
+messages, like any other process that answers a stage (``process.secure_reply``).
+
 ``python -m fedpeft.runtime.flower.host --socket PATH`` runs it (until SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -25,7 +31,10 @@ import socket
 import socketserver
 import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedpeft.client import ClientState
 
 log = logging.getLogger("fedpeft.runtime.flower.host")
 MAX_HEADER = 16 << 20  # a config and an instruction, never this large
@@ -72,10 +81,30 @@ def handle(header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], byte
         return {"ok": True, **info}, b""
     if header.get("op") in ("fit", "evaluate"):
         instruction = instruction_from_fields(dict(header["instruction"]))
+        if header["op"] == "fit" and "secrets" in header:  # a secure-aggregation stage
+            from fedpeft.runtime.flower.process import secure_reply
+
+            secrets = unpack_secrets(str(header["secrets"]))
+            reply, info, kept = secure_reply(text, instruction, payload, secrets, own)
+            return {"ok": True, **info, "secrets": pack_secrets(kept)}, reply
         evaluate = header["op"] == "evaluate"
         reply, info = fit_reply(text, instruction, payload, own, evaluate=evaluate)
         return {"ok": True, **info}, reply
     raise ValueError(f"unknown op {header.get('op')!r}")
+
+
+def pack_secrets(secrets: ClientState) -> str:
+    """A round's client secrets as header text (fedpeft's tensor payload, base64)."""
+    from fedpeft.compression import encode
+
+    return base64.b64encode(encode(secrets)).decode("ascii") if secrets else ""
+
+
+def unpack_secrets(text: str) -> ClientState:
+    """The inverse of ``pack_secrets`` (``CodecError`` or ``ValueError`` when malformed)."""
+    from fedpeft.compression import decode
+
+    return decode(base64.b64decode(text, validate=True))[0] if text else {}
 
 
 class _Handler(socketserver.BaseRequestHandler):

@@ -13,6 +13,9 @@ INSTRUCTION = "fedpeft.instruction"  # ConfigRecord: every TrainInstruction fiel
 PROFILE = "fedpeft.profile"  # ConfigRecord: the client's measured ResourceProfile
 DATA = "fedpeft.data"  # ConfigRecord: the client's DataProfile (counts only, no examples)
 HELLO = "fedpeft.hello"  # ConfigRecord: the client's answer to the first-contact query
+SECAGG = "fedpeft.secagg"  # ArrayRecord: one secure-aggregation stage's protocol message
+# ---- records in a ClientApp's Context state (kept on the SuperNode, never in a message) --
+SECRETS = "fedpeft.secagg-secrets"  # ArrayRecord: a secure-aggregation round's client secrets
 
 # ---- keys inside those records ----------------------------------------------------------
 META_JSON = "json"  # the payload metadata, a JSON object (fedpeft.compression's own)
@@ -23,6 +26,7 @@ HELLO_PID = "pid"  # the answering process (for the model-load measurements)
 HELLO_MODEL_LOADS = "model_loads"  # how many times that process has loaded the base model
 HELLO_MODEL_LOAD_S = "model_load_s"  # seconds its (last) load took
 HELLO_OWN_DATA = "own_data"  # 1 when the node trains on its own data file (node config)
+SECAGG_MESSAGE = "message"  # the encoded message (privacy.secagg.messages), one uint8 array
 
 # ---- run config (``[tool.flwr.app.config]`` / ``--run-config``) -------------------------
 RUN_CONFIG_TOML = "fedpeft-config"  # a fedpeft config as TOML text ("" = the defaults)

@@ -5,7 +5,21 @@ partition id, example count and measured resource profile, cached here. A round 
 every client's message at once (``fit_many``) and collects replies until all have come
 or ``round_timeout_s`` has passed: a dead or silent node becomes an ``Exception`` entry
 and the round goes on with the others — unless fewer than ``min_clients`` replied, which
-stops the run (its last checkpoint resumes it).
+stops the run (its last checkpoint resumes it). Under secure aggregation each of the
+round's four stages is one such exchange of ``train`` messages (``server/secure.py``).
+
+Why fedpeft's SecAgg+ and not flwr's (1.42): ``SecAggPlusWorkflow.__call__`` refuses any
+context but a ``LegacyContext`` and drives a legacy ``Strategy`` (``configure_fit`` samples
+``ClientProxy`` objects, ``aggregate_fit`` gets ``FitRes``), with ``grid.send_and_receive``
+per stage; this pool is reached from fedpeft's own round loop (sampling, allocation, DP
+ledger), which that would replace. Its client half ``secaggplus_mod`` is a legacy mod
+(``flwr.client.mod``, absent from ``flwr.clientapp.mod``) that reads the reply as a legacy
+``FitRes``, masks the parameters themselves clamped per value to ±``clipping_range``
+(not an L2-clipped delta) and leaves each client's example count and metrics in the clear;
+the workflow hands the strategy the dequantised weighted mean, with no unweighted sum of
+clipped deltas for central DP to noise once. Using them would mean a Strategy adapter
+around the loop plus a second wire format; the existing stages travel as messages
+instead (``codec.stage_to_content``).
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ from fedpeft.client import META_NUM_EXAMPLES
 from fedpeft.client.features import stats_layout
 from fedpeft.client.handler import KIND_FEATURE_STATS
 from fedpeft.client.scaffold import SCAFFOLD, reply_names
+from fedpeft.client.secagg import SECAGG_KINDS
 from fedpeft.compression import (
     CodecError,
     CompressionScheme,
@@ -38,8 +53,10 @@ from fedpeft.runtime.flower import keys
 from fedpeft.runtime.flower.codec import (
     content_meta,
     content_to_payload,
+    content_to_secagg,
     instruction_to_record,
     payload_to_content,
+    stage_to_content,
 )
 from fedpeft.runtime.flower.runconfig import WeightPolicy
 from fedpeft.server.protocols import BatchedPool, ClientPool, EvaluatingPool, ProfiledPool
@@ -240,19 +257,30 @@ class FlowerClientPool:
         expect_tensors: bool = True,
     ) -> list[bytes | Exception]:
         """One message per request, all at once; replies (or why not) in request order, each
-        checked against the layout of what was sent (or an empty one)."""
-        contents: dict[int, RecordDict] = {}  # one decoded payload per distinct bytes object
-        layouts: dict[int, Layout] = {}  # … and the layout a reply to it must have
+        checked against the layout of what was sent (or an empty one). A secure-aggregation
+        stage's request travels as its protocol message (``codec.stage_to_content``)."""
+        contents: dict[bytes, RecordDict] = {}  # one decoded payload per distinct payload
+        layouts: dict[int, Layout] = {}  # request index -> the layout a reply must have
         results: list[bytes | Exception] = []
         messages: dict[int, Message] = {}
+
+        def records(payload: bytes) -> RecordDict:
+            if payload not in contents:
+                contents[payload] = payload_to_content(payload)
+            return contents[payload]
+
         for i, (ins, payload) in enumerate(requests):
             info = self.clients.get(ins.client_id)
             if info is None:
                 results.append(LookupError(f"client {ins.client_id} never connected"))
                 continue
-            shared = contents.setdefault(id(payload), payload_to_content(payload))
-            served = self._served_layout(ins, payload) if expect_tensors else {}
-            layouts.setdefault(id(payload), served)
+            if ins.kind in SECAGG_KINDS:
+                shared = stage_to_content(ins.kind, payload, records)
+            else:
+                shared = records(payload)
+                served = self._served_layout(ins, payload) if expect_tensors else {}
+                # statistics, or the served tensors as the scheme packs them
+                layouts[i] = _expected(ins, served) if expect_tensors else served
             content = RecordDict({**shared, keys.INSTRUCTION: instruction_to_record(ins)})
             messages[i] = self._message(content, kind, info.node_id, str(ins.round))
             results.append(TimeoutError(f"no reply within {self.round_timeout_s:.0f} s"))
@@ -261,11 +289,7 @@ class FlowerClientPool:
         by_id = {m.metadata.message_id: i for i, m in messages.items()}
         for mid, reply in replies.items():
             i = by_id[mid]
-            ins, sent = requests[i]
-            layout = layouts[id(sent)]
-            if expect_tensors:  # statistics, or the served tensors as the scheme packs them
-                layout = _expected(ins, layout)
-            results[i] = self._payload(reply, ins, layout)
+            results[i] = self._payload(reply, requests[i][0], layouts.get(i))
         return results
 
     def _served_layout(self, ins: TrainInstruction, payload: bytes) -> Layout:
@@ -277,10 +301,15 @@ class FlowerClientPool:
             raise FedpeftError("a compressed payload needs the pool to know the served layout.")
         return self.served
 
-    def _payload(self, reply: Message, ins: TrainInstruction, layout: Layout) -> bytes | Exception:
+    def _payload(
+        self, reply: Message, ins: TrainInstruction, layout: Layout | None
+    ) -> bytes | Exception:
         """A reply as payload bytes for the loop to validate: tensors other than those sent
         are refused before any array is decoded, and the example count it claims is bounded
-        by the weight policy (``num_examples``) — a client cannot weigh more than that."""
+        by the weight policy (``num_examples``) — a client cannot weigh more than that. A
+        secure-aggregation stage's reply (``layout`` None) is its protocol message alone:
+        ``server/secure.py`` decodes and checks it; its count is masked, so the weight policy
+        bounds only the round's summed count there (``ClientPool.num_examples``)."""
         self.wire.up += message_bytes(reply)
         expected = self.clients[ins.client_id].node_id
         if reply.metadata.src_node_id != expected:
@@ -293,6 +322,8 @@ class FlowerClientPool:
             self.wire.reply_pids.setdefault(ins.client_id, set()).add(pid)
             self.wire.model_loads[ins.client_id] = loads
         try:
+            if layout is None:
+                return _stage_reply(reply.content)
             meta = self._bounded(content_meta(reply.content), ins.client_id)
             return content_to_payload(reply.content, expected=layout, meta=meta)
         except CodecError as e:
@@ -336,6 +367,14 @@ def _conforms(
 ) -> tuple[ClientPool, BatchedPool, ProfiledPool, EvaluatingPool]:
     """Never called: mypy checks here that this runtime offers every capability it claims."""
     return pool, pool, pool, pool
+
+
+def _stage_reply(content: RecordDict) -> bytes:
+    """A secure-aggregation reply's protocol message; any tensor beside it is refused."""
+    extra = sorted(set(content.array_records) - {keys.SECAGG})
+    if extra:
+        raise CodecError(f"a secure-aggregation reply carries the record {extra[0]!r} too")
+    return content_to_secagg(content)
 
 
 def _expected(ins: TrainInstruction, served: Layout) -> Layout:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedpeft.client import ClientStateStore
+from fedpeft.client import ClientState, ClientStateStore
 from fedpeft.config import ExperimentConfig, build_config
 from fedpeft.errors import FedpeftError
 from fedpeft.profiling import ResourceProfile, measured_profile
@@ -156,3 +156,20 @@ def fit_reply(
         model = task.model_for(ins.method, ins.options)
         reply = proc.pool.fit_on(model, payload, ins, data)
     return reply, {"pid": process_id(), "model_loads": LOADS.loads}
+
+
+def secure_reply(
+    text: str, ins: TrainInstruction, payload: bytes, secrets: ClientState, own: bool = False
+) -> tuple[bytes, dict[str, Any], ClientState]:
+    """One secure-aggregation stage (``client/secagg.py``) with the round's client secrets
+    handed in from where the node keeps them (the ClientApp's ``Context`` state) and handed
+    back (empty after the last stage): (reply bytes, process stats, secrets to keep). This
+    process keeps none between messages, since a node's next stage may run in another
+    process (a simulation worker, a fresh ``flwr-clientapp``)."""
+    store = client_process(text).pool.secrets
+    store.save(ins, secrets)
+    try:
+        reply, info = fit_reply(text, ins, payload, own)
+        return reply, info, store.load(ins)
+    finally:
+        store.save(ins, {})

@@ -16,22 +16,13 @@ from typing import Any, Literal
 
 import tomli_w
 
-from fedpeft.config import ExperimentConfig, build_config, config_to_toml
+from fedpeft.config import build_config, config_to_toml
 from fedpeft.config.loading import apply_override
 from fedpeft.errors import FedpeftError
 from fedpeft.runtime.flower import keys
 
 WeightMode = Literal["assigned", "reported"]
 WEIGHT_MODES: tuple[WeightMode, ...] = ("assigned", "reported")
-
-
-def check_flower_config(cfg: ExperimentConfig) -> None:
-    """What the Flower runtime does not run yet, refused before anything starts."""
-    if cfg.privacy.secure_aggregation:
-        raise FedpeftError(
-            "`privacy.secure_aggregation` runs in the in-process runtime only, not on Flower "
-            "(`--runtime flower-sim` or a deployment) yet; drop `--runtime` or set it to false."
-        )
 
 
 def split_sets(text: str) -> list[str]:
@@ -85,7 +76,8 @@ def node_config_text(text: str, own: LocalData | None) -> str:
     """The config this node builds its task from: the run's, or — with its own data — the
     run's with ``[data]`` pointing at the node's file as a single client (all its rows,
     ``data.label_names`` fixing the classes so every node's labels mean the same) and the
-    server-only settings that would hold data back (a proxy set) neutral."""
+    server-only settings that would hold data back (a proxy set) or refuse one client
+    (secure aggregation) neutral."""
     if own is None:
         return text
     raw = tomllib.loads(text)
@@ -112,7 +104,10 @@ def node_config_text(text: str, own: LocalData | None) -> str:
         data["label_column"] = own.label_column
     server = {**raw.get("server", {}), "min_clients": 1, "aggregator": "fedavg"}
     server.pop("aggregator_options", None)
-    return tomli_w.dumps({**raw, "data": data, "server": server})
+    # the server runs secure aggregation; a node answers the stages its instructions name,
+    # and its single-client config would fail the check for a cohort of at least 3
+    privacy = {**raw.get("privacy", {}), "secure_aggregation": False}
+    return tomli_w.dumps({**raw, "data": data, "server": server, "privacy": privacy})
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from fedpeft.runtime.flower.pool import FlowerClientPool
 from fedpeft.runtime.flower.process import config_from_toml
 from fedpeft.runtime.flower.runconfig import (
     WeightPolicy,
-    check_flower_config,
     run_config_text,
 )
 from fedpeft.runtime.local.simulator import RunResult, run_local
@@ -43,7 +42,6 @@ def serve(
 ) -> RunResult:
     """Runs (or resumes) ``cfg`` over the SuperNodes that ``grid`` reaches; ``policy``
     bounds each client's aggregation weight (default: the partition the server assigned)."""
-    check_flower_config(cfg)
     pools: list[FlowerClientPool] = []
 
     def make_pool(task: Task) -> FlowerClientPool:

@@ -12,9 +12,9 @@ from pathlib import Path
 from fedpeft.config import ExperimentConfig, config_to_toml
 from fedpeft.errors import FedpeftError
 from fedpeft.profiling import usable_cores
-from fedpeft.runtime.flower.runconfig import check_flower_config
 from fedpeft.runtime.local.simulator import RunResult
 from fedpeft.server import Observer
+from fedpeft.server.task import check_names
 
 
 def run_flower_sim(
@@ -24,8 +24,9 @@ def run_flower_sim(
     observer: Observer | None = None,
     workers: int | None = None,
 ) -> RunResult:
-    """Runs ``cfg`` with ``cfg.data.num_clients`` virtual SuperNodes."""
-    check_flower_config(cfg)
+    """Runs ``cfg`` with ``cfg.data.num_clients`` virtual SuperNodes (a config that cannot
+    run is refused before the engine starts)."""
+    check_names(cfg)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no network calls from flwr
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.app import ConfigRecordValues
