@@ -28,6 +28,7 @@ def allocation_report(cfg: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]
     from fedpeft.peft import architecture
     from fedpeft.server.assign import client_infos
     from fedpeft.server.instruct import task_kind
+    from fedpeft.server.multimodal import PAIR_TASKS, pair_model_config
     from fedpeft.server.qa import generative
     from fedpeft.server.task import build_data
 
@@ -37,7 +38,10 @@ def allocation_report(cfg: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]
     causal_lm = kind == "instruct" or (kind == "qa" and generative(data.spec))
     span = kind == "qa" and not causal_lm
     n = 2 if span else data.dataset.num_labels  # a span head: start and end
-    arch = architecture(load_model_config(data.spec, n), n, causal_lm=causal_lm, qa=span)
+    if kind in PAIR_TASKS:  # CLIP matching (no head) or ViLT's answer head
+        arch = architecture(pair_model_config(data.spec, n), n, matching=kind == "itm")
+    else:
+        arch = architecture(load_model_config(data.spec, n), n, causal_lm=causal_lm, qa=span)
     devices = federation_devices(cfg, arch, data.profiles)
     clients = client_infos(cfg, range(cfg.data.num_clients), devices, data.profiles)
     problem = build_problem(arch, alloc_cfg, round=1, seed=cfg.run.seed)

@@ -92,7 +92,7 @@ def pair_splits(
     cfg: ExperimentConfig, dataset: RawDataset, spec: ModelSpec, kind: str
 ) -> tuple[MatchSplit, MatchSplit] | tuple[VQASplit, VQASplit]:
     """Train and eval pairs, images resized and texts tokenised once."""
-    config = _config(spec)
+    config = pair_model_config(spec)
     tokenizer = load_tokenizer(spec)
     preprocess = image_preprocess(spec, cfg.model.image_size)
     if kind == "vqa":
@@ -119,16 +119,16 @@ def _image_tokens(config: Any, size: int) -> int:
     return image_tokens(config, size)
 
 
-def _config(spec: ModelSpec) -> Any:
+def pair_model_config(spec: ModelSpec, num_labels: int = 2) -> Any:
     """The model's ``transformers`` config, without weights (tiny: the tiny one)."""
     from fedpeft.models.vision import is_tiny
 
     if not is_tiny(spec):
-        return load_model_config(spec, 2)
+        return load_model_config(spec, num_labels)
     if spec.family == "vilt":
         from fedpeft.models.vilt import tiny_vilt_config
 
-        return tiny_vilt_config(2)
+        return tiny_vilt_config(num_labels)
     from fedpeft.models.clip import tiny_clip_config
 
     return tiny_clip_config(30522, 101, 102, 0)  # only its shape is read here

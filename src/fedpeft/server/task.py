@@ -56,7 +56,7 @@ from fedpeft.peft import (
 from fedpeft.peft.prefix import PrefixCache, compile_blocks
 from fedpeft.peft.share import apply_shared
 from fedpeft.server.instruct import check_task, instruct_splits, task_kind
-from fedpeft.server.multimodal import PAIR_TASKS
+from fedpeft.server.multimodal import FAMILY, PAIR_DATASETS, PAIR_TASKS
 from fedpeft.server.prefix import serve_prefix
 from fedpeft.server.qa import generative
 from fedpeft.types import AdapterState
@@ -218,7 +218,8 @@ def check_pairing(cfg: ExperimentConfig) -> None:
     """The model must take the dataset's modality and support the PEFT method."""
     spec = get_model_spec(cfg.model.name)
     check_available(spec)  # a hub model on an offline machine fails here, in a second
-    if task_kind(cfg, spec) in PAIR_TASKS:
+    pairs = cfg.data.dataset in PAIR_DATASETS or spec.family == FAMILY["vqa"]
+    if pairs or task_kind(cfg, spec) in PAIR_TASKS:
         return  # images with texts: ``check_task`` checks the model, data and method
     vision, images = is_vision_model(spec), is_image_dataset(cfg.data.dataset)
     if vision != images:
