@@ -151,3 +151,15 @@ def test_fedpeft_run_vqa_and_the_adapter_loads_with_plain_peft(tmp_path: Path) -
     assert isinstance(data.eval, VQASplit)
     again = evaluate_vqa(model, data.eval, 64, torch.device("cpu"))
     assert again == pytest.approx(final, rel=1e-4)
+
+
+@needs_daquar
+def test_allocate_prices_the_answer_head(tmp_path: Path) -> None:
+    """``fedpeft allocate`` on DAQUAR: ViLT's cost model (with its answer head), no weights."""
+    out = tmp_path / "alloc.json"
+    sets = ["model.name='tiny-vilt'", "allocation.catalogue.prompt_tokens=[]"]
+    args = ["allocate", "-c", str(EXAMPLE), *[x for s in sets for x in ("--set", s)]]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert len(record["clients"]) == 4 and all(c["chosen"] for c in record["clients"])
