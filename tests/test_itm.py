@@ -155,8 +155,8 @@ def test_auto_picks_itm_for_clip_on_daquar_and_classify_on_cifar10() -> None:
 
     auto = load_config(EXAMPLE, ["model.task='auto'", "model.name='tiny-clip'"])
     assert task_kind(auto) == "classify"
-    assert task_kind(auto.model_copy(update={"data": auto.data.model_copy(
-        update={"dataset": "daquar"})})) == "itm"  # fmt: skip
+    daquar = auto.data.model_copy(update={"dataset": "daquar"})
+    assert task_kind(auto.model_copy(update={"data": daquar})) == "itm"
 
 
 def _run(tmp_path: Path, sets: list[str]) -> Path:
@@ -198,8 +198,8 @@ def test_fedpeft_run_itm_on_cifar10_and_the_adapter_loads_on_a_stock_clip(tmp_pa
     adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert adapter["peft_type"] == "LORA" and adapter["modules_to_save"] is None
     assert {"q_proj", "v_proj"} == set(adapter["target_modules"])
-    ours = PeftModel.from_pretrained(load_clip_matcher(get_model_spec("tiny-clip"), 0),
-                                     str(run_dir / "adapter"))  # fmt: skip
+    matcher = load_clip_matcher(get_model_spec("tiny-clip"), 0)
+    ours = PeftModel.from_pretrained(matcher, str(run_dir / "adapter"))
     data = build_data(load_config(run_dir / "config.toml"))
     assert isinstance(data.eval, MatchSplit)
     again = evaluate_itm(ours, data.eval, 64, torch.device("cpu"))

@@ -93,15 +93,13 @@ def _images(folder: Path, names: list[str]) -> Sequence[np.ndarray] | np.ndarray
     (read back memory-mapped, without pickle), as CIFAR-10's are."""
     from fedpeft.data.images import cached_arrays
 
-    first = _decode(folder / names[0])
-    stat = (folder / names[0]).stat()
-    key = (
-        f"daquar-{len(names)}-{stat.st_size}-{int(stat.st_mtime)}-{first.shape[0]}x{first.shape[1]}"
-    )
+    stats = [(folder / n).stat() for n in names]
+    size, mtime = sum(s.st_size for s in stats), max(int(s.st_mtime) for s in stats)
+    key = f"daquar-{len(names)}-{size}-{mtime}"
 
     def build() -> ImageArrays:
-        decoded = [first, *(_decode(folder / n) for n in names[1:])]
-        if any(d.shape != first.shape for d in decoded):
+        decoded = [_decode(folder / n) for n in names]
+        if any(d.shape != decoded[0].shape for d in decoded):
             raise ValueError("images of different sizes")
         return ImageArrays(np.stack(decoded), np.arange(len(names), dtype=np.int64))
 

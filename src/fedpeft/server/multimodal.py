@@ -14,7 +14,7 @@ pairs' classes: CIFAR-10's classes, DAQUAR's answers) or ``natural``: whole imag
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from fedpeft.config import ExperimentConfig
 from fedpeft.data import RawDataset, is_image_dataset
@@ -24,6 +24,7 @@ from fedpeft.data.sources import ImageArrays
 from fedpeft.errors import FedpeftError
 from fedpeft.models import ModelSpec, image_preprocess, load_model_config, load_tokenizer
 from fedpeft.peft import methods_for, supported_methods
+from fedpeft.peft.spec import Task
 
 PAIR_TASKS = ("itm", "vqa")
 PAIR_DATASETS = ("daquar",)  # image–text pairs (``data.pairs``)
@@ -33,7 +34,8 @@ DATASETS = {"itm": "cifar10, fashion_mnist (class-name captions) or daquar", "vq
 
 def offered(kind: str) -> list[str]:
     """The methods offered for ``kind`` on its family."""
-    return [m for m in supported_methods(FAMILY[kind]) if m in methods_for(kind)]  # type: ignore[arg-type]
+    allowed = methods_for(cast(Task, kind))
+    return [m for m in supported_methods(FAMILY[kind]) if m in allowed]
 
 
 def supported_pairs() -> str:
