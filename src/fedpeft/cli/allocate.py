@@ -28,6 +28,7 @@ def allocation_report(cfg: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]
     from fedpeft.peft import architecture
     from fedpeft.server.assign import client_infos
     from fedpeft.server.instruct import head_kind, task_kind
+    from fedpeft.server.multimodal import PAIR_TASKS, pair_model_config
     from fedpeft.server.task import build_data
 
     alloc_cfg = make_allocation_config(cfg.allocation)
@@ -35,7 +36,10 @@ def allocation_report(cfg: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]
     kind = task_kind(cfg, data.spec)
     causal_lm, span = head_kind(kind, data.spec)
     n = 2 if span else data.dataset.num_labels  # a span head: start and end
-    arch = architecture(load_model_config(data.spec, n), n, causal_lm=causal_lm, qa=span)
+    if kind in PAIR_TASKS:  # CLIP matching (no head) or ViLT's answer head
+        arch = architecture(pair_model_config(data.spec, n), n, matching=kind == "itm")
+    else:
+        arch = architecture(load_model_config(data.spec, n), n, causal_lm=causal_lm, qa=span)
     devices = federation_devices(cfg, arch, data.profiles)
     clients = client_infos(cfg, range(cfg.data.num_clients), devices, data.profiles)
     problem = build_problem(arch, alloc_cfg, round=1, seed=cfg.run.seed)

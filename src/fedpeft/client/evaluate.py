@@ -49,7 +49,7 @@ from fedpeft.client.personal import (
 from fedpeft.client.state import ClientState
 from fedpeft.client.train import ClientData, derive_seed, train
 from fedpeft.compression import decode, encode
-from fedpeft.data import QABatch
+from fedpeft.data import OwnLossBatch
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import get_adapter_state, save_adapter, set_adapter_state, state_numel
 from fedpeft.peft.io import WEIGHTS
@@ -179,8 +179,8 @@ def _scored(
     with torch.inference_mode():
         for start in range(0, len(indices), ins.batch_size):
             batch = test.split.collate(indices[start : start + ins.batch_size]).to(device)
-            if isinstance(batch, QABatch):  # spans: scored by the server's QA evaluation
-                raise FedpeftError("clients score classification data only, not QA spans.")
+            if isinstance(batch, OwnLossBatch):  # spans, pairs: scored by the server
+                raise FedpeftError("clients score classification data only, not QA or pairs.")
             out = model(**batch.model_inputs())
             logits = out.logits.float()
             correct += int((logits.argmax(-1) == batch.labels).sum())

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fedpeft.client.train import HEAD_MODULES, ClientData
-from fedpeft.data import QABatch
+from fedpeft.data import OwnLossBatch
 from fedpeft.errors import FedpeftError
 
 STATS_SUM = "feature_stats/sum"  # (C, H) float64: Σ h per class
@@ -86,8 +86,8 @@ def class_feature_stats(
             for start in range(0, len(data.indices), batch_size):
                 idx = data.indices[start : start + batch_size]
                 batch = data.split.collate(idx).to(device)
-                if isinstance(batch, QABatch):  # answer spans have no classes to summarise
-                    raise ValueError("question-answering data has no class features")
+                if isinstance(batch, OwnLossBatch):  # spans and pairs: no class features
+                    raise ValueError("question-answering or image–text data has no class features")
                 captured.clear()
                 model(**batch.model_inputs(with_labels=False))
                 feats = captured[-1].cpu()

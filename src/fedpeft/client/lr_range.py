@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fedpeft.client.train import ClientData, client_objective
-from fedpeft.data import Batch, ImageBatch, QABatch
+from fedpeft.data import Batch, ImageBatch, MatchBatch, OwnLossBatch, QABatch, VQABatch
 from fedpeft.peft import get_adapter_state, set_adapter_state
 from fedpeft.types import TrainInstruction
 
@@ -98,7 +98,7 @@ def lr_range_test(
                 group["lr"] = lr
             batch = batch.to(device)
             out = model(**batch.model_inputs(with_labels=objective is None))
-            if objective is None or isinstance(batch, QABatch):  # spans: the model's loss
+            if objective is None or isinstance(batch, OwnLossBatch):  # spans, pairs: own loss
                 loss = out.loss
             else:
                 loss = objective(out.logits, batch.labels)
@@ -116,7 +116,7 @@ def lr_range_test(
 
 def _cycle(
     data: ClientData, batch_size: int, rng: np.random.Generator
-) -> Iterator[Batch | ImageBatch | QABatch]:
+) -> Iterator[Batch | ImageBatch | QABatch | MatchBatch | VQABatch]:
     """Epoch after epoch of the client's batches."""
     while True:
         yield from data.split.train_batches(data.indices, batch_size, rng)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fedpeft.client.losses import LabelSkewLoss, Loss
-from fedpeft.data import ImageSplit, QABatch, Split, TokenizedSplit
+from fedpeft.data import ImageSplit, OwnLossBatch, Split, TokenizedSplit
 from fedpeft.peft import get_adapter_state
 from fedpeft.types import ClientUpdate, TrainInstruction
 
@@ -85,7 +85,8 @@ def train(
                 out = model(**batch.model_inputs(with_labels=objective is None))
                 task_loss = (
                     out.loss
-                    if objective is None or isinstance(batch, QABatch)  # spans: the model's loss
+                    if objective is None
+                    or isinstance(batch, OwnLossBatch)  # spans, pairs: own loss
                     else objective(out.logits, batch.labels)
                 )
                 loss = task_loss + _proximal(params, anchor, instruction.proximal_mu)

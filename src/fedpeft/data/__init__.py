@@ -18,8 +18,12 @@ from fedpeft.data.images import (  # isort: skip - registers the image datasets
     is_image_dataset,
 )
 
+from fedpeft.data.paired import MatchBatch, MatchSplit, VQABatch, VQASplit  # isort: skip
+
+# batches trained and scored by the model's own loss: no class ids to weigh logits by
+OwnLossBatch = QABatch | MatchBatch | VQABatch
 # what training and evaluation consume
-Split = TokenizedSplit | ImageSplit | InstructSplit | QASplit | GenQASplit
+Split = TokenizedSplit | ImageSplit | InstructSplit | QASplit | GenQASplit | MatchSplit | VQASplit
 
 __all__ = [
     "Batch",
@@ -30,12 +34,17 @@ __all__ = [
     "ImageSplit",
     "GenQASplit",
     "InstructSplit",
+    "MatchBatch",
+    "MatchSplit",
+    "OwnLossBatch",
     "QABatch",
     "QASplit",
     "RawDataset",
     "RawSplit",
     "Split",
     "TokenizedSplit",
+    "VQABatch",
+    "VQASplit",
     "data_dirs",
     "data_profile",
     "image_split",

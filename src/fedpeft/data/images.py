@@ -53,7 +53,7 @@ def _missing(folder: str, files: list[str]) -> FedpeftError:
     )
 
 
-def _cached(key: str, build: Callable[[], ImageArrays]) -> ImageArrays:
+def cached_arrays(key: str, build: Callable[[], ImageArrays]) -> ImageArrays:
     """``build()``'s arrays, stored once as two ``.npy`` files (written atomically)."""
     folder = cache_dir() / "images"
     paths = [folder / f"{key}.{part}.npy" for part in ("images", "labels")]
@@ -106,7 +106,7 @@ def _cifar10(cfg: DataConfig, seed: int) -> RawDataset:
     key = f"cifar10-{stat.st_size}-{int(stat.st_mtime)}"
 
     def split(name: str) -> ImageArrays:
-        return _cached(f"{key}-{name}", lambda: decode_jpeg_zip(zpath, name, CIFAR10_LABELS))
+        return cached_arrays(f"{key}-{name}", lambda: decode_jpeg_zip(zpath, name, CIFAR10_LABELS))
 
     return RawDataset("cifar10", split("train"), split("test"), CIFAR10_LABELS, str(folder))
 

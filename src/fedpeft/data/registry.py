@@ -8,6 +8,7 @@ import numpy as np
 
 from fedpeft.config import DataConfig
 from fedpeft.data.labels import label_order, normalize_label
+from fedpeft.data.pairs import ImageTexts, load_daquar
 from fedpeft.data.questions import QAExamples
 from fedpeft.data.sources import (
     ImageArrays,
@@ -50,10 +51,10 @@ def heldout_train(cfg: DataConfig, seed: int) -> RawSplit | ImageArrays:
     the same distribution as the run's training data, never trained on (membership audits'
     non-members). Empty when the run used the whole train split."""
     ds = _load(cfg, seed)
-    if isinstance(ds.train, QAExamples):
+    if isinstance(ds.train, QAExamples | ImageTexts):
         raise FedpeftError(
-            f"dataset {cfg.dataset!r} is question answering; membership audits score "
-            "classification runs only."
+            f"dataset {cfg.dataset!r} holds questions or image–text pairs; membership audits "
+            "score classification runs only."
         )
     used = _subset_indices(len(ds.train), cfg.train_size, np.random.default_rng(seed))
     return ds.train.take(np.setdiff1d(np.arange(len(ds.train)), used))
@@ -68,9 +69,10 @@ def _load(cfg: DataConfig, seed: int) -> RawDataset:
     return _REGISTRY[cfg.dataset](cfg, seed)
 
 
-def _subset(
-    split: RawSplit | ImageArrays | QAExamples, size: int | None, rng: np.random.Generator
-) -> RawSplit | ImageArrays | QAExamples:
+Raw = RawSplit | ImageArrays | QAExamples | ImageTexts
+
+
+def _subset(split: Raw, size: int | None, rng: np.random.Generator) -> Raw:
     if size is None or size >= len(split):
         return split  # the whole split, not a copy
     return split.take(_subset_indices(len(split), size, rng))
@@ -162,3 +164,4 @@ register_dataset("sst2", _sst2)
 register_dataset("ag_news", _ag_news)
 register_dataset("custom", _custom)
 register_dataset("squad", load_squad)
+register_dataset("daquar", load_daquar)

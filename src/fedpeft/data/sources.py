@@ -17,6 +17,7 @@ from fedpeft.errors import FedpeftError
 from fedpeft.hub import datasets_offline_reason
 
 if TYPE_CHECKING:
+    from fedpeft.data.pairs import ImageTexts
     from fedpeft.data.questions import QAExamples
 
 csv.field_size_limit(1 << 24)
@@ -51,8 +52,8 @@ class ImageArrays:
 @dataclass(frozen=True)
 class RawDataset:
     name: str
-    train: RawSplit | ImageArrays | QAExamples
-    eval: RawSplit | ImageArrays | QAExamples
+    train: RawSplit | ImageArrays | QAExamples | ImageTexts
+    eval: RawSplit | ImageArrays | QAExamples | ImageTexts
     label_names: list[str]
     source: str  # the folder, files or hub id it came from
 

@@ -17,13 +17,17 @@ from fedpeft.models.smollm import SMOLLM2_ID, smollm2_path
 from fedpeft.models.vision import (
     image_preprocess,
     is_vision_model,
+    load_clip_matcher,
     load_vision_classifier,
     vision_config,
 )
 
+from fedpeft.models.vilt import VILT_ID, load_vqa_model  # isort: skip - registers ViLT
+
 __all__ = [
     "MINILM_ID",
     "SMOLLM2_ID",
+    "VILT_ID",
     "ModelSpec",
     "check_available",
     "get_model_spec",
@@ -31,10 +35,12 @@ __all__ = [
     "is_vision_model",
     "load_causal_lm",
     "load_classifier",
+    "load_clip_matcher",
     "load_model_config",
     "load_qa_model",
     "load_tokenizer",
     "load_vision_classifier",
+    "load_vqa_model",
     "model_names",
     "register_model",
     "smollm2_path",

@@ -8,16 +8,23 @@ CoOp (Zhou et al., 2022, "Learning to Prompt for Vision-Language Models") replac
 template's word embeddings by ``n`` learned context vectors shared by all classes;
 initialised from the template's own embeddings when ``n`` equals its token count, an
 untrained context leaves the logits unchanged.
+
+For image–text matching, ``ClipMatcher`` is ``CLIPModel`` itself (same module names, so an
+adapter trained on it loads onto a stock ``CLIPModel`` with plain PEFT) with a forward that
+embeds whatever it is given and, given both towers' inputs, scores every image against
+every text of the batch.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.utils import ModelOutput
 
 TEMPLATE = "a photo of a"
 
@@ -84,6 +91,62 @@ class ClipZeroShotClassifier(nn.Module):
         logits = self.clip.logit_scale.exp() * image @ text.t()
         loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
         return ImageClassifierOutput(loss=loss, logits=logits)
+
+
+def matching_loss(logits: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric contrastive loss with every true pair a positive.
+
+    ``L = ½ [ (1/I) Σ_i CE(s_i·, p_i) + (1/T) Σ_t CE(s_·t, q_t) ]``, where ``s`` is the
+    (images × texts) logits, ``p_i = m_i· / Σ_t m_it`` spreads image i's target over its
+    true texts and ``q_t = m_·t / Σ_i m_it`` text t's over its true images (``m = match``).
+    With one text per image (``m = I``) this is Radford et al.'s loss exactly: the mean of
+    the cross-entropies of ``logits_per_image`` and ``logits_per_text`` against the diagonal.
+    """
+    match = match.to(logits.dtype)
+    i2t = -(match / match.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    t2i = -(match / match.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
+    return (i2t + t2i) / 2
+
+
+@dataclass
+class MatchOutput(ModelOutput):
+    """``logits``: (images × texts) ``exp(t)·cos``; embeddings are L2-normalised."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    logit_scale: torch.Tensor | None = None
+
+
+class ClipMatcher(CLIPModel):
+    """``forward(pixel_values?, input_ids?, attention_mask?, match?)``: the normalised
+    embeddings of what is given; with both, the logits ``exp(t)·⟨f(x_i), g(y_t)⟩`` of
+    every image i against every text t; with ``match`` too, ``matching_loss``."""
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        match: torch.Tensor | None = None,
+        **_: Any,
+    ) -> MatchOutput:
+        image = text = logits = loss = None
+        if pixel_values is not None:
+            image = _pooled(self.get_image_features(pixel_values=pixel_values))
+            image = image / image.norm(dim=-1, keepdim=True)
+        if input_ids is not None:
+            text = _pooled(
+                self.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+            )
+            text = text / text.norm(dim=-1, keepdim=True)
+        scale = self.logit_scale.exp()
+        if image is not None and text is not None:
+            logits = scale * image @ text.t()
+            if match is not None:
+                loss = matching_loss(logits, match)
+        return MatchOutput(loss, logits, image, text, scale)
 
 
 def tiny_clip_config(vocab_size: int, bos: int, eos: int, pad: int) -> CLIPConfig:

@@ -178,7 +178,9 @@ class _Entry:
 _ENTRIES: dict[str, _Entry] = {}
 
 
-def _register(spec: ModelSpec, preprocess: ImagePreprocess, tiny: bool) -> None:
+def register_image_model(spec: ModelSpec, preprocess: ImagePreprocess, tiny: bool) -> None:
+    """A model taking images: its registry entry, input size and normalisation; ``tiny``
+    ones are built from a random config (tests), the others load from their source."""
     register_model(spec)
     for key in (spec.name, *spec.aliases):
         _ENTRIES[key] = _Entry(spec, preprocess, tiny)
@@ -275,6 +277,34 @@ def _load_clip(spec: ModelSpec, tiny: bool, label_names: list[str]) -> nn.Module
     return ClipZeroShotClassifier(clip, tok, label_names)
 
 
+def load_clip_matcher(spec: ModelSpec, seed: int) -> nn.Module:
+    """CLIP for image–text matching (``ClipMatcher``: ``CLIPModel``'s own weights and module
+    names), built under ``seed`` when tiny."""
+    from fedpeft.models.clip import ClipMatcher, tiny_clip_config
+
+    if spec.family != "clip":
+        raise FedpeftError(f"image–text matching needs a CLIP model, not `{spec.name}`.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if is_tiny(spec):  # MiniLM's offline WordPiece tokenizer stands in for CLIP's BPE
+            tok = load_tokenizer(get_model_spec(MINILM_ID))
+            return ClipMatcher(
+                tiny_clip_config(tok.vocab_size, tok.cls_token_id, tok.sep_token_id, 0)
+            )
+        try:
+            return ClipMatcher.from_pretrained(spec.hub_id, local_files_only=local_only())
+        except (OSError, ValueError) as e:
+            raise FedpeftError(
+                f"model `{spec.name}` could not be loaded from the Hugging Face hub "
+                f"({type(e).__name__}); check `model.name` and your network access."
+            ) from None
+
+
+def is_tiny(spec: ModelSpec) -> bool:
+    """Whether the image model is built from a tiny random config."""
+    return _entry(spec).tiny
+
+
 def _entry(spec: ModelSpec) -> _Entry:
     if spec.name not in _ENTRIES:
         raise FedpeftError(
@@ -284,34 +314,34 @@ def _entry(spec: ModelSpec) -> _Entry:
     return _ENTRIES[spec.name]
 
 
-_register(
+register_image_model(
     ModelSpec(name=EFFICIENTNET_LITE0, family="efficientnet", hub_id=EFFICIENTNET_LITE0),
     ImagePreprocess(224, _LITE_MEAN, _LITE_STD),
     tiny=False,
 )
-_register(
+register_image_model(
     ModelSpec(name="tiny-efficientnet", family="efficientnet", hub_id="tiny-efficientnet"),
     ImagePreprocess(32, _LITE_MEAN, _LITE_STD),
     tiny=True,
 )
-_register(
+register_image_model(
     ModelSpec(name=VIT_BASE_ID, family="vit", hub_id=VIT_BASE_ID, aliases=("vit-base",)),
     ImagePreprocess(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     tiny=False,
 )
-_register(
+register_image_model(
     ModelSpec(name="tiny-vit", family="vit", hub_id="tiny-vit"),
     ImagePreprocess(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     tiny=True,
 )
 _CLIP_MEAN, _CLIP_STD = (0.4815, 0.4578, 0.4082), (0.2686, 0.2613, 0.2758)
-_register(
+register_image_model(
     ModelSpec(name=CLIP_BASE_ID, family="clip", hub_id=CLIP_BASE_ID, aliases=("clip-base",)),
     ImagePreprocess(224, _CLIP_MEAN, _CLIP_STD),
     tiny=False,
 )
-_register(
-    ModelSpec(name="tiny-clip", family="clip", hub_id="tiny-clip"),
+register_image_model(
+    ModelSpec(name="tiny-clip", family="clip", hub_id="tiny-clip", tokenizer_from=MINILM_ID),
     ImagePreprocess(32, _CLIP_MEAN, _CLIP_STD),
     tiny=True,
 )

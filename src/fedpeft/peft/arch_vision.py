@@ -14,7 +14,14 @@
 - CLIP (``transformers``): a text and a vision tower of such blocks (``out_proj``), bias-free
   projections to the joint space and ``logit_scale``; no head. The text tower runs once per
   batch over the ``L`` class prompts, so its ``Linear.positions`` (L × prompt length) and the
-  vision tower's (patches + [CLS]) give the FLOPs of a batch of one image.
+  vision tower's (patches + [CLS]) give the FLOPs of a batch of one image. For image–text
+  matching the model is ``CLIPModel`` itself (no prefix) and the text tower runs once per
+  caption: its positions are the caption's ``seq_len``.
+- ViLT (``transformers``): one post-embedding BERT-style encoder (query/key/value,
+  attention output, intermediate and output dense layers, LayerNorm before and after)
+  over text tokens and image patches + [CLS], a final LayerNorm and pooler, and
+  ``ViltForQuestionAnswering``'s head ``classifier`` (d → 2d, LayerNorm, GELU, 2d → labels).
+  Every projection runs at all ``seq_len`` positions (text tokens + image tokens).
 """
 
 from __future__ import annotations
@@ -155,14 +162,16 @@ def _clip_tower(prefix: str, cfg: Any, layer0: int, positions: int | None) -> li
     return out
 
 
-def clip(cfg: Any, num_labels: int) -> Architecture:
-    """``CLIPModel`` inside fedpeft's zero-shot classifier (module prefix ``clip.``); blocks
-    are numbered text first, then vision."""
+def clip(cfg: Any, num_labels: int, matching: bool = False) -> Architecture:
+    """``CLIPModel`` inside fedpeft's zero-shot classifier (module prefix ``clip.``), or
+    (``matching``) ``CLIPModel`` itself matching images and texts; blocks are numbered
+    text first, then vision."""
     t, v = cfg.text_config, cfg.vision_config
-    prompt = getattr(cfg, "prompt_length", None)
+    prompt = None if matching else getattr(cfg, "prompt_length", None)
     tokens = (v.image_size // v.patch_size) ** 2 + 1
-    text = _clip_tower("clip.text_model", t, 0, num_labels * prompt if prompt else None)
-    vision = _clip_tower("clip.vision_model", v, t.num_hidden_layers, tokens)
+    root = "" if matching else "clip."
+    text = _clip_tower(f"{root}text_model", t, 0, num_labels * prompt if prompt else None)
+    vision = _clip_tower(f"{root}vision_model", v, t.num_hidden_layers, tokens)
     linears = text + vision
     norms = (2 * t.num_hidden_layers + 1) * t.hidden_size + (
         2 * v.num_hidden_layers + 2
@@ -190,5 +199,56 @@ def clip(cfg: Any, num_labels: int) -> Architecture:
         head_token_flops=0,
         roles=Roles(("q_proj",), ("k_proj",), ("v_proj",), feedforward=("fc2",)),
         peft_task=None,
-        tokens=tokens,
+        tokens=None if matching else tokens,
+    )
+
+
+def vilt(cfg: Any, num_labels: int) -> Architecture:
+    """``ViltForQuestionAnswering`` with an answer head of ``num_labels``."""
+    d, f, n_layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    linears: list[Linear] = []
+    for i in range(n_layers):
+        p = f"vilt.encoder.layer.{i}"
+        linears += [
+            Linear(f"{p}.attention.attention.query", d, d, i),
+            Linear(f"{p}.attention.attention.key", d, d, i),
+            Linear(f"{p}.attention.attention.value", d, d, i),
+            Linear(f"{p}.attention.output.dense", d, d, i),
+            Linear(f"{p}.intermediate.dense", d, f, i),
+            Linear(f"{p}.output.dense", f, d, i),
+        ]
+    linears.append(Linear("vilt.pooler.dense", d, d, None))
+    layer_norms = 2 * n_layers + 2  # text embeddings, two per block, the final one
+    patches = (cfg.image_size // cfg.patch_size) ** 2
+    biases = sum(lin.d_out for lin in linears) + layer_norms * d + d  # + the patch conv's
+    weights = sum(lin.d_in * lin.d_out for lin in linears) + layer_norms * d
+    weights += cfg.num_channels * cfg.patch_size**2 * d  # patch projection
+    text = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * d
+    image = d * (1 + patches + 1)  # [CLS] and its position, the patches' positions
+    modality = cfg.modality_type_vocab_size * d
+    wide = 2 * d
+    head = d * wide + wide + 2 * wide + wide * num_labels + num_labels
+    return Architecture(
+        family="vilt",
+        hidden=d,
+        layers=n_layers,
+        heads=cfg.num_attention_heads,
+        num_labels=num_labels,
+        attn_dim=d,
+        kv_dim=d,
+        linears=tuple(linears),
+        attn_out=tuple(lin.name for lin in linears if lin.name.endswith("attention.output.dense")),
+        ffn_out=tuple(
+            lin.name
+            for lin in linears
+            if lin.name.endswith(".output.dense") and ".attention." not in lin.name
+        ),
+        head_prefix="classifier",
+        head_params=head,
+        bias_params=biases,
+        total_params=text + image + modality + weights + biases + head,
+        head_token_flops=0,  # the head sees the pooled first token only
+        # PEFT's suffix "output.dense" also matches "attention.output.dense" (as in BERT)
+        roles=Roles(("query",), ("key",), ("value",), feedforward=("output.dense",)),
+        peft_task=None,
     )

@@ -74,7 +74,7 @@ class HoulsbySpec(MethodSpec):
     """Adapters after attention and after the feed-forward block (Houlsby et al., 2019)."""
 
     description: ClassVar[str] = "bottleneck adapters ×2 per block"
-    image_families: ClassVar[frozenset[str]] = frozenset({"vit"})
+    image_families: ClassVar[frozenset[str]] = frozenset({"vit", "vilt"})
     # ASSUMPTION: on par with LoRA at equal budget (He et al., 2022).
     gain_prior: ClassVar[float | None] = 0.75
 

@@ -19,17 +19,23 @@ def model_architecture(model: Any) -> Architecture:
         )
     if hasattr(model, "lm_head"):
         return architecture(config, 0, causal_lm=True)
+    if getattr(config, "model_type", None) == "clip" and hasattr(model, "text_model"):
+        return architecture(config, 0, matching=True)  # CLIPModel itself, not inside a classifier
     if hasattr(model, "qa_outputs"):
         return architecture(config, 2, qa=True)
     return architecture(config, int(config.num_labels))
 
 
 def architecture(
-    config: Any, num_labels: int, causal_lm: bool = False, qa: bool = False
+    config: Any,
+    num_labels: int,
+    causal_lm: bool = False,
+    qa: bool = False,
+    matching: bool = False,
 ) -> Architecture:
     """The ``Architecture`` of a ``transformers`` config (``model_type`` picks the family);
     ``causal_lm`` for the language-model head, ``qa`` for an encoder's span head, instead of
-    a classifier of ``num_labels``."""
+    a classifier of ``num_labels``; ``matching`` for CLIP matching images and texts."""
     model_type = getattr(config, "model_type", None)
     if qa:
         if model_type == "bert":
@@ -51,7 +57,13 @@ def architecture(
     if model_type == "vit":
         return arch_vision.vit(config, num_labels)
     if model_type == "clip":
-        return arch_vision.clip(config, num_labels)
+        return arch_vision.clip(config, num_labels, matching=matching)
+    if matching:
+        raise FedpeftError(
+            f"model type {model_type!r} has no image–text matching cost model; supported: clip."
+        )
+    if model_type == "vilt":
+        return arch_vision.vilt(config, num_labels)
     if model_type == "bert":
         return arch_text.encoder(config, "bert", num_labels)
     if model_type in ("roberta", "xlm-roberta"):
@@ -60,5 +72,5 @@ def architecture(
         return arch_text.llama(config, num_labels)
     raise FedpeftError(
         f"model type {model_type!r} has no cost model yet; supported: bert, roberta, llama, "
-        "efficientnet_lite, vit, clip."
+        "efficientnet_lite, vit, clip, vilt."
     )

@@ -22,7 +22,7 @@ from fedpeft.peft.spec import MethodSpec
 
 class IA3Spec(MethodSpec):
     description: ClassVar[str] = "learned rescaling vectors"
-    image_families: ClassVar[frozenset[str]] = frozenset({"vit"})
+    image_families: ClassVar[frozenset[str]] = frozenset({"vit", "vilt"})
     # ASSUMPTION: below LoRA at small scale, above prompt-style methods (Liu et al., 2022).
     gain_prior: ClassVar[float | None] = 0.65
 

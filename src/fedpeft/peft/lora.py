@@ -43,7 +43,7 @@ def attention_targets(arch: Architecture) -> list[str]:
 class LoraSpec(MethodSpec):
     kind: ClassVar[Kind] = "reparameterised"
     description: ClassVar[str] = "low-rank updates ΔW = (α/r)·BA"
-    image_families: ClassVar[frozenset[str]] = frozenset({"efficientnet", "vit", "clip"})
+    image_families: ClassVar[frozenset[str]] = frozenset({"efficientnet", "vit", "clip", "vilt"})
     # ASSUMPTION from small-encoder GLUE results at equal budget (Hu et al., 2021; He et
     # al., 2022): on par with adapters, below full fine-tuning.
     gain_prior: ClassVar[float | None] = 0.75

@@ -17,14 +17,14 @@ from fedpeft.peft.arch import Architecture
 from fedpeft.peft.registry import register_method
 from fedpeft.peft.spec import Kind, MethodSpec, Task, head_params_trainable
 
-CNN_AND_VIT = frozenset({"efficientnet", "vit"})
-CLASSIFY: frozenset[Task] = frozenset({"classify", "qa"})  # models with a small head
+WITH_HEAD = frozenset({"efficientnet", "vit", "vilt"})  # image families with a task head
+CLASSIFY: frozenset[Task] = frozenset({"classify", "qa", "vqa"})  # models with a small head
 
 
 class BitFitSpec(MethodSpec):
     kind: ClassVar[Kind] = "selective"
     description: ClassVar[str] = "biases and head only"
-    image_families: ClassVar[frozenset[str]] = CNN_AND_VIT
+    image_families: ClassVar[frozenset[str]] = WITH_HEAD
     tasks: ClassVar[frozenset[Task]] = CLASSIFY
     gain_prior: ClassVar[float | None] = 0.6  # ASSUMPTION: Ben Zaken et al. (2022), small models
 
@@ -45,7 +45,7 @@ class BitFitSpec(MethodSpec):
 class HeadOnlySpec(MethodSpec):
     kind: ClassVar[Kind] = "selective"
     description: ClassVar[str] = "task head only"
-    image_families: ClassVar[frozenset[str]] = CNN_AND_VIT
+    image_families: ClassVar[frozenset[str]] = WITH_HEAD
     tasks: ClassVar[frozenset[Task]] = CLASSIFY
     gain_prior: ClassVar[float | None] = 0.5  # the floor: a linear probe of frozen features
 
@@ -63,7 +63,7 @@ class HeadOnlySpec(MethodSpec):
 class FullSpec(MethodSpec):
     kind: ClassVar[Kind] = "baseline"
     description: ClassVar[str] = "full fine-tuning"
-    image_families: ClassVar[frozenset[str]] = CNN_AND_VIT
+    image_families: ClassVar[frozenset[str]] = WITH_HEAD
     gain_prior: ClassVar[float | None] = 0.8  # the ceiling the PEFT methods are compared to
     trains_base: ClassVar[bool] = True
 

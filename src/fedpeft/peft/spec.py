@@ -24,9 +24,9 @@ from torch import nn
 from fedpeft.peft.arch import Architecture
 
 Kind = Literal["reparameterised", "additive", "selective", "baseline"]
-Task = Literal["classify", "instruct", "qa"]
+Task = Literal["classify", "instruct", "qa", "itm", "vqa"]
 BOTH_TASKS: frozenset[Task] = frozenset({"classify", "instruct"})
-ALL_TASKS: frozenset[Task] = frozenset({"classify", "instruct", "qa"})
+ALL_TASKS: frozenset[Task] = frozenset({"classify", "instruct", "qa", "itm", "vqa"})
 
 
 class MethodSpec(BaseModel):
@@ -37,7 +37,8 @@ class MethodSpec(BaseModel):
     kind: ClassVar[Kind] = "additive"
     description: ClassVar[str] = ""
     image_families: ClassVar[frozenset[str]] = frozenset()  # text families take every method
-    # "instruct": causal-LM instruction tuning; "qa": extractive QA (a span head on every token)
+    # "instruct": causal-LM instruction tuning; "qa": extractive QA (a span head on every
+    # token); "itm": CLIP matching images and texts (no head); "vqa": ViLT's answer head
     tasks: ClassVar[frozenset[Task]] = ALL_TASKS
     # Prior expected gain R in the allocation's normalised units (½ = no gain); None: the
     # allocation's ``gain.default_prior``. An ASSUMPTION each method states with its source.

@@ -11,7 +11,8 @@ from __future__ import annotations
 from fedpeft.errors import FedpeftError
 from fedpeft.peft.registry import get_method, method_names
 
-IMAGE_FAMILIES = frozenset({"efficientnet", "vit", "clip"})  # the families arch_vision describes
+# the families arch_vision describes (ViLT also reads text)
+IMAGE_FAMILIES = frozenset({"efficientnet", "vit", "clip", "vilt"})
 
 
 def supports(method: str, family: str) -> bool:

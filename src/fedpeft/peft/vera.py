@@ -39,7 +39,7 @@ from fedpeft.peft.spec import Kind, MethodSpec
 class VeraSpec(MethodSpec):
     kind: ClassVar[Kind] = "reparameterised"
     description: ClassVar[str] = "scaling vectors around shared frozen random A, B"
-    image_families: ClassVar[frozenset[str]] = frozenset({"vit", "clip"})
+    image_families: ClassVar[frozenset[str]] = frozenset({"vit", "clip", "vilt"})
     # ASSUMPTION: near LoRA on GLUE with far fewer parameters (Kopiczko et al., 2024), but
     # with little capacity to spare on skewed client data: between IA3 and LoRA.
     gain_prior: ClassVar[float | None] = 0.7

@@ -17,6 +17,7 @@ from torch import nn
 from fedpeft.data import Split
 from fedpeft.data.genqa import GenQASplit
 from fedpeft.data.instruct import InstructSplit
+from fedpeft.data.paired import MatchSplit, VQASplit
 from fedpeft.data.qa import QASplit
 from fedpeft.data.tokenized import length_sorted_batches
 
@@ -78,7 +79,9 @@ def classification_metrics(logits: torch.Tensor, labels: np.ndarray) -> dict[str
 def evaluate_model(
     model: nn.Module, split: Split, batch_size: int, device: torch.device
 ) -> dict[str, float]:
-    """Accuracy, macro-F1 and loss; for instruction splits, of the generated label word."""
+    """Accuracy, macro-F1 and loss; for instruction splits, of the generated label word;
+    for question answering, image–text matching and VQA, their own metrics (with
+    ``accuracy`` and ``loss``)."""
     if isinstance(split, InstructSplit):
         from fedpeft.server.generate import evaluate_generative
 
@@ -91,4 +94,12 @@ def evaluate_model(
         from fedpeft.server.qa import evaluate_qa
 
         return evaluate_qa(model, split, batch_size, device)
+    if isinstance(split, MatchSplit):
+        from fedpeft.server.itm import evaluate_itm
+
+        return evaluate_itm(model, split, batch_size, device)
+    if isinstance(split, VQASplit):
+        from fedpeft.server.vqa import evaluate_vqa
+
+        return evaluate_vqa(model, split, batch_size, device)
     return classification_metrics(predict_logits(model, split, batch_size, device), split.labels)

@@ -1,10 +1,12 @@
-"""Which task a run trains — classification head, instruction-tuned causal LM or extractive
-QA (``server/qa.py``) — and the supported (model family, task, method) combinations,
+"""Which task a run trains — classification head, instruction-tuned causal LM, extractive
+QA (``server/qa.py``), image–text matching or visual question answering
+(``server/multimodal.py``) — and the supported (model family, task, method) combinations,
 checked before anything loads.
 
-``model.task = "auto"`` means ``qa`` for question-answering data (SQuAD), ``instruct`` for
-decoder LLMs (the LLaMA family) and ``classify`` for every other model; ``classify`` on a
-decoder trains a sequence-classification head as before.
+``model.task = "auto"`` means ``qa`` for question-answering data (SQuAD), ``vqa`` for ViLT,
+``itm`` for CLIP on image–text pairs (DAQUAR), ``instruct`` for decoder LLMs (the LLaMA
+family) and ``classify`` for every other model; ``classify`` on a decoder trains a
+sequence-classification head as before.
 """
 
 from __future__ import annotations
@@ -18,9 +20,18 @@ from fedpeft.data.sources import RawSplit
 from fedpeft.errors import FedpeftError
 from fedpeft.models import ModelSpec, get_model_spec, load_tokenizer
 from fedpeft.peft import method_names
+from fedpeft.server.multimodal import (
+    FAMILY,
+    PAIR_DATASETS,
+    PAIR_TASKS,
+    check_pair_task,
+)
+from fedpeft.server.multimodal import (
+    supported_pairs as supported_image_text,
+)
 from fedpeft.server.qa import QA_DATASETS, check_qa, generative, supported_qa
 
-TaskKind = Literal["classify", "instruct", "qa"]
+TaskKind = Literal["classify", "instruct", "qa", "itm", "vqa"]
 DECODER_FAMILIES = ("llama",)
 
 
@@ -31,6 +42,10 @@ def task_kind(cfg: ExperimentConfig, spec: ModelSpec | None = None) -> TaskKind:
     if cfg.data.dataset in QA_DATASETS:
         return "qa"
     spec = spec or get_model_spec(cfg.model.name)
+    if spec.family == FAMILY["vqa"]:
+        return "vqa"
+    if spec.family == FAMILY["itm"] and cfg.data.dataset in PAIR_DATASETS:
+        return "itm"
     return "instruct" if spec.family in DECODER_FAMILIES else "classify"
 
 
@@ -46,7 +61,7 @@ def supported_pairs() -> str:
     return (
         f"classify: any family with any method ({', '.join(method_names())}); "
         f"instruct: {', '.join(DECODER_FAMILIES)} with {', '.join(method_names(causal_lm=True))}; "
-        f"{supported_qa()}"
+        f"{supported_qa()}; {supported_image_text()}"
     )
 
 
@@ -60,10 +75,18 @@ def check_task(cfg: ExperimentConfig) -> TaskKind:
     if kind == "qa":
         check_qa(cfg, spec)
         return kind
+    if kind in PAIR_TASKS:
+        check_pair_task(cfg, spec, kind)
+        return kind
     if cfg.data.dataset in QA_DATASETS:
         raise FedpeftError(
             f"`data.dataset` {cfg.data.dataset!r} holds questions with answer spans, which "
             f"`model.task` {kind!r} cannot train on; use `model.task = 'qa'` (or 'auto')."
+        )
+    if cfg.data.dataset in PAIR_DATASETS or spec.family == FAMILY["vqa"]:
+        raise FedpeftError(
+            f"`model.task` {kind!r} with `{spec.name}` on {cfg.data.dataset!r} is not "
+            f"offered; image–text tasks: {supported_image_text()}."
         )
     if kind != "instruct":
         return kind

@@ -66,10 +66,10 @@ def check_personalization(cfg: ExperimentConfig) -> None:
             "personal tensors, which `compression.bits_down` below 32 cannot encode yet; set "
             "`compression.bits_down = 32`."
         )
-    if measured and task_kind(cfg) != "classify":
+    if measured and (kind := task_kind(cfg)) != "classify":
         raise FedpeftError(
-            "`data.client_test_fraction` scores classifiers on each client's data; an "
-            "instruction-tuned run cannot be scored so (set it to 0)."
+            "`data.client_test_fraction` scores classifiers on each client's data; a "
+            f"`model.task = {kind!r}` run cannot be scored so (set it to 0)."
         )
     if measured and cfg.server.mode == "async":
         raise FedpeftError(

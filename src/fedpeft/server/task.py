@@ -37,9 +37,11 @@ from fedpeft.models import (
     is_vision_model,
     load_causal_lm,
     load_classifier,
+    load_clip_matcher,
     load_qa_model,
     load_tokenizer,
     load_vision_classifier,
+    load_vqa_model,
 )
 from fedpeft.peft import (
     Architecture,
@@ -54,6 +56,7 @@ from fedpeft.peft import (
 from fedpeft.peft.prefix import PrefixCache, compile_blocks
 from fedpeft.peft.share import apply_shared
 from fedpeft.server.instruct import check_task, head_kind, instruct_splits, task_kind
+from fedpeft.server.multimodal import FAMILY, PAIR_DATASETS, PAIR_TASKS
 from fedpeft.server.prefix import serve_prefix
 from fedpeft.types import AdapterState
 
@@ -172,10 +175,11 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
         load_profiles(Path(cfg.profiles.file))
     method = parse_spec(cfg.peft.method, cfg.peft.options)
     check_pairing(cfg)
-    if check_task(cfg) == "qa" and needs_proxy(cfg):
+    kind = check_task(cfg)
+    if kind in ("qa", *PAIR_TASKS) and needs_proxy(cfg):
         raise FedpeftError(
             f"`server.aggregator` {cfg.server.aggregator!r} needs a labelled proxy set of "
-            "classification examples; with `model.task` 'qa' use a rule without one "
+            f"classification examples; with `model.task` {kind!r} use a rule without one "
             "(e.g. 'fedavg')."
         )
     check_combinations(cfg)
@@ -212,6 +216,9 @@ def check_pairing(cfg: ExperimentConfig) -> None:
     """The model must take the dataset's modality and support the PEFT method."""
     spec = get_model_spec(cfg.model.name)
     check_available(spec)  # a hub model on an offline machine fails here, in a second
+    pairs = cfg.data.dataset in PAIR_DATASETS or spec.family == FAMILY["vqa"]
+    if pairs or task_kind(cfg, spec) in PAIR_TASKS:
+        return  # images with texts: ``check_task`` checks the model, data and method
     vision, images = is_vision_model(spec), is_image_dataset(cfg.data.dataset)
     if vision != images:
         takes, holds = ("images", "text") if vision else ("text", "images")
@@ -249,8 +256,11 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
     client then holds out ``data.client_test_fraction`` of its partition (``holdout``)."""
     dataset = load_dataset(cfg.data, cfg.run.seed)
     spec = get_model_spec(cfg.model.name)
-    if task_kind(cfg, spec) == "qa":
+    kind = task_kind(cfg, spec)
+    if kind == "qa":
         return _qa_data(cfg, spec, dataset)
+    if kind in PAIR_TASKS:
+        return _pair_data(cfg, spec, dataset, kind)
     train, evaluation = splits_for(cfg, spec, dataset)
     pool = np.arange(len(train.labels))
     proxy = np.zeros(0, dtype=np.int64)
@@ -290,6 +300,20 @@ def _qa_data(cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset) -> Fed
     questions = partition_questions(train.examples, cfg.data, cfg.run.seed)
     partitions = [windows_of(train, q) if isinstance(train, QASplit) else q for q in questions]
     profiles = [data_profile(train.labels[p], train.lengths[p], 1) for p in partitions]
+    return FederatedData(spec, dataset, train, evaluation, partitions, profiles)
+
+
+def _pair_data(
+    cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset, kind: str
+) -> FederatedData:
+    """Image–text pairs; ``natural``: whole images per client."""
+    from fedpeft.data.paired import partition_pairs
+    from fedpeft.server.multimodal import pair_splits
+
+    train, evaluation = pair_splits(cfg, dataset, spec, kind)
+    partitions = partition_pairs(train, cfg.data, cfg.run.seed)
+    n = dataset.num_labels
+    profiles = [data_profile(train.labels[p], train.lengths[p], n) for p in partitions]
     return FederatedData(spec, dataset, train, evaluation, partitions, profiles)
 
 
@@ -339,10 +363,17 @@ def build_task(cfg: ExperimentConfig) -> Task:
             base = load_causal_lm(spec, cfg.run.seed)
         elif kind == "qa":
             base = load_qa_model(spec, cfg.run.seed)
+        elif kind == "itm":
+            base = load_clip_matcher(spec, cfg.run.seed)
+        elif kind == "vqa":
+            names = dataset.label_names
+            base = load_vqa_model(spec, dataset.num_labels, cfg.run.seed, names)
         else:
             base = load_base(cfg, spec, dataset)
         full_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
-        arch = architecture(base.config, dataset.num_labels, causal_lm=causal_lm, qa=span)
+        arch = architecture(
+            base.config, dataset.num_labels, causal_lm=causal_lm, qa=span, matching=kind == "itm"
+        )
         model = apply_shared(base, method, arch, cfg.run.seed).to(device)
     log.info(
         "task: %s on %s (%d train, %d eval), %d clients, device %s",

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedpeft.data import QABatch, Split
+from fedpeft.data import OwnLossBatch, Split
 from fedpeft.errors import FedpeftError
 
 IGNORE = -100
@@ -35,7 +35,7 @@ def example_losses(
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             batch = split.collate(indices[rows]).to(device)
-            if isinstance(batch, QABatch):  # spans, not classes: no per-example label loss
+            if isinstance(batch, OwnLossBatch):  # spans, pairs: no per-example label loss
                 raise FedpeftError("membership audits score classification runs only.")
             logits = model(**batch.model_inputs(with_labels=False)).logits.float()
             out[rows] = _losses(logits, batch.labels).cpu().double().numpy()

@@ -29,7 +29,7 @@ from peft.tuners.lora import Linear as LoraLinear
 from torch import nn
 
 from fedpeft.client import ClientData, derive_seed
-from fedpeft.data import Batch, ImageBatch, QABatch
+from fedpeft.data import Batch, ImageBatch, OwnLossBatch
 from fedpeft.types import TrainInstruction
 
 
@@ -42,7 +42,7 @@ def local_batches(ins: TrainInstruction, data: ClientData) -> Iterator[Batch | I
     steps = 0
     while steps < max_steps:
         for batch in data.split.train_batches(data.indices, ins.batch_size, rng):
-            if isinstance(batch, QABatch):  # the pool groups classifiers only (group_fit)
+            if isinstance(batch, OwnLossBatch):  # the pool groups classifiers only (group_fit)
                 raise TypeError("grouped LoRA trains classification batches only")
             yield batch
             steps += 1
