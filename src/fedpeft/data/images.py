@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from fedpeft.config import DataConfig
+from fedpeft.data.cache import cached_arrays
 from fedpeft.data.registry import register_dataset
 from fedpeft.data.sources import ImageArrays, RawDataset, data_dirs, find_local
 from fedpeft.errors import FedpeftError
@@ -41,37 +41,12 @@ def is_image_dataset(name: str) -> bool:
     return name in IMAGE_DATASETS
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("FEDPEFT_CACHE_DIR", Path.home() / ".cache" / "fedpeft"))
-
-
 def _missing(folder: str, files: list[str]) -> FedpeftError:
     where = ", ".join(str(d / folder) for d in data_dirs())
     return FedpeftError(
         f"dataset {folder} needs {', '.join(files)} in one of: {where}; "
         "set FEDPEFT_DATA_DIR to the folder holding it."
     )
-
-
-def cached_arrays(key: str, build: Callable[[], ImageArrays]) -> ImageArrays:
-    """``build()``'s arrays, stored once as two ``.npy`` files (written atomically)."""
-    folder = cache_dir() / "images"
-    paths = [folder / f"{key}.{part}.npy" for part in ("images", "labels")]
-    if all(p.is_file() for p in paths):
-        try:
-            images = np.load(paths[0], mmap_mode="r", allow_pickle=False)
-            labels = np.load(paths[1], allow_pickle=False)
-            if images.dtype == np.uint8 and len(images) == len(labels):
-                return ImageArrays(images, labels.astype(np.int64))
-        except (OSError, ValueError):
-            pass  # a damaged cache is rebuilt below
-    arrays = build()
-    folder.mkdir(parents=True, exist_ok=True)
-    for path, value in zip(paths, (arrays.images, arrays.labels), strict=True):
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, value, allow_pickle=False)
-        tmp.replace(path)
-    return arrays
 
 
 def decode_jpeg_zip(path: Path, split: str, names: list[str]) -> ImageArrays:

@@ -17,36 +17,18 @@ import json
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fedpeft.config import DataConfig
-from fedpeft.data.sources import ImageArrays, RawDataset, data_dirs, find_local
+from fedpeft.data.cache import cached_arrays
+from fedpeft.data.sources import ImageArrays, ImageTexts, RawDataset, data_dirs, find_local
 from fedpeft.errors import FedpeftError
 
 CAPTION = "a photo of a {label}."  # CLIP's prompt (Radford et al., 2021)
 _CLOSING_MENTION = re.compile(r"\s*\bin\s+th\s*e\s*image\s*\d+\s*(?=\?\s*$)", re.IGNORECASE)
 _MENTION = re.compile(r"\b(th\s*e\s*)?image\s*\d+", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class ImageTexts:
-    """Pairs of an image and a text, with each pair's class (columns)."""
-
-    images: Sequence[np.ndarray] | np.ndarray  # uint8 (H, W, C), C = 1 or 3; pairs share
-    image: np.ndarray  # int64: each pair's image (index into ``images``)
-    texts: list[str]
-    labels: np.ndarray  # int64: each pair's class (VQA: its answer; -1: not a class)
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def take(self, idx: np.ndarray) -> ImageTexts:
-        return ImageTexts(
-            self.images, self.image[idx], [self.texts[int(i)] for i in idx], self.labels[idx]
-        )
 
 
 def captioned(arrays: ImageArrays, label_names: list[str]) -> ImageTexts:
@@ -91,7 +73,6 @@ def _decode(path: Path) -> np.ndarray:
 def _images(folder: Path, names: list[str]) -> Sequence[np.ndarray] | np.ndarray:
     """The decoded images; when they share one size, decoded once and cached as ``.npy``
     (read back memory-mapped, without pickle), as CIFAR-10's are."""
-    from fedpeft.data.images import cached_arrays
 
     stats = [(folder / n).stat() for n in names]
     size, mtime = sum(s.st_size for s in stats), max(int(s.st_mtime) for s in stats)

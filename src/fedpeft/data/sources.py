@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +18,6 @@ from fedpeft.errors import FedpeftError
 from fedpeft.hub import datasets_offline_reason
 
 if TYPE_CHECKING:
-    from fedpeft.data.pairs import ImageTexts
     from fedpeft.data.questions import QAExamples
 
 csv.field_size_limit(1 << 24)
@@ -47,6 +47,24 @@ class ImageArrays:
 
     def take(self, idx: np.ndarray) -> ImageArrays:
         return ImageArrays(np.ascontiguousarray(self.images[idx]), self.labels[idx])
+
+
+@dataclass(frozen=True)
+class ImageTexts:
+    """Pairs of an image and a text, with each pair's class (columns)."""
+
+    images: Sequence[np.ndarray] | np.ndarray  # uint8 (H, W, C), C = 1 or 3; pairs share
+    image: np.ndarray  # int64: each pair's image (index into ``images``)
+    texts: list[str]
+    labels: np.ndarray  # int64: each pair's class (VQA: its answer; -1: not a class)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, idx: np.ndarray) -> ImageTexts:
+        return ImageTexts(
+            self.images, self.image[idx], [self.texts[int(i)] for i in idx], self.labels[idx]
+        )
 
 
 @dataclass(frozen=True)
