@@ -4,11 +4,12 @@ and the errors people get (no run is started here)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fedpeft.errors import FedpeftError
-from fedpeft.experiment import PRESETS, check_plan, plan_experiment, read_experiment
+from fedpeft.experiment import PRESETS, Plan, check_plan, plan_experiment, read_experiment
 
 HEAD = """
 [experiment]
@@ -120,3 +121,45 @@ def test_excluded_combinations_are_not_planned(tmp_path: Path) -> None:
     )
     pairs = {(r.labels["split"], r.variant) for r in plan.runs}
     assert pairs == {("a", "fedpeft_bias"), ("a", "fedavg_lora"), ("b", "fedavg_lora")}
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_the_proposal_study_plans_every_part_the_proposal_names() -> None:
+    """examples/proposal.toml checks as a whole (no run starts) and holds the proposal's
+    models, splits, seeds, tiers, baselines, ablations and a centralised reference per
+    dataset; its personalised variant records what outcome 4 needs."""
+    exp = read_experiment(EXAMPLES / "proposal.toml")
+    plan = plan_experiment(exp, EXAMPLES)
+    check_plan(plan)
+    assert len(exp.experiment.seeds) >= 3
+    tasks = {r.labels["task"]: r.keys for r in plan.runs}
+    assert {k.get("model.name", "") for k in tasks.values()} >= {
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "efficientnet-lite0",
+    }
+    assert {(k.get("data.dataset"), k.get("model.name")) for k in tasks.values()} >= {
+        ("sst2", None),  # MiniLM, the default model
+        ("ag_news", None),
+    }
+    splits = {(k["data.partition"], k.get("data.alpha")) for k in plan_keys(plan, "split")}
+    assert {("iid", None), ("dirichlet", 0.5), ("dirichlet", 0.1)} <= splits
+    assert any(p == "pathological" for p, _ in splits)
+    assert all(r.keys.get("simulation.devices") is True for r in plan.runs)  # mixed tiers
+    names = set(plan.variants)
+    baselines = {"slora", "federa", "fedpeft_bias", "fedpeft_adapter", "fedpeft_prompt"}
+    assert baselines | {"fedprox_lora", "fedavg_full", "fedavg_lora"} <= names
+    ablations = {"fedpeft_plus_adaptive", "fedpeft_plus_personal", "fedpeft_plus_no_personal"}
+    assert ablations <= names
+    for task in tasks:
+        assert any(r.variant == "centralised" and r.labels["task"] == task for r in plan.runs)
+    personal = [r for r in plan.runs if r.variant == exp.experiment.personalised]
+    assert personal and all(r.keys["personalization.baselines"] is True for r in personal)
+    assert all(r.keys["data.client_test_fraction"] > 0 for r in personal)
+
+
+def plan_keys(plan: Plan, axis: str) -> list[dict[str, Any]]:
+    """The keys of one run per label of ``axis`` (not the centralised reference's ``*``)."""
+    seen = {r.labels[axis]: r.keys for r in plan.runs if r.labels[axis] != "*"}
+    return list(seen.values())

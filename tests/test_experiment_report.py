@@ -82,6 +82,40 @@ def test_outcomes_that_hold_and_a_missing_proposed_variant() -> None:
     assert {o.verdict for o in outcomes(none)} == {UNMEASURED}
 
 
+def _personal_study(personal: tuple[float, float], full: float = 0.8) -> Study:
+    """The study above with a personalised variant whose clients scored ``personal`` (per
+    seed) against ``full``, and an ablation that kept nothing local (its global scored)."""
+    study = _study((0.7, 0.7))
+    extra = []
+    for seed, p in enumerate(personal):
+        run = _run("plus_personal", seed, 0.7, 1e4, 1.0, 1e9)
+        run.rounds[-1] |= {"personal.personal_accuracy": p, "personal.full_accuracy": full}
+        ablation = _run("plus_global", seed, 0.7, 1e4, 1.0, 1e9)
+        ablation.rounds[-1] |= {"personal.global_accuracy": 0.4, "personal.full_accuracy": full}
+        extra += [run, ablation]
+    roles = study.roles | {"plus_personal": "personal", "plus_global": "ablation"}
+    keys = study.keys | {f.run: study.keys["plus-0"] for f in extra}
+    figures = study.figures + extra
+    return Study(figures, study.cells, roles, keys, "plus", "plus_personal")
+
+
+def test_outcome_4_personalised_over_fully_personalised() -> None:
+    # (0.72 + 0.76) / 2 = 0.74 over 0.80 = 92.5 %: inside the band
+    four = outcomes(_personal_study((0.72, 0.76)))[3]
+    assert four.verdict == HOLDS and four.measured == "92.5 % of fully personalised"
+    assert "`plus_personal` 0.7400 / 0.8000" in four.details[0]
+    assert "`plus_global` 50.0 %" in four.details[0]  # the ablation beside it: 0.4 / 0.8
+    low = outcomes(_personal_study((0.60, 0.64)))[3]  # 0.62 / 0.8 = 77.5 %
+    assert low.verdict == FAILS and "short of 90 % by 12.5 points" in low.measured
+    high = outcomes(_personal_study((0.78, 0.80)))[3]  # 98.75 %
+    assert high.verdict == HOLDS and "above the claimed 95 %" in high.measured
+    study = _personal_study((0.7, 0.7))
+    unscored = Study(study.figures, study.cells, study.roles, study.keys, "plus", "plus")
+    four = outcomes(unscored)[3]
+    assert four.verdict == UNMEASURED and "`plus`'s runs record no personalised" in four.measured
+    assert "recorded by `plus_personal`, `plus_global`" in four.measured
+
+
 def _page(tmp_path: Path) -> Path:
     from PIL import Image as PILImage
 

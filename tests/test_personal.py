@@ -124,6 +124,9 @@ def test_the_summary_reads_the_last_evaluated_round_and_the_ratio() -> None:
     assert s["models"]["personal"]["mean"] == pytest.approx(0.75)
     assert s["models"]["personal"]["worst10"] == pytest.approx(0.6)
     assert s["personal_over_full"] == pytest.approx(0.75 / 0.9)
+    first = personal_summary(rows, 1)  # an earlier round, asked for by number
+    assert first is not None and first["round"] == 1 and first["clients_scored"] == 1
+    assert first["personal_over_full"] == pytest.approx(1.0)
     clustered = personal_summary([_row(3, 0, **{"global": 0.5})])
     assert clustered is not None and clustered["personal_is_global"]
     assert clustered["personal_over_full"] is None

@@ -88,11 +88,13 @@ def plan_json(exp: ExperimentFile, plan: Plan, file: Path) -> dict[str, Any]:
     proposed = exp.experiment.proposed or next(
         (v.name for v in plan.variants.values() if v.role == "proposed"), None
     )
-    if proposed is not None and proposed not in plan.variants:
-        raise FedpeftError(
-            f"`experiment.proposed` is {proposed!r}, which is not one of the [variants]: "
-            f"{', '.join(plan.variants)}."
-        )
+    personalised = exp.experiment.personalised or proposed
+    for key, name in (("proposed", proposed), ("personalised", personalised)):
+        if name is not None and name not in plan.variants:
+            raise FedpeftError(
+                f"`experiment.{key}` is {name!r}, which is not one of the [variants]: "
+                f"{', '.join(plan.variants)}."
+            )
     return {
         "format": 1,
         "name": exp.experiment.name,
@@ -102,6 +104,7 @@ def plan_json(exp: ExperimentFile, plan: Plan, file: Path) -> dict[str, Any]:
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         "settings": exp.experiment.model_dump(mode="json"),
         "proposed": proposed,
+        "personalised": personalised,
         "axes": plan.axes,
         "variants": {
             v.name: {

@@ -3,8 +3,8 @@
 ``<experiment>/``: ``experiment.toml`` (the file as given), ``experiment.json`` (the plan:
 every run with its keys and labels, the variants and their roles), ``configs/<key>.toml``
 (each run's fedpeft config), ``runs/<key>/run-<time>/`` (each run's usual folder) and
-``runs/<key>/log.txt`` (its output), ``results.csv`` / ``clients.csv`` / ``runs.csv`` (the
-tables), ``report.md``, ``report.html`` and ``plots/``.
+``runs/<key>/log.txt`` (its output), ``results.csv`` / ``clients.csv`` / ``runs.csv`` /
+``personal.csv`` (the tables), ``report.md``, ``report.html`` and ``plots/``.
 
 A run is **done** when its ``summary.json`` covers its planned rounds, **partial** when it
 has a checkpoint (it is resumed from there, also to run more rounds), and **new** otherwise

@@ -71,6 +71,11 @@ class Settings(_Strict):
     runtime: Literal["local", "flower-sim"] = "local"
     track: list[Tracker] = Field(default_factory=lambda: list[Tracker](["tensorboard"]))
     proposed: str | None = Field(None, description="the variant the outcomes are computed for")
+    personalised: str | None = Field(
+        None,
+        description="the variant outcome 4 (personalised vs fully personalised) is computed "
+        "for: the proposed system with personalisation (None: the proposed variant)",
+    )
     exclude: list[dict[str, str | list[str]]] = Field(
         default_factory=list,
         description="combinations not to run: each a table of axis → label(s) and/or "

@@ -6,7 +6,16 @@
   (every metric the run logged, ``eval.<name>`` beyond the usual ones), bytes, times
   (wall, client, simulated) with running totals, and per-round client cost figures;
 - ``clients.csv`` — one row per client per round: tier, status, bytes, time, memory;
-- ``runs.csv`` — one row per run: its state and its summary.
+- ``runs.csv`` — one row per run: its state and its summary;
+- ``personal.csv`` — one row per client per round its clients were scored on their own
+  held-out share (``personal.jsonl``): each model's accuracy (global, personalised,
+  local-only, fully personalised).
+
+A run that scored its clients also gets, in ``results.csv`` at each scored round and in
+``runs.csv`` from its last, the clients' mean accuracy under each model
+(``personal.<model>_accuracy``, every client counting once) and ``personal.over_full``:
+the mean personalised accuracy (the global's where no personal model was scored) over the
+mean fully personalised one — the proposal's fourth outcome, per run.
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ from typing import Any
 
 from fedpeft.experiment.layout import ExperimentDir, read_json
 from fedpeft.experiment.plan import Plan, PlannedRun
+from fedpeft.server.personal import MODELS, personal_summary
+from fedpeft.server.store import PERSONAL
 
-RESULTS, CLIENTS, RUNS = "results.csv", "clients.csv", "runs.csv"
+RESULTS, CLIENTS, RUNS, SCORES = "results.csv", "clients.csv", "runs.csv", "personal.csv"
 ID = ["run", "variant", "role", "seed"]
 ROUND = [
     "stage",
@@ -83,19 +94,30 @@ RUN = [
     "folder",
     "error",
 ]
+SCORE = [
+    "stage",
+    "round",
+    "client_id",
+    "group",
+    "status",
+    "num_test",
+    *(f"{m}_accuracy" for m in MODELS),
+    "personal_params",
+]
 EVAL_KNOWN = {"accuracy", "macro_f1", "loss"}
 
 
 def write_tables(
     plan: Plan, folder: ExperimentDir, failed: dict[str, str] | None = None
 ) -> dict[str, int]:
-    """Writes the three tables; returns their row counts."""
+    """Writes the four tables; returns their row counts."""
     failed = failed or {}
-    rounds, clients, runs = [], [], []
+    rounds, clients, runs, scores = [], [], [], []
     for stages in _logical_runs(plan.runs).values():
         head = _identity(plan, stages[0])
         cum: dict[str, float] = {"up": 0.0, "down": 0.0, "wall": 0.0}
-        summaries = []
+        summaries: list[dict[str, Any]] = []
+        personal: dict[str, Any] = {}
         for run in stages:
             run_folder = folder.run_folder(run.key)
             if run_folder is None:
@@ -103,22 +125,30 @@ def write_tables(
             summary = read_json(run_folder / "summary.json") or {}
             summaries.append(summary)
             by_round = _clients_by_round(run_folder / "clients.jsonl")
+            scored = [r for r in _jsonl(run_folder / PERSONAL) if isinstance(r.get("round"), int)]
+            by_scored = _personal_rounds(scored)
             for record in _jsonl(run_folder / "metrics.jsonl"):
                 row = _round_row(record, by_round.get(record.get("round"), []), summary, cum)
                 row.update(
                     head, stage=run.stage, round=_int(record.get("round")) + run.round_offset
                 )
+                row.update(by_scored.get(_int(record.get("round")), {}))
                 rounds.append(row)
             for c in (c for cs in by_round.values() for c in cs):
                 row = {**head, **_client_row(c), "stage": run.stage}
                 row["round"] = _int(c.get("round")) + run.round_offset
                 clients.append(row)
-        runs.append({**head, **_run_row(stages, summaries, folder, failed)})
+            for r in scored:
+                row = {**head, **_score_row(r), "stage": run.stage}
+                scores.append(row | {"round": r["round"] + run.round_offset})
+            personal = by_scored[max(by_scored)] if by_scored else personal
+        runs.append({**head, **_run_row(stages, summaries, folder, failed), **personal})
     axes = plan.axes
     _write(folder.root / RESULTS, rounds, [*ID, *axes, *ROUND])
     _write(folder.root / CLIENTS, clients, [*ID, *axes, *CLIENT])
     _write(folder.root / RUNS, runs, [*ID, *axes, *RUN])
-    return {RESULTS: len(rounds), CLIENTS: len(clients), RUNS: len(runs)}
+    _write(folder.root / SCORES, scores, [*ID, *axes, *SCORE])
+    return {RESULTS: len(rounds), CLIENTS: len(clients), RUNS: len(runs), SCORES: len(scores)}
 
 
 def _logical_runs(runs: Iterable[PlannedRun]) -> dict[str, list[PlannedRun]]:
@@ -189,6 +219,31 @@ def _round_row(
     for name, value in e.items():  # personalisation, privacy, instruction metrics, …
         if name not in EVAL_KNOWN and _num(value) is not None:
             row[f"eval.{name}"] = value
+    return row
+
+
+def _personal_rounds(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per round its clients were scored: their mean accuracy under each model and the
+    personalised ÷ fully personalised ratio (``personal_summary``)."""
+    ok = [r for r in rows if r.get("status") != "ok" or isinstance(r.get("models"), dict)]
+    out: dict[int, dict[str, Any]] = {}
+    for rnd in sorted({r["round"] for r in ok}):
+        s = personal_summary(ok, rnd)
+        if s is None or not s["models"]:
+            continue
+        figures: dict[str, Any] = {"personal.clients": s["clients_scored"]}
+        for name, spread in s["models"].items():
+            figures[f"personal.{name}_accuracy"] = spread["mean"]
+        out[rnd] = figures | {"personal.over_full": s["personal_over_full"]}
+    return out
+
+
+def _score_row(r: dict[str, Any]) -> dict[str, Any]:
+    models = r["models"] if isinstance(r.get("models"), dict) else {}
+    row = {k: r.get(k) for k in ("client_id", "group", "status", "num_test", "personal_params")}
+    for name in MODELS:
+        m = models.get(name)
+        row[f"{name}_accuracy"] = _num(m.get("accuracy")) if isinstance(m, dict) else None
     return row
 
 

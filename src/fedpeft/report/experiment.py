@@ -26,6 +26,12 @@ from fedpeft.report.outcomes import Study, label, outcomes, summary_rows
 from fedpeft.report.tables import RunFigures, cells, in_cell, read_csv, read_plan, run_figures, stat
 
 EXTRA_MARKS = ("personal", "epsilon", "mia", "privacy", "auc")
+# clients scored on their own data (experiment.table): each model's mean, then the ratio
+PERSONAL_COLUMNS = [
+    *(f"personal.{m}_accuracy" for m in ("global", "personal", "local", "full")),
+    "personal.over_full",
+    "personal.clients",
+]
 
 
 def write_experiment_report(root: Path) -> Path:
@@ -49,7 +55,7 @@ def build_report(root: Path, plan: dict[str, Any]) -> list[Block]:
     for r in plan.get("runs", []):
         keys[r["run_id"]] = {**keys.get(r["run_id"], {}), **r["keys"]}
     grid = cells(figures, axes)
-    study = Study(figures, grid, roles, keys, plan.get("proposed"))
+    study = Study(figures, grid, roles, keys, plan.get("proposed"), plan.get("personalised"))
     blocks: list[Block] = [Heading(1, plan.get("title") or f"Experiment `{plan.get('name')}`")]
     blocks += _header(plan, runs_table, done)
     blocks += _outcomes(study)
@@ -84,7 +90,11 @@ def _outcomes(study: Study) -> list[Block]:
     results = outcomes(study)
     blocks: list[Block] = [
         Heading(2, "The proposal's expected outcomes"),
-        Para(f"Computed for the proposed variant `{study.proposed}`; the rule of each is stated."),
+        Para(
+            f"Computed for the proposed variant `{study.proposed}` (outcome 4 for "
+            f"`{study.personalised or study.proposed}`, the proposed system personalised); "
+            "the rule of each is stated."
+        ),
         Table(["#", "expected", "measured", "verdict"], summary_rows(results)),
     ]
     for o in results:
@@ -174,15 +184,14 @@ def _participation(root: Path, done: set[str], variants: Sequence[str]) -> list[
 def _extras(
     figures: list[RunFigures], grid: list[dict[str, str]], variants: Sequence[str]
 ) -> list[Block]:
-    columns = sorted(
-        {
-            k
-            for f in figures
-            for r in f.rounds
-            for k in r
-            if any(m in k for m in EXTRA_MARKS) and r[k] is not None
-        }
-    )
+    found = {
+        k
+        for f in figures
+        for r in f.rounds
+        for k in r
+        if any(m in k for m in EXTRA_MARKS) and r[k] is not None
+    }
+    columns = [c for c in PERSONAL_COLUMNS if c in found] + sorted(found - set(PERSONAL_COLUMNS))
     if not columns:
         return [
             Heading(2, "Personalisation and privacy"),
@@ -195,18 +204,21 @@ def _extras(
     for cell in grid:
         for v in variants:
             mine = [f for f in figures if f.variant == v and in_cell(f, cell)]
-            if mine:
-                rows.append(
-                    [
-                        label(cell),
-                        f"`{v}`",
-                        *(stat(mine, lambda f, c=c: f.final(c)).text(".4f") for c in columns),
-                    ]
-                )
-    return [
-        Heading(2, "Personalisation and privacy"),
-        Table(["cell", "variant", *columns], rows, [False, False, *[True] * len(columns)]),
-    ]
+            values = [stat(mine, lambda f, c=c: f.final(c)).text(".4f") for c in columns]
+            if mine and any(x != "—" for x in values):
+                rows.append([label(cell), f"`{v}`", *values])
+    blocks: list[Block] = [Heading(2, "Personalisation and privacy")]
+    if found & set(PERSONAL_COLUMNS):
+        blocks.append(
+            Para(
+                "`personal.<model>_accuracy`: the clients' mean accuracy on their own held-out "
+                "share at the run's last scored round, every client counting once (each "
+                "client's scores: `personal.csv`); `personal.over_full`: personalised (the "
+                "global where nothing is kept local) ÷ fully personalised, per run."
+            )
+        )
+    table = Table(["cell", "variant", *columns], rows, [False, False, *[True] * len(columns)])
+    return [*blocks, table]
 
 
 def _variants(plan: dict[str, Any]) -> list[Block]:

@@ -222,16 +222,16 @@ def read_personal(root: Path) -> list[dict[str, Any]]:
     return [r for r in rows if isinstance(r, dict)]
 
 
-def personal_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The last evaluated round over its clients: for each scored model the mean client
-    accuracy (every client counts once), the worst 10 % (the mean of the lowest
-    ``⌈0.1·n⌉``), the spread (population standard deviation), min and max; and
+def personal_summary(rows: list[dict[str, Any]], rnd: int | None = None) -> dict[str, Any] | None:
+    """One evaluated round (``rnd``; None: the last) over its clients: for each scored model
+    the mean client accuracy (every client counts once), the worst 10 % (the mean of the
+    lowest ``⌈0.1·n⌉``), the spread (population standard deviation), min and max; and
     ``personal_over_full``, the mean personalised accuracy over the mean fully personalised
     one (the proposal's 90–95 % target). Where no personal model was scored (mode ``none``,
     e.g. clustered aggregation) the personal model is the client's global."""
     if not rows:
         return None
-    last = max(int(r["round"]) for r in rows)
+    last = max(int(r["round"]) for r in rows) if rnd is None else rnd
     ok = [r for r in rows if r["round"] == last and r.get("status") == "ok" and r.get("num_test")]
     models: dict[str, dict[str, float]] = {}
     for name in MODELS:
