@@ -123,7 +123,8 @@ def init_head(
             if isinstance(reply, Exception):
                 raise reply
             up += len(reply)
-            stats.setdefault(ask.group, []).append(_checked(reply, ins, shapes[ask.group]))
+            checked = _checked(reply, ins, shapes[ask.group])  # before the group's entry
+            stats.setdefault(ask.group, []).append(checked)
             answered.setdefault(ask.group, []).append(ins.client_id)
         except Exception as e:  # noqa: BLE001 - one client must not stop the run
             rejected[str(ins.client_id)] = f"{type(e).__name__}: {e}"
