@@ -160,7 +160,7 @@ def _head(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.skipif(
     not os.environ.get("FEDPEFT_FLOWER_PERSONAL"),
-    reason="a personalised run over the deployment (250 s on 2 busy cores); "
+    reason="a personalised run over the deployment (170–250 s on 2 busy cores); "
     "set FEDPEFT_FLOWER_PERSONAL=1",
 )
 def test_personal_heads_stay_on_their_nodes_across_rounds(
@@ -170,7 +170,7 @@ def test_personal_heads_stay_on_their_nodes_across_rounds(
     state) ever reaches the server; each node's head, kept in its SuperNode's Context state
     between a fresh ClientApp process per message, continues round 1 in round 2 — it equals
     the in-process run's — differs from the global and from the other node's, and each
-    client's personal metrics arrive. Opt-in (``FEDPEFT_FLOWER_PERSONAL=1``): it took 250 s
+    client's personal metrics arrive. Opt-in (``FEDPEFT_FLOWER_PERSONAL=1``): it took 170–250 s
     on this machine's 2 shared cores, a fresh flwr-clientapp process per message."""
     extra = ("personalization.mode='head'", "data.client_test_fraction=0.25")
     cfg = tiny_config(federation.root / "personal", *extra)
