@@ -153,7 +153,7 @@ def test_a_node_keeps_its_round_secrets_in_its_context_and_the_process_none(
     process's store is empty (so any worker process can answer a node's next stage); a node
     whose Context lost them cannot go on; the client host gets and returns them with the
     request."""
-    monkeypatch.setenv("FEDPEFT_CLIENT_STATE_DIR", str(tmp_path / "node-states"))
+    monkeypatch.setenv("FEDPEFT_CLIENT_DIR", str(tmp_path / "node"))
     text = config_to_toml(tiny(*BASE, SECURE))
     store = client_process(text).pool.secrets
     server = SecAggServer(1, [0, 1, 2, 3], 10)

@@ -42,7 +42,7 @@ from fedpeft.errors import FedpeftError  # noqa: E402
 from fedpeft.profiling import declared_devices  # noqa: E402
 from fedpeft.runtime.flower import codec, keys  # noqa: E402
 from fedpeft.runtime.flower.codec import payload_to_content  # noqa: E402
-from fedpeft.runtime.flower.pool import FlowerClientPool  # noqa: E402
+from fedpeft.runtime.flower.pool import FlowerClientPool, WireStats  # noqa: E402
 from fedpeft.runtime.flower.process import config_from_toml  # noqa: E402
 from fedpeft.runtime.flower.runconfig import (  # noqa: E402
     LocalData,
@@ -270,6 +270,18 @@ def test_a_secure_aggregation_stage_travels_as_its_message_and_its_reply_as_that
     wide = RecordDict({keys.SECAGG: codec.state_to_record({keys.SECAGG_MESSAGE: torch.ones(3)})})
     refused = pool._payload(Message(wide, reply_to=stage), ins, None)
     assert isinstance(refused, CodecError) and "not bytes" in str(refused)
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_the_pool_lists_every_record_and_tensor_name_the_server_received() -> None:
+    """flower.json's ``received``: what crossed to the server, by message type."""
+    wire = WireStats()
+    wire.saw(_train_reply(12, {"a.lora_A.weight": torch.zeros(2, 4)}, 5))
+    wire.saw(_hello(12, 1, 5, own=False))
+    assert wire.received == {
+        keys.TRAIN: {keys.ARRAYS, f"{keys.ARRAYS}/a.lora_A.weight", keys.META},
+        keys.QUERY: {keys.HELLO, keys.PROFILE, keys.DATA},
+    }
 
 
 @pytest.mark.usefixtures("task_identity")

@@ -1,6 +1,7 @@
-"""Personalisation on Flower's simulation engine: the same personal scores as in-process,
-with each client's personal part and its error-feedback residual kept together in the
-node's per-run state store (never in the run folder, never on the wire)."""
+"""Personalisation on Flower's simulation engine: the same personal scores and personal
+modules as in-process, with each client's personal part and its error-feedback residual
+kept together in its node's Context state (the worker processes keep none of it between
+messages; never in the run folder, never on the wire, never on the node's disk)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import torch
 pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
-from fedpeft.client import ClientStateStore  # noqa: E402
-from fedpeft.client.handler import RESIDUAL  # noqa: E402
-from fedpeft.client.personal import PERSONAL  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from fedpeft.peft.io import WEIGHTS  # noqa: E402
 from fedpeft.runtime.flower.sim import run_flower_sim  # noqa: E402
 from fedpeft.runtime.local import run_local  # noqa: E402
 
@@ -27,7 +28,7 @@ def _rows(run_dir: Path) -> list[dict]:
 def test_lora_b_with_compressed_replies_scores_the_same_on_flower(
     tiny, tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setenv("FEDPEFT_CLIENT_STATE_DIR", str(tmp_path / "node-states"))
+    monkeypatch.setenv("FEDPEFT_CLIENT_DIR", str(tmp_path / "node"))
     cfg = tiny(
         "data.client_test_fraction=0.25",
         "personalization.mode='lora_b'",
@@ -46,20 +47,17 @@ def test_lora_b_with_compressed_replies_scores_the_same_on_flower(
         assert a["models"]["personal"]["accuracy"] == b["models"]["personal"]["accuracy"]
         assert a["models"]["personal"]["loss"] == pytest.approx(b["models"]["personal"]["loss"])
     assert flower.summary["personal"]["clients_scored"] == 2
-    # the node keeps each client's personal B beside its residual, in this run's folder
+    # each node exported its personal model (B kept across rounds in its Context) on its own
+    # disk, as the in-process run did in its run folder; no kept state was written there
     assert not (flower.run_dir / "clients").exists()
-    (config_dir,) = (tmp_path / "node-states").iterdir()
-    states = ClientStateStore(config_dir, per_run=True)
-    run = flower.run_dir.name
-    in_process = ClientStateStore(local.run_dir / "clients")
+    (config_dir,) = (tmp_path / "node").iterdir()
+    files = sorted(p.relative_to(config_dir) for p in config_dir.rglob("*") if p.is_file())
+    assert {p.parts[:3] for p in files} == {
+        (flower.run_dir.name, str(cid), "adapter") for cid in (0, 1)
+    }
     for cid in (0, 1):
-        kept = states.load(cid, 99, run)
-        assert any(k.startswith(PERSONAL) and ".lora_B." in k for k in kept)
-        assert any(k.startswith(RESIDUAL) for k in kept)
-        assert not any(k.startswith(RESIDUAL) and ".lora_B." in k for k in kept)
-        same = in_process.load(cid, 99)
-        assert kept.keys() == same.keys()
-        for k in kept:
-            torch.testing.assert_close(kept[k], same[k], rtol=0, atol=1e-6)
-        folder = states.client_folder(cid, run)
-        assert folder is not None and (folder / "adapter" / "adapter_config.json").is_file()
+        ours = load_file(config_dir / flower.run_dir.name / str(cid) / "adapter" / WEIGHTS)
+        theirs = load_file(local.run_dir / "clients" / str(cid) / "adapter" / WEIGHTS)
+        assert ours.keys() == theirs.keys() and any(".lora_B." in k for k in ours)
+        for k in ours:
+            torch.testing.assert_close(ours[k], theirs[k], rtol=0, atol=1e-6)

@@ -7,13 +7,16 @@ newest are kept. ``load(client, before_round)`` takes the newest state saved at 
 before ``before_round``, so a run resumed from an earlier checkpoint sees exactly what the
 uninterrupted run saw at that round — whatever a crashed later round wrote is ignored. Memory
 stays flat however many clients there are: nothing is held in memory but the folder name.
-Without a folder (tests, a client that keeps nothing) states live in a dict.
+Without a folder states live in a dict: a client that keeps nothing, tests, and a Flower
+node, whose kept states live in its ClientApp's ``Context`` state and are lent to the store
+for one message (``held`` / ``replace``; ``pack`` / ``unpack`` flatten them for the trip).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from fedpeft.compression import CodecError, decode, encode
@@ -34,9 +37,14 @@ class ClientStateStore:
     machine that serves several runs, e.g. a Flower node) each run keeps its own under
     ``<folder>/<run>/``; else the folder belongs to one run (the in-process run folder)."""
 
-    def __init__(self, folder: Path | None = None, per_run: bool = False) -> None:
+    def __init__(
+        self, folder: Path | None = None, per_run: bool = False, exports: Path | None = None
+    ) -> None:
+        """``exports``: where a client's other files go (``client_folder``) when its states
+        are kept in memory (default: beside them in ``folder``)."""
         self.folder = folder
         self.per_run = per_run
+        self.exports = exports
         self._memory: dict[tuple[str, int], list[tuple[int, ClientState]]] = {}
 
     def load(self, client_id: int, before_round: int, run: str = "") -> ClientState:
@@ -75,10 +83,29 @@ class ClientStateStore:
         for old in self._rounds(key)[KEEP:]:
             self._path(key, old).unlink(missing_ok=True)
 
+    def held(self, client_id: int, run: str = "") -> dict[int, ClientState]:
+        """Every state the in-memory store keeps of ``client_id``, by round."""
+        if self.folder is not None:
+            raise ValueError("only an in-memory client state store lends its states")
+        return {r: dict(s) for r, s in self._memory.get(self._key(client_id, run), [])}
+
+    def replace(self, client_id: int, states: Mapping[int, ClientState], run: str = "") -> None:
+        """Makes ``states`` (by round) all that the in-memory store keeps of ``client_id``;
+        {} forgets it. A Flower node lends its Context's states for one message this way."""
+        if self.folder is not None:
+            raise ValueError("only an in-memory client state store lends its states")
+        key = self._key(client_id, run)
+        kept = sorted((r, dict(s)) for r, s in states.items() if s)[-KEEP:]
+        if kept:
+            self._memory[key] = kept
+        else:
+            self._memory.pop(key, None)
+
     def client_folder(self, client_id: int, run: str = "") -> Path | None:
-        """The folder of ``client_id``'s states (None: kept in memory); what else the client
-        keeps on disk for this run (its exported personal adapter) goes beside them."""
-        return self._dir(self._key(client_id, run)) if self.folder is not None else None
+        """Where what else the client keeps on disk for this run goes (its exported personal
+        adapter): beside its states, or under ``exports`` (None: nowhere)."""
+        root = self.folder if self.folder is not None else self.exports
+        return self._dir(self._key(client_id, run), root) if root is not None else None
 
     def _key(self, client_id: int, run: str) -> tuple[str, int]:
         if self.per_run and (not run or Path(run).name != run or run.startswith(".")):
@@ -93,10 +120,28 @@ class ClientStateStore:
         found = (_FILE.match(p.name) for p in folder.iterdir())
         return sorted((int(m.group(1)) for m in found if m), reverse=True)
 
-    def _dir(self, key: tuple[str, int]) -> Path:
-        assert self.folder is not None
+    def _dir(self, key: tuple[str, int], root: Path | None = None) -> Path:
+        root = root if root is not None else self.folder
+        assert root is not None
         run, client_id = key
-        return (self.folder / run if run else self.folder) / str(client_id)
+        return (root / run if run else root) / str(client_id)
 
     def _path(self, key: tuple[str, int], rnd: int) -> Path:
         return self._dir(key) / f"state-{rnd:06d}.safetensors"
+
+
+def pack(states: Mapping[int, ClientState]) -> ClientState:
+    """States by round as one flat state, each key prefixed by its round
+    (``000003/personal/…``), for a trip through one tensor record or payload."""
+    return {f"{rnd:06d}/{k}": v for rnd, state in states.items() for k, v in state.items()}
+
+
+def unpack(flat: ClientState) -> dict[int, ClientState]:
+    """The inverse of ``pack``; a key without its round prefix raises ``ValueError``."""
+    out: dict[int, ClientState] = {}
+    for key, value in flat.items():
+        rnd, sep, rest = key.partition("/")
+        if not (sep and rest and len(rnd) == 6 and rnd.isdigit()):
+            raise ValueError(f"kept-state key {key!r} does not start with its round")
+        out.setdefault(int(rnd), {})[rest] = value
+    return out

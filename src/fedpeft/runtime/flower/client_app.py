@@ -5,14 +5,21 @@
 * ``train``: the global adapter and the instruction come in; the reply is exactly what
   ``LocalClientPool.fit`` (→ ``fedpeft.client.handle_fit``) returns, as Flower records.
 * ``evaluate``: the same, but the client scores its models on its own held-out share
-  (``fedpeft.client.evaluate``); the reply carries metrics only. Personal modules and every
-  other kept state live in the node's own state folder (``process.client_state_dir``).
+  (``fedpeft.client.evaluate``); the reply carries metrics only. Its personal model is
+  exported on the node's disk (``process.client_dir``), never sent.
 * ``train`` with a secure-aggregation stage as the instruction's kind (``client/secagg.py``):
   the stage's protocol message (and at the masked stage the global) comes in, the reply is
   the protocol message alone (``codec.stage_to_content``). Between stages the round's
   secrets (private keys, self-mask seed, the shares the client holds) live in this node's
   ``Context`` state — held in memory by the SuperNode, or by the simulation engine, for the
   run; never in a message and never on disk — and are dropped after the last stage.
+
+What the client keeps between rounds — personal modules (``personal/…``), SCAFFOLD's
+``c_i``, the error-feedback residual — lives in this node's ``Context`` state (the
+``fedpeft.kept`` record): held in memory by the SuperNode (or the simulation engine) for the
+run, handed to whichever process answers a message and taken back with its reply, never in
+a message to the server and never on disk. A new Flower run (e.g. a resumed fedpeft run)
+starts with an empty Context, so its clients start their kept parts afresh.
 
 The work happens in this process (the simulation engine keeps its worker processes, so
 the model loads once each), or — when the node config names a ``host-socket`` — in the
@@ -33,6 +40,7 @@ from flwr.clientapp import ClientApp
 
 from fedpeft.client import ClientState
 from fedpeft.client.secagg import SECAGG_KINDS
+from fedpeft.client.state import pack, unpack
 from fedpeft.errors import FedpeftError
 from fedpeft.runtime.flower import keys
 from fedpeft.runtime.flower.codec import (
@@ -45,7 +53,7 @@ from fedpeft.runtime.flower.codec import (
     secagg_content,
     state_to_record,
 )
-from fedpeft.runtime.flower.process import fit_reply, hello_info, secure_reply
+from fedpeft.runtime.flower.process import Kept, hello_info, kept_reply, secure_reply
 from fedpeft.runtime.flower.runconfig import local_data, node_config_text, run_config_text
 from fedpeft.types import TrainInstruction
 
@@ -144,15 +152,19 @@ def train(
     if instruction.kind in SECAGG_KINDS and not evaluate:
         return Message(secure_stage(msg.content, context, me, instruction), reply_to=msg)
     payload = content_to_payload(msg.content)
+    kept = load_kept(context)
     if me.host is None:
-        reply, info = fit_reply(me.text, instruction, payload, me.own, evaluate=evaluate)
+        reply, info, kept = kept_reply(me.text, instruction, payload, kept, me.own, evaluate)
     else:
-        from fedpeft.runtime.flower.host import request
+        from fedpeft.runtime.flower.host import join_kept, request, split_kept
 
         fields = instruction_fields(instruction)
         op = "evaluate" if evaluate else "fit"
         header = {"op": op, "config": me.text, "instruction": fields, "own": me.own}
-        info, reply = request(me.host, header, payload)
+        tail, body = join_kept(payload, kept)
+        info, out = request(me.host, {**header, "kept": tail}, body)
+        reply, kept = split_kept(out, info.get("kept", 0))
+    save_kept(context, kept)
     content = payload_to_content(reply)
     content[keys.HELLO] = _process_record(info)
     return Message(content, reply_to=msg)
@@ -161,20 +173,29 @@ def train(
 def secure_stage(
     content: RecordDict, context: Context, me: Node, ins: TrainInstruction
 ) -> RecordDict:
-    """One secure-aggregation stage's reply, the round's secrets taken from and put back
-    into ``context``."""
+    """One secure-aggregation stage's reply, the round's secrets and the client's kept
+    states taken from and put back into ``context``."""
     payload = content_to_stage(ins.kind, content)
-    secrets = load_secrets(context)
+    secrets, kept = load_secrets(context), load_kept(context)
     if me.host is None:
-        reply, info, secrets = secure_reply(me.text, ins, payload, secrets, me.own)
+        reply, info, secrets, kept = secure_reply(me.text, ins, payload, secrets, kept, me.own)
     else:
-        from fedpeft.runtime.flower.host import pack_secrets, request, unpack_secrets
+        from fedpeft.runtime.flower.host import (
+            join_kept,
+            pack_secrets,
+            request,
+            split_kept,
+            unpack_secrets,
+        )
 
         header = {"op": "fit", "config": me.text, "instruction": instruction_fields(ins),
                   "own": me.own, "secrets": pack_secrets(secrets)}  # fmt: skip
-        info, reply = request(me.host, header, payload)
+        tail, body = join_kept(payload, kept)
+        info, data = request(me.host, {**header, "kept": tail}, body)
         secrets = unpack_secrets(str(info.get("secrets", "")))
+        reply, kept = split_kept(data, info.get("kept", 0))
     save_secrets(context, secrets)
+    save_kept(context, kept)
     out = secagg_content(reply)
     out[keys.HELLO] = _process_record(info)
     return out
@@ -199,6 +220,20 @@ def _process_record(info: dict[str, Any]) -> ConfigRecord:
     return ConfigRecord(
         {keys.HELLO_PID: int(info["pid"]), keys.HELLO_MODEL_LOADS: int(info["model_loads"])}
     )
+
+
+def load_kept(context: Context) -> Kept:
+    """What this node's client kept from its earlier rounds, by round (Context state)."""
+    record = context.state.array_records.get(keys.KEPT)
+    return unpack(record_to_state(record)) if record is not None else {}
+
+
+def save_kept(context: Context, kept: Kept) -> None:
+    """Keeps ``kept`` in the node's Context state (empty: forgets it)."""
+    if kept:
+        context.state[keys.KEPT] = state_to_record(pack(kept))
+    elif keys.KEPT in context.state:
+        del context.state[keys.KEPT]
 
 
 app = make_client_app()  # the deployment's component: the config comes in the run config

@@ -101,10 +101,16 @@ class Deployment:
     def _bin(self, name: str) -> str:
         return str(Path(sys.executable).parent / name)
 
-    def _start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _start(
+        self, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.root / "logs" / f"{name}.log").open("wb")
         proc = subprocess.Popen(
-            args, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            args,
+            env={**self.env(), **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.procs[name] = proc
         return proc
@@ -179,9 +185,11 @@ class Deployment:
         ``node_config`` adds string entries (e.g. ``data-file``: the node's own data)."""
         assert self.tls is not None, "start the SuperLink first"
         entries = {keys.NODE_PARTITION: str(partition)}
+        disk = {keys.NODE_CLIENT_DIR_ENV: str(self.node_dir(name))}  # the node's own disk
         if host:
             sock = self.root / "hosts" / f"{name}.sock"
-            self._start(f"{name}-host", [sys.executable, "-m", HOST_MODULE, "--socket", str(sock)])
+            host_args = [sys.executable, "-m", HOST_MODULE, "--socket", str(sock)]
+            self._start(f"{name}-host", host_args, disk)
             entries[keys.NODE_HOST_SOCKET] = json.dumps(str(sock))
         entries.update({k: json.dumps(v) for k, v in (node_config or {}).items()})
         self._start(
@@ -195,7 +203,13 @@ class Deployment:
                 "--host", HOST,
                 "--port", str(free_port()),
             ],
+            disk,
         )  # fmt: skip
+
+    def node_dir(self, name: str) -> Path:
+        """Where SuperNode ``name``'s clients write their files (``process.client_dir``):
+        exported personal adapters under ``<config>/<run>/<client>/adapter/``."""
+        return self.root / "nodes" / name
 
     def submit(
         self, run_config: dict[str, Any], app: Path | None = None, connection: str = FEDERATION

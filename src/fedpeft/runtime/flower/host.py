@@ -12,7 +12,12 @@ and raw payload bytes — fedpeft's safetensors payloads, never pickle::
     request:  u32 header length | JSON header | u64 payload length | payload
     response: the same layout; header {"ok": bool, "error": str, ...}
 
-A secure-aggregation stage's request carries the node's round secrets in its header
+A ``fit`` or ``evaluate`` request also carries the client's kept states, which its node
+keeps in the ClientApp's ``Context`` state, and the response the states to keep: their
+fedpeft payload (``client.state.pack``) is the payload's last ``kept`` bytes (a header
+field). The host holds none of them between messages (``process.kept_reply``).
+
+A secure-aggregation stage's request also carries the node's round secrets in its header
 (``secrets``: fedpeft's safetensors payload, base64) and its response the secrets to keep:
 the ClientApp keeps them in the node's ``Context`` state, so the host holds none between
 messages, like any other process that answers a stage (``process.secure_reply``).
@@ -35,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fedpeft.client import ClientState
+    from fedpeft.runtime.flower.process import Kept
 
 log = logging.getLogger("fedpeft.runtime.flower.host")
 MAX_HEADER = 16 << 20  # a config and an instruction, never this large
@@ -72,7 +78,7 @@ def recv_frame(sock: socket.socket) -> tuple[dict[str, Any], bytes]:
 def handle(header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
     """One request, by the same code a ClientApp process runs without a host."""
     from fedpeft.runtime.flower.codec import instruction_from_fields
-    from fedpeft.runtime.flower.process import fit_reply, hello_info
+    from fedpeft.runtime.flower.process import hello_info, kept_reply
 
     text, own = str(header["config"]), bool(header.get("own", False))
     if header.get("op") == "hello":
@@ -85,11 +91,17 @@ def handle(header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], byte
             from fedpeft.runtime.flower.process import secure_reply
 
             secrets = unpack_secrets(str(header["secrets"]))
-            reply, info, kept = secure_reply(text, instruction, payload, secrets, own)
-            return {"ok": True, **info, "secrets": pack_secrets(kept)}, reply
+            payload, kept = split_kept(payload, header.get("kept", 0))
+            reply, info, secrets, kept = secure_reply(
+                text, instruction, payload, secrets, kept, own
+            )
+            tail, out = join_kept(reply, kept)
+            return {"ok": True, **info, "secrets": pack_secrets(secrets), "kept": tail}, out
         evaluate = header["op"] == "evaluate"
-        reply, info = fit_reply(text, instruction, payload, own, evaluate=evaluate)
-        return {"ok": True, **info}, reply
+        payload, kept = split_kept(payload, header.get("kept", 0))
+        reply, info, kept = kept_reply(text, instruction, payload, kept, own, evaluate)
+        tail, out = join_kept(reply, kept)
+        return {"ok": True, **info, "kept": tail}, out
     raise ValueError(f"unknown op {header.get('op')!r}")
 
 
@@ -105,6 +117,26 @@ def unpack_secrets(text: str) -> ClientState:
     from fedpeft.compression import decode
 
     return decode(base64.b64decode(text, validate=True))[0] if text else {}
+
+
+def join_kept(payload: bytes, kept: Kept) -> tuple[int, bytes]:
+    """(length of the tail, ``payload`` followed by ``kept`` as one fedpeft payload)."""
+    from fedpeft.client.state import pack
+    from fedpeft.compression import encode
+
+    tail = encode(pack(kept)) if kept else b""
+    return len(tail), payload + tail
+
+
+def split_kept(data: bytes, tail: object) -> tuple[bytes, Kept]:
+    """The inverse of ``join_kept``: (payload, kept states); ``ValueError`` if malformed."""
+    from fedpeft.client.state import unpack
+    from fedpeft.compression import decode
+
+    if not isinstance(tail, int) or isinstance(tail, bool) or not 0 <= tail <= len(data):
+        raise ValueError(f"kept-state length {tail!r} does not fit a {len(data)}-byte payload")
+    cut = len(data) - tail
+    return data[:cut], (unpack(decode(data[cut:])[0]) if tail else {})
 
 
 class _Handler(socketserver.BaseRequestHandler):

@@ -16,6 +16,7 @@ HELLO = "fedpeft.hello"  # ConfigRecord: the client's answer to the first-contac
 SECAGG = "fedpeft.secagg"  # ArrayRecord: one secure-aggregation stage's protocol message
 # ---- records in a ClientApp's Context state (kept on the SuperNode, never in a message) --
 SECRETS = "fedpeft.secagg-secrets"  # ArrayRecord: a secure-aggregation round's client secrets
+KEPT = "fedpeft.kept"  # ArrayRecord: the client's kept states, keys ``<round:06d>/<key>``
 
 # ---- keys inside those records ----------------------------------------------------------
 META_JSON = "json"  # the payload metadata, a JSON object (fedpeft.compression's own)
@@ -45,6 +46,7 @@ NODE_HOST_SOCKET = "host-socket"  # the node's long-lived client host (host.py),
 NODE_DATA_FILE = "data-file"  # the node's own CSV/TSV/JSONL (bring your own data), if any
 NODE_TEXT_COLUMN = "text-column"  # … its text column (default: the run's data.text_column)
 NODE_LABEL_COLUMN = "label-column"  # … its label column (default: data.label_column)
+NODE_CLIENT_DIR_ENV = "FEDPEFT_CLIENT_DIR"  # environment: where a node's clients write files
 
 # ---- message types -----------------------------------------------------------------------
 TRAIN = "train"  # flwr.app.MessageType.TRAIN

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
@@ -88,6 +88,18 @@ class WireStats:
     messages: int = 0
     reply_pids: dict[int, set[int]] = field(default_factory=dict)  # cid -> processes seen
     model_loads: dict[int, int] = field(default_factory=dict)  # cid -> loads in last process
+    received: dict[str, set[str]] = field(default_factory=dict)  # message type -> names
+
+    def saw(self, reply: Message) -> None:
+        """Notes the names a reply's content holds: every record's, and each array's as
+        ``<record>/<name>`` — what the server received, for audit (``flower.json``)."""
+        if not reply.has_content():
+            return
+        names = self.received.setdefault(reply.metadata.message_type, set())
+        for name, record in reply.content.items():
+            names.add(name)
+            if isinstance(record, ArrayRecord):
+                names.update(f"{name}/{key}" for key in record)
 
 
 def _data_profile(record: object, n: int) -> DataProfile | None:
@@ -357,6 +369,7 @@ class FlowerClientPool:
                 if mid in pending:
                     pending.discard(mid)
                     replies[mid] = reply
+                    self.wire.saw(reply)
             if pending:
                 time.sleep(_POLL_S)
         return replies

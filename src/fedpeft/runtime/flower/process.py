@@ -1,10 +1,16 @@
-"""What a client process keeps between messages: the task (data + the one base model).
+"""What a client process keeps between messages: the task (data + the one base model) —
+and nothing of any client's own.
 
 Flower calls the ClientApp once per message. In the simulation engine the calls of a
 run share a few long-lived worker processes, so a module-level cache keyed by the run's
 config text makes the base model load once per process. (In a deployment, flwr 1.42's
 SuperExec starts a fresh ``flwr-clientapp`` process per message; docs/flower.md says how
 the model is kept loaded there.) ``LOADS`` counts loads so tests and benchmarks can check.
+
+What a client keeps between rounds (personal modules, SCAFFOLD's ``c_i``, the error-feedback
+residual) lives in its node's ClientApp ``Context`` state; ``kept_reply`` lends it to this
+process's store for one message and takes it back, so any process (a simulation worker, a
+fresh ``flwr-clientapp``, the node's client host) can answer any message.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from fedpeft.client import ClientState, ClientStateStore
 from fedpeft.config import ExperimentConfig, build_config
 from fedpeft.errors import FedpeftError
 from fedpeft.profiling import ResourceProfile, measured_profile
+from fedpeft.runtime.flower import keys
 
 if TYPE_CHECKING:  # the model stack loads only where the model does (not in a thin proxy)
     from fedpeft.runtime.local.simulator import LocalClientPool
@@ -46,6 +53,10 @@ class LoadStats:
 
 
 LOADS = LoadStats()
+
+Kept = dict[int, ClientState]
+"""A client's kept states by the round that wrote each (``ClientStateStore.held``)."""
+
 _CACHE: dict[str, ClientProcess] = {}
 _LOCK = threading.Lock()
 
@@ -80,19 +91,19 @@ def client_process(config_toml: str) -> ClientProcess:
         LOADS.loads += 1
         LOADS.last_load_s = elapsed
         _CACHE.clear()
-        states = ClientStateStore(client_state_dir(key), per_run=True)
+        states = ClientStateStore(per_run=True, exports=client_dir(key))
         pool = LocalClientPool(task, states=states)
         _CACHE[key] = ClientProcess(key, cfg, pool, elapsed)
         return _CACHE[key]
 
 
-def client_state_dir(config_key: str) -> Path:
-    """Where this machine keeps its clients' states for one run config, one folder per run
-    (named by the instruction's ``run_id``): on the node's own disk
-    (``$FEDPEFT_CLIENT_STATE_DIR``, else ``~/.cache/fedpeft/client-state``), so they survive
-    the node's processes and a resumed run (states are read by round)."""
-    root = os.environ.get("FEDPEFT_CLIENT_STATE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "fedpeft" / "client-state"
+def client_dir(config_key: str) -> Path:
+    """Where this machine's clients write their files for one run config (their exported
+    personal adapters, ``<run>/<client>/adapter/``; the run is the instruction's
+    ``run_id``): on the node's own disk, ``$FEDPEFT_CLIENT_DIR``, else
+    ``~/.cache/fedpeft/clients``. Their kept states are not here: they live in the Context."""
+    root = os.environ.get(keys.NODE_CLIENT_DIR_ENV)
+    base = Path(root) if root else Path.home() / ".cache" / "fedpeft" / "clients"
     return base / config_key[:16]
 
 
@@ -158,18 +169,44 @@ def fit_reply(
     return reply, {"pid": process_id(), "model_loads": LOADS.loads}
 
 
+def kept_reply(
+    text: str,
+    ins: TrainInstruction,
+    payload: bytes,
+    kept: Kept,
+    own: bool = False,
+    evaluate: bool = False,
+) -> tuple[bytes, dict[str, Any], Kept]:
+    """``fit_reply`` with the client's kept states handed in from where its node keeps them
+    (the ClientApp's ``Context`` state) and handed back as they are after the message:
+    (reply bytes, process stats, kept states). This process keeps none of them after."""
+    store = client_process(text).pool.states
+    store.replace(ins.client_id, kept, ins.run_id)
+    try:
+        reply, info = fit_reply(text, ins, payload, own, evaluate=evaluate)
+        return reply, info, store.held(ins.client_id, ins.run_id)
+    finally:
+        store.replace(ins.client_id, {}, ins.run_id)
+
+
 def secure_reply(
-    text: str, ins: TrainInstruction, payload: bytes, secrets: ClientState, own: bool = False
-) -> tuple[bytes, dict[str, Any], ClientState]:
+    text: str,
+    ins: TrainInstruction,
+    payload: bytes,
+    secrets: ClientState,
+    kept: Kept,
+    own: bool = False,
+) -> tuple[bytes, dict[str, Any], ClientState, Kept]:
     """One secure-aggregation stage (``client/secagg.py``) with the round's client secrets
-    handed in from where the node keeps them (the ClientApp's ``Context`` state) and handed
-    back (empty after the last stage): (reply bytes, process stats, secrets to keep). This
-    process keeps none between messages, since a node's next stage may run in another
-    process (a simulation worker, a fresh ``flwr-clientapp``)."""
+    and the client's kept states handed in from where the node keeps them (the ClientApp's
+    ``Context`` state) and handed back (the secrets empty after the last stage): (reply
+    bytes, process stats, secrets to keep, kept states). This process keeps none between
+    messages, since a node's next stage may run in another process (a simulation worker, a
+    fresh ``flwr-clientapp``)."""
     store = client_process(text).pool.secrets
     store.save(ins, secrets)
     try:
-        reply, info = fit_reply(text, ins, payload, own)
-        return reply, info, store.load(ins)
+        reply, info, kept = kept_reply(text, ins, payload, kept, own)
+        return reply, info, store.load(ins), kept
     finally:
         store.save(ins, {})

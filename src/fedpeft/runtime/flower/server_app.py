@@ -2,7 +2,8 @@
 in-process runtime (``run_local``), with clients reached through a ``FlowerClientPool``.
 
 Besides the usual run folder it writes ``flower.json``: bytes of the messages as Flower
-serialised them next to fedpeft's own count, and which client processes answered.
+serialised them next to fedpeft's own count, which client processes answered, and every
+record and tensor name the server received, by message type (``received``).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def flower_stats(pool: FlowerClientPool, summary: dict[str, Any]) -> dict[str, A
         "fedpeft_bytes_down": summary["bytes_down_total"],
         "fedpeft_bytes_up": summary["bytes_up_total"],
         "messages": w.messages,
+        "received": {kind: sorted(names) for kind, names in sorted(w.received.items())},
         "client_weight": {"policy": pool.policy.mode, "max_client_examples": pool.policy.cap},
         "clients": {
             str(cid): {
