@@ -31,6 +31,8 @@ FLAGS = [
     "--remote-debugging-port=0",
 ]
 PROBE = """JSON.stringify({
+  url: location.href,
+  ready: document.readyState,
   title: document.title,
   images: document.images.length,
   decoded: Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length,
@@ -145,9 +147,17 @@ def _load_and_probe(ws: Any, path: Path, timeout: float) -> PageCheck:
     for method in ("Runtime.enable", "Log.enable", "Page.enable"):
         i = send(method)
         pump(lambda m, i=i: m.get("id") == i)
-    send("Page.navigate", url=path.resolve().as_uri())
-    pump(lambda m: m.get("method") == "Page.loadEventFired")
-    i = send("Runtime.evaluate", expression=PROBE, returnByValue=True)
-    reply = pump(lambda m: m.get("id") == i)
-    check.facts = json.loads(reply["result"]["result"]["value"])
-    return check
+    uri = path.resolve().as_uri()
+    send("Page.navigate", url=uri)
+    # a busy machine can deliver about:blank's own load event after the navigation was
+    # sent: probe until the page is ours and loaded, waiting for the next load event
+    end = time.monotonic() + timeout
+    while True:
+        pump(lambda m: m.get("method") == "Page.loadEventFired")
+        i = send("Runtime.evaluate", expression=PROBE, returnByValue=True)
+        reply = pump(lambda m, i=i: m.get("id") == i)
+        check.facts = json.loads(reply["result"]["result"]["value"])
+        if check.facts["url"] == uri and check.facts["ready"] == "complete":
+            return check
+        if time.monotonic() > end:
+            raise TimeoutError(f"the page never loaded: {check.facts}")
