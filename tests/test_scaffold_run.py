@@ -83,11 +83,11 @@ def test_server_control_is_the_sum_of_accepted_deltas_over_all_clients(tiny) -> 
         np.testing.assert_allclose(value.numpy(), mean, rtol=1e-5, atol=1e-7)
     # each round's payload carried the c the previous rounds had made (zeros first)
     assert all(float(v.abs().max()) == 0 for v in pool.sent[1].values())
-    for key, value in pool.sent[3].items():
+    for key, value in pool.sent[3].items():  # c is summed in float32: ~1e-8 off on Intel
         first_two = [d for (rnd, _), d in pool.deltas.items() if rnd < 3]
         np.testing.assert_allclose(
             value.numpy(), sum(d[key].double().numpy() for d in first_two) / 3, rtol=1e-5,
-            atol=1e-9,
+            atol=1e-7,
         )  # fmt: skip
 
 
