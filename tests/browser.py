@@ -75,7 +75,8 @@ def check_page(path: Path, timeout: float = 60.0) -> PageCheck:
 
     browser = find_browser()
     assert browser is not None
-    with tempfile.TemporaryDirectory() as profile:
+    # chromium's helper processes may still write into the profile as it exits
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen(
             [browser, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,
