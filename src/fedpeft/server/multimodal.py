@@ -25,6 +25,7 @@ from fedpeft.errors import FedpeftError
 from fedpeft.models import ModelSpec, image_preprocess, load_model_config, load_tokenizer
 from fedpeft.peft import methods_for, supported_methods
 from fedpeft.peft.spec import Task
+from fedpeft.server.qa import check_catalogue
 
 PAIR_TASKS = ("itm", "vqa")
 PAIR_DATASETS = ("daquar",)  # image–text pairs (``data.pairs``)
@@ -65,28 +66,12 @@ def check_pair_task(cfg: ExperimentConfig, spec: ModelSpec, kind: str) -> None:
             f"`peft.method` {cfg.peft.method!r} is not offered for {task}; supported: "
             f"{supported_pairs()}."
         )
-    check_catalogue(cfg, offered(kind), kind)
+    allowed = offered(kind)
+    check_catalogue(cfg, allowed, kind, ", ".join(allowed))
     if kind == "itm" and cfg.privacy.mode == "dpsgd":
         raise FedpeftError(
             "`privacy.mode = 'dpsgd'` bounds each example's gradient, but the contrastive loss "
             "of `model.task = 'itm'` couples the examples of a batch; use 'central' or 'local'."
-        )
-
-
-def check_catalogue(cfg: ExperimentConfig, allowed: list[str], kind: str) -> None:
-    """With the allocation on, every candidate method must be offered for the task."""
-    if not cfg.allocation.enabled:
-        return
-    cat = cfg.allocation.catalogue
-    named = {*cat.others, *(c.method for c in cat.extra)} | (
-        {"prompt"} if cat.prompt_tokens else set()
-    )
-    bad = sorted(named - set(allowed))
-    if bad:
-        raise FedpeftError(
-            f"the allocation's catalogue offers {bad}, which `model.task` {kind!r} does not "
-            "support; remove them (`allocation.catalogue.prompt_tokens = []` for prompt "
-            f"tuning); supported: {', '.join(allowed)}."
         )
 
 

@@ -64,7 +64,7 @@ def check_qa(cfg: ExperimentConfig, spec: ModelSpec) -> None:
             f"(an extractive span head needs unshifted positions; a causal LM has no small "
             f"head); supported: {supported_qa()}."
         )
-    _check_catalogue(cfg, allowed)
+    check_catalogue(cfg, allowed, "qa", supported_qa())
     if cfg.data.partition not in ("iid", "natural"):
         raise FedpeftError(
             f"`data.partition` {cfg.data.partition!r} skews classes, which question answering "
@@ -72,8 +72,8 @@ def check_qa(cfg: ExperimentConfig, spec: ModelSpec) -> None:
         )
 
 
-def _check_catalogue(cfg: ExperimentConfig, allowed: list[str]) -> None:
-    """With the allocation on, every candidate method must be offered for QA."""
+def check_catalogue(cfg: ExperimentConfig, allowed: list[str], kind: str, supported: str) -> None:
+    """With the allocation on, every candidate method must be offered for ``kind``."""
     if not cfg.allocation.enabled:
         return
     cat = cfg.allocation.catalogue
@@ -83,9 +83,9 @@ def _check_catalogue(cfg: ExperimentConfig, allowed: list[str]) -> None:
     bad = sorted(named - set(allowed))
     if bad:
         raise FedpeftError(
-            f"the allocation's catalogue offers {bad}, which `model.task` 'qa' does not "
+            f"the allocation's catalogue offers {bad}, which `model.task` {kind!r} does not "
             "support; remove them (`allocation.catalogue.prompt_tokens = []` for prompt "
-            f"tuning); supported: {supported_qa()}."
+            f"tuning); supported: {supported}."
         )
 
 
