@@ -11,6 +11,9 @@ left alone, arms that change only the server's step (or the client's step size):
     scaffold  SCAFFOLD control variates (server.aggregator = "scaffold")
     lr1e2     client lr 1e-2 instead of 3e-3
     b8        client batch 8 instead of 16 (twice the local steps for the same examples)
+    refresh   the head set again from the clients' statistics after the last round
+              (``server.head_refresh = "last"``, CCVR-style re-calibration)
+    refresh_every  the same after every round
 
 over datasets × Dirichlet α × seeds, plus the centralised reference (one client, the same
 examples and epochs, LDA head). Runs go two at a time (one torch thread each) and every
@@ -44,6 +47,8 @@ ARMS: dict[str, list[str]] = {
     "scaffold": ["server.aggregator='scaffold'"],
     "lr1e2": ["client.lr=0.01"],
     "b8": ["client.batch_size=8"],
+    "refresh": ["server.head_refresh='last'"],
+    "refresh_every": ["server.head_refresh='every'"],
 }
 FIXED = ["run.workers=1", "run.threads=1"]
 

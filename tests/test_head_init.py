@@ -206,3 +206,58 @@ def test_auto_is_lda_unless_the_run_is_private(tmp_path: Path) -> None:
                 "data.client_test_fraction=0.2",
             )
         )
+
+
+@pytest.mark.parametrize("when", ["last", "every"])
+def test_head_refresh_is_the_rule_over_statistics_under_the_trained_adapter(
+    tmp_path: Path, when: str
+) -> None:
+    import json
+
+    from fedpeft.peft import set_adapter_state
+    from fedpeft.runtime.local.simulator import run_local
+
+    cfg = tiny_config(
+        tmp_path,
+        "data.dataset='ag_news'",
+        "server.head_init='lda'",
+        "data.num_clients=3",
+        f"server.head_refresh='{when}'",
+    )
+    result = run_local(cfg)
+    rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    refreshed = {r["round"]: r["head_refresh"] for r in rows if "head_refresh" in r}
+    assert sorted(refreshed) == ([1, 2] if when == "every" else [2])
+    assert all(
+        v["clients"] == 3 and v["bytes_up"] > 0 < v["bytes_down"] for v in refreshed.values()
+    )
+    # the final head: the LDA rule over every client's statistics under the final adapter
+    task = build_task(cfg)
+    set_adapter_state(task.model, result.state)
+    stats = [
+        class_feature_stats(task.model, ClientData(task.data.train, p), 4, 64, task.device)
+        for p in task.data.partitions
+    ]
+    want = lda_head(result.state, sum_stats(stats))
+    w_key, b_key = head_keys(want)
+    assert b_key is not None
+    for key in (w_key, b_key):
+        assert torch.allclose(result.state[key], want[key], atol=1e-5)
+    # everything else is what the round's aggregation left, unlike a run without refresh
+    plain = run_local(
+        tiny_config(
+            tmp_path, "data.dataset='ag_news'", "server.head_init='lda'", "data.num_clients=3"
+        )
+    )
+    assert not torch.allclose(plain.state[w_key], result.state[w_key], atol=1e-4)
+    assert all("head_refresh" not in r for r in plain.rounds)
+
+
+def test_head_refresh_is_off_where_round_zero_is(tmp_path: Path) -> None:
+    from fedpeft.server.head_init import refresh_due
+
+    on = ("server.head_refresh='last'", "run.rounds=3")
+    assert [refresh_due(tiny_config(tmp_path, *on), r) for r in (1, 2, 3)] == [False, False, True]
+    assert not refresh_due(tiny_config(tmp_path, *on, "server.head_init='random'"), 3)
+    dp = ("privacy.mode='central'", "privacy.noise_multiplier=0.5", "privacy.clip_norm=1.0")
+    assert not refresh_due(tiny_config(tmp_path, *on, *dp), 3)

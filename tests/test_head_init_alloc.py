@@ -158,3 +158,31 @@ def test_an_allocated_run_starts_from_the_head_and_logs_it(tmp_path: Path) -> No
     assert len({json.dumps(sorted(s)) for s in pool.served.values()}) > 1  # configurations
     for state in pool.served.values():
         _assert_head(state, want)
+
+
+def test_head_refresh_in_an_allocated_run_uses_every_clients_trained_view(
+    tmp_path: Path,
+) -> None:
+    from fedpeft.client.handler import KIND_FEATURE_STATS
+
+    cfg = tiny_config(
+        tmp_path,
+        *TIERS,
+        "allocation.policy='utility'",
+        "run.rounds=1",
+        "server.head_refresh='last'",
+    )
+    replies: dict[int, AdapterState] = {}
+
+    class Refreshing(LocalClientPool):
+        def fit(self, instruction, payload):  # type: ignore[no-untyped-def]
+            reply = super().fit(instruction, payload)
+            if instruction.round == 1 and instruction.kind == KIND_FEATURE_STATS:
+                replies[instruction.client_id] = decode(reply)[0]
+            return reply
+
+    result = run_local(cfg, pool=Refreshing)
+    (record,) = result.rounds
+    assert record["head_refresh"]["clients"] == 4 and sorted(replies) == [0, 1, 2, 3]
+    want = lda_head(result.state, sum_stats(list(replies.values())))
+    _assert_head(result.state, want)

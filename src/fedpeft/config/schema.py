@@ -203,6 +203,12 @@ class ServerConfig(_Section):
         "(round 0; server/head_init.py); auto: lda, or random when differential privacy or "
         "secure aggregation is on (the statistics are neither noised nor masked)",
     )
+    head_refresh: Literal["none", "last", "every"] = Field(
+        "none",
+        description="classifiers with head_init lda/ncm: set the head again from the clients' "
+        "class feature statistics under the trained adapter (CCVR-style re-calibration) after "
+        "the last round's aggregation, or after every round's",
+    )
     optimizer: Literal["none", "fedavgm", "fedadam", "fedyogi"] = "none"
     server_lr: PositiveFloat | None = Field(None, description="None = the optimiser's default")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="FedAvgM")

@@ -88,6 +88,26 @@ class _Round0:
     not_asked: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Collected:
+    """The checked statistics of every client asked, by group."""
+
+    plan: _Round0
+    asks: list[_Ask]
+    stats: dict[str, list[AdapterState]]
+    answered: dict[str, list[int]]  # group → the clients whose statistics it uses
+    rejected: dict[str, str]  # client id → why its reply was left out
+    bytes_up: int
+
+    def heads(self, rule: str) -> dict[str, AdapterState]:
+        """Each answered group's adapter with its head set by ``rule``."""
+        out = {}
+        for group, group_stats in sorted(self.stats.items()):
+            adapter = self.plan.adapters[group]
+            out[group] = _rule(rule, adapter)(adapter, sum_stats(group_stats))
+        return out
+
+
 def init_head(
     cfg: ExperimentConfig,
     pool: ClientPool,
@@ -103,18 +123,93 @@ def init_head(
     rule = head_rule(cfg)
     if rule == "random":
         return server, None
-    if cfg.allocation.enabled and cfg.server.mode == "sync":
-        plan = _allocated(cfg, pool, model, server, run_id, arch)
-    elif server.main in server.adapters:
-        plan = _homogeneous(cfg, server, run_id)
-    else:
+    got = _collect(cfg, pool, model, server, run_id, arch, 0)
+    if got is None:
         return server, None
+    adapters = dict(got.plan.adapters) | got.heads(rule)
+    out, evals = _settled(server, got.plan, adapters, got.stats, model)
+    info = HeadInit(
+        rule,
+        sum(len(v) for v in got.stats.values()),
+        got.rejected,
+        sum(len(a.payload) for a in got.asks),
+        got.bytes_up,
+        evals[out.main],
+        {g: {"clients": got.answered[g], "eval_after": evals[g]} for g in sorted(got.stats)},
+        got.plan.not_asked,
+    )
+    return out, info
+
+
+def refresh_due(cfg: ExperimentConfig, rnd: int) -> bool:
+    """Whether round ``rnd`` ends with the head set again (``server.head_refresh``): only
+    where round 0 set it from the statistics too."""
+    when = cfg.server.head_refresh
+    due = when == "every" or (when == "last" and rnd == cfg.run.rounds)
+    return due and head_rule(cfg) != "random"
+
+
+def refresh_head(
+    cfg: ExperimentConfig,
+    pool: ClientPool,
+    model: GlobalModel,
+    server: ServerState,
+    run_id: str,
+    arch: Architecture | None,
+    rnd: int,
+) -> tuple[ServerState, dict[str, object]]:
+    """Classifier re-calibration after round ``rnd``'s aggregation (CCVR-style, Luo et al.
+    2021, but with the round-0 rule instead of sampled virtual features): every client sends
+    the class feature statistics of its data under the trained global adapter, and each
+    group's head becomes the rule over them. Only the head's tensors change; the groups,
+    their members and the rest of each adapter stay as the round left them. No library
+    does this over PEFT adapters, hence our own. Returns the new state and what was done
+    (clients, bytes, rejected replies) for the round's record."""
+    got = _collect(cfg, pool, model, server, run_id, arch, rnd)
+    if got is None:
+        return server, {}
+    adapters = dict(server.adapters)
+    for group, headed in got.heads(head_rule(cfg)).items():
+        if group not in adapters:
+            continue
+        current = dict(adapters[group])
+        for key in (k for k in head_keys(headed) if k is not None):
+            if key in current and current[key].shape == headed[key].shape:
+                current[key] = headed[key].to(current[key].dtype)
+        adapters[group] = current
+    info: dict[str, object] = {
+        "clients": sum(len(v) for v in got.stats.values()),
+        "bytes_down": sum(len(a.payload) for a in got.asks),
+        "bytes_up": got.bytes_up,
+    }
+    if got.rejected:
+        info["rejected"] = got.rejected
+    return server.evolve(adapters=adapters), info
+
+
+def _collect(
+    cfg: ExperimentConfig,
+    pool: ClientPool,
+    model: GlobalModel,
+    server: ServerState,
+    run_id: str,
+    arch: Architecture | None,
+    rnd: int,
+) -> _Collected | None:
+    """Every client asked for its statistics (as of round ``rnd``) under its view of its
+    group's global; None where nobody is asked or nobody answered."""
+    if cfg.allocation.enabled and cfg.server.mode == "sync":
+        plan = _allocated(cfg, pool, model, server, run_id, arch, rnd)
+    elif server.main in server.adapters:
+        plan = _homogeneous(cfg, server, run_id, rnd)
+    else:
+        return None
     shapes = _head_shapes(plan.adapters, {a.group for a in plan.asks})
     asks = [a for a in plan.asks if a.group in shapes]  # e.g. CLIP: no classifier head
     if not asks:
-        return server, None
+        return None
     stats: dict[str, list[AdapterState]] = {}
-    answered: dict[str, list[int]] = {}  # group → the clients whose statistics it uses
+    answered: dict[str, list[int]] = {}
     rejected, up = {}, 0
     replies = _exchange(pool, [(a.instruction, a.payload) for a in asks])
     for ask, reply in zip(asks, replies, strict=True):
@@ -128,31 +223,17 @@ def init_head(
             answered.setdefault(ask.group, []).append(ins.client_id)
         except Exception as e:  # noqa: BLE001 - one client must not stop the run
             rejected[str(ins.client_id)] = f"{type(e).__name__}: {e}"
-            log.warning("round 0: client %d's statistics left out (%s)", ins.client_id, e)
+            log.warning("round %d: client %d's statistics left out (%s)", rnd, ins.client_id, e)
     if not stats:
-        return server, None
-    adapters = dict(plan.adapters)
-    for group, group_stats in sorted(stats.items()):
-        adapters[group] = _rule(rule, adapters[group])(adapters[group], sum_stats(group_stats))
-    out, evals = _settled(server, plan, adapters, stats, model)
-    info = HeadInit(
-        rule,
-        sum(len(v) for v in stats.values()),
-        rejected,
-        sum(len(a.payload) for a in asks),
-        up,
-        evals[out.main],
-        {g: {"clients": answered[g], "eval_after": evals[g]} for g in sorted(stats)},
-        plan.not_asked,
-    )
-    return out, info
+        return None
+    return _Collected(plan, asks, stats, answered, rejected, up)
 
 
-def _homogeneous(cfg: ExperimentConfig, server: ServerState, run_id: str) -> _Round0:
+def _homogeneous(cfg: ExperimentConfig, server: ServerState, run_id: str, rnd: int) -> _Round0:
     """Every client, served the main group's global."""
-    payload = encode(server.adapters[server.main], {"round": 0})
+    payload = encode(server.adapters[server.main], {"round": rnd})
     asks = [
-        _Ask(server.main, _stats_instruction(instruction_for(cfg, 0, c, run_id=run_id)), payload)
+        _Ask(server.main, _stats_instruction(instruction_for(cfg, rnd, c, run_id=run_id)), payload)
         for c in range(cfg.data.num_clients)
     ]
     return _Round0(dict(server.adapters), asks)
@@ -165,9 +246,10 @@ def _allocated(
     server: ServerState,
     run_id: str,
     arch: Architecture | None,
+    rnd: int,
 ) -> _Round0:
-    """Every client the policy assigns at round 0, served its configuration's view of its
-    group's global (created, or grown, as a training round would)."""
+    """Every client the policy assigns at round ``rnd`` (0: before training), served its
+    configuration's view of its group's global (created, or grown, as a round would)."""
     assigner = Assigner(cfg, arch)
     assigner.restore(server.gain)
     profiled = pool if isinstance(pool, ProfiledPool) else None
@@ -177,7 +259,7 @@ def _allocated(
         unknown = [c for c in clients if not _profiled(profiled, c)]
         not_asked = {str(c): "it reported no resource or data profile" for c in unknown}
         clients = [c for c in clients if c not in unknown]
-    assigned = assigner.assign(profiled_infos(cfg, profiled, clients), 0) if clients else {}
+    assigned = assigner.assign(profiled_infos(cfg, profiled, clients), rnd) if clients else {}
     book, adapters, asks = GroupBook(model, server.members), dict(server.adapters), []
     payloads: dict[tuple[str, str], bytes] = {}  # one encoding per view (group, config)
     for cid in clients:
@@ -187,8 +269,8 @@ def _allocated(
             continue
         adapters[a.group], view = book.serve(adapters, a)
         if (a.group, a.config) not in payloads:
-            payloads[(a.group, a.config)] = encode(view, {"round": 0})
-        ins = _stats_instruction(instruction_for(cfg, 0, cid, assignment=a, run_id=run_id))
+            payloads[(a.group, a.config)] = encode(view, {"round": rnd})
+        ins = _stats_instruction(instruction_for(cfg, rnd, cid, assignment=a, run_id=run_id))
         asks.append(_Ask(a.group, ins, payloads[(a.group, a.config)]))
     return _Round0(adapters, asks, book, not_asked)
 
@@ -282,7 +364,7 @@ def _checked(reply: bytes, ins: TrainInstruction, head: tuple[int, ...]) -> Adap
         stats, meta = decode(reply)
     except CodecError as e:
         raise ValueError(f"reply does not decode ({e})") from None
-    if meta.get(META_CLIENT_ID) != ins.client_id or meta.get(META_ROUND) != 0:
+    if meta.get(META_CLIENT_ID) != ins.client_id or meta.get(META_ROUND) != ins.round:
         raise ValueError("reply answers for another client or round")
     if meta.get(META_NONCE) != ins.nonce:
         raise ValueError("reply does not echo its instruction's nonce")

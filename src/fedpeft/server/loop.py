@@ -25,6 +25,7 @@ from fedpeft.server.assign import Assigner
 from fedpeft.server.configure import RoundPlan, plan_round
 from fedpeft.server.federation import Federation, LoopResult
 from fedpeft.server.groups import GroupBook
+from fedpeft.server.head_init import refresh_due, refresh_head
 from fedpeft.server.multi import aggregate_clusters, fuse_groups
 from fedpeft.server.personal import (
     clients_due,
@@ -155,6 +156,9 @@ def run_round(
     else:
         state = state.evolve(adapters=plan.adapters)
     state = state.evolve(adapters=fuse_groups(strategy, fed.model, book, state.adapters))
+    refreshed: dict[str, object] = {}
+    if quorum and refresh_due(cfg, rnd):  # the head re-calibrated under the trained adapter
+        state, refreshed = refresh_head(cfg, fed.pool, fed.model, state, run_id, fed.arch, rnd)
     eval_start = time.perf_counter()
     evals = evaluate_groups(fed.model, book, state) if evaluation_due(cfg, rnd) else {}
     eval_time = time.perf_counter() - eval_start
@@ -179,6 +183,8 @@ def run_round(
     )
     if summed is not None:
         record = replace(record, secure_aggregation=summed.info)
+    if refreshed:
+        record = replace(record, head_refresh=refreshed)
     if ledger is not None:
         dp = account(ledger, cfg, fed.pool, clients, released=quorum) | dp_info
         record = replace(record, privacy=dp)

@@ -125,9 +125,12 @@ class RoundRecord:
     fit_time_s: float = 0.0  # wall time of the clients' round trips: wall − fit − eval = overhead
     # bytes and seconds per stage, survivors, threshold (runs with secure aggregation only)
     secure_aggregation: dict[str, object] = field(default_factory=dict)
+    # clients asked, bytes down/up of the head's recalibration (``server.head_refresh``)
+    head_refresh: dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         out = {k: v for k, v in self.__dict__.items() if k != "clients"}
-        if not self.secure_aggregation:
-            del out["secure_aggregation"]
+        for optional in ("secure_aggregation", "head_refresh"):
+            if not out[optional]:
+                del out[optional]
         return out
