@@ -187,3 +187,22 @@ def test_predicted_extra_flops_match_a_flop_counter(method: str) -> None:
     assert measured == predicted
     if method == "lora":
         assert predicted > 0
+
+
+def test_head_lr_reaches_both_detection_heads() -> None:
+    """``client.head_lr`` puts the class and box MLPs in its group, the adapters not."""
+    from fedpeft.client.train import _param_groups
+    from fedpeft.types import TrainInstruction
+
+    _, model = _build("lora")
+    params = [p for p in model.parameters() if p.requires_grad]
+    ins = TrainInstruction(1, 0, 1, None, 4, 1e-4, 0.0, 0.0, 0, head_lr=1e-2)
+    rest, head = _param_groups(model, params, ins)
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_head = [names[id(p)] for p in head["params"]]
+    in_rest = [names[id(p)] for p in rest["params"]]
+    assert head["lr"] == 1e-2 and rest["lr"] == 1e-4
+    assert any("class_labels_classifier" in n for n in in_head)
+    assert any("bbox_predictor" in n for n in in_head)
+    assert in_rest and all("lora_" in n for n in in_rest)
+    assert len(in_head) + len(in_rest) == len(params)
