@@ -27,9 +27,10 @@ def allocation_report(cfg: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]
     from fedpeft.models import load_model_config
     from fedpeft.peft import architecture
     from fedpeft.server.assign import client_infos
+    from fedpeft.server.detection import DETECT_TASK, detector_config
     from fedpeft.server.instruct import head_kind, task_kind
     from fedpeft.server.multimodal import PAIR_TASKS, pair_model_config
-    from fedpeft.server.task import build_data
+    from fedpeft.server.task import build_data, input_side
 
     alloc_cfg = make_allocation_config(cfg.allocation)
     data = build_data(cfg)
@@ -38,6 +39,9 @@ def allocation_report(cfg: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]
     n = 2 if span else data.dataset.num_labels  # a span head: start and end
     if kind in PAIR_TASKS:  # CLIP matching (no head) or ViLT's answer head
         arch = architecture(pair_model_config(data.spec, n), n, matching=kind == "itm")
+    elif kind == DETECT_TASK:  # YOLOS' class and box heads, at the run's input side
+        config = detector_config(data.spec, n)
+        arch = architecture(config, n, image_size=input_side(cfg, data.spec, kind))
     else:
         arch = architecture(load_model_config(data.spec, n), n, causal_lm=causal_lm, qa=span)
     devices = federation_devices(cfg, arch, data.profiles)

@@ -27,6 +27,7 @@ import torch
 from fedpeft.cli.audit_train import RunPrivacy, client_update, run_privacy, shadow_federation
 from fedpeft.config import ExperimentConfig, build_config, read_toml
 from fedpeft.data import ImageArrays, RawDataset, RawSplit, Split, heldout_train
+from fedpeft.data.boxes import DetectionImages
 from fedpeft.data.pairs import ImageTexts
 from fedpeft.data.questions import QAExamples
 from fedpeft.errors import FedpeftError
@@ -170,9 +171,10 @@ def _pool(
     where = {r: i for i, r in enumerate(rows)}
     n_non = max([k, *(len(v) for v in own.values())])
     train = task.data.dataset.train
-    if isinstance(train, QAExamples | ImageTexts):
+    if isinstance(train, QAExamples | ImageTexts | DetectionImages):
         raise FedpeftError(
-            "membership audits score classification runs only, not QA or image–text runs."
+            "membership audits score classification runs only, not QA, image–text or "
+            "detection runs."
         )
     fresh = _not_trained_on(held, train)
     non = rng.choice(fresh, size=min(n_non, len(fresh)), replace=False)  # a random order

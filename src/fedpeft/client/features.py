@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedpeft.client.train import HEAD_MODULES, ClientData
+from fedpeft.client.train import ClientData
 from fedpeft.data import OwnLossBatch
 from fedpeft.errors import FedpeftError
 
+HEAD_MODULES = ("classifier", "score")  # classifier heads: what the statistics feed
 STATS_SUM = "feature_stats/sum"  # (C, H) float64: Σ h per class
 STATS_COUNT = "feature_stats/count"  # (C,) float64: n per class
 STATS_SECOND = "feature_stats/second"  # (H, H) float64: Σ h hᵀ over every example

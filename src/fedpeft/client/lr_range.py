@@ -21,7 +21,15 @@ import torch
 from torch import nn
 
 from fedpeft.client.train import ClientData, client_objective
-from fedpeft.data import Batch, ImageBatch, MatchBatch, OwnLossBatch, QABatch, VQABatch
+from fedpeft.data import (
+    Batch,
+    DetectionBatch,
+    ImageBatch,
+    MatchBatch,
+    OwnLossBatch,
+    QABatch,
+    VQABatch,
+)
 from fedpeft.peft import get_adapter_state, set_adapter_state
 from fedpeft.types import TrainInstruction
 
@@ -116,7 +124,7 @@ def lr_range_test(
 
 def _cycle(
     data: ClientData, batch_size: int, rng: np.random.Generator
-) -> Iterator[Batch | ImageBatch | QABatch | MatchBatch | VQABatch]:
+) -> Iterator[Batch | ImageBatch | QABatch | MatchBatch | VQABatch | DetectionBatch]:
     """Epoch after epoch of the client's batches."""
     while True:
         yield from data.split.train_batches(data.indices, batch_size, rng)

@@ -133,7 +133,8 @@ def _private(
     return private
 
 
-HEAD_MODULES = ("classifier", "score")  # the task heads of every supported family (peft/arch*.py)
+# the task heads of every supported family (peft/arch*.py; YOLOS: its class and box MLPs)
+HEAD_MODULES = ("classifier", "score", "class_labels_classifier", "bbox_predictor")
 
 
 def _param_groups(

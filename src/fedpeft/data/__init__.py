@@ -19,15 +19,27 @@ from fedpeft.data.images import (  # isort: skip - registers the image datasets
 )
 
 from fedpeft.data.paired import MatchBatch, MatchSplit, VQABatch, VQASplit  # isort: skip
+from fedpeft.data.detection import DetectionBatch, DetectionSplit  # isort: skip
 
 # batches trained and scored by the model's own loss: no class ids to weigh logits by
-OwnLossBatch = QABatch | MatchBatch | VQABatch
+OwnLossBatch = QABatch | MatchBatch | VQABatch | DetectionBatch
 # what training and evaluation consume
-Split = TokenizedSplit | ImageSplit | InstructSplit | QASplit | GenQASplit | MatchSplit | VQASplit
+Split = (
+    TokenizedSplit
+    | ImageSplit
+    | InstructSplit
+    | QASplit
+    | GenQASplit
+    | MatchSplit
+    | VQASplit
+    | DetectionSplit
+)
 
 __all__ = [
     "Batch",
     "DataProfile",
+    "DetectionBatch",
+    "DetectionSplit",
     "ImageArrays",
     "ImageBatch",
     "ImagePreprocess",

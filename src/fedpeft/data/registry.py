@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fedpeft.config import DataConfig
+from fedpeft.data.boxes import DetectionImages, load_bccd, load_coco128
 from fedpeft.data.labels import label_order, normalize_label
 from fedpeft.data.pairs import ImageTexts, load_daquar
 from fedpeft.data.questions import QAExamples
@@ -51,10 +52,10 @@ def heldout_train(cfg: DataConfig, seed: int) -> RawSplit | ImageArrays:
     the same distribution as the run's training data, never trained on (membership audits'
     non-members). Empty when the run used the whole train split."""
     ds = _load(cfg, seed)
-    if isinstance(ds.train, QAExamples | ImageTexts):
+    if isinstance(ds.train, QAExamples | ImageTexts | DetectionImages):
         raise FedpeftError(
-            f"dataset {cfg.dataset!r} holds questions or image–text pairs; membership audits "
-            "score classification runs only."
+            f"dataset {cfg.dataset!r} holds questions, image–text pairs or boxes; membership "
+            "audits score classification runs only."
         )
     used = _subset_indices(len(ds.train), cfg.train_size, np.random.default_rng(seed))
     return ds.train.take(np.setdiff1d(np.arange(len(ds.train)), used))
@@ -69,7 +70,7 @@ def _load(cfg: DataConfig, seed: int) -> RawDataset:
     return _REGISTRY[cfg.dataset](cfg, seed)
 
 
-Raw = RawSplit | ImageArrays | QAExamples | ImageTexts
+Raw = RawSplit | ImageArrays | QAExamples | ImageTexts | DetectionImages
 
 
 def _subset(split: Raw, size: int | None, rng: np.random.Generator) -> Raw:
@@ -165,3 +166,5 @@ register_dataset("ag_news", _ag_news)
 register_dataset("custom", _custom)
 register_dataset("squad", load_squad)
 register_dataset("daquar", load_daquar)
+register_dataset("bccd", load_bccd)
+register_dataset("coco128", load_coco128)

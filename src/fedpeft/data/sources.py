@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,10 +69,48 @@ class ImageTexts:
 
 
 @dataclass(frozen=True)
+class Annotated:
+    """One image's file, size and boxes."""
+
+    path: Path
+    width: int
+    height: int
+    boxes: np.ndarray  # float32 (k, 4): x0, y0, x1, y1 in pixels
+    classes: np.ndarray  # int64 (k,)
+    crowd: np.ndarray  # bool (k,): COCO crowd regions (never trained on, ignored in scoring)
+
+
+@dataclass(frozen=True)
+class DetectionImages:
+    """Images with their boxes (rows), and each image's dominant class: the class of most
+    of its non-crowd boxes (ties: the lowest class id; -1 when it has none)."""
+
+    items: list[Annotated]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def take(self, idx: np.ndarray) -> DetectionImages:
+        return DetectionImages([self.items[int(i)] for i in idx])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray([dominant_class(a) for a in self.items], dtype=np.int64)
+
+
+def dominant_class(item: Annotated) -> int:
+    """The class most of the image's non-crowd boxes have (ties: the lowest id); -1: none."""
+    counts = Counter(int(c) for c in item.classes[~item.crowd])
+    if not counts:
+        return -1
+    return min(counts, key=lambda c: (-counts[c], c))
+
+
+@dataclass(frozen=True)
 class RawDataset:
     name: str
-    train: RawSplit | ImageArrays | QAExamples | ImageTexts
-    eval: RawSplit | ImageArrays | QAExamples | ImageTexts
+    train: RawSplit | ImageArrays | QAExamples | ImageTexts | DetectionImages
+    eval: RawSplit | ImageArrays | QAExamples | ImageTexts | DetectionImages
     label_names: list[str]
     source: str  # the folder, files or hub id it came from
 

@@ -23,11 +23,13 @@ from fedpeft.models.vision import (
 )
 
 from fedpeft.models.vilt import VILT_ID, load_vqa_model  # isort: skip - registers ViLT
+from fedpeft.models.yolos import YOLOS_TINY_ID, load_detector  # isort: skip - registers YOLOS
 
 __all__ = [
     "MINILM_ID",
     "SMOLLM2_ID",
     "VILT_ID",
+    "YOLOS_TINY_ID",
     "ModelSpec",
     "check_available",
     "get_model_spec",
@@ -36,6 +38,7 @@ __all__ = [
     "load_causal_lm",
     "load_classifier",
     "load_clip_matcher",
+    "load_detector",
     "load_model_config",
     "load_qa_model",
     "load_tokenizer",

@@ -37,6 +37,7 @@ EFFICIENTNET_LITE0 = "efficientnet-lite0"
 VIT_BASE_ID = "google/vit-base-patch16-224"
 CLIP_BASE_ID = "openai/clip-vit-base-patch32"
 VISION_FAMILIES = ("efficientnet", "vit", "clip")
+RESIZABLE = ("efficientnet", "yolos")  # take any input side (YOLOS: a multiple of its patch)
 # TensorFlow's EfficientNet-Lite preprocessing: (x − 127) / 128 on 0–255 pixels
 _LITE_MEAN, _LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
 
@@ -192,11 +193,12 @@ def is_vision_model(spec: ModelSpec) -> bool:
 
 def image_preprocess(spec: ModelSpec, image_size: int | None) -> ImagePreprocess:
     """The model's input size (``model.image_size`` overrides it for EfficientNet, whose
-    convolutions take any size; ViT's position embeddings fix its size) and normalisation."""
+    convolutions take any size, and YOLOS, which interpolates its position embeddings;
+    ViT's position embeddings fix its size) and normalisation."""
     entry = _entry(spec)
     if image_size is None or image_size == entry.preprocess.size:
         return entry.preprocess
-    if spec.family != "efficientnet":
+    if spec.family not in RESIZABLE:
         raise FedpeftError(
             f"`model.image_size` is {image_size}, but {spec.name} takes "
             f"{entry.preprocess.size}×{entry.preprocess.size} images only; leave it unset."

@@ -55,6 +55,14 @@ class Architecture:
     peft_task: str | None = "SEQ_CLS"  # PEFT's task type; None: head in ``modules_to_save``
     unadaptable: tuple[str, ...] = ()  # module suffixes that LoRA must not target
     tokens: int | None = None  # a fixed sequence length (ViT: patches + [CLS]), else None
+    # the head's modules when it has more than one (YOLOS: class and box MLPs); the first
+    # is ``head_prefix``. Empty: ``head_prefix`` alone
+    head_modules: tuple[str, ...] = ()
+
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        """The module names (prefixes) whose parameters form the task head."""
+        return self.head_modules or (self.head_prefix,)
 
     def per_token_flops(self) -> int:
         """Forward FLOPs per token of the blocks' projections (2 per multiply-add)."""

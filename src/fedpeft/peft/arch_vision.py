@@ -22,6 +22,10 @@
   over text tokens and image patches + [CLS], a final LayerNorm and pooler, and
   ``ViltForQuestionAnswering``'s head ``classifier`` (d → 2d, LayerNorm, GELU, 2d → labels).
   Every projection runs at all ``seq_len`` positions (text tokens + image tokens).
+- YOLOS (``transformers``): ViT blocks named like ViLT's over [CLS], the patches and the
+  detection tokens (position embeddings interpolated to the input size; YOLOS-S adds a set
+  per block), a final LayerNorm, and two 3-layer MLP heads on the detection tokens,
+  ``class_labels_classifier`` (labels + "no object") and ``bbox_predictor`` (4).
 """
 
 from __future__ import annotations
@@ -251,4 +255,60 @@ def vilt(cfg: Any, num_labels: int) -> Architecture:
         # PEFT's suffix "output.dense" also matches "attention.output.dense" (as in BERT)
         roles=Roles(("query",), ("key",), ("value",), feedforward=("output.dense",)),
         peft_task=None,
+    )
+
+
+def yolos(cfg: Any, num_labels: int, image_size: int | None = None) -> Architecture:
+    """``YolosForObjectDetection``: ViT blocks over [CLS], the patches and ``T`` detection
+    tokens, its two heads on the detection tokens. ``image_size``: the square input side
+    the sequence length is counted at (None: the config's own ``image_size``)."""
+    d, f, n_layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    linears: list[Linear] = []
+    for i in range(n_layers):
+        p = f"vit.encoder.layer.{i}"
+        linears += [
+            Linear(f"{p}.attention.attention.query", d, d, i),
+            Linear(f"{p}.attention.attention.key", d, d, i),
+            Linear(f"{p}.attention.attention.value", d, d, i),
+            Linear(f"{p}.attention.output.dense", d, d, i),
+            Linear(f"{p}.intermediate.dense", d, f, i),
+            Linear(f"{p}.output.dense", f, d, i),
+        ]
+    patch, det, (h, w) = int(cfg.patch_size), cfg.num_detection_tokens, cfg.image_size
+    patches = (h // patch) * (w // patch)
+    layer_norms = 2 * n_layers + 1  # two per block, the final one
+    qkv = 3 * d * n_layers if cfg.qkv_bias else 0
+    biases = sum(lin.d_out for lin in linears) - (3 * d * n_layers - qkv) + layer_norms * d + d
+    weights = sum(lin.d_in * lin.d_out for lin in linears) + layer_norms * d
+    weights += cfg.num_channels * patch * patch * d  # patch projection
+    embeddings = d + det * d + (1 + patches + det) * d  # [CLS], detection tokens, positions
+    if cfg.use_mid_position_embeddings:  # one set per block but the last, at the config's size
+        embeddings += (n_layers - 1) * (1 + h * w // patch**2 + det) * d
+    mlp = 2 * (d * d + d)  # two hidden layers of each head
+    heads = (mlp + d * (num_labels + 1) + num_labels + 1) + (mlp + 4 * d + 4)
+    tokens = 1 + det + ((image_size // patch) ** 2 if image_size else patches)
+    return Architecture(
+        family="yolos",
+        hidden=d,
+        layers=n_layers,
+        heads=cfg.num_attention_heads,
+        num_labels=num_labels,
+        attn_dim=d,
+        kv_dim=d,
+        linears=tuple(linears),
+        attn_out=tuple(lin.name for lin in linears if lin.name.endswith("attention.output.dense")),
+        ffn_out=tuple(
+            lin.name
+            for lin in linears
+            if lin.name.endswith(".output.dense") and ".attention." not in lin.name
+        ),
+        head_prefix="class_labels_classifier",
+        head_params=heads,
+        bias_params=biases,
+        total_params=embeddings + weights + biases + heads,
+        head_token_flops=0,  # the heads see the detection tokens only
+        roles=Roles(("query",), ("key",), ("value",), feedforward=("output.dense",)),
+        peft_task=None,
+        tokens=tokens,
+        head_modules=("class_labels_classifier", "bbox_predictor"),
     )

@@ -32,10 +32,12 @@ def architecture(
     causal_lm: bool = False,
     qa: bool = False,
     matching: bool = False,
+    image_size: int | None = None,
 ) -> Architecture:
     """The ``Architecture`` of a ``transformers`` config (``model_type`` picks the family);
     ``causal_lm`` for the language-model head, ``qa`` for an encoder's span head, instead of
-    a classifier of ``num_labels``; ``matching`` for CLIP matching images and texts."""
+    a classifier of ``num_labels``; ``matching`` for CLIP matching images and texts;
+    ``image_size``: a detector's square input side (its sequence length)."""
     model_type = getattr(config, "model_type", None)
     if qa:
         if model_type == "bert":
@@ -64,6 +66,8 @@ def architecture(
         )
     if model_type == "vilt":
         return arch_vision.vilt(config, num_labels)
+    if model_type == "yolos":
+        return arch_vision.yolos(config, num_labels, image_size)
     if model_type == "bert":
         return arch_text.encoder(config, "bert", num_labels)
     if model_type in ("roberta", "xlm-roberta"):
@@ -72,5 +76,5 @@ def architecture(
         return arch_text.llama(config, num_labels)
     raise FedpeftError(
         f"model type {model_type!r} has no cost model yet; supported: bert, roberta, llama, "
-        "efficientnet_lite, vit, clip, vilt."
+        "efficientnet_lite, vit, clip, vilt, yolos."
     )

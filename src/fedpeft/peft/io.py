@@ -54,14 +54,14 @@ def save_adapter(
 
 def _save_head_config(base: nn.Module, folder: Path, base_id: str) -> None:
     """``config.json`` of a classifier (its labels: ``num_labels``, ``id2label``,
-    ``label2id``; ViLT's VQA head: its answers), naming the base by its hub id; other
+    ``label2id``; ViLT's VQA head: its answers; a detector: its classes), naming the base
+    by its hub id; other
     models save none."""
     config = getattr(base, "config", None)  # transformers' classifiers all hold one
     name = type(base).__name__
     answers = name == "ViltForQuestionAnswering"  # a classifier over the answer vocabulary
-    if config is None or not (
-        answers or name.endswith(("ForSequenceClassification", "ForImageClassification"))
-    ):
+    heads = ("ForSequenceClassification", "ForImageClassification", "ForObjectDetection")
+    if config is None or not (answers or name.endswith(heads)):
         return
     config = copy.deepcopy(config)
     config._name_or_path = base_id

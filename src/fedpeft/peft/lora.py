@@ -43,7 +43,9 @@ def attention_targets(arch: Architecture) -> list[str]:
 class LoraSpec(MethodSpec):
     kind: ClassVar[Kind] = "reparameterised"
     description: ClassVar[str] = "low-rank updates ΔW = (α/r)·BA"
-    image_families: ClassVar[frozenset[str]] = frozenset({"efficientnet", "vit", "clip", "vilt"})
+    image_families: ClassVar[frozenset[str]] = frozenset(
+        {"efficientnet", "vit", "clip", "vilt", "yolos"}
+    )
     # ASSUMPTION from small-encoder GLUE results at equal budget (Hu et al., 2021; He et
     # al., 2022): on par with adapters, below full fine-tuning.
     gain_prior: ClassVar[float | None] = 0.75
@@ -92,7 +94,9 @@ class LoraSpec(MethodSpec):
         """PEFT's configuration of this spec (a variant such as DoRA extends it)."""
         return LoraConfig(
             task_type=TaskType(arch.peft_task) if arch.peft_task else None,
-            modules_to_save=[arch.head_prefix] if not arch.peft_task and arch.head_params else None,
+            modules_to_save=list(arch.head_names)
+            if not arch.peft_task and arch.head_params
+            else None,
             r=self.r,
             lora_alpha=self.alpha,  # type: ignore[arg-type]
             lora_dropout=self.dropout,

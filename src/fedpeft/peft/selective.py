@@ -17,8 +17,8 @@ from fedpeft.peft.arch import Architecture
 from fedpeft.peft.registry import register_method
 from fedpeft.peft.spec import Kind, MethodSpec, Task, head_params_trainable
 
-WITH_HEAD = frozenset({"efficientnet", "vit", "vilt"})  # image families with a task head
-CLASSIFY: frozenset[Task] = frozenset({"classify", "qa", "vqa"})  # models with a small head
+WITH_HEAD = frozenset({"efficientnet", "vit", "vilt", "yolos"})  # image families with a head
+CLASSIFY: frozenset[Task] = frozenset({"classify", "qa", "vqa", "detect"})  # a small head
 
 
 class BitFitSpec(MethodSpec):

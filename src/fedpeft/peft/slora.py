@@ -109,9 +109,9 @@ def _lora_layer(model: nn.Module, name: str) -> nn.Module:
 def _replace_head(model: nn.Module, arch: Architecture, state: dict[str, torch.Tensor]) -> None:
     """Stage 1's trained head, as new parameters on ``model``'s own head modules (a shared
     base's tensors are never written)."""
-    prefix = arch.head_prefix + "."
+    prefixes = tuple(h + "." for h in arch.head_names)
     for key, value in state.items():
-        if not key.startswith(prefix) or arch.head_params == 0:
+        if not key.startswith(prefixes) or arch.head_params == 0:
             continue
         module_name, _, param = key.rpartition(".")
         module = model.get_submodule(module_name)

@@ -24,9 +24,9 @@ from torch import nn
 from fedpeft.peft.arch import Architecture
 
 Kind = Literal["reparameterised", "additive", "selective", "baseline"]
-Task = Literal["classify", "instruct", "qa", "itm", "vqa"]
+Task = Literal["classify", "instruct", "qa", "itm", "vqa", "detect"]
 BOTH_TASKS: frozenset[Task] = frozenset({"classify", "instruct"})
-ALL_TASKS: frozenset[Task] = frozenset({"classify", "instruct", "qa", "itm", "vqa"})
+ALL_TASKS: frozenset[Task] = frozenset({"classify", "instruct", "qa", "itm", "vqa", "detect"})
 
 
 class MethodSpec(BaseModel):
@@ -38,7 +38,8 @@ class MethodSpec(BaseModel):
     description: ClassVar[str] = ""
     image_families: ClassVar[frozenset[str]] = frozenset()  # text families take every method
     # "instruct": causal-LM instruction tuning; "qa": extractive QA (a span head on every
-    # token); "itm": CLIP matching images and texts (no head); "vqa": ViLT's answer head
+    # token); "itm": CLIP matching images and texts (no head); "vqa": ViLT's answer head;
+    # "detect": YOLOS' class and box heads
     tasks: ClassVar[frozenset[Task]] = ALL_TASKS
     # Prior expected gain R in the allocation's normalised units (½ = no gain); None: the
     # allocation's ``gain.default_prior``. An ASSUMPTION each method states with its source.
@@ -108,4 +109,5 @@ def head_params_trainable(model: nn.Module, arch: Architecture) -> None:
     """Freezes every parameter, then unfreezes the task head (in place) unless it is one
     that stays frozen (``head_params == 0``: a causal LM's output layer)."""
     for name, p in model.named_parameters():
-        p.requires_grad_(arch.head_params > 0 and name.startswith(arch.head_prefix + "."))
+        head = any(name.startswith(h + ".") for h in arch.head_names)
+        p.requires_grad_(arch.head_params > 0 and head)

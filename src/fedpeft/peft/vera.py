@@ -68,7 +68,9 @@ class VeraSpec(MethodSpec):
             )
         config = VeraConfig(
             task_type=TaskType(arch.peft_task) if arch.peft_task else None,
-            modules_to_save=[arch.head_prefix] if not arch.peft_task and arch.head_params else None,
+            modules_to_save=list(arch.head_names)
+            if not arch.peft_task and arch.head_params
+            else None,
             r=self.r,
             d_initial=self.d_initial,
             vera_dropout=self.dropout,

@@ -15,6 +15,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from fedpeft.data import Split
+from fedpeft.data.detection import DetectionSplit
 from fedpeft.data.genqa import GenQASplit
 from fedpeft.data.instruct import InstructSplit
 from fedpeft.data.paired import MatchSplit, VQASplit
@@ -80,7 +81,7 @@ def evaluate_model(
     model: nn.Module, split: Split, batch_size: int, device: torch.device
 ) -> dict[str, float]:
     """Accuracy, macro-F1 and loss; for instruction splits, of the generated label word;
-    for question answering, image–text matching and VQA, their own metrics (with
+    for question answering, image–text matching, VQA and detection, their own metrics (with
     ``accuracy`` and ``loss``)."""
     if isinstance(split, InstructSplit):
         from fedpeft.server.generate import evaluate_generative
@@ -102,4 +103,8 @@ def evaluate_model(
         from fedpeft.server.vqa import evaluate_vqa
 
         return evaluate_vqa(model, split, batch_size, device)
+    if isinstance(split, DetectionSplit):
+        from fedpeft.server.detection import evaluate_detection
+
+        return evaluate_detection(model, split, batch_size, device)
     return classification_metrics(predict_logits(model, split, batch_size, device), split.labels)

@@ -4,7 +4,8 @@ QA (``server/qa.py``), image–text matching or visual question answering
 checked before anything loads.
 
 ``model.task = "auto"`` means ``qa`` for question-answering data (SQuAD), ``vqa`` for ViLT,
-``itm`` for CLIP on image–text pairs (DAQUAR), ``instruct`` for decoder LLMs (the LLaMA
+``detect`` for YOLOS or detection data (BCCD, COCO128; ``server/detection.py``), ``itm``
+for CLIP on image–text pairs (DAQUAR), ``instruct`` for decoder LLMs (the LLaMA
 family) and ``classify`` for every other model; ``classify`` on a decoder trains a
 sequence-classification head as before.
 """
@@ -15,11 +16,14 @@ from typing import Literal
 
 from fedpeft.config import ExperimentConfig
 from fedpeft.data import RawDataset
+from fedpeft.data.boxes import DETECTION_DATASETS
 from fedpeft.data.instruct import InstructSplit, tokenize_instruct
 from fedpeft.data.sources import RawSplit
 from fedpeft.errors import FedpeftError
 from fedpeft.models import ModelSpec, get_model_spec, load_tokenizer
+from fedpeft.models.yolos import DETECTION_FAMILIES
 from fedpeft.peft import method_names
+from fedpeft.server.detection import DETECT_TASK, check_detect, supported_detection
 from fedpeft.server.multimodal import (
     FAMILY,
     PAIR_DATASETS,
@@ -31,7 +35,7 @@ from fedpeft.server.multimodal import (
 )
 from fedpeft.server.qa import QA_DATASETS, check_qa, generative, supported_qa
 
-TaskKind = Literal["classify", "instruct", "qa", "itm", "vqa"]
+TaskKind = Literal["classify", "instruct", "qa", "itm", "vqa", "detect"]
 DECODER_FAMILIES = ("llama",)
 
 
@@ -44,6 +48,8 @@ def task_kind(cfg: ExperimentConfig, spec: ModelSpec | None = None) -> TaskKind:
     spec = spec or get_model_spec(cfg.model.name)
     if spec.family == FAMILY["vqa"]:
         return "vqa"
+    if spec.family in DETECTION_FAMILIES or cfg.data.dataset in DETECTION_DATASETS:
+        return "detect"
     if spec.family == FAMILY["itm"] and cfg.data.dataset in PAIR_DATASETS:
         return "itm"
     return "instruct" if spec.family in DECODER_FAMILIES else "classify"
@@ -61,7 +67,7 @@ def supported_pairs() -> str:
     return (
         f"classify: any family with any method ({', '.join(method_names())}); "
         f"instruct: {', '.join(DECODER_FAMILIES)} with {', '.join(method_names(causal_lm=True))}; "
-        f"{supported_qa()}; {supported_image_text()}"
+        f"{supported_qa()}; {supported_image_text()}; {supported_detection()}"
     )
 
 
@@ -78,6 +84,14 @@ def check_task(cfg: ExperimentConfig) -> TaskKind:
     if kind in PAIR_TASKS:
         check_pair_task(cfg, spec, kind)
         return kind
+    if kind == DETECT_TASK:
+        check_detect(cfg, spec)
+        return kind
+    if cfg.data.dataset in DETECTION_DATASETS or spec.family in DETECTION_FAMILIES:
+        raise FedpeftError(
+            f"`model.task` {kind!r} with `{spec.name}` on {cfg.data.dataset!r} is not "
+            f"offered; {supported_detection()}."
+        )
     if cfg.data.dataset in QA_DATASETS:
         raise FedpeftError(
             f"`data.dataset` {cfg.data.dataset!r} holds questions with answer spans, which "

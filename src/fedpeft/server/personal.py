@@ -87,7 +87,7 @@ def training_plan(
     if p.mode == "head":
         if arch is None:
             raise FedpeftError("`personalization.mode = 'head'` needs the model's architecture.")
-        parts = (f".{arch.head_prefix}.",)
+        parts = tuple(f".{h}." for h in arch.head_names)
     elif p.mode == "lora_b":
         parts = (".lora_B.",)
     keys = {k for state in adapters.values() for k in state}

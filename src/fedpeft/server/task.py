@@ -38,6 +38,7 @@ from fedpeft.models import (
     load_causal_lm,
     load_classifier,
     load_clip_matcher,
+    load_detector,
     load_qa_model,
     load_tokenizer,
     load_vision_classifier,
@@ -55,6 +56,7 @@ from fedpeft.peft import (
 )
 from fedpeft.peft.prefix import PrefixCache, compile_blocks
 from fedpeft.peft.share import apply_shared
+from fedpeft.server.detection import DETECT_TASK
 from fedpeft.server.instruct import check_task, head_kind, instruct_splits, task_kind
 from fedpeft.server.multimodal import FAMILY, PAIR_DATASETS, PAIR_TASKS
 from fedpeft.server.prefix import serve_prefix
@@ -176,7 +178,7 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
     method = parse_spec(cfg.peft.method, cfg.peft.options)
     check_pairing(cfg)
     kind = check_task(cfg)
-    if kind in ("qa", *PAIR_TASKS) and needs_proxy(cfg):
+    if kind in ("qa", DETECT_TASK, *PAIR_TASKS) and needs_proxy(cfg):
         raise FedpeftError(
             f"`server.aggregator` {cfg.server.aggregator!r} needs a labelled proxy set of "
             f"classification examples; with `model.task` {kind!r} use a rule without one "
@@ -217,8 +219,8 @@ def check_pairing(cfg: ExperimentConfig) -> None:
     spec = get_model_spec(cfg.model.name)
     check_available(spec)  # a hub model on an offline machine fails here, in a second
     pairs = cfg.data.dataset in PAIR_DATASETS or spec.family == FAMILY["vqa"]
-    if pairs or task_kind(cfg, spec) in PAIR_TASKS:
-        return  # images with texts: ``check_task`` checks the model, data and method
+    if pairs or task_kind(cfg, spec) in (*PAIR_TASKS, DETECT_TASK):
+        return  # images with texts or boxes: ``check_task`` checks model, data and method
     vision, images = is_vision_model(spec), is_image_dataset(cfg.data.dataset)
     if vision != images:
         takes, holds = ("images", "text") if vision else ("text", "images")
@@ -261,6 +263,8 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
         return _qa_data(cfg, spec, dataset)
     if kind in PAIR_TASKS:
         return _pair_data(cfg, spec, dataset, kind)
+    if kind == DETECT_TASK:
+        return _detection_data(cfg, spec, dataset)
     train, evaluation = splits_for(cfg, spec, dataset)
     pool = np.arange(len(train.labels))
     proxy = np.zeros(0, dtype=np.int64)
@@ -317,6 +321,18 @@ def _pair_data(
     return FederatedData(spec, dataset, train, evaluation, partitions, profiles)
 
 
+def _detection_data(cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset) -> FederatedData:
+    """Images with boxes; clients hold whole images, skewed by their dominant class."""
+    from fedpeft.data.detection import partition_images
+    from fedpeft.server.detection import detection_splits
+
+    train, evaluation = detection_splits(cfg, dataset, spec)
+    partitions = partition_images(train, cfg.data, cfg.run.seed)
+    n = dataset.num_labels
+    profiles = [data_profile(train.labels[p], train.lengths[p], n) for p in partitions]
+    return FederatedData(spec, dataset, train, evaluation, partitions, profiles)
+
+
 def _text_splits(
     cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset
 ) -> tuple[Split, Split]:
@@ -338,6 +354,11 @@ def _image_splits(
         raise FedpeftError(f"dataset {dataset.name!r} holds text; `{spec.name}` takes images.")
     preprocess = image_preprocess(spec, cfg.model.image_size)
     return image_split(dataset.train, preprocess), image_split(dataset.eval, preprocess)
+
+
+def input_side(cfg: ExperimentConfig, spec: ModelSpec, kind: str) -> int | None:
+    """A detector's square input side (its sequence length follows from it), else None."""
+    return image_preprocess(spec, cfg.model.image_size).size if kind == DETECT_TASK else None
 
 
 def load_base(cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset) -> nn.Module:
@@ -368,11 +389,19 @@ def build_task(cfg: ExperimentConfig) -> Task:
         elif kind == "vqa":
             names = dataset.label_names
             base = load_vqa_model(spec, dataset.num_labels, cfg.run.seed, names)
+        elif kind == DETECT_TASK:
+            names = dataset.label_names
+            base = load_detector(spec, dataset.num_labels, cfg.run.seed, names)
         else:
             base = load_base(cfg, spec, dataset)
         full_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
         arch = architecture(
-            base.config, dataset.num_labels, causal_lm=causal_lm, qa=span, matching=kind == "itm"
+            base.config,
+            dataset.num_labels,
+            causal_lm=causal_lm,
+            qa=span,
+            matching=kind == "itm",
+            image_size=input_side(cfg, spec, kind),
         )
         model = apply_shared(base, method, arch, cfg.run.seed).to(device)
     log.info(
