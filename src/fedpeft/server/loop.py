@@ -1,5 +1,6 @@
 """The synchronous round loop: sample → plan → collect → guard → aggregate → fuse →
-evaluate (every ``eval.every`` rounds and the last) → observe → record → checkpoint.
+head refresh (``server.head_refresh``) → evaluate (every ``eval.every`` rounds and the
+last) → observe → record → checkpoint.
 
 It reaches clients only through the federation's ``ClientPool`` and the model only through
 its ``GlobalModel`` (``protocols.py``), so the same loop drives every runtime. The server
