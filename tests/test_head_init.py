@@ -261,3 +261,13 @@ def test_head_refresh_is_off_where_round_zero_is(tmp_path: Path) -> None:
     assert not refresh_due(tiny_config(tmp_path, *on, "server.head_init='random'"), 3)
     dp = ("privacy.mode='central'", "privacy.noise_multiplier=0.5", "privacy.clip_norm=1.0")
     assert not refresh_due(tiny_config(tmp_path, *on, *dp), 3)
+
+
+def test_head_refresh_is_refused_on_an_asynchronous_server(tmp_path: Path) -> None:
+    from fedpeft.errors import FedpeftError
+    from fedpeft.server.task import check_combinations
+
+    with pytest.raises(FedpeftError, match="head_refresh"):
+        check_combinations(
+            tiny_config(tmp_path, "server.head_refresh='every'", "server.mode='async'")
+        )

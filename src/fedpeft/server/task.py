@@ -207,6 +207,11 @@ def check_combinations(cfg: ExperimentConfig) -> None:
             "initial adapter, which allocated configurations and asynchronous servers do not "
             "share; set `compression.bits_down = 32` with allocation or `server.mode = 'async'`."
         )
+    if cfg.server.head_refresh != "none" and cfg.server.mode == "async":
+        raise FedpeftError(
+            "`server.head_refresh` re-calibrates the head after a synchronous round's "
+            "aggregation; with `server.mode = 'async'` set it to 'none'."
+        )
     if cfg.data.client_test_fraction > 0 and task_kind(cfg) == "qa":
         raise FedpeftError(
             "`data.client_test_fraction` scores clients on held-out classification examples; "
