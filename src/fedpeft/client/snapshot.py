@@ -102,8 +102,7 @@ def save_snapshot(
     """Writes ``states`` (by round) as the client's snapshot in ``folder``; {} removes it."""
     kept = {r: s for r, s in states.items() if s}
     if not kept:
-        (folder / MANIFEST).unlink(missing_ok=True)
-        _prune(folder, keep="")
+        forget_snapshot(folder)
         return
     newest = max(kept)
     meta: dict[str, object] = {"run_id": run_id, "client_id": client_id, "round": newest}
@@ -114,6 +113,16 @@ def save_snapshot(
     manifest = SnapshotManifest(run_id, client_id, newest, tuple(sorted(kept)), name, digest)
     write_atomic(folder / MANIFEST, json.dumps(manifest.to_json(), sort_keys=True).encode())
     _prune(folder, keep=name)
+
+
+def forget_snapshot(folder: Path) -> None:
+    """Removes the client's snapshot in ``folder``, as far as the disk lets it (its manifest
+    first: without it nothing is read back)."""
+    try:
+        (folder / MANIFEST).unlink(missing_ok=True)
+        _prune(folder, keep="")
+    except OSError as e:
+        log.warning("the kept state in %s could not be removed (%s)", folder, e)
 
 
 def _prune(folder: Path, keep: str) -> None:

@@ -44,7 +44,13 @@ from flwr.clientapp import ClientApp
 
 from fedpeft.client import ClientState
 from fedpeft.client.secagg import SECAGG_KINDS
-from fedpeft.client.snapshot import copy_states, load_snapshot, same_states, save_snapshot
+from fedpeft.client.snapshot import (
+    copy_states,
+    forget_snapshot,
+    load_snapshot,
+    same_states,
+    save_snapshot,
+)
 from fedpeft.client.state import pack, unpack
 from fedpeft.errors import FedpeftError
 from fedpeft.runtime.flower import keys
@@ -271,7 +277,8 @@ def restore_kept(context: Context, me: Node, ins: TrainInstruction, evaluate: bo
 
 def keep_kept(context: Context, me: Node, ins: TrainInstruction, before: Kept, after: Kept) -> None:
     """``save_kept``, and — when the message changed the states — their snapshot on this
-    node's disk (a failed write is logged: the run goes on, a resume would start afresh)."""
+    node's disk. A failed write is logged and the run goes on; the older snapshot is then
+    removed, so a resume starts this client afresh rather than from stale states."""
     save_kept(context, after)
     if same_states(before, after):
         return
@@ -280,8 +287,13 @@ def keep_kept(context: Context, me: Node, ins: TrainInstruction, before: Kept, a
         save_snapshot(folder, ins.run_id, ins.client_id, after)
     except OSError as e:
         log.warning(
-            "client %d: its kept state was not written to %s (%s)", ins.client_id, folder, e
+            "client %d: its kept state was not written to %s (%s); a resumed run will start "
+            "it afresh",
+            ins.client_id,
+            folder,
+            e,
         )
+        forget_snapshot(folder)
 
 
 app = make_client_app()  # the deployment's component: the config comes in the run config
