@@ -197,11 +197,15 @@ def test_personal_heads_stay_on_their_nodes_across_rounds(
     glob = _head(root / "adapter")
     assert glob  # the global has a head (its initial one) for the personal ones to differ from
     heads = {}
-    for cid in (0, 1):  # each node exported its personal model on its own disk, nothing else
-        node = federation.node_dir(f"node{cid}")
+    for cid in (0, 1):  # each node exported its personal model on its own disk, beside
+        node = federation.node_dir(f"node{cid}")  # the snapshot of its kept state, nothing else
         files = [p for p in node.rglob("*") if p.is_file()]
-        (adapter,) = {p.parent for p in files}
-        assert adapter.parts[-3:] == (root.name, str(cid), "adapter")
+        (folder,) = {p.parent.parent if p.parent.name == "adapter" else p.parent for p in files}
+        assert folder.parts[-2:] == (root.name, str(cid))
+        names = sorted(p.name for p in folder.iterdir())
+        assert names[0] == "adapter" and names[2] == "kept.json" and len(names) == 3
+        assert json.loads((folder / "kept.json").read_text())["round"] == 2
+        adapter = folder / "adapter"
         heads[cid] = _head(adapter)
         mine = _head(local.run_dir / "clients" / str(cid) / "adapter")
         assert heads[cid].keys() == glob.keys() == mine.keys()

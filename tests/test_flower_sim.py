@@ -62,15 +62,18 @@ def test_the_server_allocates_from_what_flower_clients_report(tiny) -> None:
 def test_compressed_updates_with_error_feedback_travel_on_flower(
     tiny, tmp_path, monkeypatch
 ) -> None:
-    """4-bit replies with each client's residual kept in its node's Context state (not on
-    its disk), and an 8-bit global sent down, give the in-process result."""
+    """4-bit replies with each client's residual kept in its node's Context state (and its
+    snapshot on the node's disk), and an 8-bit global sent down, give the in-process
+    result."""
     monkeypatch.setenv("FEDPEFT_CLIENT_DIR", str(tmp_path / "node"))
     cfg = tiny("compression.bits_up=4", "compression.bits_down=8", "data.partition='dirichlet'")
     local = run_local(cfg)
     flower = run_flower_sim(cfg, workers=2)
     for key, value in local.state.items():
         torch.testing.assert_close(flower.state[key], value, rtol=0, atol=1e-6)
-    assert not (tmp_path / "node").exists()
+    snapshots = sorted((tmp_path / "node").glob(f"*/{flower.run_dir.name}/*/kept.json"))
+    assert [p.parent.name for p in snapshots] == ["0", "1"]
+    assert all(json.loads(p.read_text())["round"] == 2 for p in snapshots)
 
 
 def test_local_dp_on_flower_gives_the_in_process_noisy_adapter_and_epsilon(tiny) -> None:

@@ -1,7 +1,7 @@
 """Personalisation on Flower's simulation engine: the same personal scores and personal
 modules as in-process, with each client's personal part and its error-feedback residual
 kept together in its node's Context state (the worker processes keep none of it between
-messages; never in the run folder, never on the wire, never on the node's disk)."""
+messages; never in the run folder, never on the wire), its snapshot on the node's disk."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ pytest.importorskip("ray")
 
 from safetensors.torch import load_file  # noqa: E402
 
+from fedpeft.client.snapshot import MANIFEST  # noqa: E402
 from fedpeft.peft.io import WEIGHTS  # noqa: E402
 from fedpeft.runtime.flower.sim import run_flower_sim  # noqa: E402
 from fedpeft.runtime.local import run_local  # noqa: E402
@@ -48,13 +49,15 @@ def test_lora_b_with_compressed_replies_scores_the_same_on_flower(
         assert a["models"]["personal"]["loss"] == pytest.approx(b["models"]["personal"]["loss"])
     assert flower.summary["personal"]["clients_scored"] == 2
     # each node exported its personal model (B kept across rounds in its Context) on its own
-    # disk, as the in-process run did in its run folder; no kept state was written there
+    # disk, as the in-process run did in its run folder, beside the snapshot of its kept
+    # state (client.snapshot); no kept state was written in the run folder
     assert not (flower.run_dir / "clients").exists()
     (config_dir,) = (tmp_path / "node").iterdir()
-    files = sorted(p.relative_to(config_dir) for p in config_dir.rglob("*") if p.is_file())
-    assert {p.parts[:3] for p in files} == {
-        (flower.run_dir.name, str(cid), "adapter") for cid in (0, 1)
-    }
+    for cid in (0, 1):
+        folder = config_dir / flower.run_dir.name / str(cid)
+        names = sorted(p.name for p in folder.iterdir())
+        assert names[0] == "adapter" and names[2] == MANIFEST and len(names) == 3
+        assert names[1].startswith("kept-") and names[1].endswith(".safetensors")
     for cid in (0, 1):
         ours = load_file(config_dir / flower.run_dir.name / str(cid) / "adapter" / WEIGHTS)
         theirs = load_file(local.run_dir / "clients" / str(cid) / "adapter" / WEIGHTS)

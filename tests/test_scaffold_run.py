@@ -240,7 +240,7 @@ def test_a_refused_combination_stops_the_run_before_anything_is_written(tiny, tm
 
 def test_scaffold_on_flower_gives_the_in_process_run(tiny, tmp_path, monkeypatch) -> None:
     """The instruction's objective and the x/… extras cross Flower's messages; each client's
-    c_i is kept in its node's Context state (not on the node's disk)."""
+    c_i is kept in its node's Context state, its snapshot on the node's disk."""
     pytest.importorskip("flwr")
     pytest.importorskip("ray")
     from fedpeft.runtime.flower.sim import run_flower_sim
@@ -256,7 +256,8 @@ def test_scaffold_on_flower_gives_the_in_process_run(tiny, tmp_path, monkeypatch
     for key, value in theirs.items():
         torch.testing.assert_close(ours[key], value, rtol=0, atol=1e-6)
     assert flower.summary["bytes_down_total"] == local.summary["bytes_down_total"]
-    assert not (tmp_path / "node").exists()
+    snapshots = sorted((tmp_path / "node").glob(f"*/{flower.run_dir.name}/*/kept.json"))
+    assert [p.parent.name for p in snapshots] == ["0", "1"]
 
 
 def test_grouped_passes_train_scaffold_clients_alone_and_alike(tiny) -> None:

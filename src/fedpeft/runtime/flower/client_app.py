@@ -18,8 +18,11 @@ What the client keeps between rounds — personal modules (``personal/…``), SC
 ``c_i``, the error-feedback residual — lives in this node's ``Context`` state (the
 ``fedpeft.kept`` record): held in memory by the SuperNode (or the simulation engine) for the
 run, handed to whichever process answers a message and taken back with its reply, never in
-a message to the server and never on disk. A new Flower run (e.g. a resumed fedpeft run)
-starts with an empty Context, so its clients start their kept parts afresh.
+a message to the server. After every message that changes it, a snapshot goes to the node's
+own disk (``client.snapshot``, under ``process.client_folder``). A new Flower run (a resumed
+fedpeft run, or a restarted SuperNode) starts with an empty Context: at its first message
+for a run (``fedpeft.kept-run`` says which run's snapshot was consulted) the client reads
+that run's snapshot back — verified, and without the rounds the server has not reached.
 
 The work happens in this process (the simulation engine keeps its worker processes, so
 the model loads once each), or — when the node config names a ``host-socket`` — in the
@@ -32,6 +35,7 @@ whose node config names a ``data-file`` trains on that file instead (bring your 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +44,13 @@ from flwr.clientapp import ClientApp
 
 from fedpeft.client import ClientState
 from fedpeft.client.secagg import SECAGG_KINDS
+from fedpeft.client.snapshot import (
+    copy_states,
+    forget_snapshot,
+    load_snapshot,
+    same_states,
+    save_snapshot,
+)
 from fedpeft.client.state import pack, unpack
 from fedpeft.errors import FedpeftError
 from fedpeft.runtime.flower import keys
@@ -53,9 +64,17 @@ from fedpeft.runtime.flower.codec import (
     secagg_content,
     state_to_record,
 )
-from fedpeft.runtime.flower.process import Kept, hello_info, kept_reply, secure_reply
+from fedpeft.runtime.flower.process import (
+    Kept,
+    client_folder,
+    hello_info,
+    kept_reply,
+    secure_reply,
+)
 from fedpeft.runtime.flower.runconfig import local_data, node_config_text, run_config_text
 from fedpeft.types import TrainInstruction
+
+log = logging.getLogger("fedpeft.runtime.flower")
 
 
 def make_client_app(config_toml: str | None = None) -> ClientApp:
@@ -152,7 +171,8 @@ def train(
     if instruction.kind in SECAGG_KINDS and not evaluate:
         return Message(secure_stage(msg.content, context, me, instruction), reply_to=msg)
     payload = content_to_payload(msg.content)
-    kept = load_kept(context)
+    kept = restore_kept(context, me, instruction, evaluate)
+    before = copy_states(kept)  # the message may change its tensors in place
     if me.host is None:
         reply, info, kept = kept_reply(me.text, instruction, payload, kept, me.own, evaluate)
     else:
@@ -164,7 +184,7 @@ def train(
         tail, body = join_kept(payload, kept)
         info, out = request(me.host, {**header, "kept": tail}, body)
         reply, kept = split_kept(out, info.get("kept", 0))
-    save_kept(context, kept)
+    keep_kept(context, me, instruction, before, kept)
     content = payload_to_content(reply)
     content[keys.HELLO] = _process_record(info)
     return Message(content, reply_to=msg)
@@ -176,7 +196,8 @@ def secure_stage(
     """One secure-aggregation stage's reply, the round's secrets and the client's kept
     states taken from and put back into ``context``."""
     payload = content_to_stage(ins.kind, content)
-    secrets, kept = load_secrets(context), load_kept(context)
+    secrets, kept = load_secrets(context), restore_kept(context, me, ins)
+    before = copy_states(kept)  # the message may change its tensors in place
     if me.host is None:
         reply, info, secrets, kept = secure_reply(me.text, ins, payload, secrets, kept, me.own)
     else:
@@ -195,7 +216,7 @@ def secure_stage(
         secrets = unpack_secrets(str(info.get("secrets", "")))
         reply, kept = split_kept(data, info.get("kept", 0))
     save_secrets(context, secrets)
-    save_kept(context, kept)
+    keep_kept(context, me, ins, before, kept)
     out = secagg_content(reply)
     out[keys.HELLO] = _process_record(info)
     return out
@@ -234,6 +255,45 @@ def save_kept(context: Context, kept: Kept) -> None:
         context.state[keys.KEPT] = state_to_record(pack(kept))
     elif keys.KEPT in context.state:
         del context.state[keys.KEPT]
+
+
+def restore_kept(context: Context, me: Node, ins: TrainInstruction, evaluate: bool = False) -> Kept:
+    """``load_kept``; at this Context's first message for ``ins.run_id`` (a new Flower run:
+    a resumed fedpeft run or a restarted node), the run's verified snapshot on this node's
+    disk instead when the Context holds nothing — only its rounds before the one this
+    message works on (a train message uses the states of earlier rounds, an evaluate
+    message those up to its own round, as ``ClientStateStore.load`` does)."""
+    kept = load_kept(context)
+    record = context.state.config_records.get(keys.KEPT_RUN)
+    if record is not None and record.get(keys.KEPT_RUN_ID) == ins.run_id:
+        return kept
+    context.state[keys.KEPT_RUN] = ConfigRecord({keys.KEPT_RUN_ID: ins.run_id})
+    if kept:
+        return kept
+    folder = client_folder(me.text, ins.run_id, ins.client_id)
+    before = ins.round + 1 if evaluate else ins.round
+    return load_snapshot(folder, ins.run_id, ins.client_id, before)
+
+
+def keep_kept(context: Context, me: Node, ins: TrainInstruction, before: Kept, after: Kept) -> None:
+    """``save_kept``, and — when the message changed the states — their snapshot on this
+    node's disk. A failed write is logged and the run goes on; the older snapshot is then
+    removed, so a resume starts this client afresh rather than from stale states."""
+    save_kept(context, after)
+    if same_states(before, after):
+        return
+    folder = client_folder(me.text, ins.run_id, ins.client_id)
+    try:
+        save_snapshot(folder, ins.run_id, ins.client_id, after)
+    except OSError as e:
+        log.warning(
+            "client %d: its kept state was not written to %s (%s); a resumed run will start "
+            "it afresh",
+            ins.client_id,
+            folder,
+            e,
+        )
+        forget_snapshot(folder)
 
 
 app = make_client_app()  # the deployment's component: the config comes in the run config

@@ -17,6 +17,8 @@ SECAGG = "fedpeft.secagg"  # ArrayRecord: one secure-aggregation stage's protoco
 # ---- records in a ClientApp's Context state (kept on the SuperNode, never in a message) --
 SECRETS = "fedpeft.secagg-secrets"  # ArrayRecord: a secure-aggregation round's client secrets
 KEPT = "fedpeft.kept"  # ArrayRecord: the client's kept states, keys ``<round:06d>/<key>``
+KEPT_RUN = "fedpeft.kept-run"  # ConfigRecord: the run whose snapshot this Context consulted
+KEPT_RUN_ID = "run_id"  # … its key: that run's id (the run folder's name)
 
 # ---- keys inside those records ----------------------------------------------------------
 META_JSON = "json"  # the payload metadata, a JSON object (fedpeft.compression's own)

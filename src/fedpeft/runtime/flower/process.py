@@ -10,11 +10,14 @@ the model is kept loaded there.) ``LOADS`` counts loads so tests and benchmarks 
 What a client keeps between rounds (personal modules, SCAFFOLD's ``c_i``, the error-feedback
 residual) lives in its node's ClientApp ``Context`` state; ``kept_reply`` lends it to this
 process's store for one message and takes it back, so any process (a simulation worker, a
-fresh ``flwr-clientapp``, the node's client host) can answer any message.
+fresh ``flwr-clientapp``, the node's client host) can answer any message. The ClientApp also
+keeps a snapshot of it on the node's disk (``client_folder``, ``client.snapshot``) for a
+resumed run.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedpeft.client import ClientState, ClientStateStore
-from fedpeft.config import ExperimentConfig, build_config
+from fedpeft.config import ExperimentConfig, build_config, config_fingerprint
 from fedpeft.errors import FedpeftError
 from fedpeft.profiling import ResourceProfile, measured_profile
 from fedpeft.runtime.flower import keys
@@ -91,20 +94,34 @@ def client_process(config_toml: str) -> ClientProcess:
         LOADS.loads += 1
         LOADS.last_load_s = elapsed
         _CACHE.clear()
-        states = ClientStateStore(per_run=True, exports=client_dir(key))
+        states = ClientStateStore(per_run=True, exports=client_dir(config_fingerprint(cfg)))
         pool = LocalClientPool(task, states=states)
         _CACHE[key] = ClientProcess(key, cfg, pool, elapsed)
         return _CACHE[key]
 
 
 def client_dir(config_key: str) -> Path:
-    """Where this machine's clients write their files for one run config (their exported
-    personal adapters, ``<run>/<client>/adapter/``; the run is the instruction's
-    ``run_id``): on the node's own disk, ``$FEDPEFT_CLIENT_DIR``, else
-    ``~/.cache/fedpeft/clients``. Their kept states are not here: they live in the Context."""
+    """Where this machine's clients write their files for one run config, whose
+    ``config_fingerprint`` is ``config_key`` (the same when a resumed run runs more rounds):
+    under ``<run>/<client>/`` (the run is the instruction's ``run_id``, the run folder's name)
+    their exported personal adapters (``adapter/``) and the snapshot of their kept states
+    (``client.snapshot``); on the node's own disk, ``$FEDPEFT_CLIENT_DIR``, else
+    ``~/.cache/fedpeft/clients``."""
     root = os.environ.get(keys.NODE_CLIENT_DIR_ENV)
     base = Path(root) if root else Path.home() / ".cache" / "fedpeft" / "clients"
     return base / config_key[:16]
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(text: str) -> str:
+    return config_fingerprint(config_from_toml(text))
+
+
+def client_folder(text: str, run_id: str, client_id: int) -> Path:
+    """``client_dir``'s ``<run>/<client>/`` for the run config ``text`` (no model loads)."""
+    if not run_id or Path(run_id).name != run_id or run_id.startswith("."):
+        raise FedpeftError(f"the server named run {run_id!r}; a run's name must be a plain name.")
+    return client_dir(_fingerprint(text)) / run_id / str(client_id)
 
 
 def profile_of(proc: ClientProcess, upload: str, download: str) -> ResourceProfile:
