@@ -130,6 +130,9 @@ def test_voc_reads_boxes_and_drops_zero_size_ones(tmp_path: Path) -> None:
         (VOC.format(objects=OBJ.format(name="RBC", b=(10, 1, 5, 5))), "is inverted"),
         (VOC.format(objects=OBJ.format(name="RBC", b=(1, 1, 70, 5))), "outside its 64×48 image"),
         (VOC.replace("64", "-3").format(objects=""), "positive whole pixels"),
+        (VOC.replace("64", "inf").format(objects=""), "finite numeric <width>"),
+        (VOC.replace("48", "nan").format(objects=""), "finite numeric <height>"),
+        (VOC.format(objects=OBJ.format(name="RBC", b=(1, 1, "inf", 5))), "finite numeric <xmax>"),
     ],
 )
 def test_malformed_voc_files_are_refused(tmp_path: Path, text: str, match: str) -> None:
@@ -174,6 +177,19 @@ def test_coco_reads_classes_in_id_order_with_crowds_and_zero_size_boxes(tmp_path
         (_doc([45, 2, 10, 5]), "outside its 50×40 image"),
         (_doc([1, 2, 3, 4], category=9), "names image 7 or category 9"),
         (_doc([1, 2, "a", 4]), "needs image_id, category_id and bbox"),
+        (
+            '{"categories": [{"id": 1e999, "name": "x"}], "images": [], "annotations": []}',
+            "is not a COCO instances file",
+        ),
+        (
+            '{"categories": [], "images": [], "annotations": [{"image_id": 1e999}]}',
+            "needs image_id",
+        ),
+        ({**_doc(), "images": 2 * _doc()["images"]}, "listed twice"),  # type: ignore[operator]
+        (
+            {**_doc(), "categories": [{"id": 3, "name": "a"}, {"id": 3, "name": "b"}]},
+            "listed twice",
+        ),
     ],
 )
 def test_malformed_coco_files_are_refused(tmp_path: Path, doc: object, match: str) -> None:

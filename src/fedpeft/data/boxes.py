@@ -91,11 +91,14 @@ class _Boxes:
 def _number(node: ET.Element, tag: str, where: Path, what: str) -> float:
     text = node.findtext(tag)
     try:
-        return float(text)  # type: ignore[arg-type]
+        value = float(text)  # type: ignore[arg-type]
     except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
         raise FedpeftError(
-            f"{where}: {what} needs a numeric <{tag}>, found {text!r}; fix the annotation."
-        ) from None
+            f"{where}: {what} needs a finite numeric <{tag}>, found {text!r}; fix the annotation."
+        )
+    return value
 
 
 def read_voc(path: Path, labels: list[str], images: Path) -> tuple[Annotated, int]:
@@ -166,11 +169,14 @@ def read_coco(path: Path, images: Path) -> tuple[list[Annotated], list[str]]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         cats = sorted((int(c["id"]), str(c["name"])) for c in doc["categories"])
-        sizes = {
-            int(i["id"]): (str(i["file_name"]), i["width"], i["height"]) for i in doc["images"]
-        }
+        images_list = [
+            (int(i["id"]), str(i["file_name"]), i["width"], i["height"]) for i in doc["images"]
+        ]
+        sizes = {i: (name, w, h) for i, name, w, h in images_list}
         anns = list(doc["annotations"])
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        if len(sizes) != len(images_list) or len({c for c, _ in cats}) != len(cats):
+            raise ValueError("an image or category id is listed twice")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, OverflowError) as e:
         raise FedpeftError(
             f"{path} is not a COCO instances file (categories, images and annotations with "
             f"ids; {type(e).__name__}: {e})."
@@ -200,7 +206,7 @@ def _coco_box(
         image, cat, bbox = int(ann["image_id"]), int(ann["category_id"]), ann["bbox"]
         x, y, w, h = (float(v) for v in bbox)
         crowd = bool(ann.get("iscrowd", 0))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise FedpeftError(
             f"{path}: {what} needs image_id, category_id and bbox [x, y, width, height]."
         ) from None

@@ -140,7 +140,7 @@ def _decode(path: Path, width: int, height: int) -> np.ndarray:
                     f"{width}×{height}; the boxes would not fit it."
                 )
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except OSError as e:
+    except (OSError, Image.DecompressionBombError) as e:
         raise FedpeftError(f"cannot read image {path} ({e}).") from None
 
 
