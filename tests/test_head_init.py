@@ -231,6 +231,17 @@ def test_head_refresh_is_the_rule_over_statistics_under_the_trained_adapter(
     assert all(
         v["clients"] == 3 and v["bytes_up"] > 0 < v["bytes_down"] for v in refreshed.values()
     )
+    # its traffic is in the round's bytes: one refresh's worth more than the plain run's
+    plain = run_local(
+        tiny_config(
+            tmp_path, "data.dataset='ag_news'", "server.head_init='lda'", "data.num_clients=3"
+        )
+    )
+    plain_rows = [json.loads(x) for x in (plain.run_dir / "metrics.jsonl").read_text().splitlines()]
+    for row, plain_row in zip(rows, plain_rows, strict=True):
+        extra = row.get("head_refresh", {"bytes_up": 0, "bytes_down": 0})
+        assert abs(row["bytes_up"] - plain_row["bytes_up"] - extra["bytes_up"]) < 1000
+        assert abs(row["bytes_down"] - plain_row["bytes_down"] - extra["bytes_down"]) < 1000
     # the final head: the LDA rule over every client's statistics under the final adapter
     task = build_task(cfg)
     set_adapter_state(task.model, result.state)
@@ -244,11 +255,6 @@ def test_head_refresh_is_the_rule_over_statistics_under_the_trained_adapter(
     for key in (w_key, b_key):
         assert torch.allclose(result.state[key], want[key], atol=1e-5)
     # everything else is what the round's aggregation left, unlike a run without refresh
-    plain = run_local(
-        tiny_config(
-            tmp_path, "data.dataset='ag_news'", "server.head_init='lda'", "data.num_clients=3"
-        )
-    )
     assert not torch.allclose(plain.state[w_key], result.state[w_key], atol=1e-4)
     assert all("head_refresh" not in r for r in plain.rounds)
 
@@ -263,11 +269,24 @@ def test_head_refresh_is_off_where_round_zero_is(tmp_path: Path) -> None:
     assert not refresh_due(tiny_config(tmp_path, *on, *dp), 3)
 
 
-def test_head_refresh_is_refused_on_an_asynchronous_server(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        (("server.mode='async'",), "no round's aggregation"),
+        (("server.head_init='random'",), "starts at random"),
+        (
+            ("privacy.mode='central'", "privacy.noise_multiplier=0.5", "privacy.clip_norm=1.0"),
+            "starts at random",
+        ),
+        (("server.aggregator='clustered'",), "one global per cluster"),
+    ],
+)
+def test_head_refresh_is_refused_where_it_cannot_run(
+    tmp_path: Path, extra: tuple[str, ...], why: str
+) -> None:
     from fedpeft.errors import FedpeftError
     from fedpeft.server.task import check_combinations
 
-    with pytest.raises(FedpeftError, match="head_refresh"):
-        check_combinations(
-            tiny_config(tmp_path, "server.head_refresh='every'", "server.mode='async'")
-        )
+    with pytest.raises(FedpeftError, match=f"head_refresh = 'every'` cannot run: .*{why}"):
+        check_combinations(tiny_config(tmp_path, "server.head_refresh='every'", *extra))
+    check_combinations(tiny_config(tmp_path, "server.head_refresh='every'"))  # the default runs

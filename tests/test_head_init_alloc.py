@@ -173,16 +173,34 @@ def test_head_refresh_in_an_allocated_run_uses_every_clients_trained_view(
         "server.head_refresh='last'",
     )
     replies: dict[int, AdapterState] = {}
+    served: dict[int, AdapterState] = {}
 
     class Refreshing(LocalClientPool):
         def fit(self, instruction, payload):  # type: ignore[no-untyped-def]
             reply = super().fit(instruction, payload)
             if instruction.round == 1 and instruction.kind == KIND_FEATURE_STATS:
                 replies[instruction.client_id] = decode(reply)[0]
+                served[instruction.client_id] = decode(payload)[0]
             return reply
 
     result = run_local(cfg, pool=Refreshing)
     (record,) = result.rounds
     assert record["head_refresh"]["clients"] == 4 and sorted(replies) == [0, 1, 2, 3]
+    # each client was served the round's trained LoRA (the refresh changes only the head):
+    # every served factor of the envelope's full shape is the final one — A bit for bit, B
+    # up to its configuration's alpha/r scale
+    compared = 0
+    for view in served.values():
+        for key, value in view.items():
+            final = result.state.get(key)
+            if "lora_" not in key or final is None or value.shape != final.shape:
+                continue
+            if "lora_A" in key:
+                assert torch.equal(value, final), key
+            else:
+                scale = float(final.norm() / value.norm())
+                torch.testing.assert_close(value * scale, final, rtol=1e-4, atol=1e-7)
+            compared += 1
+    assert compared > 0
     want = lda_head(result.state, sum_stats(list(replies.values())))
     _assert_head(result.state, want)

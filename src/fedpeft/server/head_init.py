@@ -169,6 +169,7 @@ def refresh_head(
     if got is None:
         return server, {}
     adapters = dict(server.adapters)
+    used = [g for g in got.stats if g in adapters]  # a group the round did not keep is skipped
     for group, headed in got.heads(head_rule(cfg)).items():
         if group not in adapters:
             continue
@@ -178,12 +179,14 @@ def refresh_head(
                 current[key] = headed[key].to(current[key].dtype)
         adapters[group] = current
     info: dict[str, object] = {
-        "clients": sum(len(v) for v in got.stats.values()),
-        "bytes_down": sum(len(a.payload) for a in got.asks),
+        "clients": sum(len(got.stats[g]) for g in used),  # whose statistics set a head
+        "bytes_down": sum(len(a.payload) for a in got.asks),  # everything sent and received
         "bytes_up": got.bytes_up,
     }
     if got.rejected:
         info["rejected"] = got.rejected
+    if got.plan.not_asked:
+        info["not_asked"] = got.plan.not_asked
     return server.evolve(adapters=adapters), info
 
 

@@ -158,8 +158,12 @@ def run_round(
         state = state.evolve(adapters=plan.adapters)
     state = state.evolve(adapters=fuse_groups(strategy, fed.model, book, state.adapters))
     refreshed: dict[str, object] = {}
-    if quorum and refresh_due(cfg, rnd):  # the head re-calibrated under the trained adapter
-        state, refreshed = refresh_head(cfg, fed.pool, fed.model, state, run_id, fed.arch, rnd)
+    if refresh_due(cfg, rnd):  # the head re-calibrated under the trained adapter
+        if quorum:
+            state = state.evolve(members=book.snapshot())  # the groups as this round left them
+            state, refreshed = refresh_head(cfg, fed.pool, fed.model, state, run_id, fed.arch, rnd)
+        else:
+            log.warning("round %d: no quorum, so the head is not re-calibrated", rnd)
     eval_start = time.perf_counter()
     evals = evaluate_groups(fed.model, book, state) if evaluation_due(cfg, rnd) else {}
     eval_time = time.perf_counter() - eval_start
@@ -184,8 +188,14 @@ def run_round(
     )
     if summed is not None:
         record = replace(record, secure_aggregation=summed.info)
-    if refreshed:
-        record = replace(record, head_refresh=refreshed)
+    if refreshed:  # its traffic counts in the round's bytes, and is shown apart
+        down, up = int(refreshed["bytes_down"]), int(refreshed["bytes_up"])  # type: ignore[call-overload]
+        record = replace(
+            record,
+            head_refresh=refreshed,
+            bytes_down=record.bytes_down + down,
+            bytes_up=record.bytes_up + up,
+        )
     if ledger is not None:
         dp = account(ledger, cfg, fed.pool, clients, released=quorum) | dp_info
         record = replace(record, privacy=dp)

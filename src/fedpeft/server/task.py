@@ -207,15 +207,40 @@ def check_combinations(cfg: ExperimentConfig) -> None:
             "initial adapter, which allocated configurations and asynchronous servers do not "
             "share; set `compression.bits_down = 32` with allocation or `server.mode = 'async'`."
         )
-    if cfg.server.head_refresh != "none" and cfg.server.mode == "async":
-        raise FedpeftError(
-            "`server.head_refresh` re-calibrates the head after a synchronous round's "
-            "aggregation; with `server.mode = 'async'` set it to 'none'."
-        )
+    if cfg.server.head_refresh != "none":
+        check_head_refresh(cfg)
     if cfg.data.client_test_fraction > 0 and task_kind(cfg) == "qa":
         raise FedpeftError(
             "`data.client_test_fraction` scores clients on held-out classification examples; "
             "question answering is scored centrally only, so set it to 0 with `model.task = 'qa'`."
+        )
+
+
+def check_head_refresh(cfg: ExperimentConfig) -> None:
+    """``server.head_refresh`` runs only where round 0 sets a classifier's head from the
+    statistics, after a synchronous round, on one global per method group."""
+    from fedpeft.aggregation.registry import aggregator_names, aggregator_parts
+    from fedpeft.server.head_init import head_rule
+
+    why = ""
+    if cfg.server.mode == "async":
+        why = "with `server.mode = 'async'` there is no round's aggregation to follow"
+    elif task_kind(cfg) != "classify":
+        why = f"the {task_kind(cfg)!r} task has no classifier head fed by pooled features"
+    elif head_rule(cfg) == "random":
+        why = (
+            "the head starts at random here (`server.head_init`, differential privacy, secure "
+            "aggregation or a personal head), so its statistics are not to be sent"
+        )
+    elif (
+        cfg.server.aggregator in aggregator_names()
+        and aggregator_parts(cfg.server.aggregator).partition is not None
+    ):
+        why = f"`server.aggregator = {cfg.server.aggregator!r}` keeps one global per cluster"
+    if why:
+        raise FedpeftError(
+            f"`server.head_refresh = {cfg.server.head_refresh!r}` cannot run: {why}; set it to "
+            "'none'."
         )
 
 
