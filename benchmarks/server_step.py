@@ -11,6 +11,7 @@ left alone, arms that change only the server's step (or the client's step size):
     scaffold  SCAFFOLD control variates (server.aggregator = "scaffold")
     lr1e2     client lr 1e-2 instead of 3e-3
     b8        client batch 8 instead of 16 (twice the local steps for the same examples)
+    la        logit adjustment in local training (``client.label_skew = "logit_adjust"``)
     refresh   the head set again from the clients' statistics after the last round
               (``server.head_refresh = "last"``, CCVR-style re-calibration)
     refresh_every  the same after every round
@@ -47,6 +48,7 @@ ARMS: dict[str, list[str]] = {
     "scaffold": ["server.aggregator='scaffold'"],
     "lr1e2": ["client.lr=0.01"],
     "b8": ["client.batch_size=8"],
+    "la": ["client.label_skew='logit_adjust'"],
     "refresh": ["server.head_refresh='last'"],
     "refresh_every": ["server.head_refresh='every'"],
 }
