@@ -142,6 +142,7 @@ def test_a_new_context_reads_the_snapshot_once_and_only_rounds_the_server_reache
         new = _context()
         _same(client_app.restore_kept(new, me, replace(ins, round=2)), {1: _kept()[1]})
     assert "round(s) 2 dropped" in caplog.text
+    _same(client_app.load_kept(new), {1: _kept()[1]})  # in the Context even if the message fails
     client_app.save_kept(new, {})
     assert client_app.restore_kept(new, me, replace(ins, round=2)) == {}  # consulted once
     evaluate = client_app.restore_kept(_context(), me, replace(ins, round=2), evaluate=True)

@@ -272,7 +272,9 @@ def restore_kept(context: Context, me: Node, ins: TrainInstruction, evaluate: bo
         return kept
     folder = client_folder(me.text, ins.run_id, ins.client_id)
     before = ins.round + 1 if evaluate else ins.round
-    return load_snapshot(folder, ins.run_id, ins.client_id, before)
+    restored = load_snapshot(folder, ins.run_id, ins.client_id, before)
+    save_kept(context, restored)  # in the Context at once: a message that fails keeps them
+    return restored
 
 
 def keep_kept(context: Context, me: Node, ins: TrainInstruction, before: Kept, after: Kept) -> None:
