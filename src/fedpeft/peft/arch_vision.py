@@ -207,12 +207,12 @@ def clip(cfg: Any, num_labels: int, matching: bool = False) -> Architecture:
     )
 
 
-def vilt(cfg: Any, num_labels: int) -> Architecture:
-    """``ViltForQuestionAnswering`` with an answer head of ``num_labels``."""
-    d, f, n_layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+def _vit_blocks(root: str, d: int, f: int, n_layers: int) -> list[Linear]:
+    """The projections of ``n_layers`` ViT-style blocks under ``<root>.encoder.layer.<i>``
+    (ViLT's and YOLOS' naming: ``attention.attention.query`` … ``output.dense``)."""
     linears: list[Linear] = []
     for i in range(n_layers):
-        p = f"vilt.encoder.layer.{i}"
+        p = f"{root}.encoder.layer.{i}"
         linears += [
             Linear(f"{p}.attention.attention.query", d, d, i),
             Linear(f"{p}.attention.attention.key", d, d, i),
@@ -221,6 +221,26 @@ def vilt(cfg: Any, num_labels: int) -> Architecture:
             Linear(f"{p}.intermediate.dense", d, f, i),
             Linear(f"{p}.output.dense", f, d, i),
         ]
+    return linears
+
+
+def _outputs(linears: list[Linear]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(attention outputs, feed-forward outputs) of BERT-style names: ``output.dense`` is
+    both, told apart by ``.attention.``."""
+    attn = tuple(lin.name for lin in linears if lin.name.endswith("attention.output.dense"))
+    ffn = tuple(
+        lin.name
+        for lin in linears
+        if lin.name.endswith(".output.dense") and ".attention." not in lin.name
+    )
+    return attn, ffn
+
+
+def vilt(cfg: Any, num_labels: int) -> Architecture:
+    """``ViltForQuestionAnswering`` with an answer head of ``num_labels``."""
+    d, f, n_layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    linears = _vit_blocks("vilt", d, f, n_layers)
+    attn_out, ffn_out = _outputs(linears)
     linears.append(Linear("vilt.pooler.dense", d, d, None))
     layer_norms = 2 * n_layers + 2  # text embeddings, two per block, the final one
     patches = (cfg.image_size // cfg.patch_size) ** 2
@@ -241,12 +261,8 @@ def vilt(cfg: Any, num_labels: int) -> Architecture:
         attn_dim=d,
         kv_dim=d,
         linears=tuple(linears),
-        attn_out=tuple(lin.name for lin in linears if lin.name.endswith("attention.output.dense")),
-        ffn_out=tuple(
-            lin.name
-            for lin in linears
-            if lin.name.endswith(".output.dense") and ".attention." not in lin.name
-        ),
+        attn_out=attn_out,
+        ffn_out=ffn_out,
         head_prefix="classifier",
         head_params=head,
         bias_params=biases,
@@ -263,17 +279,8 @@ def yolos(cfg: Any, num_labels: int, image_size: int | None = None) -> Architect
     tokens, its two heads on the detection tokens. ``image_size``: the square input side
     the sequence length is counted at (None: the config's own ``image_size``)."""
     d, f, n_layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    linears: list[Linear] = []
-    for i in range(n_layers):
-        p = f"vit.encoder.layer.{i}"
-        linears += [
-            Linear(f"{p}.attention.attention.query", d, d, i),
-            Linear(f"{p}.attention.attention.key", d, d, i),
-            Linear(f"{p}.attention.attention.value", d, d, i),
-            Linear(f"{p}.attention.output.dense", d, d, i),
-            Linear(f"{p}.intermediate.dense", d, f, i),
-            Linear(f"{p}.output.dense", f, d, i),
-        ]
+    linears = _vit_blocks("vit", d, f, n_layers)
+    attn_out, ffn_out = _outputs(linears)
     patch, det, (h, w) = int(cfg.patch_size), cfg.num_detection_tokens, cfg.image_size
     patches = (h // patch) * (w // patch)
     layer_norms = 2 * n_layers + 1  # two per block, the final one
@@ -296,12 +303,8 @@ def yolos(cfg: Any, num_labels: int, image_size: int | None = None) -> Architect
         attn_dim=d,
         kv_dim=d,
         linears=tuple(linears),
-        attn_out=tuple(lin.name for lin in linears if lin.name.endswith("attention.output.dense")),
-        ffn_out=tuple(
-            lin.name
-            for lin in linears
-            if lin.name.endswith(".output.dense") and ".attention." not in lin.name
-        ),
+        attn_out=attn_out,
+        ffn_out=ffn_out,
         head_prefix="class_labels_classifier",
         head_params=heads,
         bias_params=biases,
