@@ -1,15 +1,19 @@
-"""Extractive QA on SQuAD v1.1 with the real all-MiniLM-L6-v2 + LoRA: federated (whole
-articles per client) vs centralised, SQuAD exact match / F1 per round, bytes, time, RSS.
+"""QA on SQuAD v1.1 with real weights: federated (whole articles per client) vs
+centralised, SQuAD exact match / F1 (and ROUGE-L when generated) per round, bytes, time, RSS.
 
-``examples/squad.toml`` shrunk for the 2 shared CPU cores by ``SHRINK`` (train/eval
-questions, window length): federated = 5 clients with whole articles (``natural``), R
-rounds of 1 local epoch; centralised = the same questions on 1 client, R rounds (= R
-epochs of the same optimiser steps per example). Round 0 is the untrained model (LoRA is
-the identity at init; the span head is fresh), scored by one evaluation.
+``--kind extractive`` (default): all-MiniLM-L6-v2 + LoRA with a span head,
+``examples/squad.toml``. ``--kind generative``: SmolLM2-135M-Instruct + LoRA writing the
+answer, ``examples/smollm2_squad.toml``. Each is shrunk for the 2 shared CPU cores
+(``KINDS``: train/eval questions, length, rounds): federated = 5 clients with whole
+articles (``natural``), R rounds of 1 local epoch; centralised = the same questions on 1
+client, R rounds (= R epochs of the same optimiser steps per example). Round 0 is the
+untrained model (LoRA is the identity at init; a span head is fresh), scored by one
+evaluation.
 
     cd benchmarks; for p in round0 costs federated centralised; do   # one process each
       nice -n 10 ../.venv/bin/python squad_qa.py --part $p --out /tmp/squad_$p.json & done; wait
     ../.venv/bin/python squad_qa.py --merge /tmp/squad_*.json --out results/squad_qa.json
+    # generative: the same with --kind generative (parts round0, federated, centralised)
 """
 
 from __future__ import annotations
@@ -24,15 +28,20 @@ from pathlib import Path
 
 from common import read_run
 
-CONFIG = Path(__file__).resolve().parents[1] / "examples" / "squad.toml"
-SHRINK = [
-    "run.threads=1",
-    "data.train_size=100",
-    "data.eval_size=50",
-    "model.max_length=128",
-    "model.doc_stride=32",
-    "run.rounds=2",
-]
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+KINDS = {  # kind → (example config, what shrinks it for the shared 2-core CPU)
+    "extractive": (
+        EXAMPLES / "squad.toml",
+        ["run.threads=1", "data.train_size=100", "data.eval_size=50"]
+        + ["model.max_length=128", "model.doc_stride=32", "run.rounds=2"],
+    ),
+    "generative": (
+        EXAMPLES / "smollm2_squad.toml",
+        ["run.threads=1", "run.workers=1", "data.train_size=160", "data.eval_size=60"]
+        + ["model.max_length=160", "run.rounds=2"],
+    ),
+}
+CONFIG, SHRINK = KINDS["extractive"]
 SETTINGS = {
     "federated": ["data.num_clients=5", "data.partition='natural'"],
     "centralised": ["data.num_clients=1", "data.partition='iid'"],
@@ -40,13 +49,14 @@ SETTINGS = {
 
 
 def untrained() -> dict[str, float]:
-    """Round 0: the fresh model (identity LoRA, new span head) on the eval questions."""
+    """Round 0: the fresh model (identity LoRA, a new span head) on the eval questions."""
     from fedpeft.config import load_config
     from fedpeft.server.evaluate import evaluate_model
     from fedpeft.server.task import build_task
 
-    task = build_task(load_config(CONFIG, SHRINK))
-    return evaluate_model(task.model, task.data.eval, 64, task.device)
+    cfg = load_config(CONFIG, SHRINK)
+    task = build_task(cfg)
+    return evaluate_model(task.model, task.data.eval, cfg.eval.batch_size, task.device)
 
 
 def costs() -> dict[str, float]:
@@ -106,6 +116,7 @@ def run(name: str, sets: list[str], out: Path) -> dict[str, object]:
                 "round": r["round"],
                 "exact_match": r["eval"]["exact_match"],
                 "f1": r["eval"]["f1"],
+                "rouge_l": r["eval"].get("rouge_l"),
                 "loss": r["eval"]["loss"],
                 "bytes_up": r.get("bytes_up"),
                 "bytes_down": r.get("bytes_down"),
@@ -123,13 +134,16 @@ def run(name: str, sets: list[str], out: Path) -> dict[str, object]:
 
 
 def main() -> None:
+    global CONFIG, SHRINK
     parser = argparse.ArgumentParser()
+    parser.add_argument("--kind", choices=sorted(KINDS), default="extractive")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
         "--part", choices=["round0", "costs", *SETTINGS], help="one part (a process each)"
     )
     parser.add_argument("--merge", type=Path, nargs="*", help="parts' JSON files into --out")
     args = parser.parse_args()
+    CONFIG, SHRINK = KINDS[args.kind]
     if args.merge:
         parts = [json.loads(p.read_text()) for p in args.merge]
         result = {"config": CONFIG.name, "shrink": SHRINK} | {

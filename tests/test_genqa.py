@@ -84,3 +84,17 @@ def test_fedpeft_run_generative_qa_end_to_end(tmp_path: Path) -> None:
     assert all(0 <= final[k] <= 1 for k in ("exact_match", "f1", "rouge_l"))
     adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert adapter["task_type"] == "CAUSAL_LM"
+
+
+def test_the_example_config_is_valid_and_auto_picks_generative_qa() -> None:
+    """examples/smollm2_squad.toml: SmolLM2 on SQuAD resolves to QA on a causal LM (the
+    answer generated), and the same config with the tiny LLaMA passes every check."""
+    from fedpeft.config import load_config
+    from fedpeft.server.instruct import head_kind, task_kind
+    from fedpeft.server.task import check_names
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "smollm2_squad.toml"
+    cfg = load_config(example)
+    kind = task_kind(cfg)
+    assert kind == "qa" and head_kind(kind, get_model_spec(cfg.model.name)) == (True, False)
+    check_names(load_config(example, ["model.name='tiny-llama'"]))  # nothing loads
