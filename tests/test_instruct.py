@@ -207,3 +207,48 @@ def test_the_smollm2_example_config_is_valid(method: str) -> None:
     cfg = load_config(path, [f"peft.method='{method}'"])
     check_names(cfg)  # no model is loaded
     assert task_kind(cfg) == "instruct" and cfg.model.name == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@pytest.mark.parametrize("method", ["lora", "prefix", "prompt"])
+def test_training_asks_only_the_answer_positions_logits_and_loses_nothing(
+    tokenizer,  # type: ignore[no-untyped-def]
+    method: str,
+) -> None:
+    """A causal-LM batch is trained on the logits of its last k positions (from the one
+    before the earliest answer token): the loss and every trainable gradient equal the
+    whole-sequence ones. Prompt tuning prepends virtual-token labels, so it keeps the whole
+    sequence."""
+    from fedpeft.client.train import forward_inputs
+    from fedpeft.peft import model_architecture, parse_spec
+
+    split = _split(tokenizer, max_length=24)
+    batch = split.collate(np.arange(4))
+    torch.manual_seed(0)
+    model = _model()
+    model = parse_spec(method, {}).apply(model, model_architecture(model)).train()
+    inputs = forward_inputs(model, batch)
+    width = batch.input_ids.shape[1]
+    first = int((batch.labels != IGNORE).any(dim=0).int().argmax())
+    if method == "prompt":
+        assert "logits_to_keep" not in inputs
+    else:
+        assert inputs["logits_to_keep"] == width - first + 1 < width
+        assert inputs["labels"].shape == (4, width - first + 1)
+
+    def loss_and_grads(kwargs):  # type: ignore[no-untyped-def]
+        model.zero_grad(set_to_none=True)
+        out = model(**kwargs)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        return out, grads
+
+    torch.manual_seed(1)
+    whole, whole_grads = loss_and_grads(batch.model_inputs())
+    torch.manual_seed(1)
+    cut, cut_grads = loss_and_grads(inputs)
+    assert cut.logits.shape[1] == (
+        whole.logits.shape[1] if method == "prompt" else width - first + 1
+    )
+    assert float(cut.loss.detach()) == pytest.approx(float(whole.loss.detach()), rel=1e-5)
+    for a, b in zip(cut_grads, whole_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedpeft.client.train import ClientData, client_objective
+from fedpeft.client.train import ClientData, client_objective, forward_inputs
 from fedpeft.data import (
     Batch,
     DetectionBatch,
@@ -105,7 +105,7 @@ def lr_range_test(
             for group in opt.param_groups:
                 group["lr"] = lr
             batch = batch.to(device)
-            out = model(**batch.model_inputs(with_labels=objective is None))
+            out = model(**forward_inputs(model, batch, with_labels=objective is None))
             if objective is None or isinstance(batch, OwnLossBatch):  # spans, pairs: own loss
                 loss = out.loss
             else:

@@ -7,11 +7,12 @@ With ``dpsgd`` set, steps are sample-level DP-SGD (``fedpeft.privacy.dpsgd``, op
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psutil
@@ -20,6 +21,7 @@ from torch import nn
 
 from fedpeft.client.losses import LabelSkewLoss, Loss
 from fedpeft.data import ImageSplit, OwnLossBatch, Split, TokenizedSplit
+from fedpeft.data.instruct import IGNORE
 from fedpeft.peft import get_adapter_state
 from fedpeft.types import ClientUpdate, TrainInstruction
 
@@ -82,7 +84,7 @@ def train(
             )
             for batch in batches:
                 batch = batch.to(device)
-                out = model(**batch.model_inputs(with_labels=objective is None))
+                out = model(**forward_inputs(model, batch, with_labels=objective is None))
                 task_loss = (
                     out.loss
                     if objective is None
@@ -147,6 +149,40 @@ def _param_groups(
     head = [p for p in params if id(p) in ids]
     rest = [p for p in params if id(p) not in ids]
     return [{"params": rest, "lr": instruction.lr}, {"params": head, "lr": instruction.head_lr}]
+
+
+def forward_inputs(model: nn.Module, batch: Any, with_labels: bool = True) -> dict[str, Any]:
+    """The training forward's keyword arguments. A causal LM's batch — token labels, left
+    padded, so every row's answer sits at its end — asks the model for the logits of the
+    last ``k`` positions only (``logits_to_keep``, ``k`` = from the position before the
+    earliest answer token to the end) with its labels cut to the same ``k``: the targets and
+    so the loss are unchanged, while the ``B × T × vocabulary`` logits and their gradient
+    shrink to ``B × k × vocabulary`` (SmolLM2, 8 SQuAD questions of 240 tokens: peak memory
+    of a step 6.08 → 3.85 GB, BENCHMARKS). Prompt tuning prepends its own virtual-token
+    labels to whatever it gets, so its inputs stay whole (prefix tuning's keys and values
+    add no positions: it is cut like the rest)."""
+    inputs: dict[str, Any] = batch.model_inputs(with_labels=with_labels)
+    labels = inputs.get("labels")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 2 or not _keeps_logits(model):
+        return inputs
+    answer = (labels != IGNORE).any(dim=0)
+    if not bool(answer.any()):
+        return inputs
+    keep = labels.shape[1] - int(answer.int().argmax()) + 1
+    if keep >= labels.shape[1]:
+        return inputs
+    return inputs | {"labels": labels[:, -keep:], "logits_to_keep": keep}
+
+
+def _keeps_logits(model: nn.Module) -> bool:
+    """Whether the model computes only the last positions' logits when asked (a
+    ``transformers`` causal LM, directly or under a PEFT wrapper other than prompt tuning)."""
+    config = getattr(model, "active_peft_config", None)
+    if config is not None and config.is_prompt_learning and config.peft_type != "PREFIX_TUNING":
+        return False  # prompt tuning: virtual tokens before the text, their labels prepended
+    unwrap = getattr(model, "get_base_model", None)
+    base = unwrap() if callable(unwrap) else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def client_objective(instruction: TrainInstruction, data: ClientData) -> Loss | None:
