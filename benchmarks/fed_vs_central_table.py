@@ -4,6 +4,7 @@ centralised run of the same seed (paired: mean ± std over seeds) against the is
 (3 points at Dirichlet 0.5, 8 at 0.1), and the mean recall of the rarest train classes.
 
     python benchmarks/fed_vs_central_table.py benchmarks/results/accuracy/fed_vs_central_*.json
+    # --plot FILE.png: accuracy per round, a panel per dataset, a line per split and seed
 """
 
 from __future__ import annotations
@@ -68,14 +69,51 @@ def table(results: dict[str, dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def plot(results: dict[str, dict[str, object]], out: Path) -> None:
+    """Accuracy per round: one panel per dataset, one line per (split, seed), centralised
+    dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = {k: r for k, r in results.items() if k.count("/") == 2 and "final_accuracy" in r}
+    datasets = sorted({key.split("/")[0] for key in results})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
+    colours = {"central_lda": "black", "dir0.5": "tab:blue", "dir0.1": "tab:orange"}
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for key, r in sorted(results.items()):
+            name, split, seed = key.split("/")
+            if name != dataset:
+                continue
+            acc = r["accuracy_per_round"]
+            assert isinstance(acc, list)
+            ax.plot(
+                range(1, len(acc) + 1),
+                acc,
+                linestyle="--" if split.startswith("central") else "-",
+                color=colours.get(split, "tab:gray"),
+                label=f"{split} {seed}",
+            )
+        ax.set_title(dataset)
+        ax.set_xlabel("round")
+        ax.set_ylabel("accuracy")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("files", nargs="+", type=Path)
+    ap.add_argument("--plot", type=Path, help="accuracy per round as a PNG")
     args = ap.parse_args()
     merged: dict[str, dict[str, object]] = {}
     for f in args.files:
         merged.update(json.loads(f.read_text()))
     print(table(merged))
+    if args.plot:
+        plot(merged, args.plot)
 
 
 if __name__ == "__main__":
