@@ -41,25 +41,24 @@ KINDS = {  # kind → (example config, what shrinks it for the shared 2-core CPU
         + ["model.max_length=160", "run.rounds=2"],
     ),
 }
-CONFIG, SHRINK = KINDS["extractive"]
 SETTINGS = {
     "federated": ["data.num_clients=5", "data.partition='natural'"],
     "centralised": ["data.num_clients=1", "data.partition='iid'"],
 }
 
 
-def untrained() -> dict[str, float]:
+def untrained(config: Path, shrink: list[str]) -> dict[str, float]:
     """Round 0: the fresh model (identity LoRA, a new span head) on the eval questions."""
     from fedpeft.config import load_config
     from fedpeft.server.evaluate import evaluate_model
     from fedpeft.server.task import build_task
 
-    cfg = load_config(CONFIG, SHRINK)
+    cfg = load_config(config, shrink)
     task = build_task(cfg)
     return evaluate_model(task.model, task.data.eval, cfg.eval.batch_size, task.device)
 
 
-def costs() -> dict[str, float]:
+def costs(config: Path, shrink: list[str]) -> dict[str, float]:
     """Parameters and bytes (predicted and real) of MiniLM + LoRA with the span head, and
     the CPU time (``process_time``, less sensitive than wall time to other processes on a
     shared machine) of AdamW steps on one real batch of 16 training windows."""
@@ -72,7 +71,7 @@ def costs() -> dict[str, float]:
     from fedpeft.config import load_config
     from fedpeft.server.task import build_task
 
-    task = build_task(load_config(CONFIG, SHRINK))
+    task = build_task(load_config(config, shrink))
     model, batch = task.model, task.data.train.collate(np.arange(16))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
@@ -92,9 +91,9 @@ def costs() -> dict[str, float]:
     }
 
 
-def run_cli(out: Path, tag: str, sets: list[str]) -> Path:
-    """``fedpeft run -c examples/squad.toml --set …`` in a fresh process; its run folder."""
-    cmd = [sys.executable, "-m", "fedpeft.cli.main", "run", "-c", str(CONFIG)]
+def run_cli(config: Path, out: Path, tag: str, sets: list[str]) -> Path:
+    """``fedpeft run -c <config> --set …`` in a fresh process; its run folder."""
+    cmd = [sys.executable, "-m", "fedpeft.cli.main", "run", "-c", str(config)]
     for s in [f"run.output_dir='{out}'", f"run.name='{tag}'", *sets]:
         cmd += ["--set", s]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -103,14 +102,14 @@ def run_cli(out: Path, tag: str, sets: list[str]) -> Path:
     return sorted(out.glob(f"{tag}-*"))[-1]
 
 
-def run(name: str, sets: list[str], out: Path) -> dict[str, object]:
+def run(name: str, config: Path, sets: list[str], out: Path) -> dict[str, object]:
     start = time.perf_counter()
-    folder = run_cli(out, "squad", [*SHRINK, *sets])
+    folder = run_cli(config, out, "squad", sets)
     parts = json.loads((folder / "partitions.json").read_text())
     summary, rounds = read_run(folder)
     return {
         "setting": name,
-        "sets": [*SHRINK, *sets],
+        "sets": sets,
         "rounds": [
             {
                 "round": r["round"],
@@ -134,7 +133,6 @@ def run(name: str, sets: list[str], out: Path) -> dict[str, object]:
 
 
 def main() -> None:
-    global CONFIG, SHRINK
     parser = argparse.ArgumentParser()
     parser.add_argument("--kind", choices=sorted(KINDS), default="extractive")
     parser.add_argument("--out", type=Path, required=True)
@@ -143,20 +141,22 @@ def main() -> None:
     )
     parser.add_argument("--merge", type=Path, nargs="*", help="parts' JSON files into --out")
     args = parser.parse_args()
-    CONFIG, SHRINK = KINDS[args.kind]
+    config, shrink = KINDS[args.kind]
     if args.merge:
         parts = [json.loads(p.read_text()) for p in args.merge]
-        result = {"config": CONFIG.name, "shrink": SHRINK} | {
+        result = {"config": config.name, "shrink": shrink} | {
             k: v for p in parts for k, v in p.items()
         }
     elif args.part == "round0":
-        result = {"round0": untrained()}
+        result = {"round0": untrained(config, shrink)}
     elif args.part == "costs":
-        result = {"costs": costs()}
+        result = {"costs": costs(config, shrink)}
     else:
         with tempfile.TemporaryDirectory() as tmp:
             parts = [args.part] if args.part else list(SETTINGS)
-            result = {name: run(name, SETTINGS[name], Path(tmp)) for name in parts}
+            result = {
+                name: run(name, config, [*shrink, *SETTINGS[name]], Path(tmp)) for name in parts
+            }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -181,8 +182,14 @@ def _keeps_logits(model: nn.Module) -> bool:
     if config is not None and config.is_prompt_learning and config.peft_type != "PREFIX_TUNING":
         return False  # prompt tuning: virtual tokens before the text, their labels prepended
     unwrap = getattr(model, "get_base_model", None)
-    base = unwrap() if callable(unwrap) else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    base: nn.Module = unwrap() if callable(unwrap) else model
+    return _forward_takes_logits_to_keep(type(base).forward)
+
+
+@cache
+def _forward_takes_logits_to_keep(forward: Callable[..., Any]) -> bool:
+    """Read once per model class's ``forward``, not on every training step."""
+    return "logits_to_keep" in inspect.signature(forward).parameters
 
 
 def client_objective(instruction: TrainInstruction, data: ClientData) -> Loss | None:
