@@ -72,6 +72,19 @@ def test_aggregate_partial_averages_each_key_over_its_holders() -> None:
     assert torch.equal(current["x"], torch.zeros(3))  # inputs are not changed
 
 
+def test_aggregate_partial_dilute_moves_a_key_by_its_holders_share() -> None:
+    current = {"x": torch.ones(3), "y": torch.ones(3)}
+    ups = [
+        ({"x": torch.full((3,), 3.0), "y": torch.full((3,), 5.0)}, 1.0),
+        ({"x": torch.full((3,), 7.0)}, 3.0),
+    ]
+    out = aggregate_partial(ups, current, fedavg, dilute=True)
+    np.testing.assert_allclose(out["x"].numpy(), [6.0] * 3)  # held by all: the plain average
+    np.testing.assert_allclose(out["y"].numpy(), [1.0 + 0.25 * 4.0] * 3)  # ¼ of the weight
+    held = aggregate_partial(ups, current, fedavg)
+    np.testing.assert_allclose(held["y"].numpy(), [5.0] * 3)  # the default: holders only
+
+
 def test_aggregate_partial_is_the_rule_itself_when_everyone_holds_everything() -> None:
     ups = [(_lora(2, i), float(i + 1)) for i in range(3)]
     out = aggregate_partial(ups, _lora(2, 9), fedavg)
@@ -251,3 +264,33 @@ def test_the_logged_evaluation_is_the_saved_adapters(tiny, tmp_path: Path, extra
     logged = result.rounds[-1]["eval"]
     assert again["loss"] == pytest.approx(logged["loss"], rel=1e-5)
     assert again["accuracy"] == logged["accuracy"]
+
+
+def test_partial_keys_all_moves_a_deep_block_by_its_holders_share(tiny, tmp_path: Path) -> None:
+    """``allocation.partial_keys = 'all'``: block 0's LoRA, which only tier ``a`` trains, moves
+    by ``a``'s share of the round's examples; block 1, which both tiers train, is averaged
+    as before. B starts at zero, so after one round ``B_all = share · B_holders``."""
+    tiers = _tiers(tmp_path, a={}, b={})
+    two = [
+        "allocation.enabled=true",
+        "allocation.policy='tiered'",
+        "allocation.tiers={a={method='lora',options={r=4,alpha=8}},"
+        "b={method='lora',options={r=4,alpha=8,layers=[1]}}}",
+        "profiles.mix=['a','b','b']",
+        "data.num_clients=3",
+        "run.rounds=1",
+        tiers,
+    ]
+    held = run_local(tiny(*two)).state
+    spread = run_local(tiny(*two, "allocation.partial_keys='all'"))
+    clients = _lines(spread.run_dir / "clients.jsonl")
+    n = {c["client_id"]: c["num_examples"] for c in clients}
+    share = n[0] / sum(n.values())
+    deep = [k for k in held if ".layer.0." in k and "lora_B" in k]
+    shallow = [k for k in held if ".layer.1." in k and "lora" in k]
+    assert deep and shallow and 0 < share < 1
+    for key in deep:
+        assert held[key].abs().sum() > 0
+        torch.testing.assert_close(spread.state[key], share * held[key], rtol=1e-5, atol=1e-7)
+    for key in shallow:
+        torch.testing.assert_close(spread.state[key], held[key], rtol=0, atol=0)

@@ -10,7 +10,10 @@ holds, each LoRA module at the largest rank. LoRA factors are kept in effective 
 - ``lift``: its reply goes back as ``[A; 0]`` and ``[s·B, 0]`` (zero-padded to the envelope);
 - ``aggregate_partial``: keys are partitioned by the set of clients that hold them, and the
   rule runs once per partition over its holders, so a key only some clients train is the
-  average of those clients (weights renormalised), never diluted by absent ones.
+  average of those clients (weights renormalised), never diluted by absent ones — or, with
+  ``dilute``, moved only by the holders' share of the round's weight (an absent client
+  counts as "no change"), so a key one part of the federation trains alone drifts with
+  that part's data at a fraction of the speed.
 
 Pure functions; inputs are never changed.
 """
@@ -110,12 +113,17 @@ def extend_envelope(
 
 
 def aggregate_partial(
-    updates: Sequence[tuple[AdapterState, float]], current: Mapping[str, torch.Tensor], rule: Rule
+    updates: Sequence[tuple[AdapterState, float]],
+    current: Mapping[str, torch.Tensor],
+    rule: Rule,
+    dilute: bool = False,
 ) -> AdapterState:
     """``rule`` run once per set of keys held by the same clients, over those clients.
 
     LoRA A and B of one module are always held together, so rules that pair them (exact
-    LoRA, HetLoRA) see whole modules. Keys no client holds keep ``current``'s value.
+    LoRA, HetLoRA) see whole modules. Keys no client holds keep ``current``'s value. With
+    ``dilute`` a partition's result ``x`` becomes ``current + s·(x − current)``, ``s`` the
+    holders' share of the round's total weight (1 for keys every client holds).
     """
     holders: dict[str, tuple[int, ...]] = {}
     for key in current:
@@ -123,10 +131,15 @@ def aggregate_partial(
     partitions: dict[tuple[int, ...], list[str]] = {}
     for key, who in holders.items():
         partitions.setdefault(who, []).append(key)
+    total = sum(weight for _, weight in updates)
     out = {key: value.clone() for key, value in current.items()}
     for who, keys in partitions.items():
         if not who:
             continue
         part = [({k: updates[i][0][k] for k in keys}, updates[i][1]) for i in who]
-        out.update(rule(part))
+        merged = rule(part)
+        share = sum(updates[i][1] for i in who) / total if total > 0 else 1.0
+        if dilute and share < 1.0:
+            merged = {k: current[k] + share * (v - current[k]) for k, v in merged.items()}
+        out.update(merged)
     return out

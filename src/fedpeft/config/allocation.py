@@ -158,6 +158,12 @@ class AllocationConfig(Section):
         "the deep clients alone is averaged over their data alone, which under label skew "
         "moves it with their classes",
     )
+    partial_keys: Literal["holders", "all"] = Field(
+        "holders",
+        description="a LoRA tensor only some clients train (deeper blocks, more targets): "
+        "'holders' averages it over them; 'all' moves it by their share of the group's "
+        "weight (the others count as no change)",
+    )
     cost_weights: CostWeights = CostWeights()
     bits_down: int = Field(32, ge=1, le=32, description="bits per parameter, server → client")
     bits_up: int = Field(32, ge=1, le=32, description="bits per parameter, client → server")

@@ -146,8 +146,9 @@ def run_round(
         else:
             central = _central_dp(ledger, gen, len(sampled), strategy, dp_info)
             normalise = assigner.enabled and assigner.config.normalise_work
+            dilute = assigner.enabled and assigner.config.partial_keys == "all"
             state = _aggregate(
-                strategy, state, plan, accepted, cfg.data.num_clients, central, normalise
+                strategy, state, plan, accepted, cfg.data.num_clients, central, normalise, dilute
             )
         if strategy.client_objective == SCAFFOLD:  # c ← c + Σ Δc_i / N, per group
             controls = updated_controls(
@@ -241,11 +242,13 @@ def _aggregate(
     num_clients: int,
     central: _Rule | None = None,
     normalise: bool = False,
+    dilute: bool = False,
 ) -> ServerState:
     """Per group: the rule (or ``central`` DP-FedAvg) over its clients' (lifted) updates,
     then the server optimiser. With ``normalise`` (``allocation.normalise_work``) each update
-    is first rescaled to FedNova's per-step average (unequal local steps). A clustered rule
-    regroups this round's clients by cluster instead."""
+    is first rescaled to FedNova's per-step average (unequal local steps); with ``dilute``
+    (``allocation.partial_keys = "all"``) a key some clients hold moves by their share of the
+    group's weight. A clustered rule regroups this round's clients by cluster instead."""
     updates = {c: r.update for c, r in accepted.items() if r.update is not None}
     if strategy.partition is not None and len(updates) >= 2:
         groups = {c: r.sent.instruction.group for c, r in accepted.items()}
@@ -267,7 +270,7 @@ def _aggregate(
             aggregated = (
                 central(group_updates, current)
                 if central is not None
-                else aggregate_partial(group_updates, current, strategy.aggregate)
+                else aggregate_partial(group_updates, current, strategy.aggregate, dilute)
             )
         except ValueError as e:  # a rule's precondition; the round must not crash the run
             log.warning("aggregation of group %s failed (%s); unchanged", group, e)
