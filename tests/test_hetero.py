@@ -12,6 +12,7 @@ import torch
 
 from fedpeft.aggregation import fedavg
 from fedpeft.aggregation.hetero import aggregate_partial, client_view, extend_envelope, lift
+from fedpeft.config import AllocationConfig
 from fedpeft.models import get_model_spec, load_classifier
 from fedpeft.peft import architecture, parse_spec
 from fedpeft.peft.share import apply_shared
@@ -266,6 +267,13 @@ def test_the_logged_evaluation_is_the_saved_adapters(tiny, tmp_path: Path, extra
     assert again["accuracy"] == logged["accuracy"]
 
 
+def test_partial_keys_auto_dilutes_for_the_utility_policy_only() -> None:
+    assert AllocationConfig().dilutes  # the default policy is utility
+    assert not AllocationConfig(policy="fedra").dilutes
+    assert AllocationConfig(policy="fedra", partial_keys="all").dilutes
+    assert not AllocationConfig(partial_keys="holders").dilutes
+
+
 def test_partial_keys_all_moves_a_deep_block_by_its_holders_share(tiny, tmp_path: Path) -> None:
     """``allocation.partial_keys = 'all'``: block 0's LoRA, which only tier ``a`` trains, moves
     by ``a``'s share of the round's examples; block 1, which both tiers train, is averaged
@@ -281,7 +289,7 @@ def test_partial_keys_all_moves_a_deep_block_by_its_holders_share(tiny, tmp_path
         "run.rounds=1",
         tiers,
     ]
-    held = run_local(tiny(*two)).state
+    held = run_local(tiny(*two)).state  # 'auto': the tiered policy averages over holders
     spread = run_local(tiny(*two, "allocation.partial_keys='all'"))
     clients = _lines(spread.run_dir / "clients.jsonl")
     n = {c["client_id"]: c["num_examples"] for c in clients}

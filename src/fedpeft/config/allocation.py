@@ -158,12 +158,15 @@ class AllocationConfig(Section):
         "the deep clients alone is averaged over their data alone, which under label skew "
         "moves it with their classes",
     )
-    partial_keys: Literal["holders", "all"] = Field(
-        "holders",
+    partial_keys: Literal["auto", "holders", "all"] = Field(
+        "auto",
         description="a LoRA tensor only some clients train (deeper blocks, more targets): "
         "'holders' averages it over them; 'all' moves it by their share of the group's "
-        "weight (the others count as no change)",
+        "weight (the others count as no change); 'auto': 'all' for the utility policy "
+        "(measured better on every split tried, BENCHMARKS), 'holders' for the others "
+        "(as their papers average)",
     )
+
     cost_weights: CostWeights = CostWeights()
     bits_down: int = Field(32, ge=1, le=32, description="bits per parameter, server → client")
     bits_up: int = Field(32, ge=1, le=32, description="bits per parameter, client → server")
@@ -192,3 +195,10 @@ class AllocationConfig(Section):
                 "(a table tier name → {method, options})"
             )
         return self
+
+    @property
+    def dilutes(self) -> bool:
+        """Whether partially held keys move by their holders' share (``partial_keys``)."""
+        if self.partial_keys == "auto":
+            return self.policy == "utility"
+        return self.partial_keys == "all"

@@ -146,7 +146,7 @@ def run_round(
         else:
             central = _central_dp(ledger, gen, len(sampled), strategy, dp_info)
             normalise = assigner.enabled and assigner.config.normalise_work
-            dilute = assigner.enabled and assigner.config.partial_keys == "all"
+            dilute = assigner.enabled and assigner.config.dilutes
             state = _aggregate(
                 strategy, state, plan, accepted, cfg.data.num_clients, central, normalise, dilute
             )
@@ -247,8 +247,9 @@ def _aggregate(
     """Per group: the rule (or ``central`` DP-FedAvg) over its clients' (lifted) updates,
     then the server optimiser. With ``normalise`` (``allocation.normalise_work``) each update
     is first rescaled to FedNova's per-step average (unequal local steps); with ``dilute``
-    (``allocation.partial_keys = "all"``) a key some clients hold moves by their share of the
-    group's weight. A clustered rule regroups this round's clients by cluster instead."""
+    (``allocation.partial_keys``: "all", or "auto" under the utility policy) a key some
+    clients hold moves by their share of the group's weight. A clustered rule regroups this
+    round's clients by cluster instead."""
     updates = {c: r.update for c, r in accepted.items() if r.update is not None}
     if strategy.partition is not None and len(updates) >= 2:
         groups = {c: r.sent.instruction.group for c, r in accepted.items()}
