@@ -1,8 +1,9 @@
 """Paired table of allocation variants against a reference policy (issue 13).
 
-Each input is ``LABEL=FILE[:POLICY]``: an ``allocation_study.py`` result and the policy in it
-(default ``utility``). Runs are paired by seed against ``--reference`` (``LABEL=FILE:POLICY``);
-the seeds a row and the reference share are the ones compared. The target is 95 % of the
+Each input is ``LABEL=FILE[+FILE…][:POLICY]``: ``allocation_study.py`` results (several files:
+more seeds of one setting) and the policy in them (default ``utility``). Runs are paired by
+seed against ``--reference`` (same form); the seeds a row and the reference share are the
+ones compared. The target is 95 % of the
 best mean final accuracy in the table; "to target" is the mean simulated time of the seeds
 that reach it.
 
@@ -22,17 +23,22 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from common import plot_against_clock
+
 
 def runs(spec: str) -> tuple[str, dict[str, dict[str, Any]]]:
     label, _, rest = spec.rpartition("=")
     if not label:
         raise SystemExit(f"expected LABEL=FILE[:POLICY], got {spec!r}")
-    path, _, policy = rest.partition(":")
-    data = json.loads(Path(path).read_text())
+    paths, _, policy = rest.partition(":")
     policy = policy or "utility"
-    if policy not in data["runs"]:
-        raise SystemExit(f"{path} has no policy {policy!r} (it has {sorted(data['runs'])})")
-    return label, data["runs"][policy]
+    out: dict[str, dict[str, Any]] = {}
+    for path in paths.split("+"):  # more seeds of the same setting in another file
+        data = json.loads(Path(path).read_text())
+        if policy not in data["runs"]:
+            raise SystemExit(f"{path} has no policy {policy!r} (it has {sorted(data['runs'])})")
+        out |= {s: r for s, r in data["runs"][policy].items() if "accuracy" in r}
+    return label, out
 
 
 def reached(run: dict[str, Any], target: float) -> float | None:
@@ -58,6 +64,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reference", required=True)
     ap.add_argument("rows", nargs="+")
+    ap.add_argument("--plot", type=Path, help="also a PNG: mean accuracy against simulated time")
+    ap.add_argument("--title", default="")
     args = ap.parse_args()
     ref_label, ref = runs(args.reference)
     table = [runs(spec) for spec in [args.reference, *args.rows]]
@@ -91,6 +99,16 @@ def main() -> None:
             f"| {label} | {per_seed} (seeds {', '.join(seeds)}) | {mean_std(finals)} | {paired} "
             f"| {smooth} | {mb:.2f} | {clock:.0f} s | {to} |"
         )
+    if args.plot:
+        curves = {label: mean_curve(got) for label, got in table}
+        plot_against_clock(curves, args.plot, target, args.title or "mean over seeds")
+
+
+def mean_curve(got: dict[str, dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """Per round, the seeds' mean simulated clock and mean accuracy."""
+    n = min(len(r["accuracy"]) for r in got.values())
+    clock = [statistics.mean(r["sim_clock_s"][i] for r in got.values()) for i in range(n)]
+    return clock, [statistics.mean(r["accuracy"][i] for r in got.values()) for i in range(n)]
 
 
 if __name__ == "__main__":
