@@ -24,6 +24,7 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def one_setting(
     start = time.perf_counter()
     fed = federation(task, cfg, privacy, task.data.train, task.data.partitions, init, cfg.run.seed)
     set_adapter_state(task.model, fed.state)
-    metrics = evaluate_model(task.model, task.eval, cfg.eval.batch_size, task.device)
+    metrics = evaluate_model(task.model, task.data.eval, cfg.eval.batch_size, task.device)
     targets = audit_state(task, held, init, fed.state, AuditOptions(max_examples=500, clients=2))
     row: dict[str, Any] = {
         "accuracy": metrics["accuracy"],
@@ -71,7 +72,7 @@ def one_setting(
     return row, fed.norms
 
 
-def run_method(method: str, epsilons: list[float], clip: float | None) -> list[dict[str, Any]]:
+def run_method(method: str, epsilons: list[float], clip: float | None) -> Iterator[dict[str, Any]]:
     """The non-DP run (skipped when ``clip`` is given: S from an earlier non-DP run), then
     central DP at each ε."""
     sets = [*BASE, f"peft.method='{method}'", f"client.lr={LR[method]}"]
@@ -79,10 +80,9 @@ def run_method(method: str, epsilons: list[float], clip: float | None) -> list[d
     held = heldout_examples(cfg)
     task = build_task(cfg)
     init = get_adapter_state(task.model)
-    rows = []
     if clip is None:
         plain, norms = one_setting(task, cfg, RunPrivacy("none"), held, init)
-        rows.append(plain | {"method": method, "target_epsilon": None})
+        yield plain | {"method": method, "target_epsilon": None}
         clip = statistics.median(norms[0])
     for eps in epsilons:
         dp_cfg = load_config(
@@ -95,8 +95,7 @@ def run_method(method: str, epsilons: list[float], clip: float | None) -> list[d
         )
         privacy = run_privacy(dp_cfg, [len(p) for p in task.data.partitions])
         row, _ = one_setting(task, dp_cfg, privacy, held, init)
-        rows.append(row | {"method": method, "target_epsilon": eps})
-    return rows
+        yield row | {"method": method, "target_epsilon": eps}
 
 
 def main() -> None:
@@ -118,8 +117,12 @@ def main() -> None:
                 flush=True,
             )
             rows.append(row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"setup": BASE, "lr": LR, "rows": rows}, indent=2) + "\n")
+            save(args.out, rows)  # after every cell: a long study keeps what it measured
+
+
+def save(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"setup": BASE, "lr": LR, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
