@@ -164,7 +164,7 @@ class AllocationConfig(Section):
         "'holders' averages it over them; 'all' moves it by their share of the group's "
         "weight (the others count as no change); 'auto': 'all' for the utility policy "
         "(measured better on every split tried, BENCHMARKS), 'holders' for the others "
-        "(as their papers average)",
+        "(as they were measured)",
     )
 
     cost_weights: CostWeights = CostWeights()
