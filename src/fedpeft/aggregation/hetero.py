@@ -11,7 +11,7 @@ holds, each LoRA module at the largest rank. LoRA factors are kept in effective 
 - ``aggregate_partial``: keys are partitioned by the set of clients that hold them, and the
   rule runs once per partition over its holders, so a key only some clients train is the
   average of those clients (weights renormalised), never diluted by absent ones — or, with
-  ``dilute``, moved only by the holders' share of the round's weight (an absent client
+  ``dilute``, moved only by the holders' share of the updates' weight (an absent client
   counts as "no change"), so a key one part of the federation trains alone drifts with
   that part's data at a fraction of the speed.
 
@@ -123,7 +123,7 @@ def aggregate_partial(
     LoRA A and B of one module are always held together, so rules that pair them (exact
     LoRA, HetLoRA) see whole modules. Keys no client holds keep ``current``'s value. With
     ``dilute`` a partition's result ``x`` becomes ``current + s·(x − current)``, ``s`` the
-    holders' share of the round's total weight (1 for keys every client holds).
+    holders' share of the updates' total weight (1 for keys every client holds).
     """
     holders: dict[str, tuple[int, ...]] = {}
     for key in current:

@@ -166,7 +166,6 @@ class AllocationConfig(Section):
         "(measured better on every split tried, BENCHMARKS), 'holders' for the others "
         "(as they were measured)",
     )
-
     cost_weights: CostWeights = CostWeights()
     bits_down: int = Field(32, ge=1, le=32, description="bits per parameter, server → client")
     bits_up: int = Field(32, ge=1, le=32, description="bits per parameter, client → server")
