@@ -163,7 +163,7 @@ class AllocationConfig(Section):
         description="a LoRA tensor only some clients train (deeper blocks, more targets): "
         "'holders' averages it over them; 'all' moves it by their share of the group's "
         "weight (the others count as no change); 'auto': 'all' for the utility policy "
-        "(better in six of seven measured settings, BENCHMARKS), 'holders' for the others "
+        "(better in seven of eight measured settings, BENCHMARKS), 'holders' for the others "
         "(as they were measured)",
     )
     cost_weights: CostWeights = CostWeights()
