@@ -23,6 +23,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from allocation_report import mean_std, time_to
+from allocation_study import mean_curve
 from common import plot_against_clock
 
 
@@ -41,23 +43,9 @@ def runs(spec: str) -> tuple[str, dict[str, dict[str, Any]]]:
     return label, out
 
 
-def reached(run: dict[str, Any], target: float) -> float | None:
-    """Simulated seconds at the end of the first round at or above ``target``."""
-    for acc, clock in zip(run["accuracy"], run["sim_clock_s"], strict=True):
-        if acc >= target:
-            return float(clock)
-    return None
-
-
 def last2(run: dict[str, Any]) -> float:
     """The mean accuracy of the last two rounds: less at the mercy of one round's swing."""
     return statistics.mean(run["accuracy"][-2:])
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.3f}" if values else "—"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def main() -> None:
@@ -91,7 +79,7 @@ def main() -> None:
         mb = statistics.mean(got[s]["bytes_up"] for s in seeds) / 1e6
         clock = statistics.mean(got[s]["sim_clock_s"][-1] for s in seeds)
         per_seed = ", ".join(f"{f:.3f}" for f in finals)
-        reach = [reached(got[s], target) for s in seeds]
+        reach = [time_to(got[s], target) for s in seeds]
         hit = [t for t in reach if t is not None]
         to = f"{statistics.mean(hit):.0f} s" if hit else "—"
         to += f" ({len(hit)}/{len(seeds)})"
@@ -100,15 +88,8 @@ def main() -> None:
             f"| {smooth} | {mb:.2f} | {clock:.0f} s | {to} |"
         )
     if args.plot:
-        curves = {label: mean_curve(got) for label, got in table}
+        curves = {label: mean_curve(list(got.values())) for label, got in table}
         plot_against_clock(curves, args.plot, target, args.title or "mean over seeds")
-
-
-def mean_curve(got: dict[str, dict[str, Any]]) -> tuple[list[float], list[float]]:
-    """Per round, the seeds' mean simulated clock and mean accuracy."""
-    n = min(len(r["accuracy"]) for r in got.values())
-    clock = [statistics.mean(r["sim_clock_s"][i] for r in got.values()) for i in range(n)]
-    return clock, [statistics.mean(r["accuracy"][i] for r in got.values()) for i in range(n)]
 
 
 if __name__ == "__main__":
