@@ -215,6 +215,69 @@ def test_personal_heads_stay_on_their_nodes_across_rounds(
     assert all(not torch.allclose(heads[0][k], heads[1][k]) for k in glob)
 
 
+@pytest.mark.skipif(
+    not os.environ.get("FEDPEFT_FLOWER_PERSONAL"),
+    reason="two personalised runs over the deployment and a node restart (~4-8 min on 2 "
+    "busy cores); set FEDPEFT_FLOWER_PERSONAL=1",
+)
+def test_a_restarted_supernode_continues_its_personal_head_from_its_own_disk(
+    federation: Deployment, tmp_path: Path
+) -> None:
+    """Two rounds of a ``head``-personalised run; then node 0 and its client host are killed
+    (SIGKILL: the SuperNode's Context state, which held the head, is gone) and started
+    again with the same key, and the run is resumed for a third round. Node 0 reads its
+    client's round-2 head back from the snapshot on its own disk, so round 3 ends exactly
+    as the uninterrupted three-round run in-process: the same personal accuracy and loss,
+    the same exported head. (Had the node started its head afresh from the global, the
+    head would differ: the in-process control in ``test_flower_kept`` shows a resume that
+    lost the kept states ends elsewhere.)"""
+    extra = ("personalization.mode='head'", "data.client_test_fraction=0.25")
+    cfg = tiny_config(federation.root / "restart", *extra)
+    run_id = _submit(federation, cfg)
+    local = run_local(tiny_config(tmp_path, *extra, "run.rounds=3"))  # meanwhile, in-process
+    assert federation.wait(run_id, TIMEOUT_S) == "finished:completed"
+    root = _run_dir(cfg)
+    node0 = federation.node_dir("node0")
+    (manifest,) = [p for p in node0.rglob("kept.json") if p.parent.parts[-2] == root.name]
+    assert json.loads(manifest.read_text())["round"] == 2
+    online = _online(federation)
+    federation.kill("node0")
+    federation.kill("node0-host")
+    # flwr 1.42's SuperLink holds a node online until two heartbeats (30 s apart) are
+    # missed, and refuses a second activation of its key until then: restart after that
+    deadline = time.monotonic() + 150
+    while _online(federation) == online and time.monotonic() < deadline:
+        time.sleep(2.0)
+    assert len(_online(federation)) == len(online) - 1
+    federation.start_supernode("node0", 0, federation.root / "keys" / "node0")
+    more = tiny_config(federation.root / "restart", *extra, "run.rounds=3")
+    rid = _submit(federation, more, **{keys.RUN_RESUME: str(root)})
+    assert federation.wait(rid, TIMEOUT_S) == "finished:completed"
+    assert federation.alive("node0") and federation.alive("node0-host")
+    three = [c for c in _lines(root / "clients.jsonl") if c["round"] == 3]
+    assert sorted((c["client_id"], c["status"]) for c in three) == [(0, "ok"), (1, "ok")]
+    ours = {r["client_id"]: r for r in _lines(root / "personal.jsonl") if r["round"] == 3}
+    theirs = {r["client_id"]: r for r in _lines(local.run_dir / "personal.jsonl")}
+    assert sorted(ours) == [0, 1]
+    for cid, row in ours.items():
+        mine, want = row["models"]["personal"], theirs[cid]["models"]["personal"]
+        assert theirs[cid]["round"] == 3 and mine["accuracy"] == want["accuracy"]
+        assert mine["loss"] == pytest.approx(want["loss"], abs=1e-5)
+    kept = json.loads(manifest.read_text())
+    assert kept["round"] == 3 and kept["rounds"][-1] == 3
+    head = _head(manifest.parent / "adapter")
+    expected = _head(local.run_dir / "clients" / "0" / "adapter")
+    assert head.keys() == expected.keys() and head
+    for k, v in head.items():
+        torch.testing.assert_close(v, expected[k], rtol=0, atol=1e-6)
+
+
+def _online(d: Deployment) -> set[int]:
+    """The ids of the SuperNodes the SuperLink lists as online."""
+    listing = d.cli("supernode", "list", FEDERATION, "--format", "json")
+    return {n["node-id"] for n in json.loads(listing.stdout)["nodes"] if n["status"] == "online"}
+
+
 def test_an_unregistered_supernode_is_refused(federation: Deployment) -> None:
     key = federation.node_key("intruder", register=False)
     federation.start_supernode("intruder", 1, key, host=False)
