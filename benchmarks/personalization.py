@@ -169,10 +169,43 @@ def table(results: dict[str, Any], dataset: str, split: str) -> tuple[list[str],
     return lines, means
 
 
+def _cell(results: dict[str, Any], dataset: str, split: str, variant: str, model: str) -> str:
+    """``mean ± std / worst 10 % / ÷ fully personalised`` over the seeds of one setting."""
+    mean, worst, ratio = [], [], []
+    for seed in sorted({k.split("/")[2] for k in results if k.startswith(f"{dataset}/{split}/")}):
+        m = results.get(f"{dataset}/{split}/{seed}/{variant}", {}).get("personal") or {}
+        f = results.get(f"{dataset}/{split}/{seed}/fedavg", {}).get("personal") or {}
+        got, full = m.get("models", {}).get(model), f.get("models", {}).get("full")
+        if got is None or full is None:
+            continue
+        mean.append(got["mean"])
+        worst.append(got["worst10"])
+        ratio.append(got["mean"] / full["mean"])
+    if not mean:
+        return "—"
+    return f"{_stat(mean)} / {statistics.mean(worst):.3f} / {statistics.mean(ratio):.2f}"
+
+
+def compact(results: dict[str, Any]) -> None:
+    """One table per dataset, a column per split: mean ± std over seeds of the mean client
+    accuracy / the mean over seeds of the worst 10 % / of the ratio to fully personalised."""
+    for dataset in sorted({k.split("/")[0] for k in results}):
+        splits = [s for s in SPLITS if any(k.startswith(f"{dataset}/{s}/") for k in results)]
+        print(f"\n**{dataset}**\n\n| model | " + " | ".join(splits) + " |")
+        print("| --- |" + " --- |" * len(splits))
+        for label, variant, model in ROWS:
+            cells = [_cell(results, dataset, s, variant, model) for s in splits]
+            if any(c != "—" for c in cells):
+                print(f"| {label} | " + " | ".join(cells) + " |")
+
+
 def report(args: argparse.Namespace) -> None:
     results = json.loads(args.out.read_text())
     for path in args.also:  # grids run as separate processes, one file each
         results |= {k: v for k, v in json.loads(path.read_text()).items() if k not in results}
+    if args.compact:
+        compact(results)
+        return
     settings_seen = sorted({tuple(k.split("/")[:2]) for k in results})
     head = (
         "| model | mean client accuracy | worst 10 % | ÷ fully personalised | MB / client / round "
@@ -222,6 +255,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--report", action="store_true", help="only print the table and plot")
     ap.add_argument("--also", nargs="*", type=Path, default=[], help="--report: more results")
+    ap.add_argument("--compact", action="store_true", help="--report: a table per dataset")
     args = ap.parse_args()
     if args.report:
         report(args)
