@@ -85,7 +85,8 @@ def check_detect(cfg: ExperimentConfig, spec: ModelSpec) -> None:
     if cfg.privacy.mode == "dpsgd":
         raise FedpeftError(
             "`privacy.mode = 'dpsgd'` bounds each example's gradient, but DETR's set loss "
-            f"normalises by the boxes of the whole batch in {task}; use 'central' or 'local'."
+            "(YOLOS) and CenterNet's loss normalise by the boxes of the whole batch in "
+            f"{task}; use 'central' or 'local'."
         )
     size = image_preprocess(spec, cfg.model.image_size).size
     if spec.family == CENTERNET_FAMILY:
