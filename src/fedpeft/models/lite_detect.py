@@ -3,10 +3,11 @@ al., 2019, "Objects as Points") over a small feature pyramid.
 
 Why fedpeft builds this head itself: the one pretrained vision trunk that ships offline is
 EfficientNet-Lite0 (``models/vision.py``), and no well-kept detection library can put a head
-on it here. ``torchvision`` (FCOS, RetinaNet, its CenterNet-like heads) has no build for the
-pinned torch, so it cannot be installed offline; ``transformers``' detectors (the DETR
-family, YOLOS) take only their own or ``timm`` backbones, and their set-prediction heads
-train slowly from random weights. CenterNet is the simplest head that converges on a CPU.
+on it here. ``torchvision`` (FCOS, RetinaNet, SSDLite) cannot be installed offline for the
+pinned torch 2.13: the only build on the package index here (0.28.0) is a CUDA build whose
+operators do not load next to the CPU torch; ``transformers``' detectors (the DETR family,
+YOLOS) take only their own or ``timm`` backbones, and their set-prediction heads train
+slowly from random weights. CenterNet is the simplest head that converges on a CPU.
 
 Model. The trunk (stem and MBConv blocks, no 1×1 head conv, BatchNorm statistics frozen as
 in the classifier) gives maps at strides 8, 16 and 32; ``detection_head`` joins them top
