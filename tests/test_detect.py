@@ -247,7 +247,7 @@ def test_map_matches_coco_101_point_interpolation_by_hand() -> None:
     ("sets", "match"),
     [
         (["peft.method='prompt'"], "not offered for `model.task` 'detect'.*detect: yolos"),
-        (["model.name='tiny-vit'"], "needs a YOLOS detector, but `tiny-vit` is a vit model"),
+        (["model.name='tiny-vit'"], "needs a detector, but `tiny-vit` is a vit model"),
         (["data.dataset='cifar10'"], "needs images with boxes.*bccd, coco128"),
         (["model.task='classify'"], "is not offered; detect: yolos models on bccd, coco128"),
         (["data.partition='natural'"], "follows device tiers or documents"),

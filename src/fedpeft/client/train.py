@@ -136,8 +136,15 @@ def _private(
     return private
 
 
-# the task heads of every supported family (peft/arch*.py; YOLOS: its class and box MLPs)
-HEAD_MODULES = ("classifier", "score", "class_labels_classifier", "bbox_predictor")
+# the task heads of every supported family (peft/arch*.py; YOLOS: its class and box MLPs;
+# CenterNet: its pyramid and branches)
+HEAD_MODULES = (
+    "classifier",
+    "score",
+    "class_labels_classifier",
+    "bbox_predictor",
+    "detection_head",
+)
 
 
 def _param_groups(

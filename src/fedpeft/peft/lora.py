@@ -44,7 +44,7 @@ class LoraSpec(MethodSpec):
     kind: ClassVar[Kind] = "reparameterised"
     description: ClassVar[str] = "low-rank updates ΔW = (α/r)·BA"
     image_families: ClassVar[frozenset[str]] = frozenset(
-        {"efficientnet", "vit", "clip", "vilt", "yolos"}
+        {"efficientnet", "centernet", "vit", "clip", "vilt", "yolos"}
     )
     # ASSUMPTION from small-encoder GLUE results at equal budget (Hu et al., 2021; He et
     # al., 2022): on par with adapters, below full fine-tuning.

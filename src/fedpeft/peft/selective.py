@@ -17,7 +17,8 @@ from fedpeft.peft.arch import Architecture
 from fedpeft.peft.registry import register_method
 from fedpeft.peft.spec import Kind, MethodSpec, Task, head_params_trainable
 
-WITH_HEAD = frozenset({"efficientnet", "vit", "vilt", "yolos"})  # image families with a head
+# image families with a head
+WITH_HEAD = frozenset({"efficientnet", "centernet", "vit", "vilt", "yolos"})
 CLASSIFY: frozenset[Task] = frozenset({"classify", "qa", "vqa", "detect"})  # a small head
 
 

@@ -12,7 +12,7 @@ from fedpeft.errors import FedpeftError
 from fedpeft.peft.registry import get_method, method_names
 
 # the families arch_vision describes (ViLT also reads text)
-IMAGE_FAMILIES = frozenset({"efficientnet", "vit", "clip", "vilt", "yolos"})
+IMAGE_FAMILIES = frozenset({"efficientnet", "centernet", "vit", "clip", "vilt", "yolos"})
 
 
 def supports(method: str, family: str) -> bool:

@@ -3,8 +3,12 @@ before anything loads, its splits, and its evaluation by mean average precision.
 
 A YOLOS detector (``models/yolos.py``) on BCCD or COCO128 (``data/boxes.py``): PEFT on the
 ViT backbone (LoRA, DoRA on its attention; BitFit on its biases), the class and box heads
-trained and sent with every update. Clients hold whole images, IID or skewed by each
-image's dominant class (Dirichlet(α) or k classes per client).
+trained and sent with every update. Or CenterNet on the pretrained EfficientNet-Lite0 trunk
+(``models/lite_detect.py``): LoRA/DoRA on the trunk's 1×1 convolutions, BitFit on its
+BatchNorm biases, the pyramid and branches (``detection_head``) trained and sent; it
+returns its top peaks in YOLOS' output form, so the evaluation below serves both. Clients
+hold whole images, IID or skewed by each image's dominant class (Dirichlet(α) or k classes
+per client).
 
 Evaluation: every detection token is one prediction — its best class other than "no
 object", scored by that class's softmax probability (as ``transformers``'
@@ -35,7 +39,8 @@ from fedpeft.data.detection import NATURAL_REFUSED, DetectionSplit, detection_sp
 from fedpeft.errors import FedpeftError
 from fedpeft.hub import is_cached, offline_reason
 from fedpeft.models import ModelSpec, image_preprocess, load_model_config
-from fedpeft.models.vision import is_tiny
+from fedpeft.models.lite_detect import CENTERNET_FAMILY, centernet_config
+from fedpeft.models.vision import check_lite0_packages, is_tiny
 from fedpeft.models.yolos import DETECTION_FAMILIES, check_input_size, tiny_yolos_config
 from fedpeft.peft import methods_for, supported_methods
 from fedpeft.server.qa import check_catalogue
@@ -43,17 +48,16 @@ from fedpeft.server.qa import check_catalogue
 DETECT_TASK: Literal["detect"] = "detect"
 
 
-def offered() -> list[str]:
-    """The methods offered for detection on its family."""
+def offered(family: str = "yolos") -> list[str]:
+    """The methods offered for detection on a detector family."""
     allowed = methods_for(DETECT_TASK)
-    return [m for f in DETECTION_FAMILIES for m in supported_methods(f) if m in allowed]
+    return [m for m in supported_methods(family) if m in allowed]
 
 
 def supported_detection() -> str:
-    return (
-        f"detect: {', '.join(DETECTION_FAMILIES)} models on {', '.join(DETECTION_DATASETS)} "
-        f"with {', '.join(offered())}"
-    )
+    sets = ", ".join(DETECTION_DATASETS)
+    per_family = (f"{f} models on {sets} with {', '.join(offered(f))}" for f in DETECTION_FAMILIES)
+    return f"detect: {'; '.join(per_family)}"
 
 
 def check_detect(cfg: ExperimentConfig, spec: ModelSpec) -> None:
@@ -62,7 +66,7 @@ def check_detect(cfg: ExperimentConfig, spec: ModelSpec) -> None:
     if spec.family not in DETECTION_FAMILIES:
         what = "an unregistered hub model" if spec.family == "auto" else f"a {spec.family} model"
         raise FedpeftError(
-            f"{task} needs a YOLOS detector, but `{spec.name}` is {what}; supported: "
+            f"{task} needs a detector, but `{spec.name}` is {what}; supported: "
             f"{supported_detection()}."
         )
     if cfg.data.dataset not in DETECTION_DATASETS:
@@ -70,20 +74,26 @@ def check_detect(cfg: ExperimentConfig, spec: ModelSpec) -> None:
             f"{task} needs images with boxes, but `data.dataset` is {cfg.data.dataset!r}; use "
             f"one of: {', '.join(DETECTION_DATASETS)}."
         )
-    if cfg.peft.method not in offered():
+    if cfg.peft.method not in offered(spec.family):
         raise FedpeftError(
             f"`peft.method` {cfg.peft.method!r} is not offered for {task}; supported: "
             f"{supported_detection()}."
         )
-    check_catalogue(cfg, offered(), DETECT_TASK, supported_detection())
+    check_catalogue(cfg, offered(spec.family), DETECT_TASK, supported_detection())
     if cfg.data.partition == "natural":
         raise FedpeftError(NATURAL_REFUSED)
     if cfg.privacy.mode == "dpsgd":
         raise FedpeftError(
             "`privacy.mode = 'dpsgd'` bounds each example's gradient, but DETR's set loss "
-            f"normalises by the boxes of the whole batch in {task}; use 'central' or 'local'."
+            "(YOLOS) and CenterNet's loss normalise by the boxes of the whole batch in "
+            f"{task}; use 'central' or 'local'."
         )
     size = image_preprocess(spec, cfg.model.image_size).size
+    if spec.family == CENTERNET_FAMILY:
+        centernet_config(is_tiny(spec), 1, size)  # a side that is not a multiple of 32 fails
+        if not is_tiny(spec):
+            check_lite0_packages()
+        return
     if is_tiny(spec):
         check_input_size(tiny_yolos_config(1), size, spec.name)
     elif size % 16:  # the hub YOLOS models cut 16×16 patches
@@ -106,6 +116,8 @@ def _check_reachable(spec: ModelSpec) -> None:
 
 def detector_config(spec: ModelSpec, num_labels: int) -> Any:
     """The detector's ``transformers`` config, without weights (tiny: the tiny one)."""
+    if spec.family == CENTERNET_FAMILY:
+        return centernet_config(is_tiny(spec), num_labels, image_preprocess(spec, None).size)
     if is_tiny(spec):
         return tiny_yolos_config(num_labels)
     return load_model_config(spec, num_labels)

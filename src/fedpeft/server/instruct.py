@@ -4,10 +4,10 @@ QA (``server/qa.py``), image–text matching or visual question answering
 checked before anything loads.
 
 ``model.task = "auto"`` means ``qa`` for question-answering data (SQuAD), ``vqa`` for ViLT,
-``detect`` for YOLOS or detection data (BCCD, COCO128; ``server/detection.py``), ``itm``
-for CLIP on image–text pairs (DAQUAR), ``instruct`` for decoder LLMs (the LLaMA
-family) and ``classify`` for every other model; ``classify`` on a decoder trains a
-sequence-classification head as before.
+``detect`` for a detector (YOLOS, CenterNet on Lite0) or detection data (BCCD, COCO128;
+``server/detection.py``), ``itm`` for CLIP on image–text pairs (DAQUAR), ``instruct`` for
+decoder LLMs (the LLaMA family) and ``classify`` for every other model; ``classify`` on a
+decoder trains a sequence-classification head as before.
 """
 
 from __future__ import annotations

@@ -421,7 +421,8 @@ def build_task(cfg: ExperimentConfig) -> Task:
             base = load_vqa_model(spec, dataset.num_labels, cfg.run.seed, names)
         elif kind == DETECT_TASK:
             names = dataset.label_names
-            base = load_detector(spec, dataset.num_labels, cfg.run.seed, names)
+            size = cfg.model.image_size
+            base = load_detector(spec, dataset.num_labels, cfg.run.seed, names, size)
         else:
             base = load_base(cfg, spec, dataset)
         full_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
