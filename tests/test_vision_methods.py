@@ -263,9 +263,9 @@ def test_pretrained_efficientnet_lite0_recognises_ships() -> None:
     from fedpeft.config import DataConfig
     from fedpeft.data import image_split, load_dataset
     from fedpeft.models import get_model_spec, image_preprocess
-    from fedpeft.models.vision import EFFICIENTNET_LITE0, _lite0_weights
+    from fedpeft.models.vision import EFFICIENTNET_LITE0, lite0_weights
 
-    weights = _lite0_weights(EFFICIENTNET_LITE0)
+    weights = lite0_weights(EFFICIENTNET_LITE0)
     model = build_efficientnet(EfficientNetLiteConfig(num_labels=1000)).eval()
     model.classifier.load_state_dict({"weight": weights["_fc.weight"], "bias": weights["_fc.bias"]})
     loaded = model.backbone.state_dict()

@@ -45,10 +45,10 @@ from fedpeft.errors import FedpeftError
 from fedpeft.models.registry import ModelSpec
 from fedpeft.models.vision import (
     EFFICIENTNET_LITE0,
-    _lite0_weights,
-    _plain_pointwise_convs,
     image_preprocess,
     is_tiny,
+    lite0_weights,
+    plain_pointwise_convs,
     register_image_model,
 )
 
@@ -140,7 +140,7 @@ class CenterNetDetector(nn.Module):
             dropout_rate=0.0,
             drop_connect_rate=0.0,  # no stochastic depth: a few hundred images, few epochs
         )
-        _plain_pointwise_convs(self.backbone)
+        plain_pointwise_convs(self.backbone)
         for unused in ("_conv_head", "_bn1", "_fc"):  # the classifier's head, not the trunk's
             setattr(self.backbone, unused, nn.Identity())
         self.taps = _level_blocks(self.backbone)
@@ -287,7 +287,7 @@ def build_centernet(config: CenterNetConfig, pretrained: bool) -> CenterNetDetec
     """The detector; ``pretrained``: the trunk from the packaged ImageNet weights."""
     model = CenterNetDetector(config)
     if pretrained:
-        weights = _lite0_weights(config.variant)
+        weights = lite0_weights(config.variant)
         unused = ("_fc.", "_conv_head.", "_bn1.")
         state = {k: v for k, v in weights.items() if not k.startswith(unused)}
         result = model.backbone.load_state_dict(state, strict=False)

@@ -78,7 +78,7 @@ class EfficientNetClassifier(nn.Module):
             dropout_rate=config.dropout,
             drop_connect_rate=config.drop_connect,
         )
-        _plain_pointwise_convs(self.backbone)
+        plain_pointwise_convs(self.backbone)
         features = self.backbone._fc.in_features
         self.backbone._fc = nn.Identity()
         self.classifier = nn.Linear(features, config.num_labels)
@@ -98,7 +98,7 @@ class EfficientNetClassifier(nn.Module):
         return self
 
 
-def _plain_pointwise_convs(model: nn.Module) -> None:
+def plain_pointwise_convs(model: nn.Module) -> None:
     """Replaces every 1×1, stride-1 "same"-padding conv by a plain ``nn.Conv2d`` (in place).
 
     Such a conv pads nothing, so the model is unchanged; PEFT's LoRA rebuilds its low-rank
@@ -127,7 +127,7 @@ def check_lite0_packages() -> None:
         ) from None
 
 
-def _lite0_weights(variant: str) -> dict[str, torch.Tensor]:
+def lite0_weights(variant: str) -> dict[str, torch.Tensor]:
     """The packaged ImageNet weights, converted once to safetensors (never unpickled again)."""
     from safetensors.torch import load_file, save_file
 
@@ -157,7 +157,7 @@ def build_efficientnet(
 ) -> EfficientNetClassifier:
     model = EfficientNetClassifier(config)
     if pretrained:
-        weights = _lite0_weights(config.variant)
+        weights = lite0_weights(config.variant)
         state = {k: v for k, v in weights.items() if not k.startswith("_fc.")}
         result = model.backbone.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
