@@ -5,7 +5,8 @@ For each dataset × split × seed, five federations (``fedpeft run`` in fresh pr
 - ``fedavg``: FedAvg with ``personalization.mode = 'finetune'`` and the baselines, so one
   run scores the global, FT-after-FL (``finetune``), local-only (``local``) and fully
   personalised (``full``: the whole PEFT module fine-tuned from the final global);
-- ``head``, ``lora_b``, ``dual``: the other personalisation modes;
+- ``head``, ``lora_b``, ``dual``: the other personalisation modes (``head``: each client's
+  first head is the discriminant of its own features; ``head_random``: FedPer's random one);
 - ``clustered``: clustered aggregation (k = 2), each client scored with its cluster's global.
 
 Each finished run is added to ``--out`` at once (a rerun skips what is there, so the grid
@@ -47,7 +48,8 @@ SPLITS = {
 }
 VARIANTS = {
     "fedavg": ["personalization.mode='finetune'", "personalization.baselines=true"],
-    "head": ["personalization.mode='head'"],
+    "head": ["personalization.mode='head'"],  # its first head: the client's own LDA
+    "head_random": ["personalization.mode='head'", "personalization.head_start='random'"],
     "lora_b": ["personalization.mode='lora_b'"],
     "dual": ["personalization.mode='dual'"],
     "clustered": ["server.aggregator='clustered'"],
@@ -55,7 +57,8 @@ VARIANTS = {
 ROWS = [  # (label, variant, model scored in that run)
     ("global (FedAvg)", "fedavg", "global"),
     ("finetune (FT-after-FL)", "fedavg", "personal"),
-    ("head (FedPer)", "head", "personal"),
+    ("head (FedPer, random start)", "head_random", "personal"),
+    ("head (FedPer, local LDA start)", "head", "personal"),
     ("lora_b (FedSA-LoRA)", "lora_b", "personal"),
     ("dual (FedDPA)", "dual", "personal"),
     ("clustered (k = 2)", "clustered", "global"),

@@ -67,9 +67,12 @@ def test_no_fraction_holds_nothing_out() -> None:
 def test_a_plan_travels_as_json_and_malformed_ones_are_refused() -> None:
     plan = PersonalPlan("lora_b", (".lora_B.",), 0, 0, 5, 5)
     assert PersonalPlan.from_json(plan.to_json()) == plan
+    head = PersonalPlan("head", (".classifier.",), head_start="lda")
+    assert PersonalPlan.from_json(head.to_json()) == head
     assert PersonalPlan.from_json("") == PersonalPlan()
     for bad in ('{"mode": "x", "evil": 1}', '{"rank": -1}', '{"rank": true}', "[1]", "{",
-                '{"parts": [3]}', '{"full_epochs": 1e9}'):  # fmt: skip
+                '{"parts": [3]}', '{"full_epochs": 1e9}', '{"head_start": "zero"}',
+                '{"head_start": 1}'):  # fmt: skip
         with pytest.raises(FedpeftError):
             PersonalPlan.from_json(bad)
 

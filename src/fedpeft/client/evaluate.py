@@ -113,7 +113,7 @@ def _personal_model(
 ) -> nn.Module | None:
     """The client's own model, loaded (None: the plan defines none beyond the global)."""
     if plan.keeps:
-        return personalised(model, served, plan, kept, kit)
+        return personalised(model, served, plan, kept, kit, data, device)
     if plan.finetune_steps:
         set_adapter_state(model, served)
         _train(model, ins, data, device, _FINETUNE, steps=plan.finetune_steps)

@@ -131,7 +131,9 @@ def train_round(
 ) -> Trained:
     """The payload's adapter (joined with the client's personal part) trained, the personal
     part split off and kept (None: the kept state did not change), local DP applied."""
-    model, adapter, _extras, plan = served_model(model, payload, instruction, kept, initial, kit)
+    model, adapter, _extras, plan = served_model(
+        model, payload, instruction, kept, initial, kit, data, device
+    )
     dp = ClientDp.from_json(instruction.privacy)
     update = train(model, instruction, data, device, dpsgd_settings(dp))
     changed = None
@@ -151,12 +153,16 @@ def served_model(
     kept: ClientState,
     initial: AdapterState | None,
     kit: PersonalKit | None,
+    data: ClientData | None = None,
+    device: torch.device | None = None,
 ) -> tuple[nn.Module, AdapterState, AdapterState, PersonalPlan]:
-    """The model with the payload's adapter loaded (joined with the client's personal part),
+    """The model with the payload's adapter loaded (joined with the client's personal part;
+    ``data``: the client's training share, where a first personal head starts from it),
     that adapter, the payload's ``x/…`` extras and the instruction's personal plan."""
     adapter, extras = split_extras(served_state(payload, instruction, initial))
     plan = PersonalPlan.from_json(instruction.personal)
-    return personalised(model, adapter, plan, kept, kit), adapter, extras, plan
+    model = personalised(model, adapter, plan, kept, kit, data, device)
+    return model, adapter, extras, plan
 
 
 def objective_round(

@@ -14,7 +14,14 @@ The server says what stays local in the instruction (``TrainInstruction.personal
 Both halves train together in every local step, from one loss (FedSim in Pillutla et al.,
 2022, "Federated learning with partial model personalization"). A client that has kept
 nothing yet starts its personal part from the method's fresh, seeded initialisation — the
-same in every process. ``finetune_steps`` and the baselines' epochs are read at evaluation
+same in every process — except a personal head under ``head_start = "lda"`` (the default):
+it starts as the shrunk linear discriminant of the client's own training examples' features
+under the served adapter (``aggregation.head_init.lda_head``, the rule the server applies at
+round 0 to every client's statistics, here to this client's alone), so FedPer's head does
+not spend the run's first rounds learning from random weights. Classes the client holds no
+example of get a zero weight row and a bias ``UNHELD_MARGIN`` below its least likely class:
+its personal model predicts them only where its own data gives it a reason to.
+``finetune_steps`` and the baselines' epochs are read at evaluation
 (``client/evaluate.py``).
 """
 
@@ -29,6 +36,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
+from fedpeft.aggregation.head_init import STATS_COUNT, head_keys, lda_head
+from fedpeft.client.features import class_feature_stats, num_classes
+from fedpeft.client.train import ClientData
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import Architecture, MethodSpec, get_adapter_state, set_adapter_state
 from fedpeft.peft.share import apply_shared
@@ -37,6 +47,9 @@ from fedpeft.types import AdapterState
 PERSONAL = "personal/"  # prefix of the personal tensors in a client's kept state
 ADAPTER = "personal"  # peft's name of dual's personal LoRA ("default" is the global one)
 _DUAL_SEED = 0xD0A1  # the personal LoRA's initialisation stream, beside the run's seed
+HEAD_STARTS = ("", "random", "lda")  # "" (an older plan): random
+UNHELD_MARGIN = 10.0  # logits below the least likely held class (a prior of ~e⁻¹⁰)
+_STATS_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,7 @@ class PersonalPlan:
     finetune_steps: int = 0  # finetune: local steps from the global before scoring
     local_epochs: int = 0  # evaluation: train and score the local-only baseline
     full_epochs: int = 0  # evaluation: train and score the fully personalised baseline
+    head_start: str = ""  # head: where a client's first personal head starts ("lda")
 
     @property
     def keeps(self) -> bool:
@@ -73,6 +87,8 @@ class PersonalPlan:
             raise FedpeftError(
                 f"the instruction's personalisation plan is malformed ({e})."
             ) from None
+        if plan.head_start not in HEAD_STARTS:
+            raise FedpeftError("the instruction's personalisation plan names no valid head start.")
         ints = (plan.rank, plan.finetune_steps, plan.local_epochs, plan.full_epochs)
         if not isinstance(plan.mode, str) or not all(isinstance(p, str) for p in plan.parts):
             raise FedpeftError("the instruction's personalisation plan names no valid parts.")
@@ -211,10 +227,14 @@ def personalised(
     plan: PersonalPlan,
     kept: AdapterState,
     kit: PersonalKit | None,
+    data: ClientData | None = None,
+    device: torch.device | None = None,
 ) -> nn.Module:
     """The model this client trains and scores as its own: ``served`` (the global's shared
-    tensors) joined with its personal part (what it kept, else the fresh initialisation),
-    loaded. Without a plan that keeps anything, ``model`` with ``served`` loaded."""
+    tensors) joined with its personal part (what it kept, else the fresh initialisation —
+    for a ``head_start = "lda"`` head, given the client's training ``data``, the local
+    discriminant: module docstring), loaded. Without a plan that keeps anything, ``model``
+    with ``served`` loaded."""
     if not plan.keeps:
         set_adapter_state(model, served)
         return model
@@ -235,7 +255,31 @@ def personalised(
         )
     _check_personal(mine, init, f"its {plan.mode} tensors")
     set_adapter_state(model, served | (mine or init))
+    if not mine and plan.head_start == "lda" and data is not None and len(data.indices):
+        start = local_head(model, served | init, data, device or torch.device("cpu"))
+        set_adapter_state(model, start)
     return model
+
+
+def local_head(
+    model: nn.Module, state: AdapterState, data: ClientData, device: torch.device
+) -> AdapterState:
+    """``state`` (loaded in ``model``) with its classifier set to the linear discriminant of
+    the client's own examples' features; classes it holds none of: a zero row, and a bias
+    ``UNHELD_MARGIN`` below the lowest held one (module docstring)."""
+    stats = class_feature_stats(model, data, num_classes(state), _STATS_BATCH, device)
+    out = lda_head(state, stats)
+    unheld = stats[STATS_COUNT] == 0
+    if bool(unheld.any()):
+        w_key, b_key = head_keys(out)
+        weight = out[w_key].clone()
+        weight[unheld] = 0
+        out[w_key] = weight
+        if b_key is not None:
+            bias = out[b_key].clone()
+            bias[unheld] = bias[~unheld].min() - UNHELD_MARGIN
+            out[b_key] = bias
+    return out
 
 
 def personal_state(model: nn.Module, trained: AdapterState, plan: PersonalPlan) -> AdapterState:

@@ -29,6 +29,12 @@ class PersonalizationConfig(Section):
         0, ge=0, description="score every client on its held-out share every k rounds (0: last)"
     )
     rank: PositiveInt = Field(2, description="dual: the personal LoRA's rank")
+    head_start: Literal["lda", "random"] = Field(
+        "lda",
+        description="head: a client's first personal head is the linear discriminant of its "
+        "own training examples' features ('lda') or the method's seeded initialisation "
+        "('random', FedPer as published)",
+    )
     finetune_steps: PositiveInt = Field(10, description="finetune: local steps after training")
     baselines: bool = Field(
         False,

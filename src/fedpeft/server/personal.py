@@ -107,6 +107,7 @@ def training_plan(
         parts=parts,
         rank=p.rank if p.mode == "dual" else 0,
         finetune_steps=p.finetune_steps if p.mode == "finetune" else 0,
+        head_start=p.head_start if p.mode == "head" else "",
     )
 
 
