@@ -232,3 +232,7 @@ def test_a_first_personal_head_is_the_discriminant_of_the_clients_own_examples(t
     assert torch.count_nonzero(state[HEAD][1]) == 0
     assert float(bias[1]) == pytest.approx(float(bias[0]) - UNHELD_MARGIN)
     assert _accuracy(model, one_class) == 1.0
+    # a client with a single training example (no covariance): the nearest class mean
+    single = ClientData(task.data.train, zeros[:1])
+    model = personalised(task.model, served, plan, {}, kit, single, torch.device("cpu"))
+    assert _accuracy(model, single) == 1.0

@@ -36,7 +36,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
-from fedpeft.aggregation.head_init import STATS_COUNT, head_keys, lda_head
+from fedpeft.aggregation.head_init import STATS_COUNT, head_keys, lda_head, ncm_head
 from fedpeft.client.features import class_feature_stats, num_classes
 from fedpeft.client.train import ClientData
 from fedpeft.errors import FedpeftError
@@ -265,10 +265,14 @@ def local_head(
     model: nn.Module, state: AdapterState, data: ClientData, device: torch.device
 ) -> AdapterState:
     """``state`` (loaded in ``model``) with its classifier set to the linear discriminant of
-    the client's own examples' features; classes it holds none of: a zero row, and a bias
-    ``UNHELD_MARGIN`` below the lowest held one (module docstring)."""
+    the client's own examples' features (the nearest class mean where they have no spread
+    to estimate a covariance from: a single example); classes it holds none of: a zero row,
+    and a bias ``UNHELD_MARGIN`` below the lowest held one (module docstring)."""
     stats = class_feature_stats(model, data, num_classes(state), _STATS_BATCH, device)
-    out = lda_head(state, stats)
+    try:
+        out = lda_head(state, stats)
+    except torch.linalg.LinAlgError:  # no spread to estimate (one example, or all alike)
+        out = ncm_head(state, stats)
     unheld = stats[STATS_COUNT] == 0
     if bool(unheld.any()):
         w_key, b_key = head_keys(out)
