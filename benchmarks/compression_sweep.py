@@ -119,14 +119,87 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _by_seed(path: Path) -> dict[str, dict[str, dict[int, tuple[float, float]]]]:
+    """``{dataset: {variant: {seed: (final accuracy, total bytes)}}}`` from one results file:
+    this script's (``setup.seeds`` and each variant's ``runs`` in that order) or the merged
+    form of the first SST-2 sweep (``variants``: accuracies keyed by seed)."""
+    raw = json.loads(path.read_text())
+    if "variants" in raw:
+        dataset = raw["setup"].get("dataset", "sst2")
+        return {
+            dataset: {
+                label: {
+                    int(k): (acc, row["total_bytes"]) for k, acc in row["final_accuracy"].items()
+                }
+                for label, row in raw["variants"].items()
+            }
+        }
+    seeds = raw["setup"]["seeds"]
+    return {
+        dataset: {
+            label: {
+                seed: (run["final_accuracy"], run["total_bytes"])
+                for seed, run in zip(seeds, row["runs"], strict=True)
+            }
+            for label, row in rows.items()
+        }
+        for dataset, rows in raw.items()
+        if dataset != "setup"
+    }
+
+
+def report(paths: list[Path]) -> None:
+    """A Markdown table per dataset over every file's runs: accuracy per seed, mean ± std,
+    the difference to fp32 paired by seed, bytes and the ratio to fp32's."""
+    merged: dict[str, dict[str, dict[int, tuple[float, float]]]] = {}
+    for path in paths:
+        for dataset, rows in _by_seed(path).items():
+            for label, seeds in rows.items():
+                merged.setdefault(dataset, {}).setdefault(label, {}).update(seeds)
+    order = list(variants())
+    for dataset, rows in merged.items():
+        fp32 = rows.get("fp32", {})
+        print(f"\n**{dataset}**\n")
+        print(
+            "| variant | final accuracy, seeds 0, 1, 2 | mean ± std | paired difference to fp32, "
+            "points (mean ± std) | bytes, up + down, all rounds | × fewer than fp32 |\n"
+            "| --- | --- | ---: | ---: | ---: | ---: |"
+        )
+        base = statistics.mean(b for _, b in fp32.values()) if fp32 else None
+        for label in sorted(rows, key=order.index):
+            runs = rows[label]
+            accs = [runs[s][0] if s in runs else None for s in (0, 1, 2)]
+            got = [a for a in accs if a is not None]
+            diffs = [100 * (runs[s][0] - fp32[s][0]) for s in runs if s in fp32]
+            nbytes = statistics.mean(b for _, b in runs.values())
+            cells = ", ".join("—" if a is None else f"{a:.4g}" for a in accs)
+            spread = f" ± {statistics.stdev(got):.3f}" if len(got) > 1 else ""
+            paired = "—"
+            if label != "fp32" and diffs:
+                paired = f"{statistics.mean(diffs):+.2f}"
+                paired += f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
+                paired += f" ({len(diffs)} seeds)"
+            ratio = f"{base / nbytes:.2f}" if base else "—"
+            print(
+                f"| {label} | {cells} | {statistics.mean(got):.3f}{spread} | {paired} "
+                f"| {nbytes:,.0f} | {ratio} |"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--report", nargs="+", type=Path, help="print the tables of these results")
+    ap.add_argument("--out", type=Path)
     ap.add_argument("--datasets", nargs="+", default=["sst2", "ag_news"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--only", nargs="*", help="variant labels to run (default: all)")
     ap.add_argument("--set", nargs="*", default=[], help="overrides for every run (scale)")
     args = ap.parse_args()
+    if args.report:
+        report(args.report)
+        return
+    if args.out is None:
+        ap.error("--out is required (or --report FILE ...)")
     chosen = {k: v for k, v in variants().items() if not args.only or k in args.only}
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
