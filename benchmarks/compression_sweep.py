@@ -10,6 +10,9 @@ counted (``len(payload)`` of every message both ways). Variants:
 - ``adaptive``: ``bits_up = "adaptive"`` on the mixed-tier federation (simulated devices,
   30/40/30 % high/mid/low), 8 bits down.
 
+``--report FILE ...`` prints a table per dataset over several results files (seeds run
+as separate processes), the differences to fp32 paired by seed.
+
 It refuses to report a compressed variant whose upload is not smaller than fp32's: that
 means the round loop does not apply ``[compression]`` yet (the library is built; the loop
 wiring is the lead's). Results: ``--out`` (JSON) and a PNG beside it.
