@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from fedpeft.errors import FedpeftError
 from fedpeft.models import get_model_spec, load_detector
 from fedpeft.models.lite_detect import (
     CENTERNET_FAMILY,
@@ -28,9 +26,9 @@ from fedpeft.peft import (
     model_architecture,
     parse_spec,
     save_adapter,
-    set_adapter_state,
 )
 from fedpeft.server.detection import offered
+from tests.contract import check_state_round_trip, flops
 
 LABELS = 3
 OPTIONS: dict[str, dict[str, object]] = {
@@ -126,18 +124,7 @@ def test_the_head_trains_and_the_trunk_only_as_the_method_says(method: str) -> N
 
 @pytest.mark.parametrize("method", METHODS)
 def test_state_round_trips_exactly(method: str) -> None:
-    _, model = _build(method)
-    g = torch.Generator().manual_seed(3)
-    changed = {
-        k: torch.randn(v.shape, generator=g, dtype=v.dtype)
-        for k, v in get_adapter_state(model).items()
-    }
-    set_adapter_state(model, changed)
-    again = get_adapter_state(model)
-    assert again.keys() == changed.keys()
-    assert all(torch.equal(again[k], changed[k]) for k in changed)
-    with pytest.raises(FedpeftError, match="keys the model lacks"):
-        set_adapter_state(model, {**changed, "not.a.key": torch.zeros(1)})
+    check_state_round_trip(_build(method)[1])
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -164,19 +151,12 @@ def test_saved_adapter_reloads_with_the_same_outputs(method: str, tmp_path: Path
     )
 
 
-def _flops(model: torch.nn.Module, inputs: dict[str, object]) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(**inputs)
-    return counter.get_total_flops()
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_predicted_extra_flops_match_a_flop_counter(method: str) -> None:
     """One image at ``SIDE``: LoRA's 1×1 convolutions run at every position of their map."""
     base, model = _build(method)
     arch = architecture(replace(base.config, image_size=SIDE), LABELS)
-    measured = _flops(model, _inputs(n=1)) - _flops(base, _inputs(n=1))
+    measured = flops(model, _inputs(n=1)) - flops(base, _inputs(n=1))
     predicted = parse_spec(method, OPTIONS.get(method, {})).extra_flops(arch, seq_len=1)
     assert measured == predicted
     if method == "lora":

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from transformers import YolosConfig, YolosForObjectDetection
 
-from fedpeft.errors import FedpeftError
 from fedpeft.models import get_model_spec, load_detector
 from fedpeft.peft import (
     architecture,
@@ -21,9 +19,9 @@ from fedpeft.peft import (
     model_architecture,
     parse_spec,
     save_adapter,
-    set_adapter_state,
 )
 from fedpeft.server.detection import offered
+from tests.contract import check_state_round_trip, flops
 
 LABELS = 3
 OPTIONS: dict[str, dict[str, object]] = {"lora": {"r": 4, "rank_pattern": {"value": 2}}}
@@ -130,18 +128,7 @@ def test_both_heads_train_and_the_backbone_only_as_the_method_says(method: str) 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_state_round_trips_exactly(method: str) -> None:
-    _, model = _build(method)
-    g = torch.Generator().manual_seed(3)
-    changed = {
-        k: torch.randn(v.shape, generator=g, dtype=v.dtype)
-        for k, v in get_adapter_state(model).items()
-    }
-    set_adapter_state(model, changed)
-    again = get_adapter_state(model)
-    assert again.keys() == changed.keys()
-    assert all(torch.equal(again[k], changed[k]) for k in changed)
-    with pytest.raises(FedpeftError, match="keys the model lacks"):
-        set_adapter_state(model, {**changed, "not.a.key": torch.zeros(1)})
+    check_state_round_trip(_build(method)[1])
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -168,13 +155,6 @@ def test_saved_adapter_reloads_with_the_same_outputs(method: str, tmp_path: Path
     )
 
 
-def _flops(model: torch.nn.Module, inputs: dict[str, object]) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(**inputs)
-    return counter.get_total_flops()
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_predicted_extra_flops_match_a_flop_counter(method: str) -> None:
     """One image at ``SIDE``: every projection runs at [CLS] + 9 patches + 10 detection
@@ -182,7 +162,7 @@ def test_predicted_extra_flops_match_a_flop_counter(method: str) -> None:
     base, model = _build(method)
     arch = architecture(base.config, LABELS, image_size=SIDE)
     assert arch.tokens == 20
-    measured = _flops(model, _inputs(n=1)) - _flops(base, _inputs(n=1))
+    measured = flops(model, _inputs(n=1)) - flops(base, _inputs(n=1))
     predicted = parse_spec(method, OPTIONS.get(method, {})).extra_flops(arch, seq_len=arch.tokens)
     assert measured == predicted
     if method == "lora":
