@@ -15,13 +15,11 @@ from fedpeft.peft import (
     architecture,
     get_adapter_state,
     get_method,
-    load_adapter,
     model_architecture,
     parse_spec,
-    save_adapter,
 )
 from fedpeft.server.detection import offered
-from tests.contract import check_state_round_trip, flops
+from tests.contract import check_export_reloads, check_state_round_trip, flops
 
 LABELS = 3
 OPTIONS: dict[str, dict[str, object]] = {"lora": {"r": 4, "rank_pattern": {"value": 2}}}
@@ -142,17 +140,11 @@ def test_untrained_method_leaves_outputs_unchanged_where_designed(method: str) -
 def test_saved_adapter_reloads_with_the_same_outputs(method: str, tmp_path: Path) -> None:
     """The export loads onto a fresh YOLOS: plain PEFT for LoRA/DoRA (both heads in
     ``modules_to_save``), fedpeft's loader for the selective methods."""
-    _, model = _build(method)
-    g = torch.Generator().manual_seed(5)
-    state = {
-        k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in get_adapter_state(model).items()
-    }
     spec = parse_spec(method, OPTIONS.get(method, {}))
-    save_adapter(model, state, tmp_path / "adapter", "tiny-yolos", method, spec)
-    reloaded = load_adapter(_base(), tmp_path / "adapter").eval()
-    torch.testing.assert_close(
-        _outputs(reloaded, _inputs(seed=1)), _outputs(model, _inputs(seed=1))
-    )
+    check_export_reloads(
+        _build(method)[1], "tiny-yolos", method, spec, _base,
+        lambda m: _outputs(m, _inputs(seed=1)), tmp_path / "adapter",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("method", METHODS)
