@@ -48,7 +48,7 @@ from fedpeft.models.vision import (
     image_preprocess,
     is_tiny,
     lite0_weights,
-    plain_pointwise_convs,
+    lite_trunk,
     register_image_model,
 )
 
@@ -129,18 +129,9 @@ class CenterNetDetector(nn.Module):
 
     def __init__(self, config: CenterNetConfig) -> None:
         super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
-
         self.config = config
-        self.backbone = EfficientNet.from_name(
-            config.variant,
-            width_coefficient=config.width,
-            depth_coefficient=config.depth,
-            image_size=None,
-            dropout_rate=0.0,
-            drop_connect_rate=0.0,  # no stochastic depth: a few hundred images, few epochs
-        )
-        plain_pointwise_convs(self.backbone)
+        # no dropout nor stochastic depth: a few hundred images, few epochs
+        self.backbone = lite_trunk(config.variant, config.width, config.depth, 0.0, 0.0)
         for unused in ("_conv_head", "_bn1", "_fc"):  # the classifier's head, not the trunk's
             setattr(self.backbone, unused, nn.Identity())
         self.taps = _level_blocks(self.backbone)

