@@ -5,15 +5,18 @@
 #
 # On CUDA, in this order (cheapest and most important first, each result written as soon
 # as it is known):
-#   1. gpu_mfu.json — LoRA step MFU on a 7B-shaped LLaMA (random weights, bf16) against
-#      the measured bf16 matmul peak (target >= 45 %);
+#   1. gpu_mfu.json, gpu_mfu_compiled.json — LoRA step MFU on a 7B-shaped LLaMA (random
+#      weights, bf16) against the measured bf16 matmul peak (target >= 45 %), eager and
+#      with the decoder blocks compiled;
 #   2. gpu_check.json — MiniLM: grouped LoRA (K clients in one pass over the shared base)
-#      against one-by-one training (float32 and bf16 autocast), then client updates/s for
-#      1, 4, 16, 64 clients per pass, with and without torch.compile;
-#   3. gpu_check_smollm2.json — the same for SmolLM2-135M as a classifier (updates/s,
-#      batched vs one by one);
+#      against one-by-one training (float32: equal; bf16 autocast: no further from float32
+#      than one-by-one bf16), then client updates/s for 1, 16, 64 clients per pass;
+#   3. gpu_check_smollm2.json — the same for SmolLM2-135M as a classifier (bf16);
 #   4. gpu_runtime.json — the default job's seconds per round, one client per pass against
-#      the automatic grouping.
+#      the automatic grouping;
+#   5. gpu_check_compile.json — MiniLM's 64-client pass with the blocks compiled.
+# A bare lent machine (no dependencies, no weights, 64 MiB a command) runs the same checks
+# through benchmarks/gpu_lent.sh, on stand-in models of the real shapes.
 # Without CUDA it runs the same paths on the CPU with tiny models (the fallback the tests
 # run), so the script itself is checked anywhere.
 set -euo pipefail
@@ -25,15 +28,18 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
 if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
   "$PY" benchmarks/gpu_mfu.py --out "$OUT/gpu_mfu.json"
-  "$PY" benchmarks/gpu_check.py --device cuda --compile --out "$OUT/gpu_check.json"
-  "$PY" benchmarks/gpu_check.py --device cuda --per-pass 1,16,64 \
-    --model HuggingFaceTB/SmolLM2-135M-Instruct --set "model.task='classify'" \
-    --out "$OUT/gpu_check_smollm2.json"
+  "$PY" benchmarks/gpu_mfu.py --compile --out "$OUT/gpu_mfu_compiled.json"
+  "$PY" benchmarks/gpu_check.py --device cuda --per-pass 1,16,64 --out "$OUT/gpu_check.json"
+  "$PY" benchmarks/gpu_check.py --device cuda --per-pass 1,32 --clients 32 --steps 4 \
+    --precisions bf16 --model HuggingFaceTB/SmolLM2-135M-Instruct \
+    --set "model.task='classify'" --out "$OUT/gpu_check_smollm2.json"
   (cd benchmarks && "$PY" runtime_speed.py --repeats 1 \
     --base "run.rounds=3;run.device='cuda'" \
     --variant "one_per_pass=run.clients_per_pass=1" \
     --variant "grouped_auto=run.clients_per_pass=0" \
     --out "$OUT/gpu_runtime.json")
+  "$PY" benchmarks/gpu_check.py --device cuda --per-pass 64 --precisions off --compile \
+    --out "$OUT/gpu_check_compile.json"
 else
   echo "no CUDA device: the CPU fallback of the same paths (tiny models)"
   "$PY" benchmarks/gpu_mfu.py --tiny --out "$OUT/gpu_mfu_cpu.json"

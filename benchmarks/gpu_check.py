@@ -62,29 +62,58 @@ def no_dropout(model: nn.Module) -> None:
             m.p = 0.0
 
 
+def trained(task: Task, reqs: list[tuple[TrainInstruction, bytes]], k: int,
+            grouped: bool) -> list[dict[str, torch.Tensor]]:  # fmt: skip
+    """Each client's trained adapter state, one by one or ``k`` clients in one pass."""
+    no_dropout(task.model)
+    if not grouped:
+        out: list[Any] = [LocalClientPool(task).fit(i, p) for i, p in reqs]
+    else:
+        pool = GroupedClientPool(task, per_pass=k)
+        group = pool.grouped("", "{}")
+        assert group is not None, "the default LoRA configuration must be groupable"
+        no_dropout(group.model)
+        out = pool.fit_many(reqs)
+    bad = [o for o in out if not isinstance(o, bytes)]
+    if bad:
+        raise RuntimeError(f"training failed: {bad[0]}")
+    return [decode(o)[0] for o in out]
+
+
+def rel_diff(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]],
+             start: dict[str, torch.Tensor]) -> float:  # fmt: skip
+    """The largest difference of two runs' updates, relative to the size of the update."""
+    worst = 0.0
+    for sa, sb in zip(a, b, strict=True):
+        for key in sa:
+            moved = float((sa[key].float() - start[key].float()).norm()) or 1.0
+            worst = max(worst, float((sa[key].float() - sb[key].float()).norm()) / moved)
+    return worst
+
+
 def equivalence(device: str, model: str, autocast: str, k: int, sets: list[str]) -> dict[str, Any]:
+    """Grouped against one-by-one training. In float32 the two must agree (1e-3). Under
+    bfloat16 autocast neither agrees with the other closely: Adam's first steps divide each
+    gradient by its own magnitude, so rounding in near-zero gradients flips whole update
+    entries. There the test is that grouping costs no accuracy: the grouped bf16 updates
+    are no further from the float32 updates than the one-by-one bf16 updates are (within
+    1.5x + 0.01)."""
     extra = ["data.train_size=256", "client.batch_size=8", *sets]
     task = task_for(device, model, k, autocast, extra)
     reqs = requests(task, steps=4)
-    no_dropout(task.model)
-    alone = [LocalClientPool(task).fit(i, p) for i, p in reqs]
-    pool = GroupedClientPool(task, per_pass=k)
-    grouped = pool.grouped("", "{}")
-    assert grouped is not None, "the default LoRA configuration must be groupable"
-    no_dropout(grouped.model)
-    together = pool.fit_many(reqs)
-    worst = 0.0
-    for a, b in zip(alone, together, strict=True):
-        if not isinstance(b, bytes):
-            raise RuntimeError(f"grouped training failed: {b}")
-        sa, sb = decode(a)[0], decode(b)[0]
-        start = decode(reqs[0][1])[0]
-        for key in sa:  # the difference relative to the size of the update itself
-            moved = float((sa[key] - start[key]).norm()) or 1.0
-            worst = max(worst, float((sa[key] - sb[key]).norm()) / moved)
-    tolerance = 1e-3 if autocast == "off" else 5e-2
-    return {"autocast": autocast, "clients": k, "max_rel_update_diff": worst,
-            "tolerance": tolerance, "ok": worst <= tolerance}  # fmt: skip
+    start = decode(reqs[0][1])[0]
+    alone = trained(task, reqs, k, grouped=False)
+    together = trained(task, reqs, k, grouped=True)
+    diff = rel_diff(alone, together, start)
+    row: dict[str, Any] = {"autocast": autocast, "clients": k, "max_rel_update_diff": diff}
+    if autocast == "off":
+        row.update(tolerance=1e-3, ok=diff <= 1e-3)
+        return row
+    exact = trained(task_for(device, model, k, "off", extra), reqs, k, grouped=False)
+    alone_err, grouped_err = rel_diff(alone, exact, start), rel_diff(together, exact, start)
+    row.update(one_by_one_vs_fp32=alone_err, grouped_vs_fp32=grouped_err,
+               ok=grouped_err <= 1.5 * alone_err + 0.01)  # fmt: skip
+    return row
 
 
 def speed(device: str, model: str, per_pass: int, autocast: str, clients: int, steps: int,
@@ -126,18 +155,28 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--precisions", default=None, help="default: off,bf16 on CUDA, off on CPU")
     ap.add_argument("--model", default=None, help="default: MiniLM on CUDA, tiny-bert on CPU")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="k=v overrides")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     gpu = args.device == "cuda"
     model = args.model or ("sentence-transformers/all-MiniLM-L6-v2" if gpu else "tiny-bert")
-    precisions = ["off", "bf16"] if gpu else ["off"]
+    default = ["off", "bf16"] if gpu else ["off"]
+    precisions = args.precisions.split(",") if args.precisions else default
     result: dict[str, Any] = {"device": args.device, "model": model, "torch": torch.__version__}
     if gpu:
         result["gpu"] = torch.cuda.get_device_name()
-    result["equivalence"] = [equivalence(args.device, model, p, 4, args.sets) for p in precisions]
-    print(json.dumps(result["equivalence"]), flush=True)
+
+    def save() -> None:  # after every row: a run cut short by a time limit keeps what it had
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    result["equivalence"] = []
+    for p in precisions:
+        result["equivalence"].append(equivalence(args.device, model, p, 4, args.sets))
+        print(json.dumps(result["equivalence"][-1]), flush=True)
+        save()
     clients, steps = (args.clients, args.steps) if gpu else (8, 2)
     per_pass = [int(x) for x in args.per_pass.split(",") if int(x) <= clients]
     result["speed"] = []
@@ -147,10 +186,8 @@ def main() -> None:
                 row = speed(args.device, model, k, p, clients, steps, compiled, args.sets)
                 result["speed"].append(row)
                 print(json.dumps(row), flush=True)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+                save()
+    print(json.dumps(result, indent=2))
     if not all(e["ok"] for e in result["equivalence"]):
         raise SystemExit("grouped training differs from one-by-one training beyond tolerance")
 
