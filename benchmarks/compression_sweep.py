@@ -151,9 +151,10 @@ def _by_seed(path: Path) -> dict[str, dict[str, dict[int, tuple[float, float]]]]
     }
 
 
-def report(paths: list[Path]) -> None:
+def report(paths: list[Path], plot_to: Path | None = None) -> None:
     """A Markdown table per dataset over every file's runs: accuracy per seed, mean ± std,
-    the difference to fp32 paired by seed, bytes and the ratio to fp32's."""
+    the difference to fp32 paired by seed, bytes and the ratio to fp32's; with ``plot_to``
+    also the merged means drawn (accuracy against bytes, one panel a dataset)."""
     merged: dict[str, dict[str, dict[int, tuple[float, float]]]] = {}
     for path in paths:
         for dataset, rows in _by_seed(path).items():
@@ -187,11 +188,27 @@ def report(paths: list[Path]) -> None:
                 f"| {label} | {cells} | {statistics.mean(got):.3f}{spread} | {paired} "
                 f"| {nbytes:,.0f} | {ratio} |"
             )
+    if plot_to is not None:
+        drawn = {
+            dataset: {
+                label: {
+                    "total_bytes_mean": statistics.mean(b for _, b in runs.values()),
+                    "final_accuracy_mean": statistics.mean(a for a, _ in runs.values()),
+                    "final_accuracy_std": statistics.stdev([a for a, _ in runs.values()])
+                    if len(runs) > 1
+                    else 0.0,
+                }
+                for label, runs in sorted(rows.items(), key=lambda kv: order.index(kv[0]))
+            }
+            for dataset, rows in merged.items()
+        }
+        plot(drawn, plot_to)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--report", nargs="+", type=Path, help="print the tables of these results")
+    ap.add_argument("--plot", type=Path, help="with --report: draw the merged means here")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--datasets", nargs="+", default=["sst2", "ag_news"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -199,7 +216,7 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="overrides for every run (scale)")
     args = ap.parse_args()
     if args.report:
-        report(args.report)
+        report(args.report, args.plot)
         return
     if args.out is None:
         ap.error("--out is required (or --report FILE ...)")
