@@ -85,7 +85,9 @@ def test_each_task_on_flower_gives_the_in_process_run(task: str, tmp_path: Path)
         torch.testing.assert_close(flower.state[key], value, rtol=0, atol=1e-6)
     assert len(flower.rounds) == len(local.rounds) == 2
     for ours, theirs in zip(flower.rounds, local.rounds, strict=True):
-        assert ours["eval"] == pytest.approx(theirs["eval"], abs=1e-6)
+        # a float32 loss summed in another order can differ by one ulp (7.6e-6 at 82.8: VQA's
+        # untrained loss), hence the relative term
+        assert ours["eval"] == pytest.approx(theirs["eval"], rel=1e-6, abs=1e-6)
     assert flower.summary["bytes_down_total"] == local.summary["bytes_down_total"]
     assert abs(flower.summary["bytes_up_total"] - local.summary["bytes_up_total"]) < 64
     assert (flower.run_dir / "adapter" / "adapter_config.json").is_file()
