@@ -8,6 +8,7 @@ capabilities a runtime may add, which the loops test with ``isinstance`` (never
 | capability | used for |
 | --- | --- |
 | ``BatchedPool.fit_many`` | a whole round's messages at once (Flower) |
+| ``PartedPool.fit_part`` | any part of a round at once (no whole-round rule): bounded replies |
 | ``ProfiledPool.resources`` / ``data_profile`` | the allocation, per-tier records |
 | ``SimulatedPool.sim_seconds`` | simulated round time of a client that trained |
 | ``EvaluatingPool.evaluate_many`` | clients scored on their own held-out data (personalisation) |
@@ -47,6 +48,15 @@ class BatchedPool(Protocol):
     """Sends a whole round at once; replies (or why not) in request order."""
 
     def fit_many(self, requests: Sequence[Request]) -> list[bytes | Exception]: ...
+
+
+@runtime_checkable
+class PartedPool(Protocol):
+    """A batched pool that may be sent a round in parts (in-process pools: no rule such as
+    Flower's ``server.min_clients`` applies to one call), so a caller can bound how many
+    replies it holds at once."""
+
+    def fit_part(self, requests: Sequence[Request]) -> list[bytes | Exception]: ...
 
 
 @runtime_checkable
@@ -122,6 +132,7 @@ __all__ = [
     "FusingModel",
     "GlobalModel",
     "Observer",
+    "PartedPool",
     "ProfiledPool",
     "ProxyModel",
     "Request",

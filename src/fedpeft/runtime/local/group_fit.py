@@ -180,6 +180,10 @@ class GroupedClientPool(LocalClientPool):
         self.per_pass = per_pass
         self._grouped: dict[tuple[str, str], GroupedLora | None] = {}
 
+    def fit_part(self, requests: Sequence[Request]) -> list[bytes | Exception]:
+        """A part of a round (a ``PartedPool``): nothing here depends on the whole round."""
+        return self.fit_many(requests)
+
     def fit_many(self, requests: Sequence[Request]) -> list[bytes | Exception]:
         out: list[bytes | Exception] = [b""] * len(requests)
         todo: dict[tuple[object, ...], list[int]] = {}

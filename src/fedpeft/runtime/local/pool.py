@@ -242,6 +242,10 @@ class ParallelClientPool(LocalClientPool):
         self.plan = plan
         self.workers = ForkedWorkers(plan.workers, WorkerJobs(task).handle, plan.worker_threads)
 
+    def fit_part(self, requests: Sequence[Request]) -> list[bytes | Exception]:
+        """A part of a round (a ``PartedPool``): nothing here depends on the whole round."""
+        return self.fit_many(requests)
+
     def fit_many(self, requests: Sequence[Request]) -> list[bytes | Exception]:
         out: list[bytes | Exception] = []
         admitted: list[int] = []
