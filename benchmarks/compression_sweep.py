@@ -161,6 +161,7 @@ def report(paths: list[Path], plot_to: Path | None = None) -> None:
             for label, seeds in rows.items():
                 merged.setdefault(dataset, {}).setdefault(label, {}).update(seeds)
     order = list(variants())
+    drawn: dict[str, dict[str, Any]] = {}
     for dataset, rows in merged.items():
         fp32 = rows.get("fp32", {})
         print(f"\n**{dataset}**\n")
@@ -184,24 +185,17 @@ def report(paths: list[Path], plot_to: Path | None = None) -> None:
                 paired += f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
                 paired += f" ({len(diffs)} seeds)"
             ratio = f"{base / nbytes:.2f}" if base else "—"
+            every = [a for a, _ in runs.values()]
+            drawn.setdefault(dataset, {})[label] = {
+                "total_bytes_mean": nbytes,
+                "final_accuracy_mean": statistics.mean(every),
+                "final_accuracy_std": statistics.stdev(every) if len(every) > 1 else 0.0,
+            }
             print(
                 f"| {label} | {cells} | {statistics.mean(got):.3f}{spread} | {paired} "
                 f"| {nbytes:,.0f} | {ratio} |"
             )
     if plot_to is not None:
-        drawn = {
-            dataset: {
-                label: {
-                    "total_bytes_mean": statistics.mean(b for _, b in runs.values()),
-                    "final_accuracy_mean": statistics.mean(a for a, _ in runs.values()),
-                    "final_accuracy_std": statistics.stdev([a for a, _ in runs.values()])
-                    if len(runs) > 1
-                    else 0.0,
-                }
-                for label, runs in sorted(rows.items(), key=lambda kv: order.index(kv[0]))
-            }
-            for dataset, rows in merged.items()
-        }
         plot(drawn, plot_to)
 
 

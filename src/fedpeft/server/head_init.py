@@ -231,10 +231,8 @@ def _collect(
                 raise reply
             up += len(reply)
             checked = _checked(reply, ins, shapes[ask.group])  # before the group's entry
-            if ask.group in totals:
-                totals[ask.group] = sum_stats([totals[ask.group], checked])
-            else:
-                totals[ask.group] = sum_stats([checked])
+            before = totals.get(ask.group)
+            totals[ask.group] = sum_stats([checked] if before is None else [before, checked])
             answered.setdefault(ask.group, []).append(ins.client_id)
         except Exception as e:  # noqa: BLE001 - one client must not stop the run
             rejected[str(ins.client_id)] = f"{type(e).__name__}: {e}"

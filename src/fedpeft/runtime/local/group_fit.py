@@ -34,7 +34,7 @@ from fedpeft.peft import parse_method_ref
 from fedpeft.peft.share import apply_shared
 from fedpeft.profiling import ResourceProfile
 from fedpeft.runtime.local.grouped import GroupedLora, group_key, local_batches, stack_batches
-from fedpeft.runtime.local.pool import LocalClientPool
+from fedpeft.runtime.local.pool import LocalClientPool, PartedFit
 from fedpeft.server.protocols import Request
 from fedpeft.server.task import Task
 from fedpeft.types import TrainInstruction
@@ -166,7 +166,7 @@ class _Peak:
             self.peak = max(self.peak, self.process.memory_info().rss)
 
 
-class GroupedClientPool(LocalClientPool):
+class GroupedClientPool(PartedFit, LocalClientPool):
     """A round's clients trained ``per_pass`` at a time in one pass (a ``BatchedPool``)."""
 
     def __init__(
@@ -179,10 +179,6 @@ class GroupedClientPool(LocalClientPool):
         super().__init__(task, devices, states)
         self.per_pass = per_pass
         self._grouped: dict[tuple[str, str], GroupedLora | None] = {}
-
-    def fit_part(self, requests: Sequence[Request]) -> list[bytes | Exception]:
-        """A part of a round (a ``PartedPool``): nothing here depends on the whole round."""
-        return self.fit_many(requests)
 
     def fit_many(self, requests: Sequence[Request]) -> list[bytes | Exception]:
         out: list[bytes | Exception] = [b""] * len(requests)

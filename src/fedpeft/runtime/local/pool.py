@@ -226,7 +226,18 @@ class LocalClientPool:
         )
 
 
-class ParallelClientPool(LocalClientPool):
+class PartedFit:
+    """``fit_part`` for the in-process batched pools (a ``PartedPool``): nothing in their
+    ``fit_many`` depends on the whole round, so a part of it is just a shorter call."""
+
+    def fit_many(self, requests: Sequence[Request]) -> list[bytes | Exception]:
+        raise NotImplementedError
+
+    def fit_part(self, requests: Sequence[Request]) -> list[bytes | Exception]:
+        return self.fit_many(requests)
+
+
+class ParallelClientPool(PartedFit, LocalClientPool):
     """``LocalClientPool`` that trains a round's clients ``workers`` at a time in forked
     workers over the shared base (``workers.py``): a ``BatchedPool``. Results do not
     depend on the number of workers; ``close`` ends them."""
@@ -241,10 +252,6 @@ class ParallelClientPool(LocalClientPool):
         super().__init__(task, devices, states)
         self.plan = plan
         self.workers = ForkedWorkers(plan.workers, WorkerJobs(task).handle, plan.worker_threads)
-
-    def fit_part(self, requests: Sequence[Request]) -> list[bytes | Exception]:
-        """A part of a round (a ``PartedPool``): nothing here depends on the whole round."""
-        return self.fit_many(requests)
 
     def fit_many(self, requests: Sequence[Request]) -> list[bytes | Exception]:
         out: list[bytes | Exception] = []
