@@ -140,3 +140,32 @@ def test_the_in_process_receive_path_refuses_an_extra_tensor_from_the_header(
     assert loads == []
     validate_reply(encode(REFERENCE, meta), REFERENCE, ins)
     assert len(loads) == 1
+
+
+def test_finite_check_names_the_bad_tensor_and_passes_sums_that_overflow() -> None:
+    """The stacked-sums fast path must not change what is rejected: a NaN or Inf anywhere is
+    named, and large finite values whose sum overflows float64 (or a bf16 one) still pass."""
+    from fedpeft.server.validate import RejectedUpdate, check_finite
+
+    huge = torch.full((4,), torch.finfo(torch.float64).max, dtype=torch.float64)
+    big_bf16 = torch.full((64,), torch.finfo(torch.bfloat16).max, dtype=torch.bfloat16)
+    check_finite({"a": huge, "b": big_bf16, "ids": torch.arange(3)})
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        state = {"a": torch.ones(3), "b": torch.ones(2, 2), "c": torch.zeros(5)}
+        state["b"][1, 0] = bad
+        with pytest.raises(RejectedUpdate, match="tensor 'b' holds NaN or Inf"):
+            check_finite(state)
+
+
+def test_update_norm_matches_a_float64_reference() -> None:
+    from fedpeft.server.validate import delta_norm
+
+    gen = torch.Generator().manual_seed(0)
+    start = {f"k{i}": torch.randn(8, 16, generator=gen) for i in range(30)}
+    start["half"] = torch.randn(5, generator=gen).to(torch.bfloat16)
+    state = {
+        k: v + 0.01 * torch.randn(v.shape, generator=gen).to(v.dtype) for k, v in start.items()
+    }
+    exact = sum(float((state[k].double() - start[k].double()).pow(2).sum()) for k in start) ** 0.5
+    assert delta_norm(state, start) == pytest.approx(exact, rel=1e-6)
+    assert delta_norm({}, {}) == 0.0

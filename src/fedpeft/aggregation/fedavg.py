@@ -21,7 +21,7 @@ def fedavg(updates: Sequence[tuple[AdapterState, float]]) -> AdapterState:
     out: AdapterState = {}
     for key, ref in states[0].items():
         acc = torch.zeros(ref.shape, dtype=torch.float64)
-        for state, weight in zip(states, p, strict=True):
-            acc += state[key].to(torch.float64) * weight
+        for state, weight in zip(states, p, strict=True):  # in place: no float64 copies
+            acc.add_(state[key], alpha=float(weight))
         out[key] = acc.to(ref.dtype)
     return out

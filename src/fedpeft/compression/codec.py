@@ -76,8 +76,9 @@ def decode(
     header = read_header(payload)
     meta = _metadata(header)
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    data_bytes = len(payload) - 8 - _header_len(payload)
     for name, entry in entries.items():
-        _check_entry(name, entry, len(payload) - 8 - _header_len(payload))
+        _check_entry(name, entry, data_bytes)
     if expected is not None:
         _check_expected(entries, expected)
     try:
