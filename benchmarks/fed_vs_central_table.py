@@ -88,9 +88,11 @@ def plot(results: dict[str, dict[str, object]], out: Path) -> None:
                 continue
             acc = r["accuracy_per_round"]
             assert isinstance(acc, list)
+            points = [(i, a) for i, a in enumerate(acc, 1) if a is not None]  # evaluated rounds
             ax.plot(
-                range(1, len(acc) + 1),
-                acc,
+                [i for i, _ in points],
+                [a for _, a in points],
+                marker="o" if len(points) < len(acc) else None,
                 linestyle="--" if split.startswith("central") else "-",
                 color=colours.get(split, "tab:gray"),
                 label=f"{split} {seed}",

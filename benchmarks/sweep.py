@@ -35,8 +35,9 @@ def variant_result(run_dir: Path, sets: list[str]) -> dict[str, object]:
     s, rounds = read_run(run_dir)
     return {
         "sets": sets,
-        "accuracy_per_round": [r["eval"]["accuracy"] for r in rounds],
-        "macro_f1_per_round": [r["eval"]["macro_f1"] for r in rounds],
+        # None for a round that was not evaluated (eval.every > 1)
+        "accuracy_per_round": [r["eval"].get("accuracy") for r in rounds],
+        "macro_f1_per_round": [r["eval"].get("macro_f1") for r in rounds],
         "final_accuracy": s["final_accuracy"],
         "final_macro_f1": s["final_macro_f1"],
         "bytes_up_per_client_round": s["bytes_up_per_client_round"],
