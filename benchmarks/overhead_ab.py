@@ -67,17 +67,13 @@ def main() -> None:
                     got = one(src, JOB + extra, f"{name}-{pool}-{rep}", Path(tmp))
                     rounds.setdefault(key, []).extend(got)
                     print(key, [round(r["overhead_s"], 3) for r in got], flush=True)
-    summary = {
-        key: {
-            "median_overhead_s": statistics.median(r["overhead_s"] for r in rs),
-            "median_share": statistics.median(r["overhead_s"] / r["wall_s"] for r in rs),
-            "rounds": rs,
-        }
-        for key, rs in rounds.items()
-    }
-    args.out.write_text(json.dumps({"job": JOB, "load1": os.getloadavg()[0], **summary}, indent=1))
-    for key, s in summary.items():
-        print(f"{key}: {s['median_overhead_s']:.3f} s, {100 * s['median_share']:.2f} % of a round")
+    summary: dict[str, object] = {"job": JOB, "load1": os.getloadavg()[0]}
+    for key, rs in rounds.items():
+        over = statistics.median(r["overhead_s"] for r in rs)
+        share = statistics.median(r["overhead_s"] / r["wall_s"] for r in rs)
+        summary[key] = {"median_overhead_s": over, "median_share": share, "rounds": rs}
+        print(f"{key}: {over:.3f} s, {100 * share:.2f} % of a round")
+    args.out.write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
