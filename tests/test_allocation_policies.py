@@ -93,6 +93,35 @@ def test_shared_depth_gives_every_tier_the_deepest_blocks_all_can_hold(
         make_allocation_config({"policy": "uniform_fit", "shared_depth": True})
 
 
+def test_depth_gate_caps_lora_above_the_first_depth_whose_trainers_labels_stray(
+    minilm: Architecture, tiers: dict
+) -> None:
+    """``depth_gate_tv``: the deep tier holds one class, the weak tier the other. Pooled,
+    the clients on ≥ 2 (and ≥ 3) blocks are 0.25 from the round's labels in total
+    variation, those on ≥ 4 blocks 0.5; the gate caps everyone above the first depth past it."""
+    labels = {"high": [40, 0], "mid": [20, 20], "low": [0, 40]}
+    clients = [
+        ClientInfo(i, tiers[t], Workload(16, 48, 6, 24), DataProfile(40, labels[t], 1.0, 24.0))
+        for i, t in enumerate(("high", "mid", "low"))
+    ]
+
+    def blocks(gate: float | None) -> list[int]:
+        out = allocate(problem(minilm, depth_gate_tv=gate), clients)
+        assert all(a.chosen is not None for a in out)
+        return [len(a.chosen.spec.targets(minilm)) // 2 for a in out if a.chosen]
+
+    assert blocks(None) == blocks(0.6) == [6, 3, 1]
+    assert blocks(0.3) == [3, 3, 1]
+    assert blocks(0.2) == [1, 1, 1]
+    out = allocate(problem(minilm, depth_gate_tv=0.3), clients)
+    assert all("capped at the top 3 block(s)" in a.reason and "0.50" in a.reason for a in out)
+    unknown = [*clients[:2], ClientInfo(2, tiers["low"], clients[2].workload, None)]
+    out = allocate(problem(minilm, depth_gate_tv=0.2), unknown)  # no histogram: no gate
+    assert [len(a.chosen.spec.targets(minilm)) // 2 for a in out if a.chosen] == [6, 3, 1]
+    with pytest.raises(FedpeftError, match="depth_gate_tv"):
+        make_allocation_config({"policy": "uniform_fit", "depth_gate_tv": 0.3})
+
+
 def test_steps_shrink_to_meet_the_deadline(minilm: Architecture, tiers: dict) -> None:
     heavy = client(tiers, 0, "low", steps=40)  # far more data than the tier was sized for
     fixed = allocate(problem(minilm, adapt_steps=False), [heavy])[0]

@@ -128,16 +128,69 @@ def with_shared_depth(
     return replace(problem, shared_blocks=max(held, key=lambda b: (held[b], b)))
 
 
+def label_distance(a: Sequence[float], b: Sequence[float]) -> float:
+    """Total variation between two label histograms (each normalised; 0 when either is empty)."""
+    sa, sb = sum(a), sum(b)
+    if sa <= 0 or sb <= 0:
+        return 0.0
+    return 0.5 * sum(abs(x / sa - y / sb) for x, y in zip(a, b, strict=True))
+
+
+def depth_gate(
+    problem: AllocationProblem, clients: Sequence[ClientInfo], allocations: Sequence[Allocation]
+) -> tuple[int, int, float] | None:
+    """``(cap, depth, tv)`` when ``depth_gate_tv`` binds: the shallowest LoRA depth
+    ``depth ≥ 2`` whose trainers (the clients allocated that deep or deeper) hold, pooled,
+    labels at total variation ``tv`` above the gate from the round's, and ``cap = depth − 1``;
+    None when no depth does or a client's label histogram is unknown.
+
+    Why: a block only some clients train moves with their labels (``partial_keys``), and
+    under the natural split those are the strong tiers' classes. Measured before it was
+    built (BENCHMARKS, *do the deep trainers' labels explain where utility loses?*)."""
+    gate = problem.config.depth_gate_tv
+    hists = [c.data.label_histogram if c.data is not None else None for c in clients]
+    if gate is None or not clients or any(h is None for h in hists):
+        return None
+    width = max(len(h) for h in hists if h is not None)
+    padded = [list(h or []) + [0] * (width - len(h or [])) for h in hists]
+    depth = [
+        (lora_blocks(problem.arch, a.chosen) or 0) if a.chosen is not None else 0
+        for a in allocations
+    ]
+    everyone = [sum(col) for col in zip(*padded, strict=True)]
+    for k in range(2, max(depth, default=0) + 1):
+        pool = [h for h, d in zip(padded, depth, strict=True) if d >= k]
+        tv = label_distance([sum(col) for col in zip(*pool, strict=True)], everyone)
+        if tv > gate:
+            return k - 1, k, tv
+    return None
+
+
 def allocate(problem: AllocationProblem, clients: Sequence[ClientInfo]) -> list[Allocation]:
     """One ``Allocation`` per client, in order, by ``problem.config.policy``; the round's
-    floor ``T_floor`` is computed over all of them first (``round_aware``)."""
+    floor ``T_floor`` is computed over all of them first (``round_aware``). With
+    ``depth_gate_tv`` a round whose deep trainers' labels are too unlike the round's is
+    allocated again with LoRA capped above that depth (``depth_gate``)."""
     policy = get_policy(problem.config.policy)
     problem = replace(problem, round_clients=tuple(clients))
     if problem.config.shared_depth:
         problem = with_shared_depth(problem, clients)
     if problem.config.round_aware:
         problem = with_floor(problem, clients)
-    return [policy(problem, client) for client in clients]
+    out = [policy(problem, client) for client in clients]
+    capped = depth_gate(problem, clients, out)
+    if capped is None:
+        return out
+    cap, depth, tv = capped
+    problem = replace(problem, max_blocks=cap)
+    if problem.config.round_aware:
+        problem = with_floor(problem, clients)
+    why = (
+        f"; LoRA capped at the top {cap} block(s): the clients on {depth} or more hold labels "
+        f"at total variation {tv:.2f} from the round's (allocation.depth_gate_tv = "
+        f"{problem.config.depth_gate_tv:g})"
+    )
+    return [replace(a, reason=a.reason + why) for a in (policy(problem, c) for c in clients)]
 
 
 register_policy("uniform", uniform)

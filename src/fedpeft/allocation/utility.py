@@ -80,6 +80,7 @@ class AllocationProblem:
     seed: int = 0
     round_clients: tuple[ClientInfo, ...] = ()  # every client of the round (set by allocate)
     shared_blocks: int | None = None  # LoRA's one depth this round (``shared_depth``)
+    max_blocks: int | None = None  # LoRA's deepest depth this round (``depth_gate_tv``)
 
 
 def build_problem(
@@ -301,11 +302,15 @@ def lora_blocks(arch: Architecture, candidate: Candidate) -> int | None:
 
 def competing(problem: AllocationProblem) -> tuple[Candidate, ...]:
     """The catalogue candidates a client chooses from: all of them, or with
-    ``shared_blocks`` set the LoRA ones at that depth (other methods are kept)."""
-    shared = problem.shared_blocks
-    if shared is None:
-        return problem.catalogue
-    return tuple(c for c in problem.catalogue if lora_blocks(problem.arch, c) in (None, shared))
+    ``shared_blocks`` set the LoRA ones at that depth, with ``max_blocks`` the LoRA ones
+    no deeper (other methods are kept)."""
+    shared, deepest = problem.shared_blocks, problem.max_blocks
+    out = problem.catalogue
+    if shared is not None:
+        out = tuple(c for c in out if lora_blocks(problem.arch, c) in (None, shared))
+    if deepest is not None:
+        out = tuple(c for c in out if (lora_blocks(problem.arch, c) or 0) <= deepest)
+    return out
 
 
 def with_floor(problem: AllocationProblem, clients: Sequence[ClientInfo]) -> AllocationProblem:

@@ -158,6 +158,15 @@ class AllocationConfig(Section):
         "the deep clients alone is averaged over their data alone, which under label skew "
         "moves it with their classes",
     )
+    depth_gate_tv: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="utility: LoRA below the top block only while the round's clients that "
+        "train that deep hold, pooled, labels within this total-variation distance of the "
+        "whole round's; the first depth past it caps every client at the depth above "
+        "(None: no cap; BENCHMARKS issue 13)",
+    )
     partial_keys: Literal["auto", "holders", "all"] = Field(
         "auto",
         description="a LoRA tensor only some clients train (deeper blocks, more targets): "
@@ -182,6 +191,11 @@ class AllocationConfig(Section):
             raise ValueError(
                 "`allocation.uniform` is required when `allocation.policy` is 'uniform' "
                 "(e.g. {method = 'lora', options = {r = 8}})"
+            )
+        if self.depth_gate_tv is not None and self.policy != "utility":
+            raise ValueError(
+                "`allocation.depth_gate_tv` applies to the 'utility' policy only "
+                f"(got {self.policy!r})"
             )
         if self.shared_depth and self.policy != "utility":
             raise ValueError(
