@@ -149,7 +149,9 @@ def depth_gate(
     built (BENCHMARKS, *do the deep trainers' labels explain where utility loses?*)."""
     gate = problem.config.depth_gate_tv
     hists = [c.data.label_histogram if c.data is not None else None for c in clients]
-    if gate is None or not clients or any(h is None for h in hists):
+    if gate is None or problem.config.policy != "utility" or not clients:
+        return None
+    if any(h is None for h in hists):
         return None
     width = max(len(h) for h in hists if h is not None)
     padded = [list(h or []) + [0] * (width - len(h or [])) for h in hists]

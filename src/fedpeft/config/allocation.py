@@ -159,7 +159,7 @@ class AllocationConfig(Section):
         "moves it with their classes",
     )
     depth_gate_tv: float | None = Field(
-        None,
+        0.25,
         gt=0.0,
         le=1.0,
         description="utility: LoRA below the top block only while the round's clients that "
@@ -192,7 +192,8 @@ class AllocationConfig(Section):
                 "`allocation.uniform` is required when `allocation.policy` is 'uniform' "
                 "(e.g. {method = 'lora', options = {r = 8}})"
             )
-        if self.depth_gate_tv is not None and self.policy != "utility":
+        gate_set = "depth_gate_tv" in self.model_fields_set and self.depth_gate_tv is not None
+        if gate_set and self.policy != "utility":
             raise ValueError(
                 "`allocation.depth_gate_tv` applies to the 'utility' policy only "
                 f"(got {self.policy!r})"
