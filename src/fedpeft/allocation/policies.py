@@ -149,7 +149,7 @@ def depth_gate(
     built (BENCHMARKS, *do the deep trainers' labels explain where utility loses?*)."""
     gate = problem.config.depth_gate_tv
     hists = [c.data.label_histogram if c.data is not None else None for c in clients]
-    if gate is None or problem.config.policy != "utility" or not clients:
+    if not gate or problem.config.policy != "utility" or not clients:  # 0 / None: off
         return None
     if any(h is None for h in hists):
         return None

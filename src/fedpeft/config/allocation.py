@@ -160,12 +160,13 @@ class AllocationConfig(Section):
     )
     depth_gate_tv: float | None = Field(
         0.25,
-        gt=0.0,
+        ge=0.0,
         le=1.0,
-        description="utility: LoRA below the top block only while the round's clients that "
+        description="utility (the other policies ignore it): LoRA below the top block only "
+        "while the round's clients that "
         "train that deep hold, pooled, labels within this total-variation distance of the "
         "whole round's; the first depth past it caps every client at the depth above "
-        "(None: no cap; BENCHMARKS issue 13)",
+        "(0 or None: no cap; BENCHMARKS issue 13)",
     )
     partial_keys: Literal["auto", "holders", "all"] = Field(
         "auto",
@@ -191,12 +192,6 @@ class AllocationConfig(Section):
             raise ValueError(
                 "`allocation.uniform` is required when `allocation.policy` is 'uniform' "
                 "(e.g. {method = 'lora', options = {r = 8}})"
-            )
-        gate_set = "depth_gate_tv" in self.model_fields_set and self.depth_gate_tv is not None
-        if gate_set and self.policy != "utility":
-            raise ValueError(
-                "`allocation.depth_gate_tv` applies to the 'utility' policy only "
-                f"(got {self.policy!r})"
             )
         if self.shared_depth and self.policy != "utility":
             raise ValueError(
