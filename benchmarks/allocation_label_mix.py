@@ -25,14 +25,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from allocation_study import COMMON, SETTINGS, SPLITS  # noqa: E402
 
+from fedpeft.allocation.policies import label_distance  # noqa: E402
 from fedpeft.cli.allocate import allocation_report  # noqa: E402
 from fedpeft.config import load_config  # noqa: E402
 from fedpeft.errors import FedpeftError  # noqa: E402
 from fedpeft.server.task import build_data  # noqa: E402
-
-
-def tv(a: np.ndarray, b: np.ndarray) -> float:
-    return float(0.5 * np.abs(a / a.sum() - b / b.sum()).sum())
 
 
 def depth_of(chosen: dict[str, object] | None, blocks: int) -> int:
@@ -72,7 +69,7 @@ def main() -> None:
                         if pool:
                             by_depth[k] = {
                                 "clients": len(pool),
-                                "tv": tv(np.sum(pool, 0), everyone),
+                                "tv": label_distance(list(np.sum(pool, 0)), list(everyone)),
                             }
                     row = {"setting": setting, "split": split, "train": train, "seed": seed}
                     rows.append(row | {"depths": depths, "by_depth": by_depth})

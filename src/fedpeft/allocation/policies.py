@@ -148,13 +148,13 @@ def depth_gate(
     under the natural split those are the strong tiers' classes. Measured before it was
     built (BENCHMARKS, *do the deep trainers' labels explain where utility loses?*)."""
     gate = problem.config.depth_gate_tv
-    hists = [c.data.label_histogram if c.data is not None else None for c in clients]
     if not gate or problem.config.policy != "utility" or not clients:  # 0 / None: off
         return None
-    if any(h is None for h in hists):
+    if any(c.data is None for c in clients):
         return None
-    width = max(len(h) for h in hists if h is not None)
-    padded = [list(h or []) + [0] * (width - len(h or [])) for h in hists]
+    hists = [c.data.label_histogram for c in clients if c.data is not None]
+    width = max(len(h) for h in hists)
+    padded = [list(h) + [0] * (width - len(h)) for h in hists]
     depth = [
         (lora_blocks(problem.arch, a.chosen) or 0) if a.chosen is not None else 0
         for a in allocations
