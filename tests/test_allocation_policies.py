@@ -124,6 +124,42 @@ def test_depth_gate_caps_lora_above_the_first_depth_whose_trainers_labels_stray(
     assert not any("capped" in a.reason for a in fixed_out)
 
 
+def test_shared_rank_raises_each_lora_client_to_the_rounds_largest_rank_that_fits(
+    minilm: Architecture, tiers: dict
+) -> None:
+    """``shared_rank``: the weak tiers' near-tie rank choice is lifted to the round's
+    largest, at each client's own blocks, unless that would break a limit or cost local
+    steps; the other policies ignore it."""
+    clients = [client(tiers, 0, "high"), client(tiers, 1, "mid"), client(tiers, 2, "low")]
+    plain = allocate(problem(minilm, depth_gate_tv=0), clients)
+    shared = allocate(problem(minilm, depth_gate_tv=0, shared_rank=True), clients)
+    ranks = [a.chosen.spec.r for a in plain if a.chosen]
+    assert len(set(ranks)) > 1  # the utility alone mixes ranks here
+    top = max(ranks)
+    for before, after, c in zip(plain, shared, clients, strict=True):
+        assert before.chosen is not None and after.chosen is not None
+        assert after.chosen.spec.layers == before.chosen.spec.layers  # same blocks
+        ev = evaluate(problem(minilm), after.chosen, c, adapt=True)
+        assert ev.feasible and ev.steps >= (before.steps or c.workload.steps)
+        if before.chosen.spec.r < top:
+            assert after.chosen.spec.r > before.chosen.spec.r and "shared_rank" in after.reason
+    assert [a.chosen.spec.r for a in shared if a.chosen] == [top] * 3
+    # a client whose memory holds only its own rank keeps it
+    low = plain[2].chosen_evaluation
+    assert low is not None and low.candidate.spec.r < top
+    tight = ClientInfo(
+        2,
+        tiers["low"].model_copy(update={"memory_bytes": int(low.cost.memory_bytes)}),
+        clients[2].workload,
+        DATA,
+    )
+    out = allocate(problem(minilm, depth_gate_tv=0, shared_rank=True), [*clients[:2], tight])
+    assert out[2].chosen is not None and out[2].chosen.spec.r == low.candidate.spec.r
+    assert "shared_rank" not in out[2].reason and out[1].chosen.spec.r == top
+    fixed_out = allocate(problem(minilm, policy="uniform_fit", shared_rank=True), clients)
+    assert not any("shared_rank" in a.reason for a in fixed_out)
+
+
 def test_steps_shrink_to_meet_the_deadline(minilm: Architecture, tiers: dict) -> None:
     heavy = client(tiers, 0, "low", steps=40)  # far more data than the tier was sized for
     fixed = allocate(problem(minilm, adapt_steps=False), [heavy])[0]

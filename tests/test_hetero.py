@@ -50,6 +50,32 @@ def test_lift_pads_with_zeros_and_folds_the_scale() -> None:
     torch.testing.assert_close(lifted[B] @ lifted[A], 2.0 * client[B] @ client[A])
 
 
+def test_lift_keep_tail_pads_with_the_envelopes_own_components() -> None:
+    env = _lora(4, 0)
+    client = _lora(2, 3)
+    lifted = lift(client, env, alpha=4.0, keep_tail=True)
+    assert torch.equal(lifted[A][2:], env[A][2:])
+    assert torch.equal(lifted[B][:, 2:], env[B][:, 2:])
+    torch.testing.assert_close(lifted[B][:, :2], 2.0 * client[B])
+    torch.testing.assert_close(lifted[A][:2], client[A])
+    assert not torch.equal(env[A][2:], torch.zeros(2, 6))  # the envelope is left as it was
+
+
+def test_components_no_client_trains_keep_their_value_with_keep_tail() -> None:
+    """A round whose clients all train below the envelope's rank: zero-padding erases the
+    envelope's tail; with ``keep_tail`` FedAvg leaves it exactly as it was, and with one
+    full-rank client it moves by that client's share."""
+    env = _lora(4, 0)
+    low = [(lift(_lora(2, s), env, 4.0, keep_tail=True), 1.0) for s in (1, 2)]
+    kept = fedavg(low)
+    assert torch.equal(kept[A][2:], env[A][2:]) and torch.equal(kept[B][:, 2:], env[B][:, 2:])
+    erased = fedavg([(lift(_lora(2, s), env, 4.0), 1.0) for s in (1, 2)])
+    assert torch.equal(erased[A][2:], torch.zeros(2, 6))
+    full = _lora(4, 7)
+    mixed = fedavg([*low, (lift(full, env, 4.0, keep_tail=True), 1.0)])
+    torch.testing.assert_close(mixed[A][2:], env[A][2:] + (full[A][2:] - env[A][2:]) / 3)
+
+
 def test_extend_envelope_grows_rank_without_changing_delta_w() -> None:
     env = _lora(2, 0)
     grown = extend_envelope(env, _lora(4, 5), alpha=4.0)
@@ -302,3 +328,35 @@ def test_partial_keys_all_moves_a_deep_block_by_its_holders_share(tiny, tmp_path
         torch.testing.assert_close(spread.state[key], share * held[key], rtol=1e-5, atol=1e-7)
     for key in shallow:
         torch.testing.assert_close(spread.state[key], held[key], rtol=0, atol=0)
+
+
+def test_rank_tail_keep_leaves_components_past_a_clients_rank_to_the_others(
+    tiny, tmp_path: Path
+) -> None:
+    """``allocation.rank_tail``: tier ``a`` trains r = 4, tier ``b`` r = 2 on the same
+    blocks. Zero-padding moves A's rows 3–4 to ``share_a · A_a`` (towards zero); with
+    ``keep`` the ``b`` clients count as no change there, so the rows stay near where they
+    started (A barely moves in one round: B starts at zero)."""
+    tiers = _tiers(tmp_path, a={}, b={})
+    two = [
+        "allocation.enabled=true",
+        "allocation.policy='tiered'",
+        "allocation.tiers={a={method='lora',options={r=4,alpha=8}},"
+        "b={method='lora',options={r=2,alpha=4}}}",
+        "profiles.mix=['a','b','b']",
+        "data.num_clients=3",
+        "run.rounds=1",
+        tiers,
+    ]
+    zero = run_local(tiny(*two)).state
+    kept = run_local(tiny(*two, "allocation.rank_tail='keep'"))
+    n = {c["client_id"]: c["num_examples"] for c in _lines(kept.run_dir / "clients.jsonl")}
+    share = n[0] / sum(n.values())
+    a_keys = [k for k in zero if "lora_A" in k]
+    assert a_keys and 0 < share < 1
+    for key in a_keys:
+        assert zero[key].shape[0] == kept.state[key].shape[0] == 4
+        tail_zero, tail_kept = zero[key][2:], kept.state[key][2:]
+        assert tail_kept.norm() > 0
+        torch.testing.assert_close(tail_zero, share * tail_kept, rtol=1e-2, atol=1e-3)
+        torch.testing.assert_close(zero[key][:2], kept.state[key][:2])  # trained by all

@@ -7,7 +7,8 @@ holds, each LoRA module at the largest rank. LoRA factors are kept in effective 
 
 - ``client_view``: a client of rank ``r`` and scale ``s = α/r`` starts from ``A[:r]`` and
   ``B̃[:, :r] / s`` (HetLoRA's truncation; Cho et al., 2024, EMNLP);
-- ``lift``: its reply goes back as ``[A; 0]`` and ``[s·B, 0]`` (zero-padded to the envelope);
+- ``lift``: its reply goes back as ``[A; 0]`` and ``[s·B, 0]`` (zero-padded to the envelope),
+  or with ``keep_tail`` padded with the envelope's own components past its rank;
 - ``aggregate_partial``: keys are partitioned by the set of clients that hold them, and the
   rule runs once per partition over its holders, so a key only some clients train is the
   average of those clients (weights renormalised), never diluted by absent ones — or, with
@@ -66,19 +67,28 @@ def client_view(
 
 
 def lift(
-    state: AdapterState, global_state: AdapterState, alpha: float | None = None
+    state: AdapterState,
+    global_state: AdapterState,
+    alpha: float | None = None,
+    keep_tail: bool = False,
 ) -> AdapterState:
-    """A client's reply in the envelope's shapes: ``[A; 0]``, ``[(α/r)·B, 0]``, others as is."""
+    """A client's reply in the envelope's shapes: ``[A; 0]``, ``[(α/r)·B, 0]``, others as is.
+
+    With ``keep_tail`` the rank components past the client's rank are the envelope's own
+    (``[A; A_g[r:]]``, ``[(α/r)·B, B̃_g[:, r:]]``): a client that did not train them counts as
+    "no change" there, as ``dilute`` counts a key it does not hold. Zero-padding instead
+    pulls those components towards zero by the low-rank clients' share every round, and
+    erases them in a round where no client trains at the envelope's rank."""
     scales = lora_scales(state, alpha)
     a_keys = {a for a, _ in lora_pairs(state)} if alpha is not None else set()
     out: AdapterState = {}
     for key, value in state.items():
         g = global_state[key]
         if key in a_keys:
-            padded = torch.zeros_like(g)
+            padded = g.clone() if keep_tail else torch.zeros_like(g)
             padded[: value.shape[0]] = value
         elif key in scales:
-            padded = torch.zeros_like(g)
+            padded = g.clone() if keep_tail else torch.zeros_like(g)
             padded[:, : value.shape[1]] = value * scales[key]
         else:
             padded = value.clone()

@@ -20,6 +20,7 @@ from fedpeft.allocation.utility import (
     with_floor,
 )
 from fedpeft.errors import FedpeftError
+from fedpeft.peft.lora import LoraSpec
 
 
 def fixed(
@@ -168,11 +169,63 @@ def depth_gate(
     return None
 
 
+def lora_sibling(problem: AllocationProblem, candidate: Candidate, rank: int) -> Candidate | None:
+    """The catalogue's LoRA candidate with ``candidate``'s blocks and targets at ``rank``."""
+    spec = candidate.spec
+    if not isinstance(spec, LoraSpec):
+        return None
+    for c in problem.catalogue:
+        other = c.spec
+        if (
+            isinstance(other, LoraSpec)
+            and other.r == rank
+            and other.layers == spec.layers
+            and other.target_modules == spec.target_modules
+        ):
+            return c
+    return None
+
+
+def with_shared_rank(
+    problem: AllocationProblem, clients: Sequence[ClientInfo], allocations: Sequence[Allocation]
+) -> list[Allocation]:
+    """``shared_rank``: every LoRA client's rank raised to the largest the round allocated, at
+    its own blocks and targets, or as near as still fits (memory, deadline, no fewer local
+    steps than it had). Why: in one envelope a rank component only some clients train is
+    averaged with the others' "no change" (``lift``'s ``keep_tail``) or zeros, and the
+    utility's rank choice is a near tie (its R and E barely move with rank)."""
+    ranks = [
+        a.chosen.spec.r for a in allocations if a.chosen and isinstance(a.chosen.spec, LoraSpec)
+    ]
+    if not ranks:
+        return list(allocations)
+    top, adapt = max(ranks), problem.config.adapt_steps
+    offered = sorted({c.spec.r for c in problem.catalogue if isinstance(c.spec, LoraSpec)})
+    out = []
+    for a, client in zip(allocations, clients, strict=True):
+        spec = a.chosen.spec if a.chosen is not None else None
+        if a.chosen is None or not isinstance(spec, LoraSpec) or spec.r >= top:
+            out.append(a)
+            continue
+        had = a.steps if a.steps is not None else client.workload.steps
+        for rank in (r for r in reversed(offered) if spec.r < r <= top):
+            sibling = lora_sibling(problem, a.chosen, rank)
+            ev = evaluate(problem, sibling, client, adapt) if sibling is not None else None
+            if sibling is None or ev is None or not ev.feasible or ev.steps < had:
+                continue
+            why = f"; rank raised from {spec.r} to {rank}, the round's shared rank (shared_rank)"
+            a = replace(a, chosen=sibling, terms=ev.terms, reason=a.reason + why)
+            break
+        out.append(a)
+    return out
+
+
 def allocate(problem: AllocationProblem, clients: Sequence[ClientInfo]) -> list[Allocation]:
     """One ``Allocation`` per client, in order, by ``problem.config.policy``; the round's
     floor ``T_floor`` is computed over all of them first (``round_aware``). With
     ``depth_gate_tv`` a round whose deep trainers' labels are too unlike the round's is
-    allocated again with LoRA capped above that depth (``depth_gate``)."""
+    allocated again with LoRA capped above that depth (``depth_gate``); with ``shared_rank``
+    each LoRA client's rank is then raised towards the round's largest (``with_shared_rank``)."""
     policy = get_policy(problem.config.policy)
     problem = replace(problem, round_clients=tuple(clients))
     if problem.config.shared_depth:
@@ -182,7 +235,7 @@ def allocate(problem: AllocationProblem, clients: Sequence[ClientInfo]) -> list[
     out = [policy(problem, client) for client in clients]
     capped = depth_gate(problem, clients, out)
     if capped is None:
-        return out
+        return _ranks_shared(problem, clients, out)
     cap, depth, tv = capped
     problem = replace(problem, max_blocks=cap)
     if problem.config.round_aware:
@@ -192,7 +245,17 @@ def allocate(problem: AllocationProblem, clients: Sequence[ClientInfo]) -> list[
         f"at total variation {tv:.2f} from the round's (allocation.depth_gate_tv = "
         f"{problem.config.depth_gate_tv:g})"
     )
-    return [replace(a, reason=a.reason + why) for a in (policy(problem, c) for c in clients)]
+    out = [replace(a, reason=a.reason + why) for a in (policy(problem, c) for c in clients)]
+    return _ranks_shared(problem, clients, out)
+
+
+def _ranks_shared(
+    problem: AllocationProblem, clients: Sequence[ClientInfo], out: list[Allocation]
+) -> list[Allocation]:
+    cfg = problem.config
+    if not cfg.shared_rank or cfg.policy != "utility":
+        return out
+    return with_shared_rank(problem, clients, out)
 
 
 register_policy("uniform", uniform)

@@ -168,6 +168,20 @@ class AllocationConfig(Section):
         "whole round's; the first depth past it caps every client at the depth above "
         "(0 or None: no cap; BENCHMARKS issue 13)",
     )
+    shared_rank: bool = Field(
+        False,
+        description="utility: after allocating, each LoRA client's rank is raised to the "
+        "round's largest allocated rank at its own blocks and targets where that still fits "
+        "(memory, deadline, no fewer local steps); measured no better than without "
+        "(BENCHMARKS issue 13)",
+    )
+    rank_tail: Literal["zero", "keep"] = Field(
+        "zero",
+        description="the LoRA rank components past a client's rank, in its lifted reply: "
+        "'zero' pads with zeros (HetLoRA), which pulls them towards zero by the low-rank "
+        "clients' share; 'keep' pads with the global's own, so the client counts as no "
+        "change there (measured neutral on accuracy, BENCHMARKS issue 13)",
+    )
     partial_keys: Literal["auto", "holders", "all"] = Field(
         "auto",
         description="a LoRA tensor only some clients train (deeper blocks, more targets): "

@@ -147,8 +147,17 @@ def run_round(
             central = _central_dp(ledger, gen, len(sampled), strategy, dp_info)
             normalise = assigner.enabled and assigner.config.normalise_work
             dilute = assigner.enabled and assigner.config.dilutes
+            keep = assigner.enabled and assigner.config.rank_tail == "keep"
             state = _aggregate(
-                strategy, state, plan, accepted, cfg.data.num_clients, central, normalise, dilute
+                strategy,
+                state,
+                plan,
+                accepted,
+                cfg.data.num_clients,
+                central,
+                normalise,
+                dilute,
+                keep,
             )
         if strategy.client_objective == SCAFFOLD:  # c ← c + Σ Δc_i / N, per group
             controls = updated_controls(
@@ -243,12 +252,15 @@ def _aggregate(
     central: _Rule | None = None,
     normalise: bool = False,
     dilute: bool = False,
+    keep_tail: bool = False,
 ) -> ServerState:
     """Per group: the rule (or ``central`` DP-FedAvg) over its clients' (lifted) updates,
     then the server optimiser. With ``normalise`` (``allocation.normalise_work``) each update
     is first rescaled to FedNova's per-step average (unequal local steps); with ``dilute``
     (``allocation.partial_keys``: "all", or "auto" under the utility policy) a key some
-    clients hold moves by their share of the group's weight. A clustered rule regroups this
+    clients hold moves by their share of the group's weight; with ``keep_tail``
+    (``allocation.rank_tail = "keep"``) a client's reply is padded past its rank with the
+    group's own components instead of zeros (``lift``). A clustered rule regroups this
     round's clients by cluster instead."""
     updates = {c: r.update for c, r in accepted.items() if r.update is not None}
     if strategy.partition is not None and len(updates) >= 2:
@@ -263,7 +275,7 @@ def _aggregate(
     by_group: dict[str, list[tuple[AdapterState, float]]] = {}
     for cid, (client_state, weight) in states.items():
         a = plan.assigned[cid]
-        lifted = lift(client_state, adapters[a.group], a.alpha)
+        lifted = lift(client_state, adapters[a.group], a.alpha, keep_tail)
         by_group.setdefault(a.group, []).append((lifted, weight))
     for group, group_updates in sorted(by_group.items()):
         current = adapters[group]
