@@ -3,6 +3,7 @@ and the published baselines as policies, on MiniLM's shape with model-relative t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -160,6 +161,25 @@ def test_shared_rank_raises_each_lora_client_to_the_rounds_largest_rank_that_fit
     assert not any("shared_rank" in a.reason for a in fixed_out)
 
 
+def test_depth_gate_caps_only_at_depths_the_catalogue_offers(
+    minilm: Architecture, tiers: dict
+) -> None:
+    """A catalogue whose shallowest LoRA depth is 3 blocks (as SmolLM2's is 5): the gate
+    caps at 3, never at a depth no candidate has (which once left a client nothing to
+    choose from and stopped the run)."""
+    labels = {"high": [40, 0], "mid": [20, 20], "low": [0, 40]}
+    clients = [
+        ClientInfo(i, tiers[t], Workload(16, 48, 6, 24), DataProfile(40, labels[t], 1.0, 24.0))
+        for i, t in enumerate(("high", "mid", "low"))
+    ]
+    raw = {"depth_gate_tv": 0.2, "catalogue": {"lora_depths": [0.5, 1.0]}}
+    out = allocate(problem(minilm, **raw), clients)
+    blocks = [len(a.chosen.spec.targets(minilm)) // 2 if a.chosen else None for a in out]
+    assert blocks == [3, 3, None]  # the low tier holds no 3-block candidate
+    assert all("capped at the top 3 block(s)" in a.reason for a in out[:2])
+    assert out[2].chosen is None and "no candidate fits" in out[2].reason
+
+
 def test_steps_shrink_to_meet_the_deadline(minilm: Architecture, tiers: dict) -> None:
     heavy = client(tiers, 0, "low", steps=40)  # far more data than the tier was sized for
     fixed = allocate(problem(minilm, adapt_steps=False), [heavy])[0]
@@ -193,6 +213,19 @@ def test_expressivity_is_coverage_not_bytes(minilm: Architecture) -> None:
     assert p.expressivity["lora-r4-all"] == 1.0 == coverage(minilm, by_name["lora-r4-all"].spec)
     assert p.capacity["lora-r4-all"] < p.capacity["lora-r16-all"] == 1.0
     assert p.capacity["lora-r16-top1"] < p.capacity["lora-r16-top3"] < 1.0
+
+
+def test_rank_counts_in_capacity_where_no_head_trains(minilm: Architecture) -> None:
+    """A model whose head stays frozen (a causal LM answering in words) weighs rank with
+    ``rank_exponent_headless``: κ grows with log₂(1+r); with a trained head rank barely
+    counts (the measured ``rank_exponent``)."""
+    headed = problem(minilm).capacity
+    headless = problem(dataclasses.replace(minilm, head_params=0)).capacity
+    rho = math.log2(1 + 4) / math.log2(1 + 16)
+    assert headless["lora-r4-top3"] / headless["lora-r16-top3"] == pytest.approx(rho)
+    assert headed["lora-r4-top3"] / headed["lora-r16-top3"] == pytest.approx(rho**0.01)
+    off = problem(dataclasses.replace(minilm, head_params=0), gain={"rank_exponent_headless": 0})
+    assert off.capacity["lora-r4-top3"] == off.capacity["lora-r16-top3"]
 
 
 def test_uniform_baselines(minilm: Architecture, tiers: dict) -> None:

@@ -12,6 +12,11 @@ a point on GLUE). ``a`` and ``b`` are measured (``benchmarks/capacity_prior.py``
 SST-2 and AG News, ranks 4/16 × the top 1/3/6 blocks, fitted over the LoRA points):
 ``a = 0.046``, ``b = 0.009`` — within this grid, depth and rank moved accuracy by about the
 noise (±2 points), so the prior barely separates LoRA configurations and cost decides.
+Those models train a task head (calibrated from the clients' statistics), which does much
+of the adapting. Where no head trains — a causal LM answering in words — LoRA is all that
+adapts, and on SmolLM2-135M instruction-tuned on SST-2 r = 16 learned far faster than
+r = 4 on the same blocks (BENCHMARKS, issue 13), so there ``b = rank_exponent_headless``
+(1 by default: κ grows with ``log₂(1+r)``, enough for rank to win the bytes it costs).
 
 Each round the group's validation gain ``g`` is centred on the running mean of past gains
 (``ḡ ← (1−λ)·ḡ + λ·g``), so a round that was bad for everyone (a skewed sample, one
@@ -71,13 +76,15 @@ def coverage(arch: Architecture, spec: MethodSpec) -> Unit:
 def capacity(
     arch: Architecture, candidates: Sequence[Candidate], cfg: GainConfig
 ) -> dict[str, Unit]:
-    """``κ(c) = cov(c)^a · ρ(c)^b`` for every candidate, ``ρ`` against the largest LoRA rank."""
+    """``κ(c) = cov(c)^a · ρ(c)^b`` for every candidate, ``ρ`` against the largest LoRA rank;
+    ``b`` is ``rank_exponent_headless`` for a model whose head stays frozen."""
+    b = cfg.rank_exponent if arch.head_params > 0 else cfg.rank_exponent_headless
     ranks = [c.spec.r for c in candidates if isinstance(c.spec, LoraSpec)]
     top = math.log2(1 + max(ranks)) if ranks else 1.0
     out = {}
     for c in candidates:
         rho = math.log2(1 + c.spec.r) / top if isinstance(c.spec, LoraSpec) else 1.0
-        out[c.name] = coverage(arch, c.spec) ** cfg.depth_exponent * rho**cfg.rank_exponent
+        out[c.name] = coverage(arch, c.spec) ** cfg.depth_exponent * rho**b
     return out
 
 

@@ -72,6 +72,9 @@ def best_of(
     """The feasible evaluation with the highest ``U`` (``rank_key``), or none and why."""
     feasible = [(i, ev) for i, ev in enumerate(evals) if ev.feasible]
     tier = client.resources.tier
+    if not evals:
+        reason = f"no {what} compete (the catalogue offers none under this round's limits)"
+        return Allocation(client.client_id, tier, policy, None, None, reason, evals)
     if not feasible:
         least = min(evals, key=lambda ev: ev.cost.round_seconds)
         broken = "; ".join(v.describe() for v in least.violations)
@@ -140,10 +143,11 @@ def label_distance(a: Sequence[float], b: Sequence[float]) -> float:
 def depth_gate(
     problem: AllocationProblem, clients: Sequence[ClientInfo], allocations: Sequence[Allocation]
 ) -> tuple[int, int, float] | None:
-    """``(cap, depth, tv)`` when ``depth_gate_tv`` binds: the shallowest LoRA depth
-    ``depth ≥ 2`` whose trainers (the clients allocated that deep or deeper) hold, pooled,
-    labels at total variation ``tv`` above the gate from the round's, and ``cap = depth − 1``;
-    None when no depth does or a client's label histogram is unknown.
+    """``(cap, depth, tv)`` when ``depth_gate_tv`` binds: the shallowest catalogue LoRA depth
+    above the shallowest whose trainers (the clients allocated that deep or deeper) hold,
+    pooled, labels at total variation ``tv`` above the gate from the round's, and ``cap`` the
+    catalogue depth below it; None when no depth does or a client's label histogram is
+    unknown.
 
     Why: a block only some clients train moves with their labels (``partial_keys``), and
     under the natural split those are the strong tiers' classes. Measured before it was
@@ -161,11 +165,18 @@ def depth_gate(
         for a in allocations
     ]
     everyone = [sum(col) for col in zip(*padded, strict=True)]
-    for k in range(2, max(depth, default=0) + 1):
+    offered = sorted(
+        {b for c in problem.catalogue if (b := lora_blocks(problem.arch, c)) is not None}
+    )
+    # only depths the catalogue offers: a cap must leave a candidate (SmolLM2's shallowest
+    # LoRA depth is 5 blocks; capping "above 2" would leave none)
+    for above, k in zip(offered, offered[1:], strict=False):
         pool = [h for h, d in zip(padded, depth, strict=True) if d >= k]
+        if not pool:
+            break
         tv = label_distance([sum(col) for col in zip(*pool, strict=True)], everyone)
         if tv > gate:
-            return k - 1, k, tv
+            return above, k, tv
     return None
 
 
