@@ -58,7 +58,7 @@ def test_lift_keep_tail_pads_with_the_envelopes_own_components() -> None:
     assert torch.equal(lifted[B][:, 2:], env[B][:, 2:])
     torch.testing.assert_close(lifted[B][:, :2], 2.0 * client[B])
     torch.testing.assert_close(lifted[A][:2], client[A])
-    assert not torch.equal(env[A][2:], torch.zeros(2, 6))  # the envelope is left as it was
+    assert not torch.equal(env[A][2:], torch.zeros(2, 6))  # a tail zero-padding would lose
 
 
 def test_components_no_client_trains_keep_their_value_with_keep_tail() -> None:
