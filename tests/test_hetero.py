@@ -300,21 +300,26 @@ def test_partial_keys_auto_dilutes_for_the_utility_policy_only() -> None:
     assert not AllocationConfig(partial_keys="holders").dilutes
 
 
+def _two_tiers(tmp_path: Path, b_options: str) -> list[str]:
+    """One round, three clients: tier ``a`` (one client) LoRA r = 4 on every block, tier
+    ``b`` (two) LoRA with ``b_options``."""
+    return [
+        "allocation.enabled=true",
+        "allocation.policy='tiered'",
+        "allocation.tiers={a={method='lora',options={r=4,alpha=8}},"
+        f"b={{method='lora',options={{{b_options}}}}}}}",
+        "profiles.mix=['a','b','b']",
+        "data.num_clients=3",
+        "run.rounds=1",
+        _tiers(tmp_path, a={}, b={}),
+    ]
+
+
 def test_partial_keys_all_moves_a_deep_block_by_its_holders_share(tiny, tmp_path: Path) -> None:
     """``allocation.partial_keys = 'all'``: block 0's LoRA, which only tier ``a`` trains, moves
     by ``a``'s share of the round's examples; block 1, which both tiers train, is averaged
     as before. B starts at zero, so after one round ``B_all = share · B_holders``."""
-    tiers = _tiers(tmp_path, a={}, b={})
-    two = [
-        "allocation.enabled=true",
-        "allocation.policy='tiered'",
-        "allocation.tiers={a={method='lora',options={r=4,alpha=8}},"
-        "b={method='lora',options={r=4,alpha=8,layers=[1]}}}",
-        "profiles.mix=['a','b','b']",
-        "data.num_clients=3",
-        "run.rounds=1",
-        tiers,
-    ]
+    two = _two_tiers(tmp_path, "r=4,alpha=8,layers=[1]")
     held = run_local(tiny(*two)).state  # 'auto': the tiered policy averages over holders
     spread = run_local(tiny(*two, "allocation.partial_keys='all'"))
     clients = _lines(spread.run_dir / "clients.jsonl")
@@ -337,17 +342,7 @@ def test_rank_tail_keep_leaves_components_past_a_clients_rank_to_the_others(
     blocks. Zero-padding moves A's rows 3–4 to ``share_a · A_a`` (towards zero); with
     ``keep`` the ``b`` clients count as no change there, so the rows stay near where they
     started (A barely moves in one round: B starts at zero)."""
-    tiers = _tiers(tmp_path, a={}, b={})
-    two = [
-        "allocation.enabled=true",
-        "allocation.policy='tiered'",
-        "allocation.tiers={a={method='lora',options={r=4,alpha=8}},"
-        "b={method='lora',options={r=2,alpha=4}}}",
-        "profiles.mix=['a','b','b']",
-        "data.num_clients=3",
-        "run.rounds=1",
-        tiers,
-    ]
+    two = _two_tiers(tmp_path, "r=2,alpha=4")
     zero = run_local(tiny(*two)).state
     kept = run_local(tiny(*two, "allocation.rank_tail='keep'"))
     n = {c["client_id"]: c["num_examples"] for c in _lines(kept.run_dir / "clients.jsonl")}

@@ -70,11 +70,11 @@ def best_of(
     client: ClientInfo, evals: tuple[Evaluation, ...], policy: str, what: str = "candidates"
 ) -> Allocation:
     """The feasible evaluation with the highest ``U`` (``rank_key``), or none and why."""
-    feasible = [(i, ev) for i, ev in enumerate(evals) if ev.feasible]
     tier = client.resources.tier
     if not evals:
         reason = f"no {what} compete (the catalogue offers none under this round's limits)"
         return Allocation(client.client_id, tier, policy, None, None, reason, evals)
+    feasible = [(i, ev) for i, ev in enumerate(evals) if ev.feasible]
     if not feasible:
         least = min(evals, key=lambda ev: ev.cost.round_seconds)
         broken = "; ".join(v.describe() for v in least.violations)
