@@ -91,8 +91,9 @@ def test_adaptive_bits_follow_the_tiers_and_are_explained(tiny, tmp_path: Path) 
 
 
 def test_an_eight_bit_downlink_sends_fewer_bytes_and_trains(tiny) -> None:
-    plain = run_local(tiny("run.rounds=2"))
-    down = run_local(tiny("run.rounds=2", "compression.bits_down=8"))
+    off = "server.bias_refresh='none'"  # the training alone is compared
+    plain = run_local(tiny("run.rounds=2", off))
+    down = run_local(tiny("run.rounds=2", "compression.bits_down=8", off))
     rows = _lines(down.run_dir / "clients.jsonl")
     assert all(c["status"] == "ok" for c in rows)
     down_plain = [c["bytes_down"] for c in _lines(plain.run_dir / "clients.jsonl")]
@@ -122,7 +123,7 @@ def test_the_downlinks_rounding_never_enters_the_global(tiny) -> None:
             }
             return encode(served, meta)
 
-    sets = ("compression.bits_down=2", "server.norm_guard=0")
+    sets = ("compression.bits_down=2", "server.norm_guard=0", "server.bias_refresh='none'")
     one = run_local(tiny("run.rounds=1", *sets))
     two = run_local(tiny("run.rounds=2", *sets), pool=StillInRoundTwo)
     for key, value in one.state.items():

@@ -234,7 +234,11 @@ def test_head_refresh_is_the_rule_over_statistics_under_the_trained_adapter(
     # its traffic is in the round's bytes: one refresh's worth more than the plain run's
     plain = run_local(
         tiny_config(
-            tmp_path, "data.dataset='ag_news'", "server.head_init='lda'", "data.num_clients=3"
+            tmp_path,
+            "data.dataset='ag_news'",
+            "server.head_init='lda'",
+            "data.num_clients=3",
+            "server.bias_refresh='none'",
         )
     )
     plain_rows = [json.loads(x) for x in (plain.run_dir / "metrics.jsonl").read_text().splitlines()]

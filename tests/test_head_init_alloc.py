@@ -139,7 +139,14 @@ def test_each_method_group_gets_the_head_of_its_own_clients(tmp_path: Path) -> N
 
 
 def test_an_allocated_run_starts_from_the_head_and_logs_it(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path, *TIERS, "allocation.policy='utility'", "run.rounds=1")
+    # (no bias refresh after the round: its statistics requests would be asked too)
+    cfg = tiny_config(
+        tmp_path,
+        *TIERS,
+        "allocation.policy='utility'",
+        "run.rounds=1",
+        "server.bias_refresh='none'",
+    )
     pools: list[_Recording] = []
 
     def recording(task: Task) -> _Recording:

@@ -49,11 +49,12 @@ def num_classes(state: dict[str, torch.Tensor]) -> int:
 
 
 def stats_layout(
-    served: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+    served: Mapping[str, tuple[torch.dtype, tuple[int, ...]]], second: bool = True
 ) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
     """The tensors a statistics reply to a payload holding ``served`` carries (what a
-    transport checks before decoding): ``(C, H)``, ``(C,)`` and ``(H, H)`` in float64, from
-    the served head's ``(C, H)`` weight."""
+    transport checks before decoding): ``(C, H)``, ``(C,)`` and (unless ``second`` is
+    False: class means only) ``(H, H)`` in float64, from the served head's ``(C, H)``
+    weight."""
     heads = [
         shape
         for k, (_, shape) in served.items()
@@ -65,7 +66,8 @@ def stats_layout(
         )
     c, h = heads[0]
     f64 = torch.float64
-    return {STATS_SUM: (f64, (c, h)), STATS_COUNT: (f64, (c,)), STATS_SECOND: (f64, (h, h))}
+    out = {STATS_SUM: (f64, (c, h)), STATS_COUNT: (f64, (c,))}
+    return out | ({STATS_SECOND: (f64, (h, h))} if second else {})
 
 
 def class_feature_stats(

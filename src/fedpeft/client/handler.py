@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from fedpeft.client.features import class_feature_stats, num_classes
+from fedpeft.client.features import STATS_SECOND, class_feature_stats, num_classes
 from fedpeft.client.personal import (
     PersonalKit,
     PersonalPlan,
@@ -52,6 +52,8 @@ META_NONCE = "nonce"  # echoes the instruction's nonce: the reply answers that i
 
 KIND_TRAIN = "train"
 KIND_FEATURE_STATS = "feature_stats"  # the class feature statistics of client/features.py
+KIND_CLASS_MEANS = "class_means"  # the same without the second moment (the bias refresh)
+STATS_KINDS = (KIND_FEATURE_STATS, KIND_CLASS_MEANS)
 STATS_BATCH_SIZE = 64  # forward passes only
 
 
@@ -102,11 +104,13 @@ def handle_fit(
 
         reply, keep = handle_secagg(instruction, payload, kept, trainer)
         return FitResult(reply, keep)
-    if instruction.kind == KIND_FEATURE_STATS:  # before round 1: statistics, no training
+    if instruction.kind in STATS_KINDS:  # statistics, no training
         model, adapter, _extras, _plan = served_model(
             model, payload, instruction, kept, initial, kit
         )
         stats = class_feature_stats(model, data, num_classes(adapter), STATS_BATCH_SIZE, device)
+        if instruction.kind == KIND_CLASS_MEANS:
+            stats.pop(STATS_SECOND)
         return FitResult(
             encode_reply(ClientUpdate(instruction.client_id, stats, len(data.indices)), instruction)
         )

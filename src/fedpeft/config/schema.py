@@ -210,6 +210,14 @@ class ServerConfig(_Section):
         "class feature statistics under the trained adapter (CCVR-style re-calibration) after "
         "the last round's aggregation, or after every round's",
     )
+    bias_refresh: Literal["auto", "none", "last", "every"] = Field(
+        "auto",
+        description="classifiers: move only the head's bias so that every pair of classes' "
+        "margin threshold lies halfway between their mean margins, from the clients' class "
+        "feature statistics under the trained adapter (server/head_init.py), after the last "
+        "round's aggregation or after every round's; auto: last wherever head_refresh could "
+        "run, else none",
+    )
     optimizer: Literal["none", "fedavgm", "fedadam", "fedyogi"] = "none"
     server_lr: PositiveFloat | None = Field(None, description="None = the optimiser's default")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="FedAvgM")

@@ -29,13 +29,14 @@ from fedpeft.aggregation.head_init import (
     STATS_COUNT,
     STATS_SECOND,
     STATS_SUM,
+    bias_midpoints,
     head_keys,
     lda_head,
     ncm_head,
     sum_stats,
 )
 from fedpeft.client import META_CLIENT_ID, META_ROUND
-from fedpeft.client.handler import KIND_FEATURE_STATS, META_NONCE
+from fedpeft.client.handler import KIND_CLASS_MEANS, KIND_FEATURE_STATS, META_NONCE
 from fedpeft.compression import CodecError, decode, encode
 from fedpeft.config import ExperimentConfig
 from fedpeft.peft import Architecture
@@ -158,6 +159,19 @@ def refresh_due(cfg: ExperimentConfig, rnd: int) -> bool:
     return due and head_rule(cfg) != "random"
 
 
+def bias_refresh_due(cfg: ExperimentConfig, rnd: int) -> bool:
+    """Whether round ``rnd`` ends with the head's bias moved (``server.bias_refresh``;
+    ``auto``: after the last round, wherever the head could be set again at all). A round
+    whose whole head is set again (``server.head_refresh``) sets its bias with it."""
+    when = cfg.server.bias_refresh
+    if when == "auto":
+        from fedpeft.server.task import head_refresh_blocker  # task.py imports this module
+
+        when = "none" if head_refresh_blocker(cfg) else "last"
+    due = when == "every" or (when == "last" and rnd == cfg.run.rounds)
+    return due and head_rule(cfg) != "random" and not refresh_due(cfg, rnd)
+
+
 def refresh_head(
     cfg: ExperimentConfig,
     pool: ClientPool,
@@ -166,28 +180,51 @@ def refresh_head(
     run_id: str,
     arch: Architecture | None,
     rnd: int,
+    part: str = "head",
 ) -> tuple[ServerState, dict[str, object]]:
     """Classifier re-calibration after round ``rnd``'s aggregation (CCVR-style, Luo et al.
     2021, but with the round-0 rule instead of sampled virtual features): every client sends
     the class feature statistics of its data under the trained global adapter, and each
-    group's head becomes the rule over them. Only the head's tensors change; the groups,
-    their members and the rest of each adapter stay as the round left them. No library
-    does this over PEFT adapters, hence our own. Returns the new state and what was done
-    (clients, bytes, rejected replies) for the round's record."""
-    got = _collect(cfg, pool, model, server, run_id, arch, rnd)
+    group's head becomes the rule over them — or, with ``part = "bias"``, only its bias
+    moves (``bias_midpoints``). Only the head's tensors change; the groups, their members
+    and the rest of each adapter stay as the round left them. No library does this over
+    PEFT adapters, hence our own. Returns the new state and what was done (clients, bytes,
+    rejected replies) for the round's record; a bias refresh where no group's head has a
+    bias (e.g. LLaMA's score) asks nobody and returns ``{}``."""
+    if part == "bias" and not any(_has_bias(a) for a in server.adapters.values()):
+        return server, {}
+    kind = KIND_CLASS_MEANS if part == "bias" else KIND_FEATURE_STATS  # the rule's statistics
+    got = _collect(cfg, pool, model, server, run_id, arch, rnd, kind)
     if got is None:
         return server, {}
     adapters = dict(server.adapters)
     used = [g for g in got.totals if g in adapters]  # a group the round did not keep is skipped
-    for group, headed in got.heads(head_rule(cfg)).items():
+    if part == "bias":
+        headed = {
+            g: bias_midpoints(got.plan.adapters[g], t)
+            for g, t in sorted(got.totals.items())
+            if _has_bias(got.plan.adapters[g])
+        }
+    else:
+        headed = got.heads(head_rule(cfg))
+    shifts: dict[str, float] = {}
+    for group, new in headed.items():
         if group not in adapters:
             continue
         current = dict(adapters[group])
-        for key in (k for k in head_keys(headed) if k is not None):
-            if key in current and current[key].shape == headed[key].shape:
-                current[key] = headed[key].to(current[key].dtype)
+        w_key, b_key = head_keys(new)
+        for key in (k for k in (w_key, b_key) if k is not None):
+            if part == "bias" and key != b_key:
+                continue
+            if key in current and current[key].shape == new[key].shape:
+                if key == b_key:
+                    moved = (new[key].double() - current[key].double()).abs().max()
+                    shifts[group] = round(float(moved), 6)
+                current[key] = new[key].to(current[key].dtype)
         adapters[group] = current
     info: dict[str, object] = {
+        "part": part,
+        "bias_shift_max": shifts,  # per group: the largest change of one class's bias
         "clients": sum(len(got.answered[g]) for g in used),  # whose statistics set a head
         "bytes_down": sum(len(a.payload) for a in got.asks),  # everything sent and received
         "bytes_up": got.bytes_up,
@@ -199,6 +236,13 @@ def refresh_head(
     return server.evolve(adapters=adapters), info
 
 
+def _has_bias(state: AdapterState) -> bool:
+    try:
+        return head_keys(state)[1] is not None
+    except ValueError:  # no classifier head in this group
+        return False
+
+
 def _collect(
     cfg: ExperimentConfig,
     pool: ClientPool,
@@ -207,13 +251,15 @@ def _collect(
     run_id: str,
     arch: Architecture | None,
     rnd: int,
+    kind: str = KIND_FEATURE_STATS,
 ) -> _Collected | None:
-    """Every client asked for its statistics (as of round ``rnd``) under its view of its
-    group's global; None where nobody is asked or nobody answered."""
+    """Every client asked for its statistics (as of round ``rnd``; ``kind``: with the second
+    moment, or class means only) under its view of its group's global; None where nobody
+    is asked or nobody answered."""
     if cfg.allocation.enabled and cfg.server.mode == "sync":
-        plan = _allocated(cfg, pool, model, server, run_id, arch, rnd)
+        plan = _allocated(cfg, pool, model, server, run_id, arch, rnd, kind)
     elif server.main in server.adapters:
-        plan = _homogeneous(cfg, server, run_id, rnd)
+        plan = _homogeneous(cfg, server, run_id, rnd, kind)
     else:
         return None
     shapes = _head_shapes(plan.adapters, {a.group for a in plan.asks})
@@ -242,11 +288,17 @@ def _collect(
     return _Collected(plan, asks, totals, answered, rejected, up)
 
 
-def _homogeneous(cfg: ExperimentConfig, server: ServerState, run_id: str, rnd: int) -> _Round0:
+def _homogeneous(
+    cfg: ExperimentConfig, server: ServerState, run_id: str, rnd: int, kind: str
+) -> _Round0:
     """Every client, served the main group's global."""
     payload = encode(server.adapters[server.main], {"round": rnd})
     asks = [
-        _Ask(server.main, _stats_instruction(instruction_for(cfg, rnd, c, run_id=run_id)), payload)
+        _Ask(
+            server.main,
+            _stats_instruction(instruction_for(cfg, rnd, c, run_id=run_id), kind),
+            payload,
+        )
         for c in range(cfg.data.num_clients)
     ]
     return _Round0(dict(server.adapters), asks)
@@ -260,6 +312,7 @@ def _allocated(
     run_id: str,
     arch: Architecture | None,
     rnd: int,
+    kind: str,
 ) -> _Round0:
     """Every client the policy assigns at round ``rnd`` (0: before training), served its
     configuration's view of its group's global (created, or grown, as a round would)."""
@@ -283,7 +336,8 @@ def _allocated(
         adapters[a.group], view = book.serve(adapters, a)
         if (a.group, a.config) not in payloads:
             payloads[(a.group, a.config)] = encode(view, {"round": rnd})
-        ins = _stats_instruction(instruction_for(cfg, rnd, cid, assignment=a, run_id=run_id))
+        ins = instruction_for(cfg, rnd, cid, assignment=a, run_id=run_id)
+        ins = _stats_instruction(ins, kind)
         asks.append(_Ask(a.group, ins, payloads[(a.group, a.config)]))
     return _Round0(adapters, asks, book, not_asked)
 
@@ -292,9 +346,9 @@ def _profiled(pool: ProfiledPool, client_id: int) -> bool:
     return pool.resources(client_id) is not None and pool.data_profile(client_id) is not None
 
 
-def _stats_instruction(ins: TrainInstruction) -> TrainInstruction:
+def _stats_instruction(ins: TrainInstruction, kind: str) -> TrainInstruction:
     """A training instruction turned into a statistics request (plain both ways)."""
-    return replace(ins, kind=KIND_FEATURE_STATS, compression="", compression_down="")
+    return replace(ins, kind=kind, compression="", compression_down="")
 
 
 def _head_shapes(adapters: dict[str, AdapterState], groups: set[str]) -> dict[str, tuple[int, ...]]:
@@ -392,7 +446,8 @@ def _checked(reply: bytes, ins: TrainInstruction, head: tuple[int, ...]) -> Adap
     if meta.get(META_NONCE) != ins.nonce:
         raise ValueError("reply does not echo its instruction's nonce")
     c, h = head
-    want = {STATS_SUM: (c, h), STATS_COUNT: (c,), STATS_SECOND: (h, h)}
+    want = {STATS_SUM: (c, h), STATS_COUNT: (c,)}
+    want |= {STATS_SECOND: (h, h)} if ins.kind == KIND_FEATURE_STATS else {}
     if stats.keys() != want.keys() or any(tuple(stats[k].shape) != s for k, s in want.items()):
         raise ValueError(f"statistics should be {want}")
     if not all(bool(torch.isfinite(v).all()) for v in stats.values()):

@@ -1,6 +1,6 @@
 """The synchronous round loop: sample → plan → collect → guard → aggregate → fuse →
-head refresh (``server.head_refresh``) → evaluate (every ``eval.every`` rounds and the
-last) → observe → record → checkpoint.
+head refresh (``server.head_refresh``, or its bias alone: ``server.bias_refresh``) →
+evaluate (every ``eval.every`` rounds and the last) → observe → record → checkpoint.
 
 It reaches clients only through the federation's ``ClientPool`` and the model only through
 its ``GlobalModel`` (``protocols.py``), so the same loop drives every runtime. The server
@@ -26,7 +26,7 @@ from fedpeft.server.assign import Assigner
 from fedpeft.server.configure import RoundPlan, plan_round
 from fedpeft.server.federation import Federation, LoopResult
 from fedpeft.server.groups import GroupBook
-from fedpeft.server.head_init import refresh_due, refresh_head
+from fedpeft.server.head_init import bias_refresh_due, refresh_due, refresh_head
 from fedpeft.server.multi import aggregate_clusters, fuse_groups
 from fedpeft.server.personal import (
     clients_due,
@@ -168,10 +168,13 @@ def run_round(
         state = state.evolve(adapters=plan.adapters)
     state = state.evolve(adapters=fuse_groups(strategy, fed.model, book, state.adapters))
     refreshed: dict[str, object] = {}
-    if refresh_due(cfg, rnd):  # the head re-calibrated under the trained adapter
+    part = "head" if refresh_due(cfg, rnd) else "bias" if bias_refresh_due(cfg, rnd) else ""
+    if part:  # the head (or its bias) re-calibrated under the trained adapter
         if quorum:
             state = state.evolve(members=book.snapshot())  # the groups as this round left them
-            state, refreshed = refresh_head(cfg, fed.pool, fed.model, state, run_id, fed.arch, rnd)
+            state, refreshed = refresh_head(
+                cfg, fed.pool, fed.model, state, run_id, fed.arch, rnd, part
+            )
         else:
             log.warning("round %d: no quorum, so the head is not re-calibrated", rnd)
     eval_start = time.perf_counter()

@@ -207,8 +207,7 @@ def check_combinations(cfg: ExperimentConfig) -> None:
             "initial adapter, which allocated configurations and asynchronous servers do not "
             "share; set `compression.bits_down = 32` with allocation or `server.mode = 'async'`."
         )
-    if cfg.server.head_refresh != "none":
-        check_head_refresh(cfg)
+    check_head_refresh(cfg)
     if cfg.data.client_test_fraction > 0 and task_kind(cfg) == "qa":
         raise FedpeftError(
             "`data.client_test_fraction` scores clients on held-out classification examples; "
@@ -217,8 +216,22 @@ def check_combinations(cfg: ExperimentConfig) -> None:
 
 
 def check_head_refresh(cfg: ExperimentConfig) -> None:
-    """``server.head_refresh`` runs only where round 0 sets a classifier's head from the
-    statistics, after a synchronous round, on one global per method group."""
+    """``server.head_refresh`` and an explicit ``server.bias_refresh`` run only where round 0
+    sets a classifier's head from the statistics, after a synchronous round, on one global
+    per method group."""
+    asked = [k for k in ("head_refresh", "bias_refresh") if getattr(cfg.server, k) != "none"]
+    why = head_refresh_blocker(cfg) if asked else ""
+    if not why:
+        return
+    for key in ("head_refresh", "bias_refresh"):
+        value = getattr(cfg.server, key)
+        if value not in ("none", "auto"):
+            raise FedpeftError(f"`server.{key} = {value!r}` cannot run: {why}; set it to 'none'.")
+
+
+def head_refresh_blocker(cfg: ExperimentConfig) -> str:
+    """Why the head cannot be set again from the clients' statistics after a round (""
+    where it can)."""
     from fedpeft.aggregation.registry import aggregator_names, aggregator_parts
     from fedpeft.server.head_init import head_rule
 
@@ -237,11 +250,7 @@ def check_head_refresh(cfg: ExperimentConfig) -> None:
         and aggregator_parts(cfg.server.aggregator).partition is not None
     ):
         why = f"`server.aggregator = {cfg.server.aggregator!r}` keeps one global per cluster"
-    if why:
-        raise FedpeftError(
-            f"`server.head_refresh = {cfg.server.head_refresh!r}` cannot run: {why}; set it to "
-            "'none'."
-        )
+    return why
 
 
 def check_pairing(cfg: ExperimentConfig) -> None:

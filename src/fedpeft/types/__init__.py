@@ -45,7 +45,7 @@ class TrainInstruction:
     label_skew: str = "none"  # the client objective's label-skew rule (client/losses.py)
     label_skew_tau: float = 1.0  # its strength τ (FedRS: α)
     head_lr: float | None = None  # the task head's learning rate (None: ``lr``)
-    kind: str = "train"  # "feature_stats": send class feature statistics instead (round 0)
+    kind: str = "train"  # "feature_stats" / "class_means": class feature statistics instead
     objective: str = ""  # the rule's client half ("": plain; "scaffold": client/scaffold.py)
 
 

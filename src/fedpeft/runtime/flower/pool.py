@@ -36,7 +36,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedpeft.client import META_NUM_EXAMPLES
 from fedpeft.client.features import stats_layout
-from fedpeft.client.handler import KIND_FEATURE_STATS
+from fedpeft.client.handler import KIND_FEATURE_STATS, STATS_KINDS
 from fedpeft.client.scaffold import SCAFFOLD, reply_names
 from fedpeft.client.secagg import SECAGG_KINDS
 from fedpeft.compression import (
@@ -392,10 +392,10 @@ def _stage_reply(content: RecordDict) -> bytes:
 
 def _expected(ins: TrainInstruction, served: Layout) -> Layout:
     """The layout a reply to ``ins`` must have: class feature statistics (round 0's head
-    initialisation), or the served tensors as the instruction's compression packs them
-    (SCAFFOLD: with ``Δc_i`` in place of ``c``)."""
-    if ins.kind == KIND_FEATURE_STATS:
-        return stats_layout(served)
+    initialisation, a head or bias refresh), or the served tensors as the instruction's
+    compression packs them (SCAFFOLD: with ``Δc_i`` in place of ``c``)."""
+    if ins.kind in STATS_KINDS:
+        return stats_layout(served, second=ins.kind == KIND_FEATURE_STATS)
     if ins.objective == SCAFFOLD:  # Δc_i comes back where c was sent
         served = reply_names(served)
     scheme = CompressionScheme.from_json(ins.compression) if ins.compression else None
