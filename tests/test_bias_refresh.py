@@ -112,6 +112,9 @@ def test_a_default_run_moves_only_the_bias_after_the_last_round(tmp_path: Path) 
     (c, h), *_ = [v.shape for k, v in result.state.items() if k.endswith("classifier.weight")]
     assert refreshed[2]["bytes_up"] / 3 < (c * h + c) * 8 + 2048 < h * h * 8
     assert all("head_refresh" not in r for r in plain.rounds)
+    from fedpeft.report.markdown import render_report
+
+    assert "bias moved `auto`" in render_report(result.run_dir, [])
     # the same training (same seed), then the bias alone moved by the rule over every
     # client's statistics under the final adapter, recomputed here
     task = build_task(cfg)

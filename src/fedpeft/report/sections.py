@@ -51,7 +51,10 @@ def config_lines(cfg: dict[str, Any], chosen_lr: float | None = None) -> list[st
         f"label skew `{client.get('label_skew', 'none')}` (τ {client.get('label_skew_tau', '-')})"
         f", FedProx μ {client.get('proximal_mu')}",
         f"- server: `{server.get('aggregator')}`, optimiser {optimizer}, "
-        f"{server.get('fraction')} of clients a round, {run.get('rounds')} rounds",
+        f"{server.get('fraction')} of clients a round, {run.get('rounds')} rounds · head "
+        f"started `{server.get('head_init', 'random')}`, set again "
+        f"`{server.get('head_refresh', 'none')}`, "
+        f"bias moved `{server.get('bias_refresh', 'none')}`",
     ]
 
 
