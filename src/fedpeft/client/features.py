@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -83,11 +84,15 @@ def class_feature_stats(
     sums: torch.Tensor | None = None
     second: torch.Tensor | None = None
     counts = torch.zeros(num_classes, dtype=torch.float64)
+    indices = np.asarray(data.indices)
+    lengths = getattr(data.split, "lengths", None)
+    if lengths is not None:  # shortest first: less padding; the sums do not depend on order
+        indices = indices[np.argsort(np.asarray(lengths)[indices], kind="stable")]
     model.eval()
     try:
         with torch.inference_mode():
-            for start in range(0, len(data.indices), batch_size):
-                idx = data.indices[start : start + batch_size]
+            for start in range(0, len(indices), batch_size):
+                idx = indices[start : start + batch_size]
                 batch = data.split.collate(idx).to(device)
                 if isinstance(batch, OwnLossBatch):  # spans and pairs: no class features
                     raise ValueError("question-answering or image–text data has no class features")
