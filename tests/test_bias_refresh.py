@@ -88,6 +88,18 @@ def test_many_classes_are_the_least_squares_fit_of_the_pairwise_midpoints() -> N
     shift = np.linalg.lstsq(np.array(rows), np.array(target), rcond=None)[0]
     got = (out["classifier.bias"] - state["classifier.bias"]).double().numpy()
     assert np.allclose(got[held], shift, atol=1e-4)
+    # and from the new head's own logits: for every held class a, the midpoints of its
+    # pairwise margins sum to zero (the least-squares optimum; no shared formula)
+    z = feats.numpy() @ out["classifier.weight"].double().numpy().T
+    z += out["classifier.bias"].double().numpy()
+    for a in held:
+        mids = []
+        for c in held:
+            margin = z[:, a] - z[:, c]
+            mids.append(
+                0.5 * (margin[labels.numpy() == a].mean() + margin[labels.numpy() == c].mean())
+            )
+        assert abs(sum(mids)) < 1e-4, a
     assert got[5] == 0.0  # the class nobody holds keeps its bias
 
 
@@ -114,7 +126,8 @@ def test_a_default_run_moves_only_the_bias_after_the_last_round(tmp_path: Path) 
     assert all("head_refresh" not in r for r in plain.rounds)
     from fedpeft.report.markdown import render_report
 
-    assert "bias moved `auto`" in render_report(result.run_dir, [])
+    assert "bias moved after round 2 (`bias_refresh = auto`)" in render_report(result.run_dir, [])
+    assert "bias moved never" in render_report(plain.run_dir, [])
     # the same training (same seed), then the bias alone moved by the rule over every
     # client's statistics under the final adapter, recomputed here
     task = build_task(cfg)
@@ -153,3 +166,34 @@ def test_bias_refresh_stays_off_where_the_statistics_are_not_to_be_sent(tmp_path
             tiny_config(tmp_path, "server.bias_refresh='last'", "server.head_init='random'")
         )
     check_combinations(tiny_config(tmp_path, "server.head_init='random'"))  # auto: off, fine
+
+
+def test_bad_class_means_are_left_out_and_the_run_goes_on(tmp_path: Path) -> None:
+    """A client whose statistics give a class it has no example of a feature sum, or count
+    no example at all, is rejected with its reason; the bias is set from the others."""
+    from fedpeft.client.handler import KIND_CLASS_MEANS
+    from fedpeft.compression import decode, encode
+    from fedpeft.runtime.local import LocalClientPool
+    from fedpeft.runtime.local.simulator import run_local
+
+    class Lying(LocalClientPool):
+        def fit(self, instruction, payload):  # type: ignore[no-untyped-def]
+            reply = super().fit(instruction, payload)
+            if instruction.kind != KIND_CLASS_MEANS or instruction.client_id == 0:
+                return reply
+            stats, meta = decode(reply)
+            if instruction.client_id == 1:  # class 0 counted as none, with a feature sum
+                stats[STATS_SUM][0] += 1.0
+                stats[STATS_COUNT][0] = 0.0
+            else:  # counts nothing
+                stats[STATS_COUNT] = stats[STATS_COUNT] * 0
+            return encode(stats, meta)
+
+    shared = ("data.dataset='ag_news'", "data.num_clients=3", "data.partition='dirichlet'")
+    result = run_local(tiny_config(tmp_path, *shared, "data.alpha=0.1"), pool=Lying)
+    rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    refreshed = rows[-1]["head_refresh"]
+    assert refreshed["clients"] == 1 and sorted(refreshed["rejected"]) == ["1", "2"]
+    assert "count no example" in refreshed["rejected"]["2"]
+    assert "no example" in refreshed["rejected"]["1"]  # a sum without examples (or none)
+    assert all(bool(torch.isfinite(v).all()) for v in result.state.values())

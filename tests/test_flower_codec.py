@@ -194,3 +194,32 @@ def test_a_statistics_reply_is_checked_against_the_served_heads_shape() -> None:
         content_to_payload(payload_to_content(encode(wrong, {})), _expected(stats_ins, layout))
     with pytest.raises(CodecError):
         content_to_payload(payload_to_content(encode(served, {})), _expected(stats_ins, layout))
+
+
+def test_a_class_means_reply_carries_no_second_moment() -> None:
+    """The bias refresh's request (``class_means``) expects the sums and counts alone: a
+    reply with the H × H second moment, as to round 0's request, is refused, and the round-0
+    request refuses a reply without it."""
+    from fedpeft.client.features import STATS_COUNT, STATS_SECOND, STATS_SUM
+    from fedpeft.client.handler import KIND_CLASS_MEANS, KIND_FEATURE_STATS
+    from fedpeft.compression import payload_layout
+    from fedpeft.runtime.flower.pool import _expected
+
+    served = {"m.classifier.weight": torch.zeros(3, 5), "m.classifier.bias": torch.zeros(3)}
+    layout = payload_layout(encode(served, {}))
+    ins = TrainInstruction(0, 1, 1, None, 16, 1e-3, 0.0, 0.0, 0)
+    means = {
+        STATS_SUM: torch.ones(3, 5, dtype=torch.float64),
+        STATS_COUNT: torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64),
+    }
+    full = {**means, STATS_SECOND: torch.eye(5, dtype=torch.float64)}
+    means_ins = replace(ins, kind=KIND_CLASS_MEANS)
+    reply = payload_to_content(encode(means, {"round": 3}))
+    assert content_to_payload(reply, expected=_expected(means_ins, layout)) == encode(
+        means, {"round": 3}
+    )
+    with pytest.raises(CodecError):
+        content_to_payload(payload_to_content(encode(full, {})), _expected(means_ins, layout))
+    with pytest.raises(CodecError):
+        stats_ins = replace(ins, kind=KIND_FEATURE_STATS)
+        content_to_payload(reply, expected=_expected(stats_ins, layout))

@@ -72,9 +72,15 @@ def stats_layout(
 
 
 def class_feature_stats(
-    model: nn.Module, data: ClientData, num_classes: int, batch_size: int, device: torch.device
+    model: nn.Module,
+    data: ClientData,
+    num_classes: int,
+    batch_size: int,
+    device: torch.device,
+    second: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """``{STATS_SUM: s (C, H), STATS_COUNT: n (C,)}`` over the client's examples."""
+    """``{STATS_SUM: s (C, H), STATS_COUNT: n (C,), STATS_SECOND: Σ h hᵀ (H, H)}`` over the
+    client's examples (``second=False``: without the second moment)."""
     captured: list[torch.Tensor] = []
 
     def grab(_module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -82,7 +88,7 @@ def class_feature_stats(
 
     handle = head_module(model).register_forward_pre_hook(grab)
     sums: torch.Tensor | None = None
-    second: torch.Tensor | None = None
+    moment: torch.Tensor | None = None
     counts = torch.zeros(num_classes, dtype=torch.float64)
     indices = np.asarray(data.indices)
     lengths = getattr(data.split, "lengths", None)
@@ -100,14 +106,17 @@ def class_feature_stats(
                 model(**batch.model_inputs(with_labels=False))
                 feats = captured[-1].cpu()
                 labels = batch.labels.cpu()
-                if sums is None or second is None:
+                if sums is None or moment is None:
                     sums = torch.zeros(num_classes, feats.shape[1], dtype=torch.float64)
-                    second = torch.zeros(feats.shape[1], feats.shape[1], dtype=torch.float64)
+                    size = feats.shape[1] if second else 0
+                    moment = torch.zeros(size, size, dtype=torch.float64)
                 sums.index_add_(0, labels, feats)
-                second += feats.T @ feats
+                if second:
+                    moment += feats.T @ feats
                 counts += torch.bincount(labels, minlength=num_classes).double()
     finally:
         handle.remove()
-    if sums is None or second is None:
+    if sums is None or moment is None:
         raise FedpeftError("a client with no examples has no feature statistics.")
-    return {STATS_SUM: sums, STATS_COUNT: counts, STATS_SECOND: second}
+    out = {STATS_SUM: sums, STATS_COUNT: counts}
+    return out | ({STATS_SECOND: moment} if second else {})

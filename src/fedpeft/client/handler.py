@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from fedpeft.client.features import STATS_SECOND, class_feature_stats, num_classes
+from fedpeft.client.features import class_feature_stats, num_classes
 from fedpeft.client.personal import (
     PersonalKit,
     PersonalPlan,
@@ -108,9 +108,10 @@ def handle_fit(
         model, adapter, _extras, _plan = served_model(
             model, payload, instruction, kept, initial, kit
         )
-        stats = class_feature_stats(model, data, num_classes(adapter), STATS_BATCH_SIZE, device)
-        if instruction.kind == KIND_CLASS_MEANS:
-            stats.pop(STATS_SECOND)
+        second = instruction.kind != KIND_CLASS_MEANS  # the bias refresh needs class means
+        stats = class_feature_stats(
+            model, data, num_classes(adapter), STATS_BATCH_SIZE, device, second
+        )
         return FitResult(
             encode_reply(ClientUpdate(instruction.client_id, stats, len(data.indices)), instruction)
         )

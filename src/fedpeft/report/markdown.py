@@ -95,7 +95,8 @@ def render_report(
 ) -> str:
     rounds = read_rounds(run_dir)
     summary = read_summary(run_dir)
-    settings = config_lines(read_config(run_dir), _chosen_lr(run_dir)) or [
+    moved = [r["round"] for r in rounds if (r.get("head_refresh") or {}).get("part") == "bias"]
+    settings = config_lines(read_config(run_dir), _chosen_lr(run_dir), moved) or [
         f"- model: {summary.get('model')} · dataset: {summary.get('dataset')} · "
         f"clients: {summary.get('num_clients')}"
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,11 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     return tomllib.loads(path.read_text()) if path.is_file() else {}
 
 
-def config_lines(cfg: dict[str, Any], chosen_lr: float | None = None) -> list[str]:
-    """The settings a reader needs to judge the numbers, as Markdown bullets."""
+def config_lines(
+    cfg: dict[str, Any], chosen_lr: float | None = None, moved: Sequence[int] = ()
+) -> list[str]:
+    """The settings a reader needs to judge the numbers, as Markdown bullets; ``moved``:
+    the rounds after which the head's bias was moved (``server.bias_refresh``)."""
     if not cfg:
         return []
     run, model, data = cfg.get("run", {}), cfg.get("model", {}), cfg.get("data", {})
@@ -53,8 +57,9 @@ def config_lines(cfg: dict[str, Any], chosen_lr: float | None = None) -> list[st
         f"- server: `{server.get('aggregator')}`, optimiser {optimizer}, "
         f"{server.get('fraction')} of clients a round, {run.get('rounds')} rounds · head "
         f"started `{server.get('head_init', 'random')}`, set again "
-        f"`{server.get('head_refresh', 'none')}`, "
-        f"bias moved `{server.get('bias_refresh', 'none')}`",
+        f"`{server.get('head_refresh', 'none')}`, bias moved "
+        + (f"after round {', '.join(map(str, moved))}" if moved else "never")
+        + f" (`bias_refresh = {server.get('bias_refresh', 'none')}`)",
     ]
 
 

@@ -199,12 +199,14 @@ def refresh_head(
         return server, {}
     adapters = dict(server.adapters)
     used = [g for g in got.totals if g in adapters]  # a group the round did not keep is skipped
+    headed: dict[str, AdapterState] = {}
     if part == "bias":
-        headed = {
-            g: bias_midpoints(got.plan.adapters[g], t)
-            for g, t in sorted(got.totals.items())
-            if _has_bias(got.plan.adapters[g])
-        }
+        for g, total in sorted(got.totals.items()):
+            if not _has_bias(got.plan.adapters[g]):
+                continue
+            moved = _moved_bias(g, got.plan.adapters[g], total, rnd)
+            if moved is not None:
+                headed[g] = moved
     else:
         headed = got.heads(head_rule(cfg))
     shifts: dict[str, float] = {}
@@ -218,8 +220,8 @@ def refresh_head(
                 continue
             if key in current and current[key].shape == new[key].shape:
                 if key == b_key:
-                    moved = (new[key].double() - current[key].double()).abs().max()
-                    shifts[group] = round(float(moved), 6)
+                    change = (new[key].double() - current[key].double()).abs().max()
+                    shifts[group] = round(float(change), 6)
                 current[key] = new[key].to(current[key].dtype)
         adapters[group] = current
     info: dict[str, object] = {
@@ -234,6 +236,24 @@ def refresh_head(
     if got.plan.not_asked:
         info["not_asked"] = got.plan.not_asked
     return server.evolve(adapters=adapters), info
+
+
+def _moved_bias(
+    group: str, state: AdapterState, total: AdapterState, rnd: int
+) -> AdapterState | None:
+    """``bias_midpoints`` of ``state`` over ``total``, or None (logged) where it fails or
+    gives a bias that is not finite: the group keeps the bias its round left — the
+    statistics came from clients, and a step after the last round must not cost the run."""
+    try:
+        out = bias_midpoints(state, total)
+    except ValueError as e:
+        log.warning("round %d: group %s's bias is left as it was (%s)", rnd, group, e)
+        return None
+    _, b_key = head_keys(out)
+    if b_key is not None and not bool(torch.isfinite(out[b_key]).all()):
+        log.warning("round %d: group %s's bias is left as it was (not finite)", rnd, group)
+        return None
+    return out
 
 
 def _has_bias(state: AdapterState) -> bool:
@@ -455,4 +475,8 @@ def _checked(reply: bytes, ins: TrainInstruction, head: tuple[int, ...]) -> Adap
     counts = stats[STATS_COUNT]
     if bool((counts < 0).any()) or not all(math.isclose(x, round(x)) for x in counts.tolist()):
         raise ValueError("class counts are not non-negative integers")
+    if not bool(counts.sum() > 0):
+        raise ValueError("statistics count no example")
+    if bool(stats[STATS_SUM][counts == 0].abs().sum() > 0):
+        raise ValueError("a class with no example has a non-zero feature sum")
     return stats

@@ -172,9 +172,12 @@ def run_round(
     if part:  # the head (or its bias) re-calibrated under the trained adapter
         if quorum:
             state = state.evolve(members=book.snapshot())  # the groups as this round left them
-            state, refreshed = refresh_head(
-                cfg, fed.pool, fed.model, state, run_id, fed.arch, rnd, part
-            )
+            try:
+                state, refreshed = refresh_head(
+                    cfg, fed.pool, fed.model, state, run_id, fed.arch, rnd, part
+                )
+            except FedpeftError as e:  # e.g. Flower: fewer replies than server.min_clients
+                log.warning("round %d: the %s is not re-calibrated (%s)", rnd, part, e)
         else:
             log.warning("round %d: no quorum, so the head is not re-calibrated", rnd)
     eval_start = time.perf_counter()
