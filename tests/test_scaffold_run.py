@@ -44,7 +44,7 @@ class _Recording(LocalClientPool):
         self.tamper = tamper
 
     def fit(self, instruction: TrainInstruction, payload: bytes) -> bytes:
-        if instruction.round == 0:  # the head's feature statistics: no control travels
+        if instruction.kind != "train":  # the head's or bias's statistics: no control travels
             return super().fit(instruction, payload)
         self.sent[instruction.round] = under_prefix(decode(payload)[0], CONTROL)
         tensors, meta = decode(super().fit(instruction, payload))
