@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    import torch
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
+from fedpeft.aggregation.head_init import STATS_COUNT, STATS_SECOND, STATS_SUM  # noqa: E402
 from fedpeft.config import ExperimentConfig, load_config  # noqa: E402
 
 
@@ -31,3 +36,16 @@ def tiny_config(tmp_path: Path, *extra: str) -> ExperimentConfig:
 @pytest.fixture
 def tiny(tmp_path: Path):  # type: ignore[no-untyped-def]
     return lambda *extra: tiny_config(tmp_path, *extra)
+
+
+def class_stats(feats: torch.Tensor, labels: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
+    """Class feature statistics of ``feats`` as a client sends them, computed directly."""
+    import torch  # here: importing torch before fedpeft would skip its OpenMP wait policy
+
+    return {
+        STATS_SUM: torch.zeros(classes, feats.shape[1], dtype=torch.float64).index_add_(
+            0, labels, feats
+        ),
+        STATS_COUNT: torch.bincount(labels, minlength=classes).double(),
+        STATS_SECOND: feats.T @ feats,
+    }

@@ -13,7 +13,6 @@ import torch
 
 from fedpeft.aggregation.head_init import (
     STATS_COUNT,
-    STATS_SECOND,
     STATS_SUM,
     bias_midpoints,
     sum_stats,
@@ -24,17 +23,7 @@ from fedpeft.errors import FedpeftError
 from fedpeft.peft import set_adapter_state
 from fedpeft.server.head_init import bias_refresh_due
 from fedpeft.server.task import build_task, check_combinations
-from tests.conftest import tiny_config
-
-
-def _stats(feats: torch.Tensor, labels: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
-    return {
-        STATS_SUM: torch.zeros(classes, feats.shape[1], dtype=torch.float64).index_add_(
-            0, labels, feats
-        ),
-        STATS_COUNT: torch.bincount(labels, minlength=classes).double(),
-        STATS_SECOND: feats.T @ feats,
-    }
+from tests.conftest import class_stats, tiny_config
 
 
 def _head(classes: int, dim: int, seed: int) -> dict[str, torch.Tensor]:
@@ -50,7 +39,9 @@ def test_two_classes_put_the_threshold_halfway_between_the_mean_margins() -> Non
     labels = torch.tensor([0] * 30 + [1] * 70)
     feats = torch.randn(100, 5, generator=gen, dtype=torch.float64) + labels[:, None] * 1.5
     state = _head(2, 5, 1)
-    total = sum_stats([_stats(feats[:45], labels[:45], 2), _stats(feats[45:], labels[45:], 2)])
+    total = sum_stats(
+        [class_stats(feats[:45], labels[:45], 2), class_stats(feats[45:], labels[45:], 2)]
+    )
     out = bias_midpoints(state, total)
     logits = feats @ out["classifier.weight"].double().T + out["classifier.bias"].double()
     margin = logits[:, 1] - logits[:, 0]
@@ -71,7 +62,7 @@ def test_many_classes_are_the_least_squares_fit_of_the_pairwise_midpoints() -> N
     feats = torch.randn(200, dim, generator=gen, dtype=torch.float64)
     feats += torch.nn.functional.one_hot(labels, dim).double() * 2.0
     state = _head(classes, dim, 3)
-    out = bias_midpoints(state, _stats(feats, labels, classes))
+    out = bias_midpoints(state, class_stats(feats, labels, classes))
     # direct: every held pair's midpoint threshold, solved for the shifts with numpy
     w, b = state["classifier.weight"].double().numpy(), state["classifier.bias"].double().numpy()
     z = feats.numpy() @ w.T + b
@@ -104,7 +95,7 @@ def test_many_classes_are_the_least_squares_fit_of_the_pairwise_midpoints() -> N
 
 
 def test_a_head_without_bias_is_refused() -> None:
-    stats = _stats(torch.randn(10, 4, dtype=torch.float64), torch.arange(10) % 2, 2)
+    stats = class_stats(torch.randn(10, 4, dtype=torch.float64), torch.arange(10) % 2, 2)
     with pytest.raises(ValueError, match="no bias"):
         bias_midpoints({"score.weight": torch.zeros(2, 4)}, stats)
 

@@ -21,7 +21,7 @@ from fedpeft.client import ClientData, features
 from fedpeft.client.features import class_feature_stats
 from fedpeft.peft import get_adapter_state
 from fedpeft.server.task import build_task
-from tests.conftest import tiny_config
+from tests.conftest import class_stats, tiny_config
 
 
 def test_client_and_server_agree_on_keys_and_heads() -> None:
@@ -52,23 +52,15 @@ def test_feature_stats_are_the_head_inputs_summed_per_class(tmp_path: Path, meth
     assert torch.allclose(stats[STATS_SECOND], pooled.T @ pooled)
 
 
-def _stats(feats: torch.Tensor, labels: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
-    return {
-        STATS_SUM: torch.zeros(classes, feats.shape[1], dtype=torch.float64).index_add_(
-            0, labels, feats
-        ),
-        STATS_COUNT: torch.bincount(labels, minlength=classes).double(),
-        STATS_SECOND: feats.T @ feats,
-    }
-
-
 def test_lda_head_is_scikit_learns_shrunk_lda() -> None:
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     gen = torch.Generator().manual_seed(1)
     labels = torch.arange(90) % 3
     feats = torch.randn(90, 6, generator=gen, dtype=torch.float64) + labels[:, None] * 0.7
-    total = sum_stats([_stats(feats[:40], labels[:40], 4), _stats(feats[40:], labels[40:], 4)])
+    total = sum_stats(
+        [class_stats(feats[:40], labels[:40], 4), class_stats(feats[40:], labels[40:], 4)]
+    )
     state = {"classifier.weight": torch.zeros(4, 6), "classifier.bias": torch.full((4,), 0.5)}
     out = lda_head(state, total, shrinkage=0.2)
     ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=0.2, priors=[1 / 3] * 3)
@@ -98,7 +90,7 @@ def test_ncm_head_matches_numpy_and_predicts_the_nearest_centred_mean() -> None:
     feats = torch.randn(60, 5, generator=gen, dtype=torch.float64) + 2.0
     labels = torch.arange(60) % 3  # classes 0–2 present, class 3 held by nobody
     parts = [slice(0, 25), slice(25, 60)]
-    stats = [_stats(feats[p], labels[p], 4) for p in parts]
+    stats = [class_stats(feats[p], labels[p], 4) for p in parts]
     total = sum_stats(stats)
     state = {
         "base_model.model.classifier.weight": torch.randn(4, 5, generator=gen),

@@ -43,6 +43,7 @@ from fedpeft.peft import Architecture
 from fedpeft.server.assign import Assigner
 from fedpeft.server.configure import instruction_for, profiled_infos
 from fedpeft.server.groups import GroupBook
+from fedpeft.server.instruct import task_kind
 from fedpeft.server.protocols import (
     BatchedPool,
     ClientPool,
@@ -165,11 +166,32 @@ def bias_refresh_due(cfg: ExperimentConfig, rnd: int) -> bool:
     whose whole head is set again (``server.head_refresh``) sets its bias with it."""
     when = cfg.server.bias_refresh
     if when == "auto":
-        from fedpeft.server.task import head_refresh_blocker  # task.py imports this module
-
         when = "none" if head_refresh_blocker(cfg) else "last"
     due = when == "every" or (when == "last" and rnd == cfg.run.rounds)
     return due and head_rule(cfg) != "random" and not refresh_due(cfg, rnd)
+
+
+def head_refresh_blocker(cfg: ExperimentConfig) -> str:
+    """Why the head cannot be set again from the clients' statistics after a round (""
+    where it can)."""
+    from fedpeft.aggregation.registry import aggregator_names, aggregator_parts  # as task.py
+
+    why = ""
+    if cfg.server.mode == "async":
+        why = "with `server.mode = 'async'` there is no round's aggregation to follow"
+    elif task_kind(cfg) != "classify":
+        why = f"the {task_kind(cfg)!r} task has no classifier head fed by pooled features"
+    elif head_rule(cfg) == "random":
+        why = (
+            "the head starts at random here (`server.head_init`, differential privacy, secure "
+            "aggregation or a personal head), so its statistics are not to be sent"
+        )
+    elif (
+        cfg.server.aggregator in aggregator_names()
+        and aggregator_parts(cfg.server.aggregator).partition is not None
+    ):
+        why = f"`server.aggregator = {cfg.server.aggregator!r}` keeps one global per cluster"
+    return why
 
 
 def refresh_head(

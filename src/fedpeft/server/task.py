@@ -220,6 +220,8 @@ def check_head_refresh(cfg: ExperimentConfig) -> None:
     sets a classifier's head from the statistics, after a synchronous round, on one global
     per method group."""
     asked = [k for k in ("head_refresh", "bias_refresh") if getattr(cfg.server, k) != "none"]
+    from fedpeft.server.head_init import head_refresh_blocker
+
     why = head_refresh_blocker(cfg) if asked else ""
     if not why:
         return
@@ -227,30 +229,6 @@ def check_head_refresh(cfg: ExperimentConfig) -> None:
         value = getattr(cfg.server, key)
         if value not in ("none", "auto"):
             raise FedpeftError(f"`server.{key} = {value!r}` cannot run: {why}; set it to 'none'.")
-
-
-def head_refresh_blocker(cfg: ExperimentConfig) -> str:
-    """Why the head cannot be set again from the clients' statistics after a round (""
-    where it can)."""
-    from fedpeft.aggregation.registry import aggregator_names, aggregator_parts
-    from fedpeft.server.head_init import head_rule
-
-    why = ""
-    if cfg.server.mode == "async":
-        why = "with `server.mode = 'async'` there is no round's aggregation to follow"
-    elif task_kind(cfg) != "classify":
-        why = f"the {task_kind(cfg)!r} task has no classifier head fed by pooled features"
-    elif head_rule(cfg) == "random":
-        why = (
-            "the head starts at random here (`server.head_init`, differential privacy, secure "
-            "aggregation or a personal head), so its statistics are not to be sent"
-        )
-    elif (
-        cfg.server.aggregator in aggregator_names()
-        and aggregator_parts(cfg.server.aggregator).partition is not None
-    ):
-        why = f"`server.aggregator = {cfg.server.aggregator!r}` keeps one global per cluster"
-    return why
 
 
 def check_pairing(cfg: ExperimentConfig) -> None:
