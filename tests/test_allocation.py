@@ -385,8 +385,9 @@ def test_utility_adapts_to_the_device(minilm: Architecture) -> None:
     problem = build_problem(minilm, AllocationConfig(deadline_s=60, policy="utility"))
     high, low = allocate(problem, [client(0, "high"), client(1, "low")])
     assert high.chosen is not None and low.chosen is not None
-    t_high = high.chosen.spec.trainable_params(minilm)
-    assert t_high > low.chosen.spec.trainable_params(minilm)
+    # the slow device is given less work: fewer parameters, or fewer local steps
+    work_high = high.chosen.spec.trainable_params(minilm) * (high.steps or WORK.steps)
+    assert work_high > low.chosen.spec.trainable_params(minilm) * (low.steps or WORK.steps)
 
 
 def test_credited_gains_move_the_choice(minilm: Architecture) -> None:

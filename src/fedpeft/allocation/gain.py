@@ -7,16 +7,19 @@ The prior of candidate ``c`` is its method's prior scaled by its capacity::
 
 with ``cov`` the share of the model's trainable layers it adapts (blocks, plus the task head
 where one trains) and ``ρ = log₂(1+r)/log₂(1+r_max)`` its LoRA rank against the catalogue's
-largest (1 for other methods). Rank matters little (Hu et al., 2021, Table 6: r = 1…64 within
-a point on GLUE). ``a`` and ``b`` are measured (``benchmarks/capacity_prior.py``: MiniLM on
-SST-2 and AG News, ranks 4/16 × the top 1/3/6 blocks, fitted over the LoRA points):
-``a = 0.046``, ``b = 0.009`` — within this grid, depth and rank moved accuracy by about the
-noise (±2 points), so the prior barely separates LoRA configurations and cost decides.
-Those models train a task head (calibrated from the clients' statistics), which does much
-of the adapting. Where no head trains — a causal LM answering in words — LoRA is all that
-adapts, and on SmolLM2-135M instruction-tuned on SST-2 r = 16 learned far faster than
-r = 4 on the same blocks (BENCHMARKS, issue 13), so there ``b = rank_exponent_headless``
-(1 by default: κ grows with ``log₂(1+r)``, enough for rank to win the bytes it costs).
+largest (1 for other methods). ``a`` is measured (``benchmarks/capacity_prior.py``: MiniLM
+on SST-2 and AG News, ranks 4/16 × the top 1/3/6 blocks, one client holding all the data,
+fitted over the LoRA points): ``a = 0.046`` — depth moved accuracy by about the noise
+(±2 points) there, and what depth is worth in a federation is learned from the credited
+gains below and rewarded through ``E``. The same centralised grid put rank within the noise
+too (``b = 0.009``; Hu et al., 2021, Table 6: r = 1…64 within a point on GLUE), but
+federated runs say otherwise (BENCHMARKS, issue 13): on SmolLM2-135M answering in words,
+r = 16 learned far faster than r = 4 on the same blocks, and on MiniLM with its calibrated
+head, on tier-skewed (natural) splits where `utility` and `uniform_fit` trained the same
+top block and differed only in the weak tiers' rank (r = 4–8 against 16), r = 16 for all
+was ahead in 9 of 11 paired runs (by 1.0–1.8 points on the mean of each setting). A prior that
+makes rank nearly free lets a few bytes decide; ``b = 1`` (κ grows with ``log₂(1+r)``) makes
+rank win the bytes it costs wherever the link is not the binding limit.
 
 Each round the group's validation gain ``g`` is centred on the running mean of past gains
 (``ḡ ← (1−λ)·ḡ + λ·g``), so a round that was bad for everyone (a skewed sample, one
@@ -76,9 +79,8 @@ def coverage(arch: Architecture, spec: MethodSpec) -> Unit:
 def capacity(
     arch: Architecture, candidates: Sequence[Candidate], cfg: GainConfig
 ) -> dict[str, Unit]:
-    """``κ(c) = cov(c)^a · ρ(c)^b`` for every candidate, ``ρ`` against the largest LoRA rank;
-    ``b`` is ``rank_exponent_headless`` for a model whose head stays frozen."""
-    b = cfg.rank_exponent if arch.head_params > 0 else cfg.rank_exponent_headless
+    """``κ(c) = cov(c)^a · ρ(c)^b`` for every candidate, ``ρ`` against the largest LoRA rank."""
+    b = cfg.rank_exponent
     ranks = [c.spec.r for c in candidates if isinstance(c.spec, LoraSpec)]
     top = math.log2(1 + max(ranks)) if ranks else 1.0
     out = {}

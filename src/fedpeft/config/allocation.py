@@ -88,13 +88,10 @@ class GainConfig(Section):
         0.05, ge=0.0, description="a: capacity κ = coverage^a · rank factor^b (measured)"
     )
     rank_exponent: float = Field(
-        0.01, ge=0.0, description="b: capacity κ = coverage^a · ρ^b (measured)"
-    )
-    rank_exponent_headless: float = Field(
         1.0,
         ge=0.0,
-        description="b where no task head trains (a causal LM answering in words: LoRA is "
-        "all that adapts, and its rank set how fast SmolLM2 learned; BENCHMARKS issue 13)",
+        description="b: capacity κ = coverage^a · ρ^b, ρ = log₂(1+r)/log₂(1+r_max) (federated "
+        "runs: rank counted where the bytes were cheap; BENCHMARKS issue 13)",
     )
     work_exponent: float = Field(
         0.5, ge=0.0, description="w: a client doing a share s of its steps gains s^w"
