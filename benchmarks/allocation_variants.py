@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from allocation_report import mean_std, time_to
+from allocation_report import mean_std, participation, time_to
 from allocation_study import mean_curve
 from common import plot_against_clock
 
@@ -62,9 +62,9 @@ def main() -> None:
     print(
         "| run | final accuracy per seed | mean ± std | paired − "
         f"`{ref_label}` (points) | last two rounds' mean, paired (points) | MB up "
-        f"| simulated time | to {target:.3f} (seeds) |"
+        f"| simulated time | to {target:.3f} (seeds) | trained / sampled: high · mid · low |"
     )
-    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |")
     for spec, (label, got) in zip([args.reference, *args.rows], table, strict=True):
         seeds = sorted(got, key=int)
         finals = [got[s]["accuracy"][-1] for s in seeds]
@@ -85,7 +85,7 @@ def main() -> None:
         to += f" ({len(hit)}/{len(seeds)})"
         print(
             f"| {label} | {per_seed} (seeds {', '.join(seeds)}) | {mean_std(finals)} | {paired} "
-            f"| {smooth} | {mb:.2f} | {clock:.0f} s | {to} |"
+            f"| {smooth} | {mb:.2f} | {clock:.0f} s | {to} | {participation(got)} |"
         )
     if args.plot:
         curves = {label: mean_curve(list(got.values())) for label, got in table}
