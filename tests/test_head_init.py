@@ -166,7 +166,7 @@ def test_round_zero_sets_the_head_and_leaves_out_bad_replies(tmp_path: Path) -> 
 
 def test_auto_is_lda_unless_the_run_is_private(tmp_path: Path) -> None:
     from fedpeft.errors import FedpeftError
-    from fedpeft.server.head_init import head_rule
+    from fedpeft.server.head_when import head_rule
     from fedpeft.server.personal import check_personalization
     from fedpeft.server.task import check_combinations
 
@@ -256,7 +256,7 @@ def test_head_refresh_is_the_rule_over_statistics_under_the_trained_adapter(
 
 
 def test_head_refresh_is_off_where_round_zero_is(tmp_path: Path) -> None:
-    from fedpeft.server.head_init import refresh_due
+    from fedpeft.server.head_when import refresh_due
 
     on = ("server.head_refresh='last'", "run.rounds=3")
     assert [refresh_due(tiny_config(tmp_path, *on), r) for r in (1, 2, 3)] == [False, False, True]

@@ -43,7 +43,7 @@ from fedpeft.peft import Architecture
 from fedpeft.server.assign import Assigner
 from fedpeft.server.configure import instruction_for, profiled_infos
 from fedpeft.server.groups import GroupBook
-from fedpeft.server.instruct import task_kind
+from fedpeft.server.head_when import head_rule
 from fedpeft.server.protocols import (
     BatchedPool,
     ClientPool,
@@ -57,7 +57,6 @@ from fedpeft.types import AdapterState, TrainInstruction
 
 log = logging.getLogger("fedpeft.server")
 HEAD_INIT = "head_init.json"
-PERSONAL_PARTS = ("head", "lora_b")  # personalization modes whose tensors stay local
 
 
 @dataclass(frozen=True)
@@ -150,48 +149,6 @@ def init_head(
         got.plan.not_asked,
     )
     return out, info
-
-
-def refresh_due(cfg: ExperimentConfig, rnd: int) -> bool:
-    """Whether round ``rnd`` ends with the head set again (``server.head_refresh``): only
-    where round 0 set it from the statistics too."""
-    when = cfg.server.head_refresh
-    due = when == "every" or (when == "last" and rnd == cfg.run.rounds)
-    return due and head_rule(cfg) != "random"
-
-
-def bias_refresh_due(cfg: ExperimentConfig, rnd: int) -> bool:
-    """Whether round ``rnd`` ends with the head's bias moved (``server.bias_refresh``;
-    ``auto``: after the last round, wherever the head could be set again at all). A round
-    whose whole head is set again (``server.head_refresh``) sets its bias with it."""
-    when = cfg.server.bias_refresh
-    if when == "auto":
-        when = "none" if head_refresh_blocker(cfg) else "last"
-    due = when == "every" or (when == "last" and rnd == cfg.run.rounds)
-    return due and head_rule(cfg) != "random" and not refresh_due(cfg, rnd)
-
-
-def head_refresh_blocker(cfg: ExperimentConfig) -> str:
-    """Why the head cannot be set again from the clients' statistics after a round (""
-    where it can)."""
-    from fedpeft.aggregation.registry import aggregator_names, aggregator_parts  # as task.py
-
-    why = ""
-    if cfg.server.mode == "async":
-        why = "with `server.mode = 'async'` there is no round's aggregation to follow"
-    elif task_kind(cfg) != "classify":
-        why = f"the {task_kind(cfg)!r} task has no classifier head fed by pooled features"
-    elif head_rule(cfg) == "random":
-        why = (
-            "the head starts at random here (`server.head_init`, differential privacy, secure "
-            "aggregation or a personal head), so its statistics are not to be sent"
-        )
-    elif (
-        cfg.server.aggregator in aggregator_names()
-        and aggregator_parts(cfg.server.aggregator).partition is not None
-    ):
-        why = f"`server.aggregator = {cfg.server.aggregator!r}` keeps one global per cluster"
-    return why
 
 
 def refresh_head(
@@ -435,23 +392,6 @@ def _settled(
     }
     out = server.evolve(adapters=kept, members=members, main=main, last_accuracy=last)
     return out, evals
-
-
-def head_rule(cfg: ExperimentConfig) -> str:
-    """The configured rule, with ``auto`` resolved: ``lda``, unless differential privacy or
-    secure aggregation is on — the statistics are sent as they are, neither noised nor
-    masked, so such a run starts the head at random — or clients keep a personal part."""
-    rule = cfg.server.head_init
-    if rule != "auto":
-        return rule
-    private = cfg.privacy.mode != "none" or cfg.privacy.secure_aggregation
-    return "random" if private or keeps_personal(cfg) else "lda"
-
-
-def keeps_personal(cfg: ExperimentConfig) -> bool:
-    """Whether clients keep a personal part (head, lora_b), which never travels — the
-    round-0 request would send it; such a run starts the head at random."""
-    return cfg.personalization.mode in PERSONAL_PARTS
 
 
 EXCHANGE_PART = 64  # requests an in-process batched pool is sent at once

@@ -26,7 +26,8 @@ from fedpeft.server.assign import Assigner
 from fedpeft.server.configure import RoundPlan, plan_round
 from fedpeft.server.federation import Federation, LoopResult
 from fedpeft.server.groups import GroupBook
-from fedpeft.server.head_init import bias_refresh_due, refresh_due, refresh_head
+from fedpeft.server.head_init import refresh_head
+from fedpeft.server.head_when import bias_refresh_due, refresh_due
 from fedpeft.server.multi import aggregate_clusters, fuse_groups
 from fedpeft.server.personal import (
     clients_due,

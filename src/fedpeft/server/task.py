@@ -57,6 +57,7 @@ from fedpeft.peft import (
 from fedpeft.peft.prefix import PrefixCache, compile_blocks
 from fedpeft.peft.share import apply_shared
 from fedpeft.server.detection import DETECT_TASK
+from fedpeft.server.head_when import head_refresh_blocker
 from fedpeft.server.instruct import check_task, head_kind, instruct_splits, task_kind
 from fedpeft.server.multimodal import FAMILY, PAIR_DATASETS, PAIR_TASKS
 from fedpeft.server.prefix import serve_prefix
@@ -220,8 +221,6 @@ def check_head_refresh(cfg: ExperimentConfig) -> None:
     sets a classifier's head from the statistics, after a synchronous round, on one global
     per method group."""
     asked = [k for k in ("head_refresh", "bias_refresh") if getattr(cfg.server, k) != "none"]
-    from fedpeft.server.head_init import head_refresh_blocker
-
     why = head_refresh_blocker(cfg) if asked else ""
     if not why:
         return
