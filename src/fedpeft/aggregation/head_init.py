@@ -108,7 +108,8 @@ def lda_head(
     if not 0 < shrinkage <= 1:
         raise ValueError(f"`shrinkage` should be in (0, 1], got {shrinkage}")
     w_key, b_key = head_keys(state)
-    weight, sums, counts, held = _class_sums(state[w_key], stats)
+    weight = state[w_key]
+    sums, counts, held = _class_sums(weight, stats)
     second = stats[STATS_SECOND].double()
     means = sums[held] / counts[held, None]
     scatter = second - (means.T * counts[held]) @ means
@@ -147,7 +148,8 @@ def bias_midpoints(state: AdapterState, stats: AdapterState) -> AdapterState:
     w_key, b_key = head_keys(state)
     if b_key is None:
         raise ValueError("the classifier has no bias to move")
-    weight, sums, counts, held = _class_sums(state[w_key], stats)
+    weight = state[w_key]
+    sums, counts, held = _class_sums(weight, stats)
     bias = state[b_key].double()
     means = sums[held] / counts[held, None]
     logits = means @ weight.double()[held].T + bias[held]  # [c, j]: class c's mean logit j
@@ -161,7 +163,8 @@ def bias_midpoints(state: AdapterState, stats: AdapterState) -> AdapterState:
 def ncm_head(state: AdapterState, stats: AdapterState) -> AdapterState:
     """``state`` with its classifier set to the nearest-class-mean rule of ``stats``."""
     w_key, b_key = head_keys(state)
-    weight, sums, counts, held = _class_sums(state[w_key], stats)
+    weight = state[w_key]
+    sums, counts, held = _class_sums(weight, stats)
     means = sums / counts.clamp_min(1)[:, None]
     out = dict(state)
     new_w = weight.double().clone()
@@ -179,17 +182,16 @@ def ncm_head(state: AdapterState, stats: AdapterState) -> AdapterState:
 
 def _class_sums(
     weight: torch.Tensor, stats: AdapterState
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(the head's weight, the class feature sums and counts in float64, which classes any
-    client holds), or ``ValueError`` where the sums do not fit the head or nobody holds an
-    example."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the class feature sums and counts in float64, which classes any client holds), or
+    ``ValueError`` where the sums do not fit the head ``weight`` or nobody holds an example."""
     sums, counts = stats[STATS_SUM].double(), stats[STATS_COUNT].double()
     if sums.shape != weight.shape:
         raise ValueError(f"statistics are {tuple(sums.shape)}, the head {tuple(weight.shape)}")
     held = counts > 0
     if not bool(held.any()):
         raise ValueError("no client holds any example")
-    return weight, sums, counts, held
+    return sums, counts, held
 
 
 def _unit(rows: torch.Tensor) -> torch.Tensor:
