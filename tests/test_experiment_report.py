@@ -82,6 +82,19 @@ def test_outcomes_that_hold_and_a_missing_proposed_variant() -> None:
     assert {o.verdict for o in outcomes(none)} == {UNMEASURED}
 
 
+def test_client_cost_compares_cpu_seconds_where_every_run_has_them() -> None:
+    """Wall time says 6× here, CPU seconds 3×: the outcome takes CPU seconds when the
+    proposed and full runs all record them, wall time otherwise."""
+    study = _study((0.70, 0.72))
+    for f in study.figures:
+        f.rounds[-1]["client_train_cpu_mean_s"] = 3.0 if f.variant == "full" else 1.0
+    three = outcomes(study)[2]
+    assert "CPU time 3.00×" in three.measured and three.verdict == FAILS
+    next(f for f in study.figures if f.variant == "full").rounds[-1].pop("client_train_cpu_mean_s")
+    three = outcomes(study)[2]
+    assert three.measured.startswith("time 6.00×")
+
+
 def _personal_study(personal: tuple[float, float], full: float = 0.8) -> Study:
     """The study above with a personalised variant whose clients scored ``personal`` (per
     seed) against ``full``, and an ablation that kept nothing local (its global scored)."""

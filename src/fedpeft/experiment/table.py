@@ -57,6 +57,7 @@ ROUND = [
     "sim_clock_s",
     "client_train_time_mean_s",
     "client_train_time_max_s",
+    "client_train_cpu_mean_s",
     "client_mem_rise_max_bytes",
     "client_peak_mem_max_bytes",
     "trainable_params",
@@ -74,6 +75,7 @@ CLIENT = [
     "bytes_up",
     "bytes_down",
     "train_time_s",
+    "train_cpu_s",
     "mem_rise_bytes",
     "peak_mem_bytes",
     "sim_time_s",
@@ -188,6 +190,7 @@ def _round_row(
     sampled = raw_sampled if isinstance(raw_sampled, list) else []
     ok = [c for c in clients if c.get("status") == "ok"]
     times = [t for c in ok if (t := _num(_metric(c, "train_time_s"))) is not None]
+    cpu = [t for c in ok if (t := _num(_metric(c, "train_cpu_s"))) is not None]
     rises = [m for c in ok if (m := _num(_metric(c, "mem_rise_bytes"))) is not None]
     peaks = [m for c in ok if (m := _num(_metric(c, "peak_mem_bytes"))) is not None]
     row: dict[str, Any] = {
@@ -211,6 +214,7 @@ def _round_row(
         "sim_clock_s": _num(record.get("sim_clock_s")),
         "client_train_time_mean_s": sum(times) / len(times) if times else None,
         "client_train_time_max_s": max(times, default=None),
+        "client_train_cpu_mean_s": sum(cpu) / len(cpu) if cpu else None,
         "client_mem_rise_max_bytes": max(rises, default=None),
         "client_peak_mem_max_bytes": max(peaks, default=None),
         "trainable_params": summary.get("trainable_params"),
@@ -258,6 +262,7 @@ def _client_row(c: dict[str, Any]) -> dict[str, Any]:
         "bytes_up": c.get("bytes_up"),
         "bytes_down": c.get("bytes_down"),
         "train_time_s": _num(_metric(c, "train_time_s")),
+        "train_cpu_s": _num(_metric(c, "train_cpu_s")),
         "mem_rise_bytes": _num(_metric(c, "mem_rise_bytes")),
         "peak_mem_bytes": _num(_metric(c, "peak_mem_bytes")),
         "sim_time_s": _num(c.get("sim_time_s")),
