@@ -57,6 +57,8 @@ SETTINGS: dict[str, tuple[int, list[str]]] = {  # name → (blocks, overrides)
 SPLITS = {
     "natural": ["data.partition='natural'"],
     "dir01": ["data.partition='dirichlet'", "data.alpha=0.1"],
+    "dir05": ["data.partition='dirichlet'", "data.alpha=0.5"],
+    "iid": ["data.partition='iid'"],
 }
 
 
