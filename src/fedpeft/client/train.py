@@ -108,10 +108,11 @@ def train(
         "loss": loss_sum / max(seen, 1),
         "steps": float(steps),
         "train_time_s": time.perf_counter() - start,
-        "train_cpu_s": _cpu_seconds() - cpu_start,
         "peak_mem_bytes": float(meter.peak),  # process RSS (CPU) / allocated (CUDA) peak
         "mem_rise_bytes": float(meter.peak - meter.start),  # this client's training alone
     }
+    if device.type == "cpu":  # on an accelerator the host's CPU seconds are not its work
+        metrics["train_cpu_s"] = _cpu_seconds() - cpu_start
     if private:
         metrics |= private.close()
     return ClientUpdate(instruction.client_id, get_adapter_state(model), len(data.indices), metrics)
