@@ -31,7 +31,7 @@ ASYNC = ("server.mode='async'", "server.buffer_size=2", "server.max_concurrency=
 # measured, not computed: they differ between two runs of the same configuration
 ROUND_MEASURED = ("wall_time_s", "eval_time_s", "client_time_s", "fit_time_s", "bytes_up")
 CLIENT_MEASURED = ("bytes_up",)
-CLIENT_METRICS_MEASURED = ("train_time_s", "mem_rise_bytes", "peak_mem_bytes")
+CLIENT_METRICS_MEASURED = ("train_time_s", "train_cpu_s", "mem_rise_bytes", "peak_mem_bytes")
 
 
 def merged(*groups: tuple[str, ...] | list[str]) -> list[str]:
