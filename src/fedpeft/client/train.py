@@ -72,7 +72,8 @@ def train(
     loss_sum, seen, steps = 0.0, 0, 0
     objective = client_objective(instruction, data)
     max_steps = instruction.steps or instruction.epochs * _batches(len(data.indices), instruction)
-    start, cpu_start = time.perf_counter(), _cpu_seconds()
+    cpu_clock = _cpu_clock()
+    start, cpu_start = time.perf_counter(), cpu_clock()
     model.train()
     # dropout draws from a per-(round, client) stream; a failing private run drops its hooks
     with torch.random.fork_rng(devices=[]), private or nullcontext():
@@ -112,18 +113,18 @@ def train(
         "mem_rise_bytes": float(meter.peak - meter.start),  # this client's training alone
     }
     if device.type == "cpu":  # on an accelerator the host's CPU seconds are not its work
-        metrics["train_cpu_s"] = _cpu_seconds() - cpu_start
+        metrics["train_cpu_s"] = cpu_clock() - cpu_start
     if private:
         metrics |= private.close()
     return ClientUpdate(instruction.client_id, get_adapter_state(model), len(data.indices), metrics)
 
 
-def _cpu_seconds() -> float:
-    """CPU seconds spent training, which unlike wall time do not grow when other work
-    shares the cores: this thread's where torch computes on it alone (one intra-op
-    thread, also each of the local runtime's parallel clients), else the process's (its
-    intra-op threads too)."""
-    return time.thread_time() if torch.get_num_threads() == 1 else time.process_time()
+def _cpu_clock() -> Callable[[], float]:
+    """The clock of the CPU seconds spent training, which unlike wall time do not grow when
+    other work shares the cores: this thread's where torch computes on it alone (one
+    intra-op thread, also each of the local runtime's parallel clients), else the
+    process's (its intra-op threads too). Chosen once, so both readings use the same one."""
+    return time.thread_time if torch.get_num_threads() == 1 else time.process_time
 
 
 def _private(

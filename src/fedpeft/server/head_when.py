@@ -31,9 +31,7 @@ def keeps_personal(cfg: ExperimentConfig) -> bool:
 def refresh_due(cfg: ExperimentConfig, rnd: int) -> bool:
     """Whether round ``rnd`` ends with the head set again (``server.head_refresh``): only
     where round 0 set it from the statistics too."""
-    when = cfg.server.head_refresh
-    due = when == "every" or (when == "last" and rnd == cfg.run.rounds)
-    return due and head_rule(cfg) != "random"
+    return _at(cfg.server.head_refresh, cfg, rnd) and head_rule(cfg) != "random"
 
 
 def bias_refresh_due(cfg: ExperimentConfig, rnd: int) -> bool:
@@ -43,8 +41,12 @@ def bias_refresh_due(cfg: ExperimentConfig, rnd: int) -> bool:
     when = cfg.server.bias_refresh
     if when == "auto":
         when = "none" if head_refresh_blocker(cfg) else "last"
-    due = when == "every" or (when == "last" and rnd == cfg.run.rounds)
-    return due and head_rule(cfg) != "random" and not refresh_due(cfg, rnd)
+    return _at(when, cfg, rnd) and head_rule(cfg) != "random" and not refresh_due(cfg, rnd)
+
+
+def _at(when: str, cfg: ExperimentConfig, rnd: int) -> bool:
+    """Whether ``every``/``last``/``none`` includes round ``rnd``."""
+    return when == "every" or (when == "last" and rnd == cfg.run.rounds)
 
 
 def head_refresh_blocker(cfg: ExperimentConfig) -> str:
