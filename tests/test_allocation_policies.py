@@ -125,6 +125,38 @@ def test_depth_gate_caps_lora_above_the_first_depth_whose_trainers_labels_stray(
     assert not any("capped" in a.reason for a in fixed_out)
 
 
+def test_client_gate_caps_each_client_whose_own_labels_stray_at_the_shallowest_depth(
+    minilm: Architecture, tiers: dict
+) -> None:
+    """``client_gate_tv``: each client's own labels against the round's. The high tier holds
+    one class (0.5 from the round's), the mid tier both (0): the high tier is capped at the
+    top block, the mid tier keeps its three — the pooled gate (off here) would cap both."""
+    labels = {"high": [40, 0], "mid": [20, 20], "low": [0, 40]}
+    clients = [
+        ClientInfo(i, tiers[t], Workload(16, 48, 6, 24), DataProfile(40, labels[t], 1.0, 24.0))
+        for i, t in enumerate(("high", "mid", "low"))
+    ]
+
+    def run(gate: float | None, pooled: float | None = 0, **kw: object) -> list:
+        return allocate(problem(minilm, depth_gate_tv=pooled, client_gate_tv=gate, **kw), clients)
+
+    def blocks(out: list) -> list[int]:
+        assert all(a.chosen is not None for a in out)
+        return [len(a.chosen.spec.targets(minilm)) // 2 for a in out]
+
+    assert blocks(run(None)) == blocks(run(0.0)) == blocks(run(0.6)) == [6, 3, 1]
+    out = run(0.25)
+    assert blocks(out) == [1, 3, 1]
+    assert "its own labels are at total variation 0.50" in out[0].reason
+    assert not any("own labels" in a.reason for a in out[1:])  # the low tier was already on 1
+    assert blocks(run(0.25, pooled=0.3)) == [1, 3, 1]  # after the pooled gate's cap of 3
+    unknown = [*clients[:2], ClientInfo(2, tiers["low"], clients[2].workload, None)]
+    out = allocate(problem(minilm, depth_gate_tv=0, client_gate_tv=0.2), unknown)
+    assert blocks(out) == [6, 3, 1]  # a histogram unknown: no gate
+    fixed_out = run(0.25, policy="uniform_fit")  # the other policies ignore it
+    assert not any("own labels" in a.reason for a in fixed_out)
+
+
 def test_shared_rank_raises_each_lora_client_to_the_rounds_largest_rank_that_fits(
     minilm: Architecture, tiers: dict
 ) -> None:

@@ -4,7 +4,7 @@ Each decides one client at a time; the published baselines are in ``baselines.py
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from fedpeft.allocation.catalogue import Candidate
@@ -180,6 +180,71 @@ def depth_gate(
     return None
 
 
+def client_gate(
+    problem: AllocationProblem, clients: Sequence[ClientInfo], allocations: Sequence[Allocation]
+) -> list[tuple[int, float]]:
+    """``(index, tv)`` of each client ``client_gate_tv`` caps: one allocated LoRA below the
+    catalogue's shallowest depth whose own label histogram is at total variation ``tv``
+    above the gate from the round's (empty when the gate is off or a histogram is unknown).
+
+    Why: the pooled ``depth_gate`` cannot see a round whose deep trainers are balanced
+    together but each skewed — each one's update drifts towards its own classes in every
+    block it trains (on SST-2 under Dirichlet 0.5, the more blocks a policy trained, the lower
+    it ended: BENCHMARKS issue 13)."""
+    gate = problem.config.client_gate_tv
+    if not gate or problem.config.policy != "utility" or not clients:
+        return []
+    if any(c.data is None for c in clients):
+        return []
+    hists = [list(c.data.label_histogram) for c in clients if c.data is not None]
+    width = max(len(h) for h in hists)
+    padded = [h + [0] * (width - len(h)) for h in hists]
+    everyone = [sum(col) for col in zip(*padded, strict=True)]
+    shallowest = min(
+        (b for c in problem.catalogue if (b := lora_blocks(problem.arch, c)) is not None),
+        default=None,
+    )
+    if shallowest is None:
+        return []
+    out = []
+    for i, (hist, a) in enumerate(zip(padded, allocations, strict=True)):
+        depth = lora_blocks(problem.arch, a.chosen) if a.chosen is not None else None
+        if depth is None or depth <= shallowest:
+            continue
+        tv = label_distance(hist, everyone)
+        if tv > gate:
+            out.append((i, tv))
+    return out
+
+
+def with_client_gate(
+    problem: AllocationProblem,
+    clients: Sequence[ClientInfo],
+    allocations: list[Allocation],
+    policy: Callable[[AllocationProblem, ClientInfo], Allocation],
+) -> list[Allocation]:
+    """``allocations`` with each client ``client_gate`` names allocated again, its LoRA
+    capped at the catalogue's shallowest depth (the round's floor is kept: a capped client
+    is only faster)."""
+    capped = client_gate(problem, clients, allocations)
+    if not capped:
+        return allocations
+    shallowest = min(
+        b for c in problem.catalogue if (b := lora_blocks(problem.arch, c)) is not None
+    )
+    narrow = replace(problem, max_blocks=shallowest)
+    out = list(allocations)
+    for i, tv in capped:
+        a = policy(narrow, clients[i])
+        why = (
+            f"; LoRA capped at the top {shallowest} block(s): its own labels are at total "
+            f"variation {tv:.2f} from the round's (allocation.client_gate_tv = "
+            f"{problem.config.client_gate_tv:g})"
+        )
+        out[i] = replace(a, reason=a.reason + why)
+    return out
+
+
 def lora_sibling(problem: AllocationProblem, candidate: Candidate, rank: int) -> Candidate | None:
     """The catalogue's LoRA candidate with ``candidate``'s blocks and targets at ``rank``."""
     spec = candidate.spec
@@ -235,7 +300,9 @@ def allocate(problem: AllocationProblem, clients: Sequence[ClientInfo]) -> list[
     """One ``Allocation`` per client, in order, by ``problem.config.policy``; the round's
     floor ``T_floor`` is computed over all of them first (``round_aware``). With
     ``depth_gate_tv`` a round whose deep trainers' labels are too unlike the round's is
-    allocated again with LoRA capped above that depth (``depth_gate``); with ``shared_rank``
+    allocated again with LoRA capped above that depth (``depth_gate``), and with
+    ``client_gate_tv`` each client whose own labels are too unlike the round's is capped at the
+    shallowest depth (``with_client_gate``); with ``shared_rank``
     each LoRA client's rank is then raised towards the round's largest (``with_shared_rank``)."""
     policy = get_policy(problem.config.policy)
     problem = replace(problem, round_clients=tuple(clients))
@@ -246,6 +313,7 @@ def allocate(problem: AllocationProblem, clients: Sequence[ClientInfo]) -> list[
     out = [policy(problem, client) for client in clients]
     capped = depth_gate(problem, clients, out)
     if capped is None:
+        out = with_client_gate(problem, clients, out, policy)
         return _ranks_shared(problem, clients, out)
     cap, depth, tv = capped
     problem = replace(problem, max_blocks=cap)
@@ -257,6 +325,7 @@ def allocate(problem: AllocationProblem, clients: Sequence[ClientInfo]) -> list[
         f"{problem.config.depth_gate_tv:g})"
     )
     out = [replace(a, reason=a.reason + why) for a in (policy(problem, c) for c in clients)]
+    out = with_client_gate(problem, clients, out, policy)
     return _ranks_shared(problem, clients, out)
 
 

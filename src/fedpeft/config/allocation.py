@@ -171,6 +171,16 @@ class AllocationConfig(Section):
         "whole round's; the first depth past it caps every client at the depth above "
         "(0 or None: no cap; BENCHMARKS issue 13)",
     )
+    client_gate_tv: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="utility: a client whose own labels are farther than this total-variation "
+        "distance from the whole round's trains LoRA on the catalogue's shallowest depth only "
+        "(after ``depth_gate_tv``, which looks at the deep trainers pooled); None or 0: off. "
+        "Measured level or behind the default (−0.3 to −1.1 points, fewer bytes: BENCHMARKS "
+        "issue 13, per-client depth gate)",
+    )
     shared_rank: bool = Field(
         False,
         description="utility: after allocating, each LoRA client's rank is raised to the "
