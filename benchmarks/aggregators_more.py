@@ -57,7 +57,7 @@ def subset(split: TokenizedSplit, idx: np.ndarray) -> TokenizedSplit:
 def scores(task: Task, state: AdapterState, split: TokenizedSplit) -> tuple[float, np.ndarray]:
     """(cross-entropy, per-class accuracy) of ``state`` on ``split``."""
     set_adapter_state(task.model, state)
-    logits = predict_logits(task.model, split, task.cfg.eval.batch_size, task.device)
+    logits = predict_logits(task.model, split, task.eval_batch_size, task.device)
     labels = torch.from_numpy(split.labels)
     loss = float(torch.nn.functional.cross_entropy(logits, labels))
     hit = (logits.argmax(-1) == labels).numpy()

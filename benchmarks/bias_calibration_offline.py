@@ -127,8 +127,8 @@ def main() -> None:
         if r == 0 or (rounds is not None and r not in rounds):
             continue
         set_adapter_state(task.model, {k: v.to(task.device) for k, v in state.items()})
-        le = predict_logits(task.model, task.data.eval, cfg.eval.batch_size, task.device).numpy()
-        lt = predict_logits(task.model, task.data.train, cfg.eval.batch_size, task.device)
+        le = predict_logits(task.model, task.data.eval, task.eval_batch_size, task.device).numpy()
+        lt = predict_logits(task.model, task.data.train, task.eval_batch_size, task.device)
         lt = lt.numpy()[pool]
         shifts = {
             "none": np.zeros(classes),

@@ -63,7 +63,7 @@ def zero_shot() -> dict[str, float]:
 
     task = build_task(_cfg())
     start = time.perf_counter()
-    metrics = evaluate_model(task.model, task.data.eval, task.cfg.eval.batch_size, task.device)
+    metrics = evaluate_model(task.model, task.data.eval, task.eval_batch_size, task.device)
     return metrics | {"eval_time_s": time.perf_counter() - start}
 
 

@@ -38,9 +38,7 @@ def head_init(task, glob, rule):  # type: ignore[no-untyped-def]
         set_adapter_state(task.model, {k: v.to(task.device) for k, v in glob.items()})
         data = ClientData(task.data.train, part)
         n = task.data.dataset.num_labels
-        stats.append(
-            class_feature_stats(task.model, data, n, task.cfg.eval.batch_size, task.device)
-        )
+        stats.append(class_feature_stats(task.model, data, n, task.eval_batch_size, task.device))
     return (ncm_head if rule == "ncm" else lda_head)(glob, sum_stats(stats))
 
 
@@ -55,7 +53,7 @@ def run(
     if init != "random":
         glob = head_init(task, glob, init)
         set_adapter_state(task.model, {k: v.to(task.device) for k, v in glob.items()})
-        round0 = evaluate_model(task.model, task.data.eval, cfg.eval.batch_size, task.device)
+        round0 = evaluate_model(task.model, task.data.eval, task.eval_batch_size, task.device)
         print(json.dumps({"round": 0, **round0}), flush=True)
     opt_state: dict = {}
     c = zeros_like_state(glob)
@@ -92,7 +90,7 @@ def run(
         if scaffold:
             c = server_control(c, deltas, len(task.data.partitions))
         set_adapter_state(task.model, {k: v.to(task.device) for k, v in glob.items()})
-        ev = evaluate_model(task.model, task.data.eval, cfg.eval.batch_size, task.device)
+        ev = evaluate_model(task.model, task.data.eval, task.eval_batch_size, task.device)
         rows.append(
             {
                 "round": rnd,

@@ -55,7 +55,8 @@ def personal_accuracy(run_dir: Path) -> dict[str, float]:
         key = str(folder)
         if key not in recalls:
             model = load_adapter(load_base(cfg, data.spec, data.dataset), folder)
-            logits = predict_logits(model, data.eval, cfg.eval.batch_size, torch.device("cpu"))
+            size = cfg.eval.batch_size or 32  # the CPU's default (Task.eval_batch_size)
+            logits = predict_logits(model, data.eval, size, torch.device("cpu"))
             preds = logits.argmax(-1).numpy()
             recalls[key] = class_recall(preds, labels, k)
             plain[key] = float((preds == labels).mean())

@@ -55,7 +55,7 @@ def one_setting(
     start = time.perf_counter()
     fed = federation(task, cfg, privacy, task.data.train, task.data.partitions, init, cfg.run.seed)
     set_adapter_state(task.model, fed.state)
-    metrics = evaluate_model(task.model, task.data.eval, cfg.eval.batch_size, task.device)
+    metrics = evaluate_model(task.model, task.data.eval, task.eval_batch_size, task.device)
     targets = audit_state(task, held, init, fed.state, AuditOptions(max_examples=500, clients=2))
     row: dict[str, Any] = {
         "accuracy": metrics["accuracy"],

@@ -58,7 +58,7 @@ def score(run_dir: Path) -> dict[str, list[float]]:
 
     def accuracy(state: AdapterState) -> float:
         set_adapter_state(task.model, {k: v.to(task.device) for k, v in state.items()})
-        logits = predict_logits(task.model, task.data.eval, cfg.eval.batch_size, task.device)
+        logits = predict_logits(task.model, task.data.eval, task.eval_batch_size, task.device)
         return float((logits.argmax(-1).numpy() == labels).mean())
 
     states = globals_by_round(run_dir)

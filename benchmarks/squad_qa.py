@@ -55,7 +55,7 @@ def untrained(config: Path, shrink: list[str]) -> dict[str, float]:
 
     cfg = load_config(config, shrink)
     task = build_task(cfg)
-    return evaluate_model(task.model, task.data.eval, cfg.eval.batch_size, task.device)
+    return evaluate_model(task.model, task.data.eval, task.eval_batch_size, task.device)
 
 
 def costs(config: Path, shrink: list[str]) -> dict[str, float]:

@@ -31,3 +31,24 @@ def test_a_run_evaluates_only_when_due(tiny) -> None:
 def test_allocation_needs_every_round_evaluated() -> None:
     with pytest.raises(FedpeftError, match="eval.every"):
         load_config(overrides=["eval.every=2", "allocation.enabled=true"])
+
+
+def test_the_evaluation_batch_is_chosen_by_device_unless_set_and_does_not_change_logits(
+    tiny,
+) -> None:
+    """``eval.batch_size`` unset: 32 on the CPU (128 on CUDA); set: as set. The batches are
+    length-sorted and masked, so the size changes only float rounding, not the logits."""
+    import torch
+
+    from fedpeft.server.evaluate import predict_logits
+    from fedpeft.server.task import build_task
+
+    task = build_task(tiny())
+    assert task.cfg.eval.batch_size is None and task.eval_batch_size == 32
+    assert build_task(tiny("eval.batch_size=7")).eval_batch_size == 7
+    split = task.data.eval
+    small = predict_logits(task.model, split, 5, task.device)
+    whole = predict_logits(task.model, split, len(split), task.device)
+    torch.testing.assert_close(small, whole, rtol=1e-4, atol=1e-5)
+    with pytest.raises(FedpeftError):
+        load_config(overrides=["eval.batch_size=0"])

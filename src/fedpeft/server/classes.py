@@ -120,9 +120,9 @@ def write_class_report(task: Task, state: ServerState, store: RunStore) -> Class
 
     if task.kind != "classify" or task.cfg.allocation.enabled or state.main not in state.adapters:
         return None
-    cfg, data = task.cfg, task.data
+    data = task.data
     set_adapter_state(task.model, {k: v.to(task.device) for k, v in state.adapter.items()})
-    logits = predict_logits(task.model, data.eval, cfg.eval.batch_size, task.device)
+    logits = predict_logits(task.model, data.eval, task.eval_batch_size, task.device)
     labels = np.asarray(data.eval.labels)
     report = class_report(labels, logits.argmax(-1).numpy(), data.dataset.label_names)
     store.write_json(CLASSES, report.to_json())

@@ -100,6 +100,12 @@ class Task:
     prefix_caches: dict[int, PrefixCache | None] = field(default_factory=dict)  # by block
 
     @property
+    def eval_batch_size(self) -> int:
+        """``eval.batch_size``, or by device when unset: 32 on the CPU, 128 on CUDA."""
+        size = self.cfg.eval.batch_size
+        return size if size is not None else (128 if self.device.type == "cuda" else 32)
+
+    @property
     def ref(self) -> MethodRef:
         """The run's ``[peft]`` method (what an instruction naming no method trains)."""
         return MethodRef.of(self.cfg.peft.method, self.cfg.peft.options)

@@ -105,6 +105,6 @@ class WorkerJobs:
         share = meta["share"]
         if not isinstance(share, list) or len(share) != 2:
             raise ValueError(f"an eval share is [start, stop], got {share!r}")
-        batches = eval_order(t.data.eval, t.cfg.eval.batch_size)[int(share[0]) : int(share[1])]
+        batches = eval_order(t.data.eval, t.eval_batch_size)[int(share[0]) : int(share[1])]
         logits = predict_batches(model, t.data.eval, batches, t.device)
         return logits.numpy().astype(np.float32, copy=False).tobytes()

@@ -303,7 +303,7 @@ class LocalGlobalModel:
     def proxy_batches(self, with_labels: bool = False) -> list[dict[str, torch.Tensor]]:
         """The server's held-out proxy examples as forward arguments (unlabelled by default)."""
         t = self.task
-        size, proxy = t.cfg.eval.batch_size, t.data.proxy
+        size, proxy = t.eval_batch_size, t.data.proxy
         chunks = [proxy[i : i + size] for i in range(0, len(proxy), size)]
         return [
             {
@@ -351,7 +351,7 @@ class LocalGlobalModel:
             return self._evaluate_shared(self.workers, state, method, options)
         model = t.model_for(method, options)
         set_adapter_state(model, state)
-        return evaluate_model(model, split, t.cfg.eval.batch_size, t.device)
+        return evaluate_model(model, split, t.eval_batch_size, t.device)
 
     def _evaluate_shared(
         self, workers: ForkedWorkers, state: AdapterState, method: str, options: str
@@ -359,7 +359,7 @@ class LocalGlobalModel:
         """The evaluation batches in contiguous shares, one per worker, each share's
         logits back as bytes; the same batches, so the same logits, as in this process."""
         split = self.task.data.eval
-        batches = eval_order(split, self.task.cfg.eval.batch_size)
+        batches = eval_order(split, self.task.eval_batch_size)
         shares = split_shares(batches, split.lengths, workers.size)
         requests = [eval_request(state, method, options, share) for share in shares]
         replies = workers.run(requests, [float(b - a) for a, b in shares])
