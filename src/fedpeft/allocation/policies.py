@@ -140,6 +140,20 @@ def label_distance(a: Sequence[float], b: Sequence[float]) -> float:
     return 0.5 * sum(abs(x / sa - y / sb) for x, y in zip(a, b, strict=True))
 
 
+def label_histograms(clients: Sequence[ClientInfo]) -> list[list[int]] | None:
+    """Each client's label histogram padded to one width, or None when any is unknown."""
+    hists = [list(c.data.label_histogram) for c in clients if c.data is not None]
+    if not hists or len(hists) < len(clients):
+        return None
+    width = max(len(h) for h in hists)
+    return [h + [0] * (width - len(h)) for h in hists]
+
+
+def offered_depths(problem: AllocationProblem) -> list[int]:
+    """The LoRA depths (blocks from the top) the catalogue offers, shallowest first."""
+    return sorted({b for c in problem.catalogue if (b := lora_blocks(problem.arch, c)) is not None})
+
+
 def depth_gate(
     problem: AllocationProblem, clients: Sequence[ClientInfo], allocations: Sequence[Allocation]
 ) -> tuple[int, int, float] | None:
@@ -153,21 +167,17 @@ def depth_gate(
     under the natural split those are the strong tiers' classes. Measured before it was
     built (BENCHMARKS, *do the deep trainers' labels explain where utility loses?*)."""
     gate = problem.config.depth_gate_tv
-    if not gate or problem.config.policy != "utility" or not clients:  # 0 / None: off
+    if not gate or problem.config.policy != "utility":  # 0 / None: off
         return None
-    if any(c.data is None for c in clients):
+    padded = label_histograms(clients)
+    if padded is None:
         return None
-    hists = [c.data.label_histogram for c in clients if c.data is not None]
-    width = max(len(h) for h in hists)
-    padded = [list(h) + [0] * (width - len(h)) for h in hists]
     depth = [
         (lora_blocks(problem.arch, a.chosen) or 0) if a.chosen is not None else 0
         for a in allocations
     ]
     everyone = [sum(col) for col in zip(*padded, strict=True)]
-    offered = sorted(
-        {b for c in problem.catalogue if (b := lora_blocks(problem.arch, c)) is not None}
-    )
+    offered = offered_depths(problem)
     # only depths the catalogue offers: a cap must leave a candidate (SmolLM2's shallowest
     # LoRA depth is 5 blocks; capping "above 2" would leave none)
     for above, k in zip(offered, offered[1:], strict=False):
@@ -192,21 +202,12 @@ def client_gate(
     block it trains (on SST-2 under Dirichlet 0.5, the more blocks a policy trained, the lower
     it ended: BENCHMARKS issue 13)."""
     gate = problem.config.client_gate_tv
-    if not gate or problem.config.policy != "utility" or not clients:
+    padded = label_histograms(clients)
+    offered = offered_depths(problem)
+    if not gate or problem.config.policy != "utility" or padded is None or not offered:
         return []
-    if any(c.data is None for c in clients):
-        return []
-    hists = [list(c.data.label_histogram) for c in clients if c.data is not None]
-    width = max(len(h) for h in hists)
-    padded = [h + [0] * (width - len(h)) for h in hists]
     everyone = [sum(col) for col in zip(*padded, strict=True)]
-    shallowest = min(
-        (b for c in problem.catalogue if (b := lora_blocks(problem.arch, c)) is not None),
-        default=None,
-    )
-    if shallowest is None:
-        return []
-    out = []
+    shallowest, out = offered[0], []
     for i, (hist, a) in enumerate(zip(padded, allocations, strict=True)):
         depth = lora_blocks(problem.arch, a.chosen) if a.chosen is not None else None
         if depth is None or depth <= shallowest:
@@ -229,9 +230,7 @@ def with_client_gate(
     capped = client_gate(problem, clients, allocations)
     if not capped:
         return allocations
-    shallowest = min(
-        b for c in problem.catalogue if (b := lora_blocks(problem.arch, c)) is not None
-    )
+    shallowest = offered_depths(problem)[0]
     narrow = replace(problem, max_blocks=shallowest)
     out = list(allocations)
     for i, tv in capped:
