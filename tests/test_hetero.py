@@ -293,11 +293,12 @@ def test_the_logged_evaluation_is_the_saved_adapters(tiny, tmp_path: Path, extra
     assert again["accuracy"] == logged["accuracy"]
 
 
-def test_partial_keys_auto_dilutes_for_the_utility_policy_only() -> None:
-    assert AllocationConfig().dilutes  # the default policy is utility
+def test_partial_keys_default_to_holders_and_auto_dilutes_for_the_utility_policy_only() -> None:
+    assert not AllocationConfig().dilutes  # the default: holders, whatever the policy
     assert not AllocationConfig(policy="fedra").dilutes
+    assert AllocationConfig(partial_keys="auto").dilutes  # as written by older runs
+    assert not AllocationConfig(policy="fedra", partial_keys="auto").dilutes
     assert AllocationConfig(policy="fedra", partial_keys="all").dilutes
-    assert not AllocationConfig(partial_keys="holders").dilutes
 
 
 def _two_tiers(tmp_path: Path, b_options: str) -> list[str]:
@@ -320,7 +321,7 @@ def test_partial_keys_all_moves_a_deep_block_by_its_holders_share(tiny, tmp_path
     by ``a``'s share of the round's examples; block 1, which both tiers train, is averaged
     as before. B starts at zero, so after one round ``B_all = share · B_holders``."""
     two = _two_tiers(tmp_path, "r=4,alpha=8,layers=[1]")
-    held = run_local(tiny(*two)).state  # 'auto': the tiered policy averages over holders
+    held = run_local(tiny(*two)).state  # the default: averaged over holders
     spread = run_local(tiny(*two, "allocation.partial_keys='all'"))
     clients = _lines(spread.run_dir / "clients.jsonl")
     n = {c["client_id"]: c["num_examples"] for c in clients}
