@@ -27,7 +27,7 @@ import torch
 from fedpeft.config import load_config
 from fedpeft.peft.io import load_adapter
 from fedpeft.server import RunStore
-from fedpeft.server.evaluate import predict_logits
+from fedpeft.server.evaluate import eval_batch_size, predict_logits
 from fedpeft.server.state import cluster_group
 from fedpeft.server.task import build_data, load_base
 
@@ -55,8 +55,9 @@ def personal_accuracy(run_dir: Path) -> dict[str, float]:
         key = str(folder)
         if key not in recalls:
             model = load_adapter(load_base(cfg, data.spec, data.dataset), folder)
-            size = cfg.eval.batch_size or 32  # the CPU's default (Task.eval_batch_size)
-            logits = predict_logits(model, data.eval, size, torch.device("cpu"))
+            cpu = torch.device("cpu")
+            size = eval_batch_size(cfg.eval.batch_size, cpu)
+            logits = predict_logits(model, data.eval, size, cpu)
             preds = logits.argmax(-1).numpy()
             recalls[key] = class_recall(preds, labels, k)
             plain[key] = float((preds == labels).mean())

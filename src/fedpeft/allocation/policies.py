@@ -190,57 +190,41 @@ def depth_gate(
     return None
 
 
-def client_gate(
-    problem: AllocationProblem, clients: Sequence[ClientInfo], allocations: Sequence[Allocation]
-) -> list[tuple[int, float]]:
-    """``(index, tv)`` of each client ``client_gate_tv`` caps: one allocated LoRA below the
-    catalogue's shallowest depth whose own label histogram is at total variation ``tv``
-    above the gate from the round's (empty when the gate is off or a histogram is unknown).
-
-    Why: the pooled ``depth_gate`` cannot see a round whose deep trainers are balanced
-    together but each skewed — each one's update drifts towards its own classes in every
-    block it trains (on SST-2 under Dirichlet 0.5, the more blocks a policy trained, the lower
-    it ended: BENCHMARKS issue 13)."""
-    gate = problem.config.client_gate_tv
-    padded = label_histograms(clients)
-    offered = offered_depths(problem)
-    if not gate or problem.config.policy != "utility" or padded is None or not offered:
-        return []
-    everyone = [sum(col) for col in zip(*padded, strict=True)]
-    shallowest, out = offered[0], []
-    for i, (hist, a) in enumerate(zip(padded, allocations, strict=True)):
-        depth = lora_blocks(problem.arch, a.chosen) if a.chosen is not None else None
-        if depth is None or depth <= shallowest:
-            continue
-        tv = label_distance(hist, everyone)
-        if tv > gate:
-            out.append((i, tv))
-    return out
-
-
 def with_client_gate(
     problem: AllocationProblem,
     clients: Sequence[ClientInfo],
     allocations: list[Allocation],
     policy: Callable[[AllocationProblem, ClientInfo], Allocation],
 ) -> list[Allocation]:
-    """``allocations`` with each client ``client_gate`` names allocated again, its LoRA
-    capped at the catalogue's shallowest depth (the round's floor is kept: a capped client
-    is only faster)."""
-    capped = client_gate(problem, clients, allocations)
-    if not capped:
+    """``allocations`` with each client ``client_gate_tv`` caps allocated again, its LoRA on
+    the catalogue's shallowest depth: a client allocated deeper whose own label histogram is
+    at total variation above the gate from the round's (nothing changes when the gate is off
+    or a histogram is unknown; the round's floor is kept: a capped client is only faster).
+
+    Why: the pooled ``depth_gate`` cannot see a round whose deep trainers are balanced
+    together but each skewed — each one's update drifts towards its own classes in every
+    block it trains (on SST-2 under Dirichlet 0.5, the more blocks a policy trained, the lower
+    it ended: BENCHMARKS issue 13)."""
+    gate = problem.config.client_gate_tv
+    if not gate or problem.config.policy != "utility":  # 0 / None: off
         return allocations
-    shallowest = offered_depths(problem)[0]
-    narrow = replace(problem, max_blocks=shallowest)
+    padded, offered = label_histograms(clients), offered_depths(problem)
+    if padded is None or not offered:
+        return allocations
+    everyone = [sum(col) for col in zip(*padded, strict=True)]
+    narrow = replace(problem, max_blocks=offered[0])
     out = list(allocations)
-    for i, tv in capped:
-        a = policy(narrow, clients[i])
+    for i, (hist, a) in enumerate(zip(padded, allocations, strict=True)):
+        depth = lora_blocks(problem.arch, a.chosen) if a.chosen is not None else None
+        tv = label_distance(hist, everyone)
+        if depth is None or depth <= offered[0] or tv <= gate:
+            continue
         why = (
-            f"; LoRA capped at the top {shallowest} block(s): its own labels are at total "
-            f"variation {tv:.2f} from the round's (allocation.client_gate_tv = "
-            f"{problem.config.client_gate_tv:g})"
+            f"; LoRA capped at the top {offered[0]} block(s): its own labels are at total "
+            f"variation {tv:.2f} from the round's (allocation.client_gate_tv = {gate:g})"
         )
-        out[i] = replace(a, reason=a.reason + why)
+        capped = policy(narrow, clients[i])
+        out[i] = replace(capped, reason=capped.reason + why)
     return out
 
 

@@ -23,6 +23,13 @@ from fedpeft.data.qa import QASplit
 from fedpeft.data.tokenized import length_sorted_batches
 
 
+def eval_batch_size(size: int | None, device: torch.device) -> int:
+    """``eval.batch_size``, or by device when unset: 32 on the CPU (a batch of 128 was the
+    slowest of 16–128 there, its activations out of the caches: BENCHMARKS issue 19), 128
+    on CUDA."""
+    return size if size is not None else (128 if device.type == "cuda" else 32)
+
+
 def eval_order(split: Split, batch_size: int) -> list[np.ndarray]:
     """The evaluation batches (indices into the split): every example, sorted by length."""
     return list(length_sorted_batches(split.lengths, batch_size))

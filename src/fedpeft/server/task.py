@@ -57,6 +57,7 @@ from fedpeft.peft import (
 from fedpeft.peft.prefix import PrefixCache, compile_blocks
 from fedpeft.peft.share import apply_shared
 from fedpeft.server.detection import DETECT_TASK
+from fedpeft.server.evaluate import eval_batch_size
 from fedpeft.server.head_when import head_refresh_blocker
 from fedpeft.server.instruct import check_task, head_kind, instruct_splits, task_kind
 from fedpeft.server.multimodal import FAMILY, PAIR_DATASETS, PAIR_TASKS
@@ -101,9 +102,8 @@ class Task:
 
     @property
     def eval_batch_size(self) -> int:
-        """``eval.batch_size``, or by device when unset: 32 on the CPU, 128 on CUDA."""
-        size = self.cfg.eval.batch_size
-        return size if size is not None else (128 if self.device.type == "cuda" else 32)
+        """``eval.batch_size``, or by device when unset (``eval_batch_size``)."""
+        return eval_batch_size(self.cfg.eval.batch_size, self.device)
 
     @property
     def ref(self) -> MethodRef:
