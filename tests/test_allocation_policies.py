@@ -303,6 +303,12 @@ def test_fedra_draws_seeded_subsets_within_reach(minilm: Architecture, tiers: di
     assert len(high_draws) > 1  # a new draw every round
     again = allocate(build_problem(minilm, p.config, round=1), clients)
     assert [a.chosen for a in again] == [a.chosen for a in rounds[0]]
+    kept = p.config.model_copy(
+        update={"baselines": p.config.baselines.model_copy(update={"fedra_redraw": False})}
+    )
+    fixed_draws = [allocate(build_problem(minilm, kept, round=r), clients) for r in range(1, 6)]
+    assert len({tuple(out[0].chosen.spec.layers) for out in fixed_draws if out[0].chosen}) == 1
+    assert [len(a.chosen.spec.layers) for a in fixed_draws[0] if a.chosen] == [3, 3, 2, 1]
 
 
 def lora_state(b_cols: list[float]) -> dict[str, torch.Tensor]:

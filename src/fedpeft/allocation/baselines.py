@@ -22,7 +22,8 @@ and run in the same harness as ``utility`` (one ``allocation.policy`` each):
   FedRA), drawn with a generator seeded by (run seed, round, client). FedRA's clients build a
   sub-model of the drawn layers; ours keep the whole frozen model, whose backprop depth sets
   memory, so the subset (``⌈f·k⌉`` blocks) is drawn from the ``k`` top blocks the device can
-  reach at FedRA's fixed rank.
+  reach at FedRA's fixed rank. ``baselines.fedra_redraw = false`` keeps each client's first
+  draw for the whole run (not FedRA: it separates the redraw from the subset's size).
 
 None of them shortens local steps: that is the ``utility`` policy's choice.
 """
@@ -157,7 +158,8 @@ def fedra(problem: AllocationProblem, client: ClientInfo) -> Allocation:
         reason = f"fedra: not even the top block fits at r = {rank}"
         return Allocation(client.client_id, tier, "fedra", None, None, reason, ())
     size = max(1, math.ceil(problem.config.baselines.fedra_fraction * k))
-    rng = np.random.default_rng([problem.seed, problem.round, client.client_id, 0xFED8A])
+    draw_round = problem.round if problem.config.baselines.fedra_redraw else 0
+    rng = np.random.default_rng([problem.seed, draw_round, client.client_id, 0xFED8A])
     drawn = sorted(int(b) for b in rng.choice(np.arange(layers - k, layers), size, replace=False))
     name = f"lora-r{rank}-L{'.'.join(map(str, drawn))}"
     candidate = make_candidate("lora", {"r": rank, "alpha": 2.0 * rank, "layers": drawn}, name)

@@ -112,6 +112,11 @@ class BaselineConfig(Section):
     fedra_fraction: float = Field(
         0.5, gt=0.0, le=1.0, description="FedRA: share of a device's reachable blocks drawn"
     )
+    fedra_redraw: bool = Field(
+        True,
+        description="FedRA: draw each client's blocks anew every round (False: its first "
+        "draw is kept for the run — measures the redraw apart from the subset's size)",
+    )
     fixed_rank: PositiveInt | None = Field(
         None, description="FedRA's rank (None: the catalogue's middle rank)"
     )
