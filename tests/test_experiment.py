@@ -128,6 +128,9 @@ def test_report_computes_the_outcomes_from_the_tables(experiment: Path) -> None:
     line = next(x for x in report.splitlines() if x.startswith("| 1 |"))
     assert line.endswith("**holds** |")  # LoRA on tiny-bert sends ~1/400 of the model
     assert "![accuracy vs rounds, bytes and time" in report
+    # a personalised variant's central row is of the shared part alone: the report says so
+    note = r"`fedpeft_plus_personal`[^\n]* keeps? part of each client's model local"
+    assert re.search(note, report)
     assert (experiment / "plots").is_dir() and list((experiment / "plots").glob("*.png"))
 
 

@@ -111,6 +111,17 @@ def _results(
     roles: dict[str, str],
 ) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Results per cell")]
+    personal = [f"`{v}`" for v in variants if roles.get(v) == "personal"]
+    if personal:  # their central score is of the shared part alone; readers took it for theirs
+        blocks.append(
+            Para(
+                f"{', '.join(personal)} "
+                + ("keeps" if len(personal) == 1 else "keep")
+                + " part of each client's model local: the central evaluation scores the shared "
+                "global alone, which is not the model any client uses; the clients' own "
+                "accuracy is in *Personalisation and privacy* below."
+            )
+        )
     header = [
         "variant",
         "role",
