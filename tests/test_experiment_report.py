@@ -82,6 +82,26 @@ def test_outcomes_that_hold_and_a_missing_proposed_variant() -> None:
     assert {o.verdict for o in outcomes(none)} == {UNMEASURED}
 
 
+def test_outcome_5_waits_for_the_plans_most_extreme_cell() -> None:
+    """While the plan's pathological cell has not finished, the Dirichlet 0.1 cell that has
+    is not the most extreme: a gap that passes there does not make the claim hold."""
+    study = _study((0.79, 0.79))  # 1.25 % below centralised in the finished dir01 cell
+    dirichlet = {"data.partition": "dirichlet", "data.alpha": 0.1}
+    patho = {"data.partition": "pathological", "data.classes_per_client": 1}
+    planned = (
+        (CELL, dirichlet),
+        ({"data.dataset": "sst2", "split": "patho"}, patho),
+        ({"data.dataset": "sst2", "split": "iid"}, {"data.partition": "iid"}),
+    )
+    waiting = Study(study.figures, study.cells, study.roles, study.keys, "plus", None, planned)
+    five = outcomes(waiting)[4]
+    assert five.verdict == UNMEASURED
+    assert "patho" in five.details[0] and "not finished" in five.details[0]
+    # with only the finished cell planned, it is the most extreme and the claim holds
+    alone = Study(study.figures, study.cells, study.roles, study.keys, "plus", None, planned[:1])
+    assert outcomes(alone)[4].verdict == HOLDS
+
+
 def test_client_cost_compares_cpu_seconds_where_every_run_has_them() -> None:
     """Wall time says 6× here, CPU seconds 3×: the outcome takes CPU seconds when the
     proposed and full runs all record them, wall time otherwise."""

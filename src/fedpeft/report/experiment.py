@@ -55,7 +55,20 @@ def build_report(root: Path, plan: dict[str, Any]) -> list[Block]:
     for r in plan.get("runs", []):
         keys[r["run_id"]] = {**keys.get(r["run_id"], {}), **r["keys"]}
     grid = cells(figures, axes)
-    study = Study(figures, grid, roles, keys, plan.get("proposed"), plan.get("personalised"))
+    planned: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+    for r in plan.get("runs", []):  # each cell once, with the keys of one of its runs
+        labels = {a: str(v) for a, v in r.get("labels", {}).items()}
+        if labels and "*" not in labels.values():
+            planned.setdefault(tuple(sorted(labels.items())), r["keys"])
+    study = Study(
+        figures,
+        grid,
+        roles,
+        keys,
+        plan.get("proposed"),
+        plan.get("personalised"),
+        tuple((dict(c), k) for c, k in planned.items()),
+    )
     blocks: list[Block] = [Heading(1, plan.get("title") or f"Experiment `{plan.get('name')}`")]
     blocks += _header(plan, runs_table, done)
     blocks += _outcomes(study)
