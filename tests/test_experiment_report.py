@@ -100,6 +100,12 @@ def test_outcome_5_waits_for_the_plans_most_extreme_cell() -> None:
     # with only the finished cell planned, it is the most extreme and the claim holds
     alone = Study(study.figures, study.cells, study.roles, study.keys, "plus", None, planned[:1])
     assert outcomes(alone)[4].verdict == HOLDS
+    # a claim that holds in the finished cells says so while others have not run
+    communication = outcomes(waiting)[0]
+    assert communication.verdict == HOLDS and "in the 1 of 3 cells finished so far" in (
+        communication.measured
+    )
+    assert "finished so far" not in outcomes(alone)[0].measured
 
 
 def test_client_cost_compares_cpu_seconds_where_every_run_has_them() -> None:

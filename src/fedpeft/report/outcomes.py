@@ -23,7 +23,7 @@ grid's labels.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fedpeft.report.tables import RunFigures, in_cell, stat
@@ -81,13 +81,21 @@ def outcomes(study: Study) -> list[Outcome]:
     if study.proposed is None:
         why = "no variant is marked as the proposed system (`experiment.proposed`)"
         return [Outcome(i, c, "", UNMEASURED, why) for i, c in enumerate(CLAIMS, start=1)]
-    return [
+    results = [
         communication(study),
         non_iid_gain(study),
         client_cost(study),
         personal(study),
         central_gap(study),
     ]
+    finished = {tuple(sorted(c.items())) for c in study.cells}
+    planned = {tuple(sorted(c.items())) for c, _ in study.planned}
+    if planned - finished:  # "holds in every cell" can only be said of the cells that ran
+        so_far = f" — in the {len(planned & finished)} of {len(planned)} cells finished so far"
+        results = [
+            replace(o, measured=o.measured + so_far) if o.verdict == HOLDS else o for o in results
+        ]
+    return results
 
 
 CLAIMS = (
