@@ -43,6 +43,20 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home / "tiny"
 
 
+def test_a_dry_run_lists_the_runs_and_writes_nothing(experiment: Path, tmp_path: Path) -> None:
+    plan = (experiment / "experiment.json").read_bytes()
+    again = _fedpeft(
+        "experiment", str(EXAMPLE), "--out", str(experiment), "--dry-run", cwd=tmp_path
+    )
+    assert again.returncode == 0 and "0 to run" in again.stdout, again.stdout + again.stderr
+    assert (experiment / "experiment.json").read_bytes() == plan  # a running grid's plan kept
+    fresh = _fedpeft(
+        "experiment", str(EXAMPLE), "--out", str(tmp_path / "new"), "--dry-run", cwd=tmp_path
+    )
+    assert "12 to run" in fresh.stdout and "-s0-" in fresh.stdout, fresh.stdout + fresh.stderr
+    assert not (tmp_path / "new").exists()
+
+
 def _csv(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))

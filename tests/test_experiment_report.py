@@ -102,8 +102,9 @@ def test_outcome_5_waits_for_the_plans_most_extreme_cell() -> None:
     assert outcomes(alone)[4].verdict == HOLDS
     # a claim that holds in the finished cells says so while others have not run
     communication = outcomes(waiting)[0]
-    assert communication.verdict == HOLDS and "in the 1 of 3 cells finished so far" in (
-        communication.measured
+    assert (
+        communication.verdict == HOLDS
+        and "in the 1 of the plan's 3 cells with finished runs so far" in (communication.measured)
     )
     assert "finished so far" not in outcomes(alone)[0].measured
 

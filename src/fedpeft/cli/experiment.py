@@ -36,7 +36,6 @@ def run_experiment_command(
     folder = ExperimentDir(out or Path(exp.experiment.output_dir) / exp.experiment.name)
     if folder.root.exists() and not folder.root.is_dir():
         raise FedpeftError(f"{folder.root} is a file; the experiment needs a folder there.")
-    folder.write_plan(plan_json(exp, plan, file), file.read_bytes())
     todo = [r for r in plan.runs if folder.state(r.key, r.rounds).value != "done"]
     console.print(
         f"[bold]experiment[/] {exp.experiment.name}: {len(plan.variants)} variants × "
@@ -45,10 +44,11 @@ def run_experiment_command(
         f"{exp.experiment.budget.slots} at once · {folder.root}",
         highlight=False,
     )
-    if dry_run:
+    if dry_run:  # writes nothing: a look at a running grid must not rewrite its plan
         for r in todo:
             console.print(f"  {r.key}  ({r.rounds} rounds)", highlight=False)
         return 0
+    folder.write_plan(plan_json(exp, plan, file), file.read_bytes())
     runner = Runner(plan, folder, exp.experiment)
     with GridProgress(console, plan, folder) as progress:
         try:

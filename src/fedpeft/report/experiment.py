@@ -89,7 +89,7 @@ def _header(plan: dict[str, Any], runs: list[dict[str, Any]], done: set[str]) ->
     counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
     return [
         Para(
-            f"Written {plan.get('written', '')} from `{plan.get('source', '')}`: "
+            f"Plan written {plan.get('written', '')} from `{plan.get('source', '')}`: "
             f"{len(plan['variants'])} variants, seeds {seeds}, {len(runs)} runs ({counts}). "
             "Every number below is computed from the runs' own logs (`results.csv`, "
             "`clients.csv`, `runs.csv` beside this report); means ± sample standard "

@@ -91,7 +91,10 @@ def outcomes(study: Study) -> list[Outcome]:
     finished = {tuple(sorted(c.items())) for c in study.cells}
     planned = {tuple(sorted(c.items())) for c, _ in study.planned}
     if planned - finished:  # "holds in every cell" can only be said of the cells that ran
-        so_far = f" — in the {len(planned & finished)} of {len(planned)} cells finished so far"
+        so_far = (
+            f" — in the {len(planned & finished)} of the plan's {len(planned)} cells "
+            "with finished runs so far"
+        )
         results = [
             replace(o, measured=o.measured + so_far) if o.verdict == HOLDS else o for o in results
         ]
