@@ -204,3 +204,20 @@ def test_mlflow_tracking_without_mlflow_is_a_clear_error(monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow → ImportError
     with pytest.raises(FedpeftError, match=r"pip install 'fedpeft\[mlflow\]'"):
         make_trackers(["mlflow"], "runs", "x")
+
+
+def test_runs_not_started_are_counted_and_failures_listed() -> None:
+    from fedpeft.report.experiment import _problems
+
+    runs = [
+        {"run": "a", "state": "done", "rounds_completed": "3", "error": ""},
+        {"run": "b", "state": "incomplete", "rounds_completed": "0", "error": ""},
+        {"run": "c", "state": "incomplete", "rounds_completed": "", "error": ""},
+        {"run": "d", "state": "incomplete", "rounds_completed": "2", "error": ""},
+        {"run": "e", "state": "failed", "rounds_completed": "0", "error": "exit 1"},
+    ]
+    text = to_markdown(_problems(runs))
+    assert "2 runs have not started or finished a round" in text
+    assert "`d`: incomplete" in text and "`e`: failed exit 1" in text
+    assert "`b`" not in text and "`c`" not in text
+    assert "All 1 runs finished." in to_markdown(_problems(runs[:1]))

@@ -269,8 +269,20 @@ def _problems(runs: list[dict[str, Any]]) -> list[Block]:
     bad = [r for r in runs if r.get("state") != "done"]
     if not bad:
         return [Heading(2, "Runs"), Para(f"All {len(runs)} runs finished.")]
-    items = [f"`{r['run']}`: {r.get('state')} {r.get('error') or ''}".strip() for r in bad]
-    return [Heading(2, "Runs that did not finish"), Bullets(items)]
+    # runs of a grid still running that have not started say nothing one by one: a count
+    waiting = [r for r in bad if not r.get("error") and not int(r.get("rounds_completed") or 0)]
+    shown = [r for r in bad if r not in waiting]
+    items = [f"`{r['run']}`: {r.get('state')} {r.get('error') or ''}".strip() for r in shown]
+    blocks: list[Block] = [Heading(2, "Runs that did not finish")]
+    if waiting:
+        blocks.append(
+            Para(
+                f"{len(waiting)} runs have not started or finished a round (`runs.csv` lists them)."
+            )
+        )
+    if items:
+        blocks.append(Bullets(items))
+    return blocks
 
 
 def _short(value: Any) -> str:
