@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 COPIED = ("results.csv", "clients.csv", "runs.csv", "report.html", "experiment.toml")
+OPTIONAL = ("personal.csv",)  # only where some run scored clients on their own data
 
 
 def main() -> None:
@@ -26,6 +27,9 @@ def main() -> None:
     (assets / "plots").mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         shutil.copy2(exp / name, assets / name)
+    for name in OPTIONAL:
+        if (exp / name).exists():
+            shutil.copy2(exp / name, assets / name)
     for png in sorted((exp / "plots").glob("*.png")):
         shutil.copy2(png, assets / "plots" / png.name)
     report = (exp / "report.md").read_text(encoding="utf-8")
