@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from allocation_report import mean_std, time_to
+from allocation_report import finals, mean_std, time_to
 from allocation_variants import runs
 
 RESULTS = Path(__file__).parent / "results"
@@ -36,7 +36,7 @@ def load(policy: str, spec: str) -> Runs | None:
 
 
 def final(got: Runs) -> float:
-    return statistics.mean(r["accuracy"][-1] for r in got.values())
+    return statistics.mean(finals(got))
 
 
 def reach(got: Runs, target: float) -> tuple[float | None, int]:
@@ -70,13 +70,13 @@ def row(name: str, table: dict[str, Runs]) -> tuple[str, float, bool]:
     mb = statistics.mean(r["bytes_up"] for r in mine.values()) / 1e6
     mb_best = statistics.mean(r["bytes_up"] for r in others[best].values()) / 1e6
     cap = table.get("unconstrained")
-    upper = "—" if cap is None else mean_std([r["accuracy"][-1] for r in cap.values()])
+    upper = "—" if cap is None else mean_std(finals(cap))
     cells = [
         name,
         ", ".join(sorted(mine, key=int)),
-        mean_std([r["accuracy"][-1] for r in mine.values()]),
-        mean_std([r["accuracy"][-1] for r in table["uniform_fit"].values()]),
-        f"`{best}` " + mean_std([r["accuracy"][-1] for r in others[best].values()]),
+        mean_std(finals(mine)),
+        mean_std(finals(table["uniform_fit"])),
+        f"`{best}` " + mean_std(finals(others[best])),
         f"{gap:+.1f} ({len(shared)} seeds)",
         clock(t_mine, n_mine, len(mine)) + " · " + fast,
         f"{mb:.1f} · {mb_best:.1f}",

@@ -52,14 +52,13 @@ def build_report(root: Path, plan: dict[str, Any]) -> list[Block]:
     variants: list[str] = list(plan["variants"])
     roles = {v: str(plan["variants"][v]["role"]) for v in variants}
     keys: dict[str, dict[str, Any]] = {}
+    planned: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}  # each cell, one run's keys
     for r in plan.get("runs", []):
         keys[r["run_id"]] = {**keys.get(r["run_id"], {}), **r["keys"]}
-    grid = cells(figures, axes)
-    planned: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
-    for r in plan.get("runs", []):  # each cell once, with the keys of one of its runs
         labels = {a: str(v) for a, v in r.get("labels", {}).items()}
         if labels and "*" not in labels.values():
             planned.setdefault(tuple(sorted(labels.items())), r["keys"])
+    grid = cells(figures, axes)
     study = Study(
         figures,
         grid,

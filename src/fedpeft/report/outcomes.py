@@ -63,7 +63,11 @@ class Study:
         return [v for v, r in self.roles.items() if r == role]
 
     def cell_key(self, cell: dict[str, str], key: str, default: Any) -> Any:
-        """A config key of the runs in ``cell`` (they share it)."""
+        """A config key of the runs in ``cell`` (they share it): from the plan where it has
+        the cell (finished or not), else from a finished run's keys."""
+        for labels, keys in self.planned:
+            if labels == cell:
+                return keys.get(key, default)
         for f in self.figures:
             if f.labels == cell or in_cell(f, cell) and "*" not in f.labels.values():
                 return self.keys.get(f.run, {}).get(key, default)
@@ -327,21 +331,15 @@ def central_gap(s: Study) -> Outcome:
 def _extreme_cells(s: Study) -> list[dict[str, str]]:
     """Each dataset's most extreme non-IID cell: pathological (fewest classes a client),
     else the smallest Dirichlet α — among the plan's cells where the study has a plan."""
-    known = {tuple(sorted(c.items())): k for c, k in s.planned}
-
-    def key(cell: dict[str, str], name: str, default: Any) -> Any:
-        keys = known.get(tuple(sorted(cell.items())))
-        return keys.get(name, default) if keys is not None else s.cell_key(cell, name, default)
-
     by_dataset: dict[str, list[dict[str, str]]] = {}
-    for cell in [dict(c) for c, _ in s.planned] or s.cells:
-        if key(cell, "data.partition", "dirichlet") != "iid":
-            by_dataset.setdefault(str(key(cell, "data.dataset", "sst2")), []).append(cell)
+    for cell in [c for c, _ in s.planned] or s.cells:
+        if s.non_iid(cell):
+            by_dataset.setdefault(str(s.cell_key(cell, "data.dataset", "sst2")), []).append(cell)
 
     def severity(cell: dict[str, str]) -> tuple[int, float]:
-        if key(cell, "data.partition", "dirichlet") == "pathological":
-            return (0, float(key(cell, "data.classes_per_client", 1)))
-        return (1, float(key(cell, "data.alpha", 0.5)))
+        if s.cell_key(cell, "data.partition", "dirichlet") == "pathological":
+            return (0, float(s.cell_key(cell, "data.classes_per_client", 1)))
+        return (1, float(s.cell_key(cell, "data.alpha", 0.5)))
 
     return [min(group, key=severity) for group in by_dataset.values()]
 
