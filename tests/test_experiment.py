@@ -55,6 +55,18 @@ def test_a_dry_run_lists_the_runs_and_writes_nothing(experiment: Path, tmp_path:
     )
     assert "12 to run" in fresh.stdout and "-s0-" in fresh.stdout, fresh.stdout + fresh.stderr
     assert not (tmp_path / "new").exists()
+    part = _fedpeft(
+        "experiment", str(EXAMPLE), "--out", str(tmp_path / "new"), "--dry-run",
+        "--only", "variant=slora", "--only", "seed=1", cwd=tmp_path,
+    )  # fmt: skip
+    assert "2 to run of the 2 selected" in part.stdout, part.stdout + part.stderr
+    listed = [x.split()[0] for x in part.stdout.splitlines() if x.startswith("  ")]
+    assert len(listed) == 2 and all(k.startswith("slora-") and "-s1-" in k for k in listed)
+    wrong = _fedpeft(
+        "experiment", str(EXAMPLE), "--out", str(tmp_path / "new"), "--only", "split=iid",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert wrong.returncode == 2 and "iid is not a value of 'split'" in wrong.stdout + wrong.stderr
 
 
 def _csv(path: Path) -> list[dict[str, str]]:

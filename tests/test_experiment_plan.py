@@ -163,3 +163,44 @@ def plan_keys(plan: Plan, axis: str) -> list[dict[str, Any]]:
     """The keys of one run per label of ``axis`` (not the centralised reference's ``*``)."""
     seen = {r.labels[axis]: r.keys for r in plan.runs if r.labels[axis] != "*"}
     return list(seen.values())
+
+
+def test_only_selects_part_of_the_grid_and_says_what_it_cannot_select(tmp_path: Path) -> None:
+    from fedpeft.cli.experiment import select_runs
+
+    plan = _plan(
+        tmp_path,
+        """
+[grid]
+"data.dataset" = ["sst2", "ag_news"]
+[axes.split]
+iid = { "data.partition" = "iid" }
+dir = { "data.partition" = "dirichlet", "data.alpha" = 0.1, "data.min_partition_size" = 1 }
+[variants]
+fedavg_lora = {}
+slora = {}
+centralised = {}
+""",
+    )
+    assert select_runs(plan, []) is plan
+    dirs = select_runs(plan, ["split=dir", "data.dataset=ag_news"])
+    lora = [r for r in dirs.runs if r.variant == "fedavg_lora"]
+    assert {(r.labels["split"], r.labels["data.dataset"]) for r in lora} == {("dir", "ag_news")}
+    assert len(lora) == 2  # both seeds
+    # the centralised reference (split `*`) belongs to every split; slora keeps both stages
+    assert {r.variant for r in dirs.runs if r.labels["split"] == "*"} == {"centralised"}
+    assert sorted(r.stage for r in dirs.runs if r.variant == "slora" and r.seed == 0) == [1, 2]
+    one = select_runs(plan, ["variant=slora,fedavg_lora", "seed=1", "split=iid"])
+    assert {r.seed for r in one.runs} == {1} and {r.variant for r in one.runs} == {
+        "slora",
+        "fedavg_lora",
+    }
+    assert one.axes == plan.axes and one.variants == plan.variants
+    for bad, says in [
+        (["split"], "AXIS=VALUE"),
+        (["colour=red"], "not an axis"),
+        (["split=dir,patho"], "patho is not a value of 'split'"),
+        (["seed=7"], "not a value"),
+    ]:
+        with pytest.raises(FedpeftError, match=says):
+            select_runs(plan, bad)

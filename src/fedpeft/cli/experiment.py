@@ -17,6 +17,7 @@ from fedpeft.experiment import (
     ExperimentDir,
     GridStatus,
     Plan,
+    PlannedRun,
     Runner,
     check_plan,
     plan_experiment,
@@ -27,21 +28,34 @@ from fedpeft.experiment.spec import ExperimentFile
 
 
 def run_experiment_command(
-    file: Path, out: Path | None, dry_run: bool, report: bool, console: Console
+    file: Path,
+    out: Path | None,
+    dry_run: bool,
+    report: bool,
+    console: Console,
+    only: list[str] | None = None,
 ) -> int:
-    """Exit code: 0 when every run is done, 1 when some failed (their errors are listed)."""
+    """Exit code: 0 when every run is done, 1 when some failed (their errors are listed).
+
+    ``only`` (``AXIS=VALUE[,VALUE…]``, ``variant=…``, ``seed=…``) runs part of the grid now —
+    a shard for another machine, or the cells wanted first; the plan written, the tables
+    and the report still cover the whole grid (runs not started are counted as such).
+    """
     exp = read_experiment(file)
     plan = plan_experiment(exp, file.parent)
     check_plan(plan)
+    selected = select_runs(plan, only or [])
     folder = ExperimentDir(out or Path(exp.experiment.output_dir) / exp.experiment.name)
     if folder.root.exists() and not folder.root.is_dir():
         raise FedpeftError(f"{folder.root} is a file; the experiment needs a folder there.")
-    todo = [r for r in plan.runs if folder.state(r.key, r.rounds).value != "done"]
+    todo = [r for r in selected.runs if folder.state(r.key, r.rounds).value != "done"]
+    done = sum(folder.state(r.key, r.rounds).value == "done" for r in plan.runs)
     console.print(
         f"[bold]experiment[/] {exp.experiment.name}: {len(plan.variants)} variants × "
         f"{_cells(plan)} cells × {len(exp.experiment.seeds)} seeds = {len(plan.runs)} runs "
-        f"({len(plan.runs) - len(todo)} done, {len(todo)} to run) · "
-        f"{exp.experiment.budget.slots} at once · {folder.root}",
+        f"({done} done, {len(todo)} to run"
+        + (f" of the {len(selected.runs)} selected" if only else "")
+        + f") · {exp.experiment.budget.slots} at once · {folder.root}",
         highlight=False,
     )
     if dry_run:  # writes nothing: a look at a running grid must not rewrite its plan
@@ -49,8 +63,8 @@ def run_experiment_command(
             console.print(f"  {r.key}  ({r.rounds} rounds)", highlight=False)
         return 0
     folder.write_plan(plan_json(exp, plan, file), file.read_bytes())
-    runner = Runner(plan, folder, exp.experiment)
-    with GridProgress(console, plan, folder) as progress:
+    runner = Runner(selected, folder, exp.experiment)
+    with GridProgress(console, selected, folder) as progress:
         try:
             status = runner.run(progress.notify)
         except KeyboardInterrupt:
@@ -69,6 +83,45 @@ def run_experiment_command(
 
         console.print(f"wrote {write_experiment_report(folder.root)}")
     return 1 if status.failed else 0
+
+
+def select_runs(plan: Plan, only: list[str]) -> Plan:
+    """The plan's runs that every ``AXIS=VALUE[,VALUE…]`` filter admits (a run labelled
+    ``*`` on an axis — the centralised reference under every split — matches any value)."""
+    if not only:
+        return plan
+    seeds = {str(r.seed) for r in plan.runs}
+    known: dict[str, set[str]] = {"variant": set(plan.variants), "seed": seeds}
+    for axis in plan.axes:
+        known[axis] = {r.labels[axis] for r in plan.runs if r.labels.get(axis, "*") != "*"}
+    wanted: dict[str, set[str]] = {}
+    for item in only:
+        axis, sep, values = item.partition("=")
+        axis = axis.strip()
+        chosen = {v.strip() for v in values.split(",") if v.strip()}
+        if not sep or not chosen:
+            raise FedpeftError(f"--only takes AXIS=VALUE[,VALUE…], got {item!r}.")
+        if axis not in known:
+            raise FedpeftError(
+                f"--only {item!r}: {axis!r} is not an axis of this experiment; "
+                f"its axes are {', '.join(known)}."
+            )
+        unknown = sorted(chosen - known[axis])
+        if unknown:
+            raise FedpeftError(
+                f"--only {item!r}: {', '.join(unknown)} is not a value of {axis!r}; "
+                f"it has {', '.join(sorted(known[axis]))}."
+            )
+        wanted[axis] = wanted.get(axis, set()) | chosen
+
+    def admits(run: PlannedRun) -> bool:
+        values = {"variant": run.variant, "seed": str(run.seed), **run.labels}
+        return all(values.get(a) == "*" or values.get(a) in v for a, v in wanted.items())
+
+    runs = [r for r in plan.runs if admits(r)]
+    if not runs:
+        raise FedpeftError(f"--only {' '.join(only)} selects none of the plan's runs.")
+    return Plan(plan.axes, plan.variants, runs)
 
 
 def report_experiment(root: Path) -> Path:

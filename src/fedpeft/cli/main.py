@@ -245,6 +245,13 @@ def experiment(
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="list the runs to do; run nothing")] = False,
     report: Annotated[bool, typer.Option(help="write the report at the end")] = True,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="run only these runs now: AXIS=VALUE[,VALUE…] (an axis, `variant` or "
+            "`seed`; repeat for several); the tables and report still cover the whole grid"
+        ),
+    ] = None,
 ) -> None:
     """Run a grid of runs × seeds in parallel within a core/memory budget (resumable),
     tabulate every round of every run (results.csv) and write the report."""
@@ -252,7 +259,7 @@ def experiment(
     with user_errors():
         from fedpeft.cli.experiment import run_experiment_command
 
-        code = run_experiment_command(file, out, dry_run, report, Console())
+        code = run_experiment_command(file, out, dry_run, report, Console(), only)
     if code:
         raise typer.Exit(code)
 
