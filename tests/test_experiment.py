@@ -40,6 +40,9 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert done.returncode == 0, done.stdout + done.stderr
     # 2 seeds × (full, slora's 2 stages, centralised, plus, plus personalised)
     assert "12 to run" in done.stdout
+    # each finished run's line says where the grid stands, with an estimate of the time left
+    assert re.search(r"done \S+ \(\d+ s\) · 1/12 runs done · about \d+ min left", done.stdout)
+    assert "12/12 runs done" in done.stdout
     return home / "tiny"
 
 
@@ -108,6 +111,16 @@ def test_results_table_holds_every_round_of_every_run(experiment: Path) -> None:
     )
     central = [r for r in rows if r["variant"] == "centralised"]
     assert central and all(r["split"] == "*" and r["sampled"] == "1" for r in central)
+
+
+def test_each_run_is_held_to_its_share_of_the_cores(experiment: Path) -> None:
+    import tomllib
+
+    configs = sorted((experiment / "configs").glob("*.toml"))
+    assert len(configs) == 12
+    for path in configs:  # budget: threads_per_run = 1 → one client at a time, one thread
+        run = tomllib.loads(path.read_text())["run"]
+        assert (run["threads"], run["workers"]) == (1, 1), path.name
 
 
 def test_each_run_writes_tensorboard_events_equal_to_its_metrics(experiment: Path) -> None:

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from fedpeft.errors import FedpeftError
 from fedpeft.experiment import (
@@ -173,6 +180,10 @@ def plan_json(exp: ExperimentFile, plan: Plan, file: Path) -> dict[str, Any]:
     }
 
 
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
+
+
 def _cells(plan: Plan) -> int:
     return len({tuple(r.labels.values()) for r in plan.runs if "*" not in r.labels.values()})
 
@@ -188,10 +199,23 @@ class GridProgress:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             console=console,
         )
         self.task = self.progress.add_task("rounds", total=sum(self.rounds.values()))
         self.logged: dict[str, int] = {}
+        self.started = time.monotonic()
+        self.first: int | None = None  # rounds already logged at the start (not timed)
+
+    def _left(self, completed: int) -> str:
+        """An estimate of the time left, from the rounds done since this invocation began
+        (every round counted alike: a grid of mixed models is only roughly estimated)."""
+        timed = completed - (self.first or 0)
+        left = sum(self.rounds.values()) - completed
+        if timed <= 0 or left <= 0:
+            return ""
+        per_round = (time.monotonic() - self.started) / timed
+        return f" · about {_hours(left * per_round)} left at this pace"
 
     def __enter__(self) -> GridProgress:
         self.progress.start()
@@ -201,16 +225,21 @@ class GridProgress:
         self.progress.stop()
 
     def notify(self, status: GridStatus, message: str) -> None:
-        if message:
-            self.progress.console.print(message, highlight=False)
         for key in self.rounds:
             if key in status.done:
                 self.logged[key] = self.rounds[key]
             elif key in status.running or key not in self.logged:
                 self.logged[key] = min(self.rounds[key], self.folder.rounds_logged(key))
+        completed = sum(self.logged.values())
+        if self.first is None:
+            self.first = completed
+        if message:  # a finished run's line also says where the grid stands (for logs)
+            if message.startswith("done "):
+                message += f" · {len(status.done)}/{status.total} runs done{self._left(completed)}"
+            self.progress.console.print(message, highlight=False)
         self.progress.update(
             self.task,
-            completed=sum(self.logged.values()),
+            completed=completed,
             description=(
                 f"runs {len(status.done)}/{status.total} done · {len(status.running)} running"
                 f" · {len(status.failed)} failed · rounds"

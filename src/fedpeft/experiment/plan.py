@@ -2,9 +2,9 @@
 
 Keys are applied in this order, later ones winning: the base config file, ``[base]``, the
 grid, the named axes, the variant (its preset's keys, then its own), then what the runner
-controls (``run.seed``, ``run.output_dir``, ``run.name``, ``run.threads``). An axis whose
-every key a variant overrides does not apply to it (the centralised reference under each
-split) and is labelled ``*``; runs that come out identical are run once.
+controls (``run.seed``, ``run.output_dir``, ``run.name``, ``run.threads``, ``run.workers``).
+An axis whose every key a variant overrides does not apply to it (the centralised reference
+under each split) and is labelled ``*``; runs that come out identical are run once.
 
 A run's id names its variant, labels and seed, plus a hash of its keys (without
 ``run.rounds``, which a resumed run may raise), so changing a key makes a new run and an
@@ -26,7 +26,7 @@ from fedpeft.errors import FedpeftError
 from fedpeft.experiment.presets import Role, Stage, get_preset
 from fedpeft.experiment.spec import ExperimentFile, flatten, nest
 
-CONTROLLED = ("run.seed", "run.output_dir", "run.name", "run.threads")
+CONTROLLED = ("run.seed", "run.output_dir", "run.name", "run.threads", "run.workers")
 DEFAULT_ROUNDS = 12  # fedpeft's own default of run.rounds
 
 

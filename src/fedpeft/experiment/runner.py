@@ -171,7 +171,11 @@ class Runner:
                 "run.seed": run.seed,
                 "run.output_dir": str(self.folder.run_home(run.key).resolve()),
                 "run.name": "run",
+                # a run is given threads_per_run cores: that many clients train at once
+                # (one thread each), not one forked worker per core of the machine, which
+                # would put budget.cores × cores CPU-bound processes on its cores
                 "run.threads": self.settings.budget.threads_per_run,
+                "run.workers": self.settings.budget.threads_per_run,
             }
         )
         path = self.folder.config_path(run.key)
