@@ -248,3 +248,62 @@ broken = { preset = "fedavg_lora", "data.dataset" = "custom", "data.train_file" 
     assert runs["fedavg_lora"]["state"] == "done"
     assert runs["broken"]["state"] == "failed" and "nope.csv" in runs["broken"]["error"]
     assert "failed broken" in done.stdout
+
+
+def test_sigterm_stops_a_background_grid_and_its_runs_at_a_round_boundary(
+    tmp_path: Path,
+) -> None:
+    """A grid started in the background (SIGINT ignored, as `cmd &` leaves it) and stopped
+    by SIGTERM (a scheduler's stop) stops its runs as Ctrl-C does: nothing left running,
+    each run resumable from its last round."""
+    import signal
+    import time
+
+    import psutil
+
+    spec = tmp_path / "exp.toml"
+    spec.write_text(
+        """
+[experiment]
+name = "stop"
+seeds = [0]
+track = []
+[base]
+"model.name" = "tiny-bert"
+"run.rounds" = 200
+"data.train_size" = 32
+"data.eval_size" = 16
+"data.num_clients" = 2
+"data.partition" = "iid"
+[variants]
+fedavg_lora = {}
+"""
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+    grid = subprocess.Popen(
+        [sys.executable, "-m", "fedpeft.cli.main", "experiment", str(spec), "--out", "out"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    metrics = tmp_path / "out" / "runs"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and grid.poll() is None:
+        logged = list(metrics.glob("*/run-*/metrics.jsonl"))
+        if logged and len(logged[0].read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.5)
+    assert grid.poll() is None, grid.communicate()[0]
+    runs = [p for p in psutil.Process(grid.pid).children(recursive=True)]
+    assert runs, "the grid's run is not running"
+    grid.send_signal(signal.SIGTERM)
+    out, _ = grid.communicate(timeout=120)
+    assert grid.returncode == 130 and "interrupted" in out, out
+    gone, alive = psutil.wait_procs(runs, timeout=30)
+    assert alive == [], f"left running: {[p.cmdline() for p in alive]}"
+    log = next(metrics.glob("*/log.txt")).read_text()
+    assert "interrupted; continue with `fedpeft run --resume" in log, log  # not killed
+    assert list(metrics.glob("*/run-*/checkpoint/round-*.manifest.json"))

@@ -31,6 +31,7 @@ from fedpeft.experiment import (
     read_experiment,
     write_tables,
 )
+from fedpeft.experiment.runner import terminate_as_interrupt
 from fedpeft.experiment.spec import ExperimentFile
 
 
@@ -73,7 +74,8 @@ def run_experiment_command(
     runner = Runner(selected, folder, exp.experiment)
     with GridProgress(console, selected, folder) as progress:
         try:
-            status = runner.run(progress.notify)
+            with terminate_as_interrupt():
+                status = runner.run(progress.notify)
         except KeyboardInterrupt:
             console.print("interrupted; run the same command again to resume the grid.")
             return 130

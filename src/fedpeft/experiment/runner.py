@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -158,6 +158,9 @@ class Runner:
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: Ctrl-C reaches it via stop()
             env={**os.environ, "COLUMNS": "120"},
+            # a grid started in the background (`cmd &`) inherits SIGINT ignored, and so
+            # would its runs: stop() could then only kill them, mid-round
+            preexec_fn=_default_sigint,
         )
         return Running(run, proc, log, self._estimate(run))
 
@@ -195,6 +198,26 @@ class Runner:
                 _signal(r.proc, signal.SIGKILL)
                 r.proc.wait()
             r.log.close()
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's or a service manager's stop) stops the grid as Ctrl-C does —
+    every run at its round boundary — instead of killing the runner and orphaning its runs,
+    which live in their own process groups."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
