@@ -24,6 +24,7 @@ def main() -> None:
     args = ap.parse_args()
     exp: Path = args.experiment
     assets = args.out.with_suffix("")  # docs/results.md → docs/results/
+    shutil.rmtree(assets / "plots", ignore_errors=True)  # no plot of an earlier publication
     (assets / "plots").mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         shutil.copy2(exp / name, assets / name)

@@ -96,6 +96,9 @@ def restore(records: Path, exp: Path) -> None:
             shutil.rmtree(exp / "runs" / r["key"], ignore_errors=True)  # a killed attempt
             _copy_run(records, exp, r["key"])
             restored += 1
+    for name in ("experiment.toml", "experiment.json"):  # a running grid's plan is kept
+        if not (exp / name).exists():
+            shutil.copy2(records / name, exp / name)
     print(f"restored {restored} finished runs into {exp}")
 
 

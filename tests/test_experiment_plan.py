@@ -166,7 +166,7 @@ def plan_keys(plan: Plan, axis: str) -> list[dict[str, Any]]:
 
 
 def test_only_selects_part_of_the_grid_and_says_what_it_cannot_select(tmp_path: Path) -> None:
-    from fedpeft.cli.experiment import select_runs
+    from fedpeft.experiment import select_runs
 
     plan = _plan(
         tmp_path,

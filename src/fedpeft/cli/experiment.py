@@ -24,11 +24,11 @@ from fedpeft.experiment import (
     ExperimentDir,
     GridStatus,
     Plan,
-    PlannedRun,
     Runner,
     check_plan,
     plan_experiment,
     read_experiment,
+    select_runs,
     write_tables,
 )
 from fedpeft.experiment.runner import terminate_as_interrupt
@@ -92,45 +92,6 @@ def run_experiment_command(
 
         console.print(f"wrote {write_experiment_report(folder.root)}")
     return 1 if status.failed else 0
-
-
-def select_runs(plan: Plan, only: list[str]) -> Plan:
-    """The plan's runs that every ``AXIS=VALUE[,VALUE…]`` filter admits (a run labelled
-    ``*`` on an axis — the centralised reference under every split — matches any value)."""
-    if not only:
-        return plan
-    seeds = {str(r.seed) for r in plan.runs}
-    known: dict[str, set[str]] = {"variant": set(plan.variants), "seed": seeds}
-    for axis in plan.axes:
-        known[axis] = {r.labels[axis] for r in plan.runs if r.labels.get(axis, "*") != "*"}
-    wanted: dict[str, set[str]] = {}
-    for item in only:
-        axis, sep, values = item.partition("=")
-        axis = axis.strip()
-        chosen = {v.strip() for v in values.split(",") if v.strip()}
-        if not sep or not chosen:
-            raise FedpeftError(f"--only takes AXIS=VALUE[,VALUE…], got {item!r}.")
-        if axis not in known:
-            raise FedpeftError(
-                f"--only {item!r}: {axis!r} is not an axis of this experiment; "
-                f"its axes are {', '.join(known)}."
-            )
-        unknown = sorted(chosen - known[axis])
-        if unknown:
-            raise FedpeftError(
-                f"--only {item!r}: {', '.join(unknown)} is not a value of {axis!r}; "
-                f"it has {', '.join(sorted(known[axis]))}."
-            )
-        wanted[axis] = wanted.get(axis, set()) | chosen
-
-    def admits(run: PlannedRun) -> bool:
-        values = {"variant": run.variant, "seed": str(run.seed), **run.labels}
-        return all(values.get(a) == "*" or values.get(a) in v for a, v in wanted.items())
-
-    runs = [r for r in plan.runs if admits(r)]
-    if not runs:
-        raise FedpeftError(f"--only {' '.join(only)} selects none of the plan's runs.")
-    return Plan(plan.axes, plan.variants, runs)
 
 
 def report_experiment(root: Path) -> Path:
@@ -238,7 +199,7 @@ class GridProgress:
         if message:  # a finished run's line also says where the grid stands (for logs)
             if message.startswith("done "):
                 message += f" · {len(status.done)}/{status.total} runs done{self._left(completed)}"
-            self.progress.console.print(message, highlight=False)
+            self.progress.console.print(message, highlight=False, soft_wrap=True)  # one line
         self.progress.update(
             self.task,
             completed=completed,

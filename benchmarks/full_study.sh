@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The full proposal study (examples/proposal.toml, ~16 h of two idle cores) across machines
+# that do not last as long: each session restores the finished runs kept in the repository,
+# continues the grid in the background, and before it ends saves what finished and publishes
+# the report of everything so far (docs/results_full.md).
+#
+#   bash benchmarks/full_study.sh start     # restore records, run the rest in the background
+#   bash benchmarks/full_study.sh progress  # runs finished so far, and the log's last lines
+#   bash benchmarks/full_study.sh stop      # SIGTERM: each run stops at its round boundary
+#   bash benchmarks/full_study.sh save      # keep finished runs, write and publish the report
+#
+# The grid runs on a frozen worktree of one commit (STUDY_COMMIT, default HEAD) so that edits
+# to this checkout do not reach runs started later; the cells not yet published go first.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${STUDY_OUT:-$ROOT/runs/proposal-full}
+CODE=${STUDY_CODE:-$ROOT/runs/proposal-code}
+RECORDS=$ROOT/docs/results_full/records
+PY=$ROOT/.venv/bin/python
+ORDER=${STUDY_ORDER:-"split=patho split=dir01 split=dir05 split=iid"}
+
+case "${1:-}" in
+start)
+    if pgrep -f "fedpeft experiment examples/proposal.toml --out $OUT" >/dev/null; then
+        echo "the study is already running"; exit 0
+    fi
+    if [ ! -d "$CODE" ]; then
+        git -C "$ROOT" worktree add --detach "$CODE" "${STUDY_COMMIT:-HEAD}"
+        ln -s "$ROOT/.venv" "$CODE/.venv"
+    fi
+    [ -d "$RECORDS" ] && "$PY" "$ROOT/benchmarks/study_records.py" restore "$RECORDS" "$OUT"
+    echo "code: $(git -C "$CODE" rev-parse --short HEAD); log: $OUT.log"
+    (
+        cd "$CODE"
+        for sel in $ORDER; do
+            nice -n 19 env PYTHONPATH=src .venv/bin/fedpeft experiment examples/proposal.toml \
+                --out "$OUT" --only "$sel" --no-report || [ $? -eq 1 ]  # 1: some run failed
+        done
+    ) >>"$OUT.log" 2>&1 </dev/null &
+    disown
+    ;;
+progress)
+    grep -c '^done ' "$OUT.log" || true
+    tail -n 3 "$OUT.log"
+    ;;
+stop)
+    pkill -f "full_study.sh start" || true
+    pkill -TERM -f "fedpeft experiment examples/proposal.toml --out $OUT" || true
+    ;;
+save)
+    "$PY" "$ROOT/benchmarks/study_records.py" save "$OUT" "$RECORDS"
+    PYTHONPATH=$ROOT/src "$ROOT/.venv/bin/fedpeft" report "$OUT"
+    "$PY" "$ROOT/benchmarks/results_doc.py" "$OUT" "$ROOT/docs/results_full.md" \
+        --preface "$ROOT/benchmarks/results_full_preface.md"
+    ;;
+*)
+    sed -n '2,13p' "$0"; exit 2
+    ;;
+esac
