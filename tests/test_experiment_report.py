@@ -221,3 +221,19 @@ def test_runs_not_started_are_counted_and_failures_listed() -> None:
     assert "`d`: incomplete" in text and "`e`: failed exit 1" in text
     assert "`b`" not in text and "`c`" not in text
     assert "All 1 runs finished." in to_markdown(_problems(runs[:1]))
+
+
+def test_an_unfinished_variant_is_said_to_be_unfinished_not_unrecorded() -> None:
+    """Outcomes 3 and 4 while the proposed variant has not run yet: they wait for it, rather
+    than blaming runs for metrics they did not record."""
+    study = _study((0.70, 0.72))
+    early = [f for f in study.figures if f.variant != "plus"]
+    waiting = Study(early, study.cells, study.roles, study.keys, "plus", "plus")
+    three, four = outcomes(waiting)[2:4]
+    assert three.verdict == UNMEASURED and three.measured == "no cell has both variants finished"
+    assert four.verdict == UNMEASURED and four.measured == "no run of `plus` has finished"
+    # both finished but with no client time: then the runs are what lacks it
+    for f in study.figures:
+        f.rounds[-1].pop("client_train_time_mean_s")
+    assert outcomes(study)[2].measured == "the runs record no client time or memory"
+    assert "record no personalised" in outcomes(study)[3].measured

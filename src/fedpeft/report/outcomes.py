@@ -216,7 +216,17 @@ def client_cost(s: Study) -> Outcome:
         if parts:
             details.append(f"{label(cell)}: " + ", ".join(parts))
     if not ratios["time"] or not ratios["memory"]:
-        return Outcome(3, CLAIMS[2], rule, UNMEASURED, "the runs record no client time or memory")
+
+        def finished(v: str, cell: dict[str, str]) -> bool:
+            return s.mean(v, cell, lambda f: 1.0) is not None
+
+        paired = any(finished(s.proposed or "", c) and finished(full[0], c) for c in s.cells)
+        why = (
+            "the runs record no client time or memory"
+            if paired
+            else ("no cell has both variants finished")
+        )
+        return Outcome(3, CLAIMS[2], rule, UNMEASURED, why)
     t, m = min(ratios["time"]), min(ratios["memory"])
     verdict = _verdict([t >= 5, m >= 5])
     text = f"{'CPU ' if cpu else ''}time {t:.2f}×, peak memory {m:.2f}× less (worst cell)"
@@ -247,6 +257,8 @@ def personal(s: Study) -> Outcome:
     recorded = [
         v for v in s.roles if any(f.variant == v and f.final(FULL) is not None for f in s.figures)
     ]
+    if not any(f.variant == judged for f in s.figures):
+        return Outcome(4, CLAIMS[3], rule, UNMEASURED, f"no run of `{judged}` has finished")
     if judged not in recorded:
         others = f" (recorded by {', '.join(f'`{v}`' for v in recorded)})" if recorded else ""
         why = (
