@@ -18,6 +18,14 @@ bf16 matmul peak — issue 19's GPU target is an MFU of at least 45 %.
   does). LoRA's own FLOPs (r ≪ d) are not counted, so the figure is the base model's.
   ``MFU = F · tokens / step time / peak``.
 
+``--chunked-loss N`` computes the next-token loss over the vocabulary N tokens at a time,
+each chunk's logits recomputed in the backward pass (``torch.utils.checkpoint``), so the
+``batch × seq × vocabulary`` float32 logits never exist at once (1 GiB at batch 4 × 2,048,
+with their gradient): the step's largest memory-bound tensor, and what kept batch 8 off an
+H200. The head's matmul runs twice for it (2·V·d per token more, about 2 % of ``4N``, not
+counted). The step first checks that its loss equals the model's own to 1e-3 (relative),
+and ``--tiny`` that its gradients do too.
+
 ``--tiny`` runs the same code on a two-block model on the CPU (the check that the script
 works where no GPU is; its numbers mean nothing). Prints JSON; ``--out`` writes it.
 
@@ -85,7 +93,61 @@ def lora_llama(shape: dict[str, int], rank: int, device: torch.device, dtype: to
     return get_peft_model(base, lora), frozen
 
 
-def step_times(model: nn.Module, tokens: torch.Tensor, steps: int, warmup: int) -> list[float]:
+def chunked_loss(model: nn.Module, tokens: torch.Tensor, chunk: int) -> torch.Tensor:
+    """The model's mean next-token cross-entropy, its logits made ``chunk`` tokens at a time
+    and dropped (recomputed in the backward pass)."""
+    from torch.utils.checkpoint import checkpoint
+
+    llama = model.get_base_model()
+    hidden = (
+        llama.model(input_ids=tokens)
+        .last_hidden_state[:, :-1]
+        .reshape(-1, llama.config.hidden_size)
+    )
+    targets = tokens[:, 1:].reshape(-1)
+    head = llama.lm_head
+
+    def part(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(head(h).float(), y, reduction="sum")
+
+    total = sum(
+        checkpoint(part, h, y, use_reentrant=False)
+        for h, y in zip(hidden.split(chunk), targets.split(chunk), strict=True)
+    )
+    return total / targets.numel()
+
+
+def loss_of(model: nn.Module, tokens: torch.Tensor, chunk: int) -> torch.Tensor:
+    if chunk:
+        return chunked_loss(model, tokens, chunk)
+    return model(input_ids=tokens, labels=tokens).loss
+
+
+def check_chunked(model: nn.Module, tokens: torch.Tensor, chunk: int, grads: bool) -> float:
+    """The chunked loss's relative distance from the model's own (and, with ``grads``, of
+    its LoRA gradients); raises past 1e-3."""
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(c: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        loss = loss_of(model, tokens, c)
+        if not grads:
+            return loss.detach(), []
+        got = torch.autograd.grad(loss, params)
+        return loss.detach(), [g.float() for g in got]
+
+    with torch.no_grad() if not grads else torch.enable_grad():
+        (ref, ref_g), (mine, mine_g) = run(0), run(chunk)
+    worst = float((mine - ref).abs() / ref.abs())
+    for a, b in zip(mine_g, ref_g, strict=True):
+        worst = max(worst, float((a - b).norm() / b.norm().clamp_min(1e-12)))
+    if worst > 1e-3:
+        raise SystemExit(f"the chunked loss is {worst:.2e} from the model's own (> 1e-3)")
+    return worst
+
+
+def step_times(
+    model: nn.Module, tokens: torch.Tensor, steps: int, warmup: int, chunk: int = 0
+) -> list[float]:
     """Seconds of each timed forward + backward + AdamW step (after ``warmup`` steps)."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -94,7 +156,7 @@ def step_times(model: nn.Module, tokens: torch.Tensor, steps: int, warmup: int) 
     for step in range(warmup + steps):
         sync(tokens.device)
         start = time.perf_counter()
-        model(input_ids=tokens, labels=tokens).loss.backward()
+        loss_of(model, tokens, chunk).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         sync(tokens.device)
@@ -118,6 +180,13 @@ def main() -> None:
         action="store_true",
         help="torch.compile each decoder block (the blocks share one graph)",
     )
+    ap.add_argument(
+        "--chunked-loss",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the loss over the vocabulary N tokens at a time (0: the model's own)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.tiny:
@@ -133,10 +202,14 @@ def main() -> None:
     g = torch.Generator(device=device).manual_seed(0)
     tokens = torch.randint(0, shape["vocab_size"], (args.batch, args.seq), device=device,
                            generator=g)  # fmt: skip
+    chunk_error = None
+    if args.chunked_loss:  # gradients too on the tiny model; the loss alone on a 7B one
+        check = tokens[:1, : min(args.seq, 512)]
+        chunk_error = check_chunked(model, check, args.chunked_loss, grads=args.tiny)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
-    times = step_times(model, tokens, args.steps, args.warmup)
+    times = step_times(model, tokens, args.steps, args.warmup, args.chunked_loss)
     total_s = time.perf_counter() - started
     layers, d, s = shape["num_hidden_layers"], shape["hidden_size"], args.seq
     flops_per_token = 4 * frozen + 12 * layers * d * s
@@ -145,7 +218,8 @@ def main() -> None:
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": str(dtype), "shape": shape, "rank": args.rank, "batch": args.batch,
-        "seq": args.seq, "compiled": args.compile,
+        "seq": args.seq, "compiled": args.compile, "chunked_loss": args.chunked_loss,
+        "chunked_loss_error": chunk_error,
         "warmup_s": total_s - sum(times), "frozen_matmul_params": frozen,
         "flops_per_token": flops_per_token,
         "matmul_peak_tflops": peak / 1e12, "median_step_s": step_s,

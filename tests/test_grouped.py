@@ -155,3 +155,5 @@ def test_gpu_script_runs_its_cpu_fallback(tmp_path) -> None:
     mfu = json.loads((tmp_path / "gpu_mfu_cpu.json").read_text())
     assert mfu["frozen_matmul_params"] == 2 * (4 * 64 * 64 + 3 * 64 * 128) + 64 * 128
     assert 0 < mfu["mfu"] < 1
+    chunked = json.loads((tmp_path / "gpu_mfu_cpu_chunked.json").read_text())
+    assert chunked["chunked_loss"] == 16 and chunked["chunked_loss_error"] < 1e-3
