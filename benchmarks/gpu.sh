@@ -8,7 +8,8 @@
 #   1. gpu_mfu.json, gpu_mfu_compiled.json — LoRA step MFU on a 7B-shaped LLaMA (random
 #      weights, bf16) against the measured bf16 matmul peak (target >= 45 %), eager and
 #      with the decoder blocks compiled; then compiled with the loss over the vocabulary
-#      in chunks (gpu_mfu_chunked.json), also at batch 8 (…_b8), which did not fit before;
+#      in chunks (gpu_mfu_chunked.json), and with LoRA merged into one matmul per
+#      projection too (…_chunked_merged.json), also at batch 8 (…_b8: it did not fit before);
 #   2. gpu_check.json — MiniLM: grouped LoRA (K clients in one pass over the shared base)
 #      against one-by-one training (float32: equal; bf16 autocast: no further from float32
 #      than one-by-one bf16), then client updates/s for 1, 16, 64 clients per pass;
@@ -31,8 +32,10 @@ if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
   "$PY" benchmarks/gpu_mfu.py --out "$OUT/gpu_mfu.json"
   "$PY" benchmarks/gpu_mfu.py --compile --out "$OUT/gpu_mfu_compiled.json"
   "$PY" benchmarks/gpu_mfu.py --compile --chunked-loss 1024 --out "$OUT/gpu_mfu_chunked.json"
-  "$PY" benchmarks/gpu_mfu.py --compile --chunked-loss 1024 --batch 8 \
-    --out "$OUT/gpu_mfu_chunked_b8.json"
+  "$PY" benchmarks/gpu_mfu.py --compile --chunked-loss 1024 --merged-lora \
+    --out "$OUT/gpu_mfu_chunked_merged.json"
+  "$PY" benchmarks/gpu_mfu.py --compile --chunked-loss 1024 --merged-lora --batch 8 \
+    --out "$OUT/gpu_mfu_chunked_merged_b8.json"
   "$PY" benchmarks/gpu_check.py --device cuda --per-pass 1,16,64 --out "$OUT/gpu_check.json"
   "$PY" benchmarks/gpu_check.py --device cuda --per-pass 1,32 --clients 32 --steps 4 \
     --precisions bf16 --model HuggingFaceTB/SmolLM2-135M-Instruct \
@@ -47,7 +50,8 @@ if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
 else
   echo "no CUDA device: the CPU fallback of the same paths (tiny models)"
   "$PY" benchmarks/gpu_mfu.py --tiny --out "$OUT/gpu_mfu_cpu.json"
-  "$PY" benchmarks/gpu_mfu.py --tiny --chunked-loss 16 --out "$OUT/gpu_mfu_cpu_chunked.json"
+  "$PY" benchmarks/gpu_mfu.py --tiny --chunked-loss 16 --merged-lora \
+    --out "$OUT/gpu_mfu_cpu_chunked_merged.json"
   "$PY" benchmarks/gpu_check.py --device cpu --per-pass 1,4 --out "$OUT/gpu_check_cpu.json"
   "$PY" benchmarks/gpu_check.py --device cpu --per-pass 4 --model tiny-llama \
     --set "model.task='classify'" --out "$OUT/gpu_check_cpu_llama.json"

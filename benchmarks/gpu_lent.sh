@@ -48,7 +48,8 @@ M="sentence-transformers/all-MiniLM-L6-v2"  # the stand-in package answers for i
 stage 90 $PY benchmarks/gpu_mfu.py --out "$OUT/gpu_mfu_eager.json"
 stage 130 $PY benchmarks/gpu_mfu.py --compile --out "$OUT/gpu_mfu_compiled.json"
 stage 130 $PY benchmarks/gpu_mfu.py --compile --chunked-loss 1024 --out "$OUT/gpu_mfu_chunked.json"
-stage 150 $PY benchmarks/gpu_mfu.py --compile --chunked-loss 1024 --batch 8 --out "$OUT/gpu_mfu_chunked_b8.json"
+stage 130 $PY benchmarks/gpu_mfu.py --compile --chunked-loss 1024 --merged-lora --out "$OUT/gpu_mfu_chunked_merged.json"
+stage 150 $PY benchmarks/gpu_mfu.py --compile --chunked-loss 1024 --merged-lora --batch 8 --out "$OUT/gpu_mfu_chunked_merged_b8.json"
 stage 130 $PY benchmarks/gpu_check.py --device cuda --model "$M" --per-pass 1,16,64 --out "$OUT/gpu_check_minilm.json"
 stage 100 $PY benchmarks/gpu_check.py --device cuda --per-pass 1,32 --precisions bf16 --clients 32 --steps 4 \
   --model /tmp/models/smollm2 --set "model.task='classify'" --out "$OUT/gpu_check_smollm2.json"

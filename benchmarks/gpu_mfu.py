@@ -26,6 +26,14 @@ H200. The head's matmul runs twice for it (2·V·d per token more, about 2 % of 
 counted). The step first checks that its loss equals the model's own to 1e-3 (relative),
 and ``--tiny`` that its gradients do too.
 
+``--merged-lora`` trains each LoRA projection through one matmul with the merged weight
+``W + s·B·A`` (made in the forward pass and again in the backward pass, never kept:
+``d_out × d_in`` elements each time, and a rank-r matmul) instead of peft's base matmul plus
+a side path that reads the input again and writes, reads and adds a full-size output
+(forward), and does as much again in the backward pass. The gradients of A and B are the
+same products as peft's. In bf16 the merged weight is rounded once more (as merged
+inference is); in float32 ``--tiny`` checks loss and gradients equal peft's to 1e-3.
+
 ``--tiny`` runs the same code on a two-block model on the CPU (the check that the script
 works where no GPU is; its numbers mean nothing). Prints JSON; ``--out`` writes it.
 
@@ -93,6 +101,58 @@ def lora_llama(shape: dict[str, int], rank: int, device: torch.device, dtype: to
     return get_peft_model(base, lora), frozen
 
 
+class _MergedLoRA(torch.autograd.Function):
+    """``y = x (W + s·B A)ᵀ``: one matmul with the merged weight, which the backward pass
+    makes again rather than keeping (W frozen: no gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, a, b, scaling):  # type: ignore[no-untyped-def,override]
+        ctx.save_for_backward(x, weight, a, b)
+        ctx.scaling = scaling
+        return nn.functional.linear(x, torch.addmm(weight, b, a, alpha=scaling))
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def,override]
+        x, weight, a, b = ctx.saved_tensors
+        s = ctx.scaling
+        grad_x = grad @ torch.addmm(weight, b, a, alpha=s)
+        g2, x2 = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
+        grad_a = (g2 @ b).t() @ x2 * s  # r × d_in
+        grad_b = g2.t() @ (x2 @ a.t()) * s  # d_out × r
+        return grad_x, None, grad_a, grad_b, None
+
+
+def merge_lora(model: nn.Module) -> int:
+    """Routes every peft LoRA ``Linear`` (one adapter, no dropout, no bias) through
+    ``_MergedLoRA``; returns how many. ``unmerge_lora`` puts peft's forward back."""
+    import types
+
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    def forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        name = self.active_adapters[0]
+        return _MergedLoRA.apply(
+            x, self.base_layer.weight, self.lora_A[name].weight, self.lora_B[name].weight,
+            self.scaling[name],
+        )  # fmt: skip
+
+    count = 0
+    for m in model.modules():
+        if isinstance(m, LoraLinear):
+            name = m.active_adapters[0]
+            if m.base_layer.bias is not None or not isinstance(m.lora_dropout[name], nn.Identity):
+                raise SystemExit("--merged-lora needs LoRA without bias or dropout")
+            m.forward = types.MethodType(forward, m)
+            count += 1
+    return count
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    for m in model.modules():
+        if "forward" in vars(m):
+            del m.forward
+
+
 def chunked_loss(model: nn.Module, tokens: torch.Tensor, chunk: int) -> torch.Tensor:
     """The model's mean next-token cross-entropy, its logits made ``chunk`` tokens at a time
     and dropped (recomputed in the backward pass)."""
@@ -123,10 +183,18 @@ def loss_of(model: nn.Module, tokens: torch.Tensor, chunk: int) -> torch.Tensor:
     return model(input_ids=tokens, labels=tokens).loss
 
 
-def check_chunked(model: nn.Module, tokens: torch.Tensor, chunk: int, grads: bool) -> float:
-    """The chunked loss's relative distance from the model's own (and, with ``grads``, of
-    its LoRA gradients); raises past 1e-3."""
+def check_against_peft(
+    model: nn.Module, tokens: torch.Tensor, chunk: int, merged: bool, grads: bool
+) -> float:
+    """The relative distance of this step's loss (chunked, merged LoRA) from the model's
+    own through peft's forward (and, with ``grads``, of the LoRA gradients, after one
+    optimiser-like nudge of B so that B·A is not zero); raises past 1e-3."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if grads:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(0.01 * torch.randn_like(p))
 
     def run(c: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         loss = loss_of(model, tokens, c)
@@ -136,12 +204,15 @@ def check_chunked(model: nn.Module, tokens: torch.Tensor, chunk: int, grads: boo
         return loss.detach(), [g.float() for g in got]
 
     with torch.no_grad() if not grads else torch.enable_grad():
-        (ref, ref_g), (mine, mine_g) = run(0), run(chunk)
+        ref, ref_g = run(0)
+        if merged:
+            merge_lora(model)
+        mine, mine_g = run(chunk)
     worst = float((mine - ref).abs() / ref.abs())
     for a, b in zip(mine_g, ref_g, strict=True):
         worst = max(worst, float((a - b).norm() / b.norm().clamp_min(1e-12)))
     if worst > 1e-3:
-        raise SystemExit(f"the chunked loss is {worst:.2e} from the model's own (> 1e-3)")
+        raise SystemExit(f"this step's loss is {worst:.2e} from peft's own (> 1e-3)")
     return worst
 
 
@@ -187,6 +258,11 @@ def main() -> None:
         metavar="N",
         help="the loss over the vocabulary N tokens at a time (0: the model's own)",
     )
+    ap.add_argument(
+        "--merged-lora",
+        action="store_true",
+        help="each LoRA projection as one matmul with W + s·B·A (remade in backward)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.tiny:
@@ -196,16 +272,18 @@ def main() -> None:
         device, dtype, shape = torch.device("cuda"), torch.bfloat16, SHAPE_7B
     peak = matmul_peak(device, dtype, args.peak_n, args.peak_repeats)
     model, frozen = lora_llama(shape, args.rank, device, dtype)
-    if args.compile:  # regional: one block's graph serves all of them, so compiling is quick
-        for block in model.get_base_model().model.layers:
-            block.compile()
     g = torch.Generator(device=device).manual_seed(0)
     tokens = torch.randint(0, shape["vocab_size"], (args.batch, args.seq), device=device,
                            generator=g)  # fmt: skip
-    chunk_error = None
-    if args.chunked_loss:  # gradients too on the tiny model; the loss alone on a 7B one
+    check_error = None
+    if args.chunked_loss or args.merged_lora:  # against peft's own step; grads when tiny
         check = tokens[:1, : min(args.seq, 512)]
-        chunk_error = check_chunked(model, check, args.chunked_loss, grads=args.tiny)
+        check_error = check_against_peft(
+            model, check, args.chunked_loss, args.merged_lora, grads=args.tiny
+        )  # leaves the LoRA layers merged when asked: before compiling, which traces them
+    if args.compile:  # regional: one block's graph serves all of them, so compiling is quick
+        for block in model.get_base_model().model.layers:
+            block.compile()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
@@ -219,7 +297,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": str(dtype), "shape": shape, "rank": args.rank, "batch": args.batch,
         "seq": args.seq, "compiled": args.compile, "chunked_loss": args.chunked_loss,
-        "chunked_loss_error": chunk_error,
+        "merged_lora": args.merged_lora, "error_vs_peft": check_error,
         "warmup_s": total_s - sum(times), "frozen_matmul_params": frozen,
         "flops_per_token": flops_per_token,
         "matmul_peak_tflops": peak / 1e12, "median_step_s": step_s,
