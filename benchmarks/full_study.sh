@@ -9,14 +9,17 @@
 #   bash benchmarks/full_study.sh stop      # SIGTERM: each run stops at its round boundary
 #   bash benchmarks/full_study.sh save      # keep finished runs, write and publish the report
 #
-# The grid runs on a frozen worktree of one commit (STUDY_COMMIT, default HEAD) so that edits
-# to this checkout do not reach runs started later; the cells not yet published go first.
+# The grid runs on a frozen worktree of one commit (STUDY_COMMIT; default: the one the kept
+# runs were made with, docs/results_full/records/commit) so that every run of the study is
+# made by the same code while the repository moves on; unpublished cells go first.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${STUDY_OUT:-$ROOT/runs/proposal-full}
 CODE=${STUDY_CODE:-$ROOT/runs/proposal-code}
 RECORDS=$ROOT/docs/results_full/records
 PY=$ROOT/.venv/bin/python
+# the worktree is not beside ../shared as this checkout is: name the data folder for it
+export FEDPEFT_DATA_DIR=${FEDPEFT_DATA_DIR:-$(cd "$ROOT/../shared/data" 2>/dev/null && pwd)}
 ORDER=${STUDY_ORDER:-"split=patho split=dir01 split=dir05 split=iid"}
 
 case "${1:-}" in
@@ -24,8 +27,9 @@ start)
     if pgrep -f "fedpeft experiment examples/proposal.toml --out $OUT" >/dev/null; then
         echo "the study is already running"; exit 0
     fi
-    if [ ! -d "$CODE" ]; then
-        git -C "$ROOT" worktree add --detach "$CODE" "${STUDY_COMMIT:-HEAD}"
+    if [ ! -d "$CODE" ]; then  # the commit the kept runs were made with, unless told
+        commit=${STUDY_COMMIT:-$(cat "$RECORDS/commit" 2>/dev/null || echo HEAD)}
+        git -C "$ROOT" worktree add --detach "$CODE" "$commit"
         ln -s "$ROOT/.venv" "$CODE/.venv"
     fi
     [ -d "$RECORDS" ] && "$PY" "$ROOT/benchmarks/study_records.py" restore "$RECORDS" "$OUT"
@@ -49,6 +53,7 @@ stop)
     ;;
 save)
     "$PY" "$ROOT/benchmarks/study_records.py" save "$OUT" "$RECORDS"
+    git -C "$CODE" rev-parse HEAD >"$RECORDS/commit"
     PYTHONPATH=$ROOT/src "$ROOT/.venv/bin/fedpeft" report "$OUT"
     "$PY" "$ROOT/benchmarks/results_doc.py" "$OUT" "$ROOT/docs/results_full.md" \
         --preface "$ROOT/benchmarks/results_full_preface.md"
