@@ -219,28 +219,29 @@ def test_the_html_report_renders_in_a_headless_browser(experiment: Path) -> None
     assert "miniature" in page.facts["title"]
 
 
+def _tiny_grid(folder: Path, name: str, rounds: int, *variants: str) -> Path:
+    """An experiment file: one seed of FedAvg-LoRA on the tiny BERT (and ``variants``)."""
+    spec = folder / "exp.toml"
+    lines = [
+        "[experiment]", f'name = "{name}"', "seeds = [0]", "track = []", "[base]",
+        '"model.name" = "tiny-bert"', f'"run.rounds" = {rounds}', '"data.train_size" = 32',
+        '"data.eval_size" = 16', '"data.num_clients" = 2', '"data.partition" = "iid"',
+        "[variants]", "fedavg_lora = {}", *variants,
+    ]  # fmt: skip
+    spec.write_text("\n".join(lines) + "\n")
+    return spec
+
+
 def test_a_run_that_crashes_fails_alone(tmp_path: Path) -> None:
     """A run that passes the up-front checks but fails when it loads its data (a missing
     file) is reported with its error; the grid's other run finishes, and the exit code
     says that something failed."""
-    spec = tmp_path / "exp.toml"
-    spec.write_text(
-        """
-[experiment]
-name = "crash"
-seeds = [0]
-track = []
-[base]
-"model.name" = "tiny-bert"
-"run.rounds" = 1
-"data.train_size" = 32
-"data.eval_size" = 16
-"data.num_clients" = 2
-"data.partition" = "iid"
-[variants]
-fedavg_lora = {}
-broken = { preset = "fedavg_lora", "data.dataset" = "custom", "data.train_file" = "nope.csv" }
-"""
+    spec = _tiny_grid(
+        tmp_path,
+        "crash",
+        1,
+        'broken = { preset = "fedavg_lora", "data.dataset" = "custom", '
+        '"data.train_file" = "nope.csv" }',
     )
     done = _fedpeft("experiment", str(spec), "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -261,24 +262,7 @@ def test_sigterm_stops_a_background_grid_and_its_runs_at_a_round_boundary(
 
     import psutil
 
-    spec = tmp_path / "exp.toml"
-    spec.write_text(
-        """
-[experiment]
-name = "stop"
-seeds = [0]
-track = []
-[base]
-"model.name" = "tiny-bert"
-"run.rounds" = 200
-"data.train_size" = 32
-"data.eval_size" = 16
-"data.num_clients" = 2
-"data.partition" = "iid"
-[variants]
-fedavg_lora = {}
-"""
-    )
+    spec = _tiny_grid(tmp_path, "stop", 200)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
     grid = subprocess.Popen(
         [sys.executable, "-m", "fedpeft.cli.main", "experiment", str(spec), "--out", "out"],

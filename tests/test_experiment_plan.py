@@ -20,6 +20,15 @@ seeds = [0, 1]
 "run.rounds" = 4
 """
 
+# two datasets × two named splits (the Dirichlet one with tiny clients allowed)
+TWO_BY_TWO = """
+[grid]
+"data.dataset" = ["sst2", "ag_news"]
+[axes.split]
+iid = { "data.partition" = "iid" }
+dir = { "data.partition" = "dirichlet", "data.alpha" = 0.1, "data.min_partition_size" = 1 }
+"""
+
 
 def _plan(tmp_path: Path, body: str, head: str = HEAD):  # type: ignore[no-untyped-def]
     path = tmp_path / "exp.toml"
@@ -52,18 +61,7 @@ ia3 = { preset = "fedavg_lora", "peft.method" = "ia3", "client.lr" = 1e-2 }
 
 
 def test_the_centralised_reference_runs_once_per_dataset_and_seed(tmp_path: Path) -> None:
-    plan = _plan(
-        tmp_path,
-        """
-[grid]
-"data.dataset" = ["sst2", "ag_news"]
-[axes.split]
-iid = { "data.partition" = "iid" }
-dir = { "data.partition" = "dirichlet", "data.alpha" = 0.1, "data.min_partition_size" = 1 }
-[variants]
-centralised = {}
-""",
-    )
+    plan = _plan(tmp_path, TWO_BY_TWO + "[variants]\ncentralised = {}\n")
     assert len(plan.runs) == 2 * 2  # not × 2 splits: the split does not apply to one client
     assert all(r.labels["split"] == "*" and r.keys["data.num_clients"] == 1 for r in plan.runs)
     assert all("data.min_partition_size" not in r.keys for r in plan.runs)
@@ -168,20 +166,8 @@ def plan_keys(plan: Plan, axis: str) -> list[dict[str, Any]]:
 def test_only_selects_part_of_the_grid_and_says_what_it_cannot_select(tmp_path: Path) -> None:
     from fedpeft.experiment import select_runs
 
-    plan = _plan(
-        tmp_path,
-        """
-[grid]
-"data.dataset" = ["sst2", "ag_news"]
-[axes.split]
-iid = { "data.partition" = "iid" }
-dir = { "data.partition" = "dirichlet", "data.alpha" = 0.1, "data.min_partition_size" = 1 }
-[variants]
-fedavg_lora = {}
-slora = {}
-centralised = {}
-""",
-    )
+    variants = "[variants]\nfedavg_lora = {}\nslora = {}\ncentralised = {}\n"
+    plan = _plan(tmp_path, TWO_BY_TWO + variants)
     assert select_runs(plan, []) is plan
     dirs = select_runs(plan, ["split=dir", "data.dataset=ag_news"])
     lora = [r for r in dirs.runs if r.variant == "fedavg_lora"]
