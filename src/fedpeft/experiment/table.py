@@ -117,7 +117,7 @@ def write_tables(
     rounds, clients, runs, scores = [], [], [], []
     for stages in _logical_runs(plan.runs).values():
         head = _identity(plan, stages[0])
-        cum: dict[str, float] = {"up": 0.0, "down": 0.0, "wall": 0.0}
+        cum: dict[str, float] = {"up": 0.0, "down": 0.0, "wall": 0.0, "sent": 0.0, "senders": 0}
         summaries: list[dict[str, Any]] = []
         personal: dict[str, Any] = {}
         for run in stages:
@@ -144,7 +144,7 @@ def write_tables(
                 row = {**head, **_score_row(r), "stage": run.stage}
                 scores.append(row | {"round": r["round"] + run.round_offset})
             personal = by_scored[max(by_scored)] if by_scored else personal
-        runs.append({**head, **_run_row(stages, summaries, folder, failed), **personal})
+        runs.append({**head, **_run_row(stages, summaries, folder, failed, cum), **personal})
     axes = plan.axes
     _write(folder.root / RESULTS, rounds, [*ID, *axes, *ROUND])
     _write(folder.root / CLIENTS, clients, [*ID, *axes, *CLIENT])
@@ -189,6 +189,14 @@ def _round_row(
     raw_sampled = record.get("sampled")
     sampled = raw_sampled if isinstance(raw_sampled, list) else []
     ok = [c for c in clients if c.get("status") == "ok"]
+    # bytes per client that sent an update, accepted or not (a rejected reply was sent too)
+    sent = [b for c in clients if (b := _num(c.get("bytes_up"))) is not None and b > 0]
+    if sent:
+        per_client: float | None = sum(sent) / len(sent)
+        cum["sent"] += sum(sent)
+        cum["senders"] += len(sent)
+    else:  # no client records: the accepted ones
+        per_client = up / len(ok) if up is not None and ok else None
     times = [t for c in ok if (t := _num(_metric(c, "train_time_s"))) is not None]
     cpu = [t for c in ok if (t := _num(_metric(c, "train_cpu_s"))) is not None]
     rises = [m for c in ok if (m := _num(_metric(c, "mem_rise_bytes"))) is not None]
@@ -205,7 +213,7 @@ def _round_row(
         "bytes_down": down,
         "cum_bytes_up": cum["up"],
         "cum_bytes_down": cum["down"],
-        "bytes_up_per_client": up / len(ok) if up is not None and ok else None,
+        "bytes_up_per_client": per_client,
         "wall_time_s": wall,
         "cum_wall_time_s": cum["wall"],
         "client_time_s": _num(record.get("client_time_s")),
@@ -275,6 +283,7 @@ def _run_row(
     summaries: list[dict[str, Any]],
     folder: ExperimentDir,
     failed: dict[str, str],
+    cum: dict[str, float],
 ) -> dict[str, Any]:
     last = summaries[-1] if len(summaries) == len(stages) else {}
     done = all(folder.state(r.key, r.rounds).value == "done" for r in stages)
@@ -282,6 +291,12 @@ def _run_row(
     state = "done" if done else ("failed" if errors else "incomplete")
     up = [s.get("bytes_up_total", 0) for s in summaries]
     client_rounds = [s.get("updates_accepted", 0) for s in summaries]
+    per_client = (
+        cum["sent"] / cum["senders"]
+        if cum["senders"]
+        else (sum(up) / sum(client_rounds) if sum(client_rounds) else None)
+    )
+    full = _num(last.get("full_model_bytes"))
     return {
         "state": state,
         "stages": len(stages),
@@ -290,10 +305,8 @@ def _run_row(
         "best_accuracy": max(
             (a for s in summaries if (a := _num(s.get("best_accuracy"))) is not None), default=None
         ),
-        "bytes_up_per_client_round": sum(up) / sum(client_rounds) if sum(client_rounds) else None,
-        "up_fraction_of_full_model": last.get("up_fraction_of_full_model")
-        if len(stages) == 1
-        else None,
+        "bytes_up_per_client_round": per_client,
+        "up_fraction_of_full_model": per_client / full if per_client is not None and full else None,
         "trainable_params": last.get("trainable_params"),
         "full_model_bytes": last.get("full_model_bytes"),
         "wall_time_s": sum(_num(s.get("wall_time_s")) or 0.0 for s in summaries)

@@ -24,11 +24,16 @@ def build_summary(
     """The summary of ``rounds`` (``metrics.jsonl`` records). Safe for runs whose rounds
     accepted no update (bytes up 0, fraction of the full model 0) and for runs with no round
     (final and best accuracy None)."""
-    client_rounds = sum(len(r.get("sampled", ())) for r in rounds)
     bytes_up = sum(r.get("bytes_up", 0) for r in rounds)
+    # per client that sent an update (accepted or rejected after it arrived): offline,
+    # refused and late clients send nothing, so dividing by the sampled would make full
+    # fine-tuning look like a fraction of the model; records from before ``replies``
+    # existed are divided by their sampled clients, as they were
+    replies = sum(r.get("replies", len(r.get("sampled", ()))) for r in rounds)
+    reply_bytes = sum(r.get("reply_bytes_up", r.get("bytes_up", 0)) for r in rounds)
     adapter_bytes = sum(t.numel() * t.element_size() for t in state.values())
     full = full_model_bytes
-    up_per_client = bytes_up / max(client_rounds, 1)
+    up_per_client = reply_bytes / max(replies, 1)
     final = _eval(rounds[-1]) if rounds else {}
     accuracies = [a for r in rounds if (a := _finite(_eval(r).get("accuracy"))) is not None]
     return {
@@ -45,6 +50,7 @@ def build_summary(
         "bytes_up_total": bytes_up,
         "bytes_down_total": sum(r.get("bytes_down", 0) for r in rounds),
         "bytes_up_per_client_round": up_per_client,
+        "client_replies": replies,
         "up_fraction_of_full_model": up_per_client / full if full > 0 else None,
         "wall_time_s": wall_time_s,
         "peak_rss_bytes": peak_rss_bytes(),

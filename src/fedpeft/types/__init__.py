@@ -133,4 +133,7 @@ class RoundRecord:
         for optional in ("secure_aggregation", "head_refresh"):
             if not out[optional]:
                 del out[optional]
+        if self.clients:  # the clients that sent an update (accepted or not) and their bytes
+            sent = [c.bytes_up for c in self.clients if c.bytes_up > 0]
+            out["replies"], out["reply_bytes_up"] = len(sent), sum(sent)
         return out
