@@ -271,3 +271,45 @@ def test_rules_reject_empty_bad_weights_and_mismatched_keys() -> None:
     partial = {k: v for k, v in updates[1][0].items() if k != f"{HEAD}.bias"}
     with pytest.raises(ValueError, match="differ in key"):
         exact_lora_svd([updates[0], (partial, 1.0)])
+
+
+CONV = "base_model.model.backbone._blocks.1._expand_conv"
+
+
+def _conv_state(g: torch.Generator, rank: int) -> AdapterState:
+    """peft's LoRA of a 3×3 convolution: A a (r, in, 3, 3) kernel, B a 1×1 (out, r, 1, 1)."""
+    return {
+        f"{CONV}.lora_A.weight": torch.randn(rank, 4, 3, 3, generator=g),
+        f"{CONV}.lora_B.weight": torch.randn(6, rank, 1, 1, generator=g),
+        f"{HEAD}.weight": torch.randn(3, 6, generator=g),
+    }
+
+
+def _conv_delta(state: AdapterState) -> torch.Tensor:
+    a, b = state[f"{CONV}.lora_A.weight"], state[f"{CONV}.lora_B.weight"]
+    return (b.flatten(1).double() @ a.flatten(1).double()).reshape(6, 4, 3, 3)
+
+
+def test_convolution_lora_is_aggregated_over_its_flattened_kernel() -> None:
+    """Found in the full study: every round of EfficientNet-Lite0 under `exact_lora_svd` failed
+    ("not 2-D") and the run kept its initial adapter. Each LoRA rule now reads a conv LoRA as
+    the matrices B (out, r) · A (r, in·kh·kw) and gives the results their kernel shapes back."""
+    g = torch.Generator().manual_seed(0)
+    updates = [(_conv_state(g, 2), 1.0), (_conv_state(g, 2), 3.0)]
+    exact = 0.25 * _conv_delta(updates[0][0]) + 0.75 * _conv_delta(updates[1][0])
+    for rule, rank in ((exact_lora_svd, 4), (stack_lora, 4)):  # rank ≥ Σ r_c: exact
+        out = rule(updates, rank) if rule is exact_lora_svd else rule(updates)
+        assert out[f"{CONV}.lora_A.weight"].shape == (rank, 4, 3, 3)
+        assert out[f"{CONV}.lora_B.weight"].shape == (6, rank, 1, 1)
+        torch.testing.assert_close(_conv_delta(out), exact, rtol=1e-5, atol=1e-5)
+    same = exact_lora_svd(updates)  # the rank kept: the state's shapes kept
+    assert {k: v.shape for k, v in same.items()} == {k: v.shape for k, v in updates[0][0].items()}
+    (delta,) = lora_product(updates).values()
+    torch.testing.assert_close(delta.double(), exact, rtol=1e-5, atol=1e-5)
+    padded = hetlora_pad(updates, max_rank=3)
+    assert padded[f"{CONV}.lora_B.weight"].shape == (6, 3, 1, 1)
+    small = svd_redistribute(updates[0][0], 1)
+    assert small[f"{CONV}.lora_A.weight"].shape == (1, 4, 3, 3)
+    bad = dict(updates[0][0], **{f"{CONV}.lora_B.weight": torch.zeros(6, 2, 3, 3)})
+    with pytest.raises(ValueError, match="are not"):
+        exact_lora_svd([(bad, 1.0)])

@@ -53,13 +53,16 @@ def weighted_lora(updates: Updates) -> AdapterState:
 def lora_product(updates: Updates) -> dict[str, Tensor]:
     """The exact averaged update of every LoRA module: ``ΔW = Σ_c p_c B_c A_c`` (no ``α/r``).
 
-    Keys are module names (the A key up to ``.lora_A``); shapes are (out, in). Ranks may differ.
+    Keys are module names (the A key up to ``.lora_A``); shapes are (out, in), or a
+    convolution's (out, in, kh, kw). Ranks may differ.
     """
     p = _weights(updates, "lora_product")
     out: dict[str, Tensor] = {}
     for a_key, b_key in lora_pairs(updates[0][0]):
         delta = _product(_factors(updates, a_key, b_key), p)
-        out[a_key.split(f".{_A}")[0]] = delta.to(updates[0][0][a_key].dtype)
+        a_ref = updates[0][0][a_key]
+        delta = delta.reshape(delta.shape[0], *a_ref.shape[1:])
+        out[a_key.split(f".{_A}")[0]] = delta.to(a_ref.dtype)
     return out
 
 
@@ -82,7 +85,7 @@ def exact_lora_svd(updates: Updates, rank: int | None = None) -> AdapterState:
         factors = _factors(updates, a_key, b_key)
         target = rank or max(a.shape[0] for a, _ in factors)
         a, b = _factorise(*_stacked(factors, p), target)
-        out[a_key], out[b_key] = a, b
+        out[a_key], out[b_key] = _restore(a, b, updates[0][0][a_key], updates[0][0][b_key])
     return _like(updates[0][0], out)
 
 
@@ -97,8 +100,8 @@ def stack_lora(updates: Updates) -> AdapterState:
     pairs = lora_pairs(updates[0][0])
     out = _others(updates, pairs)
     for a_key, b_key in pairs:
-        factors = _factors(updates, a_key, b_key)
-        out[b_key], out[a_key] = _stacked(factors, p)
+        b, a = _stacked(_factors(updates, a_key, b_key), p)
+        out[a_key], out[b_key] = _restore(a, b, updates[0][0][a_key], updates[0][0][b_key])
     return _like(updates[0][0], out)
 
 
@@ -148,7 +151,7 @@ def hetlora_pad(updates: Updates, max_rank: int | None = None) -> AdapterState:
         for wc, (a, b) in zip(w, factors, strict=True):
             a_out[: a.shape[0]] += wc * a
             b_out[:, : b.shape[1]] += wc * b
-        out[a_key], out[b_key] = a_out, b_out
+        out[a_key], out[b_key] = _restore(a_out, b_out, updates[0][0][a_key], updates[0][0][b_key])
     return _like(updates[0][0], out)
 
 
@@ -175,7 +178,7 @@ def svd_redistribute(state: AdapterState, rank: int) -> AdapterState:
     out = {key: value.clone() for key, value in state.items()}
     for a_key, b_key in lora_pairs(state):
         ((a, b),) = _factors([(state, 1.0)], a_key, b_key)
-        out[a_key], out[b_key] = _factorise(b, a, rank)
+        out[a_key], out[b_key] = _restore(*_factorise(b, a, rank), state[a_key], state[b_key])
     return _like(state, out)
 
 
@@ -196,18 +199,29 @@ def _same_shapes(updates: Updates, rule: str) -> None:
 
 
 def _factors(updates: Updates, a_key: str, b_key: str) -> list[tuple[Tensor, Tensor]]:
-    """Each client's ``(A, B)`` in float64, checked: 2-D, ``B`` (out, r) against ``A`` (r, in)."""
+    """Each client's ``(A, B)`` in float64 as matrices, checked: ``B`` (out, r) against ``A``
+    (r, in). A convolution's LoRA (peft: A a (r, in, kh, kw) kernel, B a 1×1 (out, r, 1, 1)
+    one) is ``ΔW = B·A`` over A's flattened kernel, so A is read as (r, in·kh·kw) and B as
+    (out, r); ``_restore`` gives the results their kernel shapes back."""
     out: list[tuple[Tensor, Tensor]] = []
     for i, (state, _) in enumerate(updates):
         a, b = state[a_key].to(torch.float64), state[b_key].to(torch.float64)
-        ok = a.ndim == 2 and b.ndim == 2 and b.shape[1] == a.shape[0]
+        ok = a.ndim >= 2 and b.ndim == a.ndim and b.shape[1] == a.shape[0]
+        ok = ok and all(d == 1 for d in b.shape[2:])
+        a, b = (a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)) if ok else (a, b)
         if not ok or (out and (a.shape[1], b.shape[0]) != (out[0][0].shape[1], out[0][1].shape[0])):
             raise ValueError(
-                f"update {i}: LoRA factors {a_key!r} {tuple(a.shape)} and {b_key!r} "
-                f"{tuple(b.shape)} are not 2-D (r, in) and (out, r) matching update 0"
+                f"update {i}: LoRA factors {a_key!r} {tuple(state[a_key].shape)} and {b_key!r} "
+                f"{tuple(state[b_key].shape)} are not (r, in…) and (out, r, 1…) matching update 0"
             )
         out.append((a, b))
     return out
+
+
+def _restore(a: Tensor, b: Tensor, a_ref: Tensor, b_ref: Tensor) -> tuple[Tensor, Tensor]:
+    """Matrix factors of any rank in the kernel shapes of ``a_ref`` / ``b_ref`` (a no-op for
+    linear layers)."""
+    return a.reshape(a.shape[0], *a_ref.shape[1:]), b.reshape(*b.shape, *b_ref.shape[2:])
 
 
 def _product(factors: list[tuple[Tensor, Tensor]], p: list[float]) -> Tensor:
