@@ -80,6 +80,7 @@ def run_rounds(fed: Federation, state: ServerState) -> LoopResult:
             log.warning("round %d refused: %s", rnd, e)
             return LoopResult(state, records, stopped=f"round {rnd} refused: {e}")
         fed.store.append_round(record)
+        _abort_if_never_aggregated([*records, record], cfg.server.aggregator)
         if clients_due(cfg, rnd):  # clients score their own models on their own data
             fed.store.append_jsonl(PERSONAL, evaluate_clients(fed, state, rnd))
         if assigner.enabled:
@@ -140,6 +141,7 @@ def run_round(
         )
     before = _baseline(fed.model, book, state, plan) if assigner.enabled and quorum else {}
     dp_info: dict[str, float] = {}
+    failed: dict[str, str] = {}  # group → why its aggregation failed
     if quorum:
         gen = central_generator(cfg.run.seed, rnd)
         if summed is not None:
@@ -159,6 +161,7 @@ def run_round(
                 normalise,
                 dilute,
                 keep,
+                failed,
             )
         if strategy.client_objective == SCAFFOLD:  # c ← c + Σ Δc_i / N, per group
             controls = updated_controls(
@@ -205,6 +208,8 @@ def run_round(
     )
     if summed is not None:
         record = replace(record, secure_aggregation=summed.info)
+    if failed:
+        record = replace(record, aggregation_failed=failed)
     if refreshed:  # its traffic counts in the round's bytes, and is shown apart
         down, up = int(refreshed["bytes_down"]), int(refreshed["bytes_up"])  # type: ignore[call-overload]
         record = replace(
@@ -217,6 +222,21 @@ def run_round(
         dp = account(ledger, cfg, fed.pool, clients, released=quorum) | dp_info
         record = replace(record, privacy=dp)
     return state, record
+
+
+def _abort_if_never_aggregated(records: Sequence[RoundRecord], aggregator: str) -> None:
+    """Stops a run whose first two rounds both failed to aggregate: the rule cannot take
+    this model's adapter (a precondition of the rule, not a bad reply), so every later round
+    would fail the same way while the run trains nothing. A failure after a round that
+    aggregated is only logged (the round keeps its global)."""
+    if len(records) != 2 or not all(r.aggregation_failed for r in records):
+        return
+    group, why = next(iter(records[-1].aggregation_failed.items()))
+    raise FedpeftError(
+        f"`server.aggregator` {aggregator!r} failed to aggregate in rounds "
+        f"{records[0].round} and {records[1].round} ({group}: {why}), so the global adapter "
+        "would never change; choose an aggregator that takes this model's adapter."
+    )
 
 
 def _abort_if_all_failed(received: Sequence[Received], rnd: int) -> None:
@@ -260,6 +280,7 @@ def _aggregate(
     normalise: bool = False,
     dilute: bool = False,
     keep_tail: bool = False,
+    failed: dict[str, str] | None = None,
 ) -> ServerState:
     """Per group: the rule (or ``central`` DP-FedAvg) over its clients' (lifted) updates,
     then the server optimiser. With ``normalise`` (``allocation.normalise_work``) each update
@@ -294,6 +315,8 @@ def _aggregate(
             )
         except ValueError as e:  # a rule's precondition; the round must not crash the run
             log.warning("aggregation of group %s failed (%s); unchanged", group, e)
+            if failed is not None:
+                failed[group] = str(e)
             continue
         _server_step_in_place(strategy, adapters, optimizer, group, current, aggregated)
     return state.evolve(adapters=adapters, optimizer=optimizer)

@@ -41,6 +41,7 @@ def build_summary(
         "rounds_completed": len(rounds),
         "updates_accepted": sum(r.get("accepted", 0) for r in rounds),
         "rounds_without_updates": sum(1 for r in rounds if not r.get("accepted")),
+        "rounds_aggregation_failed": sum(1 for r in rounds if r.get("aggregation_failed")),
         "final_accuracy": final.get("accuracy"),
         "final_macro_f1": final.get("macro_f1"),
         "best_accuracy": max(accuracies, default=None),

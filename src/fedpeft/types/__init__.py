@@ -127,10 +127,12 @@ class RoundRecord:
     secure_aggregation: dict[str, object] = field(default_factory=dict)
     # clients asked, bytes down/up of the head's recalibration (``server.head_refresh``)
     head_refresh: dict[str, object] = field(default_factory=dict)
+    # group → why its aggregation failed this round (its global adapter stayed as it was)
+    aggregation_failed: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         out = {k: v for k, v in self.__dict__.items() if k != "clients"}
-        for optional in ("secure_aggregation", "head_refresh"):
+        for optional in ("secure_aggregation", "head_refresh", "aggregation_failed"):
             if not out[optional]:
                 del out[optional]
         if self.clients:  # the clients that sent an update (accepted or not) and their bytes
