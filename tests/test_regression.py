@@ -38,10 +38,18 @@ PINNED = [
 EVAL_LOSS = [0.6995221972465515, 0.705507218837738, 0.7087802290916443]
 TRAIN_LOSS = [0.6860812058051428, 0.6964744608849287, 0.7007369392861923]
 ACCURACY = 0.5
-# (CPU vendor, torch's CPU capability) → the exported adapter's sha256 on that kind
+# (CPU vendor, torch's CPU capability) → the exported adapter's sha256s seen on that kind.
+# Parts of one kind can differ too: an AMD EPYC with avx512_bf16 (family 25, model 17)
+# gives another hash than the part the first was recorded on, from the same code (checked
+# on the commit before it was added), with the same losses.
 ADAPTER_SHA256 = {
-    ("AuthenticAMD", "AVX512"): "f5774aa62de390d4c65aa422151057e50de36fc5caec642fecc24d018528cade",
-    ("GenuineIntel", "AVX512"): "25d7f822c90d615f97bc613691334d7d5e1f9c7c2431d9e9e07b8347c973083b",
+    ("AuthenticAMD", "AVX512"): {
+        "f5774aa62de390d4c65aa422151057e50de36fc5caec642fecc24d018528cade",
+        "2a594399917e778ae9c17b69e01c63f1dfbba9ea5ef9c8a4a83d7b2b125b6871",
+    },
+    ("GenuineIntel", "AVX512"): {
+        "25d7f822c90d615f97bc613691334d7d5e1f9c7c2431d9e9e07b8347c973083b",
+    },
 }
 
 
@@ -66,4 +74,4 @@ def test_a_tiny_run_reproduces_its_stored_numbers(tmp_path: Path) -> None:
     adapter = (result.run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
     expected = ADAPTER_SHA256.get(cpu_kind())
     if expected is not None:
-        assert hashlib.sha256(adapter).hexdigest() == expected
+        assert hashlib.sha256(adapter).hexdigest() in expected

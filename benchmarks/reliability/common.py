@@ -29,7 +29,9 @@ TINY = (
 ASYNC = ("server.mode='async'", "server.buffer_size=2", "server.max_concurrency=2")
 
 # measured, not computed: they differ between two runs of the same configuration
-ROUND_MEASURED = ("wall_time_s", "eval_time_s", "client_time_s", "fit_time_s", "bytes_up")
+ROUND_MEASURED = (
+    "wall_time_s", "eval_time_s", "client_time_s", "fit_time_s", "bytes_up", "reply_bytes_up",
+)  # fmt: skip
 CLIENT_MEASURED = ("bytes_up",)
 CLIENT_METRICS_MEASURED = ("train_time_s", "train_cpu_s", "mem_rise_bytes", "peak_mem_bytes")
 

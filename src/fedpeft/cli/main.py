@@ -83,6 +83,7 @@ def run(
 ) -> None:
     """Run a federation (the embedded default: MiniLM-L6, SST-2, 10 clients, LoRA)."""
     _setup_logging(verbose)
+    _interruptible()
     console = Console()
     with user_errors():
         cfg = _resolve_config(config, set_ or [], resume)
@@ -262,6 +263,18 @@ def experiment(
         code = run_experiment_command(file, out, dry_run, report, Console(), only)
     if code:
         raise typer.Exit(code)
+
+
+def _interruptible() -> None:
+    """Ctrl-C back for a run the experiment runner started (``FEDPEFT_SIGINT=1``): a grid
+    started in the background (`cmd &`) hands SIGINT ignored to its children, and the
+    runner stops its runs with SIGINT, each at its round boundary. (Set here rather than
+    between fork and exec in the runner, which has threads: a ``preexec_fn`` is not safe.)"""
+    import os
+    import signal
+
+    if os.environ.get("FEDPEFT_SIGINT") == "1":
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _runner(runtime: Runtime) -> Callable[..., RunResult]:

@@ -157,10 +157,9 @@ class Runner:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: Ctrl-C reaches it via stop()
-            env={**os.environ, "COLUMNS": "120"},
             # a grid started in the background (`cmd &`) inherits SIGINT ignored, and so
-            # would its runs: stop() could then only kill them, mid-round
-            preexec_fn=_default_sigint,
+            # would its runs: stop() could then only kill them, mid-round (cli/main.py)
+            env={**os.environ, "COLUMNS": "120", "FEDPEFT_SIGINT": "1"},
         )
         return Running(run, proc, log, self._estimate(run))
 
@@ -198,10 +197,6 @@ class Runner:
                 _signal(r.proc, signal.SIGKILL)
                 r.proc.wait()
             r.log.close()
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
