@@ -23,6 +23,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from fedpeft.experiment import ExperimentDir, RunState
+
 KEPT = ("summary.json", "metrics.jsonl", "clients.jsonl", "partitions.json", "config.toml")
 
 
@@ -35,16 +37,8 @@ def _plan(root: Path) -> dict:
 
 
 def _done(root: Path, run: dict) -> bool:
-    home = root / "runs" / run["key"]
-    folders = sorted(p for p in home.glob("run-*") if p.is_dir()) if home.is_dir() else []
-    if not folders:
-        return False
-    try:
-        summary = json.loads((folders[-1] / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    rounds = summary.get("rounds_completed") if isinstance(summary, dict) else None
-    return isinstance(rounds, int) and rounds >= run["rounds"]
+    """The runner's own test: a summary that covers the run's planned rounds."""
+    return ExperimentDir(root).state(run["key"], run["rounds"]) is RunState.DONE
 
 
 def _logical(plan: dict) -> dict[str, list[dict]]:
