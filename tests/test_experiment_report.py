@@ -82,6 +82,13 @@ def test_outcomes_that_hold_and_a_missing_proposed_variant() -> None:
     assert {o.verdict for o in outcomes(none)} == {UNMEASURED}
 
 
+def test_outcome_5_says_above_when_federated_beats_centralised() -> None:
+    five = outcomes(_study((0.82, 0.82)))[4]  # (0.80 − 0.82) / 0.80 = −2.5 %
+    assert five.verdict == HOLDS
+    assert "2.5 % above centralised" in five.measured and "below" not in five.measured
+    assert "2.5 % above" in five.details[0]
+
+
 def test_outcome_5_waits_for_the_plans_most_extreme_cell() -> None:
     """While the plan's pathological cell has not finished, the Dirichlet 0.1 cell that has
     is not the most extreme: a gap that passes there does not make the claim hold."""

@@ -318,7 +318,7 @@ def central_gap(s: Study) -> Outcome:
         gap = (ref - mine) / ref
         gaps.append(gap)
         details.append(
-            f"{label(cell)}: {mine:.4f} vs centralised {ref:.4f} → {100 * gap:.1f} % below"
+            f"{label(cell)}: {mine:.4f} vs centralised {ref:.4f} → {_side(gap)}"
         )
     details += [f"{c}: not finished (the plan's most extreme cell of its dataset)" for c in waiting]
     if not gaps:
@@ -331,13 +331,18 @@ def central_gap(s: Study) -> Outcome:
             tuple(details),
         )
     verdict = _verdict([g <= 0.10 for g in gaps])
-    text = f"{100 * max(gaps):.1f} % below centralised in the worst cell"
+    text = f"{_side(max(gaps))} centralised in the worst cell"
     if verdict == FAILS:
         text += f" (beyond 10 % by {100 * (max(gaps) - 0.10):.1f} points)"
     elif waiting:  # a claim about every dataset cannot hold while one's cell is unfinished
         verdict = UNMEASURED
         text += f" of those finished; {len(waiting)} of {len(extreme)} not finished"
     return Outcome(5, CLAIMS[4], rule, verdict, text, tuple(details))
+
+
+def _side(gap: float) -> str:
+    """A relative gap to the centralised reference in words: federated runs can end above it."""
+    return f"{100 * gap:.1f} % below" if gap >= 0 else f"{-100 * gap:.1f} % above"
 
 
 def _extreme_cells(s: Study) -> list[dict[str, str]]:
