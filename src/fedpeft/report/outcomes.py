@@ -317,9 +317,7 @@ def central_gap(s: Study) -> Outcome:
             continue
         gap = (ref - mine) / ref
         gaps.append(gap)
-        details.append(
-            f"{label(cell)}: {mine:.4f} vs centralised {ref:.4f} → {_side(gap)}"
-        )
+        details.append(f"{label(cell)}: {mine:.4f} vs centralised {ref:.4f} → {_side(gap)}")
     details += [f"{c}: not finished (the plan's most extreme cell of its dataset)" for c in waiting]
     if not gaps:
         return Outcome(
