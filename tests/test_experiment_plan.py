@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from fedpeft.errors import FedpeftError
-from fedpeft.experiment import PRESETS, Plan, check_plan, plan_experiment, read_experiment
+from fedpeft.experiment import (
+    PRESETS,
+    Plan,
+    check_plan,
+    plan_experiment,
+    read_experiment,
+    same_configuration,
+)
 
 HEAD = """
 [experiment]
@@ -192,3 +199,24 @@ def test_only_selects_part_of_the_grid_and_says_what_it_cannot_select(tmp_path: 
     ]:
         with pytest.raises(FedpeftError, match=says):
             select_runs(plan, bad)
+
+
+def test_two_names_for_one_configuration_are_found(tmp_path: Path) -> None:
+    """Two variants whose runs share every key would give the same numbers twice; the study
+    ran ``flora`` as a copy of ``fedpeft_plus`` unnoticed. Variants that differ in one key,
+    or a staged baseline beside a plain one, are not flagged."""
+    plan = _plan(
+        tmp_path,
+        TWO_BY_TWO
+        + """
+[variants]
+fedavg_lora = {}
+again = { preset = "fedavg_lora" }
+prox = { preset = "fedavg_lora", "server.aggregator" = "fedprox" }
+slora = {}
+""",
+    )
+    assert same_configuration(plan) == [("fedavg_lora", "again")]
+    proposal = plan_experiment(read_experiment(EXAMPLES / "proposal.toml"), EXAMPLES)
+    # the proposal's one such pair (the `flora` preset's exact_lora_svd is the proposed rule)
+    assert same_configuration(proposal) == [("fedpeft_plus", "flora")]

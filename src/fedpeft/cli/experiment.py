@@ -28,6 +28,7 @@ from fedpeft.experiment import (
     check_plan,
     plan_experiment,
     read_experiment,
+    same_configuration,
     select_runs,
     write_tables,
 )
@@ -66,6 +67,12 @@ def run_experiment_command(
         + f") · {exp.experiment.budget.slots} at once · {folder.root}",
         highlight=False,
     )
+    for a, b in same_configuration(plan):
+        console.print(
+            f"[yellow]warning[/] variants {a!r} and {b!r} resolve to the same configuration: "
+            "their runs will give the same numbers; give one of them the keys that set it apart.",
+            highlight=False,
+        )
     if dry_run:  # writes nothing: a look at a running grid must not rewrite its plan
         for r in todo:
             console.print(f"  {r.key}  ({r.rounds} rounds)", highlight=False)

@@ -7,7 +7,14 @@ Start at ``spec.py`` (the file), ``presets.py`` (the proposal's baselines by nam
 """
 
 from fedpeft.experiment.layout import ExperimentDir, RunState
-from fedpeft.experiment.plan import Plan, PlannedRun, check_plan, plan_experiment, select_runs
+from fedpeft.experiment.plan import (
+    Plan,
+    PlannedRun,
+    check_plan,
+    plan_experiment,
+    same_configuration,
+    select_runs,
+)
 from fedpeft.experiment.presets import PRESETS, Preset, get_preset
 from fedpeft.experiment.runner import GridStatus, Runner
 from fedpeft.experiment.spec import ExperimentFile, read_experiment
@@ -27,6 +34,7 @@ __all__ = [
     "get_preset",
     "plan_experiment",
     "read_experiment",
+    "same_configuration",
     "select_runs",
     "write_tables",
 ]

@@ -261,6 +261,26 @@ def _label(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def same_configuration(plan: Plan) -> list[tuple[str, str]]:
+    """Pairs of variants whose runs have identical keys in every cell and seed both run:
+    two names for one configuration, whose rows would be the same numbers twice (in the
+    full study a ``flora`` preset resolved to the proposed variant's keys unnoticed)."""
+    runs: dict[str, dict[tuple[str, int, int], str]] = {}
+    for run in plan.runs:
+        stages = runs.setdefault(run.variant, {})
+        where = (json.dumps(run.labels, sort_keys=True), run.seed)
+        stage = sum(1 for k in stages if k[:2] == where)  # a staged variant's n-th run there
+        stages[(*where, stage)] = json.dumps(run.keys, sort_keys=True)
+    names = list(runs)
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            common = runs[a].keys() & runs[b].keys()
+            if common and all(runs[a][k] == runs[b][k] for k in common):
+                pairs.append((a, b))
+    return pairs
+
+
 def check_plan(plan: Plan) -> None:
     """Every run's config is valid and every variant can run in this build (before any
     run starts): one sentence naming the variant and its labels otherwise."""

@@ -136,7 +136,8 @@ _PRESETS = [
     Preset(
         "flora",
         "FLoRA-style exact aggregation: the stacked Σ p_c B_c A_c, re-factored to rank r by "
-        "SVD in a run (exact_lora_svd; pure stacking grows the rank every round)",
+        "SVD in a run (exact_lora_svd; pure stacking grows the rank every round) — the same "
+        "rule as fedpeft_plus: FLoRA's merge into the base is not in this build",
         {**LORA, "server.aggregator": "exact_lora_svd"},
         cite="Wang et al., 2024",
     ),
