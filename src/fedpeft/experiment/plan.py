@@ -17,7 +17,6 @@ import hashlib
 import itertools
 import json
 import re
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,12 +266,9 @@ def same_configuration(plan: Plan) -> list[tuple[str, str]]:
     two names for one configuration, whose rows would be the same numbers twice (in the
     full study a ``flora`` preset resolved to the proposed variant's keys unnoticed)."""
     runs: dict[str, dict[tuple[str, int, int], str]] = {}
-    seen: Counter[tuple[str, str, int]] = Counter()  # a staged variant's n-th run there
     for run in plan.runs:
-        where = (json.dumps(run.labels, sort_keys=True), run.seed)
-        stage = seen[(run.variant, *where)]
-        seen[(run.variant, *where)] += 1
-        runs.setdefault(run.variant, {})[(*where, stage)] = json.dumps(run.keys, sort_keys=True)
+        where = (json.dumps(run.labels, sort_keys=True), run.seed, run.stage)
+        runs.setdefault(run.variant, {})[where] = json.dumps(run.keys, sort_keys=True)
     names = list(runs)
     pairs = []
     for i, a in enumerate(names):
