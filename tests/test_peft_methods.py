@@ -34,6 +34,7 @@ from fedpeft.peft import (
     save_adapter,
     set_adapter_state,
 )
+from fedpeft.peft.state import without_merged
 
 LABELS = 3
 PAD = 0  # the padding id of the test batch (BERT's and the tiny LLaMA's pad token)
@@ -166,9 +167,14 @@ def test_predicted_params_and_bytes_equal_the_real_ones(method: str, family: str
     spec = parse_spec(method, OPTIONS.get(method, {}))
     arch = model_architecture(FAMILIES[family]())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    state = get_adapter_state(model)
+    full = get_adapter_state(model)
+    state = without_merged(full)  # what a client sends back (FLoRA's merged sums go down only)
     assert spec.trainable_params(arch) == trainable == sum(t.numel() for t in state.values())
     assert spec.update_bytes(arch) == sum(t.numel() * t.element_size() for t in state.values())
+    merged = sum(t.numel() for k, t in full.items() if k not in state)
+    assert merged == (
+        sum(lin.d_in * lin.d_out for lin, _ in spec.targets(arch)) if method == "flora" else 0
+    )
     if method == "full":
         assert trainable == sum(p.numel() for p in FAMILIES[family]().parameters())
 

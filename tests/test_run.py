@@ -228,7 +228,8 @@ def test_exported_adapter_loads_in_peft_and_predicts_like_fedpeft(tiny) -> None:
 def test_every_method_runs_end_to_end_and_exports(tiny, method: str) -> None:
     from fedpeft.peft import load_adapter
 
-    cfg = tiny(f"peft.method={method!r}", "run.rounds=1")
+    rule = ("server.aggregator='flora'",) if method == "flora" else ()  # they go together
+    cfg = tiny(f"peft.method={method!r}", "run.rounds=1", *rule)
     result = run_local(cfg)
     assert result.summary["peft"]["method"] == method
     assert all(c["status"] == "ok" for c in _lines(result.run_dir / "clients.jsonl"))

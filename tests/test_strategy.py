@@ -56,7 +56,8 @@ def test_server_optimiser_state_survives_resume(tiny) -> None:
 @pytest.mark.parametrize("name", [n for n in aggregator_names() if n not in ("fedavg", "ffa_lora")])
 def test_every_registered_aggregator_runs_a_round(tiny, name: str) -> None:
     sets = ("run.rounds=1", "data.num_clients=4", "server.proxy_size=16")
-    cfg = tiny(f"server.aggregator={name!r}", *sets)
+    method = ("peft.method='flora'",) if name == "flora" else ()  # they go together
+    cfg = tiny(f"server.aggregator={name!r}", *sets, *method)
     result = run_local(cfg)
     assert result.rounds[0]["accepted"] == 4
     assert all(torch.isfinite(v).all() for v in result.state.values())

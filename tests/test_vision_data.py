@@ -109,12 +109,12 @@ def test_training_batches_visit_each_example_once_in_a_seeded_order() -> None:
         ),
         (
             ["model.name=tiny-vit", "peft.method=prefix"],
-            "supported: bitfit, dora, federa, full, head, houlsby, ia3, lora, pfeiffer, slora, "
-            "sparse, vera.",
+            "supported: bitfit, dora, federa, flora, full, head, houlsby, ia3, lora, pfeiffer, "
+            "slora, sparse, vera.",
         ),
         (
             ["model.name=tiny-clip", "peft.method=bitfit"],
-            "supported: dora, federa, lora, prompt, vera.",
+            "supported: dora, federa, flora, lora, prompt, vera.",
         ),
         (["model.name=tiny-efficientnet", "data.dataset=sst2"], "takes images"),
         (["model.name=tiny-bert", "data.dataset=cifar10"], "takes text"),

@@ -45,6 +45,8 @@ class AggregatorParts:
     linear: bool = False  # the rule is the weighted mean Σ p_c θ_c (what FedBuff's step and
     # secure aggregation, which see only sums, can stand in for)
     objective: str = ""  # the client half's name (TrainInstruction.objective), "" for none
+    merges: bool = False  # the loop merges the round's LoRA product into the global and
+    # restarts the LoRA (FLoRA: server/merge.py); the rule itself averages the other keys
 
 
 _PARTS: dict[str, AggregatorParts] = {}
@@ -60,13 +62,14 @@ def register_aggregator(
     fuse: str | None = None,
     linear: bool = False,
     objective: str = "",
+    merges: bool = False,
 ) -> None:
     """Registers a rule; ``freeze`` names parameter parts its clients must keep fixed
     (the rule's client half, e.g. FFA-LoRA's shared A); the keywords are ``AggregatorParts``."""
     if name in _REGISTRY:
         raise ValueError(f"aggregator {name!r} is registered twice")
     _REGISTRY[name] = fn
-    _PARTS[name] = AggregatorParts(freeze, needs_eval, partition, fuse, linear, objective)
+    _PARTS[name] = AggregatorParts(freeze, needs_eval, partition, fuse, linear, objective, merges)
 
 
 def client_freeze(name: str) -> tuple[str, ...]:
@@ -107,3 +110,5 @@ register_aggregator("kd_fusion", fedavg, fuse="distill")
 # SCAFFOLD: FedAvg of the drift-corrected clients; the server's control c is kept per group
 # and moved by c ← c + Σ Δc_i / N (aggregation.drift); not linear: it needs each Δc_i
 register_aggregator("scaffold", fedavg, objective="scaffold")
+# FLoRA: the head FedAvg-averaged here; the loop merges Σ p_c B_c A_c and restarts the LoRA
+register_aggregator("flora", fedavg, merges=True)

@@ -53,6 +53,7 @@ from fedpeft.data import OwnLossBatch
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import get_adapter_state, save_adapter, set_adapter_state, state_numel
 from fedpeft.peft.io import WEIGHTS
+from fedpeft.peft.state import without_merged
 from fedpeft.types import AdapterState, TrainInstruction
 
 _LOCAL, _FULL, _FINETUNE = 1, 2, 3  # seed streams of the evaluation's training runs
@@ -83,7 +84,7 @@ def handle_evaluate(
         mine = _personal_model(model, served, plan, kept, kit, data, instruction, device)
         if mine is not None:
             metrics |= _scored("personal", mine, test, instruction, device)
-            trained = get_adapter_state(mine)
+            trained = without_merged(get_adapter_state(mine))  # FLoRA's merged sums: served
             personal = personal_state(mine, trained, plan) if plan.keeps else trained
             metrics["personal_params"] = float(state_numel(personal))
             if plan.finetune_steps:  # the fine-tuned module is the client's own

@@ -37,10 +37,12 @@ from fedpeft.compression import (
     rounding_generator,
 )
 from fedpeft.errors import FedpeftError
+from fedpeft.peft.state import set_adapter_state, without_merged
 from fedpeft.privacy.settings import ClientDp
 from fedpeft.types import AdapterState, ClientUpdate, TrainInstruction
 
 EXTRA = "x/"  # prefix of the tensors a payload carries beside the adapter
+MERGED_EXTRA = "x/merged/"  # the global's merged sums (FLoRA: peft/flora.py), loaded, not sent back
 RESIDUAL = "ef/"  # the client's error-feedback residual in its kept state
 
 # message metadata keys (typed constants, not strings scattered across files)
@@ -141,6 +143,7 @@ def train_round(
     )
     dp = ClientDp.from_json(instruction.privacy)
     update = train(model, instruction, data, device, dpsgd_settings(dp))
+    update = replace(update, state=without_merged(update.state))  # the server has them
     changed = None
     if plan.keeps:  # the personal part stays here; only the shared tensors travel
         mine = personal_state(model, update.state, plan)
@@ -167,6 +170,9 @@ def served_model(
     adapter, extras = split_extras(served_state(payload, instruction, initial))
     plan = PersonalPlan.from_json(instruction.personal)
     model = personalised(model, adapter, plan, kept, kit, data, device)
+    merged = {k[len(MERGED_EXTRA) :]: v for k, v in extras.items() if k.startswith(MERGED_EXTRA)}
+    if merged:  # the model under the adapter, as the server merged it (FLoRA)
+        set_adapter_state(model, merged)
     return model, adapter, extras, plan
 
 

@@ -135,10 +135,9 @@ _PRESETS = [
     ),
     Preset(
         "flora",
-        "FLoRA-style exact aggregation: the stacked Σ p_c B_c A_c, re-factored to rank r by "
-        "SVD in a run (exact_lora_svd; pure stacking grows the rank every round) — the same "
-        "rule as fedpeft_plus: FLoRA's merge into the base is not in this build",
-        {**LORA, "server.aggregator": "exact_lora_svd"},
+        "FLoRA: each round the stacked modules' exact product Σ p_c B_c A_c is merged into the "
+        "model and the LoRA restarts (B = 0, a fresh A); the merged sum goes down dense",
+        {**LORA, "peft.method": "flora", "server.aggregator": "flora"},
         cite="Wang et al., 2024",
     ),
     Preset(

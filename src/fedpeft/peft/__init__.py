@@ -8,6 +8,7 @@ that names them. ``method_names()`` lists what is registered.
 from fedpeft.peft import bottleneck as _bottleneck  # noqa: F401 - registers its methods
 from fedpeft.peft import dora as _dora  # noqa: F401
 from fedpeft.peft import federa as _federa  # noqa: F401
+from fedpeft.peft import flora as _flora  # noqa: F401
 from fedpeft.peft import ia3 as _ia3  # noqa: F401
 from fedpeft.peft import lora as _lora  # noqa: F401
 from fedpeft.peft import prompt as _prompt  # noqa: F401

@@ -6,7 +6,10 @@ methods (bottleneck adapters, BitFit, head, full) save ``adapter_model.safetenso
 ``fedpeft_adapter.json`` naming the method and its options; ``load_adapter`` loads both.
 A classifier's folder also holds the base model's ``config.json`` with its number of labels
 and ``id2label``/``label2id``, so ``AutoConfig.from_pretrained(folder)`` rebuilds the head
-with the label names (see the README).
+with the label names (see the README). A FLoRA folder (``peft/flora.py``) is a PEFT folder
+plus ``merged_weights.safetensors``, the merged sums ``ΔW`` of each adapted layer
+(applied as ``W₀ + (α/r)·ΔW``), which ``load_adapter`` adds; ``PeftModel.from_pretrained``
+alone would load only the last round's LoRA.
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fedpeft.peft.families import model_architecture
+from fedpeft.peft.flora import attach_merged
 from fedpeft.peft.registry import get_method, parse_spec
 from fedpeft.peft.spec import MethodSpec
-from fedpeft.peft.state import get_adapter_state, set_adapter_state
+from fedpeft.peft.state import get_adapter_state, merged_buffers, set_adapter_state
 from fedpeft.types import AdapterState
 
 FEDPEFT_CONFIG = "fedpeft_adapter.json"
 WEIGHTS = "adapter_model.safetensors"
+MERGED_WEIGHTS = "merged_weights.safetensors"  # FLoRA's merged sums beside a PEFT folder
 
 
 def save_adapter(
@@ -43,6 +48,9 @@ def save_adapter(
             cfg.base_model_name_or_path = base_id
         model.save_pretrained(str(folder), save_embedding_layers=False)
         _save_head_config(model.get_base_model(), folder, base_id)
+        merged = {k: v.contiguous() for k, v in merged_buffers(model).items()}
+        if merged:
+            save_file(merged, str(folder / MERGED_WEIGHTS))
         return
     folder.mkdir(parents=True, exist_ok=True)
     _save_head_config(model, folder, base_id)
@@ -71,7 +79,11 @@ def _save_head_config(base: nn.Module, folder: Path, base_id: str) -> None:
 def load_adapter(base: nn.Module, folder: Path) -> nn.Module:
     """``base`` (a freshly loaded model with its task head) with the saved adapter applied."""
     if not (folder / FEDPEFT_CONFIG).is_file():
-        return PeftModel.from_pretrained(base, str(folder))
+        peft_model = PeftModel.from_pretrained(base, str(folder))
+        if (folder / MERGED_WEIGHTS).is_file():  # FLoRA: the merged sums under the LoRA
+            attach_merged(peft_model)
+            set_adapter_state(peft_model, load_file(str(folder / MERGED_WEIGHTS)))
+        return peft_model
     meta = json.loads((folder / FEDPEFT_CONFIG).read_text())
     get_method(meta["method"])
     spec = parse_spec(meta["method"], meta["options"])

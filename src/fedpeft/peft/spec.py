@@ -64,6 +64,11 @@ class MethodSpec(BaseModel):
         """Raw tensor bytes of one update (float32 by default; the codec adds a header)."""
         return self.trainable_params(arch) * bytes_per_param
 
+    def down_only_bytes(self, arch: Architecture, bytes_per_param: int = 4) -> int:
+        """Bytes a payload carries beside the update that the reply does not send back
+        (FLoRA's merged sums); 0 for most methods."""
+        return 0
+
     def extra_flops(self, arch: Architecture, seq_len: int) -> int:
         """Forward FLOPs added for a batch of one example of ``seq_len`` tokens."""
         return 0

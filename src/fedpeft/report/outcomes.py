@@ -39,6 +39,7 @@ class Outcome:
     verdict: str
     measured: str
     details: tuple[str, ...] = ()
+    cells: int = 0  # the cells it was measured in
 
 
 @dataclass(frozen=True)
@@ -95,14 +96,18 @@ def outcomes(study: Study) -> list[Outcome]:
     finished = {tuple(sorted(c.items())) for c in study.cells}
     planned = {tuple(sorted(c.items())) for c, _ in study.planned}
     if planned - finished:  # "holds in every cell" can only be said of the cells that ran
-        so_far = (
-            f" — in the {len(planned & finished)} of the plan's {len(planned)} cells "
-            "with finished runs so far"
-        )
+        done = f"{len(planned & finished)} of the plan's {len(planned)} cells have finished runs"
         results = [
-            replace(o, measured=o.measured + so_far) if o.verdict == HOLDS else o for o in results
+            replace(o, measured=o.measured + f" — in {_cells(o.cells)} measured so far ({done})")
+            if o.verdict == HOLDS
+            else o
+            for o in results
         ]
     return results
+
+
+def _cells(n: int) -> str:
+    return "the one cell" if n == 1 else f"the {n} cells"
 
 
 CLAIMS = (
@@ -145,7 +150,7 @@ def communication(s: Study) -> Outcome:
         text += " (beyond the claimed 99 %)"
     if verdict == FAILS:
         text += f" (short of 95 % by {100 * (0.95 - lo):.2f} points in the worst cell)"
-    return Outcome(1, CLAIMS[0], rule, verdict, text, tuple(details))
+    return Outcome(1, CLAIMS[0], rule, verdict, text, tuple(details), len(cuts))
 
 
 def non_iid_gain(s: Study) -> Outcome:
@@ -183,7 +188,7 @@ def non_iid_gain(s: Study) -> Outcome:
     text += " vs the strongest baseline"
     if verdict == FAILS:
         text += f" (short of +10 % by {100 * (0.10 - min(gains)):.1f} points in the worst cell)"
-    return Outcome(2, CLAIMS[1], rule, verdict, text, tuple(details))
+    return Outcome(2, CLAIMS[1], rule, verdict, text, tuple(details), len(gains))
 
 
 def client_cost(s: Study) -> Outcome:
@@ -235,7 +240,8 @@ def client_cost(s: Study) -> Outcome:
     if verdict == FAILS:
         short = [f"{n} by {5 / v:.1f}×" for n, v in (("time", t), ("memory", m)) if v < 5]
         text += f" (short of 5×: {', '.join(short)})"
-    return Outcome(3, CLAIMS[2], rule, verdict, text, tuple(details))
+    cells = min(len(ratios["time"]), len(ratios["memory"]))
+    return Outcome(3, CLAIMS[2], rule, verdict, text, tuple(details), cells)
 
 
 PERSONAL, GLOBAL, FULL = (f"personal.{m}_accuracy" for m in ("personal", "global", "full"))
@@ -295,7 +301,7 @@ def personal(s: Study) -> Outcome:
         text += " (above the claimed band: personalised beats fully personalised)"
     elif lo > 0.95:
         text += " (above the claimed 95 %)"
-    return Outcome(4, CLAIMS[3], rule, verdict, text, tuple(details))
+    return Outcome(4, CLAIMS[3], rule, verdict, text, tuple(details), len(ratios))
 
 
 def central_gap(s: Study) -> Outcome:
@@ -335,7 +341,7 @@ def central_gap(s: Study) -> Outcome:
     elif waiting:  # a claim about every dataset cannot hold while one's cell is unfinished
         verdict = UNMEASURED
         text += f" of those finished; {len(waiting)} of {len(extreme)} not finished"
-    return Outcome(5, CLAIMS[4], rule, verdict, text, tuple(details))
+    return Outcome(5, CLAIMS[4], rule, verdict, text, tuple(details), len(gaps))
 
 
 def _side(gap: float) -> str:

@@ -28,6 +28,7 @@ from fedpeft.profiling import ResourceProfile
 from fedpeft.server.assign import Assigner, Assignment, client_infos, options_json
 from fedpeft.server.bits import BitsChoice, adaptive_bits
 from fedpeft.server.groups import GroupBook
+from fedpeft.server.merge import merged_extras
 from fedpeft.server.protocols import ClientPool, ProfiledPool
 from fedpeft.server.receive import Received, Sent, client_record
 from fedpeft.server.scaffold import SCAFFOLD, control_payload, group_control, reply_template
@@ -183,7 +184,7 @@ def plan_round(
             strategy.client_objective,
         )  # fmt: skip
         plan.assigned[cid] = a
-        sent_x, reply_x = _extras(strategy, state, a.group, view)
+        view, sent_x, reply_x = _extras(strategy, state, a.group, view)
         if (a.group, a.config) not in payloads:  # a config's view of its group's envelope
             payloads[(a.group, a.config)] = payload_for(cfg, view, initial, rnd, sent_x)
         p = payloads[(a.group, a.config)]
@@ -193,13 +194,16 @@ def plan_round(
 
 def _extras(
     strategy: Strategy, state: ServerState, group: str, view: AdapterState
-) -> tuple[AdapterState, AdapterState]:
-    """(the ``x/…`` tensors sent beside ``view``, those the reply must carry): SCAFFOLD's
-    ``c`` and ``Δc_i`` (``server/scaffold.py``); none for a rule without a client half."""
+) -> tuple[AdapterState, AdapterState, AdapterState]:
+    """(the view the client trains and sends back, the ``x/…`` tensors sent beside it, those
+    the reply must carry): SCAFFOLD's ``c`` and ``Δc_i`` (``server/scaffold.py``), FLoRA's
+    merged sums, which go down only (``server/merge.py``); none for other rules."""
+    if strategy.merges:
+        return (*merged_extras(view), {})
     if strategy.client_objective != SCAFFOLD:
-        return {}, {}
+        return view, {}, {}
     control = group_control(state.controls, group, view)
-    return control_payload(control), reply_template(control)
+    return view, control_payload(control), reply_template(control)
 
 
 def _adaptive(

@@ -28,6 +28,7 @@ from fedpeft.server.federation import Federation, LoopResult
 from fedpeft.server.groups import GroupBook
 from fedpeft.server.head_init import refresh_head
 from fedpeft.server.head_when import bias_refresh_due, refresh_due
+from fedpeft.server.merge import merged_adapters
 from fedpeft.server.multi import aggregate_clusters, fuse_groups
 from fedpeft.server.personal import (
     clients_due,
@@ -168,6 +169,9 @@ def run_round(
                 state.controls, plan.adapters, accepted, cfg.data.num_clients, s.norm_guard
             )
             state = state.evolve(controls=controls)
+        if strategy.merges:  # FLoRA: Σ p_c B_c A_c into the merged sums, a fresh LoRA
+            merged = merged_adapters(state.adapters, accepted, cfg.run.seed, rnd)
+            state = state.evolve(adapters=merged)
     else:
         state = state.evolve(adapters=plan.adapters)
     state = state.evolve(adapters=fuse_groups(strategy, fed.model, book, state.adapters))

@@ -40,6 +40,7 @@ class Strategy:
     needs_eval: bool = False  # the rule weighs clients by the server's proxy loss
     linear: bool = False  # the rule is the weighted mean of the states (FedAvg-equivalent)
     client_objective: str = ""  # the rule's client half ("scaffold": control variates)
+    merges: bool = False  # the round's LoRA product is merged into the global (FLoRA)
 
 
 def strategy_from_config(
@@ -80,6 +81,7 @@ def strategy_from_config(
         needs_eval=parts.needs_eval,
         linear=parts.linear,
         client_objective=parts.objective,
+        merges=parts.merges,
     )
 
 

@@ -6,6 +6,7 @@ import math
 import resource
 from typing import Any
 
+from fedpeft.peft.state import without_merged
 from fedpeft.types import AdapterState
 
 
@@ -31,6 +32,7 @@ def build_summary(
     # existed are divided by their sampled clients, as they were
     replies = sum(r.get("replies", len(r.get("sampled", ()))) for r in rounds)
     reply_bytes = sum(r.get("reply_bytes_up", r.get("bytes_up", 0)) for r in rounds)
+    state = without_merged(state)  # FLoRA's merged sums are not trained (peft/flora.py)
     adapter_bytes = sum(t.numel() * t.element_size() for t in state.values())
     full = full_model_bytes
     up_per_client = reply_bytes / max(replies, 1)

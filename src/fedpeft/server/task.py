@@ -199,8 +199,10 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
 def check_combinations(cfg: ExperimentConfig) -> None:
     """Options that each work but not together, refused before anything loads."""
     from fedpeft.privacy import check_privacy
+    from fedpeft.server.merge import check_flora
     from fedpeft.server.scaffold import check_scaffold
 
+    check_flora(cfg)
     check_scaffold(cfg)  # before the generic checks: its refusals say why for SCAFFOLD
     check_privacy(cfg)  # DP and secure aggregation with the aggregator, mode and allocation
     if cfg.compression.bits_up == "adaptive" and cfg.server.mode == "async":

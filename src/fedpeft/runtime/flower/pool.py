@@ -36,7 +36,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedpeft.client import META_NUM_EXAMPLES
 from fedpeft.client.features import stats_layout
-from fedpeft.client.handler import KIND_FEATURE_STATS, STATS_KINDS
+from fedpeft.client.handler import KIND_FEATURE_STATS, MERGED_EXTRA, STATS_KINDS
 from fedpeft.client.scaffold import SCAFFOLD, reply_names
 from fedpeft.client.secagg import SECAGG_KINDS
 from fedpeft.compression import (
@@ -398,5 +398,6 @@ def _expected(ins: TrainInstruction, served: Layout) -> Layout:
         return stats_layout(served, second=ins.kind == KIND_FEATURE_STATS)
     if ins.objective == SCAFFOLD:  # Δc_i comes back where c was sent
         served = reply_names(served)
+    served = {k: v for k, v in served.items() if not k.startswith(MERGED_EXTRA)}  # down only
     scheme = CompressionScheme.from_json(ins.compression) if ins.compression else None
     return reply_layout(served, scheme)

@@ -203,7 +203,8 @@ class LocalClientPool:
             raise ClientSkipped(ClientStatus.OFFLINE, f"the {profile.tier} device is not available")
         self.sim.check_memory(profile, task.arch, spec, work)
         if task.cfg.server.mode == "sync":  # asynchronous servers have no round deadline
-            self.sim.check_deadline(self.sim.seconds(profile, task.arch, spec, work, down, down))
+            up = max(down - spec.down_only_bytes(task.arch), 0)  # a reply as large as the view
+            self.sim.check_deadline(self.sim.seconds(profile, task.arch, spec, work, down, up))
 
     def settle(self, instruction: TrainInstruction, down: int, up: int) -> None:
         """Records a simulated client's round trip once its reply is in."""
