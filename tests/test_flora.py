@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
 from fedpeft.client import ClientStateStore
 from fedpeft.client.handler import MERGED_EXTRA
@@ -34,28 +34,10 @@ from fedpeft.server import Observer, RunStore
 from fedpeft.server.merge import merge_round
 from fedpeft.server.task import check_combinations
 from fedpeft.types import AdapterState, RoundRecord, TrainInstruction
+from tests.test_baseline_methods import _batch, _bert
 
 FLORA = ("peft.method='flora'", "server.aggregator='flora'")
 MERGED = ".merged_weight"
-
-
-def _bert(seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=48,
-        max_position_embeddings=64,
-        num_labels=3,
-    )
-    return BertForSequenceClassification(config).eval()
-
-
-def _batch() -> dict[str, torch.Tensor]:
-    ids = torch.randint(3, 100, (4, 9), generator=torch.Generator().manual_seed(0))
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 def _random_merged(state: AdapterState, seed: int = 1) -> AdapterState:

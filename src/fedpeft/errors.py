@@ -10,6 +10,14 @@ class FedpeftError(Exception):
     """A problem the user can fix: the message says what, where, and what to do."""
 
 
+def refuse_first(rule: str, refusals: tuple[tuple[bool, str], ...]) -> None:
+    """Raises for the first ``(bad, why)`` that is bad: "`rule` cannot run here: why." (the
+    config checks of rules with a client or server half, e.g. SCAFFOLD and FLoRA)."""
+    for bad, why in refusals:
+        if bad:
+            raise FedpeftError(f"{rule} cannot run here: {why}.")
+
+
 class ClientSkipped(Exception):
     """A sampled client that does not train this round (a runtime's decision, e.g. a
     simulated device that is offline or would miss the deadline); ``status`` says why."""

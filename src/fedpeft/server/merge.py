@@ -24,7 +24,7 @@ from fedpeft.aggregation.lora import lora_pairs, lora_product
 from fedpeft.client.handler import MERGED_EXTRA
 from fedpeft.client.train import derive_seed
 from fedpeft.config import ExperimentConfig
-from fedpeft.errors import FedpeftError
+from fedpeft.errors import FedpeftError, refuse_first
 from fedpeft.peft.state import MERGED, is_merged
 from fedpeft.server.receive import Received
 from fedpeft.types import AdapterState
@@ -120,6 +120,4 @@ def check_flora(cfg: ExperimentConfig) -> None:
         (cfg.personalization.mode in ("head", "lora_b", "dual"), "`personalization.mode` must "
          f"not keep a personal part, got {cfg.personalization.mode!r}"),
     )  # fmt: skip
-    for bad, why in refusals:
-        if bad:
-            raise FedpeftError(f"`server.aggregator = 'flora'` cannot run here: {why}.")
+    refuse_first("`server.aggregator = 'flora'`", refusals)

@@ -34,7 +34,7 @@ __all__ = [
     "updated_controls",
 ]
 from fedpeft.config import ExperimentConfig
-from fedpeft.errors import FedpeftError
+from fedpeft.errors import refuse_first
 from fedpeft.server.receive import Received
 from fedpeft.types import AdapterState
 
@@ -131,6 +131,4 @@ def check_scaffold(cfg: ExperimentConfig) -> None:
         (cfg.personalization.mode in ("head", "lora_b", "dual"), "`personalization.mode` must "
          f"not keep a personal part, got {cfg.personalization.mode!r}"),
     )  # fmt: skip
-    for bad, why in refusals:
-        if bad:
-            raise FedpeftError(f"`server.aggregator = 'scaffold'` cannot run here: {why}.")
+    refuse_first("`server.aggregator = 'scaffold'`", refusals)
