@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import psutil
@@ -115,6 +117,18 @@ def test_import_sets_a_passive_openmp_wait_policy() -> None:
     # the test process imports fedpeft (conftest) before torch; a user's setting wins
     assert os.environ.get("OMP_WAIT_POLICY") in {"PASSIVE", fedpeft.omp_wait_policy()}
     assert fedpeft.omp_wait_policy() == os.environ["OMP_WAIT_POLICY"]
+
+
+def test_import_caps_onednn_primitive_cache_unless_set() -> None:
+    """A fresh interpreter: importing fedpeft caps the cache (bf16 autocast on a CPU grew it
+    by every batch shape); a value the user set is kept."""
+    code = "import os, fedpeft; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "64", out.stderr
+    env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "7"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "7", out.stderr
 
 
 def _run(tiny, workers: int, *extra: str):  # type: ignore[no-untyped-def]
