@@ -28,6 +28,7 @@ def tiny_config(tmp_path: Path, *extra: str) -> ExperimentConfig:
         "data.partition=iid",
         "client.batch_size=16",
         "run.threads=1",
+        "run.autocast='off'",  # float32 whatever the CPU (auto: bf16 where it is native)
         f"run.output_dir={str(tmp_path / 'runs')!r}",
     ]
     return load_config(overrides=[*base, *extra])

@@ -162,6 +162,7 @@ def test_one_federated_round_on_bccd_and_the_adapter_loads_with_plain_peft(
         "data.alpha=1.0",
         "run.rounds=1",
         "run.threads=1",
+        "run.autocast='off'",  # re-evaluated in float32 below, to the digit
         "client.batch_size=4",
         "eval.batch_size=4",
         f"run.output_dir='{tmp_path}'",

@@ -166,6 +166,7 @@ def _run(tmp_path: Path, sets: list[str]) -> Path:
         "data.num_clients=2",
         "run.rounds=2",
         "run.threads=1",
+        "run.autocast='off'",  # re-evaluated in float32 below, to the digit
         "client.batch_size=16",
         "client.lr=1e-3",
         f"run.output_dir='{tmp_path}'",

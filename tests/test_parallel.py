@@ -235,3 +235,27 @@ def test_split_shares_are_contiguous_balanced_and_complete() -> None:
     assert all(a[1] == b[0] for a, b in zip(shares, shares[1:], strict=False))
     assert shares == [(0, 6), (6, 8)]  # 48 vs 40 of 88
     assert split_shares(batches[:1], lengths, 4) == [(0, 1)]
+
+
+def test_auto_autocast_is_bf16_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedpeft.server import task as task_module
+
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(task_module, "native_cpu_bf16", lambda native=native: native)
+        assert task_module.autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+        assert task_module.autocast_dtype("off", cpu) is None
+        assert task_module.autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert isinstance(task_module.native_cpu_bf16(), bool)  # the real probe answers
+
+
+def test_a_bf16_run_trains_and_keeps_float32_state(tiny) -> None:
+    """bf16 autocast (native or emulated): the forward passes change, the adapter state and
+    the updates stay float32, and the run learns as the float32 run does on tiny data."""
+    bf16 = run_local(tiny("run.autocast='bf16'", "run.name='bf16'"))
+    fp32 = run_local(tiny("run.name='fp32'"))
+    clients = (bf16.run_dir / "clients.jsonl").read_text().splitlines()
+    assert all('"status": "ok"' in line for line in clients)
+    assert all(v.dtype == torch.float32 for v in bf16.state.values())
+    assert any(not torch.equal(bf16.state[k], fp32.state[k]) for k in fp32.state)
+    assert abs(bf16.rounds[-1]["eval"]["accuracy"] - fp32.rounds[-1]["eval"]["accuracy"]) <= 0.25

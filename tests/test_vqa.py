@@ -127,6 +127,7 @@ def test_fedpeft_run_vqa_and_the_adapter_loads_with_plain_peft(tmp_path: Path) -
         "data.min_partition_size=5",
         "run.rounds=2",
         "run.threads=1",
+        "run.autocast='off'",  # re-evaluated in float32 below, to the digit
         "client.batch_size=16",
         f"run.output_dir='{tmp_path}'",
     ]

@@ -37,7 +37,8 @@ class RunConfig(_Section):
     autocast: Literal["auto", "off", "bf16"] = Field(
         "auto",
         description="forward passes in bfloat16 autocast: auto = on a CUDA device that "
-        "supports it; bf16 = also on CPU (fast with AVX512-BF16/AMX; numerics change)",
+        "supports it or a CPU with native bf16 (AVX512-BF16 or AMX); off = float32; bf16 = "
+        "always (emulated and ~14x slower on a CPU without native bf16)",
     )
     compile: bool = Field(
         False, description="torch.compile each transformer block (dynamic shapes)"
