@@ -24,7 +24,7 @@ from fedpeft.client.personal import (
     with_personal,
 )
 from fedpeft.client.privacy import dpsgd_settings, local_dp
-from fedpeft.client.scaffold import SCAFFOLD, scaffold_round
+from fedpeft.client.scaffold import SCAFFOLD, scaffold_round, under_prefix
 from fedpeft.client.secagg import SECAGG_KINDS, Trained, handle_secagg, split_secrets
 from fedpeft.client.state import ClientState
 from fedpeft.client.train import ClientData, train
@@ -170,7 +170,7 @@ def served_model(
     adapter, extras = split_extras(served_state(payload, instruction, initial))
     plan = PersonalPlan.from_json(instruction.personal)
     model = personalised(model, adapter, plan, kept, kit, data, device)
-    merged = {k[len(MERGED_EXTRA) :]: v for k, v in extras.items() if k.startswith(MERGED_EXTRA)}
+    merged = under_prefix(extras, MERGED_EXTRA)
     if merged:  # the model under the adapter, as the server merged it (FLoRA)
         set_adapter_state(model, merged)
     return model, adapter, extras, plan

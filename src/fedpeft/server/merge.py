@@ -22,10 +22,11 @@ import torch
 
 from fedpeft.aggregation.lora import lora_pairs, lora_product
 from fedpeft.client.handler import MERGED_EXTRA
+from fedpeft.client.scaffold import with_prefix
 from fedpeft.client.train import derive_seed
 from fedpeft.config import ExperimentConfig
 from fedpeft.errors import FedpeftError, refuse_first
-from fedpeft.peft.state import MERGED, is_merged
+from fedpeft.peft.state import MERGED, without_merged
 from fedpeft.server.receive import Received
 from fedpeft.types import AdapterState
 
@@ -37,8 +38,9 @@ _FRESH_A = 0xF10A  # the stream of the restarted LoRA A of (seed, round)
 
 def merged_extras(view: AdapterState) -> tuple[AdapterState, AdapterState]:
     """(``view`` without its merged sums, those sums as the payload's ``x/merged/…``)."""
-    rest = {k: v for k, v in view.items() if not is_merged(k)}
-    return rest, {MERGED_EXTRA + k: v for k, v in view.items() if is_merged(k)}
+    rest = without_merged(view)
+    merged = {k: v for k, v in view.items() if k not in rest}
+    return rest, with_prefix(merged, MERGED_EXTRA)
 
 
 def merged_adapters(
