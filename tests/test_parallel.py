@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -119,16 +120,69 @@ def test_import_sets_a_passive_openmp_wait_policy() -> None:
     assert fedpeft.omp_wait_policy() == os.environ["OMP_WAIT_POLICY"]
 
 
-def test_import_caps_onednn_primitive_cache_unless_set() -> None:
+CACHES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+
+
+@pytest.mark.parametrize("name", CACHES)
+def test_import_caps_onednn_caches_unless_set(name: str) -> None:
     """A fresh interpreter: importing fedpeft caps the cache (bf16 autocast on a CPU grew it
     by every batch shape); a value the user set is kept."""
-    code = "import os, fedpeft; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
-    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    code = f"import os, fedpeft; print(os.environ['{name}'])"
+    env = {k: v for k, v in os.environ.items() if k != name}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "64", out.stderr
-    env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "7"
+    env[name] = "7"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "7", out.stderr
+
+
+# Heap bytes in use after bf16-autocast linear steps over 400 new batch shapes, less before
+# them (glibc's mallinfo2): what the per-shape caches kept.
+_GROWTH = """
+import ctypes, torch
+import fedpeft
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks"
+                " fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+def in_use():
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+torch.manual_seed(0)
+layer = torch.nn.Linear(256, 256)
+def step(n):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(torch.randn(n, 256)).float().sum().backward()
+for n in range(1, 9):
+    step(n)
+before = in_use()
+for n in range(9, 409):
+    step(n)
+print(in_use() - before)
+"""
+
+
+def _cache_growth(capacity: str | None) -> int:
+    env = {k: v for k, v in os.environ.items() if k not in CACHES}
+    env |= {name: capacity for name in CACHES} if capacity else {}
+    out = subprocess.run([sys.executable, "-c", _GROWTH], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="counts the heap with glibc's mallinfo2",
+)
+def test_capped_onednn_caches_stop_bf16_memory_growing_with_batch_shapes() -> None:
+    """The caps do what they are for: over 400 batch shapes, the memory that bf16 autocast
+    leaves behind stays a small fraction of what the uncapped caches (1,024 each) keep."""
+    uncapped = _cache_growth("1024")
+    if uncapped < 50 * 2**20:
+        pytest.skip(f"this CPU's bf16 matmuls keep no per-shape cache ({uncapped >> 20} MiB)")
+    capped = _cache_growth(None)  # what importing fedpeft sets
+    assert capped < uncapped / 4, (capped >> 20, uncapped >> 20)
 
 
 def _run(tiny, workers: int, *extra: str):  # type: ignore[no-untyped-def]

@@ -3,11 +3,13 @@
 Importing the package is cheap and never imports ``flwr``, ``opacus`` or ``matplotlib``.
 It sets ``OMP_WAIT_POLICY=PASSIVE`` (unless already set) before torch loads: OpenMP then
 reads it, and its idle threads sleep instead of spinning (``runtime/local/threads.py``).
-It also caps oneDNN's primitive cache at 64 (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, unless
-set; oneDNN reads it at its first primitive): under bf16 autocast on a CPU, every new batch
-shape adds a primitive with its buffers, and at oneDNN's default of 1,024 a run with
-dynamic padding grew ~350 MiB a process past float32's peak; at 64 it stays below it, at
-the same speed (BENCHMARKS, issue 19, 2026-12-06).
+It also caps the two caches that torch's oneDNN path keeps per input shape at 64 entries
+each, unless set: oneDNN's primitive cache (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``) and
+ideep's operator cache above it (``LRU_CACHE_CAPACITY``); both are read at their first use,
+so this works after torch is imported too. Under bf16 autocast on a CPU every new batch
+shape adds an entry with its buffers, and at the defaults of 1,024 a run with dynamic
+padding grew by hundreds of MiB a process past float32's peak; at 64 it does not, at the
+same speed (BENCHMARKS, issue 19, 2026-12-06).
 """
 
 import os
@@ -18,6 +20,7 @@ if not _TORCH_FIRST:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY", "")
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+os.environ.setdefault("LRU_CACHE_CAPACITY", "64")
 
 
 def omp_wait_policy() -> str:
