@@ -15,7 +15,8 @@ Ratios are against the first variant. The 1-minute load average is printed with 
 ``compete=N``: N CPU-bound busy loops run beside that variant (each in its own session, as
 another user's job would), to measure the slowdown under competition; and
 ``runtime=NAME``: ``fedpeft run --runtime NAME`` (e.g. ``flower-sim``, whose Ray processes
-count in the tree's CPU and memory like forked workers do).
+count in the tree's CPU and memory like forked workers do); and ``env.NAME=VALUE``: an
+environment variable of that variant's process (e.g. ``env.LRU_CACHE_CAPACITY=1024``).
 """
 
 from __future__ import annotations
@@ -41,20 +42,22 @@ def children_cpu_s() -> float:
 
 
 BUSY = "while True: pass"
+SPECIAL = ("compete=", "runtime=", "env.")  # not ``--set`` overrides
 
 
 def one_run(out: Path, tag: str, sets: list[str]) -> dict[str, Any]:
-    special = dict(s.split("=", 1) for s in sets if s.startswith(("compete=", "runtime=")))
+    special = dict(s.split("=", 1) for s in sets if s.startswith(SPECIAL))
     compete = int(special.get("compete", 0))
     cmd = [sys.executable, "-m", "fedpeft.cli.main", "run",
            "--runtime", special.get("runtime", "local"),
            "--set", f"run.output_dir='{out}'", "--set", f"run.name='{tag}'"]  # fmt: skip
     for s in sets:
-        if not s.startswith(("compete=", "runtime=")):
+        if not s.startswith(SPECIAL):
             cmd += ["--set", s]
     # Ray's memory monitor kills workers when the whole machine is above 95 % of its memory,
     # other users' processes included: off, so a shared machine does not fail the variant
     env = dict(os.environ, RAY_memory_monitor_refresh_ms="0")
+    env |= {k.removeprefix("env."): v for k, v in special.items() if k.startswith("env.")}
     busy = [subprocess.Popen([sys.executable, "-c", BUSY], start_new_session=True)
             for _ in range(compete)]  # fmt: skip
     try:
