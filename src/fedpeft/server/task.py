@@ -137,13 +137,13 @@ class Task:
 def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     """``run.autocast``: bfloat16 when asked, or (auto) on a CUDA device that supports it or
     a CPU with native bf16 arithmetic; ``None``: float32 throughout."""
-    if mode == "bf16":
-        return torch.bfloat16
-    if mode == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if mode == "auto" and device.type == "cpu" and native_cpu_bf16():
-        return torch.bfloat16
-    return None
+    if mode != "auto":
+        return torch.bfloat16 if mode == "bf16" else None
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = device.type == "cpu" and native_cpu_bf16()
+    return torch.bfloat16 if native else None
 
 
 def native_cpu_bf16() -> bool:
