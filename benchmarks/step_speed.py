@@ -1,8 +1,9 @@
 """One client's training steps and one evaluation pass, variant against variant, on one
 thread in one process (so a busy machine slows every variant alike): float32 against
-bf16 autocast, the frozen-prefix cache on and off for LoRA on the top blocks, and
-``torch.compile``. Variants are interleaved over ``--repeats``; medians are reported with
-their ratio to the first variant, and for the cache the blocks it skipped.
+bf16 autocast, our CPU dropout against torch's, the frozen-prefix cache on and off for
+LoRA on the top blocks, and ``torch.compile``. Variants are interleaved over ``--repeats``;
+medians are reported with their ratio to the variant's reference (torch's dropout, the
+cache off, else the first variant), and for the cache the blocks it skipped.
 
     PYTHONPATH=src .venv/bin/python benchmarks/step_speed.py --repeats 5
 """
@@ -28,7 +29,10 @@ from fedpeft.server.task import Task, build_task  # noqa: E402
 from fedpeft.types import TrainInstruction  # noqa: E402
 
 VARIANTS = {
-    "fp32": [],
+    "fp32": ["run.autocast='off'"],
+    "fp32_torch_dropout": ["run.autocast='off'", "run.fast_dropout=false"],
+    "auto": [],  # bf16 where the CPU has it natively
+    "auto_torch_dropout": ["run.fast_dropout=false"],
     "bf16": ["run.autocast='bf16'"],
     "top3_no_cache": ["peft.layers=[3,4,5]", "run.prefix_cache=false"],
     "top3_cache": ["peft.layers=[3,4,5]"],
@@ -56,6 +60,16 @@ def evaluation(task: Task, batches: int) -> float:
     return time.perf_counter() - start
 
 
+def _reference(name: str, names: list[str]) -> str:
+    """What a variant is compared with: the cache off for the cache, torch's dropout for
+    ours, else the first variant."""
+    if name.startswith(("top3", "head")):
+        return name.split("_")[0] + "_no_cache"
+    if f"{name}_torch_dropout" in names:
+        return f"{name}_torch_dropout"
+    return names[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
@@ -80,13 +94,7 @@ def main() -> None:
     out: dict[str, Any] = {"repeats": args.repeats, "load_avg": os.getloadavg(), "variants": {}}
     for n in names:
         med = {k: statistics.median(v) for k, v in rows[n].items()}
-        base = (
-            "top3_no_cache"
-            if n.startswith("top3")
-            else "head_no_cache"
-            if n.startswith("head")
-            else names[0]
-        )
+        base = _reference(n, names)
         ref = {k: statistics.median(v) for k, v in rows.get(base, rows[names[0]]).items()}
         caches = [c for c in tasks[n].prefix_caches.values() if c is not None]
         out["variants"][n] = {

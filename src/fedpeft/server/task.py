@@ -44,6 +44,7 @@ from fedpeft.models import (
     load_vision_classifier,
     load_vqa_model,
 )
+from fedpeft.models.dropout import use_fast_dropout
 from fedpeft.peft import (
     Architecture,
     MethodRef,
@@ -126,7 +127,10 @@ class Task:
         return self.models[key]
 
     def prepare(self, model: nn.Module, spec: MethodSpec) -> nn.Module:
-        """A freshly built model made ready (in place): autocast, the frozen-prefix cache."""
+        """A freshly built model made ready (in place): fast dropout, autocast, the
+        frozen-prefix cache."""
+        if self.cfg.run.fast_dropout:
+            use_fast_dropout(model)
         dtype = autocast_dtype(self.cfg.run.autocast, self.device)
         serve_prefix(self, model, spec, dtype)
         if self.cfg.run.compile:

@@ -1,0 +1,103 @@
+"""The CPU dropout drawn from 16 random bits an element: the same distribution as torch's
+dropout (dropped fraction, scale, expectation, gradient), seeded like it, and swapped into
+every dropout module of a built task unless ``run.fast_dropout = false``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedpeft.models.dropout import FastDropout, keep_mask, use_fast_dropout
+from fedpeft.server.task import build_task
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5, 0.9])
+def test_drops_the_asked_fraction_and_scales_the_rest(p: float) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(1_000_003) + 0.5  # odd size: the last word's bits are cut
+    y = FastDropout(p).train()(x)
+    dropped = (y == 0).double().mean().item()
+    sigma = math.sqrt(p * (1 - p) / x.numel())
+    assert abs(dropped - p) < 5 * sigma
+    kept = y != 0
+    q = round(p * 65536) / 65536  # the fraction it draws with
+    torch.testing.assert_close(y[kept], x[kept] / (1 - q))
+    assert abs(y.double().mean().item() / x.double().mean().item() - 1) < 6 * sigma / (1 - p)
+
+
+def test_masks_are_independent_across_elements_and_bit_positions() -> None:
+    """Each element takes its own 16 bits of a 64-bit word: neighbours (the same word and
+    the next) are dropped independently, whatever their place in the word."""
+    torch.manual_seed(1)
+    drop = keep_mask(torch.ones(400_000), round(0.5 * 65536)) == 0
+    by_place = drop.view(-1, 4).double().mean(dim=0)
+    assert torch.all((by_place - 0.5).abs() < 0.01), by_place
+    both = (drop[:-1] & drop[1:]).double().mean().item()
+    assert abs(both - 0.25) < 0.005
+
+
+def test_gradient_is_the_mask() -> None:
+    torch.manual_seed(2)
+    x = torch.randn(8, 5, 16, requires_grad=True)
+    y = FastDropout(0.2).train()(x)
+    y.backward(torch.ones_like(y))
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad, torch.where(y != 0, 1 / (1 - 13107 / 65536), 0.0))
+
+
+def test_seeded_like_torch_and_idle_when_it_should_be() -> None:
+    x = torch.randn(4, 7, 9)
+    drop = FastDropout(0.1).train()
+    torch.manual_seed(3)
+    a = drop(x)
+    torch.manual_seed(3)
+    assert torch.equal(a, drop(x))
+    assert not torch.equal(a, drop(x))  # the stream moved on
+    assert drop.eval()(x) is x
+    assert FastDropout(0.0).train()(x) is x
+    assert torch.equal(FastDropout(1.0).train()(x), torch.zeros_like(x))  # torch's own
+
+
+@given(
+    shape=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+    p=st.floats(1e-7, 0.999),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
+)
+@settings(max_examples=60, deadline=None)
+def test_any_shape_dtype_and_rate_keeps_shape_dtype_and_values(
+    shape: list[int], p: float, dtype: torch.dtype
+) -> None:
+    x = torch.randn(*shape).to(dtype)
+    y = FastDropout(p).train()(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    kept = y != 0
+    ratio = y[kept].double() / x[kept].double()  # every kept element scaled alike
+    eps = torch.finfo(dtype).eps  # (to the rounding of the product; x = 0 stays 0 anyway)
+    torch.testing.assert_close(ratio, ratio[:1].expand_as(ratio), rtol=2 * eps, atol=0.0)
+
+
+def test_a_task_trains_through_fast_dropout_unless_told_not_to(tiny) -> None:
+    fast = build_task(tiny())
+    plain = build_task(tiny("run.fast_dropout=false"))
+    kinds = [type(m) for m in fast.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert kinds and set(kinds) == {FastDropout}  # the base's and LoRA's dropouts alike
+    assert {type(m) for m in plain.model.modules() if isinstance(m, torch.nn.Dropout)} == {
+        torch.nn.Dropout
+    }
+    assert [m.p for m in fast.model.modules() if isinstance(m, torch.nn.Dropout)] == [
+        m.p for m in plain.model.modules() if isinstance(m, torch.nn.Dropout)
+    ]
+
+
+def test_swap_keeps_rate_mode_and_counts() -> None:
+    net = torch.nn.Sequential(
+        torch.nn.Dropout(0.3), torch.nn.ModuleDict({"a": torch.nn.Dropout(0.05)}), torch.nn.ReLU()
+    ).eval()
+    assert use_fast_dropout(net) == 2
+    assert isinstance(net[0], FastDropout) and net[0].p == 0.3 and not net[0].training
+    assert isinstance(net[1]["a"], FastDropout) and net[1]["a"].p == 0.05
+    assert use_fast_dropout(net) == 0  # already swapped
