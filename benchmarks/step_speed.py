@@ -70,6 +70,10 @@ def _reference(name: str, names: list[str]) -> str:
     return names[0]
 
 
+def _paired(ref: dict[str, list[float]], var: dict[str, list[float]]) -> float:
+    return statistics.median(r / v for r, v in zip(ref["step"], var["step"], strict=True))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
@@ -102,6 +106,9 @@ def main() -> None:
             "median_eval_s": med["eval"],
             "step_speedup_vs_" + base: ref["step"] / med["step"],
             "eval_speedup_vs_" + base: ref["eval"] / med["eval"],
+            # the same, paired: the median of each repeat's ratio (the variants of one repeat
+            # ran side by side, so a load change between repeats cancels)
+            "paired_step_speedup_vs_" + base: _paired(rows.get(base, rows[names[0]]), rows[n]),
             "blocks_skipped": sum(c.hits * c.layer for c in caches),
             "examples_served_from_cache": sum(c.hits for c in caches),
         }

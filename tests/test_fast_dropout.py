@@ -1,6 +1,6 @@
 """The CPU dropout drawn from 16 random bits an element: the same distribution as torch's
 dropout (dropped fraction, scale, expectation, gradient), seeded like it, and swapped into
-every dropout module of a built task unless ``run.fast_dropout = false``."""
+every dropout module and the attention of a built task unless ``run.fast_dropout = false``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,16 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from fedpeft.models.dropout import FastDropout, keep_mask, use_fast_dropout
+from fedpeft.models.dropout import (
+    SDPA_FAST_DROPOUT,
+    FastDropout,
+    keep_mask,
+    sdpa_fast_dropout,
+    use_fast_dropout,
+)
+from fedpeft.server.evaluate import predict_logits
 from fedpeft.server.task import build_task
 
 
@@ -80,9 +88,49 @@ def test_any_shape_dtype_and_rate_keeps_shape_dtype_and_values(
     torch.testing.assert_close(ratio, ratio[:1].expand_as(ratio), rtol=2 * eps, atol=0.0)
 
 
+def _attention_inputs() -> tuple[
+    torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+]:
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(3))
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    mask[1, :, :, 3:] = False  # the second sequence is padded after 3 tokens
+    module = torch.nn.Module()
+    module.is_causal = False
+    return module, q, k, v, mask
+
+
+def test_attention_without_dropout_is_sdpa_itself() -> None:
+    module, q, k, v, mask = _attention_inputs()
+    ours, _ = sdpa_fast_dropout(module, q, k, v, mask, dropout=0.0, scaling=0.3)
+    theirs, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=0.3)
+    assert torch.equal(ours, theirs)
+
+
+def test_attention_dropout_is_the_mask_on_the_probabilities_and_keeps_the_expectation() -> None:
+    module, q, k, v, mask = _attention_inputs()
+    torch.manual_seed(5)
+    out, _ = sdpa_fast_dropout(module, q, k, v, mask, dropout=0.1, scaling=0.3)
+    torch.manual_seed(5)
+    probs = torch.softmax((q @ k.transpose(-1, -2) * 0.3).masked_fill(~mask, -1e30), dim=-1)
+    expected = (probs * keep_mask(probs, round(0.1 * 65536))) @ v
+    torch.testing.assert_close(out, expected.transpose(1, 2))
+    assert (out[1] != 0).any()
+    clean, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=0.3)
+    draws = torch.stack(
+        [sdpa_fast_dropout(module, q, k, v, mask, 0.1, 0.3)[0] for _ in range(3000)]
+    )
+    torch.testing.assert_close(draws.mean(0), clean, atol=0.05, rtol=0.0)  # ~5 sigma
+
+
 def test_a_task_trains_through_fast_dropout_unless_told_not_to(tiny) -> None:
     fast = build_task(tiny())
     plain = build_task(tiny("run.fast_dropout=false"))
+    assert fast.model.config._attn_implementation == SDPA_FAST_DROPOUT
+    assert plain.model.config._attn_implementation == "sdpa"
+    cpu = torch.device("cpu")  # evaluation (no dropout) is unchanged
+    a = predict_logits(fast.model, fast.data.eval, 16, cpu)
+    assert torch.equal(a, predict_logits(plain.model, plain.data.eval, 16, cpu))
     kinds = [type(m) for m in fast.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert kinds and set(kinds) == {FastDropout}  # the base's and LoRA's dropouts alike
     assert {type(m) for m in plain.model.modules() if isinstance(m, torch.nn.Dropout)} == {

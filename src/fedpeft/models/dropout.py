@@ -10,6 +10,13 @@ operations. No library offers this (``torch.nn.Dropout`` is the per-element draw
 fused CUDA kernels do not run on a CPU), hence our own module; on any other device and
 outside ``[1/65536, 1 - 1/65536]`` it is ``torch.nn.functional.dropout`` itself.
 
+Attention-probability dropout is no module: ``transformers`` hands ``dropout`` to
+``scaled_dot_product_attention``, whose CPU math path draws the same per-element mask and
+adds a fully-masked-row test (``isneginf``, ``all``, ``where``): 5 % of MiniLM's step.
+``SDPA_FAST_DROPOUT`` is an attention implementation registered with ``transformers``'
+``AttentionInterface`` that is exactly ``sdpa`` except in training on a CPU with dropout,
+where it computes the same float32 attention (as the math path does) with the cheap mask.
+
 The dropped fraction is ``p`` rounded to a multiple of 1/65536 (0.1 → 0.1000061) and the kept
 elements are scaled by the inverse of the kept fraction, so the output's expectation is its
 input, as with torch's. The bits come from torch's default generator, so a seeded client
@@ -19,8 +26,13 @@ not the masks torch's own dropout would have drawn: ``run.fast_dropout = false``
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 _LEVELS = 1 << 16  # the values 16 random bits take
 
@@ -50,10 +62,59 @@ def keep_mask(x: torch.Tensor, dropped: int) -> torch.Tensor:
     return keep.to(x.dtype).mul_(_LEVELS / (_LEVELS - dropped))
 
 
+SDPA_FAST_DROPOUT = "fedpeft_sdpa"
+
+
+def sdpa_fast_dropout(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """``transformers``' ``sdpa`` attention, but with ``FastDropout``'s mask on the
+    attention probabilities when training on a CPU (bidirectional attention, as many key as
+    query heads, no position bias or cache: encoders; anything else is ``sdpa`` itself)."""
+    dropped = round(dropout * _LEVELS)
+    plain = (
+        query.device.type != "cpu"
+        or not 0 < dropped < _LEVELS
+        or bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
+        or key.shape[1] != query.shape[1]
+        or any(kwargs.get(k) is not None for k in ("position_bias", "cache", "softcap"))
+    )
+    if plain:
+        kw = kwargs | {"dropout": dropout, "scaling": scaling, "is_causal": is_causal}
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+    dtype = query.dtype
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    with torch.autocast("cpu", enabled=False):  # float32, as SDPA's math path computes it
+        q, k, v = query.float(), key.float(), value.float()
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+        if attention_mask is not None and attention_mask.dtype == torch.bool:
+            scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
+        elif attention_mask is not None:
+            scores = scores + attention_mask
+        probs = torch.softmax(scores, dim=-1)
+        out = torch.matmul(probs * keep_mask(probs, dropped), v)
+    return out.transpose(1, 2).contiguous().to(dtype), None
+
+
+AttentionInterface.register(SDPA_FAST_DROPOUT, sdpa_fast_dropout)
+ALL_MASK_ATTENTION_FUNCTIONS.register(SDPA_FAST_DROPOUT, sdpa_mask)  # sdpa's masks
+
+
 def use_fast_dropout(model: nn.Module) -> int:
     """Replaces (in place) every ``nn.Dropout`` of ``model`` — the base's and the adapters'
-    — by a ``FastDropout`` of the same ``p``; how many. Dropout applied inside attention
-    kernels (``scaled_dot_product_attention``'s ``dropout_p``) is not a module and stays."""
+    — by a ``FastDropout`` of the same ``p``, and ``sdpa`` attention by ``SDPA_FAST_DROPOUT``
+    (the attention probabilities' dropout); how many modules."""
+    for config in _configs(model):
+        if getattr(config, "_attn_implementation", None) == "sdpa":
+            config._attn_implementation = SDPA_FAST_DROPOUT
     swapped = 0
     for parent in model.modules():
         for name, child in parent.named_children():
@@ -63,3 +124,14 @@ def use_fast_dropout(model: nn.Module) -> int:
                 setattr(parent, name, fast)
                 swapped += 1
     return swapped
+
+
+def _configs(model: nn.Module) -> list[Any]:
+    """Every distinct ``transformers`` config object of ``model``'s modules (the attention
+    layers read theirs at each forward)."""
+    seen: dict[int, Any] = {}
+    for m in model.modules():
+        config = getattr(m, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            seen.setdefault(id(config), config)
+    return list(seen.values())
