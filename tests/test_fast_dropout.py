@@ -15,7 +15,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from fedpeft.models.dropout import (
     SDPA_FAST_DROPOUT,
     FastDropout,
-    keep_mask,
+    drop,
+    keep_bits,
     sdpa_fast_dropout,
     use_fast_dropout,
 )
@@ -41,7 +42,7 @@ def test_masks_are_independent_across_elements_and_bit_positions() -> None:
     """Each element takes its own 16 bits of a 64-bit word: neighbours (the same word and
     the next) are dropped independently, whatever their place in the word."""
     torch.manual_seed(1)
-    drop = keep_mask(torch.ones(400_000), round(0.5 * 65536)) == 0
+    drop = keep_bits((400_000,), round(0.5 * 65536)) == 0
     by_place = drop.view(-1, 4).double().mean(dim=0)
     assert torch.all((by_place - 0.5).abs() < 0.01), by_place
     both = (drop[:-1] & drop[1:]).double().mean().item()
@@ -55,6 +56,26 @@ def test_gradient_is_the_mask() -> None:
     y.backward(torch.ones_like(y))
     assert x.grad is not None
     torch.testing.assert_close(x.grad, torch.where(y != 0, 1 / (1 - 13107 / 65536), 0.0))
+
+
+def test_large_inputs_keep_an_int16_mask_for_the_same_numbers() -> None:
+    """From 2^20 elements the backward keeps the int16 mask (memory), not the float one;
+    outputs and gradients are those of the plain product, bit for bit."""
+    x = torch.randn(1 << 20, requires_grad=True)
+    torch.manual_seed(6)
+    lean = drop(x, 6554)
+    (saved,) = lean.grad_fn.saved_tensors
+    assert saved.dtype == torch.int16
+    lean.backward(torch.ones_like(lean))
+    lean_grad, x.grad = x.grad, None
+    small = x[:-1]  # one element fewer: the plain product
+    torch.manual_seed(6)
+    plain = drop(small, 6554)
+    assert plain.grad_fn._saved_other.dtype == torch.float32  # autograd's product keeps it
+    plain.backward(torch.ones_like(plain))
+    assert torch.equal(lean[:-1], plain)  # the same bits: a prefix of the same stream
+    assert lean_grad is not None and x.grad is not None
+    assert torch.equal(lean_grad[:-1], x.grad[:-1])
 
 
 def test_seeded_like_torch_and_idle_when_it_should_be() -> None:
@@ -113,7 +134,7 @@ def test_attention_dropout_is_the_mask_on_the_probabilities_and_keeps_the_expect
     out, _ = sdpa_fast_dropout(module, q, k, v, mask, dropout=0.1, scaling=0.3)
     torch.manual_seed(5)
     probs = torch.softmax((q @ k.transpose(-1, -2) * 0.3).masked_fill(~mask, -1e30), dim=-1)
-    expected = (probs * keep_mask(probs, round(0.1 * 65536))) @ v
+    expected = (probs * keep_bits(probs.shape, 6554)).mul_(65536 / (65536 - 6554)) @ v
     torch.testing.assert_close(out, expected.transpose(1, 2))
     assert (out[1] != 0).any()
     clean, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=0.3)

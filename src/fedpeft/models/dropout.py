@@ -26,6 +26,7 @@ not the masks torch's own dropout would have drawn: ``run.fast_dropout = false``
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -35,6 +36,10 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 _LEVELS = 1 << 16  # the values 16 random bits take
+# From this many elements (a float32 mask of 4 MiB: a decoder's LoRA inputs at long
+# sequences) the backward keeps the int16 mask rather than the float one autograd keeps for
+# a product; below, the plain product is faster (no Python autograd function) and small.
+_LEAN_FROM = 1 << 20
 
 
 class FastDropout(nn.Dropout):
@@ -46,20 +51,44 @@ class FastDropout(nn.Dropout):
         dropped = round(self.p * _LEVELS)
         if x.device.type != "cpu" or not 0 < dropped < _LEVELS or not x.is_floating_point():
             return nn.functional.dropout(x, self.p, True, self.inplace)
-        return x * keep_mask(x, dropped)
+        return drop(x, dropped)
 
 
-def keep_mask(x: torch.Tensor, dropped: int) -> torch.Tensor:
-    """A mask shaped and typed like ``x``: 0 with probability ``dropped / 65536``, else the
-    inverse of the kept fraction."""
-    n = x.numel()
+def drop(x: torch.Tensor, dropped: int) -> torch.Tensor:
+    """``x`` with each element zeroed with probability ``dropped / 65536``, the others scaled
+    by the inverse of the kept fraction (a CPU tensor, ``0 < dropped < 65536``)."""
+    if x.numel() >= _LEAN_FROM and x.requires_grad:
+        return _Dropout.apply(x, dropped)  # memory first: the same numbers
+    return x * keep_bits(x.shape, dropped).to(x.dtype).mul_(_LEVELS / (_LEVELS - dropped))
+
+
+def keep_bits(shape: torch.Size | tuple[int, ...], dropped: int) -> torch.Tensor:
+    """An int16 tensor of ``shape``: 0 with probability ``dropped / 65536``, else 1."""
+    n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)  # all 64 bits
-    bits = words.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
+    bits = words.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
     threshold = dropped - _LEVELS // 2  # kept iff bits >= threshold
     # clamp + shift: 0 below the threshold, 1 from it on, in two vectorised int16 passes
     # (a comparison and a bool → float cast take twice as long here)
-    keep = bits.clamp(threshold - 1, threshold).sub_(threshold - 1)
-    return keep.to(x.dtype).mul_(_LEVELS / (_LEVELS - dropped))
+    return bits.clamp(threshold - 1, threshold).sub_(threshold - 1)
+
+
+class _Dropout(torch.autograd.Function):
+    """``x`` masked and scaled, as ``FastDropout`` computes it, but the backward keeps the
+    int16 mask (2 bytes an element; torch's own keeps 1, the float mask 4 or 2)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, dropped: int) -> torch.Tensor:
+        keep = keep_bits(x.shape, dropped)
+        ctx.save_for_backward(keep)
+        ctx.scale = _LEVELS / (_LEVELS - dropped)
+        # the float mask made apart: a product of float and int16 (type promotion) is slower
+        return x * keep.to(x.dtype).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (keep,) = ctx.saved_tensors
+        return grad * keep.to(grad.dtype).mul_(ctx.scale), None
 
 
 SDPA_FAST_DROPOUT = "fedpeft_sdpa"
@@ -100,7 +129,7 @@ def sdpa_fast_dropout(
         elif attention_mask is not None:
             scores = scores + attention_mask
         probs = torch.softmax(scores, dim=-1)
-        out = torch.matmul(probs * keep_mask(probs, dropped), v)
+        out = torch.matmul(drop(probs, dropped), v)
     return out.transpose(1, 2).contiguous().to(dtype), None
 
 
