@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -170,3 +171,30 @@ def test_swap_keeps_rate_mode_and_counts() -> None:
     assert isinstance(net[0], FastDropout) and net[0].p == 0.3 and not net[0].training
     assert isinstance(net[1]["a"], FastDropout) and net[1]["a"].p == 0.05
     assert use_fast_dropout(net) == 0  # already swapped
+
+
+def _dropout_noise(task) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+    """Mean and spread over 300 seeded train-mode passes of one batch's logits."""
+    model = task.model.train()
+    batch = task.data.eval.collate(np.arange(16))
+    outs = []
+    with torch.no_grad():
+        for seed in range(300):
+            torch.manual_seed(seed)
+            outs.append(model(**batch.model_inputs(with_labels=False)).logits)
+    stacked = torch.stack(outs)
+    return stacked.mean(0), stacked.std(0)
+
+
+def test_a_model_is_as_noisy_under_fast_dropout_as_under_torchs(tiny) -> None:
+    """The base's dropouts, LoRA's and the attention's together: over many masks the logits
+    scatter as much (and about the same centre) as under torch's dropout. A coarse check
+    (tiny-bert's spread ratio is 0.987; a dropout module's rate doubled gives 1.66); the
+    exact mask, scale and gradient are the tests above."""
+    fast_mean, fast_std = _dropout_noise(build_task(tiny()))
+    torch_mean, torch_std = _dropout_noise(build_task(tiny("run.fast_dropout=false")))
+    assert torch_std.mean() > 0
+    ratio = (fast_std.mean() / torch_std.mean()).item()
+    assert 0.93 < ratio < 1.07, ratio
+    # the centres differ by the masks' sampling error only (~std / sqrt(300) each)
+    assert ((fast_mean - torch_mean).abs() < 5 * torch_std / 300**0.5 * 2**0.5).all()
