@@ -129,6 +129,17 @@ def test_attention_without_dropout_is_sdpa_itself() -> None:
     assert torch.equal(ours, theirs)
 
 
+def test_causal_attention_is_sdpa_itself_with_dropout_too() -> None:
+    """A module that does not say it is bidirectional is causal to ``sdpa``: left to it."""
+    _, q, k, v, _ = _attention_inputs()
+    module = torch.nn.Module()
+    torch.manual_seed(7)
+    ours, _ = sdpa_fast_dropout(module, q, k, v, None, dropout=0.1, scaling=0.3)
+    torch.manual_seed(7)
+    theirs, _ = sdpa_attention_forward(module, q, k, v, None, dropout=0.1, scaling=0.3)
+    assert torch.equal(ours, theirs)
+
+
 def test_attention_dropout_is_the_mask_on_the_probabilities_and_keeps_the_expectation() -> None:
     module, q, k, v, mask = _attention_inputs()
     torch.manual_seed(5)

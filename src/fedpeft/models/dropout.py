@@ -112,7 +112,7 @@ def sdpa_fast_dropout(
     plain = (
         query.device.type != "cpu"
         or not 0 < dropped < _LEVELS
-        or bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
+        or bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
         or key.shape[1] != query.shape[1]
         or any(kwargs.get(k) is not None for k in ("position_bias", "cache", "softcap"))
     )
