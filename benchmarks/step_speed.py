@@ -99,7 +99,8 @@ def main() -> None:
     for n in names:
         med = {k: statistics.median(v) for k, v in rows[n].items()}
         base = _reference(n, names)
-        ref = {k: statistics.median(v) for k, v in rows.get(base, rows[names[0]]).items()}
+        ref_rows = rows.get(base, rows[names[0]])
+        ref = {k: statistics.median(v) for k, v in ref_rows.items()}
         caches = [c for c in tasks[n].prefix_caches.values() if c is not None]
         out["variants"][n] = {
             "median_step_s": med["step"],
@@ -108,7 +109,7 @@ def main() -> None:
             "eval_speedup_vs_" + base: ref["eval"] / med["eval"],
             # the same, paired: the median of each repeat's ratio (the variants of one repeat
             # ran side by side, so a load change between repeats cancels)
-            "paired_step_speedup_vs_" + base: _paired(rows.get(base, rows[names[0]]), rows[n]),
+            "paired_step_speedup_vs_" + base: _paired(ref_rows, rows[n]),
             "blocks_skipped": sum(c.hits * c.layer for c in caches),
             "examples_served_from_cache": sum(c.hits for c in caches),
         }

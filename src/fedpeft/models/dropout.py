@@ -59,7 +59,13 @@ def drop(x: torch.Tensor, dropped: int) -> torch.Tensor:
     by the inverse of the kept fraction (a CPU tensor, ``0 < dropped < 65536``)."""
     if x.numel() >= _LEAN_FROM and x.requires_grad:
         return _Dropout.apply(x, dropped)  # memory first: the same numbers
-    return x * keep_bits(x.shape, dropped).to(x.dtype).mul_(_LEVELS / (_LEVELS - dropped))
+    return x * _scaled(keep_bits(x.shape, dropped), x.dtype, dropped)
+
+
+def _scaled(keep: torch.Tensor, dtype: torch.dtype, dropped: int) -> torch.Tensor:
+    """The float mask: ``keep`` (int16, 0 or 1) in ``dtype``, times the inverse of the kept
+    fraction. Made apart from the product: float times int16 (type promotion) is slower."""
+    return keep.to(dtype).mul_(_LEVELS / (_LEVELS - dropped))
 
 
 def keep_bits(shape: torch.Size | tuple[int, ...], dropped: int) -> torch.Tensor:
@@ -81,14 +87,13 @@ class _Dropout(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, dropped: int) -> torch.Tensor:
         keep = keep_bits(x.shape, dropped)
         ctx.save_for_backward(keep)
-        ctx.scale = _LEVELS / (_LEVELS - dropped)
-        # the float mask made apart: a product of float and int16 (type promotion) is slower
-        return x * keep.to(x.dtype).mul_(ctx.scale)
+        ctx.dropped = dropped
+        return x * _scaled(keep, x.dtype, dropped)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (keep,) = ctx.saved_tensors
-        return grad * keep.to(grad.dtype).mul_(ctx.scale), None
+        return grad * _scaled(keep, grad.dtype, ctx.dropped), None
 
 
 SDPA_FAST_DROPOUT = "fedpeft_sdpa"
