@@ -1,6 +1,7 @@
 """The CPU dropout drawn from 16 random bits an element: the same distribution as torch's
 dropout (dropped fraction, scale, expectation, gradient), seeded like it, and swapped into
-every dropout module and the attention of a built task unless ``run.fast_dropout = false``."""
+every dropout module and the attention of a built task unless ``run.fast_dropout = false``;
+and the CPU attention kernel chosen for short half-precision training."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from hypothesis import strategies as st
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from fedpeft.models.dropout import (
+    MATH_UP_TO,
     SDPA_FAST_DROPOUT,
+    SDPA_TORCH_MASKS,
     FastDropout,
     drop,
     keep_bits,
     sdpa_fast_dropout,
+    sdpa_on_cpu,
     use_fast_dropout,
 )
 from fedpeft.server.evaluate import predict_logits
@@ -160,7 +164,7 @@ def test_a_task_trains_through_fast_dropout_unless_told_not_to(tiny) -> None:
     fast = build_task(tiny())
     plain = build_task(tiny("run.fast_dropout=false"))
     assert fast.model.config._attn_implementation == SDPA_FAST_DROPOUT
-    assert plain.model.config._attn_implementation == "sdpa"
+    assert plain.model.config._attn_implementation == SDPA_TORCH_MASKS  # the kernel choice
     cpu = torch.device("cpu")  # evaluation (no dropout) is unchanged
     a = predict_logits(fast.model, fast.data.eval, 16, cpu)
     assert torch.equal(a, predict_logits(plain.model, plain.data.eval, 16, cpu))
@@ -209,3 +213,69 @@ def test_a_model_is_as_noisy_under_fast_dropout_as_under_torchs(tiny) -> None:
     assert 0.93 < ratio < 1.07, ratio
     # the centres differ by the masks' sampling error only (~std / sqrt(300) each)
     assert ((fast_mean - torch_mean).abs() < 5 * torch_std / 300**0.5 * 2**0.5).all()
+
+
+def _kernels(fn, *args, **kw) -> tuple[set[str], torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The SDPA kernels a forward + backward of ``fn`` ran, its output and input gradients."""
+    inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    grads: tuple[torch.Tensor, ...] = ()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out, _ = fn(*args, **kw)
+        if out.requires_grad:
+            grads = torch.autograd.grad(out.float().square().sum(), inputs)
+    names = {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+    return names, out, grads
+
+
+FLASH = "aten::_scaled_dot_product_flash_attention_for_cpu"
+
+
+@pytest.mark.parametrize("causal_gqa", [False, True])
+def test_short_bf16_training_runs_sdpas_math_backend_with_the_same_result(
+    causal_gqa: bool,
+) -> None:
+    """Half-precision training over few keys goes to SDPA's math backend (its CPU flash
+    kernel's backward is slow there), with the flash kernel's result up to bf16 rounding;
+    evaluation, float32 and long sequences keep the flash kernel."""
+    g = torch.Generator().manual_seed(11)
+    heads, kv_heads = (6, 2) if causal_gqa else (4, 4)
+    module = torch.nn.Module()
+    module.is_causal = causal_gqa
+    module.num_key_value_groups = heads // kv_heads
+
+    def inputs(length: int, dtype: torch.dtype) -> list[torch.Tensor]:
+        shapes = [(2, heads, length, 16), (2, kv_heads, length, 16), (2, kv_heads, length, 16)]
+        return [torch.randn(s, generator=g).to(dtype).requires_grad_() for s in shapes]
+
+    mask = None if causal_gqa else torch.ones(2, 1, 1, 20, dtype=torch.bool)
+    if mask is not None:
+        mask[1, ..., 13:] = False  # padding
+    q, k, v = inputs(20, torch.bfloat16)
+    used, out, grads = _kernels(sdpa_on_cpu, module, q, k, v, mask, scaling=0.25)
+    assert FLASH not in used and used, used
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        used_flash, ref, ref_grads = _kernels(
+            sdpa_attention_forward, module, q, k, v, mask, scaling=0.25
+        )
+    assert FLASH in used_flash
+    torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a.float(), b.float(), atol=5e-2, rtol=5e-2)
+    with torch.no_grad():  # evaluation
+        assert FLASH in _kernels(sdpa_on_cpu, module, q, k, v, mask, scaling=0.25)[0]
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))  # float32
+    assert FLASH in _kernels(sdpa_on_cpu, module, q32, k32, v32, mask, scaling=0.25)[0]
+    long = MATH_UP_TO + 8
+    ql, kl, vl = inputs(long, torch.bfloat16)
+    mask_long = None if mask is None else torch.ones(2, 1, 1, long, dtype=torch.bool)
+    assert FLASH in _kernels(sdpa_on_cpu, module, ql, kl, vl, mask_long, scaling=0.25)[0]
+
+
+def test_fast_dropout_attention_without_dropout_takes_the_same_kernel_choice() -> None:
+    _, q, k, v, mask = _attention_inputs()
+    module = torch.nn.Module()
+    module.is_causal = False
+    q, k, v = (t.to(torch.bfloat16).requires_grad_() for t in (q, k, v))
+    used, out, _ = _kernels(sdpa_fast_dropout, module, q, k, v, mask, dropout=0.0, scaling=0.3)
+    assert FLASH not in used and used
+    torch.testing.assert_close(out, sdpa_on_cpu(module, q, k, v, mask, scaling=0.3)[0])

@@ -17,6 +17,13 @@ adds a fully-masked-row test (``isneginf``, ``all``, ``where``): 5 % of MiniLM's
 ``AttentionInterface`` that is exactly ``sdpa`` except in training on a CPU with dropout,
 where it computes the same float32 attention (as the math path does) with the cheap mask.
 
+The same attention function also picks the CPU kernel in half-precision training: with
+bf16 queries and at most ``MATH_UP_TO`` keys, SDPA's math backend (float32 inside) is
+1.4-6.7x faster forward + backward than its CPU flash kernel, which it then passes over
+(measured in BENCHMARKS, issue 19; from 192 keys, and in evaluation and float32, the flash
+kernel is as fast or faster and stays). Under ``run.fast_dropout = false`` this choice
+stays and torch's masks are drawn (``SDPA_TORCH_MASKS``).
+
 The dropped fraction is ``p`` rounded to a multiple of 1/65536 (0.1 → 0.1000061) and the kept
 elements are scaled by the inverse of the kept fraction, so the output's expectation is its
 input, as with torch's. The bits come from torch's default generator, so a seeded client
@@ -31,6 +38,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
@@ -97,6 +105,9 @@ class _Dropout(torch.autograd.Function):
 
 
 SDPA_FAST_DROPOUT = "fedpeft_sdpa"
+SDPA_TORCH_MASKS = "fedpeft_sdpa_torch_masks"
+_OURS = (SDPA_FAST_DROPOUT, SDPA_TORCH_MASKS)
+MATH_UP_TO = 128  # keys: up to here SDPA's CPU math backend trains faster than its flash
 
 
 def sdpa_fast_dropout(
@@ -112,7 +123,8 @@ def sdpa_fast_dropout(
 ) -> tuple[torch.Tensor, None]:
     """``transformers``' ``sdpa`` attention, but with ``FastDropout``'s mask on the
     attention probabilities when training on a CPU (bidirectional attention, as many key as
-    query heads, no position bias or cache: encoders; anything else is ``sdpa`` itself)."""
+    query heads, no position bias or cache: encoders), and SDPA's math backend for short
+    half-precision training on a CPU (``sdpa_on_cpu``)."""
     dropped = round(dropout * _LEVELS)
     plain = (
         query.device.type != "cpu"
@@ -122,8 +134,8 @@ def sdpa_fast_dropout(
         or any(kwargs.get(k) is not None for k in ("position_bias", "cache", "softcap"))
     )
     if plain:
-        kw = kwargs | {"dropout": dropout, "scaling": scaling, "is_causal": is_causal}
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+        return sdpa_on_cpu(module, query, key, value, attention_mask, dropout, scaling,
+                           is_causal, **kwargs)  # fmt: skip
     dtype = query.dtype
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     with torch.autocast("cpu", enabled=False):  # float32, as SDPA's math path computes it
@@ -138,17 +150,61 @@ def sdpa_fast_dropout(
     return out.transpose(1, 2).contiguous().to(dtype), None
 
 
+def sdpa_on_cpu(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """``transformers``' ``sdpa`` attention (torch's masks), on SDPA's math backend when
+    training in half precision on a CPU over at most ``MATH_UP_TO`` keys: the same float32
+    computation the math backend always does, without the CPU flash kernel's slow backward
+    at short lengths. Anything else is ``sdpa`` as it dispatches itself."""
+    kw = kwargs | {"dropout": dropout, "scaling": scaling, "is_causal": is_causal}
+    if (
+        query.device.type == "cpu"
+        and query.dtype in (torch.bfloat16, torch.float16)
+        and key.shape[-2] <= MATH_UP_TO
+        and torch.is_grad_enabled()
+        and (query.requires_grad or key.requires_grad or value.requires_grad)
+        and not torch.compiler.is_compiling()
+    ):
+        with sdpa_kernel(SDPBackend.MATH):
+            return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+
+
 AttentionInterface.register(SDPA_FAST_DROPOUT, sdpa_fast_dropout)
-ALL_MASK_ATTENTION_FUNCTIONS.register(SDPA_FAST_DROPOUT, sdpa_mask)  # sdpa's masks
+AttentionInterface.register(SDPA_TORCH_MASKS, sdpa_on_cpu)
+for _name in (SDPA_FAST_DROPOUT, SDPA_TORCH_MASKS):
+    ALL_MASK_ATTENTION_FUNCTIONS.register(_name, sdpa_mask)  # sdpa's masks
+
+
+def use_cpu_attention(model: nn.Module) -> int:
+    """``sdpa`` attention of ``model`` replaced (in place) by ``SDPA_TORCH_MASKS`` (the
+    CPU kernel choice alone, torch's dropout masks); how many configs changed."""
+    return _set_attention(model, SDPA_TORCH_MASKS)
+
+
+def _set_attention(model: nn.Module, name: str) -> int:
+    changed = 0
+    for config in _configs(model):
+        if getattr(config, "_attn_implementation", None) in ("sdpa", *_OURS):
+            config._attn_implementation = name
+            changed += 1
+    return changed
 
 
 def use_fast_dropout(model: nn.Module) -> int:
     """Replaces (in place) every ``nn.Dropout`` of ``model`` — the base's and the adapters'
     — by a ``FastDropout`` of the same ``p``, and ``sdpa`` attention by ``SDPA_FAST_DROPOUT``
     (the attention probabilities' dropout); how many modules."""
-    for config in _configs(model):
-        if getattr(config, "_attn_implementation", None) == "sdpa":
-            config._attn_implementation = SDPA_FAST_DROPOUT
+    _set_attention(model, SDPA_FAST_DROPOUT)
     swapped = 0
     for parent in model.modules():
         for name, child in parent.named_children():

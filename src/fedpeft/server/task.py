@@ -44,7 +44,7 @@ from fedpeft.models import (
     load_vision_classifier,
     load_vqa_model,
 )
-from fedpeft.models.dropout import use_fast_dropout
+from fedpeft.models.dropout import use_cpu_attention, use_fast_dropout
 from fedpeft.peft import (
     Architecture,
     MethodRef,
@@ -128,9 +128,11 @@ class Task:
 
     def prepare(self, model: nn.Module, spec: MethodSpec) -> nn.Module:
         """A freshly built model made ready (in place): fast dropout, autocast, the
-        frozen-prefix cache."""
+        frozen-prefix cache, the CPU attention kernel."""
         if self.cfg.run.fast_dropout:
             use_fast_dropout(model)
+        else:
+            use_cpu_attention(model)
         dtype = autocast_dtype(self.cfg.run.autocast, self.device)
         serve_prefix(self, model, spec, dtype)
         if self.cfg.run.compile:
