@@ -1,11 +1,13 @@
-"""The CPU attention kernel in half-precision training (issue 19): SDPA's flash kernel
-against its math backend, alone and in a model's training step, on one thread.
+"""Attention in half-precision training on a CPU (issue 19): SDPA on bf16 tensors (its
+flash kernel), on the same tensors cast to float32 (flash), and SDPA's math backend, alone
+and in a model's training step, on one thread.
 
 1. The kernel alone: forward + backward (training) and forward (evaluation) of bf16
-   attention, bidirectional (MiniLM's 12 heads of 32) and causal with grouped keys
-   (SmolLM2's 9 query and 3 key heads of 64), ~1,024 tokens a batch, lengths 16-512.
+   attention, bidirectional (MiniLM's 12 heads of 32, a padding mask) and causal with
+   grouped keys (SmolLM2's 9 query and 3 key heads of 64, a causal mask), ~1,024 tokens a
+   batch, lengths 16-512.
 2. A model's training step (``step_speed.steps``: client 0, batch 16) with
-   ``fedpeft.models.dropout.MATH_UP_TO`` at 0 (always the flash kernel) and at its value,
+   ``fedpeft.models.dropout.FLOAT32_UP_TO`` at 0 (SDPA on bf16) and at its value,
    interleaved, paired medians. MiniLM is measured without attention dropout (with it, the
    fast-dropout path computes attention itself and the choice never arises).
 
@@ -44,44 +46,47 @@ MODELS = {
 }  # fmt: skip
 
 
-def _kernel_s(backend: SDPBackend, shapes: tuple[int, ...], causal: bool, train: bool) -> float:
+def _kernel_s(way: str, shapes: tuple[int, ...], causal: bool, train: bool) -> float:
     b, h, hk, length, d = shapes
     q = torch.randn(b, h, length, d, dtype=torch.bfloat16)
     k, v = (torch.randn(b, hk, length, d, dtype=torch.bfloat16) for _ in range(2))
-    mask = None if causal else torch.ones(b, 1, 1, length, dtype=torch.bool)
+    if causal:
+        mask = torch.ones(b, 1, length, length, dtype=torch.bool).tril()
+    else:
+        mask = torch.ones(b, 1, 1, length, dtype=torch.bool)
+    backend = SDPBackend.MATH if way == "math" else SDPBackend.FLASH_ATTENTION
     start = time.perf_counter()
     for _ in range(5):
-        with sdpa_kernel(backend):
+        qq, kk, vv = (t.detach().requires_grad_(train) for t in (q, k, v))
+        with sdpa_kernel(backend), torch.set_grad_enabled(train):
+            if way == "float32":
+                qq, kk, vv = qq.float(), kk.float(), vv.float()
+            out = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask, enable_gqa=True)
+            out = out.to(torch.bfloat16)
             if train:
-                qq, kk, vv = (t.requires_grad_() for t in (q.detach(), k.detach(), v.detach()))
-                out = F.scaled_dot_product_attention(
-                    qq, kk, vv, attn_mask=mask, is_causal=causal, enable_gqa=True
-                )
                 out.float().sum().backward()
-            else:
-                with torch.inference_mode():
-                    F.scaled_dot_product_attention(
-                        q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True
-                    )
     return (time.perf_counter() - start) / 5
+
+
+WAYS = ("bf16", "float32", "math")
 
 
 def kernels(repeats: int) -> list[dict[str, Any]]:
     rows = []
     for kind, h, hk, d, causal in (("bidirectional", 12, 12, 32, False),
                                    ("causal, grouped keys", 9, 3, 64, True)):  # fmt: skip
-        for length in (16, 32, 64, 128, 192, 256, 512):
+        for length in (16, 32, 64, 128, 192, 256, 384, 512):
             for train in (True, False):
                 shapes = (max(1, 1024 // length), h, hk, length, d)
-                flash, math_ = [], []
+                times: dict[str, list[float]] = {w: [] for w in WAYS}
                 for _ in range(repeats):
-                    flash.append(_kernel_s(SDPBackend.FLASH_ATTENTION, shapes, causal, train))
-                    math_.append(_kernel_s(SDPBackend.MATH, shapes, causal, train))
+                    for w in WAYS:
+                        times[w].append(_kernel_s(w, shapes, causal, train))
+                med = {w: statistics.median(t) for w, t in times.items()}
                 rows.append({
                     "attention": kind, "keys": length, "pass": "train" if train else "eval",
-                    "flash_ms": 1e3 * statistics.median(flash),
-                    "math_ms": 1e3 * statistics.median(math_),
-                    "math_speedup": statistics.median(flash) / statistics.median(math_),
+                    **{f"{w}_ms": 1e3 * m for w, m in med.items()},
+                    **{f"{w}_speedup_vs_bf16": med["bf16"] / med[w] for w in WAYS[1:]},
                 })  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -89,7 +94,7 @@ def kernels(repeats: int) -> list[dict[str, Any]]:
 
 def model_steps(repeats: int, n: int) -> dict[str, Any]:
     out = {}
-    chosen = attention.MATH_UP_TO
+    chosen = attention.FLOAT32_UP_TO
     for name, sets in MODELS.items():
         task = build_task(load_config(overrides=["run.threads=1", *sets]))
         if name.startswith("minilm"):
@@ -100,11 +105,11 @@ def model_steps(repeats: int, n: int) -> dict[str, Any]:
         rows: dict[int, list[float]] = {0: [], chosen: []}
         for _ in range(repeats):
             for up_to in rows:
-                attention.MATH_UP_TO = up_to
+                attention.FLOAT32_UP_TO = up_to
                 rows[up_to].append(steps(task, n))
-        attention.MATH_UP_TO = chosen
+        attention.FLOAT32_UP_TO = chosen
         out[name] = {
-            "flash_step_s": statistics.median(rows[0]),
+            "bf16_attention_step_s": statistics.median(rows[0]),
             "chosen_step_s": statistics.median(rows[chosen]),
             "paired_speedup": statistics.median(
                 a / b for a, b in zip(rows[0], rows[chosen], strict=True)
@@ -123,7 +128,7 @@ def main() -> None:
     torch.set_num_threads(1)
     result = {
         "load_avg": os.getloadavg(),
-        "math_up_to": attention.MATH_UP_TO,
+        "float32_up_to": attention.FLOAT32_UP_TO,
         "kernels": kernels(max(3, args.repeats // 2)),
         "steps": model_steps(args.repeats, args.steps),
     }

@@ -1,11 +1,12 @@
 """The CPU dropout drawn from 16 random bits an element: the same distribution as torch's
 dropout (dropped fraction, scale, expectation, gradient), seeded like it, and swapped into
 every dropout module and the attention of a built task unless ``run.fast_dropout = false``;
-and the CPU attention kernel chosen for short half-precision training."""
+and float32 attention for half-precision training on a CPU."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from fedpeft.models.dropout import (
-    MATH_UP_TO,
+    FLOAT32_UP_TO,
     SDPA_FAST_DROPOUT,
     SDPA_TORCH_MASKS,
     FastDropout,
@@ -215,28 +216,30 @@ def test_a_model_is_as_noisy_under_fast_dropout_as_under_torchs(tiny) -> None:
     assert ((fast_mean - torch_mean).abs() < 5 * torch_std / 300**0.5 * 2**0.5).all()
 
 
-def _kernels(fn, *args, **kw) -> tuple[set[str], torch.Tensor, tuple[torch.Tensor, ...]]:
-    """The SDPA kernels a forward + backward of ``fn`` ran, its output and input gradients."""
+def _run(fn, *args, **kw) -> tuple[list[torch.dtype], torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The dtypes ``fn`` handed SDPA, its output and its inputs' gradients."""
+    seen: list[torch.dtype] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q: torch.Tensor, *a: Any, **k: Any) -> torch.Tensor:
+        seen.append(q.dtype)
+        return sdpa(q, *a, **k)
+
     inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
     grads: tuple[torch.Tensor, ...] = ()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
         out, _ = fn(*args, **kw)
         if out.requires_grad:
             grads = torch.autograd.grad(out.float().square().sum(), inputs)
-    names = {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
-    return names, out, grads
-
-
-FLASH = "aten::_scaled_dot_product_flash_attention_for_cpu"
+    return seen, out, grads
 
 
 @pytest.mark.parametrize("causal_gqa", [False, True])
-def test_short_bf16_training_runs_sdpas_math_backend_with_the_same_result(
-    causal_gqa: bool,
-) -> None:
-    """Half-precision training over few keys goes to SDPA's math backend (its CPU flash
-    kernel's backward is slow there), with the flash kernel's result up to bf16 rounding;
-    evaluation, float32 and long sequences keep the flash kernel."""
+def test_short_bf16_training_attends_in_float32_with_the_same_result(causal_gqa: bool) -> None:
+    """Half-precision training over up to ``FLOAT32_UP_TO`` keys hands SDPA float32 (its CPU
+    flash kernel is faster so) and returns the queries' dtype, with bf16 SDPA's result up
+    to bf16 rounding; evaluation, float32 and longer sequences are SDPA's as given."""
     g = torch.Generator().manual_seed(11)
     heads, kv_heads = (6, 2) if causal_gqa else (4, 4)
     module = torch.nn.Module()
@@ -247,35 +250,50 @@ def test_short_bf16_training_runs_sdpas_math_backend_with_the_same_result(
         shapes = [(2, heads, length, 16), (2, kv_heads, length, 16), (2, kv_heads, length, 16)]
         return [torch.randn(s, generator=g).to(dtype).requires_grad_() for s in shapes]
 
-    mask = None if causal_gqa else torch.ones(2, 1, 1, 20, dtype=torch.bool)
-    if mask is not None:
-        mask[1, ..., 13:] = False  # padding
+    def padding(length: int) -> torch.Tensor | None:
+        if causal_gqa:
+            return None
+        mask = torch.ones(2, 1, 1, length, dtype=torch.bool)
+        mask[1, ..., 13:] = False
+        return mask
+
     q, k, v = inputs(20, torch.bfloat16)
-    used, out, grads = _kernels(sdpa_on_cpu, module, q, k, v, mask, scaling=0.25)
-    assert FLASH not in used and used, used
-    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
-        used_flash, ref, ref_grads = _kernels(
-            sdpa_attention_forward, module, q, k, v, mask, scaling=0.25
-        )
-    assert FLASH in used_flash
+    seen, out, grads = _run(sdpa_on_cpu, module, q, k, v, padding(20), scaling=0.25)
+    assert seen == [torch.float32] and out.dtype == torch.bfloat16
+    ref_seen, ref, ref_grads = _run(
+        sdpa_attention_forward, module, q, k, v, padding(20), scaling=0.25
+    )
+    assert ref_seen == [torch.bfloat16]
     torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
     for a, b in zip(grads, ref_grads, strict=True):
+        assert a.dtype == b.dtype == torch.bfloat16
         torch.testing.assert_close(a.float(), b.float(), atol=5e-2, rtol=5e-2)
     with torch.no_grad():  # evaluation
-        assert FLASH in _kernels(sdpa_on_cpu, module, q, k, v, mask, scaling=0.25)[0]
-    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))  # float32
-    assert FLASH in _kernels(sdpa_on_cpu, module, q32, k32, v32, mask, scaling=0.25)[0]
-    long = MATH_UP_TO + 8
+        assert _run(sdpa_on_cpu, module, q, k, v, padding(20), scaling=0.25)[0] == [torch.bfloat16]
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    assert _run(sdpa_on_cpu, module, q32, k32, v32, padding(20))[0] == [torch.float32]
+    long = FLOAT32_UP_TO + 8
     ql, kl, vl = inputs(long, torch.bfloat16)
-    mask_long = None if mask is None else torch.ones(2, 1, 1, long, dtype=torch.bool)
-    assert FLASH in _kernels(sdpa_on_cpu, module, ql, kl, vl, mask_long, scaling=0.25)[0]
+    assert _run(sdpa_on_cpu, module, ql, kl, vl, padding(long))[0] == [torch.bfloat16]
 
 
-def test_fast_dropout_attention_without_dropout_takes_the_same_kernel_choice() -> None:
+def test_an_additive_mask_follows_the_queries_to_float32() -> None:
+    _, q, k, v, mask = _attention_inputs()
+    module = torch.nn.Module()
+    module.is_causal = False
+    additive = torch.zeros(mask.shape, dtype=torch.bfloat16).masked_fill_(~mask, -1e4)
+    qb, kb, vb = (t.to(torch.bfloat16).requires_grad_() for t in (q, k, v))
+    seen, out, _ = _run(sdpa_on_cpu, module, qb, kb, vb, additive, scaling=0.3)
+    assert seen == [torch.float32]
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.3)
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+
+
+def test_fast_dropout_attention_without_dropout_takes_the_same_choice() -> None:
     _, q, k, v, mask = _attention_inputs()
     module = torch.nn.Module()
     module.is_causal = False
     q, k, v = (t.to(torch.bfloat16).requires_grad_() for t in (q, k, v))
-    used, out, _ = _kernels(sdpa_fast_dropout, module, q, k, v, mask, dropout=0.0, scaling=0.3)
-    assert FLASH not in used and used
+    seen, out, _ = _run(sdpa_fast_dropout, module, q, k, v, mask, dropout=0.0, scaling=0.3)
+    assert seen == [torch.float32]
     torch.testing.assert_close(out, sdpa_on_cpu(module, q, k, v, mask, scaling=0.3)[0])

@@ -17,12 +17,13 @@ adds a fully-masked-row test (``isneginf``, ``all``, ``where``): 5 % of MiniLM's
 ``AttentionInterface`` that is exactly ``sdpa`` except in training on a CPU with dropout,
 where it computes the same float32 attention (as the math path does) with the cheap mask.
 
-The same attention function also picks the CPU kernel in half-precision training: with
-bf16 queries and at most ``MATH_UP_TO`` keys, SDPA's math backend (float32 inside) is
-1.4-6.7x faster forward + backward than its CPU flash kernel, which it then passes over
-(measured in BENCHMARKS, issue 19; from 192 keys, and in evaluation and float32, the flash
-kernel is as fast or faster and stays). Under ``run.fast_dropout = false`` this choice
-stays and torch's masks are drawn (``SDPA_TORCH_MASKS``).
+The same attention function also chooses the precision of half-precision training on a
+CPU: SDPA's CPU flash kernel trains 1.1-2.4x slower on bf16 queries, keys and values than
+on the same tensors in float32 up to ``FLOAT32_UP_TO`` keys (forward + backward; measured
+in BENCHMARKS, issue 19), so there they go to it in float32 and the output comes back in
+bf16. Evaluation, float32 models and longer sequences are ``sdpa`` as it dispatches
+itself. Under ``run.fast_dropout = false`` this choice stays and torch's masks are drawn
+(``SDPA_TORCH_MASKS``).
 
 The dropped fraction is ``p`` rounded to a multiple of 1/65536 (0.1 → 0.1000061) and the kept
 elements are scaled by the inverse of the kept fraction, so the output's expectation is its
@@ -38,7 +39,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
@@ -107,7 +107,7 @@ class _Dropout(torch.autograd.Function):
 SDPA_FAST_DROPOUT = "fedpeft_sdpa"
 SDPA_TORCH_MASKS = "fedpeft_sdpa_torch_masks"
 _OURS = (SDPA_FAST_DROPOUT, SDPA_TORCH_MASKS)
-MATH_UP_TO = 128  # keys: up to here SDPA's CPU math backend trains faster than its flash
+FLOAT32_UP_TO = 384  # keys: up to here SDPA's CPU flash kernel trains faster in float32
 
 
 def sdpa_fast_dropout(
@@ -123,7 +123,7 @@ def sdpa_fast_dropout(
 ) -> tuple[torch.Tensor, None]:
     """``transformers``' ``sdpa`` attention, but with ``FastDropout``'s mask on the
     attention probabilities when training on a CPU (bidirectional attention, as many key as
-    query heads, no position bias or cache: encoders), and SDPA's math backend for short
+    query heads, no position bias or cache: encoders), and float32 attention for
     half-precision training on a CPU (``sdpa_on_cpu``)."""
     dropped = round(dropout * _LEVELS)
     plain = (
@@ -161,21 +161,27 @@ def sdpa_on_cpu(
     is_causal: bool | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """``transformers``' ``sdpa`` attention (torch's masks), on SDPA's math backend when
-    training in half precision on a CPU over at most ``MATH_UP_TO`` keys: the same float32
-    computation the math backend always does, without the CPU flash kernel's slow backward
-    at short lengths. Anything else is ``sdpa`` as it dispatches itself."""
+    """``transformers``' ``sdpa`` attention (torch's masks), computed in float32 when
+    training in half precision on a CPU over at most ``FLOAT32_UP_TO`` keys, where SDPA's
+    CPU flash kernel is faster in float32, and returned in the queries' dtype. Anything else
+    is ``sdpa`` as it dispatches itself."""
     kw = kwargs | {"dropout": dropout, "scaling": scaling, "is_causal": is_causal}
+    dtype = query.dtype
     if (
         query.device.type == "cpu"
-        and query.dtype in (torch.bfloat16, torch.float16)
-        and key.shape[-2] <= MATH_UP_TO
+        and dtype in (torch.bfloat16, torch.float16)
+        and key.shape[-2] <= FLOAT32_UP_TO
         and torch.is_grad_enabled()
         and (query.requires_grad or key.requires_grad or value.requires_grad)
         and not torch.compiler.is_compiling()
     ):
-        with sdpa_kernel(SDPBackend.MATH):
-            return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+        if attention_mask is not None and attention_mask.is_floating_point():
+            attention_mask = attention_mask.float()  # an additive mask takes the queries' dtype
+        with torch.autocast("cpu", enabled=False):
+            out, _ = sdpa_attention_forward(
+                module, query.float(), key.float(), value.float(), attention_mask, **kw
+            )
+        return out.to(dtype), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
 
 
