@@ -18,7 +18,7 @@ adds a fully-masked-row test (``isneginf``, ``all``, ``where``): 5 % of MiniLM's
 where it computes the same float32 attention (as the math path does) with the cheap mask.
 
 The same attention function also chooses the precision of half-precision training on a
-CPU: SDPA's CPU flash kernel trains 1.1-2.4x slower on bf16 queries, keys and values than
+CPU: SDPA's CPU flash kernel trains 1.1-5x slower on bf16 queries, keys and values than
 on the same tensors in float32 up to ``FLOAT32_UP_TO`` keys (forward + backward; measured
 in BENCHMARKS, issue 19), so there they go to it in float32 and the output comes back in
 bf16. Evaluation, float32 models and longer sequences are ``sdpa`` as it dispatches
