@@ -245,3 +245,25 @@ def test_an_unfinished_variant_is_said_to_be_unfinished_not_unrecorded() -> None
         f.rounds[-1].pop("client_train_time_mean_s")
     assert outcomes(study)[2].measured == "the runs record no client time or memory"
     assert "record no personalised" in outcomes(study)[3].measured
+
+
+def test_cell_tables_show_cpu_seconds_where_every_run_has_them(tmp_path: Path) -> None:
+    """A cell's client-time column is CPU seconds when all its runs recorded them (wall
+    time counts whatever ran beside), and says so; wall seconds otherwise."""
+    from fedpeft.report.experiment import _results
+
+    study = _study((0.70, 0.72))
+    roles = study.roles
+    variants = list(roles)
+
+    def column(figures: list[RunFigures]) -> tuple[str, str]:
+        blocks = _results(tmp_path, [CELL], figures, variants, roles)
+        table = next(b for b in blocks if isinstance(b, Table))
+        i = next(i for i, h in enumerate(table.header) if h.startswith("client train"))
+        full = next(r for r in table.rows if r[0] == "`full`")
+        return table.header[i], full[i]
+
+    assert column(study.figures) == ("client train s / round", "6.00 ± 0.00")
+    for f in study.figures:
+        f.rounds[-1]["client_train_cpu_mean_s"] = 3.0 if f.variant == "full" else 1.0
+    assert column(study.figures) == ("client train CPU s / round", "3.00 ± 0.00")
