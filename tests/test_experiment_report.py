@@ -267,3 +267,7 @@ def test_cell_tables_show_cpu_seconds_where_every_run_has_them(tmp_path: Path) -
     for f in study.figures:
         f.rounds[-1]["client_train_cpu_mean_s"] = 3.0 if f.variant == "full" else 1.0
     assert column(study.figures) == ("client train CPU s / round", "3.00 ± 0.00")
+    next(f for f in study.figures if f.variant == "bias").rounds[-1].pop(
+        "client_train_cpu_mean_s"
+    )  # one run without: the whole cell in wall seconds
+    assert column(study.figures) == ("client train s / round", "6.00 ± 0.00")

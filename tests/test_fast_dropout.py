@@ -216,6 +216,9 @@ def test_a_model_is_as_noisy_under_fast_dropout_as_under_torchs(tiny) -> None:
     assert ((fast_mean - torch_mean).abs() < 5 * torch_std / 300**0.5 * 2**0.5).all()
 
 
+_HANDED: list[torch.Tensor] = []  # the query tensors SDPA got in the last ``_run``
+
+
 def _run(fn, *args, **kw) -> tuple[list[torch.dtype], torch.Tensor, tuple[torch.Tensor, ...]]:
     """The dtypes ``fn`` handed SDPA, its output and its inputs' gradients."""
     seen: list[torch.dtype] = []
@@ -223,7 +226,10 @@ def _run(fn, *args, **kw) -> tuple[list[torch.dtype], torch.Tensor, tuple[torch.
 
     def spy(q: torch.Tensor, *a: Any, **k: Any) -> torch.Tensor:
         seen.append(q.dtype)
+        _HANDED.append(q)
         return sdpa(q, *a, **k)
+
+    _HANDED.clear()
 
     inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
     grads: tuple[torch.Tensor, ...] = ()
@@ -272,9 +278,34 @@ def test_short_bf16_training_attends_in_float32_with_the_same_result(causal_gqa:
         assert _run(sdpa_on_cpu, module, q, k, v, padding(20), scaling=0.25)[0] == [torch.bfloat16]
     q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
     assert _run(sdpa_on_cpu, module, q32, k32, v32, padding(20))[0] == [torch.float32]
-    long = FLOAT32_UP_TO + 8
+    assert _HANDED[0] is q32  # a float32 model's queries go to SDPA as they are
+    frozen = [t.detach() for t in (q, k, v)]  # gradients on, none needed (frozen blocks)
+    assert _run(sdpa_on_cpu, module, *frozen, padding(20))[0] == [torch.bfloat16]
+    assert _HANDED[0] is frozen[0]
+    with_dropout = _run(sdpa_on_cpu, module, q, k, v, padding(20), dropout=0.1)
+    assert with_dropout[0] == [torch.bfloat16]  # SDPA's math backend: float32 inside anyway
+    bias = torch.zeros(2, heads, 20, 20, dtype=torch.bfloat16)
+    assert _run(sdpa_on_cpu, module, q, k, v, None, position_bias=bias)[0] == [torch.bfloat16]
+    edge, long = FLOAT32_UP_TO, FLOAT32_UP_TO + 1
+    qe, ke, ve = inputs(edge, torch.bfloat16)
+    assert _run(sdpa_on_cpu, module, qe, ke, ve, padding(edge))[0] == [torch.float32]
     ql, kl, vl = inputs(long, torch.bfloat16)
     assert _run(sdpa_on_cpu, module, ql, kl, vl, padding(long))[0] == [torch.bfloat16]
+
+
+def test_the_float32_path_keeps_an_explicit_is_causal() -> None:
+    """``is_causal`` handed by the caller wins over the module's, as in ``sdpa``."""
+    g = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(2, 3, 6, 8, generator=g) for _ in range(3))
+    module = torch.nn.Module()
+    module.is_causal = True
+    bq, bk, bv = (t.to(torch.bfloat16).requires_grad_() for t in (q, k, v))
+    for causal in (False, True):
+        out, _ = sdpa_on_cpu(module, bq, bk, bv, None, scaling=0.3, is_causal=causal)
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, scale=0.3, is_causal=causal
+        ).transpose(1, 2)
+        torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
 
 
 def test_an_additive_mask_follows_the_queries_to_float32() -> None:

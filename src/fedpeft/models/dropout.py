@@ -21,9 +21,12 @@ The same attention function also chooses the precision of half-precision trainin
 CPU: SDPA's CPU flash kernel trains 1.1-5x slower on bf16 queries, keys and values than
 on the same tensors in float32 up to ``FLOAT32_UP_TO`` keys (forward + backward; measured
 in BENCHMARKS, issue 19), so there they go to it in float32 and the output comes back in
-bf16. Evaluation, float32 models and longer sequences are ``sdpa`` as it dispatches
-itself. Under ``run.fast_dropout = false`` this choice stays and torch's masks are drawn
-(``SDPA_TORCH_MASKS``).
+the queries' dtype (the backward then keeps float32 copies: twice bf16's memory for that
+layer's queries, keys, values and output). Everything else is ``sdpa`` as it dispatches
+itself: evaluation, attention whose inputs need no gradient, float32 models, longer
+sequences, attention dropout (SDPA's math backend, float32 inside anyway), position
+biases, GPUs and compiled code. Under ``run.fast_dropout = false`` this choice stays and
+torch's masks are drawn (``SDPA_TORCH_MASKS``).
 
 The dropped fraction is ``p`` rounded to a multiple of 1/65536 (0.1 → 0.1000061) and the kept
 elements are scaled by the inverse of the kept fraction, so the output's expectation is its
@@ -162,18 +165,20 @@ def sdpa_on_cpu(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """``transformers``' ``sdpa`` attention (torch's masks), computed in float32 when
-    training in half precision on a CPU over at most ``FLOAT32_UP_TO`` keys, where SDPA's
-    CPU flash kernel is faster in float32, and returned in the queries' dtype. Anything else
-    is ``sdpa`` as it dispatches itself."""
+    training in half precision on a CPU over at most ``FLOAT32_UP_TO`` keys without
+    dropout or a position bias, where SDPA's CPU flash kernel is faster in float32, and
+    returned in the queries' dtype. Anything else is ``sdpa`` as it dispatches itself."""
     kw = kwargs | {"dropout": dropout, "scaling": scaling, "is_causal": is_causal}
     dtype = query.dtype
     if (
-        query.device.type == "cpu"
+        not torch.compiler.is_compiling()  # first: a length test would guard the graph
+        and query.device.type == "cpu"
         and dtype in (torch.bfloat16, torch.float16)
-        and key.shape[-2] <= FLOAT32_UP_TO
+        and not dropout
+        and kwargs.get("position_bias") is None
         and torch.is_grad_enabled()
         and (query.requires_grad or key.requires_grad or value.requires_grad)
-        and not torch.compiler.is_compiling()
+        and key.shape[-2] <= FLOAT32_UP_TO
     ):
         if attention_mask is not None and attention_mask.is_floating_point():
             attention_mask = attention_mask.float()  # an additive mask takes the queries' dtype

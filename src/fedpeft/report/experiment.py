@@ -23,7 +23,16 @@ from fedpeft.report.doc import (
 )
 from fedpeft.report.exp_plots import plot_cell
 from fedpeft.report.outcomes import Study, label, outcomes, summary_rows
-from fedpeft.report.tables import RunFigures, cells, in_cell, read_csv, read_plan, run_figures, stat
+from fedpeft.report.tables import (
+    RunFigures,
+    cells,
+    client_clock,
+    in_cell,
+    read_csv,
+    read_plan,
+    run_figures,
+    stat,
+)
 
 EXTRA_MARKS = ("personal", "epsilon", "mia", "privacy", "auc")
 # clients scored on their own data (experiment.table): each model's mean, then the ratio
@@ -136,10 +145,8 @@ def _results(
         )
     for i, cell in enumerate(grid, start=1):
         runs = [f for f in figures if in_cell(f, cell)]
-        # CPU seconds where every run has them: wall time counts whatever else ran beside
-        # (a shared machine, other runs of the grid); older runs recorded wall time only
-        cpu = bool(runs) and all(f.mean("client_train_cpu_mean_s") is not None for f in runs)
-        clock = "client_train_cpu_mean_s" if cpu else "client_train_time_mean_s"
+        clock = client_clock(runs)  # one clock for the cell's table
+        cpu = clock == "client_train_cpu_mean_s"
         header = [
             "variant",
             "role",

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fedpeft.report.tables import RunFigures, in_cell, stat
+from fedpeft.report.tables import RunFigures, client_clock, in_cell, stat
 
 HOLDS, FAILS, UNMEASURED = "holds", "does not hold", "not measured"
 
@@ -199,11 +199,9 @@ def client_cost(s: Study) -> Outcome:
     full = s.with_role("full")
     if not full:
         return Outcome(3, CLAIMS[2], rule, UNMEASURED, "no full fine-tuning variant in the grid")
-    # CPU seconds where every run of both variants records them: wall time on a shared
-    # machine grows with whatever else runs there, CPU time does not
-    both = [f for f in s.figures if f.variant in (s.proposed, full[0])]
-    cpu = bool(both) and all(f.mean("client_train_cpu_mean_s") is not None for f in both)
-    clock = "client_train_cpu_mean_s" if cpu else "client_train_time_mean_s"
+    # over every run of both variants, in every cell: one clock for all the ratios
+    clock = client_clock([f for f in s.figures if f.variant in (s.proposed, full[0])])
+    cpu = clock == "client_train_cpu_mean_s"
     measures = {
         "time": lambda f: f.mean(clock),
         "memory": lambda f: f.peak("client_peak_mem_max_bytes"),

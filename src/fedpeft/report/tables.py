@@ -98,6 +98,14 @@ class RunFigures:
         return max(values) if values else None
 
 
+def client_clock(runs: Sequence[RunFigures]) -> str:
+    """The per-round client training time to compare ``runs`` by: CPU seconds when every
+    run records them, else wall seconds (on a shared machine wall time grows with whatever
+    else runs there, CPU time does not; older runs recorded wall time only)."""
+    cpu = bool(runs) and all(r.mean("client_train_cpu_mean_s") is not None for r in runs)
+    return "client_train_cpu_mean_s" if cpu else "client_train_time_mean_s"
+
+
 def run_figures(
     rows: Iterable[dict[str, Any]], axes: Sequence[str], done: set[str]
 ) -> list[RunFigures]:

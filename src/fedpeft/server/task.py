@@ -164,9 +164,10 @@ def native_cpu_bf16() -> bool:
 
 
 def with_autocast(model: nn.Module, mode: str) -> nn.Module:
-    """``model`` (in place) with its forward under autocast when ``mode`` asks for it, so
-    training and evaluation run the same numerics; backward runs outside it, as PyTorch
-    recommends. Parameters, states and updates stay float32."""
+    """``model`` (in place) with its forward under autocast when ``mode`` asks for it;
+    backward runs outside it, as PyTorch recommends. Parameters, states and updates stay
+    float32. (On a CPU, training's attention may run in float32 where evaluation's runs in
+    bf16: ``fedpeft.models.dropout.sdpa_on_cpu``.)"""
     device = next(model.parameters()).device
     dtype = autocast_dtype(mode, device)
     if dtype is not None:
