@@ -9,6 +9,14 @@ from pathlib import Path
 from typing import Any
 
 
+def emit(result: dict[str, Any], out: Path | None) -> None:
+    """Prints a benchmark's result as indented JSON, and writes it to ``out`` when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        out.write_text(text + "\n")
+
+
 def run_fedpeft(out: Path, tag: str, sets: list[str]) -> Path:
     """Runs ``fedpeft run`` with ``--set`` overrides into ``out``; returns the run folder."""
     cmd = [

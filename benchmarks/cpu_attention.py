@@ -30,6 +30,7 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from common import emit  # noqa: E402
 from step_speed import steps  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
@@ -132,10 +133,7 @@ def main() -> None:
         "kernels": kernels(max(3, args.repeats // 2)),
         "steps": model_steps(args.repeats, args.steps),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

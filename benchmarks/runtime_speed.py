@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import TreeMemory, read_run
+from common import TreeMemory, emit, read_run
 
 
 def children_cpu_s() -> float:
@@ -132,10 +132,7 @@ def main() -> None:
             ref = statistics.median(r["median_round_s"] for r in runs[first])
             med["round_speedup_vs_" + first] = ref / med["median_round_s"]
         result["variants"][name] = {"sets": variants[name], "median": med}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
