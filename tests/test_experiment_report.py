@@ -271,3 +271,8 @@ def test_cell_tables_show_cpu_seconds_where_every_run_has_them(tmp_path: Path) -
         "client_train_cpu_mean_s"
     )  # one run without: the whole cell in wall seconds
     assert column(study.figures) == ("client train s / round", "6.00 ± 0.00")
+    for f in study.figures:
+        f.rounds[-1]["client_train_cpu_mean_s"] = 3.0 if f.variant == "full" else 1.0
+    resumed = next(f for f in study.figures if f.variant == "bias")
+    resumed.rounds.insert(0, {"round": 0, "client_train_time_mean_s": 1.0})  # older code
+    assert column(study.figures)[0] == "client train s / round"  # not CPU over fewer rounds

@@ -102,8 +102,18 @@ def client_clock(runs: Sequence[RunFigures]) -> str:
     """The per-round client training time to compare ``runs`` by: CPU seconds when every
     run records them, else wall seconds (on a shared machine wall time grows with whatever
     else runs there, CPU time does not; older runs recorded wall time only)."""
-    cpu = bool(runs) and all(r.mean("client_train_cpu_mean_s") is not None for r in runs)
+    cpu = bool(runs) and all(
+        r.mean("client_train_cpu_mean_s") is not None
+        # every round that timed its clients (a run resumed by newer code has both kinds)
+        and all(_has(x, "client_train_cpu_mean_s") for x in r.rounds
+                if _has(x, "client_train_time_mean_s"))
+        for r in runs
+    )  # fmt: skip
     return "client_train_cpu_mean_s" if cpu else "client_train_time_mean_s"
+
+
+def _has(row: dict[str, Any], key: str) -> bool:
+    return isinstance(row.get(key), int | float)
 
 
 def run_figures(
