@@ -85,16 +85,20 @@ class RunFigures:
     labels: dict[str, str]
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
+    def values(self, key: str) -> list[float]:
+        """``key``'s numbers over the rounds that recorded one, in round order."""
+        return [float(r[key]) for r in self.rounds if _has(r, key)]
+
     def final(self, key: str) -> float | None:
-        values = [r[key] for r in self.rounds if isinstance(r.get(key), int | float)]
-        return float(values[-1]) if values else None
+        values = self.values(key)
+        return values[-1] if values else None
 
     def mean(self, key: str) -> float | None:
-        values = [float(r[key]) for r in self.rounds if isinstance(r.get(key), int | float)]
+        values = self.values(key)
         return statistics.fmean(values) if values else None
 
     def peak(self, key: str) -> float | None:
-        values = [float(r[key]) for r in self.rounds if isinstance(r.get(key), int | float)]
+        values = self.values(key)
         return max(values) if values else None
 
 
@@ -102,13 +106,14 @@ def client_clock(runs: Sequence[RunFigures]) -> str:
     """The per-round client training time to compare ``runs`` by: CPU seconds when every
     run records them, else wall seconds (on a shared machine wall time grows with whatever
     else runs there, CPU time does not; older runs recorded wall time only)."""
-    cpu = bool(runs) and all(
-        r.mean("client_train_cpu_mean_s") is not None
-        # every round that timed its clients (a run resumed by newer code has both kinds)
-        and all(_has(x, "client_train_cpu_mean_s") for x in r.rounds
-                if _has(x, "client_train_time_mean_s"))
-        for r in runs
-    )  # fmt: skip
+    # every round that timed its clients, in every run (a run resumed by newer code has
+    # rounds of both kinds)
+    timed = [x for r in runs for x in r.rounds if _has(x, "client_train_time_mean_s")]
+    cpu = (
+        bool(runs)
+        and all(r.values("client_train_cpu_mean_s") for r in runs)
+        and all(_has(x, "client_train_cpu_mean_s") for x in timed)
+    )
     return "client_train_cpu_mean_s" if cpu else "client_train_time_mean_s"
 
 
