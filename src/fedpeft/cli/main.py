@@ -140,6 +140,36 @@ def run(
     console.print(f"results: {result.run_dir}  (adapter: {result.run_dir / 'adapter'})")
 
 
+@app.command("config")
+def show_config(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override: section.key=value")
+    ] = None,
+    reference: Annotated[
+        bool, typer.Option(help="every key with its default, accepted values and meaning")
+    ] = False,
+) -> None:
+    """Print the configuration `fedpeft run` would use with these options (every default
+    filled in, checked as a run checks it; nothing is loaded or written)."""
+    _setup_logging(False)
+    with user_errors():
+        if reference:
+            from fedpeft.config.reference import reference_markdown
+
+            typer.echo(reference_markdown(), nl=False)
+            return
+        import tomli_w
+
+        from fedpeft.server.task import check_names
+
+        cfg = _resolve_config(config, set_ or [], None)
+        spec = check_names(cfg)
+    raw = cfg.model_dump(mode="json", exclude_none=True)  # TOML has no None: unset keys go
+    raw["peft"] = {"method": cfg.peft.method, **spec.model_dump(mode="json", exclude_none=True)}
+    typer.echo(tomli_w.dumps(raw), nl=False)
+
+
 @app.command()
 def allocate(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file")] = None,

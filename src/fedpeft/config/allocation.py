@@ -25,10 +25,10 @@ class CostWeights(Section):
     client adds to the round, its memory, its transfer time at its own bandwidth, and the
     risk of missing the deadline (``fedpeft.allocation.utility``)."""
 
-    time: float = Field(1.0, ge=0.0)
-    memory: float = Field(1.0, ge=0.0)
-    bytes: float = Field(1.0, ge=0.0)
-    risk: float = Field(1.0, ge=0.0)
+    time: float = Field(1.0, ge=0.0, description="the time a client adds to the round")
+    memory: float = Field(1.0, ge=0.0, description="its peak memory, / the device's")
+    bytes: float = Field(1.0, ge=0.0, description="its transfer time at its own bandwidth")
+    risk: float = Field(1.0, ge=0.0, description="its chance of missing the deadline")
 
     @model_validator(mode="after")
     def _some_weight(self) -> CostWeights:
@@ -54,18 +54,26 @@ class CatalogueConfig(Section):
     which ``server.aggregator = "kd_fusion"`` bridges by distillation. ``top`` places an
     adapter in the upper half of the blocks only; ``all`` in every block."""
 
-    lora_ranks: list[PositiveInt] = [4, 8, 16]
+    lora_ranks: list[PositiveInt] = Field([4, 8, 16], description="LoRA ranks to choose from")
     lora_depths: list[Depth] = Field(
         [1.0, 0.5, 0.33, 0.17], description="fractions of the blocks, counted from the top"
     )
-    lora_targets: list[TargetSet] = ["qv"]
-    adapter_methods: list[Literal["houlsby", "pfeiffer"]] = []
-    adapter_sizes: list[PositiveInt] = [8, 32, 64]
-    adapter_placements: list[Placement] = ["all"]
-    prompt_tokens: list[PositiveInt] = []
-    prefix_tokens: list[PositiveInt] = []
+    lora_targets: list[TargetSet] = Field(
+        ["qv"], description="qv: query and value; qkv: and key; qkv_ffn: and the FFN output"
+    )
+    adapter_methods: list[Literal["houlsby", "pfeiffer"]] = Field(
+        [], description="bottleneck adapters to offer too (none by default)"
+    )
+    adapter_sizes: list[PositiveInt] = Field([8, 32, 64], description="their bottleneck sizes")
+    adapter_placements: list[Placement] = Field(
+        ["all"], description="all: every block; top: the upper half"
+    )
+    prompt_tokens: list[PositiveInt] = Field([], description="prompt tuning's token counts")
+    prefix_tokens: list[PositiveInt] = Field([], description="prefix tuning's token counts")
     others: list[str] = Field([], description="methods with their default options")
-    extra: list[CandidateConfig] = []
+    extra: list[CandidateConfig] = Field(
+        [], description='written out: [{method = "ia3"}, {method = "lora", options = {r = 2}}]'
+    )
 
 
 class GainConfig(Section):
@@ -214,9 +222,15 @@ class AllocationConfig(Section):
     cost_weights: CostWeights = CostWeights()
     bits_down: int = Field(32, ge=1, le=32, description="bits per parameter, server → client")
     bits_up: int = Field(32, ge=1, le=32, description="bits per parameter, client → server")
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    uniform: CandidateConfig | None = None
-    tiers: dict[str, CandidateConfig] = Field(default_factory=dict)
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw", description="the client optimiser the memory estimate assumes"
+    )
+    uniform: CandidateConfig | None = Field(
+        None, description='uniform policy: every client\'s {method = "lora", options = {r = 8}}'
+    )
+    tiers: dict[str, CandidateConfig] = Field(
+        default_factory=dict, description="tiered policy: device tier → {method, options}"
+    )
     catalogue: CatalogueConfig = CatalogueConfig()
     gain: GainConfig = GainConfig()
     baselines: BaselineConfig = BaselineConfig()

@@ -24,7 +24,12 @@ PersonalMode = Literal["none", "head", "lora_b", "dual", "finetune"]
 
 
 class PersonalizationConfig(Section):
-    mode: PersonalMode = "none"
+    mode: PersonalMode = Field(
+        "none",
+        description="what each client keeps: none (the global); head (FedPer); lora_b (LoRA's "
+        "B, FedSA-LoRA); dual (a personal LoRA beside the global, FedDPA); finetune "
+        "(finetune_steps local steps from the global)",
+    )
     eval_every: int = Field(
         0, ge=0, description="score every client on its held-out share every k rounds (0: last)"
     )

@@ -58,8 +58,15 @@ class ProfilesConfig(Section):
     ``relative`` tiers sized to the model (``scale = "model"``)."""
 
     mix: dict[str, float] | list[str] = Field(
-        default_factory=lambda: {"high": 0.3, "mid": 0.4, "low": 0.3}
+        default_factory=lambda: {"high": 0.3, "mid": 0.4, "low": 0.3},
+        description="tier → share of the clients, or one tier name per client",
     )
-    file: str | None = None
-    scale: Literal["declared", "model"] = "declared"
-    relative: dict[str, RelativeTier] = Field(default_factory=lambda: dict(DEFAULT_RELATIVE))
+    file: str | None = Field(None, description="custom declared tiers (TOML or JSON)")
+    scale: Literal["declared", "model"] = Field(
+        "declared", description="declared: absolute tiers; model: tiers sized to the model"
+    )
+    relative: dict[str, RelativeTier] = Field(
+        default_factory=lambda: dict(DEFAULT_RELATIVE),
+        description="scale = model: tier → {depth, compute, transfer, down_up, cores, "
+        "availability} (RelativeTier)",
+    )

@@ -26,11 +26,18 @@ from fedpeft.errors import FedpeftError
 
 
 class RunConfig(_Section):
-    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)
-    seed: int = Field(0, ge=0)
-    rounds: PositiveInt = 12
-    output_dir: str = "runs"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    name: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        max_length=64,
+        description="the run folder's prefix (runs/<name>-<timestamp>)",
+    )
+    seed: int = Field(0, ge=0, description="seeds the data split, partition, init and batches")
+    rounds: PositiveInt = Field(12, description="federated rounds (async: server steps)")
+    output_dir: str = Field("runs", description="where run folders are written")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when available, else the CPU"
+    )
     threads: int = Field(
         0, ge=0, le=4096, description="torch threads of the server process; 0 = one per core"
     )
@@ -71,8 +78,14 @@ class RunConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: str = "sentence-transformers/all-MiniLM-L6-v2"
-    max_length: PositiveInt = 64
+    name: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        description="the frozen base: all-MiniLM-L6-v2 and HuggingFaceTB/SmolLM2-135M-Instruct "
+        "and efficientnet-lite0 ship locally; tiny-bert, tiny-llama, tiny-vit, ... are random "
+        "test models; other hub ids of a supported family download on first use (README, "
+        "*PEFT methods* and *Image models*)",
+    )
+    max_length: PositiveInt = Field(64, description="tokens of input text kept per example")
     image_size: PositiveInt | None = Field(None, description="image models: input side (px)")
     task: Literal["auto", "classify", "instruct", "qa", "itm", "vqa", "detect"] = Field(
         "auto",
@@ -89,11 +102,20 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    dataset: str = "sst2"
-    train_file: str | None = None
-    eval_file: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
+    dataset: str = Field(
+        "sst2",
+        description="sst2, ag_news, banking77, trec, trec_fine, 20newsgroups (text); cifar10, "
+        "fashion_mnist (images); squad (question answering); daquar (image–text); bccd, "
+        "coco128 (detection); custom: your own train_file",
+    )
+    train_file: str | None = Field(
+        None, description="custom: a CSV, TSV or JSONL file with a text and a label column"
+    )
+    eval_file: str | None = Field(
+        None, description="custom: the evaluation file (None: a seeded 10 % of train_file held out)"
+    )
+    text_column: str = Field("text", description="custom: the text column's name")
+    label_column: str = Field("label", description="custom: the label column's name")
     label_names: list[str] | None = Field(
         None,
         min_length=2,
@@ -101,21 +123,25 @@ class DataConfig(_Section):
     )
     train_size: PositiveInt | None = Field(2000, description="seeded subset of the train split")
     eval_size: PositiveInt | None = Field(None, description="seeded subset of the eval split")
-    num_clients: PositiveInt = 10
+    num_clients: PositiveInt = Field(10, description="simulated clients the data is split over")
     partition: Literal["iid", "dirichlet", "pathological", "natural"] = Field(
         "dirichlet",
         description="natural: data follows the device tier (classification), whole "
         "articles per client (question answering) or whole images (image–text pairs)",
     )
-    alpha: PositiveFloat = 0.5
-    classes_per_client: PositiveInt = 1
+    alpha: PositiveFloat = Field(
+        0.5, description="dirichlet: concentration; smaller is more label skew (0.1 extreme)"
+    )
+    classes_per_client: PositiveInt = Field(1, description="pathological: classes per client")
     natural_share: float = Field(
         0.8,
         ge=0.0,
         le=1.0,
         description="natural: share of each class held by its home tier's clients",
     )
-    min_partition_size: int = Field(2, ge=1)
+    min_partition_size: int = Field(
+        2, ge=1, description="the fewest examples a client may hold (dirichlet redraws to it)"
+    )
     client_test_fraction: float = Field(
         0.0,
         ge=0.0,
@@ -146,7 +172,7 @@ class PeftConfig(_Section):
     model_config = ConfigDict(
         extra="allow", frozen=True, validate_default=True, allow_inf_nan=False, strict=True
     )
-    method: str = "lora"
+    method: str = Field("lora", description="a registered PEFT method (README, *PEFT methods*)")
 
     @property
     def options(self) -> dict[str, Any]:
@@ -154,14 +180,14 @@ class PeftConfig(_Section):
 
 
 class ClientConfig(_Section):
-    epochs: PositiveInt = 1
+    epochs: PositiveInt = Field(1, description="local epochs over the client's data a round")
     steps: PositiveInt | None = Field(None, description="if set, train this many steps instead")
-    batch_size: PositiveInt = 16
+    batch_size: PositiveInt = Field(16, description="examples per local step")
     lr: float | str = Field(
         3e-3, description='"auto": a learning-rate range test on the largest client (lr_range.py)'
     )
     head_lr: PositiveFloat | None = Field(None, description="the task head's lr (None: lr)")
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW's decoupled weight decay")
     proximal_mu: float = Field(0.0, ge=0.0, description="FedProx term (mu/2)·||θ − θ⁰||²")
     label_skew: Literal["none", "logit_adjust", "fedlc", "fedrs"] = Field(
         "none",
@@ -203,8 +229,14 @@ class ClientConfig(_Section):
 
 class ServerConfig(_Section):
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of clients per round")
-    min_clients: PositiveInt = 1
-    aggregator: str = "fedavg"
+    min_clients: PositiveInt = Field(
+        1,
+        description="the fewest clients sampled a round, and the quorum: a round with fewer "
+        "accepted updates leaves the globals unchanged",
+    )
+    aggregator: str = Field(
+        "fedavg", description="a registered aggregation rule (README, *Aggregation*)"
+    )
     head_init: Literal["auto", "random", "ncm", "lda"] = Field(
         "auto",
         description="classifiers: start the head from the clients' class feature statistics "
@@ -225,7 +257,9 @@ class ServerConfig(_Section):
         "round's aggregation or after every round's; auto: last wherever head_refresh could "
         "run, else none",
     )
-    optimizer: Literal["none", "fedavgm", "fedadam", "fedyogi"] = "none"
+    optimizer: Literal["none", "fedavgm", "fedadam", "fedyogi"] = Field(
+        "none", description="server optimiser over the aggregated update (Reddi et al., 2021)"
+    )
     server_lr: PositiveFloat | None = Field(None, description="None = the optimiser's default")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="FedAvgM")
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="FedAdam/FedYogi")
@@ -261,7 +295,7 @@ class SimulationConfig(_Section):
     ``allocation.deadline_s`` are dropped as stragglers and ``availability`` is drawn per
     round (seeded)."""
 
-    devices: bool = False
+    devices: bool = Field(False, description="run each client within its device's limits")
     availability: bool = Field(True, description="per-round dropouts from device availability")
     thread_cap: bool = Field(True, description="torch threads = the device's cores")
 
@@ -271,7 +305,7 @@ WIDTHS: tuple[Width, ...] = (32, 16, 8, 4, 2)
 
 
 class CompressionConfig(_Section):
-    """Update compression (issue 15). The defaults send every value as float32, as before.
+    """Update compression. The defaults send every value as float32.
 
     ``bits_up``/``bits_down``: 32, 16 (``half``), or 8/4/2-bit codes with one bf16 scale per
     ``group_size`` values ("row": one per row); ``bits_up = "adaptive"`` lets the allocation
@@ -279,12 +313,20 @@ class CompressionConfig(_Section):
     ``allocation.deadline_s``. ``topk`` keeps that fraction of each tensor's values
     (client updates only). ``error_feedback`` adds what a message left out to the next one."""
 
-    bits_up: Literal[32, 16, 8, 4, 2, "adaptive"] = 32
-    bits_down: Literal[32, 16, 8, 4, 2] = 32
+    bits_up: Literal[32, 16, 8, 4, 2, "adaptive"] = Field(
+        32, description="bits per value of client updates"
+    )
+    bits_down: Literal[32, 16, 8, 4, 2] = Field(
+        32, description="bits per value of the global sent to clients"
+    )
     topk: float | None = Field(None, gt=0.0, le=1.0, description="fraction of values kept")
-    error_feedback: bool = True
-    rounding: Literal["stochastic", "nearest"] = "stochastic"
-    group_size: PositiveInt | Literal["row"] = 64
+    error_feedback: bool = Field(True, description="carry what a message left out to the next")
+    rounding: Literal["stochastic", "nearest"] = Field(
+        "stochastic", description="how values round to a code (stochastic: unbiased)"
+    )
+    group_size: PositiveInt | Literal["row"] = Field(
+        64, description="values sharing one scale; row: one scale per row"
+    )
     half: Literal["fp16", "bf16"] = Field("fp16", description="the 16-bit float format")
     adaptive_bits: list[Width] = Field(  # a list: TOML has no tuples
         default_factory=lambda: list(WIDTHS),
@@ -327,12 +369,16 @@ class PrivacyConfig(_Section):
     chosen from ``target_epsilon`` for the planned rounds; ε is reported at ``delta``.
     """
 
-    mode: Literal["none", "central", "local", "dpsgd"] = "none"
+    mode: Literal["none", "central", "local", "dpsgd"] = Field(
+        "none", description="where noise is added (see above); none: no differential privacy"
+    )
     noise_multiplier: float | None = Field(None, ge=0.0, description="σ; None: from ε target")
     clip_norm: PositiveFloat = Field(1.0, description="S: L2 bound of a Δ (or a sample's grad)")
     target_epsilon: PositiveFloat | None = Field(None, description="choose σ to spend this ε")
-    delta: float = Field(1e-5, gt=0.0, lt=1.0)
-    accountant: Literal["rdp", "prv"] = "rdp"
+    delta: float = Field(1e-5, gt=0.0, lt=1.0, description="δ at which ε is reported")
+    accountant: Literal["rdp", "prv"] = Field(
+        "rdp", description="opacus' Rényi-DP or privacy-random-variable accountant"
+    )
     adaptive_clipping: bool = Field(False, description="S tracks a quantile of Δ norms")
     target_quantile: float = Field(0.5, gt=0.0, lt=1.0, description="adaptive: γ")
     clip_lr: PositiveFloat = Field(0.2, description="adaptive: η_C, geometric step size")

@@ -5,7 +5,13 @@ from fedpeft.data.genqa import GenQASplit
 from fedpeft.data.instruct import InstructSplit
 from fedpeft.data.partition import DataProfile, data_profile, holdout, partition_indices
 from fedpeft.data.qa import QABatch, QASplit
-from fedpeft.data.registry import dataset_names, heldout_train, load_dataset, register_dataset
+from fedpeft.data.registry import (
+    check_dataset_name,
+    dataset_names,
+    heldout_train,
+    load_dataset,
+    register_dataset,
+)
 from fedpeft.data.sources import ImageArrays, RawDataset, RawSplit, data_dirs
 from fedpeft.data.tokenized import Batch, TokenizedSplit, tokenize_split
 
@@ -37,6 +43,7 @@ Split = (
 
 __all__ = [
     "Batch",
+    "check_dataset_name",
     "DataProfile",
     "DetectionBatch",
     "DetectionSplit",

@@ -61,12 +61,17 @@ def heldout_train(cfg: DataConfig, seed: int) -> RawSplit | ImageArrays:
     return ds.train.take(np.setdiff1d(np.arange(len(ds.train)), used))
 
 
-def _load(cfg: DataConfig, seed: int) -> RawDataset:
+def check_dataset_name(cfg: DataConfig) -> None:
+    """Refuses a ``data.dataset`` no loader is registered for, naming those that are."""
     if cfg.dataset not in _REGISTRY:
         raise FedpeftError(
             f"`data.dataset` is {cfg.dataset!r}, which is not a known dataset; "
             f"expected one of: {', '.join(dataset_names())}."
         )
+
+
+def _load(cfg: DataConfig, seed: int) -> RawDataset:
+    check_dataset_name(cfg)
     return _REGISTRY[cfg.dataset](cfg, seed)
 
 

@@ -20,6 +20,7 @@ from fedpeft.data import (
     RawDataset,
     RawSplit,
     Split,
+    check_dataset_name,
     data_profile,
     holdout,
     image_split,
@@ -198,6 +199,7 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
     from fedpeft.server.personal import check_personalization
     from fedpeft.server.strategy import strategy_from_config
 
+    check_dataset_name(cfg.data)
     strategy_from_config(cfg.server, evaluate_proxy=lambda _: 0.0, groups=True)  # names only
     make_allocation_config(cfg.allocation)
     if cfg.profiles.file is not None:
