@@ -1,11 +1,14 @@
 """One client's training steps and one evaluation pass, variant against variant, on one
 thread in one process (so a busy machine slows every variant alike): float32 against
 bf16 autocast, our CPU dropout against torch's, the frozen-prefix cache on and off for
-LoRA on the top blocks, and ``torch.compile``. Variants are interleaved over ``--repeats``;
+LoRA on the top blocks, ``torch.compile``, and the frozen weights stored in bf16 or float32
+(``run.frozen_bf16``). Variants are interleaved over ``--repeats``;
 medians are reported with their ratio to the variant's reference (torch's dropout, the
 cache off, else the first variant), and for the cache the blocks it skipped.
 
     PYTHONPATH=src .venv/bin/python benchmarks/step_speed.py --repeats 5
+    PYTHONPATH=src .venv/bin/python benchmarks/step_speed.py --variants auto_frozen_f32,auto \
+        --set "model.name='HuggingFaceTB/SmolLM2-135M-Instruct'" --set "model.task='classify'"
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
+from common import emit  # noqa: E402
 
 from fedpeft.client import ClientData, train  # noqa: E402
 from fedpeft.config import load_config  # noqa: E402
@@ -39,6 +44,7 @@ VARIANTS = {
     "head_no_cache": ["peft.method='head'", "run.prefix_cache=false"],
     "head_cache": ["peft.method='head'"],
     "compiled": ["run.compile=true"],
+    "auto_frozen_f32": ["run.frozen_bf16=false"],  # the frozen base's weights kept float32
 }
 
 
@@ -80,9 +86,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--eval-batches", type=int, default=2)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--set", action="append", default=[], help="overrides for every variant")
+    ap.add_argument("--out", default=None, help="also write the result here (JSON)")
     args = ap.parse_args()
     names = args.variants.split(",")
-    tasks = {n: build_task(load_config(overrides=["run.threads=1", *VARIANTS[n]])) for n in names}
+    base = ["run.threads=1", *args.set]
+    tasks = {n: build_task(load_config(overrides=[*base, *VARIANTS[n]])) for n in names}
     torch.set_num_threads(1)
     for task in tasks.values():  # warm-up (compilation happens here)
         steps(task, 2)
@@ -95,7 +104,12 @@ def main() -> None:
         print(
             json.dumps({n: {k: v[-1] for k, v in r.items()} for n, r in rows.items()}), flush=True
         )
-    out: dict[str, Any] = {"repeats": args.repeats, "load_avg": os.getloadavg(), "variants": {}}
+    out: dict[str, Any] = {
+        "repeats": args.repeats,
+        "sets": args.set,
+        "load_avg": os.getloadavg(),
+        "variants": {},
+    }
     for n in names:
         med = {k: statistics.median(v) for k, v in rows[n].items()}
         base = _reference(n, names)
@@ -113,7 +127,7 @@ def main() -> None:
             "blocks_skipped": sum(c.hits * c.layer for c in caches),
             "examples_served_from_cache": sum(c.hits for c in caches),
         }
-    print(json.dumps(out, indent=2))
+    emit(out, Path(args.out) if args.out else None)
 
 
 if __name__ == "__main__":

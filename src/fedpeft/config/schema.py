@@ -56,6 +56,12 @@ class RunConfig(_Section):
         "cheaper than torch's per-element draw); false = torch's own masks (either way, bf16 "
         "training on a CPU attends in float32 up to 384 keys, which is faster there)",
     )
+    frozen_bf16: bool = Field(
+        True,
+        description="under bf16 autocast, keep the frozen base's linear weights in bf16 (text "
+        "models, methods that only call those layers): the operands autocast would cast them "
+        "to on every call, so results are bit-equal, without the copies and at half the memory",
+    )
     prefix_cache: bool = Field(
         True,
         description="cache per example the hidden states below the lowest trained block "

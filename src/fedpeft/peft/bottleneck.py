@@ -65,7 +65,9 @@ def insert_adapters(model: nn.Module, sites: list[str], size: int, activation: s
         if not isinstance(base, nn.Linear):
             raise TypeError(f"adapter site {name!r} is a {type(base).__name__}, not nn.Linear")
         adapter = BottleneckAdapter(base.out_features, size, activation).to(
-            device=base.weight.device, dtype=base.weight.dtype
+            # trained in float32 even where the frozen base is stored lower (precision.py)
+            device=base.weight.device,
+            dtype=torch.promote_types(base.weight.dtype, torch.float32),
         )
         setattr(parent, child, AdaptedProjection(base, adapter))
 
@@ -74,6 +76,7 @@ class HoulsbySpec(MethodSpec):
     """Adapters after attention and after the feed-forward block (Houlsby et al., 2019)."""
 
     description: ClassVar[str] = "bottleneck adapters ×2 per block"
+    calls_base_linears: ClassVar[bool] = True
     image_families: ClassVar[frozenset[str]] = frozenset({"vit", "vilt"})
     # ASSUMPTION: on par with LoRA at equal budget (He et al., 2022).
     gain_prior: ClassVar[float | None] = 0.75

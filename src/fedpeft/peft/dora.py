@@ -33,6 +33,7 @@ from fedpeft.peft.spec import MethodSpec
 
 class DoraSpec(LoraSpec):
     description: ClassVar[str] = "magnitude × direction of W₀ + (α/r)·BA"
+    calls_base_linears: ClassVar[bool] = False  # reads W₀ for the direction's norm
     # ASSUMPTION: above LoRA at equal rank, as Liu et al. (2024) report on commonsense
     # reasoning and instruction tuning of LLaMA models.
     gain_prior: ClassVar[float | None] = 0.77

@@ -31,6 +31,7 @@ from fedpeft.peft.spec import MethodSpec
 
 class FederaSpec(LoraSpec):
     description: ClassVar[str] = "LoRA started from the SVD of W₀, residual frozen (FeDeRA)"
+    calls_base_linears: ClassVar[bool] = False  # decomposes and rewrites W₀
     image_families: ClassVar[frozenset[str]] = frozenset({"vit", "clip"})  # linear layers
     # ASSUMPTION: above LoRA under label skew, as Yan et al. (2024) report on GLUE tasks.
     gain_prior: ClassVar[float | None] = 0.76

@@ -38,6 +38,7 @@ from fedpeft.peft.state import MERGED
 
 class FloraSpec(LoraSpec):
     description: ClassVar[str] = "LoRA merged into the model every round, then restarted (FLoRA)"
+    calls_base_linears: ClassVar[bool] = False  # adds its merged sum beside W₀
     image_families: ClassVar[frozenset[str]] = frozenset({"vit", "clip"})  # linear layers
     # ASSUMPTION: exact aggregation, so at least plain LoRA's prior (Wang et al., 2024).
     gain_prior: ClassVar[float | None] = 0.75

@@ -22,6 +22,7 @@ from fedpeft.peft.spec import MethodSpec
 
 class IA3Spec(MethodSpec):
     description: ClassVar[str] = "learned rescaling vectors"
+    calls_base_linears: ClassVar[bool] = True
     image_families: ClassVar[frozenset[str]] = frozenset({"vit", "vilt"})
     # ASSUMPTION: below LoRA at small scale, above prompt-style methods (Liu et al., 2022).
     gain_prior: ClassVar[float | None] = 0.65

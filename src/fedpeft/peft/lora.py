@@ -42,6 +42,7 @@ def attention_targets(arch: Architecture) -> list[str]:
 
 class LoraSpec(MethodSpec):
     kind: ClassVar[Kind] = "reparameterised"
+    calls_base_linears: ClassVar[bool] = True
     description: ClassVar[str] = "low-rank updates ΔW = (α/r)·BA"
     image_families: ClassVar[frozenset[str]] = frozenset(
         {"efficientnet", "centernet", "vit", "clip", "vilt", "yolos"}

@@ -21,6 +21,7 @@ from fedpeft.peft.spec import BOTH_TASKS, MethodSpec, Task, head_params_trainabl
 
 class PromptTuningSpec(MethodSpec):
     description: ClassVar[str] = "trainable input tokens"
+    calls_base_linears: ClassVar[bool] = True
     image_families: ClassVar[frozenset[str]] = frozenset({"clip"})  # CoOp's learned context
     # ASSUMPTION: prompt tuning trails other methods on small models (Lester et al., 2021).
     gain_prior: ClassVar[float | None] = 0.55
@@ -61,6 +62,7 @@ class PromptTuningSpec(MethodSpec):
 
 class PrefixTuningSpec(MethodSpec):
     description: ClassVar[str] = "trainable attention prefixes"
+    calls_base_linears: ClassVar[bool] = True
     # ASSUMPTION: between prompt tuning and LoRA at small scale (Li & Liang, 2021).
     gain_prior: ClassVar[float | None] = 0.6
     identity_at_init: ClassVar[bool] = False  # the prefix adds keys every query attends to

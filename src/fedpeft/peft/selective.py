@@ -25,6 +25,7 @@ CLASSIFY: frozenset[Task] = frozenset({"classify", "qa", "vqa", "detect"})  # a 
 class BitFitSpec(MethodSpec):
     kind: ClassVar[Kind] = "selective"
     description: ClassVar[str] = "biases and head only"
+    calls_base_linears: ClassVar[bool] = True
     image_families: ClassVar[frozenset[str]] = WITH_HEAD
     tasks: ClassVar[frozenset[Task]] = CLASSIFY
     gain_prior: ClassVar[float | None] = 0.6  # ASSUMPTION: Ben Zaken et al. (2022), small models
@@ -46,6 +47,7 @@ class BitFitSpec(MethodSpec):
 class HeadOnlySpec(MethodSpec):
     kind: ClassVar[Kind] = "selective"
     description: ClassVar[str] = "task head only"
+    calls_base_linears: ClassVar[bool] = True
     image_families: ClassVar[frozenset[str]] = WITH_HEAD
     tasks: ClassVar[frozenset[Task]] = CLASSIFY
     gain_prior: ClassVar[float | None] = 0.5  # the floor: a linear probe of frozen features

@@ -35,6 +35,9 @@ def apply_shared(base: nn.Module, spec: MethodSpec, arch: Architecture, seed: in
         model = spec.apply(clone, arch)
     _privatise_trained(model, shared)
     base.requires_grad_(False)
+    for p in model.parameters():  # trained in float32 whatever the base stores (precision.py)
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+            p.data = p.data.float()
     return model
 
 

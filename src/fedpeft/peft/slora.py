@@ -40,6 +40,7 @@ STAGE1_WEIGHTS = "adapter_model.safetensors"
 
 class SloraSpec(LoraSpec):
     description: ClassVar[str] = "LoRA started from the SVD of a sparse stage-1 update (SLoRA)"
+    calls_base_linears: ClassVar[bool] = False  # carries stage 1 over
     # ASSUMPTION: above LoRA under strong label skew, as Babakniya et al. (2023) report.
     gain_prior: ClassVar[float | None] = 0.76
     envelope_group: ClassVar[str | None] = None  # its start differs from LoRA's envelope

@@ -46,6 +46,9 @@ class MethodSpec(BaseModel):
     gain_prior: ClassVar[float | None] = None
     identity_at_init: ClassVar[bool] = True  # an untrained adapter leaves outputs unchanged
     trains_base: ClassVar[bool] = False  # frozen base weights get gradients (full fine-tuning)
+    # The method only calls the base's linear layers (never reads, rewrites or trains their
+    # weights), so under bf16 autocast they may be stored in bf16 (models/precision.py)
+    calls_base_linears: ClassVar[bool] = False
     envelope_group: ClassVar[str | None] = None  # candidates sharing one group envelope
 
     def apply(self, model: nn.Module, arch: Architecture) -> nn.Module:

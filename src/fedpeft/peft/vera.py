@@ -38,6 +38,7 @@ from fedpeft.peft.spec import Kind, MethodSpec
 
 class VeraSpec(MethodSpec):
     kind: ClassVar[Kind] = "reparameterised"
+    calls_base_linears: ClassVar[bool] = True
     description: ClassVar[str] = "scaling vectors around shared frozen random A, B"
     image_families: ClassVar[frozenset[str]] = frozenset({"vit", "clip", "vilt"})
     # ASSUMPTION: near LoRA on GLUE with far fewer parameters (Kopiczko et al., 2024), but

@@ -46,6 +46,7 @@ from fedpeft.models import (
     load_vqa_model,
 )
 from fedpeft.models.dropout import use_cpu_attention, use_fast_dropout
+from fedpeft.models.precision import store_low
 from fedpeft.peft import (
     Architecture,
     MethodRef,
@@ -451,6 +452,10 @@ def build_task(cfg: ExperimentConfig) -> Task:
             image_size=input_side(cfg, spec, kind),
         )
         model = apply_shared(base, method, arch, cfg.run.seed).to(device)
+    low = autocast_dtype(cfg.run.autocast, device)
+    if low is not None and stores_frozen_low(cfg, method, kind, spec):
+        n = store_low(model, low, sharing=(base,))
+        log.info("%d frozen linear layers stored in %s", n, str(low).removeprefix("torch."))
     log.info(
         "task: %s on %s (%d train, %d eval), %d clients, device %s%s",
         data.spec.name,
@@ -476,6 +481,26 @@ def build_task(cfg: ExperimentConfig) -> Task:
     )
     task.prepare(model, method)
     return task
+
+
+def stores_frozen_low(
+    cfg: ExperimentConfig, method: MethodSpec, kind: str, spec: ModelSpec
+) -> bool:
+    """``run.frozen_bf16`` for this run: a text model whose method only calls the frozen
+    linear layers, and a run that builds no second model over the base whose starting
+    adapter matters (the allocation's other configurations, dual personal LoRAs, the
+    personal baselines): peft would create those adapters in the stored dtype, rounding
+    their initial values, where every other run is bit-equal to float32 storage."""
+    p = cfg.personalization
+    return (
+        cfg.run.frozen_bf16
+        and type(method).calls_base_linears
+        and kind in ("classify", "instruct", "qa")
+        and not is_vision_model(spec)
+        and not cfg.allocation.enabled
+        and p.mode != "dual"
+        and not p.baselines
+    )
 
 
 def _canonical(options: dict[str, object]) -> str:
