@@ -141,6 +141,10 @@ def find_local(folder: str, files: list[str]) -> Path | None:
 def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
     """Texts and canonical label names (``fedpeft.data.labels``) from a CSV, TSV (with
     header) or JSONL file in UTF-8 (a byte-order mark is allowed)."""
+    if path.is_dir():
+        raise FedpeftError(
+            f"data file {path} is a folder; point `data.train_file`/`eval_file` at a file in it."
+        )
     if not path.is_file():
         raise FedpeftError(f"data file {path} does not exist; check `data.train_file`/`eval_file`.")
     suffix = path.suffix.lower()
