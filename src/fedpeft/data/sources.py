@@ -9,6 +9,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -156,18 +157,14 @@ def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[st
     if suffix in (".jsonl", ".json"):
         rows = _read_jsonl(path, text)
     else:
-        try:
-            rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=_delimiter(suffix)))
-        except csv.Error as e:
-            raise FedpeftError(
-                f"data file {path} is not a valid {suffix[1:].upper()} ({e})."
-            ) from None
+        rows = _read_delimited(path, text, (text_column, label_column))
     if not rows:
         raise FedpeftError(f"data file {path} has no rows.")
     for col in (text_column, label_column):
         if col not in rows[0]:
+            found = ", ".join(f"`{c}`" for c in rows[0])
             raise FedpeftError(
-                f"data file {path} has no column `{col}` (found: {', '.join(map(str, rows[0]))}); "
+                f"data file {path} has no column `{col}` (found: {found}); "
                 "set `data.text_column` / `data.label_column`."
             )
     texts, labels = [], []
@@ -175,7 +172,8 @@ def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[st
         where = f"data file {path}, row {i + 1}"
         value, label = row.get(text_column), normalize_label(row.get(label_column), where)
         if value is None or label is None:
-            raise FedpeftError(f"{where}: missing text or label.")
+            what, col = ("text", text_column) if value is None else ("label", label_column)
+            raise FedpeftError(f"{where} has no {what} in `{col}`; fill it in or drop the row.")
         if isinstance(value, dict | list):
             raise FedpeftError(f"{where}: the text is a {type(value).__name__}, not a string.")
         texts.append(str(value))
@@ -185,6 +183,37 @@ def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[st
 
 def _delimiter(suffix: str) -> str:
     return "\t" if suffix == ".tsv" else ","
+
+
+def _read_delimited(path: Path, text: str, columns: tuple[str, str]) -> list[dict[str, object]]:
+    """A CSV or TSV file's rows under its header (the first non-blank line). A row with
+    fewer cells than ``columns`` need, or with text in cells past the header, is refused:
+    an unquoted delimiter or line break in a text would otherwise shift its label. A column
+    that ``columns`` names twice in the header is refused too (which one was meant?)."""
+    delimiter = _delimiter(path.suffix.lower())
+    try:
+        table = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if r]
+    except csv.Error as e:
+        raise FedpeftError(
+            f"data file {path} is not a valid {path.suffix[1:].upper()} ({e})."
+        ) from None
+    header, body = (table[0], table[1:]) if table else ([], [])
+    for col in columns:
+        if header.count(col) > 1:
+            raise FedpeftError(
+                f"data file {path} has {header.count(col)} columns named `{col}`; rename all "
+                "but one."
+            )
+    need = max((header.index(c) + 1 for c in columns if c in header), default=0)
+    name = "tab" if delimiter == "\t" else "comma"
+    for i, r in enumerate(body):
+        if len(r) < need or any(cell.strip() for cell in r[len(header) :]):
+            raise FedpeftError(
+                f"data file {path}, row {i + 1} has {len(r)} cell(s) where the header has "
+                f"{len(header)}; put texts that hold a {name} or a line break in double quotes, "
+                "and close every quote."
+            )
+    return [dict(zip_longest(header, r[: len(header)])) for r in body]
 
 
 def _utf8(path: Path) -> str:
