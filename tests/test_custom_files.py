@@ -69,3 +69,9 @@ def test_the_columns_found_are_quoted(tmp_path: Path) -> None:
     path = _csv(tmp_path / "t.csv", "text, label\na,1\n")  # the space is part of the name
     with pytest.raises(FedpeftError, match=r"no column `label` \(found: `text`, ` label`\)"):
         read_table(path, "text", "label")
+
+
+def test_a_number_too_long_to_read_is_a_json_error(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "t.jsonl", '{"text": "a", "label": ' + "9" * 5000 + "}\n")
+    with pytest.raises(FedpeftError, match="line 1: not valid JSON"):
+        read_table(path, "text", "label")

@@ -236,7 +236,7 @@ def _read_jsonl(path: Path, text: str) -> list[dict[str, object]]:
             continue
         try:
             row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # ValueError: also a 5,000-digit number
             raise FedpeftError(f"data file {path}, line {i + 1}: not valid JSON ({e}).") from None
         if not isinstance(row, dict):
             raise FedpeftError(f"data file {path}, line {i + 1}: expected a JSON object.")
