@@ -3,6 +3,7 @@ that names the file, the row and the fix."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -74,4 +75,34 @@ def test_the_columns_found_are_quoted(tmp_path: Path) -> None:
 def test_a_number_too_long_to_read_is_a_json_error(tmp_path: Path) -> None:
     path = _csv(tmp_path / "t.jsonl", '{"text": "a", "label": ' + "9" * 5000 + "}\n")
     with pytest.raises(FedpeftError, match="line 1: not valid JSON"):
+        read_table(path, "text", "label")
+
+
+def test_a_json_file_may_hold_one_array_of_objects(tmp_path: Path) -> None:
+    rows = [{"text": "a", "label": 1}, {"text": "b", "label": "0"}]
+    path = _csv(tmp_path / "t.json", json.dumps(rows, indent=2))
+    assert read_table(path, "text", "label") == (["a", "b"], ["1", "0"])
+    _csv(path, json.dumps([*rows, 3]))
+    with pytest.raises(FedpeftError, match="row 3: expected a JSON object"):
+        read_table(path, "text", "label")
+    _csv(path, json.dumps(rows)[:-1])
+    with pytest.raises(FedpeftError, match="is not valid JSON"):
+        read_table(path, "text", "label")
+
+
+def test_a_parquet_file_is_read_by_its_columns(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"id": [7, 8], "text": ["a", None], "label": [1, 0]}), path)
+    with pytest.raises(FedpeftError, match="row 2 has no text in `text`"):
+        read_table(path, "text", "label")
+    pq.write_table(pa.table({"text": ["a", "b"], "label": [1.0, 0.0]}), path)
+    assert read_table(path, "text", "label") == (["a", "b"], ["1", "0"])
+    pq.write_table(pa.table({"text": [b"a", b"b"], "label": [1, 0]}), path)
+    with pytest.raises(FedpeftError, match="row 1: the text is a bytes, not a string"):
+        read_table(path, "text", "label")
+    path.write_bytes(b"not parquet")
+    with pytest.raises(FedpeftError, match="is not a readable Parquet file"):
         read_table(path, "text", "label")

@@ -129,7 +129,7 @@ class DataConfig(_Section):
         if self.dataset == "custom" and self.train_file is None:
             raise ValueError(
                 "`data.train_file` is required when `data.dataset` is 'custom' "
-                "(a CSV, TSV or JSONL file with text and label columns)"
+                "(a CSV, TSV, JSONL, JSON or Parquet file with text and label columns)"
             )
         if self.label_names is not None and self.dataset != "custom":
             raise ValueError(

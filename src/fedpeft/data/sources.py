@@ -140,8 +140,9 @@ def find_local(folder: str, files: list[str]) -> Path | None:
 
 
 def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
-    """Texts and canonical label names (``fedpeft.data.labels``) from a CSV, TSV (with
-    header) or JSONL file in UTF-8 (a byte-order mark is allowed)."""
+    """Texts and canonical label names (``fedpeft.data.labels``) from a CSV or TSV file
+    with a header, a JSONL file, a JSON file holding one array of objects (all in UTF-8; a
+    byte-order mark is allowed) or a Parquet file."""
     if path.is_dir():
         raise FedpeftError(
             f"data file {path} is a folder; point `data.train_file`/`eval_file` at a file in it."
@@ -149,15 +150,17 @@ def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[st
     if not path.is_file():
         raise FedpeftError(f"data file {path} does not exist; check `data.train_file`/`eval_file`.")
     suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
+    if suffix not in (".csv", ".tsv", ".jsonl", ".json", ".parquet"):
         raise FedpeftError(
-            f"data file {path} has suffix {suffix!r}; expected .csv, .tsv or .jsonl."
+            f"data file {path} has suffix {suffix!r}; expected .csv, .tsv, .jsonl, .json or "
+            ".parquet (name the file after its format)."
         )
-    text = _utf8(path)
-    if suffix in (".jsonl", ".json"):
-        rows = _read_jsonl(path, text)
+    if suffix == ".parquet":
+        rows = _read_parquet(path)
+    elif suffix in (".csv", ".tsv"):
+        rows = _read_delimited(path, _utf8(path), (text_column, label_column))
     else:
-        rows = _read_delimited(path, text, (text_column, label_column))
+        rows = _read_json(path, _utf8(path))
     if not rows:
         raise FedpeftError(f"data file {path} has no rows.")
     for col in (text_column, label_column):
@@ -174,7 +177,7 @@ def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[st
         if value is None or label is None:
             what, col = ("text", text_column) if value is None else ("label", label_column)
             raise FedpeftError(f"{where} has no {what} in `{col}`; fill it in or drop the row.")
-        if isinstance(value, dict | list):
+        if isinstance(value, dict | list | bytes):
             raise FedpeftError(f"{where}: the text is a {type(value).__name__}, not a string.")
         texts.append(str(value))
         labels.append(label)
@@ -227,6 +230,30 @@ def _utf8(path: Path) -> str:
             f"data file {path}, line {line}: byte 0x{data[e.start]:02x} is not UTF-8; "
             "re-save the file as UTF-8."
         ) from None
+
+
+def _read_json(path: Path, text: str) -> list[dict[str, object]]:
+    """The rows of a JSONL file, or of a ``.json`` file holding one array of objects."""
+    if path.suffix.lower() != ".json" or not text.lstrip().startswith("["):
+        return _read_jsonl(path, text)
+    try:
+        rows = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise FedpeftError(f"data file {path} is not valid JSON ({e}).") from None
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise FedpeftError(f"data file {path}, row {i + 1}: expected a JSON object.")
+    return list(rows)
+
+
+def _read_parquet(path: Path) -> list[dict[str, object]]:
+    import pyarrow as pa  # installed with `datasets`; only for Parquet files
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_table(path).to_pylist())
+    except (pa.ArrowException, OSError) as e:
+        raise FedpeftError(f"data file {path} is not a readable Parquet file ({e}).") from None
 
 
 def _read_jsonl(path: Path, text: str) -> list[dict[str, object]]:
