@@ -124,6 +124,17 @@ class DataConfig(_Section):
         "which personal performance is measured; 0: none",
     )
 
+    @field_validator("label_names", mode="before")
+    @classmethod
+    def _numbers_name_classes(cls, value: object) -> object:
+        """``label_names = [0, 1]`` for a file of integer labels: a number is its class's
+        name (spelt as the file's labels are when the data is read: ``1.0`` is ``"1"``)."""
+        if not isinstance(value, list):
+            return value
+        return [
+            str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in value
+        ]
+
     @model_validator(mode="after")
     def _custom_needs_files(self) -> DataConfig:
         if self.dataset == "custom" and self.train_file is None:
