@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fedpeft.config import load_config
 from fedpeft.data.sources import read_table
 from fedpeft.errors import FedpeftError
 
@@ -106,3 +107,10 @@ def test_a_parquet_file_is_read_by_its_columns(tmp_path: Path) -> None:
     path.write_bytes(b"not parquet")
     with pytest.raises(FedpeftError, match="is not a readable Parquet file"):
         read_table(path, "text", "label")
+
+
+def test_the_text_and_label_columns_must_differ() -> None:
+    custom = ["data.dataset='custom'", "data.train_file='t.csv'"]
+    with pytest.raises(FedpeftError, match="`data.label_column` are both 'label'; the model"):
+        load_config(overrides=[*custom, "data.text_column='label'"])
+    assert load_config(overrides=["data.text_column='label'"]).data.dataset == "sst2"  # unused

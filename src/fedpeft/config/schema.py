@@ -142,6 +142,11 @@ class DataConfig(_Section):
                 "`data.train_file` is required when `data.dataset` is 'custom' "
                 "(a CSV, TSV, JSONL, JSON or Parquet file with text and label columns)"
             )
+        if self.dataset == "custom" and self.text_column == self.label_column:
+            raise ValueError(
+                f"`data.text_column` and `data.label_column` are both {self.text_column!r}; "
+                "the model would read each row's label as its text"
+            )
         if self.label_names is not None and self.dataset != "custom":
             raise ValueError(
                 "`data.label_names` applies to `data.dataset = 'custom'` only; "
