@@ -101,3 +101,13 @@ def test_label_names_fix_the_class_order_and_refuse_strangers(tmp_path: Path) ->
         _custom(path, "data.label_names=['1','1.0']")
     with pytest.raises(FedpeftError, match="applies to `data.dataset = 'custom'` only"):
         load_config(overrides=["data.label_names=['a','b']"])
+
+
+def test_label_names_may_be_numbers_as_the_labels_are(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "t.jsonl", [0, 1, 2, 1.0] * 3)
+    ds = _custom(path, "data.label_names=[2, 1.0, 0]")
+    assert ds.label_names == ["2", "1", "0"]
+    everything = np.concatenate([ds.train.labels, ds.eval.labels])
+    assert np.bincount(everything).tolist() == [3, 6, 3]  # 2 → 0, 1 and 1.0 → 1, 0 → 2
+    with pytest.raises(FedpeftError, match="`data.label_names.0`"):
+        _custom(path, "data.label_names=[true, false]")

@@ -85,6 +85,22 @@ def test_lda_head_is_scikit_learns_shrunk_lda() -> None:
         lda_head(state, total, shrinkage=0.0)
 
 
+def test_lda_head_of_classes_whose_examples_coincide_is_the_nearest_mean() -> None:
+    # a file of repeated rows: S = 0 exactly (integer features), so Σ_λ would be singular
+    rows = torch.tensor([[1.0, 0, 2, 0], [0, 3, 1, 0], [2, 2, 0, 1]], dtype=torch.float64)
+    labels = torch.arange(30) % 3
+    total = sum_stats([class_stats(rows[labels], labels, 3)])
+    state = {"classifier.weight": torch.zeros(3, 4), "classifier.bias": torch.zeros(3)}
+    out = lda_head(state, total)
+    logits = rows.float() @ out["classifier.weight"].T + out["classifier.bias"]
+    assert torch.isfinite(logits).all()
+    assert logits.argmax(1).tolist() == [0, 1, 2]
+    # Σ_λ is then a multiple of I: the nearest-mean rule, W_c ∝ μ_c − μ̄ (classes balanced)
+    centred = rows - rows.mean(0)
+    w = out["classifier.weight"].double()
+    assert torch.allclose(w / w.norm(), centred / centred.norm(), atol=1e-5)
+
+
 def test_ncm_head_matches_numpy_and_predicts_the_nearest_centred_mean() -> None:
     gen = torch.Generator().manual_seed(0)
     feats = torch.randn(60, 5, generator=gen, dtype=torch.float64) + 2.0

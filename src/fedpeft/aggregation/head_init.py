@@ -20,8 +20,10 @@ identity (Ledoit & Wolf, 2004, with a fixed weight λ):
     W_c = μ_cᵀ Σ_λ⁻¹,                         b_c = −½ μ_cᵀ Σ_λ⁻¹ μ_c
 
 the Bayes rule for Gaussian classes with a shared covariance and a flat prior (a flat
-prior matches the balanced logits that logit-adjusted training learns). Two changes that
-leave its decisions as they are:
+prior matches the balanced logits that logit-adjusted training learns). ``tr S / H`` is
+floored at 10⁻⁶ of the features' mean square ``tr(Σ_x h hᵀ) / (N H)``: where each class's
+examples coincide, S = 0, Σ_λ would be singular and the rule is then the nearest class
+mean's. Two changes that leave its decisions as they are:
 
 - the rows are centred (``W_c − W̄``, ``b_c − b̄``; softmax does not change): the raw rows
   share a large common part, and ``W h + b`` in float32 then cancels catastrophically
@@ -65,6 +67,7 @@ STATS_SUM = "feature_stats/sum"
 STATS_COUNT = "feature_stats/count"
 STATS_SECOND = "feature_stats/second"
 LDA_SHRINKAGE = 0.1
+LDA_FLOOR = 1e-6  # tr S / H at least this share of the features' mean square h·h / H
 
 
 def sum_stats(stats: Sequence[AdapterState]) -> AdapterState:
@@ -115,9 +118,10 @@ def lda_head(
     scatter = second - (means.T * counts[held]) @ means
     cov = scatter / counts.sum()
     h = cov.shape[0]
-    shrunk = (1 - shrinkage) * cov + shrinkage * (torch.trace(cov) / h) * torch.eye(
-        h, dtype=cov.dtype
-    )
+    # tr S / H, floored: S is 0 where each class's examples coincide (a file of repeated rows)
+    floor = LDA_FLOOR * float(torch.trace(second)) / float(counts.sum()) / h
+    level = max(float(torch.trace(cov)) / h, floor, torch.finfo(cov.dtype).tiny)
+    shrunk = (1 - shrinkage) * cov + shrinkage * level * torch.eye(h, dtype=cov.dtype)
     directions = torch.linalg.solve(shrunk, means.T).T  # μ_cᵀ Σ_λ⁻¹ (Σ_λ symmetric)
     biases = -0.5 * (directions * means).sum(1)
     directions, biases = directions - directions.mean(0), biases - biases.mean()

@@ -115,7 +115,9 @@ class DataConfig(_Section):
         "coco128 (detection); custom: your own train_file",
     )
     train_file: str | None = Field(
-        None, description="custom: a CSV, TSV or JSONL file with a text and a label column"
+        None,
+        description="custom: a CSV, TSV, JSONL, JSON (an array) or Parquet file with a text "
+        "and a label column",
     )
     eval_file: str | None = Field(
         None, description="custom: the evaluation file (None: a seeded 10 % of train_file held out)"
@@ -156,12 +158,28 @@ class DataConfig(_Section):
         "which personal performance is measured; 0: none",
     )
 
+    @field_validator("label_names", mode="before")
+    @classmethod
+    def _numbers_name_classes(cls, value: object) -> object:
+        """``label_names = [0, 1]`` for a file of integer labels: a number is its class's
+        name (spelt as the file's labels are when the data is read: ``1.0`` is ``"1"``)."""
+        if not isinstance(value, list):
+            return value
+        return [
+            str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in value
+        ]
+
     @model_validator(mode="after")
     def _custom_needs_files(self) -> DataConfig:
         if self.dataset == "custom" and self.train_file is None:
             raise ValueError(
                 "`data.train_file` is required when `data.dataset` is 'custom' "
-                "(a CSV, TSV or JSONL file with text and label columns)"
+                "(a CSV, TSV, JSONL, JSON or Parquet file with text and label columns)"
+            )
+        if self.dataset == "custom" and self.text_column == self.label_column:
+            raise ValueError(
+                f"`data.text_column` and `data.label_column` are both {self.text_column!r}; "
+                "the model would read each row's label as its text"
             )
         if self.label_names is not None and self.dataset != "custom":
             raise ValueError(

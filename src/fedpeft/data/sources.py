@@ -9,6 +9,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -139,31 +140,34 @@ def find_local(folder: str, files: list[str]) -> Path | None:
 
 
 def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
-    """Texts and canonical label names (``fedpeft.data.labels``) from a CSV, TSV (with
-    header) or JSONL file in UTF-8 (a byte-order mark is allowed)."""
+    """Texts and canonical label names (``fedpeft.data.labels``) from a CSV or TSV file
+    with a header, a JSONL file, a JSON file holding one array of objects (all in UTF-8; a
+    byte-order mark is allowed) or a Parquet file."""
+    if path.is_dir():
+        raise FedpeftError(
+            f"data file {path} is a folder; point `data.train_file`/`eval_file` at a file in it."
+        )
     if not path.is_file():
         raise FedpeftError(f"data file {path} does not exist; check `data.train_file`/`eval_file`.")
     suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
+    if suffix not in (".csv", ".tsv", ".jsonl", ".json", ".parquet"):
         raise FedpeftError(
-            f"data file {path} has suffix {suffix!r}; expected .csv, .tsv or .jsonl."
+            f"data file {path} has suffix {suffix!r}; expected .csv, .tsv, .jsonl, .json or "
+            ".parquet (name the file after its format)."
         )
-    text = _utf8(path)
-    if suffix in (".jsonl", ".json"):
-        rows = _read_jsonl(path, text)
+    if suffix == ".parquet":
+        rows = _read_parquet(path)
+    elif suffix in (".csv", ".tsv"):
+        rows = _read_delimited(path, _utf8(path), (text_column, label_column))
     else:
-        try:
-            rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=_delimiter(suffix)))
-        except csv.Error as e:
-            raise FedpeftError(
-                f"data file {path} is not a valid {suffix[1:].upper()} ({e})."
-            ) from None
+        rows = _read_json(path, _utf8(path))
     if not rows:
         raise FedpeftError(f"data file {path} has no rows.")
     for col in (text_column, label_column):
         if col not in rows[0]:
+            found = ", ".join(f"`{c}`" for c in rows[0])
             raise FedpeftError(
-                f"data file {path} has no column `{col}` (found: {', '.join(map(str, rows[0]))}); "
+                f"data file {path} has no column `{col}` (found: {found}); "
                 "set `data.text_column` / `data.label_column`."
             )
     texts, labels = [], []
@@ -171,8 +175,9 @@ def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[st
         where = f"data file {path}, row {i + 1}"
         value, label = row.get(text_column), normalize_label(row.get(label_column), where)
         if value is None or label is None:
-            raise FedpeftError(f"{where}: missing text or label.")
-        if isinstance(value, dict | list):
+            what, col = ("text", text_column) if value is None else ("label", label_column)
+            raise FedpeftError(f"{where} has no {what} in `{col}`; fill it in or drop the row.")
+        if isinstance(value, dict | list | bytes):
             raise FedpeftError(f"{where}: the text is a {type(value).__name__}, not a string.")
         texts.append(str(value))
         labels.append(label)
@@ -181,6 +186,37 @@ def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[st
 
 def _delimiter(suffix: str) -> str:
     return "\t" if suffix == ".tsv" else ","
+
+
+def _read_delimited(path: Path, text: str, columns: tuple[str, str]) -> list[dict[str, object]]:
+    """A CSV or TSV file's rows under its header (the first non-blank line). A row with
+    fewer cells than ``columns`` need, or with text in cells past the header, is refused:
+    an unquoted delimiter or line break in a text would otherwise shift its label. A column
+    that ``columns`` names twice in the header is refused too (which one was meant?)."""
+    delimiter = _delimiter(path.suffix.lower())
+    try:
+        table = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if r]
+    except csv.Error as e:
+        raise FedpeftError(
+            f"data file {path} is not a valid {path.suffix[1:].upper()} ({e})."
+        ) from None
+    header, body = (table[0], table[1:]) if table else ([], [])
+    for col in columns:
+        if header.count(col) > 1:
+            raise FedpeftError(
+                f"data file {path} has {header.count(col)} columns named `{col}`; rename all "
+                "but one."
+            )
+    need = max((header.index(c) + 1 for c in columns if c in header), default=0)
+    name = "tab" if delimiter == "\t" else "comma"
+    for i, r in enumerate(body):
+        if len(r) < need or any(cell.strip() for cell in r[len(header) :]):
+            raise FedpeftError(
+                f"data file {path}, row {i + 1} has {len(r)} cell(s) where the header has "
+                f"{len(header)}; put texts that hold a {name} or a line break in double quotes, "
+                "and close every quote."
+            )
+    return [dict(zip_longest(header, r[: len(header)])) for r in body]
 
 
 def _utf8(path: Path) -> str:
@@ -196,6 +232,30 @@ def _utf8(path: Path) -> str:
         ) from None
 
 
+def _read_json(path: Path, text: str) -> list[dict[str, object]]:
+    """The rows of a JSONL file, or of a ``.json`` file holding one array of objects."""
+    if path.suffix.lower() != ".json" or not text.lstrip().startswith("["):
+        return _read_jsonl(path, text)
+    try:
+        rows = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise FedpeftError(f"data file {path} is not valid JSON ({e}).") from None
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise FedpeftError(f"data file {path}, row {i + 1}: expected a JSON object.")
+    return list(rows)
+
+
+def _read_parquet(path: Path) -> list[dict[str, object]]:
+    import pyarrow as pa  # installed with `datasets`; only for Parquet files
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_table(path).to_pylist())
+    except (pa.ArrowException, OSError) as e:
+        raise FedpeftError(f"data file {path} is not a readable Parquet file ({e}).") from None
+
+
 def _read_jsonl(path: Path, text: str) -> list[dict[str, object]]:
     rows = []
     for i, line in enumerate(text.split("\n")):  # not splitlines: U+2028 may be in a string
@@ -203,7 +263,7 @@ def _read_jsonl(path: Path, text: str) -> list[dict[str, object]]:
             continue
         try:
             row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # ValueError: also a 5,000-digit number
             raise FedpeftError(f"data file {path}, line {i + 1}: not valid JSON ({e}).") from None
         if not isinstance(row, dict):
             raise FedpeftError(f"data file {path}, line {i + 1}: expected a JSON object.")

@@ -1,0 +1,116 @@
+"""Bring-your-own data files as people write them: each mistake refused with one sentence
+that names the file, the row and the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedpeft.config import load_config
+from fedpeft.data.sources import read_table
+from fedpeft.errors import FedpeftError
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(FedpeftError, match="is a folder; point `data.train_file`"):
+        read_table(tmp_path, "text", "label")
+
+
+def _csv(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "row", "cells"),
+    [
+        ("text,label\ngood,1\ngreat, really great,1\n", 2, 3),  # would be class 'really great'
+        ("text,label\ngood,1\ngreat\n", 2, 1),
+        ('text,label\ngood,1\n"great,1\nbad,0\n', 2, 1),  # an unclosed quote eats the rest
+    ],
+)
+def test_a_row_that_does_not_fit_the_header_is_refused(
+    tmp_path: Path, text: str, row: int, cells: int
+) -> None:
+    with pytest.raises(
+        FedpeftError, match=rf"row {row} has {cells} cell\(s\) where the header has 2; put texts"
+    ):
+        read_table(_csv(tmp_path / "t.csv", text), "text", "label")
+
+
+def test_quoted_commas_line_breaks_and_empty_trailing_cells_are_fine(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "t.csv", 'text,label,\n"a, b\nc",1,\n"say ""hi""",0\r\n')
+    assert read_table(path, "text", "label") == (["a, b\nc", 'say "hi"'], ["1", "0"])
+    tsv = _csv(tmp_path / "t.tsv", "label\ttext\tnote\n1\ta, b\n0\tc\n")  # unused cells short
+    assert read_table(tsv, "text", "label") == (["a, b", "c"], ["1", "0"])
+
+
+def test_a_column_named_twice_is_refused(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "t.csv", "text,label,label\na,1,0\nb,0,1\n")
+    with pytest.raises(FedpeftError, match="has 2 columns named `label`; rename all but one"):
+        read_table(path, "text", "label")
+    assert read_table(path, "text", "text") == (["a", "b"], ["a", "b"])  # `label` unused
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("t.csv", "text,label\na,1\nb,\n", "row 2 has no label in `label`; fill it in"),
+        ("t.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n', "row 2 has no label in"),
+        ("t.jsonl", '{"text": null, "label": 1}\n', "row 1 has no text in `text`; fill it in"),
+    ],
+)
+def test_a_missing_cell_is_named(tmp_path: Path, name: str, text: str, message: str) -> None:
+    with pytest.raises(FedpeftError, match=message):
+        read_table(_csv(tmp_path / name, text), "text", "label")
+
+
+def test_the_columns_found_are_quoted(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "t.csv", "text, label\na,1\n")  # the space is part of the name
+    with pytest.raises(FedpeftError, match=r"no column `label` \(found: `text`, ` label`\)"):
+        read_table(path, "text", "label")
+
+
+def test_a_number_too_long_to_read_is_a_json_error(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "t.jsonl", '{"text": "a", "label": ' + "9" * 5000 + "}\n")
+    with pytest.raises(FedpeftError, match="line 1: not valid JSON"):
+        read_table(path, "text", "label")
+
+
+def test_a_json_file_may_hold_one_array_of_objects(tmp_path: Path) -> None:
+    rows = [{"text": "a", "label": 1}, {"text": "b", "label": "0"}]
+    path = _csv(tmp_path / "t.json", json.dumps(rows, indent=2))
+    assert read_table(path, "text", "label") == (["a", "b"], ["1", "0"])
+    _csv(path, json.dumps([*rows, 3]))
+    with pytest.raises(FedpeftError, match="row 3: expected a JSON object"):
+        read_table(path, "text", "label")
+    _csv(path, json.dumps(rows)[:-1])
+    with pytest.raises(FedpeftError, match="is not valid JSON"):
+        read_table(path, "text", "label")
+
+
+def test_a_parquet_file_is_read_by_its_columns(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"id": [7, 8], "text": ["a", None], "label": [1, 0]}), path)
+    with pytest.raises(FedpeftError, match="row 2 has no text in `text`"):
+        read_table(path, "text", "label")
+    pq.write_table(pa.table({"text": ["a", "b"], "label": [1.0, 0.0]}), path)
+    assert read_table(path, "text", "label") == (["a", "b"], ["1", "0"])
+    pq.write_table(pa.table({"text": [b"a", b"b"], "label": [1, 0]}), path)
+    with pytest.raises(FedpeftError, match="row 1: the text is a bytes, not a string"):
+        read_table(path, "text", "label")
+    path.write_bytes(b"not parquet")
+    with pytest.raises(FedpeftError, match="is not a readable Parquet file"):
+        read_table(path, "text", "label")
+
+
+def test_the_text_and_label_columns_must_differ() -> None:
+    custom = ["data.dataset='custom'", "data.train_file='t.csv'"]
+    with pytest.raises(FedpeftError, match="`data.label_column` are both 'label'; the model"):
+        load_config(overrides=[*custom, "data.text_column='label'"])
+    assert load_config(overrides=["data.text_column='label'"]).data.dataset == "sst2"  # unused
