@@ -102,3 +102,21 @@ def test_readme_names_each_section_once() -> None:
     assert len(rows) == len(set(rows)), f"README's configuration table repeats a section: {rows}"
     assert set(rows) == set(ExperimentConfig.model_fields)
     assert "docs/config.md" in table
+
+
+def test_a_tilde_in_a_path_key_is_the_home_folder() -> None:
+    from fedpeft.config import load_config
+
+    cfg = load_config(
+        overrides=[
+            "data.dataset='custom'",
+            "data.train_file='~/train.csv'",
+            "data.eval_file='~/eval.csv'",
+            "run.output_dir='~/runs'",
+            "profiles.file='~/tiers.toml'",
+        ]
+    )
+    home = str(Path.home())
+    for value in (cfg.data.train_file, cfg.data.eval_file, cfg.run.output_dir, cfg.profiles.file):
+        assert value is not None and value.startswith(home) and "~" not in value
+    assert load_config().run.output_dir == "runs"  # relative paths stay relative

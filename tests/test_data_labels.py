@@ -111,3 +111,17 @@ def test_label_names_may_be_numbers_as_the_labels_are(tmp_path: Path) -> None:
     assert np.bincount(everything).tolist() == [3, 6, 3]  # 2 → 0, 1 and 1.0 → 1, 0 → 2
     with pytest.raises(FedpeftError, match="`data.label_names.0`"):
         _custom(path, "data.label_names=[true, false]")
+
+
+def test_a_column_of_scores_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every distinct value is a class: a score or id column gives as many classes as rows."""
+    scores = _jsonl(tmp_path / "s.jsonl", [round(0.01 * i, 2) for i in range(40)])
+    with caplog.at_level("WARNING", logger="fedpeft.data.registry"):
+        assert len(_custom(scores).label_names) == 40
+    assert "40 distinct labels in 40 rows" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fedpeft.data.registry"):
+        _custom(_jsonl(tmp_path / "c.jsonl", list(range(12)) * 3))  # 12 classes, 3 rows each
+    assert "distinct labels" not in caplog.text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -10,3 +12,8 @@ class Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False, strict=True
     )
+
+
+def expand_home(value: object) -> object:
+    """A path key's ``~`` as a shell reads it (the user's home); other values unchanged."""
+    return os.path.expanduser(value) if isinstance(value, str) else value

@@ -13,7 +13,7 @@ from fedpeft.errors import FedpeftError
 def check_output_dir(output_dir: str) -> None:
     """``run.output_dir`` must be a writable folder or creatable as one: not a file, not
     below a file, not in a folder this process cannot write."""
-    path = Path(output_dir)  # as RunStore.create takes it (no ~ expansion)
+    path = Path(output_dir)  # as RunStore.create takes it (the config expanded any ~)
     probe = path
     while not probe.exists():  # the nearest existing ancestor (the root always exists)
         if probe.is_symlink():

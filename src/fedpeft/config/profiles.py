@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
-from fedpeft.config.base import Section
+from fedpeft.config.base import Section, expand_home
 
 
 class RelativeTier(Section):
@@ -70,3 +70,5 @@ class ProfilesConfig(Section):
         description="scale = model: tier → {depth, compute, transfer, down_up, cores, "
         "availability} (RelativeTier)",
     )
+
+    _home = field_validator("file", mode="before")(expand_home)

@@ -20,6 +20,7 @@ from pydantic import (
 
 from fedpeft.config.allocation import AllocationConfig
 from fedpeft.config.base import Section as _Section
+from fedpeft.config.base import expand_home
 from fedpeft.config.personal import PersonalizationConfig
 from fedpeft.config.profiles import ProfilesConfig
 from fedpeft.errors import FedpeftError
@@ -81,6 +82,8 @@ class RunConfig(_Section):
         "the base, one thread each; 0 = one per usable core (at most a round's clients); "
         "1 = one at a time in the server process",
     )
+
+    _home = field_validator("output_dir", mode="before")(expand_home)
 
 
 class ModelConfig(_Section):
@@ -157,6 +160,8 @@ class DataConfig(_Section):
         description="each client's held-out share of its partition (stratified, seeded), on "
         "which personal performance is measured; 0: none",
     )
+
+    _home = field_validator("train_file", "eval_file", mode="before")(expand_home)
 
     @field_validator("label_names", mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -23,6 +24,8 @@ from fedpeft.data.sources import (
 )
 from fedpeft.data.squad import load_squad
 from fedpeft.errors import FedpeftError
+
+log = logging.getLogger(__name__)
 
 Loader = Callable[[DataConfig, int], RawDataset]
 _REGISTRY: dict[str, Loader] = {}
@@ -163,6 +166,15 @@ def _class_names(cfg: DataConfig, raw: list[str], path: object) -> list[str]:
     names = label_order(set(raw))
     if len(names) < 2:
         raise FedpeftError(f"data file {path} has {len(names)} distinct label(s); need 2 or more.")
+    if len(names) > 10 and 2 * len(names) > len(raw):  # e.g. a score or an id column
+        log.warning(
+            "data file %s has %d distinct labels in %d rows, fewer than 2 examples a class; "
+            "each distinct value of `data.label_column` (%s) is a class: check it names classes",
+            path,
+            len(names),
+            len(raw),
+            cfg.label_column,
+        )
     return names
 
 
