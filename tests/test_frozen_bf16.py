@@ -12,8 +12,11 @@ import torch
 from torch import nn
 
 from fedpeft.client import ClientData, train
+from fedpeft.errors import FedpeftError
 from fedpeft.models.precision import StoredLowLinear, store_low
 from fedpeft.peft import get_adapter_state
+from fedpeft.privacy.dpsgd import DpSgd
+from fedpeft.server.configure import instruction_for
 from fedpeft.server.evaluate import eval_order, predict_batches
 from fedpeft.server.task import Task, build_task
 from fedpeft.types import TrainInstruction
@@ -43,15 +46,17 @@ def _logits(task: Task) -> torch.Tensor:
     ("model", "method"),
     [
         ("tiny-bert", "lora"),
+        ("tiny-bert", "vera"),
         ("tiny-bert", "houlsby"),
+        ("tiny-bert", "pfeiffer"),
         ("tiny-bert", "ia3"),
-        ("tiny-bert", "bitfit"),
         ("tiny-bert", "prompt"),
-        ("tiny-llama", "lora"),
+        ("tiny-bert", "prefix"),
+        ("tiny-llama", "lora"),  # a decoder with a classification head
     ],
 )
 def test_training_and_logits_are_bit_equal(tiny, model: str, method: str) -> None:  # type: ignore[no-untyped-def]
-    sets = [f"model.name='{model}'", f"peft.method='{method}'"]
+    sets = [f"model.name='{model}'", f"peft.method='{method}'", "model.task='classify'"]
     low, full = _task(tiny, *sets), _task(tiny, *sets, "run.frozen_bf16=false")
     assert _stored(low.model) > 0 and _stored(full.model) == 0
     assert all(p.dtype == torch.float32 for p in low.model.parameters() if p.requires_grad), (
@@ -61,8 +66,7 @@ def test_training_and_logits_are_bit_equal(tiny, model: str, method: str) -> Non
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    if model == "tiny-bert":
-        assert torch.equal(_logits(low), _logits(full))
+    assert torch.equal(_logits(low), _logits(full))
 
 
 def test_frozen_weights_take_half_the_memory(tiny) -> None:  # type: ignore[no-untyped-def]
@@ -76,10 +80,30 @@ def test_frozen_weights_take_half_the_memory(tiny) -> None:  # type: ignore[no-u
     assert stored and all(w.dtype == torch.bfloat16 for w in stored)
 
 
-@pytest.mark.parametrize("method", ["dora", "sparse", "full"])
+@pytest.mark.parametrize("method", ["dora", "sparse", "full", "bitfit"])
 def test_methods_that_read_or_train_the_weights_keep_float32(tiny, method: str) -> None:  # type: ignore[no-untyped-def]
+    """BitFit trains every linear layer's bias: its layers stay plain ``nn.Linear``."""
     task = _task(tiny, f"peft.method='{method}'")
     assert _stored(task.model) == 0 and _stored(task.base) == 0
+
+
+def test_causal_lms_keep_float32(tiny) -> None:  # type: ignore[no-untyped-def]
+    """``generate`` runs outside the autocast around ``forward``: stored weights would be
+    used rounded there."""
+    task = _task(tiny, "model.name='tiny-llama'")
+    assert task.kind == "instruct" and _stored(task.model) == 0
+
+
+@pytest.mark.parametrize("method", ["lora", "bitfit"])
+def test_dp_sgd_trains_over_a_stored_base(tiny, method: str) -> None:  # type: ignore[no-untyped-def]
+    """opacus samples per-example gradients by a layer's exact type: a layer that trains
+    (BitFit's biases) must stay ``nn.Linear``."""
+    cfg = tiny("run.autocast='bf16'", f"peft.method='{method}'")
+    task = build_task(cfg)
+    assert (_stored(task.model) > 0) == (method == "lora")
+    data = ClientData(task.data.train, task.data.partitions[0])
+    update = train(task.model, instruction_for(cfg, 1, 0), data, task.device, DpSgd(1.0, 1.0))
+    assert update.metrics["dp_steps"] > 0
 
 
 def test_nothing_is_stored_without_bf16_autocast(tiny) -> None:  # type: ignore[no-untyped-def]
@@ -88,16 +112,19 @@ def test_nothing_is_stored_without_bf16_autocast(tiny) -> None:  # type: ignore[
 
 
 def test_models_built_later_train_in_float32(tiny) -> None:  # type: ignore[no-untyped-def]
-    """A model of another method built over the stored base (an allocation, a worker's
-    instruction): the stored layers come with it, every trained tensor is float32, its
-    head starts from the base's float32 head."""
+    """A model of another method built over the stored base (a worker's instruction): the
+    stored layers come with it, every trained tensor is float32, its head starts from the
+    base's float32 head; a method that reads the base's weights is refused."""
     task = _task(tiny)
-    for method, options in (("lora", {"r": 2}), ("houlsby", {}), ("sparse", {}), ("full", {})):
+    assert task.base.classifier.weight.dtype == torch.float32  # the head is not stored
+    for method, options in (("lora", {"r": 2}), ("houlsby", {}), ("prompt", {})):
         model = task.model_for(method, json.dumps(options, sort_keys=True))
+        assert _stored(model) > 0 or method == "prompt", method
         trained = [p for p in model.parameters() if p.requires_grad]
         assert trained and all(p.dtype == torch.float32 for p in trained), method
-    head = [m for m in task.base.modules() if type(m) is nn.Linear]
-    assert head and all(m.weight.dtype == torch.float32 for m in head)  # the head is not stored
+    for method in ("dora", "sparse", "full"):
+        with pytest.raises(FedpeftError, match="run.frozen_bf16 = false"):
+            task.model_for(method, "{}")
 
 
 def test_stored_layer_outside_autocast_computes_in_the_inputs_dtype() -> None:

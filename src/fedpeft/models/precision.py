@@ -2,18 +2,19 @@
 
 Under bf16 autocast every ``F.linear`` casts its float32 weight to bf16 on each call:
 ``torch.autocast`` caches that cast only for leaf tensors that require gradients, and a
-frozen base's weights do not. A MiniLM LoRA training step spent ~7 % of its time in those
-copies (``aten::copy_``/``_to_copy``, ``torch.profiler``, BENCHMARKS issue 19). Storing the
-frozen weights in bf16 once gives every matmul the very operands autocast would have made,
-so forward values and gradients are bit-equal (tested), the copies are gone and the frozen
-weights take half the memory.
+frozen base's weights do not. Those casts were 7.1 % of a MiniLM LoRA training step
+(``aten::_to_copy``, ``torch.profiler``; 4.9 % after, the rest being activations' casts),
+BENCHMARKS issue 19. Storing the frozen weights in bf16 once gives every matmul the very
+operands autocast would have made, so forward values and gradients are bit-equal (tested),
+those copies are gone and the frozen weights take half the memory.
 
 Only plain ``nn.Linear`` layers whose weight no other module owns (a decoder's output layer
-tied to its embedding stays float32), that nothing trains and that no trained copy is made
-from (a head peft keeps as ``original_module`` beside the trained one stays float32, so the
-heads of models built later start from the same values). A stored layer called outside
-autocast (a path that never enables it) casts its weight up to the input's dtype rather
-than fail on mixed dtypes. Biases stay float32 (small; a method may train them).
+tied to its embedding stays float32), with nothing trained in them (BitFit's layers, whose
+bias trains, stay ``nn.Linear``: opacus finds a layer's per-example gradient rule by its
+exact type), and that no trained copy is made from (a head peft keeps as
+``original_module`` beside the trained one stays float32, so the heads of models built
+later start from the same values). A stored layer called outside autocast casts its
+stored (rounded) weight up to the input's dtype rather than fail on mixed dtypes.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def store_low(model: nn.Module, dtype: torch.dtype, sharing: tuple[nn.Module, ..
         if type(module) is not nn.Linear or id(module) in copied_from:
             continue
         w = module.weight
-        if w.requires_grad or w.dtype != torch.float32 or id(w) in owned_elsewhere:
+        trains = any(p.requires_grad for p in module.parameters())
+        if trains or w.dtype != torch.float32 or id(w) in owned_elsewhere:
             continue
         if id(w) not in stored:
             w.data = w.data.to(dtype)

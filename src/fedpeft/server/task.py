@@ -102,6 +102,7 @@ class Task:
     # seed, so compressed payloads are sent as deltas from it (``compression.bits_down``)
     initial: AdapterState = field(default_factory=dict)
     prefix_caches: dict[int, PrefixCache | None] = field(default_factory=dict)  # by block
+    stored_low: bool = False  # frozen linear weights stored in bf16 (``stores_frozen_low``)
 
     @property
     def eval_batch_size(self) -> int:
@@ -124,6 +125,11 @@ class Task:
         key = (method, options)
         if key not in self.models:
             spec = parse_method_ref(method, options).spec
+            if self.stored_low and not type(spec).calls_base_linears:
+                raise FedpeftError(
+                    f"method {method!r} reads the base's weights, which this run stores in "
+                    "bf16 (`run.frozen_bf16`); run it with `run.frozen_bf16 = false`."
+                )
             model = apply_shared(self.base, spec, self.arch, self.cfg.run.seed)
             self.models[key] = self.prepare(model.to(self.device), spec)
         return self.models[key]
@@ -453,9 +459,10 @@ def build_task(cfg: ExperimentConfig) -> Task:
         )
         model = apply_shared(base, method, arch, cfg.run.seed).to(device)
     low = autocast_dtype(cfg.run.autocast, device)
-    if low is not None and stores_frozen_low(cfg, method, kind, spec):
-        n = store_low(model, low, sharing=(base,))
-        log.info("%d frozen linear layers stored in %s", n, str(low).removeprefix("torch."))
+    stored = 0
+    if low is not None and stores_frozen_low(cfg, method, kind, spec, causal_lm):
+        stored = store_low(model, low, sharing=(base,))
+        log.info("%d frozen linear layers stored in %s", stored, str(low).removeprefix("torch."))
     log.info(
         "task: %s on %s (%d train, %d eval), %d clients, device %s%s",
         data.spec.name,
@@ -477,6 +484,7 @@ def build_task(cfg: ExperimentConfig) -> Task:
         full_model_bytes=full_bytes,
         kind=kind,
         models={(cfg.peft.method, _canonical(cfg.peft.options)): model},
+        stored_low=stored > 0,
         initial={k: v.detach().cpu().clone() for k, v in get_adapter_state(model).items()},
     )
     task.prepare(model, method)
@@ -484,18 +492,21 @@ def build_task(cfg: ExperimentConfig) -> Task:
 
 
 def stores_frozen_low(
-    cfg: ExperimentConfig, method: MethodSpec, kind: str, spec: ModelSpec
+    cfg: ExperimentConfig, method: MethodSpec, kind: str, spec: ModelSpec, causal_lm: bool
 ) -> bool:
-    """``run.frozen_bf16`` for this run: a text model whose method only calls the frozen
-    linear layers, and a run that builds no second model over the base whose starting
-    adapter matters (the allocation's other configurations, dual personal LoRAs, the
-    personal baselines): peft would create those adapters in the stored dtype, rounding
-    their initial values, where every other run is bit-equal to float32 storage."""
+    """``run.frozen_bf16`` for this run: a text model with a classification or span head
+    (a causal LM's ``generate`` runs outside the autocast that wraps ``forward``), whose
+    method only calls the frozen linear layers, and a run that builds no second model over
+    the base whose starting adapter matters (the allocation's other configurations, dual
+    personal LoRAs, the personal baselines): peft would create those adapters in the stored
+    dtype, rounding their initial values, where every other run is bit-equal to float32
+    storage."""
     p = cfg.personalization
     return (
         cfg.run.frozen_bf16
         and type(method).calls_base_linears
-        and kind in ("classify", "instruct", "qa")
+        and kind in ("classify", "qa")
+        and not causal_lm
         and not is_vision_model(spec)
         and not cfg.allocation.enabled
         and p.mode != "dual"
