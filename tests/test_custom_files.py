@@ -114,3 +114,13 @@ def test_the_text_and_label_columns_must_differ() -> None:
     with pytest.raises(FedpeftError, match="`data.label_column` are both 'label'; the model"):
         load_config(overrides=[*custom, "data.text_column='label'"])
     assert load_config(overrides=["data.text_column='label'"]).data.dataset == "sst2"  # unused
+
+
+def test_a_json_file_holding_one_object_says_so(tmp_path: Path) -> None:
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"data": [{"text": "a", "label": 0}]}, indent=2))
+    with pytest.raises(FedpeftError, match="holds one JSON object \\(keys `data`\\), not rows"):
+        read_table(wrapped, "text", "label")
+    lines = tmp_path / "lines.json"  # one object a line is JSONL, whatever the suffix
+    lines.write_text('{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n')
+    assert read_table(lines, "text", "label") == (["a", "b"], ["0", "1"])

@@ -234,6 +234,8 @@ def _utf8(path: Path) -> str:
 
 def _read_json(path: Path, text: str) -> list[dict[str, object]]:
     """The rows of a JSONL file, or of a ``.json`` file holding one array of objects."""
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("{"):
+        _refuse_one_object(path, text)
     if path.suffix.lower() != ".json" or not text.lstrip().startswith("["):
         return _read_jsonl(path, text)
     try:
@@ -244,6 +246,21 @@ def _read_json(path: Path, text: str) -> list[dict[str, object]]:
         if not isinstance(row, dict):
             raise FedpeftError(f"data file {path}, row {i + 1}: expected a JSON object.")
     return list(rows)
+
+
+def _refuse_one_object(path: Path, text: str) -> None:
+    """A ``.json`` file that is one object over several lines (e.g. ``{"data": [...]}``)
+    is not rows; JSONL (one object a line) is not one JSON document, so it passes."""
+    try:
+        whole = json.loads(text)
+    except (ValueError, RecursionError):
+        return
+    if isinstance(whole, dict) and len(text.strip().splitlines()) > 1:
+        keys = ", ".join(f"`{k}`" for k in list(whole)[:5])
+        raise FedpeftError(
+            f"data file {path} holds one JSON object (keys {keys}), not rows; give an array "
+            "of row objects ([{...}, ...]) or one object a line (JSONL)."
+        )
 
 
 def _read_parquet(path: Path) -> list[dict[str, object]]:
