@@ -28,6 +28,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated PE
 err_console = Console(stderr=True)
 
 
+# the options every command that resolves a configuration takes
+ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file")]
+Overrides = Annotated[list[str] | None, typer.Option("--set", help="override: section.key=value")]
+
+
 class Runtime(StrEnum):
     local = "local"
     flower_sim = "flower-sim"
@@ -65,10 +70,8 @@ def _root() -> None:
 
 @app.command()
 def run(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="override: section.key=value")
-    ] = None,
+    config: ConfigFile = None,
+    set_: Overrides = None,
     resume: Annotated[
         Path | None, typer.Option(help="continue runs/<run-id> from its checkpoint")
     ] = None,
@@ -142,10 +145,8 @@ def run(
 
 @app.command("config")
 def show_config(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="override: section.key=value")
-    ] = None,
+    config: ConfigFile = None,
+    set_: Overrides = None,
     reference: Annotated[
         bool, typer.Option(help="every key with its default, accepted values and meaning")
     ] = False,
@@ -172,10 +173,8 @@ def show_config(
 
 @app.command()
 def allocate(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="override: section.key=value")
-    ] = None,
+    config: ConfigFile = None,
+    set_: Overrides = None,
     explain: Annotated[bool, typer.Option(help="list every candidate per client")] = False,
     out: Annotated[Path | None, typer.Option(help="also write the decisions as JSON")] = None,
 ) -> None:
