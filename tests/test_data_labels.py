@@ -46,6 +46,12 @@ def test_nan_and_infinite_labels_are_refused(raw: object) -> None:
         normalize_label(raw, "data file x, row 3")
 
 
+@pytest.mark.parametrize("raw", ["1e400", "-1e999", " 9e9999 "])
+def test_a_number_past_float_range_is_refused(raw: str) -> None:
+    with pytest.raises(FedpeftError, match="row 3: the label .* is too large a number"):
+        normalize_label(raw, "data file x, row 3")
+
+
 def test_numbers_sort_as_numbers_and_words_as_words() -> None:
     numbers = ["10", "2", "-1", "2.5", "0"]
     assert label_order(numbers) == ["-1", "0", "2", "2.5", "10"]

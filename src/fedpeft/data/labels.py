@@ -55,7 +55,12 @@ def normalize_label(value: object, where: str) -> str | None:
             f"{where}: the label is {text!r}, not a class; drop the row or give it a class."
         )
     if _NUMBER.fullmatch(text):
-        return _number(float(text))
+        if not math.isfinite(number := float(text)):  # e.g. "1e400"
+            raise FedpeftError(
+                f"{where}: the label {text!r} is too large a number to name a class; "
+                "give it a class."
+            )
+        return _number(number)
     return text
 
 
