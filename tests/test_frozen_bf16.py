@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -87,11 +88,34 @@ def test_methods_that_read_or_train_the_weights_keep_float32(tiny, method: str) 
     assert _stored(task.model) == 0 and _stored(task.base) == 0
 
 
-def test_causal_lms_keep_float32(tiny) -> None:  # type: ignore[no-untyped-def]
-    """``generate`` runs outside the autocast around ``forward``: stored weights would be
-    used rounded there."""
-    task = _task(tiny, "model.name='tiny-llama'")
-    assert task.kind == "instruct" and _stored(task.model) == 0
+def test_generation_runs_under_autocast_and_is_bit_equal(tiny) -> None:  # type: ignore[no-untyped-def]
+    """A causal LM's ``generate`` calls the inner model's forward, outside the autocast
+    around ``forward``: it is wrapped too, so stored weights give float32 storage's tokens
+    and scores, bit for bit (and not float32's: it runs in bf16)."""
+    sets = ["model.name='tiny-llama'"]
+    low, full = _task(tiny, *sets), _task(tiny, *sets, "run.frozen_bf16=false")
+    off = build_task(tiny(*sets))  # the fixture's float32
+    assert low.kind == "instruct" and _stored(low.model) > 0 and _stored(full.model) == 0
+    split = low.data.eval
+    batch = split.collate_prompts(np.arange(min(4, len(split))))
+
+    def scores(task: Task) -> torch.Tensor:
+        _trained(task)
+        task.model.eval()  # no dropout
+        out = task.model.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=3,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=split.pad_id,
+        )
+        return torch.stack(out.scores).float()
+
+    a, b, c = scores(low), scores(full), scores(off)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)  # bf16 arithmetic: generate ran under autocast
 
 
 @pytest.mark.parametrize("method", ["lora", "bitfit"])

@@ -60,9 +60,9 @@ class RunConfig(_Section):
     frozen_bf16: bool = Field(
         True,
         description="under bf16 autocast, keep the frozen base's linear weights in bf16 (text "
-        "models with a classification or span head, methods that only call those layers, "
-        "runs with one adapter over the base): the operands autocast would cast them to on "
-        "every call, so results are bit-equal, without the copies and at half the memory",
+        "models, methods that only call those layers, runs with one adapter over the base): "
+        "the operands autocast would cast them to on every call, so results are bit-equal, "
+        "without the copies and at half the memory",
     )
     prefix_cache: bool = Field(
         True,
