@@ -35,6 +35,8 @@ def main(dataset: str, steps: int) -> None:
             "data.eval_size=300",
             "data.num_clients=1",
             "run.threads=1",
+            "run.device='cpu'",
+            "run.autocast='bf16'",  # emulated (slow) where the CPU has no native bf16
             "run.frozen_bf16=false",  # float32 weights, so the float32 arm is float32's
         ]
     )
@@ -60,7 +62,7 @@ def main(dataset: str, steps: int) -> None:
             flush=True,
         )
     same = int((answers["float32"] == answers["bf16"]).sum())
-    print(f"same answer: {same} / {len(split)}")
+    print(f"same predicted class: {same} / {len(split)}")
 
 
 if __name__ == "__main__":

@@ -88,11 +88,12 @@ def test_methods_that_read_or_train_the_weights_keep_float32(tiny, method: str) 
     assert _stored(task.model) == 0 and _stored(task.base) == 0
 
 
-def test_generation_runs_under_autocast_and_is_bit_equal(tiny) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("method", ["lora", "prompt", "prefix"])
+def test_generation_runs_under_autocast_and_is_bit_equal(tiny, method: str) -> None:  # type: ignore[no-untyped-def]
     """A causal LM's ``generate`` calls the inner model's forward, outside the autocast
     around ``forward``: it is wrapped too, so stored weights give float32 storage's tokens
     and scores, bit for bit (and not float32's: it runs in bf16)."""
-    sets = ["model.name='tiny-llama'"]
+    sets = ["model.name='tiny-llama'", f"peft.method='{method}'"]
     low, full = _task(tiny, *sets), _task(tiny, *sets, "run.frozen_bf16=false")
     off = build_task(tiny(*sets))  # the fixture's float32
     assert low.kind == "instruct" and _stored(low.model) > 0 and _stored(full.model) == 0
@@ -189,3 +190,24 @@ def test_tied_and_trained_weights_are_left_alone() -> None:
 def test_runs_that_start_more_adapters_over_the_base_keep_float32(tiny, extra) -> None:  # type: ignore[no-untyped-def]
     """peft would create those adapters in the stored dtype (initial values rounded)."""
     assert _stored(_task(tiny, *extra).model) == 0
+
+
+def test_generative_qa_on_a_decoder_is_bit_equal(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fedpeft.server.evaluate import evaluate_model
+    from tests.test_qa import _squad_json
+
+    sets = [
+        "data.dataset='squad'",
+        f"data.train_file='{_squad_json(tmp_path / 'train.json', articles=4)}'",
+        f"data.eval_file='{_squad_json(tmp_path / 'dev.json', articles=1)}'",
+        "model.name='tiny-llama'",
+        "model.max_length=32",
+        "data.partition='iid'",
+    ]
+    low, full = _task(tiny, *sets), _task(tiny, *sets, "run.frozen_bf16=false")
+    assert low.kind == "qa" and _stored(low.model) > 0
+    results = []
+    for task in (low, full):
+        _trained(task)
+        results.append(evaluate_model(task.model, task.data.eval, 8, task.device))
+    assert results[0] == results[1]
