@@ -292,15 +292,15 @@ def test_split_shares_are_contiguous_balanced_and_complete() -> None:
 
 
 def test_auto_autocast_is_bf16_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fedpeft.server import task as task_module
+    from fedpeft.server import precision
 
     cpu = torch.device("cpu")
     for native in (True, False):
-        monkeypatch.setattr(task_module, "native_cpu_bf16", lambda native=native: native)
-        assert task_module.autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
-        assert task_module.autocast_dtype("off", cpu) is None
-        assert task_module.autocast_dtype("bf16", cpu) == torch.bfloat16
-    assert isinstance(task_module.native_cpu_bf16(), bool)  # the real probe answers
+        monkeypatch.setattr(precision, "native_cpu_bf16", lambda native=native: native)
+        assert precision.autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+        assert precision.autocast_dtype("off", cpu) is None
+        assert precision.autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert isinstance(precision.native_cpu_bf16(), bool)  # the real probe answers
 
 
 def test_a_bf16_run_trains_and_keeps_float32_state(tiny) -> None:

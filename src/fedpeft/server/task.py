@@ -64,6 +64,7 @@ from fedpeft.server.evaluate import eval_batch_size
 from fedpeft.server.head_when import head_refresh_blocker
 from fedpeft.server.instruct import check_task, head_kind, instruct_splits, task_kind
 from fedpeft.server.multimodal import FAMILY, PAIR_DATASETS, PAIR_TASKS
+from fedpeft.server.precision import autocast_dtype, stores_frozen_low, with_autocast
 from fedpeft.server.prefix import serve_prefix
 from fedpeft.types import AdapterState
 
@@ -146,45 +147,6 @@ class Task:
         if self.cfg.run.compile:
             compile_blocks(model, self.arch)
         return with_autocast(model, self.cfg.run.autocast)
-
-
-def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """``run.autocast``: bfloat16 when asked, or (auto) on a CUDA device that supports it or
-    a CPU with native bf16 arithmetic; ``None``: float32 throughout."""
-    if mode != "auto":
-        return torch.bfloat16 if mode == "bf16" else None
-    if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
-    else:
-        native = device.type == "cpu" and native_cpu_bf16()
-    return torch.bfloat16 if native else None
-
-
-def native_cpu_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles). Where it does, bf16
-    autocast trained MiniLM 1.5-1.6x faster at float32's accuracy on SST-2, AG News and
-    Banking77 (BENCHMARKS, issue 19, 2026-12-06); where it does not, bf16 is emulated and
-    14x slower (2026-12-05). torch names the test only privately, hence the guard."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):  # another torch build: stay in float32
-        return False
-
-
-def with_autocast(model: nn.Module, mode: str) -> nn.Module:
-    """``model`` (in place) with its forward, and a causal LM's ``generate``, under autocast
-    when ``mode`` asks for it; backward runs outside it, as PyTorch recommends. Parameters,
-    states and updates stay float32. (On a CPU, training's attention may run in float32
-    where evaluation's runs in bf16: ``fedpeft.models.dropout.sdpa_on_cpu``.) Generation
-    under bf16 on a trained SmolLM2 LoRA: 1.6-1.9x faster, the same predicted class for
-    99.0-99.7 % of examples as in float32 (BENCHMARKS issue 19)."""
-    device = next(model.parameters()).device
-    dtype = autocast_dtype(mode, device)
-    if dtype is not None:
-        model.forward = torch.autocast(device.type, dtype=dtype)(model.forward)
-        if callable(getattr(model, "generate", None)):  # it calls the inner model's forward
-            model.generate = torch.autocast(device.type, dtype=dtype)(model.generate)
-    return model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -475,7 +437,7 @@ def build_task(cfg: ExperimentConfig) -> Task:
         len(data.eval),
         len(data.partitions),
         device,
-        ", bf16 autocast" if autocast_dtype(cfg.run.autocast, device) else "",
+        ", bf16 autocast" if low is not None else "",
     )
     task = Task(
         cfg=cfg,
@@ -493,27 +455,6 @@ def build_task(cfg: ExperimentConfig) -> Task:
     )
     task.prepare(model, method)
     return task
-
-
-def stores_frozen_low(
-    cfg: ExperimentConfig, method: MethodSpec, kind: str, spec: ModelSpec
-) -> bool:
-    """``run.frozen_bf16`` for this run: a text model whose method only calls the frozen
-    linear layers (every pass under autocast, ``generate``'s too), and a run that builds no
-    second model over the base whose starting adapter matters (the allocation's other
-    configurations, dual personal LoRAs, the personal baselines): peft would create those
-    adapters in the stored dtype, rounding their initial values, where every other run is
-    bit-equal to float32 storage."""
-    p = cfg.personalization
-    return (
-        cfg.run.frozen_bf16
-        and type(method).calls_base_linears
-        and kind in ("classify", "instruct", "qa")
-        and not is_vision_model(spec)
-        and not cfg.allocation.enabled
-        and p.mode != "dual"
-        and not p.baselines
-    )
 
 
 def _canonical(options: dict[str, object]) -> str:
