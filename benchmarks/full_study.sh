@@ -12,6 +12,8 @@
 # The grid runs on a frozen worktree of one commit (STUDY_COMMIT; default: the one the kept
 # runs were made with, docs/results_full/records/commit) so that every run of the study is
 # made by the same code while the repository moves on; unpublished cells go first.
+# STUDY_ORDER is a list of selections, each of filters joined by '+', e.g.
+#   STUDY_ORDER="task=minilm_agnews+split=dir05 split=iid" bash benchmarks/full_study.sh start
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${STUDY_OUT:-$ROOT/runs/proposal-full}
@@ -36,9 +38,11 @@ start)
     echo "code: $(git -C "$CODE" rev-parse --short HEAD); log: $OUT.log"
     (
         cd "$CODE"
-        for sel in $ORDER; do
+        for sel in $ORDER; do  # a selection: filters joined by '+', all of which a run meets
+            only=(); IFS=+ read -ra parts <<<"$sel"
+            for p in "${parts[@]}"; do only+=(--only "$p"); done
             nice -n 19 env PYTHONPATH=src .venv/bin/fedpeft experiment examples/proposal.toml \
-                --out "$OUT" --only "$sel" --no-report || [ $? -eq 1 ]  # 1: some run failed
+                --out "$OUT" "${only[@]}" --no-report || [ $? -eq 1 ]  # 1: some run failed
         done
     ) >>"$OUT.log" 2>&1 </dev/null &
     disown

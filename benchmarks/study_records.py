@@ -4,9 +4,9 @@ The full study (examples/proposal.toml) needs more hours than one of our work se
 lasts, and each session starts on a fresh machine. ``save`` copies every finished logical
 run (all its stages done) out of an experiment folder into a records folder — the files
 the tables and the report are built from (``summary.json``, ``metrics.jsonl``,
-``clients.jsonl``, ``partitions.json``, ``config.toml``, the run's log and config), not its
-checkpoints, adapters or event files — and ``restore`` copies them back into a fresh
-experiment folder, where ``fedpeft experiment`` finds them done and skips them.
+``clients.jsonl``, ``personal.jsonl``, ``partitions.json``, ``config.toml``, the run's log
+and config), not its checkpoints, adapters or event files — and ``restore`` copies them back
+into a fresh experiment folder, where ``fedpeft experiment`` finds them done and skips them.
 
     python benchmarks/study_records.py save /work/proposal-run docs/results_full/records
     python benchmarks/study_records.py restore docs/results_full/records /work/proposal-run
@@ -25,7 +25,14 @@ from pathlib import Path
 
 from fedpeft.experiment import ExperimentDir, RunState
 
-KEPT = ("summary.json", "metrics.jsonl", "clients.jsonl", "partitions.json", "config.toml")
+KEPT = (
+    "summary.json",
+    "metrics.jsonl",
+    "clients.jsonl",
+    "personal.jsonl",  # clients scored on their own data (personal.csv)
+    "partitions.json",
+    "config.toml",
+)
 
 
 def _plan(root: Path) -> dict:
