@@ -151,8 +151,9 @@ def show_config(
         bool, typer.Option(help="every key with its default, accepted values and meaning")
     ] = False,
 ) -> None:
-    """Print the configuration `fedpeft run` would use with these options (every default
-    filled in, checked as a run checks it; nothing is loaded or written)."""
+    """Print the configuration `fedpeft run` would use with these options.
+
+    Every default filled in, checked as a run checks it; nothing is loaded or written."""
     _setup_logging(False)
     with user_errors():
         if reference:
@@ -210,8 +211,10 @@ def report(
         bool, typer.Option(help="evaluate per class when classes.json is missing (loads the model)")
     ] = True,
 ) -> None:
-    """(Re)write a run's report.md and plots/*.png from its logs, or an experiment's
-    report.md, report.html and plots/ from its runs."""
+    """(Re)write the report of a run or of an experiment from its logs.
+
+    A run's report.md and plots/*.png, or an experiment's report.md, report.html and
+    plots/ from its runs."""
     _setup_logging(False)
     with user_errors():
         if not run_dir.is_dir():
@@ -248,8 +251,9 @@ def audit(
     ] = 0,
     seed: Annotated[int, typer.Option(help="seed of the audit's samples")] = 0,
 ) -> None:
-    """Membership-inference audit: AUC and TPR at 1%/0.1% FPR of each attack against the
-    global adapter and single clients' updates; writes audit.json and audit_roc.png."""
+    """Membership-inference audit of a run's global adapter and clients' updates.
+
+    AUC and TPR at 1%/0.1% FPR of each attack; writes audit.json and audit_roc.png."""
     _setup_logging(False)
     with user_errors():
         from fedpeft.cli.audit import AUDIT_JSON, AUDIT_PNG, AuditOptions, audit_run
@@ -283,8 +287,9 @@ def experiment(
         ),
     ] = None,
 ) -> None:
-    """Run a grid of runs × seeds in parallel within a core/memory budget (resumable),
-    tabulate every round of every run (results.csv) and write the report."""
+    """Run a grid of runs × seeds in parallel within a core/memory budget (resumable).
+
+    Tabulates every round of every run (results.csv) and writes the report."""
     _setup_logging(False)
     with user_errors():
         from fedpeft.cli.experiment import run_experiment_command
