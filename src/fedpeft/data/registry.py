@@ -28,7 +28,9 @@ from fedpeft.errors import FedpeftError
 log = logging.getLogger(__name__)
 
 Loader = Callable[[DataConfig, int], RawDataset]
+ImageLoader = Callable[[DataConfig, int, int], RawDataset]  # config, seed, image side
 _REGISTRY: dict[str, Loader] = {}
+_IMAGE_LOADERS: dict[str, ImageLoader] = {}
 
 
 def register_dataset(name: str, loader: Loader) -> None:
@@ -41,20 +43,33 @@ def dataset_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def load_dataset(cfg: DataConfig, seed: int) -> RawDataset:
-    """The configured dataset, with seeded ``train_size``/``eval_size`` subsets applied."""
-    ds = _load(cfg, seed)
+def register_image_loader(name: str, loader: ImageLoader) -> None:
+    """How dataset ``name`` is read for a model that takes images (custom data: a folder
+    of class subfolders, or a table of image paths), decoded at the square side given."""
+    if name in _IMAGE_LOADERS:
+        raise ValueError(f"image loader {name!r} is registered twice")
+    _IMAGE_LOADERS[name] = loader
+
+
+def load_dataset(cfg: DataConfig, seed: int, image_side: int | None = None) -> RawDataset:
+    """The configured dataset, with seeded ``train_size``/``eval_size`` subsets applied.
+
+    ``image_side``: the model takes images of this square side (None: it takes text); a
+    dataset whose files can hold either (``custom``) is read accordingly."""
+    ds = _load(cfg, seed, image_side)
     rng = np.random.default_rng(seed)
     train = _subset(ds.train, cfg.train_size, rng)
     evaluation = _subset(ds.eval, cfg.eval_size, rng)
     return RawDataset(ds.name, train, evaluation, ds.label_names, ds.source)
 
 
-def heldout_train(cfg: DataConfig, seed: int) -> RawSplit | ImageArrays:
+def heldout_train(
+    cfg: DataConfig, seed: int, image_side: int | None = None
+) -> RawSplit | ImageArrays:
     """The train split's examples outside the seeded ``train_size`` subset, in file order:
     the same distribution as the run's training data, never trained on (membership audits'
     non-members). Empty when the run used the whole train split."""
-    ds = _load(cfg, seed)
+    ds = _load(cfg, seed, image_side)
     if isinstance(ds.train, QAExamples | ImageTexts | DetectionImages):
         raise FedpeftError(
             f"dataset {cfg.dataset!r} holds questions, image–text pairs or boxes; membership "
@@ -73,8 +88,10 @@ def check_dataset_name(cfg: DataConfig) -> None:
         )
 
 
-def _load(cfg: DataConfig, seed: int) -> RawDataset:
+def _load(cfg: DataConfig, seed: int, image_side: int | None) -> RawDataset:
     check_dataset_name(cfg)
+    if image_side is not None and cfg.dataset in _IMAGE_LOADERS:
+        return _IMAGE_LOADERS[cfg.dataset](cfg, seed, image_side)
     return _REGISTRY[cfg.dataset](cfg, seed)
 
 
@@ -140,21 +157,28 @@ def _custom(cfg: DataConfig, seed: int) -> RawDataset:
     assert cfg.train_file is not None  # checked by DataConfig
     train_path = Path(cfg.train_file)
     texts, raw = read_table(train_path, cfg.text_column, cfg.label_column)
-    names = _class_names(cfg, raw, train_path)
+    names = class_names(cfg, raw, train_path)
     train = RawSplit(texts, encode_labels(raw, names, str(train_path)))
     if cfg.eval_file is not None:
         eval_texts, eval_raw = read_table(Path(cfg.eval_file), cfg.text_column, cfg.label_column)
         evaluation = RawSplit(eval_texts, encode_labels(eval_raw, names, cfg.eval_file))
     else:
-        perm = np.random.default_rng(seed).permutation(len(texts))
-        cut = max(1, len(texts) // 10)
-        held, kept = np.sort(perm[:cut]), np.sort(perm[cut:])
-        evaluation = RawSplit([texts[i] for i in held], train.labels[held])
-        train = RawSplit([texts[i] for i in kept], train.labels[kept])
+        held, kept = held_out_tenth(len(texts), seed)
+        evaluation, train = train.take(held), train.take(kept)
     return RawDataset(train_path.stem, train, evaluation, names, str(train_path))
 
 
-def _class_names(cfg: DataConfig, raw: list[str], path: object) -> list[str]:
+def held_out_tenth(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Custom data without an eval file: a seeded 10 % (at least one example) held out for
+    evaluation, and the rest; both sorted (file order)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    cut = max(1, n // 10)
+    return np.sort(perm[:cut]), np.sort(perm[cut:])
+
+
+def class_names(cfg: DataConfig, raw: list[str], path: object) -> list[str]:
+    """``data.label_names`` (canonical, each once), else the distinct ``raw`` labels in
+    ``label_order``; fewer than 2 classes are refused."""
     if cfg.label_names is not None:
         names = [normalize_label(n, "`data.label_names`") or "" for n in cfg.label_names]
         if len(set(names)) != len(names) or "" in names:

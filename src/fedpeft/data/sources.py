@@ -139,10 +139,13 @@ def find_local(folder: str, files: list[str]) -> Path | None:
     return None
 
 
-def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
+def read_table(
+    path: Path, text_column: str, label_column: str, kind: str = "text"
+) -> tuple[list[str], list[str]]:
     """Texts and canonical label names (``fedpeft.data.labels``) from a CSV or TSV file
     with a header, a JSONL file, a JSON file holding one array of objects (all in UTF-8; a
-    byte-order mark is allowed) or a Parquet file."""
+    byte-order mark is allowed) or a Parquet file. ``kind`` names what ``text_column``
+    holds in messages: ``"text"``, or ``"image"`` (paths; its key is ``data.image_column``)."""
     if path.is_dir():
         raise FedpeftError(
             f"data file {path} is a folder; point `data.train_file`/`eval_file` at a file in it."
@@ -168,17 +171,17 @@ def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[st
             found = ", ".join(f"`{c}`" for c in rows[0])
             raise FedpeftError(
                 f"data file {path} has no column `{col}` (found: {found}); "
-                "set `data.text_column` / `data.label_column`."
+                f"set `data.{kind}_column` / `data.label_column`."
             )
     texts, labels = [], []
     for i, row in enumerate(rows):
         where = f"data file {path}, row {i + 1}"
         value, label = row.get(text_column), normalize_label(row.get(label_column), where)
         if value is None or label is None:
-            what, col = ("text", text_column) if value is None else ("label", label_column)
+            what, col = (kind, text_column) if value is None else ("label", label_column)
             raise FedpeftError(f"{where} has no {what} in `{col}`; fill it in or drop the row.")
         if isinstance(value, dict | list | bytes):
-            raise FedpeftError(f"{where}: the text is a {type(value).__name__}, not a string.")
+            raise FedpeftError(f"{where}: the {kind} is a {type(value).__name__}, not a string.")
         texts.append(str(value))
         labels.append(label)
     return texts, labels
