@@ -35,7 +35,7 @@ from fedpeft.models import load_causal_lm
 from fedpeft.peft import get_adapter_state, load_adapter, set_adapter_state
 from fedpeft.privacy import Accountant
 from fedpeft.privacy.mia import Roc, example_losses, lira_scores, loss_scores, reference_scores, roc
-from fedpeft.server.task import Task, build_task, load_base, splits_for
+from fedpeft.server.task import Task, build_task, image_side, load_base, splits_for
 from fedpeft.types import AdapterState
 
 AUDIT_JSON, AUDIT_PNG = "audit.json", "audit_roc.png"
@@ -149,7 +149,7 @@ def _exported_state(
 
 def heldout_examples(cfg: ExperimentConfig) -> RawSplit | ImageArrays:
     """The audit's non-member source: the train split's examples the run never used."""
-    held = heldout_train(cfg.data, cfg.run.seed)
+    held = heldout_train(cfg.data, cfg.run.seed, image_side(cfg))
     if len(held) < 2:
         raise FedpeftError(
             "the run trained on the whole train split, so no held-out examples of the same "

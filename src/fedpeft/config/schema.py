@@ -121,17 +121,26 @@ class DataConfig(_Section):
     train_file: str | None = Field(
         None,
         description="custom: a CSV, TSV, JSONL, JSON (an array) or Parquet file with a text "
-        "and a label column",
+        "(image model: image path) and a label column, or for an image model a folder of "
+        "class subfolders",
     )
     eval_file: str | None = Field(
-        None, description="custom: the evaluation file (None: a seeded 10 % of train_file held out)"
+        None,
+        description="custom: the evaluation file or folder (None: a seeded 10 % of train_file "
+        "held out)",
     )
     text_column: str = Field("text", description="custom: the text column's name")
+    image_column: str = Field(
+        "image",
+        description="custom data in a table, image model: the column of image paths "
+        "(relative to the table's folder, or absolute)",
+    )
     label_column: str = Field("label", description="custom: the label column's name")
     label_names: list[str] | None = Field(
         None,
         min_length=2,
-        description="custom data: the classes in this order (None: the train labels, sorted)",
+        description="custom data: the classes in this order (None: the train labels or class "
+        "folders, sorted)",
     )
     train_size: PositiveInt | None = Field(2000, description="seeded subset of the train split")
     eval_size: PositiveInt | None = Field(None, description="seeded subset of the eval split")
@@ -180,7 +189,8 @@ class DataConfig(_Section):
         if self.dataset == "custom" and self.train_file is None:
             raise ValueError(
                 "`data.train_file` is required when `data.dataset` is 'custom' "
-                "(a CSV, TSV, JSONL, JSON or Parquet file with text and label columns)"
+                "(a CSV, TSV, JSONL, JSON or Parquet file with text and label columns, or for "
+                "an image model a folder of class subfolders)"
             )
         if self.dataset == "custom" and self.text_column == self.label_column:
             raise ValueError(

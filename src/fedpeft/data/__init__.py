@@ -24,6 +24,7 @@ from fedpeft.data.images import (  # isort: skip - registers the image datasets
     is_image_dataset,
 )
 
+from fedpeft.data.custom_images import check_custom_modality  # isort: skip - registers
 from fedpeft.data.paired import MatchBatch, MatchSplit, VQABatch, VQASplit  # isort: skip
 from fedpeft.data.detection import DetectionBatch, DetectionSplit  # isort: skip
 
@@ -43,6 +44,7 @@ Split = (
 
 __all__ = [
     "Batch",
+    "check_custom_modality",
     "check_dataset_name",
     "DataProfile",
     "DetectionBatch",

@@ -20,6 +20,7 @@ from fedpeft.data import (
     RawDataset,
     RawSplit,
     Split,
+    check_custom_modality,
     check_dataset_name,
     data_profile,
     holdout,
@@ -240,12 +241,15 @@ def check_pairing(cfg: ExperimentConfig) -> None:
     pairs = cfg.data.dataset in PAIR_DATASETS or spec.family == FAMILY["vqa"]
     if pairs or task_kind(cfg, spec) in (*PAIR_TASKS, DETECT_TASK):
         return  # images with texts or boxes: ``check_task`` checks model, data and method
-    vision, images = is_vision_model(spec), is_image_dataset(cfg.data.dataset)
-    if vision != images:
+    vision = is_vision_model(spec)
+    if cfg.data.dataset == "custom":  # a folder is images; a table is read as the model reads
+        check_custom_modality(cfg.data, spec.name, vision)
+    elif vision != is_image_dataset(cfg.data.dataset):
         takes, holds = ("images", "text") if vision else ("text", "images")
         raise FedpeftError(
             f"model `{spec.name}` takes {takes} but dataset {cfg.data.dataset!r} holds "
-            f"{holds}; pair image models with cifar10/fashion_mnist, text models with text data."
+            f"{holds}; pair image models with cifar10/fashion_mnist or custom images, text "
+            "models with text data."
         )
     if vision:
         image_preprocess(spec, cfg.model.image_size)  # a size the model cannot take fails here
@@ -275,8 +279,8 @@ def build_data(cfg: ExperimentConfig) -> FederatedData:
     When the aggregator needs a proxy set, ``server.proxy_size`` train examples (a seeded
     draw) are held out for the server before the rest is partitioned among clients; each
     client then holds out ``data.client_test_fraction`` of its partition (``holdout``)."""
-    dataset = load_dataset(cfg.data, cfg.run.seed)
     spec = get_model_spec(cfg.model.name)
+    dataset = load_dataset(cfg.data, cfg.run.seed, image_side(cfg, spec))
     kind = task_kind(cfg, spec)
     if kind == "qa":
         return _qa_data(cfg, spec, dataset)
@@ -373,6 +377,13 @@ def _image_splits(
         raise FedpeftError(f"dataset {dataset.name!r} holds text; `{spec.name}` takes images.")
     preprocess = image_preprocess(spec, cfg.model.image_size)
     return image_split(dataset.train, preprocess), image_split(dataset.eval, preprocess)
+
+
+def image_side(cfg: ExperimentConfig, spec: ModelSpec | None = None) -> int | None:
+    """The square side an image model takes (custom images are decoded at it); None for a
+    model that takes text."""
+    spec = spec or get_model_spec(cfg.model.name)
+    return image_preprocess(spec, cfg.model.image_size).size if is_vision_model(spec) else None
 
 
 def input_side(cfg: ExperimentConfig, spec: ModelSpec, kind: str) -> int | None:
