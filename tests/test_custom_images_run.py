@@ -163,6 +163,11 @@ def _nowhere(root: Path) -> Path:
     return root / "no" / "such" / "folder"
 
 
+def _archive(root: Path) -> Path:
+    (root / "photos.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip
+    return root / "photos.zip"
+
+
 @pytest.mark.parametrize(
     ("make", "expected"),
     [
@@ -178,6 +183,7 @@ def _nowhere(root: Path) -> Path:
         (_missing_path, "1 image path(s) in `image` name no file (row 7: 'pics/gone.png')"),
         (_text_table, "has no column `image` (found: `text`, `label`); set `data.image_column`"),
         (_nowhere, "does not exist; point `data.train_file`/`eval_file` at a folder"),
+        (_archive, "photos.zip is neither a folder of class subfolders nor a table"),
     ],
 )
 def test_a_broken_layout_is_one_sentence_and_exit_code_2(

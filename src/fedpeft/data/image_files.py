@@ -27,7 +27,7 @@ from pathlib import Path
 
 from fedpeft.config import DataConfig
 from fedpeft.data.labels import normalize_label
-from fedpeft.data.sources import read_table
+from fedpeft.data.sources import TABLE_SUFFIXES, read_table
 from fedpeft.errors import FedpeftError
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,11 @@ def list_images(path: Path, cfg: DataConfig) -> ImageFiles:
         raise FedpeftError(
             f"data path {path} does not exist; point `data.train_file`/`eval_file` at a folder "
             "of class subfolders or at a table of image paths."
+        )
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise FedpeftError(
+            f"data path {path} is neither a folder of class subfolders nor a table of image "
+            f"paths ({', '.join(TABLE_SUFFIXES)}); unpack an archive into a folder first."
         )
     return table_images(path, cfg)
 

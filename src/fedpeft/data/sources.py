@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 csv.field_size_limit(1 << 24)
 
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")  # what ``read_table`` reads
+
 
 @dataclass(frozen=True)
 class RawSplit:
@@ -153,7 +155,7 @@ def read_table(
     if not path.is_file():
         raise FedpeftError(f"data file {path} does not exist; check `data.train_file`/`eval_file`.")
     suffix = path.suffix.lower()
-    if suffix not in (".csv", ".tsv", ".jsonl", ".json", ".parquet"):
+    if suffix not in TABLE_SUFFIXES:
         raise FedpeftError(
             f"data file {path} has suffix {suffix!r}; expected .csv, .tsv, .jsonl, .json or "
             ".parquet (name the file after its format)."
