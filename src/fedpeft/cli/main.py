@@ -302,6 +302,8 @@ def predict(
             raise FedpeftError("give texts with --text or a file with --file (one of the two).")
         if file is None and (out is not None or text_column is not None):
             raise FedpeftError("--out and --text-column go with --file.")
+        if file is not None and out is not None:
+            p.check_out(out, file)
         run = open_finished(run_dir)
         p.check_supported(run)
         if file is not None:

@@ -39,6 +39,7 @@ SUPPORTED = (
     "instruction-tuned decoders (`model.task = 'instruct'`)"
 )
 SHOWN = 10  # rows of a file shown in the terminal without --out
+TEXT_WIDTH = 40  # characters of a text shown there
 NO_CLASS = -1  # an instruction-tuned model's answer that names no class
 
 
@@ -210,13 +211,17 @@ def _row(inputs: Inputs, preds: Predictions, i: int, digits: int) -> list[str]:
     return cells
 
 
-def write_csv(path: Path, inputs: Inputs, preds: Predictions) -> None:
-    """Every input's row (text, label when the file has one, predictions) as CSV, written
-    atomically; the input file itself is never overwritten."""
+def check_out(path: Path, source: Path) -> None:
+    """Refuses an ``--out`` that is a folder or the input file itself (before any work)."""
     if path.is_dir():
         raise FedpeftError(f"--out {path} is a folder; name a file to write, e.g. preds.csv.")
-    if inputs.path is not None and path.resolve() == inputs.path.resolve():
+    if path.resolve() == source.resolve():
         raise FedpeftError(f"--out {path} is the input file; name another file.")
+
+
+def write_csv(path: Path, inputs: Inputs, preds: Predictions) -> None:
+    """Every input's row (text, label when the file has one, predictions) as CSV, written
+    atomically (``check_out`` first)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(_columns(inputs, preds))
@@ -228,14 +233,32 @@ def write_csv(path: Path, inputs: Inputs, preds: Predictions) -> None:
 
 
 def table(inputs: Inputs, preds: Predictions, rows: int = SHOWN) -> Table:
-    """The first ``rows`` inputs with their predictions."""
+    """The first ``rows`` inputs with their predictions; with ``--top-k`` the next most
+    likely classes share one column, a line each."""
     out = Table()
-    for i, col in enumerate(_columns(inputs, preds)):
-        wide = i == 0 or col == "answer"
-        out.add_column(col, max_width=60 if wide else None, no_wrap=wide, overflow="ellipsis")
+    k = preds.top.shape[1]
+    cols = _columns(inputs, preds)[: None if k == 1 else -2 * (k - 1)]
+    for col in [*cols, *(["next"] if k > 1 else [])]:
+        out.add_column(col, overflow="fold")
     for i in range(min(rows, len(inputs.texts))):
-        out.add_row(*_row(inputs, preds, i, 4))
+        cells = _row(inputs, preds, i, 4)
+        cells[0] = _cut(cells[0], TEXT_WIDTH)
+        if k > 1:
+            rest = cells[len(cols) :]
+            cells = [
+                *cells[: len(cols)],
+                "\n".join(map(" ".join, zip(rest[::2], rest[1::2], strict=True))),
+            ]
+        elif preds.answers is not None:
+            cells[-1] = _cut(cells[-1], TEXT_WIDTH)
+        out.add_row(*cells)
     return out
+
+
+def _cut(text: str, width: int) -> str:
+    """``text`` on one line, at most ``width`` characters (an ellipsis ends a cut one)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def metrics_line(inputs: Inputs, preds: Predictions) -> str | None:
