@@ -65,7 +65,7 @@ def _train(tmp: Path, data: Path, *extra: str) -> Path:
     return run_local(tiny_config(tmp, *CUSTOM, *files, *extra)).run_dir
 
 
-@pytest.fixture(scope="module", params=["lora", "houlsby", "prompt", "ia3"])
+@pytest.fixture(scope="module", params=["lora", "houlsby", "prompt", "ia3", "head"])
 def run(
     request: pytest.FixtureRequest, data: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:

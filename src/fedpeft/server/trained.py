@@ -129,8 +129,11 @@ class FinalModel:
 def final_model(run: FinishedRun, data: FederatedData) -> FinalModel:
     """The run's task for ``data`` and the model of its main group with the final global
     adapter loaded, in evaluation mode (under the run's autocast, as ``Task.prepare`` left
-    it)."""
-    task = build_task(run.cfg, data)
+    it). The frozen-prefix cache (``run.prefix_cache``) stays off: it would first run every
+    text's frozen blocks, holding their states, to save nothing on a single pass; each text
+    runs through the whole model instead, as the cache's own fallback does."""
+    no_cache = run.cfg.run.model_copy(update={"prefix_cache": False})
+    task = build_task(run.cfg.model_copy(update={"run": no_cache}), data)
     state = run.state
     if state.main not in state.adapters:
         raise FedpeftError(
