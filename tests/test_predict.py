@@ -65,12 +65,23 @@ def _train(tmp: Path, data: Path, *extra: str) -> Path:
     return run_local(tiny_config(tmp, *CUSTOM, *files, *extra)).run_dir
 
 
-@pytest.fixture(scope="module", params=["lora", "houlsby", "prompt", "ia3", "head"])
+METHODS = {
+    "lora": ["peft.method='lora'"],
+    "houlsby": ["peft.method='houlsby'"],  # fedpeft's bottleneck adapter
+    "prompt": ["peft.method='prompt'"],
+    "ia3": ["peft.method='ia3'"],
+    "head": ["peft.method='head'"],  # the run evaluated through its frozen-prefix cache
+    # bf16 autocast with the frozen linears stored in bf16 (run.frozen_bf16)
+    "lora-bf16": ["peft.method='lora'", "run.autocast='bf16'"],
+}
+
+
+@pytest.fixture(scope="module", params=list(METHODS))
 def run(
     request: pytest.FixtureRequest, data: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """A finished 2-round run of ``request.param`` on the CSV files."""
-    return _train(tmp_path_factory.mktemp(request.param), data, f"peft.method={request.param!r}")
+    """A finished 2-round run of one of ``METHODS`` on the CSV files."""
+    return _train(tmp_path_factory.mktemp(request.param), data, *METHODS[request.param])
 
 
 @pytest.fixture(scope="module")
