@@ -162,7 +162,7 @@ def predict(
 def _header(run: FinishedRun, final: FinalModel, n: int) -> str:
     p = run.cfg.personalization
     note = (
-        "; its clients' personal modules stay with them: these are the global model's"
+        " (the global model's predictions: the clients' personal modules stay with them)"
         if p.mode != "none" or p.baselines
         else ""
     )
