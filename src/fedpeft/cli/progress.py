@@ -1,8 +1,10 @@
-"""Rich progress display: one bar for rounds, one for the clients of the current round."""
+"""Rich progress display: one bar for rounds, one for the clients of the current round;
+one bar for the items of a long job (``items_progress``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -93,3 +95,21 @@ def rounds_table(rounds: list[dict[str, Any]]) -> Table:
             num(r.get("wall_time_s"), ".1f"),
         )
     return table
+
+
+@contextmanager
+def items_progress(console: Console, total: int, what: str) -> Iterator[Callable[[int], None]]:
+    """A bar of ``total`` items on a terminal (none elsewhere, e.g. in a pipe), cleared when
+    done; yields the function that advances it by a number of items."""
+    progress = Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    task = progress.add_task(what, total=total)
+    with progress:
+        yield lambda n: progress.advance(task, n)

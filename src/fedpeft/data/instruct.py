@@ -144,9 +144,14 @@ def tokenize_instruct(
     before, after, answer_prefix = prompt_parts(tokenizer, instruction(dataset, label_names), chat)
     head = _ids(tokenizer, [before], special=not chat)[0]
     tail = _ids(tokenizer, [after], special=False)[0]
-    texts = tokenizer(split.texts, add_special_tokens=False, truncation=True, max_length=max_length)
+    texts = (
+        tokenizer(split.texts, add_special_tokens=False, truncation=True, max_length=max_length)
+        if split.texts
+        else {}  # an empty split (the tokenizer refuses no texts)
+    )
     prompts = [
-        np.concatenate([head, np.asarray(t, dtype=np.int64), tail]) for t in texts["input_ids"]
+        np.concatenate([head, np.asarray(t, dtype=np.int64), tail])
+        for t in texts.get("input_ids", [])
     ]
     words = _ids(tokenizer, [answer_prefix + name for name in label_names], special=False)
     answers = [np.append(w, np.int64(stop)) for w in words]

@@ -141,6 +141,9 @@ def find_local(folder: str, files: list[str]) -> Path | None:
     return None
 
 
+TRAINING_FILES = "`data.train_file`/`eval_file`"  # the settings that name a run's data files
+
+
 def read_table(
     path: Path, text_column: str, label_column: str, kind: str = "text"
 ) -> tuple[list[str], list[str]]:
@@ -148,12 +151,55 @@ def read_table(
     with a header, a JSONL file, a JSON file holding one array of objects (all in UTF-8; a
     byte-order mark is allowed) or a Parquet file. ``kind`` names what ``text_column``
     holds in messages: ``"text"``, or ``"image"`` (paths; its key is ``data.image_column``)."""
+    rows = read_rows(path, (text_column, label_column))
+    hint = f"set `data.{kind}_column` / `data.label_column`"
+    require_columns(path, rows, (text_column, label_column), hint)
+    texts, labels = [], []
+    for i, row in enumerate(rows):
+        where = f"data file {path}, row {i + 1}"
+        label = normalize_label(row.get(label_column), where)
+        texts.append(row_text(row, text_column, where, kind))
+        if label is None:
+            raise FedpeftError(
+                f"{where} has no label in `{label_column}`; fill it in or drop the row."
+            )
+        labels.append(label)
+    return texts, labels
+
+
+def require_columns(
+    path: Path, rows: list[dict[str, object]], columns: tuple[str, ...], hint: str
+) -> None:
+    """Refuses ``rows`` (``read_rows``) whose header lacks one of ``columns``, naming those
+    it has; ``hint``: how to name another column."""
+    for col in columns:
+        if col not in rows[0]:
+            found = ", ".join(f"`{c}`" for c in rows[0])
+            raise FedpeftError(f"data file {path} has no column `{col}` (found: {found}); {hint}.")
+
+
+def row_text(row: dict[str, object], column: str, where: str, kind: str = "text") -> str:
+    """The text (``kind``: what it holds, for messages) in ``row``'s ``column``; refused
+    when missing or not a scalar."""
+    value = row.get(column)
+    if value is None:
+        raise FedpeftError(f"{where} has no {kind} in `{column}`; fill it in or drop the row.")
+    if isinstance(value, dict | list | bytes):
+        raise FedpeftError(f"{where}: the {kind} is a {type(value).__name__}, not a string.")
+    return str(value)
+
+
+def read_rows(
+    path: Path, columns: tuple[str, ...], setting: str = TRAINING_FILES
+) -> list[dict[str, object]]:
+    """The rows of a data file in any format ``read_table`` takes, each a dict under the
+    file's header, at least one. ``columns``: the columns the caller reads (a CSV row must
+    reach them and name each once); ``setting``: what a person changes to point at another
+    file, named in the refusals."""
     if path.is_dir():
-        raise FedpeftError(
-            f"data file {path} is a folder; point `data.train_file`/`eval_file` at a file in it."
-        )
+        raise FedpeftError(f"data file {path} is a folder; point {setting} at a file in it.")
     if not path.is_file():
-        raise FedpeftError(f"data file {path} does not exist; check `data.train_file`/`eval_file`.")
+        raise FedpeftError(f"data file {path} does not exist; check {setting}.")
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise FedpeftError(
@@ -163,37 +209,19 @@ def read_table(
     if suffix == ".parquet":
         rows = _read_parquet(path)
     elif suffix in (".csv", ".tsv"):
-        rows = _read_delimited(path, _utf8(path), (text_column, label_column))
+        rows = _read_delimited(path, _utf8(path), columns)
     else:
         rows = _read_json(path, _utf8(path))
     if not rows:
         raise FedpeftError(f"data file {path} has no rows.")
-    for col in (text_column, label_column):
-        if col not in rows[0]:
-            found = ", ".join(f"`{c}`" for c in rows[0])
-            raise FedpeftError(
-                f"data file {path} has no column `{col}` (found: {found}); "
-                f"set `data.{kind}_column` / `data.label_column`."
-            )
-    texts, labels = [], []
-    for i, row in enumerate(rows):
-        where = f"data file {path}, row {i + 1}"
-        value, label = row.get(text_column), normalize_label(row.get(label_column), where)
-        if value is None or label is None:
-            what, col = (kind, text_column) if value is None else ("label", label_column)
-            raise FedpeftError(f"{where} has no {what} in `{col}`; fill it in or drop the row.")
-        if isinstance(value, dict | list | bytes):
-            raise FedpeftError(f"{where}: the {kind} is a {type(value).__name__}, not a string.")
-        texts.append(str(value))
-        labels.append(label)
-    return texts, labels
+    return rows
 
 
 def _delimiter(suffix: str) -> str:
     return "\t" if suffix == ".tsv" else ","
 
 
-def _read_delimited(path: Path, text: str, columns: tuple[str, str]) -> list[dict[str, object]]:
+def _read_delimited(path: Path, text: str, columns: tuple[str, ...]) -> list[dict[str, object]]:
     """A CSV or TSV file's rows under its header (the first non-blank line). A row with
     fewer cells than ``columns`` need, or with text in cells past the header, is refused:
     an unquoted delimiter or line break in a text would otherwise shift its label. A column
@@ -226,7 +254,10 @@ def _read_delimited(path: Path, text: str, columns: tuple[str, str]) -> list[dic
 
 def _utf8(path: Path) -> str:
     """The file's text; bytes that are not UTF-8 are refused with the line that holds them."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise FedpeftError(f"data file {path} cannot be read ({e.strerror}).") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

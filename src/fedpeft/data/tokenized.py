@@ -107,9 +107,9 @@ def tokenize_split(
 ) -> TokenizedSplit:
     """Token ids once, unpadded. ``pad_left`` for decoder models: their classifier reads the
     last position (PEFT's prompt tuning cannot locate padding), and with rotary positions
-    left padding leaves real tokens' outputs unchanged."""
-    enc = tokenizer(split.texts, truncation=True, max_length=max_length)
-    ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
+    left padding leaves real tokens' outputs unchanged. No texts: an empty split."""
+    enc = tokenizer(split.texts, truncation=True, max_length=max_length) if split.texts else {}
+    ids = [np.asarray(x, dtype=np.int64) for x in enc.get("input_ids", [])]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     lengths = np.asarray([len(x) for x in ids], dtype=np.int64)
     labels = np.asarray(split.labels, dtype=np.int64)

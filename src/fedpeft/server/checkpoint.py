@@ -16,7 +16,8 @@ Round 0 (the initial state) is written when a run starts, so a run killed in its
 round resumes. The two newest committed rounds are kept. Loading takes the newest round
 whose manifest and files verify; a damaged newest round falls back to the one before it
 (with a warning), and a checkpoint of another format version or another configuration
-(its fingerprint differs: other seed, learning rate, …) is refused outright.
+(its fingerprint differs: other seed, learning rate, …) is refused outright. ``load_round``
+reads one given round or refuses (a finished run's final state, never an older one).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ log = logging.getLogger("fedpeft.server")
 KEEP = 2  # committed rounds kept on disk
 SEP = "::"
 _MANIFEST = re.compile(r"^round-(\d{6})\.manifest\.json$")
+RESUMING = ("cannot be resumed", "nothing was resumed")  # what a refusal says (resume)
 
 
 def _names(rnd: int) -> tuple[str, str, str]:
@@ -79,11 +81,15 @@ def _unflatten(flat: AdapterState) -> dict[str, dict[str, AdapterState]]:
 
 class Checkpoints:
     """The ``checkpoint/`` folder of one run, for a configuration with ``fingerprint``
-    (None: read whatever configuration wrote it — for inspecting a run, never to resume)."""
+    (None: read whatever configuration wrote it — for inspecting a run, never to resume);
+    ``refusal``: what a refusal says could not be done and what was therefore not done."""
 
-    def __init__(self, folder: Path, fingerprint: str | None) -> None:
+    def __init__(
+        self, folder: Path, fingerprint: str | None, refusal: tuple[str, str] = RESUMING
+    ) -> None:
         self.folder = folder
         self.fingerprint = fingerprint
+        self.refusal = refusal
 
     def save(self, state: ServerState) -> None:
         """Tensors and state first, the manifest (the commit) last, then old rounds go: a
@@ -134,6 +140,18 @@ class Checkpoints:
                 log.warning("resuming from the previous valid checkpoint, round %d", rnd)
             return state
         raise self._refuse(f"no checkpoint verifies ({'; '.join(reasons)})")
+
+    def load_round(self, rnd: int) -> ServerState:
+        """Round ``rnd``'s state, refused unless its manifest and files verify (no other
+        round in its place). Reads only: leftover temporaries stay."""
+        if rnd not in self.rounds():
+            raise self._refuse(f"it has no committed checkpoint of its last round, {rnd}")
+        try:
+            return self._load_round(rnd)
+        except _Damaged as e:
+            raise self._refuse(
+                f"the checkpoint of its last round, {rnd}, is damaged ({e})"
+            ) from None
 
     def _load_round(self, rnd: int) -> ServerState:
         tensors_name, json_name, manifest_name = _names(rnd)
@@ -188,9 +206,8 @@ class Checkpoints:
                 path.unlink(missing_ok=True)
 
     def _refuse(self, what: str) -> FedpeftError:
-        return FedpeftError(
-            f"run folder {self.folder.parent} cannot be resumed: {what}; nothing was resumed."
-        )
+        cannot, nothing = self.refusal
+        return FedpeftError(f"run folder {self.folder.parent} {cannot}: {what}; {nothing}.")
 
 
 class _Damaged(Exception):

@@ -7,7 +7,7 @@ batches elsewhere (``split_shares``) and put the logits back together in the sam
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,8 +35,16 @@ def eval_order(split: Split, batch_size: int) -> list[np.ndarray]:
     return list(length_sorted_batches(split.lengths, batch_size))
 
 
+Advance = Callable[[int], None]
+"""Told how many more examples are done, after each batch (a progress bar)."""
+
+
 def predict_batches(
-    model: nn.Module, split: Split, batches: Sequence[np.ndarray], device: torch.device
+    model: nn.Module,
+    split: Split,
+    batches: Sequence[np.ndarray],
+    device: torch.device,
+    advance: Advance | None = None,
 ) -> torch.Tensor:
     """Logits (float32, CPU) of ``batches``' examples, one row per example in batch order."""
     model.eval()
@@ -45,16 +53,22 @@ def predict_batches(
         for idx in batches:
             batch = split.collate(idx).to(device)
             out.append(model(**batch.model_inputs(with_labels=False)).logits.float().cpu())
+            if advance is not None:
+                advance(len(idx))
     assert out, "cannot evaluate an empty split"
     return torch.cat(out)
 
 
 def predict_logits(
-    model: nn.Module, split: Split, batch_size: int, device: torch.device
+    model: nn.Module,
+    split: Split,
+    batch_size: int,
+    device: torch.device,
+    advance: Advance | None = None,
 ) -> torch.Tensor:
     """Logits (float32, CPU) for every example in the split's order."""
     batches = eval_order(split, batch_size)
-    return in_split_order(predict_batches(model, split, batches, device), batches)
+    return in_split_order(predict_batches(model, split, batches, device, advance), batches)
 
 
 def in_split_order(logits: torch.Tensor, batches: Sequence[np.ndarray]) -> torch.Tensor:

@@ -15,6 +15,7 @@ reported apart from the generative exact match).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -45,9 +46,14 @@ def parse_answer(text: str, label_names: list[str]) -> int:
 
 
 def generate_answers(
-    model: nn.Module, split: InstructSplit | GenQASplit, batch_size: int, device: torch.device
+    model: nn.Module,
+    split: InstructSplit | GenQASplit,
+    batch_size: int,
+    device: torch.device,
+    advance: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Greedy continuations of every prompt (split order), decoded without special tokens.
+    """Greedy continuations of every prompt (split order), decoded without special tokens;
+    ``advance`` is told how many more are done after each batch (a progress bar).
 
     Batches are length-sorted and left-padded, so the new tokens start in one column.
     """
@@ -73,6 +79,8 @@ def generate_answers(
             texts = split.tokenizer.batch_decode(new, skip_special_tokens=True)
             for i, text in zip(idx, texts, strict=True):
                 out[int(i)] = text
+            if advance is not None:
+                advance(len(idx))
     return out
 
 

@@ -136,6 +136,12 @@ class Task:
             self.models[key] = self.prepare(model.to(self.device), spec)
         return self.models[key]
 
+    def template(self, method: str, options: str) -> AdapterState:
+        """The freshly initialised adapter of a configuration (its keys, shapes, init), on
+        the CPU as the server holds states."""
+        model = self.model_for(method, options)
+        return {k: v.cpu() for k, v in get_adapter_state(model).items()}
+
     def prepare(self, model: nn.Module, spec: MethodSpec) -> nn.Module:
         """A freshly built model made ready (in place): fast dropout, autocast, the
         frozen-prefix cache, the CPU attention kernel."""
@@ -399,11 +405,14 @@ def load_base(cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset) -> nn
     return load_classifier(spec, dataset.num_labels, cfg.run.seed, dataset.label_names)
 
 
-def build_task(cfg: ExperimentConfig) -> Task:
+def build_task(cfg: ExperimentConfig, data: FederatedData | None = None) -> Task:
+    """The run's task: ``data`` (default: the configured data, loaded and partitioned) and
+    the model built from the config and seed alone (``data`` gives it only the class names).
+    A finished run's model is rebuilt for new inputs by passing them as ``data``."""
     method = check_names(cfg)
     set_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
-    data = build_data(cfg)
+    data = data if data is not None else build_data(cfg)
     spec, dataset = data.spec, data.dataset
     with torch.random.fork_rng(devices=[]):  # head and adapter init: same seed, same model
         torch.manual_seed(cfg.run.seed)

@@ -26,7 +26,7 @@ from fedpeft.client.personal import PersonalKit
 from fedpeft.client.secagg import SECAGG_KINDS, SecretStore, split_secrets
 from fedpeft.data import DataProfile, ImageSplit, TokenizedSplit
 from fedpeft.errors import ClientSkipped
-from fedpeft.peft import get_adapter_state, parse_method_ref, set_adapter_state
+from fedpeft.peft import parse_method_ref, set_adapter_state
 from fedpeft.profiling import ResourceProfile
 from fedpeft.runtime.local.devices import DeviceSim, thread_cap
 from fedpeft.runtime.local.jobs import (
@@ -296,10 +296,7 @@ class LocalGlobalModel:
         self.workers = workers
 
     def template(self, method: str, options: str) -> AdapterState:
-        """The freshly initialised adapter of a configuration (its keys, shapes, init)."""
-        return {
-            k: v.cpu() for k, v in get_adapter_state(self.task.model_for(method, options)).items()
-        }
+        return self.task.template(method, options)
 
     def proxy_batches(self, with_labels: bool = False) -> list[dict[str, torch.Tensor]]:
         """The server's held-out proxy examples as forward arguments (unlabelled by default)."""

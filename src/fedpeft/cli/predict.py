@@ -1,0 +1,271 @@
+"""``fedpeft predict RUN_DIR``: a finished run's final global model on new texts.
+
+Texts come from ``--text`` (repeatable) or a data file (``--file``: CSV, TSV, JSONL, JSON
+or Parquet, read by the readers of custom training data, ``data.sources.read_rows``). The
+model is the run's own, rebuilt and loaded by ``server.trained`` (the verified state of the
+last round, the run's precision and autocast), and it predicts through the run's own
+evaluation code: ``predict_logits`` for a classifier (softmax probabilities), greedy
+generation parsed to a class (``generate_answers`` + ``parse_answer``) for an
+instruction-tuned decoder, so the run's eval file gives the run's final accuracy. A file
+that holds the run's label column is scored (accuracy, macro-F1) over its labelled rows.
+
+Supported: text classifiers (``model.task = "classify"``: encoders and decoders with a
+classification head) and instruction-tuned decoders (``"instruct"``). Other tasks are
+refused with one sentence.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from fedpeft.data.labels import normalize_label
+from fedpeft.data.sources import read_rows, require_columns, row_text
+from fedpeft.errors import FedpeftError
+from fedpeft.files import write_atomic
+from fedpeft.models import get_model_spec, is_vision_model
+from fedpeft.server.instruct import task_kind
+from fedpeft.server.trained import FinalModel, FinishedRun, final_model, text_data
+
+SUPPORTED = (
+    "text classifiers (`model.task = 'classify'`, encoders and decoders) and "
+    "instruction-tuned decoders (`model.task = 'instruct'`)"
+)
+SHOWN = 10  # rows of a file shown in the terminal without --out
+TEXT_WIDTH = 40  # characters of a text shown there
+NO_CLASS = -1  # an instruction-tuned model's answer that names no class
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The texts to predict and, from a file with the run's label column, their labels."""
+
+    texts: list[str]
+    labels: list[str | None] | None  # canonical class names (None: unlabelled row / no column)
+    text_column: str
+    label_column: str
+    path: Path | None = None  # the file they came from
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per input, the ``k`` most likely classes (ids; ``NO_CLASS``: a generated answer that
+    names none) with their probabilities (None for generated answers)."""
+
+    class_names: list[str]
+    top: np.ndarray  # (n, k) class ids
+    probability: np.ndarray | None  # (n, k), or None: generation gives no probability
+    answers: list[str] | None  # instruction-tuned models: the generated text
+    metrics: dict[str, float] | None  # accuracy, macro-F1 over the labelled rows
+    scored: int  # labelled rows scored
+    method: str  # what predicted, e.g. "lora r=8 alpha=16.0"
+
+    def name(self, i: int, j: int = 0) -> str:
+        c = int(self.top[i, j])
+        return self.class_names[c] if c != NO_CLASS else ""
+
+
+def check_supported(run: FinishedRun) -> None:
+    spec = get_model_spec(run.cfg.model.name)
+    kind = task_kind(run.cfg, spec)
+    if is_vision_model(spec) or kind not in ("classify", "instruct"):
+        what = "image classification" if kind == "classify" else f"`model.task = {kind!r}`"
+        raise FedpeftError(
+            f"run {run.root} is a {what} run on `{spec.name}`; `fedpeft predict` takes {SUPPORTED}."
+        )
+
+
+def text_inputs(texts: list[str], run: FinishedRun) -> Inputs:
+    if any(not t.strip() for t in texts):
+        raise FedpeftError("a --text is empty; give each --text a text to classify.")
+    return Inputs(texts, None, run.cfg.data.text_column, run.cfg.data.label_column)
+
+
+def file_inputs(path: Path, text_column: str | None, run: FinishedRun) -> Inputs:
+    """The texts of ``path`` in ``text_column`` (default: the run's ``data.text_column``)
+    and, where the file has the run's ``data.label_column``, their labels."""
+    text_col = text_column or run.cfg.data.text_column
+    label_col = run.cfg.data.label_column
+    rows = read_rows(path, (text_col, label_col), setting="--file")
+    require_columns(path, rows, (text_col,), "name the text column with --text-column")
+    where = [f"data file {path}, row {i + 1}" for i in range(len(rows))]
+    texts = [row_text(row, text_col, w) for row, w in zip(rows, where, strict=True)]
+    labels = None
+    if label_col in rows[0]:
+        labels = [
+            normalize_label(row.get(label_col), w) for row, w in zip(rows, where, strict=True)
+        ]
+    return Inputs(texts, labels, text_col, label_col, path)
+
+
+def label_ids(inputs: Inputs, names: list[str]) -> np.ndarray | None:
+    """Each input's class id (-1: unlabelled); None without a label column. Labels that
+    are not among the run's classes are refused."""
+    if inputs.labels is None:
+        return None
+    index = {n: i for i, n in enumerate(names)}
+    unknown = sorted({x for x in inputs.labels if x is not None} - index.keys())
+    if unknown:
+        raise FedpeftError(
+            f"data file {inputs.path} has labels {unknown[:5]} in `{inputs.label_column}` that "
+            f"are not among the run's classes {names[:10]}; fix them, or rename the column "
+            "to predict without scoring."
+        )
+    return np.asarray([-1 if x is None else index[x] for x in inputs.labels], dtype=np.int64)
+
+
+def predict(
+    run: FinishedRun, inputs: Inputs, batch_size: int | None, top_k: int, console: Console
+) -> Predictions:
+    """The run's final global model's predictions for ``inputs`` (a progress bar on
+    ``console`` when it is a terminal)."""
+    from fedpeft.cli.progress import items_progress
+    from fedpeft.server.evaluate import classification_metrics, predict_logits
+    from fedpeft.server.generate import answer_metrics, generate_answers, parse_answer
+
+    names = run.label_names
+    instruct = task_kind(run.cfg) == "instruct"
+    if top_k > (1 if instruct else len(names)):
+        most = "1 (a generated answer is one class)" if instruct else f"{len(names)} (its classes)"
+        raise FedpeftError(f"--top-k is {top_k} but this run can give at most {most}.")
+    ids = label_ids(inputs, names)
+    known = None if ids is None else ids >= 0
+    final = final_model(run, text_data(run, inputs.texts, None if ids is None else ids.clip(0)))
+    task, model, size = final.task, final.model, batch_size or final.task.eval_batch_size
+    split = task.data.eval
+    console.print(_header(run, final, len(inputs.texts)), highlight=False)
+    with items_progress(console, len(split), "predicting") as advance:
+        if instruct:
+            answers = generate_answers(model, split, size, task.device, advance)  # type: ignore[arg-type]
+        else:
+            logits = predict_logits(model, split, size, task.device, advance)
+    metrics = None
+    scored = 0 if known is None else int(known.sum())
+    if instruct:
+        top = np.asarray([[parse_answer(a, names)] for a in answers], dtype=np.int64)
+        if ids is not None and known is not None and scored:
+            metrics = answer_metrics(top[known, 0], ids[known], len(names))
+        return Predictions(names, top, None, answers, metrics, scored, final.method)
+    probs, best = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
+    if ids is not None and known is not None and scored:
+        metrics = classification_metrics(logits[torch.from_numpy(known)], ids[known])
+    return Predictions(names, best.numpy(), probs.numpy(), None, metrics, scored, final.method)
+
+
+def _header(run: FinishedRun, final: FinalModel, n: int) -> str:
+    p = run.cfg.personalization
+    note = (
+        " (the global model's predictions: the clients' personal modules stay with them)"
+        if p.mode != "none" or p.baselines
+        else ""
+    )
+    main = f"main group `{run.state.main}` · " if run.state.main != "global" else ""
+    return (
+        f"[bold]fedpeft predict[/] {run.cfg.model.name} · {main}{final.method} · "
+        f"round {run.state.round} · {n} text{'s' * (n != 1)}{note}"
+    )
+
+
+def text_lines(preds: Predictions) -> list[str]:
+    """One line per input: its class and probability (then the next most likely classes
+    with theirs); an instruction-tuned model's: its class and the answer it generated."""
+    lines = []
+    for i in range(len(preds.top)):
+        if preds.probability is None:
+            assert preds.answers is not None
+            lines.append(f"{preds.name(i) or '(no class)'}\t{preds.answers[i]!r}")
+            continue
+        cells = [
+            f"{preds.name(i, j)}\t{preds.probability[i, j]:.4f}" for j in range(len(preds.top[i]))
+        ]
+        lines.append("\t".join(cells))
+    return lines
+
+
+def _columns(inputs: Inputs, preds: Predictions) -> list[str]:
+    cols = [inputs.text_column] + ([inputs.label_column] if inputs.labels is not None else [])
+    if preds.probability is None:
+        return [*cols, "predicted", "answer"]
+    cols += ["predicted", "probability"]
+    for j in range(2, preds.top.shape[1] + 1):
+        cols += [f"predicted_{j}", f"probability_{j}"]
+    return cols
+
+
+def _row(inputs: Inputs, preds: Predictions, i: int, digits: int) -> list[str]:
+    cells = [inputs.texts[i]]
+    if inputs.labels is not None:
+        cells.append(inputs.labels[i] or "")
+    if preds.probability is None:
+        assert preds.answers is not None
+        return [*cells, preds.name(i), preds.answers[i]]
+    for j in range(preds.top.shape[1]):
+        cells += [preds.name(i, j), f"{preds.probability[i, j]:.{digits}f}"]
+    return cells
+
+
+def check_out(path: Path, source: Path) -> None:
+    """Refuses an ``--out`` that is a folder or the input file itself (before any work)."""
+    if path.is_dir():
+        raise FedpeftError(f"--out {path} is a folder; name a file to write, e.g. preds.csv.")
+    if path.resolve() == source.resolve():
+        raise FedpeftError(f"--out {path} is the input file; name another file.")
+
+
+def write_csv(path: Path, inputs: Inputs, preds: Predictions) -> None:
+    """Every input's row (text, label when the file has one, predictions) as CSV, written
+    atomically (``check_out`` first)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(_columns(inputs, preds))
+    writer.writerows(_row(inputs, preds, i, 6) for i in range(len(inputs.texts)))
+    try:
+        write_atomic(path, buf.getvalue().encode())
+    except OSError as e:
+        raise FedpeftError(f"cannot write --out {path} ({e.strerror}).") from None
+
+
+def table(inputs: Inputs, preds: Predictions, rows: int = SHOWN) -> Table:
+    """The first ``rows`` inputs with their predictions; with ``--top-k`` the next most
+    likely classes share one column, a line each."""
+    out = Table()
+    k = preds.top.shape[1]
+    cols = _columns(inputs, preds)[: None if k == 1 else -2 * (k - 1)]
+    for col in [*cols, *(["next"] if k > 1 else [])]:
+        out.add_column(col, overflow="fold")
+    for i in range(min(rows, len(inputs.texts))):
+        cells = _row(inputs, preds, i, 4)
+        cells[0] = _cut(cells[0], TEXT_WIDTH)
+        if k > 1:
+            rest = cells[len(cols) :]
+            cells = [
+                *cells[: len(cols)],
+                "\n".join(map(" ".join, zip(rest[::2], rest[1::2], strict=True))),
+            ]
+        elif preds.answers is not None:
+            cells[-1] = _cut(cells[-1], TEXT_WIDTH)
+        out.add_row(*cells)
+    return out
+
+
+def _cut(text: str, width: int) -> str:
+    """``text`` on one line, at most ``width`` characters (an ellipsis ends a cut one)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def metrics_line(inputs: Inputs, preds: Predictions) -> str | None:
+    if preds.metrics is None:
+        return None
+    m = preds.metrics
+    return (
+        f"accuracy {m['accuracy']:.4f} · macro-F1 {m['macro_f1']:.4f} against "
+        f"`{inputs.label_column}` ({preds.scored} labelled row{'s' * (preds.scored != 1)})"
+    )

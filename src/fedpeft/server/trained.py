@@ -1,0 +1,159 @@
+"""A finished run's final global model, rebuilt as the run built it, for new texts.
+
+``open_finished(run_dir)`` reads what a finished run left and trusts none of it unchecked:
+its resolved ``config.toml`` (validated as ``fedpeft run`` validates it), the checkpoint of
+its last round (``Checkpoints.load_round``: the manifest's sha256s and the config's
+fingerprint verify, and no older round stands in for a damaged last one) and its class
+names (``partitions.json``). ``final_model`` then builds the run's task for the given texts
+(``build_task``: the same base model, method, seed, precision and autocast as the run) and
+loads the final global adapter of the run's main group — the configuration the run
+evaluated and exported as ``adapter/`` — in evaluation mode, as the run's own evaluation
+does (``LocalGlobalModel.evaluate``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from fedpeft.config import ExperimentConfig, build_config, read_toml
+from fedpeft.config.loading import config_fingerprint
+from fedpeft.data import RawDataset, RawSplit
+from fedpeft.errors import FedpeftError
+from fedpeft.models import get_model_spec
+from fedpeft.peft import parse_method_ref, set_adapter_state
+from fedpeft.server.checkpoint import Checkpoints
+from fedpeft.server.groups import GroupBook
+from fedpeft.server.state import ServerState
+from fedpeft.server.store import CHECKPOINT, CONFIG, METRICS, PARTITIONS, SUMMARY
+from fedpeft.server.task import FederatedData, Task, build_task, check_names, resolved, splits_for
+from fedpeft.server.validate import RejectedUpdate, check_tensors
+
+PREDICTING = ("cannot be used for prediction", "nothing was predicted")
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """What a finished run folder holds that rebuilding its final model needs, verified."""
+
+    root: Path
+    cfg: ExperimentConfig  # the resolved configuration the run ran with
+    state: ServerState  # the server state after the last round
+    dataset: str  # the run's dataset name (an instruction prompt names it)
+    label_names: list[str]  # the run's classes, in class-id order
+
+
+def open_finished(run_dir: Path) -> FinishedRun:
+    """The finished run in ``run_dir``; a folder that is not one, or whose files do not
+    verify, is refused with one sentence (``FedpeftError``). Nothing in it is written."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise FedpeftError(f"{root} is not a folder; pass a finished run folder (runs/<run-id>).")
+    for name in (CONFIG, SUMMARY):
+        if not (root / name).is_file():
+            raise FedpeftError(
+                f"{root} is not a finished fedpeft run (it has no {name}); pass a run folder "
+                "that `fedpeft run` completed (an interrupted one: finish it with "
+                "`fedpeft run --resume`)."
+            )
+    cfg = build_config(read_toml(root / CONFIG), source=f"config {root / CONFIG}")
+    fingerprint = config_fingerprint(resolved(cfg, check_names(cfg)))
+    checkpoints = Checkpoints(root / CHECKPOINT, fingerprint, PREDICTING)
+    state = checkpoints.load_round(_last_round(root))
+    dataset, names = _classes(root)
+    return FinishedRun(root, cfg, state, dataset, names)
+
+
+def _last_round(root: Path) -> int:
+    """The last round ``metrics.jsonl`` records: the round whose state is the final one."""
+    try:
+        lines = [ln for ln in (root / METRICS).read_text().splitlines() if ln.strip()]
+        rounds = [json.loads(ln)["round"] for ln in lines]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        rounds = []
+    if not rounds or not all(isinstance(r, int) for r in rounds):
+        raise FedpeftError(
+            f"run folder {root} {PREDICTING[0]}: its {METRICS} does not say which round was "
+            f"its last (missing or not JSON lines with a round); {PREDICTING[1]}."
+        )
+    return max(rounds)
+
+
+def _classes(root: Path) -> tuple[str, list[str]]:
+    """(dataset name, class names) from ``partitions.json``."""
+    try:
+        raw = json.loads((root / PARTITIONS).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        raw = None
+    names = raw.get("label_names") if isinstance(raw, dict) else None
+    dataset = raw.get("dataset") if isinstance(raw, dict) else None
+    if (
+        not isinstance(names, list)
+        or not names
+        or not all(isinstance(n, str) for n in names)
+        or len(set(names)) != len(names)
+        or not isinstance(dataset, str)
+    ):
+        raise FedpeftError(
+            f"run folder {root} {PREDICTING[0]}: its {PARTITIONS} does not name the run's "
+            f"classes (a `label_names` list of distinct strings); {PREDICTING[1]}."
+        )
+    return dataset, list(names)
+
+
+def text_data(
+    run: FinishedRun, texts: list[str], labels: np.ndarray | None = None
+) -> FederatedData:
+    """``texts`` (with class ids ``labels``, or none) as the run's eval split, prepared as the
+    run prepared its texts (``splits_for``: tokeniser, ``model.max_length``, padding side,
+    instruction prompts); no train split, no clients."""
+    cfg, spec = run.cfg, get_model_spec(run.cfg.model.name)
+    ids = np.zeros(len(texts), dtype=np.int64) if labels is None else labels
+    empty = RawSplit([], np.zeros(0, dtype=np.int64))
+    dataset = RawDataset(run.dataset, empty, RawSplit(texts, ids), run.label_names, "input")
+    train, evaluation = splits_for(cfg, spec, dataset)
+    return FederatedData(spec, dataset, train, evaluation, partitions=[], profiles=[])
+
+
+@dataclass(frozen=True)
+class FinalModel:
+    task: Task  # the run's task, built for the texts to predict
+    model: nn.Module  # the main group's model with the final global adapter, eval mode
+    method: str  # that model's method and options, e.g. ``lora r=8 alpha=16.0``
+
+
+def final_model(run: FinishedRun, data: FederatedData) -> FinalModel:
+    """The run's task for ``data`` and the model of its main group with the final global
+    adapter loaded, in evaluation mode (under the run's autocast, as ``Task.prepare`` left
+    it). The frozen-prefix cache (``run.prefix_cache``) stays off: it would first run every
+    text's frozen blocks, holding their states, to save nothing on a single pass; each text
+    runs through the whole model instead, as the cache's own fallback does."""
+    no_cache = run.cfg.run.model_copy(update={"prefix_cache": False})
+    task = build_task(run.cfg.model_copy(update={"run": no_cache}), data)
+    state = run.state
+    if state.main not in state.adapters:
+        raise FedpeftError(
+            f"run folder {run.root} {PREDICTING[0]}: no global adapter was ever trained "
+            f"in it; {PREDICTING[1]}."
+        )
+    book = GroupBook(task, state.members)
+    adapter, method, options = book.eval_state(state.main, state.adapters[state.main])
+    try:
+        check_tensors(adapter, task.template(method, options))
+    except RejectedUpdate as e:
+        raise FedpeftError(
+            f"run folder {run.root} {PREDICTING[0]}: its final state does not fit the model "
+            f"its {CONFIG} and {PARTITIONS} describe ({e}); {PREDICTING[1]}."
+        ) from None
+    model = task.model_for(method, options)
+    set_adapter_state(model, {k: v.to(task.device) for k, v in adapter.items()})
+    model.eval()
+    ref = parse_method_ref(method, options, task.ref)
+    chosen = ref.spec.model_dump(mode="json", exclude_none=True)
+    shown = [f"{k}={v}" for k, v in chosen.items() if v not in ({}, [])]
+    label = " ".join([ref.method, *shown])
+    return FinalModel(task, model, label)

@@ -1,0 +1,314 @@
+"""``fedpeft predict``: a finished run's final global model on new texts, through the CLI.
+
+Tiny real runs (tiny-bert, a noisy 3-class CSV with string labels in a custom class order)
+are trained once per method; predicting the run's own eval file must give the run's final
+accuracy, macro-F1 and confusion matrix exactly — which the fresh, untrained model does not
+(checked, so the comparison can tell the final state from another). Damaged runs, bad
+files and bad options end with exit code 2 and one sentence."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fedpeft.cli.main import app
+from fedpeft.runtime.local import run_local
+from fedpeft.server.classes import class_report
+from tests.conftest import tiny_config
+
+NAMES = ["dog", "cat", "bird"]  # the run's classes in `data.label_names` order (not sorted)
+WORDS = {
+    "dog": ["bark", "woof", "puppy", "fetch", "leash"],
+    "cat": ["meow", "purr", "kitten", "whisker", "litter"],
+    "bird": ["tweet", "wing", "feather", "nest", "beak"],
+}
+SHARED = ["the", "a", "pet", "home", "little", "garden", "sleeps", "runs", "today", "happy"]
+CUSTOM = ["data.dataset='custom'", f"data.label_names={NAMES!r}"]
+
+
+def _write(path: Path, n: int, rng: np.random.Generator) -> Path:
+    """``n`` rows of one class word among five shared ones, a quarter relabelled at random
+    (so a trained tiny model is neither perfect nor the fresh one)."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for _ in range(n):
+            label = NAMES[rng.integers(3)]
+            words = [*rng.choice(WORDS[label], 1), *rng.choice(SHARED, 5)]
+            rng.shuffle(words)
+            if rng.random() < 0.25:
+                label = NAMES[rng.integers(3)]
+            w.writerow([" ".join(words), label])
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("predict-data")
+    rng = np.random.default_rng(0)
+    _write(folder / "train.csv", 96, rng)
+    _write(folder / "eval.csv", 40, rng)
+    return folder
+
+
+def _train(tmp: Path, data: Path, *extra: str) -> Path:
+    files = [f"data.train_file={str(data / 'train.csv')!r}"]
+    files.append(f"data.eval_file={str(data / 'eval.csv')!r}")
+    return run_local(tiny_config(tmp, *CUSTOM, *files, *extra)).run_dir
+
+
+METHODS = {
+    "lora": ["peft.method='lora'"],
+    "houlsby": ["peft.method='houlsby'"],  # fedpeft's bottleneck adapter
+    "prompt": ["peft.method='prompt'"],
+    "ia3": ["peft.method='ia3'"],
+    "head": ["peft.method='head'"],  # the run evaluated through its frozen-prefix cache
+    # bf16 autocast with the frozen linears stored in bf16 (run.frozen_bf16)
+    "lora-bf16": ["peft.method='lora'", "run.autocast='bf16'"],
+}
+
+
+@pytest.fixture(scope="module", params=list(METHODS))
+def run(
+    request: pytest.FixtureRequest, data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A finished 2-round run of one of ``METHODS`` on the CSV files."""
+    return _train(tmp_path_factory.mktemp(request.param), data, *METHODS[request.param])
+
+
+@pytest.fixture(scope="module")
+def lora_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _train(tmp_path_factory.mktemp("lora-errors"), data)
+
+
+def _predict(*args: str | Path) -> tuple[int, str, str]:
+    """(exit code, stdout, stdout + stderr with whitespace collapsed)."""
+    result = CliRunner().invoke(app, ["predict", *map(str, args)])
+    return result.exit_code, result.stdout, " ".join(result.output.split())
+
+
+def _refused(code: int, output: str, expected: str) -> None:
+    assert code == 2, output
+    assert expected in output, output
+    assert "Traceback" not in output and output.count("error:") == 1, output
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predicting_the_eval_file_gives_the_runs_final_figures(run: Path, tmp_path: Path) -> None:
+    eval_file = Path(_config_value(run, "eval_file"))
+    out = tmp_path / "preds.csv"
+    code, _, output = _predict(run, "--file", eval_file, "--out", out)
+    assert code == 0, output
+    rows, given = _rows(out), _rows(eval_file)
+    assert [r["text"] for r in rows] == [r["text"] for r in given]
+    assert list(rows[0]) == ["text", "label", "predicted", "probability"]
+    labels = np.asarray([NAMES.index(r["label"]) for r in rows])
+    preds = np.asarray([NAMES.index(r["predicted"]) for r in rows])
+    summary = json.loads((run / "summary.json").read_text())
+    classes = json.loads((run / "classes.json").read_text())
+    assert float((labels == preds).mean()) == summary["final_accuracy"]
+    assert class_report(labels, preds, NAMES).confusion == classes["confusion"]
+    assert classes["label_names"] == NAMES
+    assert f"accuracy {summary['final_accuracy']:.4f}" in output
+    assert f"macro-F1 {summary['final_macro_f1']:.4f}" in output
+    assert "40 labelled rows" in output
+    assert all(1 / 3 <= float(r["probability"]) <= 1 for r in rows)  # the top class's
+    # the comparison tells the final state from another: the fresh model predicts otherwise
+    assert (
+        class_report(labels, _fresh_predictions(run, eval_file), NAMES).confusion
+        != (classes["confusion"])
+    )
+
+
+def _config_value(run: Path, key: str) -> str:
+    import tomllib
+
+    return str(tomllib.loads((run / "config.toml").read_text())["data"][key])
+
+
+def _fresh_predictions(run: Path, eval_file: Path) -> np.ndarray:
+    """The classes the run's model predicts with its adapter as initialised (no state
+    loaded): what a predictor that loaded the wrong state would give."""
+    from fedpeft.server.evaluate import predict_logits
+    from fedpeft.server.task import build_task
+    from fedpeft.server.trained import open_finished, text_data
+
+    finished = open_finished(run)
+    task = build_task(finished.cfg, text_data(finished, [r["text"] for r in _rows(eval_file)]))
+    logits = predict_logits(task.model, task.data.eval, task.eval_batch_size, task.device)
+    return logits.argmax(-1).numpy()
+
+
+def test_text_prints_the_runs_class_names(lora_run: Path) -> None:
+    code, stdout, output = _predict(lora_run, "--text", "woof bark puppy", "--text", "a nest")
+    assert code == 0, output
+    lines = stdout.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        name, p = line.split("\t")
+        assert name in NAMES and 1 / 3 <= float(p) <= 1
+    code, stdout, output = _predict(lora_run, "--text", "meow", "--top-k", "3")
+    assert code == 0, output
+    cells = stdout.strip().split("\t")
+    assert sorted(cells[0::2]) == sorted(NAMES)
+    probs = [float(p) for p in cells[1::2]]
+    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-3)
+
+
+def test_a_file_without_out_is_shown_with_its_count(lora_run: Path, data: Path) -> None:
+    code, _, output = _predict(lora_run, "--file", data / "eval.csv", "--top-k", "2")
+    assert code == 0, output
+    assert "the first 10 of 40 rows" in output and "next" in output
+
+
+def test_another_text_column_and_no_labels(lora_run: Path, tmp_path: Path) -> None:
+    path = tmp_path / "new.jsonl"
+    path.write_text("".join(json.dumps({"sentence": t}) + "\n" for t in ["purr", "beak nest"]))
+    code, _, output = _predict(lora_run, "--file", path)
+    _refused(code, output, "has no column `text` (found: `sentence`); name the text column with")
+    out = tmp_path / "out" / "preds.csv"
+    code, _, output = _predict(lora_run, "--file", path, "--text-column", "sentence", "--out", out)
+    assert code == 0, output
+    rows = _rows(out)
+    assert [r["sentence"] for r in rows] == ["purr", "beak nest"]
+    assert all(r["predicted"] in NAMES for r in rows) and "accuracy" not in output
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_a_tampered_checkpoint_is_refused(lora_run: Path, tmp_path: Path) -> None:
+    run = _copy(lora_run, tmp_path)
+    tensors = run / "checkpoint" / "round-000002.safetensors"
+    raw = bytearray(tensors.read_bytes())
+    raw[-5] ^= 0x01  # one bit of one adapter value
+    tensors.write_bytes(bytes(raw))
+    code, _, output = _predict(run, "--text", "woof")
+    _refused(code, output, "cannot be used for prediction: the checkpoint of its last round, 2,")
+    assert "round-000002.safetensors does not match its sha256" in output  # round 1 not used
+
+
+def test_an_edited_config_is_refused(lora_run: Path, tmp_path: Path) -> None:
+    run = _copy(lora_run, tmp_path)
+    config = run / "config.toml"
+    config.write_text(config.read_text().replace("seed = 0", "seed = 1", 1))
+    code, _, output = _predict(run, "--text", "woof")
+    _refused(code, output, "written for another configuration")
+
+
+def test_a_run_without_its_final_state_is_refused(lora_run: Path, tmp_path: Path) -> None:
+    run = _copy(lora_run, tmp_path)
+    (run / "checkpoint" / "round-000002.manifest.json").unlink()  # round 1 still verifies
+    code, _, output = _predict(run, "--text", "woof")
+    _refused(code, output, "no committed checkpoint of its last round, 2; nothing was predicted")
+    (run / "summary.json").unlink()
+    code, _, output = _predict(run, "--text", "woof")
+    _refused(code, output, "is not a finished fedpeft run (it has no summary.json)")
+    code, _, output = _predict(tmp_path / "nowhere", "--text", "woof")
+    _refused(code, output, "is not a folder")
+
+
+def test_bad_files_are_refused(lora_run: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,label\n")
+    _refused(*_predict(lora_run, "--file", empty)[::2], "has no rows")
+    other = tmp_path / "other.csv"
+    other.write_text("text,label\nwoof,dog\nmeow,fish\n")
+    _refused(*_predict(lora_run, "--file", other)[::2], "labels ['fish'] in `label` that are not")
+    _refused(
+        *_predict(lora_run, "--file", tmp_path / "gone.csv")[::2], "does not exist; check --file"
+    )
+    _refused(*_predict(lora_run, "--file", other, "--out", other)[::2], "is the input file")
+    if os.geteuid() != 0:  # root reads anything
+        other.chmod(0)
+        _refused(*_predict(lora_run, "--file", other)[::2], "cannot be read (Permission denied)")
+
+
+def test_bad_options_are_refused(lora_run: Path, data: Path) -> None:
+    _refused(*_predict(lora_run)[::2], "give texts with --text or a file with --file")
+    both = ("--text", "woof", "--file", data / "eval.csv")
+    _refused(*_predict(lora_run, *both)[::2], "one of the two")
+    _refused(*_predict(lora_run, "--text", "woof", "--top-k", "4")[::2], "at most 3 (its classes)")
+    _refused(*_predict(lora_run, "--text", " ")[::2], "a --text is empty")
+    _refused(*_predict(lora_run, "--text", "a", "--out", "x.csv")[::2], "go with --file")
+
+
+def test_other_tasks_are_refused_naming_what_is_supported(tmp_path: Path) -> None:
+    from fedpeft.cli.predict import check_supported
+    from fedpeft.errors import FedpeftError
+    from fedpeft.server.state import ServerState
+    from fedpeft.server.trained import FinishedRun
+
+    cfg = tiny_config(tmp_path, "data.dataset='squad'")  # model.task auto: qa
+    run = FinishedRun(tmp_path, cfg, ServerState({}), "squad", ["answer"])
+    with pytest.raises(FedpeftError, match="qa'` run on `tiny-bert`; `fedpeft predict` takes"):
+        check_supported(run)
+
+
+def test_an_allocated_run_predicts_with_its_main_group(data: Path, tmp_path: Path) -> None:
+    tiers = tmp_path / "tiers.toml"
+    tiers.write_text("[a]\nbase = 'high'\n\n[b]\nbase = 'high'\n")
+    run = _train(
+        tmp_path,
+        data,
+        "allocation.enabled=true",
+        "allocation.policy='tiered'",
+        "allocation.tiers={a={method='lora',options={r=4,alpha=8}},"
+        "b={method='lora',options={r=2,alpha=4,layers=[1]}}}",
+        f"profiles.file={str(tiers)!r}",
+        "profiles.mix=['a','b']",
+    )
+    out = tmp_path / "preds.csv"
+    code, _, output = _predict(run, "--file", data / "eval.csv", "--out", out)
+    assert code == 0, output
+    assert "main group `lora`" in output
+    rows = _rows(out)
+    accuracy = np.mean([r["label"] == r["predicted"] for r in rows])
+    assert float(accuracy) == json.loads((run / "summary.json").read_text())["final_accuracy"]
+
+
+def test_an_instruction_tuned_decoder_predicts_by_generation(data: Path, tmp_path: Path) -> None:
+    decoder = ["model.name='tiny-llama'", "model.max_length=24", "client.batch_size=8"]
+    run = _train(tmp_path, data, *decoder, "client.lr=0.03", "client.epochs=4")
+    out = tmp_path / "preds.csv"
+    code, _, output = _predict(run, "--file", data / "eval.csv", "--out", out)
+    assert code == 0, output
+    rows = _rows(out)
+    assert list(rows[0]) == ["text", "label", "predicted", "answer"]
+    final = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["eval"]
+    assert np.mean([r["label"] == r["predicted"] for r in rows]) == final["accuracy"]
+    assert np.mean([r["predicted"] == "" for r in rows]) == final["invalid_rate"]
+    # a tiny random decoder names no class yet, but what it says depends on the state loaded
+    answers = [r["answer"] for r in rows]
+    assert any(a.strip() for a in answers)
+    assert answers == _exported_answers(run, data / "eval.csv")
+    _refused(*_predict(run, "--text", "woof", "--top-k", "2")[::2], "a generated answer is one")
+
+
+def _exported_answers(run: Path, eval_file: Path) -> list[str]:
+    """The answers of the exported adapter loaded with plain peft onto the base decoder."""
+    from fedpeft.data import RawSplit
+    from fedpeft.data.instruct import tokenize_instruct
+    from fedpeft.models import get_model_spec, load_causal_lm, load_tokenizer
+    from fedpeft.peft import load_adapter
+    from fedpeft.server.generate import generate_answers
+
+    spec = get_model_spec("tiny-llama")
+    model = load_adapter(load_causal_lm(spec, 0), run / "adapter").eval()
+    texts = [r["text"] for r in _rows(eval_file)]
+    raw = RawSplit(texts, np.zeros(len(texts), dtype=np.int64))
+    split = tokenize_instruct(raw, load_tokenizer(spec), "train", NAMES, 24)
+    return generate_answers(model, split, 32, torch.device("cpu"))
