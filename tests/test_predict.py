@@ -201,6 +201,26 @@ def test_a_tampered_checkpoint_is_refused(lora_run: Path, tmp_path: Path) -> Non
     assert "round-000002.safetensors does not match its sha256" in output  # round 1 not used
 
 
+def test_the_per_class_report_uses_the_final_state_or_none(lora_run: Path, tmp_path: Path) -> None:
+    """`fedpeft report` rebuilds a missing classes.json from the final round only: with
+    that round damaged it refuses, instead of reporting round 1's model as the run's."""
+    run = _copy(lora_run, tmp_path)
+    want = json.loads((run / "classes.json").read_text())
+    (run / "classes.json").unlink()
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "classes.json").read_text()) == want  # the final state's figures
+    (run / "classes.json").unlink()
+    tensors = run / "checkpoint" / "round-000002.safetensors"
+    raw = bytearray(tensors.read_bytes())
+    raw[-5] ^= 0x01
+    tensors.write_bytes(bytes(raw))
+    result = CliRunner().invoke(app, ["report", str(run)])
+    output = " ".join(result.output.split())
+    _refused(result.exit_code, output, "cannot be evaluated per class: the checkpoint of its")
+    assert "no classes.json was written" in output and not (run / "classes.json").exists()
+
+
 def test_an_edited_config_is_refused(lora_run: Path, tmp_path: Path) -> None:
     run = _copy(lora_run, tmp_path)
     config = run / "config.toml"

@@ -3,8 +3,9 @@ matrix (scikit-learn's ``precision_recall_fscore_support`` and ``confusion_matri
 as ``classes.json`` in the run folder for the report.
 
 ``evaluate_run(run_dir)`` rebuilds a finished run's model from its ``config.toml`` and
-loads its last checkpointed global adapter; a runtime that still holds its task can call
-``class_report(labels, preds, names)`` on the logits it already has instead.
+loads the global adapter of its last round (verified; never an older round's); a runtime
+that still holds its task can call ``class_report(labels, preds, names)`` on the logits it
+already has instead.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def read_class_report(run_dir: Path) -> ClassReport | None:
     return ClassReport.from_json(json.loads(path.read_text()))
 
 
+REPORTING = ("cannot be evaluated per class", "no classes.json was written")
+
+
 def evaluate_run(run_dir: Path) -> ClassReport | None:
     """The per-class report of a finished run's global adapter on its eval split, written
     to ``classes.json``; None where there is no single classifier head (instruction
@@ -100,6 +104,7 @@ def evaluate_run(run_dir: Path) -> ClassReport | None:
     from fedpeft.server.instruct import task_kind
     from fedpeft.server.store import CONFIG, RunStore
     from fedpeft.server.task import build_task
+    from fedpeft.server.trained import final_state
 
     if not (run_dir / CONFIG).is_file() or not (run_dir / "summary.json").is_file():
         return None  # not a finished run: nothing to evaluate
@@ -107,7 +112,9 @@ def evaluate_run(run_dir: Path) -> ClassReport | None:
     cfg = build_config(read_toml(store.root / CONFIG), source=str(store.root / CONFIG))
     if task_kind(cfg) == "instruct" or cfg.allocation.enabled:
         return None  # generated answers / one model per method group: not a single head
-    state = store.load_checkpoint()
+    # the final round's state, verified, with the config it was made with: never an older
+    # round's in place of a damaged last one (the report would show another model's figures)
+    state = final_state(store.root, cfg, REPORTING)
     return write_class_report(build_task(cfg), state, store)
 
 

@@ -61,14 +61,22 @@ def open_finished(run_dir: Path) -> FinishedRun:
                 "`fedpeft run --resume`)."
             )
     cfg = build_config(read_toml(root / CONFIG), source=f"config {root / CONFIG}")
-    fingerprint = config_fingerprint(resolved(cfg, check_names(cfg)))
-    checkpoints = Checkpoints(root / CHECKPOINT, fingerprint, PREDICTING)
-    state = checkpoints.load_round(_last_round(root))
+    state = final_state(root, cfg, PREDICTING)
     dataset, names = _classes(root)
     return FinishedRun(root, cfg, state, dataset, names)
 
 
-def _last_round(root: Path) -> int:
+def final_state(root: Path, cfg: ExperimentConfig, refusal: tuple[str, str]) -> ServerState:
+    """The server state after a finished run's last round (``metrics.jsonl``'s), verified by
+    its manifest and ``cfg``'s fingerprint; no older round stands in for a damaged last one.
+    ``refusal``: (what the folder cannot be used for, what was not done), for the messages."""
+    fingerprint = config_fingerprint(resolved(cfg, check_names(cfg)))
+    return Checkpoints(root / CHECKPOINT, fingerprint, refusal).load_round(
+        _last_round(root, refusal)
+    )
+
+
+def _last_round(root: Path, refusal: tuple[str, str] = PREDICTING) -> int:
     """The last round ``metrics.jsonl`` records: the round whose state is the final one."""
     try:
         lines = [ln for ln in (root / METRICS).read_text().splitlines() if ln.strip()]
@@ -77,8 +85,8 @@ def _last_round(root: Path) -> int:
         rounds = []
     if not rounds or not all(isinstance(r, int) for r in rounds):
         raise FedpeftError(
-            f"run folder {root} {PREDICTING[0]}: its {METRICS} does not say which round was "
-            f"its last (missing or not JSON lines with a round); {PREDICTING[1]}."
+            f"run folder {root} {refusal[0]}: its {METRICS} does not say which round was "
+            f"its last (missing or not JSON lines with a round); {refusal[1]}."
         )
     return max(rounds)
 
