@@ -14,7 +14,7 @@ from PIL import Image
 
 from fedpeft.config import load_config
 from fedpeft.data import heldout_train, load_dataset
-from fedpeft.data.custom_images import decode_image
+from fedpeft.data.custom_images import decode_image, decode_images
 from fedpeft.data.registry import held_out_tenth
 from fedpeft.data.sources import ImageArrays
 from fedpeft.errors import FedpeftError
@@ -141,6 +141,20 @@ def test_images_of_any_mode_and_size_become_rgb_at_the_side(tmp_path: Path) -> N
         pixels = decode_image(tmp_path / name, SIDE)
         assert pixels.shape == (SIDE, SIDE, 3) and pixels.dtype == np.uint8, name
         assert 60 < pixels.mean() < 160, name  # not black, not white: 16-bit scaled, not clipped
+
+
+def test_one_channel_is_pils_luma_and_a_gray_file_is_kept_exactly(tmp_path: Path) -> None:
+    """``channels = 1`` (a Fashion-MNIST run's predictions): a colour image becomes PIL's
+    ``L`` (ITU-R 601-2 luma); a grayscale file at the side comes back byte for byte."""
+    colour = picture("fish", (40, 30), 0)
+    colour.save(tmp_path / "c.png")
+    want = np.asarray(colour.convert("L").resize((SIDE, SIDE), Image.Resampling.BILINEAR))
+    assert np.array_equal(decode_image(tmp_path / "c.png", SIDE, 1), want[..., None])
+    gray = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    assert np.array_equal(decode_images([tmp_path / "g.png"], 28, 1), gray[None, ..., None])
+    rgb = decode_images([tmp_path / "g.png"], 28)  # three equal channels
+    assert np.array_equal(rgb, np.repeat(gray[None, ..., None], 3, axis=-1))
 
 
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:

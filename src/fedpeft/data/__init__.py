@@ -22,6 +22,7 @@ from fedpeft.data.images import (  # isort: skip - registers the image datasets
     ImageSplit,
     image_split,
     is_image_dataset,
+    stored_form,
 )
 
 from fedpeft.data.custom_images import check_custom_modality  # isort: skip - registers
@@ -76,5 +77,6 @@ __all__ = [
     "holdout",
     "partition_indices",
     "register_dataset",
+    "stored_form",
     "tokenize_split",
 ]

@@ -111,14 +111,15 @@ def cache_key(paths: list[Path], labels: np.ndarray, side: int) -> str:
     return f"custom-{len(paths)}x{side}-{digest.hexdigest()[:32]}"
 
 
-def decode_images(paths: list[Path], side: int) -> np.ndarray:
-    """Every image as RGB ``uint8`` (N, side, side, 3), decoded in a few threads (PIL
-    releases the GIL while it decodes); any that fails refuses them all, naming it."""
-    out = np.empty((len(paths), side, side, 3), dtype=np.uint8)
+def decode_images(paths: list[Path], side: int, channels: int = 3) -> np.ndarray:
+    """Every image as ``uint8`` (N, side, side, channels): RGB, or with ``channels = 1``
+    grayscale (PIL's ``L``: ITU-R 601-2 luma), decoded in a few threads (PIL releases the
+    GIL while it decodes); any that fails refuses them all, naming it."""
+    out = np.empty((len(paths), side, side, channels), dtype=np.uint8)
 
     def one(i: int) -> str | None:
         try:
-            out[i] = decode_image(paths[i], side)
+            out[i] = decode_image(paths[i], side, channels)
         except Exception as e:  # PIL raises many types on bad bytes; each is the file's fault
             return f"{paths[i]}: {_reason(e)}"
         return None
@@ -136,8 +137,9 @@ def decode_images(paths: list[Path], side: int) -> np.ndarray:
     return out
 
 
-def decode_image(path: Path, side: int) -> np.ndarray:
-    """One image file as RGB ``uint8`` (side, side, 3): upright (EXIF), resized."""
+def decode_image(path: Path, side: int, channels: int = 3) -> np.ndarray:
+    """One image file as ``uint8`` (side, side, channels), RGB or (1) grayscale: upright
+    (EXIF), resized."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as im:
@@ -146,10 +148,10 @@ def decode_image(path: Path, side: int) -> np.ndarray:
         if upright.mode.startswith("I;16"):  # 16-bit grayscale: keep the high byte
             high = (np.asarray(upright, dtype=np.uint16) >> 8).astype(np.uint8)
             upright = Image.fromarray(high)
-        rgb = upright.convert("RGB")
-    if rgb.size != (side, side):
-        rgb = rgb.resize((side, side), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
+        pic = upright.convert("RGB" if channels == 3 else "L")
+    if pic.size != (side, side):
+        pic = pic.resize((side, side), Image.Resampling.BILINEAR)
+    return np.asarray(pic, dtype=np.uint8).reshape(side, side, channels)
 
 
 def _reason(e: Exception) -> str:

@@ -13,6 +13,8 @@ sentence where the layout is broken.
 - **A table** read by ``read_table`` (CSV, TSV, JSONL, JSON or Parquet) with a column of
   image paths (``data.image_column``), relative to the table's folder or absolute, and a
   label column. A path that does not name a file is refused, with its row.
+- **A folder of loose images** (no subfolders), for prediction only (``fedpeft predict``):
+  every image directly in it, of no known class.
 
 Nothing here opens an image: decoding (``custom_images``) opens only the regular files
 found here, so a pipe named ``x.jpg`` cannot block a run.
@@ -201,17 +203,54 @@ def table_images(path: Path, cfg: DataConfig) -> ImageFiles:
             "the column of image paths and the column of labels."
         )
     cells, labels = read_table(path, cfg.image_column, cfg.label_column, kind="image")
+    paths = table_paths(path, cells, cfg.image_column)
+    return ImageFiles(paths, labels, f"data file {path}", folder=False)
+
+
+def table_paths(table: Path, cells: list[str], column: str) -> list[Path]:
+    """The files that a table's ``column`` of image paths names, relative ones from the
+    table's folder; a cell that names no regular file is refused, with its row."""
     paths: list[Path] = []
     missing: list[str] = []
     for row, cell in enumerate(cells, start=1):
         given = Path(cell.strip())
-        full = given if given.is_absolute() else path.parent / given
+        full = given if given.is_absolute() else table.parent / given
         if not cell.strip() or not full.is_file():
             missing.append(f"row {row}: {cell!r}")
         paths.append(full)
     if missing:
         raise FedpeftError(
-            f"data file {path}: {len(missing)} image path(s) in `{cfg.image_column}` name no "
-            f"file ({_listing(missing)}); paths are relative to {path.parent} or absolute."
+            f"data file {table}: {len(missing)} image path(s) in `{column}` name no "
+            f"file ({_listing(missing)}); paths are relative to {table.parent} or absolute."
         )
-    return ImageFiles(paths, labels, f"data file {path}", folder=False)
+    return paths
+
+
+def has_subfolders(root: Path) -> bool:
+    """Whether ``root`` holds a folder (hidden ones aside): then its folders are classes."""
+    return any(_is_dir(e) for e in _scan(root))
+
+
+def loose_images(root: Path) -> list[Path]:
+    """Every image directly in ``root``, a folder without subfolders (``has_subfolders``),
+    sorted by name: images to classify, of no known class. Hidden entries are left out and
+    other files skipped with a warning, as in class folders; a folder with no image, and
+    an entry that is not a regular file, are refused."""
+    entries = [e for e in _scan(root) if not _is_dir(e)]
+    _refuse_special(entries)
+    images = [Path(e.path) for e in entries if Path(e.name).suffix.lower() in IMAGE_SUFFIXES]
+    others = [e.name for e in entries if Path(e.name).suffix.lower() not in IMAGE_SUFFIXES]
+    if not images:
+        found = f" (only {_listing(others)})" if others else ""
+        raise FedpeftError(
+            f"folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)}){found}; point at a "
+            "folder of images."
+        )
+    if others:
+        log.warning(
+            "folder %s: skipped %d file(s) that are not images by their suffix (%s)",
+            root,
+            len(others),
+            _listing(others),
+        )
+    return images

@@ -34,11 +34,20 @@ FASHION_MNIST_LABELS = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
-IMAGE_DATASETS = frozenset({"cifar10", "fashion_mnist"})
+# each built-in set's images as stored: (square side, channels); batches resize them
+STORED_FORMS = {"cifar10": (32, 3), "fashion_mnist": (28, 1)}
+IMAGE_DATASETS = frozenset(STORED_FORMS)
 
 
 def is_image_dataset(name: str) -> bool:
     return name in IMAGE_DATASETS
+
+
+def stored_form(name: str) -> tuple[int, int] | None:
+    """(square side, channels) of the built-in image dataset ``name``'s images as its
+    loader returns them (CIFAR-10: 32 × 32 RGB; Fashion-MNIST: 28 × 28 grayscale), which
+    its batches then resize to the model's side; None for any other dataset."""
+    return STORED_FORMS.get(name)
 
 
 def _missing(folder: str, files: list[str]) -> FedpeftError:
