@@ -1,11 +1,12 @@
-"""A finished run's final global model, rebuilt as the run built it, for new texts.
+"""A finished run's final global model, rebuilt as the run built it, for new texts or images.
 
 ``open_finished(run_dir)`` reads what a finished run left and trusts none of it unchecked:
 its resolved ``config.toml`` (validated as ``fedpeft run`` validates it), the checkpoint of
 its last round (``Checkpoints.load_round``: the manifest's sha256s and the config's
 fingerprint verify, and no older round stands in for a damaged last one) and its class
 names (``partitions.json``). ``final_model`` then builds the run's task for the given texts
-(``build_task``: the same base model, method, seed, precision and autocast as the run) and
+or images (``text_data``, ``image_data``: prepared as the run prepared its own;
+``build_task``: the same base model, method, seed, precision and autocast as the run) and
 loads the final global adapter of the run's main group — the configuration the run
 evaluated and exported as ``adapter/`` — in evaluation mode, as the run's own evaluation
 does (``LocalGlobalModel.evaluate``).
@@ -22,7 +23,7 @@ from torch import nn
 
 from fedpeft.config import ExperimentConfig, build_config, read_toml
 from fedpeft.config.loading import config_fingerprint
-from fedpeft.data import RawDataset, RawSplit
+from fedpeft.data import ImageArrays, RawDataset, RawSplit, stored_form
 from fedpeft.errors import FedpeftError
 from fedpeft.models import get_model_spec
 from fedpeft.peft import parse_method_ref, set_adapter_state
@@ -30,7 +31,15 @@ from fedpeft.server.checkpoint import Checkpoints
 from fedpeft.server.groups import GroupBook
 from fedpeft.server.state import ServerState
 from fedpeft.server.store import CHECKPOINT, CONFIG, METRICS, PARTITIONS, SUMMARY
-from fedpeft.server.task import FederatedData, Task, build_task, check_names, resolved, splits_for
+from fedpeft.server.task import (
+    FederatedData,
+    Task,
+    build_task,
+    check_names,
+    image_side,
+    resolved,
+    splits_for,
+)
 from fedpeft.server.validate import RejectedUpdate, check_tensors
 
 PREDICTING = ("cannot be used for prediction", "nothing was predicted")
@@ -124,6 +133,33 @@ def text_data(
     empty = RawSplit([], np.zeros(0, dtype=np.int64))
     dataset = RawDataset(run.dataset, empty, RawSplit(texts, ids), run.label_names, "input")
     train, evaluation = splits_for(cfg, spec, dataset)
+    return FederatedData(spec, dataset, train, evaluation, partitions=[], profiles=[])
+
+
+def image_form(run: FinishedRun) -> tuple[int, int]:
+    """(square side, channels) at which the run's images were decoded before its batches
+    resized and normalised them: a built-in dataset's stored form (``stored_form``: CIFAR-10
+    32 × 32 RGB, Fashion-MNIST 28 × 28 grayscale), custom images' model side in RGB. New
+    images decoded so go through the run's own batches as its eval images did."""
+    return stored_form(run.cfg.data.dataset) or (_model_side(run), 3)
+
+
+def _model_side(run: FinishedRun) -> int:
+    side = image_side(run.cfg)
+    assert side is not None, "image_form is for image models"
+    return side
+
+
+def image_data(run: FinishedRun, images: np.ndarray) -> FederatedData:
+    """Decoded ``images`` (``uint8`` N × side × side × channels, ``image_form``) as the run's
+    eval split, resized and normalised per batch as the run's own (``splits_for``); no
+    labels (class 0), no train split, no clients."""
+    side, channels = image_form(run)
+    empty = ImageArrays(np.zeros((0, side, side, channels), np.uint8), np.zeros(0, np.int64))
+    arrays = ImageArrays(images, np.zeros(len(images), dtype=np.int64))
+    dataset = RawDataset(run.dataset, empty, arrays, run.label_names, "input")
+    spec = get_model_spec(run.cfg.model.name)
+    train, evaluation = splits_for(run.cfg, spec, dataset)
     return FederatedData(spec, dataset, train, evaluation, partitions=[], profiles=[])
 
 
