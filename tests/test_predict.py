@@ -258,12 +258,24 @@ def test_bad_files_are_refused(lora_run: Path, tmp_path: Path) -> None:
 
 
 def test_bad_options_are_refused(lora_run: Path, data: Path) -> None:
-    _refused(*_predict(lora_run)[::2], "give texts with --text or a file with --file")
+    _refused(*_predict(lora_run)[::2], "give texts with --text, images with --image, or a file")
     both = ("--text", "woof", "--file", data / "eval.csv")
-    _refused(*_predict(lora_run, *both)[::2], "one of the two")
+    _refused(*_predict(lora_run, *both)[::2], "(one of them)")
     _refused(*_predict(lora_run, "--text", "woof", "--top-k", "4")[::2], "at most 3 (its classes)")
     _refused(*_predict(lora_run, "--text", " ")[::2], "a --text is empty")
     _refused(*_predict(lora_run, "--text", "a", "--out", "x.csv")[::2], "go with --file")
+
+
+def test_images_for_a_text_run_are_refused(lora_run: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    takes_text = "model `tiny-bert` takes text, not images; give texts with --text"
+    _refused(*_predict(lora_run, "--image", tmp_path / "a.png")[::2], takes_text)
+    _refused(*_predict(lora_run, "--file", tmp_path)[::2], takes_text)  # a folder: images
+    table = tmp_path / "t.csv"
+    table.write_text("image\na.png\n")
+    _refused(*_predict(lora_run, "--file", table, "--image-column", "image")[::2], takes_text)
 
 
 def test_other_tasks_are_refused_naming_what_is_supported(tmp_path: Path) -> None:

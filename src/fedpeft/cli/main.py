@@ -277,56 +277,69 @@ def predict(
     text: Annotated[
         list[str] | None, typer.Option("--text", help="a text to classify (repeat for several)")
     ] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option("--image", help="an image file to classify (repeat for several)"),
+    ] = None,
     file: Annotated[
         Path | None,
-        typer.Option("--file", help="a CSV, TSV, JSONL, JSON or Parquet file of texts"),
+        typer.Option(
+            "--file",
+            help="a CSV, TSV, JSONL, JSON or Parquet file of texts or image paths, or a "
+            "folder of images (class subfolders: labels)",
+        ),
     ] = None,
     text_column: Annotated[
         str | None, typer.Option(help="--file: its text column (default: the run's)")
+    ] = None,
+    image_column: Annotated[
+        str | None, typer.Option(help="--file: its column of image paths (default: the run's)")
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="--file: write every row's prediction to this CSV")
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(min=1, help="texts per batch (default: the run's evaluation's)")
+        int | None,
+        typer.Option(min=1, help="texts or images per batch (default: the run's evaluation's)"),
     ] = None,
     top_k: Annotated[
         int, typer.Option(min=1, help="the k most likely classes, each with its probability")
     ] = 1,
 ) -> None:
-    """Classify new texts with a finished run's final global model (text classifiers and
-    instruction-tuned decoders); a file with the run's label column is also scored."""
+    """Classify new texts or images with a finished run's final global model (text and
+    image classifiers, instruction-tuned decoders); a file with the run's label column, or
+    a folder of class subfolders, is also scored."""
     _setup_logging(False)
     console = Console()
     with user_errors():
         from fedpeft.cli import predict as p
         from fedpeft.server.trained import open_finished
 
-        if (text is None) == (file is None):
-            raise FedpeftError("give texts with --text or a file with --file (one of the two).")
-        if file is None and (out is not None or text_column is not None):
-            raise FedpeftError("--out and --text-column go with --file.")
+        if sum(x is not None for x in (text, image, file)) != 1:
+            raise FedpeftError(
+                "give texts with --text, images with --image, or a file or folder with --file "
+                "(one of them)."
+            )
+        if file is None and (out, text_column, image_column) != (None, None, None):
+            raise FedpeftError("--out, --text-column and --image-column go with --file.")
         if file is not None and out is not None:
             p.check_out(out, file)
         run = open_finished(run_dir)
         p.check_supported(run)
-        if file is not None:
-            inputs = p.file_inputs(file, text_column, run)
-        else:
-            inputs = p.text_inputs(text or [], run)
+        inputs = p.gather(run, text, image, file, text_column, image_column)
         preds = p.predict(run, inputs, batch_size, top_k, err_console)
         if out is not None:
             p.write_csv(out, inputs, preds)
     if file is None:
-        for line in p.text_lines(preds):
+        for line in p.item_lines(inputs, preds):
             typer.echo(line)
         return
     if out is not None:
-        console.print(f"wrote {len(inputs.texts)} predictions to {out}", highlight=False)
+        console.print(f"wrote {len(inputs.items)} predictions to {out}", highlight=False)
     else:
         console.print(p.table(inputs, preds))
-        n = len(inputs.texts)
-        more = f"the first {p.SHOWN} of {n} rows" if n > p.SHOWN else f"all {n} rows"
+        n = len(inputs.items)
+        more = f"the first {p.SHOWN} of {n} rows" if n > p.SHOWN else f"all {n} row{'s' * (n != 1)}"
         console.print(f"{more}; --out FILE writes every row as CSV", highlight=False)
     if (scores := p.metrics_line(inputs, preds)) is not None:
         console.print(scores, highlight=False)

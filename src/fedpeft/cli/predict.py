@@ -1,17 +1,19 @@
-"""``fedpeft predict RUN_DIR``: a finished run's final global model on new texts.
+"""``fedpeft predict RUN_DIR``: a finished run's final global model on new texts or images.
 
 Texts come from ``--text`` (repeatable) or a data file (``--file``: CSV, TSV, JSONL, JSON
-or Parquet, read by the readers of custom training data, ``data.sources.read_rows``). The
-model is the run's own, rebuilt and loaded by ``server.trained`` (the verified state of the
-last round, the run's precision and autocast), and it predicts through the run's own
-evaluation code: ``predict_logits`` for a classifier (softmax probabilities), greedy
-generation parsed to a class (``generate_answers`` + ``parse_answer``) for an
-instruction-tuned decoder, so the run's eval file gives the run's final accuracy. A file
-that holds the run's label column is scored (accuracy, macro-F1) over its labelled rows.
+or Parquet, read by the readers of custom training data, ``data.sources.read_rows``);
+images from ``--image`` (repeatable) or ``--file`` (a folder, or a table of image paths:
+``cli.predict_images``). The model is the run's own, rebuilt and loaded by
+``server.trained`` (the verified state of the last round, the run's precision and
+autocast), and it predicts through the run's own evaluation code: ``predict_logits`` for a
+classifier (softmax probabilities), greedy generation parsed to a class
+(``generate_answers`` + ``parse_answer``) for an instruction-tuned decoder, so the run's
+eval file gives the run's final accuracy. A file that holds the run's label column, or a
+folder of class subfolders, is scored (accuracy, macro-F1) over its labelled rows.
 
-Supported: text classifiers (``model.task = "classify"``: encoders and decoders with a
-classification head) and instruction-tuned decoders (``"instruct"``). Other tasks are
-refused with one sentence.
+Supported: classifiers of texts or images (``model.task = "classify"``: encoders and
+decoders with a classification head, image models) and instruction-tuned decoders
+(``"instruct"``). Other tasks are refused with one sentence.
 """
 
 from __future__ import annotations
@@ -26,32 +28,28 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fedpeft.data.labels import normalize_label
-from fedpeft.data.sources import read_rows, require_columns, row_text
+from fedpeft.cli.predict_images import file_image_inputs, image_inputs, image_logits, no_images
+from fedpeft.cli.predict_inputs import (
+    Inputs,
+    check_modality,
+    file_inputs,
+    label_ids,
+    takes_images,
+    text_inputs,
+)
 from fedpeft.errors import FedpeftError
 from fedpeft.files import write_atomic
-from fedpeft.models import get_model_spec, is_vision_model
+from fedpeft.models import get_model_spec
 from fedpeft.server.instruct import task_kind
 from fedpeft.server.trained import FinalModel, FinishedRun, final_model, text_data
 
 SUPPORTED = (
-    "text classifiers (`model.task = 'classify'`, encoders and decoders) and "
-    "instruction-tuned decoders (`model.task = 'instruct'`)"
+    "classifiers of texts or images (`model.task = 'classify'`) and instruction-tuned "
+    "decoders (`model.task = 'instruct'`)"
 )
 SHOWN = 10  # rows of a file shown in the terminal without --out
 TEXT_WIDTH = 40  # characters of a text shown there
 NO_CLASS = -1  # an instruction-tuned model's answer that names no class
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """The texts to predict and, from a file with the run's label column, their labels."""
-
-    texts: list[str]
-    labels: list[str | None] | None  # canonical class names (None: unlabelled row / no column)
-    text_column: str
-    label_column: str
-    path: Path | None = None  # the file they came from
 
 
 @dataclass(frozen=True)
@@ -75,50 +73,33 @@ class Predictions:
 def check_supported(run: FinishedRun) -> None:
     spec = get_model_spec(run.cfg.model.name)
     kind = task_kind(run.cfg, spec)
-    if is_vision_model(spec) or kind not in ("classify", "instruct"):
-        what = "image classification" if kind == "classify" else f"`model.task = {kind!r}`"
+    if kind not in ("classify", "instruct"):
         raise FedpeftError(
-            f"run {run.root} is a {what} run on `{spec.name}`; `fedpeft predict` takes {SUPPORTED}."
+            f"run {run.root} is a `model.task = {kind!r}` run on `{spec.name}`; "
+            f"`fedpeft predict` takes {SUPPORTED}."
         )
 
 
-def text_inputs(texts: list[str], run: FinishedRun) -> Inputs:
-    if any(not t.strip() for t in texts):
-        raise FedpeftError("a --text is empty; give each --text a text to classify.")
-    return Inputs(texts, None, run.cfg.data.text_column, run.cfg.data.label_column)
-
-
-def file_inputs(path: Path, text_column: str | None, run: FinishedRun) -> Inputs:
-    """The texts of ``path`` in ``text_column`` (default: the run's ``data.text_column``)
-    and, where the file has the run's ``data.label_column``, their labels."""
-    text_col = text_column or run.cfg.data.text_column
-    label_col = run.cfg.data.label_column
-    rows = read_rows(path, (text_col, label_col), setting="--file")
-    require_columns(path, rows, (text_col,), "name the text column with --text-column")
-    where = [f"data file {path}, row {i + 1}" for i in range(len(rows))]
-    texts = [row_text(row, text_col, w) for row, w in zip(rows, where, strict=True)]
-    labels = None
-    if label_col in rows[0]:
-        labels = [
-            normalize_label(row.get(label_col), w) for row, w in zip(rows, where, strict=True)
-        ]
-    return Inputs(texts, labels, text_col, label_col, path)
-
-
-def label_ids(inputs: Inputs, names: list[str]) -> np.ndarray | None:
-    """Each input's class id (-1: unlabelled); None without a label column. Labels that
-    are not among the run's classes are refused."""
-    if inputs.labels is None:
-        return None
-    index = {n: i for i, n in enumerate(names)}
-    unknown = sorted({x for x in inputs.labels if x is not None} - index.keys())
-    if unknown:
-        raise FedpeftError(
-            f"data file {inputs.path} has labels {unknown[:5]} in `{inputs.label_column}` that "
-            f"are not among the run's classes {names[:10]}; fix them, or rename the column "
-            "to predict without scoring."
-        )
-    return np.asarray([-1 if x is None else index[x] for x in inputs.labels], dtype=np.int64)
+def gather(
+    run: FinishedRun,
+    text: list[str] | None,
+    image: list[str] | None,
+    file: Path | None,
+    text_column: str | None,
+    image_column: str | None,
+) -> Inputs:
+    """The inputs that exactly one of ``--text``, ``--image`` and ``--file`` gives, read as
+    the run's model takes them (a file holds texts or image paths; a folder, images)."""
+    images = image is not None or image_column is not None or (file is not None and file.is_dir())
+    check_modality(run, images, text is not None or text_column is not None)
+    if text is not None:
+        return text_inputs(text, run)
+    if image is not None:
+        return image_inputs(image, run)
+    assert file is not None
+    if takes_images(run):
+        return file_image_inputs(file, image_column, run)
+    return file_inputs(file, text_column, run)
 
 
 def predict(
@@ -137,13 +118,19 @@ def predict(
         raise FedpeftError(f"--top-k is {top_k} but this run can give at most {most}.")
     ids = label_ids(inputs, names)
     known = None if ids is None else ids >= 0
-    final = final_model(run, text_data(run, inputs.texts, None if ids is None else ids.clip(0)))
+    if inputs.images is not None:
+        data = no_images(run)  # decoded and predicted a chunk at a time (``image_logits``)
+    else:
+        data = text_data(run, inputs.items, None if ids is None else ids.clip(0))
+    final = final_model(run, data)
     task, model, size = final.task, final.model, batch_size or final.task.eval_batch_size
     split = task.data.eval
-    console.print(_header(run, final, len(inputs.texts)), highlight=False)
-    with items_progress(console, len(split), "predicting") as advance:
+    console.print(_header(run, final, inputs), highlight=False)
+    with items_progress(console, len(inputs.items), "predicting") as advance:
         if instruct:
             answers = generate_answers(model, split, size, task.device, advance)  # type: ignore[arg-type]
+        elif inputs.images is not None:
+            logits = image_logits(run, model, inputs.images, size, task.device, advance)
         else:
             logits = predict_logits(model, split, size, task.device, advance)
     metrics = None
@@ -159,7 +146,7 @@ def predict(
     return Predictions(names, best.numpy(), probs.numpy(), None, metrics, scored, final.method)
 
 
-def _header(run: FinishedRun, final: FinalModel, n: int) -> str:
+def _header(run: FinishedRun, final: FinalModel, inputs: Inputs) -> str:
     p = run.cfg.personalization
     note = (
         " (the global model's predictions: the clients' personal modules stay with them)"
@@ -167,30 +154,34 @@ def _header(run: FinishedRun, final: FinalModel, n: int) -> str:
         else ""
     )
     main = f"main group `{run.state.main}` · " if run.state.main != "global" else ""
+    n = len(inputs.items)
     return (
         f"[bold]fedpeft predict[/] {run.cfg.model.name} · {main}{final.method} · "
-        f"round {run.state.round} · {n} text{'s' * (n != 1)}{note}"
+        f"round {run.state.round} · {n} {inputs.what}{'s' * (n != 1)}{note}"
     )
 
 
-def text_lines(preds: Predictions) -> list[str]:
-    """One line per input: its class and probability (then the next most likely classes
-    with theirs); an instruction-tuned model's: its class and the answer it generated."""
+def item_lines(inputs: Inputs, preds: Predictions) -> list[str]:
+    """One line per input (an image's starts with its path): its class and probability
+    (then the next most likely classes with theirs); an instruction-tuned model's: its
+    class and the answer it generated."""
     lines = []
     for i in range(len(preds.top)):
         if preds.probability is None:
             assert preds.answers is not None
-            lines.append(f"{preds.name(i) or '(no class)'}\t{preds.answers[i]!r}")
-            continue
-        cells = [
-            f"{preds.name(i, j)}\t{preds.probability[i, j]:.4f}" for j in range(len(preds.top[i]))
-        ]
-        lines.append("\t".join(cells))
+            cells = [f"{preds.name(i) or '(no class)'}\t{preds.answers[i]!r}"]
+        else:
+            cells = [
+                f"{preds.name(i, j)}\t{preds.probability[i, j]:.4f}"
+                for j in range(len(preds.top[i]))
+            ]
+        path = [inputs.items[i]] if inputs.images is not None else []
+        lines.append("\t".join([*path, *cells]))
     return lines
 
 
 def _columns(inputs: Inputs, preds: Predictions) -> list[str]:
-    cols = [inputs.text_column] + ([inputs.label_column] if inputs.labels is not None else [])
+    cols = [inputs.column] + ([inputs.label_column] if inputs.labels is not None else [])
     if preds.probability is None:
         return [*cols, "predicted", "answer"]
     cols += ["predicted", "probability"]
@@ -200,7 +191,7 @@ def _columns(inputs: Inputs, preds: Predictions) -> list[str]:
 
 
 def _row(inputs: Inputs, preds: Predictions, i: int, digits: int) -> list[str]:
-    cells = [inputs.texts[i]]
+    cells = [inputs.items[i]]
     if inputs.labels is not None:
         cells.append(inputs.labels[i] or "")
     if preds.probability is None:
@@ -225,7 +216,7 @@ def write_csv(path: Path, inputs: Inputs, preds: Predictions) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(_columns(inputs, preds))
-    writer.writerows(_row(inputs, preds, i, 6) for i in range(len(inputs.texts)))
+    writer.writerows(_row(inputs, preds, i, 6) for i in range(len(inputs.items)))
     try:
         write_atomic(path, buf.getvalue().encode())
     except OSError as e:
@@ -240,9 +231,9 @@ def table(inputs: Inputs, preds: Predictions, rows: int = SHOWN) -> Table:
     cols = _columns(inputs, preds)[: None if k == 1 else -2 * (k - 1)]
     for col in [*cols, *(["next"] if k > 1 else [])]:
         out.add_column(col, overflow="fold")
-    for i in range(min(rows, len(inputs.texts))):
+    for i in range(min(rows, len(inputs.items))):
         cells = _row(inputs, preds, i, 4)
-        cells[0] = _cut(cells[0], TEXT_WIDTH)
+        cells[0] = _cut(cells[0], TEXT_WIDTH, keep_end=inputs.images is not None)
         if k > 1:
             rest = cells[len(cols) :]
             cells = [
@@ -255,17 +246,22 @@ def table(inputs: Inputs, preds: Predictions, rows: int = SHOWN) -> Table:
     return out
 
 
-def _cut(text: str, width: int) -> str:
-    """``text`` on one line, at most ``width`` characters (an ellipsis ends a cut one)."""
+def _cut(text: str, width: int, keep_end: bool = False) -> str:
+    """``text`` on one line, at most ``width`` characters: a cut one ends with an ellipsis
+    or, ``keep_end`` (a path: its file name matters), starts with one."""
     flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+    if len(flat) <= width:
+        return flat
+    return "…" + flat[1 - width :] if keep_end else flat[: width - 1] + "…"
 
 
 def metrics_line(inputs: Inputs, preds: Predictions) -> str | None:
     if preds.metrics is None:
         return None
-    m = preds.metrics
-    return (
-        f"accuracy {m['accuracy']:.4f} · macro-F1 {m['macro_f1']:.4f} against "
-        f"`{inputs.label_column}` ({preds.scored} labelled row{'s' * (preds.scored != 1)})"
+    m, n = preds.metrics, preds.scored
+    against = (
+        f"the class folders ({n} image{'s' * (n != 1)})"
+        if inputs.folder
+        else f"`{inputs.label_column}` ({n} labelled row{'s' * (n != 1)})"
     )
+    return f"accuracy {m['accuracy']:.4f} · macro-F1 {m['macro_f1']:.4f} against {against}"
