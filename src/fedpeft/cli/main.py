@@ -306,9 +306,10 @@ def predict(
         int, typer.Option(min=1, help="the k most likely classes, each with its probability")
     ] = 1,
 ) -> None:
-    """Classify new texts or images with a finished run's final global model (text and
-    image classifiers, instruction-tuned decoders); a file with the run's label column, or
-    a folder of class subfolders, is also scored."""
+    """Classify new texts or images with a finished run's final global model.
+
+    Text and image classifiers, instruction-tuned decoders; a file with the run's label
+    column, or a folder of class subfolders, is also scored."""
     _setup_logging(False)
     console = Console()
     with user_errors():
