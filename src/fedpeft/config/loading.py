@@ -117,11 +117,24 @@ _UNFINGERPRINTED = {
 }
 
 
+# Keys added after runs were already checkpointed, with the default that reproduces the
+# behaviour before them: at that default they are left out of the fingerprint, so a run
+# made before the key existed still resumes, predicts and reports (its checkpoint's
+# fingerprint was computed without it). Set to anything else, they count as every key does.
+ADDED_LATER: dict[tuple[str, str], object] = {
+    ("data", "image_column"): "image",  # 2026-12-06: custom images in a table
+}
+
+
 def config_fingerprint(cfg: ExperimentConfig) -> str:
-    """sha256 of the resolved configuration minus ``_UNFINGERPRINTED``: a checkpoint written
-    under another seed, learning rate, model or data has another fingerprint."""
+    """sha256 of the resolved configuration minus ``_UNFINGERPRINTED`` (and ``ADDED_LATER``
+    keys at their default): a checkpoint written under another seed, learning rate, model or
+    data has another fingerprint."""
     raw = cfg.model_dump(mode="json")
     for section, keys in _UNFINGERPRINTED.items():
         for key in keys:
+            raw[section].pop(key, None)
+    for (section, key), default in ADDED_LATER.items():
+        if raw[section].get(key, default) == default:
             raw[section].pop(key, None)
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
