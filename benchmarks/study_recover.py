@@ -11,12 +11,14 @@ run those tables call done, the files the tables are built from — ``metrics.js
 ``clients.jsonl``, ``personal.jsonl`` and a ``summary.json`` marked ``"recovered"`` — so
 that the study skips them and its next report includes them.
 
-It does not trust itself: it rebuilds the four tables from what it wrote
-(``write_tables``, the same code the study uses) and fails unless every row of every done
-run comes back equal, cell for cell, to the published one. What a table does not hold is not
-invented: no checkpoints, adapters, partitions or logs; a staged run's wall time sits on its
-last stage (the tables only ever add it up); figures of a run's summary the tables do not
-use are absent.
+It does not trust itself: it writes into a staging folder, rebuilds the four tables from
+the records and what it staged (``write_tables``, the same code the study uses) and fails,
+changing nothing, unless every row of every done run comes back equal, cell for cell, to
+the published one; only then are the staged runs moved in. A run the records already hold
+finished (a real run folder, or an earlier recovery) is never replaced. What a table does
+not hold is not invented: no checkpoints, adapters, partitions or logs; a multi-stage run's
+wall time sits on its last stage (the tables only ever add it up); figures of a run's
+summary the tables do not use are absent.
 
     python benchmarks/study_recover.py docs/results_full docs/results_full/records
 """
@@ -33,7 +35,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from fedpeft.experiment import ExperimentDir, Plan, write_tables
+from fedpeft.experiment import ExperimentDir, Plan, RunState, write_tables
 from fedpeft.experiment.table import CLIENTS, RESULTS, RUNS, SCORES
 from fedpeft.server.personal import MODELS
 from fedpeft.server.store import PERSONAL
@@ -121,9 +123,31 @@ def _personal_record(row: dict[str, str], rnd: int) -> dict[str, Any]:
 
 
 def recover(published: Path, records: Path) -> int:
+    """Writes the lost runs into a staging folder, verifies the tables rebuild from the
+    records with them, and only then moves them into ``records``; a run the records already
+    hold finished (a real folder, or an earlier recovery) is left as it is."""
     plan = Plan.from_json(json.loads((records / "experiment.json").read_text(encoding="utf-8")))
+    kept = ExperimentDir(records)
+    staging = Path(tempfile.mkdtemp(prefix=".recover-", dir=records))
+    try:
+        written = _write_runs(plan, published, staging, kept)
+        _verify(plan, published, records, staging, _done_runs(published))
+        (records / "runs").mkdir(exist_ok=True)
+        for home in sorted((staging / "runs").glob("*")) if written else []:
+            home.rename(records / "runs" / home.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written
+
+
+def _done_runs(published: Path) -> set[str]:
+    return {r["run"] for r in _rows(published / RUNS) if r["state"] == "done"}
+
+
+def _write_runs(plan: Plan, published: Path, staging: Path, kept: ExperimentDir) -> int:
+    """The files of every done run the records do not hold finished, under ``staging``."""
     run_rows = {r["run"]: r for r in _rows(published / RUNS)}
-    done = {run for run, r in run_rows.items() if r["state"] == "done"}
+    done = _done_runs(published)
     by_run: dict[str, dict[str, list[dict[str, str]]]] = {
         t: defaultdict(list) for t in (RESULTS, CLIENTS, SCORES)
     }
@@ -136,6 +160,8 @@ def recover(published: Path, records: Path) -> int:
     written = 0
     for run_id in sorted(done):
         runs = sorted(stages[run_id], key=lambda r: r.stage)
+        if all(kept.state(r.key, r.rounds) is RunState.DONE for r in runs):
+            continue  # the records hold it: never replaced by a rebuild
         total = run_rows[run_id]
         for i, run in enumerate(runs):
             last = i == len(runs) - 1
@@ -175,8 +201,7 @@ def recover(published: Path, records: Path) -> int:
             if not last:
                 note = f"{walls:.1f} s in its rounds; the run's total is on its last stage"
                 summary["wall_time_s_note"] = note
-            folder = records / "runs" / run.key / FOLDER
-            shutil.rmtree(records / "runs" / run.key, ignore_errors=True)
+            folder = staging / "runs" / run.key / FOLDER
             folder.mkdir(parents=True)
             _jsonl(folder / "metrics.jsonl", rounds)
             _jsonl(folder / "clients.jsonl", [c for rnd in sorted(clients) for c in clients[rnd]])
@@ -184,15 +209,18 @@ def recover(published: Path, records: Path) -> int:
                 _jsonl(folder / PERSONAL, scored)
             (folder / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
             written += 1
-    _verify(plan, published, records, done)
     return written
 
 
-def _verify(plan: Plan, published: Path, records: Path, done: set[str]) -> None:
-    """Rebuilds the tables from what was written; every done run's rows must come back."""
+def _verify(plan: Plan, published: Path, records: Path, staging: Path, done: set[str]) -> None:
+    """Rebuilds the tables from the records and the staged runs; every done run's rows must
+    come back as published."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        shutil.copytree(records / "runs", root / "runs")
+        if (records / "runs").is_dir():
+            shutil.copytree(records / "runs", root / "runs")
+        if (staging / "runs").is_dir():
+            shutil.copytree(staging / "runs", root / "runs", dirs_exist_ok=True)
         write_tables(plan, ExperimentDir(root))
         for table in TABLES:
             want = [r for r in _rows(published / table) if r["run"] in done]
