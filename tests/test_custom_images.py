@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from fedpeft.config import load_config
-from fedpeft.data import heldout_train, load_dataset
+from fedpeft.data import custom_images, heldout_train, load_dataset
 from fedpeft.data.custom_images import decode_image, decode_images
+from fedpeft.data.image_files import list_images
 from fedpeft.data.registry import held_out_tenth
 from fedpeft.data.sources import ImageArrays
 from fedpeft.errors import FedpeftError
@@ -172,7 +173,7 @@ def test_the_cache_serves_a_second_load_and_a_changed_file_is_decoded_again(
 ) -> None:
     write_folder(tmp_path / "train", 3)
     first = _load(tmp_path / "train", "data.train_size=100")
-    assert len(list((tmp_path / "cache" / "images").glob("custom-*.images.npy"))) == 1
+    assert len(list((tmp_path / "cache" / "images").glob("custom-*.images.npy"))) == 2
 
     def refuse(*_: object) -> None:
         raise AssertionError("decoded again")
@@ -187,7 +188,7 @@ def test_the_cache_serves_a_second_load_and_a_changed_file_is_decoded_again(
     os.utime(target, ns=(1, 1))
     changed = _load(tmp_path / "train", "data.train_size=100")
     assert not np.array_equal(np.asarray(first.train.images), np.asarray(changed.train.images))
-    assert len(list((tmp_path / "cache" / "images").glob("custom-*.images.npy"))) == 2
+    assert len(list((tmp_path / "cache" / "images").glob("custom-*.images.npy"))) == 3
 
 
 def test_hidden_and_non_image_files_are_left_out_with_a_warning(
@@ -247,3 +248,53 @@ def test_an_audit_s_non_members_are_the_images_the_run_left_out(tmp_path: Path) 
     full = load_dataset(cfg.data.model_copy(update={"train_size": None}), 0, SIDE).train
     key = lambda a: sorted(x.tobytes() for x in np.asarray(a.images))  # noqa: E731
     assert sorted(key(used.train) + key(held)) == key(full)
+
+
+def _old_selection(root: Path, seed: int, train_size: int, eval_size: int):  # type: ignore[no-untyped-def]
+    """What the images were before subsets were drawn on the listing: every listed file
+    decoded, the held-out tenth taken, then ``load_dataset``'s seeded subsets."""
+    cfg = load_config(overrides=["data.dataset='custom'", f"data.train_file={str(root)!r}"])
+    files = list_images(root, cfg.data)
+    every = decode_images(files.paths, SIDE)
+    held, kept = held_out_tenth(len(files.paths), seed)
+    rng = np.random.default_rng(seed)
+    train = kept[np.sort(rng.choice(len(kept), size=train_size, replace=False))]
+    evaluation = held[np.sort(rng.choice(len(held), size=eval_size, replace=False))]
+    return every[train], every[evaluation]
+
+
+def test_only_the_drawn_subsets_are_decoded_and_they_are_the_same_images_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder of 60 images with ``train_size = 7``, ``eval_size = 2``: 9 files decoded,
+    the very images (in the same order) that decoding all 60 and subsetting gave; the
+    files outside the subsets are never opened, so a corrupt one there goes unnoticed."""
+    write_folder(tmp_path / "train", 20)
+    want_train, want_eval = _old_selection(tmp_path / "train", 3, 7, 2)
+    decoded: list[Path] = []
+    real = custom_images.decode_image
+
+    def counting(path: Path, side: int, channels: int = 3) -> np.ndarray:
+        decoded.append(path)
+        return real(path, side, channels)
+
+    monkeypatch.setattr(custom_images, "decode_image", counting)
+    extra = ("data.train_size=7", "data.eval_size=2")
+    ds = _load(tmp_path / "train", *extra, seed=3)
+    assert len(decoded) == 9
+    assert np.array_equal(np.asarray(ds.train.images), want_train)
+    assert np.array_equal(np.asarray(ds.eval.images), want_eval)
+    # a file outside the subsets that does not decode: not drawn, never opened
+    outside = sorted(set((tmp_path / "train").rglob("*.*")) - set(decoded))[0]
+    outside.write_bytes(b"not an image")
+    monkeypatch.setenv("FEDPEFT_CACHE_DIR", str(tmp_path / "cache2"))
+    again = _load(tmp_path / "train", *extra, seed=3)
+    assert np.array_equal(np.asarray(again.train.images), want_train)
+    # an audit's non-members are decoded when asked for: the 47 other train images
+    cfg = load_config(
+        overrides=["data.dataset='custom'", f"data.train_file={str(tmp_path / 'train')!r}"]
+    )
+    outside.unlink()
+    decoded.clear()
+    held = heldout_train(cfg.data.model_copy(update={"train_size": 7}), 3, SIDE)
+    assert len(held) == len(decoded) == 47

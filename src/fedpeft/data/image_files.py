@@ -27,6 +27,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from fedpeft.config import DataConfig
 from fedpeft.data.labels import normalize_label
 from fedpeft.data.sources import TABLE_SUFFIXES, read_table
@@ -46,6 +48,16 @@ class ImageFiles:
     labels: list[str]
     where: str  # "data folder X" or "data file X", for messages
     folder: bool  # listed from class subfolders (else from a table)
+
+    def take(self, indices: np.ndarray) -> ImageFiles:
+        """The files at ``indices``, in that order."""
+        picked = [int(i) for i in indices]
+        return ImageFiles(
+            [self.paths[i] for i in picked],
+            [self.labels[i] for i in picked],
+            self.where,
+            self.folder,
+        )
 
 
 def list_images(path: Path, cfg: DataConfig) -> ImageFiles:
