@@ -168,7 +168,7 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert pixels[:8].mean() < 40 and pixels[-8:].mean() > 215  # black on top once upright
 
 
-def test_the_cache_serves_a_second_load_and_a_changed_file_is_decoded_again(
+def test_the_cache_serves_a_second_load_and_a_changed_file_is_decoded_again_replacing_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_folder(tmp_path / "train", 3)
@@ -188,7 +188,16 @@ def test_the_cache_serves_a_second_load_and_a_changed_file_is_decoded_again(
     os.utime(target, ns=(1, 1))
     changed = _load(tmp_path / "train", "data.train_size=100")
     assert not np.array_equal(np.asarray(first.train.images), np.asarray(changed.train.images))
-    assert len(list((tmp_path / "cache" / "images").glob("custom-*.images.npy"))) == 3
+    # the changed split's new entry replaced its old one: still one train and one eval entry,
+    # also after another subset of the same folder
+    entries = lambda: sorted((tmp_path / "cache" / "images").glob("custom-*"))  # noqa: E731
+    assert len(entries()) == 4  # images and labels of train and eval
+    _load(tmp_path / "train", "data.train_size=3")
+    assert len(entries()) == 4
+    # another folder keeps its own entries beside these
+    write_folder(tmp_path / "other", 2)
+    _load(tmp_path / "other")
+    assert len(entries()) == 8
 
 
 def test_hidden_and_non_image_files_are_left_out_with_a_warning(

@@ -11,15 +11,23 @@ import numpy as np
 
 from fedpeft.data.sources import ImageArrays
 
+_PARTS = ("images", "labels")
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("FEDPEFT_CACHE_DIR", Path.home() / ".cache" / "fedpeft"))
 
 
-def cached_arrays(key: str, build: Callable[[], ImageArrays]) -> ImageArrays:
-    """``build()``'s arrays, stored once as two ``.npy`` files (written atomically)."""
+def cached_arrays(
+    key: str, build: Callable[[], ImageArrays], replaces: str | None = None
+) -> ImageArrays:
+    """``build()``'s arrays, stored once as two ``.npy`` files (written atomically).
+
+    ``replaces``: a prefix of ``key`` naming where the arrays come from (a folder, the
+    split, the side); once this entry is written, the other entries under that prefix (the
+    same source's earlier contents) are removed, so a changed folder leaves one entry."""
     folder = cache_dir() / "images"
-    paths = [folder / f"{key}.{part}.npy" for part in ("images", "labels")]
+    paths = [folder / f"{key}.{part}.npy" for part in _PARTS]
     if all(p.is_file() for p in paths):
         try:
             images = np.load(paths[0], mmap_mode="r", allow_pickle=False)
@@ -34,4 +42,14 @@ def cached_arrays(key: str, build: Callable[[], ImageArrays]) -> ImageArrays:
         tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
         np.save(tmp, value, allow_pickle=False)
         tmp.replace(path)
+    if replaces is not None:
+        _evict(folder, replaces, keep=key)
     return arrays
+
+
+def _evict(folder: Path, prefix: str, keep: str) -> None:
+    """Removes the entries whose key starts with ``prefix``, all but ``keep``."""
+    assert keep.startswith(prefix)
+    for path in folder.glob(f"{prefix}*"):
+        if not path.name.startswith(f"{keep}.") and ".tmp" not in path.name:
+            path.unlink(missing_ok=True)

@@ -21,7 +21,10 @@ as the built-in image batches and ViT's own processor do. Memory is therefore
 N × side² × 3 bytes for the N drawn, whatever the photos' size (20,000 images at 224 px:
 3 GB), and the batches do no resizing. The decoded arrays are cached (``cached_arrays``, no pickle)
 under a key made of every file's path, size, modification time and inode, its class and
-the side: a folder whose files change is decoded again, never served stale.
+the side: a folder whose files change is decoded again, never served stale. The key
+starts with a prefix naming the folder or table, the split and the side
+(``source_prefix``); writing an entry removes the older ones under its prefix, so the
+cache holds one entry per folder, split and side however often the files change.
 
 An image file drawn that does not decode (corrupt, truncated, not an image despite its
 suffix, over PIL's decompression-bomb limit) refuses the run, naming the files: the data
@@ -95,16 +98,35 @@ def load_custom_images(cfg: DataConfig, seed: int, side: int, heldout: bool) -> 
     pick_train, pick_eval = drawn_indices(
         cfg, seed, len(files.paths), len(eval_files.paths), heldout
     )
-    train = decoded(files.take(pick_train), train_ids[pick_train], side)
-    evaluation = decoded(eval_files.take(pick_eval), eval_ids[pick_eval], side)
+    eval_source = Path(cfg.eval_file or train_path)
+    train_part = (train_path, "heldout" if heldout else "train")
+    train = decoded(files.take(pick_train), train_ids[pick_train], side, train_part)
+    evaluation = decoded(
+        eval_files.take(pick_eval), eval_ids[pick_eval], side, (eval_source, "eval")
+    )
     name = train_path.name if files.folder else train_path.stem
     return RawDataset(name, train, evaluation, names, str(train_path))
 
 
-def decoded(files: ImageFiles, labels: np.ndarray, side: int) -> ImageArrays:
-    """``files`` as ``uint8`` (N, side, side, 3) with class ids ``labels``, cached."""
-    key = cache_key(files.paths, labels, side)
-    return cached_arrays(key, lambda: ImageArrays(decode_images(files.paths, side), labels))
+def decoded(
+    files: ImageFiles, labels: np.ndarray, side: int, part: tuple[Path, str]
+) -> ImageArrays:
+    """``files`` as ``uint8`` (N, side, side, 3) with class ids ``labels``, cached; ``part``
+    (the folder or table and the split: train, eval or heldout) keeps one cache entry: a
+    new one for the same part and side replaces the last."""
+    prefix = source_prefix(part[0], part[1], side)
+    key = f"{prefix}-{cache_key(files.paths, labels, side)}"
+
+    def build() -> ImageArrays:
+        return ImageArrays(decode_images(files.paths, side), labels)
+
+    return cached_arrays(key, build, replaces=prefix)
+
+
+def source_prefix(source: Path, split: str, side: int) -> str:
+    """The stable start of a cache key for one folder or table, split and side."""
+    named = f"{os.path.abspath(source)}\0{split}\0{side}".encode("utf-8", "surrogateescape")
+    return f"custom-{hashlib.sha256(named).hexdigest()[:16]}"
 
 
 def _class_ids(files: ImageFiles, names: list[str]) -> np.ndarray:
@@ -129,7 +151,7 @@ def cache_key(paths: list[Path], labels: np.ndarray, side: int) -> str:
             raise FedpeftError(f"image {path} cannot be read ({e.strerror}).") from None
         line = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{label}\n"
         digest.update(line.encode("utf-8", "surrogateescape"))
-    return f"custom-{len(paths)}x{side}-{digest.hexdigest()[:32]}"
+    return f"{len(paths)}x{side}-{digest.hexdigest()[:32]}"
 
 
 def decode_images(paths: list[Path], side: int, channels: int = 3) -> np.ndarray:
