@@ -307,3 +307,19 @@ def test_only_the_drawn_subsets_are_decoded_and_they_are_the_same_images_as_befo
     decoded.clear()
     held = heldout_train(cfg.data.model_copy(update={"train_size": 7}), 3, SIDE)
     assert len(held) == len(decoded) == 47
+
+
+def test_a_cache_folder_that_cannot_be_written_warns_once_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_folder(tmp_path / "train", 3)
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("FEDPEFT_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    monkeypatch.setattr("fedpeft.data.cache._warned", False)
+    with caplog.at_level(logging.WARNING, logger="fedpeft.data.cache"):
+        first = _load(tmp_path / "train")
+        again = _load(tmp_path / "train")
+    assert np.array_equal(first.train.images, again.train.images) and len(first.train) == 8
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "FEDPEFT_CACHE_DIR" in warnings[0], warnings
+    assert "a-file" in warnings[0] and "going on without it" in warnings[0]

@@ -3,6 +3,7 @@ image datasets and the image–text pairs; kept apart from both so neither impor
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,10 @@ import numpy as np
 
 from fedpeft.data.sources import ImageArrays
 
+log = logging.getLogger(__name__)
+
 _PARTS = ("images", "labels")
+_warned = False  # an unwritable cache is reported once a process
 
 
 def cache_dir() -> Path:
@@ -25,7 +29,9 @@ def cached_arrays(
 
     ``replaces``: a prefix of ``key`` naming where the arrays come from (a folder, the
     split, the side); once this entry is written, the other entries under that prefix (the
-    same source's earlier contents) are removed, so a changed folder leaves one entry."""
+    same source's earlier contents) are removed, so a changed folder leaves one entry.
+    A cache folder that cannot be written (``FEDPEFT_CACHE_DIR`` under a file, read-only,
+    a full disk) is warned about once and the arrays are returned uncached."""
     folder = cache_dir() / "images"
     paths = [folder / f"{key}.{part}.npy" for part in _PARTS]
     if all(p.is_file() for p in paths):
@@ -37,14 +43,36 @@ def cached_arrays(
         except (OSError, ValueError):
             pass  # a damaged cache is rebuilt below
     arrays = build()
+    try:
+        _write(folder, paths, arrays)
+        if replaces is not None:
+            _evict(folder, replaces, keep=key)
+    except OSError as e:  # not a folder, read-only, full disk: the run goes on uncached
+        _warn_once(folder, e)
+    return arrays
+
+
+def _write(folder: Path, paths: list[Path], arrays: ImageArrays) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for path, value in zip(paths, (arrays.images, arrays.labels), strict=True):
         tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, value, allow_pickle=False)
-        tmp.replace(path)
-    if replaces is not None:
-        _evict(folder, replaces, keep=key)
-    return arrays
+        try:
+            np.save(tmp, value, allow_pickle=False)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a partial file left by a full disk
+
+
+def _warn_once(folder: Path, e: OSError) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        log.warning(
+            "cannot write the image cache in %s (%s); going on without it, decoding images on "
+            "every run: set FEDPEFT_CACHE_DIR to a writable folder with room to keep them",
+            folder,
+            e.strerror or e,
+        )
 
 
 def _evict(folder: Path, prefix: str, keep: str) -> None:
