@@ -191,13 +191,13 @@ def test_the_cache_serves_a_second_load_and_a_changed_file_is_decoded_again_repl
     # the changed split's new entry replaced its old one: still one train and one eval entry,
     # also after another subset of the same folder
     entries = lambda: sorted((tmp_path / "cache" / "images").glob("custom-*"))  # noqa: E731
-    assert len(entries()) == 4  # images and labels of train and eval
+    assert len(entries()) == 6  # images, labels and their record, of train and eval
     _load(tmp_path / "train", "data.train_size=3")
-    assert len(entries()) == 4
+    assert len(entries()) == 6
     # another folder keeps its own entries beside these
     write_folder(tmp_path / "other", 2)
     _load(tmp_path / "other")
-    assert len(entries()) == 8
+    assert len(entries()) == 12
 
 
 def test_hidden_and_non_image_files_are_left_out_with_a_warning(
@@ -323,3 +323,33 @@ def test_a_cache_folder_that_cannot_be_written_warns_once_and_the_run_goes_on(
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "FEDPEFT_CACHE_DIR" in warnings[0], warnings
     assert "a-file" in warnings[0] and "going on without it" in warnings[0]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bytes changed", "another shape"])
+def test_a_damaged_cache_file_is_decoded_again_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    write_folder(tmp_path / "train", 3)
+    first = _load(tmp_path / "train", "data.eval_size=1")
+    (stored,) = [
+        p
+        for p in (tmp_path / "cache" / "images").glob("custom-*.images.npy")
+        if np.load(p, mmap_mode="r").shape[0] == len(first.train)
+    ]
+    data = stored.read_bytes()
+    if damage == "truncated":
+        stored.write_bytes(data[: len(data) - SIDE * SIDE * 3])
+    elif damage == "bytes changed":
+        stored.write_bytes(data[:-100] + bytes(255 - b for b in data[-100:]))
+    else:  # a valid array of the same length, written by something else
+        np.save(stored, np.zeros((len(first.train), 4, 4, 3), dtype=np.uint8))
+    calls: list[int] = []
+    real = custom_images.decode_images
+    monkeypatch.setattr(
+        custom_images, "decode_images", lambda paths, side: calls.append(1) or real(paths, side)
+    )
+    again = _load(tmp_path / "train", "data.eval_size=1")
+    assert calls == [1]  # the train split only: the eval entry was whole
+    assert np.array_equal(np.asarray(again.train.images), np.asarray(first.train.images))
+    _load(tmp_path / "train", "data.eval_size=1")  # rewritten, then trusted again
+    assert calls == [1]
