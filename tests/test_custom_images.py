@@ -353,3 +353,17 @@ def test_a_damaged_cache_file_is_decoded_again_not_trusted(
     assert np.array_equal(np.asarray(again.train.images), np.asarray(first.train.images))
     _load(tmp_path / "train", "data.eval_size=1")  # rewritten, then trusted again
     assert calls == [1]
+
+
+def test_a_table_path_from_home_is_expanded_like_the_train_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_folder(tmp_path / "home" / "imgs", 2)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    rows = ["image,label"] + [
+        f"~/imgs/{p.parent.name}/{p.name},{p.parent.name}"
+        for p in sorted((tmp_path / "home" / "imgs").rglob("*.*"))
+    ]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    ds = _load(tmp_path / "t.csv")
+    assert len(ds.train) + len(ds.eval) == 6
