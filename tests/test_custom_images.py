@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from fedpeft.config import load_config
-from fedpeft.data import heldout_train, load_dataset
+from fedpeft.data import custom_images, heldout_train, load_dataset
 from fedpeft.data.custom_images import decode_image, decode_images
+from fedpeft.data.image_files import list_images
 from fedpeft.data.registry import held_out_tenth
 from fedpeft.data.sources import ImageArrays
 from fedpeft.errors import FedpeftError
@@ -167,12 +168,12 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert pixels[:8].mean() < 40 and pixels[-8:].mean() > 215  # black on top once upright
 
 
-def test_the_cache_serves_a_second_load_and_a_changed_file_is_decoded_again(
+def test_the_cache_serves_a_second_load_and_a_changed_file_is_decoded_again_replacing_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_folder(tmp_path / "train", 3)
     first = _load(tmp_path / "train", "data.train_size=100")
-    assert len(list((tmp_path / "cache" / "images").glob("custom-*.images.npy"))) == 1
+    assert len(list((tmp_path / "cache" / "images").glob("custom-*.images.npy"))) == 2
 
     def refuse(*_: object) -> None:
         raise AssertionError("decoded again")
@@ -187,7 +188,16 @@ def test_the_cache_serves_a_second_load_and_a_changed_file_is_decoded_again(
     os.utime(target, ns=(1, 1))
     changed = _load(tmp_path / "train", "data.train_size=100")
     assert not np.array_equal(np.asarray(first.train.images), np.asarray(changed.train.images))
-    assert len(list((tmp_path / "cache" / "images").glob("custom-*.images.npy"))) == 2
+    # the changed split's new entry replaced its old one: still one train and one eval entry,
+    # also after another subset of the same folder
+    entries = lambda: sorted((tmp_path / "cache" / "images").glob("custom-*"))  # noqa: E731
+    assert len(entries()) == 6  # images, labels and their record, of train and eval
+    _load(tmp_path / "train", "data.train_size=3")
+    assert len(entries()) == 6
+    # another folder keeps its own entries beside these
+    write_folder(tmp_path / "other", 2)
+    _load(tmp_path / "other")
+    assert len(entries()) == 12
 
 
 def test_hidden_and_non_image_files_are_left_out_with_a_warning(
@@ -247,3 +257,113 @@ def test_an_audit_s_non_members_are_the_images_the_run_left_out(tmp_path: Path) 
     full = load_dataset(cfg.data.model_copy(update={"train_size": None}), 0, SIDE).train
     key = lambda a: sorted(x.tobytes() for x in np.asarray(a.images))  # noqa: E731
     assert sorted(key(used.train) + key(held)) == key(full)
+
+
+def _old_selection(root: Path, seed: int, train_size: int, eval_size: int):  # type: ignore[no-untyped-def]
+    """What the images were before subsets were drawn on the listing: every listed file
+    decoded, the held-out tenth taken, then ``load_dataset``'s seeded subsets."""
+    cfg = load_config(overrides=["data.dataset='custom'", f"data.train_file={str(root)!r}"])
+    files = list_images(root, cfg.data)
+    every = decode_images(files.paths, SIDE)
+    held, kept = held_out_tenth(len(files.paths), seed)
+    rng = np.random.default_rng(seed)
+    train = kept[np.sort(rng.choice(len(kept), size=train_size, replace=False))]
+    evaluation = held[np.sort(rng.choice(len(held), size=eval_size, replace=False))]
+    return every[train], every[evaluation]
+
+
+def test_only_the_drawn_subsets_are_decoded_and_they_are_the_same_images_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder of 60 images with ``train_size = 7``, ``eval_size = 2``: 9 files decoded,
+    the very images (in the same order) that decoding all 60 and subsetting gave; the
+    files outside the subsets are never opened, so a corrupt one there goes unnoticed."""
+    write_folder(tmp_path / "train", 20)
+    want_train, want_eval = _old_selection(tmp_path / "train", 3, 7, 2)
+    decoded: list[Path] = []
+    real = custom_images.decode_image
+
+    def counting(path: Path, side: int, channels: int = 3) -> np.ndarray:
+        decoded.append(path)
+        return real(path, side, channels)
+
+    monkeypatch.setattr(custom_images, "decode_image", counting)
+    extra = ("data.train_size=7", "data.eval_size=2")
+    ds = _load(tmp_path / "train", *extra, seed=3)
+    assert len(decoded) == 9
+    assert np.array_equal(np.asarray(ds.train.images), want_train)
+    assert np.array_equal(np.asarray(ds.eval.images), want_eval)
+    # a file outside the subsets that does not decode: not drawn, never opened
+    outside = sorted(set((tmp_path / "train").rglob("*.*")) - set(decoded))[0]
+    outside.write_bytes(b"not an image")
+    monkeypatch.setenv("FEDPEFT_CACHE_DIR", str(tmp_path / "cache2"))
+    again = _load(tmp_path / "train", *extra, seed=3)
+    assert np.array_equal(np.asarray(again.train.images), want_train)
+    # an audit's non-members are decoded when asked for: the 47 other train images
+    cfg = load_config(
+        overrides=["data.dataset='custom'", f"data.train_file={str(tmp_path / 'train')!r}"]
+    )
+    outside.unlink()
+    decoded.clear()
+    held = heldout_train(cfg.data.model_copy(update={"train_size": 7}), 3, SIDE)
+    assert len(held) == len(decoded) == 47
+
+
+def test_a_cache_folder_that_cannot_be_written_warns_once_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_folder(tmp_path / "train", 3)
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("FEDPEFT_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    monkeypatch.setattr("fedpeft.data.cache._warned", False)
+    with caplog.at_level(logging.WARNING, logger="fedpeft.data.cache"):
+        first = _load(tmp_path / "train")
+        again = _load(tmp_path / "train")
+    assert np.array_equal(first.train.images, again.train.images) and len(first.train) == 8
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "FEDPEFT_CACHE_DIR" in warnings[0], warnings
+    assert "a-file" in warnings[0] and "going on without it" in warnings[0]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bytes changed", "another shape"])
+def test_a_damaged_cache_file_is_decoded_again_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    write_folder(tmp_path / "train", 3)
+    first = _load(tmp_path / "train", "data.eval_size=1")
+    (stored,) = [
+        p
+        for p in (tmp_path / "cache" / "images").glob("custom-*.images.npy")
+        if np.load(p, mmap_mode="r").shape[0] == len(first.train)
+    ]
+    data = stored.read_bytes()
+    if damage == "truncated":
+        stored.write_bytes(data[: len(data) - SIDE * SIDE * 3])
+    elif damage == "bytes changed":
+        stored.write_bytes(data[:-100] + bytes(255 - b for b in data[-100:]))
+    else:  # a valid array of the same length, written by something else
+        np.save(stored, np.zeros((len(first.train), 4, 4, 3), dtype=np.uint8))
+    calls: list[int] = []
+    real = custom_images.decode_images
+    monkeypatch.setattr(
+        custom_images, "decode_images", lambda paths, side: calls.append(1) or real(paths, side)
+    )
+    again = _load(tmp_path / "train", "data.eval_size=1")
+    assert calls == [1]  # the train split only: the eval entry was whole
+    assert np.array_equal(np.asarray(again.train.images), np.asarray(first.train.images))
+    _load(tmp_path / "train", "data.eval_size=1")  # rewritten, then trusted again
+    assert calls == [1]
+
+
+def test_a_table_path_from_home_is_expanded_like_the_train_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_folder(tmp_path / "home" / "imgs", 2)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    rows = ["image,label"] + [
+        f"~/imgs/{p.parent.name}/{p.name},{p.parent.name}"
+        for p in sorted((tmp_path / "home" / "imgs").rglob("*.*"))
+    ]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    ds = _load(tmp_path / "t.csv")
+    assert len(ds.train) + len(ds.eval) == 6

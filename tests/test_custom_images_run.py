@@ -173,7 +173,7 @@ def _archive(root: Path) -> Path:
     [
         (_empty, "holds no class subfolders; put each class's images in"),
         (_no_images, "owl holds no images (.jpg"),
-        (_corrupt, "1 of 7 image file(s) cannot be decoded (/"),
+        (_corrupt, "image file(s) cannot be decoded (/"),
         (_truncated, "cut.jpg: OSError: image file is truncated"),
         (_text_named_as_image, "notes.jpg: not an image PIL can read"),
         (_one_class, "has 1 class folder(s); need 2 or more"),

@@ -7,18 +7,28 @@ text model (``registry._custom``). Classes and the held-out split are the text p
 ``data.label_names`` in that order, else the class names in ``label_order``; without an
 eval file a seeded 10 % is held out (``held_out_tenth``).
 
+Only the images a run uses are decoded: the held-out tenth and the seeded ``train_size``
+and ``eval_size`` subsets are drawn on the file listing with ``load_dataset``'s very draws
+(``drawn_indices``), so a 100,000-photo folder with ``train_size = 2000`` decodes about
+2,000 images, the same ones in the same order as decoding all and subsetting would. Files
+outside the subsets are never opened: one of them that does not decode goes unnoticed.
+An audit's non-members (``heldout_train``) are decoded when asked for.
+
 Each image is decoded once with PIL (EXIF orientation applied, any mode to RGB, a JPEG
 decoded at a reduced scale where it is much larger) and resized straight to the model's
 square input side with PIL's antialiased bilinear filter; the aspect ratio is not kept,
 as the built-in image batches and ViT's own processor do. Memory is therefore
-N × side² × 3 bytes whatever the photos' size (20,000 images at 224 px: 3 GB), and the
-batches do no resizing. The decoded arrays are cached (``cached_arrays``, no pickle)
+N × side² × 3 bytes for the N drawn, whatever the photos' size (20,000 images at 224 px:
+3 GB), and the batches do no resizing. The decoded arrays are cached (``cached_arrays``, no pickle)
 under a key made of every file's path, size, modification time and inode, its class and
-the side: a folder whose files change is decoded again, never served stale.
+the side: a folder whose files change is decoded again, never served stale. The key
+starts with a prefix naming the folder or table, the split and the side
+(``source_prefix``); writing an entry removes the older ones under its prefix, so the
+cache holds one entry per folder, split and side however often the files change.
 
-An image file that does not decode (corrupt, truncated, not an image despite its suffix,
-over PIL's decompression-bomb limit) refuses the run, naming the files: the data never
-shrinks without the person knowing.
+An image file drawn that does not decode (corrupt, truncated, not an image despite its
+suffix, over PIL's decompression-bomb limit) refuses the run, naming the files: the data
+never shrinks without the person knowing.
 """
 
 from __future__ import annotations
@@ -34,7 +44,12 @@ import numpy as np
 from fedpeft.config import DataConfig
 from fedpeft.data.cache import cached_arrays
 from fedpeft.data.image_files import ImageFiles, list_images
-from fedpeft.data.registry import class_names, held_out_tenth, register_image_loader
+from fedpeft.data.registry import (
+    class_names,
+    drawn_indices,
+    held_out_tenth,
+    register_image_loader,
+)
 from fedpeft.data.sources import ImageArrays, RawDataset
 from fedpeft.errors import FedpeftError
 
@@ -58,8 +73,11 @@ def check_custom_modality(cfg: DataConfig, model: str, takes_images: bool) -> No
             )
 
 
-def load_custom_images(cfg: DataConfig, seed: int, side: int) -> RawDataset:
-    """The custom train and eval images, decoded at ``side`` × ``side``."""
+def load_custom_images(cfg: DataConfig, seed: int, side: int, heldout: bool) -> RawDataset:
+    """The custom train and eval images a run uses, decoded at ``side`` × ``side``: the
+    held-out tenth and the seeded subsets are drawn on the file listing (``drawn_indices``)
+    and only the images drawn are decoded; with ``heldout``, the train images outside the
+    subset (``heldout_train``) and no eval images."""
     assert cfg.train_file is not None  # checked by DataConfig
     train_path = Path(cfg.train_file)
     files = list_images(train_path, cfg)
@@ -69,21 +87,46 @@ def load_custom_images(cfg: DataConfig, seed: int, side: int) -> RawDataset:
             "more (one subfolder a class)."
         )
     names = class_names(cfg, files.labels, train_path)
-    train = decoded(files, names, side)
+    train_ids = _class_ids(files, names)
     if cfg.eval_file is not None:
-        evaluation = decoded(list_images(Path(cfg.eval_file), cfg), names, side)
+        eval_files = list_images(Path(cfg.eval_file), cfg)
+        eval_ids = _class_ids(eval_files, names)
     else:
-        held, kept = held_out_tenth(len(train), seed)
-        evaluation, train = train.take(held), train.take(kept)
+        held, kept = held_out_tenth(len(files.paths), seed)
+        eval_files, eval_ids = files.take(held), train_ids[held]
+        files, train_ids = files.take(kept), train_ids[kept]
+    pick_train, pick_eval = drawn_indices(
+        cfg, seed, len(files.paths), len(eval_files.paths), heldout
+    )
+    eval_source = Path(cfg.eval_file or train_path)
+    train_part = (train_path, "heldout" if heldout else "train")
+    train = decoded(files.take(pick_train), train_ids[pick_train], side, train_part)
+    evaluation = decoded(
+        eval_files.take(pick_eval), eval_ids[pick_eval], side, (eval_source, "eval")
+    )
     name = train_path.name if files.folder else train_path.stem
     return RawDataset(name, train, evaluation, names, str(train_path))
 
 
-def decoded(files: ImageFiles, names: list[str], side: int) -> ImageArrays:
-    """``files`` as ``uint8`` (N, side, side, 3) with class ids in ``names``' order, cached."""
-    labels = _class_ids(files, names)
-    key = cache_key(files.paths, labels, side)
-    return cached_arrays(key, lambda: ImageArrays(decode_images(files.paths, side), labels))
+def decoded(
+    files: ImageFiles, labels: np.ndarray, side: int, part: tuple[Path, str]
+) -> ImageArrays:
+    """``files`` as ``uint8`` (N, side, side, 3) with class ids ``labels``, cached; ``part``
+    (the folder or table and the split: train, eval or heldout) keeps one cache entry: a
+    new one for the same part and side replaces the last."""
+    prefix = source_prefix(part[0], part[1], side)
+    key = f"{prefix}-{cache_key(files.paths, labels, side)}"
+
+    def build() -> ImageArrays:
+        return ImageArrays(decode_images(files.paths, side), labels)
+
+    return cached_arrays(key, build, replaces=prefix)
+
+
+def source_prefix(source: Path, split: str, side: int) -> str:
+    """The stable start of a cache key for one folder or table, split and side."""
+    named = f"{os.path.abspath(source)}\0{split}\0{side}".encode("utf-8", "surrogateescape")
+    return f"custom-{hashlib.sha256(named).hexdigest()[:16]}"
 
 
 def _class_ids(files: ImageFiles, names: list[str]) -> np.ndarray:
@@ -108,7 +151,7 @@ def cache_key(paths: list[Path], labels: np.ndarray, side: int) -> str:
             raise FedpeftError(f"image {path} cannot be read ({e.strerror}).") from None
         line = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{label}\n"
         digest.update(line.encode("utf-8", "surrogateescape"))
-    return f"custom-{len(paths)}x{side}-{digest.hexdigest()[:32]}"
+    return f"{len(paths)}x{side}-{digest.hexdigest()[:32]}"
 
 
 def decode_images(paths: list[Path], side: int, channels: int = 3) -> np.ndarray:

@@ -11,8 +11,9 @@ sentence where the layout is broken.
   is neither a file nor a folder (a broken link, a pipe). Images directly in ``root``
   belong to no class: they are left out with a warning.
 - **A table** read by ``read_table`` (CSV, TSV, JSONL, JSON or Parquet) with a column of
-  image paths (``data.image_column``), relative to the table's folder or absolute, and a
-  label column. A path that does not name a file is refused, with its row.
+  image paths (``data.image_column``), relative to the table's folder, absolute or from
+  ``~`` (expanded as in ``data.train_file``), and a label column. A path that does not
+  name a file is refused, with its row.
 - **A folder of loose images** (no subfolders), for prediction only (``fedpeft predict``):
   every image directly in it, of no known class.
 
@@ -26,6 +27,8 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from fedpeft.config import DataConfig
 from fedpeft.data.labels import normalize_label
@@ -46,6 +49,16 @@ class ImageFiles:
     labels: list[str]
     where: str  # "data folder X" or "data file X", for messages
     folder: bool  # listed from class subfolders (else from a table)
+
+    def take(self, indices: np.ndarray) -> ImageFiles:
+        """The files at ``indices``, in that order."""
+        picked = [int(i) for i in indices]
+        return ImageFiles(
+            [self.paths[i] for i in picked],
+            [self.labels[i] for i in picked],
+            self.where,
+            self.folder,
+        )
 
 
 def list_images(path: Path, cfg: DataConfig) -> ImageFiles:
@@ -213,7 +226,7 @@ def table_paths(table: Path, cells: list[str], column: str) -> list[Path]:
     paths: list[Path] = []
     missing: list[str] = []
     for row, cell in enumerate(cells, start=1):
-        given = Path(cell.strip())
+        given = Path(cell.strip()).expanduser()  # `~` as in `data.train_file`
         full = given if given.is_absolute() else table.parent / given
         if not cell.strip() or not full.is_file():
             missing.append(f"row {row}: {cell!r}")

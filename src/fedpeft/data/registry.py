@@ -28,7 +28,8 @@ from fedpeft.errors import FedpeftError
 log = logging.getLogger(__name__)
 
 Loader = Callable[[DataConfig, int], RawDataset]
-ImageLoader = Callable[[DataConfig, int, int], RawDataset]  # config, seed, image side
+# config, seed, image side, heldout: the loader decodes only what ``drawn_indices`` picks
+ImageLoader = Callable[[DataConfig, int, int, bool], RawDataset]
 _REGISTRY: dict[str, Loader] = {}
 _IMAGE_LOADERS: dict[str, ImageLoader] = {}
 
@@ -45,7 +46,11 @@ def dataset_names() -> list[str]:
 
 def register_image_loader(name: str, loader: ImageLoader) -> None:
     """How dataset ``name`` is read for a model that takes images (custom data: a folder
-    of class subfolders, or a table of image paths), decoded at the square side given."""
+    of class subfolders, or a table of image paths), decoded at the square side given.
+
+    The loader lists its files, applies ``drawn_indices`` to the listing and decodes only
+    the images drawn: the seeded subsets (``load_dataset``), or with ``heldout`` the train
+    examples outside the subset as its train split and no eval (``heldout_train``)."""
     if name in _IMAGE_LOADERS:
         raise ValueError(f"image loader {name!r} is registered twice")
     _IMAGE_LOADERS[name] = loader
@@ -55,8 +60,12 @@ def load_dataset(cfg: DataConfig, seed: int, image_side: int | None = None) -> R
     """The configured dataset, with seeded ``train_size``/``eval_size`` subsets applied.
 
     ``image_side``: the model takes images of this square side (None: it takes text); a
-    dataset whose files can hold either (``custom``) is read accordingly."""
-    ds = _load(cfg, seed, image_side)
+    dataset whose files can hold either (``custom``) is read accordingly, and an image
+    loader applies the subsets to its file listing itself (only those images decoded)."""
+    check_dataset_name(cfg)
+    if image_side is not None and cfg.dataset in _IMAGE_LOADERS:
+        return _IMAGE_LOADERS[cfg.dataset](cfg, seed, image_side, False)
+    ds = _REGISTRY[cfg.dataset](cfg, seed)
     rng = np.random.default_rng(seed)
     train = _subset(ds.train, cfg.train_size, rng)
     evaluation = _subset(ds.eval, cfg.eval_size, rng)
@@ -69,14 +78,32 @@ def heldout_train(
     """The train split's examples outside the seeded ``train_size`` subset, in file order:
     the same distribution as the run's training data, never trained on (membership audits'
     non-members). Empty when the run used the whole train split."""
-    ds = _load(cfg, seed, image_side)
+    check_dataset_name(cfg)
+    if image_side is not None and cfg.dataset in _IMAGE_LOADERS:
+        held = _IMAGE_LOADERS[cfg.dataset](cfg, seed, image_side, True).train
+        assert isinstance(held, ImageArrays)  # an image loader gives images
+        return held
+    ds = _REGISTRY[cfg.dataset](cfg, seed)
     if isinstance(ds.train, QAExamples | ImageTexts | DetectionImages):
         raise FedpeftError(
             f"dataset {cfg.dataset!r} holds questions, image–text pairs or boxes; membership "
             "audits score classification runs only."
         )
-    used = _subset_indices(len(ds.train), cfg.train_size, np.random.default_rng(seed))
-    return ds.train.take(np.setdiff1d(np.arange(len(ds.train)), used))
+    return ds.train.take(drawn_indices(cfg, seed, len(ds.train), 0, heldout=True)[0])
+
+
+def drawn_indices(
+    cfg: DataConfig, seed: int, n_train: int, n_eval: int, heldout: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which of ``n_train`` train and ``n_eval`` eval examples a run uses, sorted: the
+    seeded ``train_size`` and ``eval_size`` subsets, ``load_dataset``'s very draws (one
+    generator seeded with ``seed``, train first, no draw for a size that covers its
+    split). With ``heldout``: the train examples outside the subset, and no eval ones."""
+    rng = np.random.default_rng(seed)
+    train = _subset_indices(n_train, cfg.train_size, rng)
+    if heldout:
+        return np.setdiff1d(np.arange(n_train), train), np.arange(0)
+    return train, _subset_indices(n_eval, cfg.eval_size, rng)
 
 
 def check_dataset_name(cfg: DataConfig) -> None:
@@ -86,13 +113,6 @@ def check_dataset_name(cfg: DataConfig) -> None:
             f"`data.dataset` is {cfg.dataset!r}, which is not a known dataset; "
             f"expected one of: {', '.join(dataset_names())}."
         )
-
-
-def _load(cfg: DataConfig, seed: int, image_side: int | None) -> RawDataset:
-    check_dataset_name(cfg)
-    if image_side is not None and cfg.dataset in _IMAGE_LOADERS:
-        return _IMAGE_LOADERS[cfg.dataset](cfg, seed, image_side)
-    return _REGISTRY[cfg.dataset](cfg, seed)
 
 
 Raw = RawSplit | ImageArrays | QAExamples | ImageTexts | DetectionImages
