@@ -1,8 +1,9 @@
 """A finished run's final global model, rebuilt as the run built it, for new texts or images.
 
 ``open_finished(run_dir)`` reads what a finished run left and trusts none of it unchecked:
-its resolved ``config.toml`` (validated as ``fedpeft run`` validates it), the checkpoint of
-its last round (``Checkpoints.load_round``: the manifest's sha256s and the config's
+its resolved ``config.toml`` (validated as ``fedpeft run`` validates it), that it finished
+(``summary.json``, ``metrics.jsonl`` and ``run.rounds`` agree on its last round), the
+checkpoint of that round (``Checkpoints.load_round``: the manifest's sha256s and the config's
 fingerprint verify, and no older round stands in for a damaged last one) and its class
 names (``partitions.json``). ``final_model`` then builds the run's task for the given texts
 or images (``text_data``, ``image_data``: prepared as the run prepared its own;
@@ -79,13 +80,32 @@ def final_state(root: Path, cfg: ExperimentConfig, refusal: tuple[str, str]) -> 
     """The server state after a finished run's last round (``metrics.jsonl``'s), verified by
     its manifest and ``cfg``'s fingerprint; no older round stands in for a damaged last one.
     ``refusal``: (what the folder cannot be used for, what was not done), for the messages."""
+    last = _finished_round(root, cfg, refusal)
     fingerprint = config_fingerprint(resolved(cfg, check_names(cfg)))
-    return Checkpoints(root / CHECKPOINT, fingerprint, refusal).load_round(
-        _last_round(root, refusal)
-    )
+    return Checkpoints(root / CHECKPOINT, fingerprint, refusal).load_round(last)
 
 
-def _last_round(root: Path, refusal: tuple[str, str] = PREDICTING) -> int:
+def _finished_round(root: Path, cfg: ExperimentConfig, refusal: tuple[str, str]) -> int:
+    """The run's last round, refused unless the run finished there: ``summary.json`` is
+    written only when a run completes, so a resume interrupted later leaves an older one
+    (and rounds past it) behind; its ``rounds_completed``, the last round ``metrics.jsonl``
+    records and the config's ``run.rounds`` must all agree."""
+    last = _last_round(root, refusal)
+    try:
+        completed = json.loads((root / SUMMARY).read_text()).get("rounds_completed")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        completed = None
+    if not completed == last == cfg.run.rounds:
+        raise FedpeftError(
+            f"run folder {root} {refusal[0]}: it is not finished ({SUMMARY} says "
+            f"{completed} rounds completed, {METRICS} ends at round {last}, its {CONFIG} "
+            f"asks for {cfg.run.rounds}); finish it with `fedpeft run --resume {root}`, "
+            f"{refusal[1]}."
+        )
+    return last
+
+
+def _last_round(root: Path, refusal: tuple[str, str]) -> int:
     """The last round ``metrics.jsonl`` records: the round whose state is the final one."""
     try:
         lines = [ln for ln in (root / METRICS).read_text().splitlines() if ln.strip()]
