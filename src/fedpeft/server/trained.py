@@ -25,6 +25,7 @@ from torch import nn
 from fedpeft.config import ExperimentConfig, build_config, read_toml
 from fedpeft.config.loading import config_fingerprint
 from fedpeft.data import ImageArrays, RawDataset, RawSplit, stored_form
+from fedpeft.data.cleaning import text_cleaning
 from fedpeft.errors import FedpeftError
 from fedpeft.models import get_model_spec
 from fedpeft.peft import parse_method_ref, set_adapter_state
@@ -55,6 +56,7 @@ class FinishedRun:
     state: ServerState  # the server state after the last round
     dataset: str  # the run's dataset name (an instruction prompt names it)
     label_names: list[str]  # the run's classes, in class-id order
+    source: str = ""  # where its data came from (``partitions.json``): a folder, ``hub:…``
 
 
 def open_finished(run_dir: Path) -> FinishedRun:
@@ -72,8 +74,8 @@ def open_finished(run_dir: Path) -> FinishedRun:
             )
     cfg = build_config(read_toml(root / CONFIG), source=f"config {root / CONFIG}")
     state = final_state(root, cfg, PREDICTING)
-    dataset, names = _classes(root)
-    return FinishedRun(root, cfg, state, dataset, names)
+    dataset, names, source = _classes(root)
+    return FinishedRun(root, cfg, state, dataset, names, source)
 
 
 def final_state(root: Path, cfg: ExperimentConfig, refusal: tuple[str, str]) -> ServerState:
@@ -120,8 +122,8 @@ def _last_round(root: Path, refusal: tuple[str, str]) -> int:
     return max(rounds)
 
 
-def _classes(root: Path) -> tuple[str, list[str]]:
-    """(dataset name, class names) from ``partitions.json``."""
+def _classes(root: Path) -> tuple[str, list[str], str]:
+    """(dataset name, class names, data source) from ``partitions.json``."""
     try:
         raw = json.loads((root / PARTITIONS).read_text())
     except (OSError, UnicodeDecodeError, ValueError):
@@ -139,16 +141,20 @@ def _classes(root: Path) -> tuple[str, list[str]]:
             f"run folder {root} {PREDICTING[0]}: its {PARTITIONS} does not name the run's "
             f"classes (a `label_names` list of distinct strings); {PREDICTING[1]}."
         )
-    return dataset, list(names)
+    source = raw.get("source") if isinstance(raw, dict) else None
+    return dataset, list(names), source if isinstance(source, str) else ""
 
 
 def text_data(
     run: FinishedRun, texts: list[str], labels: np.ndarray | None = None
 ) -> FederatedData:
     """``texts`` (with class ids ``labels``, or none) as the run's eval split, prepared as the
-    run prepared its texts (``splits_for``: tokeniser, ``model.max_length``, padding side,
-    instruction prompts); no train split, no clients."""
+    run prepared its texts: cleaned as its dataset's loader cleaned them (``text_cleaning``;
+    texts it read from the hub were not), then ``splits_for`` (tokeniser,
+    ``model.max_length``, padding side, instruction prompts); no train split, no clients."""
     cfg, spec = run.cfg, get_model_spec(run.cfg.model.name)
+    if not run.source.startswith("hub:"):
+        texts = list(map(text_cleaning(cfg.data.dataset), texts))
     ids = np.zeros(len(texts), dtype=np.int64) if labels is None else labels
     empty = RawSplit([], np.zeros(0, dtype=np.int64))
     dataset = RawDataset(run.dataset, empty, RawSplit(texts, ids), run.label_names, "input")
