@@ -6,6 +6,7 @@ integer labels, are scored against the run's class names."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,13 @@ from fedpeft.data import data_dirs
 from fedpeft.runtime.local import run_local
 from tests.conftest import tiny_config
 
-LLAMA = ["model.name='tiny-llama'", "model.task='classify'", "run.rounds=1", "data.train_size=32"]
+LLAMA = [
+    "model.name='tiny-llama'",
+    "model.task='classify'",
+    "run.rounds=1",
+    "data.train_size=32",
+    "data.eval_size=872",
+]
 
 
 def _dev() -> Path:
@@ -64,3 +71,28 @@ def test_texts_are_cleaned_as_the_datasets_loader_cleaned_the_runs(
         assert code == 0, output
         preds[name] = [(r["predicted"], r["probability"]) for r in _rows(out)]
     assert preds["raw"] == preds["stripped"]
+
+
+def test_the_datasets_own_file_with_class_ids_gives_the_runs_final_figures(
+    sst2_run: Path, tmp_path: Path
+) -> None:
+    """SST-2's dev.tsv (`sentence`, `label` 0/1: class ids, the run's classes being
+    `negative`/`positive`) is scored, and gives the run's final accuracy over all of it."""
+    summary = json.loads((sst2_run / "summary.json").read_text())
+    out = tmp_path / "preds.csv"
+    code, output = _predict(sst2_run, "--file", _dev(), "--text-column", "sentence", "--out", out)
+    assert code == 0, output
+    assert f"accuracy {summary['final_accuracy']:.4f}" in output and "872 labelled" in output
+    labels = [r["label"] for r in _rows(out)]
+    ok = [r["predicted"] == ["negative", "positive"][int(r["label"])] for r in _rows(out)]
+    assert set(labels) == {"0", "1"} and sum(ok) / len(ok) == summary["final_accuracy"]
+    code, output = _predict(
+        sst2_run, "--file", _dev(), "--text-column", "sentence", "--label-column", ""
+    )
+    assert code == 0 and "accuracy" not in output, output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\ngood,1\nbad,2\n")
+    code, output = _predict(sst2_run, "--file", bad)
+    assert code == 2 and "nor, all whole numbers, its class ids 0 … 1" in output, output
+    code, output = _predict(sst2_run, "--file", bad, "--label-column", "gold")
+    assert code == 2 and "has no column `gold`" in output, output

@@ -87,6 +87,7 @@ def gather(
     file: Path | None,
     text_column: str | None,
     image_column: str | None,
+    label_column: str | None = None,
 ) -> Inputs:
     """The inputs that exactly one of ``--text``, ``--image`` and ``--file`` gives, read as
     the run's model takes them (a file holds texts or image paths; a folder, images)."""
@@ -98,8 +99,8 @@ def gather(
         return image_inputs(image, run)
     assert file is not None
     if takes_images(run):
-        return file_image_inputs(file, image_column, run)
-    return file_inputs(file, text_column, run)
+        return file_image_inputs(file, image_column, run, label_column)
+    return file_inputs(file, text_column, run, label_column=label_column)
 
 
 def predict(
