@@ -240,6 +240,15 @@ def test_a_resume_interrupted_after_a_finish_is_refused(lora_run: Path, tmp_path
     assert not (run / "classes.json").exists()
 
 
+def test_reordered_class_names_are_refused(lora_run: Path, tmp_path: Path) -> None:
+    run = _copy(lora_run, tmp_path)
+    partitions = json.loads((run / "partitions.json").read_text())
+    partitions["label_names"] = ["cat", "dog", "bird"]
+    (run / "partitions.json").write_text(json.dumps(partitions))
+    code, _, output = _predict(run, "--text", "woof")
+    _refused(code, output, "names the classes ['cat', 'dog', 'bird'] but config.toml's data.label")
+
+
 def test_an_edited_config_is_refused(lora_run: Path, tmp_path: Path) -> None:
     run = _copy(lora_run, tmp_path)
     config = run / "config.toml"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,14 @@ def test_the_datasets_own_file_with_class_ids_gives_the_runs_final_figures(
     assert code == 2 and "nor, all whole numbers, its class ids 0 … 1" in output, output
     code, output = _predict(sst2_run, "--file", bad, "--label-column", "gold")
     assert code == 2 and "has no column `gold`" in output, output
+
+
+def test_class_names_other_than_the_exported_heads_are_refused(
+    sst2_run: Path, tmp_path: Path
+) -> None:
+    run = Path(shutil.copytree(sst2_run, tmp_path / "run"))
+    partitions = json.loads((run / "partitions.json").read_text())
+    partitions["label_names"] = ["positive", "negative"]
+    (run / "partitions.json").write_text(json.dumps(partitions))
+    code, output = _predict(run, "--text", "fine")
+    assert code == 2 and "but adapter/config.json's id2label gives ['negative'" in output, output

@@ -32,7 +32,7 @@ from fedpeft.peft import parse_method_ref, set_adapter_state
 from fedpeft.server.checkpoint import Checkpoints
 from fedpeft.server.groups import GroupBook
 from fedpeft.server.state import ServerState
-from fedpeft.server.store import CHECKPOINT, CONFIG, METRICS, PARTITIONS, SUMMARY
+from fedpeft.server.store import ADAPTER, CHECKPOINT, CONFIG, METRICS, PARTITIONS, SUMMARY
 from fedpeft.server.task import (
     FederatedData,
     Task,
@@ -75,6 +75,7 @@ def open_finished(run_dir: Path) -> FinishedRun:
     cfg = build_config(read_toml(root / CONFIG), source=f"config {root / CONFIG}")
     state = final_state(root, cfg, PREDICTING)
     dataset, names, source = _classes(root)
+    _check_classes(root, cfg, names)
     return FinishedRun(root, cfg, state, dataset, names, source)
 
 
@@ -143,6 +144,31 @@ def _classes(root: Path) -> tuple[str, list[str], str]:
         )
     source = raw.get("source") if isinstance(raw, dict) else None
     return dataset, list(names), source if isinstance(source, str) else ""
+
+
+def _check_classes(root: Path, cfg: ExperimentConfig, names: list[str]) -> None:
+    """Refuses class names (``partitions.json``) that differ from what the trained state is
+    tied to: the config's ``data.label_names`` (fingerprinted with the checkpoint) where it
+    sets them, and the ``id2label`` of the exported classifier's ``adapter/config.json``
+    (written with the final adapter); reordered names would silently relabel every
+    prediction."""
+    tied = {f"{CONFIG}'s data.label_names": cfg.data.label_names}
+    head = root / ADAPTER / "config.json"
+    if head.is_file():
+        try:
+            id2label = json.loads(head.read_text()).get("id2label")
+            tied[f"{ADAPTER}/config.json's id2label"] = [
+                id2label[str(i)] for i in range(len(id2label))
+            ]
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError, KeyError, TypeError):
+            tied[f"{ADAPTER}/config.json's id2label"] = ["(unreadable)"]
+    for where, expected in tied.items():
+        if expected is not None and list(expected) != names:
+            raise FedpeftError(
+                f"run folder {root} {PREDICTING[0]}: its {PARTITIONS} names the classes "
+                f"{names[:10]} but {where} gives {list(expected)[:10]}; restore the run's "
+                f"files, {PREDICTING[1]}."
+            )
 
 
 def text_data(
