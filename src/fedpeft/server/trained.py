@@ -163,6 +163,8 @@ def _check_classes(root: Path, cfg: ExperimentConfig, names: list[str]) -> None:
         except (OSError, UnicodeDecodeError, ValueError, AttributeError, KeyError, TypeError):
             tied[f"{ADAPTER}/config.json's id2label"] = ["(unreadable)"]
     for where, expected in tied.items():
+        if expected == [f"LABEL_{i}" for i in range(len(names))]:
+            continue  # transformers' placeholder names (an image model's head): no names
         if expected is not None and list(expected) != names:
             raise FedpeftError(
                 f"run folder {root} {PREDICTING[0]}: its {PARTITIONS} names the classes "
