@@ -219,7 +219,8 @@ def write_csv(path: Path, inputs: Inputs, preds: Predictions) -> None:
     writer.writerow(_columns(inputs, preds))
     writer.writerows(_row(inputs, preds, i, 6) for i in range(len(inputs.items)))
     try:
-        write_atomic(path, buf.getvalue().encode())
+        # a file name that is not UTF-8 (Linux names are bytes) is written as its own bytes
+        write_atomic(path, buf.getvalue().encode("utf-8", "surrogateescape"))
     except OSError as e:
         raise FedpeftError(f"cannot write --out {path} ({e.strerror}).") from None
 
