@@ -40,6 +40,7 @@ from fedpeft.cli.predict_inputs import (
 from fedpeft.errors import FedpeftError
 from fedpeft.files import write_atomic
 from fedpeft.models import get_model_spec
+from fedpeft.server.generate import INVALID
 from fedpeft.server.instruct import task_kind
 from fedpeft.server.trained import FinalModel, FinishedRun, final_model, text_data
 
@@ -49,12 +50,11 @@ SUPPORTED = (
 )
 SHOWN = 10  # rows of a file shown in the terminal without --out
 TEXT_WIDTH = 40  # characters of a text shown there
-NO_CLASS = -1  # an instruction-tuned model's answer that names no class
 
 
 @dataclass(frozen=True)
 class Predictions:
-    """Per input, the ``k`` most likely classes (ids; ``NO_CLASS``: a generated answer that
+    """Per input, the ``k`` most likely classes (ids; ``INVALID``: a generated answer that
     names none) with their probabilities (None for generated answers)."""
 
     class_names: list[str]
@@ -67,7 +67,7 @@ class Predictions:
 
     def name(self, i: int, j: int = 0) -> str:
         c = int(self.top[i, j])
-        return self.class_names[c] if c != NO_CLASS else ""
+        return self.class_names[c] if c != INVALID else ""
 
 
 def check_supported(run: FinishedRun) -> None:
