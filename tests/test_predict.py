@@ -20,6 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 from fedpeft.cli.main import app
+from fedpeft.config import load_config
 from fedpeft.runtime.local import run_local
 from fedpeft.server.classes import class_report
 from tests.conftest import tiny_config
@@ -219,6 +220,33 @@ def test_the_per_class_report_uses_the_final_state_or_none(lora_run: Path, tmp_p
     output = " ".join(result.output.split())
     _refused(result.exit_code, output, "cannot be evaluated per class: the checkpoint of its")
     assert "no classes.json was written" in output and not (run / "classes.json").exists()
+
+
+def test_a_resume_interrupted_after_a_finish_is_refused(lora_run: Path, tmp_path: Path) -> None:
+    """A finished 2-round run resumed to 3 rounds and stopped before its new summary: round
+    3's checkpoint verifies, but the run is not finished; predict and the per-class report
+    refuse it rather than use round 3 as the run's final model."""
+    run = _copy(lora_run, tmp_path)
+    old = (run / "summary.json").read_text()
+    run_local(load_config(run / "config.toml", ["run.rounds=3"]), resume=run)
+    (run / "summary.json").write_text(old)  # as a stop after round 3's checkpoint leaves it
+    code, _, output = _predict(run, "--text", "woof")
+    expected = "it is not finished (summary.json says 2 rounds completed, metrics.jsonl ends"
+    _refused(code, output, expected)
+    assert "finish it with `fedpeft run --resume" in output
+    (run / "classes.json").unlink()
+    result = CliRunner().invoke(app, ["report", str(run)])
+    _refused(result.exit_code, " ".join(result.output.split()), expected)
+    assert not (run / "classes.json").exists()
+
+
+def test_reordered_class_names_are_refused(lora_run: Path, tmp_path: Path) -> None:
+    run = _copy(lora_run, tmp_path)
+    partitions = json.loads((run / "partitions.json").read_text())
+    partitions["label_names"] = ["cat", "dog", "bird"]
+    (run / "partitions.json").write_text(json.dumps(partitions))
+    code, _, output = _predict(run, "--text", "woof")
+    _refused(code, output, "names the classes ['cat', 'dog', 'bird'] but config.toml's data.label")
 
 
 def test_an_edited_config_is_refused(lora_run: Path, tmp_path: Path) -> None:

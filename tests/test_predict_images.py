@@ -236,6 +236,20 @@ def test_a_folder_of_loose_images_is_predicted_unscored(
     }
 
 
+def test_a_file_name_that_is_not_utf8_is_written_as_its_bytes(
+    run: Path, data: Path, tmp_path: Path
+) -> None:
+    """Linux names are bytes: a Latin-1 ``café.png`` reaches --out's CSV as the bytes it has."""
+    loose = tmp_path / "latin1"
+    loose.mkdir()
+    source = next((data / "eval").glob("*/*.png"))
+    shutil.copy(source, loose / os.fsdecode(b"caf\xe9.png"))
+    out = tmp_path / "latin1.csv"
+    code, _, output = _predict(run, "--file", loose, "--out", out)
+    assert code == 0, output
+    assert b"caf\xe9.png," in out.read_bytes()
+
+
 def test_chunks_give_the_logits_of_one_pass(
     run: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

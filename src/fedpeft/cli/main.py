@@ -295,6 +295,12 @@ def predict(
     image_column: Annotated[
         str | None, typer.Option(help="--file: its column of image paths (default: the run's)")
     ] = None,
+    label_column: Annotated[
+        str | None,
+        typer.Option(
+            help="--file: its column of labels, scored (default: the run's; '': no scoring)"
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="--file: write every row's prediction to this CSV")
     ] = None,
@@ -321,13 +327,15 @@ def predict(
                 "give texts with --text, images with --image, or a file or folder with --file "
                 "(one of them)."
             )
-        if file is None and (out, text_column, image_column) != (None, None, None):
-            raise FedpeftError("--out, --text-column and --image-column go with --file.")
+        if file is None and (out, text_column, image_column, label_column) != (None,) * 4:
+            raise FedpeftError(
+                "--out, --text-column, --image-column and --label-column go with --file."
+            )
         if file is not None and out is not None:
             p.check_out(out, file)
         run = open_finished(run_dir)
         p.check_supported(run)
-        inputs = p.gather(run, text, image, file, text_column, image_column)
+        inputs = p.gather(run, text, image, file, text_column, image_column, label_column)
         preds = p.predict(run, inputs, batch_size, top_k, err_console)
         if out is not None:
             p.write_csv(out, inputs, preds)

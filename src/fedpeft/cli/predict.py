@@ -40,6 +40,7 @@ from fedpeft.cli.predict_inputs import (
 from fedpeft.errors import FedpeftError
 from fedpeft.files import write_atomic
 from fedpeft.models import get_model_spec
+from fedpeft.server.generate import INVALID
 from fedpeft.server.instruct import task_kind
 from fedpeft.server.trained import FinalModel, FinishedRun, final_model, text_data
 
@@ -49,12 +50,11 @@ SUPPORTED = (
 )
 SHOWN = 10  # rows of a file shown in the terminal without --out
 TEXT_WIDTH = 40  # characters of a text shown there
-NO_CLASS = -1  # an instruction-tuned model's answer that names no class
 
 
 @dataclass(frozen=True)
 class Predictions:
-    """Per input, the ``k`` most likely classes (ids; ``NO_CLASS``: a generated answer that
+    """Per input, the ``k`` most likely classes (ids; ``INVALID``: a generated answer that
     names none) with their probabilities (None for generated answers)."""
 
     class_names: list[str]
@@ -67,7 +67,7 @@ class Predictions:
 
     def name(self, i: int, j: int = 0) -> str:
         c = int(self.top[i, j])
-        return self.class_names[c] if c != NO_CLASS else ""
+        return self.class_names[c] if c != INVALID else ""
 
 
 def check_supported(run: FinishedRun) -> None:
@@ -87,6 +87,7 @@ def gather(
     file: Path | None,
     text_column: str | None,
     image_column: str | None,
+    label_column: str | None = None,
 ) -> Inputs:
     """The inputs that exactly one of ``--text``, ``--image`` and ``--file`` gives, read as
     the run's model takes them (a file holds texts or image paths; a folder, images)."""
@@ -98,8 +99,8 @@ def gather(
         return image_inputs(image, run)
     assert file is not None
     if takes_images(run):
-        return file_image_inputs(file, image_column, run)
-    return file_inputs(file, text_column, run)
+        return file_image_inputs(file, image_column, run, label_column)
+    return file_inputs(file, text_column, run, label_column=label_column)
 
 
 def predict(
@@ -218,7 +219,8 @@ def write_csv(path: Path, inputs: Inputs, preds: Predictions) -> None:
     writer.writerow(_columns(inputs, preds))
     writer.writerows(_row(inputs, preds, i, 6) for i in range(len(inputs.items)))
     try:
-        write_atomic(path, buf.getvalue().encode())
+        # a file name that is not UTF-8 (Linux names are bytes) is written as its own bytes
+        write_atomic(path, buf.getvalue().encode("utf-8", "surrogateescape"))
     except OSError as e:
         raise FedpeftError(f"cannot write --out {path} ({e.strerror}).") from None
 

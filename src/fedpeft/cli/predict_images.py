@@ -71,7 +71,9 @@ def image_inputs(given: list[str], run: FinishedRun) -> Inputs:
     )
 
 
-def file_image_inputs(path: Path, column: str | None, run: FinishedRun) -> Inputs:
+def file_image_inputs(
+    path: Path, column: str | None, run: FinishedRun, label_column: str | None = None
+) -> Inputs:
     """``--file`` for an image run: a folder (of class subfolders, or of loose images) or a
     table of image paths."""
     if path.is_dir():
@@ -85,7 +87,7 @@ def file_image_inputs(path: Path, column: str | None, run: FinishedRun) -> Input
         raise FedpeftError(
             f"--image-column {column!r} is the run's label column; name the column of image paths."
         )
-    inputs = file_inputs(path, column, run, what="image")
+    inputs = file_inputs(path, column, run, "image", label_column)
     return replace(inputs, images=table_paths(path, inputs.items, inputs.column))
 
 

@@ -60,18 +60,27 @@ def text_inputs(texts: list[str], run: FinishedRun) -> Inputs:
     return Inputs(texts, None, run.cfg.data.text_column, run.cfg.data.label_column)
 
 
-def file_inputs(path: Path, column: str | None, run: FinishedRun, what: str = "text") -> Inputs:
+def file_inputs(
+    path: Path,
+    column: str | None,
+    run: FinishedRun,
+    what: str = "text",
+    label_column: str | None = None,
+) -> Inputs:
     """The cells of ``path``'s ``column`` (default: the run's ``data.text_column``, or with
-    ``what = "image"`` its ``data.image_column``) and, where the file has the run's
-    ``data.label_column``, their labels."""
+    ``what = "image"`` its ``data.image_column``) and, where the file has the label column
+    (``label_column``, default: the run's ``data.label_column``; ``""``: none, nothing is
+    scored), their labels. A label column named explicitly must be in the file."""
     col = column or getattr(run.cfg.data, f"{what}_column")
-    label_col = run.cfg.data.label_column
-    rows = read_rows(path, (col, label_col), setting="--file")
+    label_col = run.cfg.data.label_column if label_column is None else label_column
+    rows = read_rows(path, (col, label_col) if label_col else (col,), setting="--file")
     require_columns(path, rows, (col,), f"name the {what} column with --{what}-column")
+    if label_column:
+        require_columns(path, rows, (label_col,), "name it with --label-column")
     where = [f"data file {path}, row {i + 1}" for i in range(len(rows))]
     items = [row_text(row, col, w, what) for row, w in zip(rows, where, strict=True)]
     labels = None
-    if label_col in rows[0]:
+    if label_col and label_col in rows[0]:
         labels = [
             normalize_label(row.get(label_col), w) for row, w in zip(rows, where, strict=True)
         ]
@@ -79,12 +88,17 @@ def file_inputs(path: Path, column: str | None, run: FinishedRun, what: str = "t
 
 
 def label_ids(inputs: Inputs, names: list[str]) -> np.ndarray | None:
-    """Each input's class id (-1: unlabelled); None without a label column. Labels that
-    are not among the run's classes are refused."""
+    """Each input's class id (-1: unlabelled); None without a label column. A label is one
+    of the run's class names, or — in a file whose labels are all whole numbers, none of
+    them a class name (a built-in dataset's own files: SST-2's 0/1) — a class id, 0 … n−1.
+    Other labels are refused."""
     if inputs.labels is None:
         return None
     index = {n: i for i, n in enumerate(names)}
-    unknown = sorted({x for x in inputs.labels if x is not None} - index.keys())
+    given = {x for x in inputs.labels if x is not None}
+    if given and all(x.isdigit() for x in given) and not given & index.keys():
+        index = {str(i): i for i in range(len(names))}  # class ids
+    unknown = sorted(given - index.keys())
     if unknown and inputs.folder:
         raise FedpeftError(
             f"folder {inputs.path} has class folders {unknown[:5]} that are not among the "
@@ -94,7 +108,8 @@ def label_ids(inputs: Inputs, names: list[str]) -> np.ndarray | None:
     if unknown:
         raise FedpeftError(
             f"data file {inputs.path} has labels {unknown[:5]} in `{inputs.label_column}` that "
-            f"are not among the run's classes {names[:10]}; fix them, or rename the column "
-            "to predict without scoring."
+            f"are not among the run's classes {names[:10]} (nor, all whole numbers, its class "
+            f"ids 0 … {len(names) - 1}); fix them, or pass --label-column '' to predict "
+            "without scoring."
         )
     return np.asarray([-1 if x is None else index[x] for x in inputs.labels], dtype=np.int64)

@@ -9,6 +9,7 @@ import numpy as np
 
 from fedpeft.config import DataConfig
 from fedpeft.data.boxes import DetectionImages, load_bccd, load_coco128
+from fedpeft.data.cleaning import register_text_cleaning
 from fedpeft.data.labels import label_order, normalize_label
 from fedpeft.data.pairs import ImageTexts, load_daquar
 from fedpeft.data.questions import QAExamples
@@ -132,6 +133,9 @@ def _subset_indices(n: int, size: int | None, rng: np.random.Generator) -> np.nd
     return np.sort(rng.choice(n, size=size, replace=False))
 
 
+sst2_text = register_text_cleaning("sst2", str.strip)
+
+
 def _sst2(cfg: DataConfig, seed: int) -> RawDataset:
     names = ["negative", "positive"]
     folder = find_local("sst2", ["train.tsv", "dev.tsv"])
@@ -142,12 +146,21 @@ def _sst2(cfg: DataConfig, seed: int) -> RawDataset:
 
     def split(file: str) -> RawSplit:
         rows = read_tsv_rows(folder / file, header=True)
-        return RawSplit([r[0].strip() for r in rows], np.asarray([int(r[1]) for r in rows]))
+        texts = [sst2_text(r[0]) for r in rows]
+        return RawSplit(texts, np.asarray([int(r[1]) for r in rows]))
 
     return RawDataset("sst2", split("train.tsv"), split("dev.tsv"), names, str(folder))
 
 
 _AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+
+
+def ag_news_text(text: str) -> str:
+    """AG News marks line breaks in its texts with ``\\``: a space."""
+    return text.replace("\\", " ")
+
+
+register_text_cleaning("ag_news", ag_news_text)
 
 
 def _ag_news(cfg: DataConfig, seed: int) -> RawDataset:
@@ -160,7 +173,7 @@ def _ag_news(cfg: DataConfig, seed: int) -> RawDataset:
     def split(file: str) -> RawSplit:
         rows = read_tsv_rows(folder / file, header=False)
         labels = encode_labels([r[1] for r in rows], _AG_NEWS_LABELS, str(folder / file))
-        return RawSplit([r[0].replace("\\", " ") for r in rows], labels)
+        return RawSplit([ag_news_text(r[0]) for r in rows], labels)
 
     return RawDataset(
         "ag_news", split("train_subset_10k.tsv"), split("test.tsv"), _AG_NEWS_LABELS, str(folder)

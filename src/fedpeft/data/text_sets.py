@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from fedpeft.config import DataConfig
+from fedpeft.data.cleaning import register_text_cleaning
 from fedpeft.data.registry import Loader, register_dataset
 from fedpeft.data.sources import RawDataset, RawSplit, encode_labels, find_local, hub_dataset
 from fedpeft.errors import FedpeftError
+
+banking77_text = register_text_cleaning("banking77", str.strip)
 
 
 def _banking77(cfg: DataConfig, seed: int) -> RawDataset:
@@ -35,12 +38,14 @@ def _banking77(cfg: DataConfig, seed: int) -> RawDataset:
         with (folder / file).open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         labels = encode_labels([r["category"] for r in rows], names, str(folder / file))
-        return RawSplit([r["text"].strip() for r in rows], labels)
+        return RawSplit([banking77_text(r["text"]) for r in rows], labels)
 
     return RawDataset("banking77", split("train.csv"), split("test.csv"), names, str(folder))
 
 
 TREC_COARSE = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+trec_text = register_text_cleaning("trec", str.strip)
+register_text_cleaning("trec_fine", trec_text)
 
 
 def _trec_rows(path: Path, fine: bool) -> tuple[list[str], list[str]]:
@@ -53,7 +58,7 @@ def _trec_rows(path: Path, fine: bool) -> tuple[list[str], list[str]]:
         coarse, colon, _ = label.partition(":")
         if not colon or not question:
             raise FedpeftError(f"{path}, line {i + 1}: expected `COARSE:fine question`.")
-        texts.append(question.strip())
+        texts.append(trec_text(question))
         labels.append(label if fine else coarse)
     return texts, labels
 
@@ -99,6 +104,9 @@ def newsgroup_text(raw: str) -> str:
             break
     text = f"{subject}\n{body}" if subject else body
     return re.sub(r"\s+", " ", text).strip()
+
+
+register_text_cleaning("20newsgroups", newsgroup_text)
 
 
 def _20newsgroups(cfg: DataConfig, seed: int) -> RawDataset:

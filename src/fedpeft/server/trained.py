@@ -1,8 +1,9 @@
 """A finished run's final global model, rebuilt as the run built it, for new texts or images.
 
 ``open_finished(run_dir)`` reads what a finished run left and trusts none of it unchecked:
-its resolved ``config.toml`` (validated as ``fedpeft run`` validates it), the checkpoint of
-its last round (``Checkpoints.load_round``: the manifest's sha256s and the config's
+its resolved ``config.toml`` (validated as ``fedpeft run`` validates it), that it finished
+(``summary.json``, ``metrics.jsonl`` and ``run.rounds`` agree on its last round), the
+checkpoint of that round (``Checkpoints.load_round``: the manifest's sha256s and the config's
 fingerprint verify, and no older round stands in for a damaged last one) and its class
 names (``partitions.json``). ``final_model`` then builds the run's task for the given texts
 or images (``text_data``, ``image_data``: prepared as the run prepared its own;
@@ -24,13 +25,14 @@ from torch import nn
 from fedpeft.config import ExperimentConfig, build_config, read_toml
 from fedpeft.config.loading import config_fingerprint
 from fedpeft.data import ImageArrays, RawDataset, RawSplit, stored_form
+from fedpeft.data.cleaning import text_cleaning
 from fedpeft.errors import FedpeftError
 from fedpeft.models import get_model_spec
 from fedpeft.peft import parse_method_ref, set_adapter_state
 from fedpeft.server.checkpoint import Checkpoints
 from fedpeft.server.groups import GroupBook
 from fedpeft.server.state import ServerState
-from fedpeft.server.store import CHECKPOINT, CONFIG, METRICS, PARTITIONS, SUMMARY
+from fedpeft.server.store import ADAPTER, CHECKPOINT, CONFIG, METRICS, PARTITIONS, SUMMARY
 from fedpeft.server.task import (
     FederatedData,
     Task,
@@ -54,6 +56,7 @@ class FinishedRun:
     state: ServerState  # the server state after the last round
     dataset: str  # the run's dataset name (an instruction prompt names it)
     label_names: list[str]  # the run's classes, in class-id order
+    source: str = ""  # where its data came from (``partitions.json``): a folder, ``hub:…``
 
 
 def open_finished(run_dir: Path) -> FinishedRun:
@@ -71,21 +74,41 @@ def open_finished(run_dir: Path) -> FinishedRun:
             )
     cfg = build_config(read_toml(root / CONFIG), source=f"config {root / CONFIG}")
     state = final_state(root, cfg, PREDICTING)
-    dataset, names = _classes(root)
-    return FinishedRun(root, cfg, state, dataset, names)
+    dataset, names, source = _classes(root)
+    _check_classes(root, cfg, names)
+    return FinishedRun(root, cfg, state, dataset, names, source)
 
 
 def final_state(root: Path, cfg: ExperimentConfig, refusal: tuple[str, str]) -> ServerState:
     """The server state after a finished run's last round (``metrics.jsonl``'s), verified by
     its manifest and ``cfg``'s fingerprint; no older round stands in for a damaged last one.
     ``refusal``: (what the folder cannot be used for, what was not done), for the messages."""
+    last = _finished_round(root, cfg, refusal)
     fingerprint = config_fingerprint(resolved(cfg, check_names(cfg)))
-    return Checkpoints(root / CHECKPOINT, fingerprint, refusal).load_round(
-        _last_round(root, refusal)
-    )
+    return Checkpoints(root / CHECKPOINT, fingerprint, refusal).load_round(last)
 
 
-def _last_round(root: Path, refusal: tuple[str, str] = PREDICTING) -> int:
+def _finished_round(root: Path, cfg: ExperimentConfig, refusal: tuple[str, str]) -> int:
+    """The run's last round, refused unless the run finished there: ``summary.json`` is
+    written only when a run completes, so a resume interrupted later leaves an older one
+    (and rounds past it) behind; its ``rounds_completed``, the last round ``metrics.jsonl``
+    records and the config's ``run.rounds`` must all agree."""
+    last = _last_round(root, refusal)
+    try:
+        completed = json.loads((root / SUMMARY).read_text()).get("rounds_completed")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        completed = None
+    if not completed == last == cfg.run.rounds:
+        raise FedpeftError(
+            f"run folder {root} {refusal[0]}: it is not finished ({SUMMARY} says "
+            f"{completed} rounds completed, {METRICS} ends at round {last}, its {CONFIG} "
+            f"asks for {cfg.run.rounds}); finish it with `fedpeft run --resume {root}`, "
+            f"{refusal[1]}."
+        )
+    return last
+
+
+def _last_round(root: Path, refusal: tuple[str, str]) -> int:
     """The last round ``metrics.jsonl`` records: the round whose state is the final one."""
     try:
         lines = [ln for ln in (root / METRICS).read_text().splitlines() if ln.strip()]
@@ -100,8 +123,8 @@ def _last_round(root: Path, refusal: tuple[str, str] = PREDICTING) -> int:
     return max(rounds)
 
 
-def _classes(root: Path) -> tuple[str, list[str]]:
-    """(dataset name, class names) from ``partitions.json``."""
+def _classes(root: Path) -> tuple[str, list[str], str]:
+    """(dataset name, class names, data source) from ``partitions.json``."""
     try:
         raw = json.loads((root / PARTITIONS).read_text())
     except (OSError, UnicodeDecodeError, ValueError):
@@ -119,16 +142,47 @@ def _classes(root: Path) -> tuple[str, list[str]]:
             f"run folder {root} {PREDICTING[0]}: its {PARTITIONS} does not name the run's "
             f"classes (a `label_names` list of distinct strings); {PREDICTING[1]}."
         )
-    return dataset, list(names)
+    source = raw.get("source") if isinstance(raw, dict) else None
+    return dataset, list(names), source if isinstance(source, str) else ""
+
+
+def _check_classes(root: Path, cfg: ExperimentConfig, names: list[str]) -> None:
+    """Refuses class names (``partitions.json``) that differ from what the trained state is
+    tied to: the config's ``data.label_names`` (fingerprinted with the checkpoint) where it
+    sets them, and the ``id2label`` of the exported classifier's ``adapter/config.json``
+    (written with the final adapter); reordered names would silently relabel every
+    prediction."""
+    tied = {f"{CONFIG}'s data.label_names": cfg.data.label_names}
+    head = root / ADAPTER / "config.json"
+    if head.is_file():
+        try:
+            id2label = json.loads(head.read_text()).get("id2label")
+            tied[f"{ADAPTER}/config.json's id2label"] = [
+                id2label[str(i)] for i in range(len(id2label))
+            ]
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError, KeyError, TypeError):
+            tied[f"{ADAPTER}/config.json's id2label"] = ["(unreadable)"]
+    for where, expected in tied.items():
+        if expected == [f"LABEL_{i}" for i in range(len(names))]:
+            continue  # transformers' placeholder names (an image model's head): no names
+        if expected is not None and list(expected) != names:
+            raise FedpeftError(
+                f"run folder {root} {PREDICTING[0]}: its {PARTITIONS} names the classes "
+                f"{names[:10]} but {where} gives {list(expected)[:10]}; restore the run's "
+                f"files, {PREDICTING[1]}."
+            )
 
 
 def text_data(
     run: FinishedRun, texts: list[str], labels: np.ndarray | None = None
 ) -> FederatedData:
     """``texts`` (with class ids ``labels``, or none) as the run's eval split, prepared as the
-    run prepared its texts (``splits_for``: tokeniser, ``model.max_length``, padding side,
-    instruction prompts); no train split, no clients."""
+    run prepared its texts: cleaned as its dataset's loader cleaned them (``text_cleaning``;
+    texts it read from the hub were not), then ``splits_for`` (tokeniser,
+    ``model.max_length``, padding side, instruction prompts); no train split, no clients."""
     cfg, spec = run.cfg, get_model_spec(run.cfg.model.name)
+    if not run.source.startswith("hub:"):
+        texts = list(map(text_cleaning(cfg.data.dataset), texts))
     ids = np.zeros(len(texts), dtype=np.int64) if labels is None else labels
     empty = RawSplit([], np.zeros(0, dtype=np.int64))
     dataset = RawDataset(run.dataset, empty, RawSplit(texts, ids), run.label_names, "input")
