@@ -372,3 +372,29 @@ def _exported_answers(run: Path, eval_file: Path) -> list[str]:
     raw = RawSplit(texts, np.zeros(len(texts), dtype=np.int64))
     split = tokenize_instruct(raw, load_tokenizer(spec), "train", NAMES, 24)
     return generate_answers(model, split, 32, torch.device("cpu"))
+
+
+def test_numeric_label_names_are_the_classes_the_run_made(tmp_path: Path) -> None:
+    """`data.label_names = [10, 0, 1.0]`: the run's classes are "10", "0", "1" (canonical);
+    the class-name check compares canonical names, so the run predicts its eval file."""
+    rng = np.random.default_rng(3)
+    numeric = {"dog": "10", "cat": "0", "bird": "1.0"}
+    for name, n in (("train.csv", 60), ("eval.csv", 20)):
+        rows = _rows(_write(tmp_path / name, n, rng))
+        with (tmp_path / name).open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows([r["text"], numeric[r["label"]]] for r in rows)
+    files = [
+        f"data.train_file={str(tmp_path / 'train.csv')!r}",
+        f"data.eval_file={str(tmp_path / 'eval.csv')!r}",
+    ]
+    run = run_local(
+        tiny_config(
+            tmp_path / "runs", "data.dataset='custom'", "data.label_names=[10, 0, 1.0]", *files
+        )
+    ).run_dir
+    code, _, output = _predict(run, "--file", tmp_path / "eval.csv")
+    assert code == 0, output
+    accuracy = json.loads((run / "summary.json").read_text())["final_accuracy"]
+    assert f"accuracy {accuracy:.4f}" in output, output

@@ -123,6 +123,7 @@ def test_predicting_the_eval_folder_gives_the_runs_final_figures(
     assert f"accuracy {summary['final_accuracy']:.4f}" in output
     assert f"macro-F1 {summary['final_macro_f1']:.4f}" in output
     assert "against the class folders (18 images)" in output
+
     assert "· round 2 · 18 images" in output
     assert [r["probability"] for r in rows] == _runs_own_probabilities(run)
     # the comparison tells the final state from another: the fresh model predicts otherwise
@@ -130,6 +131,13 @@ def test_predicting_the_eval_folder_gives_the_runs_final_figures(
         class_report(labels, _fresh_predictions(run, files), NAMES).confusion
         != (classes["confusion"])
     )
+
+
+def test_the_exported_vit_head_names_its_classes(run: Path) -> None:
+    """An image classifier's adapter folder holds its classes' names, as a text head's does
+    (it held transformers' LABEL_0… before), so predict can check partitions.json by it."""
+    head = json.loads((run / "adapter" / "config.json").read_text())
+    assert [head["id2label"][str(i)] for i in range(len(NAMES))] == NAMES
 
 
 def _runs_own_probabilities(run: Path) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import ViTConfig, ViTForImageClassification
+from transformers import PretrainedConfig, ViTConfig, ViTForImageClassification
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from fedpeft.data.images import ImagePreprocess
@@ -31,6 +31,7 @@ from fedpeft.models.registry import (
     get_model_spec,
     load_tokenizer,
     register_model,
+    set_label_names,
 )
 
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
@@ -265,22 +266,28 @@ def load_vision_classifier(
             names = label_names or [f"class {i}" for i in range(num_labels)]
             return _load_clip(spec, entry.tiny, names)
         config = vision_config(spec, num_labels, image_size)
+        model: nn.Module
         if spec.family == "efficientnet":
-            return build_efficientnet(config, pretrained=not entry.tiny)
-        if entry.tiny:
-            return ViTForImageClassification(config)
-        try:
-            return ViTForImageClassification.from_pretrained(
-                spec.hub_id,
-                num_labels=num_labels,
-                ignore_mismatched_sizes=True,
-                local_files_only=local_only(),
-            )
-        except (OSError, ValueError) as e:
-            raise FedpeftError(
-                f"model `{spec.name}` could not be loaded from the Hugging Face hub "
-                f"({type(e).__name__}); check `model.name` and your network access."
-            ) from None
+            model = build_efficientnet(config, pretrained=not entry.tiny)
+        elif entry.tiny:
+            model = ViTForImageClassification(config)
+        else:
+            try:
+                model = ViTForImageClassification.from_pretrained(
+                    spec.hub_id,
+                    num_labels=num_labels,
+                    ignore_mismatched_sizes=True,
+                    local_files_only=local_only(),
+                )
+            except (OSError, ValueError) as e:
+                raise FedpeftError(
+                    f"model `{spec.name}` could not be loaded from the Hugging Face hub "
+                    f"({type(e).__name__}); check `model.name` and your network access."
+                ) from None
+    head_config = getattr(model, "config", None)
+    if label_names is not None and isinstance(head_config, PretrainedConfig):
+        set_label_names(head_config, label_names)  # exported with adapters, as text heads'
+    return model
 
 
 def _load_clip(spec: ModelSpec, tiny: bool, label_names: list[str]) -> nn.Module:

@@ -26,6 +26,7 @@ from fedpeft.config import ExperimentConfig, build_config, read_toml
 from fedpeft.config.loading import config_fingerprint
 from fedpeft.data import ImageArrays, RawDataset, RawSplit, stored_form
 from fedpeft.data.cleaning import text_cleaning
+from fedpeft.data.labels import normalize_label
 from fedpeft.errors import FedpeftError
 from fedpeft.models import get_model_spec
 from fedpeft.peft import parse_method_ref, set_adapter_state
@@ -152,7 +153,12 @@ def _check_classes(root: Path, cfg: ExperimentConfig, names: list[str]) -> None:
     sets them, and the ``id2label`` of the exported classifier's ``adapter/config.json``
     (written with the final adapter); reordered names would silently relabel every
     prediction."""
-    tied = {f"{CONFIG}'s data.label_names": cfg.data.label_names}
+    given = cfg.data.label_names  # canonical as the run made them (``1.0`` is class ``1``)
+    tied = {
+        f"{CONFIG}'s data.label_names": None
+        if given is None
+        else [normalize_label(n, "`data.label_names`") for n in given]
+    }
     head = root / ADAPTER / "config.json"
     if head.is_file():
         try:
