@@ -366,6 +366,8 @@ def _link_in_folder(root: Path) -> list[str]:
         (lambda r: ["--file", str(r), "--text-column", "x"], "classifies images, not texts"),
         (lambda r: [*_missing_path(r), "--image-column", "label"], "is the run's label column"),
         (lambda r: ["--image", "a.png", "--out", "p.csv"], "go with --file"),
+        (lambda r: [*_empty(r), "--image-column", "p"], "so --image-column does not apply"),
+        (lambda r: [*_empty(r), "--label-column", "y"], "so --label-column does not apply"),
         (lambda r: ["--image", "a.png", "--text", "b"], "(one of them)"),
     ],
 )

@@ -77,6 +77,13 @@ def file_image_inputs(
     """``--file`` for an image run: a folder (of class subfolders, or of loose images) or a
     table of image paths."""
     if path.is_dir():
+        options = {"--image-column": column, "--label-column": label_column}
+        named = " and ".join(o for o, v in options.items() if v is not None)
+        if named:
+            raise FedpeftError(
+                f"--file {path} is a folder: its class subfolders are the labels and it has no "
+                f"columns, so {named} does not apply; leave it out, or give a table of paths."
+            )
         return folder_inputs(path, run)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         raise FedpeftError(
