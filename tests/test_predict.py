@@ -398,3 +398,20 @@ def test_numeric_label_names_are_the_classes_the_run_made(tmp_path: Path) -> Non
     assert code == 0, output
     accuracy = json.loads((run / "summary.json").read_text())["final_accuracy"]
     assert f"accuracy {accuracy:.4f}" in output, output
+
+
+def test_the_predicting_machine_picks_the_device(lora_run: Path, tmp_path: Path) -> None:
+    """A run trained on a GPU (`run.device = "cuda"`, not fingerprinted) predicts on a
+    machine without one: --device (default auto) decides, not the run's config."""
+    run = _copy(lora_run, tmp_path)
+    config = run / "config.toml"
+    text = config.read_text()
+    assert 'device = "auto"' in text
+    config.write_text(text.replace('device = "auto"', 'device = "cuda"', 1))
+    code, _, output = _predict(run, "--text", "woof")
+    assert code == 0, output
+    code, _, output = _predict(run, "--text", "woof", "--device", "gpu")
+    _refused(code, output, "--device is 'gpu'; give auto, cpu or cuda.")
+    if not torch.cuda.is_available():
+        code, _, output = _predict(run, "--text", "woof", "--device", "cuda")
+        _refused(code, output, "no CUDA device is available")

@@ -10,6 +10,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -311,6 +312,10 @@ def predict(
     top_k: Annotated[
         int, typer.Option(min=1, help="the k most likely classes, each with its probability")
     ] = 1,
+    device: Annotated[
+        str,
+        typer.Option(help="auto | cpu | cuda: where to predict (not where the run trained)"),
+    ] = "auto",
 ) -> None:
     """Classify new texts or images with a finished run's final global model.
 
@@ -333,7 +338,12 @@ def predict(
             )
         if file is not None and out is not None:
             p.check_out(out, file)
+        if device not in ("auto", "cpu", "cuda"):
+            raise FedpeftError(f"--device is {device!r}; give auto, cpu or cuda.")
         run = open_finished(run_dir)
+        # the machine that predicts decides (run.device is not fingerprinted: same results)
+        on = run.cfg.model_copy(update={"run": run.cfg.run.model_copy(update={"device": device})})
+        run = replace(run, cfg=on)
         p.check_supported(run)
         inputs = p.gather(run, text, image, file, text_column, image_column, label_column)
         preds = p.predict(run, inputs, batch_size, top_k, err_console)
