@@ -24,6 +24,7 @@ from fedpeft.config import load_config
 from fedpeft.runtime.local import run_local
 from fedpeft.server.classes import class_report
 from tests.conftest import tiny_config
+from tests.predict_cli import csv_rows, predict_cli, refused
 
 NAMES = ["dog", "cat", "bird"]  # the run's classes in `data.label_names` order (not sorted)
 WORDS = {
@@ -90,29 +91,12 @@ def lora_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _train(tmp_path_factory.mktemp("lora-errors"), data)
 
 
-def _predict(*args: str | Path) -> tuple[int, str, str]:
-    """(exit code, stdout, stdout + stderr with whitespace collapsed)."""
-    result = CliRunner().invoke(app, ["predict", *map(str, args)])
-    return result.exit_code, result.stdout, " ".join(result.output.split())
-
-
-def _refused(code: int, output: str, expected: str) -> None:
-    assert code == 2, output
-    assert expected in output, output
-    assert "Traceback" not in output and output.count("error:") == 1, output
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def test_predicting_the_eval_file_gives_the_runs_final_figures(run: Path, tmp_path: Path) -> None:
     eval_file = Path(_config_value(run, "eval_file"))
     out = tmp_path / "preds.csv"
-    code, _, output = _predict(run, "--file", eval_file, "--out", out)
+    code, _, output = predict_cli(run, "--file", eval_file, "--out", out)
     assert code == 0, output
-    rows, given = _rows(out), _rows(eval_file)
+    rows, given = csv_rows(out), csv_rows(eval_file)
     assert [r["text"] for r in rows] == [r["text"] for r in given]
     assert list(rows[0]) == ["text", "label", "predicted", "probability"]
     labels = np.asarray([NAMES.index(r["label"]) for r in rows])
@@ -147,20 +131,20 @@ def _fresh_predictions(run: Path, eval_file: Path) -> np.ndarray:
     from fedpeft.server.trained import open_finished, text_data
 
     finished = open_finished(run)
-    task = build_task(finished.cfg, text_data(finished, [r["text"] for r in _rows(eval_file)]))
+    task = build_task(finished.cfg, text_data(finished, [r["text"] for r in csv_rows(eval_file)]))
     logits = predict_logits(task.model, task.data.eval, task.eval_batch_size, task.device)
     return logits.argmax(-1).numpy()
 
 
 def test_text_prints_the_runs_class_names(lora_run: Path) -> None:
-    code, stdout, output = _predict(lora_run, "--text", "woof bark puppy", "--text", "a nest")
+    code, stdout, output = predict_cli(lora_run, "--text", "woof bark puppy", "--text", "a nest")
     assert code == 0, output
     lines = stdout.splitlines()
     assert len(lines) == 2
     for line in lines:
         name, p = line.split("\t")
         assert name in NAMES and 1 / 3 <= float(p) <= 1
-    code, stdout, output = _predict(lora_run, "--text", "meow", "--top-k", "3")
+    code, stdout, output = predict_cli(lora_run, "--text", "meow", "--top-k", "3")
     assert code == 0, output
     cells = stdout.strip().split("\t")
     assert sorted(cells[0::2]) == sorted(NAMES)
@@ -169,7 +153,7 @@ def test_text_prints_the_runs_class_names(lora_run: Path) -> None:
 
 
 def test_a_file_without_out_is_shown_with_its_count(lora_run: Path, data: Path) -> None:
-    code, _, output = _predict(lora_run, "--file", data / "eval.csv", "--top-k", "2")
+    code, _, output = predict_cli(lora_run, "--file", data / "eval.csv", "--top-k", "2")
     assert code == 0, output
     assert "the first 10 of 40 rows" in output and "next" in output
 
@@ -177,12 +161,14 @@ def test_a_file_without_out_is_shown_with_its_count(lora_run: Path, data: Path) 
 def test_another_text_column_and_no_labels(lora_run: Path, tmp_path: Path) -> None:
     path = tmp_path / "new.jsonl"
     path.write_text("".join(json.dumps({"sentence": t}) + "\n" for t in ["purr", "beak nest"]))
-    code, _, output = _predict(lora_run, "--file", path)
-    _refused(code, output, "has no column `text` (found: `sentence`); name the text column with")
+    code, _, output = predict_cli(lora_run, "--file", path)
+    refused(code, output, "has no column `text` (found: `sentence`); name the text column with")
     out = tmp_path / "out" / "preds.csv"
-    code, _, output = _predict(lora_run, "--file", path, "--text-column", "sentence", "--out", out)
+    code, _, output = predict_cli(
+        lora_run, "--file", path, "--text-column", "sentence", "--out", out
+    )
     assert code == 0, output
-    rows = _rows(out)
+    rows = csv_rows(out)
     assert [r["sentence"] for r in rows] == ["purr", "beak nest"]
     assert all(r["predicted"] in NAMES for r in rows) and "accuracy" not in output
 
@@ -197,8 +183,8 @@ def test_a_tampered_checkpoint_is_refused(lora_run: Path, tmp_path: Path) -> Non
     raw = bytearray(tensors.read_bytes())
     raw[-5] ^= 0x01  # one bit of one adapter value
     tensors.write_bytes(bytes(raw))
-    code, _, output = _predict(run, "--text", "woof")
-    _refused(code, output, "cannot be used for prediction: the checkpoint of its last round, 2,")
+    code, _, output = predict_cli(run, "--text", "woof")
+    refused(code, output, "cannot be used for prediction: the checkpoint of its last round, 2,")
     assert "round-000002.safetensors does not match its sha256" in output  # round 1 not used
 
 
@@ -218,7 +204,7 @@ def test_the_per_class_report_uses_the_final_state_or_none(lora_run: Path, tmp_p
     tensors.write_bytes(bytes(raw))
     result = CliRunner().invoke(app, ["report", str(run)])
     output = " ".join(result.output.split())
-    _refused(result.exit_code, output, "cannot be evaluated per class: the checkpoint of its")
+    refused(result.exit_code, output, "cannot be evaluated per class: the checkpoint of its")
     assert "no classes.json was written" in output and not (run / "classes.json").exists()
 
 
@@ -230,13 +216,13 @@ def test_a_resume_interrupted_after_a_finish_is_refused(lora_run: Path, tmp_path
     old = (run / "summary.json").read_text()
     run_local(load_config(run / "config.toml", ["run.rounds=3"]), resume=run)
     (run / "summary.json").write_text(old)  # as a stop after round 3's checkpoint leaves it
-    code, _, output = _predict(run, "--text", "woof")
+    code, _, output = predict_cli(run, "--text", "woof")
     expected = "it is not finished (summary.json says 2 rounds completed, metrics.jsonl ends"
-    _refused(code, output, expected)
+    refused(code, output, expected)
     assert "finish it with `fedpeft run --resume" in output
     (run / "classes.json").unlink()
     result = CliRunner().invoke(app, ["report", str(run)])
-    _refused(result.exit_code, " ".join(result.output.split()), expected)
+    refused(result.exit_code, " ".join(result.output.split()), expected)
     assert not (run / "classes.json").exists()
 
 
@@ -245,53 +231,55 @@ def test_reordered_class_names_are_refused(lora_run: Path, tmp_path: Path) -> No
     partitions = json.loads((run / "partitions.json").read_text())
     partitions["label_names"] = ["cat", "dog", "bird"]
     (run / "partitions.json").write_text(json.dumps(partitions))
-    code, _, output = _predict(run, "--text", "woof")
-    _refused(code, output, "names the classes ['cat', 'dog', 'bird'] but config.toml's data.label")
+    code, _, output = predict_cli(run, "--text", "woof")
+    refused(code, output, "names the classes ['cat', 'dog', 'bird'] but config.toml's data.label")
 
 
 def test_an_edited_config_is_refused(lora_run: Path, tmp_path: Path) -> None:
     run = _copy(lora_run, tmp_path)
     config = run / "config.toml"
     config.write_text(config.read_text().replace("seed = 0", "seed = 1", 1))
-    code, _, output = _predict(run, "--text", "woof")
-    _refused(code, output, "written for another configuration")
+    code, _, output = predict_cli(run, "--text", "woof")
+    refused(code, output, "written for another configuration")
 
 
 def test_a_run_without_its_final_state_is_refused(lora_run: Path, tmp_path: Path) -> None:
     run = _copy(lora_run, tmp_path)
     (run / "checkpoint" / "round-000002.manifest.json").unlink()  # round 1 still verifies
-    code, _, output = _predict(run, "--text", "woof")
-    _refused(code, output, "no committed checkpoint of its last round, 2; nothing was predicted")
+    code, _, output = predict_cli(run, "--text", "woof")
+    refused(code, output, "no committed checkpoint of its last round, 2; nothing was predicted")
     (run / "summary.json").unlink()
-    code, _, output = _predict(run, "--text", "woof")
-    _refused(code, output, "is not a finished fedpeft run (it has no summary.json)")
-    code, _, output = _predict(tmp_path / "nowhere", "--text", "woof")
-    _refused(code, output, "is not a folder")
+    code, _, output = predict_cli(run, "--text", "woof")
+    refused(code, output, "is not a finished fedpeft run (it has no summary.json)")
+    code, _, output = predict_cli(tmp_path / "nowhere", "--text", "woof")
+    refused(code, output, "is not a folder")
 
 
 def test_bad_files_are_refused(lora_run: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty.csv"
     empty.write_text("text,label\n")
-    _refused(*_predict(lora_run, "--file", empty)[::2], "has no rows")
+    refused(*predict_cli(lora_run, "--file", empty)[::2], "has no rows")
     other = tmp_path / "other.csv"
     other.write_text("text,label\nwoof,dog\nmeow,fish\n")
-    _refused(*_predict(lora_run, "--file", other)[::2], "labels ['fish'] in `label` that are not")
-    _refused(
-        *_predict(lora_run, "--file", tmp_path / "gone.csv")[::2], "does not exist; check --file"
+    refused(*predict_cli(lora_run, "--file", other)[::2], "labels ['fish'] in `label` that are not")
+    refused(
+        *predict_cli(lora_run, "--file", tmp_path / "gone.csv")[::2], "does not exist; check --file"
     )
-    _refused(*_predict(lora_run, "--file", other, "--out", other)[::2], "is the input file")
+    refused(*predict_cli(lora_run, "--file", other, "--out", other)[::2], "is the input file")
     if os.geteuid() != 0:  # root reads anything
         other.chmod(0)
-        _refused(*_predict(lora_run, "--file", other)[::2], "cannot be read (Permission denied)")
+        refused(*predict_cli(lora_run, "--file", other)[::2], "cannot be read (Permission denied)")
 
 
 def test_bad_options_are_refused(lora_run: Path, data: Path) -> None:
-    _refused(*_predict(lora_run)[::2], "give texts with --text, images with --image, or a file")
+    refused(*predict_cli(lora_run)[::2], "give texts with --text, images with --image, or a file")
     both = ("--text", "woof", "--file", data / "eval.csv")
-    _refused(*_predict(lora_run, *both)[::2], "(one of them)")
-    _refused(*_predict(lora_run, "--text", "woof", "--top-k", "4")[::2], "at most 3 (its classes)")
-    _refused(*_predict(lora_run, "--text", " ")[::2], "a --text is empty")
-    _refused(*_predict(lora_run, "--text", "a", "--out", "x.csv")[::2], "go with --file")
+    refused(*predict_cli(lora_run, *both)[::2], "(one of them)")
+    refused(
+        *predict_cli(lora_run, "--text", "woof", "--top-k", "4")[::2], "at most 3 (its classes)"
+    )
+    refused(*predict_cli(lora_run, "--text", " ")[::2], "a --text is empty")
+    refused(*predict_cli(lora_run, "--text", "a", "--out", "x.csv")[::2], "go with --file")
 
 
 def test_images_for_a_text_run_are_refused(lora_run: Path, tmp_path: Path) -> None:
@@ -299,11 +287,11 @@ def test_images_for_a_text_run_are_refused(lora_run: Path, tmp_path: Path) -> No
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     takes_text = "model `tiny-bert` takes text, not images; give texts with --text"
-    _refused(*_predict(lora_run, "--image", tmp_path / "a.png")[::2], takes_text)
-    _refused(*_predict(lora_run, "--file", tmp_path)[::2], takes_text)  # a folder: images
+    refused(*predict_cli(lora_run, "--image", tmp_path / "a.png")[::2], takes_text)
+    refused(*predict_cli(lora_run, "--file", tmp_path)[::2], takes_text)  # a folder: images
     table = tmp_path / "t.csv"
     table.write_text("image\na.png\n")
-    _refused(*_predict(lora_run, "--file", table, "--image-column", "image")[::2], takes_text)
+    refused(*predict_cli(lora_run, "--file", table, "--image-column", "image")[::2], takes_text)
 
 
 def test_other_tasks_are_refused_naming_what_is_supported(tmp_path: Path) -> None:
@@ -332,10 +320,10 @@ def test_an_allocated_run_predicts_with_its_main_group(data: Path, tmp_path: Pat
         "profiles.mix=['a','b']",
     )
     out = tmp_path / "preds.csv"
-    code, _, output = _predict(run, "--file", data / "eval.csv", "--out", out)
+    code, _, output = predict_cli(run, "--file", data / "eval.csv", "--out", out)
     assert code == 0, output
     assert "main group `lora`" in output
-    rows = _rows(out)
+    rows = csv_rows(out)
     accuracy = np.mean([r["label"] == r["predicted"] for r in rows])
     assert float(accuracy) == json.loads((run / "summary.json").read_text())["final_accuracy"]
 
@@ -344,9 +332,9 @@ def test_an_instruction_tuned_decoder_predicts_by_generation(data: Path, tmp_pat
     decoder = ["model.name='tiny-llama'", "model.max_length=24", "client.batch_size=8"]
     run = _train(tmp_path, data, *decoder, "client.lr=0.03", "client.epochs=4")
     out = tmp_path / "preds.csv"
-    code, _, output = _predict(run, "--file", data / "eval.csv", "--out", out)
+    code, _, output = predict_cli(run, "--file", data / "eval.csv", "--out", out)
     assert code == 0, output
-    rows = _rows(out)
+    rows = csv_rows(out)
     assert list(rows[0]) == ["text", "label", "predicted", "answer"]
     final = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["eval"]
     assert np.mean([r["label"] == r["predicted"] for r in rows]) == final["accuracy"]
@@ -355,7 +343,7 @@ def test_an_instruction_tuned_decoder_predicts_by_generation(data: Path, tmp_pat
     answers = [r["answer"] for r in rows]
     assert any(a.strip() for a in answers)
     assert answers == _exported_answers(run, data / "eval.csv")
-    _refused(*_predict(run, "--text", "woof", "--top-k", "2")[::2], "a generated answer is one")
+    refused(*predict_cli(run, "--text", "woof", "--top-k", "2")[::2], "a generated answer is one")
 
 
 def _exported_answers(run: Path, eval_file: Path) -> list[str]:
@@ -368,7 +356,7 @@ def _exported_answers(run: Path, eval_file: Path) -> list[str]:
 
     spec = get_model_spec("tiny-llama")
     model = load_adapter(load_causal_lm(spec, 0), run / "adapter").eval()
-    texts = [r["text"] for r in _rows(eval_file)]
+    texts = [r["text"] for r in csv_rows(eval_file)]
     raw = RawSplit(texts, np.zeros(len(texts), dtype=np.int64))
     split = tokenize_instruct(raw, load_tokenizer(spec), "train", NAMES, 24)
     return generate_answers(model, split, 32, torch.device("cpu"))
@@ -380,7 +368,7 @@ def test_numeric_label_names_are_the_classes_the_run_made(tmp_path: Path) -> Non
     rng = np.random.default_rng(3)
     numeric = {"dog": "10", "cat": "0", "bird": "1.0"}
     for name, n in (("train.csv", 60), ("eval.csv", 20)):
-        rows = _rows(_write(tmp_path / name, n, rng))
+        rows = csv_rows(_write(tmp_path / name, n, rng))
         with (tmp_path / name).open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["text", "label"])
@@ -394,7 +382,7 @@ def test_numeric_label_names_are_the_classes_the_run_made(tmp_path: Path) -> Non
             tmp_path / "runs", "data.dataset='custom'", "data.label_names=[10, 0, 1.0]", *files
         )
     ).run_dir
-    code, _, output = _predict(run, "--file", tmp_path / "eval.csv")
+    code, _, output = predict_cli(run, "--file", tmp_path / "eval.csv")
     assert code == 0, output
     accuracy = json.loads((run / "summary.json").read_text())["final_accuracy"]
     assert f"accuracy {accuracy:.4f}" in output, output
@@ -408,10 +396,10 @@ def test_the_predicting_machine_picks_the_device(lora_run: Path, tmp_path: Path)
     text = config.read_text()
     assert 'device = "auto"' in text
     config.write_text(text.replace('device = "auto"', 'device = "cuda"', 1))
-    code, _, output = _predict(run, "--text", "woof")
+    code, _, output = predict_cli(run, "--text", "woof")
     assert code == 0, output
-    code, _, output = _predict(run, "--text", "woof", "--device", "gpu")
-    _refused(code, output, "--device is 'gpu'; give auto, cpu or cuda.")
+    code, _, output = predict_cli(run, "--text", "woof", "--device", "gpu")
+    refused(code, output, "--device is 'gpu'; give auto, cpu or cuda.")
     if not torch.cuda.is_available():
-        code, _, output = _predict(run, "--text", "woof", "--device", "cuda")
-        _refused(code, output, "no CUDA device is available")
+        code, _, output = predict_cli(run, "--text", "woof", "--device", "cuda")
+        refused(code, output, "no CUDA device is available")

@@ -11,12 +11,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from fedpeft.cli.main import app
 from fedpeft.data import data_dirs
 from fedpeft.runtime.local import run_local
 from tests.conftest import tiny_config
+from tests.predict_cli import csv_rows, predict_cli
 
 LLAMA = [
     "model.name='tiny-llama'",
@@ -42,13 +41,8 @@ def sst2_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _predict(*args: str | Path) -> tuple[int, str]:
-    result = CliRunner().invoke(app, ["predict", *map(str, args)])
-    return result.exit_code, " ".join(result.output.split())
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+    code, _, output = predict_cli(*args)
+    return code, output
 
 
 def _sentences(n: int) -> list[str]:
@@ -70,7 +64,7 @@ def test_texts_are_cleaned_as_the_datasets_loader_cleaned_the_runs(
             csv.writer(f).writerows([["text"], *([t] for t in texts)])
         code, output = _predict(sst2_run, "--file", given, "--out", out)
         assert code == 0, output
-        preds[name] = [(r["predicted"], r["probability"]) for r in _rows(out)]
+        preds[name] = [(r["predicted"], r["probability"]) for r in csv_rows(out)]
     assert preds["raw"] == preds["stripped"]
 
 
@@ -84,8 +78,8 @@ def test_the_datasets_own_file_with_class_ids_gives_the_runs_final_figures(
     code, output = _predict(sst2_run, "--file", _dev(), "--text-column", "sentence", "--out", out)
     assert code == 0, output
     assert f"accuracy {summary['final_accuracy']:.4f}" in output and "872 labelled" in output
-    labels = [r["label"] for r in _rows(out)]
-    ok = [r["predicted"] == ["negative", "positive"][int(r["label"])] for r in _rows(out)]
+    labels = [r["label"] for r in csv_rows(out)]
+    ok = [r["predicted"] == ["negative", "positive"][int(r["label"])] for r in csv_rows(out)]
     assert set(labels) == {"0", "1"} and sum(ok) / len(ok) == summary["final_accuracy"]
     code, output = _predict(
         sst2_run, "--file", _dev(), "--text-column", "sentence", "--label-column", ""

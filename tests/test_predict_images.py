@@ -9,7 +9,6 @@ modality end with exit code 2 and one sentence."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -20,14 +19,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from fedpeft.cli.main import app
 from fedpeft.config import load_config
 from fedpeft.data.sources import find_local
 from fedpeft.runtime.local import run_local
 from fedpeft.server.classes import class_report
 from tests.images_on_disk import picture, write_folder
+from tests.predict_cli import csv_rows, predict_cli, refused
 
 NAMES = ["cat", "dog", "fish"]
 TINY = [
@@ -78,37 +76,20 @@ def run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_local(cfg).run_dir
 
 
-def _predict(*args: str | Path) -> tuple[int, str, str]:
-    """(exit code, stdout, stdout + stderr with whitespace collapsed)."""
-    result = CliRunner().invoke(app, ["predict", *map(str, args)])
-    return result.exit_code, result.stdout, " ".join(result.output.split())
-
-
-def _refused(code: int, output: str, expected: str) -> None:
-    assert code == 2, output
-    assert expected in output, output
-    assert "Traceback" not in output and output.count("error:") == 1, output
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _folder_rows(run: Path, folder: Path, tmp_path: Path, *args: str) -> list[dict[str, str]]:
     out = tmp_path / "folder.csv"
-    code, _, output = _predict(run, "--file", folder, "--out", out, *args)
+    code, _, output = predict_cli(run, "--file", folder, "--out", out, *args)
     assert code == 0, output
-    return _rows(out)
+    return csv_rows(out)
 
 
 def test_predicting_the_eval_folder_gives_the_runs_final_figures(
     run: Path, data: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "preds.csv"
-    code, _, output = _predict(run, "--file", data / "eval", "--out", out)
+    code, _, output = predict_cli(run, "--file", data / "eval", "--out", out)
     assert code == 0, output
-    rows = _rows(out)
+    rows = csv_rows(out)
     assert list(rows[0]) == ["image", "label", "predicted", "probability"]
     files = sorted((data / "eval").glob("*/*"))  # the class folders' files in name order
     assert [r["image"] for r in rows] == [str(f) for f in files]
@@ -179,11 +160,11 @@ def test_a_table_of_paths_gives_the_folders_predictions(
     lines[-1]["label"] = ""  # an unlabelled row is predicted, not scored
     table.write_text("".join(json.dumps(x) + "\n" for x in lines))
     out = tmp_path / "table.csv"
-    code, _, output = _predict(
+    code, _, output = predict_cli(
         run, "--file", table, "--image-column", "photo", "--top-k", "3", "--out", out
     )
     assert code == 0, output
-    rows = _rows(out)
+    rows = csv_rows(out)
     assert list(rows[0]) == [
         "photo", "label", "predicted", "probability",
         "predicted_2", "probability_2", "predicted_3", "probability_3",
@@ -199,14 +180,16 @@ def test_a_table_of_paths_gives_the_folders_predictions(
         probs = [float(r[k]) for k in ("probability", "probability_2", "probability_3")]
         assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-5)
     (data / "t.csv").write_text("image\n" + "\n".join(x["photo"] for x in lines) + "\n")
-    code, _, output = _predict(run, "--file", data / "t.csv")  # the run's column, no labels
+    code, _, output = predict_cli(run, "--file", data / "t.csv")  # the run's column, no labels
     assert code == 0 and "the first 10 of 18 rows" in output and "accuracy" not in output
 
 
 def test_single_images_print_a_line_each(run: Path, data: Path, tmp_path: Path) -> None:
     want = {r["image"]: r for r in _folder_rows(run, data / "eval", tmp_path, "--top-k", "2")}
     given = [str(data / "eval" / "dog" / "1.png"), str(data / "eval" / "fish" / "gray-0.png")]
-    code, stdout, output = _predict(run, "--image", given[0], "--image", given[1], "--top-k", "2")
+    code, stdout, output = predict_cli(
+        run, "--image", given[0], "--image", given[1], "--top-k", "2"
+    )
     assert code == 0, output
     lines = [line.split("\t") for line in stdout.splitlines()]
     assert [cells[0] for cells in lines] == given  # path, class, probability, class, probability
@@ -232,11 +215,11 @@ def test_a_folder_of_loose_images_is_predicted_unscored(
     (loose / "notes.txt").write_text("not an image")  # skipped with a warning
     (loose / ".DS_Store").write_bytes(b"\0")  # hidden: left out
     out = tmp_path / "loose.csv"
-    code, _, output = _predict(run, "--file", loose, "--out", out)
+    code, _, output = predict_cli(run, "--file", loose, "--out", out)
     assert code == 0, output
     assert "skipped 1 file(s) that are not images by their suffix (notes.txt)" in output
     assert "accuracy" not in output
-    rows = _rows(out)
+    rows = csv_rows(out)
     assert list(rows[0]) == ["image", "predicted", "probability"]
     got = {Path(r["image"]).name: (r["predicted"], r["probability"]) for r in rows}
     assert got == {
@@ -253,7 +236,7 @@ def test_a_file_name_that_is_not_utf8_is_written_as_its_bytes(
     source = next((data / "eval").glob("*/*.png"))
     shutil.copy(source, loose / os.fsdecode(b"caf\xe9.png"))
     out = tmp_path / "latin1.csv"
-    code, _, output = _predict(run, "--file", loose, "--out", out)
+    code, _, output = predict_cli(run, "--file", loose, "--out", out)
     assert code == 0, output
     assert b"caf\xe9.png," in out.read_bytes()
 
@@ -374,12 +357,12 @@ def _link_in_folder(root: Path) -> list[str]:
 def test_broken_inputs_are_one_sentence_and_exit_code_2(
     run: Path, tmp_path: Path, make: Callable[[Path], list[str]], expected: str
 ) -> None:
-    _refused(*_predict(run, *make(tmp_path))[::2], expected)
+    refused(*predict_cli(run, *make(tmp_path))[::2], expected)
 
 
 def test_a_missing_image_names_it(run: Path, tmp_path: Path) -> None:
-    code, _, output = _predict(run, "--image", tmp_path / "gone.jpg")
-    _refused(code, output, f"--image {tmp_path / 'gone.jpg'} does not exist; check the path.")
+    code, _, output = predict_cli(run, "--image", tmp_path / "gone.jpg")
+    refused(code, output, f"--image {tmp_path / 'gone.jpg'} does not exist; check the path.")
 
 
 needs_fmnist = pytest.mark.skipif(
@@ -418,11 +401,11 @@ def test_a_fashion_mnist_run_predicts_its_eval_images_as_png_files(tmp_path: Pat
         rows.append(f'png/{i}.png,"{finished.label_names[label]}"')
     (tmp_path / "eval.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "preds.csv"
-    code, _, output = _predict(
+    code, _, output = predict_cli(
         run, "--file", tmp_path / "eval.csv", "--image-column", "file", "--out", out
     )
     assert code == 0, output
-    got = _rows(out)
+    got = csv_rows(out)
     labels = np.asarray([finished.label_names.index(r["label"]) for r in got])
     preds = np.asarray([finished.label_names.index(r["predicted"]) for r in got])
     summary = json.loads((run / "summary.json").read_text())
