@@ -113,6 +113,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         timeout=120,
         env={
             "HF_HUB_OFFLINE": "1",
+            "HF_HOME": str(cwd / "hf-home"),  # an empty cache: no hub model is there
             "PATH": "/usr/bin:/bin",
             "COLUMNS": "200",
             # a worktree's src/ on the path tests that checkout's code, not the installed one
@@ -140,6 +141,17 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (
             ["--set", "model.name='no-such-org/no-such-model'", "--set", "data.train_size=32"],
             "model `no-such-org/no-such-model` is not in the local Hugging Face cache",
+        ),
+        *(
+            (
+                ["--set", f"model.name='{name}'", "--set", "data.dataset='cifar10'"],
+                f"model `{hub_id}` could not be loaded from the Hugging Face hub or its local "
+                "cache (the hub is offline",
+            )
+            for name, hub_id in [
+                ("vit-base", "google/vit-base-patch16-224"),
+                ("clip-base", "openai/clip-vit-base-patch32"),
+            ]
         ),
         (["--config", "/nope/config.toml"], "does not exist"),
         (["--resume", "/nope/run"], "incomplete or not a fedpeft run"),

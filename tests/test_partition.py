@@ -85,3 +85,19 @@ def test_a_dirichlet_split_flower_gives_up_on_is_drawn_again_from_a_derived_seed
     assert [p.tolist() for p in first_try] == [
         p.tolist() for p in partition_indices(labels, cfg, 0)
     ]
+
+
+def test_flowers_redraw_warnings_become_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    """50 examples of 10 classes over 10 clients at α = 0.5: Flower redraws the Dirichlet
+    sample several times and warns at each; the user sees one line saying how many."""
+    import warnings
+
+    labels = np.arange(50) % 10
+    cfg = load_config(overrides=["data.alpha=0.5"]).data
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("INFO"):
+        warnings.simplefilter("always")
+        parts = partition_indices(labels, cfg, 0)
+    assert min(len(p) for p in parts) >= 2
+    assert not [w for w in caught if "min_partition_size" in str(w.message)]
+    said = [r.getMessage() for r in caplog.records if "redrawn" in r.getMessage()]
+    assert len(said) == 1 and "Dirichlet(0.5) split redrawn" in said[0], said

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +13,8 @@ import numpy as np
 
 from fedpeft.config import DataConfig
 from fedpeft.errors import FedpeftError
+
+log = logging.getLogger(__name__)
 
 DIRICHLET_RESEEDS = 8  # seeds a Dirichlet split is tried with before it is given up
 
@@ -97,7 +101,25 @@ def _load(ds: Any, labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np.nd
             seed=seed,
         )
     part.dataset = ds
-    return [np.sort(np.asarray(part.load_partition(i)["idx"], dtype=np.int64)) for i in range(k)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parts = [
+            np.sort(np.asarray(part.load_partition(i)["idx"], dtype=np.int64)) for i in range(k)
+        ]
+    # Flower warns once per redraw of a Dirichlet sample that left a client under
+    # `min_partition_size` (a screenful on small data); said once here, other warnings kept
+    redraws = [w for w in caught if "min_partition_size" in str(w.message)]
+    for w in caught:
+        if w not in redraws:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if redraws:
+        log.info(
+            "Dirichlet(%g) split redrawn %d times until every client had at least %d examples",
+            cfg.alpha,
+            len(redraws),
+            cfg.min_partition_size,
+        )
+    return parts
 
 
 def _checked(parts: list[np.ndarray], cfg: DataConfig) -> list[np.ndarray]:

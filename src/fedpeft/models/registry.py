@@ -189,6 +189,19 @@ def check_available(spec: ModelSpec) -> None:
         )
 
 
+def hub_load_error(
+    spec: ModelSpec, e: Exception, advice: str = "check `model.name` and your network access."
+) -> FedpeftError:
+    """The one sentence for a model that ``from_pretrained`` could not load from the hub or
+    its local cache (raise it ``from None``): why, and what to do."""
+    offline = offline_reason()
+    why = f"the hub is offline: {offline}" if offline else type(e).__name__
+    return FedpeftError(
+        f"model `{spec.name}` could not be loaded from the Hugging Face hub or its local cache "
+        f"({why}); {advice}"
+    )
+
+
 def _from_pretrained(
     spec: ModelSpec, loader: Callable[..., Any], source: str, **kwargs: Any
 ) -> Any:

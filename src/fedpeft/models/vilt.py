@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, ViltConfig, ViltForQuestionAnswering
 from fedpeft.data.images import ImagePreprocess
 from fedpeft.errors import FedpeftError
 from fedpeft.hub import local_only
-from fedpeft.models.registry import MINILM_ID, ModelSpec, set_label_names
+from fedpeft.models.registry import MINILM_ID, ModelSpec, hub_load_error, set_label_names
 from fedpeft.models.vision import is_tiny, register_image_model
 
 VILT_ID = "dandelin/vilt-b32-mlm"
@@ -70,10 +70,7 @@ def load_vqa_model(
                     local_files_only=local_only(),
                 )
             except (OSError, ValueError) as e:
-                raise FedpeftError(
-                    f"model `{spec.name}` could not be loaded from the Hugging Face hub "
-                    f"({type(e).__name__}); check `model.name` and your network access."
-                ) from None
+                raise hub_load_error(spec, e) from None
     set_label_names(model.config, label_names)
     return model
 

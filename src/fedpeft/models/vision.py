@@ -29,6 +29,7 @@ from fedpeft.models.registry import (
     MINILM_ID,
     ModelSpec,
     get_model_spec,
+    hub_load_error,
     load_tokenizer,
     register_model,
     set_label_names,
@@ -245,7 +246,10 @@ def vision_config(spec: ModelSpec, num_labels: int, image_size: int | None) -> A
         return tiny_vit_config(num_labels)
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(spec.hub_id, local_files_only=local_only())
+    try:
+        config = AutoConfig.from_pretrained(spec.hub_id, local_files_only=local_only())
+    except (OSError, ValueError) as e:
+        raise hub_load_error(spec, e) from None
     config.num_labels = num_labels
     return config
 
@@ -280,10 +284,7 @@ def load_vision_classifier(
                     local_files_only=local_only(),
                 )
             except (OSError, ValueError) as e:
-                raise FedpeftError(
-                    f"model `{spec.name}` could not be loaded from the Hugging Face hub "
-                    f"({type(e).__name__}); check `model.name` and your network access."
-                ) from None
+                raise hub_load_error(spec, e) from None
     head_config = getattr(model, "config", None)
     if label_names is not None and isinstance(head_config, PretrainedConfig):
         set_label_names(head_config, label_names)  # exported with adapters, as text heads'
@@ -303,10 +304,7 @@ def _load_clip(spec: ModelSpec, tiny: bool, label_names: list[str]) -> nn.Module
         tok = AutoTokenizer.from_pretrained(spec.hub_id, local_files_only=local_only())
         clip = CLIPModel.from_pretrained(spec.hub_id, local_files_only=local_only())
     except (OSError, ValueError) as e:
-        raise FedpeftError(
-            f"model `{spec.name}` could not be loaded from the Hugging Face hub "
-            f"({type(e).__name__}); check `model.name` and your network access."
-        ) from None
+        raise hub_load_error(spec, e) from None
     return ClipZeroShotClassifier(clip, tok, label_names)
 
 
@@ -327,10 +325,7 @@ def load_clip_matcher(spec: ModelSpec, seed: int) -> nn.Module:
         try:
             return ClipMatcher.from_pretrained(spec.hub_id, local_files_only=local_only())
         except (OSError, ValueError) as e:
-            raise FedpeftError(
-                f"model `{spec.name}` could not be loaded from the Hugging Face hub "
-                f"({type(e).__name__}); check `model.name` and your network access."
-            ) from None
+            raise hub_load_error(spec, e) from None
 
 
 def is_tiny(spec: ModelSpec) -> bool:

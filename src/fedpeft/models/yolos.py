@@ -24,9 +24,9 @@ from transformers import PreTrainedModel, YolosConfig, YolosForObjectDetection
 
 from fedpeft.data.images import ImagePreprocess
 from fedpeft.errors import FedpeftError
-from fedpeft.hub import local_only, offline_reason
+from fedpeft.hub import local_only
 from fedpeft.models.lite_detect import CENTERNET_FAMILY, load_centernet
-from fedpeft.models.registry import ModelSpec, set_label_names
+from fedpeft.models.registry import ModelSpec, hub_load_error, set_label_names
 from fedpeft.models.vision import is_tiny, register_image_model
 
 YOLOS_TINY_ID = "hustvl/yolos-tiny"
@@ -99,12 +99,11 @@ def _from_hub(spec: ModelSpec, num_labels: int) -> PreTrainedModel:
             local_files_only=local_only(),
         )
     except (OSError, ValueError) as e:
-        offline = offline_reason()
-        why = f"the hub is offline: {offline}" if offline else type(e).__name__
-        raise FedpeftError(
-            f"model `{spec.name}` could not be loaded from the Hugging Face hub or its local "
-            f"cache ({why}); no YOLOS weights ship offline — connect to the hub once, or use "
-            "`tiny-yolos` (random weights) to check the code path."
+        raise hub_load_error(
+            spec,
+            e,
+            "no YOLOS weights ship offline — connect to the hub once, or use `tiny-yolos` "
+            "(random weights) to check the code path.",
         ) from None
 
 
