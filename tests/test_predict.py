@@ -403,3 +403,40 @@ def test_the_predicting_machine_picks_the_device(lora_run: Path, tmp_path: Path)
     if not torch.cuda.is_available():
         code, _, output = predict_cli(run, "--text", "woof", "--device", "cuda")
         refused(code, output, "no CUDA device is available")
+
+
+def test_a_run_started_with_relative_paths_works_from_any_folder(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started in a folder with relative `data.train_file` and `profiles.file`, a run's
+    config.toml names them absolutely, so `predict` and `--resume` work from elsewhere."""
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir(), elsewhere.mkdir()
+    shutil.copy(data / "train.csv", start / "train.csv")
+    (start / "tiers.toml").write_text("[a]\nbase = 'high'\n")
+    sets = [
+        "model.name='tiny-bert'",
+        "data.num_clients=2",
+        "run.rounds=1",
+        "client.batch_size=16",
+        "run.threads=1",
+        "run.autocast='off'",
+        f"run.output_dir={str(tmp_path / 'runs')!r}",
+        *CUSTOM,
+        "data.train_file='train.csv'",
+        "profiles.file='tiers.toml'",
+        "profiles.mix=['a', 'a']",
+    ]
+    monkeypatch.chdir(start)
+    made = CliRunner().invoke(app, ["run", *[x for s in sets for x in ("--set", s)]])
+    assert made.exit_code == 0, made.output
+    (run,) = (tmp_path / "runs").iterdir()
+    written = load_config(run / "config.toml")
+    assert written.data.train_file == str(start / "train.csv")
+    assert written.profiles.file == str(start / "tiers.toml")
+    monkeypatch.chdir(elsewhere)
+    code, out, said = predict_cli(run, "--text", "woof bark puppy")
+    assert code == 0 and out.strip().splitlines()[-1].split("\t")[0] in NAMES, said
+    more = CliRunner().invoke(app, ["run", "--resume", str(run), "--set", "run.rounds=2"])
+    assert more.exit_code == 0, more.output
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
