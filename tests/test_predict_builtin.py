@@ -78,6 +78,7 @@ def test_the_datasets_own_file_with_class_ids_gives_the_runs_final_figures(
     code, output = _predict(sst2_run, "--file", _dev(), "--text-column", "sentence", "--out", out)
     assert code == 0, output
     assert f"accuracy {summary['final_accuracy']:.4f}" in output and "872 labelled" in output
+    assert "872 labelled rows, read as class ids 0 … 1)" in output  # said, not silent
     labels = [r["label"] for r in csv_rows(out)]
     ok = [r["predicted"] == ["negative", "positive"][int(r["label"])] for r in csv_rows(out)]
     assert set(labels) == {"0", "1"} and sum(ok) / len(ok) == summary["final_accuracy"]

@@ -34,6 +34,7 @@ from fedpeft.cli.predict_inputs import (
     check_modality,
     file_inputs,
     label_ids,
+    labels_are_ids,
     takes_images,
     text_inputs,
 )
@@ -261,9 +262,12 @@ def metrics_line(inputs: Inputs, preds: Predictions) -> str | None:
     if preds.metrics is None:
         return None
     m, n = preds.metrics, preds.scored
+    ids = f", read as class ids 0 … {len(preds.class_names) - 1}" * labels_are_ids(
+        inputs, preds.class_names
+    )
     against = (
         f"the class folders ({n} image{'s' * (n != 1)})"
         if inputs.folder
-        else f"`{inputs.label_column}` ({n} labelled row{'s' * (n != 1)})"
+        else f"`{inputs.label_column}` ({n} labelled row{'s' * (n != 1)}{ids})"
     )
     return f"accuracy {m['accuracy']:.4f} · macro-F1 {m['macro_f1']:.4f} against {against}"

@@ -87,6 +87,13 @@ def file_inputs(
     return Inputs(items, labels, col, label_col, path)
 
 
+def labels_are_ids(inputs: Inputs, names: list[str]) -> bool:
+    """Whether the file's labels are class ids 0 … n−1: all whole numbers, none of them one
+    of the run's class names."""
+    given = {x for x in inputs.labels or [] if x is not None}
+    return bool(given) and all(x.isdigit() for x in given) and not given & set(names)
+
+
 def label_ids(inputs: Inputs, names: list[str]) -> np.ndarray | None:
     """Each input's class id (-1: unlabelled); None without a label column. A label is one
     of the run's class names, or — in a file whose labels are all whole numbers, none of
@@ -96,8 +103,8 @@ def label_ids(inputs: Inputs, names: list[str]) -> np.ndarray | None:
         return None
     index = {n: i for i, n in enumerate(names)}
     given = {x for x in inputs.labels if x is not None}
-    if given and all(x.isdigit() for x in given) and not given & index.keys():
-        index = {str(i): i for i in range(len(names))}  # class ids
+    if labels_are_ids(inputs, names):
+        index = {str(i): i for i in range(len(names))}
     unknown = sorted(given - index.keys())
     if unknown and inputs.folder:
         raise FedpeftError(
