@@ -59,8 +59,11 @@ def test_pathological_gives_each_client_k_classes() -> None:
 
 def test_too_little_data_is_a_user_error() -> None:
     cfg = load_config(overrides=["data.num_clients=100", "data.min_partition_size=50"]).data
-    with pytest.raises(FedpeftError, match="num_clients"):
-        partition_indices(_labels(), cfg, 0)
+    with pytest.raises(FedpeftError, match="num_clients.*raise `data.train_size`"):
+        partition_indices(_labels(), cfg, 0)  # 2,000 examples: train_size is the limit
+    cfg = load_config(overrides=["data.num_clients=50"]).data
+    with pytest.raises(FedpeftError, match="lower one \\(that is all the training data\\)"):
+        partition_indices(_labels(n=20), cfg, 0)  # a 20-row file: raising train_size won't help
 
 
 def test_a_dirichlet_split_flower_gives_up_on_is_drawn_again_from_a_derived_seed(

@@ -39,10 +39,15 @@ def partition_indices(
 
     n, k = len(labels), cfg.num_clients
     if n < k * cfg.min_partition_size:
+        limit = cfg.train_size is not None and n >= cfg.train_size  # else: the data ran out
         raise FedpeftError(
             f"{n} training examples cannot give `data.num_clients`={k} clients "
             f"`data.min_partition_size`={cfg.min_partition_size} examples each; "
-            "lower one or raise `data.train_size`."
+            + (
+                "lower one or raise `data.train_size`."
+                if limit
+                else "lower one (that is all the training data)."
+            )
         )
     perm = np.random.default_rng(seed).permutation(n)
     ds = datasets.Dataset.from_dict({"label": labels[perm].tolist(), "idx": perm.tolist()})
