@@ -91,3 +91,22 @@ def test_left_padding_puts_every_sequence_at_the_end() -> None:
     assert left.attention_mask[:, -1].tolist() == [1, 1] and left.attention_mask[1, 0] == 0
     n = int(left.attention_mask[1].sum())
     assert left.input_ids[1, -n:].tolist() == right.input_ids[1, :n].tolist()
+
+
+def test_texts_cut_at_max_length_and_unknown_tokens_are_said() -> None:
+    """Most texts longer than `model.max_length`, or a script the tokenizer does not cover,
+    are said in one line each; ordinary short English texts say nothing."""
+    from fedpeft.data import RawSplit, reading_warnings
+
+    tok = load_tokenizer(get_model_spec("minilm-l6"))
+    labels = np.zeros(10, dtype=np.int64)
+    short = tokenize_split(RawSplit(["a fine film"] * 10, labels), tok, 16)
+    assert reading_warnings(short, tok, 16, "MiniLM") == []
+    some = tokenize_split(RawSplit(["word " * 40] * 2 + ["a film"] * 8, labels), tok, 16)
+    assert reading_warnings(some, tok, 16, "MiniLM") == []  # 2 of 10 cut: not most
+    most = tokenize_split(RawSplit(["word " * 40] * 6 + ["a film"] * 4, labels), tok, 16)
+    (cut,) = reading_warnings(most, tok, 16, "MiniLM")
+    assert cut.startswith("6 of 10 training texts (60%) reach `model.max_length`=16 tokens")
+    chinese = tokenize_split(RawSplit(["这部电影非常好看，我很喜欢"] * 10, labels), tok, 64)
+    (unknown,) = reading_warnings(chinese, tok, 64, "MiniLM")
+    assert "% of the training tokens are unknown to MiniLM's tokenizer" in unknown

@@ -13,7 +13,7 @@ from fedpeft.data.registry import (
     register_dataset,
 )
 from fedpeft.data.sources import ImageArrays, RawDataset, RawSplit, data_dirs
-from fedpeft.data.tokenized import Batch, TokenizedSplit, tokenize_split
+from fedpeft.data.tokenized import Batch, TokenizedSplit, reading_warnings, tokenize_split
 
 from fedpeft.data import text_sets  # noqa: F401  # isort: skip - registers more text sets
 from fedpeft.data.images import (  # isort: skip - registers the image datasets
@@ -78,5 +78,6 @@ __all__ = [
     "partition_indices",
     "register_dataset",
     "stored_form",
+    "reading_warnings",
     "tokenize_split",
 ]

@@ -114,3 +114,37 @@ def tokenize_split(
     lengths = np.asarray([len(x) for x in ids], dtype=np.int64)
     labels = np.asarray(split.labels, dtype=np.int64)
     return TokenizedSplit(ids, labels, int(pad), lengths, pad_left)
+
+
+CUT_WARN = 0.2  # a share of texts cut at max_length that is worth a word
+UNKNOWN_WARN = 0.1  # a share of tokens the tokenizer does not know that is worth a word
+
+
+def reading_warnings(
+    split: TokenizedSplit, tokenizer: PreTrainedTokenizerBase, max_length: int, model: str
+) -> list[str]:
+    """What a person should know about how the model reads their texts: many of them cut at
+    ``max_length``, or many tokens unknown to the tokenizer (a script or language it does not
+    cover). Empty when neither."""
+    said = []
+    n = len(split.lengths)
+    cut = int((split.lengths >= max_length).sum()) if n else 0
+    if n and cut / n > CUT_WARN:
+        said.append(
+            f"{cut} of {n} training texts ({cut / n:.0%}) reach `model.max_length`={max_length} "
+            "tokens and are cut there; a larger `model.max_length` reads more of each (time "
+            "grows with it)"
+        )
+    unk = tokenizer.unk_token_id
+    if unk is not None and n:
+        special = set(tokenizer.all_special_ids) - {unk}
+        tokens = np.concatenate(split.input_ids)
+        tokens = tokens[~np.isin(tokens, list(special))]
+        share = float((tokens == unk).mean()) if len(tokens) else 0.0
+        if share > UNKNOWN_WARN:
+            said.append(
+                f"{share:.0%} of the training tokens are unknown to {model}'s tokenizer (text in "
+                "a script or language it does not cover?); a model whose tokenizer covers it "
+                "(`model.name`) reads it better"
+            )
+    return said

@@ -28,6 +28,7 @@ from fedpeft.data import (
     is_image_dataset,
     load_dataset,
     partition_indices,
+    reading_warnings,
     tokenize_split,
 )
 from fedpeft.errors import FedpeftError
@@ -372,6 +373,8 @@ def _text_splits(
     left = spec.family == "llama" or tokenizer.padding_side == "left"
     train = tokenize_split(dataset.train, tokenizer, cfg.model.max_length, pad_left=left)
     evaluation = tokenize_split(dataset.eval, tokenizer, cfg.model.max_length, pad_left=left)
+    for line in reading_warnings(train, tokenizer, cfg.model.max_length, spec.name):
+        log.warning(line)
     return train, evaluation
 
 
