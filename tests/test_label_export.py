@@ -73,6 +73,6 @@ def test_class_report_and_report_sections(trec_run, tmp_path) -> None:  # type: 
     assert np.allclose(report.recall, want)
     text = write_report(result.run_dir, reference=result.run_dir).read_text()
     assert "Dirichlet(α = 0.5)" not in text  # the tiny config is IID
-    assert "`trec`" in text and "| HUM |" in text and "gap (points)" in text
+    assert "`trec`" in text and "| HUM |" in text and "run − reference (points)" in text
     assert (result.run_dir / "plots" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((result.run_dir / "summary.json").read_text())["dataset"] == "trec"

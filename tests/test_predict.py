@@ -226,6 +226,25 @@ def test_a_resume_interrupted_after_a_finish_is_refused(lora_run: Path, tmp_path
     assert not (run / "classes.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("summary", "expected"),
+    [
+        ("{bad", "summary.json is not valid JSON; the run cannot be used for prediction, nothing"),
+        ("", "summary.json is empty; the run cannot be used for prediction"),
+        ("[2]", "summary.json holds a JSON list, not an object; the run cannot be used for"),
+        ('{"rounds_completed": "2"}', "its summary.json has no round count (`rounds_completed`"),
+    ],
+)
+def test_a_damaged_summary_is_one_sentence(
+    lora_run: Path, tmp_path: Path, summary: str, expected: str
+) -> None:
+    run = _copy(lora_run, tmp_path)
+    (run / "summary.json").write_text(summary)
+    code, _, output = predict_cli(run, "--text", "woof")
+    refused(code, output, expected)
+    assert "None" not in output
+
+
 def test_reordered_class_names_are_refused(lora_run: Path, tmp_path: Path) -> None:
     run = _copy(lora_run, tmp_path)
     partitions = json.loads((run / "partitions.json").read_text())

@@ -1,13 +1,17 @@
 """Crash-safe files (run folders, checkpoints, client states): written whole or not at all,
-and no temporaries left behind."""
+and no temporaries left behind; read back verified (``read_json_object``,
+``read_jsonl_objects``): a damaged file is one sentence that names it, never a traceback."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from fedpeft.errors import FedpeftError
 
 TMP_MARK = ".tmp-"  # a temporary is `.<final name>.tmp-<random>` beside its final file
 
@@ -42,3 +46,66 @@ def remove_temporaries(folder: Path) -> list[str]:
             path.unlink(missing_ok=True)
             gone.append(path.name)
     return gone
+
+
+DAMAGED = "the run folder is damaged"  # the default advice when a run's own file is bad
+
+
+def read_json_object(path: Path, hint: str = DAMAGED) -> dict[str, Any]:
+    """The JSON object in ``path``; a file that cannot be read, is empty, is not JSON or
+    holds something other than an object is refused (``FedpeftError``): one sentence naming
+    ``path`` and ending in ``hint``, what the user can do."""
+    text = _read_text(path, hint)
+    if not text.strip():
+        raise FedpeftError(f"{path} is empty; {hint}.")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise FedpeftError(f"{path} is not valid JSON; {hint}.") from None
+    if not isinstance(value, dict):
+        raise FedpeftError(f"{path} holds a JSON {json_kind(value)}, not an object; {hint}.")
+    return value
+
+
+def read_jsonl_objects(
+    path: Path,
+    hint: str = DAMAGED,
+    check: Callable[[dict[str, Any]], str | None] | None = None,
+) -> list[dict[str, Any]]:
+    """The JSON objects of ``path``, one a line (blank lines skipped); a line that is not
+    JSON, not an object, or that ``check`` complains about (its complaint, e.g. "has no
+    round number") is refused with one sentence naming the file, the line and ``hint``."""
+    rows = []
+    for i, line in enumerate(_read_text(path, hint).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise FedpeftError(f"{path}, line {i} is not valid JSON; {hint}.") from None
+        why = (
+            f"holds a JSON {json_kind(row)}, not an object"
+            if not isinstance(row, dict)
+            else (check(row) if check is not None else None)
+        )
+        if why:
+            raise FedpeftError(f"{path}, line {i} {why}; {hint}.")
+        rows.append(row)
+    return rows
+
+
+def _read_text(path: Path, hint: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise FedpeftError(f"{path} is not valid JSON (not UTF-8 text); {hint}.") from None
+    except OSError as e:
+        raise FedpeftError(f"{path} cannot be read ({e.strerror}); {hint}.") from None
+
+
+def json_kind(value: Any) -> str:
+    """What a JSON value is, in words: ``list``, ``string``, ``number``, ``object``…"""
+    if isinstance(value, bool):
+        return "boolean"
+    kinds = ((dict, "object"), (list, "list"), (str, "string"), (int | float, "number"))
+    return next((name for t, name in kinds if isinstance(value, t)), "null")

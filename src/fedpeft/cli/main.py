@@ -233,9 +233,8 @@ def report(
             Console().print(f"wrote {report_experiment(run_dir)}")
             return
         if reference is not None and not (reference / "summary.json").is_file():
-            raise FedpeftError(
-                f"{reference} has no summary.json; pass a finished fedpeft run as --reference."
-            )
+            what = "has no summary.json" if reference.is_dir() else "is not a folder"
+            raise FedpeftError(f"{reference} {what}; pass a finished fedpeft run as --reference.")
         from fedpeft.report import write_report
         from fedpeft.server.classes import CLASSES, evaluate_run
 

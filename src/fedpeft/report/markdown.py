@@ -1,56 +1,34 @@
 """A run folder → ``report.md``: the configuration that matters, per-round table, summary
-figures, per-class quality (``classes.json``), and the gap to a reference run.
+figures, per-class quality (``classes.json``), and the difference to a reference run
+(run − reference: negative where the run is below it).
 
 Every figure is optional: a run whose rounds accepted no update (or that has no round at
 all) still gets a report, with ``—`` where there is nothing to show."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from fedpeft.errors import FedpeftError
 from fedpeft.report.fmt import clients_text, eval_of, num, scaled, share_of_full_model
-from fedpeft.report.personal import personal_lines
-from fedpeft.report.sections import class_lines, config_lines, read_config, reference_lines
+from fedpeft.report.personal import last_round_rows, personal_lines
+from fedpeft.report.run_files import (
+    chosen_lr,
+    read_config,
+    read_partitions,
+    read_rounds,
+    read_summary,
+)
+from fedpeft.report.sections import (
+    REFERENCE_HINT,
+    class_lines,
+    config_lines,
+    reference_lines,
+    reference_mismatch,
+)
 from fedpeft.server.classes import ClassReport, read_class_report
 
-
-def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
-    """``metrics.jsonl`` as a list of round records ([] when there is none yet)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rounds = []
-    for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise FedpeftError(
-                f"{path}, line {i + 1} is not valid JSON; the run's logs are damaged."
-            ) from None
-        if not isinstance(record, dict):
-            raise FedpeftError(f"{path}, line {i + 1} is not a round record (a JSON object).")
-        rounds.append(record)
-    return rounds
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "summary.json"
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FedpeftError(
-            f"{run_dir} has no summary.json; is it a finished fedpeft run?"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise FedpeftError(f"{path} is not valid JSON; the run folder is damaged.") from None
-    if not isinstance(summary, dict):
-        raise FedpeftError(f"{path} is not a JSON object; the run folder is damaged.")
-    return summary
+__all__ = ["read_rounds", "read_summary", "render_report", "write_report"]
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
@@ -82,11 +60,6 @@ def privacy_lines(p: object) -> list[str]:
     return lines
 
 
-def _chosen_lr(run_dir: Path) -> float | None:
-    path = run_dir / "lr_search.json"
-    return float(json.loads(path.read_text())["lr"]) if path.is_file() else None
-
-
 def render_report(
     run_dir: Path,
     plots: list[Path],
@@ -95,8 +68,8 @@ def render_report(
 ) -> str:
     rounds = read_rounds(run_dir)
     summary = read_summary(run_dir)
-    moved = [r["round"] for r in rounds if (r.get("head_refresh") or {}).get("part") == "bias"]
-    settings = config_lines(read_config(run_dir), _chosen_lr(run_dir), moved) or [
+    moved = [r["round"] for r in rounds if _bias_moved(r)]
+    settings = config_lines(read_config(run_dir), chosen_lr(run_dir), moved) or [
         f"- model: {summary.get('model')} · dataset: {summary.get('dataset')} · "
         f"clients: {summary.get('num_clients')}"
     ]
@@ -121,7 +94,7 @@ def render_report(
         lines.append("| (no completed round) | | | | | | | |")
     lines.append("")
     if reference is not None:
-        lines += reference_lines(summary, reference)
+        lines += reference_lines(summary, reference, reference_mismatch(run_dir, reference))
     if classes is not None:
         lines += class_lines(classes)
     lines += personal_lines(summary)
@@ -129,27 +102,45 @@ def render_report(
     return "\n".join(lines) + "\n"
 
 
+def _bias_moved(record: dict[str, Any]) -> bool:
+    refresh = record.get("head_refresh")
+    return isinstance(refresh, dict) and refresh.get("part") == "bias"
+
+
 def _chance(run_dir: Path, classes: ClassReport | None) -> float | None:
     """The majority-class rate of the eval split, else 1 / the number of labels."""
     if classes is not None:
         return classes.majority_rate
-    path = run_dir / "partitions.json"
-    names = json.loads(path.read_text()).get("label_names") if path.is_file() else None
+    names = read_partitions(run_dir).get("label_names")
     return 1 / len(names) if names else None
+
+
+def _verify(run_dir: Path, reference: Path | None) -> None:
+    """Reads every file the report uses: a damaged one stops it with one sentence naming
+    the file, before a plot or the report is (re)written."""
+    read_summary(run_dir)
+    read_config(run_dir)
+    chosen_lr(run_dir)
+    read_partitions(run_dir)
+    last_round_rows(run_dir)
+    if reference is not None:
+        read_summary(reference, REFERENCE_HINT)
+        read_partitions(reference, REFERENCE_HINT)
+        read_config(reference)
 
 
 def write_report(run_dir: Path, reference: Path | None = None) -> Path:
     """Writes ``plots/*.png`` (when matplotlib is installed) and ``report.md``; per-class
-    sections when the run folder holds ``classes.json``, and the gap to ``reference`` (a
+    sections when the run folder holds ``classes.json``, and the difference to ``reference`` (a
     finished run folder, e.g. the same data trained centrally) when given."""
     from fedpeft.report.plots import plot_run
 
-    read_summary(run_dir)  # a damaged summary is refused before anything is written
+    _verify(run_dir, reference)  # before anything is written
     rounds = read_rounds(run_dir)
     classes = read_class_report(run_dir)
     ref_curve = None
     if reference is not None:
-        ref_rounds = read_rounds(reference)
+        ref_rounds = read_rounds(reference, REFERENCE_HINT)
         ref_curve = (reference.name, [eval_of(r).get("accuracy") for r in ref_rounds])
     plots = plot_run(run_dir, rounds, _chance(run_dir, classes), ref_curve, classes)
     out = run_dir / "report.md"

@@ -31,7 +31,8 @@ def last_round_rows(run_dir: Path) -> list[dict[str, Any]]:
 def personal_lines(summary: dict[str, Any]) -> list[str]:
     """The summary's ``personal`` section as a Markdown table ([] when the run has none)."""
     p = summary.get("personal")
-    if not isinstance(p, dict) or not p.get("models"):
+    models = p.get("models") if isinstance(p, dict) else None
+    if not isinstance(p, dict) or not isinstance(models, dict) or not models:
         return []
     lines = [
         f"## Clients on their own data (round {p.get('round')}, "
@@ -41,7 +42,7 @@ def personal_lines(summary: dict[str, Any]) -> list[str]:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in MODELS:
-        s = p["models"].get(name)
+        s = models.get(name)
         if isinstance(s, dict):
             lines.append(
                 f"| {LABELS[name]} | {num(s.get('mean'))} | {num(s.get('worst10'))} | "
@@ -52,7 +53,7 @@ def personal_lines(summary: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"- {which} ÷ fully personalised (mean accuracy): **{num(ratio, '.3f')}** · "
-        f"personal parameters per client: {p.get('personal_params', 0):,}",
+        f"personal parameters per client: {num(p.get('personal_params', 0), ',')}",
         "",
     ]
     return lines

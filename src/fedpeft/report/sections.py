@@ -1,22 +1,21 @@
 """Report sections that explain a run: the configuration that matters, per-class quality,
-and the gap to a centralised reference run."""
+and the difference to a centralised reference run (run − reference)."""
 
 from __future__ import annotations
 
-import json
-import tomllib
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedpeft.report.fmt import finite
+from fedpeft.report.run_files import read_config, read_partitions, read_summary
 from fedpeft.server.classes import ClassReport
 
+log = logging.getLogger("fedpeft.report")
+
 MAX_CLASS_ROWS = 25  # more classes: the worst by recall, then a note
-
-
-def read_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.toml"
-    return tomllib.loads(path.read_text()) if path.is_file() else {}
+REFERENCE_HINT = "pass a finished fedpeft run as --reference"
 
 
 def config_lines(
@@ -38,7 +37,7 @@ def config_lines(
     )
     lr = client.get("lr")
     lr_text = f"{lr}" if chosen_lr is None else f"auto (range test: {chosen_lr:.3g})"
-    optimizer = server.get("optimizer", "none")
+    optimizer = str(server.get("optimizer", "none"))
     if optimizer != "none":
         optimizer += f" (server lr {server.get('server_lr', 'default')})"
     work = (
@@ -93,21 +92,67 @@ def class_lines(report: ClassReport) -> list[str]:
     return lines
 
 
-def reference_lines(summary: dict[str, Any], reference: Path) -> list[str]:
-    """Final accuracy and macro-F1 against a (centralised) reference run, and the gap."""
-    ref = json.loads((reference / "summary.json").read_text())
+def reference_lines(
+    summary: dict[str, Any], reference: Path, notes: Sequence[str] = ()
+) -> list[str]:
+    """Final accuracy and macro-F1 against a (centralised) reference run, and the run's
+    difference to it, run − reference: negative where the run is below the reference.
+    ``notes``: why the comparison may mislead (``reference_mismatch``)."""
+    ref = read_summary(reference, REFERENCE_HINT)
     rows = [("accuracy", "final_accuracy"), ("macro-F1", "final_macro_f1")]
     lines = [
         f"## Against the reference run `{reference.name}`",
         "",
+        *(f"- **Warning:** {note}." for note in notes),
+        *([""] if notes else []),
         f"Reference: {ref.get('num_clients')} client(s), {ref.get('rounds_completed')} rounds.",
         "",
-        "| figure | this run | reference | gap (points) |",
+        f"| figure | this run | reference | {DIFFERENCE} |",
         "| --- | ---: | ---: | ---: |",
     ]
     for name, key in rows:
-        mine, theirs = summary.get(key), ref.get(key)
+        mine, theirs = finite(summary.get(key)), finite(ref.get(key))
         if mine is None or theirs is None:
             continue
-        lines.append(f"| {name} | {mine:.4f} | {theirs:.4f} | {100 * (theirs - mine):+.1f} |")
+        lines.append(f"| {name} | {mine:.4f} | {theirs:.4f} | {100 * (mine - theirs):+.1f} |")
     return [*lines, ""]
+
+
+DIFFERENCE = "run − reference (points)"  # negative: the run is below the reference
+
+
+def reference_mismatch(run_dir: Path, reference: Path) -> list[str]:
+    """Why comparing ``run_dir`` with ``reference`` may mislead: other data (dataset, its
+    source or train file), other classes; [] when they match as far as the folders say."""
+
+    def facts(folder: Path, hint: str) -> tuple[dict[str, Any], Any]:
+        parts = read_partitions(folder, hint)
+        data = read_config(folder).get("data", {})
+        seen = {
+            "dataset": parts.get("dataset") or read_summary(folder, hint).get("dataset"),
+            "source": parts.get("source"),
+            "train file": data.get("train_file"),
+        }
+        return seen, parts.get("label_names")
+
+    (mine, my_classes), (theirs, their_classes) = (
+        facts(run_dir, "the run folder is damaged"),
+        facts(reference, REFERENCE_HINT),
+    )
+    notes = []
+    differ = [k for k in mine if mine[k] and theirs[k] and mine[k] != theirs[k]]
+    if differ:
+        shown = "; ".join(f"{k} {theirs[k]} vs this run's {mine[k]}" for k in differ)
+        notes.append(
+            f"the reference was trained on other data ({shown}), so the comparison may be "
+            "meaningless"
+        )
+    if my_classes and their_classes and my_classes != their_classes:
+        notes.append(
+            f"the reference has other classes ({', '.join(their_classes[:10])} vs this run's "
+            f"{', '.join(my_classes[:10])}), so its accuracy is over other classes and the "
+            "comparison may be meaningless"
+        )
+    for note in notes:
+        log.warning("--reference %s: %s.", reference, note)
+    return notes

@@ -10,12 +10,14 @@ already has instead.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from fedpeft.errors import FedpeftError
+from fedpeft.files import read_json_object
 
 if TYPE_CHECKING:
     from fedpeft.server.state import ServerState
@@ -44,14 +46,27 @@ class ClassReport:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> ClassReport:
+        """The report in ``raw``, verified; ``ValueError`` says what is wrong."""
         if raw.get("version") != VERSION:
-            raise ValueError(f"classes.json has version {raw.get('version')!r}, not {VERSION}")
-        fields = {k: raw[k] for k in cls.__dataclass_fields__}
-        report = cls(**fields)
-        n = len(report.label_names)
-        lists = (report.precision, report.recall, report.f1, report.support, report.confusion)
-        if any(len(x) != n for x in lists) or any(len(row) != n for row in report.confusion):
-            raise ValueError(f"classes.json: every per-class list should have {n} entries")
+            raise ValueError(f"it has version {raw.get('version')!r}, not {VERSION}")
+        missing = [k for k in cls.__dataclass_fields__ if k not in raw]
+        if missing:
+            raise ValueError(f"it lacks {', '.join(missing)}")
+        report = cls(**{k: raw[k] for k in cls.__dataclass_fields__})
+        n = len(report.label_names) if isinstance(report.label_names, list) else -1
+        kinds = {
+            "label_names": (report.label_names, str),
+            **{k: (getattr(report, k), float) for k in ("precision", "recall", "f1")},
+            "support": (report.support, int),
+            **{f"confusion row {i}": (row, int) for i, row in enumerate(report.confusion)},
+        }
+        for name, (values, kind) in kinds.items():
+            if not _list_of(values, kind, n):
+                raise ValueError(f"its {name} is not a list of {n} {kind.__name__}s")
+        if len(report.confusion) != n or not all(
+            _list_of([x], float, 1) for x in (report.accuracy, report.macro_f1)
+        ):
+            raise ValueError(f"its confusion matrix is not {n} × {n} or a figure is not a number")
         return report
 
     def rarest(self, k: int) -> list[int]:
@@ -62,6 +77,16 @@ class ClassReport:
     def majority_rate(self) -> float:
         """Accuracy of always predicting the most frequent class: the chance baseline."""
         return max(self.support) / max(1, sum(self.support))
+
+
+def _list_of(values: Any, kind: type, n: int) -> bool:
+    """``values`` is a list of ``n`` ``kind`` (float: any number), no booleans."""
+    want = (int, float) if kind is float else (kind,)
+    return (
+        isinstance(values, list)
+        and len(values) == n
+        and all(isinstance(v, want) and not isinstance(v, bool) for v in values)
+    )
 
 
 def class_report(labels: np.ndarray, preds: np.ndarray, names: list[str]) -> ClassReport:
@@ -86,10 +111,16 @@ def class_report(labels: np.ndarray, preds: np.ndarray, names: list[str]) -> Cla
 
 
 def read_class_report(run_dir: Path) -> ClassReport | None:
+    """``classes.json``, verified (None when there is none); a damaged one is refused with
+    one sentence: it is derived from the run, so deleting it lets the report rebuild it."""
     path = run_dir / CLASSES
     if not path.is_file():
         return None
-    return ClassReport.from_json(json.loads(path.read_text()))
+    hint = f"delete it and run `fedpeft report {run_dir}` again to rebuild it"
+    try:
+        return ClassReport.from_json(read_json_object(path, hint))
+    except (TypeError, ValueError) as e:
+        raise FedpeftError(f"{path} is not a per-class report ({e}); {hint}.") from None
 
 
 REPORTING = ("cannot be evaluated per class", "no classes.json was written")

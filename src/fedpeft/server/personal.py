@@ -15,7 +15,6 @@ reply's (``validate.bounded_metrics``). One row per client goes to ``personal.js
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
@@ -26,6 +25,7 @@ from fedpeft.client.personal import PersonalPlan, is_personal, shared_view
 from fedpeft.compression import CodecError, decode, encode
 from fedpeft.config import ExperimentConfig
 from fedpeft.errors import FedpeftError
+from fedpeft.files import json_kind, read_jsonl_objects
 from fedpeft.peft import Architecture
 from fedpeft.server.configure import instruction_for
 from fedpeft.server.federation import Federation
@@ -212,15 +212,30 @@ def _row(ins: TrainInstruction, group: str, down: int, reply: bytes | Exception)
 
 
 def read_personal(root: Path) -> list[dict[str, Any]]:
-    """The rows of a run folder's ``personal.jsonl`` ([] when it has none)."""
+    """The rows of a run folder's ``personal.jsonl`` ([] when it has none), each verified:
+    a line that is not a row as ``_row`` writes it is refused with one sentence."""
     path = root / PERSONAL
-    if not path.is_file():
-        return []
-    try:
-        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise FedpeftError(f"{path} is not valid JSON lines; the run folder is damaged.") from None
-    return [r for r in rows if isinstance(r, dict)]
+    return read_jsonl_objects(path, check=_personal_problem) if path.is_file() else []
+
+
+def _personal_problem(row: dict[str, Any]) -> str | None:
+    """What is wrong with a ``personal.jsonl`` row (None: nothing the readers rely on)."""
+    if not all(_is_int(row.get(k)) for k in ("round", "client_id")):
+        return "has no whole-number `round` and `client_id`"
+    models = row.get("models", {})
+    if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
+        return "has `models` that is not an object of per-model scores"
+    for scores in models.values():
+        acc = scores.get("accuracy")
+        if "accuracy" in scores and (isinstance(acc, bool) or not isinstance(acc, int | float)):
+            return f"has an accuracy that is a {json_kind(acc)}, not a number"
+    if not _is_int(row.get("personal_params", 0)) or not _is_int(row.get("num_test", 0)):
+        return "has a `personal_params` or `num_test` that is not a whole number"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def personal_summary(rows: list[dict[str, Any]], rnd: int | None = None) -> dict[str, Any] | None:

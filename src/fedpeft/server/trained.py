@@ -28,6 +28,7 @@ from fedpeft.data import ImageArrays, RawDataset, RawSplit, stored_form
 from fedpeft.data.cleaning import text_cleaning
 from fedpeft.data.labels import normalize_label
 from fedpeft.errors import FedpeftError
+from fedpeft.files import json_kind, read_json_object
 from fedpeft.models import get_model_spec
 from fedpeft.peft import parse_method_ref, set_adapter_state
 from fedpeft.server.checkpoint import Checkpoints
@@ -95,10 +96,7 @@ def _finished_round(root: Path, cfg: ExperimentConfig, refusal: tuple[str, str])
     (and rounds past it) behind; its ``rounds_completed``, the last round ``metrics.jsonl``
     records and the config's ``run.rounds`` must all agree."""
     last = _last_round(root, refusal)
-    try:
-        completed = json.loads((root / SUMMARY).read_text()).get("rounds_completed")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        completed = None
+    completed = _rounds_completed(root, refusal)
     if not completed == last == cfg.run.rounds:
         raise FedpeftError(
             f"run folder {root} {refusal[0]}: it is not finished ({SUMMARY} says "
@@ -107,6 +105,20 @@ def _finished_round(root: Path, cfg: ExperimentConfig, refusal: tuple[str, str])
             f"{refusal[1]}."
         )
     return last
+
+
+def _rounds_completed(root: Path, refusal: tuple[str, str]) -> int:
+    """``summary.json``'s ``rounds_completed``; a summary that cannot be read or has no
+    whole round count is refused with one sentence saying so."""
+    summary = read_json_object(root / SUMMARY, f"the run {refusal[0]}, {refusal[1]}")
+    completed = summary.get("rounds_completed")
+    if isinstance(completed, bool) or not isinstance(completed, int):
+        raise FedpeftError(
+            f"run folder {root} {refusal[0]}: its {SUMMARY} has no round count "
+            f"(`rounds_completed` is a {json_kind(completed)}, not a whole number); restore "
+            f"the run's files, {refusal[1]}."
+        )
+    return completed
 
 
 def _last_round(root: Path, refusal: tuple[str, str]) -> int:
