@@ -145,7 +145,7 @@ def leakage_warning(
 
 
 def empty_class_warning(
-    names: Sequence[str], train: np.ndarray, evaluation: np.ndarray, named: bool
+    source: str, names: Sequence[str], train: np.ndarray, evaluation: np.ndarray, named: bool
 ) -> str | None:
     """Classes with no training example that the evaluation holds (or, with ``named``:
     ``data.label_names`` given, any class): the model cannot learn them."""
@@ -156,17 +156,18 @@ def empty_class_warning(
     if not empty:
         return None
     return (
-        f"{len(empty)} of the {n} classes have no training example after the train/eval "
-        f"split and `data.train_size`: {_few(empty)}; the model cannot learn them: add "
-        "examples or raise `data.train_size`"
+        f"{len(empty)} of the {n} classes of {source} have no training example after the "
+        f"train/eval split and `data.train_size`: {_few(empty)}; the model cannot learn "
+        "them: add examples or raise `data.train_size`"
     )
 
 
-def small_eval_warning(n: int) -> str | None:
+def small_eval_warning(source: str, n: int) -> str | None:
     if n == 0 or n >= SMALL_EVAL:
         return None
+    examples = "1 example" if n == 1 else f"{n} examples"
     return (
-        f"the evaluation set has {n} examples: accuracy on {n} examples moves in steps of "
+        f"the evaluation set of {source} has {examples}: accuracy on {examples} moves in steps of "
         f"1/{n}; give more (`data.eval_file`, `data.eval_size`)"
     )
 

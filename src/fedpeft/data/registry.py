@@ -86,8 +86,10 @@ def _warn_about_splits(cfg: DataConfig, ds: RawDataset) -> None:
         return
     named = cfg.label_names is not None
     notes = [
-        checks.empty_class_warning(ds.label_names, ds.train.labels, ds.eval.labels, named),
-        checks.small_eval_warning(len(ds.eval)),
+        checks.empty_class_warning(
+            ds.source, ds.label_names, ds.train.labels, ds.eval.labels, named
+        ),
+        checks.small_eval_warning(ds.source, len(ds.eval)),
     ]
     for note in notes:
         if note is not None:
