@@ -3,7 +3,9 @@ that names the file, the row and the fix."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -59,7 +61,7 @@ def test_a_column_named_twice_is_refused(tmp_path: Path) -> None:
     [
         ("t.csv", "text,label\na,1\nb,\n", "row 2 has no label in `label`; fill it in"),
         ("t.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n', "row 2 has no label in"),
-        ("t.jsonl", '{"text": null, "label": 1}\n', "row 1 has no text in `text`; fill it in"),
+        ("t.csv", "text,label\na,\nb,1\nc,\nd,\n", "row 1 has no label in `label`, nor do 2"),
     ],
 )
 def test_a_missing_cell_is_named(tmp_path: Path, name: str, text: str, message: str) -> None:
@@ -97,8 +99,7 @@ def test_a_parquet_file_is_read_by_its_columns(tmp_path: Path) -> None:
 
     path = tmp_path / "t.parquet"
     pq.write_table(pa.table({"id": [7, 8], "text": ["a", None], "label": [1, 0]}), path)
-    with pytest.raises(FedpeftError, match="row 2 has no text in `text`"):
-        read_table(path, "text", "label")
+    assert read_table(path, "text", "label") == (["a", ""], ["1", "0"])  # as a CSV's ""
     pq.write_table(pa.table({"text": ["a", "b"], "label": [1.0, 0.0]}), path)
     assert read_table(path, "text", "label") == (["a", "b"], ["1", "0"])
     pq.write_table(pa.table({"text": [b"a", b"b"], "label": [1, 0]}), path)
@@ -124,3 +125,74 @@ def test_a_json_file_holding_one_object_says_so(tmp_path: Path) -> None:
     lines = tmp_path / "lines.json"  # one object a line is JSONL, whatever the suffix
     lines.write_text('{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n')
     assert read_table(lines, "text", "label") == (["a", "b"], ["0", "1"])
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("t.csv", 'text,label\n"",1\n  ,0\nc,1\n'),
+        ("t.jsonl", '{"text": NaN, "label": 1}\n{"text": null, "label": 0}\n'
+                    '{"text": "c", "label": 1}\n'),
+    ],
+)  # fmt: skip
+def test_a_missing_text_is_empty_and_counted_once_in_every_format(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str, text: str
+) -> None:
+    path = _csv(tmp_path / name, text)
+    with caplog.at_level("WARNING"):
+        assert read_table(path, "text", "label") == (["", "", "c"], ["1", "0", "1"])  # no "nan"
+    assert _warnings(caplog) == [
+        f"2 rows of data file {path} have no text; they train as empty inputs"
+    ]
+
+
+def test_an_unclosed_quote_that_swallowed_rows_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = "".join(f"text {i},{i % 2}\n" for i in range(8))
+    path = _csv(tmp_path / "t.csv", f'text,label\na,0\n"b,1\n{body}c" d,1\n')
+    with caplog.at_level("WARNING"):
+        texts, _ = read_table(path, "text", "label")
+    assert len(texts) == 2
+    assert _warnings(caplog) == [
+        f"data file {path}, row 2: its text holds 10 lines, 9 of which look like rows of the "
+        "file (they end in a ',' and a label); a quote is probably not closed, so those rows "
+        'were read as one text: close the quote, or double a quote inside a text ("")'
+    ]
+    caplog.clear()
+    letter = "Dear team,\nit came broken, 1\nstar at most,\nthanks, and more, 0\n\nBest,\nAl"
+    fine = _csv(tmp_path / "f.csv", f'text,label\n"{letter}",1\nb,0\n')
+    with caplog.at_level("WARNING"):
+        assert read_table(fine, "text", "label")[0][0] == letter
+    assert _warnings(caplog) == []  # 2 of 7 lines ending like a row: a text, not rows
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("t.csv", b"text;label\na;1\n", "looks ';'-separated .* save it with commas as"),
+        ("t.csv", b"text\tlabel\na\t1\n", "looks tab-separated .* name it .tsv, or save"),
+        ("t.tsv", b"text;label\na;1\n", "looks ';'-separated .* save it with tabs as"),
+        ("t.csv.gz", gzip.compress(b"text,label\na,1\n"), r"is compressed \(.gz\); decompress"),
+        ("t.zip", b"PK", r"is compressed \(.zip\); decompress it"),
+        ("t.csv", "text,label\na,1\n".encode("utf-16"), "is UTF-16 .*; re-save it as UTF-8"),
+        ("t.tsv", "text\tlabel\n".encode("utf-16-be").join([b"\xfe\xff", b""]), "is UTF-16"),
+    ],
+)  # fmt: skip
+def test_a_file_in_another_shape_says_what_to_do(
+    tmp_path: Path, name: str, data: bytes, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(FedpeftError, match=message):
+        read_table(path, "text", "label")
+
+
+def test_a_one_column_file_of_another_separator_keeps_the_column_message(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "t.csv", "review\na\n")
+    with pytest.raises(FedpeftError, match=r"no column `text` \(found: `review`\)"):
+        read_table(path, "text", "label")

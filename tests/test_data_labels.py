@@ -131,3 +131,97 @@ def test_a_column_of_scores_is_warned_about(
     with caplog.at_level("WARNING", logger="fedpeft.data.registry"):
         _custom(_jsonl(tmp_path / "c.jsonl", list(range(12)) * 3))  # 12 classes, 3 rows each
     assert "distinct labels" not in caplog.text
+
+
+def _csv_rows(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    return path
+
+
+def _said(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_labels_that_differ_only_in_case_stay_apart_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    labels = ["Pos", "pos", "POS", "neg", "True", "true"]
+    path = _csv_rows(tmp_path / "t.csv", [(f"t{i}", labels[i % 6]) for i in range(60)])
+    with caplog.at_level("WARNING"):
+        assert len(_custom(path).label_names) == 6  # not merged
+        _custom(path)  # the same data again (a run's per-class report): not said again
+    case = [m for m in _said(caplog) if "differ only in case" in m]
+    assert case == [
+        f"data file {path} has labels that differ only in case, kept as separate classes: "
+        "'POS' / 'Pos' / 'pos'; 'True' / 'true'; if they are one class, spell them the same "
+        "in the file"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _custom(path, f"data.label_names={sorted(set(labels))}")
+    assert not [m for m in _said(caplog) if "differ only in case" in m]
+
+
+def test_two_spellings_of_one_number_are_named_but_json_numbers_are_not(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spelt = ["1.1", "1.10", "01", "1", "2"]
+    path = _csv_rows(tmp_path / "t.csv", [(f"t{i}", spelt[i % 5]) for i in range(20)])
+    with caplog.at_level("WARNING"):
+        assert read_table(path, "text", "label")[1][:5] == ["1.1", "1.1", "1", "1", "2"]
+    assert _said(caplog) == [
+        f"data file {path} spells one class in several ways, read as numbers: '1.10' and "
+        "'1.1' are one class, '1.1'; '01' and '1' are one class, '1'; if they are different "
+        "classes, spell them as words (e.g. 'v1.10')"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        read_table(_jsonl(tmp_path / "n.jsonl", [1, 1.0, "1", 0]), "text", "label")
+    assert _said(caplog) == []  # 1 and 1.0 are one number: the documented rule
+
+
+def test_repeated_rows_and_evaluation_texts_seen_in_training_are_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = [(f"t{i}", str(i % 2)) for i in range(40)]
+    train = _csv_rows(tmp_path / "train.csv", rows + rows[:10])
+    evaluation = _csv_rows(tmp_path / "eval.csv", rows[:5] + [("new", "0")] * 15)
+    with caplog.at_level("WARNING"):
+        ds = _custom(train, f"data.eval_file={str(evaluation)!r}")
+    assert len(ds.train) == 50  # nothing dropped
+    assert _said(caplog) == [
+        f"10 of the 50 rows of data file {train} repeat an earlier row (same text and label); "
+        "they weigh those examples more: drop the copies if they are copies",
+        f"5 of the 20 evaluation texts (data file {evaluation}) also appear in the training "
+        "data: the accuracy is inflated; drop them from one of the two",
+    ]
+
+
+def test_the_held_out_tenth_holds_out_every_copy_of_a_text(tmp_path: Path) -> None:
+    rows = [(f"t{i}", str(i % 2)) for i in range(300)]
+    ds = _custom(_csv_rows(tmp_path / "t.csv", rows + rows[:200] + rows[:100]), "run.seed=3")
+    assert len(ds.train) + len(ds.eval) == 600
+    assert not set(ds.eval.texts) & set(ds.train.texts)  # no evaluation text trained on
+    plain = _csv_rows(tmp_path / "p.csv", rows)  # no repeated text: the same rows as ever
+    held = np.random.default_rng(0).permutation(300)[:30]
+    assert _custom(plain).eval.texts == [f"t{i}" for i in sorted(held)]
+
+
+def test_classes_without_training_examples_and_a_tiny_eval_set_are_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    train = _csv_rows(tmp_path / "train.csv", [(f"t{i}", "ab"[i % 2]) for i in range(40)])
+    evaluation = _csv_rows(tmp_path / "eval.csv", [(f"e{i}", "abc"[i % 3]) for i in range(9)])
+    with caplog.at_level("WARNING"):
+        _custom(train, f"data.eval_file={str(evaluation)!r}", "data.label_names=['a','b','c','d']")
+    assert _said(caplog)[:2] == [
+        f"2 of the 4 classes of {train} have no training example after the train/eval "
+        "split and `data.train_size`: 'c', 'd'; the model cannot learn them: add examples "
+        "or raise `data.train_size`",
+        f"the evaluation set of {train} has 9 examples: accuracy on 9 examples moves in "
+        "steps of 1/9; give more (`data.eval_file`, `data.eval_size`)",
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _custom(_csv_rows(tmp_path / "five.csv", [(f"f{i}", "ab"[i % 2]) for i in range(5)]))
+    assert "has 1 example: accuracy on 1 example moves in steps of 1/1" in caplog.text

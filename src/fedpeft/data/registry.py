@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fedpeft.config import DataConfig
+from fedpeft.data import checks
 from fedpeft.data.boxes import DetectionImages, load_bccd, load_coco128
 from fedpeft.data.cleaning import register_text_cleaning
 from fedpeft.data.labels import label_order, normalize_label
@@ -65,12 +66,34 @@ def load_dataset(cfg: DataConfig, seed: int, image_side: int | None = None) -> R
     loader applies the subsets to its file listing itself (only those images decoded)."""
     check_dataset_name(cfg)
     if image_side is not None and cfg.dataset in _IMAGE_LOADERS:
-        return _IMAGE_LOADERS[cfg.dataset](cfg, seed, image_side, False)
+        ds = _IMAGE_LOADERS[cfg.dataset](cfg, seed, image_side, False)
+        _warn_about_splits(cfg, ds)
+        return ds
     ds = _REGISTRY[cfg.dataset](cfg, seed)
     rng = np.random.default_rng(seed)
     train = _subset(ds.train, cfg.train_size, rng)
     evaluation = _subset(ds.eval, cfg.eval_size, rng)
-    return RawDataset(ds.name, train, evaluation, ds.label_names, ds.source)
+    ds = RawDataset(ds.name, train, evaluation, ds.label_names, ds.source)
+    _warn_about_splits(cfg, ds)
+    return ds
+
+
+def _warn_about_splits(cfg: DataConfig, ds: RawDataset) -> None:
+    """The run's final splits of classes: classes it cannot learn, a tiny evaluation set."""
+    if not isinstance(ds.train, RawSplit | ImageArrays):
+        return
+    if not isinstance(ds.eval, RawSplit | ImageArrays):
+        return
+    named = cfg.label_names is not None
+    notes = [
+        checks.empty_class_warning(
+            ds.source, ds.label_names, ds.train.labels, ds.eval.labels, named
+        ),
+        checks.small_eval_warning(ds.source, len(ds.eval)),
+    ]
+    for note in notes:
+        if note is not None:
+            checks.warn_once(log, note)
 
 
 def heldout_train(
@@ -195,18 +218,36 @@ def _custom(cfg: DataConfig, seed: int) -> RawDataset:
     if cfg.eval_file is not None:
         eval_texts, eval_raw = read_table(Path(cfg.eval_file), cfg.text_column, cfg.label_column)
         evaluation = RawSplit(eval_texts, encode_labels(eval_raw, names, cfg.eval_file))
+        where = f"data file {cfg.eval_file}"
     else:
-        held, kept = held_out_tenth(len(texts), seed)
+        held, kept = held_out_tenth(len(texts), seed, texts)
         evaluation, train = train.take(held), train.take(kept)
+        where = f"the tenth held out of {train_path}"
+    for note in (
+        checks.duplicate_warning(train_path, texts, raw),
+        checks.leakage_warning(train.texts, evaluation.texts, where),
+    ):
+        if note is not None:
+            checks.warn_once(log, note)
     return RawDataset(train_path.stem, train, evaluation, names, str(train_path))
 
 
-def held_out_tenth(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def held_out_tenth(
+    n: int, seed: int, texts: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Custom data without an eval file: a seeded 10 % (at least one example) held out for
-    evaluation, and the rest; both sorted (file order)."""
-    perm = np.random.default_rng(seed).permutation(n)
-    cut = max(1, n // 10)
-    return np.sort(perm[:cut]), np.sort(perm[cut:])
+    evaluation, and the rest; both sorted (file order).
+
+    With ``texts``, rows of one text are drawn together (all held out or all kept), so no
+    evaluation text is also a training text; a tenth of the distinct texts is held out.
+    Without a repeated text this is the very draw of rows."""
+    groups = checks.repeated_text_groups(texts) if texts is not None else np.arange(n)
+    k = int(groups.max()) + 1 if n else 0
+    if k < 2:  # one text throughout: draw rows
+        groups, k = np.arange(n), n
+    perm = np.random.default_rng(seed).permutation(k)
+    held = np.isin(groups, perm[: max(1, k // 10)])
+    return np.flatnonzero(held), np.flatnonzero(~held)
 
 
 def class_names(cfg: DataConfig, raw: list[str], path: object) -> list[str]:
@@ -224,14 +265,14 @@ def class_names(cfg: DataConfig, raw: list[str], path: object) -> list[str]:
     if len(names) < 2:
         raise FedpeftError(f"data file {path} has {len(names)} distinct label(s); need 2 or more.")
     if len(names) > 10 and 2 * len(names) > len(raw):  # e.g. a score or an id column
-        log.warning(
-            "data file %s has %d distinct labels in %d rows, fewer than 2 examples a class; "
-            "each distinct value of `data.label_column` (%s) is a class: check it names classes",
-            path,
-            len(names),
-            len(raw),
-            cfg.label_column,
+        checks.warn_once(
+            log,
+            f"data file {path} has {len(names)} distinct labels in {len(raw)} rows, fewer "
+            f"than 2 examples a class; each distinct value of `data.label_column` "
+            f"({cfg.label_column}) is a class: check it names classes",
         )
+    if (note := checks.case_warning(path, names)) is not None:
+        checks.warn_once(log, note)
     return names
 
 

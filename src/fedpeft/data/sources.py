@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedpeft.data import checks
 from fedpeft.data.labels import normalize_label
 from fedpeft.errors import FedpeftError
 from fedpeft.hub import datasets_offline_reason
@@ -22,9 +24,12 @@ from fedpeft.hub import datasets_offline_reason
 if TYPE_CHECKING:
     from fedpeft.data.questions import QAExamples
 
+log = logging.getLogger(__name__)
+
 csv.field_size_limit(1 << 24)
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")  # what ``read_table`` reads
+_COMPRESSED = (".gz", ".zip", ".bz2", ".xz", ".zst", ".7z")
 
 
 @dataclass(frozen=True)
@@ -150,21 +155,71 @@ def read_table(
     """Texts and canonical label names (``fedpeft.data.labels``) from a CSV or TSV file
     with a header, a JSONL file, a JSON file holding one array of objects (all in UTF-8; a
     byte-order mark is allowed) or a Parquet file. ``kind`` names what ``text_column``
-    holds in messages: ``"text"``, or ``"image"`` (paths; its key is ``data.image_column``)."""
+    holds in messages: ``"text"``, or ``"image"`` (paths; its key is ``data.image_column``).
+
+    A missing text (no value, NaN, or only whitespace) is kept as ``""``; rows without a
+    label are refused. What looks wrong is warned about once (``fedpeft.data.checks``)."""
     rows = read_rows(path, (text_column, label_column))
     hint = f"set `data.{kind}_column` / `data.label_column`"
     require_columns(path, rows, (text_column, label_column), hint)
     texts, labels = [], []
+    spellings: dict[str, set[str]] = {}
+    unlabelled: list[int] = []
     for i, row in enumerate(rows):
         where = f"data file {path}, row {i + 1}"
-        label = normalize_label(row.get(label_column), where)
-        texts.append(row_text(row, text_column, where, kind))
+        raw = row.get(label_column)
+        label = normalize_label(raw, where)
+        texts.append(_text_or_empty(row, text_column, where, kind))
         if label is None:
-            raise FedpeftError(
-                f"{where} has no label in `{label_column}`; fill it in or drop the row."
-            )
+            unlabelled.append(i + 1)
+            continue
+        if isinstance(raw, str):
+            spellings.setdefault(label, set()).add(raw.strip())
         labels.append(label)
+    _refuse_unlabelled(path, unlabelled, label_column)
+    _warn_about_table(path, texts, labels, spellings, kind)
     return texts, labels
+
+
+def _text_or_empty(row: dict[str, object], column: str, where: str, kind: str) -> str:
+    """``row_text``, where a missing text (``kind`` "text" only) is ``""``."""
+    value = row.get(column)
+    if kind == "text" and is_missing_text(value):
+        return ""
+    return row_text(row, column, where, kind)
+
+
+def is_missing_text(value: object) -> bool:
+    """None, a float NaN (a JSON ``NaN``, a Parquet or pandas null) or a blank string."""
+    if isinstance(value, float):
+        return value != value  # NaN
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _refuse_unlabelled(path: Path, rows: list[int], label_column: str) -> None:
+    if not rows:
+        return
+    where = f"data file {path}, row {rows[0]}"
+    if len(rows) == 1:
+        raise FedpeftError(f"{where} has no label in `{label_column}`; fill it in or drop the row.")
+    raise FedpeftError(
+        f"{where} has no label in `{label_column}`, nor do {len(rows) - 1} other rows; fill "
+        "them in or drop those rows."
+    )
+
+
+def _warn_about_table(
+    path: Path, texts: list[str], labels: list[str], spellings: dict[str, set[str]], kind: str
+) -> None:
+    notes = [checks.spelling_warning(path, spellings)]
+    if kind == "text":
+        notes.append(checks.missing_text_warning(path, sum(1 for t in texts if not t)))
+        if path.suffix.lower() in (".csv", ".tsv"):
+            delimiter = _delimiter(path.suffix.lower())
+            notes.append(checks.swallowed_rows_warning(path, texts, labels, delimiter))
+    for note in notes:
+        if note is not None:
+            checks.warn_once(log, note)
 
 
 def require_columns(
@@ -180,9 +235,9 @@ def require_columns(
 
 def row_text(row: dict[str, object], column: str, where: str, kind: str = "text") -> str:
     """The text (``kind``: what it holds, for messages) in ``row``'s ``column``; refused
-    when missing or not a scalar."""
+    when missing (None, NaN) or not a scalar."""
     value = row.get(column)
-    if value is None:
+    if value is None or (isinstance(value, float) and value != value):  # None or NaN
         raise FedpeftError(f"{where} has no {kind} in `{column}`; fill it in or drop the row.")
     if isinstance(value, dict | list | bytes):
         raise FedpeftError(f"{where}: the {kind} is a {type(value).__name__}, not a string.")
@@ -201,6 +256,11 @@ def read_rows(
     if not path.is_file():
         raise FedpeftError(f"data file {path} does not exist; check {setting}.")
     suffix = path.suffix.lower()
+    if suffix in _COMPRESSED:
+        raise FedpeftError(
+            f"data file {path} is compressed ({suffix}); decompress it and point {setting} "
+            "at the .csv, .tsv, .jsonl, .json or .parquet file inside."
+        )
     if suffix not in TABLE_SUFFIXES:
         raise FedpeftError(
             f"data file {path} has suffix {suffix!r}; expected .csv, .tsv, .jsonl, .json or "
@@ -234,6 +294,7 @@ def _read_delimited(path: Path, text: str, columns: tuple[str, ...]) -> list[dic
             f"data file {path} is not a valid {path.suffix[1:].upper()} ({e})."
         ) from None
     header, body = (table[0], table[1:]) if table else ([], [])
+    _refuse_other_delimiter(path, header, columns)
     for col in columns:
         if header.count(col) > 1:
             raise FedpeftError(
@@ -252,12 +313,36 @@ def _read_delimited(path: Path, text: str, columns: tuple[str, ...]) -> list[dic
     return [dict(zip_longest(header, r[: len(header)])) for r in body]
 
 
+def _refuse_other_delimiter(path: Path, header: list[str], columns: tuple[str, ...]) -> None:
+    """A header that is one cell holding a ';' or a tab, without the columns wanted: the
+    file is separated by that, not by what its suffix says."""
+    if len(header) != 1 or header[0] in columns:
+        return
+    comma = path.suffix.lower() == ".csv"
+    if "\t" in header[0] and comma:
+        raise FedpeftError(
+            f"data file {path} looks tab-separated (its header is one cell, {header[0]!r}); "
+            "name it .tsv, or save it with commas."
+        )
+    if ";" in header[0]:
+        sep = "commas" if comma else "tabs"
+        raise FedpeftError(
+            f"data file {path} looks ';'-separated (its header is one cell, {header[0]!r}); "
+            f"save it with {sep} as the separator."
+        )
+
+
 def _utf8(path: Path) -> str:
     """The file's text; bytes that are not UTF-8 are refused with the line that holds them."""
     try:
         data = path.read_bytes()
     except OSError as e:
         raise FedpeftError(f"data file {path} cannot be read ({e.strerror}).") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise FedpeftError(
+            f"data file {path} is UTF-16 (it starts with a UTF-16 byte-order mark); re-save "
+            "it as UTF-8."
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
