@@ -225,3 +225,21 @@ def test_classes_without_training_examples_and_a_tiny_eval_set_are_warned_about(
     with caplog.at_level("WARNING"):
         _custom(_csv_rows(tmp_path / "five.csv", [(f"f{i}", "ab"[i % 2]) for i in range(5)]))
     assert "has 1 example: accuracy on 1 example moves in steps of 1/1" in caplog.text
+
+
+def test_a_file_trained_on_in_part_is_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default `data.train_size` (2,000) draws from a user's larger file: said once;
+    a file the size covers says nothing."""
+    path = _csv_rows(tmp_path / "t.csv", [(f"t{i}", "ab"[i % 2]) for i in range(100)])
+    with caplog.at_level("WARNING"):
+        assert len(_custom(path, "data.train_size=30").train) == 30
+    assert [m for m in _said(caplog) if "seeded" in m] == [
+        f"training on a seeded 30 of the 90 training examples of {path} (`data.train_size`); "
+        "set it to 90 (or more) to train on all of them"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _custom(path, "data.train_size=90")
+    assert not [m for m in _said(caplog) if "seeded" in m]

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from fedpeft.config import DataConfig
 from fedpeft.data.labels import normalize_label
 from fedpeft.errors import FedpeftError
 
@@ -159,6 +160,17 @@ def empty_class_warning(
         f"{len(empty)} of the {n} classes of {source} have no training example after the "
         f"train/eval split and `data.train_size`: {_few(empty)}; the model cannot learn "
         "them: add examples or raise `data.train_size`"
+    )
+
+
+def subset_note(cfg: DataConfig, source: str, n: int) -> str | None:
+    """A user's own file trained on in part (``data.train_size`` below its rows): said,
+    since the default size (2,000) was chosen for the built-in sets, not for their file."""
+    if cfg.train_size is None or cfg.train_size >= n:
+        return None
+    return (
+        f"training on a seeded {cfg.train_size:,} of the {n:,} training examples of {source} "
+        f"(`data.train_size`); set it to {n} (or more) to train on all of them"
     )
 
 

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from fedpeft.config import DataConfig
+from fedpeft.data import checks
 from fedpeft.data.cache import cached_arrays
 from fedpeft.data.image_files import ImageFiles, list_images
 from fedpeft.data.registry import (
@@ -98,6 +99,8 @@ def load_custom_images(cfg: DataConfig, seed: int, side: int, heldout: bool) -> 
     pick_train, pick_eval = drawn_indices(
         cfg, seed, len(files.paths), len(eval_files.paths), heldout
     )
+    if not heldout and (note := checks.subset_note(cfg, str(train_path), len(files.paths))):
+        checks.warn_once(log, note)
     eval_source = Path(cfg.eval_file or train_path)
     train_part = (train_path, "heldout" if heldout else "train")
     train = decoded(files.take(pick_train), train_ids[pick_train], side, train_part)

@@ -71,6 +71,8 @@ def load_dataset(cfg: DataConfig, seed: int, image_side: int | None = None) -> R
         return ds
     ds = _REGISTRY[cfg.dataset](cfg, seed)
     rng = np.random.default_rng(seed)
+    if cfg.dataset == "custom" and (note := checks.subset_note(cfg, ds.source, len(ds.train))):
+        checks.warn_once(log, note)
     train = _subset(ds.train, cfg.train_size, rng)
     evaluation = _subset(ds.eval, cfg.eval_size, rng)
     ds = RawDataset(ds.name, train, evaluation, ds.label_names, ds.source)
