@@ -91,10 +91,6 @@ def run(
     console = Console()
     with user_errors():
         cfg = _resolve_config(config, set_ or [], resume)
-        if resume is None:
-            from fedpeft.config.paths import anchored
-
-            cfg = anchored(cfg)  # its config.toml works from any folder
         from fedpeft.cli.progress import RichObserver, rounds_table
         from fedpeft.server.task import check_names
 

@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fedpeft.errors import FedpeftError
-
-if TYPE_CHECKING:
-    from fedpeft.config.schema import ExperimentConfig
 
 
 def check_output_dir(output_dir: str) -> None:
@@ -37,23 +33,3 @@ def check_output_dir(output_dir: str) -> None:
             f"`run.output_dir` {output_dir!r}: {probe} is not writable by this user; "
             "point it at a folder you can write."
         )
-
-
-def anchored(cfg: ExperimentConfig) -> ExperimentConfig:
-    """``cfg`` with its relative input files (``data.train_file``, ``data.eval_file``,
-    ``profiles.file``) made absolute against the working folder, as a new run reads them:
-    its ``config.toml`` then names the same files when the run is resumed, predicted with or
-    reported from another folder. (``load_config`` keeps them relative: a config file or
-    ``fedpeft config`` output stays portable.)"""
-
-    def absolute(path: str | None) -> str | None:
-        return path if path is None or os.path.isabs(path) else os.path.abspath(path)
-
-    data = cfg.data.model_copy(
-        update={
-            "train_file": absolute(cfg.data.train_file),
-            "eval_file": absolute(cfg.data.eval_file),
-        }
-    )
-    profiles = cfg.profiles.model_copy(update={"file": absolute(cfg.profiles.file)})
-    return cfg.model_copy(update={"data": data, "profiles": profiles})
