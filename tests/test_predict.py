@@ -422,3 +422,19 @@ def test_the_predicting_machine_picks_the_device(lora_run: Path, tmp_path: Path)
     if not torch.cuda.is_available():
         code, _, output = predict_cli(run, "--text", "woof", "--device", "cuda")
         refused(code, output, "no CUDA device is available")
+
+
+def test_a_run_with_a_relative_tiers_file_predicts_from_another_folder(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished run's final model needs no devices: a relative `profiles.file` (read from
+    where the run started) is not needed to predict from elsewhere."""
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir(), elsewhere.mkdir()
+    (start / "tiers.toml").write_text("[a]\nbase = 'high'\n")
+    monkeypatch.chdir(start)
+    tiers = ["profiles.file='tiers.toml'", "profiles.mix=['a', 'a']", "run.rounds=1"]
+    run = _train(tmp_path, data, *tiers)
+    monkeypatch.chdir(elsewhere)
+    code, out, said = predict_cli(run, "--text", "woof bark puppy")
+    assert code == 0 and out.strip().splitlines()[-1].split("\t")[0] in NAMES, said

@@ -172,9 +172,11 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, threads or os.cpu_count() or 1))
 
 
-def check_names(cfg: ExperimentConfig) -> MethodSpec:
+def check_names(cfg: ExperimentConfig, tiers: bool = True) -> MethodSpec:
     """Fails fast on every section that the schema alone cannot check (plugin names, method
-    options, strategy, allocation, profiles), before anything loads or is written."""
+    options, strategy, allocation, profiles), before anything loads or is written.
+    ``tiers=False``: a finished run's final model is rebuilt (predict, per-class report),
+    which needs no devices, so a ``profiles.file`` it names is not read."""
     from fedpeft.allocation import make_allocation_config
     from fedpeft.profiling import load_profiles
     from fedpeft.server.personal import check_personalization
@@ -183,7 +185,7 @@ def check_names(cfg: ExperimentConfig) -> MethodSpec:
     check_dataset_name(cfg.data)
     strategy_from_config(cfg.server, evaluate_proxy=lambda _: 0.0, groups=True)  # names only
     make_allocation_config(cfg.allocation)
-    if cfg.profiles.file is not None:
+    if tiers and cfg.profiles.file is not None:
         load_profiles(Path(cfg.profiles.file))
     method = parse_spec(cfg.peft.method, cfg.peft.options)
     check_pairing(cfg)
@@ -412,7 +414,7 @@ def build_task(cfg: ExperimentConfig, data: FederatedData | None = None) -> Task
     """The run's task: ``data`` (default: the configured data, loaded and partitioned) and
     the model built from the config and seed alone (``data`` gives it only the class names).
     A finished run's model is rebuilt for new inputs by passing them as ``data``."""
-    method = check_names(cfg)
+    method = check_names(cfg, tiers=data is None)  # given data: a finished run's rebuild
     set_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
     data = data if data is not None else build_data(cfg)

@@ -86,7 +86,7 @@ def final_state(root: Path, cfg: ExperimentConfig, refusal: tuple[str, str]) -> 
     its manifest and ``cfg``'s fingerprint; no older round stands in for a damaged last one.
     ``refusal``: (what the folder cannot be used for, what was not done), for the messages."""
     last = _finished_round(root, cfg, refusal)
-    fingerprint = config_fingerprint(resolved(cfg, check_names(cfg)))
+    fingerprint = config_fingerprint(resolved(cfg, check_names(cfg, tiers=False)))
     return Checkpoints(root / CHECKPOINT, fingerprint, refusal).load_round(last)
 
 
