@@ -50,3 +50,12 @@ def class_stats(feats: torch.Tensor, labels: torch.Tensor, classes: int) -> dict
         STATS_COUNT: torch.bincount(labels, minlength=classes).double(),
         STATS_SECOND: feats.T @ feats,
     }
+
+
+@pytest.fixture(autouse=True)
+def _data_warnings_said_afresh() -> None:
+    """`checks.warn_once` says a warning once a process; each test starts with none said,
+    so a test's expectation about a warning never depends on the tests before it."""
+    from fedpeft.data import checks
+
+    checks.forget_said()

@@ -438,3 +438,16 @@ def test_a_run_with_a_relative_tiers_file_predicts_from_another_folder(
     monkeypatch.chdir(elsewhere)
     code, out, said = predict_cli(run, "--text", "woof bark puppy")
     assert code == 0 and out.strip().splitlines()[-1].split("\t")[0] in NAMES, said
+
+
+def test_a_file_with_missing_texts_predicts_as_training_reads_it(
+    lora_run: Path, tmp_path: Path
+) -> None:
+    """A JSON NaN or null text is an empty text, as the run's own loader reads it (not
+    refused, not the text "nan")."""
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"text": "woof bark"}\n{"text": NaN}\n{"text": null}\n')
+    out = tmp_path / "preds.csv"
+    code, _, said = predict_cli(lora_run, "--file", path, "--out", out)
+    assert code == 0, said
+    assert [r["text"] for r in csv_rows(out)] == ["woof bark", "", ""]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from fedpeft.data.labels import normalize_label
-from fedpeft.data.sources import read_rows, require_columns, row_text
+from fedpeft.data.sources import read_rows, require_columns, text_or_empty
 from fedpeft.errors import FedpeftError
 from fedpeft.models import get_model_spec, is_vision_model
 from fedpeft.server.trained import FinishedRun
@@ -78,7 +78,7 @@ def file_inputs(
     if label_column:
         require_columns(path, rows, (label_col,), "name it with --label-column")
     where = [f"data file {path}, row {i + 1}" for i in range(len(rows))]
-    items = [row_text(row, col, w, what) for row, w in zip(rows, where, strict=True)]
+    items = [text_or_empty(row, col, w, what) for row, w in zip(rows, where, strict=True)]
     labels = None
     if label_col and label_col in rows[0]:
         labels = [

@@ -75,11 +75,17 @@ def spelling_warning(path: object, spellings: dict[str, set[str]]) -> str | None
 
 
 def _row_like(line: str, delimiter: str, labels: set[str]) -> bool:
-    """Whether ``line`` ends like a row of the file: the delimiter, then a label."""
+    """Whether ``line`` ends like a row of the file: the delimiter, then a label (its
+    spelling as the file has it, or read as the loader reads labels)."""
     if delimiter not in line:
         return False
+    last = line.rsplit(delimiter, 1)[1].strip()
+    if last in labels:
+        return True
+    if not last or len(last) > 40:  # no label spelled differently is that long
+        return False
     try:
-        return normalize_label(line.rsplit(delimiter, 1)[1], "") in labels
+        return normalize_label(last, "") in labels
     except FedpeftError:
         return False
 
@@ -101,7 +107,7 @@ def swallowed_rows_warning(
     if not found:
         return None
     (row, n, like), more = found[0], len(found) - 1
-    also = f" ({more} more such texts)" if more else ""
+    also = f" ({more} more such text{'s' * (more != 1)})" if more else ""
     sep = "tab" if delimiter == "\t" else repr(delimiter)
     return (
         f"data file {path}, row {row}: its text holds {n} lines, {like} of which look like "
@@ -184,8 +190,6 @@ def small_eval_warning(source: str, n: int) -> str | None:
     )
 
 
-def repeated_text_groups(texts: Sequence[str]) -> np.ndarray:
-    """Each text's group id: equal texts share one, numbered in order of first appearance
-    (no repeated text: ``0, 1, …, n-1``)."""
-    first: dict[str, int] = {}
-    return np.asarray([first.setdefault(t, len(first)) for t in texts], dtype=np.int64)
+def forget_said() -> None:
+    """Every warning may be said again (a new run in a long-lived process; tests)."""
+    _SAID.clear()

@@ -222,7 +222,7 @@ def _custom(cfg: DataConfig, seed: int) -> RawDataset:
         evaluation = RawSplit(eval_texts, encode_labels(eval_raw, names, cfg.eval_file))
         where = f"data file {cfg.eval_file}"
     else:
-        held, kept = held_out_tenth(len(texts), seed, texts)
+        held, kept = held_out_tenth(len(texts), seed)
         evaluation, train = train.take(held), train.take(kept)
         where = f"the tenth held out of {train_path}"
     for note in (
@@ -234,22 +234,14 @@ def _custom(cfg: DataConfig, seed: int) -> RawDataset:
     return RawDataset(train_path.stem, train, evaluation, names, str(train_path))
 
 
-def held_out_tenth(
-    n: int, seed: int, texts: list[str] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def held_out_tenth(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Custom data without an eval file: a seeded 10 % (at least one example) held out for
-    evaluation, and the rest; both sorted (file order).
-
-    With ``texts``, rows of one text are drawn together (all held out or all kept), so no
-    evaluation text is also a training text; a tenth of the distinct texts is held out.
-    Without a repeated text this is the very draw of rows."""
-    groups = checks.repeated_text_groups(texts) if texts is not None else np.arange(n)
-    k = int(groups.max()) + 1 if n else 0
-    if k < 2:  # one text throughout: draw rows
-        groups, k = np.arange(n), n
-    perm = np.random.default_rng(seed).permutation(k)
-    held = np.isin(groups, perm[: max(1, k // 10)])
-    return np.flatnonzero(held), np.flatnonzero(~held)
+    evaluation, and the rest; both sorted (file order). Drawn over rows, as every earlier
+    run drew it (a resumed run must see its own split): rows that repeat a text may fall on
+    both sides, which ``checks.leakage_warning`` says."""
+    perm = np.random.default_rng(seed).permutation(n)
+    cut = max(1, n // 10)
+    return np.sort(perm[:cut]), np.sort(perm[cut:])
 
 
 def class_names(cfg: DataConfig, raw: list[str], path: object) -> list[str]:

@@ -169,7 +169,7 @@ def read_table(
         where = f"data file {path}, row {i + 1}"
         raw = row.get(label_column)
         label = normalize_label(raw, where)
-        texts.append(_text_or_empty(row, text_column, where, kind))
+        texts.append(text_or_empty(row, text_column, where, kind))
         if label is None:
             unlabelled.append(i + 1)
             continue
@@ -181,7 +181,7 @@ def read_table(
     return texts, labels
 
 
-def _text_or_empty(row: dict[str, object], column: str, where: str, kind: str) -> str:
+def text_or_empty(row: dict[str, object], column: str, where: str, kind: str) -> str:
     """``row_text``, where a missing text (``kind`` "text" only) is ``""``."""
     value = row.get(column)
     if kind == "text" and is_missing_text(value):

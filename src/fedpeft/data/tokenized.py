@@ -132,8 +132,8 @@ def reading_warnings(
     if n and cut / n > CUT_WARN:
         said.append(
             f"{cut} of {n} training texts ({cut / n:.0%}) reach `model.max_length`={max_length} "
-            "tokens and are cut there; a larger `model.max_length` reads more of each (time "
-            "grows with it)"
+            "tokens (longer ones are cut there); a larger `model.max_length` reads more of "
+            "each (time grows with it)"
         )
     unk = tokenizer.unk_token_id
     if unk is not None and n:

@@ -31,6 +31,7 @@ from fedpeft.data import (
     reading_warnings,
     tokenize_split,
 )
+from fedpeft.data.checks import warn_once
 from fedpeft.errors import FedpeftError
 from fedpeft.models import (
     ModelSpec,
@@ -376,7 +377,7 @@ def _text_splits(
     train = tokenize_split(dataset.train, tokenizer, cfg.model.max_length, pad_left=left)
     evaluation = tokenize_split(dataset.eval, tokenizer, cfg.model.max_length, pad_left=left)
     for line in reading_warnings(train, tokenizer, cfg.model.max_length, spec.name):
-        log.warning(line)
+        warn_once(log, line)  # the per-class report rebuilds the task in the same process
     return train, evaluation
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from fedpeft.client import ClientStateStore
 from fedpeft.config import ExperimentConfig, config_fingerprint, config_to_toml
+from fedpeft.data import checks
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import get_adapter_state, parse_method_ref, save_adapter
 from fedpeft.runtime.local.group_fit import GroupedClientPool
@@ -70,6 +71,7 @@ def run_local(
     """Runs (or resumes) a federation and writes the run folder; clients are in this
     process unless ``pool`` builds another runtime's pool (e.g. Flower's) from the task."""
     start = time.perf_counter()
+    checks.forget_said()  # a run says its data's warnings, whatever ran before it here
     fingerprint = config_fingerprint(resolved(cfg, check_names(cfg)))
     store = RunStore.open_existing(resume, fingerprint) if resume else None
     saved = store.load_checkpoint() if store else None  # a damaged run fails before any work
