@@ -70,6 +70,14 @@ def test_a_dry_run_lists_the_runs_and_writes_nothing(experiment: Path, tmp_path:
         cwd=tmp_path,
     )  # fmt: skip
     assert wrong.returncode == 2 and "iid is not a value of 'split'" in wrong.stdout + wrong.stderr
+    (tmp_path / "afile").write_text("")
+    for dry in ([], ["--dry-run"]):  # a folder below a file: one sentence, dry run or not
+        below = _fedpeft(
+            "experiment", str(EXAMPLE), "--out", str(tmp_path / "afile" / "x"), *dry, cwd=tmp_path
+        )
+        said = " ".join((below.stdout + below.stderr).split())
+        assert below.returncode == 2 and "which is a file, not a folder" in said, said
+        assert "Traceback" not in said
 
 
 def _csv(path: Path) -> list[dict[str, str]]:

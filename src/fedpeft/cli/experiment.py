@@ -19,6 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from fedpeft.config.paths import check_output_dir
 from fedpeft.errors import FedpeftError
 from fedpeft.experiment import (
     ExperimentDir,
@@ -55,8 +56,7 @@ def run_experiment_command(
     check_plan(plan)
     selected = select_runs(plan, only or [])
     folder = ExperimentDir(out or Path(exp.experiment.output_dir) / exp.experiment.name)
-    if folder.root.exists() and not folder.root.is_dir():
-        raise FedpeftError(f"{folder.root} is a file; the experiment needs a folder there.")
+    check_output_dir(str(folder.root), "the experiment's folder" if out is None else "--out")
     todo = [r for r in selected.runs if folder.state(r.key, r.rounds).value != "done"]
     done = sum(folder.state(r.key, r.rounds).value == "done" for r in plan.runs)
     console.print(
