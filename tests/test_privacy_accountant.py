@@ -117,6 +117,8 @@ def test_privacy_section_is_off_by_default_and_checks_its_fields() -> None:
             ],
             "needs `privacy.mode` 'central'",
         ),
+        (["privacy.noise_multiplier=1.0"], "set but `privacy.mode` is 'none'"),  # not DP
+        (["privacy.target_epsilon=2.0"], "`privacy.target_epsilon` is set but"),
         (["privacy.mode='global'"], "`privacy.mode`"),
         (["privacy.delta=1.5"], "`privacy.delta`"),
     ]:

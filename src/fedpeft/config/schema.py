@@ -440,6 +440,12 @@ class PrivacyConfig(_Section):
                 f"`privacy.mode` {self.mode!r} needs `privacy.noise_multiplier` or "
                 "`privacy.target_epsilon`; set one of them"
             )
+        if self.mode == "none" and (self.noise_multiplier or self.target_epsilon):
+            key = "noise_multiplier" if self.noise_multiplier else "target_epsilon"
+            raise ValueError(
+                f"`privacy.{key}` is set but `privacy.mode` is 'none', so nothing would be "
+                "private; set `privacy.mode` ('central', 'local' or 'dpsgd') or drop it"
+            )
         if self.noise_multiplier is not None and self.target_epsilon is not None:
             raise ValueError(
                 "`privacy.noise_multiplier` and `privacy.target_epsilon` both set; "
