@@ -91,3 +91,28 @@ def test_local_dp_on_flower_gives_the_in_process_noisy_adapter_and_epsilon(tiny)
         torch.testing.assert_close(flower.state[key], value, rtol=0, atol=1e-6)
     assert flower.rounds[0]["privacy"] == local.rounds[0]["privacy"]
     assert flower.summary["privacy"]["epsilon"] > 0
+
+
+def test_the_engines_chatter_is_quiet_unless_verbose() -> None:
+    """Flower's DEBUG/INFO lines pass only when fedpeft runs verbose; its advice to use
+    `flwr run` (fedpeft's call, not the user's) never; its warnings always."""
+    import logging
+
+    from fedpeft.runtime.flower.sim import _QuietEngine
+
+    def record(level: int, text: str) -> logging.LogRecord:
+        return logging.LogRecord("flwr", level, __file__, 1, text, None, None)
+
+    quiet, root = _QuietEngine(), logging.getLogger()
+    before = root.level
+    try:
+        root.setLevel(logging.WARNING)  # `fedpeft run` without -v
+        assert not quiet.filter(record(logging.DEBUG, "Registered 2 nodes"))
+        assert quiet.filter(record(logging.WARNING, "a node failed"))
+        advice = "DEPRECATED FEATURE: The `run_simulation` function is deprecated and will be"
+        assert not quiet.filter(record(logging.WARNING, advice))
+        root.setLevel(logging.INFO)  # -v
+        assert quiet.filter(record(logging.DEBUG, "Registered 2 nodes"))
+        assert not quiet.filter(record(logging.WARNING, advice))
+    finally:
+        root.setLevel(before)

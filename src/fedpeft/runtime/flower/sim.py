@@ -6,6 +6,7 @@ ClientApps run in ``workers`` Ray worker processes, each loading the base model 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,6 +16,17 @@ from fedpeft.profiling import usable_cores
 from fedpeft.runtime.local.simulator import RunResult
 from fedpeft.server import Observer
 from fedpeft.server.task import check_names
+
+
+class _QuietEngine(logging.Filter):
+    """Flower's engine talk as fedpeft's own: its DEBUG/INFO lines only when fedpeft runs
+    verbose (``-v``), and never its advice to call ``flwr run`` instead of
+    ``run_simulation`` — fedpeft's call, not the user's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "`run_simulation` function is deprecated" in record.getMessage():
+            return False
+        return record.levelno >= logging.WARNING or logging.getLogger().level <= logging.INFO
 
 
 def run_flower_sim(
@@ -29,6 +41,9 @@ def run_flower_sim(
     check_names(cfg)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no network calls from flwr
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # the Ray workers inherit this: transformers' FutureWarnings, which `fedpeft run`
+    # silences in its own process, are not printed by every worker either
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     from flwr.app import ConfigRecordValues
     from flwr.simulation import run_simulation
 
@@ -43,7 +58,12 @@ def run_flower_sim(
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": n, "include_dashboard": False},
     }
-    run_simulation(server, client, num_supernodes=cfg.data.num_clients, backend_config=backend)
+    flwr_log, quiet = logging.getLogger("flwr"), _QuietEngine()
+    flwr_log.addFilter(quiet)
+    try:
+        run_simulation(server, client, num_supernodes=cfg.data.num_clients, backend_config=backend)
+    finally:
+        flwr_log.removeFilter(quiet)
     if not outcome:
         raise FedpeftError("the Flower simulation ended without a result; see its log above.")
     if isinstance(outcome[0], BaseException):
