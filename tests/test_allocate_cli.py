@@ -50,3 +50,21 @@ def test_allocate_non_finite_number_is_a_user_error() -> None:
     assert result.exit_code == 2
     assert "`allocation.alpha`: Input should be a finite number, got inf" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_client_nothing_fits_is_told_why_on_the_console(tmp_path: Path) -> None:
+    """A tier too small for every candidate: the table shows '-', and a line says why."""
+    tiers = tmp_path / "small.toml"
+    tiers.write_text('[phone]\nbase = "low"\nmemory_bytes = "10 MiB"\n')
+    sets = [
+        "model.name='tiny-bert'",
+        "data.num_clients=2",
+        "data.train_size=64",
+        f"profiles.file={str(tiers)!r}",
+        "profiles.mix=['phone', 'phone']",
+    ]
+    result = CliRunner().invoke(app, ["allocate", *[x for s in sets for x in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "client 0 (phone) gets nothing: no candidate fits" in said
+    assert "client 1 (phone) gets nothing" in said and "breaks memory" in said

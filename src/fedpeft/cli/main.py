@@ -141,7 +141,9 @@ def run(
     )
     for line in privacy_lines(s.get("privacy")):
         console.print(line.removeprefix("- ").replace("**", ""), highlight=False)
-    console.print(f"results: {result.run_dir}  (adapter: {result.run_dir / 'adapter'})")
+    adapter = result.run_dir / "adapter"
+    exported = f"adapter: {adapter}" if adapter.is_dir() else "no adapter: none was trained"
+    console.print(f"results: {result.run_dir}  ({exported})")
 
 
 @app.command("config")
@@ -191,6 +193,11 @@ def allocate(
         allocations, record = allocation_report(cfg)
     console = Console()
     console.print(format_allocations(allocations), highlight=False, soft_wrap=True)
+    unassigned = [a for a in allocations if a.chosen is None]
+    for a in unassigned[:5]:  # why, on the console, not only in --explain or the record
+        console.print(f"client {a.client_id} ({a.tier}) gets nothing: {a.reason}", highlight=False)
+    if len(unassigned) > 5:
+        console.print(f"… and {len(unassigned) - 5} more clients get nothing", highlight=False)
     if explain:
         for a in allocations:
             console.print("\n" + explain_one(a), highlight=False, soft_wrap=True)
