@@ -83,7 +83,9 @@ def run(
         list[Tracker] | None,
         typer.Option(help="live tracking: tensorboard (<run>/tensorboard/) or mlflow (extra)"),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="log every step (INFO), Flower's engine too")
+    ] = False,
 ) -> None:
     """Run a federation (the embedded default: MiniLM-L6, SST-2, 10 clients, LoRA)."""
     _setup_logging(verbose)
