@@ -33,6 +33,23 @@ def test_config_is_frozen() -> None:
         cfg.client.lr = 3  # type: ignore[misc]
 
 
+def test_a_bad_set_value_is_blamed_on_the_set_not_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[data]\npartition = "iid"\n')
+    with pytest.raises(FedpeftError) as info:
+        load_config(path, ["data.alpha=abc"])
+    assert str(info.value).startswith("--set data.alpha=abc: `data.alpha`:")
+    with pytest.raises(FedpeftError) as info:
+        load_config(path, ["data.label_names=[1,"])
+    message = str(info.value)
+    assert message.startswith("--set data.label_names=[1,: `data.label_names`:")
+    assert "did not parse as TOML" in message and "read as a string" in message
+    path.write_text("[data]\nnum_clients = 0\n")
+    with pytest.raises(FedpeftError) as info:  # a bad value in the file is still the file's
+        load_config(path, ["data.alpha=0.5"])
+    assert str(info.value).startswith(f"config {path}: `data.num_clients`:")
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [

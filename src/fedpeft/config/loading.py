@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ def load_config(
         raw = read_toml(Path(path))
     for item in overrides or []:
         apply_override(raw, item)
-    return build_config(raw, source=f"config {path}" if path else "config")
+    return build_config(raw, source=f"config {path}" if path else "config", overrides=overrides)
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -37,30 +40,77 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise FedpeftError(f"config file {path} is not valid TOML: {e}.") from None
 
 
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Applies ``section.key=value`` in place; the value is parsed as TOML, else a string."""
+@dataclass(frozen=True)
+class Override:
+    """One ``--set section.key=value``: the key's parts and the value read from the text."""
+
+    item: str
+    parts: tuple[str, ...]
+    value: Any
+    not_toml: str | None  # why the text is not a TOML value (then ``value`` is the text)
+
+
+def parse_override(item: str) -> Override:
+    """``section.key=value`` → ``Override``; the value is parsed as TOML, else a string."""
     key, sep, text = item.partition("=")
-    parts = key.strip().split(".")
+    parts = tuple(key.strip().split("."))
     if not sep or len(parts) < 2 or not all(parts):
         raise FedpeftError(f"--set expects section.key=value, got {item!r}.")
     try:
-        value = tomllib.loads(f"v = {text.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text.strip()
+        return Override(item, parts, tomllib.loads(f"v = {text.strip()}")["v"], None)
+    except tomllib.TOMLDecodeError as e:
+        reason = re.sub(r" \(at line \d+, column \d+\)", "", str(e))
+        return Override(item, parts, text.strip(), reason)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Applies ``section.key=value`` in place; the value is parsed as TOML, else a string."""
+    override = parse_override(item)
     node = raw
-    for p in parts[:-1]:
+    for p in override.parts[:-1]:
         child = node.setdefault(p, {})
         if not isinstance(child, dict):
-            raise FedpeftError(f"--set {key}: `{p}` is a value, not a section.")
+            raise FedpeftError(
+                f"--set {'.'.join(override.parts)}: `{p}` is a value, not a section."
+            )
         node = child
-    node[parts[-1]] = value
+    node[override.parts[-1]] = override.value
 
 
-def build_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+def build_config(
+    raw: dict[str, Any], source: str = "config", overrides: Sequence[str] | None = None
+) -> ExperimentConfig:
+    """Validates ``raw``; ``overrides`` (the ``--set`` items already applied to it) name the
+    culprit when the bad value came from one of them rather than from ``source``."""
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise FedpeftError(f"{source}: {describe_validation_error(e)}") from None
+        message = describe_validation_error(e)
+        raise FedpeftError(_blame(e, message, source, overrides or [])) from None
+
+
+# Pydantic error types of a value that should have been a list or a table.
+_CONTAINER_ERRORS = {"list_type", "dict_type", "model_type", "model_attributes_type"}
+
+
+def _blame(e: ValidationError, message: str, source: str, overrides: Sequence[str]) -> str:
+    """``message`` prefixed by where the bad value came from: the last ``--set`` of the
+    field (saying when its text was not TOML and so was read as a string), else ``source``."""
+    err = e.errors()[0]
+    loc = tuple(map(str, err["loc"]))
+    parsed = [parse_override(item) for item in overrides]
+    for o in reversed(parsed):
+        if loc[: len(o.parts)] == o.parts:
+            if o.not_toml and err["type"] in _CONTAINER_ERRORS:
+                message = (
+                    f"{message.removesuffix('.')}; the value did not parse as TOML "
+                    f"({o.not_toml}), so it was read as a string."
+                )
+            return f"--set {o.item}: {message}"
+    touched = [o.item for o in parsed if o.parts[: len(loc)] == loc]
+    if touched:  # a rule over a section that a --set changed
+        source += f" with --set {', '.join(touched)}"
+    return f"{source}: {message}"
 
 
 def describe_validation_error(e: ValidationError, prefix: str = "", model: Any = None) -> str:
