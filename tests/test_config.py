@@ -55,6 +55,9 @@ def test_a_bad_set_value_is_blamed_on_the_set_not_the_file(tmp_path: Path) -> No
     [
         ("peft.rank=4", "method 'lora': unknown key `peft.rank`"),
         ("nosection.x=1", "unknown key `nosection`"),
+        ("data.num_client=2", "unknown key `data.num_client`; did you mean `data.num_clients`?"),
+        ("data.zzz=2", "unknown key `data.zzz`; valid keys here: dataset, train_file"),
+        ("data.label_names=" + repr("x" * 200), "got '" + "x" * 76 + "...."),
         ("peft.r=-1", "`peft.r`: Input should be greater than 0, got -1"),
         ("client.lr='fast'", "`client.lr` should be a positive number or \"auto\", got 'fast'"),
         ("peft.dropout=1.5", "`peft.dropout`"),

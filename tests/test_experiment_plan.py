@@ -115,6 +115,19 @@ def test_bad_files_are_user_errors(tmp_path: Path) -> None:
         read_experiment(tmp_path / "missing.toml")
 
 
+def test_a_misspelt_or_wrong_kind_of_file_is_named_not_dumped(tmp_path: Path) -> None:
+    path = tmp_path / "e.toml"
+    path.write_text(HEAD + '[grid]\n"data.alpha" = ["' + "x" * 500 + '"]\n[variantz]\na = {}\n')
+    with pytest.raises(FedpeftError) as info:
+        read_experiment(path)
+    message = str(info.value)
+    assert "missing required key `variants`; unknown key `variantz`" in message
+    assert "did you mean `variants`?" in message and "xxxxx" not in message
+    path.write_text('[model]\nname = "tiny-bert"\n[run]\nrounds = 1\n')
+    with pytest.raises(FedpeftError, match=r"looks like a run config .*`fedpeft run -c "):
+        read_experiment(path)
+
+
 def test_excluded_combinations_are_not_planned(tmp_path: Path) -> None:
     rule = '{ split = "b", variant = ["fedpeft_bias", "x"] }'
     head = HEAD.replace("[base]", f"exclude = [{rule}]\n[base]")

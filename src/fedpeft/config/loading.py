@@ -14,6 +14,7 @@ from typing import Any
 import tomli_w
 from pydantic import ValidationError
 
+from fedpeft.config.messages import describe_validation_error as describe_validation_error
 from fedpeft.config.schema import ExperimentConfig
 from fedpeft.errors import FedpeftError
 
@@ -111,37 +112,6 @@ def _blame(e: ValidationError, message: str, source: str, overrides: Sequence[st
     if touched:  # a rule over a section that a --set changed
         source += f" with --set {', '.join(touched)}"
     return f"{source}: {message}"
-
-
-def describe_validation_error(e: ValidationError, prefix: str = "", model: Any = None) -> str:
-    """One sentence for the first problem: the field, what was expected, what was found."""
-    err = e.errors()[0]
-    field = ".".join([prefix, *map(str, err["loc"])] if prefix else map(str, err["loc"]))
-    field = field or "(top level)"
-    found = err.get("input")
-    if err["type"] == "extra_forbidden":
-        valid = _valid_keys(model, err["loc"])
-        return f"unknown key `{field}`; valid keys here: {valid}."
-    msg = err["msg"].removeprefix("Value error, ")
-    extra = f" ({e.error_count()} problems in total)" if e.error_count() > 1 else ""
-    if err["type"] == "value_error":  # a cross-field rule: its message says it all
-        return f"{msg}{extra}."
-    return f"`{field}`: {msg}, got {found!r}{extra}."
-
-
-def _valid_keys(model: Any, loc: tuple[int | str, ...]) -> str:
-    """The field names of the (sub-)model that rejected an unknown key at ``loc``."""
-    if model is None:
-        from fedpeft.config.schema import ExperimentConfig
-
-        model = ExperimentConfig
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and hasattr(annotation, "model_fields")):
-            return "see README.md"
-        model = annotation
-    return ", ".join(model.model_fields) or "none"
 
 
 def config_to_toml(cfg: ExperimentConfig) -> str:

@@ -144,8 +144,25 @@ def read_experiment(path: Path) -> ExperimentFile:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise FedpeftError(f"experiment file {path} is not valid TOML: {e}.") from None
+    _not_a_run_config(path, raw)
     try:
         return ExperimentFile.model_validate(raw)
     except ValidationError as e:
         message = describe_validation_error(e, model=ExperimentFile)
         raise FedpeftError(f"experiment file {path}: {message}") from None
+
+
+def _not_a_run_config(path: Path, raw: dict[str, Any]) -> None:
+    """Stops with a pointer to ``fedpeft run`` when ``raw`` is a run's config file (sections
+    of a run config, no ``[experiment]``)."""
+    from fedpeft.config.schema import ExperimentConfig
+
+    sections = [f"`{k}`" for k in raw if k in ExperimentConfig.model_fields]
+    if "experiment" in raw or not sections or set(raw) & set(ExperimentFile.model_fields):
+        return
+    raise FedpeftError(
+        f"experiment file {path} looks like a run config (it has the run config tables "
+        f"{', '.join(sections)} and no `experiment` table); run it with "
+        f"`fedpeft run -c {path}`, or give an experiment file with `experiment` and "
+        "`variants` tables."
+    )
