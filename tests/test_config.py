@@ -33,6 +33,11 @@ def test_config_is_frozen() -> None:
         cfg.client.lr = 3  # type: ignore[misc]
 
 
+def test_a_folder_given_as_the_config_is_named_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(FedpeftError, match=r"config file .* is a folder, not a file;"):
+        load_config(tmp_path)
+
+
 def test_a_bad_set_value_is_blamed_on_the_set_not_the_file(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[data]\npartition = "iid"\n')

@@ -113,6 +113,8 @@ def test_bad_files_are_user_errors(tmp_path: Path) -> None:
         check_plan(plan)
     with pytest.raises(FedpeftError, match="does not exist"):
         read_experiment(tmp_path / "missing.toml")
+    with pytest.raises(FedpeftError, match="is a folder, not a file"):
+        read_experiment(tmp_path)
 
 
 def test_a_misspelt_or_wrong_kind_of_file_is_named_not_dumped(tmp_path: Path) -> None:

@@ -131,6 +131,8 @@ def test_bad_profile_files(tmp_path: Path, text: str, expected: str) -> None:
 def test_profile_file_must_exist_and_be_toml_or_json(tmp_path: Path) -> None:
     with pytest.raises(FedpeftError, match="does not exist"):
         load_profiles(tmp_path / "none.toml")
+    with pytest.raises(FedpeftError, match="is a folder, not a file"):
+        load_profiles(tmp_path)
     other = tmp_path / "p.yaml"
     other.write_text("x: 1")
     with pytest.raises(FedpeftError, match=r"\.toml or \.json"):

@@ -15,6 +15,7 @@ import tomli_w
 from pydantic import ValidationError
 
 from fedpeft.config.messages import describe_validation_error as describe_validation_error
+from fedpeft.config.paths import check_input_file
 from fedpeft.config.schema import ExperimentConfig
 from fedpeft.errors import FedpeftError
 
@@ -32,8 +33,7 @@ def load_config(
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FedpeftError(f"config file {path} does not exist; pass an existing TOML file.")
+    check_input_file(path, "config file", "pass an existing TOML file")
     try:
         with path.open("rb") as f:
             return tomllib.load(f)

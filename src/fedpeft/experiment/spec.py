@@ -42,6 +42,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from fedpeft.config.loading import describe_validation_error
+from fedpeft.config.paths import check_input_file
 from fedpeft.errors import FedpeftError
 
 Tracker = Literal["tensorboard", "mlflow"]
@@ -138,8 +139,7 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_experiment(path: Path) -> ExperimentFile:
-    if not path.is_file():
-        raise FedpeftError(f"experiment file {path} does not exist; pass an existing TOML file.")
+    check_input_file(path, "experiment file", "pass an existing TOML file")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

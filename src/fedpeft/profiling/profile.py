@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from fedpeft.config.loading import describe_validation_error
+from fedpeft.config.paths import check_input_file
 from fedpeft.errors import FedpeftError
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
@@ -175,8 +176,7 @@ def parse_profiles(raw: Mapping[str, Any], source: str = "profiles") -> dict[str
 def load_profiles(path: str | Path) -> dict[str, ResourceProfile]:
     """Profiles from a TOML or JSON file of named tables (see ``parse_profiles``)."""
     path = Path(path)
-    if not path.is_file():
-        raise FedpeftError(f"profiles file {path} does not exist; pass a TOML or JSON file.")
+    check_input_file(path, "profiles file", "pass a TOML or JSON file")
     try:
         if path.suffix == ".json":
             raw = json.loads(path.read_text(encoding="utf-8"))
