@@ -74,6 +74,8 @@ def test_bad_values_name_the_field(field: str, value: object, expected: str) -> 
 def test_unknown_and_missing_keys() -> None:
     with pytest.raises(FedpeftError, match=r"unknown key `p\.ram`; valid keys: tier"):
         make_profile(VALID | {"ram": 1}, name="p")
+    with pytest.raises(FedpeftError, match=r"`p\.memory`; did you mean `p\.memory_bytes`\?$"):
+        make_profile(VALID | {"memory": 1}, name="p")
     missing = {k: v for k, v in VALID.items() if k not in ("cores", "upload_bps")}
     with pytest.raises(
         FedpeftError, match=r"missing required keys `p\.cores` and `p\.upload_bps`\.$"

@@ -8,6 +8,7 @@ round. In files, memory and bandwidth may carry a unit: ``"8 GiB"``, ``"20 Mbps"
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -136,6 +137,11 @@ def make_profile(
     """A validated profile; a bad value raises ``FedpeftError`` naming ``<name>.<field>``."""
     unknown = sorted(set(raw) - set(ResourceProfile.model_fields))
     if unknown:
+        close = difflib.get_close_matches(unknown[0], list(ResourceProfile.model_fields), n=1)
+        if close:
+            raise FedpeftError(
+                f"{source}: unknown key `{name}.{unknown[0]}`; did you mean `{name}.{close[0]}`?"
+            )
         raise FedpeftError(
             f"{source}: unknown key `{name}.{unknown[0]}`; valid keys: "
             f"{', '.join(ResourceProfile.model_fields)} (and `base` in a profiles file)."
