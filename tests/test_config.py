@@ -125,6 +125,9 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
     bad.write_text("[peft\nr=")
     with pytest.raises(FedpeftError, match="not valid TOML"):
         load_config(bad)
+    bad.write_text("[data]\ntrain_size = 64\ntrain_size = 32\n")
+    with pytest.raises(FedpeftError, match=r"line 3.*; `train_size` is already set above"):
+        load_config(bad)
     with pytest.raises(FedpeftError, match="does not exist"):
         load_config(tmp_path / "missing.toml")
 

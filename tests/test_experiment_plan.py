@@ -115,6 +115,9 @@ def test_bad_files_are_user_errors(tmp_path: Path) -> None:
         read_experiment(tmp_path / "missing.toml")
     with pytest.raises(FedpeftError, match="is a folder, not a file"):
         read_experiment(tmp_path)
+    (tmp_path / "dup.toml").write_text(HEAD + '"run.rounds" = 2\n[variants]\nx = {}\n')
+    with pytest.raises(FedpeftError, match=r'`"run.rounds"` is already set above'):
+        read_experiment(tmp_path / "dup.toml")
 
 
 def test_a_misspelt_or_wrong_kind_of_file_is_named_not_dumped(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import tomli_w
 from pydantic import ValidationError
 
+from fedpeft.config.messages import describe_toml_error
 from fedpeft.config.messages import describe_validation_error as describe_validation_error
 from fedpeft.config.paths import check_input_file
 from fedpeft.config.schema import ExperimentConfig
@@ -35,10 +36,15 @@ def load_config(
 def read_toml(path: Path) -> dict[str, Any]:
     check_input_file(path, "config file", "pass an existing TOML file")
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
         raise FedpeftError(f"config file {path} is not valid TOML: {e}.") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise FedpeftError(
+            f"config file {path} is not valid TOML: {describe_toml_error(e, text)}."
+        ) from None
 
 
 @dataclass(frozen=True)

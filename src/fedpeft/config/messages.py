@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import re
+import tomllib
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +30,19 @@ def describe_validation_error(e: ValidationError, prefix: str = "", model: Any =
         return f"{msg}{extra}."
     field = _dotted(prefix, err["loc"]) or "(top level)"
     return f"`{field}`: {msg}, got {shown(err.get('input'))}{extra}."
+
+
+def describe_toml_error(e: tomllib.TOMLDecodeError, text: str) -> str:
+    """The parser's message, naming the key when it is one set twice in a table (the parser
+    says only "Cannot overwrite a value" and where)."""
+    message = str(e)
+    at = re.search(r"at line (\d+), column \d+", message)
+    lines = text.splitlines()
+    if message.startswith("Cannot overwrite") and at and int(at.group(1)) <= len(lines):
+        key = lines[int(at.group(1)) - 1].partition("=")[0].strip()
+        if key:
+            message += f"; `{key}` is already set above in the same table"
+    return message
 
 
 def shown(value: object) -> str:

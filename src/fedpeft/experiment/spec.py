@@ -42,6 +42,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from fedpeft.config.loading import describe_validation_error
+from fedpeft.config.messages import describe_toml_error
 from fedpeft.config.paths import check_input_file
 from fedpeft.errors import FedpeftError
 
@@ -141,9 +142,13 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
 def read_experiment(path: Path) -> ExperimentFile:
     check_input_file(path, "experiment file", "pass an existing TOML file")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
+    except UnicodeDecodeError as e:
         raise FedpeftError(f"experiment file {path} is not valid TOML: {e}.") from None
+    except tomllib.TOMLDecodeError as e:
+        message = describe_toml_error(e, text)
+        raise FedpeftError(f"experiment file {path} is not valid TOML: {message}.") from None
     _not_a_run_config(path, raw)
     try:
         return ExperimentFile.model_validate(raw)
