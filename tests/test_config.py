@@ -33,11 +33,36 @@ def test_config_is_frozen() -> None:
         cfg.client.lr = 3  # type: ignore[misc]
 
 
+def test_a_folder_given_as_the_config_is_named_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(FedpeftError, match=r"config file .* is a folder, not a file;"):
+        load_config(tmp_path)
+
+
+def test_a_bad_set_value_is_blamed_on_the_set_not_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[data]\npartition = "iid"\n')
+    with pytest.raises(FedpeftError) as info:
+        load_config(path, ["data.alpha=abc"])
+    assert str(info.value).startswith("--set data.alpha=abc: `data.alpha`:")
+    with pytest.raises(FedpeftError) as info:
+        load_config(path, ["data.label_names=[1,"])
+    message = str(info.value)
+    assert message.startswith("--set data.label_names=[1,: `data.label_names`:")
+    assert "did not parse as TOML" in message and "read as a string" in message
+    path.write_text("[data]\nnum_clients = 0\n")
+    with pytest.raises(FedpeftError) as info:  # a bad value in the file is still the file's
+        load_config(path, ["data.alpha=0.5"])
+    assert str(info.value).startswith(f"config {path}: `data.num_clients`:")
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
         ("peft.rank=4", "method 'lora': unknown key `peft.rank`"),
         ("nosection.x=1", "unknown key `nosection`"),
+        ("data.num_client=2", "unknown key `data.num_client`; did you mean `data.num_clients`?"),
+        ("data.zzz=2", "unknown key `data.zzz`; valid keys here: dataset, train_file"),
+        ("data.label_names=" + repr("x" * 200), "got '" + "x" * 76 + "...."),
         ("peft.r=-1", "`peft.r`: Input should be greater than 0, got -1"),
         ("client.lr='fast'", "`client.lr` should be a positive number or \"auto\", got 'fast'"),
         ("peft.dropout=1.5", "`peft.dropout`"),
@@ -99,6 +124,9 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[peft\nr=")
     with pytest.raises(FedpeftError, match="not valid TOML"):
+        load_config(bad)
+    bad.write_text("[data]\ntrain_size = 64\ntrain_size = 32\n")
+    with pytest.raises(FedpeftError, match=r"line 3.*; `train_size` is already set above"):
         load_config(bad)
     with pytest.raises(FedpeftError, match="does not exist"):
         load_config(tmp_path / "missing.toml")

@@ -113,6 +113,24 @@ def test_bad_files_are_user_errors(tmp_path: Path) -> None:
         check_plan(plan)
     with pytest.raises(FedpeftError, match="does not exist"):
         read_experiment(tmp_path / "missing.toml")
+    with pytest.raises(FedpeftError, match="is a folder, not a file"):
+        read_experiment(tmp_path)
+    (tmp_path / "dup.toml").write_text(HEAD + '"run.rounds" = 2\n[variants]\nx = {}\n')
+    with pytest.raises(FedpeftError, match=r'`"run.rounds"` is already set above'):
+        read_experiment(tmp_path / "dup.toml")
+
+
+def test_a_misspelt_or_wrong_kind_of_file_is_named_not_dumped(tmp_path: Path) -> None:
+    path = tmp_path / "e.toml"
+    path.write_text(HEAD + '[grid]\n"data.alpha" = ["' + "x" * 500 + '"]\n[variantz]\na = {}\n')
+    with pytest.raises(FedpeftError) as info:
+        read_experiment(path)
+    message = str(info.value)
+    assert "missing required key `variants`; unknown key `variantz`" in message
+    assert "did you mean `variants`?" in message and "xxxxx" not in message
+    path.write_text('[model]\nname = "tiny-bert"\n[run]\nrounds = 1\n')
+    with pytest.raises(FedpeftError, match=r"looks like a run config .*`fedpeft run -c "):
+        read_experiment(path)
 
 
 def test_excluded_combinations_are_not_planned(tmp_path: Path) -> None:

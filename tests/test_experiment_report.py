@@ -82,6 +82,16 @@ def test_outcomes_that_hold_and_a_missing_proposed_variant() -> None:
     assert {o.verdict for o in outcomes(none)} == {UNMEASURED}
 
 
+def test_the_report_leaves_the_outcomes_out_without_a_proposed_variant() -> None:
+    from fedpeft.report.experiment import _outcomes
+
+    study = _study((0.7, 0.7))
+    none = to_markdown(_outcomes(Study(study.figures, study.cells, study.roles, study.keys, None)))
+    assert "left out: the experiment names no proposed variant" in none
+    assert "Computed for" not in none and UNMEASURED not in none
+    assert "Computed for the proposed variant `plus`" in to_markdown(_outcomes(study))
+
+
 def test_outcome_5_says_above_when_federated_beats_centralised() -> None:
     five = outcomes(_study((0.82, 0.82)))[4]  # (0.80 − 0.82) / 0.80 = −2.5 %
     assert five.verdict == HOLDS

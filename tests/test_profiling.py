@@ -74,8 +74,12 @@ def test_bad_values_name_the_field(field: str, value: object, expected: str) -> 
 def test_unknown_and_missing_keys() -> None:
     with pytest.raises(FedpeftError, match=r"unknown key `p\.ram`; valid keys: tier"):
         make_profile(VALID | {"ram": 1}, name="p")
-    missing = {k: v for k, v in VALID.items() if k != "cores"}
-    with pytest.raises(FedpeftError, match=r"`p\.cores`: Field required"):
+    with pytest.raises(FedpeftError, match=r"`p\.memory`; did you mean `p\.memory_bytes`\?$"):
+        make_profile(VALID | {"memory": 1}, name="p")
+    missing = {k: v for k, v in VALID.items() if k not in ("cores", "upload_bps")}
+    with pytest.raises(
+        FedpeftError, match=r"missing required keys `p\.cores` and `p\.upload_bps`\.$"
+    ):
         make_profile(missing, name="p")
 
 
@@ -129,6 +133,8 @@ def test_bad_profile_files(tmp_path: Path, text: str, expected: str) -> None:
 def test_profile_file_must_exist_and_be_toml_or_json(tmp_path: Path) -> None:
     with pytest.raises(FedpeftError, match="does not exist"):
         load_profiles(tmp_path / "none.toml")
+    with pytest.raises(FedpeftError, match="is a folder, not a file"):
+        load_profiles(tmp_path)
     other = tmp_path / "p.yaml"
     other.write_text("x: 1")
     with pytest.raises(FedpeftError, match=r"\.toml or \.json"):

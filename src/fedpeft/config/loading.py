@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 from pydantic import ValidationError
 
+from fedpeft.config.messages import describe_toml_error
+from fedpeft.config.messages import describe_validation_error as describe_validation_error
+from fedpeft.config.paths import check_input_file
 from fedpeft.config.schema import ExperimentConfig
 from fedpeft.errors import FedpeftError
 
@@ -24,74 +30,94 @@ def load_config(
         raw = read_toml(Path(path))
     for item in overrides or []:
         apply_override(raw, item)
-    return build_config(raw, source=f"config {path}" if path else "config")
+    return build_config(raw, source=f"config {path}" if path else "config", overrides=overrides)
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FedpeftError(f"config file {path} does not exist; pass an existing TOML file.")
+    check_input_file(path, "config file", "pass an existing TOML file")
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
         raise FedpeftError(f"config file {path} is not valid TOML: {e}.") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise FedpeftError(
+            f"config file {path} is not valid TOML: {describe_toml_error(e, text)}."
+        ) from None
+
+
+@dataclass(frozen=True)
+class Override:
+    """One ``--set section.key=value``: the key's parts and the value read from the text."""
+
+    item: str
+    parts: tuple[str, ...]
+    value: Any
+    not_toml: str | None  # why the text is not a TOML value (then ``value`` is the text)
+
+
+def parse_override(item: str) -> Override:
+    """``section.key=value`` → ``Override``; the value is parsed as TOML, else a string."""
+    key, sep, text = item.partition("=")
+    parts = tuple(key.strip().split("."))
+    if not sep or len(parts) < 2 or not all(parts):
+        raise FedpeftError(f"--set expects section.key=value, got {item!r}.")
+    try:
+        return Override(item, parts, tomllib.loads(f"v = {text.strip()}")["v"], None)
+    except tomllib.TOMLDecodeError as e:
+        reason = re.sub(r" \(at line \d+, column \d+\)", "", str(e))
+        return Override(item, parts, text.strip(), reason)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Applies ``section.key=value`` in place; the value is parsed as TOML, else a string."""
-    key, sep, text = item.partition("=")
-    parts = key.strip().split(".")
-    if not sep or len(parts) < 2 or not all(parts):
-        raise FedpeftError(f"--set expects section.key=value, got {item!r}.")
-    try:
-        value = tomllib.loads(f"v = {text.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text.strip()
+    override = parse_override(item)
     node = raw
-    for p in parts[:-1]:
+    for p in override.parts[:-1]:
         child = node.setdefault(p, {})
         if not isinstance(child, dict):
-            raise FedpeftError(f"--set {key}: `{p}` is a value, not a section.")
+            raise FedpeftError(
+                f"--set {'.'.join(override.parts)}: `{p}` is a value, not a section."
+            )
         node = child
-    node[parts[-1]] = value
+    node[override.parts[-1]] = override.value
 
 
-def build_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+def build_config(
+    raw: dict[str, Any], source: str = "config", overrides: Sequence[str] | None = None
+) -> ExperimentConfig:
+    """Validates ``raw``; ``overrides`` (the ``--set`` items already applied to it) name the
+    culprit when the bad value came from one of them rather than from ``source``."""
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise FedpeftError(f"{source}: {describe_validation_error(e)}") from None
+        message = describe_validation_error(e)
+        raise FedpeftError(_blame(e, message, source, overrides or [])) from None
 
 
-def describe_validation_error(e: ValidationError, prefix: str = "", model: Any = None) -> str:
-    """One sentence for the first problem: the field, what was expected, what was found."""
+# Pydantic error types of a value that should have been a list or a table.
+_CONTAINER_ERRORS = {"list_type", "dict_type", "model_type", "model_attributes_type"}
+
+
+def _blame(e: ValidationError, message: str, source: str, overrides: Sequence[str]) -> str:
+    """``message`` prefixed by where the bad value came from: the last ``--set`` of the
+    field (saying when its text was not TOML and so was read as a string), else ``source``."""
     err = e.errors()[0]
-    field = ".".join([prefix, *map(str, err["loc"])] if prefix else map(str, err["loc"]))
-    field = field or "(top level)"
-    found = err.get("input")
-    if err["type"] == "extra_forbidden":
-        valid = _valid_keys(model, err["loc"])
-        return f"unknown key `{field}`; valid keys here: {valid}."
-    msg = err["msg"].removeprefix("Value error, ")
-    extra = f" ({e.error_count()} problems in total)" if e.error_count() > 1 else ""
-    if err["type"] == "value_error":  # a cross-field rule: its message says it all
-        return f"{msg}{extra}."
-    return f"`{field}`: {msg}, got {found!r}{extra}."
-
-
-def _valid_keys(model: Any, loc: tuple[int | str, ...]) -> str:
-    """The field names of the (sub-)model that rejected an unknown key at ``loc``."""
-    if model is None:
-        from fedpeft.config.schema import ExperimentConfig
-
-        model = ExperimentConfig
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and hasattr(annotation, "model_fields")):
-            return "see README.md"
-        model = annotation
-    return ", ".join(model.model_fields) or "none"
+    loc = tuple(map(str, err["loc"]))
+    parsed = [parse_override(item) for item in overrides]
+    for o in reversed(parsed):
+        if loc[: len(o.parts)] == o.parts:
+            if o.not_toml and err["type"] in _CONTAINER_ERRORS:
+                message = (
+                    f"{message.removesuffix('.')}; the value did not parse as TOML "
+                    f"({o.not_toml}), so it was read as a string."
+                )
+            return f"--set {o.item}: {message}"
+    touched = [o.item for o in parsed if o.parts[: len(loc)] == loc]
+    if touched:  # a rule over a section that a --set changed
+        source += f" with --set {', '.join(touched)}"
+    return f"{source}: {message}"
 
 
 def config_to_toml(cfg: ExperimentConfig) -> str:

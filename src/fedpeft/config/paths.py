@@ -1,6 +1,6 @@
 """Checks of the paths a config names, against this machine's file system, before a run
 writes anything (``fedpeft run`` calls them; a Flower client does not, since
-``run.output_dir`` is the server's)."""
+``run.output_dir`` is the server's), and of the input files a command is given."""
 
 from __future__ import annotations
 
@@ -34,3 +34,12 @@ def check_output_dir(output_dir: str, setting: str = "`run.output_dir`") -> None
             f"{setting} {output_dir!r}: {probe} is not writable by this user; "
             "point it at a folder you can write."
         )
+
+
+def check_input_file(path: Path, what: str, hint: str) -> None:
+    """Stops unless ``path`` is an existing file, naming a folder as one: ``what`` is the
+    kind of file (``config file``), ``hint`` what to pass instead."""
+    if path.is_dir():
+        raise FedpeftError(f"{what} {path} is a folder, not a file; {hint}.")
+    if not path.is_file():
+        raise FedpeftError(f"{what} {path} does not exist; {hint}.")

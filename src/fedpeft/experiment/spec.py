@@ -42,6 +42,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from fedpeft.config.loading import describe_validation_error
+from fedpeft.config.messages import describe_toml_error
+from fedpeft.config.paths import check_input_file
 from fedpeft.errors import FedpeftError
 
 Tracker = Literal["tensorboard", "mlflow"]
@@ -138,14 +140,34 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_experiment(path: Path) -> ExperimentFile:
-    if not path.is_file():
-        raise FedpeftError(f"experiment file {path} does not exist; pass an existing TOML file.")
+    check_input_file(path, "experiment file", "pass an existing TOML file")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
+    except UnicodeDecodeError as e:
         raise FedpeftError(f"experiment file {path} is not valid TOML: {e}.") from None
+    except tomllib.TOMLDecodeError as e:
+        message = describe_toml_error(e, text)
+        raise FedpeftError(f"experiment file {path} is not valid TOML: {message}.") from None
+    _not_a_run_config(path, raw)
     try:
         return ExperimentFile.model_validate(raw)
     except ValidationError as e:
         message = describe_validation_error(e, model=ExperimentFile)
         raise FedpeftError(f"experiment file {path}: {message}") from None
+
+
+def _not_a_run_config(path: Path, raw: dict[str, Any]) -> None:
+    """Stops with a pointer to ``fedpeft run`` when ``raw`` is a run's config file (sections
+    of a run config, no ``[experiment]``)."""
+    from fedpeft.config.schema import ExperimentConfig
+
+    sections = [f"`{k}`" for k in raw if k in ExperimentConfig.model_fields]
+    if "experiment" in raw or not sections or set(raw) & set(ExperimentFile.model_fields):
+        return
+    raise FedpeftError(
+        f"experiment file {path} looks like a run config (it has the run config tables "
+        f"{', '.join(sections)} and no `experiment` table); run it with "
+        f"`fedpeft run -c {path}`, or give an experiment file with `experiment` and "
+        "`variants` tables."
+    )

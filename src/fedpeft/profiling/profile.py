@@ -8,6 +8,7 @@ round. In files, memory and bandwidth may carry a unit: ``"8 GiB"``, ``"20 Mbps"
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -28,6 +29,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from fedpeft.config.loading import describe_validation_error
+from fedpeft.config.paths import check_input_file
 from fedpeft.errors import FedpeftError
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
@@ -135,6 +137,11 @@ def make_profile(
     """A validated profile; a bad value raises ``FedpeftError`` naming ``<name>.<field>``."""
     unknown = sorted(set(raw) - set(ResourceProfile.model_fields))
     if unknown:
+        close = difflib.get_close_matches(unknown[0], list(ResourceProfile.model_fields), n=1)
+        if close:
+            raise FedpeftError(
+                f"{source}: unknown key `{name}.{unknown[0]}`; did you mean `{name}.{close[0]}`?"
+            )
         raise FedpeftError(
             f"{source}: unknown key `{name}.{unknown[0]}`; valid keys: "
             f"{', '.join(ResourceProfile.model_fields)} (and `base` in a profiles file)."
@@ -175,8 +182,7 @@ def parse_profiles(raw: Mapping[str, Any], source: str = "profiles") -> dict[str
 def load_profiles(path: str | Path) -> dict[str, ResourceProfile]:
     """Profiles from a TOML or JSON file of named tables (see ``parse_profiles``)."""
     path = Path(path)
-    if not path.is_file():
-        raise FedpeftError(f"profiles file {path} does not exist; pass a TOML or JSON file.")
+    check_input_file(path, "profiles file", "pass a TOML or JSON file")
     try:
         if path.suffix == ".json":
             raw = json.loads(path.read_text(encoding="utf-8"))

@@ -108,6 +108,13 @@ def _header(plan: dict[str, Any], runs: list[dict[str, Any]], done: set[str]) ->
 
 
 def _outcomes(study: Study) -> list[Block]:
+    if study.proposed is None:  # every outcome compares the proposed variant: none to show
+        return [
+            Para(
+                "The proposal's expected outcomes are left out: the experiment names no "
+                'proposed variant (set `proposed = "VARIANT"` under `[experiment]`).'
+            )
+        ]
     results = outcomes(study)
     blocks: list[Block] = [
         Heading(2, "The proposal's expected outcomes"),
