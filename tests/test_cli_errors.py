@@ -131,3 +131,15 @@ def test_run_local_itself_refuses_random_bytes_in_the_checkpoint(
         path.write_bytes(bytes(range(128, 256)))
     with pytest.raises(FedpeftError, match="cannot be resumed: no checkpoint verifies"):
         run_local(tiny_config(tmp_path, "run.rounds=2"), resume=run)
+
+
+def test_an_error_sentence_is_printed_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    """Square brackets in a refusal (a TOML table, a tier) are text, not rich markup."""
+    import typer
+
+    from fedpeft.cli.main import user_errors
+
+    with pytest.raises(typer.Exit), user_errors():
+        raise FedpeftError("the file has no [experiment] table, and tier [phone] is unknown.")
+    said = " ".join(capsys.readouterr().err.split())
+    assert "error: the file has no [experiment] table, and tier [phone] is unknown." in said

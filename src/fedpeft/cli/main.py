@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from fedpeft.errors import FedpeftError
 
@@ -49,7 +50,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except FedpeftError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # the sentence as written: a `[run]` or `[phone]` in it is not rich markup
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -197,7 +199,7 @@ def allocate(
     console.print(format_allocations(allocations), highlight=False, soft_wrap=True)
     unassigned = [a for a in allocations if a.chosen is None]
     for a in unassigned[:5]:  # why, on the console, not only in --explain or the record
-        console.print(f"client {a.client_id} ({a.tier}) gets nothing: {a.reason}", highlight=False)
+        console.print(f"client {a.client_id} ({a.tier}) gets nothing: {a.reason}", markup=False)
     if len(unassigned) > 5:
         console.print(f"… and {len(unassigned) - 5} more clients get nothing", highlight=False)
     if explain:
