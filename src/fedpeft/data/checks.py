@@ -24,12 +24,13 @@ _FEW = 3  # examples named in a warning
 SMALL_EVAL = 20  # fewer evaluation examples than this: accuracy moves in coarse steps
 
 
-def warn_once(log: logging.Logger, message: str) -> None:
-    """Logs ``message`` as a warning unless this process has already said it."""
-    if message in _SAID:
-        return
-    _SAID.add(message)
-    log.warning("%s", message)
+def warn_once(log: logging.Logger, *messages: str | None) -> None:
+    """Logs each message (``None``: a check that found nothing) as a warning unless this
+    process has already said it."""
+    for message in messages:
+        if message is not None and message not in _SAID:
+            _SAID.add(message)
+            log.warning("%s", message)
 
 
 def _few(items: Sequence[str], sep: str = ", ") -> str:

@@ -99,8 +99,8 @@ def load_custom_images(cfg: DataConfig, seed: int, side: int, heldout: bool) -> 
     pick_train, pick_eval = drawn_indices(
         cfg, seed, len(files.paths), len(eval_files.paths), heldout
     )
-    if not heldout and (note := checks.subset_note(cfg, str(train_path), len(files.paths))):
-        checks.warn_once(log, note)
+    if not heldout:
+        checks.warn_once(log, checks.subset_note(cfg, str(train_path), len(files.paths)))
     eval_source = Path(cfg.eval_file or train_path)
     train_part = (train_path, "heldout" if heldout else "train")
     train = decoded(files.take(pick_train), train_ids[pick_train], side, train_part)

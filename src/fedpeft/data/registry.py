@@ -71,8 +71,8 @@ def load_dataset(cfg: DataConfig, seed: int, image_side: int | None = None) -> R
         return ds
     ds = _REGISTRY[cfg.dataset](cfg, seed)
     rng = np.random.default_rng(seed)
-    if cfg.dataset == "custom" and (note := checks.subset_note(cfg, ds.source, len(ds.train))):
-        checks.warn_once(log, note)
+    if cfg.dataset == "custom":
+        checks.warn_once(log, checks.subset_note(cfg, ds.source, len(ds.train)))
     train = _subset(ds.train, cfg.train_size, rng)
     evaluation = _subset(ds.eval, cfg.eval_size, rng)
     ds = RawDataset(ds.name, train, evaluation, ds.label_names, ds.source)
@@ -87,15 +87,13 @@ def _warn_about_splits(cfg: DataConfig, ds: RawDataset) -> None:
     if not isinstance(ds.eval, RawSplit | ImageArrays):
         return
     named = cfg.label_names is not None
-    notes = [
+    checks.warn_once(
+        log,
         checks.empty_class_warning(
             ds.source, ds.label_names, ds.train.labels, ds.eval.labels, named
         ),
         checks.small_eval_warning(ds.source, len(ds.eval)),
-    ]
-    for note in notes:
-        if note is not None:
-            checks.warn_once(log, note)
+    )
 
 
 def heldout_train(
@@ -225,12 +223,11 @@ def _custom(cfg: DataConfig, seed: int) -> RawDataset:
         held, kept = held_out_tenth(len(texts), seed)
         evaluation, train = train.take(held), train.take(kept)
         where = f"the tenth held out of {train_path}"
-    for note in (
+    checks.warn_once(
+        log,
         checks.duplicate_warning(train_path, texts, raw),
         checks.leakage_warning(train.texts, evaluation.texts, where),
-    ):
-        if note is not None:
-            checks.warn_once(log, note)
+    )
     return RawDataset(train_path.stem, train, evaluation, names, str(train_path))
 
 
@@ -265,8 +262,7 @@ def class_names(cfg: DataConfig, raw: list[str], path: object) -> list[str]:
             f"than 2 examples a class; each distinct value of `data.label_column` "
             f"({cfg.label_column}) is a class: check it names classes",
         )
-    if (note := checks.case_warning(path, names)) is not None:
-        checks.warn_once(log, note)
+    checks.warn_once(log, checks.case_warning(path, names))
     return names
 
 

@@ -217,9 +217,7 @@ def _warn_about_table(
         if path.suffix.lower() in (".csv", ".tsv"):
             delimiter = _delimiter(path.suffix.lower())
             notes.append(checks.swallowed_rows_warning(path, texts, labels, delimiter))
-    for note in notes:
-        if note is not None:
-            checks.warn_once(log, note)
+    checks.warn_once(log, *notes)
 
 
 def require_columns(

@@ -376,8 +376,8 @@ def _text_splits(
     left = spec.family == "llama" or tokenizer.padding_side == "left"
     train = tokenize_split(dataset.train, tokenizer, cfg.model.max_length, pad_left=left)
     evaluation = tokenize_split(dataset.eval, tokenizer, cfg.model.max_length, pad_left=left)
-    for line in reading_warnings(train, tokenizer, cfg.model.max_length, spec.name):
-        warn_once(log, line)  # the per-class report rebuilds the task in the same process
+    # once: the per-class report rebuilds the task in the same process
+    warn_once(log, *reading_warnings(train, tokenizer, cfg.model.max_length, spec.name))
     return train, evaluation
 
 
