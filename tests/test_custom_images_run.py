@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -78,7 +79,21 @@ def test_a_folder_of_class_subfolders_trains_end_to_end(
     assert (run / "adapter").is_dir()
 
 
-def test_a_table_of_image_paths_trains_end_to_end(tmp_path: Path) -> None:
+def test_a_table_of_image_paths_trains_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fedpeft.runtime.local.simulator as simulator
+    import fedpeft.server.task as task_module
+
+    built: list[object] = []
+    build = task_module.build_task
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        built.append(args)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(simulator, "build_task", counted)
+    monkeypatch.setattr(task_module, "build_task", counted)  # the report's import finds it
     table = write_table(tmp_path / "data", "photos.csv", 10)  # 30 rows: 3 held out
     code, out = _run(
         tmp_path,
@@ -92,6 +107,7 @@ def test_a_table_of_image_paths_trains_end_to_end(tmp_path: Path) -> None:
     assert classes["label_names"] == ["cat", "dog", "fish"] and sum(classes["support"]) == 3
     clients = json.loads((run / "partitions.json").read_text())["clients"]
     assert sum(c["num_examples"] for c in clients.values()) == 27
+    assert len(built) == 1  # the run's data and model were loaded once, the report included
 
 
 def _empty(root: Path) -> Path:

@@ -127,10 +127,8 @@ def run(
     from fedpeft.report import write_report
     from fedpeft.report.fmt import num, scaled, share_of_full_model
     from fedpeft.report.markdown import privacy_lines
-    from fedpeft.server.classes import evaluate_run
 
-    with user_errors():
-        evaluate_run(result.run_dir)  # classes.json: per-class figures for the report
+    with user_errors():  # the run wrote classes.json itself: its task is not loaded twice
         write_report(result.run_dir)
     console.print(rounds_table(result.rounds))
     s = result.summary
