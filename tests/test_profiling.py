@@ -122,7 +122,11 @@ def test_profiles_from_json(tmp_path: Path) -> None:
         ('[phone]\nbase = "mid"\ntier = "other"\n', r"`phone\.tier` is 'other'"),
         ("phone = 3\n", r"`phone` must be a table"),
         ("", "defines no profiles"),
-        ("[phone\n", "could not be parsed"),
+        ("[phone\n", "is not valid TOML"),
+        (
+            '[phone]\nbase = "mid"\ncores = 2\ncores = 3\n',
+            r"profiles\.toml is not valid TOML: .*`cores` is already set above in the same table",
+        ),
     ],
 )
 def test_bad_profile_files(tmp_path: Path, text: str, expected: str) -> None:

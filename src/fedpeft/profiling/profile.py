@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from fedpeft.config.loading import describe_validation_error
+from fedpeft.config.messages import describe_toml_error
 from fedpeft.config.paths import check_input_file
 from fedpeft.errors import FedpeftError
 
@@ -183,14 +184,16 @@ def load_profiles(path: str | Path) -> dict[str, ResourceProfile]:
     """Profiles from a TOML or JSON file of named tables (see ``parse_profiles``)."""
     path = Path(path)
     check_input_file(path, "profiles file", "pass a TOML or JSON file")
+    if path.suffix not in (".json", ".toml"):
+        raise FedpeftError(f"profiles file {path} must end in .toml or .json.")
+    text = ""
     try:
-        if path.suffix == ".json":
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        elif path.suffix == ".toml":
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        else:
-            raise FedpeftError(f"profiles file {path} must end in .toml or .json.")
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        message = describe_toml_error(e, text)
+        raise FedpeftError(f"profiles file {path} is not valid TOML: {message}.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FedpeftError(f"profiles file {path} could not be parsed: {e}.") from None
     if not isinstance(raw, dict):
         raise FedpeftError(f"profiles file {path} must hold a table of named profiles.")
