@@ -123,6 +123,15 @@ def test_random_bytes_in_a_run_folder_stop_the_resume(
     assert all(path.read_bytes() == junk for path in damaged)  # nothing was rewritten
 
 
+@pytest.mark.parametrize("value", ["x", "2.5", "0"])
+def test_a_bad_rounds_on_resume_blames_the_set_not_the_config(
+    finished_run: Path, value: str
+) -> None:
+    code, out = _run("--resume", str(finished_run), "--set", f"run.rounds={value}")
+    _assert_one_sentence(code, out, f"--set run.rounds={value}: `run.rounds`:")
+    assert "config.toml" not in out
+
+
 def test_run_local_itself_refuses_random_bytes_in_the_checkpoint(
     finished_run: Path, tmp_path: Path
 ) -> None:

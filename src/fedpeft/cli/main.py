@@ -437,7 +437,7 @@ def _resolve_config(config: Path | None, sets: list[str], resume: Path | None) -
     raw = read_toml(store.root / CONFIG)
     for s in sets:
         apply_override(raw, s)
-    return build_config(raw, source=f"config {store.root / CONFIG}")
+    return build_config(raw, source=f"config {store.root / CONFIG}", overrides=sets)
 
 
 def _method_label(peft: PeftConfig) -> str:
