@@ -152,3 +152,54 @@ def test_an_error_sentence_is_printed_as_written(capsys: pytest.CaptureFixture[s
         raise FedpeftError("the file has no [experiment] table, and tier [phone] is unknown.")
     said = " ".join(capsys.readouterr().err.split())
     assert "error: the file has no [experiment] table, and tier [phone] is unknown." in said
+
+
+def test_relative_input_paths_are_stored_absolute_where_they_were_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run started in one folder and resumed from another reads the same files: the
+    run's config.toml holds them absolute (issue: a resume read `data/x.csv` from its own
+    working folder, another file or none)."""
+    from fedpeft.cli.main import _resolve_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _resolve_config(
+        None,
+        [
+            "data.dataset='custom'",
+            "data.train_file='data/x.csv'",
+            "data.eval_file='../y.csv'",
+            "profiles.file='tiers.toml'",
+            "peft.method='slora'",
+            "peft.init_from='runs/stage1'",
+        ],
+        None,
+    )
+    assert cfg.data.train_file == str(tmp_path / "data" / "x.csv")
+    assert cfg.data.eval_file == str(tmp_path.parent / "y.csv")
+    assert cfg.profiles.file == str(tmp_path / "tiers.toml")
+    assert cfg.peft.options["init_from"] == str(tmp_path / "runs" / "stage1")
+
+
+def test_a_resume_of_a_run_with_a_relative_input_path_warns_where_it_reads(
+    finished_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Run folders written before input paths were stored absolute: the resume says which
+    folder a relative path is read from, since it may not be where the run started."""
+    from fedpeft.cli.main import _resolve_config
+
+    run = _copy(finished_run, tmp_path)
+    config = run / "config.toml"
+    config.write_text(
+        config.read_text().replace("[data]\n", '[data]\ntrain_file = "data/x.csv"\n', 1)
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = _resolve_config(None, ["run.rounds=2"], run)
+    assert cfg.data.train_file == "data/x.csv"  # its fingerprint is kept: not rewritten
+    assert f"`data.train_file` 'data/x.csv' in {config} is a relative path" in caplog.text
+    assert str(elsewhere) in caplog.text

@@ -425,10 +425,11 @@ def _runner(runtime: Runtime) -> Callable[..., RunResult]:
 def _resolve_config(config: Path | None, sets: list[str], resume: Path | None) -> ExperimentConfig:
     from fedpeft.config import build_config, load_config, read_toml
     from fedpeft.config.loading import apply_override
+    from fedpeft.config.paths import absolute_inputs, relative_inputs
     from fedpeft.server.store import CONFIG, RunStore
 
-    if resume is None:
-        return load_config(config, sets)
+    if resume is None:  # input paths stored absolute: a resume elsewhere reads the same files
+        return absolute_inputs(load_config(config, sets))
     if config is not None:
         raise FedpeftError("--resume uses the run folder's own config.toml; drop --config.")
     if any(not s.startswith("run.rounds=") for s in sets):
@@ -437,7 +438,16 @@ def _resolve_config(config: Path | None, sets: list[str], resume: Path | None) -
     raw = read_toml(store.root / CONFIG)
     for s in sets:
         apply_override(raw, s)
-    return build_config(raw, source=f"config {store.root / CONFIG}", overrides=sets)
+    cfg = build_config(raw, source=f"config {store.root / CONFIG}", overrides=sets)
+    for given in relative_inputs(cfg):
+        logging.getLogger(__name__).warning(
+            "%s in %s is a relative path: it is read from this folder, %s, which may not be "
+            "where the run started; resume from that folder if the file is not the same.",
+            given,
+            store.root / CONFIG,
+            Path.cwd(),
+        )
+    return cfg
 
 
 def _method_label(peft: PeftConfig) -> str:

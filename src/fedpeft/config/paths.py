@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedpeft.errors import FedpeftError
+
+if TYPE_CHECKING:
+    from fedpeft.config.schema import ExperimentConfig
 
 
 def check_output_dir(output_dir: str, setting: str = "`run.output_dir`") -> None:
@@ -43,3 +47,46 @@ def check_input_file(path: Path, what: str, hint: str) -> None:
         raise FedpeftError(f"{what} {path} is a folder, not a file; {hint}.")
     if not path.is_file():
         raise FedpeftError(f"{what} {path} does not exist; {hint}.")
+
+
+def absolute_inputs(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with its relative input paths (``data.train_file``/``eval_file``,
+    ``profiles.file``, ``peft.init_from``) made absolute against the current folder, where
+    they were given: a run stores them so in its ``config.toml``, and a resume from another
+    folder, or of a run folder moved elsewhere, reads the same files."""
+    data = {k: _absolute(v) for k in _DATA_INPUTS if (v := getattr(cfg.data, k)) is not None}
+    peft = (
+        {"init_from": _absolute(p)}
+        if isinstance(p := cfg.peft.options.get("init_from"), str)
+        else {}
+    )
+    profiles = {"file": _absolute(cfg.profiles.file)} if cfg.profiles.file is not None else {}
+    return cfg.model_copy(
+        update={
+            "data": cfg.data.model_copy(update=data),
+            "peft": cfg.peft.model_copy(update=peft),
+            "profiles": cfg.profiles.model_copy(update=profiles),
+        }
+    )
+
+
+def relative_inputs(cfg: ExperimentConfig) -> list[str]:
+    """The input settings of ``cfg`` that hold a relative path (a run started before they
+    were stored absolute), each as ```key` 'path'``."""
+    given = {f"data.{k}": getattr(cfg.data, k) for k in _DATA_INPUTS}
+    given |= {
+        "profiles.file": cfg.profiles.file,
+        "peft.init_from": cfg.peft.options.get("init_from"),
+    }
+    return [
+        f"`{key}` {path!r}"
+        for key, path in given.items()
+        if isinstance(path, str) and path and not Path(path).is_absolute()
+    ]
+
+
+_DATA_INPUTS = ("train_file", "eval_file")
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(path) if path else path
