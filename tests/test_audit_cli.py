@@ -96,6 +96,29 @@ def test_bad_run_folders_and_options_exit_2(tmp_path: Path) -> None:
     assert out.exit_code == 2 and "whole train split" in out.output
 
 
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("adapter_config.json", "ValueError: Can't find 'adapter_config.json'"),
+        ("adapter_model.safetensors", "SafetensorError"),
+    ],
+)
+def test_a_damaged_exported_adapter_exits_2_with_one_sentence(
+    tmp_path: Path, damage: str, expected: str
+) -> None:
+    run = run_local(tiny_config(tmp_path, "run.rounds=1", "data.train_size=32")).run_dir
+    path = run / "adapter" / damage
+    if damage.endswith(".json"):
+        path.unlink()
+    else:
+        path.write_bytes(b"\x00" * 30)
+    out = CliRunner().invoke(app, ["audit", str(run), "--clients", "0"])
+    said = " ".join(out.output.split())
+    assert out.exit_code == 2, said
+    assert expected in said and f"fedpeft run --resume {run}" in said
+    assert "Traceback" not in said and not (run / "audit.json").exists()
+
+
 def test_replayed_federation_central_dp_without_noise_is_fedavg(tmp_path: Path) -> None:
     """σ = 0 and an S no update reaches: DP-FedAvg (uniform weights) is FedAvg over the
     equal-sized IID clients; with noise, the result moves."""

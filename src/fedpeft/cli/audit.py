@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from fedpeft.cli.audit_train import RunPrivacy, client_update, run_privacy, shadow_federation
 from fedpeft.config import ExperimentConfig, build_config, read_toml
@@ -138,7 +139,15 @@ def _exported_state(
             if task.kind == "instruct"
             else load_base(cfg, task.data.spec, task.data.dataset)
         )
-    state = get_adapter_state(load_adapter(base, run_dir / "adapter"))
+    try:
+        state = get_adapter_state(load_adapter(base, run_dir / "adapter"))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
+        raise FedpeftError(
+            f"the adapter in {run_dir / 'adapter'} cannot be loaded ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'}); it is damaged or "
+            "incomplete: export it again with "
+            f"`fedpeft run --resume {run_dir}`, then audit."
+        ) from None
     if state.keys() != init.keys():
         raise FedpeftError(
             f"the adapter in {run_dir / 'adapter'} does not match the run's configuration "
