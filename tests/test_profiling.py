@@ -134,6 +134,17 @@ def test_bad_profile_files(tmp_path: Path, text: str, expected: str) -> None:
         load_profiles(_toml(tmp_path, text))
 
 
+def test_a_key_set_twice_in_a_json_profiles_file_is_refused(tmp_path: Path) -> None:
+    """As TOML refuses it: JSON would silently keep the last `phone`."""
+    path = tmp_path / "p.json"
+    path.write_text('{"phone": {"base": "low"}, "phone": {"base": "high"}}')
+    with pytest.raises(FedpeftError, match=r"p\.json sets `phone` twice in one object"):
+        load_profiles(path)
+    path.write_text('{"phone": {"base": "low", "cores": 1, "cores": 4}}')
+    with pytest.raises(FedpeftError, match="sets `cores` twice"):
+        load_profiles(path)
+
+
 def test_profile_file_must_exist_and_be_toml_or_json(tmp_path: Path) -> None:
     with pytest.raises(FedpeftError, match="does not exist"):
         load_profiles(tmp_path / "none.toml")

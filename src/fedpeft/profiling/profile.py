@@ -189,7 +189,7 @@ def load_profiles(path: str | Path) -> dict[str, ResourceProfile]:
     text = ""
     try:
         text = path.read_text(encoding="utf-8")
-        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        raw = _unique_json(text, path) if path.suffix == ".json" else tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         message = describe_toml_error(e, text)
         raise FedpeftError(f"profiles file {path} is not valid TOML: {message}.") from None
@@ -198,3 +198,20 @@ def load_profiles(path: str | Path) -> dict[str, ResourceProfile]:
     if not isinstance(raw, dict):
         raise FedpeftError(f"profiles file {path} must hold a table of named profiles.")
     return parse_profiles(raw, source=f"profiles file {path}")
+
+
+def _unique_json(text: str, path: Path) -> Any:
+    """``json.loads``, refusing a key set twice in one object (as TOML does) rather than
+    silently keeping the last of them."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in items:
+            if key in seen:
+                raise FedpeftError(
+                    f"profiles file {path} sets `{key}` twice in one object; keep one of them."
+                )
+            seen[key] = value
+        return seen
+
+    return json.loads(text, object_pairs_hook=pairs)
