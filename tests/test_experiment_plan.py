@@ -219,6 +219,28 @@ def test_only_selects_part_of_the_grid_and_says_what_it_cannot_select(tmp_path: 
             select_runs(plan, bad)
 
 
+def test_an_axis_every_variant_overrides_is_named_not_counted_as_no_cell(tmp_path: Path) -> None:
+    """fedavg_full sets `peft.method` itself: a grid over it applies to no run. The
+    header counted 0 cells for its 2 runs, and `--only` said the axis "has ." values."""
+    from fedpeft.cli.experiment import _cells
+    from fedpeft.experiment import select_runs
+
+    body = """
+[grid]
+"peft.method" = ["lora", "bitfit"]
+[axes.split]
+iid = { "data.partition" = "iid" }
+dir = { "data.partition" = "dirichlet", "data.alpha" = 0.1, "data.min_partition_size" = 1 }
+[variants]
+fedavg_full = {}
+"""
+    plan = _plan(tmp_path, body)
+    assert plan.unused_axes() == ["peft.method"]
+    assert _cells(plan) == 2 and len(plan.runs) == 4  # two splits × two seeds
+    with pytest.raises(FedpeftError, match="'peft.method' applies to none of the plan's runs"):
+        select_runs(plan, ["peft.method=lora"])
+
+
 def test_two_names_for_one_configuration_are_found(tmp_path: Path) -> None:
     """Two variants whose runs share every key would give the same numbers twice; the study
     ran ``flora`` as a copy of ``fedpeft_plus`` unnoticed. Variants that differ in one key,

@@ -67,6 +67,13 @@ def run_experiment_command(
         + f") · {exp.experiment.budget.slots} at once · {folder.root}",
         highlight=False,
     )
+    for axis in plan.unused_axes():
+        console.print(
+            f"[yellow]warning[/] axis {axis!r} applies to none of the variants (each sets its "
+            "keys itself), so its values are not run; vary it under a variant that leaves "
+            "them to the grid.",
+            highlight=False,
+        )
     for a, b in same_configuration(plan):
         console.print(
             f"[yellow]warning[/] variants {a!r} and {b!r} resolve to the same configuration: "
@@ -155,7 +162,11 @@ def _hours(seconds: float) -> str:
 
 
 def _cells(plan: Plan) -> int:
-    return len({tuple(r.labels.values()) for r in plan.runs if "*" not in r.labels.values()})
+    """Distinct label combinations of the runs under every axis that applies to some run
+    (an axis no variant leaves to the grid is one cell, not none)."""
+    axes = [a for a in plan.axes if a not in plan.unused_axes()]
+    labels = [tuple(r.labels.get(a, "*") for a in axes) for r in plan.runs]
+    return len({t for t in labels if "*" not in t})
 
 
 class GridProgress:

@@ -71,6 +71,10 @@ class Plan:
     variants: dict[str, Variant]
     runs: list[PlannedRun] = field(default_factory=list)
 
+    def unused_axes(self) -> list[str]:
+        """Axes that apply to no run: every variant sets their keys itself (labelled ``*``)."""
+        return [a for a in self.axes if all(r.labels.get(a, "*") == "*" for r in self.runs)]
+
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Plan:
         """The plan an ``experiment.json`` records (what the tables are rebuilt from)."""
@@ -220,6 +224,11 @@ def select_runs(plan: Plan, only: list[str]) -> Plan:
             raise FedpeftError(
                 f"--only {item!r}: {axis!r} is not an axis of this experiment; "
                 f"its axes are {', '.join(known)}."
+            )
+        if not known[axis]:
+            raise FedpeftError(
+                f"--only {item!r}: {axis!r} applies to none of the plan's runs (every variant "
+                "sets its keys itself), so it cannot choose among them; drop this filter."
             )
         unknown = sorted(chosen - known[axis])
         if unknown:
