@@ -132,6 +132,15 @@ def test_a_bad_rounds_on_resume_blames_the_set_not_the_config(
     assert "config.toml" not in out
 
 
+def test_a_resume_with_fewer_rounds_than_done_is_refused_before_any_progress(
+    tmp_path: Path,
+) -> None:
+    run = run_local(tiny_config(tmp_path, "run.rounds=2", "data.train_size=32")).run_dir
+    code, out = _run("--resume", str(run), "--set", "run.rounds=1")
+    _assert_one_sentence(code, out, "has completed 2 rounds but `run.rounds` is 1")
+    assert "tiny-bert" not in out and "2/1" not in out  # no header, no progress bar drawn
+
+
 def test_run_local_itself_refuses_random_bytes_in_the_checkpoint(
     finished_run: Path, tmp_path: Path
 ) -> None:

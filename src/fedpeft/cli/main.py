@@ -107,7 +107,7 @@ def run(
         from fedpeft.report.tracking import Observers, make_trackers
 
         trackers = make_trackers([t.value for t in track or []], cfg.run.output_dir, cfg.run.name)
-        first = _first_round(resume)
+        first = _first_round(resume, cfg.run.rounds)  # before any progress bar is drawn
         console.print(
             f"[bold]fedpeft[/] {cfg.model.name} · {cfg.data.dataset} · "
             f"{cfg.data.num_clients} clients · {_method_label(cfg.peft)} · "
@@ -455,13 +455,15 @@ def _method_label(peft: PeftConfig) -> str:
     return f"{peft.method} {options}".strip()
 
 
-def _first_round(resume: Path | None) -> int:
+def _first_round(resume: Path | None, rounds: int) -> int:
     if resume is None:
         return 1
-    from fedpeft.server.store import RunStore
+    from fedpeft.server.store import RunStore, check_rounds_left
 
-    rounds = RunStore.open_existing(resume).checkpoints.rounds()
-    return (rounds[0] if rounds else 0) + 1  # for the progress bar; run_local verifies it
+    done = RunStore.open_existing(resume).checkpoints.rounds()
+    newest = done[0] if done else 0
+    check_rounds_left(newest, rounds)  # run_local verifies the checkpoint itself again
+    return newest + 1
 
 
 def main() -> None:

@@ -37,6 +37,15 @@ LOGS = (METRICS, CLIENTS, ALLOCATIONS, PERSONAL)
 __all__ = ["RunStore", "write_atomic", "write_json"]
 
 
+def check_rounds_left(done: int, rounds: int) -> None:
+    """A resumed run that has completed ``done`` rounds needs ``run.rounds`` ≥ ``done``."""
+    if done > rounds:
+        raise FedpeftError(
+            f"the run has completed {done} rounds but `run.rounds` is {rounds}; "
+            f"set it to at least {done} to resume (nothing was changed)."
+        )
+
+
 def _parses(line: str) -> bool:
     try:
         json.loads(line)

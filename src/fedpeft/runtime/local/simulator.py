@@ -42,7 +42,14 @@ from fedpeft.server.head_init import HEAD_INIT, init_head
 from fedpeft.server.lr_auto import LR_SEARCH, resolved_lr
 from fedpeft.server.personal import personal_summary, read_personal
 from fedpeft.server.protocols import ClientPool
-from fedpeft.server.store import CLIENT_STATES, CONFIG, PARTITIONS, SUMMARY, write_atomic
+from fedpeft.server.store import (
+    CLIENT_STATES,
+    CONFIG,
+    PARTITIONS,
+    SUMMARY,
+    check_rounds_left,
+    write_atomic,
+)
 from fedpeft.server.summary import build_summary
 from fedpeft.server.task import Task, build_task, check_names, resolved
 from fedpeft.server.validate import RejectedUpdate, check_finite, check_tensors
@@ -75,11 +82,8 @@ def run_local(
     fingerprint = config_fingerprint(resolved(cfg, check_names(cfg)))
     store = RunStore.open_existing(resume, fingerprint) if resume else None
     saved = store.load_checkpoint() if store else None  # a damaged run fails before any work
-    if saved is not None and saved.round > cfg.run.rounds:
-        raise FedpeftError(
-            f"the run has completed {saved.round} rounds but `run.rounds` is {cfg.run.rounds}; "
-            f"set it to at least {saved.round} to resume (nothing was changed)."
-        )
+    if saved is not None:
+        check_rounds_left(saved.round, cfg.run.rounds)
     with status("loading data and model"):
         task = build_task(cfg)
     with status("choosing the learning rate"):
