@@ -98,6 +98,16 @@ def test_noise_for_target_epsilon_is_opacus_and_tight() -> None:
         noise_for_target_epsilon(1e-9, DELTA, 1.0, 10**6)
 
 
+def test_an_unreachable_target_is_one_sentence_without_opacus_search_warnings() -> None:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(FedpeftError, match="cannot be met"):
+            noise_for_target_epsilon(0.01, DELTA, 1.0, 3)  # the search's σ hit the largest α
+    assert [str(w.message) for w in caught] == []
+
+
 def test_privacy_section_is_off_by_default_and_checks_its_fields() -> None:
     cfg = load_config()
     assert cfg.privacy.mode == "none" and not cfg.privacy.secure_aggregation

@@ -14,6 +14,7 @@ opacus is imported on first use only (``import fedpeft`` never imports it).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -151,15 +152,17 @@ def noise_for_target_epsilon(
 
     _check_release(1.0, sample_rate, steps)
     try:
-        return float(
-            get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=steps,
-                accountant=mechanism,
+        with warnings.catch_warnings():  # the search's trial σ, not the run's: not the user's
+            warnings.filterwarnings("ignore", "Optimal order is the largest alpha")
+            return float(
+                get_noise_multiplier(
+                    target_epsilon=target_epsilon,
+                    target_delta=delta,
+                    sample_rate=sample_rate,
+                    steps=steps,
+                    accountant=mechanism,
+                )
             )
-        )
     except ValueError as e:
         raise FedpeftError(
             f"`privacy.target_epsilon` {target_epsilon:g} at δ = {delta:g} over {steps} "
