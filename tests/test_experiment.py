@@ -299,3 +299,21 @@ def test_sigterm_stops_a_background_grid_and_its_runs_at_a_round_boundary(
     log = next(metrics.glob("*/log.txt")).read_text()
     assert "interrupted; continue with `fedpeft run --resume" in log, log  # not killed
     assert list(metrics.glob("*/run-*/checkpoint/round-*.manifest.json"))
+
+
+def test_a_grid_with_nothing_left_to_run_shows_its_runs_as_done(experiment: Path) -> None:
+    """The progress display hears of the runs finished before (it said 0/N until a run
+    ended, and none does when every run is done)."""
+    from fedpeft.experiment import ExperimentDir, plan_experiment, read_experiment
+    from fedpeft.experiment.runner import GridStatus, Runner
+
+    exp = read_experiment(EXAMPLE)
+    plan = plan_experiment(exp, EXAMPLE.parent)
+    heard: list[tuple[int, int]] = []
+
+    def notify(status: GridStatus, message: str) -> None:
+        heard.append((len(status.done), status.total))
+
+    status = Runner(plan, ExperimentDir(experiment), exp.experiment).run(notify)
+    assert len(status.done) == status.total == len(plan.runs) == 12
+    assert heard == [(12, 12)]

@@ -72,6 +72,7 @@ class Runner:
                 self._learn(run)
             else:
                 pending.append(run)
+        notify(status, "")  # the runs done before: counted even when none is left to run
         try:
             while pending or status.running:
                 self._reap(status, notify)
