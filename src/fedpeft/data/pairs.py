@@ -74,6 +74,13 @@ def _images(folder: Path, names: list[str]) -> Sequence[np.ndarray] | np.ndarray
     """The decoded images; when they share one size, decoded once and cached as ``.npy``
     (read back memory-mapped, without pickle), as CIFAR-10's are."""
 
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        more = f" (nor are {len(missing) - 1} other images it names)" if len(missing) > 1 else ""
+        raise FedpeftError(
+            f"image {folder / missing[0]}, named in {folder / 'qa.jsonl'}, is not there{more}; "
+            "add it or drop its rows."
+        )
     stats = [(folder / n).stat() for n in names]
     size, mtime = sum(s.st_size for s in stats), max(int(s.st_mtime) for s in stats)
     key = f"daquar-{len(names)}-{size}-{mtime}"
