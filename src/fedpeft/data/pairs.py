@@ -14,6 +14,7 @@ class -1 (never predicted right).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ from fedpeft.config import DataConfig
 from fedpeft.data.cache import cached_arrays
 from fedpeft.data.sources import ImageArrays, ImageTexts, RawDataset, data_dirs, find_local
 from fedpeft.errors import FedpeftError
+
+log = logging.getLogger("fedpeft.data")
 
 CAPTION = "a photo of a {label}."  # CLIP's prompt (Radford et al., 2021)
 _CLOSING_MENTION = re.compile(r"\s*\bin\s+th\s*e\s*image\s*\d+\s*(?=\?\s*$)", re.IGNORECASE)
@@ -113,6 +116,14 @@ def load_daquar(cfg: DataConfig, seed: int) -> RawDataset:
             "FEDPEFT_DATA_DIR to the folder holding daquar_subset."
         )
     rows = _read_rows(folder / files[0])
+    other = Counter(r["split"] for r in rows if r["split"] not in ("train", "test"))
+    if other:
+        log.warning(
+            "%s: %d rows with `split` %s are left out; only 'train' and 'test' rows are read",
+            folder / files[0],
+            other.total(),
+            ", ".join(repr(k) for k in sorted(other)),
+        )
     names = sorted({r["image"] for r in rows})
     index = {n: i for i, n in enumerate(names)}
     images = _images(folder, names)
