@@ -140,3 +140,16 @@ def test_replayed_federation_central_dp_without_noise_is_fedavg(tmp_path: Path) 
         torch.testing.assert_close(exact.state[k], plain.state[k], atol=1e-6, rtol=1e-5)
     assert any(not torch.allclose(noisy.state[k], plain.state[k]) for k in init)
     assert len(plain.norms) == 2 and all(n > 0 for n in plain.norms[0])
+
+
+def test_an_image_text_run_on_an_image_set_is_refused_as_no_classifier(tmp_path: Path) -> None:
+    """CLIP matching CIFAR-10 captions reads class data, but its adapter is no classifier's:
+    the audit said the adapter "does not match the run's configuration"."""
+    run = tmp_path / "itm"
+    (run / "adapter").mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    (run / "config.toml").write_text(
+        '[model]\nname = "tiny-clip"\ntask = "itm"\n[data]\ndataset = "cifar10"\n'
+    )
+    out = CliRunner().invoke(app, ["audit", str(run)])
+    assert out.exit_code == 2 and "`model.task = 'itm'` run" in out.output

@@ -70,6 +70,7 @@ def test_a_bad_set_value_is_blamed_on_the_set_not_the_file(tmp_path: Path) -> No
         ("peft.size=0", "method 'lora': unknown key `peft.size`"),
         ("run.device='tpu'", "`run.device`: Input should be 'auto', 'cpu' or 'cuda'"),
         ("data.dataset='custom'", "`data.train_file` is required"),
+        ("data.train_file='mine.csv'", "'sst2' reads its own files, so yours would be ignored"),
         ("peft.r", "--set expects section.key=value"),
         # strict types: a bool is not a count, a count is not a bool, 2.0 is not an int
         ("run.rounds=true", "`run.rounds`: Input should be a valid integer, got True"),
@@ -214,3 +215,12 @@ def test_every_section_survives_the_run_folders_toml() -> None:
         ]
     )
     assert build_config(tomllib.loads(config_to_toml(cfg))) == cfg
+
+
+def test_data_files_are_refused_where_they_would_be_ignored() -> None:
+    with pytest.raises(FedpeftError, match="'bccd' reads its own files"):
+        load_config(overrides=["data.dataset='bccd'", "data.train_file='boxes.csv'"])
+    with pytest.raises(FedpeftError, match="read only beside `data.train_file`"):
+        load_config(overrides=["data.dataset='squad'", "data.eval_file='dev.json'"])
+    cfg = load_config(overrides=["data.dataset='squad'", "data.train_file='mine.json'"])
+    assert cfg.data.train_file == "mine.json"

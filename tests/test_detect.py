@@ -177,6 +177,10 @@ def test_coco_reads_classes_in_id_order_with_crowds_and_zero_size_boxes(tmp_path
         (_doc([45, 2, 10, 5]), "outside its 50×40 image"),
         (_doc([1, 2, 3, 4], category=9), "names image 7 or category 9"),
         (_doc([1, 2, "a", 4]), "needs image_id, category_id and bbox"),
+        (  # a string "0" would read as a crowd region, never trained on
+            {**_doc(), "annotations": [{**_doc([1, 2, 3, 4])["annotations"][0], "iscrowd": "0"}]},  # type: ignore[index]
+            "an `iscrowd` of 0 or 1",
+        ),
         (
             '{"categories": [{"id": 1e999, "name": "x"}], "images": [], "annotations": []}',
             "is not a COCO instances file",

@@ -98,3 +98,11 @@ def test_the_example_config_is_valid_and_auto_picks_generative_qa() -> None:
     kind = task_kind(cfg)
     assert kind == "qa" and head_kind(kind, get_model_spec(cfg.model.name)) == (True, False)
     check_names(load_config(example, ["model.name='tiny-llama'"]))  # nothing loads
+
+
+def test_answers_that_the_cut_context_hides_are_warned_about(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    from fedpeft.data.genqa import hidden_answer_warning
+
+    said = hidden_answer_warning(_examples(), tokenizer, max_length=3)  # "The treasure lies"
+    assert said is not None and said.startswith("2 of 2 training questions (100%)")
+    assert hidden_answer_warning(_examples(), tokenizer, max_length=64) is None

@@ -302,3 +302,22 @@ def test_head_refresh_is_refused_where_it_cannot_run(
     with pytest.raises(FedpeftError, match=f"head_refresh = 'every'` cannot run: .*{why}"):
         check_combinations(tiny_config(tmp_path, "server.head_refresh='every'", *extra))
     check_combinations(tiny_config(tmp_path, "server.head_refresh='every'"))  # the default runs
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        (("model.name='tiny-llama'", "client.label_skew='logit_adjust'"), "client.label_skew"),
+        (("model.name='tiny-llama'", "server.head_init='lda'"), "server.head_init"),
+        (("data.dataset='squad'", "data.partition='iid'", "server.head_init='ncm'"), "head_init"),
+    ],
+)
+def test_classifier_options_on_another_task_are_refused_not_ignored(
+    tmp_path: Path, extra: tuple[str, ...], key: str
+) -> None:
+    from fedpeft.errors import FedpeftError
+    from fedpeft.server.task import check_combinations
+
+    with pytest.raises(FedpeftError, match=f"{key} = .* acts on a classifier's class logits"):
+        check_combinations(tiny_config(tmp_path, *extra))
+    check_combinations(tiny_config(tmp_path, "client.label_skew='logit_adjust'"))  # classify

@@ -12,7 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from fedpeft.cli.main import app
-from fedpeft.data import RawSplit
+from fedpeft.config import load_config
+from fedpeft.data import RawDataset, RawSplit
 from fedpeft.data.instruct import IGNORE, InstructSplit, tokenize_instruct
 from fedpeft.errors import FedpeftError
 from fedpeft.models import get_model_spec, load_causal_lm, load_tokenizer
@@ -24,7 +25,7 @@ from fedpeft.server.generate import (
     generate_answers,
     parse_answer,
 )
-from fedpeft.server.instruct import check_task, task_kind
+from fedpeft.server.instruct import check_task, instruct_splits, task_kind
 
 NAMES = ["negative", "positive"]
 TEXTS = ["a dull , lifeless film", "warm , funny and wise", "bad", "one of the year 's best"]
@@ -252,3 +253,20 @@ def test_training_asks_only_the_answer_positions_logits_and_loses_nothing(
     assert float(cut.loss.detach()) == pytest.approx(float(whole.loss.detach()), rel=1e-5)
     for a, b in zip(cut_grads, whole_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        (["Yes", "yes", "no"], "'Yes' and 'yes' of f.csv read the same"),
+        ([":)", ":("], "only punctuation"),
+    ],
+)
+def test_labels_that_generated_answers_cannot_tell_apart_are_refused(
+    labels: list[str], match: str
+) -> None:
+    cfg = load_config(overrides=["model.name='tiny-llama'"])
+    split = RawSplit(["a", "b"], np.array([0, 1]))
+    data = RawDataset("custom", split, split, labels, "f.csv")
+    with pytest.raises(FedpeftError, match=match):
+        instruct_splits(cfg, data, get_model_spec("tiny-llama"))

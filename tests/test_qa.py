@@ -256,3 +256,24 @@ def test_the_official_dev_set_reads_with_its_official_counts() -> None:
     first = dev.ids.index("56be4db0acb8001400a502ec")
     assert dev.questions[first] == "Which NFL team represented the AFC at Super Bowl 50?"
     assert dev.answers[first][0] == "Denver Broncos" and dev.starts[first][0] == 177
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("text", "", "non-empty `text`"),
+        ("answer_start", "abc", "whole-number `answer_start`"),
+        ("question", None, "not text"),
+        ("context", 5, "not text"),
+    ],
+)
+def test_read_squad_refuses_malformed_fields_with_one_sentence(
+    tmp_path: Path, field: str, value: object, match: str
+) -> None:
+    raw = json.loads(_squad_json(tmp_path / "s.json").read_text())
+    para = raw["data"][1]["paragraphs"][0]
+    target = {"context": para, "question": para["qas"][0]}.get(field, para["qas"][0]["answers"][0])
+    target[field] = value
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    with pytest.raises(FedpeftError, match=match):
+        read_squad(tmp_path / "bad.json")

@@ -11,3 +11,24 @@ def test_report_has_a_row_per_round_and_an_accuracy_plot(tiny) -> None:
     assert f"{acc:.4f}" in rows[-1]
     png = result.run_dir / "plots" / "accuracy.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_qa_report_shows_exact_match_and_f1_and_no_chance_level(tmp_path, monkeypatch) -> None:
+    """QA's `accuracy` is the exact match: its F1 is shown, and no chance line is drawn
+    (its one pseudo-class "answer span" made it 1.0, above every run)."""
+    import json
+
+    import fedpeft.report.plots as plots
+
+    run = tmp_path / "qa-run"
+    run.mkdir()
+    (run / "config.toml").write_text('[model]\nname = "tiny-bert"\ntask = "qa"\n')
+    (run / "partitions.json").write_text(json.dumps({"label_names": ["answer span"]}))
+    (run / "summary.json").write_text(json.dumps({"final_accuracy": 0.25, "rounds_completed": 1}))
+    scores = {"accuracy": 0.25, "exact_match": 0.25, "f1": 0.5, "loss": 2.0}
+    (run / "metrics.jsonl").write_text(json.dumps({"round": 1, "eval": scores}) + "\n")
+    chances = []
+    monkeypatch.setattr(plots, "plot_run", lambda _d, _r, chance, *_a: chances.append(chance) or [])
+    text = write_report(run).read_text()
+    assert "- last evaluation: exact_match 0.2500 · f1 0.5000" in text
+    assert chances == [None]

@@ -164,3 +164,39 @@ def test_allocate_prices_the_answer_head(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())
     assert len(record["clients"]) == 4 and all(c["chosen"] for c in record["clients"])
+
+
+def test_a_missing_daquar_image_is_one_sentence(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fedpeft.data.pairs import load_daquar
+
+    folder = tmp_path / "daquar_subset"
+    (folder / "images").mkdir(parents=True)
+    row = {"split": "train", "image": "images/image1.png", "question": "what?", "answer": "a"}
+    (folder / "qa.jsonl").write_text(json.dumps(row) + "\n")
+    monkeypatch.setenv("FEDPEFT_DATA_DIR", str(tmp_path))
+    with pytest.raises(FedpeftError, match="image1.png, named in .*qa.jsonl, is not there"):
+        load_daquar(load_config(overrides=["data.dataset='daquar'"]).data, 0)
+
+
+def test_daquar_rows_of_another_split_are_left_out_with_a_warning(
+    tmp_path: Path,
+    monkeypatch,  # type: ignore[no-untyped-def]
+    caplog,  # type: ignore[no-untyped-def]
+) -> None:
+    from PIL import Image
+
+    from fedpeft.data.pairs import load_daquar
+
+    folder = tmp_path / "daquar_subset"
+    (folder / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / "images" / "image1.png")
+    rows = [
+        {"split": split, "image": "images/image1.png", "question": "what?", "answer": "a"}
+        for split in ("train", "test", "val", "val")
+    ]
+    (folder / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("FEDPEFT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("FEDPEFT_CACHE_DIR", str(tmp_path / "cache"))
+    ds = load_daquar(load_config(overrides=["data.dataset='daquar'"]).data, 0)
+    assert len(ds.train) == len(ds.eval) == 1
+    assert "2 rows with `split` 'val' are left out" in caplog.text

@@ -36,6 +36,7 @@ from fedpeft.models import load_causal_lm
 from fedpeft.peft import get_adapter_state, load_adapter, set_adapter_state
 from fedpeft.privacy import Accountant
 from fedpeft.privacy.mia import Roc, example_losses, lira_scores, loss_scores, reference_scores, roc
+from fedpeft.server.instruct import task_kind
 from fedpeft.server.task import Task, build_task, image_side, load_base, splits_for
 from fedpeft.types import AdapterState
 
@@ -73,6 +74,12 @@ def audit_run(run_dir: Path, options: AuditOptions) -> dict[str, Any]:
             "(LiRA needs shadows with and without each example)."
         )
     cfg = _run_config(run_dir)
+    kind = task_kind(cfg)
+    if kind not in ("classify", "instruct"):  # CLIP on CIFAR-10 captions is no classifier
+        raise FedpeftError(
+            f"run {run_dir} is a `model.task = {kind!r}` run; membership audits score "
+            "classification runs only (`model.task = 'classify'` or 'instruct')."
+        )
     held = heldout_examples(cfg)  # before anything heavy loads
     task = build_task(cfg)
     init = get_adapter_state(task.model)

@@ -197,6 +197,17 @@ class DataConfig(_Section):
                 f"`data.text_column` and `data.label_column` are both {self.text_column!r}; "
                 "the model would read each row's label as its text"
             )
+        if (self.train_file or self.eval_file) and self.dataset not in ("custom", "squad"):
+            raise ValueError(
+                "`data.train_file` and `data.eval_file` apply to `data.dataset = 'custom'` "
+                f"(or 'squad': your own SQuAD-format JSON) only; {self.dataset!r} reads its "
+                "own files, so yours would be ignored"
+            )
+        if self.eval_file is not None and self.train_file is None:
+            raise ValueError(
+                "`data.eval_file` is read only beside `data.train_file`; give both, or drop "
+                "`data.eval_file` to use the dataset's own evaluation split"
+            )
         if self.label_names is not None and self.dataset != "custom":
             raise ValueError(
                 "`data.label_names` applies to `data.dataset = 'custom'` only; "

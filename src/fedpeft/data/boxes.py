@@ -205,16 +205,19 @@ def _coco_box(
             raise TypeError("not an object")
         image, cat, bbox = int(ann["image_id"]), int(ann["category_id"]), ann["bbox"]
         x, y, w, h = (float(v) for v in bbox)
-        crowd = bool(ann.get("iscrowd", 0))
+        crowd = ann.get("iscrowd", 0)
+        if isinstance(crowd, str) or crowd not in (0, 1):  # "0" would read as a crowd
+            raise ValueError("iscrowd")
     except (KeyError, TypeError, ValueError, OverflowError):
         raise FedpeftError(
-            f"{path}: {what} needs image_id, category_id and bbox [x, y, width, height]."
+            f"{path}: {what} needs image_id, category_id and bbox [x, y, width, height] "
+            "(and an `iscrowd` of 0 or 1, where given)."
         ) from None
     if image not in boxes or cat not in index:
         raise FedpeftError(f"{path}: {what} names image {image} or category {cat}, not listed.")
     if w < 0 or h < 0:
         raise FedpeftError(f"{path}: {what} has a negative width or height ({bbox}).")
-    boxes[image].add((x, y, x + w, y + h), index[cat], crowd, f"{what} (image {image})")
+    boxes[image].add((x, y, x + w, y + h), index[cat], bool(crowd), f"{what} (image {image})")
 
 
 def _folder(name: str, files: list[str]) -> Path:

@@ -102,3 +102,35 @@ def tokenize_genqa(
     lengths = np.asarray([len(p) + len(a) for p, a in zip(prompts, answers, strict=True)])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop
     return GenQASplit(prompts, answers, examples, int(pad), int(stop), lengths, tokenizer)
+
+
+HIDDEN_WARN = 0.05  # a share of questions whose answer the cut context hides, worth a word
+
+
+def hidden_answer_warning(
+    examples: QAExamples, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> str | None:
+    """A warning when over ``HIDDEN_WARN`` of the questions have their first reference answer
+    past the context's first ``max_length`` tokens, all that the prompt keeps: the model would
+    be taught, and scored on, answers it cannot see. None otherwise (or a slow tokenizer)."""
+    if not tokenizer.is_fast or not len(examples):
+        return None
+    offsets = tokenizer(
+        examples.contexts,
+        add_special_tokens=False,
+        truncation=True,
+        max_length=max_length,
+        return_offsets_mapping=True,
+    )["offset_mapping"]
+    hidden = sum(
+        s[0] + len(a[0]) > (o[-1][1] if o else 0)
+        for s, a, o in zip(examples.starts, examples.answers, offsets, strict=True)
+    )
+    n = len(examples)
+    if hidden / n <= HIDDEN_WARN:
+        return None
+    return (
+        f"{hidden} of {n} training questions ({hidden / n:.0%}) have their answer past the "
+        f"first `model.max_length`={max_length} tokens of the context, all that the prompt "
+        "keeps: the model is taught answers it cannot see; raise `model.max_length`"
+    )

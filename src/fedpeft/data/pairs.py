@@ -14,6 +14,7 @@ class -1 (never predicted right).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ from fedpeft.config import DataConfig
 from fedpeft.data.cache import cached_arrays
 from fedpeft.data.sources import ImageArrays, ImageTexts, RawDataset, data_dirs, find_local
 from fedpeft.errors import FedpeftError
+
+log = logging.getLogger("fedpeft.data")
 
 CAPTION = "a photo of a {label}."  # CLIP's prompt (Radford et al., 2021)
 _CLOSING_MENTION = re.compile(r"\s*\bin\s+th\s*e\s*image\s*\d+\s*(?=\?\s*$)", re.IGNORECASE)
@@ -74,6 +77,13 @@ def _images(folder: Path, names: list[str]) -> Sequence[np.ndarray] | np.ndarray
     """The decoded images; when they share one size, decoded once and cached as ``.npy``
     (read back memory-mapped, without pickle), as CIFAR-10's are."""
 
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        more = f" (nor are {len(missing) - 1} other images it names)" if len(missing) > 1 else ""
+        raise FedpeftError(
+            f"image {folder / missing[0]}, named in {folder / 'qa.jsonl'}, is not there{more}; "
+            "add it or drop its rows."
+        )
     stats = [(folder / n).stat() for n in names]
     size, mtime = sum(s.st_size for s in stats), max(int(s.st_mtime) for s in stats)
     key = f"daquar-{len(names)}-{size}-{mtime}"
@@ -106,6 +116,14 @@ def load_daquar(cfg: DataConfig, seed: int) -> RawDataset:
             "FEDPEFT_DATA_DIR to the folder holding daquar_subset."
         )
     rows = _read_rows(folder / files[0])
+    other = Counter(r["split"] for r in rows if r["split"] not in ("train", "test"))
+    if other:
+        log.warning(
+            "%s: %d rows with `split` %s are left out; only 'train' and 'test' rows are read",
+            folder / files[0],
+            other.total(),
+            ", ".join(repr(k) for k in sorted(other)),
+        )
     names = sorted({r["image"] for r in rows})
     index = {n: i for i, n in enumerate(names)}
     images = _images(folder, names)

@@ -35,8 +35,9 @@ def read_squad(path: Path) -> QAExamples:
     try:
         for a, article in enumerate(articles):
             for para in article["paragraphs"]:
-                context = para["context"]
+                context = _text(para["context"], "a context", path, a)
                 for qa in para["qas"]:
+                    _text(qa["question"], f"question {qa['id']!r}", path, a)
                     texts, starts = _answers(qa, context, path)
                     for key, value in zip(
                         cols,
@@ -55,10 +56,32 @@ def read_squad(path: Path) -> QAExamples:
     return QAExamples(cols["ids"], arts, cols["ctx"], cols["q"], cols["ans"], cols["st"])
 
 
+def _text(value: object, what: str, path: Path, article: int) -> str:
+    if not isinstance(value, str):
+        raise FedpeftError(
+            f"SQuAD file {path}: {what} in article {article} is {value!r}, not text; "
+            "give every context and question as a string."
+        )
+    return value
+
+
+def _start(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _answers(qa: dict, context: str, path: Path) -> tuple[list[str], list[int]]:
     texts, starts = [], []
     for answer in qa["answers"]:
-        text, start = answer["text"], int(answer["answer_start"])
+        text, start = answer["text"], _start(answer["answer_start"])
+        if not isinstance(text, str) or not text.strip() or start is None:
+            raise FedpeftError(
+                f"SQuAD file {path}: question {qa['id']!r} has answer {text!r} at "
+                f"{answer['answer_start']!r}; each answer needs a non-empty `text` and a "
+                "whole-number `answer_start`."
+            )
         if context[start : start + len(text)] != text:
             start = context.find(text)
             if start < 0:

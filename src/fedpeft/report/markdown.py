@@ -28,6 +28,9 @@ from fedpeft.report.sections import (
 )
 from fedpeft.server.classes import ClassReport, read_class_report
 
+_TABLE_METRICS = ("accuracy", "macro_f1", "loss")  # the per-round table's columns
+_NO_CHANCE = ("qa", "detect", "itm")  # `accuracy` is not a choice among the labels
+
 __all__ = ["read_rounds", "read_summary", "render_report", "write_report"]
 
 
@@ -44,6 +47,16 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"{scaled(s.get('peak_rss_bytes'), 2**20, '.0f')} MiB",
         *privacy_lines(s.get("privacy")),
     ]
+
+
+def task_metric_lines(cfg: dict[str, Any], rounds: list[dict[str, Any]]) -> list[str]:
+    """A task's own metrics of its last evaluation (QA's exact match and F1, detection's
+    mAPs, retrieval recalls, …), which the accuracy column stands for only in part."""
+    if _task(cfg) in ("classify", None):
+        return []
+    last = next((eval_of(r) for r in reversed(rounds) if eval_of(r)), {})
+    shown = [f"{k} {num(v)}" for k, v in sorted(last.items()) if k not in _TABLE_METRICS]
+    return [f"- last evaluation: {' · '.join(shown)}"] if shown else []
 
 
 def privacy_lines(p: object) -> list[str]:
@@ -78,6 +91,7 @@ def render_report(
         "",
         *settings,
         *summary_lines(summary),
+        *task_metric_lines(read_config(run_dir), rounds),
         "",
         "| round | accuracy | macro-F1 | eval loss | train loss | clients ok | MB up | s |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -107,10 +121,18 @@ def _bias_moved(record: dict[str, Any]) -> bool:
     return isinstance(refresh, dict) and refresh.get("part") == "bias"
 
 
+def _task(cfg: dict[str, Any]) -> str | None:
+    model = cfg.get("model", {})
+    return model.get("task") if isinstance(model, dict) else None
+
+
 def _chance(run_dir: Path, classes: ClassReport | None) -> float | None:
-    """The majority-class rate of the eval split, else 1 / the number of labels."""
+    """The majority-class rate of the eval split, else 1 / the number of labels; none for a
+    task whose accuracy is no class choice (QA's exact match, mAP, retrieval recall)."""
     if classes is not None:
         return classes.majority_rate
+    if _task(read_config(run_dir)) in _NO_CHANCE:
+        return None
     names = read_partitions(run_dir).get("label_names")
     return 1 / len(names) if names else None
 

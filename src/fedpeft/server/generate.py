@@ -25,6 +25,7 @@ from transformers import GenerationConfig
 
 from fedpeft.data.genqa import GenQASplit
 from fedpeft.data.instruct import IGNORE, InstructSplit
+from fedpeft.errors import FedpeftError
 
 INVALID = -1  # the "class" of an answer that names no label
 _PUNCT = re.compile(r"[.,;:!?\"'()\[\]]")
@@ -43,6 +44,26 @@ def parse_answer(text: str, label_names: list[str]) -> int:
         if name and (said == name or said.startswith(name + " ")):
             return cls
     return INVALID
+
+
+def check_label_words(label_names: list[str], source: str) -> None:
+    """Refuses classes that ``parse_answer`` could never tell apart or never match: a label
+    with no word left after normalisation, or two labels that normalise alike."""
+    seen: dict[str, str] = {}
+    for name in label_names:
+        key = normalise(name)
+        if not key:
+            raise FedpeftError(
+                f"label {name!r} of {source} is only punctuation, which a generated answer "
+                "is scored without, so it could never be right; name the class with a word."
+            )
+        if key in seen:
+            raise FedpeftError(
+                f"labels {seen[key]!r} and {name!r} of {source} read the same once lowercased "
+                "and without punctuation, as generated answers are scored, so one of them "
+                "could never be right; spell them as one class or rename one."
+            )
+        seen[key] = name
 
 
 def generate_answers(

@@ -24,6 +24,7 @@ from fedpeft.models import ModelSpec, get_model_spec, load_tokenizer
 from fedpeft.models.yolos import DETECTION_FAMILIES
 from fedpeft.peft import method_names
 from fedpeft.server.detection import DETECT_TASK, check_detect, supported_detection
+from fedpeft.server.generate import check_label_words
 from fedpeft.server.multimodal import (
     FAMILY,
     PAIR_DATASETS,
@@ -122,6 +123,7 @@ def instruct_splits(
     cfg: ExperimentConfig, dataset: RawDataset, spec: ModelSpec
 ) -> tuple[InstructSplit, InstructSplit]:
     """Train and eval splits phrased as instructions, tokenised once."""
+    check_label_words(dataset.label_names, dataset.source)
     tokenizer = load_tokenizer(spec)
     max_length = cfg.model.max_length
 

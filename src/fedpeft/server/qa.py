@@ -11,13 +11,16 @@ the 20 best starts × 20 best ends, this takes the exact maximum over every vali
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from torch import nn
 
 from fedpeft.config import ExperimentConfig
 from fedpeft.data import RawDataset
-from fedpeft.data.genqa import GenQASplit, tokenize_genqa
+from fedpeft.data.checks import warn_once
+from fedpeft.data.genqa import GenQASplit, hidden_answer_warning, tokenize_genqa
 from fedpeft.data.qa import QASplit, tokenize_qa
 from fedpeft.data.questions import QAExamples
 from fedpeft.errors import FedpeftError
@@ -25,6 +28,7 @@ from fedpeft.models import ModelSpec, load_tokenizer
 from fedpeft.peft import methods_for
 from fedpeft.server.squad_metric import squad_scores
 
+log = logging.getLogger("fedpeft.server")
 QA_DATASETS = ("squad",)
 QA_FAMILIES = ("bert", "roberta")  # encoders with a span head (``*ForQuestionAnswering``)
 GENERATIVE_FAMILIES = ("llama",)  # decoders that write the answer (``data.genqa``)
@@ -100,6 +104,7 @@ def qa_splits(
     tokenizer = load_tokenizer(spec)
     length = cfg.model.max_length
     if generative(spec):
+        warn_once(log, hidden_answer_warning(dataset.train, tokenizer, length))
         return (
             tokenize_genqa(dataset.train, tokenizer, length),
             tokenize_genqa(dataset.eval, tokenizer, length),

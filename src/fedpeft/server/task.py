@@ -223,11 +223,29 @@ def check_combinations(cfg: ExperimentConfig) -> None:
             "share; set `compression.bits_down = 32` with allocation or `server.mode = 'async'`."
         )
     check_head_refresh(cfg)
+    check_classifier_options(cfg)
     if cfg.data.client_test_fraction > 0 and task_kind(cfg) == "qa":
         raise FedpeftError(
             "`data.client_test_fraction` scores clients on held-out classification examples; "
             "question answering is scored centrally only, so set it to 0 with `model.task = 'qa'`."
         )
+
+
+def check_classifier_options(cfg: ExperimentConfig) -> None:
+    """``client.label_skew`` and an explicit ``server.head_init`` act on a classifier's class
+    logits and head; another task has neither, and would train without them unsaid."""
+    kind = task_kind(cfg)
+    if kind == "classify":
+        return
+    for key, value, plain in (
+        ("client.label_skew", cfg.client.label_skew, "none"),
+        ("server.head_init", cfg.server.head_init, "auto"),
+    ):
+        if value not in (plain, "random"):
+            raise FedpeftError(
+                f"`{key} = {value!r}` acts on a classifier's class logits and head, which the "
+                f"{kind!r} task has none of; set it to {plain!r}."
+            )
 
 
 def check_head_refresh(cfg: ExperimentConfig) -> None:
