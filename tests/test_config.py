@@ -70,7 +70,7 @@ def test_a_bad_set_value_is_blamed_on_the_set_not_the_file(tmp_path: Path) -> No
         ("peft.size=0", "method 'lora': unknown key `peft.size`"),
         ("run.device='tpu'", "`run.device`: Input should be 'auto', 'cpu' or 'cuda'"),
         ("data.dataset='custom'", "`data.train_file` is required"),
-        ("data.train_file='mine.csv'", "'sst2' reads its own files, so yours would be ignored"),
+        ("data.eval_file='mine.csv'", "read only beside `data.train_file`"),
         ("peft.r", "--set expects section.key=value"),
         # strict types: a bool is not a count, a count is not a bool, 2.0 is not an int
         ("run.rounds=true", "`run.rounds`: Input should be a valid integer, got True"),
@@ -224,3 +224,12 @@ def test_data_files_are_refused_where_they_would_be_ignored() -> None:
         load_config(overrides=["data.dataset='squad'", "data.eval_file='dev.json'"])
     cfg = load_config(overrides=["data.dataset='squad'", "data.train_file='mine.json'"])
     assert cfg.data.train_file == "mine.json"
+
+
+def test_a_train_file_given_alone_is_the_users_own_data() -> None:
+    """Without `data.dataset` a file of one's own means `custom`, not the default SST-2 (which
+    would ignore it); naming a built-in set beside it is refused."""
+    cfg = load_config(overrides=["data.train_file='mine.csv'"])
+    assert cfg.data.dataset == "custom" and cfg.data.train_file == "mine.csv"
+    with pytest.raises(FedpeftError, match="'sst2' reads its own files"):
+        load_config(overrides=["data.dataset='sst2'", "data.train_file='mine.csv'"])

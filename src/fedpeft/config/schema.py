@@ -21,6 +21,7 @@ from pydantic import (
 from fedpeft.config.allocation import AllocationConfig
 from fedpeft.config.base import Section as _Section
 from fedpeft.config.base import expand_home
+from fedpeft.config.data_rules import check_data_keys, own_file_means_custom
 from fedpeft.config.personal import PersonalizationConfig
 from fedpeft.config.profiles import ProfilesConfig
 from fedpeft.errors import FedpeftError
@@ -122,7 +123,7 @@ class DataConfig(_Section):
         None,
         description="custom: a CSV, TSV, JSONL, JSON (an array) or Parquet file with a text "
         "(image model: image path) and a label column, or for an image model a folder of "
-        "class subfolders",
+        "class subfolders (given without data.dataset, the dataset is 'custom')",
     )
     eval_file: str | None = Field(
         None,
@@ -184,35 +185,11 @@ class DataConfig(_Section):
             str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in value
         ]
 
+    _own_file = model_validator(mode="before")(own_file_means_custom)
+
     @model_validator(mode="after")
-    def _custom_needs_files(self) -> DataConfig:
-        if self.dataset == "custom" and self.train_file is None:
-            raise ValueError(
-                "`data.train_file` is required when `data.dataset` is 'custom' "
-                "(a CSV, TSV, JSONL, JSON or Parquet file with text and label columns, or for "
-                "an image model a folder of class subfolders)"
-            )
-        if self.dataset == "custom" and self.text_column == self.label_column:
-            raise ValueError(
-                f"`data.text_column` and `data.label_column` are both {self.text_column!r}; "
-                "the model would read each row's label as its text"
-            )
-        if (self.train_file or self.eval_file) and self.dataset not in ("custom", "squad"):
-            raise ValueError(
-                "`data.train_file` and `data.eval_file` apply to `data.dataset = 'custom'` "
-                f"(or 'squad': your own SQuAD-format JSON) only; {self.dataset!r} reads its "
-                "own files, so yours would be ignored"
-            )
-        if self.eval_file is not None and self.train_file is None:
-            raise ValueError(
-                "`data.eval_file` is read only beside `data.train_file`; give both, or drop "
-                "`data.eval_file` to use the dataset's own evaluation split"
-            )
-        if self.label_names is not None and self.dataset != "custom":
-            raise ValueError(
-                "`data.label_names` applies to `data.dataset = 'custom'` only; "
-                f"{self.dataset!r} has its own classes"
-            )
+    def _keys_agree(self) -> DataConfig:
+        check_data_keys(self)
         return self
 
 
