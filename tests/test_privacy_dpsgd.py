@@ -132,6 +132,24 @@ def test_train_hook_reports_epsilon_and_leaves_no_hooks(task, tmp_path: Path) ->
     assert "dp_epsilon" not in plain.metrics
 
 
+def test_dp_training_prints_no_torch_hook_warnings(task, tmp_path: Path) -> None:
+    """torch's "Full backward hook is firing…" (a frozen base's adapted layer has inputs that
+    need no gradient, which opacus does not need) is not shown to the user."""
+    import warnings
+
+    data = ClientData(task.data.train, task.data.partitions[0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(
+            task.model,
+            instruction_for(tiny_config(tmp_path), 1, 0),
+            data,
+            task.device,
+            DpSgd(1.1, 1.0, delta=1e-5),
+        )
+    assert [str(w.message)[:40] for w in caught if "hook" in str(w.message)] == []
+
+
 @pytest.mark.parametrize("method", ["ia3", "prompt"])
 def test_methods_opacus_cannot_sample_are_refused_and_leave_no_hooks(tmp_path, method) -> None:
     task = _task(tmp_path, method)

@@ -19,6 +19,7 @@ the noise at no privacy cost. Each step is one release (σ, q) for the accountan
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,10 @@ class PrivateTraining:
 
         params = [p for group in optimizer.param_groups for p in group["params"]]
         _check_samplable(model)
+        # a frozen base's first adapted layer gets inputs that need no gradient: torch warns
+        # that its full backward hook sees the outputs' gradients only, which is all opacus's
+        # per-example gradients of that layer's own weights need; not the user's concern
+        warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
         try:
             self.module = GradSampleModule(model, loss_reduction="mean", strict=True)
         except NotImplementedError as e:
