@@ -274,7 +274,7 @@ def test_unsupported_detection_combinations_are_refused_up_front(
 def test_a_hub_detector_offline_and_uncached_fails_in_one_sentence() -> None:
     from fedpeft.server.task import check_names
 
-    with pytest.raises(FedpeftError, match="no YOLOS weights ship offline"):
+    with pytest.raises(FedpeftError, match="weights do not ship with fedpeft.*`tiny-yolos`"):
         check_names(load_config(EXAMPLE))  # hustvl/yolos-tiny; the tests run offline
 
 

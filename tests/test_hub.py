@@ -75,6 +75,26 @@ def test_an_unknown_hub_model_is_refused_before_anything_loads(
     check_names(tiny_config(tmp_path))  # registered tiny models never need the hub
 
 
+@pytest.mark.parametrize(
+    ("model", "dataset"),
+    [("vit-base", "cifar10"), ("clip-base", "cifar10"), ("vilt-b32", "daquar")],
+)
+def test_a_registered_hub_model_is_refused_before_its_data_loads(
+    fresh: pytest.MonkeyPatch, tmp_path: Path, model: str, dataset: str
+) -> None:
+    """ViT, CLIP and ViLT are registered but their weights come from the hub: offline and
+    uncached they were refused only after the data had loaded; now by check_names."""
+    fresh.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    cfg = tiny_config(tmp_path, f"model.name={model!r}", f"data.dataset={dataset!r}")
+    with pytest.raises(FedpeftError) as info:
+        check_names(cfg)
+    message = str(info.value)
+    assert "is not in the local Hugging Face cache" in message and "\n" not in message
+    assert (
+        "weights do not ship with fedpeft" in message and f"`tiny-{model.split('-')[0]}`" in message
+    )
+
+
 def test_a_hub_dataset_is_refused_offline_without_trying(fresh: pytest.MonkeyPatch) -> None:
     fresh.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(FedpeftError, match=r"the hub is offline \(HF_DATASETS_OFFLINE is set\)"):

@@ -175,17 +175,28 @@ def load_model_config(spec: ModelSpec, num_labels: int) -> PretrainedConfig:
 
 
 def check_available(spec: ModelSpec) -> None:
-    """Fails fast (before anything loads) for an unregistered hub model that cannot be had:
-    the hub is unreachable and the model is not in the local cache. (Registered models have
-    their own loaders — tiny configs, packages — and load cache-only while offline.)"""
-    if spec.name in _REGISTRY or Path(spec.hub_id).is_dir():
+    """Fails fast (before any data or model loads) for a hub model that cannot be had: the
+    hub is unreachable and the model is not in the local cache. Registered models built here
+    (tiny configs) or shipped in a package are always there; registered hub models
+    (``org/name``, e.g. ViT, CLIP, ViLT) are checked like a user's own."""
+    if Path(spec.hub_id).is_dir():
+        return
+    registered = spec.name in _REGISTRY
+    if registered and ("/" not in spec.hub_id or spec.local_path() is not None):
         return
     reason = offline_reason()
     if reason is not None and not is_cached(spec.hub_id):
+        tiny = f"tiny-{spec.family}"
+        advice = (
+            "its weights do not ship with fedpeft: connect to the hub once to cache them"
+            + (f", or use `{tiny}` (random weights) to check the code path" * (tiny in _REGISTRY))
+            if registered
+            else f"check `model.name` (registered models: {', '.join(model_names())}) or "
+            "connect to the hub"
+        )
         raise FedpeftError(
             f"model `{spec.name}` is not in the local Hugging Face cache and the hub is "
-            f"offline ({reason}); check `model.name` (registered models: "
-            f"{', '.join(model_names())}) or connect to the hub."
+            f"offline ({reason}); {advice}."
         )
 
 

@@ -37,7 +37,6 @@ from fedpeft.data import RawDataset
 from fedpeft.data.boxes import DETECTION_DATASETS, DetectionImages
 from fedpeft.data.detection import NATURAL_REFUSED, DetectionSplit, detection_split
 from fedpeft.errors import FedpeftError
-from fedpeft.hub import is_cached, offline_reason
 from fedpeft.models import ModelSpec, image_preprocess, load_model_config
 from fedpeft.models.lite_detect import CENTERNET_FAMILY, centernet_config
 from fedpeft.models.vision import check_lite0_packages, is_tiny
@@ -98,20 +97,7 @@ def check_detect(cfg: ExperimentConfig, spec: ModelSpec) -> None:
         check_input_size(tiny_yolos_config(1), size, spec.name)
     elif size % 16:  # the hub YOLOS models cut 16×16 patches
         raise FedpeftError(f"`model.image_size` is {size}; YOLOS takes a multiple of 16.")
-    _check_reachable(spec)
-
-
-def _check_reachable(spec: ModelSpec) -> None:
-    """A hub detector that is neither reachable nor cached fails here, in a second."""
-    if is_tiny(spec):
-        return
-    reason = offline_reason()
-    if reason is not None and not is_cached(spec.hub_id):
-        raise FedpeftError(
-            f"model `{spec.name}` is not in the local Hugging Face cache and the hub is "
-            f"offline ({reason}); no YOLOS weights ship offline — connect to the hub once, "
-            "or use `tiny-yolos` (random weights) to check the code path."
-        )
+    # a hub YOLOS offline and not cached: check_names' check_available refused it already
 
 
 def detector_config(spec: ModelSpec, num_labels: int) -> Any:
