@@ -174,8 +174,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         *(
             (
                 ["--set", f"model.name='{name}'", "--set", "data.dataset='cifar10'"],
-                f"model `{hub_id}` is not in the local Hugging Face cache and the hub is "
-                "offline",
+                f"model `{hub_id}` is not in the local Hugging Face cache and the hub is offline",
             )
             for name, hub_id in [
                 ("vit-base", "google/vit-base-patch16-224"),
