@@ -200,3 +200,17 @@ def test_daquar_rows_of_another_split_are_left_out_with_a_warning(
     ds = load_daquar(load_config(overrides=["data.dataset='daquar'"]).data, 0)
     assert len(ds.train) == len(ds.eval) == 1
     assert "2 rows with `split` 'val' are left out" in caplog.text
+
+
+@pytest.mark.parametrize("answer", [None, "", "  ", ["a"]])
+def test_a_daquar_answer_that_is_no_text_is_refused(tmp_path: Path, monkeypatch, answer) -> None:  # type: ignore[no-untyped-def]
+    """A null answer was read as the class "None"; an empty one as the class ""."""
+    from fedpeft.data.pairs import load_daquar
+
+    folder = tmp_path / "daquar_subset"
+    (folder / "images").mkdir(parents=True)
+    row = {"split": "train", "image": "images/image1.png", "question": "what?", "answer": answer}
+    (folder / "qa.jsonl").write_text(json.dumps(row) + "\n")
+    monkeypatch.setenv("FEDPEFT_DATA_DIR", str(tmp_path))
+    with pytest.raises(FedpeftError, match=r"qa.jsonl, line 1: .*`answer` is"):
+        load_daquar(load_config(overrides=["data.dataset='daquar'"]).data, 0)

@@ -54,13 +54,23 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
             continue
         try:
             row = json.loads(line)
-            rows.append({k: str(row[k]) for k in ("split", "image", "question", "answer")})
+            rows.append({k: _text(row[k], k) for k in ("split", "image", "question", "answer")})
         except (ValueError, KeyError, TypeError) as e:
             raise FedpeftError(
                 f"{path}, line {i + 1}: expected a JSON object with split, image, question "
                 f"and answer ({type(e).__name__}: {e})."
             ) from None
     return rows
+
+
+def _text(value: object, key: str) -> str:
+    """A field as text: a string or a number (an answer "2" may be written 2); a null, an
+    empty text or anything else is refused, not read as the class "None" or ""."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"`{key}` is {value!r}, not a non-empty text")
+    return value
 
 
 def _decode(path: Path) -> np.ndarray:
