@@ -195,6 +195,25 @@ def test_a_format_2_checkpoint_reads_as_one_without_controls(tmp_path: Path) -> 
     _same(back.adapters["global"], state.adapters["global"])
 
 
+def test_a_checkpoint_fingerprinted_with_its_input_paths_still_resumes(tmp_path: Path) -> None:
+    """Before 2026-12-07 the fingerprint covered the input files' paths; it no longer does
+    (a project moved with its data resumes), and checkpoints of either kind verify."""
+    from fedpeft.config import load_config
+    from fedpeft.config.loading import accepted_fingerprints, config_fingerprint
+
+    cfg = load_config(overrides=["data.train_file='/a/x.csv'", "profiles.file='/a/t.toml'"])
+    moved = load_config(overrides=["data.train_file='/b/x.csv'", "profiles.file='/b/t.toml'"])
+    new, legacy = accepted_fingerprints(cfg)
+    assert new == config_fingerprint(moved) != legacy != accepted_fingerprints(moved)[1]
+    state = ServerState({"global": {"a": torch.ones(2)}}, round=2)
+    Checkpoints(tmp_path / "ck", legacy).save(state)  # as written before
+    assert Checkpoints(tmp_path / "ck", (new, legacy)).load().round == 2
+    with pytest.raises(FedpeftError, match="written for another configuration"):
+        Checkpoints(tmp_path / "ck", accepted_fingerprints(moved)).load()
+    seeded = load_config(overrides=["data.train_file='/a/x.csv'", "run.seed=1"])
+    assert config_fingerprint(seeded) != config_fingerprint(cfg)  # what it held still counts
+
+
 def test_stray_newer_manifests_do_not_hide_a_valid_round(three, caplog) -> None:
     """Two unreadable manifests numbered above the kept rounds (no crash writes those): the
     newest round that verifies is still found, not only among the two newest manifests."""

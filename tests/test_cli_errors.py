@@ -202,13 +202,47 @@ def test_a_resume_of_a_run_with_a_relative_input_path_warns_where_it_reads(
 
     run = _copy(finished_run, tmp_path)
     config = run / "config.toml"
-    config.write_text(
-        config.read_text().replace("[data]\n", '[data]\ntrain_file = "data/x.csv"\n', 1)
-    )
+    old = config.read_text().replace('dataset = "sst2"', 'dataset = "custom"', 1)
+    config.write_text(old.replace("[data]\n", '[data]\ntrain_file = "data/x.csv"\n', 1))
     elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
+    (elsewhere / "data").mkdir(parents=True)
+    (elsewhere / "data" / "x.csv").write_text("text,label\na,0\nb,1\n")
     monkeypatch.chdir(elsewhere)
     cfg = _resolve_config(None, ["run.rounds=2"], run)
     assert cfg.data.train_file == "data/x.csv"  # its fingerprint is kept: not rewritten
     assert f"`data.train_file` 'data/x.csv' in {config} is a relative path" in caplog.text
     assert str(elsewhere) in caplog.text
+
+
+def test_a_project_moved_with_its_data_resumes_once_told_where_the_data_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stores its inputs absolute; moved with its data, the run names the missing file
+    and the `--set` that points it at the new place, and then resumes (the inputs' paths are
+    not in the checkpoint's fingerprint)."""
+    import json
+    import shutil
+
+    project = tmp_path / "proj"
+    (project / "data").mkdir(parents=True)
+    rows = [f"{w} {i},{w}" for i in range(24) for w in ("good", "bad")]
+    (project / "data" / "x.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    monkeypatch.chdir(project)
+    sets = [*TINY, "data.train_file='data/x.csv'", "data.train_size=40", "run.output_dir='runs'"]
+    code, out = _run(*_sets(*sets))
+    assert code == 0, out
+    moved = tmp_path / "moved"
+    shutil.move(project, moved)
+    monkeypatch.chdir(moved)
+    (run,) = (moved / "runs").iterdir()
+    code, out = _run("--resume", str(run), "--set", "run.rounds=2")
+    _assert_one_sentence(code, out, f"`data.train_file` {project / 'data' / 'x.csv'} (from")
+    assert "--set data.train_file='…'` beside `--resume`" in out
+    code, out = _run(
+        "--resume", str(run), "--set", "run.rounds=2", "--set", "data.train_file='data/x.csv'"
+    )
+    assert code == 0, out
+    assert json.loads((run / "summary.json").read_text())["rounds_completed"] == 2
+    assert f'train_file = "{moved / "data" / "x.csv"}"' in (run / "config.toml").read_text()
+    code, out = _run("--resume", str(run), "--set", "data.label_column='y'")
+    _assert_one_sentence(code, out, "with --resume only `--set run.rounds=N`")

@@ -425,15 +425,25 @@ def _runner(runtime: Runtime) -> Callable[..., RunResult]:
 def _resolve_config(config: Path | None, sets: list[str], resume: Path | None) -> ExperimentConfig:
     from fedpeft.config import build_config, load_config, read_toml
     from fedpeft.config.loading import apply_override
-    from fedpeft.config.paths import absolute_inputs, relative_inputs
+    from fedpeft.config.paths import (
+        INPUT_KEYS,
+        absolute_inputs,
+        check_resumed_inputs,
+        relative_inputs,
+    )
     from fedpeft.server.store import CONFIG, RunStore
 
     if resume is None:  # input paths stored absolute: a resume elsewhere reads the same files
         return absolute_inputs(load_config(config, sets))
     if config is not None:
         raise FedpeftError("--resume uses the run folder's own config.toml; drop --config.")
-    if any(not s.startswith("run.rounds=") for s in sets):
-        raise FedpeftError("with --resume only `--set run.rounds=N` may change the run's config.")
+    allowed = ("run.rounds", *INPUT_KEYS)
+    if any(s.partition("=")[0].strip() not in allowed for s in sets):
+        raise FedpeftError(
+            "with --resume only `--set run.rounds=N`, or the new place of a moved input file "
+            f"(`--set {INPUT_KEYS[0]}=…`; also {', '.join(INPUT_KEYS[1:])}), may change the "
+            "run's config."
+        )
     store = RunStore.open_existing(resume)
     raw = read_toml(store.root / CONFIG)
     for s in sets:
@@ -447,6 +457,10 @@ def _resolve_config(config: Path | None, sets: list[str], resume: Path | None) -
             store.root / CONFIG,
             Path.cwd(),
         )
+    # a new place given now is stored absolute; an old run's relative path stays as it is,
+    # since its checkpoint's fingerprint (before 2026-12-07) was written with it
+    cfg = absolute_inputs(cfg, only={s.partition("=")[0].strip() for s in sets})
+    check_resumed_inputs(cfg, store.root / CONFIG)
     return cfg
 
 

@@ -152,12 +152,28 @@ ADDED_LATER: dict[tuple[str, str], object] = {
 }
 
 
+# Where a run's input files lie (not what they hold, which no fingerprint covered): a project
+# moved with its data resumes with `--set data.train_file=…` beside `--resume`.
+_INPUT_PATHS = {"data": ("train_file", "eval_file"), "profiles": ("file",), "peft": ("init_from",)}
+
+
 def config_fingerprint(cfg: ExperimentConfig) -> str:
-    """sha256 of the resolved configuration minus ``_UNFINGERPRINTED`` (and ``ADDED_LATER``
-    keys at their default): a checkpoint written under another seed, learning rate, model or
-    data has another fingerprint."""
+    """sha256 of the resolved configuration minus ``_UNFINGERPRINTED``, the input files'
+    paths (and ``ADDED_LATER`` keys at their default): a checkpoint written under another
+    seed, learning rate, model or data has another fingerprint."""
+    return _fingerprint(cfg, with_paths=False)
+
+
+def accepted_fingerprints(cfg: ExperimentConfig) -> tuple[str, str]:
+    """The fingerprints a checkpoint of ``cfg`` may carry: ``config_fingerprint``'s, and the
+    one checkpoints written before 2026-12-07 carry (the input paths included)."""
+    return config_fingerprint(cfg), _fingerprint(cfg, with_paths=True)
+
+
+def _fingerprint(cfg: ExperimentConfig, with_paths: bool) -> str:
     raw = cfg.model_dump(mode="json")
-    for section, keys in _UNFINGERPRINTED.items():
+    left_out = _UNFINGERPRINTED if with_paths else {**_UNFINGERPRINTED, **_INPUT_PATHS}
+    for section, keys in left_out.items():
         for key in keys:
             raw[section].pop(key, None)
     for (section, key), default in ADDED_LATER.items():

@@ -5,6 +5,7 @@ writes anything (``fedpeft run`` calls them; a Flower client does not, since
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,18 +50,18 @@ def check_input_file(path: Path, what: str, hint: str) -> None:
         raise FedpeftError(f"{what} {path} does not exist; {hint}.")
 
 
-def absolute_inputs(cfg: ExperimentConfig) -> ExperimentConfig:
-    """``cfg`` with its relative input paths (``data.train_file``/``eval_file``,
-    ``profiles.file``, ``peft.init_from``) made absolute against the current folder, where
-    they were given: a run stores them so in its ``config.toml``, and a resume from another
-    folder, or of a run folder moved elsewhere, reads the same files."""
-    data = {k: _absolute(v) for k in _DATA_INPUTS if (v := getattr(cfg.data, k)) is not None}
-    peft = (
-        {"init_from": _absolute(p)}
-        if isinstance(p := cfg.peft.options.get("init_from"), str)
-        else {}
-    )
-    profiles = {"file": _absolute(cfg.profiles.file)} if cfg.profiles.file is not None else {}
+INPUT_KEYS = ("data.train_file", "data.eval_file", "profiles.file", "peft.init_from")
+
+
+def absolute_inputs(cfg: ExperimentConfig, only: Collection[str] = INPUT_KEYS) -> ExperimentConfig:
+    """``cfg`` with its relative input paths (``only`` those of these keys, of
+    ``INPUT_KEYS``) made absolute against the current folder, where they were given: a run
+    stores them so in its ``config.toml``, and a resume from another folder, or of a run
+    folder moved elsewhere, reads the same files."""
+    paths = {k: _absolute(v) for k, v in input_paths(cfg).items() if k in only}
+    data = {k.partition(".")[2]: v for k, v in paths.items() if k.startswith("data.")}
+    peft = {"init_from": paths["peft.init_from"]} if "peft.init_from" in paths else {}
+    profiles = {"file": paths["profiles.file"]} if "profiles.file" in paths else {}
     return cfg.model_copy(
         update={
             "data": cfg.data.model_copy(update=data),
@@ -70,19 +71,36 @@ def absolute_inputs(cfg: ExperimentConfig) -> ExperimentConfig:
     )
 
 
-def relative_inputs(cfg: ExperimentConfig) -> list[str]:
-    """The input settings of ``cfg`` that hold a relative path (a run started before they
-    were stored absolute), each as ```key` 'path'``."""
+def input_paths(cfg: ExperimentConfig) -> dict[str, str]:
+    """The input files ``cfg`` names, by key (``data.train_file``, ``data.eval_file``,
+    ``profiles.file``, ``peft.init_from``): the keys a resume may point elsewhere."""
     given = {f"data.{k}": getattr(cfg.data, k) for k in _DATA_INPUTS}
     given |= {
         "profiles.file": cfg.profiles.file,
         "peft.init_from": cfg.peft.options.get("init_from"),
     }
+    return {key: path for key, path in given.items() if isinstance(path, str) and path}
+
+
+def relative_inputs(cfg: ExperimentConfig) -> list[str]:
+    """The input settings of ``cfg`` that hold a relative path (a run started before they
+    were stored absolute), each as ```key` 'path'``."""
     return [
         f"`{key}` {path!r}"
-        for key, path in given.items()
-        if isinstance(path, str) and path and not Path(path).is_absolute()
+        for key, path in input_paths(cfg).items()
+        if not Path(path).is_absolute()
     ]
+
+
+def check_resumed_inputs(cfg: ExperimentConfig, source: Path) -> None:
+    """Every input file a resumed run names is there; one that is not (a project moved with
+    its data) is named with the way to point the run at its new place."""
+    for key, path in input_paths(cfg).items():
+        if not Path(path).exists():
+            raise FedpeftError(
+                f"`{key}` {path} (from {source}) does not exist; if it moved, give its new "
+                f"place with `--set {key}='…'` beside `--resume`."
+            )
 
 
 _DATA_INPUTS = ("train_file", "eval_file")

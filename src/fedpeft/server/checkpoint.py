@@ -85,10 +85,16 @@ class Checkpoints:
     ``refusal``: what a refusal says could not be done and what was therefore not done."""
 
     def __init__(
-        self, folder: Path, fingerprint: str | None, refusal: tuple[str, str] = RESUMING
+        self,
+        folder: Path,
+        fingerprint: str | tuple[str, ...] | None,
+        refusal: tuple[str, str] = RESUMING,
     ) -> None:
         self.folder = folder
-        self.fingerprint = fingerprint
+        # several: the first is written, any is accepted (``accepted_fingerprints``)
+        accepted = (fingerprint,) if isinstance(fingerprint, str) else fingerprint
+        self.accepted = accepted
+        self.fingerprint = accepted[0] if accepted else None
         self.refusal = refusal
 
     def save(self, state: ServerState) -> None:
@@ -166,8 +172,8 @@ class Checkpoints:
                 f"its checkpoint has format {manifest.get('format')!r} but this fedpeft "
                 f"reads formats {READABLE_FORMATS[0]}–{STATE_FORMAT}"
             )
-        wanted = self.fingerprint
-        if wanted is not None and manifest.get("config_fingerprint") != wanted:
+        wanted = self.accepted
+        if wanted is not None and manifest.get("config_fingerprint") not in wanted:
             raise self._refuse(
                 "its checkpoint was written for another configuration (the config "
                 "fingerprint differs: another seed, learning rate, model or data)"

@@ -57,7 +57,7 @@ def _parses(line: str) -> bool:
 class RunStore:
     """One run's folder; ``fingerprint`` is its resolved config's (``config_fingerprint``)."""
 
-    def __init__(self, root: Path, fingerprint: str | None = None) -> None:
+    def __init__(self, root: Path, fingerprint: str | tuple[str, ...] | None = None) -> None:
         self.root = root
         self.checkpoints = Checkpoints(root / CHECKPOINT, fingerprint)
 
@@ -83,7 +83,9 @@ class RunStore:
         return store
 
     @classmethod
-    def open_existing(cls, run_dir: str | Path, fingerprint: str | None = None) -> RunStore:
+    def open_existing(
+        cls, run_dir: str | Path, fingerprint: str | tuple[str, ...] | None = None
+    ) -> RunStore:
         root = Path(run_dir)
         if not (root / CONFIG).is_file():
             raise FedpeftError(

@@ -23,7 +23,7 @@ import numpy as np
 from torch import nn
 
 from fedpeft.config import ExperimentConfig, build_config, read_toml
-from fedpeft.config.loading import config_fingerprint
+from fedpeft.config.loading import accepted_fingerprints
 from fedpeft.data import ImageArrays, RawDataset, RawSplit, stored_form
 from fedpeft.data.cleaning import text_cleaning
 from fedpeft.data.labels import normalize_label
@@ -86,8 +86,8 @@ def final_state(root: Path, cfg: ExperimentConfig, refusal: tuple[str, str]) -> 
     its manifest and ``cfg``'s fingerprint; no older round stands in for a damaged last one.
     ``refusal``: (what the folder cannot be used for, what was not done), for the messages."""
     last = _finished_round(root, cfg, refusal)
-    fingerprint = config_fingerprint(resolved(cfg, check_names(cfg, tiers=False)))
-    return Checkpoints(root / CHECKPOINT, fingerprint, refusal).load_round(last)
+    fingerprints = accepted_fingerprints(resolved(cfg, check_names(cfg, tiers=False)))
+    return Checkpoints(root / CHECKPOINT, fingerprints, refusal).load_round(last)
 
 
 def _finished_round(root: Path, cfg: ExperimentConfig, refusal: tuple[str, str]) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 from fedpeft.client import ClientStateStore
 from fedpeft.config import ExperimentConfig, config_fingerprint, config_to_toml
+from fedpeft.config.loading import accepted_fingerprints
 from fedpeft.data import checks
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import get_adapter_state, parse_method_ref, save_adapter
@@ -79,8 +80,8 @@ def run_local(
     process unless ``pool`` builds another runtime's pool (e.g. Flower's) from the task."""
     start = time.perf_counter()
     checks.forget_said()  # a run says its data's warnings, whatever ran before it here
-    fingerprint = config_fingerprint(resolved(cfg, check_names(cfg)))
-    store = RunStore.open_existing(resume, fingerprint) if resume else None
+    fingerprints = accepted_fingerprints(resolved(cfg, check_names(cfg)))
+    store = RunStore.open_existing(resume, fingerprints) if resume else None
     saved = store.load_checkpoint() if store else None  # a damaged run fails before any work
     if saved is not None:
         check_rounds_left(saved.round, cfg.run.rounds)
