@@ -4,10 +4,25 @@ each file holds one idea."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from fedpeft.config.schema import DataConfig
+
+class _DataKeys(Protocol):
+    """The ``[data]`` keys these rules read (``schema.DataConfig``, which imports this)."""
+
+    @property
+    def dataset(self) -> str: ...
+    @property
+    def train_file(self) -> str | None: ...
+    @property
+    def eval_file(self) -> str | None: ...
+    @property
+    def text_column(self) -> str: ...
+    @property
+    def label_column(self) -> str: ...
+    @property
+    def label_names(self) -> list[str] | None: ...
+
 
 OWN_FILES = ("custom", "squad")  # the datasets that read data.train_file / eval_file
 
@@ -20,7 +35,7 @@ def own_file_means_custom(raw: Any) -> Any:
     return raw
 
 
-def check_data_keys(data: DataConfig) -> None:
+def check_data_keys(data: _DataKeys) -> None:
     """Refuses key combinations that cannot mean what they say (``ValueError``)."""
     if data.dataset == "custom" and data.train_file is None:
         raise ValueError(
