@@ -119,6 +119,24 @@ def test_a_damaged_exported_adapter_exits_2_with_one_sentence(
     assert "Traceback" not in said and not (run / "audit.json").exists()
 
 
+def test_running_out_of_memory_while_loading_the_adapter_is_not_called_damage(
+    tmp_path: Path,
+    monkeypatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """``torch.OutOfMemoryError`` is a ``RuntimeError``; the adapter is fine, the device full."""
+    import torch
+
+    run = run_local(tiny_config(tmp_path, "run.rounds=1", "data.train_size=32")).run_dir
+
+    def full(*_: object, **__: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr("fedpeft.cli.audit.load_adapter", full)
+    out = CliRunner().invoke(app, ["audit", str(run), "--clients", "0"])
+    assert isinstance(out.exception, torch.OutOfMemoryError), out.output
+    assert "damaged" not in out.output
+
+
 def test_replayed_federation_central_dp_without_noise_is_fedavg(tmp_path: Path) -> None:
     """σ = 0 and an S no update reaches: DP-FedAvg (uniform weights) is FedAvg over the
     equal-sized IID clients; with noise, the result moves."""

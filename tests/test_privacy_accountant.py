@@ -108,6 +108,15 @@ def test_an_unreachable_target_is_one_sentence_without_opacus_search_warnings() 
     assert [str(w.message) for w in caught] == []
 
 
+def test_a_large_target_is_met_without_opacus_search_warnings() -> None:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        noise_for_target_epsilon(60, DELTA, 0.01, 100)  # the search's σ hit the smallest α
+    assert [str(w.message) for w in caught] == []
+
+
 def test_privacy_section_is_off_by_default_and_checks_its_fields() -> None:
     cfg = load_config()
     assert cfg.privacy.mode == "none" and not cfg.privacy.secure_aggregation

@@ -120,6 +120,13 @@ def _squad_json(path: Path, articles: int = 6, questions: int = 3) -> Path:
     return path
 
 
+def test_read_squad_takes_a_start_written_as_a_string_of_digits(tmp_path: Path) -> None:
+    raw = json.loads(_squad_json(tmp_path / "s.json").read_text())
+    raw["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] = "0"
+    (tmp_path / "str.json").write_text(json.dumps(raw))
+    assert read_squad(tmp_path / "str.json").starts == read_squad(tmp_path / "s.json").starts
+
+
 def test_read_squad_fixes_starts_and_refuses_missing_answers(tmp_path: Path) -> None:
     ex = read_squad(_squad_json(tmp_path / "s.json"))
     assert len(ex) == 18 and sorted(set(ex.articles.tolist())) == list(range(6))
@@ -263,6 +270,9 @@ def test_the_official_dev_set_reads_with_its_official_counts() -> None:
     [
         ("text", "", "non-empty `text`"),
         ("answer_start", "abc", "whole-number `answer_start`"),
+        ("answer_start", 3.7, "whole-number `answer_start`"),  # int() made it 3
+        ("answer_start", True, "whole-number `answer_start`"),  # int() made it 1
+        ("answer_start", " 3", "whole-number `answer_start`"),
         ("question", None, "not text"),
         ("context", 5, "not text"),
     ],

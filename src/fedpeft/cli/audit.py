@@ -148,6 +148,8 @@ def _exported_state(
         )
     try:
         state = get_adapter_state(load_adapter(base, run_dir / "adapter"))
+    except torch.OutOfMemoryError:  # a RuntimeError, but the device is full, not the adapter bad
+        raise
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
         raise FedpeftError(
             f"the adapter in {run_dir / 'adapter'} cannot be loaded ({type(e).__name__}: "

@@ -104,10 +104,10 @@ def run(
 
             check_output_dir(cfg.run.output_dir)
 
+        first = _first_round(resume, cfg.run.rounds)  # before trackers open or a bar is drawn
         from fedpeft.report.tracking import Observers, make_trackers
 
         trackers = make_trackers([t.value for t in track or []], cfg.run.output_dir, cfg.run.name)
-        first = _first_round(resume, cfg.run.rounds)  # before any progress bar is drawn
         console.print(
             f"[bold]fedpeft[/] {cfg.model.name} · {cfg.data.dataset} · "
             f"{cfg.data.num_clients} clients · {_method_label(cfg.peft)} · "

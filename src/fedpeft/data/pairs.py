@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fedpeft.config import DataConfig
+from fedpeft.data import checks
 from fedpeft.data.cache import cached_arrays
 from fedpeft.data.sources import ImageArrays, ImageTexts, RawDataset, data_dirs, find_local
 from fedpeft.errors import FedpeftError
@@ -128,12 +129,13 @@ def load_daquar(cfg: DataConfig, seed: int) -> RawDataset:
     rows = _read_rows(folder / files[0])
     other = Counter(r["split"] for r in rows if r["split"] not in ("train", "test"))
     if other:
-        log.warning(
-            "%s: %d rows with `split` %s are left out; only 'train' and 'test' rows are read",
-            folder / files[0],
-            other.total(),
-            ", ".join(repr(k) for k in sorted(other)),
+        checks.warn_once(
+            log,
+            f"{folder / files[0]}: {other.total()} rows with `split` "
+            f"{', '.join(repr(k) for k in sorted(other))} are left out; only 'train' and "
+            "'test' rows are read",
         )
+        rows = [r for r in rows if r["split"] in ("train", "test")]
     names = sorted({r["image"] for r in rows})
     index = {n: i for i, n in enumerate(names)}
     images = _images(folder, names)

@@ -66,10 +66,13 @@ def _text(value: object, what: str, path: Path, article: int) -> str:
 
 
 def _start(value: object) -> int | None:
-    try:
-        return int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError, OverflowError):
-        return None
+    """A whole-number ``answer_start`` (an int, or a string of digits), else ``None``: 3.7
+    or ``true`` would be read as 3 or 1 by ``int``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
 
 
 def _answers(qa: dict, context: str, path: Path) -> tuple[list[str], list[int]]:

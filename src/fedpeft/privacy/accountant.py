@@ -153,7 +153,7 @@ def noise_for_target_epsilon(
     _check_release(1.0, sample_rate, steps)
     try:
         with warnings.catch_warnings():  # the search's trial σ, not the run's: not the user's
-            warnings.filterwarnings("ignore", "Optimal order is the largest alpha")
+            warnings.filterwarnings("ignore", "Optimal order is the (largest|smallest) alpha")
             return float(
                 get_noise_multiplier(
                     target_epsilon=target_epsilon,

@@ -1,11 +1,14 @@
 """When the classifier head is set from the clients' class feature statistics, and whether
 it can be at all: the resolved round-0 rule, the rounds that end with the whole head or only
-its bias set again, and why a configuration cannot. The exchange itself is ``head_init``."""
+its bias set again, and why a configuration cannot; the config-time refusals of these options,
+and of others that act only on a classifier's head or logits, where the run has none. The
+exchange itself is ``head_init``."""
 
 from __future__ import annotations
 
 from fedpeft.aggregation.registry import aggregator_names, aggregator_parts
 from fedpeft.config import ExperimentConfig
+from fedpeft.errors import FedpeftError
 from fedpeft.server.instruct import task_kind
 
 PERSONAL_PARTS = ("head", "lora_b")  # personalization modes whose tensors stay local
@@ -68,3 +71,34 @@ def head_refresh_blocker(cfg: ExperimentConfig) -> str:
     ):
         why = f"`server.aggregator = {cfg.server.aggregator!r}` keeps one global per cluster"
     return why
+
+
+def check_classifier_options(cfg: ExperimentConfig) -> None:
+    """``client.label_skew`` and an explicit ``server.head_init`` act on a classifier's class
+    logits and head; another task has neither, and would train without them unsaid."""
+    kind = task_kind(cfg)
+    if kind == "classify":
+        return
+    for key, value, plain in (
+        ("client.label_skew", cfg.client.label_skew, "none"),
+        ("server.head_init", cfg.server.head_init, "auto"),
+    ):
+        if value not in (plain, "random"):
+            raise FedpeftError(
+                f"`{key} = {value!r}` acts on a classifier's class logits and head, which the "
+                f"{kind!r} task has none of; set it to {plain!r}."
+            )
+
+
+def check_head_refresh(cfg: ExperimentConfig) -> None:
+    """``server.head_refresh`` and an explicit ``server.bias_refresh`` run only where round 0
+    sets a classifier's head from the statistics, after a synchronous round, on one global
+    per method group."""
+    asked = [k for k in ("head_refresh", "bias_refresh") if getattr(cfg.server, k) != "none"]
+    why = head_refresh_blocker(cfg) if asked else ""
+    if not why:
+        return
+    for key in ("head_refresh", "bias_refresh"):
+        value = getattr(cfg.server, key)
+        if value not in ("none", "auto"):
+            raise FedpeftError(f"`server.{key} = {value!r}` cannot run: {why}; set it to 'none'.")

@@ -64,7 +64,7 @@ from fedpeft.peft.prefix import PrefixCache, compile_blocks
 from fedpeft.peft.share import apply_shared
 from fedpeft.server.detection import DETECT_TASK
 from fedpeft.server.evaluate import eval_batch_size
-from fedpeft.server.head_when import head_refresh_blocker
+from fedpeft.server.head_when import check_classifier_options, check_head_refresh
 from fedpeft.server.instruct import check_task, head_kind, instruct_splits, task_kind
 from fedpeft.server.multimodal import FAMILY, PAIR_DATASETS, PAIR_TASKS
 from fedpeft.server.precision import autocast_dtype, stores_frozen_low, with_autocast
@@ -229,37 +229,6 @@ def check_combinations(cfg: ExperimentConfig) -> None:
             "`data.client_test_fraction` scores clients on held-out classification examples; "
             "question answering is scored centrally only, so set it to 0 with `model.task = 'qa'`."
         )
-
-
-def check_classifier_options(cfg: ExperimentConfig) -> None:
-    """``client.label_skew`` and an explicit ``server.head_init`` act on a classifier's class
-    logits and head; another task has neither, and would train without them unsaid."""
-    kind = task_kind(cfg)
-    if kind == "classify":
-        return
-    for key, value, plain in (
-        ("client.label_skew", cfg.client.label_skew, "none"),
-        ("server.head_init", cfg.server.head_init, "auto"),
-    ):
-        if value not in (plain, "random"):
-            raise FedpeftError(
-                f"`{key} = {value!r}` acts on a classifier's class logits and head, which the "
-                f"{kind!r} task has none of; set it to {plain!r}."
-            )
-
-
-def check_head_refresh(cfg: ExperimentConfig) -> None:
-    """``server.head_refresh`` and an explicit ``server.bias_refresh`` run only where round 0
-    sets a classifier's head from the statistics, after a synchronous round, on one global
-    per method group."""
-    asked = [k for k in ("head_refresh", "bias_refresh") if getattr(cfg.server, k) != "none"]
-    why = head_refresh_blocker(cfg) if asked else ""
-    if not why:
-        return
-    for key in ("head_refresh", "bias_refresh"):
-        value = getattr(cfg.server, key)
-        if value not in ("none", "auto"):
-            raise FedpeftError(f"`server.{key} = {value!r}` cannot run: {why}; set it to 'none'.")
 
 
 def check_pairing(cfg: ExperimentConfig) -> None:
