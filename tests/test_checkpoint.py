@@ -196,8 +196,9 @@ def test_a_format_2_checkpoint_reads_as_one_without_controls(tmp_path: Path) -> 
 
 
 def test_a_checkpoint_fingerprinted_with_its_input_paths_still_resumes(tmp_path: Path) -> None:
-    """Before 2026-12-07 the fingerprint covered the input files' paths; it no longer does
-    (a project moved with its data resumes), and checkpoints of either kind verify."""
+    """Before 2026-12-07 the fingerprint covered the input files' paths; now only whether
+    one is given counts (a project moved with its data resumes), and checkpoints of either
+    kind verify — an old one also after a resume gave its moved file a new place."""
     from fedpeft.config import load_config
     from fedpeft.config.loading import accepted_fingerprints, config_fingerprint
 
@@ -207,11 +208,17 @@ def test_a_checkpoint_fingerprinted_with_its_input_paths_still_resumes(tmp_path:
     assert new == config_fingerprint(moved) != legacy != accepted_fingerprints(moved)[1]
     state = ServerState({"global": {"a": torch.ones(2)}}, round=2)
     Checkpoints(tmp_path / "ck", legacy).save(state)  # as written before
-    assert Checkpoints(tmp_path / "ck", (new, legacy)).load().round == 2
+    assert Checkpoints(tmp_path / "ck", accepted_fingerprints(cfg)).load().round == 2
+    assert Checkpoints(tmp_path / "ck", accepted_fingerprints(moved, cfg)).load().round == 2
     with pytest.raises(FedpeftError, match="written for another configuration"):
         Checkpoints(tmp_path / "ck", accepted_fingerprints(moved)).load()
     seeded = load_config(overrides=["data.train_file='/a/x.csv'", "run.seed=1"])
     assert config_fingerprint(seeded) != config_fingerprint(cfg)  # what it held still counts
+    with_eval = load_config(overrides=["data.train_file='/a/x.csv'", "data.eval_file='/a/y'"])
+    no_eval = load_config(overrides=["data.train_file='/a/x.csv'"])
+    assert config_fingerprint(with_eval) != config_fingerprint(no_eval)  # given or not counts
+    plain = load_config()  # naming no input file: the fingerprint it always had
+    assert accepted_fingerprints(plain) == (config_fingerprint(plain),) * 2
 
 
 def test_stray_newer_manifests_do_not_hide_a_valid_round(three, caplog) -> None:

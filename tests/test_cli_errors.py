@@ -214,14 +214,19 @@ def test_a_resume_of_a_run_with_a_relative_input_path_warns_where_it_reads(
     assert str(elsewhere) in caplog.text
 
 
+@pytest.mark.parametrize("before_2026_12_07", [False, True])
 def test_a_project_moved_with_its_data_resumes_once_told_where_the_data_is(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before_2026_12_07: bool
 ) -> None:
     """A run stores its inputs absolute; moved with its data, the run names the missing file
     and the `--set` that points it at the new place, and then resumes (the inputs' paths are
-    not in the checkpoint's fingerprint)."""
+    not in the checkpoint's fingerprint; a checkpoint fingerprinted with them, as before
+    2026-12-07, is matched against the run's stored config)."""
     import json
     import shutil
+
+    from fedpeft.config import build_config, read_toml
+    from fedpeft.config.loading import accepted_fingerprints
 
     project = tmp_path / "proj"
     (project / "data").mkdir(parents=True)
@@ -231,10 +236,16 @@ def test_a_project_moved_with_its_data_resumes_once_told_where_the_data_is(
     sets = [*TINY, "data.train_file='data/x.csv'", "data.train_size=40", "run.output_dir='runs'"]
     code, out = _run(*_sets(*sets))
     assert code == 0, out
+    (run,) = (project / "runs").iterdir()
+    if before_2026_12_07:  # the fingerprint then covered the paths
+        _, legacy = accepted_fingerprints(build_config(read_toml(run / "config.toml")))
+        for manifest in (run / "checkpoint").glob("*.manifest.json"):
+            written = json.loads(manifest.read_text())
+            manifest.write_text(json.dumps({**written, "config_fingerprint": legacy}))
     moved = tmp_path / "moved"
     shutil.move(project, moved)
     monkeypatch.chdir(moved)
-    (run,) = (moved / "runs").iterdir()
+    run = moved / "runs" / run.name
     code, out = _run("--resume", str(run), "--set", "run.rounds=2")
     _assert_one_sentence(code, out, f"`data.train_file` {project / 'data' / 'x.csv'} (from")
     assert "--set data.train_file='…'` beside `--resume`" in out
@@ -246,3 +257,5 @@ def test_a_project_moved_with_its_data_resumes_once_told_where_the_data_is(
     assert f'train_file = "{moved / "data" / "x.csv"}"' in (run / "config.toml").read_text()
     code, out = _run("--resume", str(run), "--set", "data.label_column='y'")
     _assert_one_sentence(code, out, "with --resume only `--set run.rounds=N`")
+    code, out = _run("--resume", str(run), "--set", "data.eval_file='data/x.csv'")
+    _assert_one_sentence(code, out, "the run started without `data.eval_file`")

@@ -3,6 +3,7 @@ and the errors people get (no run is started here)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +261,35 @@ slora = {}
     proposal = plan_experiment(read_experiment(EXAMPLES / "proposal.toml"), EXAMPLES)
     # none since `flora` merges into the model (it was the proposed rule under another name)
     assert same_configuration(proposal) == []
+
+
+def test_a_grid_of_hub_models_is_planned_offline_and_refused_only_to_run(
+    tmp_path: Path,
+) -> None:
+    """A dry run (or a shard without them) needs no model at hand; running a run whose hub
+    model is offline and not cached is refused before anything starts, naming the run."""
+    from rich.console import Console
+
+    from fedpeft.cli.experiment import run_experiment_command
+
+    path = tmp_path / "exp.toml"
+    path.write_text(
+        """
+[experiment]
+name = "t"
+seeds = [0]
+[base]
+"data.dataset" = "cifar10"
+"run.rounds" = 1
+[grid]
+"model.name" = ["vit-base", "tiny-vit"]
+[variants]
+fedavg_lora = {}
+"""
+    )
+    console = Console(file=open(os.devnull, "w"))  # noqa: SIM115
+    out = tmp_path / "out"
+    assert run_experiment_command(path, out, True, False, console) == 0  # dry run
+    with pytest.raises(FedpeftError, match=r"run fedavg_lora-vit_base-\S+: model `google/vit"):
+        run_experiment_command(path, out, False, False, console)
+    assert not (out / "runs").exists()  # nothing started

@@ -27,6 +27,7 @@ from fedpeft.experiment import (
     Plan,
     Runner,
     check_plan,
+    check_runnable,
     plan_experiment,
     read_experiment,
     same_configuration,
@@ -53,7 +54,7 @@ def run_experiment_command(
     """
     exp = read_experiment(file)
     plan = plan_experiment(exp, file.parent)
-    check_plan(plan)
+    check_plan(plan, hub=False)  # the models of the runs to run are checked below
     selected = select_runs(plan, only or [])
     folder = ExperimentDir(out or Path(exp.experiment.output_dir) / exp.experiment.name)
     check_output_dir(str(folder.root), "the experiment's folder" if out is None else "--out")
@@ -84,6 +85,7 @@ def run_experiment_command(
         for r in todo:
             console.print(f"  {r.key}  ({r.rounds} rounds)", highlight=False)
         return 0
+    check_runnable(todo)  # not for a dry run: a look at a grid needs no model
     folder.write_plan(plan_json(exp, plan, file), file.read_bytes())
     runner = Runner(selected, folder, exp.experiment)
     with GridProgress(console, selected, folder) as progress:

@@ -447,6 +447,13 @@ def _resolve_config(config: Path | None, sets: list[str], resume: Path | None) -
     store = RunStore.open_existing(resume)
     raw = read_toml(store.root / CONFIG)
     for s in sets:
+        key = s.partition("=")[0].strip()
+        section, _, name = key.partition(".")
+        if key in INPUT_KEYS and raw.get(section, {}).get(name) is None:
+            raise FedpeftError(
+                f"--set {s}: the run started without `{key}`; beside --resume an input file "
+                "may only be given its new place, since another input is another run."
+            )
         apply_override(raw, s)
     cfg = build_config(raw, source=f"config {store.root / CONFIG}", overrides=sets)
     for given in relative_inputs(cfg):
@@ -474,9 +481,11 @@ def _first_round(resume: Path | None, rounds: int) -> int:
         return 1
     from fedpeft.server.store import RunStore, check_rounds_left
 
-    done = RunStore.open_existing(resume).checkpoints.rounds()
-    newest = done[0] if done else 0
-    check_rounds_left(newest, rounds)  # run_local verifies the checkpoint itself again
+    try:  # the newest round that verifies, as run_local finds it (not a stray manifest's)
+        newest = RunStore.open_existing(resume).load_checkpoint().round
+    except FedpeftError:
+        return 1  # run_local refuses the folder in its own words
+    check_rounds_left(newest, rounds)
     return newest + 1
 
 

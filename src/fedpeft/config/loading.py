@@ -152,30 +152,41 @@ ADDED_LATER: dict[tuple[str, str], object] = {
 }
 
 
-# Where a run's input files lie (not what they hold, which no fingerprint covered): a project
-# moved with its data resumes with `--set data.train_file=…` beside `--resume`.
+# Where a run's input files lie (not what they hold, which no fingerprint covers): a project
+# moved with its data resumes with `--set data.train_file=…` beside `--resume`. Whether one
+# is given still counts (an eval file added mid-run is another evaluation).
 _INPUT_PATHS = {"data": ("train_file", "eval_file"), "profiles": ("file",), "peft": ("init_from",)}
+_GIVEN = "<an input file>"
 
 
 def config_fingerprint(cfg: ExperimentConfig) -> str:
-    """sha256 of the resolved configuration minus ``_UNFINGERPRINTED``, the input files'
-    paths (and ``ADDED_LATER`` keys at their default): a checkpoint written under another
-    seed, learning rate, model or data has another fingerprint."""
+    """sha256 of the resolved configuration minus ``_UNFINGERPRINTED``, with each input
+    file's path replaced by the mark that one is given (and ``ADDED_LATER`` keys at their
+    default): a checkpoint written under another seed, learning rate, model or data has
+    another fingerprint. A config naming no input file has the fingerprint it had before
+    paths were left out."""
     return _fingerprint(cfg, with_paths=False)
 
 
-def accepted_fingerprints(cfg: ExperimentConfig) -> tuple[str, str]:
+def accepted_fingerprints(
+    cfg: ExperimentConfig, stored: ExperimentConfig | None = None
+) -> tuple[str, ...]:
     """The fingerprints a checkpoint of ``cfg`` may carry: ``config_fingerprint``'s, and the
-    one checkpoints written before 2026-12-07 carry (the input paths included)."""
-    return config_fingerprint(cfg), _fingerprint(cfg, with_paths=True)
+    one checkpoints written before 2026-12-07 carry (the input paths included) — of ``cfg``
+    and, where a resume gave a moved file's new place, of the run's ``stored`` config."""
+    old = [_fingerprint(c, with_paths=True) for c in (cfg, stored) if c is not None]
+    return (config_fingerprint(cfg), *old)
 
 
 def _fingerprint(cfg: ExperimentConfig, with_paths: bool) -> str:
     raw = cfg.model_dump(mode="json")
-    left_out = _UNFINGERPRINTED if with_paths else {**_UNFINGERPRINTED, **_INPUT_PATHS}
-    for section, keys in left_out.items():
+    for section, keys in _UNFINGERPRINTED.items():
         for key in keys:
             raw[section].pop(key, None)
+    for section, keys in _INPUT_PATHS.items():
+        for key in keys:
+            if not with_paths and raw[section].get(key) is not None:
+                raw[section][key] = _GIVEN
     for (section, key), default in ADDED_LATER.items():
         if raw[section].get(key, default) == default:
             raw[section].pop(key, None)

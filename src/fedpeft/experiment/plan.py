@@ -288,9 +288,10 @@ def same_configuration(plan: Plan) -> list[tuple[str, str]]:
     return pairs
 
 
-def check_plan(plan: Plan) -> None:
+def check_plan(plan: Plan, hub: bool = True) -> None:
     """Every run's config is valid and every variant can run in this build (before any
-    run starts): one sentence naming the variant and its labels otherwise."""
+    run starts): one sentence naming the variant and its labels otherwise. ``hub=False``:
+    hub models need not be at hand (``check_runnable`` checks those of the runs to run)."""
     from fedpeft.server.task import check_names
 
     for variant in plan.variants.values():
@@ -302,10 +303,26 @@ def check_plan(plan: Plan) -> None:
             continue
         checked.add(probe)
         try:
-            check_names(build_config(nest(run.keys), source="config"))
+            check_names(build_config(nest(run.keys), source="config"), hub=hub)
         except FedpeftError as e:
             where = ", ".join(f"{a}={v}" for a, v in run.labels.items())
             raise FedpeftError(f"variant {run.variant!r} ({where}): {e}") from None
+
+
+def check_runnable(runs: list[PlannedRun]) -> None:
+    """The models of ``runs`` are at hand on this machine (a hub model offline and not
+    cached fails here, naming the first run that needs it)."""
+    from fedpeft.models import check_available, get_model_spec
+
+    seen: set[str] = set()
+    for run in runs:
+        name = build_config(nest(run.keys), source="config").model.name
+        if name not in seen:
+            seen.add(name)
+            try:
+                check_available(get_model_spec(name))
+            except FedpeftError as e:
+                raise FedpeftError(f"run {run.key}: {e}") from None
 
 
 def _check_needs(variant: Variant) -> None:

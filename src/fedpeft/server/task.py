@@ -173,11 +173,12 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, threads or os.cpu_count() or 1))
 
 
-def check_names(cfg: ExperimentConfig, tiers: bool = True) -> MethodSpec:
+def check_names(cfg: ExperimentConfig, tiers: bool = True, hub: bool = True) -> MethodSpec:
     """Fails fast on every section that the schema alone cannot check (plugin names, method
     options, strategy, allocation, profiles), before anything loads or is written.
     ``tiers=False``: a finished run's final model is rebuilt (predict, per-class report),
-    which needs no devices, so a ``profiles.file`` it names is not read."""
+    which needs no devices, so a ``profiles.file`` it names is not read. ``hub=False``: a
+    hub model need not be at hand (a grid's plan, of which this machine may run none)."""
     from fedpeft.allocation import make_allocation_config
     from fedpeft.profiling import load_profiles
     from fedpeft.server.personal import check_personalization
@@ -189,7 +190,7 @@ def check_names(cfg: ExperimentConfig, tiers: bool = True) -> MethodSpec:
     if tiers and cfg.profiles.file is not None:
         load_profiles(Path(cfg.profiles.file))
     method = parse_spec(cfg.peft.method, cfg.peft.options)
-    check_pairing(cfg)
+    check_pairing(cfg, hub)
     kind = check_task(cfg)
     if kind in ("qa", DETECT_TASK, *PAIR_TASKS) and needs_proxy(cfg):
         raise FedpeftError(
@@ -231,10 +232,12 @@ def check_combinations(cfg: ExperimentConfig) -> None:
         )
 
 
-def check_pairing(cfg: ExperimentConfig) -> None:
-    """The model must take the dataset's modality and support the PEFT method."""
+def check_pairing(cfg: ExperimentConfig, hub: bool = True) -> None:
+    """The model must take the dataset's modality and support the PEFT method (and, with
+    ``hub``, be at hand: a hub model on an offline machine fails here, in a second)."""
     spec = get_model_spec(cfg.model.name)
-    check_available(spec)  # a hub model on an offline machine fails here, in a second
+    if hub:
+        check_available(spec)
     pairs = cfg.data.dataset in PAIR_DATASETS or spec.family == FAMILY["vqa"]
     if pairs or task_kind(cfg, spec) in (*PAIR_TASKS, DETECT_TASK):
         return  # images with texts or boxes: ``check_task`` checks model, data and method

@@ -14,11 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from fedpeft.client import ClientStateStore
-from fedpeft.config import ExperimentConfig, config_fingerprint, config_to_toml
+from fedpeft.config import (
+    ExperimentConfig,
+    build_config,
+    config_fingerprint,
+    config_to_toml,
+    read_toml,
+)
 from fedpeft.config.loading import accepted_fingerprints
 from fedpeft.data import checks
 from fedpeft.errors import FedpeftError
-from fedpeft.peft import get_adapter_state, parse_method_ref, save_adapter
+from fedpeft.peft import get_adapter_state, parse_method_ref, parse_spec, save_adapter
 from fedpeft.runtime.local.group_fit import GroupedClientPool
 from fedpeft.runtime.local.pool import (
     LocalClientPool,
@@ -80,7 +86,8 @@ def run_local(
     process unless ``pool`` builds another runtime's pool (e.g. Flower's) from the task."""
     start = time.perf_counter()
     checks.forget_said()  # a run says its data's warnings, whatever ran before it here
-    fingerprints = accepted_fingerprints(resolved(cfg, check_names(cfg)))
+    stored = _stored_config(resume) if resume else None  # before a moved file's new place
+    fingerprints = accepted_fingerprints(resolved(cfg, check_names(cfg)), stored)
     store = RunStore.open_existing(resume, fingerprints) if resume else None
     saved = store.load_checkpoint() if store else None  # a damaged run fails before any work
     if saved is not None:
@@ -145,6 +152,16 @@ def run_local(
     )
     store.write_json(SUMMARY, summary)
     return RunResult(store.root, main, rounds, summary)
+
+
+def _stored_config(run_dir: Path) -> ExperimentConfig | None:
+    """The resumed run's own ``config.toml``, resolved as its checkpoints were fingerprinted
+    (None where it cannot be read: the resume then fails on it with its own sentence)."""
+    try:
+        stored = build_config(read_toml(run_dir / CONFIG), source=str(run_dir / CONFIG))
+        return resolved(stored, parse_spec(stored.peft.method, stored.peft.options))
+    except (FedpeftError, OSError, ValueError):
+        return None
 
 
 def client_pool(task: Task, states: ClientStateStore | None = None) -> LocalClientPool:
