@@ -437,8 +437,8 @@ def _resolve_config(config: Path | None, sets: list[str], resume: Path | None) -
         return absolute_inputs(load_config(config, sets))
     if config is not None:
         raise FedpeftError("--resume uses the run folder's own config.toml; drop --config.")
-    allowed = ("run.rounds", *INPUT_KEYS)
-    if any(s.partition("=")[0].strip() not in allowed for s in sets):
+    keys = [s.partition("=")[0].strip() for s in sets]
+    if any(key not in ("run.rounds", *INPUT_KEYS) for key in keys):
         raise FedpeftError(
             "with --resume only `--set run.rounds=N`, or the new place of a moved input file "
             f"(`--set {INPUT_KEYS[0]}=…`; also {', '.join(INPUT_KEYS[1:])}), may change the "
@@ -446,8 +446,7 @@ def _resolve_config(config: Path | None, sets: list[str], resume: Path | None) -
         )
     store = RunStore.open_existing(resume)
     raw = read_toml(store.root / CONFIG)
-    for s in sets:
-        key = s.partition("=")[0].strip()
+    for s, key in zip(sets, keys, strict=True):
         section, _, name = key.partition(".")
         if key in INPUT_KEYS and raw.get(section, {}).get(name) is None:
             raise FedpeftError(
@@ -466,7 +465,7 @@ def _resolve_config(config: Path | None, sets: list[str], resume: Path | None) -
         )
     # a new place given now is stored absolute; an old run's relative path stays as it is,
     # since its checkpoint's fingerprint (before 2026-12-07) was written with it
-    cfg = absolute_inputs(cfg, only={s.partition("=")[0].strip() for s in sets})
+    cfg = absolute_inputs(cfg, only=keys)
     check_resumed_inputs(cfg, store.root / CONFIG)
     return cfg
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from fedpeft.config.messages import describe_toml_error
 from fedpeft.config.messages import describe_validation_error as describe_validation_error
-from fedpeft.config.paths import check_input_file
+from fedpeft.config.paths import INPUT_KEYS, check_input_file
 from fedpeft.config.schema import ExperimentConfig
 from fedpeft.errors import FedpeftError
 
@@ -155,7 +155,7 @@ ADDED_LATER: dict[tuple[str, str], object] = {
 # Where a run's input files lie (not what they hold, which no fingerprint covers): a project
 # moved with its data resumes with `--set data.train_file=…` beside `--resume`. Whether one
 # is given still counts (an eval file added mid-run is another evaluation).
-_INPUT_PATHS = {"data": ("train_file", "eval_file"), "profiles": ("file",), "peft": ("init_from",)}
+_INPUT_PATHS = [key.split(".") for key in INPUT_KEYS]
 _GIVEN = "<an input file>"
 
 
@@ -183,10 +183,9 @@ def _fingerprint(cfg: ExperimentConfig, with_paths: bool) -> str:
     for section, keys in _UNFINGERPRINTED.items():
         for key in keys:
             raw[section].pop(key, None)
-    for section, keys in _INPUT_PATHS.items():
-        for key in keys:
-            if not with_paths and raw[section].get(key) is not None:
-                raw[section][key] = _GIVEN
+    for section, key in _INPUT_PATHS:
+        if not with_paths and raw[section].get(key) is not None:
+            raw[section][key] = _GIVEN
     for (section, key), default in ADDED_LATER.items():
         if raw[section].get(key, default) == default:
             raw[section].pop(key, None)

@@ -58,7 +58,7 @@ def absolute_inputs(cfg: ExperimentConfig, only: Collection[str] = INPUT_KEYS) -
     ``INPUT_KEYS``) made absolute against the current folder, where they were given: a run
     stores them so in its ``config.toml``, and a resume from another folder, or of a run
     folder moved elsewhere, reads the same files."""
-    paths = {k: _absolute(v) for k, v in input_paths(cfg).items() if k in only}
+    paths = {k: os.path.abspath(v) for k, v in input_paths(cfg).items() if k in only}
     data = {k.partition(".")[2]: v for k, v in paths.items() if k.startswith("data.")}
     peft = {"init_from": paths["peft.init_from"]} if "peft.init_from" in paths else {}
     profiles = {"file": paths["profiles.file"]} if "profiles.file" in paths else {}
@@ -104,7 +104,3 @@ def check_resumed_inputs(cfg: ExperimentConfig, source: Path) -> None:
 
 
 _DATA_INPUTS = ("train_file", "eval_file")
-
-
-def _absolute(path: str) -> str:
-    return os.path.abspath(path) if path else path

@@ -82,7 +82,8 @@ def render_report(
     rounds = read_rounds(run_dir)
     summary = read_summary(run_dir)
     moved = [r["round"] for r in rounds if _bias_moved(r)]
-    settings = config_lines(read_config(run_dir), chosen_lr(run_dir), moved) or [
+    cfg = read_config(run_dir)
+    settings = config_lines(cfg, chosen_lr(run_dir), moved) or [
         f"- model: {summary.get('model')} · dataset: {summary.get('dataset')} · "
         f"clients: {summary.get('num_clients')}"
     ]
@@ -91,7 +92,7 @@ def render_report(
         "",
         *settings,
         *summary_lines(summary),
-        *task_metric_lines(read_config(run_dir), rounds),
+        *task_metric_lines(cfg, rounds),
         "",
         "| round | accuracy | macro-F1 | eval loss | train loss | clients ok | MB up | s |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
