@@ -2,7 +2,7 @@
 # The full proposal study (examples/proposal.toml, ~16 h of two idle cores) across machines
 # that do not last as long: each session restores the finished runs kept in the repository,
 # continues the grid in the background, and before it ends saves what finished and publishes
-# the report of everything so far (docs/results_full.md).
+# the report of everything so far (docs/results.md).
 #
 #   bash benchmarks/full_study.sh start     # restore records, run the rest in the background
 #   bash benchmarks/full_study.sh progress  # runs finished so far, and the log's last lines
@@ -10,7 +10,7 @@
 #   bash benchmarks/full_study.sh save      # keep finished runs, write and publish the report
 #
 # The grid runs on a frozen worktree of one commit (STUDY_COMMIT; default: the one the kept
-# runs were made with, docs/results_full/records/commit) so that every run of the study is
+# runs were made with, docs/results/records/commit) so that every run of the study is
 # made by the same code while the repository moves on; unpublished cells go first.
 # STUDY_ORDER is a list of selections, each of filters joined by '+', e.g.
 #   STUDY_ORDER="task=minilm_agnews+split=dir05 split=iid" bash benchmarks/full_study.sh start
@@ -18,7 +18,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${STUDY_OUT:-$ROOT/runs/proposal-full}
 CODE=${STUDY_CODE:-$ROOT/runs/proposal-code}
-RECORDS=$ROOT/docs/results_full/records
+RECORDS=$ROOT/docs/results/records
 PY=$ROOT/.venv/bin/python
 # the worktree is not beside ../shared as this checkout is: name the data folder for it
 export FEDPEFT_DATA_DIR=${FEDPEFT_DATA_DIR:-$(cd "$ROOT/../shared/data" 2>/dev/null && pwd)}
@@ -59,8 +59,8 @@ save)
     "$PY" "$ROOT/benchmarks/study_records.py" save "$OUT" "$RECORDS"
     git -C "$CODE" rev-parse HEAD >"$RECORDS/commit"
     PYTHONPATH=$ROOT/src "$ROOT/.venv/bin/fedpeft" report "$OUT"
-    "$PY" "$ROOT/benchmarks/results_doc.py" "$OUT" "$ROOT/docs/results_full.md" \
-        --preface "$ROOT/benchmarks/results_full_preface.md"
+    "$PY" "$ROOT/benchmarks/results_doc.py" "$OUT" "$ROOT/docs/results.md" \
+        --preface "$ROOT/benchmarks/results_preface.md"
     ;;
 *)
     sed -n '2,13p' "$0"; exit 2

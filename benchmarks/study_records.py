@@ -8,8 +8,8 @@ the tables and the report are built from (``summary.json``, ``metrics.jsonl``,
 and config), not its checkpoints, adapters or event files — and ``restore`` copies them back
 into a fresh experiment folder, where ``fedpeft experiment`` finds them done and skips them.
 
-    python benchmarks/study_records.py save /work/proposal-run docs/results_full/records
-    python benchmarks/study_records.py restore docs/results_full/records /work/proposal-run
+    python benchmarks/study_records.py save /work/proposal-run docs/results/records
+    python benchmarks/study_records.py restore docs/results/records /work/proposal-run
 
 A restored run is trusted only when its ``summary.json`` parses and covers its planned
 rounds (the runner's own test); ``restore`` never overwrites a run already there.

@@ -1,7 +1,8 @@
 """Rebuilds the full study's finished runs from its published tables, when their run
 folders are lost.
 
-Until 2026-12-06 the study's kept records (``docs/results_full/records/runs/``) matched
+Until 2026-12-06 the study's kept records (``docs/results_full/records/runs/``, now
+``docs/results/records/runs/``) matched
 ``.gitignore``'s ``runs/`` and were never committed: they lived only on the machine that made
 them, and a fresh machine found none of the 271 finished runs. What did survive, committed,
 is what ``fedpeft experiment`` derives from those folders: ``docs/results_full/results.csv``
@@ -20,7 +21,7 @@ not hold is not invented: no checkpoints, adapters, partitions or logs; a multi-
 wall time sits on its last stage (the tables only ever add it up); figures of a run's
 summary the tables do not use are absent.
 
-    python benchmarks/study_recover.py docs/results_full docs/results_full/records
+    python benchmarks/study_recover.py docs/results docs/results/records
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The full study's kept records (docs/results_full/records): committed, and they rebuild
+"""The full study's kept records (docs/results/records): committed, and they rebuild
 the published tables.
 
 Until 2026-12-06 ``.gitignore``'s ``runs/`` matched ``records/runs/``: the finished runs were
@@ -18,7 +18,7 @@ import pytest
 from fedpeft.experiment import ExperimentDir, Plan, RunState, write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLISHED = ROOT / "docs" / "results_full"
+PUBLISHED = ROOT / "docs" / "results"
 RECORDS = PUBLISHED / "records"
 
 
