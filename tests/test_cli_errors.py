@@ -123,6 +123,24 @@ def test_random_bytes_in_a_run_folder_stop_the_resume(
     assert all(path.read_bytes() == junk for path in damaged)  # nothing was rewritten
 
 
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ("checkpoint/*.manifest.json", "no checkpoint verifies"),
+        ("metrics.jsonl", "metrics.jsonl is not valid JSON lines"),
+        ("clients.jsonl", "clients.jsonl is not valid JSON lines"),
+    ],
+)
+def test_json_nested_too_deep_stops_the_resume(
+    finished_run: Path, tmp_path: Path, files: str, expected: str
+) -> None:
+    run = _copy(finished_run, tmp_path)
+    for path in run.glob(files):  # a first line nested beyond json's recursion limit
+        path.write_text("[" * 5000 + "]" * 5000 + "\n" + path.read_text())
+    code, out = _run("--resume", str(run), "--set", "run.rounds=2")
+    _assert_one_sentence(code, out, expected)
+
+
 @pytest.mark.parametrize("value", ["x", "2.5", "0"])
 def test_a_bad_rounds_on_resume_blames_the_set_not_the_config(
     finished_run: Path, value: str

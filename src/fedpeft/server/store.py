@@ -49,7 +49,7 @@ def check_rounds_left(done: int, rounds: int) -> None:
 def _parses(line: str) -> bool:
     try:
         json.loads(line)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return False
     return True
 
@@ -115,7 +115,7 @@ class RunStore:
             return []
         try:
             return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise self._corrupt(f"{METRICS} is not valid JSON lines") from None
 
     def truncate_logs(self, last_round: int) -> None:
@@ -132,7 +132,7 @@ class RunStore:
                 lines.pop()  # half-written by a crash after the last checkpoint
             try:
                 keep = [ln for ln in lines if json.loads(ln)["round"] <= last_round]
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
                 raise self._corrupt(f"{name} is not valid JSON lines") from None
             write_atomic(path, "".join(ln + "\n" for ln in keep).encode())
 
