@@ -123,6 +123,51 @@ def test_random_bytes_in_a_run_folder_stop_the_resume(
     assert all(path.read_bytes() == junk for path in damaged)  # nothing was rewritten
 
 
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ("checkpoint/*.manifest.json", "no checkpoint verifies"),
+        ("metrics.jsonl", "metrics.jsonl is not valid JSON lines"),
+        ("clients.jsonl", "clients.jsonl is not valid JSON lines"),
+    ],
+)
+def test_json_nested_too_deep_stops_the_resume(
+    finished_run: Path, tmp_path: Path, files: str, expected: str
+) -> None:
+    run = _copy(finished_run, tmp_path)
+    for path in run.glob(files):  # a first line nested beyond json's recursion limit
+        path.write_text("[" * 5000 + "]" * 5000 + "\n" + path.read_text())
+    code, out = _run("--resume", str(run), "--set", "run.rounds=2")
+    _assert_one_sentence(code, out, expected)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda lines: [], "metrics.jsonl records rounds [] but the checkpoint is of round 1"),
+        (lambda lines: lines * 2, "metrics.jsonl records rounds [1, 1] but the checkpoint is of"),
+        (None, "metrics.jsonl is missing"),
+    ],
+    ids=["emptied", "a_round_twice", "deleted"],
+)
+def test_a_metrics_log_that_disagrees_with_the_checkpoint_stops_the_resume(
+    finished_run: Path, tmp_path: Path, edit, expected: str
+) -> None:
+    # every checkpointed round was logged first: a log without it was edited or lost, and
+    # resuming on it would give a run whose rounds, summary and report silently lack some
+    run = _copy(finished_run, tmp_path)
+    metrics = run / "metrics.jsonl"
+    before = metrics.read_text().splitlines()
+    if edit is None:
+        metrics.unlink()
+    else:
+        metrics.write_text("".join(line + "\n" for line in edit(before)))
+    edited = metrics.read_bytes() if metrics.exists() else None
+    code, out = _run("--resume", str(run), "--set", "run.rounds=3")
+    _assert_one_sentence(code, out, expected)
+    assert (metrics.read_bytes() if metrics.exists() else None) == edited  # nothing rewritten
+
+
 @pytest.mark.parametrize("value", ["x", "2.5", "0"])
 def test_a_bad_rounds_on_resume_blames_the_set_not_the_config(
     finished_run: Path, value: str

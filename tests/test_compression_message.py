@@ -232,6 +232,10 @@ def test_malformed_payloads_are_rejected_with_a_reason(case: str) -> None:
         decode_delta(payload, layout_of(_lora_delta()))
 
 
+def _with_header(header: bytes) -> bytes:
+    return len(header).to_bytes(8, "little") + header
+
+
 def test_truncated_oversized_and_foreign_payloads_are_rejected() -> None:
     layout = layout_of(_lora_delta())
     payload = encode_delta(_lora_delta(), Q4, generator=_gen()).payload
@@ -243,6 +247,8 @@ def test_truncated_oversized_and_foreign_payloads_are_rejected() -> None:
         ((10**9).to_bytes(8, "little") + b"{}", "header claims"),
         (b"\x05\0\0\0\0\0\0\0[1,2]", "not a JSON object"),
         (encode(_lora_delta(), {"round": 1}), "not a compressed delta"),
+        (_with_header(b"[" * 5000 + b"]" * 5000), "not JSON"),  # beyond json's recursion
+        (_with_header(json.dumps({"__metadata__": {"fedpeft": "[" * 5000}}).encode()), "not JSON"),
     ]:
         with pytest.raises(CodecError, match=reason):
             decode_delta(bad, layout)

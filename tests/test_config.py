@@ -131,6 +131,12 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(FedpeftError, match="does not exist"):
         load_config(tmp_path / "missing.toml")
+    deep = "[" * 5000 + "]" * 5000  # nested beyond tomllib's recursion limit
+    bad.write_text(f"[run]\nname = {deep}\n")
+    with pytest.raises(FedpeftError, match="not valid TOML: it nests arrays or tables too"):
+        load_config(bad)
+    with pytest.raises(FedpeftError, match="`run.rounds`: Input should be a valid integer"):
+        load_config(overrides=[f"run.rounds={deep}"])  # read as the text it is
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

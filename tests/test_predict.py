@@ -245,6 +245,24 @@ def test_a_damaged_summary_is_one_sentence(
     assert "None" not in output
 
 
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("partitions.json", "its partitions.json does not name the run's classes"),
+        ("metrics.jsonl", "its metrics.jsonl does not say which round was its last"),
+        ("checkpoint/round-000002.manifest.json", "is damaged (its manifest is unreadable)"),
+        ("adapter/config.json", "but adapter/config.json's id2label gives ['(unreadable)']"),
+    ],
+)
+def test_json_nested_too_deep_is_one_sentence(
+    lora_run: Path, tmp_path: Path, name: str, expected: str
+) -> None:
+    run = _copy(lora_run, tmp_path)
+    (run / name).write_text("[" * 5000 + "]" * 5000)  # beyond json's recursion limit
+    code, _, output = predict_cli(run, "--text", "woof")
+    refused(code, output, expected)
+
+
 def test_reordered_class_names_are_refused(lora_run: Path, tmp_path: Path) -> None:
     run = _copy(lora_run, tmp_path)
     partitions = json.loads((run / "partitions.json").read_text())

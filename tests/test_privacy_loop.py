@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 from opacus.accountants import RDPAccountant
 
+from fedpeft.client import META_METRICS
+from fedpeft.compression import decode, encode
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import get_adapter_state
 from fedpeft.privacy import dpsgd_release
 from fedpeft.report import write_report
-from fedpeft.runtime.local import run_local
+from fedpeft.runtime.local import LocalClientPool, run_local
 from fedpeft.server.task import build_task
+from fedpeft.types import TrainInstruction
 from tests.test_checkpoint import _same, _stopped
 
 SIGMA, CLIP = 1.5, 0.05
@@ -102,6 +105,49 @@ def test_dpsgd_accounts_each_clients_steps_as_opacus_does(tiny) -> None:
         assert c["metrics"]["dp_steps"] == steps and c["metrics"]["dp_sample_rate"] == q
         worst = max(worst, _opacus_epsilon([(1.0, q, steps)]))
     assert _eps(result) == pytest.approx([worst], rel=1e-9)
+
+
+class _ReportedDp:
+    """The real pool, with each client's reported DP-SGD release altered by ``reported``."""
+
+    def __init__(self, inner: LocalClientPool, reported: dict[str, float | None]) -> None:
+        self.inner, self.reported = inner, reported
+
+    def num_examples(self, client_id: int) -> int | None:
+        return self.inner.num_examples(client_id)
+
+    def fit(self, instruction: TrainInstruction, payload: bytes) -> bytes:
+        reply = self.inner.fit(instruction, payload)
+        if instruction.round == 0:
+            return reply
+        state, meta = decode(reply)
+        metrics = dict(meta[META_METRICS])  # type: ignore[call-overload]
+        for key, value in self.reported.items():
+            metrics.pop(key) if value is None else metrics.update({key: value})
+        return encode(state, meta | {META_METRICS: metrics})
+
+
+@pytest.mark.parametrize(
+    "reported",
+    [{"dp_sample_rate": None}, {"dp_sample_rate": 5.0}, {"dp_steps": 0.0}],
+    ids=["no_rate", "rate_5", "no_steps"],
+)
+def test_dpsgd_accounts_the_planned_release_for_a_bad_report(tiny, reported) -> None:
+    # a client's metrics are untrusted: a release that cannot be accounted is not a crash
+    # of the server, nor a free round; it is counted as planned, at the σ the client was told
+    cfg = tiny("privacy.mode='dpsgd'", "privacy.noise_multiplier=1.0", "run.rounds=1")
+    result = run_local(cfg, pool=lambda task: _ReportedDp(LocalClientPool(task), reported))
+    releases = [dpsgd_release(cfg, c["num_examples"]) for c in _clients(result.run_dir)]
+    worst = max(_opacus_epsilon([(1.0, q, steps)]) for steps, q in releases)
+    assert _eps(result) == pytest.approx([worst], rel=1e-9)
+
+
+def test_dpsgd_accounts_a_client_at_the_sigma_it_was_told(tiny) -> None:
+    cfg = tiny("privacy.mode='dpsgd'", "privacy.noise_multiplier=1.0", "run.rounds=1")
+    told = run_local(cfg)
+    boasted = {"dp_noise_multiplier": 1e6}  # claims far more noise: a smaller ε
+    result = run_local(cfg, pool=lambda task: _ReportedDp(LocalClientPool(task), boasted))
+    assert _eps(result) == _eps(told)
 
 
 @pytest.mark.parametrize("mode", ["central_adaptive", "local"])

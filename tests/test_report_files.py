@@ -43,17 +43,20 @@ def _refused(code: int, output: str, expected: str) -> None:
     assert "Traceback" not in output and output.count("error:") == 1, output
 
 
+DEEP = "[" * 5000 + "]" * 5000  # nested beyond what json and tomllib parse recursively
 DAMAGE = {  # what is written to the file: the sentence that refuses it
     "summary.json": [
         ("{bad", "summary.json is not valid JSON; the run folder is damaged"),
         ("", "summary.json is empty"),
         ("[1, 2]", "summary.json holds a JSON list, not an object"),
         (b"\x8f\x00{", "summary.json is not valid JSON (not UTF-8 text)"),
+        (DEEP, "summary.json is not valid JSON; the run folder is damaged"),
     ],
     "metrics.jsonl": [
         ('{"round": 1}\n{half a line\n', "metrics.jsonl, line 2 is not valid JSON"),
         ("[1]\n", "metrics.jsonl, line 1 holds a JSON list, not an object"),
         ('{"round": "two"}\n', "line 1 has no round number (`round` is a string)"),
+        (DEEP + "\n", "metrics.jsonl, line 1 is not valid JSON"),
     ],
     "classes.json": [
         ("{bad", "classes.json is not valid JSON; delete it and run `fedpeft report"),
@@ -62,6 +65,7 @@ DAMAGE = {  # what is written to the file: the sentence that refuses it
     "config.toml": [
         ("[run\n", "config.toml is not valid TOML"),
         ("run = 3\n", "config.toml: `run` is a value, not a table"),
+        (f"run = {DEEP}\n", "config.toml is not valid TOML: it nests arrays or tables too"),
     ],
     "partitions.json": [
         ("{bad", "partitions.json is not valid JSON"),

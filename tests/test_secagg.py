@@ -156,11 +156,16 @@ def test_messages_round_trip_and_malformed_bytes_are_refused() -> None:
     assert decode(encode(setup)) == setup
     wire = encode(MaskedInput(1, b"\x01\x02", 0))
     assert decode(wire).vector == b"\x01\x02"
-    for bad in (b"", b"PKL1" + wire[4:], wire[:-1], wire + b"x"):
+    deep = b"[" * 5000 + b"]" * 5000  # nested beyond json's recursion limit
+    for bad in (b"", b"PKL1" + wire[4:], wire[:-1], wire + b"x", wire[:4] + _u32(deep) + deep):
         with pytest.raises(MessageError):
             decode(bad)
     with pytest.raises(MessageError, match="expected a Setup"):
         decode(wire, Setup)
+
+
+def _u32(text: bytes) -> bytes:
+    return len(text).to_bytes(4, "little")
 
 
 def _to_unmask(n: int = 5) -> tuple[SecAggServer, dict[int, SecAggClient], dict]:

@@ -60,7 +60,7 @@ def read_json_object(path: Path, hint: str = DAMAGED) -> dict[str, Any]:
         raise FedpeftError(f"{path} is empty; {hint}.")
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json parses
         raise FedpeftError(f"{path} is not valid JSON; {hint}.") from None
     if not isinstance(value, dict):
         raise FedpeftError(f"{path} holds a JSON {json_kind(value)}, not an object; {hint}.")
@@ -81,7 +81,7 @@ def read_jsonl_objects(
             continue
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise FedpeftError(f"{path}, line {i} is not valid JSON; {hint}.") from None
         why = (
             f"holds a JSON {json_kind(row)}, not an object"

@@ -152,7 +152,7 @@ def load_snapshot(
                 f"not run {run_id!r}, client {client_id}"
             )
         states = _read(folder / manifest.file, manifest)
-    except (OSError, ValueError) as e:  # CodecError and JSONDecodeError are ValueErrors
+    except (OSError, ValueError, RecursionError) as e:  # CodecError, JSONDecodeError: ValueErrors
         log.warning("%s is ignored, the client starts it afresh: %s", where, e)
         return {}
     late = sorted(r for r in states if r >= before_round)

@@ -58,7 +58,7 @@ def read_header(payload: bytes) -> tuple[int, dict[str, Any]]:
         raise CodecError(f"payload header claims {size} bytes (limit {MAX_HEADER_BYTES})")
     try:
         header = json.loads(bytes(payload[8 : 8 + size]))
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise CodecError(f"payload header is not JSON ({e})") from None
     if not isinstance(header, dict):
         raise CodecError("payload header is not a JSON object")
@@ -69,7 +69,7 @@ def read_scheme(header: dict[str, Any], layout: DeltaLayout) -> CompressionSchem
     """The scheme the metadata names, checked field by field and against ``layout``."""
     try:
         meta = json.loads(header.get("__metadata__", {}).get(META_KEY, "{}"))
-    except (AttributeError, TypeError, ValueError):
+    except (AttributeError, TypeError, ValueError, RecursionError):
         raise CodecError("payload metadata is not JSON") from None
     wire = meta.get(META_COMPRESSION) if isinstance(meta, dict) else None
     if not isinstance(wire, dict):

@@ -45,6 +45,10 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise FedpeftError(
             f"config file {path} is not valid TOML: {describe_toml_error(e, text)}."
         ) from None
+    except RecursionError:
+        raise FedpeftError(
+            f"config file {path} is not valid TOML: it nests arrays or tables too deeply."
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ def parse_override(item: str) -> Override:
     except tomllib.TOMLDecodeError as e:
         reason = re.sub(r" \(at line \d+, column \d+\)", "", str(e))
         return Override(item, parts, text.strip(), reason)
+    except RecursionError:
+        return Override(item, parts, text.strip(), "it nests arrays or tables too deeply")
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

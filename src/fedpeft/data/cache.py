@@ -65,7 +65,7 @@ def _verified(paths: list[Path], record: Path) -> ImageArrays | None:
                 return None
         images = np.load(paths[0], mmap_mode="r", allow_pickle=False)
         labels = np.load(paths[1], allow_pickle=False)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None  # missing, unreadable or damaged: rebuilt
     for value, part in zip((images, labels), _PARTS, strict=True):
         if list(value.shape) != facts[part]["shape"] or str(value.dtype) != facts[part]["dtype"]:

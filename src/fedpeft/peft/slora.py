@@ -76,7 +76,7 @@ def read_stage1(path: Path) -> tuple[SparseSpec, dict[str, torch.Tensor]]:
         )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise FedpeftError(f"{meta_path} is not valid JSON; the stage-1 run is damaged.") from None
     method = meta.get("method") if isinstance(meta, dict) else None
     if method != "sparse":

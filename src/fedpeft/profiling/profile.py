@@ -193,7 +193,7 @@ def load_profiles(path: str | Path) -> dict[str, ResourceProfile]:
     except tomllib.TOMLDecodeError as e:
         message = describe_toml_error(e, text)
         raise FedpeftError(f"profiles file {path} is not valid TOML: {message}.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise FedpeftError(f"profiles file {path} could not be parsed: {e}.") from None
     if not isinstance(raw, dict):
         raise FedpeftError(f"profiles file {path} must hold a table of named profiles.")

@@ -163,7 +163,7 @@ class Checkpoints:
         tensors_name, json_name, manifest_name = _names(rnd)
         try:
             manifest = json.loads((self.folder / manifest_name).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise _Damaged("its manifest is unreadable") from None
         if not isinstance(manifest, dict):
             raise _Damaged("its manifest is not an object")
@@ -196,7 +196,7 @@ class Checkpoints:
             state = ServerState.from_json(
                 raw, parts["adapters"], parts["optimizer"], parts["inflight"], parts["controls"]
             )
-        except (CodecError, ValueError, TypeError, AttributeError) as e:
+        except (CodecError, ValueError, TypeError, AttributeError, RecursionError) as e:
             raise _Damaged(str(e)) from None
         if meta.get("round") != rnd or state.round != rnd:
             raise _Damaged("its files disagree on the round")

@@ -124,8 +124,8 @@ def account(
     """Accounts this round's releases and returns what ``metrics.jsonl`` records: ε so far,
     δ, σ and S. Central DP released something only when the globals moved (``released``);
     under local DP and DP-SGD every client that replied released its update (a rejected
-    reply too: the server saw it), counted at its reported DP-SGD steps or, without them,
-    the planned ones."""
+    reply too: the server saw it), counted at its reported DP-SGD steps and rate or, where
+    they are missing or invalid, the planned ones, and always at the σ it was told."""
     noise, clip = ledger.noise_multiplier, ledger.clip_norm
     if ledger.mode == "central":
         spent = ledger.record([], {}) if released else _so_far(ledger)
@@ -135,11 +135,18 @@ def account(
         metrics = {r.client_id: dict(r.metrics) for r in replied}
         if ledger.mode == "dpsgd":
             for cid, (steps, q) in planned(cfg, pool, ids).items():
-                if "dp_steps" not in metrics[cid]:
+                if not _is_release(metrics[cid]):
                     metrics[cid] |= {"dp_steps": steps, "dp_sample_rate": q}
-                    metrics[cid]["dp_noise_multiplier"] = noise
+                metrics[cid]["dp_noise_multiplier"] = noise  # the σ the client was told
         spent = ledger.record(ids, metrics)
     return {**spent, "noise_multiplier": noise, "clip_norm": clip}
+
+
+def _is_release(metrics: dict[str, float]) -> bool:
+    """Whether a client's reported DP-SGD steps and Poisson rate can be accounted (a
+    whole number of steps ≥ 1, a rate in (0, 1]); a reply's metrics are untrusted."""
+    steps, q = metrics.get("dp_steps", 0.0), metrics.get("dp_sample_rate", 0.0)
+    return steps >= 1 and steps == int(steps) and 0 < q <= 1
 
 
 def _so_far(ledger: PrivacyLedger) -> dict[str, float]:

@@ -46,10 +46,19 @@ def check_rounds_left(done: int, rounds: int) -> None:
         )
 
 
+def _check_rounds(rounds: list[Any], last_round: int, store: RunStore) -> None:
+    """``metrics.jsonl``'s rounds up to the checkpoint must be 1 … ``last_round``, once each."""
+    if rounds != list(range(1, last_round + 1)):
+        shown = ", ".join(map(str, rounds[:8])) + (" …" if len(rounds) > 8 else "")
+        raise store._corrupt(
+            f"{METRICS} records rounds [{shown}] but the checkpoint is of round {last_round}"
+        )
+
+
 def _parses(line: str) -> bool:
     try:
         json.loads(line)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return False
     return True
 
@@ -115,14 +124,18 @@ class RunStore:
             return []
         try:
             return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise self._corrupt(f"{METRICS} is not valid JSON lines") from None
 
     def truncate_logs(self, last_round: int) -> None:
-        """Drops log lines after ``last_round`` (written after the last checkpoint)."""
+        """Drops log lines after ``last_round`` (written after the last checkpoint); what is
+        kept of ``metrics.jsonl`` must be one line for each round 1 … ``last_round``, since a
+        round is logged before it is checkpointed."""
         for name in LOGS:
             path = self.root / name
             if not path.is_file():
+                if name == METRICS and last_round > 0:
+                    raise self._corrupt(f"{METRICS} is missing")
                 continue
             try:
                 lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
@@ -132,8 +145,10 @@ class RunStore:
                 lines.pop()  # half-written by a crash after the last checkpoint
             try:
                 keep = [ln for ln in lines if json.loads(ln)["round"] <= last_round]
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
                 raise self._corrupt(f"{name} is not valid JSON lines") from None
+            if name == METRICS:
+                _check_rounds([json.loads(ln)["round"] for ln in keep], last_round, self)
             write_atomic(path, "".join(ln + "\n" for ln in keep).encode())
 
     # ---- checkpoints ----------------------------------------------------------------

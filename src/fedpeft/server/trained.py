@@ -126,7 +126,7 @@ def _last_round(root: Path, refusal: tuple[str, str]) -> int:
     try:
         lines = [ln for ln in (root / METRICS).read_text().splitlines() if ln.strip()]
         rounds = [json.loads(ln)["round"] for ln in lines]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError):
         rounds = []
     if not rounds or not all(isinstance(r, int) for r in rounds):
         raise FedpeftError(
@@ -140,7 +140,7 @@ def _classes(root: Path) -> tuple[str, list[str], str]:
     """(dataset name, class names, data source) from ``partitions.json``."""
     try:
         raw = json.loads((root / PARTITIONS).read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         raw = None
     names = raw.get("label_names") if isinstance(raw, dict) else None
     dataset = raw.get("dataset") if isinstance(raw, dict) else None
@@ -178,7 +178,7 @@ def _check_classes(root: Path, cfg: ExperimentConfig, names: list[str]) -> None:
             tied[f"{ADAPTER}/config.json's id2label"] = [
                 id2label[str(i)] for i in range(len(id2label))
             ]
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError, KeyError, TypeError):
+        except (OSError, ValueError, AttributeError, KeyError, TypeError, RecursionError):
             tied[f"{ADAPTER}/config.json's id2label"] = ["(unreadable)"]
     for where, expected in tied.items():
         if expected == [f"LABEL_{i}" for i in range(len(names))]:

@@ -175,7 +175,7 @@ def decode(data: bytes, expected: type[Any] | None = None) -> Any:
             pos += s
         hints = typing.get_type_hints(cls)
         values = {f.name: _field(header[f.name], hints[f.name], offsets) for f in fields(cls)}
-    except (ValueError, KeyError, TypeError, IndexError, struct.error) as e:
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError, struct.error) as e:
         raise MessageError(f"malformed secure-aggregation message: {e}") from None
     if expected is not None and cls is not expected:
         raise MessageError(f"expected a {expected.__name__}, got a {cls.__name__}")
