@@ -49,6 +49,15 @@ def test_quoted_commas_line_breaks_and_empty_trailing_cells_are_fine(tmp_path: P
     assert read_table(tsv, "text", "label") == (["a, b", "c"], ["1", "0"])
 
 
+def test_blank_lines_and_rows_of_empty_cells_are_skipped(tmp_path: Path) -> None:
+    """A line of spaces, or a spreadsheet's empty row (",,"), holds no row: skipped as a
+    blank line is, not refused as a row whose cells do not fit the header."""
+    path = _csv(tmp_path / "t.csv", "text,label,note\na,1,x\n   \n,,\r\n\nb,0,\n  ,  ,\n")
+    assert read_table(path, "text", "label") == (["a", "b"], ["1", "0"])
+    tsv = _csv(tmp_path / "t.tsv", "text\tlabel\n \t\na\t1\nb\t0\n")
+    assert read_table(tsv, "text", "label") == (["a", "b"], ["1", "0"])
+
+
 def test_a_column_named_twice_is_refused(tmp_path: Path) -> None:
     path = _csv(tmp_path / "t.csv", "text,label,label\na,1,0\nb,0,1\n")
     with pytest.raises(FedpeftError, match="has 2 columns named `label`; rename all but one"):

@@ -280,13 +280,15 @@ def _delimiter(suffix: str) -> str:
 
 
 def _read_delimited(path: Path, text: str, columns: tuple[str, ...]) -> list[dict[str, object]]:
-    """A CSV or TSV file's rows under its header (the first non-blank line). A row with
+    """A CSV or TSV file's rows under its header (the first non-blank line); blank lines
+    (nothing, spaces, or only empty cells: a spreadsheet's empty row) are skipped. A row with
     fewer cells than ``columns`` need, or with text in cells past the header, is refused:
     an unquoted delimiter or line break in a text would otherwise shift its label. A column
     that ``columns`` names twice in the header is refused too (which one was meant?)."""
     delimiter = _delimiter(path.suffix.lower())
     try:
-        table = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if r]
+        rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        table = [r for r in rows if any(cell.strip() for cell in r)]  # blank lines: none
     except csv.Error as e:
         raise FedpeftError(
             f"data file {path} is not a valid {path.suffix[1:].upper()} ({e})."
