@@ -421,7 +421,7 @@ def test_the_predicting_machine_picks_the_device(lora_run: Path, tmp_path: Path)
     refused(code, output, "--device is 'gpu'; give auto, cpu or cuda.")
     if not torch.cuda.is_available():
         code, _, output = predict_cli(run, "--text", "woof", "--device", "cuda")
-        refused(code, output, "no CUDA device is available")
+        refused(code, output, "--device is 'cuda' but no CUDA device is available; use auto")
 
 
 def test_a_run_with_a_relative_tiers_file_predicts_from_another_folder(
