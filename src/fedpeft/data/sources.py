@@ -224,10 +224,12 @@ def require_columns(
     path: Path, rows: list[dict[str, object]], columns: tuple[str, ...], hint: str
 ) -> None:
     """Refuses ``rows`` (``read_rows``) whose header lacks one of ``columns``, naming those
-    it has; ``hint``: how to name another column."""
+    it has; ``hint``: how to name another column. JSON rows need not all hold every key:
+    a column is there when any row holds it (a row without it is missing that cell)."""
+    header = dict.fromkeys(key for row in rows for key in row)
     for col in columns:
-        if col not in rows[0]:
-            found = ", ".join(f"`{c}`" for c in rows[0])
+        if col not in header:
+            found = ", ".join(f"`{c}`" for c in header)
             raise FedpeftError(f"data file {path} has no column `{col}` (found: {found}); {hint}.")
 
 
