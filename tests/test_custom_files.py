@@ -49,6 +49,31 @@ def test_quoted_commas_line_breaks_and_empty_trailing_cells_are_fine(tmp_path: P
     assert read_table(tsv, "text", "label") == (["a, b", "c"], ["1", "0"])
 
 
+def test_blank_lines_and_rows_of_empty_cells_are_skipped(tmp_path: Path) -> None:
+    """A line of spaces, or a spreadsheet's empty row (",,"), holds no row: skipped as a
+    blank line is, not refused as a row whose cells do not fit the header."""
+    path = _csv(tmp_path / "t.csv", "text,label,note\na,1,x\n   \n,,\r\n\nb,0,\n  ,  ,\n")
+    assert read_table(path, "text", "label") == (["a", "b"], ["1", "0"])
+    tsv = _csv(tmp_path / "t.tsv", "text\tlabel\n \t\na\t1\nb\t0\n")
+    assert read_table(tsv, "text", "label") == (["a", "b"], ["1", "0"])
+
+
+def test_a_json_column_is_there_when_any_row_holds_it(tmp_path: Path) -> None:
+    """JSON rows need not all hold every key: a first row without the text is an empty
+    text, as a later one is, and a first row without the label is that row's missing label
+    (not a file without the column)."""
+    text = '{"label": 1}\n{"text": "b", "label": 0}\n{"text": "c", "label": 1}\n'
+    assert read_table(_csv(tmp_path / "t.jsonl", text), "text", "label") == (
+        ["", "b", "c"],
+        ["1", "0", "1"],
+    )
+    text = '{"text": "a"}\n{"text": "b", "label": 0}\n'
+    with pytest.raises(FedpeftError, match="row 1 has no label in `label`; fill it in"):
+        read_table(_csv(tmp_path / "t.jsonl", text), "text", "label")
+    with pytest.raises(FedpeftError, match=r"no column `txt` \(found: `text`, `label`\)"):
+        read_table(_csv(tmp_path / "t.jsonl", text), "txt", "label")
+
+
 def test_a_column_named_twice_is_refused(tmp_path: Path) -> None:
     path = _csv(tmp_path / "t.csv", "text,label,label\na,1,0\nb,0,1\n")
     with pytest.raises(FedpeftError, match="has 2 columns named `label`; rename all but one"):

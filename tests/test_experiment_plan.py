@@ -293,3 +293,18 @@ fedavg_lora = {}
     with pytest.raises(FedpeftError, match=r"run fedavg_lora-vit_base-\S+: model `google/vit"):
         run_experiment_command(path, out, False, False, console)
     assert not (out / "runs").exists()  # nothing started
+
+
+def test_the_readmes_experiment_example_is_a_valid_plan(tmp_path: Path) -> None:
+    """The README's example experiment file plans as written: its `proposed` variant and
+    the variant its `exclude` names are among its [variants]."""
+    from fedpeft.cli.experiment import plan_json
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme.split("```toml\n[experiment]\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "mine.toml"
+    path.write_text("[experiment]\n" + example)
+    exp = read_experiment(path)
+    plan = plan_experiment(exp, tmp_path)
+    assert plan_json(exp, plan, path)["proposed"] == "fedpeft_plus"
+    assert not [r for r in plan.runs if r.variant == "centralised" and "iid" in r.key]

@@ -104,3 +104,16 @@ def test_flowers_redraw_warnings_become_one_log_line(caplog: pytest.LogCaptureFi
     assert not [w for w in caught if "min_partition_size" in str(w.message)]
     said = [r.getMessage() for r in caplog.records if "redrawn" in r.getMessage()]
     assert len(said) == 1 and "Dirichlet(0.5) split redrawn" in said[0], said
+
+
+def test_a_pathological_split_that_cannot_be_drawn_names_the_keys_that_help() -> None:
+    """A class of 1 example that several clients must share: the refusal advises this
+    project's keys, not `data.alpha` (no part of a pathological split) nor Flower's own
+    options."""
+    labels = np.array([0, 0, 0, 0, 0, 1])
+    cfg = load_config(overrides=["data.partition='pathological'", "data.num_clients=3"]).data
+    with pytest.raises(FedpeftError) as refused:
+        partition_indices(labels, cfg, 0)
+    message = str(refused.value)
+    assert "another `data.classes_per_client`" in message, message
+    assert "alpha" not in message and "class_assignment_mode" not in message, message

@@ -173,6 +173,25 @@ def test_another_text_column_and_no_labels(lora_run: Path, tmp_path: Path) -> No
     assert all(r["predicted"] in NAMES for r in rows) and "accuracy" not in output
 
 
+def test_a_jsonl_file_whose_first_row_has_no_label_is_still_scored(
+    lora_run: Path, tmp_path: Path
+) -> None:
+    """JSON rows need not all hold the label key: the rows that do are scored, not the
+    whole file left unscored because its first row lacks it."""
+    rows = [
+        {"text": "purr"},
+        {"text": "woof bark", "label": "dog"},
+        {"text": "beak", "label": "bird"},
+    ]
+    path = tmp_path / "new.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "preds.csv"
+    code, _, output = predict_cli(lora_run, "--file", path, "--out", out)
+    assert code == 0, output
+    assert "against `label` (2 labelled rows)" in output, output
+    assert [r["label"] for r in csv_rows(out)] == ["", "dog", "bird"]
+
+
 def _copy(run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(run, tmp_path / "run"))
 
@@ -439,7 +458,7 @@ def test_the_predicting_machine_picks_the_device(lora_run: Path, tmp_path: Path)
     refused(code, output, "--device is 'gpu'; give auto, cpu or cuda.")
     if not torch.cuda.is_available():
         code, _, output = predict_cli(run, "--text", "woof", "--device", "cuda")
-        refused(code, output, "no CUDA device is available")
+        refused(code, output, "--device is 'cuda' but no CUDA device is available; use auto")
 
 
 def test_a_run_with_a_relative_tiers_file_predicts_from_another_folder(

@@ -32,3 +32,14 @@ def test_a_qa_report_shows_exact_match_and_f1_and_no_chance_level(tmp_path, monk
     text = write_report(run).read_text()
     assert "- last evaluation: exact_match 0.2500 · f1 0.5000" in text
     assert chances == [None]
+
+
+def test_the_report_counts_the_examples_trained_on_not_train_size(tiny, tmp_path) -> None:
+    """A file smaller than `data.train_size`: the report names what the clients held
+    (partitions.json), not the size the setting asked for."""
+    rows = [f"text number {i} {'good' if i % 2 else 'bad'},{i % 2}" for i in range(30)]
+    (tmp_path / "t.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    run_dir = run_local(tiny(f"data.train_file={str(tmp_path / 't.csv')!r}")).run_dir
+    text = write_report(run_dir).read_text()
+    assert "27 train examples over 2 clients" in text, text  # 30 rows, a tenth held out
+    assert "64 train examples" not in text

@@ -332,6 +332,8 @@ def predict(
     _setup_logging(False)
     console = Console()
     with user_errors():
+        import torch
+
         from fedpeft.cli import predict as p
         from fedpeft.server.trained import open_finished
 
@@ -348,6 +350,10 @@ def predict(
             p.check_out(out, file)
         if device not in ("auto", "cpu", "cuda"):
             raise FedpeftError(f"--device is {device!r}; give auto, cpu or cuda.")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise FedpeftError(
+                "--device is 'cuda' but no CUDA device is available; use auto or cpu."
+            )
         run = open_finished(run_dir)
         # the machine that predicts decides (run.device is not fingerprinted: same results)
         on = run.cfg.model_copy(update={"run": run.cfg.run.model_copy(update={"device": device})})

@@ -80,7 +80,7 @@ def file_inputs(
     where = [f"data file {path}, row {i + 1}" for i in range(len(rows))]
     items = [text_or_empty(row, col, w, what) for row, w in zip(rows, where, strict=True)]
     labels = None
-    if label_col and label_col in rows[0]:
+    if label_col and any(label_col in row for row in rows):  # JSON rows: any row holds it
         labels = [
             normalize_label(row.get(label_col), w) for row, w in zip(rows, where, strict=True)
         ]

@@ -59,12 +59,17 @@ def partition_indices(
         tried = seed if attempt == 0 else derived_seed(seed, attempt)
         try:
             return _checked(_load(ds, labels, cfg, tried), cfg)
-        except ValueError as e:
-            failure = str(e)
+        except ValueError as e:  # its first sentence: the rest advises Flower's own options
+            failure = str(e).split(". ")[0].rstrip(".")
+    helps = (
+        "a larger `data.alpha` or `data.train_size`"
+        if cfg.partition == "dirichlet"
+        else "more examples of each class, another `data.classes_per_client`"
+    )
     raise FedpeftError(
         f"partitioning {n} examples over {k} clients failed: {failure} (tried "
-        f"{DIRICHLET_RESEEDS if cfg.partition == 'dirichlet' else 1} seeds; a larger "
-        "`data.alpha` or `data.train_size`, or fewer clients, makes it possible)"
+        f"{DIRICHLET_RESEEDS if cfg.partition == 'dirichlet' else 1} seeds; {helps}, or "
+        "fewer clients, makes it possible)."
     )
 
 

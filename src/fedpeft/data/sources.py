@@ -224,10 +224,12 @@ def require_columns(
     path: Path, rows: list[dict[str, object]], columns: tuple[str, ...], hint: str
 ) -> None:
     """Refuses ``rows`` (``read_rows``) whose header lacks one of ``columns``, naming those
-    it has; ``hint``: how to name another column."""
+    it has; ``hint``: how to name another column. JSON rows need not all hold every key:
+    a column is there when any row holds it (a row without it is missing that cell)."""
+    header = dict.fromkeys(key for row in rows for key in row)
     for col in columns:
-        if col not in rows[0]:
-            found = ", ".join(f"`{c}`" for c in rows[0])
+        if col not in header:
+            found = ", ".join(f"`{c}`" for c in header)
             raise FedpeftError(f"data file {path} has no column `{col}` (found: {found}); {hint}.")
 
 
@@ -280,13 +282,15 @@ def _delimiter(suffix: str) -> str:
 
 
 def _read_delimited(path: Path, text: str, columns: tuple[str, ...]) -> list[dict[str, object]]:
-    """A CSV or TSV file's rows under its header (the first non-blank line). A row with
+    """A CSV or TSV file's rows under its header (the first non-blank line); blank lines
+    (nothing, spaces, or only empty cells: a spreadsheet's empty row) are skipped. A row with
     fewer cells than ``columns`` need, or with text in cells past the header, is refused:
     an unquoted delimiter or line break in a text would otherwise shift its label. A column
     that ``columns`` names twice in the header is refused too (which one was meant?)."""
     delimiter = _delimiter(path.suffix.lower())
     try:
-        table = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if r]
+        rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        table = [r for r in rows if any(cell.strip() for cell in r)]  # blank lines: none
     except csv.Error as e:
         raise FedpeftError(
             f"data file {path} is not a valid {path.suffix[1:].upper()} ({e})."

@@ -23,6 +23,7 @@ from fedpeft.report.sections import (
     REFERENCE_HINT,
     class_lines,
     config_lines,
+    partition_examples,
     reference_lines,
     reference_mismatch,
 )
@@ -83,7 +84,8 @@ def render_report(
     summary = read_summary(run_dir)
     moved = [r["round"] for r in rounds if _bias_moved(r)]
     cfg = read_config(run_dir)
-    settings = config_lines(cfg, chosen_lr(run_dir), moved) or [
+    examples = partition_examples(read_partitions(run_dir))
+    settings = config_lines(cfg, chosen_lr(run_dir), moved, examples) or [
         f"- model: {summary.get('model')} · dataset: {summary.get('dataset')} · "
         f"clients: {summary.get('num_clients')}"
     ]

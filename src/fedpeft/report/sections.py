@@ -19,10 +19,15 @@ REFERENCE_HINT = "pass a finished fedpeft run as --reference"
 
 
 def config_lines(
-    cfg: dict[str, Any], chosen_lr: float | None = None, moved: Sequence[int] = ()
+    cfg: dict[str, Any],
+    chosen_lr: float | None = None,
+    moved: Sequence[int] = (),
+    examples: int | None = None,
 ) -> list[str]:
     """The settings a reader needs to judge the numbers, as Markdown bullets; ``moved``:
-    the rounds after which the head's bias was moved (``server.bias_refresh``)."""
+    the rounds after which the head's bias was moved (``server.bias_refresh``);
+    ``examples``: the training examples the clients held (``partition_examples``), else
+    ``data.train_size`` is shown, which a smaller data set does not reach."""
     if not cfg:
         return []
     run, model, data = cfg.get("run", {}), cfg.get("model", {}), cfg.get("data", {})
@@ -48,7 +53,8 @@ def config_lines(
     return [
         f"- model `{model.get('name')}` (max length {model.get('max_length')}) · "
         f"PEFT `{peft.get('method')}` ({options})",
-        f"- data `{data.get('dataset')}`: {data.get('train_size') or 'all'} train examples over "
+        f"- data `{data.get('dataset')}`: {examples or data.get('train_size') or 'all'} train "
+        "examples over "
         f"{data.get('num_clients')} clients, {partition} · seed {run.get('seed')}",
         f"- clients: {work} a round, batch {client.get('batch_size')}, lr {lr_text}, "
         f"label skew `{client.get('label_skew', 'none')}` (τ {client.get('label_skew_tau', '-')})"
@@ -60,6 +66,17 @@ def config_lines(
         + (f"after round {', '.join(map(str, moved))}" if moved else "never")
         + f" (`bias_refresh = {server.get('bias_refresh', 'none')}`)",
     ]
+
+
+def partition_examples(partitions: dict[str, Any]) -> int | None:
+    """The training examples over every client of ``partitions.json`` (None when it lists
+    no clients or a count is not a whole number)."""
+    clients = partitions.get("clients")
+    if not isinstance(clients, dict) or not clients:
+        return None
+    counts = [c.get("num_examples") if isinstance(c, dict) else None for c in clients.values()]
+    whole = [n for n in counts if isinstance(n, int) and not isinstance(n, bool) and n >= 0]
+    return sum(whole) if len(whole) == len(counts) else None
 
 
 def class_lines(report: ClassReport) -> list[str]:
