@@ -3,12 +3,18 @@ HTML page's self-containment, the browser check's own negative controls, and tra
 
 from __future__ import annotations
 
+import csv
+import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from fedpeft.cli.main import app
 from fedpeft.errors import FedpeftError
+from fedpeft.experiment import ExperimentDir, Plan, RunState, write_tables
 from fedpeft.report.doc import Heading, Image, Para, Table, to_html, to_markdown
 from fedpeft.report.outcomes import FAILS, HOLDS, UNMEASURED, Study, outcomes
 from fedpeft.report.tables import RunFigures
@@ -286,3 +292,31 @@ def test_cell_tables_show_cpu_seconds_where_every_run_has_them(tmp_path: Path) -
     resumed = next(f for f in study.figures if f.variant == "bias")
     resumed.rounds.insert(0, {"round": 0, "client_train_time_mean_s": 1.0})  # older code
     assert column(study.figures)[0] == "client train s / round"  # not CPU over fewer rounds
+
+
+DEEP = "[" * 5000 + "]" * 5000  # nested beyond what json parses recursively
+
+
+def test_experiment_files_nested_too_deep_read_as_damaged(tmp_path: Path) -> None:
+    """An experiment folder's JSON nested deeper than Python parses is damaged like any
+    other, not a RecursionError: a metrics line so is skipped, a summary.json so leaves
+    its run unfinished, and an experiment.json so is one sentence from `fedpeft report`."""
+    records = Path(__file__).resolve().parents[1] / "docs" / "results" / "records"
+    plan = Plan.from_json(json.loads((records / "experiment.json").read_text("utf-8")))
+    run = next(r for r in plan.runs if (records / "runs" / r.key).is_dir())
+    shutil.copytree(records / "runs" / run.key, tmp_path / "runs" / run.key)
+    folder = ExperimentDir(tmp_path)
+    metrics = (folder.run_folder(run.key) or tmp_path) / "metrics.jsonl"
+    logged = metrics.read_text().splitlines()
+    metrics.write_text(DEEP + "\n" + "\n".join(logged) + "\n")
+    write_tables(plan, folder)
+    with (tmp_path / "results.csv").open(newline="", encoding="utf-8") as f:
+        assert len([r for r in csv.DictReader(f) if r["run"] == run.run_id]) == len(logged)
+    (metrics.parent / "summary.json").write_text(DEEP)
+    assert folder.state(run.key, run.rounds) is not RunState.DONE
+    (tmp_path / "experiment.json").write_text(DEEP)
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2, output
+    assert "experiment.json is damaged; rerun the experiment" in output, output
+    assert "Traceback" not in output and output.count("error:") == 1, output

@@ -89,10 +89,11 @@ class ExperimentDir:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from ``path``, or None when it is missing or damaged."""
+    """A JSON object from ``path``, or None when it is missing or damaged (nested deeper
+    than ``json`` parses, too)."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 

@@ -332,8 +332,8 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             value = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line a killed run left half-written
+        except (json.JSONDecodeError, RecursionError):
+            continue  # a line a killed run left half-written, or a damaged one
         if isinstance(value, dict):
             out.append(value)
     return out

@@ -43,7 +43,7 @@ def read_plan(root: Path) -> dict[str, Any]:
     path = root / "experiment.json"
     try:
         plan = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         raise FedpeftError(
             f"{path} is missing or damaged; is {root} an experiment folder?"
         ) from None
