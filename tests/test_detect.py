@@ -172,6 +172,7 @@ def test_coco_reads_classes_in_id_order_with_crowds_and_zero_size_boxes(tmp_path
     ("doc", "match"),
     [
         ("{not json", "is not a COCO instances file"),
+        ("[" * 5000 + "]" * 5000, "is not a COCO instances file"),  # beyond json's recursion
         ({"images": [], "annotations": []}, "is not a COCO instances file"),
         (_doc([1, 2, -1, 5]), "negative width or height"),
         (_doc([45, 2, 10, 5]), "outside its 50×40 image"),

@@ -137,6 +137,9 @@ def test_read_squad_fixes_starts_and_refuses_missing_answers(tmp_path: Path) -> 
     (tmp_path / "bad.json").write_text(json.dumps(raw))
     with pytest.raises(FedpeftError, match="does not contain"):
         read_squad(tmp_path / "bad.json")
+    (tmp_path / "deep.json").write_text("[" * 5000 + "]" * 5000)  # beyond json's recursion
+    with pytest.raises(FedpeftError, match="cannot read SQuAD data from .*RecursionError"):
+        read_squad(tmp_path / "deep.json")
     train, held = hold_out_articles(ex, seed=0)
     assert len(held) == 3 and not set(train.articles) & set(held.articles)
 

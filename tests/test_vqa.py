@@ -181,6 +181,17 @@ def test_a_missing_daquar_image_is_one_sentence(tmp_path: Path, monkeypatch) -> 
         load_daquar(load_config(overrides=["data.dataset='daquar'"]).data, 0)
 
 
+def test_a_daquar_line_nested_too_deep_is_one_sentence(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fedpeft.data.pairs import load_daquar
+
+    folder = tmp_path / "daquar_subset"
+    (folder / "images").mkdir(parents=True)
+    (folder / "qa.jsonl").write_text("[" * 5000 + "]" * 5000 + "\n")  # beyond json's recursion
+    monkeypatch.setenv("FEDPEFT_DATA_DIR", str(tmp_path))
+    with pytest.raises(FedpeftError, match="qa.jsonl, line 1: expected a JSON object"):
+        load_daquar(load_config(overrides=["data.dataset='daquar'"]).data, 0)
+
+
 def test_daquar_rows_of_another_split_are_left_out_with_a_warning(
     tmp_path: Path,
     monkeypatch,  # type: ignore[no-untyped-def]

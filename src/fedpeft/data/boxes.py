@@ -176,7 +176,7 @@ def read_coco(path: Path, images: Path) -> tuple[list[Annotated], list[str]]:
         anns = list(doc["annotations"])
         if len(sizes) != len(images_list) or len({c for c, _ in cats}) != len(cats):
             raise ValueError("an image or category id is listed twice")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, OverflowError) as e:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:
         raise FedpeftError(
             f"{path} is not a COCO instances file (categories, images and annotations with "
             f"ids; {type(e).__name__}: {e})."

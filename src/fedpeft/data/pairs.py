@@ -56,7 +56,7 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
         try:
             row = json.loads(line)
             rows.append({k: _text(row[k], k) for k in ("split", "image", "question", "answer")})
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
             raise FedpeftError(
                 f"{path}, line {i + 1}: expected a JSON object with split, image, question "
                 f"and answer ({type(e).__name__}: {e})."

@@ -25,7 +25,7 @@ def read_squad(path: Path) -> QAExamples:
     point at its text is moved to the text's first occurrence (a missing one is an error)."""
     try:
         articles = json.loads(path.read_text(encoding="utf-8"))["data"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise FedpeftError(
             f"cannot read SQuAD data from {path} ({type(e).__name__}: {e}); give a JSON file "
             'in SQuAD format: {"data": [{"title", "paragraphs": [{"context", "qas"}]}]}.'
