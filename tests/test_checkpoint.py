@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -234,3 +235,24 @@ def test_stray_newer_manifests_do_not_hide_a_valid_round(three, caplog) -> None:
     assert [r["round"] for r in resumed.rounds] == [1, 2, 3]
     _same(resumed.state, full.state)
     assert RunStore(stopped).checkpoints.rounds() == [3, 2]  # the stray ones pruned
+
+
+def test_a_rounds_log_lines_are_synced_as_written(tmp_path: Path, monkeypatch) -> None:
+    """`--resume` requires metrics.jsonl to hold every checkpointed round; the checkpoint
+    is synced (write_atomic), so the round's log lines, written before it, must be synced
+    too: else a power loss could keep the checkpoint, lose the line, and leave a run that
+    cannot resume."""
+    synced: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store = RunStore(tmp_path)
+    record = RoundRecord(1, [0], 1, 0, 10, 10, 0.5, {}, 1.0, 0.0, 0.5)
+    store.append_round(record)
+    store.append_jsonl("personal.jsonl", [{"round": 1}])
+    logs = ("metrics.jsonl", "clients.jsonl", "personal.jsonl")
+    assert synced == [(tmp_path / name).stat().st_ino for name in logs]

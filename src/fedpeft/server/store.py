@@ -10,6 +10,7 @@ run resumes.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -53,6 +54,16 @@ def _check_rounds(rounds: list[Any], last_round: int, store: RunStore) -> None:
         raise store._corrupt(
             f"{METRICS} records rounds [{shown}] but the checkpoint is of round {last_round}"
         )
+
+
+def _append(path: Path, lines: list[str]) -> None:
+    """Appends ``lines`` to a log and syncs them to disk: a round's lines are durable before
+    its checkpoint (``write_atomic``, synced) is, so an OS crash or power loss cannot keep
+    the checkpoint and lose the lines that ``truncate_logs`` requires of it."""
+    with path.open("a") as f:
+        f.write("".join(line + "\n" for line in lines))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _parses(line: str) -> bool:
@@ -107,16 +118,13 @@ class RunStore:
 
     # ---- per-round logs -------------------------------------------------------------
     def append_round(self, record: RoundRecord) -> None:
-        with (self.root / METRICS).open("a") as f:
-            f.write(json.dumps(record.to_json(), sort_keys=True) + "\n")
-        with (self.root / CLIENTS).open("a") as f:
-            for c in record.clients:
-                f.write(json.dumps(asdict(c), sort_keys=True) + "\n")
+        _append(self.root / METRICS, [json.dumps(record.to_json(), sort_keys=True)])
+        _append(
+            self.root / CLIENTS, [json.dumps(asdict(c), sort_keys=True) for c in record.clients]
+        )
 
     def append_jsonl(self, name: str, rows: list[dict[str, Any]]) -> None:
-        with (self.root / name).open("a") as f:
-            for row in rows:
-                f.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+        _append(self.root / name, [json.dumps(row, sort_keys=True, default=str) for row in rows])
 
     def read_rounds(self) -> list[dict[str, Any]]:
         path = self.root / METRICS
