@@ -119,6 +119,10 @@ def test_bad_files_are_user_errors(tmp_path: Path) -> None:
     (tmp_path / "dup.toml").write_text(HEAD + '"run.rounds" = 2\n[variants]\nx = {}\n')
     with pytest.raises(FedpeftError, match=r'`"run.rounds"` is already set above'):
         read_experiment(tmp_path / "dup.toml")
+    deep = "[" * 5000 + "]" * 5000  # nested beyond tomllib's recursion limit
+    (tmp_path / "deep.toml").write_text(f"{HEAD}nested = {deep}\n[variants]\nx = {{}}\n")
+    with pytest.raises(FedpeftError, match="deep.toml is not valid TOML: it nests arrays"):
+        read_experiment(tmp_path / "deep.toml")
 
 
 def test_a_misspelt_or_wrong_kind_of_file_is_named_not_dumped(tmp_path: Path) -> None:

@@ -149,6 +149,10 @@ def read_experiment(path: Path) -> ExperimentFile:
     except tomllib.TOMLDecodeError as e:
         message = describe_toml_error(e, text)
         raise FedpeftError(f"experiment file {path} is not valid TOML: {message}.") from None
+    except RecursionError:
+        raise FedpeftError(
+            f"experiment file {path} is not valid TOML: it nests arrays or tables too deeply."
+        ) from None
     _not_a_run_config(path, raw)
     try:
         return ExperimentFile.model_validate(raw)
