@@ -47,15 +47,6 @@ def check_rounds_left(done: int, rounds: int) -> None:
         )
 
 
-def _check_rounds(rounds: list[Any], last_round: int, store: RunStore) -> None:
-    """``metrics.jsonl``'s rounds up to the checkpoint must be 1 … ``last_round``, once each."""
-    if rounds != list(range(1, last_round + 1)):
-        shown = ", ".join(map(str, rounds[:8])) + (" …" if len(rounds) > 8 else "")
-        raise store._corrupt(
-            f"{METRICS} records rounds [{shown}] but the checkpoint is of round {last_round}"
-        )
-
-
 def _append(path: Path, lines: list[str]) -> None:
     """Appends ``lines`` to a log and syncs them to disk: a round's lines are durable before
     its checkpoint (``write_atomic``, synced) is, so an OS crash or power loss cannot keep
@@ -152,12 +143,24 @@ class RunStore:
             if lines and not _parses(lines[-1]):
                 lines.pop()  # half-written by a crash after the last checkpoint
             try:
-                keep = [ln for ln in lines if json.loads(ln)["round"] <= last_round]
+                numbered = [(json.loads(ln)["round"], ln) for ln in lines]
+                keep = [(r, ln) for r, ln in numbered if r <= last_round]
             except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
                 raise self._corrupt(f"{name} is not valid JSON lines") from None
             if name == METRICS:
-                _check_rounds([json.loads(ln)["round"] for ln in keep], last_round, self)
-            write_atomic(path, "".join(ln + "\n" for ln in keep).encode())
+                self._check_rounds([r for r, _ in keep], last_round)
+            write_atomic(path, "".join(ln + "\n" for _, ln in keep).encode())
+
+    def _check_rounds(self, rounds: list[Any], last_round: int) -> None:
+        """``metrics.jsonl``'s rounds up to the checkpoint must be 1 … ``last_round``, once
+        each (a round is logged before it is checkpointed)."""
+        if rounds != list(range(1, last_round + 1)):
+            shown = ", ".join(map(str, rounds[:8])) + (" …" if len(rounds) > 8 else "")
+            raise self._corrupt(
+                f"{METRICS} records rounds [{shown}] but the checkpoint is of round "
+                f"{last_round} (restore the log from a copy, or start the run again without "
+                "--resume)"
+            )
 
     # ---- checkpoints ----------------------------------------------------------------
     def save_checkpoint(self, state: ServerState) -> None:
