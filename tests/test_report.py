@@ -43,3 +43,26 @@ def test_the_report_counts_the_examples_trained_on_not_train_size(tiny, tmp_path
     text = write_report(run_dir).read_text()
     assert "27 train examples over 2 clients" in text, text  # 30 rows, a tenth held out
     assert "64 train examples" not in text
+
+
+def test_a_qa_report_counts_questions_not_the_context_windows_clients_hold(tmp_path) -> None:
+    """QA partitions hold context windows (a long context gives several): the report names
+    the questions asked for, `data.train_size`, not the windows."""
+    import json
+
+    run = tmp_path / "qa-run"
+    run.mkdir()
+    (run / "config.toml").write_text(
+        '[model]\nname = "tiny-bert"\ntask = "qa"\n[data]\ndataset = "squad"\n'
+        "train_size = 100\nnum_clients = 2\n"
+    )
+    clients = {"0": {"num_examples": 70}, "1": {"num_examples": 61}}
+    (run / "partitions.json").write_text(
+        json.dumps({"label_names": ["answer span"], "clients": clients})
+    )
+    (run / "summary.json").write_text(json.dumps({"final_accuracy": 0.25, "rounds_completed": 1}))
+    scores = {"accuracy": 0.25, "exact_match": 0.25, "f1": 0.5, "loss": 2.0}
+    (run / "metrics.jsonl").write_text(json.dumps({"round": 1, "eval": scores}) + "\n")
+    text = write_report(run).read_text()
+    assert "100 train examples over 2 clients" in text, text
+    assert "131 train examples" not in text

@@ -84,7 +84,9 @@ def render_report(
     summary = read_summary(run_dir)
     moved = [r["round"] for r in rounds if _bias_moved(r)]
     cfg = read_config(run_dir)
-    examples = partition_examples(read_partitions(run_dir))
+    qa = cfg.get("model", {}).get("task") == "qa" or cfg.get("data", {}).get("dataset") == "squad"
+    # a QA client's partition counts context windows, not questions: its setting is shown
+    examples = None if qa else partition_examples(read_partitions(run_dir))
     settings = config_lines(cfg, chosen_lr(run_dir), moved, examples) or [
         f"- model: {summary.get('model')} · dataset: {summary.get('dataset')} · "
         f"clients: {summary.get('num_clients')}"
