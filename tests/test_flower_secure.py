@@ -308,6 +308,11 @@ def test_every_node_derives_the_same_config_from_the_run_config() -> None:
         run_config_text({keys.RUN_SET: "run.rounds=true"})
     with pytest.raises(FedpeftError, match="is not valid TOML"):
         run_config_text({keys.RUN_CONFIG_TOML: "[run"})
+    deep = "a = " + "[" * 5000 + "]" * 5000  # deeper than the parser's recursion
+    with pytest.raises(FedpeftError, match="is not valid TOML"):
+        run_config_text({keys.RUN_CONFIG_TOML: deep})
+    with pytest.raises(FedpeftError, match="is not valid TOML"):
+        config_from_toml(deep)
 
 
 def test_a_node_with_its_own_data_trains_its_whole_file_as_one_client(tmp_path: Path) -> None:

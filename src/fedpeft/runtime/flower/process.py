@@ -68,7 +68,7 @@ def config_from_toml(text: str) -> ExperimentConfig:
     """A fedpeft config sent as TOML text in the run config."""
     try:
         raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise FedpeftError(f"the run's fedpeft config is not valid TOML ({e}).") from None
     return build_config(raw, source="the Flower run config")
 

@@ -42,7 +42,7 @@ def run_config_text(run_config: Mapping[str, Any], default: str | None = None) -
         )
     try:
         raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise FedpeftError(f"the run's `{keys.RUN_CONFIG_TOML}` is not valid TOML ({e}).") from None
     for item in split_sets(sets):
         apply_override(raw, item)
