@@ -11,12 +11,14 @@ Three kinds of entry:
 from __future__ import annotations
 
 import importlib
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -95,11 +97,23 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     if spec.tokenizer_from is not None:
         return load_tokenizer(get_model_spec(spec.tokenizer_from))
     source = spec.local_path() or spec.hub_id
-    return _from_pretrained(spec, AutoTokenizer.from_pretrained, str(source))
+    tokenizer = _from_pretrained(spec, AutoTokenizer.from_pretrained, str(source))
+    # without tokenizer files transformers builds one that knows its special tokens only:
+    # every word would read as unknown
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise FedpeftError(
+            f"model `{spec.name}` has no tokenizer in {str(source)!r} (its vocabulary holds "
+            "special tokens only); save the model's tokenizer there "
+            "(`tokenizer.save_pretrained(folder)`)."
+        )
+    return tokenizer
 
 
 def load_classifier(
-    spec: ModelSpec, num_labels: int, seed: int, label_names: list[str] | None = None
+    spec: ModelSpec,
+    num_labels: int,
+    seed: int,
+    label_names: list[str] | None = None,
 ) -> PreTrainedModel:
     """The frozen-base model with a sequence-classification head of ``num_labels``.
 
@@ -221,13 +235,22 @@ def _from_pretrained(
         kwargs = {**kwargs, "local_files_only": True}  # the cache only: no retries
     try:
         return loader(source, **kwargs)
-    except (OSError, ValueError) as e:
+    # a damaged weights file (SafetensorError, UnpicklingError) or weights that do not fit
+    # config.json (RuntimeError) fail as a missing file does
+    except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as e:
         hint = f"registered models: {', '.join(model_names())}"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not isinstance(e, (OSError, ValueError)):
+            first = f"{type(e).__name__}: {first[:200]}"
         where = f"the hub is offline: {offline}" if offline else first
+        advice = (
+            "check the folder's config.json, weights and tokenizer files (`save_pretrained` "
+            "writes them)"
+            if Path(source).is_dir()
+            else f"check `model.name` ({hint}) or your network access to the Hugging Face hub"
+        )
         raise FedpeftError(
-            f"model `{spec.name}` could not be loaded from {source!r} ({where}); "
-            f"check `model.name` ({hint}) or your network access to the Hugging Face hub."
+            f"model `{spec.name}` could not be loaded from {source!r} ({where}); {advice}."
         ) from None
 
 

@@ -1,0 +1,51 @@
+"""`model.name` as a local folder: a user's own checkpoint, saved with ``save_pretrained``.
+Its damaged or missing files end with one sentence; the families fedpeft supports run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import BertConfig, BertModel
+
+from fedpeft.errors import FedpeftError
+from fedpeft.models import MINILM_ID, get_model_spec, load_classifier, load_tokenizer
+
+_SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+
+
+def _bert_folder(root: Path, tokenizer: bool = True) -> Path:
+    folder = root / "my-bert"
+    tok = load_tokenizer(get_model_spec(MINILM_ID))
+    BertModel(BertConfig(vocab_size=len(tok), intermediate_size=37, **_SMALL)).save_pretrained(
+        folder
+    )
+    if tokenizer:
+        tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "mismatched"])
+def test_a_damaged_weights_file_is_one_sentence(tmp_path: Path, damage: str) -> None:
+    folder = _bert_folder(tmp_path)
+    weights = folder / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "garbage":
+        weights.write_bytes(b"\x07" * 1000)
+    else:  # weights of another shape than config.json says
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": 40}))
+    with pytest.raises(FedpeftError) as info:
+        load_classifier(get_model_spec(str(folder)), 2, seed=0)
+    message = str(info.value)
+    assert f"model `{folder}` could not be loaded" in message and "\n" not in message
+    assert "config.json, weights and tokenizer files" in message
+
+
+def test_a_folder_without_its_tokenizer_is_refused(tmp_path: Path) -> None:
+    """transformers builds a tokenizer of special tokens only: every word read as unknown."""
+    folder = _bert_folder(tmp_path, tokenizer=False)
+    with pytest.raises(FedpeftError, match="has no tokenizer in .*save the model's tokenizer"):
+        load_tokenizer(get_model_spec(str(folder)))
