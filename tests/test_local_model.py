@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 from fedpeft.errors import FedpeftError
 from fedpeft.models import MINILM_ID, get_model_spec, load_classifier, load_tokenizer
+from fedpeft.runtime.local import run_local
 
 _SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
 
@@ -23,6 +24,19 @@ def _bert_folder(root: Path, tokenizer: bool = True) -> Path:
     )
     if tokenizer:
         tok.save_pretrained(folder)
+    return folder
+
+
+def _llama_folder(root: Path) -> Path:
+    """A LLaMA checkpoint whose config names no pad token (as LLaMA-3's and Mistral's)."""
+    folder = root / "my-llama"
+    tok = load_tokenizer(get_model_spec("tiny-llama"))
+    config = LlamaConfig(
+        vocab_size=len(tok), intermediate_size=48, num_key_value_heads=1, eos_token_id=2, **_SMALL
+    )
+    assert config.pad_token_id is None
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
     return folder
 
 
@@ -49,3 +63,16 @@ def test_a_folder_without_its_tokenizer_is_refused(tmp_path: Path) -> None:
     folder = _bert_folder(tmp_path, tokenizer=False)
     with pytest.raises(FedpeftError, match="has no tokenizer in .*save the model's tokenizer"):
         load_tokenizer(get_model_spec(str(folder)))
+
+
+def test_a_decoder_without_a_pad_token_trains_and_exports_it(tiny, tmp_path: Path) -> None:
+    folder = _llama_folder(tmp_path)
+    cfg = tiny(f"model.name={str(folder)!r}", "model.task='classify'", "run.rounds=1")
+    result = run_local(cfg)
+    assert all(r.get("status") == "ok" for r in _clients(result.run_dir))
+    exported = json.loads((result.run_dir / "adapter" / "config.json").read_text())
+    assert exported["pad_token_id"] == load_tokenizer(get_model_spec(str(folder))).pad_token_id
+
+
+def _clients(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "clients.jsonl").read_text().splitlines()]

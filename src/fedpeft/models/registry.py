@@ -114,11 +114,15 @@ def load_classifier(
     num_labels: int,
     seed: int,
     label_names: list[str] | None = None,
+    pad_id: int | None = None,
 ) -> PreTrainedModel:
     """The frozen-base model with a sequence-classification head of ``num_labels``.
 
     The new head is initialised under ``seed`` so every process builds the same model;
-    ``label_names`` become the config's ``id2label``/``label2id`` (exported with adapters).
+    ``label_names`` become the config's ``id2label``/``label2id`` (exported with adapters);
+    ``pad_id``, the batches' pad token, becomes the config's where it names none: a decoder's
+    classifier pools its last non-pad token and refuses batches without one (LLaMA-3's,
+    Mistral's, Qwen's checkpoints name none).
     """
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -136,6 +140,8 @@ def load_classifier(
             )
     if label_names is not None:
         set_label_names(model.config, label_names)
+    if pad_id is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_id
     return model
 
 

@@ -20,6 +20,7 @@ from fedpeft.data import (
     RawDataset,
     RawSplit,
     Split,
+    TokenizedSplit,
     check_custom_modality,
     check_dataset_name,
     data_profile,
@@ -393,12 +394,15 @@ def input_side(cfg: ExperimentConfig, spec: ModelSpec, kind: str) -> int | None:
     return image_preprocess(spec, cfg.model.image_size).size if kind == DETECT_TASK else None
 
 
-def load_base(cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset) -> nn.Module:
-    """The frozen base model with a fresh task head (text or image model)."""
+def load_base(
+    cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset, pad_id: int | None = None
+) -> nn.Module:
+    """The frozen base model with a fresh task head (text or image model); ``pad_id``: the
+    text batches' pad token (``load_classifier``)."""
     if is_vision_model(spec):
         size, names = cfg.model.image_size, dataset.label_names
         return load_vision_classifier(spec, dataset.num_labels, cfg.run.seed, size, names)
-    return load_classifier(spec, dataset.num_labels, cfg.run.seed, dataset.label_names)
+    return load_classifier(spec, dataset.num_labels, cfg.run.seed, dataset.label_names, pad_id)
 
 
 def build_task(cfg: ExperimentConfig, data: FederatedData | None = None) -> Task:
@@ -429,7 +433,8 @@ def build_task(cfg: ExperimentConfig, data: FederatedData | None = None) -> Task
             size = cfg.model.image_size
             base = load_detector(spec, dataset.num_labels, cfg.run.seed, names, size)
         else:
-            base = load_base(cfg, spec, dataset)
+            pad = data.train.pad_id if isinstance(data.train, TokenizedSplit) else None
+            base = load_base(cfg, spec, dataset, pad)
         full_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
         arch = architecture(
             base.config,
