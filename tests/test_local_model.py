@@ -7,11 +7,22 @@ import json
 from pathlib import Path
 
 import pytest
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    BertConfig,
+    BertModel,
+    DistilBertConfig,
+    DistilBertModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    ViTConfig,
+    ViTModel,
+)
 
 from fedpeft.errors import FedpeftError
 from fedpeft.models import MINILM_ID, get_model_spec, load_classifier, load_tokenizer
 from fedpeft.runtime.local import run_local
+from fedpeft.server.instruct import task_kind
+from fedpeft.server.task import check_names
 
 _SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
 
@@ -76,3 +87,34 @@ def test_a_decoder_without_a_pad_token_trains_and_exports_it(tiny, tmp_path: Pat
 
 def _clients(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "clients.jsonl").read_text().splitlines()]
+
+
+def test_a_local_llama_is_a_decoder_as_smollm2_is(tiny, tmp_path: Path) -> None:
+    """Its config.json's model_type picks the family: instruction tuning by default, and
+    its batches padded on the left whatever its tokenizer's side (was: an unknown family,
+    a classifier, padded on the tokenizer's side)."""
+    folder = _llama_folder(tmp_path)
+    assert get_model_spec(str(folder)).family == "llama"
+    assert task_kind(tiny(f"model.name={str(folder)!r}")) == "instruct"
+    assert get_model_spec(str(_bert_folder(tmp_path))).family == "bert"
+
+
+@pytest.mark.parametrize("kind", ["distilbert", "vit"])
+def test_a_local_folder_of_another_family_is_refused_before_anything_loads(
+    tiny, tmp_path: Path, kind: str
+) -> None:
+    """Refused by the config check, from config.json alone (was: after the data and the
+    weights had loaded, and a ViT folder was called a text model)."""
+    folder = tmp_path / kind
+    if kind == "distilbert":
+        config = DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=37)
+        DistilBertModel(config).save_pretrained(folder)
+        expected = "cannot be run: model type 'distilbert' has no cost model"
+    else:
+        ViTModel(
+            ViTConfig(image_size=32, patch_size=8, intermediate_size=37, **_SMALL)
+        ).save_pretrained(folder)
+        expected = "is a local vit folder; image models load by their registered names only"
+    (folder / "model.safetensors").write_bytes(b"not read")  # only config.json is read
+    with pytest.raises(FedpeftError, match=expected):
+        check_names(tiny(f"model.name={str(folder)!r}"))

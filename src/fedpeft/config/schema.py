@@ -93,7 +93,8 @@ class ModelConfig(_Section):
         "sentence-transformers/all-MiniLM-L6-v2",
         description="the frozen base: all-MiniLM-L6-v2 and HuggingFaceTB/SmolLM2-135M-Instruct "
         "and efficientnet-lite0 ship locally; tiny-bert, tiny-llama, tiny-vit, ... are random "
-        "test models; other hub ids of a supported family download on first use (README, "
+        "test models; other hub ids of a supported family download on first use, and a local "
+        "folder of a text family (save_pretrained's files) is read as it is (README, "
         "*PEFT methods* and *Image models*)",
     )
     max_length: PositiveInt = Field(64, description="tokens of input text kept per example")

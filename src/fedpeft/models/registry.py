@@ -11,6 +11,7 @@ Three kinds of entry:
 from __future__ import annotations
 
 import importlib
+import json
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,10 +88,29 @@ def model_names() -> list[str]:
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    """A registered spec, or a hub spec for any other name."""
+    """A registered spec, or a hub spec for any other name (a local folder's family read
+    from its config.json, so a user's own LLaMA is a decoder as SmolLM2 is)."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    return ModelSpec(name=name, family="auto", hub_id=name)
+    return ModelSpec(name=name, family=_folder_family(Path(name)), hub_id=name)
+
+
+# a local folder's ``model_type`` → its text family; any other stays "auto", checked
+# against the cost models before anything loads (``server.task.check_local_model``)
+_FOLDER_FAMILIES = {
+    "bert": "bert",
+    "roberta": "roberta",
+    "xlm-roberta": "roberta",
+    "llama": "llama",
+}
+
+
+def _folder_family(folder: Path) -> str:
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):  # no folder, no or no valid config.json
+        return "auto"
+    return _FOLDER_FAMILIES.get(str(model_type), "auto")
 
 
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:

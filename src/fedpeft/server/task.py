@@ -44,6 +44,7 @@ from fedpeft.models import (
     load_classifier,
     load_clip_matcher,
     load_detector,
+    load_model_config,
     load_qa_model,
     load_tokenizer,
     load_vision_classifier,
@@ -63,6 +64,7 @@ from fedpeft.peft import (
 )
 from fedpeft.peft.prefix import PrefixCache, compile_blocks
 from fedpeft.peft.share import apply_shared
+from fedpeft.peft.support import IMAGE_FAMILIES
 from fedpeft.server.detection import DETECT_TASK
 from fedpeft.server.evaluate import eval_batch_size
 from fedpeft.server.head_when import check_classifier_options, check_head_refresh
@@ -242,6 +244,8 @@ def check_pairing(cfg: ExperimentConfig, hub: bool = True) -> None:
     pairs = cfg.data.dataset in PAIR_DATASETS or spec.family == FAMILY["vqa"]
     if pairs or task_kind(cfg, spec) in (*PAIR_TASKS, DETECT_TASK):
         return  # images with texts or boxes: ``check_task`` checks model, data and method
+    if spec.family not in IMAGE_FAMILIES and Path(spec.hub_id).is_dir():  # not registered
+        check_local_model(cfg, spec)
     vision = is_vision_model(spec)
     if cfg.data.dataset == "custom":  # a folder is images; a table is read as the model reads
         check_custom_modality(cfg.data, spec.name, vision)
@@ -255,6 +259,22 @@ def check_pairing(cfg: ExperimentConfig, hub: bool = True) -> None:
     if vision:
         image_preprocess(spec, cfg.model.image_size)  # a size the model cannot take fails here
     check_supported(cfg.peft.method, spec.family, spec.name)
+
+
+def check_local_model(cfg: ExperimentConfig, spec: ModelSpec) -> None:
+    """A local folder (a user's own checkpoint) must hold a text model that the run's task
+    has a cost model for; its config.json alone is read, so another model type is refused
+    before any data or weights load (not after both), naming the supported ones."""
+    causal_lm, span = head_kind(task_kind(cfg, spec), spec)
+    try:
+        arch = architecture(load_model_config(spec, 2), 2, causal_lm=causal_lm, qa=span)
+    except FedpeftError as e:
+        raise FedpeftError(f"model `{spec.name}` cannot be run: {e}") from None
+    if arch.family in IMAGE_FAMILIES:
+        raise FedpeftError(
+            f"model `{spec.name}` is a local {arch.family} folder; image models load by their "
+            "registered names only (README, *Image models*), local folders hold text models."
+        )
 
 
 def resolved(cfg: ExperimentConfig, method: MethodSpec) -> ExperimentConfig:
