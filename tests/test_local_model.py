@@ -4,6 +4,7 @@ Its damaged or missing files end with one sentence; the families fedpeft support
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,14 @@ def test_a_local_folder_of_another_family_is_refused_before_anything_loads(
     (folder / "model.safetensors").write_bytes(b"not read")  # only config.json is read
     with pytest.raises(FedpeftError, match=expected):
         check_names(tiny(f"model.name={str(folder)!r}"))
+
+
+@pytest.mark.parametrize("name", ["{tmp}/no-such-model", "./no-such-model", "{tmp}/config.json"])
+def test_a_path_that_names_no_folder_says_so(tiny, tmp_path: Path, name: str) -> None:
+    """Not "not in the local Hugging Face cache and the hub is offline": no hub id is a path."""
+    (tmp_path / "config.json").write_text("{}")
+    name = name.format(tmp=tmp_path)
+    with pytest.raises(
+        FedpeftError, match=re.escape(f"model `{name}` names no folder on this machine")
+    ):
+        check_names(tiny(f"model.name={name!r}"))

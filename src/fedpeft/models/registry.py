@@ -222,6 +222,14 @@ def check_available(spec: ModelSpec) -> None:
     if Path(spec.hub_id).is_dir():
         return
     registered = spec.name in _REGISTRY
+    # a hub id is `name` or `org/name`; a path (or a file) is a local folder that is not there
+    path = spec.hub_id.startswith(("/", ".", "~")) or spec.hub_id.count("/") > 1
+    if not registered and (path or Path(spec.hub_id).exists()):
+        raise FedpeftError(
+            f"model `{spec.name}` names no folder on this machine; `model.name` takes a "
+            "registered model, a hub id (`org/name`) or a local folder holding the model's "
+            "config.json, weights and tokenizer."
+        )
     if registered and ("/" not in spec.hub_id or spec.local_path() is not None):
         return
     reason = offline_reason()
