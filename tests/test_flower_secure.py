@@ -212,6 +212,19 @@ def test_the_pool_bounds_each_client_by_its_assigned_partition() -> None:
         FlowerClientPool(grid=None, num_clients=3, min_clients=1)  # type: ignore[arg-type]
 
 
+@pytest.mark.usefixtures("task_identity")
+@pytest.mark.parametrize("pid", ["7", 7.5, True, [7]])
+def test_a_first_contact_reply_with_a_malformed_pid_is_not_admitted(pid: object) -> None:
+    """An untrusted hello whose process id is no integer is one more unusable reply (logged),
+    not an exception out of the server's first contact."""
+    pool = FlowerClientPool(grid=None, num_clients=2, min_clients=1, assigned=[30, 31])  # type: ignore[arg-type]
+    strange = _hello(11, 0, 30, own=False)
+    strange.content.config_records[keys.HELLO][keys.HELLO_PID] = pid  # type: ignore[assignment]
+    pool._register(strange)
+    pool._register(_hello(12, 1, 31, own=False))
+    assert 0 not in pool.clients and pool.num_examples(1) == 31
+
+
 def _train_reply(node: int, state: dict[str, torch.Tensor], claimed: int) -> Message:
     """A train reply as fedpeft's ClientApp builds it (client_app.train)."""
     train = Message(RecordDict(), node, keys.TRAIN)

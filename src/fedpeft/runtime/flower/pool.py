@@ -191,6 +191,7 @@ class FlowerClientPool:
         try:
             hello = reply.content.config_records[keys.HELLO]
             cid, n = _int(hello[keys.HELLO_PARTITION]), _int(hello[keys.HELLO_NUM_EXAMPLES])
+            pid = _int(hello.get(keys.HELLO_PID, 0))
             profile = make_profile(dict(reply.content.config_records[keys.PROFILE]))
             data = _data_profile(reply.content.config_records.get(keys.DATA), n)
         except (KeyError, TypeError, ValueError, FedpeftError) as e:
@@ -214,7 +215,6 @@ class FlowerClientPool:
                 "node %d (partition %d) reported %d examples; its weight is bounded at %d",
                 node, cid, n, bound,
             )  # fmt: skip
-        pid = _int(hello.get(keys.HELLO_PID, 0))
         self.clients[cid] = ClientInfo(node, n, profile, pid, data, bound, own)
 
     # ---- the ClientPool protocol ------------------------------------------------------
