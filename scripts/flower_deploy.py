@@ -25,7 +25,8 @@ from pathlib import Path
 
 from fedpeft.config import config_to_toml, load_config
 from fedpeft.errors import FedpeftError
-from fedpeft.runtime.flower.deploy import run_deployed
+from fedpeft.report import write_report
+from fedpeft.runtime.flower.deploy import COMPLETED, run_deployed
 
 
 def main() -> int:
@@ -51,7 +52,14 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"run status: {status}\nrun folder: {run_dir}\nlogs: {work / 'logs'}")
-    return 0 if status == "finished:completed" else 1
+    if status != COMPLETED or run_dir is None:
+        return 1
+    try:  # as `fedpeft run` does after its run
+        print(f"report: {write_report(run_dir)}")
+    except FedpeftError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
