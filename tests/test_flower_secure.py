@@ -50,6 +50,7 @@ from fedpeft.runtime.flower.runconfig import (  # noqa: E402
     local_data,
     node_config_text,
     run_config_text,
+    run_timeout,
 )
 from fedpeft.runtime.flower.superlink import (  # noqa: E402
     LOOPBACK,
@@ -165,6 +166,36 @@ def test_the_weight_policy_comes_from_the_run_config(
             WeightPolicy.from_run_config(run_config)
     else:
         assert WeightPolicy.from_run_config(run_config) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, 600.0), (60, 60.0), (2.5, 2.5), ("abc", None), (True, None), (0.0, None),
+     (-1, None), (float("nan"), None), (float("inf"), None), ([60], None)],
+)  # fmt: skip
+def test_the_round_timeout_comes_from_the_run_config(value: object, expected: float | None) -> None:
+    """A timeout the run config gets wrong is one sentence naming its key, before the run."""
+    run_config = {} if value is None else {keys.RUN_ROUND_TIMEOUT: value}
+    if expected is None:
+        with pytest.raises(FedpeftError, match=f"`{keys.RUN_ROUND_TIMEOUT}` is .*positive"):
+            run_timeout(run_config, keys.RUN_ROUND_TIMEOUT, keys.DEFAULT_ROUND_TIMEOUT_S)
+    else:
+        assert run_timeout(run_config, keys.RUN_ROUND_TIMEOUT, 600.0) == expected
+
+
+@pytest.mark.parametrize("key", [keys.RUN_ROUND_TIMEOUT, keys.RUN_CONNECT_TIMEOUT])
+def test_the_server_app_refuses_a_bad_timeout_in_one_sentence(key: str) -> None:
+    from flwr.app import Context, RecordDict
+
+    from fedpeft.runtime.flower.server_app import make_server_app
+    from fedpeft.runtime.local.simulator import RunResult
+
+    outcome: list[RunResult | BaseException] = []
+    app = make_server_app(load_config(overrides=["model.name='tiny-bert'"]), outcome=outcome)
+    context = Context(1, 0, {}, RecordDict(), {key: "abc"})
+    app(grid=None, context=context)  # type: ignore[arg-type]
+    (error,) = outcome
+    assert isinstance(error, FedpeftError) and f"`{key}` is 'abc'" in str(error)
 
 
 @pytest.fixture

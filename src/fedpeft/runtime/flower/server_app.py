@@ -22,6 +22,7 @@ from fedpeft.runtime.flower.process import config_from_toml
 from fedpeft.runtime.flower.runconfig import (
     WeightPolicy,
     run_config_text,
+    run_timeout,
 )
 from fedpeft.runtime.local.simulator import RunResult, run_local
 from fedpeft.server import Observer
@@ -112,9 +113,11 @@ def make_server_app(
                 run_cfg,
                 resume=folder,
                 observer=observer,
-                round_timeout_s=float(rc.get(keys.RUN_ROUND_TIMEOUT, keys.DEFAULT_ROUND_TIMEOUT_S)),
-                connect_timeout_s=float(
-                    rc.get(keys.RUN_CONNECT_TIMEOUT, keys.DEFAULT_CONNECT_TIMEOUT_S)
+                round_timeout_s=run_timeout(
+                    rc, keys.RUN_ROUND_TIMEOUT, keys.DEFAULT_ROUND_TIMEOUT_S
+                ),
+                connect_timeout_s=run_timeout(
+                    rc, keys.RUN_CONNECT_TIMEOUT, keys.DEFAULT_CONNECT_TIMEOUT_S
                 ),
                 policy=WeightPolicy.from_run_config(rc),
             )
