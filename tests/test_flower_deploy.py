@@ -373,6 +373,7 @@ def test_a_killed_supernode_leaves_the_round_to_the_others_and_the_server_resume
     root = metrics.parent
     round2 = [c for c in _lines(root / "clients.jsonl") if c["round"] == 2]
     assert {c["client_id"]: c["status"] for c in round2} == {0: "ok", 1: "failed"}
+    assert "came from node" not in next(c["reason"] for c in round2 if c["client_id"] == 1)
     assert _lines(root / "metrics.jsonl")[1]["accepted"] == 1
     # a new ServerApp run resumes the run folder from its last checkpoint
     more = tiny_config(federation.root / "b", "server.min_clients=1", "run.rounds=3")

@@ -287,6 +287,27 @@ def test_a_reply_claiming_more_is_bounded_and_strange_tensors_refused_undecoded(
 
 
 @pytest.mark.usefixtures("task_identity")
+def test_a_lost_node_fails_with_the_superlinks_reason_and_a_strangers_reply_is_refused() -> None:
+    """A SuperNode that dies mid-round is answered for by the SuperLink (flwr's error reply
+    from its own node id): its client fails with that reason, not as an impostor."""
+    from flwr.app import Error
+    from flwr.common.constant import SUPERLINK_NODE_ID
+
+    pool = FlowerClientPool(grid=None, num_clients=2, min_clients=1, assigned=[30, 31])  # type: ignore[arg-type]
+    pool._register(_hello(12, 1, 30, own=False))
+    ins = TrainInstruction(1, 1, 1, None, 8, 0.1, 0.0, 0.0, 0)
+    layout = payload_layout(encode({"a.lora_A.weight": torch.zeros(2, 4)}))
+    lost = Message(RecordDict(), SUPERLINK_NODE_ID, keys.TRAIN)  # as flwr answers it
+    reply = Message(Error(code=3, reason="Error: Node Unavailable"), reply_to=lost)
+    failed = pool._payload(reply, ins, layout)
+    assert isinstance(failed, RuntimeError) and "Node Unavailable" in str(failed)
+    assert "node 12" in str(failed)
+    stranger = _train_reply(13, {"a.lora_A.weight": torch.zeros(2, 4)}, 30)
+    refused = pool._payload(stranger, ins, layout)
+    assert isinstance(refused, RuntimeError) and "came from node 13" in str(refused)
+
+
+@pytest.mark.usefixtures("task_identity")
 def test_a_secure_aggregation_stage_travels_as_its_message_and_its_reply_as_that_alone() -> None:
     """Down: the protocol message as one uint8 array (at the masked stage beside the global);
     up: the message alone, any tensor beside it refused before its data is decoded."""

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
@@ -323,9 +324,11 @@ class FlowerClientPool:
         ``server/secure.py`` decodes and checks it; its count is masked, so the weight policy
         bounds only the round's summed count there (``ClientPool.num_examples``)."""
         self.wire.up += message_bytes(reply)
-        expected = self.clients[ins.client_id].node_id
-        if reply.metadata.src_node_id != expected:
-            return RuntimeError(f"reply came from node {reply.metadata.src_node_id}")
+        expected, source = self.clients[ins.client_id].node_id, reply.metadata.src_node_id
+        if source == SUPERLINK_NODE_ID and reply.has_error():  # flwr answers for a lost node
+            return RuntimeError(f"no reply from node {expected}: {reply.error.reason}")
+        if source != expected:
+            return RuntimeError(f"reply came from node {source}")
         if reply.has_error():
             return RuntimeError(f"client error {reply.error.code}: {reply.error.reason}")
         hello = reply.content.config_records.get(keys.HELLO, ConfigRecord())
