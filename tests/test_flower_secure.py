@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import time
 import tomllib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -305,6 +307,35 @@ def test_a_lost_node_fails_with_the_superlinks_reason_and_a_strangers_reply_is_r
     stranger = _train_reply(13, {"a.lora_A.weight": torch.zeros(2, 4)}, 30)
     refused = pool._payload(stranger, ins, layout)
     assert isinstance(refused, RuntimeError) and "came from node 13" in str(refused)
+
+
+class _SilentGrid:
+    """A grid whose nodes never answer (the simulation engine after Ctrl-C)."""
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        return [f"m{i}" for i, _ in enumerate(messages)]
+
+    def pull_messages(self, ids: list[str]) -> list[Message]:
+        return []
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_stopped_run_stops_waiting_for_its_clients_at_once() -> None:
+    """Once the engine is gone (``stop`` set), the server does not wait out the round
+    timeout — the CLI would hang that long after printing 'interrupted'."""
+    import threading
+
+    stop = threading.Event()
+    grid: Any = _SilentGrid()
+    pool = FlowerClientPool(grid, 2, 1, round_timeout_s=600.0, assigned=[30, 31], stop=stop)
+    pool._register(_hello(12, 1, 30, own=False))
+    ins = TrainInstruction(1, 1, 1, None, 8, 0.1, 0.0, 0.0, 0)
+    payload = encode({"a.lora_A.weight": torch.zeros(2, 4)})
+    threading.Timer(0.3, stop.set).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        pool.fit_many([(ins, payload)])
+    assert time.monotonic() - start < 10
 
 
 @pytest.mark.usefixtures("task_identity")

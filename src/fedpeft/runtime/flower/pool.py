@@ -25,6 +25,7 @@ instead (``codec.stage_to_content``).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -138,11 +139,14 @@ class FlowerClientPool:
         policy: WeightPolicy | None = None,
         assigned: Sequence[int] | None = None,
         served: Layout | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         """``policy`` bounds each client's claimed example count (its aggregation weight);
         ``assigned`` is the size of every partition as the server computed it, which the
         default policy (``assigned``) needs; ``served`` is the layout of the adapter a
-        compressed payload (``compression.bits_down``) decodes to."""
+        compressed payload (``compression.bits_down``) decodes to. Once ``stop`` is set (the
+        user interrupted the run, the engine is gone), waiting for replies raises
+        ``KeyboardInterrupt`` instead of running out the round timeout."""
         if round_timeout_s <= 0 or connect_timeout_s <= 0:
             raise FedpeftError("Flower round and connect timeouts must be positive seconds.")
         self.policy = policy or WeightPolicy()
@@ -156,6 +160,7 @@ class FlowerClientPool:
         self.round_timeout_s, self.connect_timeout_s = round_timeout_s, connect_timeout_s
         self.clients: dict[int, ClientInfo] = {}
         self.wire = WireStats()
+        self.stop = stop or threading.Event()
 
     # ---- first contact ----------------------------------------------------------------
     def connect(self) -> None:
@@ -167,7 +172,7 @@ class FlowerClientPool:
             new = [n for n in self.grid.get_node_ids() if n not in asked]
             asked.update(new)
             if not new:
-                time.sleep(_POLL_S * 5)
+                self._wait(_POLL_S * 5)
                 continue
             ttl = self.connect_timeout_s  # a first answer builds the node's task: it may be slow
             messages = [self._message(RecordDict(), keys.QUERY, n, "hello", ttl) for n in new]
@@ -374,8 +379,12 @@ class FlowerClientPool:
                     replies[mid] = reply
                     self.wire.saw(reply)
             if pending:
-                time.sleep(_POLL_S)
+                self._wait(_POLL_S)
         return replies
+
+    def _wait(self, seconds: float) -> None:
+        if self.stop.wait(seconds):
+            raise KeyboardInterrupt("the run was stopped while waiting for its clients")
 
 
 def _conforms(

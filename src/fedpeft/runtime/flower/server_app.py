@@ -8,6 +8,7 @@ record and tensor name the server received, by message type (``received``).
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,11 @@ def serve(
     round_timeout_s: float = keys.DEFAULT_ROUND_TIMEOUT_S,
     connect_timeout_s: float = keys.DEFAULT_CONNECT_TIMEOUT_S,
     policy: WeightPolicy | None = None,
+    stop: threading.Event | None = None,
 ) -> RunResult:
     """Runs (or resumes) ``cfg`` over the SuperNodes that ``grid`` reaches; ``policy``
-    bounds each client's aggregation weight (default: the partition the server assigned)."""
+    bounds each client's aggregation weight (default: the partition the server assigned);
+    ``stop`` ends a wait for replies (``FlowerClientPool``)."""
     pools: list[FlowerClientPool] = []
 
     def make_pool(task: Task) -> FlowerClientPool:
@@ -56,6 +59,7 @@ def serve(
             policy=policy,
             assigned=[len(p) for p in task.data.partitions],
             served=layout(task.initial),
+            stop=stop,
         )
         pool.connect()
         pools.append(pool)
@@ -97,9 +101,11 @@ def make_server_app(
     resume: Path | None = None,
     observer: Observer | None = None,
     outcome: list[RunResult | BaseException] | None = None,
+    stop: threading.Event | None = None,
 ) -> ServerApp:
     """The ServerApp. ``cfg``/``resume`` default to the run config's ``fedpeft-config`` /
-    ``fedpeft-resume``; ``outcome`` receives the result (or the error) for in-process use."""
+    ``fedpeft-resume``; ``outcome`` receives the result (or the error) for in-process use,
+    where setting ``stop`` ends the run at its next wait for clients."""
     server = ServerApp()
 
     @server.main()
@@ -120,6 +126,7 @@ def make_server_app(
                     rc, keys.RUN_CONNECT_TIMEOUT, keys.DEFAULT_CONNECT_TIMEOUT_S
                 ),
                 policy=WeightPolicy.from_run_config(rc),
+                stop=stop,
             )
         except BaseException as e:
             if outcome is None:
