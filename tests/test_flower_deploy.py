@@ -398,6 +398,8 @@ def _fake_federation(monkeypatch: pytest.MonkeyPatch, status: str, details: str,
             if make is not None:
                 make.mkdir(parents=True)
                 (make / "config.toml").write_text("")
+                rows = [{"round": 1}, {"round": 2}]
+                (make / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             out = json.dumps({"run-id": 5})
         elif args[0] == "list":
             out = json.dumps({"runs": [{"status": status, "status-details": details}]})
@@ -408,7 +410,7 @@ def _fake_federation(monkeypatch: pytest.MonkeyPatch, status: str, details: str,
     monkeypatch.setattr(Deployment, "cli", cli)
 
 
-def test_a_failed_deployment_says_why_and_names_no_older_run_folder(
+def test_a_deployment_says_why_it_failed_shows_its_rounds_and_names_no_older_run_folder(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The reason a deployed run failed outlives the SuperLink (its status and the saved
@@ -425,4 +427,7 @@ def test_a_failed_deployment_says_why_and_names_no_older_run_folder(
     assert status == f"finished:failed ({why})" and run_dir is None
     assert why in (work / "logs" / "serverapp-5.log").read_text()
     _fake_federation(monkeypatch, "finished:completed", "", out / "default-1")
-    assert run_deployed("", 2, work, output_dir=out) == ("finished:completed", out / "default-1")
+    rounds: list[dict] = []
+    done = run_deployed("", 2, work, output_dir=out, on_round=rounds.append)
+    assert done == ("finished:completed", out / "default-1")
+    assert rounds == [{"round": 1}, {"round": 2}]  # progress, each round once

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,12 +245,15 @@ class Deployment:
         path.write_text(done.stdout + done.stderr)
         return path
 
-    def wait(self, run_id: int, timeout_s: float) -> str:
-        """Polls until the run has finished (its final status) or ``timeout_s`` passed."""
+    def wait(self, run_id: int, timeout_s: float, on_poll: Callable[[], None] | None = None) -> str:
+        """Polls until the run has finished (its final status) or ``timeout_s`` passed,
+        calling ``on_poll`` at every poll."""
         deadline = time.monotonic() + timeout_s
         status = "unknown"
         while time.monotonic() < deadline:
             status = self.run_status(run_id)
+            if on_poll is not None:
+                on_poll()
             if status.startswith("finished"):
                 return status
             time.sleep(2.0)
@@ -285,12 +289,14 @@ def run_deployed(
     output_dir: Path,
     round_timeout_s: float = keys.DEFAULT_ROUND_TIMEOUT_S,
     timeout_s: float = 3600.0,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[str, Path | None]:
     """Starts a SuperLink and ``num_nodes`` SuperNodes (partition i on node i, each with
     a client host), submits this checkout with ``cfg_toml`` as its ``fedpeft-config``
     (whose ``run.output_dir`` must be ``output_dir``), waits, and stops everything.
     (final status — with flwr's reason when the run did not complete —, the run folder this
-    run made or None). The ServerApp's log is kept in WORK/logs."""
+    run made or None). The ServerApp's log is kept in WORK/logs; ``on_round`` gets each
+    round's line of the run's metrics.jsonl as it is written (progress)."""
     d = Deployment(root)
     before = _run_folders(output_dir)
     try:
@@ -303,7 +309,7 @@ def run_deployed(
             keys.RUN_CONNECT_TIMEOUT: keys.DEFAULT_CONNECT_TIMEOUT_S,
         }
         run_id = d.submit(config)
-        status = d.wait(run_id, timeout_s)
+        status = d.wait(run_id, timeout_s, _round_watch(output_dir, before, on_round))
         d.save_log(run_id)
         if not status.startswith("finished"):
             status = f"{status} (not finished within {timeout_s:.0f} s; stopped)"
@@ -317,3 +323,30 @@ def run_deployed(
 
 def _run_folders(output_dir: Path) -> set[Path]:
     return {p for p in output_dir.glob("*") if (p / "config.toml").is_file()}
+
+
+def _round_watch(
+    output_dir: Path, before: set[Path], on_round: Callable[[dict[str, Any]], None] | None
+) -> Callable[[], None]:
+    """A poll that hands ``on_round`` every round line the run's new folder gained since."""
+    seen = 0
+
+    def poll() -> None:
+        nonlocal seen
+        runs = sorted(_run_folders(output_dir) - before)
+        if on_round is None or not runs:
+            return
+        try:
+            lines = (runs[-1] / "metrics.jsonl").read_text().split("\n")[:-1]  # whole lines
+        except (OSError, UnicodeDecodeError):
+            return
+        for line in lines[seen:]:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if isinstance(row, dict):
+                on_round(row)
+        seen = max(seen, len(lines))
+
+    return poll
