@@ -449,3 +449,24 @@ def test_a_node_with_its_own_data_trains_its_whole_file_as_one_client(tmp_path: 
         node_config_text(config_to_toml(without_labels), own)
     with pytest.raises(FedpeftError, match="must be strings"):
         local_data({keys.NODE_DATA_FILE: 5})
+
+
+def test_a_resumed_runs_flower_json_counts_fedpeft_bytes_of_the_rounds_it_ran(
+    tmp_path: Path,
+) -> None:
+    """A resumed run is a new Flower run: its wire bytes cover only the rounds it ran, so
+    fedpeft's own count beside them must too (else the wire looks cheaper than the payload)."""
+    from fedpeft.runtime.flower.server_app import flower_stats
+    from fedpeft.runtime.local.simulator import RunResult
+
+    pool = FlowerClientPool(grid=None, num_clients=2, min_clients=1, assigned=[30, 31])  # type: ignore[arg-type]
+    pool.wire.down, pool.wire.up = 1500, 700
+    rounds = [{"round": r, "bytes_down": 1000 * r, "bytes_up": 500 * r} for r in (1, 2, 3)]
+    summary = {"bytes_down_total": 6000, "bytes_up_total": 3000, "resumed_from_round": 2}
+    stats = flower_stats(pool, RunResult(tmp_path, {}, rounds, summary))
+    assert stats["rounds"] == [3, 3]
+    assert (stats["fedpeft_bytes_down"], stats["fedpeft_bytes_up"]) == (3000, 1500)
+    fresh = flower_stats(
+        pool, RunResult(tmp_path, {}, rounds, {**summary, "resumed_from_round": None})
+    )
+    assert fresh["rounds"] == [1, 3] and fresh["fedpeft_bytes_up"] == 3000

@@ -66,17 +66,22 @@ def serve(
         return pool
 
     result = run_local(cfg, resume=resume, observer=observer, pool=make_pool)
-    write_json(result.run_dir / FLOWER_JSON, flower_stats(pools[0], result.summary))
+    write_json(result.run_dir / FLOWER_JSON, flower_stats(pools[0], result))
     return result
 
 
-def flower_stats(pool: FlowerClientPool, summary: dict[str, Any]) -> dict[str, Any]:
+def flower_stats(pool: FlowerClientPool, result: RunResult) -> dict[str, Any]:
+    """What this Flower run carried. A resumed run is a new Flower run: its wire bytes and
+    fedpeft's own count both cover the rounds it ran (``rounds``: first and last)."""
     w = pool.wire
+    first = int(result.summary.get("resumed_from_round") or 0) + 1
+    ran = [r for r in result.rounds if r["round"] >= first]
     return {
+        "rounds": [first, ran[-1]["round"]] if ran else [],
         "wire_bytes_down": w.down,
         "wire_bytes_up": w.up,
-        "fedpeft_bytes_down": summary["bytes_down_total"],
-        "fedpeft_bytes_up": summary["bytes_up_total"],
+        "fedpeft_bytes_down": sum(int(r.get("bytes_down", 0)) for r in ran),
+        "fedpeft_bytes_up": sum(int(r.get("bytes_up", 0)) for r in ran),
         "messages": w.messages,
         "received": {kind: sorted(names) for kind, names in sorted(w.received.items())},
         "client_weight": {"policy": pool.policy.mode, "max_client_examples": pool.policy.cap},
