@@ -54,6 +54,11 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         cfg = load_config(args.config, [f"data.num_clients={args.nodes}", *args.sets])
+        if cfg.data.num_clients != args.nodes:  # a node per client, or rounds wait for none
+            raise FedpeftError(
+                f"--nodes {args.nodes} starts one SuperNode per client, but --set makes "
+                f"data.num_clients {cfg.data.num_clients}; set the count with --nodes only."
+            )
         out = Path(cfg.run.output_dir).resolve()
         cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"output_dir": str(out)})})
         print(f"{args.nodes} SuperNodes and a SuperLink on 127.0.0.1; logs: {work / 'logs'}")

@@ -431,3 +431,19 @@ def test_a_deployment_says_why_it_failed_shows_its_rounds_and_names_no_older_run
     done = run_deployed("", 2, work, output_dir=out, on_round=rounds.append)
     assert done == ("finished:completed", out / "default-1")
     assert rounds == [{"round": 1}, {"round": 2}]  # progress, each round once
+
+
+def test_the_loopback_script_refuses_a_client_count_other_than_its_nodes(tmp_path: Path) -> None:
+    """``--set data.num_clients`` against ``--nodes``: one sentence before anything starts,
+    not a first contact that waits its whole timeout for partitions no node serves."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "flower_deploy.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--nodes", "2", "--set", "data.num_clients=3",
+         "--work", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "set the count with --nodes only" in done.stderr
+    assert not (tmp_path / "work" / "logs").exists()  # nothing was started
