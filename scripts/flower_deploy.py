@@ -22,10 +22,23 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from fedpeft.config import config_to_toml, load_config
 from fedpeft.errors import FedpeftError
-from fedpeft.runtime.flower.deploy import run_deployed
+from fedpeft.report import write_report
+from fedpeft.runtime.flower.deploy import COMPLETED, run_deployed
+
+
+def _progress(row: dict[str, Any]) -> None:
+    """One line a round as the run writes it (the run goes on in other processes)."""
+    accuracy = (row.get("eval") or {}).get("accuracy")
+    shown = f"{accuracy:.4f}" if isinstance(accuracy, float) else "–"
+    print(
+        f"round {row.get('round')}: accuracy {shown}  clients "
+        f"{row.get('accepted')}/{len(row.get('sampled') or [])}",
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -41,17 +54,30 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         cfg = load_config(args.config, [f"data.num_clients={args.nodes}", *args.sets])
+        if cfg.data.num_clients != args.nodes:  # a node per client, or rounds wait for none
+            raise FedpeftError(
+                f"--nodes {args.nodes} starts one SuperNode per client, but --set makes "
+                f"data.num_clients {cfg.data.num_clients}; set the count with --nodes only."
+            )
         out = Path(cfg.run.output_dir).resolve()
         cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"output_dir": str(out)})})
+        print(f"{args.nodes} SuperNodes and a SuperLink on 127.0.0.1; logs: {work / 'logs'}")
         status, run_dir = run_deployed(
             config_to_toml(cfg), args.nodes, work, output_dir=out,
-            round_timeout_s=args.round_timeout, timeout_s=args.timeout,
+            round_timeout_s=args.round_timeout, timeout_s=args.timeout, on_round=_progress,
         )  # fmt: skip
     except FedpeftError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"run status: {status}\nrun folder: {run_dir}\nlogs: {work / 'logs'}")
-    return 0 if status == "finished:completed" else 1
+    if status != COMPLETED or run_dir is None:
+        return 1
+    try:  # as `fedpeft run` does after its run
+        print(f"report: {write_report(run_dir)}")
+    except FedpeftError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -373,6 +373,7 @@ def test_a_killed_supernode_leaves_the_round_to_the_others_and_the_server_resume
     root = metrics.parent
     round2 = [c for c in _lines(root / "clients.jsonl") if c["round"] == 2]
     assert {c["client_id"]: c["status"] for c in round2} == {0: "ok", 1: "failed"}
+    assert "came from node" not in next(c["reason"] for c in round2 if c["client_id"] == 1)
     assert _lines(root / "metrics.jsonl")[1]["accepted"] == 1
     # a new ServerApp run resumes the run folder from its last checkpoint
     more = tiny_config(federation.root / "b", "server.min_clients=1", "run.rounds=3")
@@ -380,3 +381,69 @@ def test_a_killed_supernode_leaves_the_round_to_the_others_and_the_server_resume
     assert federation.wait(rid, TIMEOUT_S) == "finished:completed"
     assert [r["round"] for r in _lines(root / "metrics.jsonl")] == [1, 2, 3]
     assert json.loads((root / "summary.json").read_text())["resumed_from_round"] == 2
+
+
+def _fake_federation(monkeypatch: pytest.MonkeyPatch, status: str, details: str, make: Path | None):
+    """``run_deployed`` with no process started: flwr's CLI answers as it does for a run that
+    ends ``status`` with ``details``, and the run makes the folder ``make`` (if any)."""
+    import subprocess
+
+    for name in ("start_superlink", "start_supernode", "close"):
+        monkeypatch.setattr(Deployment, name, lambda *a, **k: None)
+    monkeypatch.setattr(Deployment, "node_key", lambda self, name: self.root / name)
+
+    def cli(self: Deployment, *args: str, timeout_s: float = 120.0):  # type: ignore[no-untyped-def]
+        out = ""
+        if args[0] == "run":
+            if make is not None:
+                make.mkdir(parents=True)
+                (make / "config.toml").write_text("")
+                rows = [{"round": 1}, {"round": 2}]
+                (make / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            out = json.dumps({"run-id": 5})
+        elif args[0] == "list":
+            out = json.dumps({"runs": [{"status": status, "status-details": details}]})
+        elif args[0] == "log":
+            out = f"ERROR: ServerApp raised an exception\n{details}\n"
+        return subprocess.CompletedProcess(args, 0, out, "")
+
+    monkeypatch.setattr(Deployment, "cli", cli)
+
+
+def test_a_deployment_says_why_it_failed_shows_its_rounds_and_names_no_older_run_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The reason a deployed run failed outlives the SuperLink (its status and the saved
+    ServerApp log), and an earlier run in the same output folder is not reported as this one."""
+    from fedpeft.runtime.flower.deploy import run_deployed
+
+    out, work = tmp_path / "runs", tmp_path / "work"
+    (out / "zzz-earlier").mkdir(parents=True)
+    (out / "zzz-earlier" / "config.toml").write_text("")
+    (work / "logs").mkdir(parents=True)
+    why = "ServerApp failed with exception: only 0 of 2 clients answered within 300 s"
+    _fake_federation(monkeypatch, "finished:failed", why, None)
+    status, run_dir = run_deployed("", 2, work, output_dir=out)
+    assert status == f"finished:failed ({why})" and run_dir is None
+    assert why in (work / "logs" / "serverapp-5.log").read_text()
+    _fake_federation(monkeypatch, "finished:completed", "", out / "default-1")
+    rounds: list[dict] = []
+    done = run_deployed("", 2, work, output_dir=out, on_round=rounds.append)
+    assert done == ("finished:completed", out / "default-1")
+    assert rounds == [{"round": 1}, {"round": 2}]  # progress, each round once
+
+
+def test_the_loopback_script_refuses_a_client_count_other_than_its_nodes(tmp_path: Path) -> None:
+    """``--set data.num_clients`` against ``--nodes``: one sentence before anything starts,
+    not a first contact that waits its whole timeout for partitions no node serves."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "flower_deploy.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--nodes", "2", "--set", "data.num_clients=3",
+         "--work", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "set the count with --nodes only" in done.stderr
+    assert not (tmp_path / "work" / "logs").exists()  # nothing was started

@@ -57,6 +57,31 @@ def test_kept_states_live_in_the_context_state_and_are_forgotten_when_empty() ->
     assert keys.KEPT not in context.state and load_kept(context) == {}
 
 
+def test_a_client_host_that_is_down_or_dies_is_one_sentence_for_the_nodes_operator(
+    tmp_path: Path,
+) -> None:
+    """A node configured with a host-socket whose host never started, or that closes the
+    connection mid-message, fails the message with a sentence naming the host, not errno."""
+    import socket
+    import threading
+
+    from fedpeft.runtime.flower.host import request
+
+    missing = str(tmp_path / "absent.sock")
+    with pytest.raises(RuntimeError, match=r"client host at .*absent\.sock did not answer"):
+        request(missing, {"op": "hello"})
+    dying = str(tmp_path / "dying.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(dying)
+    server.listen(1)
+    threading.Thread(target=lambda: server.accept()[0].close(), daemon=True).start()
+    try:
+        with pytest.raises(RuntimeError, match=r"client host at .*dying\.sock did not answer"):
+            request(dying, {"op": "hello"})
+    finally:
+        server.close()
+
+
 def test_kept_states_ride_behind_the_payload_to_the_client_host_and_back() -> None:
     payload = encode({"x": torch.ones(2)}, {"round": 1})
     tail, body = join_kept(payload, _kept())

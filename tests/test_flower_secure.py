@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import time
 import tomllib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -50,6 +52,7 @@ from fedpeft.runtime.flower.runconfig import (  # noqa: E402
     local_data,
     node_config_text,
     run_config_text,
+    run_timeout,
 )
 from fedpeft.runtime.flower.superlink import (  # noqa: E402
     LOOPBACK,
@@ -167,6 +170,36 @@ def test_the_weight_policy_comes_from_the_run_config(
         assert WeightPolicy.from_run_config(run_config) == expected
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, 600.0), (60, 60.0), (2.5, 2.5), ("abc", None), (True, None), (0.0, None),
+     (-1, None), (float("nan"), None), (float("inf"), None), ([60], None)],
+)  # fmt: skip
+def test_the_round_timeout_comes_from_the_run_config(value: object, expected: float | None) -> None:
+    """A timeout the run config gets wrong is one sentence naming its key, before the run."""
+    run_config = {} if value is None else {keys.RUN_ROUND_TIMEOUT: value}
+    if expected is None:
+        with pytest.raises(FedpeftError, match=f"`{keys.RUN_ROUND_TIMEOUT}` is .*positive"):
+            run_timeout(run_config, keys.RUN_ROUND_TIMEOUT, keys.DEFAULT_ROUND_TIMEOUT_S)
+    else:
+        assert run_timeout(run_config, keys.RUN_ROUND_TIMEOUT, 600.0) == expected
+
+
+@pytest.mark.parametrize("key", [keys.RUN_ROUND_TIMEOUT, keys.RUN_CONNECT_TIMEOUT])
+def test_the_server_app_refuses_a_bad_timeout_in_one_sentence(key: str) -> None:
+    from flwr.app import Context, RecordDict
+
+    from fedpeft.runtime.flower.server_app import make_server_app
+    from fedpeft.runtime.local.simulator import RunResult
+
+    outcome: list[RunResult | BaseException] = []
+    app = make_server_app(load_config(overrides=["model.name='tiny-bert'"]), outcome=outcome)
+    context = Context(1, 0, {}, RecordDict(), {key: "abc"})
+    app(grid=None, context=context)  # type: ignore[arg-type]
+    (error,) = outcome
+    assert isinstance(error, FedpeftError) and f"`{key}` is 'abc'" in str(error)
+
+
 @pytest.fixture
 def task_identity() -> Iterator[None]:
     """flwr builds messages only inside a task; give this process one."""
@@ -212,6 +245,19 @@ def test_the_pool_bounds_each_client_by_its_assigned_partition() -> None:
         FlowerClientPool(grid=None, num_clients=3, min_clients=1)  # type: ignore[arg-type]
 
 
+@pytest.mark.usefixtures("task_identity")
+@pytest.mark.parametrize("pid", ["7", 7.5, True, [7]])
+def test_a_first_contact_reply_with_a_malformed_pid_is_not_admitted(pid: object) -> None:
+    """An untrusted hello whose process id is no integer is one more unusable reply (logged),
+    not an exception out of the server's first contact."""
+    pool = FlowerClientPool(grid=None, num_clients=2, min_clients=1, assigned=[30, 31])  # type: ignore[arg-type]
+    strange = _hello(11, 0, 30, own=False)
+    strange.content.config_records[keys.HELLO][keys.HELLO_PID] = pid  # type: ignore[assignment]
+    pool._register(strange)
+    pool._register(_hello(12, 1, 31, own=False))
+    assert 0 not in pool.clients and pool.num_examples(1) == 31
+
+
 def _train_reply(node: int, state: dict[str, torch.Tensor], claimed: int) -> Message:
     """A train reply as fedpeft's ClientApp builds it (client_app.train)."""
     train = Message(RecordDict(), node, keys.TRAIN)
@@ -240,6 +286,56 @@ def test_a_reply_claiming_more_is_bounded_and_strange_tensors_refused_undecoded(
     refused = pool._payload(_train_reply(12, smuggled, 10), ins, layout)
     assert isinstance(refused, CodecError) and "unexpected tensor 'extra'" in str(refused)
     assert decoded == []  # refused from the arrays' declared shapes, no data decoded
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_lost_node_fails_with_the_superlinks_reason_and_a_strangers_reply_is_refused() -> None:
+    """A SuperNode that dies mid-round is answered for by the SuperLink (flwr's error reply
+    from its own node id): its client fails with that reason, not as an impostor."""
+    from flwr.app import Error
+    from flwr.common.constant import SUPERLINK_NODE_ID
+
+    pool = FlowerClientPool(grid=None, num_clients=2, min_clients=1, assigned=[30, 31])  # type: ignore[arg-type]
+    pool._register(_hello(12, 1, 30, own=False))
+    ins = TrainInstruction(1, 1, 1, None, 8, 0.1, 0.0, 0.0, 0)
+    layout = payload_layout(encode({"a.lora_A.weight": torch.zeros(2, 4)}))
+    lost = Message(RecordDict(), SUPERLINK_NODE_ID, keys.TRAIN)  # as flwr answers it
+    reply = Message(Error(code=3, reason="Error: Node Unavailable"), reply_to=lost)
+    failed = pool._payload(reply, ins, layout)
+    assert isinstance(failed, RuntimeError) and "Node Unavailable" in str(failed)
+    assert "node 12" in str(failed)
+    stranger = _train_reply(13, {"a.lora_A.weight": torch.zeros(2, 4)}, 30)
+    refused = pool._payload(stranger, ins, layout)
+    assert isinstance(refused, RuntimeError) and "came from node 13" in str(refused)
+
+
+class _SilentGrid:
+    """A grid whose nodes never answer (the simulation engine after Ctrl-C)."""
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        return [f"m{i}" for i, _ in enumerate(messages)]
+
+    def pull_messages(self, ids: list[str]) -> list[Message]:
+        return []
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_stopped_run_stops_waiting_for_its_clients_at_once() -> None:
+    """Once the engine is gone (``stop`` set), the server does not wait out the round
+    timeout — the CLI would hang that long after printing 'interrupted'."""
+    import threading
+
+    stop = threading.Event()
+    grid: Any = _SilentGrid()
+    pool = FlowerClientPool(grid, 2, 1, round_timeout_s=600.0, assigned=[30, 31], stop=stop)
+    pool._register(_hello(12, 1, 30, own=False))
+    ins = TrainInstruction(1, 1, 1, None, 8, 0.1, 0.0, 0.0, 0)
+    payload = encode({"a.lora_A.weight": torch.zeros(2, 4)})
+    threading.Timer(0.3, stop.set).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        pool.fit_many([(ins, payload)])
+    assert time.monotonic() - start < 10
 
 
 @pytest.mark.usefixtures("task_identity")
@@ -358,3 +454,24 @@ def test_a_node_with_its_own_data_trains_its_whole_file_as_one_client(tmp_path: 
         node_config_text(config_to_toml(without_labels), own)
     with pytest.raises(FedpeftError, match="must be strings"):
         local_data({keys.NODE_DATA_FILE: 5})
+
+
+def test_a_resumed_runs_flower_json_counts_fedpeft_bytes_of_the_rounds_it_ran(
+    tmp_path: Path,
+) -> None:
+    """A resumed run is a new Flower run: its wire bytes cover only the rounds it ran, so
+    fedpeft's own count beside them must too (else the wire looks cheaper than the payload)."""
+    from fedpeft.runtime.flower.server_app import flower_stats
+    from fedpeft.runtime.local.simulator import RunResult
+
+    pool = FlowerClientPool(grid=None, num_clients=2, min_clients=1, assigned=[30, 31])  # type: ignore[arg-type]
+    pool.wire.down, pool.wire.up = 1500, 700
+    rounds = [{"round": r, "bytes_down": 1000 * r, "bytes_up": 500 * r} for r in (1, 2, 3)]
+    summary = {"bytes_down_total": 6000, "bytes_up_total": 3000, "resumed_from_round": 2}
+    stats = flower_stats(pool, RunResult(tmp_path, {}, rounds, summary))
+    assert stats["rounds"] == [3, 3]
+    assert (stats["fedpeft_bytes_down"], stats["fedpeft_bytes_up"]) == (3000, 1500)
+    fresh = flower_stats(
+        pool, RunResult(tmp_path, {}, rounds, {**summary, "resumed_from_round": None})
+    )
+    assert fresh["rounds"] == [1, 3] and fresh["fedpeft_bytes_up"] == 3000

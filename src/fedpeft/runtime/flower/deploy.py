@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from fedpeft.runtime.flower import keys
 from fedpeft.runtime.flower.certs import TlsFiles, make_node_key, make_tls
 
 FEDERATION = "fedpeft"  # the connection name in $FLWR_HOME/config.toml
+COMPLETED = "finished:completed"  # a run's status in `flwr list` when its ServerApp returned
 HOST = "127.0.0.1"
 HOST_MODULE = "fedpeft.runtime.flower.host"
 SUPERLINK_MODULE = "fedpeft.runtime.flower.superlink"  # flower-superlink, control plane locked
@@ -225,20 +227,33 @@ class Deployment:
         except (ValueError, KeyError, TypeError):
             raise FedpeftError(f"flwr run failed: {done.stdout}{done.stderr}") from None
 
-    def run_status(self, run_id: int) -> str:
+    def run_status(self, run_id: int, key: str = "status") -> str:
+        """The run's ``status`` as ``flwr list`` gives it (or another of its fields, such as
+        ``status-details``: why a run failed)."""
         done = self.cli("list", "--run-id", str(run_id), FEDERATION, "--format", "json")
         try:
             runs = json.loads(done.stdout)["runs"]
-            return str(runs[0]["status"])
+            return str(runs[0][key])
         except (ValueError, KeyError, IndexError, TypeError):
             return f"unknown ({done.stdout.strip()[:200]}{done.stderr.strip()[:200]})"
 
-    def wait(self, run_id: int, timeout_s: float) -> str:
-        """Polls until the run has finished (its final status) or ``timeout_s`` passed."""
+    def save_log(self, run_id: int) -> Path:
+        """The run's ServerApp log (``flwr log --show``) as WORK/logs/serverapp-<id>.log: the
+        SuperLink keeps it only as long as it runs."""
+        done = self.cli("log", str(run_id), FEDERATION, "--show")
+        path = self.root / "logs" / f"serverapp-{run_id}.log"
+        path.write_text(done.stdout + done.stderr)
+        return path
+
+    def wait(self, run_id: int, timeout_s: float, on_poll: Callable[[], None] | None = None) -> str:
+        """Polls until the run has finished (its final status) or ``timeout_s`` passed,
+        calling ``on_poll`` at every poll."""
         deadline = time.monotonic() + timeout_s
         status = "unknown"
         while time.monotonic() < deadline:
             status = self.run_status(run_id)
+            if on_poll is not None:
+                on_poll()
             if status.startswith("finished"):
                 return status
             time.sleep(2.0)
@@ -274,12 +289,16 @@ def run_deployed(
     output_dir: Path,
     round_timeout_s: float = keys.DEFAULT_ROUND_TIMEOUT_S,
     timeout_s: float = 3600.0,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[str, Path | None]:
     """Starts a SuperLink and ``num_nodes`` SuperNodes (partition i on node i, each with
     a client host), submits this checkout with ``cfg_toml`` as its ``fedpeft-config``
     (whose ``run.output_dir`` must be ``output_dir``), waits, and stops everything.
-    (final status, run folder or None)."""
+    (final status — with flwr's reason when the run did not complete —, the run folder this
+    run made or None). The ServerApp's log is kept in WORK/logs; ``on_round`` gets each
+    round's line of the run's metrics.jsonl as it is written (progress)."""
     d = Deployment(root)
+    before = _run_folders(output_dir)
     try:
         d.start_superlink()
         for i in range(num_nodes):
@@ -289,8 +308,45 @@ def run_deployed(
             keys.RUN_ROUND_TIMEOUT: round_timeout_s,
             keys.RUN_CONNECT_TIMEOUT: keys.DEFAULT_CONNECT_TIMEOUT_S,
         }
-        status = d.wait(d.submit(config), timeout_s)
+        run_id = d.submit(config)
+        status = d.wait(run_id, timeout_s, _round_watch(output_dir, before, on_round))
+        d.save_log(run_id)
+        if not status.startswith("finished"):
+            status = f"{status} (not finished within {timeout_s:.0f} s; stopped)"
+        elif status != COMPLETED and (details := d.run_status(run_id, "status-details")):
+            status = f"{status} ({details})"
     finally:
         d.close()
-    runs = sorted(p for p in output_dir.glob("*") if (p / "config.toml").is_file())
+    runs = sorted(_run_folders(output_dir) - before)  # not an older run in the same folder
     return status, (runs[-1] if runs else None)
+
+
+def _run_folders(output_dir: Path) -> set[Path]:
+    return {p for p in output_dir.glob("*") if (p / "config.toml").is_file()}
+
+
+def _round_watch(
+    output_dir: Path, before: set[Path], on_round: Callable[[dict[str, Any]], None] | None
+) -> Callable[[], None]:
+    """A poll that hands ``on_round`` every round line the run's new folder gained since."""
+    seen = 0
+
+    def poll() -> None:
+        nonlocal seen
+        runs = sorted(_run_folders(output_dir) - before)
+        if on_round is None or not runs:
+            return
+        try:
+            lines = (runs[-1] / "metrics.jsonl").read_text().split("\n")[:-1]  # whole lines
+        except (OSError, UnicodeDecodeError):
+            return
+        for line in lines[seen:]:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if isinstance(row, dict):
+                on_round(row)
+        seen = max(seen, len(lines))
+
+    return poll

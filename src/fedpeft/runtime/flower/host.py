@@ -156,9 +156,16 @@ def request(
 ) -> tuple[dict[str, Any], bytes]:
     """One round trip to the host at ``path``; raises ``RuntimeError`` if it failed."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(path)
-        send_frame(sock, header, payload)
-        reply, out = recv_frame(sock)
+        try:
+            sock.connect(path)
+            send_frame(sock, header, payload)
+            reply, out = recv_frame(sock)
+        except OSError as e:  # not started, or died: the node's operator has to act
+            raise RuntimeError(
+                f"this node's client host at {path} did not answer ({e}); start it with "
+                f"`python -m fedpeft.runtime.flower.host --socket {path}`, or drop "
+                "host-socket from the node config."
+            ) from None
     if not reply.get("ok"):
         raise RuntimeError(f"client host: {reply.get('error', 'unknown error')}")
     return reply, out

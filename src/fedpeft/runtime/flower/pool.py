@@ -25,12 +25,14 @@ instead (``codec.stage_to_content``).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
@@ -137,11 +139,14 @@ class FlowerClientPool:
         policy: WeightPolicy | None = None,
         assigned: Sequence[int] | None = None,
         served: Layout | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         """``policy`` bounds each client's claimed example count (its aggregation weight);
         ``assigned`` is the size of every partition as the server computed it, which the
         default policy (``assigned``) needs; ``served`` is the layout of the adapter a
-        compressed payload (``compression.bits_down``) decodes to."""
+        compressed payload (``compression.bits_down``) decodes to. Once ``stop`` is set (the
+        user interrupted the run, the engine is gone), waiting for replies raises
+        ``KeyboardInterrupt`` instead of running out the round timeout."""
         if round_timeout_s <= 0 or connect_timeout_s <= 0:
             raise FedpeftError("Flower round and connect timeouts must be positive seconds.")
         self.policy = policy or WeightPolicy()
@@ -155,6 +160,7 @@ class FlowerClientPool:
         self.round_timeout_s, self.connect_timeout_s = round_timeout_s, connect_timeout_s
         self.clients: dict[int, ClientInfo] = {}
         self.wire = WireStats()
+        self.stop = stop or threading.Event()
 
     # ---- first contact ----------------------------------------------------------------
     def connect(self) -> None:
@@ -166,7 +172,7 @@ class FlowerClientPool:
             new = [n for n in self.grid.get_node_ids() if n not in asked]
             asked.update(new)
             if not new:
-                time.sleep(_POLL_S * 5)
+                self._wait(_POLL_S * 5)
                 continue
             ttl = self.connect_timeout_s  # a first answer builds the node's task: it may be slow
             messages = [self._message(RecordDict(), keys.QUERY, n, "hello", ttl) for n in new]
@@ -191,6 +197,7 @@ class FlowerClientPool:
         try:
             hello = reply.content.config_records[keys.HELLO]
             cid, n = _int(hello[keys.HELLO_PARTITION]), _int(hello[keys.HELLO_NUM_EXAMPLES])
+            pid = _int(hello.get(keys.HELLO_PID, 0))
             profile = make_profile(dict(reply.content.config_records[keys.PROFILE]))
             data = _data_profile(reply.content.config_records.get(keys.DATA), n)
         except (KeyError, TypeError, ValueError, FedpeftError) as e:
@@ -214,7 +221,6 @@ class FlowerClientPool:
                 "node %d (partition %d) reported %d examples; its weight is bounded at %d",
                 node, cid, n, bound,
             )  # fmt: skip
-        pid = _int(hello.get(keys.HELLO_PID, 0))
         self.clients[cid] = ClientInfo(node, n, profile, pid, data, bound, own)
 
     # ---- the ClientPool protocol ------------------------------------------------------
@@ -323,9 +329,11 @@ class FlowerClientPool:
         ``server/secure.py`` decodes and checks it; its count is masked, so the weight policy
         bounds only the round's summed count there (``ClientPool.num_examples``)."""
         self.wire.up += message_bytes(reply)
-        expected = self.clients[ins.client_id].node_id
-        if reply.metadata.src_node_id != expected:
-            return RuntimeError(f"reply came from node {reply.metadata.src_node_id}")
+        expected, source = self.clients[ins.client_id].node_id, reply.metadata.src_node_id
+        if source == SUPERLINK_NODE_ID and reply.has_error():  # flwr answers for a lost node
+            return RuntimeError(f"no reply from node {expected}: {reply.error.reason}")
+        if source != expected:
+            return RuntimeError(f"reply came from node {source}")
         if reply.has_error():
             return RuntimeError(f"client error {reply.error.code}: {reply.error.reason}")
         hello = reply.content.config_records.get(keys.HELLO, ConfigRecord())
@@ -371,8 +379,12 @@ class FlowerClientPool:
                     replies[mid] = reply
                     self.wire.saw(reply)
             if pending:
-                time.sleep(_POLL_S)
+                self._wait(_POLL_S)
         return replies
+
+    def _wait(self, seconds: float) -> None:
+        if self.stop.wait(seconds):
+            raise KeyboardInterrupt("the run was stopped while waiting for its clients")
 
 
 def _conforms(

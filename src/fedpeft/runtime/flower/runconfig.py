@@ -9,6 +9,7 @@ that file (bring-your-own data per machine) instead of its partition of the run'
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,19 @@ def run_config_text(run_config: Mapping[str, Any], default: str | None = None) -
     for item in split_sets(sets):
         apply_override(raw, item)
     return config_to_toml(build_config(raw, source="the Flower run config"))
+
+
+def run_timeout(run_config: Mapping[str, Any], key: str, default: float) -> float:
+    """A timeout of the run config (``round-timeout``, ``connect-timeout``) in seconds:
+    a finite positive number, else one ``FedpeftError`` naming the key."""
+    value = run_config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        value = None
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise FedpeftError(
+            f"run config `{key}` is {run_config.get(key)!r}; expected a positive number of seconds."
+        )
+    return float(value)
 
 
 @dataclass(frozen=True)

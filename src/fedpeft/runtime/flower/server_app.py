@@ -8,6 +8,7 @@ record and tensor name the server received, by message type (``received``).
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from fedpeft.runtime.flower.process import config_from_toml
 from fedpeft.runtime.flower.runconfig import (
     WeightPolicy,
     run_config_text,
+    run_timeout,
 )
 from fedpeft.runtime.local.simulator import RunResult, run_local
 from fedpeft.server import Observer
@@ -40,9 +42,11 @@ def serve(
     round_timeout_s: float = keys.DEFAULT_ROUND_TIMEOUT_S,
     connect_timeout_s: float = keys.DEFAULT_CONNECT_TIMEOUT_S,
     policy: WeightPolicy | None = None,
+    stop: threading.Event | None = None,
 ) -> RunResult:
     """Runs (or resumes) ``cfg`` over the SuperNodes that ``grid`` reaches; ``policy``
-    bounds each client's aggregation weight (default: the partition the server assigned)."""
+    bounds each client's aggregation weight (default: the partition the server assigned);
+    ``stop`` ends a wait for replies (``FlowerClientPool``)."""
     pools: list[FlowerClientPool] = []
 
     def make_pool(task: Task) -> FlowerClientPool:
@@ -55,23 +59,29 @@ def serve(
             policy=policy,
             assigned=[len(p) for p in task.data.partitions],
             served=layout(task.initial),
+            stop=stop,
         )
         pool.connect()
         pools.append(pool)
         return pool
 
     result = run_local(cfg, resume=resume, observer=observer, pool=make_pool)
-    write_json(result.run_dir / FLOWER_JSON, flower_stats(pools[0], result.summary))
+    write_json(result.run_dir / FLOWER_JSON, flower_stats(pools[0], result))
     return result
 
 
-def flower_stats(pool: FlowerClientPool, summary: dict[str, Any]) -> dict[str, Any]:
+def flower_stats(pool: FlowerClientPool, result: RunResult) -> dict[str, Any]:
+    """What this Flower run carried. A resumed run is a new Flower run: its wire bytes and
+    fedpeft's own count both cover the rounds it ran (``rounds``: first and last)."""
     w = pool.wire
+    first = int(result.summary.get("resumed_from_round") or 0) + 1
+    ran = [r for r in result.rounds if r["round"] >= first]
     return {
+        "rounds": [first, ran[-1]["round"]] if ran else [],
         "wire_bytes_down": w.down,
         "wire_bytes_up": w.up,
-        "fedpeft_bytes_down": summary["bytes_down_total"],
-        "fedpeft_bytes_up": summary["bytes_up_total"],
+        "fedpeft_bytes_down": sum(int(r.get("bytes_down", 0)) for r in ran),
+        "fedpeft_bytes_up": sum(int(r.get("bytes_up", 0)) for r in ran),
         "messages": w.messages,
         "received": {kind: sorted(names) for kind, names in sorted(w.received.items())},
         "client_weight": {"policy": pool.policy.mode, "max_client_examples": pool.policy.cap},
@@ -96,9 +106,11 @@ def make_server_app(
     resume: Path | None = None,
     observer: Observer | None = None,
     outcome: list[RunResult | BaseException] | None = None,
+    stop: threading.Event | None = None,
 ) -> ServerApp:
     """The ServerApp. ``cfg``/``resume`` default to the run config's ``fedpeft-config`` /
-    ``fedpeft-resume``; ``outcome`` receives the result (or the error) for in-process use."""
+    ``fedpeft-resume``; ``outcome`` receives the result (or the error) for in-process use,
+    where setting ``stop`` ends the run at its next wait for clients."""
     server = ServerApp()
 
     @server.main()
@@ -112,11 +124,14 @@ def make_server_app(
                 run_cfg,
                 resume=folder,
                 observer=observer,
-                round_timeout_s=float(rc.get(keys.RUN_ROUND_TIMEOUT, keys.DEFAULT_ROUND_TIMEOUT_S)),
-                connect_timeout_s=float(
-                    rc.get(keys.RUN_CONNECT_TIMEOUT, keys.DEFAULT_CONNECT_TIMEOUT_S)
+                round_timeout_s=run_timeout(
+                    rc, keys.RUN_ROUND_TIMEOUT, keys.DEFAULT_ROUND_TIMEOUT_S
+                ),
+                connect_timeout_s=run_timeout(
+                    rc, keys.RUN_CONNECT_TIMEOUT, keys.DEFAULT_CONNECT_TIMEOUT_S
                 ),
                 policy=WeightPolicy.from_run_config(rc),
+                stop=stop,
             )
         except BaseException as e:
             if outcome is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 from fedpeft.config import ExperimentConfig, config_to_toml
@@ -51,7 +52,8 @@ def run_flower_sim(
     from fedpeft.runtime.flower.server_app import make_server_app
 
     outcome: list[RunResult | BaseException] = []
-    server = make_server_app(cfg, resume=resume, observer=observer, outcome=outcome)
+    stop = threading.Event()  # the ServerApp runs in flwr's thread, which outlives an error
+    server = make_server_app(cfg, resume=resume, observer=observer, outcome=outcome, stop=stop)
     client = make_client_app(config_to_toml(cfg))
     n = max(1, min(workers or usable_cores(), cfg.data.num_clients))
     backend: dict[str, dict[str, ConfigRecordValues]] = {
@@ -62,7 +64,8 @@ def run_flower_sim(
     flwr_log.addFilter(quiet)
     try:
         run_simulation(server, client, num_supernodes=cfg.data.num_clients, backend_config=backend)
-    finally:
+    finally:  # (Ctrl-C, a dead engine): a ServerApp still waiting for replies ends now
+        stop.set()
         flwr_log.removeFilter(quiet)
     if not outcome:
         raise FedpeftError("the Flower simulation ended without a result; see its log above.")
