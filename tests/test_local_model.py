@@ -70,6 +70,31 @@ def test_a_damaged_weights_file_is_one_sentence(tmp_path: Path, damage: str) -> 
     assert "config.json, weights and tokenizer files" in message
 
 
+def test_a_damaged_cached_hub_model_is_not_blamed_on_the_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, a hub model loads from the local cache: a damaged copy there says what is
+    wrong with it (was: "the hub is offline … check your network access", which cannot help)."""
+    import huggingface_hub
+
+    import fedpeft.models.registry as registry
+
+    repo = tmp_path / "hub" / "models--org--my-bert"
+    (repo / "snapshots").mkdir(parents=True)
+    snapshot = _bert_folder(tmp_path).rename(repo / "snapshots" / ("a" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(registry, "offline_reason", lambda: "HF_HUB_OFFLINE is set")
+    weights = snapshot / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(FedpeftError) as info:
+        load_classifier(get_model_spec("org/my-bert"), 2, seed=0)
+    message = str(info.value)
+    assert "SafetensorError" in message and "hub is offline" not in message, message
+    assert "local Hugging Face cache did not load: delete it and download it again" in message
+
+
 def test_a_folder_without_its_tokenizer_is_refused(tmp_path: Path) -> None:
     """transformers builds a tokenizer of special tokens only: every word read as unknown."""
     folder = _bert_folder(tmp_path, tokenizer=False)

@@ -272,20 +272,34 @@ def _from_pretrained(
     # a damaged weights file (SafetensorError, UnpicklingError) or weights that do not fit
     # config.json (RuntimeError) fail as a missing file does
     except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as e:
-        hint = f"registered models: {', '.join(model_names())}"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if not isinstance(e, (OSError, ValueError)):
-            first = f"{type(e).__name__}: {first[:200]}"
-        where = f"the hub is offline: {offline}" if offline else first
+        raise _load_error(spec, e, source, offline) from None
+
+
+def _load_error(spec: ModelSpec, e: Exception, source: str, offline: str | None) -> FedpeftError:
+    """Why ``source`` did not load, in one sentence: a file missing (``OSError``,
+    ``ValueError``: while offline, the hub's reason) or files that are there but do not load
+    (damaged, not fitting config.json, memory short: their own words, offline or not — a
+    cached copy does not load better online)."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    present = not isinstance(e, (OSError, ValueError))
+    if present:
+        first = f"{type(e).__name__}: {first[:200]}"
+    where = f"the hub is offline: {offline}" if offline and not present else first
+    if Path(source).is_dir():
         advice = (
             "check the folder's config.json, weights and tokenizer files (`save_pretrained` "
             "writes them)"
-            if Path(source).is_dir()
-            else f"check `model.name` ({hint}) or your network access to the Hugging Face hub"
         )
-        raise FedpeftError(
-            f"model `{spec.name}` could not be loaded from {source!r} ({where}); {advice}."
-        ) from None
+    elif present:
+        advice = (
+            "its copy in the local Hugging Face cache did not load: delete it and download it again"
+        )
+    else:
+        hint = f"registered models: {', '.join(model_names())}"
+        advice = f"check `model.name` ({hint}) or your network access to the Hugging Face hub"
+    return FedpeftError(
+        f"model `{spec.name}` could not be loaded from {source!r} ({where}); {advice}."
+    )
 
 
 def _tiny_bert_config() -> BertConfig:
