@@ -155,3 +155,12 @@ def test_a_path_that_names_no_folder_says_so(tiny, tmp_path: Path, name: str) ->
         FedpeftError, match=re.escape(f"model `{name}` names no folder on this machine")
     ):
         check_names(tiny(f"model.name={name!r}"))
+
+
+def test_a_folder_under_the_home_folder_is_found(tmp_path: Path, monkeypatch) -> None:
+    """`model.name = "~/models/my-llama"` names the user's own folder (nothing expanded `~`:
+    it was "names no folder on this machine")."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = _llama_folder(tmp_path)
+    spec = get_model_spec(f"~/{folder.name}")
+    assert (spec.hub_id, spec.family) == (str(folder), "llama")

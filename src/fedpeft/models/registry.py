@@ -92,7 +92,8 @@ def get_model_spec(name: str) -> ModelSpec:
     from its config.json, so a user's own LLaMA is a decoder as SmolLM2 is)."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    return ModelSpec(name=name, family=_folder_family(Path(name)), hub_id=name)
+    where = str(Path(name).expanduser()) if name.startswith("~") else name  # a home folder
+    return ModelSpec(name=name, family=_folder_family(Path(where)), hub_id=where)
 
 
 # a local folder's ``model_type`` → its text family; any other stays "auto", checked

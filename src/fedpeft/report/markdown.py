@@ -28,6 +28,7 @@ from fedpeft.report.sections import (
     reference_mismatch,
 )
 from fedpeft.server.classes import ClassReport, read_class_report
+from fedpeft.server.qa import QA_DATASETS
 
 _TABLE_METRICS = ("accuracy", "macro_f1", "loss")  # the per-round table's columns
 _NO_CHANCE = ("qa", "detect", "itm")  # `accuracy` is not a choice among the labels
@@ -84,7 +85,8 @@ def render_report(
     summary = read_summary(run_dir)
     moved = [r["round"] for r in rounds if _bias_moved(r)]
     cfg = read_config(run_dir)
-    qa = cfg.get("model", {}).get("task") == "qa" or cfg.get("data", {}).get("dataset") == "squad"
+    model, data = cfg.get("model", {}), cfg.get("data", {})
+    qa = model.get("task") == "qa" or data.get("dataset") in QA_DATASETS
     # a QA client's partition counts context windows, not questions: its setting is shown
     examples = None if qa else partition_examples(read_partitions(run_dir))
     settings = config_lines(cfg, chosen_lr(run_dir), moved, examples) or [

@@ -240,9 +240,12 @@ class Deployment:
     def save_log(self, run_id: int) -> Path:
         """The run's ServerApp log (``flwr log --show``) as WORK/logs/serverapp-<id>.log: the
         SuperLink keeps it only as long as it runs."""
-        done = self.cli("log", str(run_id), FEDERATION, "--show")
         path = self.root / "logs" / f"serverapp-{run_id}.log"
-        path.write_text(done.stdout + done.stderr)
+        try:
+            done = self.cli("log", str(run_id), FEDERATION, "--show")
+            path.write_text(done.stdout + done.stderr)
+        except subprocess.TimeoutExpired:
+            path.write_text("`flwr log --show` did not answer within its timeout\n")
         return path
 
     def wait(self, run_id: int, timeout_s: float, on_poll: Callable[[], None] | None = None) -> str:
@@ -313,8 +316,10 @@ def run_deployed(
         d.save_log(run_id)
         if not status.startswith("finished"):
             status = f"{status} (not finished within {timeout_s:.0f} s; stopped)"
-        elif status != COMPLETED and (details := d.run_status(run_id, "status-details")):
-            status = f"{status} ({details})"
+        elif status != COMPLETED:
+            details = d.run_status(run_id, "status-details")
+            if details and not details.startswith("unknown ("):  # flwr gave its reason
+                status = f"{status} ({details})"
     finally:
         d.close()
     runs = sorted(_run_folders(output_dir) - before)  # not an older run in the same folder
