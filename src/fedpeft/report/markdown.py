@@ -85,8 +85,8 @@ def render_report(
     summary = read_summary(run_dir)
     moved = [r["round"] for r in rounds if _bias_moved(r)]
     cfg = read_config(run_dir)
-    model, data = cfg.get("model", {}), cfg.get("data", {})
-    qa = model.get("task") == "qa" or data.get("dataset") in QA_DATASETS
+    data = cfg.get("data")
+    qa = _task(cfg) == "qa" or (isinstance(data, dict) and data.get("dataset") in QA_DATASETS)
     # a QA client's partition counts context windows, not questions: its setting is shown
     examples = None if qa else partition_examples(read_partitions(run_dir))
     settings = config_lines(cfg, chosen_lr(run_dir), moved, examples) or [
