@@ -164,3 +164,17 @@ def test_a_folder_under_the_home_folder_is_found(tmp_path: Path, monkeypatch) ->
     folder = _llama_folder(tmp_path)
     spec = get_model_spec(f"~/{folder.name}")
     assert (spec.hub_id, spec.family) == (str(folder), "llama")
+
+
+def test_a_pickled_checkpoint_is_never_unpickled(tmp_path: Path) -> None:
+    """Weights load from safetensors only: a folder holding `pytorch_model.bin` alone is
+    refused as one without weights, and the pickle is never opened (here it would raise
+    an UnpicklingError)."""
+    folder = _bert_folder(tmp_path)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"\x07" * 1000)
+    with pytest.raises(FedpeftError) as info:
+        load_classifier(get_model_spec(str(folder)), 2, seed=0)
+    message = str(info.value)
+    assert f"model `{folder}` could not be loaded" in message and "\n" not in message
+    assert "Unpickling" not in message

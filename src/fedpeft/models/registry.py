@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +129,12 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+# Every model's weights load with ``use_safetensors=True`` (here and in the image models):
+# a pickled checkpoint (``pytorch_model.bin``) is never unpickled, even by torch's
+# restricted loader; a folder or hub model holding only one is refused as one without
+# weights (``save_pretrained`` writes safetensors).
+
+
 def load_classifier(
     spec: ModelSpec,
     num_labels: int,
@@ -158,6 +163,7 @@ def load_classifier(
                 AutoModelForSequenceClassification.from_pretrained,
                 str(source),
                 num_labels=num_labels,
+                use_safetensors=True,
             )
     if label_names is not None:
         set_label_names(model.config, label_names)
@@ -185,7 +191,9 @@ def load_causal_lm(spec: ModelSpec, seed: int) -> PreTrainedModel:
         if spec.build is not None:
             raise FedpeftError(f"model `{spec.name}` has no causal-LM variant; use a decoder.")
         source = spec.local_path() or spec.hub_id
-        return _from_pretrained(spec, AutoModelForCausalLM.from_pretrained, str(source))
+        return _from_pretrained(
+            spec, AutoModelForCausalLM.from_pretrained, str(source), use_safetensors=True
+        )
 
 
 def load_qa_model(spec: ModelSpec, seed: int) -> PreTrainedModel:
@@ -202,7 +210,9 @@ def load_qa_model(spec: ModelSpec, seed: int) -> PreTrainedModel:
                 f"model `{spec.name}` has no question-answering variant; use an encoder."
             )
         source = spec.local_path() or spec.hub_id
-        return _from_pretrained(spec, AutoModelForQuestionAnswering.from_pretrained, str(source))
+        return _from_pretrained(
+            spec, AutoModelForQuestionAnswering.from_pretrained, str(source), use_safetensors=True
+        )
 
 
 def load_model_config(spec: ModelSpec, num_labels: int) -> PretrainedConfig:
@@ -270,9 +280,9 @@ def _from_pretrained(
         kwargs = {**kwargs, "local_files_only": True}  # the cache only: no retries
     try:
         return loader(source, **kwargs)
-    # a damaged weights file (SafetensorError, UnpicklingError) or weights that do not fit
-    # config.json (RuntimeError) fail as a missing file does
-    except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as e:
+    # a damaged weights file (SafetensorError) or weights that do not fit config.json
+    # (RuntimeError) fail as a missing file does
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise _load_error(spec, e, source, offline) from None
 
 

@@ -21,7 +21,12 @@ from transformers import PreTrainedModel, ViltConfig, ViltForQuestionAnswering
 from fedpeft.data.images import ImagePreprocess
 from fedpeft.errors import FedpeftError
 from fedpeft.hub import local_only
-from fedpeft.models.registry import MINILM_ID, ModelSpec, hub_load_error, set_label_names
+from fedpeft.models.registry import (
+    MINILM_ID,
+    ModelSpec,
+    hub_load_error,
+    set_label_names,
+)
 from fedpeft.models.vision import is_tiny, register_image_model
 
 VILT_ID = "dandelin/vilt-b32-mlm"
@@ -68,6 +73,7 @@ def load_vqa_model(
                     num_labels=num_labels,
                     ignore_mismatched_sizes=True,  # a checkpoint's own answer head is replaced
                     local_files_only=local_only(),
+                    use_safetensors=True,
                 )
             except (OSError, ValueError) as e:
                 raise hub_load_error(spec, e) from None

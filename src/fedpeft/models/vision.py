@@ -282,6 +282,7 @@ def load_vision_classifier(
                     num_labels=num_labels,
                     ignore_mismatched_sizes=True,
                     local_files_only=local_only(),
+                    use_safetensors=True,
                 )
             except (OSError, ValueError) as e:
                 raise hub_load_error(spec, e) from None
@@ -302,7 +303,9 @@ def _load_clip(spec: ModelSpec, tiny: bool, label_names: list[str]) -> nn.Module
         return ClipZeroShotClassifier(CLIPModel(config), tok, label_names)
     try:
         tok = AutoTokenizer.from_pretrained(spec.hub_id, local_files_only=local_only())
-        clip = CLIPModel.from_pretrained(spec.hub_id, local_files_only=local_only())
+        clip = CLIPModel.from_pretrained(
+            spec.hub_id, local_files_only=local_only(), use_safetensors=True
+        )
     except (OSError, ValueError) as e:
         raise hub_load_error(spec, e) from None
     return ClipZeroShotClassifier(clip, tok, label_names)
@@ -323,7 +326,9 @@ def load_clip_matcher(spec: ModelSpec, seed: int) -> nn.Module:
                 tiny_clip_config(tok.vocab_size, tok.cls_token_id, tok.sep_token_id, 0)
             )
         try:
-            return ClipMatcher.from_pretrained(spec.hub_id, local_files_only=local_only())
+            return ClipMatcher.from_pretrained(
+                spec.hub_id, local_files_only=local_only(), use_safetensors=True
+            )
         except (OSError, ValueError) as e:
             raise hub_load_error(spec, e) from None
 

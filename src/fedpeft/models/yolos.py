@@ -97,6 +97,7 @@ def _from_hub(spec: ModelSpec, num_labels: int) -> PreTrainedModel:
             num_labels=num_labels,
             ignore_mismatched_sizes=True,  # the checkpoint's COCO class head is replaced
             local_files_only=local_only(),
+            use_safetensors=True,
         )
     except (OSError, ValueError) as e:
         raise hub_load_error(
