@@ -65,7 +65,7 @@ import time, sys
 t0 = time.perf_counter()
 from fedpeft.config import load_config
 from fedpeft.errors import FedpeftError
-from fedpeft.server.task import check_names
+from fedpeft.server.config_checks import check_names
 cfg = load_config(overrides=["model.name='no-such-org/no-such-model'"])
 t1 = time.perf_counter()
 try:

@@ -21,8 +21,9 @@ from fedpeft.client import ClientData
 from fedpeft.client.features import class_feature_stats
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import set_adapter_state
+from fedpeft.server.config_checks import check_combinations
 from fedpeft.server.head_when import bias_refresh_due
-from fedpeft.server.task import build_task, check_combinations
+from fedpeft.server.task import build_task
 from tests.conftest import class_stats, tiny_config
 
 

@@ -126,15 +126,15 @@ def test_training_lowers_the_detection_loss_on_synthetic_boxes() -> None:
     ],
 )
 def test_unsupported_combinations_are_refused_up_front(sets: list[str], match: str) -> None:
-    from fedpeft.server.task import check_names
+    from fedpeft.server.config_checks import check_names
 
     with pytest.raises(FedpeftError, match=match):
         check_names(load_config(EXAMPLE, ["model.name='tiny-centernet'", *sets]))
 
 
 def test_the_example_is_valid_and_auto_picks_detect() -> None:
+    from fedpeft.server.config_checks import check_names
     from fedpeft.server.instruct import task_kind
-    from fedpeft.server.task import check_names
 
     check_names(load_config(EXAMPLE))  # the real Lite0 detector: nothing loads here
     cfg = load_config(EXAMPLE, ["model.task='auto'", "data.dataset='cifar10'"])

@@ -147,7 +147,7 @@ def test_the_downlinks_rounding_never_enters_the_global(tiny) -> None:
 def test_a_compressed_downlink_is_refused_where_clients_do_not_share_the_base(
     tiny, extra: str
 ) -> None:
-    from fedpeft.server.task import check_names
+    from fedpeft.server.config_checks import check_names
 
     with pytest.raises(FedpeftError, match="bits_down"):
         check_names(tiny("compression.bits_down=8", extra))

@@ -266,22 +266,22 @@ def test_map_matches_coco_101_point_interpolation_by_hand() -> None:
 def test_unsupported_detection_combinations_are_refused_up_front(
     sets: list[str], match: str
 ) -> None:
-    from fedpeft.server.task import check_names
+    from fedpeft.server.config_checks import check_names
 
     with pytest.raises(FedpeftError, match=match):
         check_names(load_config(EXAMPLE, ["model.name='tiny-yolos'", *sets]))
 
 
 def test_a_hub_detector_offline_and_uncached_fails_in_one_sentence() -> None:
-    from fedpeft.server.task import check_names
+    from fedpeft.server.config_checks import check_names
 
     with pytest.raises(FedpeftError, match="weights do not ship with fedpeft.*`tiny-yolos`"):
         check_names(load_config(EXAMPLE))  # hustvl/yolos-tiny; the tests run offline
 
 
 def test_the_example_config_is_valid_and_auto_picks_detect() -> None:
+    from fedpeft.server.config_checks import check_names
     from fedpeft.server.instruct import task_kind
-    from fedpeft.server.task import check_names
 
     cfg = load_config(EXAMPLE, ["model.name='tiny-yolos'", "model.image_size=64"])
     check_names(cfg)  # nothing loads

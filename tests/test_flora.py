@@ -31,8 +31,8 @@ from fedpeft.peft.flora import merge_and_unload
 from fedpeft.peft.share import apply_shared
 from fedpeft.runtime.local import LocalClientPool, run_local
 from fedpeft.server import Observer, RunStore
+from fedpeft.server.config_checks import check_combinations
 from fedpeft.server.merge import merge_round
-from fedpeft.server.task import check_combinations
 from fedpeft.types import AdapterState, RoundRecord, TrainInstruction
 from tests.test_baseline_methods import _batch, _bert
 

@@ -62,7 +62,8 @@ from fedpeft.runtime.flower.superlink import (  # noqa: E402
     main,
     parse_networks,
 )
-from fedpeft.server.task import build_data, check_names  # noqa: E402
+from fedpeft.server.config_checks import check_names
+from fedpeft.server.task import build_data  # noqa: E402
 from fedpeft.types import TrainInstruction  # noqa: E402
 
 # ---- the control plane --------------------------------------------------------------------

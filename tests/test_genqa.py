@@ -90,8 +90,8 @@ def test_the_example_config_is_valid_and_auto_picks_generative_qa() -> None:
     """examples/smollm2_squad.toml: SmolLM2 on SQuAD resolves to QA on a causal LM (the
     answer generated), and the same config with the tiny LLaMA passes every check."""
     from fedpeft.config import load_config
+    from fedpeft.server.config_checks import check_names
     from fedpeft.server.instruct import head_kind, task_kind
-    from fedpeft.server.task import check_names
 
     example = Path(__file__).resolve().parents[1] / "examples" / "smollm2_squad.toml"
     cfg = load_config(example)

@@ -182,9 +182,9 @@ def test_round_zero_sets_the_head_and_leaves_out_bad_replies(tmp_path: Path) -> 
 
 def test_auto_is_lda_unless_the_run_is_private(tmp_path: Path) -> None:
     from fedpeft.errors import FedpeftError
+    from fedpeft.server.config_checks import check_combinations
     from fedpeft.server.head_when import head_rule
     from fedpeft.server.personal import check_personalization
-    from fedpeft.server.task import check_combinations
 
     assert head_rule(tiny_config(tmp_path)) == "lda"  # the default
     dp = ("privacy.mode='central'", "privacy.noise_multiplier=0.5", "privacy.clip_norm=1.0")
@@ -297,7 +297,7 @@ def test_head_refresh_is_refused_where_it_cannot_run(
     tmp_path: Path, extra: tuple[str, ...], why: str
 ) -> None:
     from fedpeft.errors import FedpeftError
-    from fedpeft.server.task import check_combinations
+    from fedpeft.server.config_checks import check_combinations
 
     with pytest.raises(FedpeftError, match=f"head_refresh = 'every'` cannot run: .*{why}"):
         check_combinations(tiny_config(tmp_path, "server.head_refresh='every'", *extra))
@@ -316,7 +316,7 @@ def test_classifier_options_on_another_task_are_refused_not_ignored(
     tmp_path: Path, extra: tuple[str, ...], key: str
 ) -> None:
     from fedpeft.errors import FedpeftError
-    from fedpeft.server.task import check_combinations
+    from fedpeft.server.config_checks import check_combinations
 
     with pytest.raises(FedpeftError, match=f"{key} = .* acts on a classifier's class logits"):
         check_combinations(tiny_config(tmp_path, *extra))

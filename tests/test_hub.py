@@ -12,7 +12,7 @@ import pytest
 from fedpeft import hub
 from fedpeft.data.sources import hub_dataset
 from fedpeft.errors import FedpeftError
-from fedpeft.server.task import check_names
+from fedpeft.server.config_checks import check_names
 from tests.conftest import tiny_config
 
 

@@ -202,7 +202,7 @@ def test_fedpeft_run_instruct_lora_end_to_end(tmp_path: Path) -> None:
 @pytest.mark.parametrize("method", ["lora", "ia3", "prompt"])
 def test_the_smollm2_example_config_is_valid(method: str) -> None:
     from fedpeft.config import load_config
-    from fedpeft.server.task import check_names
+    from fedpeft.server.config_checks import check_names
 
     path = Path(__file__).resolve().parents[1] / "examples" / "smollm2_instruct_sst2.toml"
     cfg = load_config(path, [f"peft.method='{method}'"])

@@ -144,7 +144,7 @@ def test_daquar_reads_with_its_counts_and_no_image_names_in_questions() -> None:
     ],
 )
 def test_unsupported_itm_combinations_are_refused_up_front(sets: list[str], match: str) -> None:
-    from fedpeft.server.task import check_names
+    from fedpeft.server.config_checks import check_names
 
     with pytest.raises(FedpeftError, match=match):
         check_names(load_config(EXAMPLE, ["model.name='tiny-clip'", *sets]))

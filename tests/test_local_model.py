@@ -22,8 +22,8 @@ from transformers import (
 from fedpeft.errors import FedpeftError
 from fedpeft.models import MINILM_ID, get_model_spec, load_classifier, load_tokenizer
 from fedpeft.runtime.local import run_local
+from fedpeft.server.config_checks import check_names
 from fedpeft.server.instruct import task_kind
-from fedpeft.server.task import check_names
 
 _SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
 

@@ -178,7 +178,7 @@ def test_natural_partition_gives_whole_articles_and_keeps_windows_together(
     ],
 )
 def test_unsupported_qa_combinations_are_refused_up_front(sets: list[str], match: str) -> None:
-    from fedpeft.server.task import check_names
+    from fedpeft.server.config_checks import check_names
 
     path = Path(__file__).resolve().parents[1] / "examples" / "squad.toml"
     with pytest.raises(FedpeftError, match=match):
@@ -247,8 +247,8 @@ def test_allocate_prices_the_span_head(tmp_path: Path) -> None:
 
 
 def test_the_squad_example_config_is_valid() -> None:
+    from fedpeft.server.config_checks import check_names
     from fedpeft.server.instruct import task_kind
-    from fedpeft.server.task import check_names
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "squad.toml")
     check_names(cfg)  # nothing loads

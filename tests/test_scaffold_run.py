@@ -19,7 +19,7 @@ from fedpeft.compression import decode, encode
 from fedpeft.errors import FedpeftError
 from fedpeft.runtime.local import LocalClientPool, run_local
 from fedpeft.server import Observer, RunStore
-from fedpeft.server.task import check_combinations
+from fedpeft.server.config_checks import check_combinations
 from fedpeft.types import AdapterState, RoundRecord, TrainInstruction
 
 SCAFFOLD = "server.aggregator='scaffold'"

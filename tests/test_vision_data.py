@@ -18,8 +18,9 @@ from fedpeft.data.sources import find_local
 from fedpeft.errors import FedpeftError
 from fedpeft.peft import load_adapter
 from fedpeft.runtime.local import run_local
+from fedpeft.server.config_checks import check_names
 from fedpeft.server.evaluate import evaluate_model
-from fedpeft.server.task import build_data, check_names, load_base
+from fedpeft.server.task import build_data, load_base
 from tests.conftest import tiny_config
 
 needs_cifar = pytest.mark.skipif(

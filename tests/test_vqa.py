@@ -88,7 +88,7 @@ def test_accuracy_counts_exact_answers_and_unknown_answers_as_wrong() -> None:
     ],
 )
 def test_unsupported_vqa_combinations_are_refused_up_front(sets: list[str], match: str) -> None:
-    from fedpeft.server.task import check_names
+    from fedpeft.server.config_checks import check_names
 
     with pytest.raises(FedpeftError, match=match):
         check_names(load_config(EXAMPLE, ["model.name='tiny-vilt'", *sets]))
@@ -96,8 +96,8 @@ def test_unsupported_vqa_combinations_are_refused_up_front(sets: list[str], matc
 
 def test_the_example_configs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     import fedpeft.models.registry as registry
+    from fedpeft.server.config_checks import check_names
     from fedpeft.server.instruct import task_kind
-    from fedpeft.server.task import check_names
 
     # their hub models (ViLT, CLIP) are refused offline and uncached: here, as if online
     monkeypatch.setattr(registry, "offline_reason", lambda: None)

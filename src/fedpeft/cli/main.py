@@ -96,7 +96,7 @@ def run(
     with user_errors():
         cfg = _resolve_config(config, set_ or [], resume)
         from fedpeft.cli.progress import RichObserver, rounds_table
-        from fedpeft.server.task import check_names
+        from fedpeft.server.config_checks import check_names
 
         check_names(cfg)  # every section valid before anything is shown or loaded
         if resume is None:
@@ -168,7 +168,7 @@ def show_config(
             return
         import tomli_w
 
-        from fedpeft.server.task import check_names
+        from fedpeft.server.config_checks import check_names
 
         cfg = _resolve_config(config, set_ or [], None)
         spec = check_names(cfg)
@@ -332,8 +332,6 @@ def predict(
     _setup_logging(False)
     console = Console()
     with user_errors():
-        import torch
-
         from fedpeft.cli import predict as p
         from fedpeft.server.trained import open_finished
 
@@ -348,12 +346,7 @@ def predict(
             )
         if file is not None and out is not None:
             p.check_out(out, file)
-        if device not in ("auto", "cpu", "cuda"):
-            raise FedpeftError(f"--device is {device!r}; give auto, cpu or cuda.")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise FedpeftError(
-                "--device is 'cuda' but no CUDA device is available; use auto or cpu."
-            )
+        p.check_device(device)
         run = open_finished(run_dir)
         # the machine that predicts decides (run.device is not fingerprinted: same results)
         on = run.cfg.model_copy(update={"run": run.cfg.run.model_copy(update={"device": device})})

@@ -204,6 +204,14 @@ def _row(inputs: Inputs, preds: Predictions, i: int, digits: int) -> list[str]:
     return cells
 
 
+def check_device(device: str) -> None:
+    """``--device``: auto, cpu, or cuda where this machine has one (before any work)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise FedpeftError(f"--device is {device!r}; give auto, cpu or cuda.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FedpeftError("--device is 'cuda' but no CUDA device is available; use auto or cpu.")
+
+
 def check_out(path: Path, source: Path) -> None:
     """Refuses an ``--out`` that is a folder or the input file itself (before any work)."""
     if path.is_dir():

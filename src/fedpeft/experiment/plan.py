@@ -292,7 +292,7 @@ def check_plan(plan: Plan, hub: bool = True) -> None:
     """Every run's config is valid and every variant can run in this build (before any
     run starts): one sentence naming the variant and its labels otherwise. ``hub=False``:
     hub models need not be at hand (``check_runnable`` checks those of the runs to run)."""
-    from fedpeft.server.task import check_names
+    from fedpeft.server.config_checks import check_names
 
     for variant in plan.variants.values():
         _check_needs(variant)

@@ -96,7 +96,7 @@ def get_model_spec(name: str) -> ModelSpec:
 
 
 # a local folder's ``model_type`` → its text family; any other stays "auto", checked
-# against the cost models before anything loads (``server.task.check_local_model``)
+# against the cost models before anything loads (``server.config_checks.check_local_model``)
 _FOLDER_FAMILIES = {
     "bert": "bert",
     "roberta": "roberta",

@@ -21,12 +21,7 @@ from transformers import PreTrainedModel, ViltConfig, ViltForQuestionAnswering
 from fedpeft.data.images import ImagePreprocess
 from fedpeft.errors import FedpeftError
 from fedpeft.hub import local_only
-from fedpeft.models.registry import (
-    MINILM_ID,
-    ModelSpec,
-    hub_load_error,
-    set_label_names,
-)
+from fedpeft.models.registry import MINILM_ID, ModelSpec, hub_load_error, set_label_names
 from fedpeft.models.vision import is_tiny, register_image_model
 
 VILT_ID = "dandelin/vilt-b32-mlm"

@@ -32,6 +32,7 @@ from fedpeft.files import json_kind, read_json_object
 from fedpeft.models import get_model_spec
 from fedpeft.peft import parse_method_ref, set_adapter_state
 from fedpeft.server.checkpoint import Checkpoints
+from fedpeft.server.config_checks import check_names
 from fedpeft.server.groups import GroupBook
 from fedpeft.server.state import ServerState
 from fedpeft.server.store import ADAPTER, CHECKPOINT, CONFIG, METRICS, PARTITIONS, SUMMARY
@@ -39,7 +40,6 @@ from fedpeft.server.task import (
     FederatedData,
     Task,
     build_task,
-    check_names,
     image_side,
     resolved,
     splits_for,

@@ -16,7 +16,7 @@ from fedpeft.errors import FedpeftError
 from fedpeft.profiling import usable_cores
 from fedpeft.runtime.local.simulator import RunResult
 from fedpeft.server import Observer
-from fedpeft.server.task import check_names
+from fedpeft.server.config_checks import check_names
 
 
 class _QuietEngine(logging.Filter):

@@ -43,6 +43,7 @@ from fedpeft.server import (
     run_rounds,
 )
 from fedpeft.server.classes import write_class_report
+from fedpeft.server.config_checks import check_names
 from fedpeft.server.export import export_adapter
 from fedpeft.server.groups import GroupBook
 from fedpeft.server.head_init import HEAD_INIT, init_head
@@ -58,7 +59,7 @@ from fedpeft.server.store import (
     write_atomic,
 )
 from fedpeft.server.summary import build_summary
-from fedpeft.server.task import Task, build_task, check_names, resolved
+from fedpeft.server.task import Task, build_task, resolved
 from fedpeft.server.validate import RejectedUpdate, check_finite, check_tensors
 from fedpeft.types import AdapterState
 
