@@ -1,3 +1,6 @@
+import json
+import math
+
 import numpy as np
 import pytest
 
@@ -39,6 +42,13 @@ def _mean_entropy(parts: list[np.ndarray]) -> float:
     return float(
         np.mean([data_profile(labels[p], np.ones(len(p)), 4).label_entropy for p in parts])
     )
+
+
+def test_one_class_entropy_is_plain_zero() -> None:
+    """A client holding one class has entropy 0.0, not -0.0 (partitions.json showed `-0.0`)."""
+    profile = data_profile(np.array([1, 1, 1]), np.ones(3), 2)
+    assert profile.label_entropy == 0.0 and math.copysign(1.0, profile.label_entropy) == 1.0
+    assert '"label_entropy": 0.0' in json.dumps(profile.to_json())
 
 
 def test_label_skew_is_really_skewed() -> None:

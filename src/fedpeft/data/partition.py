@@ -217,6 +217,6 @@ class DataProfile:
 def data_profile(labels: np.ndarray, lengths: np.ndarray, num_labels: int) -> DataProfile:
     hist = np.bincount(labels, minlength=num_labels)
     p = hist[hist > 0] / max(1, hist.sum())
-    entropy = float(-(p * np.log2(p)).sum()) if len(p) else 0.0
+    entropy = float((p * np.log2(1 / p)).sum()) if len(p) else 0.0  # one class: 0.0, not -0.0
     mean_len = float(lengths.mean()) if len(lengths) else math.nan
     return DataProfile(int(hist.sum()), hist.tolist(), round(entropy, 4), round(mean_len, 2))
