@@ -16,11 +16,24 @@ from fedpeft.errors import FedpeftError
 TMP_MARK = ".tmp-"  # a temporary is `.<final name>.tmp-<random>` beside its final file
 
 
+def _umask() -> int:
+    """The process's umask, read once (setting it back at once; imports run before threads)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600; a finished file gets the mode open() would give it (0644 under the
+# usual umask), so a run folder's files are as readable as its other files and folders
+FILE_MODE = 0o666 & ~_umask()
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Writes ``data`` so that ``path`` holds either the old or the new content, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

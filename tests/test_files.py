@@ -1,0 +1,23 @@
+"""files.write_atomic: a finished file has the mode a plain open() would give it."""
+
+import os
+import stat
+from pathlib import Path
+
+from fedpeft.files import write_atomic, write_json
+
+
+def test_atomic_files_get_the_umask_mode_not_mkstemps_0600(tmp_path: Path) -> None:
+    """summary.json, config.toml, adapter weights and `predict --out` were 0600 (mkstemp's
+    mode) beside 0644 logs, so a shared run folder's exported adapter was unreadable."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    write_atomic(tmp_path / "preds.csv", b"text,predicted\n")
+    write_json(tmp_path / "summary.json", {"a": 1})
+    want = stat.S_IMODE(plain.stat().st_mode)
+    assert want == 0o666 & ~mask
+    for name in ("preds.csv", "summary.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == want, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "preds.csv", "summary.json"]
