@@ -228,13 +228,14 @@ def test_classes_without_training_examples_and_a_tiny_eval_set_are_warned_about(
         f"2 of the 4 classes of {train} have no training example after the train/eval "
         "split and `data.train_size`: 'c', 'd'; the model cannot learn them: add examples "
         "or raise `data.train_size`",
-        f"the evaluation set of {train} has 9 examples: accuracy on 9 examples moves in "
+        f"the evaluation set of {evaluation} has 9 examples: accuracy on 9 examples moves in "
         "steps of 1/9; give more (`data.eval_file`, `data.eval_size`)",
-    ]
+    ]  # the eval file's name, not the train file's (which it once said)
     caplog.clear()
+    five = _csv_rows(tmp_path / "five.csv", [(f"f{i}", "ab"[i % 2]) for i in range(5)])
     with caplog.at_level("WARNING"):
-        _custom(_csv_rows(tmp_path / "five.csv", [(f"f{i}", "ab"[i % 2]) for i in range(5)]))
-    assert "has 1 example: accuracy on 1 example moves in steps of 1/1" in caplog.text
+        _custom(five)
+    assert f"{five} has 1 example: accuracy on 1 example moves in steps of 1/1" in caplog.text
 
 
 def test_a_file_trained_on_in_part_is_said(

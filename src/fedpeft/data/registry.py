@@ -87,12 +87,13 @@ def _warn_about_splits(cfg: DataConfig, ds: RawDataset) -> None:
     if not isinstance(ds.eval, RawSplit | ImageArrays):
         return
     named = cfg.label_names is not None
+    eval_source = cfg.eval_file or ds.source  # an eval file's, else the set it was held out of
     checks.warn_once(
         log,
         checks.empty_class_warning(
             ds.source, ds.label_names, ds.train.labels, ds.eval.labels, named
         ),
-        checks.small_eval_warning(ds.source, len(ds.eval)),
+        checks.small_eval_warning(eval_source, len(ds.eval)),
     )
 
 
