@@ -68,6 +68,8 @@ def test_a_bad_set_value_is_blamed_on_the_set_not_the_file(tmp_path: Path) -> No
         ("peft.dropout=1.5", "`peft.dropout`"),
         ("peft.method='houlsby'", "no-error"),
         ("peft.size=0", "method 'lora': unknown key `peft.size`"),
+        # typed unquoted in bash, `['query','value']` arrives as `[query,value]`: not TOML
+        ("peft.target_modules=[query,value]", 'quote the whole --set, e.g. --set "peft.'),
         ("run.device='tpu'", "`run.device`: Input should be 'auto', 'cpu' or 'cuda'"),
         ("data.dataset='custom'", "`data.train_file` is required"),
         ("data.eval_file='mine.csv'", "read only beside `data.train_file`"),

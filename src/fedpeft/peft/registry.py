@@ -74,4 +74,22 @@ def parse_spec(method: str, options: dict[str, Any]) -> MethodSpec:
         return cls.model_validate(options)
     except ValidationError as e:
         message = describe_validation_error(e, prefix="peft", model=cls)
+        hint = _unquoted_hint(e)
+        if hint:
+            message = f"{message.removesuffix('.')}; {hint}."
         raise FedpeftError(f"method {method!r}: {message}") from None
+
+
+def _unquoted_hint(e: ValidationError) -> str:
+    """A list or table that reached us as a string is most often a ``--set`` whose inner
+    quotes the shell dropped (``peft.target_modules=['query','value']`` unquoted)."""
+    err = e.errors()[0]
+    found = err.get("input")
+    if err["type"] not in ("list_type", "dict_type") or not isinstance(found, str):
+        return ""
+    if not found.strip().startswith(("[", "{")):
+        return ""
+    return (
+        "it is text, not TOML (as when the shell drops the quotes inside a --set): "
+        "quote the whole --set, e.g. --set \"peft.target_modules=['query','value']\""
+    )
