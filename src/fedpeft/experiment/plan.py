@@ -131,6 +131,8 @@ def plan_experiment(exp: ExperimentFile, folder: Path) -> Plan:
         for name, table in exp.axes.items()
     ]
     variants = resolve_variants(exp)
+    _check_axes(axes)
+    _check_exclude(axes, variants, exp.experiment.exclude)
     plan = Plan([name for name, _ in axes], variants)
     seen: set[str] = set()
     for combo in itertools.product(*(values for _, values in axes)):
@@ -143,7 +145,64 @@ def plan_experiment(exp: ExperimentFile, folder: Path) -> Plan:
                     if run.key not in seen:
                         seen.add(run.key)
                         plan.runs.append(run)
+    if not plan.runs:
+        raise FedpeftError(
+            "the experiment plans no run: `experiment.exclude` leaves out every combination; "
+            "narrow its entries."
+        )
     return plan
+
+
+def _check_axes(axes: list[tuple[str, list[tuple[str, dict[str, Any]]]]]) -> None:
+    """Each axis has a value, sets no key the runner controls, and is named apart from the
+    tables' own columns (its labels are a column of each)."""
+    from fedpeft.experiment.table import COLUMNS
+
+    names = [name for name, _ in axes]
+    for name, values in axes:
+        if names.count(name) > 1:
+            raise FedpeftError(f"{name!r} is both a grid key and a named axis; rename the axis.")
+        if not values:
+            raise FedpeftError(f"axis {name!r} has no values; give it a label or remove it.")
+        if name in COLUMNS:
+            raise FedpeftError(
+                f"axis {name!r} has the name of a column of the results tables; rename it."
+            )
+        controlled = sorted({k for _, keys in values for k in keys if k in CONTROLLED})
+        if controlled:
+            raise FedpeftError(
+                f"axis {name!r} sets `{controlled[0]}`, which the runner sets for each run "
+                "(`run.seed` from `experiment.seeds`); remove it from the axis."
+            )
+
+
+def _check_exclude(
+    axes: list[tuple[str, list[tuple[str, dict[str, Any]]]]],
+    variants: dict[str, Variant],
+    rules: list[dict[str, str | list[str]]],
+) -> None:
+    """Each ``exclude`` entry names axes (or ``variant``) and, for each, a value it has: a
+    misspelt one would leave nothing out, silently."""
+    known = {name: {label for label, _ in values} for name, values in axes}
+    known["variant"] = set(variants)
+    for rule in rules:
+        if not rule:
+            raise FedpeftError(
+                "`experiment.exclude` has an empty entry, which would leave out every run; "
+                "remove it."
+            )
+        for key, value in rule.items():
+            if key not in known:
+                raise FedpeftError(
+                    f"`experiment.exclude` entry {rule}: {key!r} is neither an axis nor "
+                    f"`variant`; an entry takes {', '.join(known)}."
+                )
+            values = value if isinstance(value, list) else [value]
+            if not set(values) & known[key]:
+                raise FedpeftError(
+                    f"`experiment.exclude` entry {rule}: {key!r} has no value "
+                    f"{', '.join(map(str, values))}; it has {', '.join(sorted(known[key]))}."
+                )
 
 
 def _runs(

@@ -107,6 +107,7 @@ SCORE = [
     "personal_params",
 ]
 EVAL_KNOWN = {"accuracy", "macro_f1", "loss"}
+COLUMNS = frozenset({*ID, *ROUND, *CLIENT, *RUN, *SCORE})  # an axis's name must be none of them
 
 
 def write_tables(
