@@ -357,3 +357,9 @@ def test_an_exclude_entry_that_matches_nothing_or_everything_is_refused(
     body = '[axes.split]\na = { "data.alpha" = 0.3 }\nb = { "data.alpha" = 0.2 }\n'
     with pytest.raises(FedpeftError, match=re.escape(says)):
         _plan(tmp_path, body + "[variants]\nfedavg_lora = {}\n", head)
+
+
+def test_a_misspelt_role_is_refused(tmp_path: Path) -> None:
+    """The report finds its baselines by role: `centralized` made outcome 5 unmeasured."""
+    with pytest.raises(FedpeftError, match="variant 'c': `role` must be one of full, peft"):
+        _plan(tmp_path, '[variants]\nc = { preset = "centralised", role = "centralized" }\n')

@@ -19,7 +19,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from fedpeft.config import build_config, read_toml
 from fedpeft.errors import FedpeftError
@@ -98,6 +98,11 @@ def resolve_variants(exp: ExperimentFile) -> dict[str, Variant]:
         description = table.pop("description", None)
         if not isinstance(preset_name, str):
             raise FedpeftError(f"variant {name!r}: `preset` must be a name, got {preset_name!r}.")
+        if role is not None and role not in get_args(Role):
+            raise FedpeftError(
+                f"variant {name!r}: `role` must be one of {', '.join(get_args(Role))}, "
+                f"got {role!r}."
+            )
         keys = flatten(table)
         if preset_name == "none":
             out[name] = Variant(name, role or "other", description or name, "", keys)
