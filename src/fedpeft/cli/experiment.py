@@ -86,6 +86,14 @@ def run_experiment_command(
             console.print(f"  {r.key}  ({r.rounds} rounds)", highlight=False)
         return 0
     check_runnable(todo)  # not for a dry run: a look at a grid needs no model
+    busy = [r.key for r in todo if folder.busy(r.key)]
+    if busy:
+        raise FedpeftError(
+            f"run {busy[0]} is still running (its process holds {folder.log_path(busy[0])}), "
+            f"started by an earlier `fedpeft experiment` on {folder.root}"
+            + (f", with {len(busy) - 1} more" if len(busy) > 1 else "")
+            + "; wait for it to end or stop it, then run this again."
+        )
     folder.write_plan(plan_json(exp, plan, file), file.read_bytes())
     runner = Runner(selected, folder, exp.experiment)
     with GridProgress(console, selected, folder) as progress:
