@@ -320,3 +320,18 @@ def test_experiment_files_nested_too_deep_read_as_damaged(tmp_path: Path) -> Non
     assert result.exit_code == 2, output
     assert "experiment.json is damaged; rerun the experiment" in output, output
     assert "Traceback" not in output and output.count("error:") == 1, output
+
+
+def test_a_folder_put_beside_a_run_is_neither_read_nor_cleared(tmp_path: Path) -> None:
+    """`runs/<key>/run-old` (or any folder sorting after the run's own) was taken for the
+    run: the finished run was counted as not started, its rows left out of results.csv,
+    and the next invocation removed the stray folder as a stale run and ran it again."""
+    folder = ExperimentDir(tmp_path)
+    run = folder.run_home("k") / "run-20261207-074533"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "summary.json").write_text('{"rounds_completed": 2}')
+    for stray in ("run-old", "run-20261207-074533.bak", "run-zzz"):
+        (folder.run_home("k") / stray).mkdir()
+    assert folder.run_folder("k") == run and folder.state("k", 2) is RunState.DONE
+    folder.clear_stale("k")
+    assert (folder.run_home("k") / "run-old").is_dir()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from enum import StrEnum
@@ -31,6 +32,7 @@ PLAN = "experiment.json"
 SOURCE = "experiment.toml"
 RUNS = "runs"
 CONFIGS = "configs"
+FOLDER = re.compile(r"run-\d{8}-\d{6}(-\d+)?")  # run.name "run" + RunStore.create's stamp
 
 
 class RunState(StrEnum):
@@ -53,9 +55,11 @@ class ExperimentDir:
         return self.run_home(key) / "log.txt"
 
     def run_folder(self, key: str) -> Path | None:
-        """The run's fedpeft folder (the newest, should there be several)."""
+        """The run's fedpeft folder (the newest, should there be several): named as
+        ``RunStore.create`` names it, so a folder put beside it (``run-old``, a copy
+        ``run-….bak``) is neither read as the run nor cleared as a stale one."""
         home = self.run_home(key)
-        folders = sorted(p for p in home.glob("run-*") if p.is_dir()) if home.is_dir() else []
+        folders = sorted(p for p in home.glob("run-*") if FOLDER.fullmatch(p.name) and p.is_dir())
         return folders[-1] if folders else None
 
     def state(self, key: str, rounds: int) -> RunState:
