@@ -335,3 +335,25 @@ def test_a_folder_put_beside_a_run_is_neither_read_nor_cleared(tmp_path: Path) -
     assert folder.run_folder("k") == run and folder.state("k", 2) is RunState.DONE
     folder.clear_stale("k")
     assert (folder.run_home("k") / "run-old").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("damage", "where"),
+    [
+        ({"variants": [1]}, "`variants`"),
+        ({"settings": "x"}, "`settings`"),
+        ({"runs": [{"key": 5}]}, "`runs.0"),
+        ({"variants": {"v": {"role": None, "description": "", "cite": "", "keys": {}}}}, "role"),
+    ],
+)
+def test_a_plan_of_the_wrong_shape_is_one_sentence(
+    tmp_path: Path, damage: dict[str, object], where: str
+) -> None:
+    """An `experiment.json` edited by hand (valid JSON, wrong types) ended `fedpeft report`
+    in an AttributeError or TypeError traceback."""
+    plan = {"name": "t", "axes": [], "variants": {}, "runs": [], "settings": {}} | damage
+    (tmp_path / "experiment.json").write_text(json.dumps(plan))
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "experiment.json does not describe a plan" in said, said
+    assert where in said and "Traceback" not in said

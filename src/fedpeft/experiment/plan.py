@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
+from pydantic import BaseModel, ValidationError
+
 from fedpeft.config import build_config, read_toml
 from fedpeft.errors import FedpeftError
 from fedpeft.experiment.presets import Role, Stage, get_preset
@@ -77,16 +79,38 @@ class Plan:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Plan:
-        """The plan an ``experiment.json`` records (what the tables are rebuilt from)."""
+        """The plan an ``experiment.json`` records (what the tables are rebuilt from and
+        the report reads), its types checked: a damaged one is one sentence."""
         try:
-            variants = {
-                name: Variant(name, v["role"], v["description"], v["cite"], v["keys"])
-                for name, v in raw["variants"].items()
-            }
-            runs = [PlannedRun(**r) for r in raw["runs"]]
-            return cls(list(raw["axes"]), variants, runs)
-        except (KeyError, TypeError) as e:
-            raise FedpeftError(f"experiment.json does not describe a plan ({e}).") from None
+            saved = _SavedPlan.model_validate(raw)
+        except ValidationError as e:
+            where = ".".join(map(str, e.errors()[0]["loc"]))
+            raise FedpeftError(
+                f"experiment.json does not describe a plan (`{where}`: {e.errors()[0]['msg']}); "
+                "run the experiment's command again to rewrite it."
+            ) from None
+        variants = {
+            name: Variant(name, v.role, v.description, v.cite, v.keys)
+            for name, v in saved.variants.items()
+        }
+        return cls(saved.axes, variants, saved.runs)
+
+
+class _SavedVariant(BaseModel):
+    role: Role
+    description: str
+    cite: str
+    keys: dict[str, Any]
+    stages: list[dict[str, Any]] = []
+
+
+class _SavedPlan(BaseModel):
+    """What ``experiment.json`` must hold (``cli.experiment.plan_json`` writes it)."""
+
+    axes: list[str]
+    variants: dict[str, _SavedVariant]
+    runs: list[PlannedRun]
+    settings: dict[str, Any] = {}
 
 
 def resolve_variants(exp: ExperimentFile) -> dict[str, Variant]:
