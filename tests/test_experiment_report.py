@@ -357,3 +357,22 @@ def test_a_plan_of_the_wrong_shape_is_one_sentence(
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and "experiment.json does not describe a plan" in said, said
     assert where in said and "Traceback" not in said
+
+
+def test_a_summary_with_fields_of_the_wrong_type_is_tabulated(tmp_path: Path) -> None:
+    """A summary.json whose byte or update counts are null or text (damaged, edited) ended
+    the tables — and so `fedpeft experiment` and `fedpeft report` — in a TypeError."""
+    records = Path(__file__).resolve().parents[1] / "docs" / "results" / "records"
+    plan = Plan.from_json(json.loads((records / "experiment.json").read_text("utf-8")))
+    run = next(r for r in plan.runs if (records / "runs" / r.key).is_dir())
+    shutil.copytree(records / "runs" / run.key, tmp_path / "runs" / run.key)
+    folder = ExperimentDir(tmp_path)
+    run_folder = folder.run_folder(run.key) or tmp_path
+    (run_folder / "clients.jsonl").write_text("")  # no client records: the summary's sums
+    summary = json.loads((run_folder / "summary.json").read_text())
+    summary |= {"bytes_up_total": None, "updates_accepted": "x"}
+    (run_folder / "summary.json").write_text(json.dumps(summary))
+    write_tables(plan, folder)
+    with (tmp_path / "runs.csv").open(newline="", encoding="utf-8") as f:
+        row = next(r for r in csv.DictReader(f) if r["run"] == run.run_id)
+    assert row["bytes_up_per_client_round"] == ""
