@@ -363,3 +363,11 @@ def test_a_misspelt_role_is_refused(tmp_path: Path) -> None:
     """The report finds its baselines by role: `centralized` made outcome 5 unmeasured."""
     with pytest.raises(FedpeftError, match="variant 'c': `role` must be one of full, peft"):
         _plan(tmp_path, '[variants]\nc = { preset = "centralised", role = "centralized" }\n')
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_a_name_of_dots_is_refused(tmp_path: Path, name: str) -> None:
+    """`name = ".."` made the experiment's folder `experiments/..`, the folder it was run
+    from, and its tables, configs and runs went there."""
+    with pytest.raises(FedpeftError, match=f"name must name a folder, got '{re.escape(name)}'"):
+        _plan(tmp_path, "[variants]\nfedavg_lora = {}\n", HEAD.replace('"t"', f'"{name}"'))
