@@ -319,6 +319,8 @@ def test_the_readmes_experiment_example_is_a_valid_plan(tmp_path: Path) -> None:
     ("body", "says"),
     [
         ("[axes.split]\n", "axis 'split' has no values"),
+        ('[axes.split]\n"*" = { "data.alpha" = 0.1 }\n', "a value labelled '*'"),
+        ('[grid]\n"data.dataset" = ["", "sst2"]\n', "a value labelled ''"),
         ('[grid]\n"run.seed" = [1, 2]\n', "axis 'run.seed' sets `run.seed`, which the runner"),
         ('[axes.o]\na = { "run.output_dir" = "x" }\n', "sets `run.output_dir`"),
         ('[axes.variant]\na = { "client.lr" = 0.1 }\n', "'variant' has the name of a column"),

@@ -193,6 +193,12 @@ def _check_axes(axes: list[tuple[str, list[tuple[str, dict[str, Any]]]]]) -> Non
             raise FedpeftError(f"{name!r} is both a grid key and a named axis; rename the axis.")
         if not values:
             raise FedpeftError(f"axis {name!r} has no values; give it a label or remove it.")
+        reserved = next((label for label, _ in values if label in ("", "*")), None)
+        if reserved is not None:
+            raise FedpeftError(
+                f"axis {name!r} has a value labelled {reserved!r}; the tables mark a run the "
+                "axis does not apply to `*`, and a label must not be empty: rename it."
+            )
         if name in COLUMNS:
             raise FedpeftError(
                 f"axis {name!r} has the name of a column of the results tables; rename it."
