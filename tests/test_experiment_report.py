@@ -330,6 +330,7 @@ def test_a_folder_put_beside_a_run_is_neither_read_nor_cleared(tmp_path: Path) -
     run = folder.run_home("k") / "run-20261207-074533"
     (run / "checkpoint").mkdir(parents=True)
     (run / "summary.json").write_text('{"rounds_completed": 2}')
+    (run / "config.toml").write_text("")
     for stray in ("run-old", "run-20261207-074533.bak", "run-zzz"):
         (folder.run_home("k") / stray).mkdir()
     assert folder.run_folder("k") == run and folder.state("k", 2) is RunState.DONE

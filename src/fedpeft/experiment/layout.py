@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import re
 import shutil
 from dataclasses import dataclass
 from enum import StrEnum
@@ -32,7 +31,7 @@ PLAN = "experiment.json"
 SOURCE = "experiment.toml"
 RUNS = "runs"
 CONFIGS = "configs"
-FOLDER = re.compile(r"run-\d{8}-\d{6}(-\d+)?")  # run.name "run" + RunStore.create's stamp
+RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json")  # server.store's: a run's folder
 
 
 class RunState(StrEnum):
@@ -55,11 +54,12 @@ class ExperimentDir:
         return self.run_home(key) / "log.txt"
 
     def run_folder(self, key: str) -> Path | None:
-        """The run's fedpeft folder (the newest, should there be several): named as
-        ``RunStore.create`` names it, so a folder put beside it (``run-old``, a copy
-        ``run-….bak``) is neither read as the run nor cleared as a stale one."""
+        """The run's fedpeft folder (the newest, should there be several): one holding a
+        file a run writes (``RunStore.create`` writes ``config.toml`` first; a study's
+        records keep its logs), so a folder put beside it (``run-old``) is neither read as
+        the run nor cleared as a stale one."""
         home = self.run_home(key)
-        folders = sorted(p for p in home.glob("run-*") if FOLDER.fullmatch(p.name) and p.is_dir())
+        folders = sorted(p for p in home.glob("run-*") if any((p / f).is_file() for f in RUN_FILES))
         return folders[-1] if folders else None
 
     def state(self, key: str, rounds: int) -> RunState:
