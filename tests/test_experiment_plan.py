@@ -373,3 +373,24 @@ def test_a_name_of_dots_is_refused(tmp_path: Path, name: str) -> None:
     from, and its tables, configs and runs went there."""
     with pytest.raises(FedpeftError, match=f"name must name a folder, got '{re.escape(name)}'"):
         _plan(tmp_path, "[variants]\nfedavg_lora = {}\n", HEAD.replace('"t"', f'"{name}"'))
+
+
+@pytest.mark.parametrize("stray", ["runs", "runs/KEY"])
+def test_a_file_where_a_runs_folder_goes_is_one_sentence(tmp_path: Path, stray: str) -> None:
+    """A file named like `runs/` or a run's folder ended the grid in a FileExistsError
+    traceback when the run started; it is refused before anything starts, left as it is."""
+    from rich.console import Console
+
+    from fedpeft.cli.experiment import run_experiment_command
+
+    path = tmp_path / "exp.toml"
+    path.write_text(HEAD.replace("[0, 1]", "[0]") + "[variants]\nfedavg_lora = {}\n")
+    key = plan_experiment(read_experiment(path), tmp_path).runs[0].key
+    out = tmp_path / "out"
+    (out / "runs" if stray != "runs" else out).mkdir(parents=True)
+    blocker = out / stray.replace("KEY", key)
+    blocker.write_text("mine")
+    console = Console(file=open(os.devnull, "w"))  # noqa: SIM115
+    with pytest.raises(FedpeftError, match=f"{re.escape(str(blocker))} is a file where"):
+        run_experiment_command(path, out, False, False, console)
+    assert blocker.read_text() == "mine"

@@ -86,6 +86,12 @@ def run_experiment_command(
             console.print(f"  {r.key}  ({r.rounds} rounds)", highlight=False)
         return 0
     check_runnable(todo)  # not for a dry run: a look at a grid needs no model
+    for path in (p for r in todo for p in (folder.run_home(r.key).parent, folder.run_home(r.key))):
+        if path.exists() and not path.is_dir():
+            raise FedpeftError(
+                f"{path} is a file where the experiment keeps a run's folder; move it away "
+                "and run again."
+            )
     busy = [r.key for r in todo if folder.busy(r.key)]
     if busy:
         raise FedpeftError(
