@@ -317,3 +317,37 @@ def test_a_grid_with_nothing_left_to_run_shows_its_runs_as_done(experiment: Path
     status = Runner(plan, ExperimentDir(experiment), exp.experiment).run(notify)
     assert len(status.done) == status.total == len(plan.runs) == 12
     assert heard == [(12, 12)]
+
+
+def test_a_run_still_going_after_its_runner_was_killed_is_not_started_twice(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL to the runner leaves its runs going (each in its own process group): the
+    same command again resumed the same run folder beside the one still going, and both
+    appended to its metrics.jsonl (rounds 95, 103, 96, 104, …). A run's process holds a lock
+    on its log.txt: while it lives the grid is refused in one sentence, and started later."""
+    from fedpeft.experiment import ExperimentDir, plan_experiment, read_experiment
+    from fedpeft.experiment.layout import lock_log
+    from fedpeft.experiment.runner import BUSY, Runner
+
+    spec = _tiny_grid(tmp_path, "orphan", 1)
+    exp = read_experiment(spec)
+    plan = plan_experiment(exp, tmp_path)
+    folder = ExperimentDir(tmp_path / "out")
+    key = plan.runs[0].key
+    folder.run_home(key).mkdir(parents=True)
+    with folder.log_path(key).open("ab") as log:
+        assert lock_log(log)
+        orphan = subprocess.Popen(["sleep", "120"], stdout=log)  # holds it as a run does
+    try:
+        said = _fedpeft("experiment", str(spec), "--out", str(folder.root), cwd=tmp_path)
+        text = " ".join((said.stdout + said.stderr).split())
+        assert said.returncode == 2 and f"run {key} is still running" in text, text
+        assert "Traceback" not in text
+        status = Runner(plan, folder, exp.experiment).run(lambda status, message: None)
+        assert status.failed == {key: BUSY} and not list(folder.run_home(key).glob("run-*"))
+    finally:
+        orphan.kill()
+        orphan.wait()
+    done = _fedpeft("experiment", str(spec), "--out", str(folder.root), cwd=tmp_path)
+    assert done.returncode == 0 and "1/1 runs done" in done.stdout, done.stdout + done.stderr

@@ -4,6 +4,7 @@ and the errors people get (no run is started here)."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -312,3 +313,84 @@ def test_the_readmes_experiment_example_is_a_valid_plan(tmp_path: Path) -> None:
     plan = plan_experiment(exp, tmp_path)
     assert plan_json(exp, plan, path)["proposed"] == "fedpeft_plus"
     assert not [r for r in plan.runs if r.variant == "centralised" and "iid" in r.key]
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ("[axes.split]\n", "axis 'split' has no values"),
+        ('[axes.split]\n"*" = { "data.alpha" = 0.1 }\n', "a value labelled '*'"),
+        ('[grid]\n"data.dataset" = ["", "sst2"]\n', "a value labelled ''"),
+        ('[grid]\n"run.seed" = [1, 2]\n', "axis 'run.seed' sets `run.seed`, which the runner"),
+        ('[axes.o]\na = { "run.output_dir" = "x" }\n', "sets `run.output_dir`"),
+        ('[axes.variant]\na = { "client.lr" = 0.1 }\n', "'variant' has the name of a column"),
+        ('[axes.accuracy]\na = { "client.lr" = 0.1 }\n', "'accuracy' has the name of a column"),
+        (
+            '[grid]\n"data.alpha" = [0.1]\n[axes]\n"data.alpha" = { a = { "data.alpha" = 0.2 } }\n',
+            "'data.alpha' is both a grid key and a named axis",
+        ),
+    ],
+)
+def test_an_axis_that_would_plan_nothing_or_mislabel_the_tables_is_refused(
+    tmp_path: Path, body: str, says: str
+) -> None:
+    """An empty axis planned no run; an axis over a key the runner sets planned copies of
+    one run; an axis named like a column (`accuracy`) overwrote that column in results.csv."""
+    with pytest.raises(FedpeftError, match=re.escape(says)):
+        _plan(tmp_path, body + '[variants]\nx = { preset = "none" }\n')
+
+
+@pytest.mark.parametrize(
+    ("rule", "says"),
+    [
+        ("{}", "has an empty entry, which would leave out every run"),
+        ('{ splt = "a" }', "'splt' is neither an axis nor `variant`"),
+        ('{ split = "A" }', "'split' has no value A; it has a, b"),
+        ('{ variant = "fedavg" }', "'variant' has no value fedavg"),
+        ('{ variant = "fedavg_lora" }', "the experiment plans no run"),
+    ],
+)
+def test_an_exclude_entry_that_matches_nothing_or_everything_is_refused(
+    tmp_path: Path, rule: str, says: str
+) -> None:
+    """A misspelt `exclude` entry left nothing out, silently; an empty one left out every
+    run, and the grid ran none."""
+    head = HEAD.replace("[base]", f"exclude = [{rule}]\n[base]")
+    body = '[axes.split]\na = { "data.alpha" = 0.3 }\nb = { "data.alpha" = 0.2 }\n'
+    with pytest.raises(FedpeftError, match=re.escape(says)):
+        _plan(tmp_path, body + "[variants]\nfedavg_lora = {}\n", head)
+
+
+def test_a_misspelt_role_is_refused(tmp_path: Path) -> None:
+    """The report finds its baselines by role: `centralized` made outcome 5 unmeasured."""
+    with pytest.raises(FedpeftError, match="variant 'c': `role` must be one of full, peft"):
+        _plan(tmp_path, '[variants]\nc = { preset = "centralised", role = "centralized" }\n')
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_a_name_of_dots_is_refused(tmp_path: Path, name: str) -> None:
+    """`name = ".."` made the experiment's folder `experiments/..`, the folder it was run
+    from, and its tables, configs and runs went there."""
+    with pytest.raises(FedpeftError, match=f"name must name a folder, got '{re.escape(name)}'"):
+        _plan(tmp_path, "[variants]\nfedavg_lora = {}\n", HEAD.replace('"t"', f'"{name}"'))
+
+
+@pytest.mark.parametrize("stray", ["runs", "runs/KEY"])
+def test_a_file_where_a_runs_folder_goes_is_one_sentence(tmp_path: Path, stray: str) -> None:
+    """A file named like `runs/` or a run's folder ended the grid in a FileExistsError
+    traceback when the run started; it is refused before anything starts, left as it is."""
+    from rich.console import Console
+
+    from fedpeft.cli.experiment import run_experiment_command
+
+    path = tmp_path / "exp.toml"
+    path.write_text(HEAD.replace("[0, 1]", "[0]") + "[variants]\nfedavg_lora = {}\n")
+    key = plan_experiment(read_experiment(path), tmp_path).runs[0].key
+    out = tmp_path / "out"
+    (out / "runs" if stray != "runs" else out).mkdir(parents=True)
+    blocker = out / stray.replace("KEY", key)
+    blocker.write_text("mine")
+    console = Console(file=open(os.devnull, "w"))  # noqa: SIM115
+    with pytest.raises(FedpeftError, match=f"{re.escape(str(blocker))} is a file where"):
+        run_experiment_command(path, out, False, False, console)
+    assert blocker.read_text() == "mine"

@@ -320,3 +320,60 @@ def test_experiment_files_nested_too_deep_read_as_damaged(tmp_path: Path) -> Non
     assert result.exit_code == 2, output
     assert "experiment.json is damaged; rerun the experiment" in output, output
     assert "Traceback" not in output and output.count("error:") == 1, output
+
+
+def test_a_folder_put_beside_a_run_is_neither_read_nor_cleared(tmp_path: Path) -> None:
+    """`runs/<key>/run-old` (or any folder sorting after the run's own) was taken for the
+    run: the finished run was counted as not started, its rows left out of results.csv,
+    and the next invocation removed the stray folder as a stale run and ran it again."""
+    folder = ExperimentDir(tmp_path)
+    run = folder.run_home("k") / "run-20261207-074533"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "summary.json").write_text('{"rounds_completed": 2}')
+    (run / "config.toml").write_text("")
+    for stray in ("run-old", "run-20261207-074533.bak", "run-zzz"):
+        (folder.run_home("k") / stray).mkdir()
+    assert folder.run_folder("k") == run and folder.state("k", 2) is RunState.DONE
+    folder.clear_stale("k")
+    assert (folder.run_home("k") / "run-old").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("damage", "where"),
+    [
+        ({"variants": [1]}, "`variants`"),
+        ({"settings": "x"}, "`settings`"),
+        ({"runs": [{"key": 5}]}, "`runs.0"),
+        ({"variants": {"v": {"role": None, "description": "", "cite": "", "keys": {}}}}, "role"),
+    ],
+)
+def test_a_plan_of_the_wrong_shape_is_one_sentence(
+    tmp_path: Path, damage: dict[str, object], where: str
+) -> None:
+    """An `experiment.json` edited by hand (valid JSON, wrong types) ended `fedpeft report`
+    in an AttributeError or TypeError traceback."""
+    plan = {"name": "t", "axes": [], "variants": {}, "runs": [], "settings": {}} | damage
+    (tmp_path / "experiment.json").write_text(json.dumps(plan))
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "experiment.json does not describe a plan" in said, said
+    assert where in said and "Traceback" not in said
+
+
+def test_a_summary_with_fields_of_the_wrong_type_is_tabulated(tmp_path: Path) -> None:
+    """A summary.json whose byte or update counts are null or text (damaged, edited) ended
+    the tables — and so `fedpeft experiment` and `fedpeft report` — in a TypeError."""
+    records = Path(__file__).resolve().parents[1] / "docs" / "results" / "records"
+    plan = Plan.from_json(json.loads((records / "experiment.json").read_text("utf-8")))
+    run = next(r for r in plan.runs if (records / "runs" / r.key).is_dir())
+    shutil.copytree(records / "runs" / run.key, tmp_path / "runs" / run.key)
+    folder = ExperimentDir(tmp_path)
+    run_folder = folder.run_folder(run.key) or tmp_path
+    (run_folder / "clients.jsonl").write_text("")  # no client records: the summary's sums
+    summary = json.loads((run_folder / "summary.json").read_text())
+    summary |= {"bytes_up_total": None, "updates_accepted": "x"}
+    (run_folder / "summary.json").write_text(json.dumps(summary))
+    write_tables(plan, folder)
+    with (tmp_path / "runs.csv").open(newline="", encoding="utf-8") as f:
+        row = next(r for r in csv.DictReader(f) if r["run"] == run.run_id)
+    assert row["bytes_up_per_client_round"] == ""

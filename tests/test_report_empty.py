@@ -108,3 +108,30 @@ def test_a_damaged_run_folder_is_one_sentence(tmp_path: Path, damage: str, messa
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_a_read_only_folder_is_one_sentence_and_left_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fedpeft report` on a read-only run or experiment folder (an archive) ended in a
+    PermissionError traceback from writing plots/ or results.csv."""
+    import os
+
+    run = _run_folder(tmp_path, [_round(1, 2, 500)])
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    (experiment / "experiment.json").write_text('{"variants": {}, "runs": [], "axes": []}')
+    (run / "plots").mkdir()
+    read_only = {run / "plots", experiment}
+    access = os.access
+
+    def writable(p: str, mode: int) -> bool:  # as for a user without write permission
+        return not (mode & os.W_OK and Path(p) in read_only) and access(p, mode)
+
+    monkeypatch.setattr(os, "access", writable)
+    for folder, named in ((run, run / "plots"), (experiment, experiment)):
+        before = sorted(p.name for p in folder.rglob("*"))
+        result = CliRunner().invoke(app, ["report", str(folder), "--no-classes"])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and f"{named} is not writable by this user" in said, said
+        assert "Traceback" not in said and sorted(p.name for p in folder.rglob("*")) == before

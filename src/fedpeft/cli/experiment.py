@@ -86,6 +86,20 @@ def run_experiment_command(
             console.print(f"  {r.key}  ({r.rounds} rounds)", highlight=False)
         return 0
     check_runnable(todo)  # not for a dry run: a look at a grid needs no model
+    for path in (p for r in todo for p in (folder.run_home(r.key).parent, folder.run_home(r.key))):
+        if path.exists() and not path.is_dir():
+            raise FedpeftError(
+                f"{path} is a file where the experiment keeps a run's folder; move it away "
+                "and run again."
+            )
+    busy = [r.key for r in todo if folder.busy(r.key)]
+    if busy:
+        raise FedpeftError(
+            f"run {busy[0]} is still running (its process holds {folder.log_path(busy[0])}), "
+            f"started by an earlier `fedpeft experiment` on {folder.root}"
+            + (f", with {len(busy) - 1} more" if len(busy) > 1 else "")
+            + "; wait for it to end or stop it, then run this again."
+        )
     folder.write_plan(plan_json(exp, plan, file), file.read_bytes())
     runner = Runner(selected, folder, exp.experiment)
     with GridProgress(console, selected, folder) as progress:

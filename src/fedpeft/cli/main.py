@@ -227,11 +227,9 @@ def report(
     plots/ from its runs."""
     _setup_logging(False)
     with user_errors():
-        if not run_dir.is_dir():
-            raise FedpeftError(
-                f"{run_dir} is not a folder; pass a run folder (runs/<run-id>) or an "
-                "experiment folder (experiments/<name>)."
-            )
+        from fedpeft.config.paths import check_report_folder
+
+        check_report_folder(run_dir)  # before anything is read or written
         if (run_dir / "experiment.json").is_file():
             from fedpeft.cli.experiment import report_experiment
 

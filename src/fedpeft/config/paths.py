@@ -41,6 +41,23 @@ def check_output_dir(output_dir: str, setting: str = "`run.output_dir`") -> None
         )
 
 
+def check_report_folder(folder: Path) -> None:
+    """``folder`` is a folder and, with its ``plots/``, where a report is written, can be
+    written by this user (a read-only archive of a run or an experiment ended in a
+    PermissionError)."""
+    if not folder.is_dir():
+        raise FedpeftError(
+            f"{folder} is not a folder; pass a run folder (runs/<run-id>) or an "
+            "experiment folder (experiments/<name>)."
+        )
+    for path in (folder, folder / "plots"):
+        if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+            raise FedpeftError(
+                f"{path} is not writable by this user, and the report is written there; "
+                "make it writable (chmod -R u+w) or report on a copy of the folder."
+            )
+
+
 def check_input_file(path: Path, what: str, hint: str) -> None:
     """Stops unless ``path`` is an existing file, naming a folder as one: ``what`` is the
     kind of file (``config file``), ``hint`` what to pass instead."""

@@ -9,6 +9,10 @@ every run with its keys and labels, the variants and their roles), ``configs/<ke
 A run is **done** when its ``summary.json`` covers its planned rounds, **partial** when it
 has a checkpoint (it is resumed from there, also to run more rounds), and **new** otherwise
 (a folder a run left before its first checkpoint is removed when it starts afresh).
+
+A run's process holds an exclusive ``flock`` on its ``log.txt`` (its output, inherited from
+the runner) for as long as it lives: a run whose runner was killed goes on, and a second
+invocation must not start it again into the same folder.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from fedpeft.files import write_atomic, write_json
 
@@ -26,6 +30,7 @@ PLAN = "experiment.json"
 SOURCE = "experiment.toml"
 RUNS = "runs"
 CONFIGS = "configs"
+RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json")  # server.store's: a run's folder
 
 
 class RunState(StrEnum):
@@ -48,9 +53,12 @@ class ExperimentDir:
         return self.run_home(key) / "log.txt"
 
     def run_folder(self, key: str) -> Path | None:
-        """The run's fedpeft folder (the newest, should there be several)."""
+        """The run's fedpeft folder (the newest, should there be several): one holding a
+        file a run writes (``RunStore.create`` writes ``config.toml`` first; a study's
+        records keep its logs), so a folder put beside it (``run-old``) is neither read as
+        the run nor cleared as a stale one."""
         home = self.run_home(key)
-        folders = sorted(p for p in home.glob("run-*") if p.is_dir()) if home.is_dir() else []
+        folders = sorted(p for p in home.glob("run-*") if any((p / f).is_file() for f in RUN_FILES))
         return folders[-1] if folders else None
 
     def state(self, key: str, rounds: int) -> RunState:
@@ -70,6 +78,15 @@ class ExperimentDir:
         if folder is not None and self.state(key, 1 << 30) is RunState.NEW:
             shutil.rmtree(folder)
 
+    def busy(self, key: str) -> bool:
+        """Whether a run process still holds the run's log (one an earlier invocation
+        started, still going although its runner was stopped by SIGKILL)."""
+        path = self.log_path(key)
+        if not path.is_file():
+            return False
+        with path.open("rb") as f:
+            return not lock_log(f)  # a lock taken here is let go when f closes
+
     def rounds_logged(self, key: str) -> int:
         """Rounds in the run's ``metrics.jsonl`` so far (for progress)."""
         folder = self.run_folder(key)
@@ -86,6 +103,21 @@ class ExperimentDir:
 
     def read_plan(self) -> dict[str, Any] | None:
         return read_json(self.root / PLAN)
+
+
+def lock_log(log: IO[bytes]) -> bool:
+    """Takes the run's lock on its open log (held while any process has it open: the run
+    inherits it as its output); False when another process holds it. (No lock where
+    there is no ``fcntl``: the runner stops its runs by process group, POSIX too.)"""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(log.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

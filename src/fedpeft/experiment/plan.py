@@ -19,7 +19,9 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
+
+from pydantic import BaseModel, ValidationError
 
 from fedpeft.config import build_config, read_toml
 from fedpeft.errors import FedpeftError
@@ -77,16 +79,38 @@ class Plan:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Plan:
-        """The plan an ``experiment.json`` records (what the tables are rebuilt from)."""
+        """The plan an ``experiment.json`` records (what the tables are rebuilt from and
+        the report reads), its types checked: a damaged one is one sentence."""
         try:
-            variants = {
-                name: Variant(name, v["role"], v["description"], v["cite"], v["keys"])
-                for name, v in raw["variants"].items()
-            }
-            runs = [PlannedRun(**r) for r in raw["runs"]]
-            return cls(list(raw["axes"]), variants, runs)
-        except (KeyError, TypeError) as e:
-            raise FedpeftError(f"experiment.json does not describe a plan ({e}).") from None
+            saved = _SavedPlan.model_validate(raw)
+        except ValidationError as e:
+            where = ".".join(map(str, e.errors()[0]["loc"]))
+            raise FedpeftError(
+                f"experiment.json does not describe a plan (`{where}`: {e.errors()[0]['msg']}); "
+                "run the experiment's command again to rewrite it."
+            ) from None
+        variants = {
+            name: Variant(name, v.role, v.description, v.cite, v.keys)
+            for name, v in saved.variants.items()
+        }
+        return cls(saved.axes, variants, saved.runs)
+
+
+class _SavedVariant(BaseModel):
+    role: Role
+    description: str
+    cite: str
+    keys: dict[str, Any]
+    stages: list[dict[str, Any]] = []
+
+
+class _SavedPlan(BaseModel):
+    """What ``experiment.json`` must hold (``cli.experiment.plan_json`` writes it)."""
+
+    axes: list[str]
+    variants: dict[str, _SavedVariant]
+    runs: list[PlannedRun]
+    settings: dict[str, Any] = {}
 
 
 def resolve_variants(exp: ExperimentFile) -> dict[str, Variant]:
@@ -98,6 +122,11 @@ def resolve_variants(exp: ExperimentFile) -> dict[str, Variant]:
         description = table.pop("description", None)
         if not isinstance(preset_name, str):
             raise FedpeftError(f"variant {name!r}: `preset` must be a name, got {preset_name!r}.")
+        if role is not None and role not in get_args(Role):
+            raise FedpeftError(
+                f"variant {name!r}: `role` must be one of {', '.join(get_args(Role))}, "
+                f"got {role!r}."
+            )
         keys = flatten(table)
         if preset_name == "none":
             out[name] = Variant(name, role or "other", description or name, "", keys)
@@ -131,6 +160,8 @@ def plan_experiment(exp: ExperimentFile, folder: Path) -> Plan:
         for name, table in exp.axes.items()
     ]
     variants = resolve_variants(exp)
+    _check_axes(axes)
+    _check_exclude(axes, variants, exp.experiment.exclude)
     plan = Plan([name for name, _ in axes], variants)
     seen: set[str] = set()
     for combo in itertools.product(*(values for _, values in axes)):
@@ -143,7 +174,70 @@ def plan_experiment(exp: ExperimentFile, folder: Path) -> Plan:
                     if run.key not in seen:
                         seen.add(run.key)
                         plan.runs.append(run)
+    if not plan.runs:
+        raise FedpeftError(
+            "the experiment plans no run: `experiment.exclude` leaves out every combination; "
+            "narrow its entries."
+        )
     return plan
+
+
+def _check_axes(axes: list[tuple[str, list[tuple[str, dict[str, Any]]]]]) -> None:
+    """Each axis has a value, sets no key the runner controls, and is named apart from the
+    tables' own columns (its labels are a column of each)."""
+    from fedpeft.experiment.table import COLUMNS
+
+    names = [name for name, _ in axes]
+    for name, values in axes:
+        if names.count(name) > 1:
+            raise FedpeftError(f"{name!r} is both a grid key and a named axis; rename the axis.")
+        if not values:
+            raise FedpeftError(f"axis {name!r} has no values; give it a label or remove it.")
+        reserved = next((label for label, _ in values if label in ("", "*")), None)
+        if reserved is not None:
+            raise FedpeftError(
+                f"axis {name!r} has a value labelled {reserved!r}; the tables mark a run the "
+                "axis does not apply to `*`, and a label must not be empty: rename it."
+            )
+        if name in COLUMNS:
+            raise FedpeftError(
+                f"axis {name!r} has the name of a column of the results tables; rename it."
+            )
+        controlled = sorted({k for _, keys in values for k in keys if k in CONTROLLED})
+        if controlled:
+            raise FedpeftError(
+                f"axis {name!r} sets `{controlled[0]}`, which the runner sets for each run "
+                "(`run.seed` from `experiment.seeds`); remove it from the axis."
+            )
+
+
+def _check_exclude(
+    axes: list[tuple[str, list[tuple[str, dict[str, Any]]]]],
+    variants: dict[str, Variant],
+    rules: list[dict[str, str | list[str]]],
+) -> None:
+    """Each ``exclude`` entry names axes (or ``variant``) and, for each, a value it has: a
+    misspelt one would leave nothing out, silently."""
+    known = {name: {label for label, _ in values} for name, values in axes}
+    known["variant"] = set(variants)
+    for rule in rules:
+        if not rule:
+            raise FedpeftError(
+                "`experiment.exclude` has an empty entry, which would leave out every run; "
+                "remove it."
+            )
+        for key, value in rule.items():
+            if key not in known:
+                raise FedpeftError(
+                    f"`experiment.exclude` entry {rule}: {key!r} is neither an axis nor "
+                    f"`variant`; an entry takes {', '.join(known)}."
+                )
+            values = value if isinstance(value, list) else [value]
+            if not set(values) & known[key]:
+                raise FedpeftError(
+                    f"`experiment.exclude` entry {rule}: {key!r} has no value "
+                    f"{', '.join(map(str, values))}; it has {', '.join(sorted(known[key]))}."
+                )
 
 
 def _runs(

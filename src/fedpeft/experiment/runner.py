@@ -23,12 +23,13 @@ from typing import IO, Any
 import psutil
 import tomli_w
 
-from fedpeft.experiment.layout import ExperimentDir, RunState, read_json
+from fedpeft.experiment.layout import ExperimentDir, RunState, lock_log, read_json
 from fedpeft.experiment.plan import Plan, PlannedRun
 from fedpeft.experiment.spec import Settings, nest
 
 POLL_S = 0.5
 STOP_WAIT_S = 120.0
+BUSY = "another invocation's process is running it (it holds its log.txt); run again once it ends"
 
 
 @dataclass
@@ -113,7 +114,12 @@ class Runner:
             ):
                 left.append(run)
                 continue
-            status.running[run.key] = self._launch(run)
+            started = self._launch(run)
+            if started is None:
+                status.failed[run.key] = BUSY
+                notify(status, f"skipped {run.key}: {BUSY}")
+                continue
+            status.running[run.key] = started
             notify(status, f"started {run.key}")
         return left
 
@@ -138,7 +144,14 @@ class Runner:
             mib = 1.1 * peak / 2**20  # a margin over the measured peak
             self.estimates[run.variant] = max(self.estimates.get(run.variant, 0.0), mib)
 
-    def _launch(self, run: PlannedRun) -> Running:
+    def _launch(self, run: PlannedRun) -> Running | None:
+        """Starts ``run``; None when another invocation's run process holds its folder."""
+        home = self.folder.run_home(run.key)
+        home.mkdir(parents=True, exist_ok=True)
+        log = self.folder.log_path(run.key).open("ab")
+        if not lock_log(log):  # before its folder is looked at, let alone cleared
+            log.close()
+            return None
         state = self.folder.state(run.key, run.rounds)
         folder = self.folder.run_folder(run.key)
         if state is RunState.PARTIAL and folder is not None:
@@ -149,9 +162,6 @@ class Runner:
         args += ["--runtime", self.settings.runtime]
         for tracker in self.settings.track:
             args += ["--track", tracker]
-        home = self.folder.run_home(run.key)
-        home.mkdir(parents=True, exist_ok=True)
-        log = self.folder.log_path(run.key).open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "fedpeft.cli.main", "run", *args],
             stdout=log,

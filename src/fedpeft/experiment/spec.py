@@ -85,6 +85,13 @@ class Settings(_Strict):
     )
     budget: Budget = Field(default_factory=Budget)
 
+    @field_validator("name")
+    @classmethod
+    def _a_folder_name(cls, name: str) -> str:
+        if not name.strip("."):  # "." or "..": the output folder itself or the one above
+            raise ValueError(f"name must name a folder, got {name!r}")
+        return name
+
     @field_validator("seeds")
     @classmethod
     def _distinct(cls, seeds: list[int]) -> list[int]:

@@ -107,6 +107,7 @@ SCORE = [
     "personal_params",
 ]
 EVAL_KNOWN = {"accuracy", "macro_f1", "loss"}
+COLUMNS = frozenset({*ID, *ROUND, *CLIENT, *RUN, *SCORE})  # an axis's name must be none of them
 
 
 def write_tables(
@@ -289,8 +290,8 @@ def _run_row(
     done = all(folder.state(r.key, r.rounds).value == "done" for r in stages)
     errors = [failed[r.key] for r in stages if r.key in failed]
     state = "done" if done else ("failed" if errors else "incomplete")
-    up = [s.get("bytes_up_total", 0) for s in summaries]
-    client_rounds = [s.get("updates_accepted", 0) for s in summaries]
+    up = [_num(s.get("bytes_up_total")) or 0.0 for s in summaries]  # a damaged one: none
+    client_rounds = [_int(s.get("updates_accepted")) for s in summaries]
     per_client = (
         cum["sent"] / cum["senders"]
         if cum["senders"]
