@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from fedpeft.config import build_config, read_toml
 from fedpeft.errors import FedpeftError
+from fedpeft.experiment.columns import COLUMNS
 from fedpeft.experiment.presets import Role, Stage, get_preset
 from fedpeft.experiment.spec import ExperimentFile, flatten, nest
 
@@ -185,8 +186,6 @@ def plan_experiment(exp: ExperimentFile, folder: Path) -> Plan:
 def _check_axes(axes: list[tuple[str, list[tuple[str, dict[str, Any]]]]]) -> None:
     """Each axis has a value, sets no key the runner controls, and is named apart from the
     tables' own columns (its labels are a column of each)."""
-    from fedpeft.experiment.table import COLUMNS
-
     names = [name for name, _ in axes]
     for name, values in axes:
         if names.count(name) > 1:
