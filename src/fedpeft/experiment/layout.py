@@ -108,7 +108,9 @@ class ExperimentDir:
 def lock_log(log: IO[bytes]) -> bool:
     """Takes the run's lock on its open log (held while any process has it open: the run
     inherits it as its output); False when another process holds it. (No lock where
-    there is no ``fcntl``: the runner stops its runs by process group, POSIX too.)"""
+    there is no ``fcntl``: the runner stops its runs by process group, POSIX too; nor
+    where the folder's file system has no locks — ENOLCK, EOPNOTSUPP, or EBADF for the
+    read-only look ``busy`` takes on NFS — as before there was one.)"""
     try:
         import fcntl
     except ImportError:
@@ -117,6 +119,8 @@ def lock_log(log: IO[bytes]) -> bool:
         fcntl.flock(log.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    except OSError:
+        return True
     return True
 
 
