@@ -4,6 +4,8 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from fedpeft.files import write_atomic, write_json
 
 
@@ -21,3 +23,14 @@ def test_atomic_files_get_the_umask_mode_not_mkstemps_0600(tmp_path: Path) -> No
     for name in ("preds.csv", "summary.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == want, name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "preds.csv", "summary.json"]
+
+
+def test_atomic_files_are_written_where_os_has_no_fchmod(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11 on Windows has no os.fchmod (3.13 added it): every write_atomic there
+    (a run's config.toml first) ended in an AttributeError."""
+    monkeypatch.delattr(os, "fchmod", raising=False)
+    write_atomic(tmp_path / "config.toml", b"[run]\n")
+    assert (tmp_path / "config.toml").read_bytes() == b"[run]\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]

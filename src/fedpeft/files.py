@@ -33,8 +33,8 @@ def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}")
     try:
-        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, FILE_MODE)  # by name: Python 3.11 has no os.fchmod on Windows
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
