@@ -34,3 +34,20 @@ def test_atomic_files_are_written_where_os_has_no_fchmod(
     write_atomic(tmp_path / "config.toml", b"[run]\n")
     assert (tmp_path / "config.toml").read_bytes() == b"[run]\n"
     assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
+
+
+def test_a_clients_kept_states_stay_owner_only(tmp_path: Path) -> None:
+    """A client's kept states (personal modules, SCAFFOLD's c_i) are learnt from its private
+    data and never sent: when write_atomic began giving files the umask mode they became
+    0644 beside the other files, readable by every user of a shared node."""
+    import torch
+
+    from fedpeft.client.snapshot import save_snapshot
+    from fedpeft.client.state import ClientStateStore
+
+    ClientStateStore(tmp_path / "states").save(3, 1, {"c": torch.ones(2)})
+    save_snapshot(tmp_path / "node", "run-a", 3, {1: {"x": torch.ones(2)}})
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) == 3, written  # a state; a snapshot and its manifest
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

@@ -26,15 +26,19 @@ def _umask() -> int:
 # mkstemp creates 0600; a finished file gets the mode open() would give it (0644 under the
 # usual umask), so a run folder's files are as readable as its other files and folders
 FILE_MODE = 0o666 & ~_umask()
+# a client's kept states (personal modules, SCAFFOLD's c_i), learnt from its private data
+# and never sent: owner-only, as mkstemp made every file
+PRIVATE_MODE = 0o600
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Writes ``data`` so that ``path`` holds either the old or the new content, never half."""
+def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Writes ``data`` so that ``path`` holds either the old or the new content, never half;
+    the file gets ``mode`` (``PRIVATE_MODE`` for what only its owner may read)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}")
     try:
         with os.fdopen(fd, "wb") as f:
-            os.chmod(tmp, FILE_MODE)  # by name: Python 3.11 has no os.fchmod on Windows
+            os.chmod(tmp, mode)  # by name: Python 3.11 has no os.fchmod on Windows
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -33,7 +33,7 @@ import torch
 
 from fedpeft.client.state import ClientState, pack, unpack
 from fedpeft.compression import CodecError, decode, encode
-from fedpeft.files import write_atomic
+from fedpeft.files import PRIVATE_MODE, write_atomic
 
 log = logging.getLogger("fedpeft.client")
 
@@ -109,9 +109,13 @@ def save_snapshot(
     data = encode(pack(kept), meta)
     digest = hashlib.sha256(data).hexdigest()
     name = f"{_DATA_PREFIX}{digest[:16]}{_DATA_SUFFIX}"
-    write_atomic(folder / name, data)
+    write_atomic(folder / name, data, PRIVATE_MODE)
     manifest = SnapshotManifest(run_id, client_id, newest, tuple(sorted(kept)), name, digest)
-    write_atomic(folder / MANIFEST, json.dumps(manifest.to_json(), sort_keys=True).encode())
+    write_atomic(
+        folder / MANIFEST,
+        json.dumps(manifest.to_json(), sort_keys=True).encode(),
+        PRIVATE_MODE,
+    )
     _prune(folder, keep=name)
 
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fedpeft.compression import CodecError, decode, encode
-from fedpeft.files import write_atomic
+from fedpeft.files import PRIVATE_MODE, write_atomic
 from fedpeft.types import AdapterState
 
 log = logging.getLogger("fedpeft.client")
@@ -79,7 +79,7 @@ class ClientStateStore:
             return
         tensors = {k: v.detach().cpu() for k, v in state.items()}
         meta: dict[str, object] = {"round": rnd, "client_id": client_id}
-        write_atomic(self._path(key, rnd), encode(tensors, meta))
+        write_atomic(self._path(key, rnd), encode(tensors, meta), PRIVATE_MODE)
         for old in self._rounds(key)[KEEP:]:
             self._path(key, old).unlink(missing_ok=True)
 
