@@ -338,6 +338,35 @@ def test_a_folder_put_beside_a_run_is_neither_read_nor_cleared(tmp_path: Path) -
     assert (folder.run_home("k") / "run-old").is_dir()
 
 
+def test_a_copy_put_beside_a_run_is_neither_resumed_nor_cleared(tmp_path: Path) -> None:
+    """A copy holding the run's files (`cp -r run-… run-….bak`, `run-old`) sorted after the
+    run's own folder and was taken for the run: a partial run was resumed into the copy, and
+    a copy without a checkpoint was removed as a stale run. RunStore's folders go first, the
+    newest by number (-10 after -9); another is read only when it is the only one."""
+    folder = ExperimentDir(tmp_path)
+    home = folder.run_home("k")
+    for name in ("run-20261207-074533-9", "run-20261207-074533-10"):
+        (home / name / "checkpoint").mkdir(parents=True)
+        (home / name / "checkpoint" / "round-000001.manifest.json").write_text("{}")
+        (home / name / "config.toml").write_text("")
+    run = home / "run-20261207-074533-10"
+    for stray in ("run-20261207-074533-10.bak", "run-old"):
+        (home / stray).mkdir()
+        (home / stray / "config.toml").write_text("")
+    assert folder.run_folder("k") == run and folder.state("k", 2) is RunState.PARTIAL
+    (run / "checkpoint" / "round-000001.manifest.json").unlink()
+    folder.clear_stale("k")  # the run's own folder, not started: cleared; the copies kept
+    assert sorted(p.name for p in home.iterdir()) == [
+        "run-20261207-074533-10.bak",
+        "run-20261207-074533-9",
+        "run-old",
+    ]
+    recovered = ExperimentDir(tmp_path / "records")
+    (recovered.run_home("k") / "run-recovered").mkdir(parents=True)
+    (recovered.run_home("k") / "run-recovered" / "metrics.jsonl").write_text("")
+    assert recovered.run_folder("k") == recovered.run_home("k") / "run-recovered"
+
+
 @pytest.mark.parametrize(
     ("damage", "where"),
     [

@@ -18,6 +18,7 @@ invocation must not start it again into the same folder.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from enum import StrEnum
@@ -30,6 +31,7 @@ PLAN = "experiment.json"
 SOURCE = "experiment.toml"
 RUNS = "runs"
 CONFIGS = "configs"
+STAMPED = re.compile(r"run-(\d{8}-\d{6})(?:-(\d+))?")  # run.name "run" + its stamp
 RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json")  # server.store's: a run's folder
 
 
@@ -56,10 +58,11 @@ class ExperimentDir:
         """The run's fedpeft folder (the newest, should there be several): one holding a
         file a run writes (``RunStore.create`` writes ``config.toml`` first; a study's
         records keep its logs), so a folder put beside it (``run-old``) is neither read as
-        the run nor cleared as a stale one."""
+        the run nor cleared as a stale one. One named as ``RunStore.create`` names it goes
+        before any other (a copy ``run-….bak`` beside it holds its files too)."""
         home = self.run_home(key)
-        folders = sorted(p for p in home.glob("run-*") if any((p / f).is_file() for f in RUN_FILES))
-        return folders[-1] if folders else None
+        folders = [p for p in home.glob("run-*") if any((p / f).is_file() for f in RUN_FILES)]
+        return max(folders, key=_newest, default=None)
 
     def state(self, key: str, rounds: int) -> RunState:
         folder = self.run_folder(key)
@@ -103,6 +106,15 @@ class ExperimentDir:
 
     def read_plan(self) -> dict[str, Any] | None:
         return read_json(self.root / PLAN)
+
+
+def _newest(folder: Path) -> tuple[bool, str, int]:
+    """Orders a run's folders: RunStore's by stamp and number (``-10`` after ``-9``), after
+    any other (a study's ``run-recovered``, read when it is the only one), those by name."""
+    stamp = STAMPED.fullmatch(folder.name)
+    if stamp is None:
+        return (False, folder.name, 0)
+    return (True, stamp[1], int(stamp[2] or 1))
 
 
 def lock_log(log: IO[bytes]) -> bool:
