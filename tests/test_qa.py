@@ -290,3 +290,28 @@ def test_read_squad_refuses_malformed_fields_with_one_sentence(
     (tmp_path / "bad.json").write_text(json.dumps(raw))
     with pytest.raises(FedpeftError, match=match):
         read_squad(tmp_path / "bad.json")
+
+
+def test_read_squad_says_how_many_answer_starts_it_moved(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every start in `_squad_json` is 0 and wrong: moved to the first occurrence, said once
+    with the count (it was silent, and the first occurrence need not be the meant one)."""
+    with caplog.at_level("WARNING"):
+        read_squad(_squad_json(tmp_path / "s.json"))
+    said = [r.getMessage() for r in caplog.records if "answer_start" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("18 answers of SQuAD file")
+
+
+@pytest.mark.parametrize(
+    "answers", [{"text": ["red1"], "answer_start": [0]}, "red1"]
+)  # `datasets`' column layout: a dict of lists
+def test_read_squad_names_answers_of_the_wrong_kind_in_plain_words(
+    tmp_path: Path, answers: object
+) -> None:
+    raw = json.loads(_squad_json(tmp_path / "s.json").read_text())
+    raw["data"][1]["paragraphs"][0]["qas"][0]["answers"] = answers
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    with pytest.raises(FedpeftError, match="has a field of the wrong kind .* in article 1; ") as e:
+        read_squad(tmp_path / "bad.json")
+    assert "lacks field" not in str(e.value)
