@@ -315,3 +315,34 @@ def test_read_squad_names_answers_of_the_wrong_kind_in_plain_words(
     with pytest.raises(FedpeftError, match="has a field of the wrong kind .* in article 1; ") as e:
         read_squad(tmp_path / "bad.json")
     assert "lacks field" not in str(e.value)
+
+
+def test_a_own_squad_file_cut_to_train_size_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`data.train_size` below the file's questions trained on a part of it unsaid (a custom
+    table says it); a file within the size says nothing."""
+    from fedpeft.data import load_dataset
+
+    path = _squad_json(tmp_path / "s.json", articles=10)  # 30 questions, 27 after hold-out
+    for size, said in [(10, True), (2000, False)]:
+        cfg = load_config(
+            overrides=[
+                "data.dataset='squad'",
+                f"data.train_file={str(path)!r}",
+                f"data.train_size={size}",
+                "data.partition='natural'",
+            ]
+        ).data
+        with caplog.at_level("WARNING"):
+            caplog.clear()
+            assert len(load_dataset(cfg, seed=0).train) == min(size, 27)
+        notes = [r.getMessage() for r in caplog.records if "training on a seeded" in r.getMessage()]
+        assert notes == (
+            [
+                f"training on a seeded 10 of the 27 training examples of {path} "
+                "(`data.train_size`); set it to 27 (or more) to train on all of them"
+            ]
+            if said
+            else []
+        )
