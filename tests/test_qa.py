@@ -346,3 +346,19 @@ def test_a_own_squad_file_cut_to_train_size_says_so(
             if said
             else []
         )
+
+
+def test_a_small_qa_evaluation_set_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three held-out questions score exact match in steps of 1/3, said as for classes."""
+    from fedpeft.data import load_dataset
+
+    path = _squad_json(tmp_path / "s.json", articles=10)
+    sets = ["data.dataset='squad'", f"data.train_file={str(path)!r}", "data.partition='natural'"]
+    with caplog.at_level("WARNING"):
+        load_dataset(load_config(overrides=sets).data, seed=0)
+    assert any(
+        r.getMessage().startswith(f"the evaluation set of {path} has 3 examples")
+        for r in caplog.records
+    )
