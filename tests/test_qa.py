@@ -362,3 +362,10 @@ def test_a_small_qa_evaluation_set_is_warned_about(
         r.getMessage().startswith(f"the evaluation set of {path} has 3 examples")
         for r in caplog.records
     )
+
+
+def test_read_squad_takes_a_file_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """Windows editors write UTF-8 with a BOM; it stopped the run as not JSON."""
+    plain = _squad_json(tmp_path / "s.json")
+    (tmp_path / "bom.json").write_text(plain.read_text(), encoding="utf-8-sig")
+    assert read_squad(tmp_path / "bom.json").ids == read_squad(plain).ids

@@ -28,7 +28,7 @@ def read_squad(path: Path) -> QAExamples:
     """Every question of a SQuAD-format JSON file; an answer whose ``answer_start`` does not
     point at its text is moved to the text's first occurrence (a missing one is an error)."""
     try:
-        articles = json.loads(path.read_text(encoding="utf-8"))["data"]
+        articles = json.loads(path.read_text(encoding="utf-8-sig"))["data"]  # a BOM is fine
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise FedpeftError(
             f"cannot read SQuAD data from {path} ({type(e).__name__}: {e}); give a JSON file "
