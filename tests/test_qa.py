@@ -369,3 +369,20 @@ def test_read_squad_takes_a_file_with_a_byte_order_mark(tmp_path: Path) -> None:
     plain = _squad_json(tmp_path / "s.json")
     (tmp_path / "bom.json").write_text(plain.read_text(), encoding="utf-8-sig")
     assert read_squad(tmp_path / "bom.json").ids == read_squad(plain).ids
+
+
+def test_own_eval_questions_also_in_the_train_file_are_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same file as train and eval scored its own training questions unsaid (a table's
+    evaluation texts that are also training texts are warned about)."""
+    from fedpeft.data import load_dataset
+
+    path = _squad_json(tmp_path / "s.json", articles=10)
+    sets = ["data.dataset='squad'", f"data.train_file={str(path)!r}", "data.partition='natural'"]
+    with caplog.at_level("WARNING"):
+        load_dataset(load_config(overrides=[*sets, f"data.eval_file={str(path)!r}"]).data, 0)
+    said = [
+        r.getMessage() for r in caplog.records if "also appear in the training" in r.getMessage()
+    ]
+    assert len(said) == 1 and said[0].startswith("30 of the 30 evaluation texts (data file")

@@ -120,6 +120,11 @@ def _answers(qa: dict, context: str, path: Path, moved: list[int]) -> tuple[list
     return texts, starts
 
 
+def _asked(examples: QAExamples) -> list[str]:
+    """Each question with its context, as one text (what an evaluation must not have seen)."""
+    return [f"{c}\n{q}" for c, q in zip(examples.contexts, examples.questions, strict=True)]
+
+
 def hold_out_articles(examples: QAExamples, seed: int) -> tuple[QAExamples, QAExamples]:
     """(train, eval): a seeded tenth of the articles (at least one) held out whole."""
     ids = np.unique(examples.articles)
@@ -138,9 +143,10 @@ def load_squad(cfg: DataConfig, seed: int) -> RawDataset:
     if cfg.train_file is not None:
         train = read_squad(Path(cfg.train_file))
         if cfg.eval_file is not None:
-            return RawDataset(
-                "squad", train, read_squad(Path(cfg.eval_file)), QA_LABELS, cfg.train_file
-            )
+            evaluation = read_squad(Path(cfg.eval_file))
+            where = f"data file {cfg.eval_file}; a question with its context"
+            checks.warn_once(log, checks.leakage_warning(_asked(train), _asked(evaluation), where))
+            return RawDataset("squad", train, evaluation, QA_LABELS, cfg.train_file)
         train, held = hold_out_articles(train, seed)
         return RawDataset("squad", train, held, QA_LABELS, cfg.train_file)
     files = ["train-v1.1.reconstructed.json", "dev-v1.1.json"]
