@@ -157,7 +157,7 @@ def test_a_squad_file_given_as_rows_names_the_squad_dataset(tmp_path: Path, inde
     article = {"title": "t", "paragraphs": [{"context": "c", "qas": []}]}
     squad = tmp_path / "squad.json"
     squad.write_text(json.dumps({"version": "1.1", "data": [article]}, indent=indent))
-    with pytest.raises(FedpeftError, match="looks like SQuAD .* set `data.dataset = 'squad'`"):
+    with pytest.raises(FedpeftError, match="looks like SQuAD .* with `data.dataset = 'squad'`"):
         read_table(squad, "text", "label")
 
 

@@ -381,8 +381,8 @@ def _refuse_one_object(path: Path, text: str) -> None:
     if _looks_like_squad(whole):
         raise FedpeftError(
             f"data file {path} looks like SQuAD (a `data` list of articles with "
-            "`paragraphs`), not rows; set `data.dataset = 'squad'` beside `data.train_file` "
-            "so question answering reads it."
+            "`paragraphs`), not a table of rows; a run trains question answering on it as "
+            "`data.train_file` with `data.dataset = 'squad'`."
         )
     if isinstance(whole, dict) and len(text.strip().splitlines()) > 1:
         keys = ", ".join(f"`{k}`" for k in list(whole)[:5])
