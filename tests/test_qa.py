@@ -163,8 +163,12 @@ def test_natural_partition_gives_whole_articles_and_keeps_windows_together(
         assert set(split.example[w].tolist()) == set(p.tolist())
     iid = partition_questions(ex, cfg.model_copy(update={"partition": "iid"}), seed=1)
     assert sorted(len(p) for p in iid) == [7, 7, 7]
-    with pytest.raises(FedpeftError, match="articles cannot give"):
+    with pytest.raises(FedpeftError, match="articles cannot give") as e:
         partition_questions(ex, cfg.model_copy(update={"num_clients": 8}), seed=1)
+    assert "train_size" not in str(e.value)  # 21 questions, train_size 2000: all of them
+    cut = cfg.model_copy(update={"num_clients": 8, "train_size": 21})
+    with pytest.raises(FedpeftError, match="raise `data.train_size`, use 'iid' or give more"):
+        partition_questions(ex, cut, seed=1)
 
 
 @pytest.mark.parametrize(
