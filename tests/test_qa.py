@@ -390,3 +390,12 @@ def test_own_eval_questions_also_in_the_train_file_are_warned_about(
         r.getMessage() for r in caplog.records if "also appear in the training" in r.getMessage()
     ]
     assert len(said) == 1 and said[0].startswith("30 of the 30 evaluation texts (data file")
+
+
+def test_read_squad_names_a_jsonl_file_as_json_lines(tmp_path: Path) -> None:
+    """`datasets`' to_json writes one flat question a line; it read 'JSONDecodeError: Extra
+    data: line 2 column 1 (char 154)'."""
+    row = {"id": "1", "context": "c a", "question": "q", "answers": {"text": ["a"]}}
+    (tmp_path / "flat.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(FedpeftError, match=r"\(JSON lines \(one object a line\), not one JSON"):
+        read_squad(tmp_path / "flat.jsonl")

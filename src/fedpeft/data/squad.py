@@ -30,9 +30,12 @@ def read_squad(path: Path) -> QAExamples:
     try:
         articles = json.loads(path.read_text(encoding="utf-8-sig"))["data"]  # a BOM is fine
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        lines = isinstance(e, json.JSONDecodeError) and e.msg == "Extra data" and e.lineno > 1
+        why = "JSON lines (one object a line), not one JSON document" if lines else ""
         raise FedpeftError(
-            f"cannot read SQuAD data from {path} ({type(e).__name__}: {e}); give a JSON file "
-            'in SQuAD format: {"data": [{"title", "paragraphs": [{"context", "qas"}]}]}.'
+            f"cannot read SQuAD data from {path} ({why or f'{type(e).__name__}: {e}'}); give "
+            'a JSON file in SQuAD format: {"data": [{"title", "paragraphs": [{"context", '
+            '"qas"}]}]}.'
         ) from None
     cols: dict[str, list] = {k: [] for k in ("ids", "art", "ctx", "q", "ans", "st")}
     a, moved = 0, [0]
