@@ -390,6 +390,14 @@ def test_own_eval_questions_also_in_the_train_file_are_warned_about(
         r.getMessage() for r in caplog.records if "also appear in the training" in r.getMessage()
     ]
     assert len(said) == 1 and said[0].startswith("30 of the 30 evaluation texts (data file")
+    raw = json.loads(path.read_text())  # held-out articles repeating another's paragraph
+    raw["data"] += raw["data"]
+    path.write_text(json.dumps(raw))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_dataset(load_config(overrides=sets).data, 0)
+    notes = [r.getMessage() for r in caplog.records]
+    assert any("evaluation texts (the articles held out of" in n for n in notes), notes
 
 
 def test_read_squad_names_a_jsonl_file_as_json_lines(tmp_path: Path) -> None:

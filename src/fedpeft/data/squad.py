@@ -147,11 +147,13 @@ def load_squad(cfg: DataConfig, seed: int) -> RawDataset:
         train = read_squad(Path(cfg.train_file))
         if cfg.eval_file is not None:
             evaluation = read_squad(Path(cfg.eval_file))
-            where = f"data file {cfg.eval_file}; a question with its context"
-            checks.warn_once(log, checks.leakage_warning(_asked(train), _asked(evaluation), where))
-            return RawDataset("squad", train, evaluation, QA_LABELS, cfg.train_file)
-        train, held = hold_out_articles(train, seed)
-        return RawDataset("squad", train, held, QA_LABELS, cfg.train_file)
+            where = f"data file {cfg.eval_file}"
+        else:
+            train, evaluation = hold_out_articles(train, seed)
+            where = f"the articles held out of {cfg.train_file}"
+        where += "; a question with its context"
+        checks.warn_once(log, checks.leakage_warning(_asked(train), _asked(evaluation), where))
+        return RawDataset("squad", train, evaluation, QA_LABELS, cfg.train_file)
     files = ["train-v1.1.reconstructed.json", "dev-v1.1.json"]
     folder = find_local("squad_v1.1", files)
     if folder is None:
