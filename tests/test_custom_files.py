@@ -152,6 +152,15 @@ def test_a_json_file_holding_one_object_says_so(tmp_path: Path) -> None:
     assert read_table(lines, "text", "label") == (["a", "b"], ["0", "1"])
 
 
+@pytest.mark.parametrize("indent", [None, 2])  # SQuAD's own files are one line
+def test_a_squad_file_given_as_rows_names_the_squad_dataset(tmp_path: Path, indent: int) -> None:
+    article = {"title": "t", "paragraphs": [{"context": "c", "qas": []}]}
+    squad = tmp_path / "squad.json"
+    squad.write_text(json.dumps({"version": "1.1", "data": [article]}, indent=indent))
+    with pytest.raises(FedpeftError, match="looks like SQuAD .* with `data.dataset = 'squad'`"):
+        read_table(squad, "text", "label")
+
+
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 

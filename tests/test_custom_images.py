@@ -144,6 +144,20 @@ def test_images_of_any_mode_and_size_become_rgb_at_the_side(tmp_path: Path) -> N
         assert 60 < pixels.mean() < 160, name  # not black, not white: 16-bit scaled, not clipped
 
 
+@pytest.mark.parametrize(
+    ("mode", "pixels"),
+    [("I", np.full((6, 6), 40_000, np.int32)), ("F", np.full((6, 6), 0.5, np.float32))],
+)
+def test_32_bit_and_float_images_are_refused_not_clipped(
+    tmp_path: Path, mode: str, pixels: np.ndarray
+) -> None:
+    """PIL's convert clipped a 32-bit TIFF of 16-bit values to all white and a float TIFF in
+    [0, 1] to all black, and the run trained on them unsaid."""
+    Image.fromarray(pixels, mode=mode).save(tmp_path / "wide.tif")
+    with pytest.raises(FedpeftError, match=f"wide.tif: its pixels are .*PIL mode {mode}.*8- or"):
+        decode_images([tmp_path / "wide.tif"], SIDE)
+
+
 def test_one_channel_is_pils_luma_and_a_gray_file_is_kept_exactly(tmp_path: Path) -> None:
     """``channels = 1`` (a Fashion-MNIST run's predictions): a colour image becomes PIL's
     ``L`` (ITU-R 601-2 luma); a grayscale file at the side comes back byte for byte."""

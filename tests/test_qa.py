@@ -163,8 +163,12 @@ def test_natural_partition_gives_whole_articles_and_keeps_windows_together(
         assert set(split.example[w].tolist()) == set(p.tolist())
     iid = partition_questions(ex, cfg.model_copy(update={"partition": "iid"}), seed=1)
     assert sorted(len(p) for p in iid) == [7, 7, 7]
-    with pytest.raises(FedpeftError, match="articles cannot give"):
+    with pytest.raises(FedpeftError, match="articles cannot give") as e:
         partition_questions(ex, cfg.model_copy(update={"num_clients": 8}), seed=1)
+    assert "train_size" not in str(e.value)  # 21 questions, train_size 2000: all of them
+    cut = cfg.model_copy(update={"num_clients": 8, "train_size": 21})
+    with pytest.raises(FedpeftError, match="raise `data.train_size`, use 'iid' or give more"):
+        partition_questions(ex, cut, seed=1)
 
 
 @pytest.mark.parametrize(
@@ -290,3 +294,116 @@ def test_read_squad_refuses_malformed_fields_with_one_sentence(
     (tmp_path / "bad.json").write_text(json.dumps(raw))
     with pytest.raises(FedpeftError, match=match):
         read_squad(tmp_path / "bad.json")
+
+
+def test_read_squad_says_how_many_answer_starts_it_moved(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every start in `_squad_json` is 0 and wrong: moved to the first occurrence, said once
+    with the count (it was silent, and the first occurrence need not be the meant one)."""
+    with caplog.at_level("WARNING"):
+        read_squad(_squad_json(tmp_path / "s.json"))
+    said = [r.getMessage() for r in caplog.records if "answer_start" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("18 answers of SQuAD file")
+
+
+@pytest.mark.parametrize(
+    "answers", [{"text": ["red1"], "answer_start": [0]}, "red1"]
+)  # `datasets`' column layout: a dict of lists
+def test_read_squad_names_answers_of_the_wrong_kind_in_plain_words(
+    tmp_path: Path, answers: object
+) -> None:
+    raw = json.loads(_squad_json(tmp_path / "s.json").read_text())
+    raw["data"][1]["paragraphs"][0]["qas"][0]["answers"] = answers
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    with pytest.raises(FedpeftError, match="has a field of the wrong kind .* in article 1; ") as e:
+        read_squad(tmp_path / "bad.json")
+    assert "lacks field" not in str(e.value)
+
+
+def test_a_own_squad_file_cut_to_train_size_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`data.train_size` below the file's questions trained on a part of it unsaid (a custom
+    table says it); a file within the size says nothing."""
+    from fedpeft.data import load_dataset
+
+    path = _squad_json(tmp_path / "s.json", articles=10)  # 30 questions, 27 after hold-out
+    for size, said in [(10, True), (2000, False)]:
+        cfg = load_config(
+            overrides=[
+                "data.dataset='squad'",
+                f"data.train_file={str(path)!r}",
+                f"data.train_size={size}",
+                "data.partition='natural'",
+            ]
+        ).data
+        with caplog.at_level("WARNING"):
+            caplog.clear()
+            assert len(load_dataset(cfg, seed=0).train) == min(size, 27)
+        notes = [r.getMessage() for r in caplog.records if "training on a seeded" in r.getMessage()]
+        assert notes == (
+            [
+                f"training on a seeded 10 of the 27 training examples of {path} "
+                "(`data.train_size`); set it to 27 (or more) to train on all of them"
+            ]
+            if said
+            else []
+        )
+
+
+def test_a_small_qa_evaluation_set_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three held-out questions score exact match in steps of 1/3, said as for classes."""
+    from fedpeft.data import load_dataset
+
+    path = _squad_json(tmp_path / "s.json", articles=10)
+    sets = ["data.dataset='squad'", f"data.train_file={str(path)!r}", "data.partition='natural'"]
+    with caplog.at_level("WARNING"):
+        load_dataset(load_config(overrides=sets).data, seed=0)
+    assert any(
+        r.getMessage().startswith(f"the evaluation set of {path} has 3 examples")
+        for r in caplog.records
+    )
+
+
+def test_read_squad_takes_a_file_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """Windows editors write UTF-8 with a BOM; it stopped the run as not JSON."""
+    plain = _squad_json(tmp_path / "s.json")
+    (tmp_path / "bom.json").write_text(plain.read_text(), encoding="utf-8-sig")
+    assert read_squad(tmp_path / "bom.json").ids == read_squad(plain).ids
+
+
+def test_own_eval_questions_also_in_the_train_file_are_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same file as train and eval scored its own training questions unsaid (a table's
+    evaluation texts that are also training texts are warned about)."""
+    from fedpeft.data import load_dataset
+
+    path = _squad_json(tmp_path / "s.json", articles=10)
+    sets = ["data.dataset='squad'", f"data.train_file={str(path)!r}", "data.partition='natural'"]
+    with caplog.at_level("WARNING"):
+        load_dataset(load_config(overrides=[*sets, f"data.eval_file={str(path)!r}"]).data, 0)
+    said = [
+        r.getMessage() for r in caplog.records if "also appear in the training" in r.getMessage()
+    ]
+    assert len(said) == 1 and said[0].startswith("30 of the 30 evaluation texts (data file")
+    raw = json.loads(path.read_text())  # held-out articles repeating another's paragraph
+    raw["data"] += raw["data"]
+    path.write_text(json.dumps(raw))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_dataset(load_config(overrides=sets).data, 0)
+    notes = [r.getMessage() for r in caplog.records]
+    assert any("evaluation texts (the articles held out of" in n for n in notes), notes
+
+
+def test_read_squad_names_a_jsonl_file_as_json_lines(tmp_path: Path) -> None:
+    """`datasets`' to_json writes one flat question a line; it read 'JSONDecodeError: Extra
+    data: line 2 column 1 (char 154)'."""
+    row = {"id": "1", "context": "c a", "question": "q", "answers": {"text": ["a"]}}
+    (tmp_path / "flat.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(FedpeftError, match=r"\(JSON lines \(one object a line\), not one JSON"):
+        read_squad(tmp_path / "flat.jsonl")

@@ -66,3 +66,15 @@ def test_a_qa_report_counts_questions_not_the_context_windows_clients_hold(tmp_p
     text = write_report(run).read_text()
     assert "100 train examples over 2 clients" in text, text
     assert "131 train examples" not in text
+
+
+def test_the_head_settings_are_left_out_for_a_task_without_a_classifier_head() -> None:
+    """A QA run's report said "head started `auto` … bias moved never": those options act on
+    a classifier's head only (and are refused for other tasks)."""
+    from fedpeft.report.sections import config_lines
+
+    server = {"aggregator": "fedavg", "head_init": "auto", "bias_refresh": "auto"}
+    for task, shown in [("classify", True), ("qa", False), ("instruct", False), ("vqa", False)]:
+        lines = config_lines({"model": {"task": task}, "server": server})
+        assert ("head started" in lines[-1]) is shown, task
+        assert ("bias moved" in lines[-1]) is shown, task

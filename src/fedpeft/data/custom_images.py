@@ -191,6 +191,11 @@ def decode_image(path: Path, side: int, channels: int = 3) -> np.ndarray:
     with Image.open(path) as im:
         im.draft("RGB", (side, side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, still ≥ side
         upright = ImageOps.exif_transpose(im)
+        if upright.mode in ("I", "F"):  # PIL's convert clips them to 0–255: white or black
+            raise _WideMode(
+                f"its pixels are {'32-bit integers' if upright.mode == 'I' else 'floats'} "
+                f"(PIL mode {upright.mode}), which have no 8-bit range; save it as 8- or 16-bit"
+            )
         if upright.mode.startswith("I;16"):  # 16-bit grayscale: keep the high byte
             high = (np.asarray(upright, dtype=np.uint16) >> 8).astype(np.uint8)
             upright = Image.fromarray(high)
@@ -200,9 +205,15 @@ def decode_image(path: Path, side: int, channels: int = 3) -> np.ndarray:
     return np.asarray(pic, dtype=np.uint8).reshape(side, side, channels)
 
 
+class _WideMode(ValueError):
+    """An image whose pixels PIL cannot bring to 8 bits without clipping them."""
+
+
 def _reason(e: Exception) -> str:
     from PIL import Image, UnidentifiedImageError
 
+    if isinstance(e, _WideMode):
+        return str(e)
     if isinstance(e, UnidentifiedImageError):
         return "not an image PIL can read"
     if isinstance(e, Image.DecompressionBombError):

@@ -192,9 +192,11 @@ def partition_questions(examples: QAExamples, cfg: DataConfig, seed: int) -> lis
         )
     articles = np.unique(examples.articles)
     if len(articles) < k:
+        cut = cfg.train_size is not None and len(examples) >= cfg.train_size  # else: all of it
         raise FedpeftError(
             f"{len(articles)} articles cannot give `data.num_clients`={k} clients whole "
-            "articles each; lower `data.num_clients`, raise `data.train_size` or use 'iid'."
+            f"articles each; lower `data.num_clients`, {'raise `data.train_size`, ' * cut}"
+            "use 'iid' or give more articles."
         )
     shuffled = np.random.default_rng([seed, 0xA27]).permutation(articles)
     return [

@@ -71,7 +71,7 @@ def load_dataset(cfg: DataConfig, seed: int, image_side: int | None = None) -> R
         return ds
     ds = _REGISTRY[cfg.dataset](cfg, seed)
     rng = np.random.default_rng(seed)
-    if cfg.dataset == "custom":
+    if cfg.train_file is not None:  # the user's own file: custom, or SQuAD-format QA
         checks.warn_once(log, checks.subset_note(cfg, ds.source, len(ds.train)))
     train = _subset(ds.train, cfg.train_size, rng)
     evaluation = _subset(ds.eval, cfg.eval_size, rng)
@@ -82,6 +82,9 @@ def load_dataset(cfg: DataConfig, seed: int, image_side: int | None = None) -> R
 
 def _warn_about_splits(cfg: DataConfig, ds: RawDataset) -> None:
     """The run's final splits of classes: classes it cannot learn, a tiny evaluation set."""
+    if isinstance(ds.eval, QAExamples):  # questions: no classes, an exact match in steps
+        checks.warn_once(log, checks.small_eval_warning(cfg.eval_file or ds.source, len(ds.eval)))
+        return
     if not isinstance(ds.train, RawSplit | ImageArrays):
         return
     if not isinstance(ds.eval, RawSplit | ImageArrays):

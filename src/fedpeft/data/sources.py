@@ -378,12 +378,25 @@ def _refuse_one_object(path: Path, text: str) -> None:
         whole = json.loads(text)
     except (ValueError, RecursionError):
         return
+    if _looks_like_squad(whole):
+        raise FedpeftError(
+            f"data file {path} looks like SQuAD (a `data` list of articles with "
+            "`paragraphs`), not a table of rows; a run trains question answering on it as "
+            "`data.train_file` with `data.dataset = 'squad'`."
+        )
     if isinstance(whole, dict) and len(text.strip().splitlines()) > 1:
         keys = ", ".join(f"`{k}`" for k in list(whole)[:5])
         raise FedpeftError(
             f"data file {path} holds one JSON object (keys {keys}), not rows; give an array "
             "of row objects ([{...}, ...]) or one object a line (JSONL)."
         )
+
+
+def _looks_like_squad(whole: object) -> bool:
+    """``{"data": [{"paragraphs": ...}, ...]}``: SQuAD's layout (``fedpeft.data.squad``)."""
+    if not isinstance(whole, dict) or not isinstance(whole.get("data"), list):
+        return False
+    return any(isinstance(a, dict) and "paragraphs" in a for a in whole["data"])
 
 
 def _read_parquet(path: Path) -> list[dict[str, object]]:

@@ -10,35 +10,42 @@ official dev set), or the user's own files in the same format from ``data.train_
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from fedpeft.config import DataConfig
+from fedpeft.data import checks
 from fedpeft.data.questions import QA_LABELS, QAExamples
 from fedpeft.data.sources import RawDataset, find_local
 from fedpeft.errors import FedpeftError
+
+log = logging.getLogger("fedpeft.data")
 
 
 def read_squad(path: Path) -> QAExamples:
     """Every question of a SQuAD-format JSON file; an answer whose ``answer_start`` does not
     point at its text is moved to the text's first occurrence (a missing one is an error)."""
     try:
-        articles = json.loads(path.read_text(encoding="utf-8"))["data"]
+        articles = json.loads(path.read_text(encoding="utf-8-sig"))["data"]  # a BOM is fine
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        lines = isinstance(e, json.JSONDecodeError) and e.msg == "Extra data" and e.lineno > 1
+        why = "JSON lines (one object a line), not one JSON document" if lines else ""
         raise FedpeftError(
-            f"cannot read SQuAD data from {path} ({type(e).__name__}: {e}); give a JSON file "
-            'in SQuAD format: {"data": [{"title", "paragraphs": [{"context", "qas"}]}]}.'
+            f"cannot read SQuAD data from {path} ({why or f'{type(e).__name__}: {e}'}); give "
+            'a JSON file in SQuAD format: {"data": [{"title", "paragraphs": [{"context", '
+            '"qas"}]}]}.'
         ) from None
     cols: dict[str, list] = {k: [] for k in ("ids", "art", "ctx", "q", "ans", "st")}
-    a = 0
+    a, moved = 0, [0]
     try:
         for a, article in enumerate(articles):
             for para in article["paragraphs"]:
                 context = _text(para["context"], "a context", path, a)
                 for qa in para["qas"]:
                     _text(qa["question"], f"question {qa['id']!r}", path, a)
-                    texts, starts = _answers(qa, context, path)
+                    texts, starts = _answers(qa, context, path, moved)
                     for key, value in zip(
                         cols,
                         (str(qa["id"]), a, context, qa["question"], texts, starts),
@@ -46,12 +53,24 @@ def read_squad(path: Path) -> QAExamples:
                     ):
                         cols[key].append(value)
     except (KeyError, TypeError) as e:
+        what = (
+            f"lacks field {e}"
+            if isinstance(e, KeyError)
+            else f"has a field of the wrong kind ({e})"
+        )
         raise FedpeftError(
-            f"SQuAD file {path} lacks field {e} in article {a}; each question needs `id`, "
-            "`question` and `answers` with `text` and `answer_start`."
+            f"SQuAD file {path} {what} in article {a}; each article needs `paragraphs`, each "
+            "a `context` and `qas`, each question `id`, `question` and a list of `answers` "
+            "with `text` and `answer_start`."
         ) from None
     if not cols["ids"]:
         raise FedpeftError(f"SQuAD file {path} holds no questions; give at least one.")
+    if moved[0]:
+        checks.warn_once(
+            log,
+            f"{moved[0]} answers of SQuAD file {path} have an `answer_start` that does not "
+            "point at their text; each is read at its text's first occurrence in the context",
+        )
     arts = np.asarray(cols["art"], dtype=np.int64)
     return QAExamples(cols["ids"], arts, cols["ctx"], cols["q"], cols["ans"], cols["st"])
 
@@ -75,7 +94,8 @@ def _start(value: object) -> int | None:
     return None
 
 
-def _answers(qa: dict, context: str, path: Path) -> tuple[list[str], list[int]]:
+def _answers(qa: dict, context: str, path: Path, moved: list[int]) -> tuple[list[str], list[int]]:
+    """The answers' texts and starts; ``moved[0]`` counts those whose start was moved."""
     texts, starts = [], []
     for answer in qa["answers"]:
         text, start = answer["text"], _start(answer["answer_start"])
@@ -87,6 +107,7 @@ def _answers(qa: dict, context: str, path: Path) -> tuple[list[str], list[int]]:
             )
         if context[start : start + len(text)] != text:
             start = context.find(text)
+            moved[0] += 1
             if start < 0:
                 raise FedpeftError(
                     f"SQuAD file {path}: question {qa['id']!r} has answer {text!r}, which its "
@@ -100,6 +121,11 @@ def _answers(qa: dict, context: str, path: Path) -> tuple[list[str], list[int]]:
             "v1.1) needs at least one per question."
         )
     return texts, starts
+
+
+def _asked(examples: QAExamples) -> list[str]:
+    """Each question with its context, as one text (what an evaluation must not have seen)."""
+    return [f"{c}\n{q}" for c, q in zip(examples.contexts, examples.questions, strict=True)]
 
 
 def hold_out_articles(examples: QAExamples, seed: int) -> tuple[QAExamples, QAExamples]:
@@ -120,11 +146,14 @@ def load_squad(cfg: DataConfig, seed: int) -> RawDataset:
     if cfg.train_file is not None:
         train = read_squad(Path(cfg.train_file))
         if cfg.eval_file is not None:
-            return RawDataset(
-                "squad", train, read_squad(Path(cfg.eval_file)), QA_LABELS, cfg.train_file
-            )
-        train, held = hold_out_articles(train, seed)
-        return RawDataset("squad", train, held, QA_LABELS, cfg.train_file)
+            evaluation = read_squad(Path(cfg.eval_file))
+            where = f"data file {cfg.eval_file}"
+        else:
+            train, evaluation = hold_out_articles(train, seed)
+            where = f"the articles held out of {cfg.train_file}"
+        where += "; a question with its context"
+        checks.warn_once(log, checks.leakage_warning(_asked(train), _asked(evaluation), where))
+        return RawDataset("squad", train, evaluation, QA_LABELS, cfg.train_file)
     files = ["train-v1.1.reconstructed.json", "dev-v1.1.json"]
     folder = find_local("squad_v1.1", files)
     if folder is None:

@@ -60,12 +60,22 @@ def config_lines(
         f"label skew `{client.get('label_skew', 'none')}` (τ {client.get('label_skew_tau', '-')})"
         f", FedProx μ {client.get('proximal_mu')}",
         f"- server: `{server.get('aggregator')}`, optimiser {optimizer}, "
-        f"{server.get('fraction')} of clients a round, {run.get('rounds')} rounds · head "
-        f"started `{server.get('head_init', 'random')}`, set again "
+        f"{server.get('fraction')} of clients a round, {run.get('rounds')} rounds"
+        + _head_text(server, moved, model.get("task")),
+    ]
+
+
+def _head_text(server: dict[str, Any], moved: Sequence[int], task: object) -> str:
+    """How the classifier head was set (``server.head_init`` …); "" for a task without
+    one (QA, instruction tuning, image–text, VQA, detection: those options are refused)."""
+    if task not in (None, "auto", "classify"):
+        return ""
+    return (
+        f" · head started `{server.get('head_init', 'random')}`, set again "
         f"`{server.get('head_refresh', 'none')}`, bias moved "
         + (f"after round {', '.join(map(str, moved))}" if moved else "never")
-        + f" (`bias_refresh = {server.get('bias_refresh', 'none')}`)",
-    ]
+        + f" (`bias_refresh = {server.get('bias_refresh', 'none')}`)"
+    )
 
 
 def partition_examples(partitions: dict[str, Any]) -> int | None:
