@@ -84,6 +84,10 @@ def test_fedpeft_run_generative_qa_end_to_end(tmp_path: Path) -> None:
     assert all(0 <= final[k] <= 1 for k in ("exact_match", "f1", "rouge_l"))
     adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert adapter["task_type"] == "CAUSAL_LM"
+    train = json.loads((tmp_path / "train.json").read_text())["data"]
+    asked = sum(len(p["qas"]) for a in train for p in a["paragraphs"])
+    assert json.loads((run_dir / "partitions.json").read_text())["questions"] == asked
+    assert f"{asked} train questions over 2 clients" in (run_dir / "report.md").read_text()
 
 
 def test_the_example_config_is_valid_and_auto_picks_generative_qa() -> None:

@@ -220,6 +220,11 @@ def test_fedpeft_run_qa_lora_end_to_end(tmp_path: Path) -> None:
     assert {"exact_match", "f1", "accuracy", "loss"} <= final.keys()
     assert final["accuracy"] == final["exact_match"] and 0 <= final["f1"] <= 1
     assert 'task = "qa"' in (run_dir / "config.toml").read_text()  # auto, resolved
+    # the clients hold context windows; the run records (and its report names) the questions
+    asked = sum(len(p["qas"]) for a in _read(tmp_path / "train.json") for p in a["paragraphs"])
+    parts = json.loads((run_dir / "partitions.json").read_text())
+    assert parts["questions"] == asked <= sum(c["num_examples"] for c in parts["clients"].values())
+    assert f"{asked} train questions over 2 clients" in (run_dir / "report.md").read_text()
     adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert adapter["task_type"] == "QUESTION_ANS" and adapter["peft_type"] == "LORA"
     assert adapter["modules_to_save"] == ["qa_outputs"]
@@ -407,3 +412,7 @@ def test_read_squad_names_a_jsonl_file_as_json_lines(tmp_path: Path) -> None:
     (tmp_path / "flat.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
     with pytest.raises(FedpeftError, match=r"\(JSON lines \(one object a line\), not one JSON"):
         read_squad(tmp_path / "flat.jsonl")
+
+
+def _read(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["data"]

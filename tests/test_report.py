@@ -47,7 +47,8 @@ def test_the_report_counts_the_examples_trained_on_not_train_size(tiny, tmp_path
 
 def test_a_qa_report_counts_questions_not_the_context_windows_clients_hold(tmp_path) -> None:
     """QA partitions hold context windows (a long context gives several): the report names
-    the questions asked for, `data.train_size`, not the windows."""
+    the questions the clients held (`partitions.json`'s `questions`; `data.train_size` for
+    a run that did not record them), not the windows."""
     import json
 
     run = tmp_path / "qa-run"
@@ -63,9 +64,14 @@ def test_a_qa_report_counts_questions_not_the_context_windows_clients_hold(tmp_p
     (run / "summary.json").write_text(json.dumps({"final_accuracy": 0.25, "rounds_completed": 1}))
     scores = {"accuracy": 0.25, "exact_match": 0.25, "f1": 0.5, "loss": 2.0}
     (run / "metrics.jsonl").write_text(json.dumps({"round": 1, "eval": scores}) + "\n")
-    text = write_report(run).read_text()
-    assert "100 train examples over 2 clients" in text, text
-    assert "131 train examples" not in text
+    text = write_report(run).read_text()  # a run from before `questions` was recorded
+    assert "100 train questions over 2 clients" in text, text
+    assert "131 train" not in text
+    (run / "partitions.json").write_text(
+        json.dumps({"label_names": ["answer span"], "clients": clients, "questions": 36})
+    )
+    text = write_report(run).read_text()  # an own file of 36 questions, train_size 100
+    assert "36 train questions over 2 clients" in text and "100 train" not in text, text
 
 
 def test_the_head_settings_are_left_out_for_a_task_without_a_classifier_head() -> None:

@@ -24,6 +24,7 @@ from fedpeft.report.sections import (
     class_lines,
     config_lines,
     partition_examples,
+    partition_questions,
     reference_lines,
     reference_mismatch,
 )
@@ -87,9 +88,11 @@ def render_report(
     cfg = read_config(run_dir)
     data = cfg.get("data")
     qa = _task(cfg) == "qa" or (isinstance(data, dict) and data.get("dataset") in QA_DATASETS)
-    # a QA client's partition counts context windows, not questions: its setting is shown
-    examples = None if qa else partition_examples(read_partitions(run_dir))
-    settings = config_lines(cfg, chosen_lr(run_dir), moved, examples) or [
+    # a QA client's partition counts context windows: the run records its questions
+    partitions = read_partitions(run_dir)
+    examples = partition_questions(partitions) if qa else partition_examples(partitions)
+    unit = "questions" if qa else "examples"
+    settings = config_lines(cfg, chosen_lr(run_dir), moved, examples, unit) or [
         f"- model: {summary.get('model')} · dataset: {summary.get('dataset')} · "
         f"clients: {summary.get('num_clients')}"
     ]

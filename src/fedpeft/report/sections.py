@@ -23,11 +23,13 @@ def config_lines(
     chosen_lr: float | None = None,
     moved: Sequence[int] = (),
     examples: int | None = None,
+    unit: str = "examples",
 ) -> list[str]:
     """The settings a reader needs to judge the numbers, as Markdown bullets; ``moved``:
     the rounds after which the head's bias was moved (``server.bias_refresh``);
     ``examples``: the training examples the clients held (``partition_examples``), else
-    ``data.train_size`` is shown, which a smaller data set does not reach."""
+    ``data.train_size`` is shown, which a smaller data set does not reach; ``unit``: what
+    they are (a QA run's ``questions``)."""
     if not cfg:
         return []
     run, model, data = cfg.get("run", {}), cfg.get("model", {}), cfg.get("data", {})
@@ -54,7 +56,7 @@ def config_lines(
         f"- model `{model.get('name')}` (max length {model.get('max_length')}) · "
         f"PEFT `{peft.get('method')}` ({options})",
         f"- data `{data.get('dataset')}`: {examples or data.get('train_size') or 'all'} train "
-        "examples over "
+        f"{unit} over "
         f"{data.get('num_clients')} clients, {partition} · seed {run.get('seed')}",
         f"- clients: {work} a round, batch {client.get('batch_size')}, lr {lr_text}, "
         f"label skew `{client.get('label_skew', 'none')}` (τ {client.get('label_skew_tau', '-')})"
@@ -87,6 +89,13 @@ def partition_examples(partitions: dict[str, Any]) -> int | None:
     counts = [c.get("num_examples") if isinstance(c, dict) else None for c in clients.values()]
     whole = [n for n in counts if isinstance(n, int) and not isinstance(n, bool) and n >= 0]
     return sum(whole) if len(whole) == len(counts) else None
+
+
+def partition_questions(partitions: dict[str, Any]) -> int | None:
+    """A QA run's training questions (``partitions.json``'s ``questions``; None where an
+    older run did not record them)."""
+    n = partitions.get("questions")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
 
 
 def class_lines(report: ClassReport) -> list[str]:

@@ -233,6 +233,21 @@ def _qa_data(cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset) -> Fed
     return FederatedData(spec, dataset, train, evaluation, partitions, profiles)
 
 
+def train_questions(data: FederatedData) -> int | None:
+    """A QA run's training questions over every client (None for another task): an
+    extractive model's partitions count context windows, a question's many in a long
+    context; a generative model's count questions."""
+    from fedpeft.data.genqa import GenQASplit
+    from fedpeft.data.qa import QASplit
+
+    if isinstance(data.train, GenQASplit):
+        return sum(len(p) for p in data.partitions)
+    if not isinstance(data.train, QASplit):
+        return None
+    held = np.concatenate([np.zeros(0, np.int64), *data.partitions]).astype(np.int64)
+    return len(np.unique(data.train.example[held]))
+
+
 def _pair_data(
     cfg: ExperimentConfig, spec: ModelSpec, dataset: RawDataset, kind: str
 ) -> FederatedData:

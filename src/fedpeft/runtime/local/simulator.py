@@ -59,7 +59,7 @@ from fedpeft.server.store import (
     write_atomic,
 )
 from fedpeft.server.summary import build_summary
-from fedpeft.server.task import Task, build_task, resolved
+from fedpeft.server.task import Task, build_task, resolved, train_questions
 from fedpeft.server.validate import RejectedUpdate, check_finite, check_tensors
 from fedpeft.types import AdapterState
 
@@ -275,4 +275,5 @@ def _partitions_json(task: Task) -> dict[str, object]:
         "label_names": d.dataset.label_names,
         "partition": task.cfg.data.partition,
         "clients": {str(i): p.to_json() for i, p in enumerate(d.profiles)},
+        **({} if (questions := train_questions(d)) is None else {"questions": questions}),
     }
