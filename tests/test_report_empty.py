@@ -135,3 +135,21 @@ def test_a_read_only_folder_is_one_sentence_and_left_as_it_is(
         said = " ".join(result.output.split())
         assert result.exit_code == 2 and f"{named} is not writable by this user" in said, said
         assert "Traceback" not in said and sorted(p.name for p in folder.rglob("*")) == before
+
+
+def test_a_folder_above_run_folders_names_them(tmp_path: Path) -> None:
+    """`fedpeft report runs/<key>` of an experiment, or `runs/`: the folder holds the run
+    folders, not a run; the sentence names the one to pass (or how many there are)."""
+    home = tmp_path / "k1"
+    (home / "run-20261207-010101").mkdir(parents=True)
+    (home / "run-20261207-010101" / "summary.json").write_text("{}")
+    one = CliRunner().invoke(app, ["report", str(home)])
+    assert one.exit_code == 2
+    flat = "".join(one.output.split())  # however the console wrapped the path
+    assert f"itsrunfolderis{home / 'run-20261207-010101'}." in flat, one.output
+    (home / "run-20261207-010102").mkdir()
+    (home / "run-20261207-010102" / "summary.json").write_text("{}")
+    two = CliRunner().invoke(app, ["report", str(home)])
+    assert two.exit_code == 2 and "holds 2 run folders" in " ".join(two.output.split())
+    empty = CliRunner().invoke(app, ["report", str(tmp_path / "k1" / "run-20261207-010101")])
+    assert empty.exit_code == 0, empty.output  # the run itself still reports

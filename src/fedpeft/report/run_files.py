@@ -25,6 +25,15 @@ def read_summary(run_dir: Path, hint: str = DAMAGED) -> dict[str, Any]:
     """``summary.json``, an object; a folder without one is not a finished run."""
     path = run_dir / SUMMARY
     if not path.is_file():
+        inside = sorted(p.parent for p in run_dir.glob(f"*/{SUMMARY}"))
+        if len(inside) == 1:  # `fedpeft report runs/<key>` of an experiment: the run is in it
+            raise FedpeftError(f"{run_dir} has no {SUMMARY}; its run folder is {inside[0]}.")
+        if inside:
+            names = ", ".join(p.name for p in inside[:3]) + (", …" if len(inside) > 3 else "")
+            raise FedpeftError(
+                f"{run_dir} has no {SUMMARY}; it holds {len(inside)} run folders ({names}): "
+                "pass one of them."
+            )
         raise FedpeftError(f"{run_dir} has no {SUMMARY}; is it a finished fedpeft run?")
     return read_json_object(path, hint)
 
