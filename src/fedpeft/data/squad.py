@@ -38,14 +38,15 @@ def read_squad(path: Path) -> QAExamples:
             '"qas"}]}]}.'
         ) from None
     cols: dict[str, list] = {k: [] for k in ("ids", "art", "ctx", "q", "ans", "st")}
-    a, moved = 0, [0]
+    a = moved = 0
     try:
         for a, article in enumerate(articles):
             for para in article["paragraphs"]:
                 context = _text(para["context"], "a context", path, a)
                 for qa in para["qas"]:
                     _text(qa["question"], f"question {qa['id']!r}", path, a)
-                    texts, starts = _answers(qa, context, path, moved)
+                    texts, starts, shifted = _answers(qa, context, path)
+                    moved += shifted
                     for key, value in zip(
                         cols,
                         (str(qa["id"]), a, context, qa["question"], texts, starts),
@@ -65,10 +66,10 @@ def read_squad(path: Path) -> QAExamples:
         ) from None
     if not cols["ids"]:
         raise FedpeftError(f"SQuAD file {path} holds no questions; give at least one.")
-    if moved[0]:
+    if moved:
         checks.warn_once(
             log,
-            f"{moved[0]} answers of SQuAD file {path} have an `answer_start` that does not "
+            f"{moved} answers of SQuAD file {path} have an `answer_start` that does not "
             "point at their text; each is read at its text's first occurrence in the context",
         )
     arts = np.asarray(cols["art"], dtype=np.int64)
@@ -94,9 +95,9 @@ def _start(value: object) -> int | None:
     return None
 
 
-def _answers(qa: dict, context: str, path: Path, moved: list[int]) -> tuple[list[str], list[int]]:
-    """The answers' texts and starts; ``moved[0]`` counts those whose start was moved."""
-    texts, starts = [], []
+def _answers(qa: dict, context: str, path: Path) -> tuple[list[str], list[int], int]:
+    """The answers' texts and starts, and how many starts were moved to their text."""
+    texts, starts, moved = [], [], 0
     for answer in qa["answers"]:
         text, start = answer["text"], _start(answer["answer_start"])
         if not isinstance(text, str) or not text.strip() or start is None:
@@ -107,7 +108,7 @@ def _answers(qa: dict, context: str, path: Path, moved: list[int]) -> tuple[list
             )
         if context[start : start + len(text)] != text:
             start = context.find(text)
-            moved[0] += 1
+            moved += 1
             if start < 0:
                 raise FedpeftError(
                     f"SQuAD file {path}: question {qa['id']!r} has answer {text!r}, which its "
@@ -120,7 +121,7 @@ def _answers(qa: dict, context: str, path: Path, moved: list[int]) -> tuple[list
             f"SQuAD file {path}: question {qa['id']!r} has no answer; extractive QA (SQuAD "
             "v1.1) needs at least one per question."
         )
-    return texts, starts
+    return texts, starts, moved
 
 
 def _asked(examples: QAExamples) -> list[str]:
